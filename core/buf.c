@@ -1,0 +1,134 @@
+#include "buf.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define BLOCK_SIZE (16 * 1024)
+#define MAX_IOV 64
+
+typedef struct {
+  uv_write_t req;
+  mg_outq_t *q;
+  mg_block_t *blocks;
+  size_t bytes;
+} write_ctx_t;
+
+void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data) {
+  memset(q, 0, sizeof(*q));
+  q->cb = cb;
+  q->data = data;
+}
+
+static void free_blocks(mg_block_t *b) {
+  while (b) {
+    mg_block_t *next = b->next;
+    free(b);
+    b = next;
+  }
+}
+
+void mg_outq_dispose(mg_outq_t *q) {
+  free_blocks(q->head);
+  q->head = q->tail = NULL;
+  q->pending = 0;
+}
+
+int mg_outq_append(mg_outq_t *q, const void *p, size_t len) {
+  const char *src = p;
+  while (len > 0) {
+    mg_block_t *t = q->tail;
+    if (!t || t->len == t->cap) {
+      size_t cap = len > BLOCK_SIZE ? len : BLOCK_SIZE;
+      t = malloc(sizeof(*t) + cap);
+      if (!t) return MG_ENOMEM;
+      t->next = NULL;
+      t->len = 0;
+      t->cap = cap;
+      if (q->tail) q->tail->next = t;
+      else q->head = t;
+      q->tail = t;
+    }
+    size_t n = t->cap - t->len;
+    if (n > len) n = len;
+    memcpy(t->data + t->len, src, n);
+    t->len += n;
+    src += n;
+    len -= n;
+    q->pending += n;
+  }
+  if (mg_outq_size(q) > MG_HIGH_WATER) q->above = 1;
+  return 0;
+}
+
+int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+  va_end(ap);
+  if (n < 0) return MG_EPARSE;
+  if ((size_t)n >= sizeof(tmp)) n = sizeof(tmp) - 1;
+  return mg_outq_append(q, tmp, (size_t)n);
+}
+
+void mg_outq_move(mg_outq_t *to, mg_outq_t *from) {
+  if (!from->head) return;
+  if (to->tail) to->tail->next = from->head;
+  else to->head = from->head;
+  to->tail = from->tail;
+  to->pending += from->pending;
+  from->head = from->tail = NULL;
+  from->pending = 0;
+}
+
+static void on_write(uv_write_t *req, int status) {
+  write_ctx_t *w = (write_ctx_t *)req;
+  mg_outq_t *q = w->q;
+  q->inflight -= w->bytes;
+  q->writes--;
+  free_blocks(w->blocks);
+  free(w);
+  if (status < 0) {
+    if (q->cb) q->cb(q, status);
+    return;
+  }
+  if (q->above && mg_outq_size(q) < MG_LOW_WATER) {
+    q->above = 0;
+    if (q->cb) q->cb(q, 0);
+  }
+}
+
+int mg_outq_flush(mg_outq_t *q) {
+  while (q->head && q->stream) {
+    uv_buf_t iov[MAX_IOV];
+    unsigned n = 0;
+    size_t bytes = 0;
+    mg_block_t *first = q->head, *last = NULL, *b = q->head;
+    for (; b && n < MAX_IOV; b = b->next) {
+      iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
+      bytes += b->len;
+      last = b;
+    }
+    write_ctx_t *w = malloc(sizeof(*w));
+    if (!w) return MG_ENOMEM;
+    q->head = last->next;
+    if (!q->head) q->tail = NULL;
+    last->next = NULL;
+    w->q = q;
+    w->blocks = first;
+    w->bytes = bytes;
+    q->pending -= bytes;
+    q->inflight += bytes;
+    q->writes++;
+    int rc = uv_write(&w->req, q->stream, iov, n, on_write);
+    if (rc < 0) {
+      q->inflight -= bytes;
+      q->writes--;
+      free_blocks(first);
+      free(w);
+      return rc;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,48 @@
+/* Output queues: bytes waiting to be written to one stream. Appends copy into
+ * 16 KiB blocks; mg_outq_flush hands every pending block to one uv_write (writev),
+ * so a burst of small appends costs one syscall. Blocks are freed in the write
+ * callback. The queue belongs to the object that owns the stream and must outlive
+ * every write it started: uv_close cancels pending writes and runs their callbacks
+ * before the close callback, so freeing the owner in its close callback is safe. */
+#ifndef MG_BUF_H
+#define MG_BUF_H
+
+#include <uv.h>
+
+#include "mg.h"
+
+typedef struct mg_block_s {
+  struct mg_block_s *next;
+  size_t len, cap;
+  char data[];
+} mg_block_t;
+
+typedef struct mg_outq_s mg_outq_t;
+/* Called when queued bytes fall below MG_LOW_WATER after being above MG_HIGH_WATER,
+ * or with status < 0 when a write failed. */
+typedef void (*mg_outq_cb)(mg_outq_t *q, int status);
+
+struct mg_outq_s {
+  mg_block_t *head, *tail; /* appended, not yet submitted */
+  size_t pending;          /* bytes in head..tail */
+  size_t inflight;         /* bytes submitted to uv_write, not yet completed */
+  unsigned writes;         /* uv_write requests in flight */
+  int above;               /* went over MG_HIGH_WATER: call cb when drained */
+  uv_stream_t *stream;     /* NULL until attached */
+  mg_outq_cb cb;
+  void *data;
+};
+
+void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data);
+/* Frees blocks not yet submitted (submitted ones are freed by their callbacks). */
+void mg_outq_dispose(mg_outq_t *q);
+int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
+int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Moves every pending block of `from` to the end of `to`. */
+void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
+/* Submits what is pending. Returns 0 or a libuv error. No-op without a stream. */
+int mg_outq_flush(mg_outq_t *q);
+static inline size_t mg_outq_size(const mg_outq_t *q) { return q->pending + q->inflight; }
+static inline int mg_outq_full(const mg_outq_t *q) { return mg_outq_size(q) > MG_HIGH_WATER; }
+
+#endif

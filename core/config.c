@@ -1,0 +1,396 @@
+#include "config.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <llhttp.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "http.h"
+#include "log.h"
+
+const char *mg_lua_dir(void) {
+  const char *d = getenv("MOONGATE_LUA_DIR");
+  return d && *d ? d : MG_LUA_DIR;
+}
+
+int mg_str_caseeq(mg_str_t a, mg_str_t b) {
+  return a.len == b.len && strncasecmp(a.p, b.p, a.len) == 0;
+}
+
+static char *xstrdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+void mg_gen_ref(mg_gen_t *g) { atomic_fetch_add(&g->refs, 1); }
+
+static void gen_free(mg_gen_t *g) {
+  free(g->path);
+  free(g->access_log);
+  free(g->error_log);
+  free(g->pid);
+  for (int i = 0; i < g->nlisteners; i++) free(g->listeners[i].name);
+  free(g->listeners);
+  for (int i = 0; i < g->nupstreams; i++) {
+    free(g->upstreams[i].name);
+    free(g->upstreams[i].servers);
+  }
+  free(g->upstreams);
+  for (int i = 0; i < g->nroutes; i++) {
+    mg_route_t *r = &g->routes[i];
+    free(r->listener);
+    free(r->host);
+    free(r->path);
+    free(r->resp_head);
+    free(r->resp_body);
+  }
+  free(g->routes);
+  free(g);
+}
+
+void mg_gen_unref(mg_gen_t *g) {
+  if (g && atomic_fetch_sub(&g->refs, 1) == 1) gen_free(g);
+}
+
+/* ---- reading the normalised table (lua/moongate/private/loader.lua) ---- */
+
+typedef struct {
+  lua_State *L;
+  char *err;
+  size_t errlen;
+  const char *file;
+} walk_t;
+
+static int walk_fail(walk_t *w, const char *fmt, const char *a, const char *b) {
+  char msg[512];
+  snprintf(msg, sizeof(msg), fmt, a ? a : "", b ? b : "");
+  snprintf(w->err, w->errlen, "%s: %s", w->file, msg);
+  return MG_ECONFIG;
+}
+
+static double field_num(lua_State *L, int idx, const char *k, double dflt) {
+  lua_getfield(L, idx, k);
+  double v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Returns a malloc'd copy of a string field, or NULL when absent/not a string. */
+static char *field_str(lua_State *L, int idx, const char *k) {
+  lua_getfield(L, idx, k);
+  char *s = lua_type(L, -1) == LUA_TSTRING ? xstrdup(lua_tostring(L, -1)) : NULL;
+  lua_pop(L, 1);
+  return s;
+}
+
+static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+/* Resolves host:port (numeric or a name, looked up once at load). */
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
+                   char *text, size_t textlen) {
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  char portstr[16];
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  if (getaddrinfo(host, portstr, &hints, &res) != 0 || !res) return -1;
+  memcpy(ss, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
+  freeaddrinfo(res);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (ss->ss_family == AF_INET6) {
+    uv_ip6_name((struct sockaddr_in6 *)ss, ip, sizeof(ip));
+    snprintf(text, textlen, "[%s]:%d", ip, port);
+  } else {
+    uv_ip4_name((struct sockaddr_in *)ss, ip, sizeof(ip));
+    snprintf(text, textlen, "%s:%d", ip, port);
+  }
+  return 0;
+}
+
+static int walk_listeners(walk_t *w, mg_gen_t *g) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "listeners");
+  int n = (int)lua_objlen(L, -1);
+  g->listeners = calloc((size_t)n, sizeof(*g->listeners));
+  if (!g->listeners) return MG_ENOMEM;
+  g->nlisteners = n;
+  for (int i = 0; i < n; i++) {
+    mg_listen_cfg_t *l = &g->listeners[i];
+    lua_rawgeti(L, -1, i + 1);
+    lua_getfield(L, -1, "host");
+    const char *host = lua_tostring(L, -1);
+    int port = (int)field_num(L, -2, "port", 0);
+    if (resolve(host, port, &l->addr, &l->addrlen, l->text, sizeof(l->text)) < 0) {
+      int rc = walk_fail(w, "mg.listen: cannot resolve '%s'", host, NULL);
+      lua_pop(L, 3);
+      return rc;
+    }
+    lua_pop(L, 1);
+    l->name = field_str(L, -1, "name");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int walk_upstreams(walk_t *w, mg_gen_t *g) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "upstreams");
+  int n = (int)lua_objlen(L, -1);
+  g->upstreams = calloc((size_t)n + 1, sizeof(*g->upstreams));
+  if (!g->upstreams) return MG_ENOMEM;
+  g->nupstreams = n;
+  for (int i = 0; i < n; i++) {
+    mg_upstream_cfg_t *u = &g->upstreams[i];
+    lua_rawgeti(L, -1, i + 1);
+    u->name = field_str(L, -1, "name");
+    u->keepalive = (int)field_num(L, -1, "keepalive", 32);
+    u->keepalive_ms = ms(field_num(L, -1, "keepalive_timeout", 60));
+    lua_getfield(L, -1, "servers");
+    int ns = (int)lua_objlen(L, -1);
+    u->servers = calloc((size_t)ns, sizeof(*u->servers));
+    if (!u->servers) return MG_ENOMEM;
+    u->nservers = ns;
+    for (int j = 0; j < ns; j++) {
+      mg_server_t *s = &u->servers[j];
+      lua_rawgeti(L, -1, j + 1);
+      lua_getfield(L, -1, "host");
+      const char *host = lua_tostring(L, -1);
+      int port = (int)field_num(L, -2, "port", 0);
+      s->weight = (int)field_num(L, -2, "weight", 1);
+      if (resolve(host, port, &s->addr, &s->addrlen, s->text, sizeof(s->text)) < 0) {
+        int rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
+        lua_pop(L, 5);
+        return rc;
+      }
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int parse_method(const char *m) {
+  static const struct { const char *name; int id; } known[] = {
+    { "GET", HTTP_GET }, { "HEAD", HTTP_HEAD }, { "POST", HTTP_POST }, { "PUT", HTTP_PUT },
+    { "DELETE", HTTP_DELETE }, { "OPTIONS", HTTP_OPTIONS }, { "PATCH", HTTP_PATCH },
+    { "TRACE", HTTP_TRACE },
+  };
+  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+    if (strcmp(m, known[i].name) == 0) return known[i].id;
+  return -1;
+}
+
+/* Prebuilds a `respond` route's status line and headers once, at load. */
+static int build_respond(lua_State *L, mg_route_t *r) {
+  lua_getfield(L, -1, "respond");
+  r->status = (int)field_num(L, -1, "status", 200);
+  lua_getfield(L, -1, "body");
+  size_t blen = 0;
+  const char *body = lua_tolstring(L, -1, &blen);
+  r->resp_body = malloc(blen + 1);
+  if (!r->resp_body) return MG_ENOMEM;
+  memcpy(r->resp_body, body ? body : "", blen);
+  r->resp_body_len = blen;
+  lua_pop(L, 1);
+
+  size_t cap = 256, len = 0;
+  lua_getfield(L, -1, "headers");
+  int nh = (int)lua_objlen(L, -1);
+  for (int i = 1; i <= nh; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    cap += lua_objlen(L, -1) + lua_objlen(L, -2) + 4;
+    lua_pop(L, 3);
+  }
+  char *h = malloc(cap);
+  if (!h) return MG_ENOMEM;
+  len += (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", r->status, mg_http_reason(r->status));
+  for (int i = 1; i <= nh; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    len += (size_t)snprintf(h + len, cap - len, "%s: %s\r\n", lua_tostring(L, -2), lua_tostring(L, -1));
+    lua_pop(L, 3);
+  }
+  if (r->status != 204 && r->status != 304)
+    len += (size_t)snprintf(h + len, cap - len, "Content-Length: %zu\r\n", blen);
+  r->resp_head = h;
+  r->resp_head_len = len;
+  lua_pop(L, 2);
+  return 0;
+}
+
+static int walk_routes(walk_t *w, mg_gen_t *g) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "routes");
+  int n = (int)lua_objlen(L, -1);
+  g->routes = calloc((size_t)n + 1, sizeof(*g->routes));
+  if (!g->routes) return MG_ENOMEM;
+  g->nroutes = n;
+  for (int i = 0; i < n; i++) {
+    mg_route_t *r = &g->routes[i];
+    lua_rawgeti(L, -1, i + 1);
+    r->listener = field_str(L, -1, "listener");
+    char *host = field_str(L, -1, "host");
+    if (host && host[0] == '*') {
+      r->wildcard = 1;
+      memmove(host, host + 1, strlen(host));
+    }
+    r->host = host;
+    r->host_len = host ? strlen(host) : 0;
+    r->path = field_str(L, -1, "path");
+    r->path_len = r->path ? strlen(r->path) : 0;
+    r->upstream = (int)field_num(L, -1, "upstream_index", 0) - 1;
+    lua_getfield(L, -1, "methods");
+    if (lua_istable(L, -1)) {
+      int nm = (int)lua_objlen(L, -1);
+      for (int j = 1; j <= nm; j++) {
+        lua_rawgeti(L, -1, j);
+        int m = parse_method(lua_tostring(L, -1));
+        if (m >= 0) r->methods |= (uint64_t)1 << m;
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+    if (r->upstream < 0) {
+      int rc = build_respond(L, r);
+      if (rc < 0) return rc;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int walk(walk_t *w, mg_gen_t *g) {
+  lua_State *L = w->L;
+  g->workers = (int)field_num(L, -1, "workers", 0);
+  if (g->workers <= 0) g->workers = (int)uv_available_parallelism();
+  g->access_log = field_str(L, -1, "access_log"); /* false -> NULL: off */
+  g->error_log = field_str(L, -1, "error_log");
+  g->pid = field_str(L, -1, "pid");
+  char *lvl = field_str(L, -1, "log_level");
+  g->log_level = lvl ? mg_log_level_parse(lvl) : MG_LOG_INFO;
+  free(lvl);
+
+  lua_getfield(L, -1, "timeouts");
+  mg_timeouts_t *t = &g->timeouts;
+  t->client_header = ms(field_num(L, -1, "client_header", 10));
+  t->client_body = ms(field_num(L, -1, "client_body", 30));
+  t->keepalive = ms(field_num(L, -1, "keepalive", 60));
+  t->send = ms(field_num(L, -1, "send", 60));
+  t->upstream_connect = ms(field_num(L, -1, "upstream_connect", 5));
+  t->upstream_read = ms(field_num(L, -1, "upstream_read", 60));
+  t->upstream_write = ms(field_num(L, -1, "upstream_write", 60));
+  t->drain = ms(field_num(L, -1, "drain", 30));
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "limits");
+  g->limits.head_size = (size_t)field_num(L, -1, "head_size", 32768);
+  g->limits.headers = (size_t)field_num(L, -1, "headers", 100);
+  g->limits.uri_size = (size_t)field_num(L, -1, "uri_size", 8192);
+  g->limits.body_size = (uint64_t)field_num(L, -1, "body_size", 1048576);
+  lua_pop(L, 1);
+
+  int rc;
+  if ((rc = walk_listeners(w, g)) < 0) return rc;
+  if ((rc = walk_upstreams(w, g)) < 0) return rc;
+  return walk_routes(w, g);
+}
+
+int mg_config_load(const char *path, mg_gen_t **out, char *err, size_t errlen) {
+  char abs[4096];
+  *out = NULL;
+  if (!realpath(path, abs)) {
+    snprintf(err, errlen, "%s: cannot open config: %s", path, strerror(errno));
+    return MG_ECONFIG;
+  }
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "%s: out of memory", path);
+    return MG_ENOMEM;
+  }
+  luaL_openlibs(L);
+  const char *dir = mg_lua_dir();
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+
+  int rc = MG_ECONFIG;
+  mg_gen_t *g = NULL;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moongate.private.loader");
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    snprintf(err, errlen, "cannot load the moongate Lua library from %s: %s", dir, lua_tostring(L, -1));
+    goto done;
+  }
+  lua_getfield(L, -1, "load");
+  lua_pushstring(L, abs);
+  if (lua_pcall(L, 1, 2, 0) != 0 || lua_isnil(L, -2)) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "config error");
+    goto done;
+  }
+  lua_pop(L, 1);
+  g = calloc(1, sizeof(*g));
+  if (!g) goto done;
+  atomic_init(&g->refs, 1);
+  g->path = xstrdup(abs);
+  walk_t w = { L, err, errlen, abs };
+  rc = walk(&w, g);
+  if (rc == MG_ENOMEM) snprintf(err, errlen, "%s: out of memory", abs);
+  if (rc < 0) {
+    gen_free(g);
+    g = NULL;
+  }
+done:
+  lua_close(L);
+  *out = g;
+  return g ? 0 : rc;
+}
+
+/* Must agree with lua/moongate/router.lua: the list is already sorted there. */
+const mg_route_t *mg_route_match(const mg_gen_t *g, const char *listener, int method,
+                                 mg_str_t host, mg_str_t path) {
+  /* strip the port; keep [v6] literals whole */
+  size_t hlen = host.len;
+  if (hlen && host.p[0] == '[') {
+    const char *close = memchr(host.p, ']', hlen);
+    if (close) hlen = (size_t)(close - host.p) + 1;
+  } else {
+    const char *colon = memchr(host.p, ':', hlen);
+    if (colon) hlen = (size_t)(colon - host.p);
+  }
+  for (int i = 0; i < g->nroutes; i++) {
+    const mg_route_t *r = &g->routes[i];
+    if (r->listener && (!listener || strcmp(r->listener, listener) != 0)) continue;
+    if (r->methods && (method < 0 || method > 63 || !(r->methods & ((uint64_t)1 << method)))) continue;
+    if (r->host) {
+      if (r->wildcard) {
+        if (hlen <= r->host_len ||
+            strncasecmp(host.p + hlen - r->host_len, r->host, r->host_len) != 0)
+          continue;
+      } else if (hlen != r->host_len || strncasecmp(host.p, r->host, hlen) != 0) {
+        continue;
+      }
+    }
+    if (path.len < r->path_len || memcmp(path.p, r->path, r->path_len) != 0) continue;
+    return r;
+  }
+  return NULL;
+}

@@ -1,0 +1,93 @@
+/* A config generation: everything proxy.lua declared, resolved and frozen. Built by
+ * the main thread (mg_config_load), then only read, by every worker; refcounted so a
+ * later reload can swap it while in-flight requests keep the one they started on. */
+#ifndef MG_CONFIG_H
+#define MG_CONFIG_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "mg.h"
+
+typedef struct {
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  char text[64]; /* "ip:port" as written in logs */
+  char *name;    /* listener name or NULL */
+} mg_listen_cfg_t;
+
+typedef struct {
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  char text[64]; /* "ip:port": logs only, never sent to clients */
+  int weight;
+} mg_server_t;
+
+typedef struct {
+  char *name;
+  mg_server_t *servers;
+  int nservers;
+  int keepalive;             /* max idle pooled connections per server per worker */
+  uint64_t keepalive_ms;
+} mg_upstream_cfg_t;
+
+typedef struct {
+  char *listener;            /* NULL: every listener */
+  char *host;                /* NULL: any host; "*.x" stored as ".x" with wildcard=1 */
+  size_t host_len;
+  int wildcard;
+  char *path;
+  size_t path_len;
+  uint64_t methods;          /* bit (1 << llhttp method); 0 = any */
+  int upstream;              /* index into gen->upstreams, -1 for respond */
+  int status;                /* respond */
+  char *resp_head;           /* respond: status line and header lines, prebuilt */
+  size_t resp_head_len;
+  char *resp_body;
+  size_t resp_body_len;
+} mg_route_t;
+
+typedef struct {
+  uint64_t client_header, client_body, keepalive, send;
+  uint64_t upstream_connect, upstream_read, upstream_write, drain; /* milliseconds */
+} mg_timeouts_t;
+
+typedef struct {
+  size_t head_size, headers, uri_size;
+  uint64_t body_size; /* 0: unlimited */
+} mg_limits_t;
+
+struct mg_gen_s {
+  atomic_int refs;
+  char *path;          /* the config file */
+  int workers;
+  char *access_log;    /* NULL: off */
+  char *error_log;
+  char *pid;
+  int log_level;
+  mg_timeouts_t timeouts;
+  mg_limits_t limits;
+  mg_listen_cfg_t *listeners;
+  int nlisteners;
+  mg_upstream_cfg_t *upstreams;
+  int nupstreams;
+  mg_route_t *routes;  /* most specific first (lua/moongate/router.lua) */
+  int nroutes;
+};
+
+/* Runs the config file in a fresh Lua state and builds a generation with one
+ * reference, owned by the caller. On error returns MG_ECONFIG and writes a message
+ * naming the file (and line and key when known) into err. */
+int mg_config_load(const char *path, mg_gen_t **out, char *err, size_t errlen);
+void mg_gen_ref(mg_gen_t *g);
+void mg_gen_unref(mg_gen_t *g);
+
+/* The route for a request, or NULL. host is the Host header (port allowed). */
+const mg_route_t *mg_route_match(const mg_gen_t *g, const char *listener, int method,
+                                 mg_str_t host, mg_str_t path);
+
+/* Where the Lua library lives: $MOONGATE_LUA_DIR, else the build-time source dir. */
+const char *mg_lua_dir(void);
+
+#endif

@@ -1,0 +1,469 @@
+#include "conn.h"
+
+#include <stdlib.h>
+
+#include "log.h"
+#include "proxy.h"
+
+#define LINGER_MS 2000
+
+static int on_message_begin(llhttp_t *p);
+static int on_url(llhttp_t *p, const char *at, size_t len);
+static int on_header_field(llhttp_t *p, const char *at, size_t len);
+static int on_header_value(llhttp_t *p, const char *at, size_t len);
+static int on_headers_complete(llhttp_t *p);
+static int on_body(llhttp_t *p, const char *at, size_t len);
+static int on_message_complete(llhttp_t *p);
+
+static llhttp_settings_t settings = {
+  .on_message_begin = on_message_begin,
+  .on_url = on_url,
+  .on_header_field = on_header_field,
+  .on_header_value = on_header_value,
+  .on_headers_complete = on_headers_complete,
+  .on_body = on_body,
+  .on_message_complete = on_message_complete,
+};
+
+/* ---------------- timers ---------------- */
+
+static void on_timer(uv_timer_t *t) {
+  mg_conn_t *c = t->data;
+  switch (c->state) {
+  case MG_CS_IDLE:
+    MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
+    mg_conn_close(c);
+    break;
+  case MG_CS_HEAD:
+  case MG_CS_BODY:
+    MG_INFO(c->w->id, "%s: client %s timeout", c->client, c->state == MG_CS_HEAD ? "header" : "body");
+    if (c->req && c->req->rstate == MG_RS_NONE) {
+      mg_proxy_error(c->req, 408, 1);
+    } else {
+      mg_conn_close(c);
+    }
+    break;
+  case MG_CS_WAIT:
+    MG_INFO(c->w->id, "%s: send timeout", c->client);
+    mg_conn_close(c);
+    break;
+  default:
+    mg_conn_close(c);
+    break;
+  }
+}
+
+static void arm(mg_conn_t *c, uint64_t ms) {
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+void mg_conn_send_wait(mg_conn_t *c, int on) {
+  if (c->state != MG_CS_WAIT) return;
+  if (on) arm(c, c->w->gen->timeouts.send);
+  else uv_timer_stop(&c->timer);
+}
+
+/* ---------------- reading ---------------- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  mg_conn_t *c = h->data;
+  *buf = uv_buf_init(c->w->rbuf, sizeof(c->w->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+void mg_conn_update_reading(mg_conn_t *c) {
+  int want;
+  switch (c->state) {
+  case MG_CS_IDLE:
+  case MG_CS_HEAD:
+  case MG_CS_BODY:
+    want = !c->up_blocked && !c->paused;
+    break;
+  case MG_CS_LINGER:
+    want = 1;
+    break;
+  default:
+    want = 0;
+  }
+  if (want && !c->reading) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+  } else if (!want && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+/* ---------------- closing ---------------- */
+
+static void on_close(uv_handle_t *h) {
+  mg_conn_t *c = h->data;
+  if (--c->handles > 0) return;
+  mg_worker_t *w = c->w;
+  mg_outq_dispose(&c->out);
+  free(c->saved);
+  if (c->prev) c->prev->next = c->next;
+  else w->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  free(c);
+  mg_worker_conn_closed(w);
+}
+
+void mg_conn_close(mg_conn_t *c) {
+  if (c->state == MG_CS_CLOSED) return;
+  c->state = MG_CS_CLOSED;
+  if (c->req) {
+    mg_proxy_abort(c->req);
+    mg_req_free(c->req);
+    c->req = NULL;
+  }
+  uv_close((uv_handle_t *)&c->timer, on_close);
+  uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  mg_conn_t *c = req->data;
+  if (status < 0) mg_conn_close(c);
+}
+
+/* Sends what is queued, then half-closes and waits briefly for the client to
+ * close, discarding what it still sends: closing at once with unread input would
+ * make the kernel send a reset that can destroy the response in flight. */
+static void linger(mg_conn_t *c) {
+  if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
+  if (c->req) {
+    mg_proxy_abort(c->req);
+    mg_req_free(c->req);
+    c->req = NULL;
+  }
+  c->state = MG_CS_LINGER;
+  mg_conn_flush(c);
+  if (c->state == MG_CS_CLOSED) return;
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+    mg_conn_close(c);
+    return;
+  }
+  arm(c, LINGER_MS);
+  mg_conn_update_reading(c);
+}
+
+static void on_out(mg_outq_t *q, int status) {
+  mg_conn_t *c = q->data;
+  if (status < 0) {
+    MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(status));
+    mg_conn_close(c);
+    return;
+  }
+  if (c->req) mg_proxy_client_drained(c->req);
+}
+
+void mg_conn_flush(mg_conn_t *c) {
+  if (c->state == MG_CS_CLOSED) return;
+  int rc = mg_outq_flush(&c->out);
+  if (rc < 0) {
+    MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(rc));
+    mg_conn_close(c);
+  }
+}
+
+void mg_conn_drain(mg_conn_t *c) {
+  c->close_after = 1;
+  if (c->state == MG_CS_IDLE && !c->req && !c->saved) mg_conn_close(c);
+}
+
+/* ---------------- feeding the parser ---------------- */
+
+static void save_rest(mg_conn_t *c, const char *p, size_t len) {
+  char *s = malloc(len ? len : 1);
+  if (!s) {
+    mg_conn_close(c);
+    return;
+  }
+  memcpy(s, p, len);
+  free(c->saved);
+  c->saved = s;
+  c->saved_len = len;
+}
+
+/* After a message: 1 when the connection may go on to the next request now. */
+static int finish_request(mg_conn_t *c) {
+  mg_req_t *r = c->req;
+  if (!r->complete && !r->discard_body) c->close_after = 1;
+  if (!r->keepalive || c->w->draining) c->close_after = 1;
+  if (c->close_after) {
+    linger(c);
+    return 0;
+  }
+  if (!r->complete) return 0; /* answered early; keep reading to drop the body */
+  mg_req_free(r);
+  c->req = NULL;
+  c->requests++;
+  c->state = MG_CS_IDLE;
+  arm(c, c->w->gen->timeouts.keepalive);
+  if (c->paused) {
+    llhttp_resume(&c->parser);
+    c->paused = 0;
+  }
+  return 1;
+}
+
+static void feed(mg_conn_t *c, const char *data, size_t len);
+
+void mg_conn_request_done(mg_conn_t *c) {
+    if (c->in_parser) {
+    c->done_pending = 1;
+    return;
+  }
+  if (!finish_request(c)) {
+    mg_conn_update_reading(c);
+    return;
+  }
+  if (c->saved) {
+    char *s = c->saved;
+    size_t n = c->saved_len;
+    c->saved = NULL;
+    c->saved_len = 0;
+    feed(c, s, n);
+    free(s);
+  }
+  if (c->state != MG_CS_CLOSED) {
+    mg_conn_flush(c);
+    mg_conn_update_reading(c);
+  }
+}
+
+static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
+  (void)c;
+  return err == HPE_INVALID_VERSION ? 505 : 400;
+}
+
+/* Runs llhttp over data; handles pauses (end of a message), deferred request
+ * completion and errors. `data` may be c->saved's old buffer: it stays valid. */
+static void feed(mg_conn_t *c, const char *data, size_t len) {
+    while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
+    c->in_parser = 1;
+    c->done_pending = 0;
+    c->feed_start = data;
+    c->err_status = 0;
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    c->in_parser = 0;
+    if (len) c->last_byte = data[len - 1];
+    if (c->state == MG_CS_CLOSED) return;
+    /* a pause ends the message, so everything consumed belongs to c->req */
+    if (c->req) {
+      const char *pos = err == HPE_OK ? NULL : llhttp_get_error_pos(&c->parser);
+      c->req->bytes_in += pos && pos >= data && pos <= data + len ? (uint64_t)(pos - data) : len;
+    }
+
+    if (err == HPE_OK) {
+      if (c->done_pending && !finish_request(c)) return;
+      return;
+    }
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+      const char *pos = llhttp_get_error_pos(&c->parser);
+      size_t used = pos ? (size_t)(pos - data) : len;
+      if (used > len) used = len;
+      c->paused = 1;
+      if (err == HPE_PAUSED_UPGRADE) c->close_after = 1; /* upgrades come later */
+      data += used;
+      len -= used;
+      if (c->req && c->req->rstate == MG_RS_DONE) c->done_pending = 1;
+      if (c->done_pending) {
+        if (!finish_request(c)) return;
+        if (len == 0) return;
+        continue;
+      }
+      c->state = MG_CS_WAIT;
+      uv_timer_stop(&c->timer);
+      if (len > 0) save_rest(c, data, len);
+      return;
+    }
+    /* a parse error or a limit */
+    int status = c->err_status ? c->err_status : parse_error_status(c, err);
+    if (c->err_status)
+      MG_INFO(c->w->id, "%s: request refused: %d %s", c->client, status, mg_http_reason(status));
+    else
+      MG_INFO(c->w->id, "%s: bad request: %s: %s", c->client, llhttp_errno_name(err),
+              llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser) : "");
+    if (!c->req) {
+      c->req = mg_req_new(c);
+      if (!c->req) {
+        mg_conn_close(c);
+        return;
+      }
+    }
+    if (c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, status, 1);
+    else mg_conn_close(c);
+    return;
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  mg_conn_t *c = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (nread != UV_EOF) MG_DEBUG(c->w->id, "%s: read: %s", c->client, uv_strerror((int)nread));
+    mg_conn_close(c);
+    return;
+  }
+  if (c->state == MG_CS_LINGER) return;
+  if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
+  feed(c, buf->base, (size_t)nread);
+  if (c->state == MG_CS_CLOSED) return;
+  mg_conn_flush(c);
+  if (c->state != MG_CS_CLOSED) mg_conn_update_reading(c);
+}
+
+/* ---------------- llhttp callbacks ---------------- */
+
+static int on_message_begin(llhttp_t *p) {
+  mg_conn_t *c = p->data;
+  if (!c->req) {
+    c->req = mg_req_new(c);
+    if (!c->req) return -1;
+  }
+  c->state = MG_CS_HEAD;
+  arm(c, c->w->gen->timeouts.client_header);
+  return 0;
+}
+
+static int append(llhttp_t *p, int what, const char *at, size_t len) {
+  mg_conn_t *c = p->data;
+  const mg_limits_t *lim = &c->w->gen->limits;
+  mg_req_t *r = c->req;
+  int rc = mg_head_append(&r->head, what, at, len, lim->head_size, lim->headers);
+  if (rc == MG_ELIMIT) {
+    c->err_status = what == MG_HEAD_URL ? 414 : 431;
+    return -1;
+  }
+  if (rc < 0) return -1;
+  if (what == MG_HEAD_URL && r->head.url_len > lim->uri_size) {
+    c->err_status = 414;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) { return append(p, MG_HEAD_URL, at, len); }
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  return append(p, MG_HEAD_FIELD, at, len);
+}
+/* llhttp 8 accepts obs-fold (a value continued on a line starting with SP/HT) and
+ * reports the continuation as another value piece. A value piece that follows
+ * another one is either the next read of a value split across reads, or a fold:
+ * a fold is preceded by LF and whitespace. RFC 9112 5.2: a server rejects it. */
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  mg_conn_t *c = p->data;
+  if (c->req && c->req->head.last == MG_HEAD_VALUE) {
+    const char *q = at;
+    while (q > c->feed_start && (q[-1] == ' ' || q[-1] == '\t')) q--;
+    char before = q > c->feed_start ? q[-1] : c->last_byte;
+    if (before == '\n' || before == '\r' || q != at) {
+      c->err_status = 400;
+      return -1;
+    }
+  }
+  return append(p, MG_HEAD_VALUE, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  mg_conn_t *c = p->data;
+  mg_req_t *r = c->req;
+  if (p->http_major != 1 || p->http_minor > 1) {
+    c->err_status = 505;
+    return -1;
+  }
+  r->method = p->method;
+  r->http_minor = p->http_minor;
+  r->keepalive = llhttp_should_keep_alive(p) ? 1 : 0;
+  if (p->flags & F_CHUNKED) {
+    r->body = MG_BODY_CHUNKED;
+  } else if (p->flags & F_CONTENT_LENGTH) {
+    r->body = MG_BODY_LENGTH;
+    r->content_length = p->content_length;
+  }
+  int status = mg_proxy_head(r);
+  if (status) {
+    c->err_status = status;
+    return -1;
+  }
+  if (c->state == MG_CS_HEAD) {
+    int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
+    if (has_body) {
+      c->state = MG_CS_BODY;
+      arm(c, c->w->gen->timeouts.client_body);
+    }
+  }
+  return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  mg_conn_t *c = p->data;
+  int status = mg_proxy_body(c->req, at, len);
+  if (status) {
+    c->err_status = status;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  mg_conn_t *c = p->data;
+  mg_req_t *r = c->req;
+  r->complete = 1;
+  if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {
+    c->state = MG_CS_WAIT;
+    uv_timer_stop(&c->timer);
+  }
+  mg_proxy_request_end(r);
+  return HPE_PAUSED;
+}
+
+/* ---------------- accept ---------------- */
+
+void mg_conn_accept(mg_listener_t *l) {
+  mg_worker_t *w = l->w;
+  mg_conn_t *c = calloc(1, sizeof(*c));
+  if (!c) return;
+  c->w = w;
+  c->listener = l->cfg;
+  uv_tcp_init(&w->loop, &c->tcp);
+  c->tcp.data = c;
+  c->handles = 1;
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
+    uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+    return;
+  }
+  uv_timer_init(&w->loop, &c->timer);
+  c->timer.data = c;
+  c->handles = 2;
+  uv_tcp_nodelay(&c->tcp, 1);
+  mg_outq_init(&c->out, on_out, c);
+  c->out.stream = (uv_stream_t *)&c->tcp;
+  llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+  c->parser.data = c;
+
+  struct sockaddr_storage ss;
+  int slen = sizeof(ss);
+  strcpy(c->client_ip, "?");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0) {
+    if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof(c->client_ip));
+      snprintf(c->client, sizeof(c->client), "[%s]:%d", c->client_ip,
+               ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
+      snprintf(c->client, sizeof(c->client), "%s:%d", c->client_ip,
+               ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+  }
+  c->next = w->conns;
+  if (w->conns) w->conns->prev = c;
+  w->conns = c;
+  w->nconns++;
+  c->state = MG_CS_IDLE;
+  arm(c, w->gen->timeouts.client_header);
+  if (w->draining) c->close_after = 1;
+  mg_conn_update_reading(c);
+}

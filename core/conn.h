@@ -1,0 +1,68 @@
+/* A downstream (client) connection: reads and parses requests with llhttp, runs
+ * them one at a time (pipelined requests wait their turn), keeps the connection
+ * alive between them, and owns every timeout on the client side. */
+#ifndef MG_CONN_H
+#define MG_CONN_H
+
+#include <llhttp.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "mg.h"
+#include "worker.h"
+
+/* Connection states. */
+enum {
+  MG_CS_IDLE,   /* between requests: keep-alive timer, nothing read yet */
+  MG_CS_HEAD,   /* reading a request head: client_header timer */
+  MG_CS_BODY,   /* reading a request body: client_body timer */
+  MG_CS_WAIT,   /* request read: waiting for the response to finish; reading paused */
+  MG_CS_LINGER, /* last response queued: half-closed, discarding input until EOF */
+  MG_CS_CLOSED, /* uv_close started */
+};
+
+struct mg_conn_s {
+  uv_tcp_t tcp; /* first: the handle pointer is the connection */
+  uv_timer_t timer;
+  uv_shutdown_t shutdown_req;
+  mg_worker_t *w;
+  const mg_listen_cfg_t *listener;
+  mg_conn_t *prev, *next; /* worker's list */
+  llhttp_t parser;
+  mg_outq_t out;
+  int state;
+  int handles;            /* open uv handles; the struct is freed when it hits 0 */
+  unsigned reading : 1;
+  unsigned paused : 1;     /* llhttp paused at the end of a message */
+  unsigned close_after : 1; /* no more requests on this connection */
+  unsigned up_blocked : 1;  /* the request body's upstream queue is full */
+  unsigned in_parser : 1;   /* inside llhttp_execute: request completion is deferred */
+  unsigned done_pending : 1; /* the request finished while in_parser */
+  const char *feed_start; /* the buffer llhttp is running over (obs-fold check) */
+  char last_byte;         /* last byte of the previous buffer fed */
+  int err_status;         /* the status a parser callback asked to answer with */
+  char *saved;            /* bytes after a pipelined request, parsed when its turn comes */
+  size_t saved_len;
+  char client[64];        /* "ip:port" */
+  char client_ip[48];
+  mg_req_t *req;          /* the request being read or answered */
+  uint64_t requests;
+};
+
+/* Accepts a connection from `server` into a new conn. */
+void mg_conn_accept(mg_listener_t *l);
+/* Starts closing (idempotent); memory is freed once every handle is closed. */
+void mg_conn_close(mg_conn_t *c);
+/* The current request is finished (response queued in full): start the next one,
+ * or close. Called by proxy.c. */
+void mg_conn_request_done(mg_conn_t *c);
+/* Recomputes whether the connection should be reading, and starts/stops. */
+void mg_conn_update_reading(mg_conn_t *c);
+/* Flushes queued output; closes on a write error. */
+void mg_conn_flush(mg_conn_t *c);
+/* Arms the connection timer for the send timeout (client not reading) or stops it. */
+void mg_conn_send_wait(mg_conn_t *c, int on);
+/* Drain: close if idle; otherwise close after the current request. */
+void mg_conn_drain(mg_conn_t *c);
+
+#endif

@@ -1,0 +1,181 @@
+#include "http.h"
+
+#include <stdlib.h>
+#include <strings.h>
+
+void mg_head_init(mg_head_t *h) { memset(h, 0, sizeof(*h)); }
+
+void mg_head_reset(mg_head_t *h) {
+  h->len = 0;
+  h->n = 0;
+  h->url_off = h->url_len = 0;
+  h->last = MG_HEAD_NONE;
+  h->headers = NULL;
+}
+
+void mg_head_dispose(mg_head_t *h) {
+  free(h->buf);
+  free(h->ent);
+  free(h->headers);
+  mg_head_init(h);
+}
+
+static int grow(mg_head_t *h, size_t need) {
+  if (h->len + need <= h->cap) return 0;
+  size_t cap = h->cap ? h->cap * 2 : 1024;
+  while (cap < h->len + need) cap *= 2;
+  char *b = realloc(h->buf, cap);
+  if (!b) return MG_ENOMEM;
+  h->buf = b;
+  h->cap = cap;
+  return 0;
+}
+
+int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
+                   size_t max_headers) {
+  if (h->len + len > max_bytes) return MG_ELIMIT;
+  if (what == MG_HEAD_FIELD && h->last != MG_HEAD_FIELD) {
+    if (h->n >= max_headers) return MG_ELIMIT;
+    if (h->n == h->ncap) {
+      size_t ncap = h->ncap ? h->ncap * 2 : 16;
+      void *e = realloc(h->ent, ncap * sizeof(*h->ent));
+      if (!e) return MG_ENOMEM;
+      h->ent = e;
+      h->ncap = ncap;
+    }
+    h->ent[h->n].no = (uint32_t)h->len;
+    h->ent[h->n].nl = 0;
+    h->ent[h->n].vo = (uint32_t)h->len;
+    h->ent[h->n].vl = 0;
+    h->n++;
+  } else if (what == MG_HEAD_VALUE && h->last != MG_HEAD_VALUE && h->n > 0) {
+    h->ent[h->n - 1].vo = (uint32_t)h->len;
+  } else if (what == MG_HEAD_URL && h->last != MG_HEAD_URL) {
+    h->url_off = (uint32_t)h->len;
+  }
+  if (grow(h, len) < 0) return MG_ENOMEM;
+  memcpy(h->buf + h->len, p, len);
+  h->len += len;
+  if (what == MG_HEAD_FIELD) h->ent[h->n - 1].nl += (uint32_t)len;
+  else if (what == MG_HEAD_VALUE && h->n > 0) h->ent[h->n - 1].vl += (uint32_t)len;
+  else if (what == MG_HEAD_URL) h->url_len += (uint32_t)len;
+  h->last = what;
+  return 0;
+}
+
+int mg_head_finish(mg_head_t *h) {
+  free(h->headers);
+  h->headers = malloc((h->n ? h->n : 1) * sizeof(mg_header_t));
+  if (!h->headers) return MG_ENOMEM;
+  for (size_t i = 0; i < h->n; i++) {
+    h->headers[i].name = (mg_str_t){ h->buf + h->ent[i].no, h->ent[i].nl };
+    /* llhttp hands values with leading whitespace stripped; strip trailing too */
+    size_t vl = h->ent[i].vl;
+    const char *v = h->buf + h->ent[i].vo;
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    h->headers[i].value = (mg_str_t){ v, vl };
+  }
+  return 0;
+}
+
+const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name) {
+  for (size_t i = 0; i < h->n; i++)
+    if (mg_str_caseeq(h->headers[i].name, name)) return &h->headers[i];
+  return NULL;
+}
+
+int mg_http_is_hop_by_hop(mg_str_t n) {
+  static const mg_str_t hop[] = {
+    MG_STR("connection"), MG_STR("keep-alive"), MG_STR("proxy-connection"), MG_STR("te"),
+    MG_STR("trailer"), MG_STR("transfer-encoding"), MG_STR("upgrade"),
+    MG_STR("proxy-authorization"), MG_STR("proxy-authenticate"),
+  };
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    if (mg_str_caseeq(n, hop[i])) return 1;
+  return 0;
+}
+
+int mg_http_token_in_list(mg_str_t list, mg_str_t name) {
+  const char *p = list.p, *end = list.p + list.len;
+  while (p < end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
+    const char *s = p;
+    while (p < end && *p != ',') p++;
+    const char *e = p;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    if (mg_str_caseeq((mg_str_t){ s, (size_t)(e - s) }, name)) return 1;
+  }
+  return 0;
+}
+
+int mg_http_bad_value(mg_str_t v) {
+  for (size_t i = 0; i < v.len; i++) {
+    unsigned char c = (unsigned char)v.p[i];
+    if (c == 0 || c == '\r' || c == '\n') return 1;
+  }
+  return 0;
+}
+
+int mg_http_is_token(mg_str_t s) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  if (s.len == 0) return 0;
+  for (size_t i = 0; i < s.len; i++) {
+    unsigned char c = (unsigned char)s.p[i];
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) continue;
+    if (c == 0 || !strchr(extra, c)) return 0;
+  }
+  return 1;
+}
+
+const char *mg_http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 103: return "Early Hints";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 203: return "Non-Authoritative Information";
+  case 204: return "No Content";
+  case 205: return "Reset Content";
+  case 206: return "Partial Content";
+  case 300: return "Multiple Choices";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 406: return "Not Acceptable";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 412: return "Precondition Failed";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 416: return "Range Not Satisfiable";
+  case 417: return "Expectation Failed";
+  case 421: return "Misdirected Request";
+  case 422: return "Unprocessable Content";
+  case 425: return "Too Early";
+  case 426: return "Upgrade Required";
+  case 428: return "Precondition Required";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 451: return "Unavailable For Legal Reasons";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}

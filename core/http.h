@@ -1,0 +1,52 @@
+/* HTTP/1.1 message heads on top of llhttp: header storage that survives the read
+ * buffer, header classification (hop-by-hop), reason phrases. */
+#ifndef MG_HTTP_H
+#define MG_HTTP_H
+
+#include "mg.h"
+
+typedef struct {
+  mg_str_t name, value;
+} mg_header_t;
+
+/* A message head being parsed: the target URL (or status text) and header bytes are
+ * copied out of the per-worker read buffer into `buf` as llhttp reports them (they
+ * may arrive split across reads). Offsets, not pointers, until mg_head_finish, so
+ * the buffer may grow. Owned by the request; freed by mg_head_dispose. */
+typedef struct {
+  char *buf;
+  size_t len, cap;
+  struct { uint32_t no, nl, vo, vl; } *ent;
+  size_t n, ncap;
+  uint32_t url_off, url_len;
+  int last;             /* MG_HEAD_URL / FIELD / VALUE: what was appended last */
+  mg_header_t *headers; /* after mg_head_finish: n slices into buf */
+} mg_head_t;
+
+enum { MG_HEAD_NONE, MG_HEAD_URL, MG_HEAD_FIELD, MG_HEAD_VALUE };
+
+void mg_head_init(mg_head_t *h);
+void mg_head_reset(mg_head_t *h); /* keeps the memory */
+void mg_head_dispose(mg_head_t *h);
+/* Appends a piece of URL/field/value. MG_ELIMIT when buf would pass max_bytes or the
+ * header count would pass max_headers; MG_ENOMEM. */
+int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
+                   size_t max_headers);
+int mg_head_finish(mg_head_t *h);
+static inline mg_str_t mg_head_url(const mg_head_t *h) {
+  return (mg_str_t){ h->buf + h->url_off, h->url_len };
+}
+/* First header with that name (case-insensitive), or NULL. */
+const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name);
+
+/* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
+int mg_http_is_hop_by_hop(mg_str_t name);
+/* True if `name` is one of the comma-separated tokens of a Connection header value. */
+int mg_http_token_in_list(mg_str_t list, mg_str_t name);
+/* True when the value holds a byte no header value may carry (NUL, CR, LF). */
+int mg_http_bad_value(mg_str_t v);
+/* True when every byte is a tchar (RFC 9110 5.6.2) and there is at least one. */
+int mg_http_is_token(mg_str_t s);
+const char *mg_http_reason(int status);
+
+#endif

@@ -1,0 +1,241 @@
+/* moongate: the command line, the main thread (config, listening sockets, signals)
+ * and the worker threads' start and stop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: moongate [-c FILE]          run (default ./proxy.lua)\n"
+          "       moongate -t [-c FILE]       check the config and exit\n"
+          "       moongate -s stop [-c FILE]  stop the running instance (pid file)\n"
+          "       moongate -v                 print the version\n");
+}
+
+/* One listening socket per worker per address, all in one SO_REUSEPORT group: the
+ * kernel spreads new connections across the workers. Made here so that a bind
+ * error stops the start before any worker runs. */
+static int listen_socket(const mg_listen_cfg_t *l, char *err, size_t errlen) {
+  int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) goto fail;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
+  if (l->addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) goto fail;
+  if (listen(fd, 511) < 0) goto fail;
+  return fd;
+fail:
+  snprintf(err, errlen, "cannot listen on %s: %s", l->text, strerror(errno));
+  if (fd >= 0) close(fd);
+  return -1;
+}
+
+static int read_pid(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  int pid = -1;
+  if (fscanf(f, "%d", &pid) != 1) pid = -1;
+  fclose(f);
+  return pid;
+}
+
+static int write_pid(const char *path) {
+  char tmp[4200];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return -errno;
+  fprintf(f, "%d\n", (int)getpid());
+  if (fclose(f) != 0 || rename(tmp, path) != 0) return -errno;
+  return 0;
+}
+
+/* The main thread's state while running. */
+typedef struct {
+  uv_loop_t *loop;
+  uv_signal_t sig_term, sig_quit, sig_int, sig_hup;
+  uv_async_t exited; /* a worker finished */
+  mg_worker_t *workers;
+  int nworkers;
+  atomic_int nexited;
+  mg_gen_t *gen;
+  int stopping;
+} mg_main_t;
+
+static mg_main_t M;
+
+static void on_signal(uv_signal_t *s, int signum) {
+  switch (signum) {
+  case SIGINT:
+    MG_INFO(-1, "SIGINT: exiting now");
+    if (M.gen->pid) unlink(M.gen->pid);
+    _exit(0);
+  case SIGTERM:
+  case SIGQUIT:
+    if (M.stopping) return;
+    M.stopping = 1;
+    MG_INFO(-1, "%s: draining (up to %.1fs)", signum == SIGTERM ? "SIGTERM" : "SIGQUIT",
+            (double)M.gen->timeouts.drain / 1000.0);
+    for (int i = 0; i < M.nworkers; i++) mg_worker_command(&M.workers[i], MG_CMD_DRAIN);
+    break;
+  case SIGHUP:
+    MG_WARN(-1, "SIGHUP: live reload is not available yet; config unchanged");
+    break;
+  }
+}
+
+static void on_exited(uv_async_t *a) {
+  if (atomic_load(&M.nexited) == M.nworkers) uv_stop(M.loop);
+}
+
+/* Worker threads report their end through this (see worker.c's run). */
+void mg_main_worker_exited(void);
+void mg_main_worker_exited(void) {
+  atomic_fetch_add(&M.nexited, 1);
+  uv_async_send(&M.exited);
+}
+
+static int run(mg_gen_t *g) {
+  char err[512];
+  int n = g->workers;
+  int *fds = calloc((size_t)n * (size_t)g->nlisteners + 1, sizeof(int));
+  if (!fds) return 1;
+  for (int w = 0; w < n; w++)
+    for (int i = 0; i < g->nlisteners; i++) {
+      int fd = listen_socket(&g->listeners[i], err, sizeof(err));
+      if (fd < 0) {
+        MG_ERR(-1, "%s", err);
+        fprintf(stderr, "moongate: %s\n", err);
+        for (int k = 0; k < w * g->nlisteners + i; k++) close(fds[k]);
+        free(fds);
+        return 1;
+      }
+      fds[w * g->nlisteners + i] = fd;
+    }
+  if (g->pid) {
+    int rc = write_pid(g->pid);
+    if (rc < 0) MG_WARN(-1, "cannot write pid file %s: %s", g->pid, strerror(-rc));
+  }
+
+  M.loop = uv_default_loop();
+  M.gen = g;
+  M.nworkers = n;
+  atomic_init(&M.nexited, 0);
+  uv_async_init(M.loop, &M.exited, on_exited);
+  uv_signal_init(M.loop, &M.sig_term);
+  uv_signal_start(&M.sig_term, on_signal, SIGTERM);
+  uv_signal_init(M.loop, &M.sig_quit);
+  uv_signal_start(&M.sig_quit, on_signal, SIGQUIT);
+  uv_signal_init(M.loop, &M.sig_int);
+  uv_signal_start(&M.sig_int, on_signal, SIGINT);
+  uv_signal_init(M.loop, &M.sig_hup);
+  uv_signal_start(&M.sig_hup, on_signal, SIGHUP);
+
+  M.workers = calloc((size_t)n, sizeof(mg_worker_t));
+  if (!M.workers) return 1;
+  for (int w = 0; w < n; w++) {
+    int rc = mg_worker_start(&M.workers[w], w, g, fds + w * g->nlisteners);
+    if (rc < 0) {
+      MG_ERR(-1, "cannot start worker %d: %s", w, uv_strerror(rc));
+      _exit(1);
+    }
+  }
+  free(fds);
+  char addrs[512] = "";
+  for (int i = 0; i < g->nlisteners; i++) {
+    size_t l = strlen(addrs);
+    snprintf(addrs + l, sizeof(addrs) - l, "%s%s", i ? " " : "", g->listeners[i].text);
+  }
+  MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
+
+  uv_run(M.loop, UV_RUN_DEFAULT);
+
+  for (int w = 0; w < n; w++) mg_worker_join(&M.workers[w]);
+  free(M.workers);
+  uv_close((uv_handle_t *)&M.exited, NULL);
+  uv_close((uv_handle_t *)&M.sig_term, NULL);
+  uv_close((uv_handle_t *)&M.sig_quit, NULL);
+  uv_close((uv_handle_t *)&M.sig_int, NULL);
+  uv_close((uv_handle_t *)&M.sig_hup, NULL);
+  uv_run(M.loop, UV_RUN_DEFAULT);
+  uv_loop_close(M.loop);
+  if (g->pid && read_pid(g->pid) == (int)getpid()) unlink(g->pid);
+  MG_INFO(-1, "stopped");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  const char *path = "proxy.lua";
+  const char *signame = NULL;
+  int test = 0;
+  int opt;
+  while ((opt = getopt(argc, argv, "c:ts:vh")) != -1) {
+    switch (opt) {
+    case 'c': path = optarg; break;
+    case 't': test = 1; break;
+    case 's': signame = optarg; break;
+    case 'v': printf("moongate %s\n", MG_VERSION); return 0;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    usage(stderr);
+    return 2;
+  }
+  if (signame && strcmp(signame, "stop") != 0) {
+    fprintf(stderr, "moongate: -s takes 'stop' (reload comes with live reload)\n");
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  char err[1024];
+  mg_gen_t *g = NULL;
+  if (mg_config_load(path, &g, err, sizeof(err)) < 0) {
+    fprintf(stderr, "moongate: config error: %s\n", err);
+    return 1;
+  }
+  if (test) {
+    printf("moongate: config %s ok\n", g->path);
+    mg_gen_unref(g);
+    return 0;
+  }
+  if (signame) {
+    int pid = g->pid ? read_pid(g->pid) : -1;
+    int rc = 0;
+    if (pid <= 0) {
+      fprintf(stderr, "moongate: no pid in %s: is moongate running?\n", g->pid ? g->pid : "(no pid file)");
+      rc = 1;
+    } else if (kill(pid, SIGTERM) < 0) {
+      fprintf(stderr, "moongate: cannot signal pid %d: %s\n", pid, strerror(errno));
+      rc = 1;
+    }
+    mg_gen_unref(g);
+    return rc;
+  }
+
+  int rc = mg_log_open(g->error_log ? g->error_log : "-", g->log_level);
+  if (rc < 0) {
+    fprintf(stderr, "moongate: cannot open error log %s: %s\n", g->error_log, strerror(-rc));
+    return 1;
+  }
+  if ((rc = mg_access_log_open(g->access_log)) < 0) {
+    fprintf(stderr, "moongate: cannot open access log %s: %s\n", g->access_log, strerror(-rc));
+    return 1;
+  }
+  rc = run(g);
+  mg_access_log_close();
+  mg_log_close();
+  mg_gen_unref(g);
+  return rc;
+}

@@ -1,0 +1,582 @@
+#include "proxy.h"
+
+#include <cjson/cJSON.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+#include "worker.h"
+
+static void start_upstream(mg_req_t *r);
+
+#define APPEND_LIT(q, lit) mg_outq_append((q), (lit), sizeof(lit) - 1)
+
+static int is_idempotent(int m) {
+  return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
+         m == HTTP_OPTIONS || m == HTTP_TRACE;
+}
+
+static const char hexdig[] = "0123456789abcdef";
+
+/* ---------------- lifecycle ---------------- */
+
+mg_req_t *mg_req_new(mg_conn_t *c) {
+  mg_req_t *r = calloc(1, sizeof(*r));
+  if (!r) return NULL;
+  mg_worker_t *w = c->w;
+  r->conn = c;
+  r->w = w;
+  r->gen = w->gen;
+  mg_gen_ref(r->gen);
+  mg_arena_init(&r->arena);
+  mg_head_init(&r->head);
+  mg_head_init(&r->rhead);
+  mg_outq_init(&r->upq, NULL, NULL);
+  r->upstream = -1;
+  r->server = -1;
+  r->t_start = uv_hrtime();
+  uint64_t id = w->id_seed + ++w->seq;
+  for (int i = 15; i >= 0; i--, id >>= 4) r->id[i] = hexdig[id & 15];
+  r->id[16] = '\0';
+  return r;
+}
+
+static void access_log(mg_req_t *r) {
+  mg_worker_t *w = r->w;
+  if (mg_access_log_fd() < 0 || r->status == 0) return;
+  char ts[32];
+  mg_time_iso(ts, sizeof(ts));
+  cJSON *o = cJSON_CreateObject();
+  if (!o) return;
+  char method[24];
+  snprintf(method, sizeof(method), "%s", r->method >= 0 ? llhttp_method_name(r->method) : "-");
+  char *path = r->path.p ? mg_arena_strdup(&r->arena, r->path.p, r->path.len) : NULL;
+  char *host = r->host.p ? mg_arena_strdup(&r->arena, r->host.p, r->host.len) : NULL;
+  cJSON_AddStringToObject(o, "time", ts);
+  cJSON_AddStringToObject(o, "client", r->conn->client);
+  cJSON_AddStringToObject(o, "method", r->head.n || r->path.p ? method : "-");
+  if (path) cJSON_AddStringToObject(o, "path", path);
+  else cJSON_AddNullToObject(o, "path");
+  if (host) cJSON_AddStringToObject(o, "host", host);
+  else cJSON_AddNullToObject(o, "host");
+  cJSON_AddNumberToObject(o, "status", r->status);
+  cJSON_AddNumberToObject(o, "bytes_in", (double)r->bytes_in);
+  cJSON_AddNumberToObject(o, "bytes_out", (double)r->bytes_out);
+  if (r->server >= 0 && r->upstream >= 0) {
+    cJSON_AddStringToObject(o, "upstream", r->gen->upstreams[r->upstream].servers[r->server].text);
+    uint64_t end = r->t_up_end ? r->t_up_end : uv_hrtime();
+    cJSON_AddNumberToObject(o, "upstream_time", (double)(end - r->t_up_start) / 1e9);
+  } else {
+    cJSON_AddNullToObject(o, "upstream");
+    cJSON_AddNullToObject(o, "upstream_time");
+  }
+  cJSON_AddNumberToObject(o, "time_total", (double)(uv_hrtime() - r->t_start) / 1e9);
+  cJSON_AddStringToObject(o, "request_id", r->id);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!s) return;
+  size_t n = strlen(s);
+  s[n] = '\n'; /* replaces the NUL: written with an explicit length */
+  mg_worker_access_log(w, s, n + 1);
+  free(s);
+}
+
+void mg_req_free(mg_req_t *r) {
+  if (!r) return;
+  if (r->upc) mg_proxy_abort(r);
+  access_log(r);
+  mg_head_dispose(&r->head);
+  mg_head_dispose(&r->rhead);
+  mg_outq_dispose(&r->upq);
+  mg_arena_dispose(&r->arena);
+  mg_gen_unref(r->gen);
+  free(r);
+}
+
+void mg_proxy_abort(mg_req_t *r) {
+  if (r->upc) {
+    mg_upconn_t *u = r->upc;
+    mg_upstream_release(u, 0);
+  }
+}
+
+/* ---------------- answers moongate writes itself ---------------- */
+
+static int will_close(mg_req_t *r) {
+  mg_conn_t *c = r->conn;
+  return c->close_after || !r->keepalive || c->w->draining;
+}
+
+/* Queues a complete response whose head (status line + header lines, without the
+ * blank line) and body are given. Decides what happens to an unread body. */
+static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
+                   size_t blen) {
+  mg_conn_t *c = r->conn;
+  int body_pending = !r->complete &&
+                     (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > r->body_read));
+  if (body_pending) {
+    /* A client waiting for 100-continue will not send the body: the connection
+     * cannot carry another request after this one. */
+    if (r->expect_continue) c->close_after = 1;
+    else r->discard_body = 1;
+  }
+  if (r->upc) mg_upstream_release(r->upc, 0);
+  r->status = status;
+  mg_outq_t *q = &c->out;
+  size_t before = mg_outq_size(q);
+  mg_outq_append(q, head, hlen);
+  if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
+  else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
+  else APPEND_LIT(q, "\r\n");
+  if (r->method != HTTP_HEAD && blen) mg_outq_append(q, body, blen);
+  r->bytes_out += mg_outq_size(q) - before;
+  r->rstate = MG_RS_DONE;
+  mg_conn_flush(c);
+  mg_conn_request_done(c);
+}
+
+void mg_proxy_error(mg_req_t *r, int status, int close) {
+  mg_conn_t *c = r->conn;
+  if (r->rstate != MG_RS_NONE) {
+    mg_conn_close(c);
+    return;
+  }
+  if (close) c->close_after = 1;
+  char body[128], head[256];
+  int blen = snprintf(body, sizeof(body), "%d %s\nrequest id: %s\n", status, mg_http_reason(status), r->id);
+  int hlen = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                      "X-Request-Id: %s\r\n",
+                      status, mg_http_reason(status), blen, r->id);
+  answer(r, status, head, (size_t)hlen, body, (size_t)blen);
+}
+
+/* ---------------- the request head ---------------- */
+
+static int hex_ok(char ch) {
+  return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* Splits the request target into what goes upstream and the path to route on. */
+static int parse_target(mg_req_t *r) {
+  mg_str_t u = mg_head_url(&r->head);
+  if (u.len == 0) return 400;
+  if (u.p[0] == '/') {
+    r->target = u;
+  } else if (u.len == 1 && u.p[0] == '*' && r->method == HTTP_OPTIONS) {
+    r->target = u;
+    r->path = MG_STR("/");
+    return 0;
+  } else if (u.len > 7 && (strncasecmp(u.p, "http://", 7) == 0 || strncasecmp(u.p, "https://", 8) == 0)) {
+    size_t skip = u.p[4] == ':' ? 7 : 8;
+    const char *a = u.p + skip, *end = u.p + u.len, *e = a;
+    while (e < end && *e != '/' && *e != '?') e++;
+    if (e == a) return 400;
+    r->host = (mg_str_t){ a, (size_t)(e - a) };
+    r->absolute_form = 1;
+    if (e == end) r->target = MG_STR("/");
+    else if (*e == '?') {
+      /* "http://h?q": the path is "/" */
+      char *t = mg_arena_alloc(&r->arena, (size_t)(end - e) + 1);
+      if (!t) return 500;
+      t[0] = '/';
+      memcpy(t + 1, e, (size_t)(end - e));
+      r->target = (mg_str_t){ t, (size_t)(end - e) + 1 };
+    } else r->target = (mg_str_t){ e, (size_t)(end - e) };
+  } else {
+    return 400;
+  }
+  const char *q = memchr(r->target.p, '?', r->target.len);
+  r->path = (mg_str_t){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.len };
+  /* bytes llhttp lets through in a target but no origin should see */
+  for (size_t i = 0; i < r->target.len; i++) {
+    unsigned char ch = (unsigned char)r->target.p[i];
+    if (ch <= 0x20 || ch == 0x7f || ch == '#') return 400;
+    if (ch == '%' && (i + 2 >= r->target.len || !hex_ok(r->target.p[i + 1]) || !hex_ok(r->target.p[i + 2])))
+      return 400;
+  }
+  return 0;
+}
+
+/* The header name is one of the extra hop-by-hop names listed in Connection. */
+static int listed_hop(const mg_req_t *r, const mg_head_t *h, mg_str_t conn_value, mg_str_t name) {
+  (void)r;
+  (void)h;
+  return conn_value.len && mg_http_token_in_list(conn_value, name);
+}
+
+static int check_headers(mg_req_t *r) {
+  int hosts = 0;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *h = &r->head.headers[i];
+    if (!mg_http_is_token(h->name) || mg_http_bad_value(h->value)) return 400;
+    if (h->name.len == 4 && mg_str_caseeq(h->name, MG_STR("host"))) {
+      if (++hosts > 1) return 400;
+      if (!r->absolute_form) r->host = h->value;
+    } else if (mg_str_caseeq(h->name, MG_STR("connection"))) {
+      if (r->connection.len) return 400; /* two Connection headers: keep it simple and strict */
+      r->connection = h->value;
+    } else if (mg_str_caseeq(h->name, MG_STR("transfer-encoding"))) {
+      if (!mg_str_caseeq(h->value, MG_STR("chunked"))) return 501;
+    } else if (mg_str_caseeq(h->name, MG_STR("expect"))) {
+      if (!mg_str_caseeq(h->value, MG_STR("100-continue"))) return 417;
+      r->expect_continue = r->http_minor == 1;
+    }
+  }
+  if (r->http_minor == 1 && hosts == 0 && !r->absolute_form) return 400;
+  return 0;
+}
+
+/* Serialises the upstream request head into r->upq. */
+static int build_upstream_head(mg_req_t *r) {
+  mg_outq_t *q = &r->upq;
+  mg_conn_t *c = r->conn;
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  const char *m = llhttp_method_name(r->method);
+  mg_outq_append(q, m, strlen(m));
+  APPEND_LIT(q, " ");
+  mg_outq_append(q, r->target.p, r->target.len);
+  APPEND_LIT(q, " HTTP/1.1\r\n");
+  const mg_header_t *xff = NULL, *via = NULL;
+  int have_id = 0, have_host = 0;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *h = &r->head.headers[i];
+    mg_str_t n = h->name;
+    if (mg_http_is_hop_by_hop(n) || listed_hop(r, &r->head, r->connection, n)) continue;
+    switch (n.len) {
+    case 4:
+      if (mg_str_caseeq(n, MG_STR("host"))) {
+        if (r->absolute_form) continue;
+        have_host = 1;
+      }
+      break;
+    case 3:
+      if (mg_str_caseeq(n, MG_STR("via"))) {
+        via = h; /* merged below; repeated Via headers keep only the last list */
+        continue;
+      }
+      break;
+    case 6:
+      if (mg_str_caseeq(n, MG_STR("expect"))) continue;
+      break;
+    case 12:
+      if (mg_str_caseeq(n, MG_STR("x-request-id"))) have_id = 1;
+      break;
+    case 14:
+      if (mg_str_caseeq(n, MG_STR("content-length"))) continue;
+      break;
+    case 15:
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) {
+        /* several X-Forwarded-For headers: join them in order */
+        if (xff) {
+          mg_str_t a = xff->value, b = h->value;
+          char *j = mg_arena_alloc(&r->arena, a.len + b.len + 2);
+          mg_header_t *nh = mg_arena_alloc(&r->arena, sizeof(*nh));
+          if (!j || !nh) return MG_ENOMEM;
+          memcpy(j, a.p, a.len);
+          memcpy(j + a.len, ", ", 2);
+          memcpy(j + a.len + 2, b.p, b.len);
+          nh->name = n;
+          nh->value = (mg_str_t){ j, a.len + 2 + b.len };
+          xff = nh;
+        } else {
+          xff = h;
+        }
+        continue;
+      }
+      break;
+    case 16:
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-host"))) continue;
+      break;
+    case 17:
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-proto"))) continue;
+      break;
+    }
+    mg_outq_append(q, n.p, n.len);
+    APPEND_LIT(q, ": ");
+    mg_outq_append(q, h->value.p, h->value.len);
+    APPEND_LIT(q, "\r\n");
+  }
+  if (!have_host) {
+    APPEND_LIT(q, "Host: ");
+    if (r->host.len) mg_outq_append(q, r->host.p, r->host.len);
+    else {
+      const char *t = u->servers[r->server >= 0 ? r->server : 0].text;
+      mg_outq_append(q, t, strlen(t));
+    }
+    APPEND_LIT(q, "\r\n");
+  }
+  APPEND_LIT(q, "X-Forwarded-For: ");
+  if (xff && xff->value.len) {
+    mg_outq_append(q, xff->value.p, xff->value.len);
+    APPEND_LIT(q, ", ");
+  }
+  mg_outq_append(q, c->client_ip, strlen(c->client_ip));
+  APPEND_LIT(q, "\r\nX-Forwarded-Proto: http\r\n");
+  if (r->host.len) {
+    APPEND_LIT(q, "X-Forwarded-Host: ");
+    mg_outq_append(q, r->host.p, r->host.len);
+    APPEND_LIT(q, "\r\n");
+  }
+  APPEND_LIT(q, "Via: ");
+  if (via && via->value.len) {
+    mg_outq_append(q, via->value.p, via->value.len);
+    APPEND_LIT(q, ", ");
+  }
+  if (r->http_minor == 0) APPEND_LIT(q, "1.0 moongate\r\n");
+  else APPEND_LIT(q, "1.1 moongate\r\n");
+  if (!have_id) {
+    APPEND_LIT(q, "X-Request-Id: ");
+    mg_outq_append(q, r->id, 16);
+    APPEND_LIT(q, "\r\n");
+  }
+  if (r->body == MG_BODY_LENGTH) mg_outq_printf(q, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+  else if (r->body == MG_BODY_CHUNKED) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
+  if (u->keepalive == 0) APPEND_LIT(q, "Connection: close\r\n");
+  APPEND_LIT(q, "\r\n");
+  return 0;
+}
+
+int mg_proxy_head(mg_req_t *r) {
+  int status;
+  if (mg_head_finish(&r->head) < 0) return 500;
+  if (r->method == HTTP_CONNECT) return 501;
+  if ((status = parse_target(r)) != 0) return status;
+  if ((status = check_headers(r)) != 0) return status;
+  uint64_t max = r->gen->limits.body_size;
+  if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
+
+  mg_conn_t *c = r->conn;
+  const mg_route_t *rt = mg_route_match(r->gen, c->listener->name, r->method, r->host, r->path);
+  if (!rt) {
+    mg_proxy_error(r, 404, 0);
+    return 0;
+  }
+  r->route = rt;
+  if (rt->upstream < 0) {
+    answer(r, rt->status, rt->resp_head, rt->resp_head_len, rt->resp_body, rt->resp_body_len);
+    return 0;
+  }
+  r->upstream = rt->upstream;
+  int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
+  if (r->expect_continue && has_body) {
+    APPEND_LIT(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+  }
+  start_upstream(r);
+  return 0;
+}
+
+/* Where request body bytes go: the live upstream queue, or the waiting one. */
+static mg_outq_t *body_queue(mg_req_t *r) {
+  if (r->upc && r->upc->state == MG_UP_ACTIVE) return &r->upc->out;
+  return &r->upq;
+}
+
+int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
+  r->body_read += len;
+  uint64_t max = r->gen->limits.body_size;
+  if (max && r->body_read > max) return 413;
+  if (r->discard_body || r->upstream < 0 || r->rstate == MG_RS_DONE) return 0;
+  mg_outq_t *q = body_queue(r);
+  if (r->body == MG_BODY_CHUNKED) {
+    char line[24];
+    int n = snprintf(line, sizeof(line), "%zx\r\n", len);
+    mg_outq_append(q, line, (size_t)n);
+    mg_outq_append(q, p, len);
+    APPEND_LIT(q, "\r\n");
+  } else {
+    mg_outq_append(q, p, len);
+  }
+  r->body_sent += len;
+  if (q != &r->upq) mg_upstream_flush(r->upc);
+  if (mg_outq_full(q)) r->conn->up_blocked = 1;
+  return 0;
+}
+
+void mg_proxy_request_end(mg_req_t *r) {
+  if (r->upstream < 0 || r->discard_body || r->rstate == MG_RS_DONE) return;
+  if (r->body == MG_BODY_CHUNKED) {
+    mg_outq_t *q = body_queue(r);
+    APPEND_LIT(q, "0\r\n\r\n");
+    if (q != &r->upq) mg_upstream_flush(r->upc);
+  }
+}
+
+/* ---------------- the upstream exchange ---------------- */
+
+static void start_upstream(mg_req_t *r) {
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  for (;;) {
+    int s = mg_worker_pick_server(r->w, r->upstream, r->tried);
+    if (s < 0) {
+      mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
+      return;
+    }
+    r->tried |= (uint64_t)1 << s;
+    r->server = s;
+    if (r->upq.pending == 0 && build_upstream_head(r) < 0) {
+      mg_proxy_error(r, 500, 1);
+      return;
+    }
+    int rc = mg_upstream_get(r->w, r, u, &u->servers[s]);
+    if (rc == 1) {
+      mg_proxy_upstream_ready(r);
+      return;
+    }
+    if (rc == 0) return;
+    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, u->servers[s].text, uv_strerror(rc));
+    if (!is_idempotent(r->method)) {
+      mg_proxy_error(r, 502, 0);
+      return;
+    }
+  }
+}
+
+void mg_proxy_upstream_ready(mg_req_t *r) {
+  mg_upconn_t *u = r->upc;
+  if (!r->t_up_start) r->t_up_start = uv_hrtime();
+  mg_outq_move(&u->out, &r->upq);
+  mg_upstream_flush(u);
+  if (!r->upc) return; /* the flush failed and the exchange moved on */
+  mg_conn_t *c = r->conn;
+  if (c->up_blocked && !mg_outq_full(&u->out)) {
+    c->up_blocked = 0;
+    mg_conn_update_reading(c);
+  }
+}
+
+void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout) {
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  const char *peer = u->servers[r->server].text;
+  mg_upconn_t *uc = r->upc;
+  int reused = uc ? uc->reused : 0, got = uc ? uc->got_bytes : 0;
+  if (uc) mg_upstream_release(uc, 0);
+  if (r->rstate != MG_RS_NONE) {
+    MG_WARN(r->w->id, "req %s: upstream %s failed mid-response", r->id, peer);
+    mg_conn_close(r->conn);
+    return;
+  }
+  if (connect) {
+    MG_WARN(r->w->id, "req %s: upstream %s: connect %s", r->id, peer, timeout ? "timed out" : "failed");
+    if (timeout) r->timed_out = 1;
+    if (is_idempotent(r->method)) {
+      start_upstream(r);
+      return;
+    }
+    mg_proxy_error(r, timeout ? 504 : 502, 0);
+    return;
+  }
+  /* A pooled connection the server had closed: the request never got an answer;
+   * send it again once on a fresh connection when that is safe. */
+  if (reused && !got && !timeout && !r->stale_retry && r->body_sent == 0 && r->body != MG_BODY_CHUNKED &&
+      is_idempotent(r->method)) {
+    r->stale_retry = 1;
+    r->tried &= ~((uint64_t)1 << r->server);
+    mg_outq_dispose(&r->upq);
+    start_upstream(r);
+    return;
+  }
+  MG_WARN(r->w->id, "req %s: upstream %s: %s before a response", r->id, peer,
+          timeout ? "timed out" : "closed or reset");
+  mg_proxy_error(r, timeout ? 504 : 502, 0);
+}
+
+static int resp_header_skipped(mg_str_t n, mg_str_t conn_value) {
+  if (mg_http_is_hop_by_hop(n)) return 1;
+  if (mg_str_caseeq(n, MG_STR("server")) || mg_str_caseeq(n, MG_STR("x-powered-by")) ||
+      mg_str_caseeq(n, MG_STR("content-length")))
+    return 1;
+  return conn_value.len && mg_http_token_in_list(conn_value, n);
+}
+
+int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
+  mg_conn_t *c = r->conn;
+  if (mg_head_finish(&r->rhead) < 0) return -1;
+  int status = p->status_code;
+  r->status = status;
+  r->rstate = MG_RS_HEAD;
+  r->rnobody = r->method == HTTP_HEAD || status == 204 || status == 304;
+  int has_len = (p->flags & F_CONTENT_LENGTH) != 0;
+  if (!r->rnobody && !has_len) {
+    if (r->http_minor == 1) r->rchunked = 1;
+    else {
+      r->rclose = 1;
+      c->close_after = 1;
+    }
+  }
+  mg_str_t conn_value = { NULL, 0 };
+  const mg_header_t *ch = mg_head_get(&r->rhead, MG_STR("connection"));
+  if (ch) conn_value = ch->value;
+
+  mg_outq_t *q = &c->out;
+  size_t before = mg_outq_size(q);
+  mg_outq_printf(q, "HTTP/1.1 %d %s\r\n", status, mg_http_reason(status));
+  for (size_t i = 0; i < r->rhead.n; i++) {
+    const mg_header_t *h = &r->rhead.headers[i];
+    if (resp_header_skipped(h->name, conn_value)) continue;
+    mg_outq_append(q, h->name.p, h->name.len);
+    APPEND_LIT(q, ": ");
+    mg_outq_append(q, h->value.p, h->value.len);
+    APPEND_LIT(q, "\r\n");
+  }
+  if (has_len && status != 204 && !(status == 304 && p->content_length == 0))
+    mg_outq_printf(q, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+  else if (r->rchunked) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
+  if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
+  else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
+  else APPEND_LIT(q, "\r\n");
+  r->bytes_out += mg_outq_size(q) - before;
+  mg_conn_flush(c);
+  return 0;
+}
+
+void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
+  mg_conn_t *c = r->conn;
+  mg_outq_t *q = &c->out;
+  size_t before = mg_outq_size(q);
+  if (r->rchunked) {
+    char line[24];
+    int n = snprintf(line, sizeof(line), "%zx\r\n", len);
+    mg_outq_append(q, line, (size_t)n);
+    mg_outq_append(q, p, len);
+    APPEND_LIT(q, "\r\n");
+  } else {
+    mg_outq_append(q, p, len);
+  }
+  r->bytes_out += mg_outq_size(q) - before;
+  mg_conn_flush(c);
+  if (c->state != MG_CS_CLOSED && mg_outq_full(q) && r->upc) {
+    mg_upstream_pause(r->upc, 1);
+    mg_conn_send_wait(c, 1);
+  }
+}
+
+void mg_proxy_response_end(mg_req_t *r) {
+  mg_conn_t *c = r->conn;
+  if (r->rchunked) {
+    APPEND_LIT(&c->out, "0\r\n\r\n");
+    r->bytes_out += 5;
+  }
+  r->t_up_end = uv_hrtime();
+  r->rstate = MG_RS_DONE;
+  mg_conn_flush(c);
+  if (c->state == MG_CS_CLOSED) return;
+  mg_conn_request_done(c);
+}
+
+void mg_proxy_client_drained(mg_req_t *r) {
+  mg_conn_send_wait(r->conn, 0);
+  if (r->upc && r->upc->paused) mg_upstream_pause(r->upc, 0);
+}
+
+void mg_proxy_upstream_drained(mg_req_t *r) {
+  mg_conn_t *c = r->conn;
+  if (c->up_blocked) {
+    c->up_blocked = 0;
+    mg_conn_update_reading(c);
+  }
+}

@@ -1,0 +1,105 @@
+/* One request/response exchange: routing, direct answers, the upstream request
+ * head, streaming bodies both ways, the response head, the access log.
+ *
+ * Ownership: the downstream connection owns its current request (conn->req). The
+ * request holds a reference on the config generation it started with, and at most
+ * one upstream connection (req->upc, with upc->req pointing back) until the
+ * response is complete or the exchange fails. */
+#ifndef MG_PROXY_H
+#define MG_PROXY_H
+
+#include <llhttp.h>
+
+#include "arena.h"
+#include "buf.h"
+#include "config.h"
+#include "http.h"
+#include "mg.h"
+
+enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
+enum { MG_RS_NONE, MG_RS_HEAD, MG_RS_DONE }; /* response progress toward the client */
+
+struct mg_req_s {
+  mg_conn_t *conn;
+  mg_worker_t *w;
+  mg_gen_t *gen;
+  mg_arena_t arena;
+  char id[17];
+  uint64_t t_start;       /* uv_hrtime() at the first byte */
+  uint64_t t_up_start, t_up_end;
+
+  /* request head */
+  mg_head_t head;
+  int method;
+  int http_minor;         /* 0 or 1 (major is always 1) */
+  mg_str_t target;        /* what goes on the upstream request line: path[?query] */
+  mg_str_t path;          /* without the query */
+  mg_str_t host;          /* Host header or absolute-form authority */
+  mg_str_t connection;    /* Connection header value (names of extra hop-by-hop headers) */
+  int body;               /* MG_BODY_* */
+  uint64_t content_length;
+  uint64_t body_read;     /* decoded body bytes received */
+  uint64_t bytes_in;      /* raw bytes of this request */
+  unsigned keepalive : 1;       /* the client allows another request after this one */
+  unsigned expect_continue : 1;
+  unsigned complete : 1;        /* the whole request has been read */
+  unsigned discard_body : 1;    /* answered directly: read and drop the body */
+  unsigned absolute_form : 1;   /* the target carried the authority (it wins over Host) */
+  unsigned stale_retry : 1;     /* already retried once after a dead pooled connection */
+
+  /* upstream */
+  const mg_route_t *route;
+  int upstream;           /* index in gen->upstreams, -1 when answered directly */
+  int server;             /* index of the server in use */
+  uint64_t tried;         /* servers already tried (bit per server index) */
+  int timed_out;          /* a connect attempt timed out (-> 504 when all fail) */
+  mg_upconn_t *upc;
+  mg_outq_t upq;          /* upstream head + body waiting for a connection */
+  uint64_t body_sent;     /* body bytes moved to an upstream connection */
+
+  /* response */
+  mg_head_t rhead;
+  int status;
+  int rstate;             /* MG_RS_* */
+  unsigned rchunked : 1;  /* re-chunking the body for the client */
+  unsigned rclose : 1;    /* body framed by close: the connection ends with it */
+  unsigned rnobody : 1;
+  uint64_t bytes_out;
+};
+
+/* Creates the request for a new message on conn (llhttp on_message_begin). */
+mg_req_t *mg_req_new(mg_conn_t *c);
+void mg_req_free(mg_req_t *r);
+
+/* The head is parsed: validate, route, answer or start the upstream exchange.
+ * Returns 0, or an HTTP status (4xx/5xx) to answer with before closing. */
+int mg_proxy_head(mg_req_t *r);
+/* A piece of decoded request body. 0, or a status as above. */
+int mg_proxy_body(mg_req_t *r, const char *p, size_t len);
+/* The request is fully read. */
+void mg_proxy_request_end(mg_req_t *r);
+/* Answers with a short error page and marks the connection for closing if
+ * `close` (always when the request was not fully read). Safe at any point before
+ * the response head went out; after it, the connection is just closed. */
+void mg_proxy_error(mg_req_t *r, int status, int close);
+/* Abandons the exchange (client gone): closes the upstream connection if any. */
+void mg_proxy_abort(mg_req_t *r);
+
+/* ---- called by upstream.c ---- */
+/* The upstream connection is ready (new or reused): hand it the queued bytes. */
+void mg_proxy_upstream_ready(mg_req_t *r);
+/* The upstream connection failed. `before_response`: no response byte came;
+ * `connect`: the failure happened while connecting (nothing was sent);
+ * `timeout`: it was a timeout. */
+void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout);
+/* The upstream response head is parsed (p is the upstream parser): send ours. */
+int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p);
+void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len);
+/* The response is complete (the upstream connection is already released). */
+void mg_proxy_response_end(mg_req_t *r);
+/* The client's output queue drained: resume reading the upstream. */
+void mg_proxy_client_drained(mg_req_t *r);
+/* The upstream's output queue drained: resume reading the request body. */
+void mg_proxy_upstream_drained(mg_req_t *r);
+
+#endif

@@ -1,0 +1,322 @@
+#include "upstream.h"
+
+#include <stdlib.h>
+
+#include "conn.h"
+#include "log.h"
+#include "proxy.h"
+#include "worker.h"
+
+static int on_status(llhttp_t *p, const char *at, size_t len);
+static int on_header_field(llhttp_t *p, const char *at, size_t len);
+static int on_header_value(llhttp_t *p, const char *at, size_t len);
+static int on_headers_complete(llhttp_t *p);
+static int on_body(llhttp_t *p, const char *at, size_t len);
+static int on_message_complete(llhttp_t *p);
+
+static llhttp_settings_t settings = {
+  .on_status = on_status,
+  .on_header_field = on_header_field,
+  .on_header_value = on_header_value,
+  .on_headers_complete = on_headers_complete,
+  .on_body = on_body,
+  .on_message_complete = on_message_complete,
+};
+
+/* Response heads from upstreams get generous but finite limits. */
+#define UP_HEAD_MAX (64 * 1024)
+#define UP_HEADERS_MAX 200
+
+static void on_close(uv_handle_t *h) {
+  mg_upconn_t *u = h->data;
+  if (--u->handles > 0) return;
+  mg_outq_dispose(&u->out);
+  free(u);
+}
+
+static void unpool(mg_upconn_t *u) {
+  if (u->state != MG_UP_IDLE) return;
+  if (u->prev_idle) u->prev_idle->next_idle = u->next_idle;
+  else u->pool->idle = u->next_idle;
+  if (u->next_idle) u->next_idle->prev_idle = u->prev_idle;
+  u->next_idle = u->prev_idle = NULL;
+  u->pool->nidle--;
+}
+
+void mg_upstream_close(mg_upconn_t *u) {
+  if (u->state == MG_UP_CLOSED) return;
+  unpool(u);
+  if (u->req) {
+    u->req->upc = NULL;
+    u->req = NULL;
+  }
+  u->state = MG_UP_CLOSED;
+  uv_close((uv_handle_t *)&u->timer, on_close);
+  uv_close((uv_handle_t *)&u->tcp, on_close);
+}
+
+/* Unlinks from the request and reports a failure to it. */
+static void fail(mg_upconn_t *u, int connect, int timeout) {
+  mg_req_t *r = u->req;
+  if (!r) {
+    mg_upstream_close(u);
+    return;
+  }
+  mg_proxy_upstream_failed(r, connect, timeout); /* releases (closes) u */
+  mg_upstream_close(u);
+}
+
+static void on_timer(uv_timer_t *t) {
+  mg_upconn_t *u = t->data;
+  switch (u->state) {
+  case MG_UP_CONNECTING:
+    fail(u, 1, 1);
+    break;
+  case MG_UP_ACTIVE:
+    fail(u, 0, 1);
+    break;
+  default:
+    mg_upstream_close(u);
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  mg_upconn_t *u = h->data;
+  *buf = uv_buf_init(u->w->rbuf, sizeof(u->w->rbuf));
+}
+
+/* The response ended (u->done): pool or close the connection, then finish. */
+static void finish(mg_upconn_t *u, int extra_bytes) {
+  mg_req_t *r = u->req;
+  int reusable = !extra_bytes && llhttp_should_keep_alive(&u->parser) && r->complete &&
+                 !r->conn->w->draining;
+  mg_upstream_release(u, reusable);
+  mg_proxy_response_end(r);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  mg_upconn_t *u = s->data;
+  if (nread == 0) return;
+  if (u->state != MG_UP_ACTIVE) {
+    /* idle in the pool: the server closed it, or sent bytes nobody asked for */
+    mg_upstream_close(u);
+    return;
+  }
+  if (nread < 0) {
+    if (nread == UV_EOF) {
+      llhttp_errno_t err = llhttp_finish(&u->parser); /* ends an until-close body */
+      if (u->state == MG_UP_CLOSED || !u->req) return;
+      if ((err == HPE_OK || err == HPE_PAUSED) && u->done) {
+        finish(u, 1);
+        return;
+      }
+    }
+    fail(u, 0, 0);
+    return;
+  }
+  u->got_bytes = 1;
+  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  llhttp_errno_t err = llhttp_execute(&u->parser, buf->base, (size_t)nread);
+  if (u->state == MG_UP_CLOSED || !u->req) return;
+  if (err == HPE_OK) return;
+  if (err == HPE_PAUSED && u->done) {
+    const char *pos = llhttp_get_error_pos(&u->parser);
+    finish(u, pos && pos < buf->base + nread);
+    return;
+  }
+  MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+          llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser) : llhttp_errno_name(err));
+  fail(u, 0, 0);
+}
+
+static void on_out(mg_outq_t *q, int status) {
+  mg_upconn_t *u = q->data;
+  if (u->state != MG_UP_ACTIVE || !u->req) return;
+  if (status < 0) {
+    fail(u, 0, 0);
+    return;
+  }
+  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  mg_proxy_upstream_drained(u->req);
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  mg_upconn_t *u = req->data;
+  if (u->state == MG_UP_CLOSED) return;
+  if (status < 0) {
+    MG_DEBUG(u->w->id, "upstream %s: connect: %s", u->server->text, uv_strerror(status));
+    fail(u, 1, 0);
+    return;
+  }
+  u->state = MG_UP_ACTIVE;
+  uv_tcp_nodelay(&u->tcp, 1);
+  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+  mg_proxy_upstream_ready(u->req);
+}
+
+static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s) {
+  for (mg_pool_t *p = w->pools; p; p = p->next)
+    if (p->addrlen == s->addrlen && memcmp(&p->addr, &s->addr, s->addrlen) == 0) return p;
+  mg_pool_t *p = calloc(1, sizeof(*p));
+  if (!p) return NULL;
+  memcpy(&p->addr, &s->addr, s->addrlen);
+  p->addrlen = s->addrlen;
+  p->next = w->pools;
+  w->pools = p;
+  return p;
+}
+
+static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
+  u->req = r;
+  r->upc = u;
+  u->server = s;
+  u->got_bytes = 0;
+  u->done = 0;
+  u->paused = 0;
+  u->is_head = r->method == HTTP_HEAD;
+  u->rw_ms = r->gen->timeouts.upstream_read;
+  if (r->gen->timeouts.upstream_write > u->rw_ms) u->rw_ms = r->gen->timeouts.upstream_write;
+  u->max_idle = cfg->keepalive;
+  u->idle_ms = cfg->keepalive_ms;
+  llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
+  u->parser.data = u;
+  mg_head_reset(&r->rhead);
+}
+
+int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
+  mg_pool_t *pool = pool_for(w, s);
+  if (!pool) return UV_ENOMEM;
+  if (pool->idle) {
+    mg_upconn_t *u = pool->idle;
+    unpool(u);
+    u->state = MG_UP_ACTIVE;
+    u->reused = 1;
+    link_req(u, r, cfg, s);
+    uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+    return 1;
+  }
+  mg_upconn_t *u = calloc(1, sizeof(*u));
+  if (!u) return UV_ENOMEM;
+  u->w = w;
+  u->pool = pool;
+  uv_tcp_init(&w->loop, &u->tcp);
+  uv_timer_init(&w->loop, &u->timer);
+  u->tcp.data = u->timer.data = u->connect_req.data = u;
+  u->handles = 2;
+  mg_outq_init(&u->out, on_out, u);
+  u->out.stream = (uv_stream_t *)&u->tcp;
+  u->state = MG_UP_CONNECTING;
+  int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
+  if (rc < 0) {
+    mg_upstream_close(u);
+    return rc;
+  }
+  link_req(u, r, cfg, s);
+  uv_timer_start(&u->timer, on_timer, r->gen->timeouts.upstream_connect, 0);
+  return 0;
+}
+
+void mg_upstream_release(mg_upconn_t *u, int reusable) {
+  if (u->req) {
+    u->req->upc = NULL;
+    u->req = NULL;
+  }
+  mg_pool_t *p = u->pool;
+  if (!reusable || u->state != MG_UP_ACTIVE || p->nidle >= u->max_idle || u->out.pending ||
+      u->out.inflight) {
+    mg_upstream_close(u);
+    return;
+  }
+  u->state = MG_UP_IDLE;
+  u->next_idle = p->idle;
+  u->prev_idle = NULL;
+  if (p->idle) p->idle->prev_idle = u;
+  p->idle = u;
+  p->nidle++;
+  u->paused = 0;
+  uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+  uv_timer_start(&u->timer, on_timer, u->idle_ms, 0);
+}
+
+void mg_upstream_flush(mg_upconn_t *u) {
+  if (u->state != MG_UP_ACTIVE) return;
+  int rc = mg_outq_flush(&u->out);
+  if (rc < 0) fail(u, 0, 0);
+}
+
+void mg_upstream_pause(mg_upconn_t *u, int paused) {
+  if (u->state != MG_UP_ACTIVE || u->paused == paused) return;
+  u->paused = paused;
+  if (paused) {
+    uv_read_stop((uv_stream_t *)&u->tcp);
+    uv_timer_stop(&u->timer);
+  } else {
+    uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  }
+}
+
+void mg_upstream_close_pools(mg_worker_t *w) {
+  for (mg_pool_t *p = w->pools; p; p = p->next)
+    while (p->idle) mg_upstream_close(p->idle);
+}
+
+void mg_upstream_free_pools(mg_worker_t *w) {
+  mg_pool_t *p = w->pools;
+  while (p) {
+    mg_pool_t *next = p->next;
+    free(p);
+    p = next;
+  }
+  w->pools = NULL;
+}
+
+/* ---------------- response parsing ---------------- */
+
+static int append(llhttp_t *p, int what, const char *at, size_t len) {
+  mg_upconn_t *u = p->data;
+  if (!u->req) return -1;
+  int rc = mg_head_append(&u->req->rhead, what, at, len, UP_HEAD_MAX, UP_HEADERS_MAX);
+  return rc < 0 ? -1 : 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len) { return append(p, MG_HEAD_URL, at, len); }
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  return append(p, MG_HEAD_FIELD, at, len);
+}
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  return append(p, MG_HEAD_VALUE, at, len);
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  mg_upconn_t *u = p->data;
+  if (!u->req) return -1;
+  if (p->status_code < 200) {
+    /* interim (1xx) responses are not forwarded: 100 was answered by us, and
+     * 101 needs upgrade support. The final response follows. */
+    if (p->status_code == 101) return -1;
+    return 0;
+  }
+  if (mg_proxy_response_head(u->req, p) < 0) return -1;
+  if (u->state == MG_UP_CLOSED || !u->req) return -1;
+  return u->is_head ? 1 : 0; /* 1: a response to HEAD has no body */
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  mg_upconn_t *u = p->data;
+  if (!u->req) return -1;
+  mg_proxy_response_body(u->req, at, len);
+  return u->state == MG_UP_CLOSED || !u->req ? -1 : 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  mg_upconn_t *u = p->data;
+  if (!u->req) return -1;
+  if (p->status_code < 200) {
+    mg_head_reset(&u->req->rhead);
+    return 0;
+  }
+  u->done = 1;
+  return HPE_PAUSED;
+}

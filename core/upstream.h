@@ -1,0 +1,67 @@
+/* Upstream connections and their per-worker keep-alive pools. */
+#ifndef MG_UPSTREAM_H
+#define MG_UPSTREAM_H
+
+#include <llhttp.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+#include "mg.h"
+
+enum {
+  MG_UP_CONNECTING, /* uv_tcp_connect pending: upstream_connect timer */
+  MG_UP_ACTIVE,     /* serving req: upstream_read/write timer */
+  MG_UP_IDLE,       /* in the pool: keepalive_timeout timer, reading only to notice a close */
+  MG_UP_CLOSED,
+};
+
+struct mg_pool_s {
+  mg_pool_t *next;
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  mg_upconn_t *idle; /* most recently used first */
+  int nidle;
+};
+
+struct mg_upconn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_connect_t connect_req;
+  mg_worker_t *w;
+  mg_pool_t *pool;
+  mg_upconn_t *next_idle, *prev_idle;
+  llhttp_t parser;
+  mg_outq_t out;
+  mg_req_t *req;
+  const mg_server_t *server;
+  int state;
+  int handles;
+  int reused;        /* came from the pool */
+  int got_bytes;     /* some response byte arrived for the current request */
+  int paused;        /* reading stopped: the client is slow */
+  int done;          /* response complete (set by the parser callback) */
+  int is_head;       /* the request was HEAD: the response has no body */
+  uint64_t idle_ms;
+  int max_idle;
+  uint64_t rw_ms;
+};
+
+/* Gets a connection to `s` for `r` and links the two (r->upc, upc->req). Returns 1
+ * when a pooled connection is ready now (the caller goes on with it), 0 when a new
+ * connection is being made (mg_proxy_upstream_ready or _failed follows), or a
+ * negative libuv error (nothing linked). */
+int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *u,
+                    const mg_server_t *s);
+/* Unlinks u from its request; pools it when `reusable` and there is room, else
+ * closes it. */
+void mg_upstream_release(mg_upconn_t *u, int reusable);
+void mg_upstream_close(mg_upconn_t *u);
+void mg_upstream_flush(mg_upconn_t *u);
+void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* Closes every pooled connection (drain/stop). */
+void mg_upstream_close_pools(mg_worker_t *w);
+/* Frees the (empty) pool records at worker exit. */
+void mg_upstream_free_pools(mg_worker_t *w);
+
+#endif

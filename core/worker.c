@@ -1,0 +1,193 @@
+#include "worker.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+
+#define ALOG_FLUSH (32 * 1024)
+
+void mg_main_worker_exited(void); /* main.c */
+
+static void alog_flush(mg_worker_t *w) {
+  if (!w->alog_len) return;
+  int fd = mg_access_log_fd();
+  if (fd >= 0) {
+    size_t off = 0;
+    while (off < w->alog_len) {
+      ssize_t n = write(fd, w->alog + off, w->alog_len - off);
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+  }
+  w->alog_len = 0;
+}
+
+void mg_worker_access_log(mg_worker_t *w, const char *line, size_t len) {
+  if (w->alog_len + len > w->alog_cap) {
+    alog_flush(w);
+    if (len > w->alog_cap) {
+      size_t cap = len > ALOG_FLUSH ? len : ALOG_FLUSH;
+      char *b = realloc(w->alog, cap);
+      if (!b) return;
+      w->alog = b;
+      w->alog_cap = cap;
+    }
+  }
+  memcpy(w->alog + w->alog_len, line, len);
+  w->alog_len += len;
+}
+
+/* Runs before the loop blocks: lines of a burst go out in one write. */
+static void on_prepare(uv_prepare_t *p) { alog_flush(p->data); }
+
+int mg_worker_pick_server(mg_worker_t *w, int ui, uint64_t skip) {
+  const mg_upstream_cfg_t *u = &w->gen->upstreams[ui];
+  int *cur = w->rr_current + w->rr_base[ui];
+  int total = 0, best = -1;
+  for (int i = 0; i < u->nservers && i < 64; i++) {
+    if (skip & ((uint64_t)1 << i)) continue;
+    cur[i] += u->servers[i].weight;
+    total += u->servers[i].weight;
+    if (best < 0 || cur[i] > cur[best]) best = i;
+  }
+  if (best >= 0) cur[best] -= total;
+  return best;
+}
+
+/* ---------------- lifecycle ---------------- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  mg_listener_t *l = server->data;
+  if (status < 0) {
+    MG_WARN(l->w->id, "accept on %s: %s", l->cfg->text, uv_strerror(status));
+    return;
+  }
+  mg_conn_accept(l);
+}
+
+static void finish(mg_worker_t *w) {
+  mg_upstream_close_pools(w);
+  if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->prepare)) uv_close((uv_handle_t *)&w->prepare, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void close_listeners(mg_worker_t *w) {
+  for (int i = 0; i < w->nlisteners; i++)
+    if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp)) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+}
+
+static void close_all(mg_worker_t *w) {
+  mg_conn_t *c = w->conns;
+  while (c) {
+    mg_conn_t *next = c->next;
+    mg_conn_close(c);
+    c = next;
+  }
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  mg_worker_t *w = t->data;
+  MG_WARN(w->id, "drain timeout: closing %d connection(s)", w->nconns);
+  close_all(w);
+}
+
+void mg_worker_conn_closed(mg_worker_t *w) {
+  w->nconns--;
+  if (w->draining && w->nconns == 0) finish(w);
+}
+
+static void on_async(uv_async_t *a) {
+  mg_worker_t *w = a->data;
+  int cmd = atomic_load(&w->cmd);
+  if (cmd == MG_CMD_DRAIN && !w->draining) {
+    w->draining = 1;
+    close_listeners(w);
+    mg_upstream_close_pools(w);
+    mg_conn_t *c = w->conns;
+    while (c) {
+      mg_conn_t *next = c->next;
+      mg_conn_drain(c);
+      c = next;
+    }
+    if (w->nconns == 0) finish(w);
+    else uv_timer_start(&w->drain_timer, on_drain_timeout, w->gen->timeouts.drain, 0);
+  } else if (cmd == MG_CMD_STOP) {
+    w->draining = 1;
+    close_listeners(w);
+    close_all(w);
+    if (w->nconns == 0) finish(w);
+  }
+}
+
+static void run(void *arg) {
+  mg_worker_t *w = arg;
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  alog_flush(w);
+  /* the loop ends when finish() closed the last referenced handle */
+  mg_main_worker_exited();
+}
+
+int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds) {
+  int rc;
+  w->id = id;
+  w->gen = gen;
+  mg_gen_ref(gen);
+  atomic_init(&w->cmd, MG_CMD_NONE);
+  uint64_t seed = 0;
+  uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL);
+  w->id_seed = seed;
+
+  int slots = 0;
+  w->rr_base = calloc((size_t)gen->nupstreams + 1, sizeof(int));
+  for (int i = 0; i < gen->nupstreams; i++) {
+    w->rr_base[i] = slots;
+    slots += gen->upstreams[i].nservers;
+  }
+  w->rr_current = calloc((size_t)slots + 1, sizeof(int));
+  w->alog_cap = ALOG_FLUSH;
+  w->alog = malloc(w->alog_cap);
+  w->nlisteners = gen->nlisteners;
+  w->listeners = calloc((size_t)gen->nlisteners + 1, sizeof(*w->listeners));
+  if (!w->rr_base || !w->rr_current || !w->alog || !w->listeners) return UV_ENOMEM;
+
+  if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
+  uv_async_init(&w->loop, &w->async, on_async);
+  w->async.data = w;
+  uv_prepare_init(&w->loop, &w->prepare);
+  w->prepare.data = w;
+  uv_prepare_start(&w->prepare, on_prepare);
+  uv_unref((uv_handle_t *)&w->prepare);
+  uv_timer_init(&w->loop, &w->drain_timer);
+  w->drain_timer.data = w;
+  uv_unref((uv_handle_t *)&w->drain_timer);
+  for (int i = 0; i < gen->nlisteners; i++) {
+    mg_listener_t *l = &w->listeners[i];
+    l->w = w;
+    l->cfg = &gen->listeners[i];
+    uv_tcp_init(&w->loop, &l->tcp);
+    l->tcp.data = l;
+    if ((rc = uv_tcp_open(&l->tcp, fds[i])) < 0) return rc;
+    if ((rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection)) < 0) return rc;
+  }
+  return uv_thread_create(&w->thread, run, w);
+}
+
+void mg_worker_command(mg_worker_t *w, int cmd) {
+  atomic_store(&w->cmd, cmd);
+  uv_async_send(&w->async);
+}
+
+void mg_worker_join(mg_worker_t *w) {
+  uv_thread_join(&w->thread);
+  uv_loop_close(&w->loop);
+  mg_upstream_free_pools(w);
+  free(w->rr_base);
+  free(w->rr_current);
+  free(w->alog);
+  free(w->listeners);
+  mg_gen_unref(w->gen);
+}

@@ -1,0 +1,68 @@
+/* A worker: one thread, one uv loop, its own SO_REUSEPORT listeners, downstream
+ * connections and upstream pools. Nothing here is touched by another thread except
+ * `cmd` (atomic) and the async handle that announces it. */
+#ifndef MG_WORKER_H
+#define MG_WORKER_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "config.h"
+#include "mg.h"
+
+
+typedef struct {
+  uv_tcp_t tcp;
+  mg_worker_t *w;
+  const mg_listen_cfg_t *cfg;
+} mg_listener_t;
+
+enum { MG_CMD_NONE, MG_CMD_DRAIN, MG_CMD_STOP };
+
+struct mg_worker_s {
+  int id;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uv_async_t async;     /* main thread -> worker: look at `cmd` */
+  uv_prepare_t prepare; /* flushes the access log before the loop blocks */
+  uv_timer_t drain_timer;
+  atomic_int cmd;
+  int draining;
+
+  mg_gen_t *gen;        /* current config; requests hold their own reference */
+  int *rr_current;      /* smooth WRR state: one slot per server of every upstream */
+  int *rr_base;         /* offset of each upstream's first slot in rr_current */
+
+  mg_listener_t *listeners;
+  int nlisteners;
+  int *listen_fds;      /* bound and listening sockets made by the main thread */
+
+  mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
+  int nconns;
+  mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
+
+  uint64_t seq;         /* request counter (request ids) */
+  uint64_t id_seed;
+
+  char *alog;           /* access log lines not yet written */
+  size_t alog_len, alog_cap;
+
+  char rbuf[MG_READ_BUF]; /* every read of this worker lands here; see mg.h */
+};
+
+/* Creates worker `id` for `gen` with the given already-listening fds (one per
+ * listener of gen, owned by the worker from now on) and starts its thread. */
+int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds);
+/* Asks the worker to drain (MG_CMD_DRAIN) or stop now (MG_CMD_STOP). Any thread. */
+void mg_worker_command(mg_worker_t *w, int cmd);
+void mg_worker_join(mg_worker_t *w);
+
+/* Called by conn.c when a connection closes (for drain accounting). */
+void mg_worker_conn_closed(mg_worker_t *w);
+/* Appends one access-log line (with its newline). */
+void mg_worker_access_log(mg_worker_t *w, const char *line, size_t len);
+/* Picks a server of upstream `u` by smooth weighted round robin, skipping the
+ * servers whose bit is set in `skip`. -1 when all are skipped. */
+int mg_worker_pick_server(mg_worker_t *w, int u, uint64_t skip);
+
+#endif

@@ -1,0 +1,238 @@
+-- The public config DSL: what proxy.lua sees as `require "moongate"`.
+-- Calls record into a per-load state; moongate.private.loader turns that state into
+-- the normalised table the C core reads (docs/config.md is the reference).
+local check = require "moongate.private.check"
+local router = require "moongate.router"
+
+local type, pairs, ipairs, tostring, tonumber, setmetatable =
+      type, pairs, ipairs, tostring, tonumber, setmetatable
+local fail = check.fail
+local upper, lower, match = string.upper, string.lower, string.match
+
+local _M = { _VERSION = "0.1.0" }
+
+local state
+
+--- Forgets everything recorded so far (the loader calls it before each load).
+function _M._reset(confdir)
+  state = {
+    confdir = confdir or ".",
+    config = {}, config_site = nil,
+    listeners = {}, listener_names = {},
+    upstreams = {}, upstream_by_name = {},
+    routes = {},
+  }
+end
+_M._reset(".")
+
+function _M._state() return state end
+
+local timeout_keys = {
+  client_header = 10, client_body = 30, keepalive = 60, send = 60,
+  upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30,
+}
+local limit_keys = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576 }
+_M._defaults = { timeouts = timeout_keys, limits = limit_keys }
+
+local config_keys = {
+  workers = true, access_log = true, error_log = true, log_level = true, pid = true,
+  timeouts = true, limits = true,
+}
+local levels = { debug = true, info = true, warn = true, error = true }
+
+local function log_path(v, what, key)
+  if v == false and key == "access_log" then return false end
+  check.type(v, "string", what, key)
+  if v == "" then fail("%s: '%s' must not be empty", what, key) end
+  return v
+end
+
+--- mg.config { workers, access_log, error_log, log_level, pid, timeouts, limits }
+function _M.config(t)
+  if type(t) ~= "table" then fail("mg.config: expects a table") end
+  check.keys(t, config_keys, "mg.config")
+  local c = state.config
+  if t.workers ~= nil then
+    if t.workers == "auto" then c.workers = 0
+    else c.workers = check.number(t.workers, "mg.config", "workers", 1, 256) end
+    if c.workers % 1 ~= 0 then fail("mg.config: 'workers' must be an integer") end
+  end
+  if t.access_log ~= nil then c.access_log = log_path(t.access_log, "mg.config", "access_log") end
+  if t.error_log ~= nil then c.error_log = log_path(t.error_log, "mg.config", "error_log") end
+  if t.pid ~= nil then c.pid = log_path(t.pid, "mg.config", "pid") end
+  if t.log_level ~= nil then
+    if not levels[t.log_level] then
+      fail("mg.config: 'log_level' must be debug, info, warn or error, got %s", tostring(t.log_level))
+    end
+    c.log_level = t.log_level
+  end
+  for _, group in ipairs { { "timeouts", timeout_keys, 0.001, 86400 }, { "limits", limit_keys, 0, 2^40 } } do
+    local name, allowed, min, max = group[1], group[2], group[3], group[4]
+    local v = t[name]
+    if v ~= nil then
+      check.type(v, "table", "mg.config", name)
+      check.keys(v, allowed, "mg.config " .. name)
+      c[name] = c[name] or {}
+      for k, n in pairs(v) do
+        c[name][k] = check.number(n, "mg.config " .. name, k, min, max)
+      end
+    end
+  end
+end
+
+local function parse_addr(s, what)
+  if type(s) ~= "string" then fail("%s: address must be a string, got %s", what, type(s)) end
+  local host, port = match(s, "^%[([%x:%.]+)%]:(%d+)$")
+  if not host then host, port = match(s, "^([%w%.%-]+):(%d+)$") end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then
+    fail("%s: bad address '%s' (want host:port)", what, s)
+  end
+  return host, port
+end
+
+local listen_keys = { [1] = true, name = true }
+
+--- mg.listen { "host:port", ..., name = "NAME" }
+function _M.listen(t)
+  if type(t) ~= "table" then fail("mg.listen: expects a table") end
+  check.keys(t, listen_keys, "mg.listen")
+  if #t == 0 then fail("mg.listen: needs at least one address") end
+  if t.name ~= nil then
+    check.type(t.name, "string", "mg.listen", "name")
+    state.listener_names[t.name] = true
+  end
+  for _, a in ipairs(t) do
+    local host, port = parse_addr(a, "mg.listen")
+    for _, l in ipairs(state.listeners) do
+      if l.host == host and l.port == port then fail("mg.listen: '%s' is already listened on", a) end
+    end
+    state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name }
+  end
+end
+
+local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true }
+local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
+
+--- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60 }
+function _M.upstream(name)
+  if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
+    fail("mg.upstream: name must be a word, got %s", tostring(name))
+  end
+  if state.upstream_by_name[name] then fail("mg.upstream: '%s' is defined twice", name) end
+  return function(t)
+    local what = "mg.upstream '" .. name .. "'"
+    if type(t) ~= "table" then fail("%s: expects a table", what) end
+    check.keys(t, upstream_keys, what)
+    check.type(t.servers, "table", what, "servers")
+    if #t.servers == 0 then fail("%s: 'servers' is empty", what) end
+    local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60 }, upstream_mt)
+    for i, s in ipairs(t.servers) do
+      if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
+      local addr, opts = match(s, "^(%S+)%s*(.*)$")
+      local host, port = parse_addr(addr, what)
+      local weight = 1
+      for opt in opts:gmatch("%S+") do
+        local k, v = match(opt, "^(%w+)=(%d+)$")
+        if k ~= "weight" then fail("%s: servers[%d]: unknown option '%s'", what, i, opt) end
+        weight = tonumber(v)
+        if weight < 1 or weight > 1000 then fail("%s: servers[%d]: weight must be 1..1000", what, i) end
+      end
+      u.servers[i] = { host = host, port = port, weight = weight }
+    end
+    if t.keepalive ~= nil then u.keepalive = check.number(t.keepalive, what, "keepalive", 0, 100000) end
+    if t.keepalive_timeout ~= nil then
+      u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
+    end
+    state.upstreams[#state.upstreams + 1] = u
+    state.upstream_by_name[name] = u
+    return u
+  end
+end
+
+local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true, respond = true }
+local respond_keys = { status = true, body = true, headers = true }
+local methods_ok = {
+  GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
+  PATCH = true, TRACE = true,
+}
+
+--- mg.route { host, path, methods, listener, upstream | respond }
+function _M.route(t)
+  local what = "mg.route"
+  if type(t) ~= "table" then fail("mg.route: expects a table") end
+  check.keys(t, route_keys, what)
+  local r = { path = "/", site = check.user_site() }
+  if t.host ~= nil then
+    check.type(t.host, "string", what, "host")
+    local h = lower(t.host)
+    if not (match(h, "^[%w%-%.]+$") or match(h, "^%*%.[%w%-%.]+$")) then
+      fail("%s: bad host '%s' (want name or *.suffix)", what, t.host)
+    end
+    r.host = h
+  end
+  if t.path ~= nil then
+    check.type(t.path, "string", what, "path")
+    if t.path:sub(1, 1) ~= "/" then fail("%s: 'path' must start with '/'", what) end
+    r.path = t.path
+  end
+  if t.methods ~= nil then
+    check.type(t.methods, "table", what, "methods")
+    r.methods = {}
+    for i, m in ipairs(t.methods) do
+      if type(m) ~= "string" or not methods_ok[upper(m)] then
+        fail("%s: methods[%d] is not a method: %s", what, i, tostring(m))
+      end
+      r.methods[i] = upper(m)
+    end
+  end
+  if t.listener ~= nil then
+    check.type(t.listener, "string", what, "listener")
+    r.listener = t.listener
+  end
+  if (t.upstream == nil) == (t.respond == nil) then
+    fail("%s: needs exactly one of 'upstream' or 'respond'", what)
+  end
+  if t.upstream ~= nil then
+    local u = t.upstream
+    if type(u) == "string" then
+      u = state.upstream_by_name[u] or fail("%s: unknown upstream '%s'", what, t.upstream)
+    elseif getmetatable(u) ~= upstream_mt then
+      fail("%s: 'upstream' must be an upstream or its name", what)
+    end
+    r.upstream = u.name
+  else
+    local rs = t.respond
+    check.type(rs, "table", what, "respond")
+    check.keys(rs, respond_keys, what .. " respond")
+    local status = rs.status == nil and 200 or check.number(rs.status, what .. " respond", "status", 200, 599)
+    if status % 1 ~= 0 then fail("%s: respond status must be an integer", what) end
+    local body = rs.body == nil and "" or check.type(rs.body, "string", what .. " respond", "body")
+    local headers = {}
+    if rs.headers ~= nil then
+      check.type(rs.headers, "table", what .. " respond", "headers")
+      for k, v in pairs(rs.headers) do
+        if type(k) ~= "string" or not match(k, "^[%w!#$%%&'*+%-.^_`|~]+$") then
+          fail("%s: respond header name '%s' is not a token", what, tostring(k))
+        end
+        if type(v) ~= "string" and type(v) ~= "number" then
+          fail("%s: respond header '%s' must be a string", what, k)
+        end
+        v = tostring(v)
+        if v:find("[%z\r\n]") then fail("%s: respond header '%s' has CR, LF or NUL", what, k) end
+        local lk = lower(k)
+        if lk == "content-length" or lk == "transfer-encoding" or lk == "connection" then
+          fail("%s: respond header '%s' is set by moongate", what, k)
+        end
+        headers[#headers + 1] = { k, v }
+      end
+      table.sort(headers, function(a, b) return a[1] < b[1] end)
+    end
+    r.respond = { status = status, body = body, headers = headers }
+  end
+  state.routes[#state.routes + 1] = r
+end
+
+_M.router = router
+
+return _M

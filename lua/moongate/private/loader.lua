@@ -1,0 +1,66 @@
+-- Runs a proxy.lua and returns the normalised config the C core reads
+-- (core/config.c walks this table; keep the two in sync).
+local mg = require "moongate"
+local router = require "moongate.router"
+
+local ipairs, pairs, pcall, loadfile = ipairs, pairs, pcall, loadfile
+local fmt = string.format
+
+local _M = {}
+
+local function abspath(dir, p)
+  if p == false or p == "-" or p:sub(1, 1) == "/" then return p end
+  return dir .. "/" .. p
+end
+
+local function dirname(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  if d == "" then return "/" end
+  return d
+end
+
+--- Loads the config file at `path` (absolute). Returns the normalised table, or
+--- nil and a message naming file:line.
+function _M.load(path)
+  local dir = dirname(path)
+  mg._reset(dir)
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, err end
+  local ok, perr = pcall(chunk)
+  if not ok then return nil, tostring(perr) end
+  local st = mg._state()
+
+  if #st.listeners == 0 then return nil, fmt("%s: no mg.listen { ... } address", path) end
+  local c = st.config
+  local out = {
+    workers = c.workers or 0,
+    access_log = abspath(dir, c.access_log == nil and "logs/access.log" or c.access_log),
+    error_log = abspath(dir, c.error_log or "-"),
+    log_level = c.log_level or "info",
+    pid = abspath(dir, c.pid or "logs/moongate.pid"),
+    timeouts = {}, limits = {},
+    listeners = st.listeners, upstreams = st.upstreams, routes = {},
+  }
+  for k, v in pairs(mg._defaults.timeouts) do out.timeouts[k] = (c.timeouts and c.timeouts[k]) or v end
+  for k, v in pairs(mg._defaults.limits) do
+    local x = c.limits and c.limits[k]
+    if x == nil then x = v end
+    out.limits[k] = x
+  end
+
+  local index = {}
+  for i, u in ipairs(st.upstreams) do index[u.name] = i end
+  for _, r in ipairs(st.routes) do
+    if r.listener and not st.listener_names[r.listener] then
+      return nil, fmt("%s: mg.route: unknown listener '%s'", r.site, r.listener)
+    end
+    r.upstream_index = r.upstream and index[r.upstream] or 0
+    out.routes[#out.routes + 1] = r
+  end
+  router.sort(out.routes)
+  return out
+end
+
+return _M

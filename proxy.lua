@@ -1,0 +1,30 @@
+-- The moongate demo: runs with nothing else installed.
+-- Two small "origins" are answered by moongate itself on :9001 and :9002, and the
+-- front listener on :8080 balances across them (weights 1:3).
+--   scripts/run            then   curl -i localhost:8080/
+local mg = require "moongate"
+
+mg.config {
+  workers = 2,
+  access_log = "logs/access.log",
+  error_log = "-",
+}
+
+-- the front door
+mg.listen { "127.0.0.1:8080", name = "front" }
+
+-- two demo origins (stand-ins for your services)
+mg.listen { "127.0.0.1:9001", name = "origin1" }
+mg.listen { "127.0.0.1:9002", name = "origin2" }
+mg.route { listener = "origin1", respond = {
+  status = 200, body = "hello from origin 1\n", headers = { ["content-type"] = "text/plain" } } }
+mg.route { listener = "origin2", respond = {
+  status = 200, body = "hello from origin 2\n", headers = { ["content-type"] = "text/plain" } } }
+
+local demo = mg.upstream "demo" {
+  servers = { "127.0.0.1:9001", "127.0.0.1:9002 weight=3" },
+}
+
+-- a fixed answer for health probes, everything else goes to the origins
+mg.route { listener = "front", path = "/healthz", respond = { status = 200, body = "ok\n" } }
+mg.route { listener = "front", path = "/", upstream = demo }
