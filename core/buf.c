@@ -80,6 +80,7 @@ void mg_outq_move(mg_outq_t *to, mg_outq_t *from) {
   to->pending += from->pending;
   from->head = from->tail = NULL;
   from->pending = 0;
+  if (mg_outq_size(to) > MG_HIGH_WATER) to->above = 1;
 }
 
 static void on_write(uv_write_t *req, int status) {

@@ -249,7 +249,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     c->in_parser = 0;
     if (len) c->last_byte = data[len - 1];
-    if (c->state == MG_CS_CLOSED) return;
+    if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
     /* a pause ends the message, so everything consumed belongs to c->req */
     if (c->req) {
       const char *pos = err == HPE_OK ? NULL : llhttp_get_error_pos(&c->parser);
@@ -317,8 +317,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 /* ---------------- llhttp callbacks ---------------- */
 
+/* A callback may close or linger the connection (a write error, a failed
+ * upstream): the rest of the buffer is then of no interest. */
+static int gone(const mg_conn_t *c) {
+  return c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER || !c->req;
+}
+
 static int on_message_begin(llhttp_t *p) {
   mg_conn_t *c = p->data;
+  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return -1;
   if (!c->req) {
     c->req = mg_req_new(c);
     if (!c->req) return -1;
@@ -330,6 +337,7 @@ static int on_message_begin(llhttp_t *p) {
 
 static int append(llhttp_t *p, int what, const char *at, size_t len) {
   mg_conn_t *c = p->data;
+  if (gone(c)) return -1;
   const mg_limits_t *lim = &c->w->gen->limits;
   mg_req_t *r = c->req;
   int rc = mg_head_append(&r->head, what, at, len, lim->head_size, lim->headers);
@@ -355,7 +363,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
  * a fold is preceded by LF and whitespace. RFC 9112 5.2: a server rejects it. */
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   mg_conn_t *c = p->data;
-  if (c->req && c->req->head.last == MG_HEAD_VALUE) {
+  if (gone(c)) return -1;
+  if (c->req->head.last == MG_HEAD_VALUE) {
     const char *q = at;
     while (q > c->feed_start && (q[-1] == ' ' || q[-1] == '\t')) q--;
     char before = q > c->feed_start ? q[-1] : c->last_byte;
@@ -369,6 +378,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_headers_complete(llhttp_t *p) {
   mg_conn_t *c = p->data;
+  if (gone(c)) return -1;
   mg_req_t *r = c->req;
   if (p->http_major != 1 || p->http_minor > 1) {
     c->err_status = 505;
@@ -388,6 +398,7 @@ static int on_headers_complete(llhttp_t *p) {
     c->err_status = status;
     return -1;
   }
+  if (gone(c)) return -1;
   if (c->state == MG_CS_HEAD) {
     int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
     if (has_body) {
@@ -400,16 +411,18 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   mg_conn_t *c = p->data;
+  if (gone(c)) return -1;
   int status = mg_proxy_body(c->req, at, len);
   if (status) {
     c->err_status = status;
     return -1;
   }
-  return 0;
+  return gone(c) ? -1 : 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
   mg_conn_t *c = p->data;
+  if (gone(c)) return -1;
   mg_req_t *r = c->req;
   r->complete = 1;
   if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,8 +24,19 @@ int mg_log_level_parse(const char *s) {
   return -1;
 }
 
+/* Creates the file's folder when missing (one level: "logs/" next to proxy.lua). */
+void mg_make_parent_dir(const char *path) {
+  char dir[4096];
+  snprintf(dir, sizeof(dir), "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash || slash == dir) return;
+  *slash = '\0';
+  mkdir(dir, 0755);
+}
+
 static int open_path(const char *path) {
   if (strcmp(path, "-") == 0) return 2;
+  mg_make_parent_dir(path);
   int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   return fd < 0 ? -errno : fd;
 }

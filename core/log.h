@@ -33,6 +33,9 @@ int mg_access_log_open(const char *path);
 int mg_access_log_fd(void);
 void mg_access_log_close(void);
 
+/* mkdir of the folder holding `path` if it is missing (one level). */
+void mg_make_parent_dir(const char *path);
+
 /* Formats the current wall-clock time as ISO 8601 UTC with milliseconds. */
 void mg_time_iso(char *out, size_t size);
 

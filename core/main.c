@@ -53,6 +53,7 @@ static int read_pid(const char *path) {
 static int write_pid(const char *path) {
   char tmp[4200];
   snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  mg_make_parent_dir(path);
   FILE *f = fopen(tmp, "w");
   if (!f) return -errno;
   fprintf(f, "%d\n", (int)getpid());

@@ -241,6 +241,9 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
 
 void mg_upstream_flush(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return;
+  /* the read timeout counts from the last bytes sent: a slow client uploading a
+   * body is not the upstream's fault */
+  if (!u->paused) uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
   int rc = mg_outq_flush(&u->out);
   if (rc < 0) fail(u, 0, 0);
 }
