@@ -6,6 +6,10 @@ local type, pairs, tostring, error = type, pairs, tostring, error
 
 local _M = {}
 
+-- The library's own folder ("@/x/lua/moongate/"): frames from files under it are
+-- ours, every other Lua file is the user's.
+local lib_prefix = debug_getinfo(1, "S").source:match("^(@.*/)private/[^/]*$") or "@lua/moongate/"
+
 local function user_site()
   local level = 2
   while true do
@@ -13,7 +17,7 @@ local function user_site()
     if not info then return "?" end
     local src = info.source or ""
     if info.currentline and info.currentline > 0 and src:sub(1, 1) == "@"
-       and not src:find("moongate/", 1, true) and not src:find("busted", 1, true) then
+       and src:sub(1, #lib_prefix) ~= lib_prefix then
       return src:sub(2) .. ":" .. info.currentline
     end
     level = level + 1

@@ -20,16 +20,25 @@ local function dirname(path)
   return d
 end
 
+-- Lua shortens long chunk names in its messages ("...long/dir/proxy.lua:3: ...");
+-- put the whole path back.
+local function full_path(msg, path)
+  local shown, rest = msg:match("^%.%.%.(.-)(:%d+:.*)$")
+  if shown and path:sub(-#shown) == shown then return path .. rest end
+  return msg
+end
+
 --- Loads the config file at `path` (absolute). Returns the normalised table, or
 --- nil and a message naming file:line.
 function _M.load(path)
   local dir = dirname(path)
   mg._reset(dir)
-  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+  local own = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
+  if package.path:sub(1, #own) ~= own then package.path = own .. package.path end
   local chunk, err = loadfile(path)
-  if not chunk then return nil, err end
+  if not chunk then return nil, full_path(err, path) end
   local ok, perr = pcall(chunk)
-  if not ok then return nil, tostring(perr) end
+  if not ok then return nil, full_path(tostring(perr), path) end
   local st = mg._state()
 
   if #st.listeners == 0 then return nil, fmt("%s: no mg.listen { ... } address", path) end
