@@ -207,7 +207,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (test) {
-    printf("moongate: config %s ok\n", g->path);
+    printf("moongate: config ok: %s\n", g->path);
     mg_gen_unref(g);
     return 0;
   }

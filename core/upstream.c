@@ -303,7 +303,9 @@ static int on_headers_complete(llhttp_t *p) {
   }
   if (mg_proxy_response_head(u->req, p) < 0) return -1;
   if (u->state == MG_UP_CLOSED || !u->req) return -1;
-  return u->is_head ? 1 : 0; /* 1: a response to HEAD has no body */
+  /* 1: no body. llhttp knows that of HEAD only when told, and of 204/304 only
+   * when they come without Content-Length. */
+  return u->is_head || p->status_code == 204 || p->status_code == 304 ? 1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
