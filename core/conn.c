@@ -88,9 +88,13 @@ void mg_conn_update_reading(mg_conn_t *c) {
   }
   if (want && !c->reading) {
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+    if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
   } else if (!want && c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
+    /* we stopped reading because the upstream is not taking the body: that is
+     * the upstream's timeout to judge (upstream_write), not the client's */
+    if (c->state == MG_CS_BODY) uv_timer_stop(&c->timer);
   }
 }
 

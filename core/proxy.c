@@ -125,6 +125,7 @@ static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const
     else r->discard_body = 1;
   }
   if (r->upc) mg_upstream_release(r->upc, 0);
+  c->up_blocked = 0; /* no upstream takes the body any more */
   r->status = status;
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);

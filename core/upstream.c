@@ -80,6 +80,13 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
+/* While request bytes wait to be written the upstream is judged on writing,
+ * otherwise on answering. Re-armed on every bit of progress either way. */
+static void arm_rw(mg_upconn_t *u) {
+  uint64_t ms = mg_outq_size(&u->out) ? u->write_ms : u->read_ms;
+  uv_timer_start(&u->timer, on_timer, ms, 0);
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   mg_upconn_t *u = h->data;
   *buf = uv_buf_init(u->w->rbuf, sizeof(u->w->rbuf));
@@ -115,7 +122,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   u->got_bytes = 1;
-  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  arm_rw(u);
   llhttp_errno_t err = llhttp_execute(&u->parser, buf->base, (size_t)nread);
   if (u->state == MG_UP_CLOSED || !u->req) return;
   if (err == HPE_OK) return;
@@ -136,7 +143,7 @@ static void on_out(mg_outq_t *q, int status) {
     fail(u, 0, 0);
     return;
   }
-  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  arm_rw(u);
   mg_proxy_upstream_drained(u->req);
 }
 
@@ -150,7 +157,7 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   u->state = MG_UP_ACTIVE;
   uv_tcp_nodelay(&u->tcp, 1);
-  uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  arm_rw(u);
   uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
   mg_proxy_upstream_ready(u->req);
 }
@@ -175,8 +182,8 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
   u->done = 0;
   u->paused = 0;
   u->is_head = r->method == HTTP_HEAD;
-  u->rw_ms = r->gen->timeouts.upstream_read;
-  if (r->gen->timeouts.upstream_write > u->rw_ms) u->rw_ms = r->gen->timeouts.upstream_write;
+  u->read_ms = r->gen->timeouts.upstream_read;
+  u->write_ms = r->gen->timeouts.upstream_write;
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
   llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
@@ -193,7 +200,7 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, c
     u->state = MG_UP_ACTIVE;
     u->reused = 1;
     link_req(u, r, cfg, s);
-    uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+    arm_rw(u);
     return 1;
   }
   mg_upconn_t *u = calloc(1, sizeof(*u));
@@ -243,7 +250,7 @@ void mg_upstream_flush(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return;
   /* the read timeout counts from the last bytes sent: a slow client uploading a
    * body is not the upstream's fault */
-  if (!u->paused) uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+  if (!u->paused) arm_rw(u);
   int rc = mg_outq_flush(&u->out);
   if (rc < 0) fail(u, 0, 0);
 }
@@ -256,7 +263,7 @@ void mg_upstream_pause(mg_upconn_t *u, int paused) {
     uv_timer_stop(&u->timer);
   } else {
     uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
-    uv_timer_start(&u->timer, on_timer, u->rw_ms, 0);
+    arm_rw(u);
   }
 }
 

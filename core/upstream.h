@@ -44,7 +44,7 @@ struct mg_upconn_s {
   int is_head;       /* the request was HEAD: the response has no body */
   uint64_t idle_ms;
   int max_idle;
-  uint64_t rw_ms;
+  uint64_t read_ms, write_ms; /* upstream_read / upstream_write timeouts */
 };
 
 /* Gets a connection to `s` for `r` and links the two (r->upc, upc->req). Returns 1

@@ -1,0 +1,409 @@
+#!/usr/bin/python3
+"""Test origin for moongate's integration specs.
+
+A deliberately small HTTP/1.1 server on asyncio streams: every byte it sends is
+written here by hand, so specs can make an upstream misbehave in exact ways
+(until-close bodies, 1xx, resets, hop-by-hop headers, slow heads and bodies).
+It parses leniently on purpose: it must show what the proxy sent, not judge it.
+
+Usage:
+  origin.py --name A --port-file F [--log FILE] [--port N]
+  origin.py --blackhole --port-file F
+
+The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
+temporary name and renamed, so a reader never sees half of it). The control
+port answers every request with the counters as JSON and is not counted, so
+specs can read them without disturbing what they measure.
+
+Behaviour by path on the main port (the query string is ignored for routing):
+  /bytes/N        N bytes of the pattern, Content-Length
+  /chunked/N      the same bytes, chunked in pieces of varying size
+  /close/N        the same bytes, no framing: body then close
+  /slow-head/S    wait S seconds, then answer like /echo
+  /slow-body/S    send a head with Content-Length: 10, wait S seconds, send body
+  /slow-read/S    wait S seconds before reading the request body, then /echo
+  /fill/N         N bytes of "x" with Content-Length, as fast as possible
+  /status/N       status N; 204/304 without body (304 carries Content-Length);
+                  1xx (not 101): the interim response, then 200 "final after N\n"
+  /reset          close without answering; /reset-rst: the same with an RST
+  /hop            200 with hop-by-hop, Server and X-Powered-By headers, then close
+  /hop-ka         the same with Connection: keep-alive, X-Foo (stays open)
+  /stats          the counters (this request is counted)
+  anything else   /echo: JSON of what was received (see echo())
+
+The pattern is the lines "%015d\\n" % i for i = 0, 1, 2, ... cut to N bytes;
+spec/helpers.lua builds the same bytes to compare.
+
+Counters (control port, /stats): connections accepted, requests seen, open
+connections, body bytes sent and request body bytes read.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+
+STATE = {"connections": 0, "requests": 0, "open": 0, "body_bytes_sent": 0,
+         "body_bytes_read": 0}
+NAME = "origin"
+LOG = None
+_PATTERN = bytearray()
+
+
+def pattern(n):
+    """First n bytes of the shared deterministic body pattern."""
+    global _PATTERN
+    if len(_PATTERN) < n:
+        lines = (n + 15) // 16
+        _PATTERN = bytearray(b"".join(b"%015d\n" % i for i in range(lines)))
+    return bytes(_PATTERN[:n])
+
+
+def log_line(line):
+    if LOG is not None:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+def parse_head(head):
+    """Split a raw head into (method, target, version, [[name, value], ...])."""
+    text = head.decode("latin-1")
+    lines = text[:-4].split("\r\n")
+    parts = lines[0].split(" ")
+    method = parts[0] if parts else ""
+    target = parts[1] if len(parts) > 1 else ""
+    version = parts[2] if len(parts) > 2 else ""
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.append([name, value.strip(" \t")])
+    return lines[0], method, target, version, headers
+
+
+def header(headers, name):
+    """All values of a header (case-insensitive), joined by ", ", or None."""
+    vals = [v for n, v in headers if n.lower() == name]
+    return ", ".join(vals) if vals else None
+
+
+def tokens(value):
+    return [t.strip().lower() for t in (value or "").split(",") if t.strip()]
+
+
+async def read_body(reader, headers):
+    """Read and hash the request body; returns (length, sha256 hex, chunked)."""
+    h = hashlib.sha256()
+    n = 0
+    te = tokens(header(headers, "transfer-encoding"))
+    if te and te[-1] == "chunked":
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers
+                break
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            h.update(data)
+            n += size
+            STATE["body_bytes_read"] += size
+        return n, h.hexdigest(), True
+    cl = header(headers, "content-length")
+    if cl:
+        left = int(cl.split(",")[0])
+        while left > 0:
+            data = await reader.read(min(left, 1 << 16))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            h.update(data)
+            n += len(data)
+            left -= len(data)
+            STATE["body_bytes_read"] += len(data)
+    return n, h.hexdigest(), False
+
+
+async def send(writer, data):
+    writer.write(data)
+    await writer.drain()
+
+
+def head_bytes(status, reason, headers):
+    out = ["HTTP/1.1 %d %s\r\n" % (status, reason)]
+    for n, v in headers:
+        out.append("%s: %s\r\n" % (n, v))
+    out.append("\r\n")
+    return "".join(out).encode("latin-1")
+
+
+async def send_body_plain(writer, body):
+    for i in range(0, len(body), 1 << 16):
+        piece = body[i:i + (1 << 16)]
+        await send(writer, piece)
+        STATE["body_bytes_sent"] += len(piece)
+
+
+async def echo(writer, req, keep):
+    doc = {
+        "name": NAME,
+        "method": req["method"],
+        "path": req["target"],
+        "version": req["version"],
+        "headers": req["headers"],
+        "body_len": req["body_len"],
+        "body_sha256": req["body_sha256"],
+        "chunked": req["chunked"],
+        "conn": req["conn"],
+        "conn_request": req["conn_request"],
+    }
+    body = json.dumps(doc).encode()
+    hdrs = [("Content-Type", "application/json"), ("Content-Length", len(body)),
+            ("X-Origin", NAME)]
+    if not keep:
+        hdrs.append(("Connection", "close"))
+    await send(writer, head_bytes(200, "OK", hdrs) + (b"" if req["method"] == "HEAD" else body))
+    return keep
+
+
+async def respond(writer, req, keep):
+    """Answer one request; returns whether the connection stays open."""
+    path = req["target"].split("?")[0]
+    parts = path.split("/")
+    arg = parts[2] if len(parts) > 2 else ""
+    kind = "/" + parts[1] if len(parts) > 1 else "/"
+    head_only = req["method"] == "HEAD"
+    conn_hdr = [] if keep else [("Connection", "close")]
+
+    if kind == "/bytes":
+        body = pattern(int(arg))
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Content-Length", len(body))] + conn_hdr))
+        if not head_only:
+            await send_body_plain(writer, body)
+        return keep
+
+    if kind == "/fill":
+        # N bytes of "x", fast: for backpressure checks, not for content.
+        n = int(arg)
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Content-Length", n)] + conn_hdr))
+        if not head_only:
+            block = b"x" * (1 << 18)
+            while n > 0:
+                piece = block[:min(n, len(block))]
+                await send(writer, piece)
+                STATE["body_bytes_sent"] += len(piece)
+                n -= len(piece)
+        return keep
+
+    if kind == "/chunked":
+        body = pattern(int(arg))
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Transfer-Encoding", "chunked")] + conn_hdr))
+        if head_only:
+            return keep
+        sizes = (1, 7, 100, 4096, 65536, 3)
+        pos, i = 0, 0
+        while pos < len(body):
+            piece = body[pos:pos + sizes[i % len(sizes)]]
+            ext = b";ext=1" if i == 0 else b""
+            await send(writer, b"%x%s\r\n%s\r\n" % (len(piece), ext, piece))
+            STATE["body_bytes_sent"] += len(piece)
+            pos += len(piece)
+            i += 1
+        await send(writer, b"0\r\n\r\n")
+        return keep
+
+    if kind == "/close":
+        body = pattern(int(arg))
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Connection", "close")]))
+        if not head_only:
+            await send_body_plain(writer, body)
+        return False
+
+    if kind == "/slow-head":
+        await asyncio.sleep(float(arg))
+        return await echo(writer, req, keep)
+
+    if kind == "/slow-body":
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "text/plain"),
+                                                  ("Content-Length", 10)] + conn_hdr))
+        await asyncio.sleep(float(arg))
+        await send(writer, b"0123456789")
+        return keep
+
+    if kind == "/status":
+        code = int(arg)
+        if code in (204, 304):
+            hdrs = [("ETag", '"v1"')]
+            if code == 304:
+                hdrs.append(("Content-Length", 1000))
+            await send(writer, head_bytes(code, "No Content" if code == 204 else "Not Modified",
+                                          hdrs + conn_hdr))
+            return keep
+        if 100 <= code < 200 and code != 101:
+            await send(writer, head_bytes(code, "Early Hints" if code == 103 else "Interim",
+                                          [("Link", "</style.css>; rel=preload")]))
+            body = b"final after %d\n" % code
+            code, reason = 200, "OK"
+        else:
+            body = b"status %d\n" % code
+            reason = "Whatever"
+        await send(writer, head_bytes(code, reason, [("Content-Type", "text/plain"),
+                                                     ("Content-Length", len(body))] + conn_hdr)
+                   + (b"" if head_only else body))
+        return keep
+
+    if kind == "/reset":
+        return False
+
+    if kind == "/reset-rst":
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        return False
+
+    if kind in ("/hop", "/hop-ka"):
+        body = b"hop"
+        close = kind == "/hop" or not keep
+        await send(writer, head_bytes(200, "OK", [
+            ("Connection", "close, X-Foo" if close else "keep-alive, X-Foo"),
+            ("X-Foo", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authenticate", "Basic realm=x"),
+            ("Server", "secret-backend/1.0"),
+            ("X-Powered-By", "PHP"),
+            ("X-Normal", "yes"),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", len(body)),
+        ]) + (b"" if head_only else body))
+        return not close
+
+    if kind == "/stats":
+        body = json.dumps(dict(STATE, name=NAME)).encode()
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/json"),
+                                                  ("Content-Length", len(body))] + conn_hdr)
+                   + (b"" if head_only else body))
+        return keep
+
+    return await echo(writer, req, keep)
+
+
+async def handle(reader, writer):
+    STATE["connections"] += 1
+    STATE["open"] += 1
+    serial = STATE["connections"]
+    nreq = 0
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                break
+            line, method, target, version, headers = parse_head(head)
+            STATE["requests"] += 1
+            nreq += 1
+            log_line(line)
+            if "100-continue" in tokens(header(headers, "expect")):
+                await send(writer, b"HTTP/1.1 100 Continue\r\n\r\n")
+            if target.startswith("/slow-read/"):
+                await asyncio.sleep(float(target.split("/")[2].split("?")[0]))
+            try:
+                body_len, body_sha, chunked = await read_body(reader, headers)
+            except (asyncio.IncompleteReadError, ValueError, ConnectionError):
+                break
+            ctoks = tokens(header(headers, "connection"))
+            if version == "HTTP/1.1":
+                keep = "close" not in ctoks
+            else:
+                keep = "keep-alive" in ctoks
+            req = {"method": method, "target": target, "version": version,
+                   "headers": headers, "body_len": body_len, "body_sha256": body_sha,
+                   "chunked": chunked, "conn": serial, "conn_request": nreq}
+            if not await respond(writer, req, keep):
+                break
+    except ConnectionError:
+        pass
+    finally:
+        STATE["open"] -= 1
+        if not writer.transport.is_closing():
+            writer.close()
+
+
+async def control(reader, writer):
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            _, _, target, _, _ = parse_head(head)
+            if target.startswith("/reset"):
+                for k in ("connections", "requests", "body_bytes_sent", "body_bytes_read"):
+                    STATE[k] = 0
+            body = json.dumps(dict(STATE, name=NAME)).encode()
+            await send(writer, head_bytes(200, "OK", [("Content-Type", "application/json"),
+                                                      ("Content-Length", len(body))]) + body)
+    finally:
+        writer.close()
+
+
+def write_port_file(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+async def main(args):
+    global NAME, LOG
+    NAME = args.name
+    if args.log:
+        LOG = open(args.log, "a")
+    if args.blackhole:
+        # A listener whose accept queue is full: Linux then drops further SYNs,
+        # so connects to it hang until the client gives up. It is the only
+        # reliable loopback stand-in for an unreachable host.
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", args.port))
+        lsock.listen(0)
+        port = lsock.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            c = socket.socket()
+            c.settimeout(0.3)
+            try:
+                c.connect(("127.0.0.1", port))
+            except OSError:
+                c.close()
+                break
+            fillers.append(c)
+        write_port_file(args.port_file, "%d 0\n" % port)
+        await asyncio.Event().wait()
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20,
+                                        reuse_address=True)
+    ctrl = await asyncio.start_server(control, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cport = ctrl.sockets[0].getsockname()[1]
+    write_port_file(args.port_file, "%d %d\n" % (port, cport))
+    async with server, ctrl:
+        await asyncio.gather(server.serve_forever(), ctrl.serve_forever())
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="origin")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--log")
+    ap.add_argument("--blackhole", action="store_true")
+    try:
+        asyncio.run(main(ap.parse_args()))
+    except KeyboardInterrupt:
+        sys.exit(0)
