@@ -94,10 +94,12 @@ static void on_write(uv_write_t *req, int status) {
     if (q->cb) q->cb(q, status);
     return;
   }
+  int drained = 0;
   if (q->above && mg_outq_size(q) < MG_LOW_WATER) {
     q->above = 0;
-    if (q->cb) q->cb(q, 0);
+    drained = MG_OUTQ_DRAINED;
   }
+  if (q->cb) q->cb(q, drained);
 }
 
 int mg_outq_flush(mg_outq_t *q) {

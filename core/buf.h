@@ -18,8 +18,9 @@ typedef struct mg_block_s {
 } mg_block_t;
 
 typedef struct mg_outq_s mg_outq_t;
-/* Called when queued bytes fall below MG_LOW_WATER after being above MG_HIGH_WATER,
- * or with status < 0 when a write failed. */
+/* Called after every write: status < 0 when it failed, MG_OUTQ_DRAINED when the
+ * queue fell below MG_LOW_WATER after being above MG_HIGH_WATER, else 0. */
+#define MG_OUTQ_DRAINED 1
 typedef void (*mg_outq_cb)(mg_outq_t *q, int status);
 
 struct mg_outq_s {

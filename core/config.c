@@ -369,7 +369,9 @@ const mg_route_t *mg_route_match(const mg_gen_t *g, const char *listener, int me
                                  mg_str_t host, mg_str_t path) {
   /* strip the port; keep [v6] literals whole */
   size_t hlen = host.len;
-  if (hlen && host.p[0] == '[') {
+  if (hlen == 0) {
+    /* no Host (HTTP/1.0): only host-less routes can match */
+  } else if (host.p[0] == '[') {
     const char *close = memchr(host.p, ']', hlen);
     if (close) hlen = (size_t)(close - host.p) + 1;
   } else {

@@ -25,7 +25,10 @@ static llhttp_settings_t settings = {
   .on_message_complete = on_message_complete,
 };
 
-/* ---------------- timers ---------------- */
+/* ---------------- timers ----------------
+ * Two timers: `timer` judges the client's input side (header, body, keep-alive
+ * idle, linger), `send_timer` runs whenever output is queued and restarts on every
+ * completed write (timeouts.send: the client is not reading). */
 
 static void on_timer(uv_timer_t *t) {
   mg_conn_t *c = t->data;
@@ -43,24 +46,20 @@ static void on_timer(uv_timer_t *t) {
       mg_conn_close(c);
     }
     break;
-  case MG_CS_WAIT:
-    MG_INFO(c->w->id, "%s: send timeout", c->client);
-    mg_conn_close(c);
-    break;
   default:
     mg_conn_close(c);
     break;
   }
 }
 
-static void arm(mg_conn_t *c, uint64_t ms) {
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+static void on_send_timer(uv_timer_t *t) {
+  mg_conn_t *c = t->data;
+  MG_INFO(c->w->id, "%s: send timeout", c->client);
+  mg_conn_close(c);
 }
 
-void mg_conn_send_wait(mg_conn_t *c, int on) {
-  if (c->state != MG_CS_WAIT) return;
-  if (on) arm(c, c->w->gen->timeouts.send);
-  else uv_timer_stop(&c->timer);
+static void arm(mg_conn_t *c, uint64_t ms) {
+  uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 /* ---------------- reading ---------------- */
@@ -72,13 +71,15 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
+/* Reading stops while a response waits for its turn (pipelining), while the
+ * upstream is not taking the body, and while the client is not taking output. */
 void mg_conn_update_reading(mg_conn_t *c) {
   int want;
   switch (c->state) {
   case MG_CS_IDLE:
   case MG_CS_HEAD:
   case MG_CS_BODY:
-    want = !c->up_blocked && !c->paused;
+    want = !c->up_blocked && !c->paused && !mg_outq_full(&c->out);
     break;
   case MG_CS_LINGER:
     want = 1;
@@ -92,8 +93,8 @@ void mg_conn_update_reading(mg_conn_t *c) {
   } else if (!want && c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
-    /* we stopped reading because the upstream is not taking the body: that is
-     * the upstream's timeout to judge (upstream_write), not the client's */
+    /* we stopped reading the body ourselves: the upstream's write timeout or our
+     * send timeout judges that, not the client's body timeout */
     if (c->state == MG_CS_BODY) uv_timer_stop(&c->timer);
   }
 }
@@ -122,12 +123,15 @@ void mg_conn_close(mg_conn_t *c) {
     c->req = NULL;
   }
   uv_close((uv_handle_t *)&c->timer, on_close);
+  uv_close((uv_handle_t *)&c->send_timer, on_close);
   uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
   mg_conn_t *c = req->data;
+  if (c->state != MG_CS_LINGER) return;
   if (status < 0) mg_conn_close(c);
+  else arm(c, LINGER_MS); /* everything is sent: give the client a moment to close */
 }
 
 /* Sends what is queued, then half-closes and waits briefly for the client to
@@ -141,6 +145,7 @@ static void linger(mg_conn_t *c) {
     c->req = NULL;
   }
   c->state = MG_CS_LINGER;
+  uv_timer_stop(&c->timer);
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   c->shutdown_req.data = c;
@@ -148,18 +153,27 @@ static void linger(mg_conn_t *c) {
     mg_conn_close(c);
     return;
   }
-  arm(c, LINGER_MS);
   mg_conn_update_reading(c);
 }
 
 static void on_out(mg_outq_t *q, int status) {
   mg_conn_t *c = q->data;
+  if (c->state == MG_CS_CLOSED) return;
   if (status < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(status));
     mg_conn_close(c);
     return;
   }
-  if (c->req) mg_proxy_client_drained(c->req);
+  if (mg_outq_size(q) == 0) {
+    uv_timer_stop(&c->send_timer);
+    if (c->state == MG_CS_IDLE && !c->req) arm(c, c->w->gen->timeouts.keepalive);
+  } else {
+    uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
+  }
+  if (status == MG_OUTQ_DRAINED) {
+    mg_conn_update_reading(c);
+    if (c->req) mg_proxy_client_drained(c->req);
+  }
 }
 
 void mg_conn_flush(mg_conn_t *c) {
@@ -168,7 +182,10 @@ void mg_conn_flush(mg_conn_t *c) {
   if (rc < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(rc));
     mg_conn_close(c);
+    return;
   }
+  if (mg_outq_size(&c->out) && !uv_is_active((uv_handle_t *)&c->send_timer))
+    uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
 }
 
 void mg_conn_drain(mg_conn_t *c) {
@@ -204,7 +221,8 @@ static int finish_request(mg_conn_t *c) {
   c->req = NULL;
   c->requests++;
   c->state = MG_CS_IDLE;
-  arm(c, c->w->gen->timeouts.keepalive);
+  if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
+  else uv_timer_stop(&c->timer); /* on_out arms it once the response is out */
   if (c->paused) {
     llhttp_resume(&c->parser);
     c->paused = 0;
@@ -213,6 +231,16 @@ static int finish_request(mg_conn_t *c) {
 }
 
 static void feed(mg_conn_t *c, const char *data, size_t len);
+
+/* One write per batch of input, each way: while parsing, body pieces and answers
+ * were only queued. */
+static void after_feed(mg_conn_t *c) {
+  if (c->state == MG_CS_CLOSED) return;
+  if (c->req) mg_proxy_request_flush(c->req);
+  if (c->state == MG_CS_CLOSED) return;
+  mg_conn_flush(c);
+  if (c->state != MG_CS_CLOSED) mg_conn_update_reading(c);
+}
 
 void mg_conn_request_done(mg_conn_t *c) {
     if (c->in_parser) {
@@ -231,10 +259,7 @@ void mg_conn_request_done(mg_conn_t *c) {
     feed(c, s, n);
     free(s);
   }
-  if (c->state != MG_CS_CLOSED) {
-    mg_conn_flush(c);
-    mg_conn_update_reading(c);
-  }
+  after_feed(c);
 }
 
 static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
@@ -270,6 +295,10 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       if (used > len) used = len;
       c->paused = 1;
       if (err == HPE_PAUSED_UPGRADE) c->close_after = 1; /* upgrades come later */
+      if (!c->req) { /* nothing to answer: the parser stopped at an upgrade */
+        linger(c);
+        return;
+      }
       data += used;
       len -= used;
       if (c->req && c->req->rstate == MG_RS_DONE) c->done_pending = 1;
@@ -308,15 +337,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
   if (nread < 0) {
     if (nread != UV_EOF) MG_DEBUG(c->w->id, "%s: read: %s", c->client, uv_strerror((int)nread));
-    mg_conn_close(c);
+    /* a client that half-closes between requests still gets what is queued */
+    if (nread == UV_EOF && c->state == MG_CS_IDLE && !c->req && mg_outq_size(&c->out)) linger(c);
+    else mg_conn_close(c);
     return;
   }
   if (c->state == MG_CS_LINGER) return;
   if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
   feed(c, buf->base, (size_t)nread);
-  if (c->state == MG_CS_CLOSED) return;
-  mg_conn_flush(c);
-  if (c->state != MG_CS_CLOSED) mg_conn_update_reading(c);
+  after_feed(c);
 }
 
 /* ---------------- llhttp callbacks ---------------- */
@@ -344,6 +373,16 @@ static int append(llhttp_t *p, int what, const char *at, size_t len) {
   if (gone(c)) return -1;
   const mg_limits_t *lim = &c->w->gen->limits;
   mg_req_t *r = c->req;
+  if (r->head_done) {
+    /* chunked trailers arrive through the same callbacks: the head is frozen
+     * (slices point into it), so they are only counted, and dropped */
+    r->trailer_bytes += len;
+    if (r->trailer_bytes > lim->head_size) {
+      c->err_status = 431;
+      return -1;
+    }
+    return 0;
+  }
   int rc = mg_head_append(&r->head, what, at, len, lim->head_size, lim->headers);
   if (rc == MG_ELIMIT) {
     c->err_status = what == MG_HEAD_URL ? 414 : 431;
@@ -357,25 +396,28 @@ static int append(llhttp_t *p, int what, const char *at, size_t len) {
   return 0;
 }
 
-static int on_url(llhttp_t *p, const char *at, size_t len) { return append(p, MG_HEAD_URL, at, len); }
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  mg_conn_t *c = p->data;
+  if (!gone(c)) c->req->method = p->method; /* known now; logged even if the head fails */
+  return append(p, MG_HEAD_URL, at, len);
+}
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   return append(p, MG_HEAD_FIELD, at, len);
 }
-/* llhttp 8 accepts obs-fold (a value continued on a line starting with SP/HT) and
- * reports the continuation as another value piece. A value piece that follows
- * another one is either the next read of a value split across reads, or a fold:
- * a fold is preceded by LF and whitespace. RFC 9112 5.2: a server rejects it. */
+/* llhttp 8 accepts obs-fold (a value continued on a line that starts with SP or
+ * HT) and reports the continuation as a value piece. A value piece is preceded,
+ * past optional whitespace, by the colon or by the previous piece of the same value
+ * (a value split across reads); after LF it is a fold, which RFC 9112 5.2 says a
+ * server rejects. */
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   mg_conn_t *c = p->data;
   if (gone(c)) return -1;
-  if (c->req->head.last == MG_HEAD_VALUE) {
-    const char *q = at;
-    while (q > c->feed_start && (q[-1] == ' ' || q[-1] == '\t')) q--;
-    char before = q > c->feed_start ? q[-1] : c->last_byte;
-    if (before == '\n' || before == '\r' || q != at) {
-      c->err_status = 400;
-      return -1;
-    }
+  const char *q = at;
+  while (q > c->feed_start && (q[-1] == ' ' || q[-1] == '\t')) q--;
+  char before = q > c->feed_start ? q[-1] : c->last_byte;
+  if (before == '\n' || before == '\r') {
+    c->err_status = 400;
+    return -1;
   }
   return append(p, MG_HEAD_VALUE, at, len);
 }
@@ -388,11 +430,15 @@ static int on_headers_complete(llhttp_t *p) {
     c->err_status = 505;
     return -1;
   }
+  r->head_done = 1;
   r->method = p->method;
   r->http_minor = p->http_minor;
   r->keepalive = llhttp_should_keep_alive(p) ? 1 : 0;
+  /* an upgrade is not supported yet: answer it as a plain request, then close */
+  if (p->upgrade) r->keepalive = 0;
   if (p->flags & F_CHUNKED) {
     r->body = MG_BODY_CHUNKED;
+    if (p->http_minor == 0) r->keepalive = 0; /* RFC 9112 6.1 */
   } else if (p->flags & F_CONTENT_LENGTH) {
     r->body = MG_BODY_LENGTH;
     r->content_length = p->content_length;
@@ -454,7 +500,9 @@ void mg_conn_accept(mg_listener_t *l) {
   }
   uv_timer_init(&w->loop, &c->timer);
   c->timer.data = c;
-  c->handles = 2;
+  uv_timer_init(&w->loop, &c->send_timer);
+  c->send_timer.data = c;
+  c->handles = 3;
   uv_tcp_nodelay(&c->tcp, 1);
   mg_outq_init(&c->out, on_out, c);
   c->out.stream = (uv_stream_t *)&c->tcp;

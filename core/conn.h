@@ -23,7 +23,8 @@ enum {
 
 struct mg_conn_s {
   uv_tcp_t tcp; /* first: the handle pointer is the connection */
-  uv_timer_t timer;
+  uv_timer_t timer;      /* input side: header, body, keep-alive, linger */
+  uv_timer_t send_timer; /* output queued: timeouts.send between writes */
   uv_shutdown_t shutdown_req;
   mg_worker_t *w;
   const mg_listen_cfg_t *listener;
@@ -60,8 +61,6 @@ void mg_conn_request_done(mg_conn_t *c);
 void mg_conn_update_reading(mg_conn_t *c);
 /* Flushes queued output; closes on a write error. */
 void mg_conn_flush(mg_conn_t *c);
-/* Arms the connection timer for the send timeout (client not reading) or stops it. */
-void mg_conn_send_wait(mg_conn_t *c, int on);
 /* Drain: close if idle; otherwise close after the current request. */
 void mg_conn_drain(mg_conn_t *c);
 

@@ -38,6 +38,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
   mg_outq_init(&r->upq, NULL, NULL);
   r->upstream = -1;
   r->server = -1;
+  r->method = -1;
   r->t_start = uv_hrtime();
   uint64_t id = w->id_seed + ++w->seq;
   for (int i = 15; i >= 0; i--, id >>= 4) r->id[i] = hexdig[id & 15];
@@ -58,7 +59,7 @@ static void access_log(mg_req_t *r) {
   char *host = r->host.p ? mg_arena_strdup(&r->arena, r->host.p, r->host.len) : NULL;
   cJSON_AddStringToObject(o, "time", ts);
   cJSON_AddStringToObject(o, "client", r->conn->client);
-  cJSON_AddStringToObject(o, "method", r->head.n || r->path.p ? method : "-");
+  cJSON_AddStringToObject(o, "method", method);
   if (path) cJSON_AddStringToObject(o, "path", path);
   else cJSON_AddNullToObject(o, "path");
   if (host) cJSON_AddStringToObject(o, "host", host);
@@ -136,7 +137,7 @@ static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const
   if (r->method != HTTP_HEAD && blen) mg_outq_append(q, body, blen);
   r->bytes_out += mg_outq_size(q) - before;
   r->rstate = MG_RS_DONE;
-  mg_conn_flush(c);
+  if (!c->in_parser) mg_conn_flush(c); /* else the read callback flushes once */
   mg_conn_request_done(c);
 }
 
@@ -393,17 +394,24 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
     mg_outq_append(q, p, len);
   }
   r->body_sent += len;
-  if (q != &r->upq) mg_upstream_flush(r->upc);
-  if (mg_outq_full(q)) r->conn->up_blocked = 1;
   return 0;
+}
+
+void mg_proxy_request_flush(mg_req_t *r) {
+  mg_conn_t *c = r->conn;
+  if (r->upstream < 0 || r->rstate == MG_RS_DONE) return;
+  if (r->upc && r->upc->state == MG_UP_ACTIVE) {
+    if (mg_upstream_flush(r->upc) < 0) return; /* r may be gone */
+    if (r->upc && mg_outq_full(&r->upc->out)) c->up_blocked = 1;
+  } else if (mg_outq_full(&r->upq)) {
+    c->up_blocked = 1;
+  }
 }
 
 void mg_proxy_request_end(mg_req_t *r) {
   if (r->upstream < 0 || r->discard_body || r->rstate == MG_RS_DONE) return;
   if (r->body == MG_BODY_CHUNKED) {
-    mg_outq_t *q = body_queue(r);
-    APPEND_LIT(q, "0\r\n\r\n");
-    if (q != &r->upq) mg_upstream_flush(r->upc);
+    APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
   }
 }
 
@@ -411,6 +419,7 @@ void mg_proxy_request_end(mg_req_t *r) {
 
 static void start_upstream(mg_req_t *r) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  if (!r->t_up_start) r->t_up_start = uv_hrtime();
   for (;;) {
     int s = mg_worker_pick_server(r->w, r->upstream, r->tried);
     if (s < 0) {
@@ -439,10 +448,8 @@ static void start_upstream(mg_req_t *r) {
 
 void mg_proxy_upstream_ready(mg_req_t *r) {
   mg_upconn_t *u = r->upc;
-  if (!r->t_up_start) r->t_up_start = uv_hrtime();
   mg_outq_move(&u->out, &r->upq);
-  mg_upstream_flush(u);
-  if (!r->upc) return; /* the flush failed and the exchange moved on */
+  if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
   mg_conn_t *c = r->conn;
   if (c->up_blocked && !mg_outq_full(&u->out)) {
     c->up_blocked = 0;
@@ -497,6 +504,13 @@ static int resp_header_skipped(mg_str_t n, mg_str_t conn_value) {
 int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   mg_conn_t *c = r->conn;
   if (mg_head_finish(&r->rhead) < 0) return -1;
+  /* codings other than chunked would be lost when the body is re-framed */
+  const mg_header_t *te = mg_head_get(&r->rhead, MG_STR("transfer-encoding"));
+  if (te && !mg_str_caseeq(te->value, MG_STR("chunked"))) {
+    MG_WARN(r->w->id, "req %s: upstream response with Transfer-Encoding '%.*s' refused", r->id,
+            (int)te->value.len, te->value.p);
+    return -1;
+  }
   int status = p->status_code;
   r->status = status;
   r->rstate = MG_RS_HEAD;
@@ -531,8 +545,7 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
   else APPEND_LIT(q, "\r\n");
   r->bytes_out += mg_outq_size(q) - before;
-  mg_conn_flush(c);
-  return 0;
+  return 0; /* flushed by mg_proxy_response_flush after the read */
 }
 
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
@@ -549,11 +562,14 @@ void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
     mg_outq_append(q, p, len);
   }
   r->bytes_out += mg_outq_size(q) - before;
-  mg_conn_flush(c);
-  if (c->state != MG_CS_CLOSED && mg_outq_full(q) && r->upc) {
-    mg_upstream_pause(r->upc, 1);
-    mg_conn_send_wait(c, 1);
-  }
+}
+
+void mg_proxy_response_flush(mg_req_t *r) {
+  mg_conn_t *c = r->conn;
+  mg_upconn_t *u = r->upc;
+  mg_conn_flush(c); /* may close c and free r */
+  if (c->state == MG_CS_CLOSED || !u || u->req != r) return;
+  if (mg_outq_full(&c->out)) mg_upstream_pause(u, 1);
 }
 
 void mg_proxy_response_end(mg_req_t *r) {
@@ -564,13 +580,13 @@ void mg_proxy_response_end(mg_req_t *r) {
   }
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
+  c->up_blocked = 0; /* the upstream is done with the body, whatever was left */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   mg_conn_request_done(c);
 }
 
 void mg_proxy_client_drained(mg_req_t *r) {
-  mg_conn_send_wait(r->conn, 0);
   if (r->upc && r->upc->paused) mg_upstream_pause(r->upc, 0);
 }
 

@@ -40,12 +40,14 @@ struct mg_req_s {
   uint64_t content_length;
   uint64_t body_read;     /* decoded body bytes received */
   uint64_t bytes_in;      /* raw bytes of this request */
+  uint64_t trailer_bytes;
   unsigned keepalive : 1;       /* the client allows another request after this one */
   unsigned expect_continue : 1;
   unsigned complete : 1;        /* the whole request has been read */
   unsigned discard_body : 1;    /* answered directly: read and drop the body */
   unsigned absolute_form : 1;   /* the target carried the authority (it wins over Host) */
-  unsigned stale_retry : 1;     /* already retried once after a dead pooled connection */
+  unsigned stale_retry : 1;
+  unsigned head_done : 1;       /* the head is frozen: later header callbacks are trailers */     /* already retried once after a dead pooled connection */
 
   /* upstream */
   const mg_route_t *route;
@@ -76,6 +78,9 @@ void mg_req_free(mg_req_t *r);
 int mg_proxy_head(mg_req_t *r);
 /* A piece of decoded request body. 0, or a status as above. */
 int mg_proxy_body(mg_req_t *r, const char *p, size_t len);
+/* After a read: sends what the read queued for the upstream, in one write, and
+ * stops reading the client if the upstream is not keeping up. */
+void mg_proxy_request_flush(mg_req_t *r);
 /* The request is fully read. */
 void mg_proxy_request_end(mg_req_t *r);
 /* Answers with a short error page and marks the connection for closing if
@@ -97,6 +102,9 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p);
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len);
 /* The response is complete (the upstream connection is already released). */
 void mg_proxy_response_end(mg_req_t *r);
+/* After an upstream read: sends what it queued for the client, and pauses the
+ * upstream if the client is not keeping up. */
+void mg_proxy_response_flush(mg_req_t *r);
 /* The client's output queue drained: resume reading the upstream. */
 void mg_proxy_client_drained(mg_req_t *r);
 /* The upstream's output queue drained: resume reading the request body. */

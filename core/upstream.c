@@ -125,7 +125,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   arm_rw(u);
   llhttp_errno_t err = llhttp_execute(&u->parser, buf->base, (size_t)nread);
   if (u->state == MG_UP_CLOSED || !u->req) return;
-  if (err == HPE_OK) return;
+  if (err == HPE_OK) {
+    mg_proxy_response_flush(u->req);
+    return;
+  }
   if (err == HPE_PAUSED && u->done) {
     const char *pos = llhttp_get_error_pos(&u->parser);
     finish(u, pos && pos < buf->base + nread);
@@ -143,8 +146,8 @@ static void on_out(mg_outq_t *q, int status) {
     fail(u, 0, 0);
     return;
   }
-  arm_rw(u);
-  mg_proxy_upstream_drained(u->req);
+  if (!u->paused) arm_rw(u);
+  if (status == MG_OUTQ_DRAINED) mg_proxy_upstream_drained(u->req);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -246,13 +249,14 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
   uv_timer_start(&u->timer, on_timer, u->idle_ms, 0);
 }
 
-void mg_upstream_flush(mg_upconn_t *u) {
-  if (u->state != MG_UP_ACTIVE) return;
+int mg_upstream_flush(mg_upconn_t *u) {
+  if (u->state != MG_UP_ACTIVE) return 0;
   /* the read timeout counts from the last bytes sent: a slow client uploading a
    * body is not the upstream's fault */
   if (!u->paused) arm_rw(u);
   int rc = mg_outq_flush(&u->out);
   if (rc < 0) fail(u, 0, 0);
+  return rc;
 }
 
 void mg_upstream_pause(mg_upconn_t *u, int paused) {

@@ -57,7 +57,9 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *u,
  * closes it. */
 void mg_upstream_release(mg_upconn_t *u, int reusable);
 void mg_upstream_close(mg_upconn_t *u);
-void mg_upstream_flush(mg_upconn_t *u);
+/* Submits queued bytes. On failure the request is told (and may be freed)
+ * and a negative code returned: the caller must not touch the request then. */
+int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
 /* Closes every pooled connection (drain/stop). */
 void mg_upstream_close_pools(mg_worker_t *w);
