@@ -54,6 +54,11 @@ static void gen_free(mg_gen_t *g) {
     free(r->resp_body);
   }
   free(g->routes);
+  for (int i = 0; i < g->nshared; i++) free(g->shared[i]);
+  free(g->shared);
+  free(g->shared_size);
+  for (int i = 0; i < g->nfiles; i++) free(g->files[i]);
+  free(g->files);
   free(g);
 }
 
@@ -255,6 +260,7 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     r->path = field_str(L, -1, "path");
     r->path_len = r->path ? strlen(r->path) : 0;
     r->upstream = (int)field_num(L, -1, "upstream_index", 0) - 1;
+    r->hooks = (unsigned)field_num(L, -1, "hooks", 0);
     lua_getfield(L, -1, "methods");
     if (lua_istable(L, -1)) {
       int nm = (int)lua_objlen(L, -1);
@@ -266,7 +272,7 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
       }
     }
     lua_pop(L, 1);
-    if (r->upstream < 0) {
+    if (r->upstream < 0 && !(r->hooks & (1u << 8 /* MG_HOOK_RESPOND */))) {
       int rc = build_respond(L, r);
       if (rc < 0) return rc;
     }
@@ -279,6 +285,7 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
 static int walk(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   g->workers = (int)field_num(L, -1, "workers", 0);
+  g->hooks = (unsigned)field_num(L, -1, "hooks", 0);
   if (g->workers <= 0) g->workers = (int)uv_available_parallelism();
   g->access_log = field_str(L, -1, "access_log"); /* false -> NULL: off */
   g->error_log = field_str(L, -1, "error_log");
@@ -303,6 +310,32 @@ static int walk(walk_t *w, mg_gen_t *g) {
   g->limits.headers = (size_t)field_num(L, -1, "headers", 100);
   g->limits.uri_size = (size_t)field_num(L, -1, "uri_size", 8192);
   g->limits.body_size = (uint64_t)field_num(L, -1, "body_size", 1048576);
+  lua_pop(L, 1);
+
+  lua_getfield(L, -1, "watch");
+  g->watch = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "shared");
+  g->nshared = (int)lua_objlen(L, -1);
+  g->shared = calloc((size_t)g->nshared + 1, sizeof(char *));
+  g->shared_size = calloc((size_t)g->nshared + 1, sizeof(size_t));
+  if (!g->shared || !g->shared_size) return MG_ENOMEM;
+  for (int i = 0; i < g->nshared; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    g->shared[i] = field_str(L, -1, "name");
+    g->shared_size[i] = (size_t)field_num(L, -1, "size", 1 << 20);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "files");
+  g->nfiles = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  g->files = calloc((size_t)g->nfiles + 1, sizeof(char *));
+  if (!g->files) return MG_ENOMEM;
+  for (int i = 0; i < g->nfiles; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    g->files[i] = xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
 
   int rc;

@@ -40,6 +40,7 @@ typedef struct {
   char *path;
   size_t path_len;
   uint64_t methods;          /* bit (1 << llhttp method); 0 = any */
+  unsigned hooks;            /* bit per MG_HOOK_* set in this route's `on` (and RESPOND) */
   int upstream;              /* index into gen->upstreams, -1 for respond */
   int status;                /* respond */
   char *resp_head;           /* respond: status line and header lines, prebuilt */
@@ -74,6 +75,13 @@ struct mg_gen_s {
   int nupstreams;
   mg_route_t *routes;  /* most specific first (lua/moongate/router.lua) */
   int nroutes;
+  unsigned hooks;      /* bit per MG_HOOK_* registered with mg.on */
+  char **shared;       /* shared dictionary names, with their sizes in shared_size */
+  size_t *shared_size;
+  int nshared;
+  int watch;           /* reload when one of `files` changes */
+  char **files;        /* proxy.lua and the files it required from its folder */
+  int nfiles;
 };
 
 /* Runs the config file in a fresh Lua state and builds a generation with one

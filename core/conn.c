@@ -1,8 +1,10 @@
 #include "conn.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "log.h"
+#include "luavm.h"
 #include "proxy.h"
 
 #define LINGER_MS 2000
@@ -490,7 +492,7 @@ void mg_conn_accept(mg_listener_t *l) {
   mg_conn_t *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->w = w;
-  c->listener = l->cfg;
+  snprintf(c->listener, sizeof(c->listener), "%s", l->cfg->name ? l->cfg->name : "");
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
   c->handles = 1;
@@ -528,6 +530,11 @@ void mg_conn_accept(mg_listener_t *l) {
   w->conns = c;
   w->nconns++;
   c->state = MG_CS_IDLE;
+  if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
+      !mg_lua_connect(w->wg, c->client_ip, c->listener[0] ? c->listener : NULL)) {
+    mg_conn_close(c); /* refused by the connect hook */
+    return;
+  }
   arm(c, w->gen->timeouts.client_header);
   if (w->draining) c->close_after = 1;
   mg_conn_update_reading(c);

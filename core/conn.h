@@ -27,7 +27,7 @@ struct mg_conn_s {
   uv_timer_t send_timer; /* output queued: timeouts.send between writes */
   uv_shutdown_t shutdown_req;
   mg_worker_t *w;
-  const mg_listen_cfg_t *listener;
+  char listener[48];      /* the listener's name ("" when unnamed): routes bind to it */
   mg_conn_t *prev, *next; /* worker's list */
   llhttp_t parser;
   mg_outq_t out;

@@ -10,6 +10,7 @@ void mg_head_reset(mg_head_t *h) {
   h->n = 0;
   h->url_off = h->url_len = 0;
   h->last = MG_HEAD_NONE;
+  free(h->headers);
   h->headers = NULL;
 }
 
@@ -82,6 +83,26 @@ const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name) {
   for (size_t i = 0; i < h->n; i++)
     if (mg_str_caseeq(h->headers[i].name, name)) return &h->headers[i];
   return NULL;
+}
+
+int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int op) {
+  if (op != 1) {
+    size_t j = 0;
+    for (size_t i = 0; i < h->n; i++)
+      if (!mg_str_caseeq(h->headers[i].name, name)) h->headers[j++] = h->headers[i];
+    h->n = j;
+  }
+  if (op == 2) return 0;
+  mg_header_t *hs = realloc(h->headers, (h->n + 1) * sizeof(*hs));
+  if (!hs) return MG_ENOMEM;
+  h->headers = hs;
+  char *n = mg_arena_strdup(a, name.p, name.len);
+  char *v = mg_arena_strdup(a, value.p, value.len);
+  if (!n || !v) return MG_ENOMEM;
+  h->headers[h->n].name = (mg_str_t){ n, name.len };
+  h->headers[h->n].value = (mg_str_t){ v, value.len };
+  h->n++;
+  return 0;
 }
 
 int mg_http_is_hop_by_hop(mg_str_t n) {

@@ -3,6 +3,7 @@
 #ifndef MG_HTTP_H
 #define MG_HTTP_H
 
+#include "arena.h"
 #include "mg.h"
 
 typedef struct {
@@ -38,6 +39,10 @@ static inline mg_str_t mg_head_url(const mg_head_t *h) {
 }
 /* First header with that name (case-insensitive), or NULL. */
 const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name);
+
+/* Changes a finished head: op 0 replaces every `name` header by one with `value`,
+ * 1 adds one, 2 removes them all. Name and value are copied into `a`. */
+int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int op);
 
 /* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
 int mg_http_is_hop_by_hop(mg_str_t name);

@@ -12,6 +12,8 @@
 
 #include "config.h"
 #include "log.h"
+#include "luavm.h"
+#include "shdict.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -19,6 +21,7 @@ static void usage(FILE *f) {
           "usage: moongate [-c FILE]          run (default ./proxy.lua)\n"
           "       moongate -t [-c FILE]       check the config and exit\n"
           "       moongate -s stop [-c FILE]  stop the running instance (pid file)\n"
+          "       moongate -s reload [-c FILE] check the config, then reload the running instance\n"
           "       moongate -v                 print the version\n");
 }
 
@@ -71,9 +74,113 @@ typedef struct {
   atomic_int nexited;
   mg_gen_t *gen;
   int stopping;
+  uv_fs_poll_t *polls; /* watch = true: one per file of gen->files */
+  int npolls;
 } mg_main_t;
 
 static mg_main_t M;
+
+static int open_shared(const mg_gen_t *g) {
+  for (int i = 0; i < g->nshared; i++)
+    if (!mg_shdict_open(g->shared[i], g->shared_size[i])) {
+      MG_ERR(-1, "cannot create shared dictionary %s", g->shared[i]);
+      return -1;
+    }
+  return 0;
+}
+
+static void watch_files(void);
+
+/* Loads the config again into a scratch state; only if that and every worker's
+ * new Lua state succeed do the workers switch. Otherwise the old config keeps
+ * serving and the reason is logged. */
+static void reload(const char *why) {
+  char err[2048];
+  mg_gen_t *ng = NULL;
+  if (M.stopping) return;
+  if (mg_config_load(M.gen->path, &ng, err, sizeof(err)) < 0) {
+    MG_ERR(-1, "reload (%s) failed, the old config keeps serving: %s", why, err);
+    return;
+  }
+  if (ng->workers != M.nworkers || strcmp(ng->pid ? ng->pid : "", M.gen->pid ? M.gen->pid : "") != 0)
+    MG_WARN(-1, "reload: workers and pid take effect at the next start");
+  int n = M.nworkers, ok = open_shared(ng) == 0;
+  mg_reload_t **rls = calloc((size_t)n, sizeof(*rls));
+  ok = ok && rls;
+  for (int w = 0; ok && w < n; w++) {
+    mg_reload_t *rl = calloc(1, sizeof(*rl));
+    rls[w] = rl;
+    if (!rl || !(rl->fds = malloc(sizeof(int) * ((size_t)ng->nlisteners + 1)))) {
+      ok = 0;
+      break;
+    }
+    for (int i = 0; i < ng->nlisteners; i++) rl->fds[i] = -1;
+    for (int i = 0; ok && i < ng->nlisteners; i++) {
+      int kept = 0;
+      for (int j = 0; j < M.gen->nlisteners; j++)
+        if (strcmp(M.gen->listeners[j].text, ng->listeners[i].text) == 0) kept = 1;
+      if (kept) continue;
+      rl->fds[i] = listen_socket(&ng->listeners[i], err, sizeof(err));
+      if (rl->fds[i] < 0) {
+        MG_ERR(-1, "reload failed, the old config keeps serving: %s", err);
+        ok = 0;
+      }
+    }
+    if (!ok) break;
+    mg_current_worker = &M.workers[w];
+    rl->wg = mg_wgen_new(&M.workers[w], ng, err, sizeof(err));
+    mg_current_worker = NULL;
+    if (!rl->wg) {
+      MG_ERR(-1, "reload failed in worker %d, the old config keeps serving: %s", w, err);
+      ok = 0;
+    }
+  }
+  if (!ok) {
+    for (int w = 0; rls && w < n; w++) {
+      mg_reload_t *rl = rls[w];
+      if (!rl) continue;
+      for (int i = 0; rl->fds && i < ng->nlisteners; i++)
+        if (rl->fds[i] >= 0) close(rl->fds[i]);
+      if (rl->wg) mg_wgen_unref(rl->wg);
+      free(rl->fds);
+      free(rl);
+    }
+    free(rls);
+    mg_gen_unref(ng);
+    return;
+  }
+  for (int w = 0; w < n; w++) mg_worker_reload(&M.workers[w], rls[w]);
+  free(rls);
+  mg_gen_t *old = M.gen;
+  M.gen = ng;
+  mg_gen_unref(old);
+  MG_INFO(-1, "reloaded (%s): %s", why, ng->path);
+  watch_files();
+}
+
+static void on_file_changed(uv_fs_poll_t *p, int status, const uv_stat_t *prev, const uv_stat_t *curr) {
+  reload("a config file changed");
+}
+
+/* (Re)starts polling gen->files when watch = true. Polling, not inotify: it
+ * sees editors that replace files by renaming, and files on any filesystem. */
+static void watch_files(void) {
+  for (int i = 0; i < M.npolls; i++) uv_close((uv_handle_t *)&M.polls[i], NULL);
+  /* the handles are freed after their close callbacks ran: defer by one loop */
+  static uv_fs_poll_t *retired;
+  free(retired);
+  retired = M.polls;
+  M.polls = NULL;
+  M.npolls = 0;
+  if (!M.gen->watch || M.gen->nfiles == 0) return;
+  M.polls = calloc((size_t)M.gen->nfiles, sizeof(uv_fs_poll_t));
+  if (!M.polls) return;
+  M.npolls = M.gen->nfiles;
+  for (int i = 0; i < M.npolls; i++) {
+    uv_fs_poll_init(M.loop, &M.polls[i]);
+    uv_fs_poll_start(&M.polls[i], on_file_changed, M.gen->files[i], 500);
+  }
+}
 
 static void on_signal(uv_signal_t *s, int signum) {
   switch (signum) {
@@ -90,7 +197,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     for (int i = 0; i < M.nworkers; i++) mg_worker_command(&M.workers[i], MG_CMD_DRAIN);
     break;
   case SIGHUP:
-    MG_WARN(-1, "SIGHUP: live reload is not available yet; config unchanged");
+    reload("SIGHUP");
     break;
   }
 }
@@ -108,6 +215,7 @@ void mg_main_worker_exited(void) {
 
 static int run(mg_gen_t *g) {
   char err[512];
+  if (open_shared(g) < 0) return 1;
   int n = g->workers;
   int *fds = calloc((size_t)n * (size_t)g->nlisteners + 1, sizeof(int));
   if (!fds) return 1;
@@ -145,7 +253,14 @@ static int run(mg_gen_t *g) {
   M.workers = calloc((size_t)n, sizeof(mg_worker_t));
   if (!M.workers) return 1;
   for (int w = 0; w < n; w++) {
-    int rc = mg_worker_start(&M.workers[w], w, g, fds + w * g->nlisteners);
+    char werr[2048];
+    int rc = mg_worker_start(&M.workers[w], w, g, fds + w * g->nlisteners, werr, sizeof(werr));
+    if (rc == MG_ECONFIG) {
+      MG_ERR(-1, "worker %d: %s", w, werr);
+      fprintf(stderr, "moongate: %s\n", werr);
+      if (g->pid) unlink(g->pid);
+      _exit(1);
+    }
     if (rc < 0) {
       MG_ERR(-1, "cannot start worker %d: %s", w, uv_strerror(rc));
       _exit(1);
@@ -158,6 +273,7 @@ static int run(mg_gen_t *g) {
     snprintf(addrs + l, sizeof(addrs) - l, "%s%s", i ? " " : "", g->listeners[i].text);
   }
   MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
+  watch_files();
 
   uv_run(M.loop, UV_RUN_DEFAULT);
 
@@ -168,9 +284,12 @@ static int run(mg_gen_t *g) {
   uv_close((uv_handle_t *)&M.sig_quit, NULL);
   uv_close((uv_handle_t *)&M.sig_int, NULL);
   uv_close((uv_handle_t *)&M.sig_hup, NULL);
+  M.gen->watch = 0;
+  watch_files();
   uv_run(M.loop, UV_RUN_DEFAULT);
+  watch_files(); /* frees the last retired handles */
   uv_loop_close(M.loop);
-  if (g->pid && read_pid(g->pid) == (int)getpid()) unlink(g->pid);
+  if (M.gen->pid && read_pid(M.gen->pid) == (int)getpid()) unlink(M.gen->pid);
   MG_INFO(-1, "stopped");
   return 0;
 }
@@ -194,8 +313,8 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  if (signame && strcmp(signame, "stop") != 0) {
-    fprintf(stderr, "moongate: -s takes 'stop' (reload comes with live reload)\n");
+  if (signame && strcmp(signame, "stop") != 0 && strcmp(signame, "reload") != 0) {
+    fprintf(stderr, "moongate: -s takes 'stop' or 'reload'\n");
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -217,7 +336,7 @@ int main(int argc, char **argv) {
     if (pid <= 0) {
       fprintf(stderr, "moongate: no pid in %s: is moongate running?\n", g->pid ? g->pid : "(no pid file)");
       rc = 1;
-    } else if (kill(pid, SIGTERM) < 0) {
+    } else if (kill(pid, strcmp(signame, "stop") == 0 ? SIGTERM : SIGHUP) < 0) {
       fprintf(stderr, "moongate: cannot signal pid %d: %s\n", pid, strerror(errno));
       rc = 1;
     }
@@ -237,6 +356,7 @@ int main(int argc, char **argv) {
   rc = run(g);
   mg_access_log_close();
   mg_log_close();
-  mg_gen_unref(g);
+  mg_gen_unref(M.gen ? M.gen : g);
+  mg_shdict_close_all();
   return rc;
 }

@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <strings.h>
 
+#include <lauxlib.h>
+
 #include "conn.h"
+#include "luavm.h"
 #include "log.h"
 #include "upstream.h"
 #include "worker.h"
@@ -30,8 +33,12 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
   mg_worker_t *w = c->w;
   r->conn = c;
   r->w = w;
-  r->gen = w->gen;
-  mg_gen_ref(r->gen);
+  r->wg = w->wg;
+  mg_wgen_ref(r->wg);
+  r->gen = r->wg->gen;
+  r->co_ref = r->obj_ref = r->chunk_ref = LUA_NOREF;
+  r->phase = -1;
+  r->pick = -1;
   mg_arena_init(&r->arena);
   mg_head_init(&r->head);
   mg_head_init(&r->rhead);
@@ -89,12 +96,14 @@ static void access_log(mg_req_t *r) {
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
   if (r->upc) mg_proxy_abort(r);
+  if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG)) mg_lua_hook(r, MG_HOOK_LOG, NULL);
+  mg_lua_req_done(r);
   access_log(r);
   mg_head_dispose(&r->head);
   mg_head_dispose(&r->rhead);
   mg_outq_dispose(&r->upq);
   mg_arena_dispose(&r->arena);
-  mg_gen_unref(r->gen);
+  mg_wgen_unref(r->wg);
   free(r);
 }
 
@@ -114,7 +123,7 @@ static int will_close(mg_req_t *r) {
 
 /* Queues a complete response whose head (status line + header lines, without the
  * blank line) and body are given. Decides what happens to an unread body. */
-static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
+void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
                    size_t blen) {
   mg_conn_t *c = r->conn;
   int body_pending = !r->complete &&
@@ -154,7 +163,7 @@ void mg_proxy_error(mg_req_t *r, int status, int close) {
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                       "X-Request-Id: %s\r\n",
                       status, mg_http_reason(status), blen, r->id);
-  answer(r, status, head, (size_t)hlen, body, (size_t)blen);
+  mg_proxy_answer(r, status, head, (size_t)hlen, body, (size_t)blen);
 }
 
 /* ---------------- the request head ---------------- */
@@ -353,17 +362,30 @@ int mg_proxy_head(mg_req_t *r) {
   if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
 
   mg_conn_t *c = r->conn;
-  const mg_route_t *rt = mg_route_match(r->gen, c->listener->name, r->method, r->host, r->path);
-  if (!rt) {
-    mg_proxy_error(r, 404, 0);
-    return 0;
-  }
+  const mg_route_t *rt = mg_route_match(r->gen, c->listener[0] ? c->listener : NULL, r->method, r->host, r->path);
   r->route = rt;
-  if (rt->upstream < 0) {
-    answer(r, rt->status, rt->resp_head, rt->resp_head_len, rt->resp_body, rt->resp_body_len);
+  if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
+    if (mg_lua_hook(r, MG_HOOK_REQUEST, NULL) < 0) {
+      mg_proxy_error(r, 500, 0);
+      return 0;
+    }
+    if (r->rstate != MG_RS_NONE) return 0; /* the hook answered */
+  }
+  if (r->upstream < 0 && rt) r->upstream = rt->upstream; /* req:set_upstream wins */
+  if (r->upstream < 0) {
+    if (!rt) {
+      mg_proxy_error(r, 404, 0);
+    } else if (rt->hooks & (1u << MG_HOOK_RESPOND)) {
+      if (mg_lua_hook(r, MG_HOOK_RESPOND, NULL) < 0) mg_proxy_error(r, 500, 0);
+      else if (r->rstate == MG_RS_NONE) {
+        MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
+        mg_proxy_error(r, 500, 0);
+      }
+    } else {
+      mg_proxy_answer(r, rt->status, rt->resp_head, rt->resp_head_len, rt->resp_body, rt->resp_body_len);
+    }
     return 0;
   }
-  r->upstream = rt->upstream;
   int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
   if (r->expect_continue && has_body) {
     APPEND_LIT(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -420,8 +442,24 @@ void mg_proxy_request_end(mg_req_t *r) {
 static void start_upstream(mg_req_t *r) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   if (!r->t_up_start) r->t_up_start = uv_hrtime();
+  if (!r->upreq_hooked && mg_hook_on(r->gen, r->route, MG_HOOK_UPSTREAM_REQUEST)) {
+    r->upreq_hooked = 1;
+    if (mg_lua_hook(r, MG_HOOK_UPSTREAM_REQUEST, NULL) < 0) {
+      mg_proxy_error(r, 500, 0);
+      return;
+    }
+  }
   for (;;) {
-    int s = mg_worker_pick_server(r->w, r->upstream, r->tried);
+    int s = -1;
+    if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE)) {
+      r->pick = -1;
+      if (mg_lua_hook(r, MG_HOOK_BALANCE, NULL) < 0) {
+        mg_proxy_error(r, 500, 0);
+        return;
+      }
+      if (r->pick >= 0 && !(r->tried & ((uint64_t)1 << r->pick))) s = r->pick;
+    }
+    if (s < 0) s = mg_worker_pick_server(r->wg, r->upstream, r->tried);
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return;
@@ -511,11 +549,19 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
             (int)te->value.len, te->value.p);
     return -1;
   }
-  int status = p->status_code;
-  r->status = status;
+  r->status = p->status_code;
+  if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
+    if (mg_lua_hook(r, MG_HOOK_RESPONSE, NULL) < 0) {
+      mg_proxy_error(r, 500, 0); /* releases the upstream connection */
+      return -1;
+    }
+  }
+  int body_hook = mg_hook_on(r->gen, r->route, MG_HOOK_BODY);
+  int status = r->status;
   r->rstate = MG_RS_HEAD;
   r->rnobody = r->method == HTTP_HEAD || status == 204 || status == 304;
-  int has_len = (p->flags & F_CONTENT_LENGTH) != 0;
+  /* a body hook may change the length: re-frame */
+  int has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !body_hook;
   if (!r->rnobody && !has_len) {
     if (r->http_minor == 1) r->rchunked = 1;
     else {
@@ -550,6 +596,16 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
 
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
   mg_conn_t *c = r->conn;
+  if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
+    mg_str_t chunk = { p, len };
+    if (mg_lua_hook(r, MG_HOOK_BODY, &chunk) < 0) {
+      mg_conn_close(c); /* the head is out: all we can do */
+      return;
+    }
+    p = chunk.p;
+    len = chunk.len;
+    if (len == 0) return; /* an empty chunk would end a chunked body */
+  }
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
   if (r->rchunked) {

@@ -22,7 +22,13 @@ enum { MG_RS_NONE, MG_RS_HEAD, MG_RS_DONE }; /* response progress toward the cli
 struct mg_req_s {
   mg_conn_t *conn;
   mg_worker_t *w;
-  mg_gen_t *gen;
+  struct mg_wgen_s *wg;   /* the worker's generation (Lua state, balancer state); ref held */
+  mg_gen_t *gen;          /* = wg->gen */
+  /* Lua: the request's coroutine, its Lua object, the body hook's last chunk */
+  struct lua_State *co;
+  int co_ref, obj_ref, chunk_ref;
+  int phase;              /* the MG_HOOK_* running now, -1 outside hooks */
+  int pick;               /* server chosen by the balance hook, -1 none */
   mg_arena_t arena;
   char id[17];
   uint64_t t_start;       /* uv_hrtime() at the first byte */
@@ -47,7 +53,8 @@ struct mg_req_s {
   unsigned discard_body : 1;    /* answered directly: read and drop the body */
   unsigned absolute_form : 1;   /* the target carried the authority (it wins over Host) */
   unsigned stale_retry : 1;
-  unsigned head_done : 1;       /* the head is frozen: later header callbacks are trailers */     /* already retried once after a dead pooled connection */
+  unsigned head_done : 1;
+  unsigned upreq_hooked : 1;    /* the upstream_request hook ran */       /* the head is frozen: later header callbacks are trailers */     /* already retried once after a dead pooled connection */
 
   /* upstream */
   const mg_route_t *route;
@@ -83,6 +90,10 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len);
 void mg_proxy_request_flush(mg_req_t *r);
 /* The request is fully read. */
 void mg_proxy_request_end(mg_req_t *r);
+/* Answers with a complete response: `head` is the status line and header lines
+ * (no blank line, no Connection header). */
+void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
+                     size_t blen);
 /* Answers with a short error page and marks the connection for closing if
  * `close` (always when the request was not fully read). Safe at any point before
  * the response head went out; after it, the connection is just closed. */

@@ -5,6 +5,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "luavm.h"
 #include "upstream.h"
 
 #define ALOG_FLUSH (32 * 1024)
@@ -43,9 +44,11 @@ void mg_worker_access_log(mg_worker_t *w, const char *line, size_t len) {
 /* Runs before the loop blocks: lines of a burst go out in one write. */
 static void on_prepare(uv_prepare_t *p) { alog_flush(p->data); }
 
-int mg_worker_pick_server(mg_worker_t *w, int ui, uint64_t skip) {
-  const mg_upstream_cfg_t *u = &w->gen->upstreams[ui];
-  int *cur = w->rr_current + w->rr_base[ui];
+_Thread_local mg_worker_t *mg_current_worker;
+
+int mg_worker_pick_server(mg_wgen_t *wg, int ui, uint64_t skip) {
+  const mg_upstream_cfg_t *u = &wg->gen->upstreams[ui];
+  int *cur = wg->rr_current + wg->rr_base[ui];
   int total = 0, best = -1;
   for (int i = 0; i < u->nservers && i < 64; i++) {
     if (skip & ((uint64_t)1 << i)) continue;
@@ -75,9 +78,81 @@ static void finish(mg_worker_t *w) {
   if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
 }
 
+static void free_listener(uv_handle_t *h) { free(h->data); }
+
+static void close_listener(mg_listener_t *l) {
+  if (!uv_is_closing((uv_handle_t *)&l->tcp)) uv_close((uv_handle_t *)&l->tcp, free_listener);
+}
+
 static void close_listeners(mg_worker_t *w) {
   for (int i = 0; i < w->nlisteners; i++)
-    if (!uv_is_closing((uv_handle_t *)&w->listeners[i].tcp)) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+    if (w->listeners[i]) close_listener(w->listeners[i]);
+}
+
+/* Opens a listener on an fd the main thread bound. */
+static mg_listener_t *open_listener(mg_worker_t *w, const mg_listen_cfg_t *cfg, int fd) {
+  mg_listener_t *l = calloc(1, sizeof(*l));
+  if (!l) return NULL;
+  l->w = w;
+  l->cfg = cfg;
+  uv_tcp_init(&w->loop, &l->tcp);
+  l->tcp.data = l;
+  if (uv_tcp_open(&l->tcp, fd) < 0 || uv_listen((uv_stream_t *)&l->tcp, 511, on_connection) < 0) {
+    MG_ERR(w->id, "cannot listen on %s", cfg->text);
+    close_listener(l);
+    return NULL;
+  }
+  return l;
+}
+
+static void free_reload(mg_reload_t *rl) {
+  if (!rl) return;
+  if (rl->wg) mg_wgen_unref(rl->wg);
+  free(rl->fds);
+  free(rl);
+}
+
+/* Switches to the new generation: new requests use it, in-flight ones keep the
+ * one they hold. Listeners whose address stays are kept as they are (their
+ * connections are not touched); new addresses open, removed ones close. */
+static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
+  mg_gen_t *ng = rl->wg->gen;
+  mg_listener_t **nl = calloc((size_t)ng->nlisteners + 1, sizeof(*nl));
+  if (!nl) {
+    free_reload(rl);
+    return;
+  }
+  for (int i = 0; i < ng->nlisteners; i++) {
+    if (rl->fds[i] >= 0) {
+      nl[i] = open_listener(w, &ng->listeners[i], rl->fds[i]);
+      continue;
+    }
+    for (int j = 0; j < w->nlisteners; j++) {
+      mg_listener_t *l = w->listeners[j];
+      if (l && strcmp(l->cfg->text, ng->listeners[i].text) == 0) {
+        l->cfg = &ng->listeners[i];
+        nl[i] = l;
+        w->listeners[j] = NULL;
+        break;
+      }
+    }
+  }
+  close_listeners(w); /* the ones not carried over */
+  free(w->listeners);
+  w->listeners = nl;
+  w->nlisteners = ng->nlisteners;
+  mg_wgen_t *old = w->wg;
+  w->wg = rl->wg;
+  w->gen = ng;
+  rl->wg = NULL;
+  free_reload(rl);
+  mg_wgen_unref(old);
+  MG_INFO(w->id, "config reloaded");
+}
+
+void mg_worker_reload(mg_worker_t *w, mg_reload_t *rl) {
+  free_reload(atomic_exchange(&w->reload, rl)); /* a reload not yet taken is superseded */
+  uv_async_send(&w->async);
 }
 
 static void close_all(mg_worker_t *w) {
@@ -102,6 +177,11 @@ void mg_worker_conn_closed(mg_worker_t *w) {
 
 static void on_async(uv_async_t *a) {
   mg_worker_t *w = a->data;
+  mg_reload_t *rl = atomic_exchange(&w->reload, NULL);
+  if (rl) {
+    if (w->draining) free_reload(rl);
+    else apply_reload(w, rl);
+  }
   int cmd = atomic_load(&w->cmd);
   if (cmd == MG_CMD_DRAIN && !w->draining) {
     w->draining = 1;
@@ -125,34 +205,33 @@ static void on_async(uv_async_t *a) {
 
 static void run(void *arg) {
   mg_worker_t *w = arg;
+  mg_current_worker = w;
   uv_run(&w->loop, UV_RUN_DEFAULT);
   alog_flush(w);
   /* the loop ends when finish() closed the last referenced handle */
   mg_main_worker_exited();
 }
 
-int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds) {
+int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen) {
   int rc;
   w->id = id;
-  w->gen = gen;
-  mg_gen_ref(gen);
   atomic_init(&w->cmd, MG_CMD_NONE);
   uint64_t seed = 0;
   uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL);
   w->id_seed = seed;
+  /* proxy.lua runs in the worker's own state; init_worker hooks run here, with
+   * the worker's identity, before its thread starts */
+  mg_current_worker = w;
+  w->wg = mg_wgen_new(w, gen, err, errlen);
+  mg_current_worker = NULL;
+  if (!w->wg) return MG_ECONFIG;
+  w->gen = gen;
 
-  int slots = 0;
-  w->rr_base = calloc((size_t)gen->nupstreams + 1, sizeof(int));
-  for (int i = 0; i < gen->nupstreams; i++) {
-    w->rr_base[i] = slots;
-    slots += gen->upstreams[i].nservers;
-  }
-  w->rr_current = calloc((size_t)slots + 1, sizeof(int));
   w->alog_cap = ALOG_FLUSH;
   w->alog = malloc(w->alog_cap);
   w->nlisteners = gen->nlisteners;
   w->listeners = calloc((size_t)gen->nlisteners + 1, sizeof(*w->listeners));
-  if (!w->rr_base || !w->rr_current || !w->alog || !w->listeners) return UV_ENOMEM;
+  if (!w->alog || !w->listeners) return UV_ENOMEM;
 
   if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
   uv_async_init(&w->loop, &w->async, on_async);
@@ -164,14 +243,10 @@ int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds) {
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
   uv_unref((uv_handle_t *)&w->drain_timer);
+  atomic_init(&w->reload, NULL);
   for (int i = 0; i < gen->nlisteners; i++) {
-    mg_listener_t *l = &w->listeners[i];
-    l->w = w;
-    l->cfg = &gen->listeners[i];
-    uv_tcp_init(&w->loop, &l->tcp);
-    l->tcp.data = l;
-    if ((rc = uv_tcp_open(&l->tcp, fds[i])) < 0) return rc;
-    if ((rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection)) < 0) return rc;
+    w->listeners[i] = open_listener(w, &gen->listeners[i], fds[i]);
+    if (!w->listeners[i]) return UV_EADDRINUSE;
   }
   return uv_thread_create(&w->thread, run, w);
 }
@@ -185,9 +260,8 @@ void mg_worker_join(mg_worker_t *w) {
   uv_thread_join(&w->thread);
   uv_loop_close(&w->loop);
   mg_upstream_free_pools(w);
-  free(w->rr_base);
-  free(w->rr_current);
   free(w->alog);
   free(w->listeners);
-  mg_gen_unref(w->gen);
+  free_reload(atomic_exchange(&w->reload, NULL));
+  mg_wgen_unref(w->wg);
 }

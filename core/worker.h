@@ -29,13 +29,12 @@ struct mg_worker_s {
   atomic_int cmd;
   int draining;
 
-  mg_gen_t *gen;        /* current config; requests hold their own reference */
-  int *rr_current;      /* smooth WRR state: one slot per server of every upstream */
-  int *rr_base;         /* offset of each upstream's first slot in rr_current */
+  mg_gen_t *gen;        /* current config (= wg->gen) */
+  struct mg_wgen_s *wg; /* current generation: Lua state, balancer state; requests hold refs */
 
-  mg_listener_t *listeners;
+  mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;
-  int *listen_fds;      /* bound and listening sockets made by the main thread */
+  _Atomic(struct mg_reload_s *) reload; /* handed over by the main thread */
 
   mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
   int nconns;
@@ -51,8 +50,20 @@ struct mg_worker_s {
 };
 
 /* Creates worker `id` for `gen` with the given already-listening fds (one per
- * listener of gen, owned by the worker from now on) and starts its thread. */
-int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds);
+ * listener of gen, owned by the worker from now on) and starts its thread. Loads
+ * proxy.lua into the worker's Lua state first: err says why when that fails. */
+int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen);
+/* A new generation for a worker: its Lua state (built by the main thread) and, per
+ * listener of the new gen, a listening fd to adopt or -1 to keep the worker's
+ * listener of the same address. Owned by the worker once handed over. */
+typedef struct mg_reload_s {
+  struct mg_wgen_s *wg;
+  int *fds;
+} mg_reload_t;
+
+/* Hands a reload to the worker (any thread). */
+void mg_worker_reload(mg_worker_t *w, mg_reload_t *rl);
+
 /* Asks the worker to drain (MG_CMD_DRAIN) or stop now (MG_CMD_STOP). Any thread. */
 void mg_worker_command(mg_worker_t *w, int cmd);
 void mg_worker_join(mg_worker_t *w);
@@ -63,6 +74,9 @@ void mg_worker_conn_closed(mg_worker_t *w);
 void mg_worker_access_log(mg_worker_t *w, const char *line, size_t len);
 /* Picks a server of upstream `u` by smooth weighted round robin, skipping the
  * servers whose bit is set in `skip`. -1 when all are skipped. */
-int mg_worker_pick_server(mg_worker_t *w, int u, uint64_t skip);
+int mg_worker_pick_server(struct mg_wgen_s *wg, int u, uint64_t skip);
+
+/* The worker running on this thread (NULL on the main thread): for the FFI API. */
+extern _Thread_local mg_worker_t *mg_current_worker;
 
 #endif

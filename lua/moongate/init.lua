@@ -21,6 +21,8 @@ function _M._reset(confdir)
     listeners = {}, listener_names = {},
     upstreams = {}, upstream_by_name = {},
     routes = {},
+    hooks = {},   -- hook name -> list of functions (mg.on)
+    shared = {},  -- dict name -> size in bytes
   }
 end
 _M._reset(".")
@@ -36,8 +38,27 @@ _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 
 local config_keys = {
   workers = true, access_log = true, error_log = true, log_level = true, pid = true,
-  timeouts = true, limits = true,
+  timeouts = true, limits = true, shared = true, watch = true,
 }
+
+local hook_names = {
+  init_worker = true, connect = true, request = true, balance = true, upstream_request = true,
+  response = true, body = true, log = true,
+}
+local route_hook_names = {
+  request = true, balance = true, upstream_request = true, response = true, body = true, log = true,
+}
+_M._hook_names = hook_names
+
+-- "64k", "10m", "1g" or a number of bytes
+local function size(v, what, key)
+  if type(v) == "number" then return check.number(v, what, key, 1, 2^40) end
+  if type(v) ~= "string" then fail("%s: '%s' must be a size (bytes, or like \"10m\")", what, key) end
+  local n, unit = match(lower(v), "^(%d+)([kmg]?)$")
+  if not n then fail("%s: '%s' is not a size: %s", what, key, v) end
+  local mult = ({ [""] = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 })[unit]
+  return tonumber(n) * mult
+end
 local levels = { debug = true, info = true, warn = true, error = true }
 
 local function log_path(v, what, key)
@@ -60,11 +81,23 @@ function _M.config(t)
   if t.access_log ~= nil then c.access_log = log_path(t.access_log, "mg.config", "access_log") end
   if t.error_log ~= nil then c.error_log = log_path(t.error_log, "mg.config", "error_log") end
   if t.pid ~= nil then c.pid = log_path(t.pid, "mg.config", "pid") end
+  if t.watch ~= nil then c.watch = check.type(t.watch, "boolean", "mg.config", "watch") end
   if t.log_level ~= nil then
     if not levels[t.log_level] then
       fail("mg.config: 'log_level' must be debug, info, warn or error, got %s", tostring(t.log_level))
     end
     c.log_level = t.log_level
+  end
+  if t.shared ~= nil then
+    check.type(t.shared, "table", "mg.config", "shared")
+    for name, sz in pairs(t.shared) do
+      if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
+        fail("mg.config shared: dictionary names must be words, got %s", tostring(name))
+      end
+      local bytes = size(sz, "mg.config shared", name)
+      if bytes < 16384 then fail("mg.config shared: '%s' must be at least 16k", name) end
+      state.shared[name] = bytes
+    end
   end
   for _, group in ipairs { { "timeouts", timeout_keys, 0.001, 86400 }, { "limits", limit_keys, 0, 2^40 } } do
     local name, allowed, min, max = group[1], group[2], group[3], group[4]
@@ -100,6 +133,9 @@ function _M.listen(t)
   if #t == 0 then fail("mg.listen: needs at least one address") end
   if t.name ~= nil then
     check.type(t.name, "string", "mg.listen", "name")
+    if not match(t.name, "^[%w_%.%-]+$") or #t.name > 40 then
+      fail("mg.listen: 'name' must be a word of at most 40 characters")
+    end
     state.listener_names[t.name] = true
   end
   for _, a in ipairs(t) do
@@ -150,7 +186,8 @@ function _M.upstream(name)
   end
 end
 
-local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true, respond = true }
+local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
+                     respond = true, on = true }
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
@@ -193,7 +230,20 @@ function _M.route(t)
   if (t.upstream == nil) == (t.respond == nil) then
     fail("%s: needs exactly one of 'upstream' or 'respond'", what)
   end
-  if t.upstream ~= nil then
+  if t.on ~= nil then
+    check.type(t.on, "table", what, "on")
+    for k, fn in pairs(t.on) do
+      if not route_hook_names[k] then
+        fail("%s: on: '%s' is not a route hook (request, balance, upstream_request, response, body, log)",
+             what, tostring(k))
+      end
+      if type(fn) ~= "function" then fail("%s: on.%s must be a function", what, k) end
+    end
+    r.on = t.on
+  end
+  if type(t.respond) == "function" then
+    r.respond_fn = t.respond
+  elseif t.upstream ~= nil then
     local u = t.upstream
     if type(u) == "string" then
       u = state.upstream_by_name[u] or fail("%s: unknown upstream '%s'", what, t.upstream)
@@ -232,6 +282,43 @@ function _M.route(t)
   end
   state.routes[#state.routes + 1] = r
 end
+
+--- mg.on(hook, fn): runs fn at that hook point for every request (or connection,
+--- or worker for connect / init_worker). Several functions run in order.
+function _M.on(name, fn)
+  if not hook_names[name] then fail("mg.on: unknown hook '%s'", tostring(name)) end
+  if type(fn) ~= "function" then fail("mg.on: '%s' needs a function", name) end
+  local list = state.hooks[name] or {}
+  list[#list + 1] = fn
+  state.hooks[name] = list
+end
+
+local shdict = require "moongate.shdict"
+
+--- mg.shared(name): the shared dictionary declared in mg.config { shared = ... }.
+function _M.shared(name)
+  if type(name) ~= "string" then error("mg.shared: name expected", 2) end
+  return shdict.get(name)
+end
+
+require "moongate.ffi"
+local ffi = require "ffi"
+local function logger(level)
+  return function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    local msg = table.concat(parts, " ")
+    ffi.C.mg_api_log(level, msg, #msg)
+  end
+end
+_M.log = { debug = logger(0), info = logger(1), warn = logger(2), err = logger(3) }
+_M.log.error = _M.log.err
+
+--- mg.now(): the worker loop's cached time in seconds (monotonic).
+function _M.now() return ffi.C.mg_api_now() end
+--- mg.worker_id(): 0-based worker number (-1 outside workers).
+function _M.worker_id() return ffi.C.mg_api_worker_id() end
 
 _M.router = router
 

@@ -2,6 +2,7 @@
 -- (core/config.c walks this table; keep the two in sync).
 local mg = require "moongate"
 local router = require "moongate.router"
+local abi = require "moongate.ffi"
 
 local ipairs, pairs, pcall, loadfile = ipairs, pairs, pcall, loadfile
 local fmt = string.format
@@ -51,7 +52,21 @@ function _M.load(path)
     pid = abspath(dir, c.pid or "logs/moongate.pid"),
     timeouts = {}, limits = {},
     listeners = st.listeners, upstreams = st.upstreams, routes = {},
+    hooks = 0, shared = {}, watch = c.watch or false, files = { path },
   }
+  -- the files proxy.lua required from its own folder: watched for live reload
+  for name in pairs(package.loaded) do
+    local file = type(name) == "string" and package.searchpath(name, own)
+    if file then out.files[#out.files + 1] = file end
+  end
+  table.sort(out.files)
+  local names = mg._hook_names
+  local numbers = abi.hooks
+  for name in pairs(st.hooks) do
+    if names[name] then out.hooks = out.hooks + 2 ^ numbers[name] end
+  end
+  for name, bytes in pairs(st.shared) do out.shared[#out.shared + 1] = { name = name, size = bytes } end
+  table.sort(out.shared, function(a, b) return a.name < b.name end)
   for k, v in pairs(mg._defaults.timeouts) do out.timeouts[k] = (c.timeouts and c.timeouts[k]) or v end
   for k, v in pairs(mg._defaults.limits) do
     local x = c.limits and c.limits[k]
@@ -66,6 +81,12 @@ function _M.load(path)
       return nil, fmt("%s: mg.route: unknown listener '%s'", r.site, r.listener)
     end
     r.upstream_index = r.upstream and index[r.upstream] or 0
+    local mask = 0
+    if r.on then
+      for name in pairs(r.on) do mask = mask + 2 ^ abi.hooks[name] end
+    end
+    if r.respond_fn then mask = mask + 2 ^ abi.HOOK_RESPOND end
+    r.hooks = mask
     out.routes[#out.routes + 1] = r
   end
   router.sort(out.routes)

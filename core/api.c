@@ -1,0 +1,238 @@
+/* The FFI ABI (core/api.h). Every function checks the phase it is called in and
+ * returns a code; nothing here raises into Lua. */
+#include "api.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "conn.h"
+#include "http.h"
+#include "log.h"
+#include "luavm.h"
+#include "proxy.h"
+#include "worker.h"
+
+#define PHASE(r, mask) (((mask) >> (r)->phase) & 1u)
+#define BIT(h) (1u << (h))
+
+/* ---- reading the request: any hook that has a request ---- */
+
+int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
+  const char *m = r->method >= 0 ? llhttp_method_name(r->method) : "";
+  out->method = (mg_str_t){ m, strlen(m) };
+  out->path = r->path;
+  out->query = (mg_str_t){ NULL, 0 };
+  if (r->target.len > r->path.len + 1)
+    out->query = (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
+  out->host = r->host;
+  const char *ip = r->conn->client_ip;
+  out->client_ip = (mg_str_t){ ip, strlen(ip) };
+  out->id = (mg_str_t){ r->id, 16 };
+  out->scheme = MG_STR("http");
+  out->http_minor = r->http_minor;
+  out->route = r->route ? (int)(r->route - r->gen->routes) : -1;
+  out->upstream = r->upstream;
+  return 0;
+}
+
+static int head_get(const mg_head_t *h, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
+  mg_str_t n = { name, nlen };
+  for (size_t i = 0; i < h->n; i++)
+    if (mg_str_caseeq(h->headers[i].name, n) && nth-- == 0) {
+      *out = h->headers[i].value;
+      return 0;
+    }
+  return MG_API_ENOTFOUND;
+}
+
+static int head_at(const mg_head_t *h, size_t i, mg_str_t *name, mg_str_t *value) {
+  if (i >= h->n) return MG_API_ENOTFOUND;
+  *name = h->headers[i].name;
+  *value = h->headers[i].value;
+  return 0;
+}
+
+static int head_set(mg_req_t *r, mg_head_t *h, const char *name, size_t nlen, const char *value,
+                    size_t vlen, int op) {
+  mg_str_t n = { name, nlen }, v = { value, vlen };
+  if (!mg_http_is_token(n) || op < 0 || op > 2) return MG_API_EINVAL;
+  if (op != MG_HDR_DEL && mg_http_bad_value(v)) return MG_API_EINVAL;
+  return mg_head_set(h, &r->arena, n, v, op) < 0 ? MG_API_ENOMEM : 0;
+}
+
+int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
+  return head_get(&r->head, name, nlen, nth, out);
+}
+
+size_t mg_req_header_count(mg_req_t *r) { return r->head.n; }
+
+int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
+  return head_at(&r->head, i, name, value);
+}
+
+/* ---- changing the request: before the upstream request is written ---- */
+
+#define REQ_WRITABLE (BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_BALANCE) | BIT(MG_HOOK_UPSTREAM_REQUEST) | BIT(MG_HOOK_RESPOND))
+
+int mg_req_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
+                      int op) {
+  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  return head_set(r, &r->head, name, nlen, value, vlen, op);
+}
+
+/* target = path [? query], rebuilt in the arena */
+static int set_target(mg_req_t *r, mg_str_t path, mg_str_t query) {
+  for (size_t i = 0; i < path.len; i++)
+    if ((unsigned char)path.p[i] <= 0x20 || path.p[i] == '?' || path.p[i] == '#' || path.p[i] == 0x7f)
+      return MG_API_EINVAL;
+  for (size_t i = 0; i < query.len; i++)
+    if ((unsigned char)query.p[i] <= 0x20 || query.p[i] == '#' || query.p[i] == 0x7f) return MG_API_EINVAL;
+  if (path.len == 0 || path.p[0] != '/') return MG_API_EINVAL;
+  size_t len = path.len + (query.len ? query.len + 1 : 0);
+  char *t = mg_arena_alloc(&r->arena, len + 1);
+  if (!t) return MG_API_ENOMEM;
+  memcpy(t, path.p, path.len);
+  if (query.len) {
+    t[path.len] = '?';
+    memcpy(t + path.len + 1, query.p, query.len);
+  }
+  r->target = (mg_str_t){ t, len };
+  r->path = (mg_str_t){ t, path.len };
+  return 0;
+}
+
+static mg_str_t current_query(const mg_req_t *r) {
+  if (r->target.len > r->path.len + 1)
+    return (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
+  return (mg_str_t){ "", 0 };
+}
+
+int mg_req_set_path(mg_req_t *r, const char *p, size_t len) {
+  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  return set_target(r, (mg_str_t){ p, len }, current_query(r));
+}
+
+int mg_req_set_query(mg_req_t *r, const char *q, size_t len) {
+  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  mg_str_t path = r->path;
+  return set_target(r, path, (mg_str_t){ q, len });
+}
+
+int mg_req_set_upstream(mg_req_t *r, const char *name, size_t len) {
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST))) return MG_API_EPHASE;
+  for (int i = 0; i < r->gen->nupstreams; i++) {
+    const char *n = r->gen->upstreams[i].name;
+    if (strlen(n) == len && memcmp(n, name, len) == 0) {
+      r->upstream = i;
+      return 0;
+    }
+  }
+  return MG_API_ENOTFOUND;
+}
+
+int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, const char *body,
+                   size_t blen) {
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_RESPOND))) return MG_API_EPHASE;
+  if (r->rstate != MG_RS_NONE) return MG_API_EPHASE;
+  if (status < 200 || status > 599) return MG_API_EINVAL;
+  size_t cap = hlen + 128;
+  char *head = mg_arena_alloc(&r->arena, cap);
+  if (!head) return MG_API_ENOMEM;
+  int n = snprintf(head, cap, "HTTP/1.1 %d %s\r\n", status, mg_http_reason(status));
+  memcpy(head + n, headers, hlen);
+  size_t len = (size_t)n + hlen;
+  if (status != 204 && status != 304)
+    len += (size_t)snprintf(head + len, cap - len, "Content-Length: %zu\r\n", blen);
+  mg_proxy_answer(r, status, head, len, body, blen);
+  return 0;
+}
+
+int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out) {
+  if (r->upstream < 0 || r->server < 0) return MG_API_ENOTFOUND;
+  const char *t = r->gen->upstreams[r->upstream].servers[r->server].text;
+  *out = (mg_str_t){ t, strlen(t) };
+  return 0;
+}
+
+int mg_req_server_count(mg_req_t *r) {
+  return r->upstream < 0 ? 0 : r->gen->upstreams[r->upstream].nservers;
+}
+
+int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight) {
+  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
+  const mg_server_t *s = &r->gen->upstreams[r->upstream].servers[i];
+  *addr = (mg_str_t){ s->text, strlen(s->text) };
+  *weight = s->weight;
+  return 0;
+}
+
+int mg_req_set_server(mg_req_t *r, int i) {
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
+  if (i < 0 || i >= mg_req_server_count(r)) return MG_API_EINVAL;
+  r->pick = i;
+  return 0;
+}
+
+/* ---- the response: readable from the response hook on, writable in it ---- */
+
+#define RES_READABLE (BIT(MG_HOOK_RESPONSE) | BIT(MG_HOOK_BODY) | BIT(MG_HOOK_LOG))
+
+int mg_res_status(mg_req_t *r) {
+  if (!PHASE(r, RES_READABLE)) return MG_API_EPHASE;
+  return r->status;
+}
+
+int mg_res_set_status(mg_req_t *r, int status) {
+  if (!PHASE(r, BIT(MG_HOOK_RESPONSE))) return MG_API_EPHASE;
+  if (status < 200 || status > 599) return MG_API_EINVAL;
+  r->status = status;
+  return 0;
+}
+
+int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
+  if (!PHASE(r, RES_READABLE) || !r->rhead.headers) return MG_API_EPHASE;
+  return head_get(&r->rhead, name, nlen, nth, out);
+}
+
+size_t mg_res_header_count(mg_req_t *r) {
+  return PHASE(r, RES_READABLE) && r->rhead.headers ? r->rhead.n : 0;
+}
+
+int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
+  if (!PHASE(r, RES_READABLE) || !r->rhead.headers) return MG_API_EPHASE;
+  return head_at(&r->rhead, i, name, value);
+}
+
+int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
+                      int op) {
+  if (!PHASE(r, BIT(MG_HOOK_RESPONSE))) return MG_API_EPHASE;
+  return head_set(r, &r->rhead, name, nlen, value, vlen, op);
+}
+
+int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len) {
+  (void)p;
+  (void)len;
+  return PHASE(r, BIT(MG_HOOK_BODY)) ? MG_API_EINVAL : MG_API_EPHASE; /* return it from the hook */
+}
+
+/* ---- worker facilities ---- */
+
+void mg_api_log(int level, const char *msg, size_t len) {
+  mg_worker_t *w = mg_current_worker;
+  if (level < MG_LOG_DEBUG || level > MG_LOG_ERROR) level = MG_LOG_INFO;
+  mg_log(level, w ? w->id : -1, "%.*s", (int)len, msg);
+}
+
+double mg_api_now(void) {
+  mg_worker_t *w = mg_current_worker;
+  if (w) return (double)uv_now(&w->loop) / 1000.0;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int mg_api_worker_id(void) {
+  mg_worker_t *w = mg_current_worker;
+  return w ? w->id : -1;
+}

@@ -1,0 +1,97 @@
+/* THE FFI ABI: every C function Lua may call. lua/moongate/ffi.lua holds the
+ * matching ffi.cdef, in the same order (spec/unit/ffi_spec.lua checks the two
+ * agree). Rules: plain C types and opaque handles; strings in as (ptr, len), out
+ * as mg_str_t slices that stay valid until the request ends (or, for response
+ * headers, until they are changed); return 0 or a negative MG_API_E* code; nothing
+ * here raises a Lua error or longjmps. */
+#ifndef MG_API_H
+#define MG_API_H
+
+#include <stddef.h>
+
+#include "mg.h"
+
+/* Codes returned to Lua (the wrappers turn them into errors or nil, err). */
+enum {
+  MG_API_ENOTFOUND = -30001, /* no such header / upstream / argument */
+  MG_API_EPHASE = -30002,    /* not allowed in the current hook */
+  MG_API_EINVAL = -30003,    /* a bad argument (CR/LF in a header value, bad status...) */
+  MG_API_ENOMEM = -30004,
+};
+
+/* Header operations. */
+enum { MG_HDR_SET = 0, MG_HDR_ADD = 1, MG_HDR_DEL = 2 };
+
+/* Hook points, in request order. Lua numbers them the same way. */
+enum {
+  MG_HOOK_INIT_WORKER = 0,
+  MG_HOOK_CONNECT = 1,
+  MG_HOOK_REQUEST = 2,
+  MG_HOOK_BALANCE = 3,
+  MG_HOOK_UPSTREAM_REQUEST = 4,
+  MG_HOOK_RESPONSE = 5,
+  MG_HOOK_BODY = 6,
+  MG_HOOK_LOG = 7,
+  MG_HOOK_RESPOND = 8, /* a route's `respond = function(req) ... end` */
+  MG_HOOK_MAX = 9,
+};
+
+/* A snapshot of the request line and connection, filled by mg_req_info. The
+ * slices point into request memory. */
+typedef struct {
+  mg_str_t method, path, query, host, client_ip, id, scheme;
+  int http_minor;
+  int route;      /* index of the matched route, -1 when none */
+  int upstream;   /* index of the chosen upstream, -1 when none */
+} mg_req_info_t;
+
+int mg_req_info(mg_req_t *r, mg_req_info_t *out);
+/* The nth (0-based) header called `name` (case-insensitive). */
+int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
+size_t mg_req_header_count(mg_req_t *r);
+int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
+int mg_req_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
+                      int op);
+int mg_req_set_path(mg_req_t *r, const char *p, size_t len);
+int mg_req_set_query(mg_req_t *r, const char *q, size_t len); /* len 0: no query */
+int mg_req_set_upstream(mg_req_t *r, const char *name, size_t len);
+/* Answers directly. `headers` is "Name: value\r\n"* (validated by the caller). */
+int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, const char *body,
+                   size_t blen);
+/* The request body bytes seen so far (for logs) and the server chosen, as "ip:port". */
+int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out);
+/* Balance hook: the servers of the chosen upstream, and the pick. */
+int mg_req_server_count(mg_req_t *r);
+int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight);
+int mg_req_set_server(mg_req_t *r, int i);
+
+int mg_res_status(mg_req_t *r);
+int mg_res_set_status(mg_req_t *r, int status);
+int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
+size_t mg_res_header_count(mg_req_t *r);
+int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
+int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
+                      int op);
+
+/* Body hook: replaces the current chunk (the hook is handed it as a string). */
+int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len);
+
+/* The shared dictionaries (core/shdict.h has the contracts). */
+typedef struct mg_shdict_s mg_shdict_t;
+mg_shdict_t *mg_shdict_find(const char *name, size_t len);
+int mg_shdict_get(mg_shdict_t *d, const char *key, size_t klen, int *type, double *num, char *buf,
+                  size_t bufcap, size_t *len);
+int mg_shdict_set(mg_shdict_t *d, const char *key, size_t klen, int type, double num,
+                  const char *str, size_t slen, double ttl, int *evicted);
+int mg_shdict_add(mg_shdict_t *d, const char *key, size_t klen, int type, double num,
+                  const char *str, size_t slen, double ttl, int *evicted);
+int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int has_init,
+                   double init, double ttl, double *out);
+int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
+
+/* Logging and time, for the calling worker. level: 0 debug .. 3 error. */
+void mg_api_log(int level, const char *msg, size_t len);
+double mg_api_now(void); /* the worker loop's cached time, seconds */
+int mg_api_worker_id(void);
+
+#endif

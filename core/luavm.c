@@ -1,0 +1,203 @@
+#include "luavm.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "api.h"
+#include "log.h"
+#include "proxy.h"
+#include "worker.h"
+
+#define CO_POOL 64
+
+/* Calls runtime.<fn>(args...) on L with a traceback; 0 or -1 with err filled. */
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+  return 1;
+}
+
+static int pcall_tb(lua_State *L, int nargs, int nres, char *err, size_t errlen) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  int rc = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  if (rc != 0) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+    return -1;
+  }
+  return 0;
+}
+
+mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) {
+  mg_wgen_t *g = calloc(1, sizeof(*g));
+  if (!g) goto nomem;
+  g->w = w;
+  g->gen = gen;
+  g->refs = 1;
+  int slots = 0;
+  g->rr_base = calloc((size_t)gen->nupstreams + 1, sizeof(int));
+  for (int i = 0; g->rr_base && i < gen->nupstreams; i++) {
+    g->rr_base[i] = slots;
+    slots += gen->upstreams[i].nservers;
+  }
+  g->rr_current = calloc((size_t)slots + 1, sizeof(int));
+  g->co_cap = CO_POOL;
+  g->co_free = calloc(CO_POOL, sizeof(int));
+  g->L = luaL_newstate();
+  if (!g->rr_base || !g->rr_current || !g->co_free || !g->L) goto nomem;
+  mg_gen_ref(gen);
+
+  lua_State *L = g->L;
+  luaL_openlibs(L);
+  const char *dir = mg_lua_dir();
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moongate.private.runtime");
+  if (pcall_tb(L, 1, 1, err, errlen) < 0) goto fail;
+  int rt = lua_gettop(L);
+  lua_getfield(L, rt, "start");
+  lua_pushstring(L, gen->path);
+  lua_pushinteger(L, w->id);
+  lua_pushinteger(L, gen->nroutes);
+  if (pcall_tb(L, 3, 0, err, errlen) < 0) goto fail;
+  lua_getfield(L, rt, "dispatch");
+  g->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "connect");
+  g->connect_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "init_worker");
+  if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
+  lua_settop(L, 0);
+  return g;
+
+nomem:
+  snprintf(err, errlen, "out of memory");
+fail:
+  if (g) {
+    if (g->L) lua_close(g->L);
+    if (g->L && g->gen) mg_gen_unref(g->gen);
+    free(g->rr_base);
+    free(g->rr_current);
+    free(g->co_free);
+    free(g);
+  }
+  return NULL;
+}
+
+void mg_wgen_ref(mg_wgen_t *g) { g->refs++; }
+
+void mg_wgen_unref(mg_wgen_t *g) {
+  if (!g || --g->refs > 0) return;
+  lua_close(g->L);
+  mg_gen_unref(g->gen);
+  free(g->rr_base);
+  free(g->rr_current);
+  free(g->co_free);
+  free(g);
+}
+
+static lua_State *req_coroutine(mg_req_t *r) {
+  if (r->co) return r->co;
+  mg_wgen_t *g = r->wg;
+  lua_State *L = g->L;
+  if (g->nco_free > 0) {
+    r->co_ref = g->co_free[--g->nco_free];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->co_ref);
+    r->co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  } else {
+    r->co = lua_newthread(L);
+    r->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return r->co;
+}
+
+static void drop_coroutine(mg_req_t *r, int reusable) {
+  mg_wgen_t *g = r->wg;
+  if (!r->co) return;
+  if (reusable && lua_status(r->co) == 0 && g->nco_free < g->co_cap) {
+    lua_settop(r->co, 0);
+    g->co_free[g->nco_free++] = r->co_ref;
+  } else {
+    luaL_unref(g->L, LUA_REGISTRYINDEX, r->co_ref);
+  }
+  r->co = NULL;
+  r->co_ref = LUA_NOREF;
+}
+
+static const char *hook_names[] = { "init_worker", "connect", "request", "balance",
+                                    "upstream_request", "response", "body", "log", "respond" };
+
+int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
+  mg_wgen_t *g = r->wg;
+  lua_State *co = req_coroutine(r);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
+  lua_pushinteger(co, hook);
+  lua_pushlightuserdata(co, r);
+  if (r->obj_ref != LUA_NOREF) lua_rawgeti(co, LUA_REGISTRYINDEX, r->obj_ref);
+  else lua_pushnil(co);
+  lua_pushinteger(co, r->route ? (lua_Integer)(r->route - r->gen->routes) + 1 : 0);
+  if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
+  else lua_pushnil(co);
+  int saved = r->phase;
+  r->phase = hook;
+  int st = lua_resume(co, 5);
+  r->phase = saved;
+  if (st == 0) {
+    if (r->obj_ref == LUA_NOREF && lua_istable(co, 1)) {
+      lua_pushvalue(co, 1);
+      r->obj_ref = luaL_ref(co, LUA_REGISTRYINDEX);
+    }
+    if (chunk && lua_type(co, 2) == LUA_TSTRING) {
+      if (r->chunk_ref != LUA_NOREF) luaL_unref(co, LUA_REGISTRYINDEX, r->chunk_ref);
+      size_t len;
+      chunk->p = lua_tolstring(co, 2, &len);
+      chunk->len = len;
+      lua_pushvalue(co, 2);
+      r->chunk_ref = luaL_ref(co, LUA_REGISTRYINDEX); /* keeps chunk->p alive */
+    }
+    lua_settop(co, 0);
+    return 0;
+  }
+  const char *msg = st == LUA_YIELD ? "a hook yielded: hooks cannot wait on I/O yet"
+                                    : lua_tostring(co, -1);
+  luaL_traceback(g->L, co, msg ? msg : "(error object is not a string)", 0);
+  MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id, hook_names[hook], lua_tostring(g->L, -1));
+  lua_pop(g->L, 1);
+  drop_coroutine(r, 0); /* a coroutine that raised is dead */
+  return -1;
+}
+
+void mg_lua_req_done(mg_req_t *r) {
+  mg_wgen_t *g = r->wg;
+  if (r->obj_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->obj_ref);
+  if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
+  r->obj_ref = r->chunk_ref = LUA_NOREF;
+  drop_coroutine(r, 1);
+}
+
+int mg_lua_connect(mg_wgen_t *g, const char *client_ip, const char *listener) {
+  lua_State *L = g->L;
+  char err[1024];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->connect_ref);
+  lua_pushstring(L, client_ip);
+  if (listener) lua_pushstring(L, listener);
+  else lua_pushnil(L);
+  if (pcall_tb(L, 2, 1, err, sizeof(err)) < 0) {
+    MG_ERR(g->w->id, "connect hook failed (connection closed): %s", err);
+    return 0;
+  }
+  int keep = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return keep;
+}

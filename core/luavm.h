@@ -1,0 +1,49 @@
+/* Lua in the workers: one lua_State per worker per config generation (a "wgen"),
+ * loaded from the same proxy.lua, holding the user's hooks. C enters Lua only
+ * through the entry point registered by lua/moongate/private/runtime.lua, with
+ * lua_resume on a per-request coroutine, so that a hook error never unwinds C. */
+#ifndef MG_LUAVM_H
+#define MG_LUAVM_H
+
+#include <lua.h>
+
+#include "api.h"
+#include "config.h"
+#include "mg.h"
+
+typedef struct mg_wgen_s {
+  mg_gen_t *gen;
+  mg_worker_t *w;
+  lua_State *L;
+  int entry_ref;     /* runtime.dispatch */
+  int connect_ref;   /* runtime.connect */
+  int refs;          /* requests using it, +1 while it is the worker's current one */
+  int *rr_current;   /* smooth WRR state: one slot per server of every upstream */
+  int *rr_base;      /* offset of each upstream's first slot in rr_current */
+  int *co_free;      /* pooled coroutine refs */
+  int nco_free, co_cap;
+} mg_wgen_t;
+
+/* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
+ * init_worker hooks. NULL and a message in err on failure. Runs on the worker
+ * thread (the state belongs to it). */
+mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen);
+void mg_wgen_ref(mg_wgen_t *g);
+void mg_wgen_unref(mg_wgen_t *g);
+
+/* Runs hook `hook` for r (the route's and the global ones). Returns 0, or -1 when
+ * the hook failed (logged with its traceback; the caller answers 500). `chunk`
+ * is for the body hook: in, the chunk; out, the replacement if the hook gave one
+ * (valid until the next call). */
+int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk);
+/* The request ends: releases its coroutine and Lua object. */
+void mg_lua_req_done(mg_req_t *r);
+/* The connect hook: 1 to keep the connection, 0 to close it. */
+int mg_lua_connect(mg_wgen_t *g, const char *client_ip, const char *listener);
+
+/* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
+static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {
+  return ((g->hooks | (rt ? rt->hooks : 0u)) >> hook) & 1u;
+}
+
+#endif

@@ -1,0 +1,68 @@
+-- The one ffi.cdef: mirrors core/api.h, in the same order (spec/unit/ffi_spec.lua
+-- checks that every function declared there is declared here with the same text).
+local ffi = require "ffi"
+
+ffi.cdef [[
+typedef struct { const char *p; size_t len; } mg_str_t;
+typedef struct mg_req_s mg_req_t;
+
+enum {
+  MG_API_ENOTFOUND = -30001,
+  MG_API_EPHASE = -30002,
+  MG_API_EINVAL = -30003,
+  MG_API_ENOMEM = -30004,
+};
+enum { MG_HDR_SET = 0, MG_HDR_ADD = 1, MG_HDR_DEL = 2 };
+
+typedef struct {
+  mg_str_t method, path, query, host, client_ip, id, scheme;
+  int http_minor;
+  int route;
+  int upstream;
+} mg_req_info_t;
+
+int mg_req_info(mg_req_t *r, mg_req_info_t *out);
+int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
+size_t mg_req_header_count(mg_req_t *r);
+int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
+int mg_req_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen, int op);
+int mg_req_set_path(mg_req_t *r, const char *p, size_t len);
+int mg_req_set_query(mg_req_t *r, const char *q, size_t len);
+int mg_req_set_upstream(mg_req_t *r, const char *name, size_t len);
+int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, const char *body, size_t blen);
+int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out);
+int mg_req_server_count(mg_req_t *r);
+int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight);
+int mg_req_set_server(mg_req_t *r, int i);
+
+int mg_res_status(mg_req_t *r);
+int mg_res_set_status(mg_req_t *r, int status);
+int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
+size_t mg_res_header_count(mg_req_t *r);
+int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
+int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen, int op);
+int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len);
+
+typedef struct mg_shdict_s mg_shdict_t;
+mg_shdict_t *mg_shdict_find(const char *name, size_t len);
+int mg_shdict_get(mg_shdict_t *d, const char *key, size_t klen, int *type, double *num, char *buf, size_t bufcap, size_t *len);
+int mg_shdict_set(mg_shdict_t *d, const char *key, size_t klen, int type, double num, const char *str, size_t slen, double ttl, int *evicted);
+int mg_shdict_add(mg_shdict_t *d, const char *key, size_t klen, int type, double num, const char *str, size_t slen, double ttl, int *evicted);
+int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int has_init, double init, double ttl, double *out);
+int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
+
+void mg_api_log(int level, const char *msg, size_t len);
+double mg_api_now(void);
+int mg_api_worker_id(void);
+]]
+
+return {
+  ENOTFOUND = -30001, EPHASE = -30002, EINVAL = -30003, ENOMEM = -30004,
+  HDR_SET = 0, HDR_ADD = 1, HDR_DEL = 2,
+  -- hook numbers: core/api.h MG_HOOK_*
+  hooks = {
+    init_worker = 0, connect = 1, request = 2, balance = 3, upstream_request = 4,
+    response = 5, body = 6, log = 7,
+  },
+  HOOK_RESPOND = 8,
+}

@@ -1,0 +1,83 @@
+-- Header access shared by request.lua and response.lua: the same FFI shapes
+-- (get by name and index, count-then-fill, set/add/del) for both heads.
+local ffi = require "ffi"
+local abi = require "moongate.ffi"
+
+local ffi_str = ffi.string
+local type, tostring, error, lower = type, tostring, error, string.lower
+local EPHASE, EINVAL, ENOTFOUND = abi.EPHASE, abi.EINVAL, abi.ENOTFOUND
+
+-- reused out-parameters: hooks run one at a time per worker state
+local out = ffi.new("mg_str_t[1]")
+local name_out = ffi.new("mg_str_t[1]")
+local value_out = ffi.new("mg_str_t[1]")
+
+local _M = {}
+
+local phase_names = { [0] = "init_worker", "connect", "request", "balance", "upstream_request",
+  "response", "body", "log", "respond" }
+_M.phase_names = phase_names
+
+--- Turns a C code into a Lua error naming what was called (level 3: the user's line).
+function _M.check(rc, what)
+  if rc >= 0 then return rc end
+  if rc == EPHASE then error(what .. ": not allowed in this hook", 3) end
+  if rc == EINVAL then error(what .. ": invalid argument", 3) end
+  if rc == ENOTFOUND then return nil end
+  error(what .. ": failed (" .. rc .. ")", 3)
+end
+
+--- One header value, or a list when repeated, or nil.
+function _M.get(fn, r, name)
+  if type(name) ~= "string" then error("header name must be a string", 3) end
+  local rc = fn(r, name, #name, 0, out)
+  if rc == EPHASE then error("header: not allowed in this hook", 3) end
+  if rc ~= 0 then return nil end
+  local first = ffi_str(out[0].p, out[0].len)
+  if fn(r, name, #name, 1, out) ~= 0 then return first end
+  local list, n = { first }, 1
+  while fn(r, name, #name, n, out) == 0 do
+    n = n + 1
+    list[n] = ffi_str(out[0].p, out[0].len)
+  end
+  return list
+end
+
+--- All headers: lower-case name -> value (a list when repeated).
+function _M.all(count_fn, at_fn, r)
+  local t = {}
+  for i = 0, tonumber(count_fn(r)) - 1 do
+    if at_fn(r, i, name_out, value_out) == 0 then
+      local k = lower(ffi_str(name_out[0].p, name_out[0].len))
+      local v = ffi_str(value_out[0].p, value_out[0].len)
+      local prev = t[k]
+      if prev == nil then t[k] = v
+      elseif type(prev) == "table" then prev[#prev + 1] = v
+      else t[k] = { prev, v } end
+    end
+  end
+  return t
+end
+
+--- set/add/del; value nil with op set deletes.
+function _M.set(fn, r, name, value, op, what)
+  if type(name) ~= "string" then error(what .. ": header name must be a string", 3) end
+  if value == nil then
+    op = abi.HDR_DEL
+    value = ""
+  elseif type(value) == "table" then
+    -- a list: replace with every value
+    _M.set(fn, r, name, nil, abi.HDR_DEL, what)
+    for i = 1, #value do _M.set(fn, r, name, value[i], abi.HDR_ADD, what) end
+    return true
+  elseif type(value) ~= "string" then
+    value = tostring(value)
+  end
+  local rc = fn(r, name, #name, value, #value, op)
+  if rc == EPHASE then error(what .. ": not allowed in this hook", 3) end
+  if rc == EINVAL then error(what .. ": invalid header name or value", 3) end
+  if rc < 0 then error(what .. ": failed (" .. rc .. ")", 3) end
+  return true
+end
+
+return _M

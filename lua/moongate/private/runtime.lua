@@ -1,0 +1,106 @@
+-- The worker side of the config: runs proxy.lua in the worker's Lua state, keeps
+-- its hooks, and is the one entry point C calls for them (core/luavm.c).
+local loader = require "moongate.private.loader"
+local mg = require "moongate"
+local abi = require "moongate.ffi"
+local request = require "moongate.request"
+local response = require "moongate.response"
+
+local error, ipairs, pairs, type = error, ipairs, pairs, type
+local HOOKS = abi.hooks
+local RESPOND = abi.HOOK_RESPOND
+local BODY = HOOKS.body
+
+local _M = {}
+
+local global = {} -- hook number -> list of functions
+local routes = {} -- route index (1-based, C's order) -> { [hook number] = fn, respond = fn }
+
+--- Loads proxy.lua (the main thread validated the same file) and indexes hooks.
+function _M.start(path, worker_id, nroutes)
+  local conf, err = loader.load(path)
+  if not conf then error(err, 0) end
+  if #conf.routes ~= nroutes then
+    error(path .. ": proxy.lua declared " .. #conf.routes .. " routes in worker " .. worker_id
+      .. " but " .. nroutes .. " in the main thread: the config must not depend on where it runs", 0)
+  end
+  for name, list in pairs(mg._state().hooks) do global[HOOKS[name]] = list end
+  for i, r in ipairs(conf.routes) do
+    local t = {}
+    if r.on then
+      for name, fn in pairs(r.on) do t[HOOKS[name]] = fn end
+    end
+    t.respond = r.respond_fn
+    routes[i] = t
+  end
+end
+
+function _M.init_worker()
+  local list = global[HOOKS.init_worker]
+  if list then
+    for i = 1, #list do list[i]() end
+  end
+end
+
+--- connect hooks: any that returns false closes the connection.
+function _M.connect(client_ip, listener)
+  local list = global[HOOKS.connect]
+  if not list then return true end
+  local conn = { client_ip = client_ip, listener = listener }
+  for i = 1, #list do
+    if list[i](conn) == false then return false end
+  end
+  return true
+end
+
+local function new_req(ptr)
+  local req = request.new(ptr)
+  req.res = response.new(ptr)
+  return req
+end
+
+--- The entry point: runs hook `hook` for the request at `ptr` (its Lua object is
+--- `req` after the first call), global functions first, then the route's.
+--- Returns the request object and, for the body hook, the replacement chunk.
+function _M.dispatch(hook, ptr, req, route, chunk)
+  if not req then req = new_req(ptr) end
+  local rt = routes[route]
+  if hook == RESPOND then
+    local status, body, headers = rt.respond(req)
+    if status ~= nil then req:respond(status, body, headers) end
+    return req
+  end
+  local res = req.res
+  local list = global[hook]
+  local fn = rt and rt[hook]
+  if hook == BODY then
+    local changed = false
+    if list then
+      for i = 1, #list do
+        local out = list[i](req, res, chunk)
+        if out ~= nil then
+          if type(out) ~= "string" then error("body hook must return a string or nil", 0) end
+          chunk, changed = out, true
+        end
+      end
+    end
+    if fn then
+      local out = fn(req, res, chunk)
+      if out ~= nil then
+        if type(out) ~= "string" then error("body hook must return a string or nil", 0) end
+        chunk, changed = out, true
+      end
+    end
+    return req, changed and chunk or nil
+  end
+  if list then
+    for i = 1, #list do
+      list[i](req, res)
+      if req._answered then return req end -- answered: later request hooks are moot
+    end
+  end
+  if fn then fn(req, res) end
+  return req
+end
+
+return _M

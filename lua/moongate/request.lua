@@ -1,0 +1,183 @@
+-- The request object handed to hooks: fields read through the FFI on access,
+-- methods that change the request before it goes upstream.
+local ffi = require "ffi"
+local abi = require "moongate.ffi"
+local hdr = require "moongate.private.headers"
+
+local C = ffi.C
+local ffi_str, ffi_cast = ffi.string, ffi.cast
+local type, tostring, error, pairs, ipairs, rawset, setmetatable, tonumber =
+      type, tostring, error, pairs, ipairs, rawset, setmetatable, tonumber
+local concat, sort = table.concat, table.sort
+local char, gsub, find, sub = string.char, string.gsub, string.find, string.sub
+
+local info = ffi.new("mg_req_info_t")
+local out = ffi.new("mg_str_t[1]")
+local weight_out = ffi.new("int[1]")
+
+local _M = {}
+local methods = {}
+
+local fields = {
+  method = true, path = true, query = true, host = true, client_ip = true, id = true, scheme = true,
+}
+
+local mt = {
+  __index = function(self, k)
+    local m = methods[k]
+    if m then return m end
+    if fields[k] then
+      C.mg_req_info(self._r, info)
+      local s = info[k]
+      return ffi_str(s.p, s.len)
+    end
+    if k == "ctx" then
+      local ctx = {}
+      rawset(self, "ctx", ctx)
+      return ctx
+    end
+    if k == "http_version" then
+      C.mg_req_info(self._r, info)
+      return info.http_minor == 1 and 1.1 or 1.0
+    end
+    return nil
+  end,
+  __tostring = function(self) return "moongate request " .. self.id end,
+}
+
+--- Wraps a request pointer (lightuserdata from C).
+function _M.new(ptr)
+  local r = ffi_cast("mg_req_t *", ptr)
+  return setmetatable({ _r = r }, mt)
+end
+
+--- req:header(name): the value, a list of values when repeated, or nil.
+function methods.header(self, name)
+  return hdr.get(C.mg_req_header, self._r, name)
+end
+
+--- req:headers(): a table of lower-case name -> value (list when repeated).
+function methods.headers(self)
+  return hdr.all(C.mg_req_header_count, C.mg_req_header_at, self._r)
+end
+
+function methods.set_header(self, name, value)
+  return hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_SET, "req:set_header")
+end
+
+function methods.add_header(self, name, value)
+  if value == nil then error("req:add_header: value expected", 2) end
+  return hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_ADD, "req:add_header")
+end
+
+function methods.del_header(self, name)
+  return hdr.set(C.mg_req_set_header, self._r, name, nil, abi.HDR_DEL, "req:del_header")
+end
+
+function methods.set_path(self, p)
+  if type(p) ~= "string" then error("req:set_path: string expected", 2) end
+  hdr.check(C.mg_req_set_path(self._r, p, #p), "req:set_path")
+  return true
+end
+
+function methods.set_query(self, q)
+  if q == nil then q = "" end
+  if type(q) ~= "string" then error("req:set_query: string expected", 2) end
+  hdr.check(C.mg_req_set_query(self._r, q, #q), "req:set_query")
+  return true
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+--- req:arg(name): the first value of a query argument (URL-decoded), "" for a bare
+--- flag, nil when absent.
+function methods.arg(self, name)
+  if type(name) ~= "string" then error("req:arg: name expected", 2) end
+  local q = self.query
+  local pos = 1
+  while pos <= #q do
+    local amp = find(q, "&", pos, true) or #q + 1
+    local pair = sub(q, pos, amp - 1)
+    local eq = find(pair, "=", 1, true)
+    local k = eq and sub(pair, 1, eq - 1) or pair
+    if unescape(k) == name then return eq and unescape(sub(pair, eq + 1)) or "" end
+    pos = amp + 1
+  end
+  return nil
+end
+
+--- req:set_upstream(up): an upstream object or its name.
+function methods.set_upstream(self, up)
+  local name = type(up) == "table" and up.name or up
+  if type(name) ~= "string" then error("req:set_upstream: upstream or name expected", 2) end
+  local rc = C.mg_req_set_upstream(self._r, name, #name)
+  if rc == abi.ENOTFOUND then error("req:set_upstream: no upstream '" .. name .. "'", 2) end
+  hdr.check(rc, "req:set_upstream")
+  return true
+end
+
+local function token(s) return type(s) == "string" and find(s, "^[%w!#$%%&'*+%-.^_`|~]+$") ~= nil end
+
+--- req:respond(status, body?, headers?): answers directly; nothing goes upstream.
+function methods.respond(self, status, body, headers)
+  if type(status) ~= "number" or status % 1 ~= 0 then error("req:respond: status must be an integer", 2) end
+  body = body == nil and "" or body
+  if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
+  local lines, n = {}, 0
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
+    local names = {}
+    for k in pairs(headers) do names[#names + 1] = k end
+    sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(names) do
+      if not token(k) then error("req:respond: bad header name " .. tostring(k), 2) end
+      local lk = k:lower()
+      if lk == "content-length" or lk == "transfer-encoding" or lk == "connection" then
+        error("req:respond: header " .. k .. " is set by moongate", 2)
+      end
+      local v = headers[k]
+      local list = type(v) == "table" and v or { v }
+      for _, one in ipairs(list) do
+        one = tostring(one)
+        if find(one, "[%z\r\n]") then error("req:respond: header " .. k .. " has CR, LF or NUL", 2) end
+        n = n + 1
+        lines[n] = k .. ": " .. one .. "\r\n"
+      end
+    end
+  end
+  local h = concat(lines)
+  local rc = C.mg_req_respond(self._r, status, h, #h, body, #body)
+  if rc == abi.EINVAL then error("req:respond: status must be 200..599", 2) end
+  hdr.check(rc, "req:respond")
+  rawset(self, "_answered", true)
+  return true
+end
+
+--- Balance hook: the servers of the chosen upstream as { addr, weight } (1-based).
+function methods.servers(self)
+  local t = {}
+  for i = 0, C.mg_req_server_count(self._r) - 1 do
+    if C.mg_req_server_at(self._r, i, out, weight_out) == 0 then
+      t[i + 1] = { addr = ffi_str(out[0].p, out[0].len), weight = weight_out[0] }
+    end
+  end
+  return t
+end
+
+--- Balance hook: use server i (1-based, as in req:servers()).
+function methods.set_server(self, i)
+  if type(i) ~= "number" then error("req:set_server: index expected", 2) end
+  hdr.check(C.mg_req_set_server(self._r, i - 1), "req:set_server")
+  return true
+end
+
+--- The upstream server used ("ip:port"), or nil.
+function methods.upstream_addr(self)
+  if C.mg_req_upstream_addr(self._r, out) ~= 0 then return nil end
+  return ffi_str(out[0].p, out[0].len)
+end
+
+return _M

@@ -1,0 +1,57 @@
+-- The response object handed to the response, body and log hooks.
+local ffi = require "ffi"
+local abi = require "moongate.ffi"
+local hdr = require "moongate.private.headers"
+
+local C = ffi.C
+local ffi_cast = ffi.cast
+local type, error, setmetatable = type, error, setmetatable
+
+local _M = {}
+local methods = {}
+
+local mt = {
+  __index = function(self, k)
+    local m = methods[k]
+    if m then return m end
+    if k == "status" then
+      local s = C.mg_res_status(self._r)
+      if s == abi.EPHASE then error("res.status: not available in this hook", 2) end
+      return s
+    end
+    return nil
+  end,
+}
+
+function _M.new(ptr)
+  return setmetatable({ _r = ffi_cast("mg_req_t *", ptr) }, mt)
+end
+
+function methods.header(self, name)
+  return hdr.get(C.mg_res_header, self._r, name)
+end
+
+function methods.headers(self)
+  return hdr.all(C.mg_res_header_count, C.mg_res_header_at, self._r)
+end
+
+function methods.set_header(self, name, value)
+  return hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_SET, "res:set_header")
+end
+
+function methods.add_header(self, name, value)
+  if value == nil then error("res:add_header: value expected", 2) end
+  return hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_ADD, "res:add_header")
+end
+
+function methods.del_header(self, name)
+  return hdr.set(C.mg_res_set_header, self._r, name, nil, abi.HDR_DEL, "res:del_header")
+end
+
+function methods.set_status(self, status)
+  if type(status) ~= "number" or status % 1 ~= 0 then error("res:set_status: integer expected", 2) end
+  hdr.check(C.mg_res_set_status(self._r, status), "res:set_status")
+  return true
+end
+
+return _M
