@@ -144,8 +144,9 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
   lua_pushinteger(co, hook);
   lua_pushlightuserdata(co, r);
-  if (r->obj_ref != LUA_NOREF) lua_rawgeti(co, LUA_REGISTRYINDEX, r->obj_ref);
-  else lua_pushnil(co);
+  /* the request's number: the Lua side reuses one request object per coroutine
+   * and resets it when this changes */
+  lua_pushnumber(co, (lua_Number)r->seq);
   lua_pushinteger(co, r->route ? (lua_Integer)(r->route - r->gen->routes) + 1 : 0);
   if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
   else lua_pushnil(co);
@@ -154,10 +155,6 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   int st = lua_resume(co, 5);
   r->phase = saved;
   if (st == 0) {
-    if (r->obj_ref == LUA_NOREF && lua_istable(co, 1)) {
-      lua_pushvalue(co, 1);
-      r->obj_ref = luaL_ref(co, LUA_REGISTRYINDEX);
-    }
     if (chunk && lua_type(co, 2) == LUA_TSTRING) {
       if (r->chunk_ref != LUA_NOREF) luaL_unref(co, LUA_REGISTRYINDEX, r->chunk_ref);
       size_t len;
@@ -180,9 +177,8 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
 
 void mg_lua_req_done(mg_req_t *r) {
   mg_wgen_t *g = r->wg;
-  if (r->obj_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->obj_ref);
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
-  r->obj_ref = r->chunk_ref = LUA_NOREF;
+  r->chunk_ref = LUA_NOREF;
   drop_coroutine(r, 1);
 }
 

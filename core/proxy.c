@@ -36,7 +36,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
   r->wg = w->wg;
   mg_wgen_ref(r->wg);
   r->gen = r->wg->gen;
-  r->co_ref = r->obj_ref = r->chunk_ref = LUA_NOREF;
+  r->co_ref = r->chunk_ref = LUA_NOREF;
   r->phase = -1;
   r->pick = -1;
   mg_arena_init(&r->arena);
@@ -47,7 +47,8 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
   r->server = -1;
   r->method = -1;
   r->t_start = uv_hrtime();
-  uint64_t id = w->id_seed + ++w->seq;
+  r->seq = ++w->seq;
+  uint64_t id = w->id_seed + r->seq;
   for (int i = 15; i >= 0; i--, id >>= 4) r->id[i] = hexdig[id & 15];
   r->id[16] = '\0';
   return r;

@@ -26,7 +26,8 @@ struct mg_req_s {
   mg_gen_t *gen;          /* = wg->gen */
   /* Lua: the request's coroutine, its Lua object, the body hook's last chunk */
   struct lua_State *co;
-  int co_ref, obj_ref, chunk_ref;
+  int co_ref, chunk_ref;
+  uint64_t seq;           /* per-worker request number (Lua resets its objects on change) */
   int phase;              /* the MG_HOOK_* running now, -1 outside hooks */
   int pick;               /* server chosen by the balance hook, -1 none */
   mg_arena_t arena;

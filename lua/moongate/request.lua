@@ -51,6 +51,13 @@ function _M.new(ptr)
   return setmetatable({ _r = r }, mt)
 end
 
+--- Points a pooled request object at another request, forgetting the old one.
+function _M.reset(req, ptr)
+  req._r = ffi_cast("mg_req_t *", ptr)
+  req.ctx = nil
+  req._answered = nil
+end
+
 --- req:header(name): the value, a list of values when repeated, or nil.
 function methods.header(self, name)
   return hdr.get(C.mg_req_header, self._r, name)

@@ -27,6 +27,10 @@ function _M.new(ptr)
   return setmetatable({ _r = ffi_cast("mg_req_t *", ptr) }, mt)
 end
 
+function _M.reset(res, ptr)
+  res._r = ffi_cast("mg_req_t *", ptr)
+end
+
 function methods.header(self, name)
   return hdr.get(C.mg_res_header, self._r, name)
 end

@@ -6,7 +6,8 @@ local abi = require "moongate.ffi"
 local request = require "moongate.request"
 local response = require "moongate.response"
 
-local error, ipairs, pairs, type = error, ipairs, pairs, type
+local error, ipairs, pairs, type, setmetatable = error, ipairs, pairs, type, setmetatable
+local running = coroutine.running
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
@@ -53,17 +54,32 @@ function _M.connect(client_ip, listener)
   return true
 end
 
-local function new_req(ptr)
-  local req = request.new(ptr)
-  req.res = response.new(ptr)
+-- One request object per coroutine (C pools coroutines), reset when the coroutine
+-- serves a new request: no tables are made per request. Weak keys: a coroutine
+-- dropped after an error takes its object with it.
+local objects = setmetatable({}, { __mode = "k" })
+
+local function req_for(ptr, seq)
+  local co = running()
+  local req = objects[co]
+  if req == nil then
+    req = request.new(ptr)
+    req.res = response.new(ptr)
+    req._seq = seq
+    objects[co] = req
+  elseif req._seq ~= seq then
+    request.reset(req, ptr)
+    response.reset(req.res, ptr)
+    req._seq = seq
+  end
   return req
 end
 
---- The entry point: runs hook `hook` for the request at `ptr` (its Lua object is
---- `req` after the first call), global functions first, then the route's.
---- Returns the request object and, for the body hook, the replacement chunk.
-function _M.dispatch(hook, ptr, req, route, chunk)
-  if not req then req = new_req(ptr) end
+--- The entry point: runs hook `hook` for the request at `ptr` (number `seq`),
+--- global functions first, then the route's. Returns the request object and, for
+--- the body hook, the replacement chunk.
+function _M.dispatch(hook, ptr, seq, route, chunk)
+  local req = req_for(ptr, seq)
   local rt = routes[route]
   if hook == RESPOND then
     local status, body, headers = rt.respond(req)
