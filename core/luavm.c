@@ -2,6 +2,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -143,7 +144,9 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   lua_State *co = req_coroutine(r);
   lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
   lua_pushinteger(co, hook);
-  lua_pushlightuserdata(co, r);
+  /* the pointer as a number: LuaJIT compiles ffi.cast from a number, not from a
+   * lightuserdata (x86-64 user addresses fit in a double exactly) */
+  lua_pushnumber(co, (lua_Number)(uintptr_t)r);
   /* the request's number: the Lua side reuses one request object per coroutine
    * and resets it when this changes */
   lua_pushnumber(co, (lua_Number)r->seq);
