@@ -29,6 +29,9 @@ Behaviour by path on the main port (the query string is ignored for routing):
   /hop            200 with hop-by-hop, Server and X-Powered-By headers, then close
   /hop-ka         the same with Connection: keep-alive, X-Foo (stays open)
   /stats          the counters (this request is counted)
+  /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
+  /stream-echo    200 chunked, Connection: close: each piece of the request body
+                  is sent back as soon as it is read (full duplex), then close
   anything else   /echo: JSON of what was received (see echo())
 
 The pattern is the lines "%015d\\n" % i for i = 0, 1, 2, ... cut to N bytes;
@@ -285,6 +288,16 @@ async def respond(writer, req, keep):
         ]) + (b"" if head_only else body))
         return not close
 
+    if kind == "/te-gzip":
+        # a coding a proxy cannot re-frame: the body is not really gzip
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "text/plain"),
+                                                  ("Transfer-Encoding", "gzip, chunked")]
+                                      + conn_hdr))
+        if not head_only:
+            await send(writer, b"5\r\nhello\r\n0\r\n\r\n")
+            STATE["body_bytes_sent"] += 5
+        return keep
+
     if kind == "/stats":
         body = json.dumps(dict(STATE, name=NAME)).encode()
         await send(writer, head_bytes(200, "OK", [("Content-Type", "application/json"),
@@ -293,6 +306,41 @@ async def respond(writer, req, keep):
         return keep
 
     return await echo(writer, req, keep)
+
+
+async def stream_echo(reader, writer, headers):
+    """Send each piece of the request body back as a chunk as soon as it is
+    read; the response head goes out before any of the body is read."""
+    await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                              ("Transfer-Encoding", "chunked"),
+                                              ("Connection", "close")]))
+
+    async def piece(data):
+        STATE["body_bytes_read"] += len(data)
+        await send(writer, b"%x\r\n%s\r\n" % (len(data), data))
+        STATE["body_bytes_sent"] += len(data)
+
+    te = tokens(header(headers, "transfer-encoding"))
+    if te and te[-1] == "chunked":
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers
+                break
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            await piece(data)
+    else:
+        left = int((header(headers, "content-length") or "0").split(",")[0])
+        while left > 0:
+            data = await reader.read(min(left, 1 << 16))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(data)
+            await piece(data)
+    await send(writer, b"0\r\n\r\n")
 
 
 async def handle(reader, writer):
@@ -312,6 +360,13 @@ async def handle(reader, writer):
             log_line(line)
             if "100-continue" in tokens(header(headers, "expect")):
                 await send(writer, b"HTTP/1.1 100 Continue\r\n\r\n")
+            if target.split("?")[0] == "/stream-echo":
+                try:
+                    await stream_echo(reader, writer, headers)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                        ConnectionError):
+                    pass
+                break
             if target.startswith("/slow-read/"):
                 await asyncio.sleep(float(target.split("/")[2].split("?")[0]))
             try:
