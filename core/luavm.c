@@ -155,7 +155,11 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   else lua_pushnil(co);
   int saved = r->phase;
   r->phase = hook;
+  /* the main thread's watchdog reads these to report a hook that does not return */
+  atomic_store(&g->w->hook_hook, hook);
+  atomic_store(&g->w->hook_since, uv_hrtime());
   int st = lua_resume(co, 5);
+  atomic_store(&g->w->hook_since, 0);
   r->phase = saved;
   if (st == 0) {
     if (chunk && lua_type(co, 2) == LUA_TSTRING) {

@@ -182,6 +182,21 @@ static void watch_files(void) {
   }
 }
 
+/* A hook that never returns blocks its worker (LuaJIT cannot interrupt compiled
+ * code safely): say so loudly, every few seconds, naming the worker and hook. */
+static void on_watchdog(uv_timer_t *t) {
+  static const char *names[] = { "init_worker", "connect", "request", "balance",
+                                 "upstream_request", "response", "body", "log", "respond" };
+  uint64_t now = uv_hrtime();
+  for (int i = 0; i < M.nworkers; i++) {
+    uint64_t since = atomic_load(&M.workers[i].hook_since);
+    int hook = atomic_load(&M.workers[i].hook_hook);
+    if (since && now > since && now - since > 5000000000ull && hook >= 0 && hook < 9)
+      MG_ERR(-1, "worker %d has been stuck in a %s hook for %.0fs: its connections stall "
+             "until it returns (restart moongate to recover)", i, names[hook], (double)(now - since) / 1e9);
+  }
+}
+
 static void on_signal(uv_signal_t *s, int signum) {
   switch (signum) {
   case SIGINT:
@@ -274,8 +289,13 @@ static int run(mg_gen_t *g) {
   }
   MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
   watch_files();
+  uv_timer_t watchdog;
+  uv_timer_init(M.loop, &watchdog);
+  uv_timer_start(&watchdog, on_watchdog, 5000, 5000);
+  uv_unref((uv_handle_t *)&watchdog);
 
   uv_run(M.loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&watchdog, NULL);
 
   for (int w = 0; w < n; w++) mg_worker_join(&M.workers[w]);
   free(M.workers);
