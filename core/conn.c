@@ -158,6 +158,11 @@ static void linger(mg_conn_t *c) {
   mg_conn_update_reading(c);
 }
 
+void mg_conn_close_after_flush(mg_conn_t *c) {
+  c->close_after = 1;
+  linger(c);
+}
+
 static void on_out(mg_outq_t *q, int status) {
   mg_conn_t *c = q->data;
   if (c->state == MG_CS_CLOSED) return;

@@ -54,6 +54,9 @@ struct mg_conn_s {
 void mg_conn_accept(mg_listener_t *l);
 /* Starts closing (idempotent); memory is freed once every handle is closed. */
 void mg_conn_close(mg_conn_t *c);
+/* Ends the connection after what is queued has been written (a response cut
+ * short mid-body: the client sees the bytes so far, then the close). */
+void mg_conn_close_after_flush(mg_conn_t *c);
 /* The current request is finished (response queued in full): start the next one,
  * or close. Called by proxy.c. */
 void mg_conn_request_done(mg_conn_t *c);

@@ -144,7 +144,8 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
   else APPEND_LIT(q, "\r\n");
-  if (r->method != HTTP_HEAD && blen) mg_outq_append(q, body, blen);
+  /* HEAD, 204 and 304 carry no body, whatever the answer was given */
+  if (r->method != HTTP_HEAD && status != 204 && status != 304 && blen) mg_outq_append(q, body, blen);
   r->bytes_out += mg_outq_size(q) - before;
   r->rstate = MG_RS_DONE;
   if (!c->in_parser) mg_conn_flush(c); /* else the read callback flushes once */
@@ -597,10 +598,11 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
 
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
   mg_conn_t *c = r->conn;
+  if (r->rnobody) return; /* e.g. the response hook made it a 204 */
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_str_t chunk = { p, len };
     if (mg_lua_hook(r, MG_HOOK_BODY, &chunk) < 0) {
-      mg_conn_close(c); /* the head is out: all we can do */
+      mg_conn_close_after_flush(c); /* the head is out: cut the body short */
       return;
     }
     p = chunk.p;

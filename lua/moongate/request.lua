@@ -69,16 +69,19 @@ function methods.headers(self)
 end
 
 function methods.set_header(self, name, value)
-  return hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_SET, "req:set_header")
+  hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_SET, "req:set_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.add_header(self, name, value)
   if value == nil then error("req:add_header: value expected", 2) end
-  return hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_ADD, "req:add_header")
+  hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_ADD, "req:add_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.del_header(self, name)
-  return hdr.set(C.mg_req_set_header, self._r, name, nil, abi.HDR_DEL, "req:del_header")
+  hdr.set(C.mg_req_set_header, self._r, name, nil, abi.HDR_DEL, "req:del_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.set_path(self, p)

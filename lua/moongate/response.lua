@@ -40,16 +40,19 @@ function methods.headers(self)
 end
 
 function methods.set_header(self, name, value)
-  return hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_SET, "res:set_header")
+  hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_SET, "res:set_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.add_header(self, name, value)
   if value == nil then error("res:add_header: value expected", 2) end
-  return hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_ADD, "res:add_header")
+  hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_ADD, "res:add_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.del_header(self, name)
-  return hdr.set(C.mg_res_set_header, self._r, name, nil, abi.HDR_DEL, "res:del_header")
+  hdr.set(C.mg_res_set_header, self._r, name, nil, abi.HDR_DEL, "res:del_header") -- not a tail call: errors name the caller's line
+  return true
 end
 
 function methods.set_status(self, status)
