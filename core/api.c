@@ -36,14 +36,17 @@ int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
   return 0;
 }
 
+/* Fills out with the nth match and returns how many headers have that name, so
+ * that one call answers the common single-header case. */
 static int head_get(const mg_head_t *h, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
   mg_str_t n = { name, nlen };
+  int count = 0;
   for (size_t i = 0; i < h->n; i++)
-    if (mg_str_caseeq(h->headers[i].name, n) && nth-- == 0) {
-      *out = h->headers[i].value;
-      return 0;
+    if (mg_str_caseeq(h->headers[i].name, n)) {
+      if ((size_t)count == nth) *out = h->headers[i].value;
+      count++;
     }
-  return MG_API_ENOTFOUND;
+  return (size_t)count > nth ? count : MG_API_ENOTFOUND;
 }
 
 static int head_at(const mg_head_t *h, size_t i, mg_str_t *name, mg_str_t *value) {

@@ -46,7 +46,8 @@ typedef struct {
 } mg_req_info_t;
 
 int mg_req_info(mg_req_t *r, mg_req_info_t *out);
-/* The nth (0-based) header called `name` (case-insensitive). */
+/* The nth (0-based) header called `name` (case-insensitive); returns how many
+ * headers have that name (> nth), or MG_API_ENOTFOUND. */
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
 size_t mg_req_header_count(mg_req_t *r);
 int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);

@@ -66,7 +66,9 @@ int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max
 
 int mg_head_finish(mg_head_t *h) {
   free(h->headers);
-  h->headers = malloc((h->n ? h->n : 1) * sizeof(mg_header_t));
+  /* room for a few headers that hooks add without a realloc each */
+  h->hcap = h->n + 8;
+  h->headers = malloc(h->hcap * sizeof(mg_header_t));
   if (!h->headers) return MG_ENOMEM;
   for (size_t i = 0; i < h->n; i++) {
     h->headers[i].name = (mg_str_t){ h->buf + h->ent[i].no, h->ent[i].nl };
@@ -93,9 +95,13 @@ int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int 
     h->n = j;
   }
   if (op == 2) return 0;
-  mg_header_t *hs = realloc(h->headers, (h->n + 1) * sizeof(*hs));
-  if (!hs) return MG_ENOMEM;
-  h->headers = hs;
+  if (h->n == h->hcap) {
+    size_t cap = h->hcap * 2 + 8;
+    mg_header_t *hs = realloc(h->headers, cap * sizeof(*hs));
+    if (!hs) return MG_ENOMEM;
+    h->headers = hs;
+    h->hcap = cap;
+  }
   char *n = mg_arena_strdup(a, name.p, name.len);
   char *v = mg_arena_strdup(a, value.p, value.len);
   if (!n || !v) return MG_ENOMEM;

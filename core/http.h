@@ -21,7 +21,8 @@ typedef struct {
   size_t n, ncap;
   uint32_t url_off, url_len;
   int last;             /* MG_HEAD_URL / FIELD / VALUE: what was appended last */
-  mg_header_t *headers; /* after mg_head_finish: n slices into buf */
+  mg_header_t *headers; /* after mg_head_finish: n slices into buf (or the arena) */
+  size_t hcap;          /* room in headers */
 } mg_head_t;
 
 enum { MG_HEAD_NONE, MG_HEAD_URL, MG_HEAD_FIELD, MG_HEAD_VALUE };

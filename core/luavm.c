@@ -150,6 +150,7 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   /* the request's number: the Lua side reuses one request object per coroutine
    * and resets it when this changes */
   lua_pushnumber(co, (lua_Number)r->seq);
+  lua_pushinteger(co, r->co_ref); /* the coroutine's slot: one request object each */
   lua_pushinteger(co, r->route ? (lua_Integer)(r->route - r->gen->routes) + 1 : 0);
   if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
   else lua_pushnil(co);
@@ -158,7 +159,7 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   /* the main thread's watchdog reads these to report a hook that does not return */
   atomic_store(&g->w->hook_hook, hook);
   atomic_store(&g->w->hook_since, uv_hrtime());
-  int st = lua_resume(co, 5);
+  int st = lua_resume(co, 6);
   atomic_store(&g->w->hook_since, 0);
   r->phase = saved;
   if (st == 0) {

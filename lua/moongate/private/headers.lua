@@ -30,15 +30,15 @@ end
 --- One header value, or a list when repeated, or nil.
 function _M.get(fn, r, name)
   if type(name) ~= "string" then error("header name must be a string", 3) end
-  local rc = fn(r, name, #name, 0, out)
-  if rc == EPHASE then error("header: not allowed in this hook", 3) end
-  if rc ~= 0 then return nil end
+  local count = fn(r, name, #name, 0, out) -- how many have that name
+  if count == EPHASE then error("header: not allowed in this hook", 3) end
+  if count <= 0 then return nil end
   local first = ffi_str(out[0].p, out[0].len)
-  if fn(r, name, #name, 1, out) ~= 0 then return first end
-  local list, n = { first }, 1
-  while fn(r, name, #name, n, out) == 0 do
-    n = n + 1
-    list[n] = ffi_str(out[0].p, out[0].len)
+  if count == 1 then return first end
+  local list = { first }
+  for n = 1, count - 1 do
+    fn(r, name, #name, n, out)
+    list[n + 1] = ffi_str(out[0].p, out[0].len)
   end
   return list
 end

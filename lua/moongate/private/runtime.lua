@@ -6,8 +6,7 @@ local abi = require "moongate.ffi"
 local request = require "moongate.request"
 local response = require "moongate.response"
 
-local error, ipairs, pairs, type, setmetatable = error, ipairs, pairs, type, setmetatable
-local running = coroutine.running
+local error, ipairs, pairs, type = error, ipairs, pairs, type
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
@@ -54,19 +53,18 @@ function _M.connect(client_ip, listener)
   return true
 end
 
--- One request object per coroutine (C pools coroutines), reset when the coroutine
--- serves a new request: no tables are made per request. Weak keys: a coroutine
--- dropped after an error takes its object with it.
-local objects = setmetatable({}, { __mode = "k" })
+-- One request object per coroutine slot (C pools coroutines and passes the slot:
+-- its registry ref), reset when the slot serves a new request, so no tables are
+-- made per request. Slots are reused by the registry, hence the reset on `seq`.
+local objects = {}
 
-local function req_for(ptr, seq)
-  local co = running()
-  local req = objects[co]
+local function req_for(ptr, seq, slot)
+  local req = objects[slot]
   if req == nil then
     req = request.new(ptr)
     req.res = response.new(ptr)
     req._seq = seq
-    objects[co] = req
+    objects[slot] = req
   elseif req._seq ~= seq then
     request.reset(req, ptr)
     response.reset(req.res, ptr)
@@ -78,8 +76,8 @@ end
 --- The entry point: runs hook `hook` for the request at `ptr` (number `seq`),
 --- global functions first, then the route's. Returns the request object and, for
 --- the body hook, the replacement chunk.
-function _M.dispatch(hook, ptr, seq, route, chunk)
-  local req = req_for(ptr, seq)
+function _M.dispatch(hook, ptr, seq, slot, route, chunk)
+  local req = req_for(ptr, seq, slot)
   local rt = routes[route]
   if hook == RESPOND then
     local status, body, headers = rt.respond(req)
