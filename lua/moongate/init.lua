@@ -162,6 +162,7 @@ function _M.upstream(name)
     check.keys(t, upstream_keys, what)
     check.type(t.servers, "table", what, "servers")
     if #t.servers == 0 then fail("%s: 'servers' is empty", what) end
+    if #t.servers > 64 then fail("%s: at most 64 servers per upstream", what) end
     local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60 }, upstream_mt)
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
