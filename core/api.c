@@ -13,12 +13,19 @@
 #include "proxy.h"
 #include "worker.h"
 
-#define PHASE(r, mask) (((mask) >> (r)->phase) & 1u)
+/* A request object kept by Lua past its request must not reach freed memory:
+ * the API serves only the request whose hook is running on this thread, and
+ * compares the pointer before reading through it. */
+static inline int live(const mg_req_t *r) {
+  return mg_current_worker && mg_current_worker->hook_req == r;
+}
+#define PHASE(r, mask) (live(r) && (((mask) >> (r)->phase) & 1u))
 #define BIT(h) (1u << (h))
 
 /* ---- reading the request: any hook that has a request ---- */
 
 int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
   const char *m = r->method >= 0 ? llhttp_method_name(r->method) : "";
   out->method = (mg_str_t){ m, strlen(m) };
   out->path = r->path;
@@ -65,12 +72,14 @@ static int head_set(mg_req_t *r, mg_head_t *h, const char *name, size_t nlen, co
 }
 
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
   return head_get(&r->head, name, nlen, nth, out);
 }
 
-size_t mg_req_header_count(mg_req_t *r) { return r->head.n; }
+size_t mg_req_header_count(mg_req_t *r) { return live(r) ? r->head.n : 0; }
 
 int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
+  if (!live(r)) return MG_API_EPHASE;
   return head_at(&r->head, i, name, value);
 }
 
@@ -152,6 +161,7 @@ int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, co
 }
 
 int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
   if (r->upstream < 0 || r->server < 0) return MG_API_ENOTFOUND;
   const char *t = r->gen->upstreams[r->upstream].servers[r->server].text;
   *out = (mg_str_t){ t, strlen(t) };
@@ -159,10 +169,12 @@ int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out) {
 }
 
 int mg_req_server_count(mg_req_t *r) {
+  if (!live(r)) return 0;
   return r->upstream < 0 ? 0 : r->gen->upstreams[r->upstream].nservers;
 }
 
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight) {
+  if (!live(r)) return MG_API_EPHASE;
   if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
   const mg_server_t *s = &r->gen->upstreams[r->upstream].servers[i];
   *addr = (mg_str_t){ s->text, strlen(s->text) };

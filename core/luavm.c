@@ -52,6 +52,7 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->L = luaL_newstate();
   if (!g->rr_base || !g->rr_current || !g->co_free || !g->L) goto nomem;
   mg_gen_ref(gen);
+  g->gen_ref = 1;
 
   lua_State *L = g->L;
   luaL_openlibs(L);
@@ -86,7 +87,7 @@ nomem:
 fail:
   if (g) {
     if (g->L) lua_close(g->L);
-    if (g->L && g->gen) mg_gen_unref(g->gen);
+    if (g->gen_ref) mg_gen_unref(g->gen);
     free(g->rr_base);
     free(g->rr_current);
     free(g->co_free);
@@ -159,7 +160,10 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   /* the main thread's watchdog reads these to report a hook that does not return */
   atomic_store(&g->w->hook_hook, hook);
   atomic_store(&g->w->hook_since, uv_hrtime());
+  mg_req_t *outer = g->w->hook_req;
+  g->w->hook_req = r;
   int st = lua_resume(co, 6);
+  g->w->hook_req = outer;
   atomic_store(&g->w->hook_since, 0);
   r->phase = saved;
   if (st == 0) {

@@ -22,11 +22,13 @@ typedef struct mg_wgen_s {
   int *rr_base;      /* offset of each upstream's first slot in rr_current */
   int *co_free;      /* pooled coroutine refs */
   int nco_free, co_cap;
+  int gen_ref;       /* holds a reference on gen */
 } mg_wgen_t;
 
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
- * init_worker hooks. NULL and a message in err on failure. Runs on the worker
- * thread (the state belongs to it). */
+ * init_worker hooks. NULL and a message in err on failure. Runs on the main
+ * thread (at start and on reload, so a failure can stop either cleanly); the
+ * state is used only by the worker once handed over. */
 mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen);
 void mg_wgen_ref(mg_wgen_t *g);
 void mg_wgen_unref(mg_wgen_t *g);

@@ -149,6 +149,7 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   r->bytes_out += mg_outq_size(q) - before;
   r->rstate = MG_RS_DONE;
   if (!c->in_parser) mg_conn_flush(c); /* else the read callback flushes once */
+  if (c->state == MG_CS_CLOSED) return; /* the write failed: r is gone */
   mg_conn_request_done(c);
 }
 
@@ -368,7 +369,7 @@ int mg_proxy_head(mg_req_t *r) {
   r->route = rt;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
     if (mg_lua_hook(r, MG_HOOK_REQUEST, NULL) < 0) {
-      mg_proxy_error(r, 500, 0);
+      if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
       return 0;
     }
     if (r->rstate != MG_RS_NONE) return 0; /* the hook answered */

@@ -107,6 +107,8 @@ static mg_listener_t *open_listener(mg_worker_t *w, const mg_listen_cfg_t *cfg, 
 
 static void free_reload(mg_reload_t *rl) {
   if (!rl) return;
+  for (int i = 0; rl->fds && rl->wg && i < rl->wg->gen->nlisteners; i++)
+    if (rl->fds[i] >= 0) close(rl->fds[i]); /* sockets never adopted */
   if (rl->wg) mg_wgen_unref(rl->wg);
   free(rl->fds);
   free(rl);
@@ -125,6 +127,7 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
   for (int i = 0; i < ng->nlisteners; i++) {
     if (rl->fds[i] >= 0) {
       nl[i] = open_listener(w, &ng->listeners[i], rl->fds[i]);
+      rl->fds[i] = -1; /* adopted (or closed by open_listener's failure path) */
       continue;
     }
     for (int j = 0; j < w->nlisteners; j++) {
@@ -151,8 +154,33 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
 }
 
 void mg_worker_reload(mg_worker_t *w, mg_reload_t *rl) {
-  free_reload(atomic_exchange(&w->reload, rl)); /* a reload not yet taken is superseded */
+  uv_mutex_lock(&w->reload_lock);
+  mg_reload_t *old = w->reload;
+  if (old) {
+    /* superseded before the worker took it: the main thread counted the old
+     * reload's new addresses as open already, so their sockets move over */
+    const mg_gen_t *og = old->wg->gen, *ng = rl->wg->gen;
+    for (int i = 0; i < ng->nlisteners; i++) {
+      if (rl->fds[i] >= 0) continue;
+      for (int j = 0; j < og->nlisteners; j++)
+        if (old->fds[j] >= 0 && strcmp(og->listeners[j].text, ng->listeners[i].text) == 0) {
+          rl->fds[i] = old->fds[j];
+          old->fds[j] = -1;
+        }
+    }
+  }
+  w->reload = rl;
+  uv_mutex_unlock(&w->reload_lock);
+  free_reload(old);
   uv_async_send(&w->async);
+}
+
+static mg_reload_t *take_reload(mg_worker_t *w) {
+  uv_mutex_lock(&w->reload_lock);
+  mg_reload_t *rl = w->reload;
+  w->reload = NULL;
+  uv_mutex_unlock(&w->reload_lock);
+  return rl;
 }
 
 static void close_all(mg_worker_t *w) {
@@ -177,7 +205,7 @@ void mg_worker_conn_closed(mg_worker_t *w) {
 
 static void on_async(uv_async_t *a) {
   mg_worker_t *w = a->data;
-  mg_reload_t *rl = atomic_exchange(&w->reload, NULL);
+  mg_reload_t *rl = take_reload(w);
   if (rl) {
     if (w->draining) free_reload(rl);
     else apply_reload(w, rl);
@@ -243,7 +271,8 @@ int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, 
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
   uv_unref((uv_handle_t *)&w->drain_timer);
-  atomic_init(&w->reload, NULL);
+  w->reload = NULL;
+  uv_mutex_init(&w->reload_lock);
   for (int i = 0; i < gen->nlisteners; i++) {
     w->listeners[i] = open_listener(w, &gen->listeners[i], fds[i]);
     if (!w->listeners[i]) return UV_EADDRINUSE;
@@ -262,6 +291,7 @@ void mg_worker_join(mg_worker_t *w) {
   mg_upstream_free_pools(w);
   free(w->alog);
   free(w->listeners);
-  free_reload(atomic_exchange(&w->reload, NULL));
+  free_reload(take_reload(w));
+  uv_mutex_destroy(&w->reload_lock);
   mg_wgen_unref(w->wg);
 }

@@ -34,9 +34,11 @@ struct mg_worker_s {
 
   mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;
-  _Atomic(struct mg_reload_s *) reload; /* handed over by the main thread */
+  struct mg_reload_s *reload; /* handed over by the main thread, under reload_lock */
+  uv_mutex_t reload_lock;
   _Atomic uint64_t hook_since; /* uv_hrtime() when the running hook started, 0 when none */
   atomic_int hook_hook;        /* which hook (MG_HOOK_*) */
+  mg_req_t *hook_req;          /* the request whose hook runs now: the only one the API serves */
 
   mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
   int nconns;

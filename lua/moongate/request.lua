@@ -58,31 +58,9 @@ function _M.reset(req, ptr)
   req._answered = nil
 end
 
---- req:header(name): the value, a list of values when repeated, or nil.
-function methods.header(self, name)
-  return hdr.get(C.mg_req_header, self._r, name)
-end
-
---- req:headers(): a table of lower-case name -> value (list when repeated).
-function methods.headers(self)
-  return hdr.all(C.mg_req_header_count, C.mg_req_header_at, self._r)
-end
-
-function methods.set_header(self, name, value)
-  hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_SET, "req:set_header") -- not a tail call: errors name the caller's line
-  return true
-end
-
-function methods.add_header(self, name, value)
-  if value == nil then error("req:add_header: value expected", 2) end
-  hdr.set(C.mg_req_set_header, self._r, name, value, abi.HDR_ADD, "req:add_header") -- not a tail call: errors name the caller's line
-  return true
-end
-
-function methods.del_header(self, name)
-  hdr.set(C.mg_req_set_header, self._r, name, nil, abi.HDR_DEL, "req:del_header") -- not a tail call: errors name the caller's line
-  return true
-end
+-- req:header, req:headers, req:set_header, req:add_header, req:del_header
+hdr.install(methods, "req", C.mg_req_header, C.mg_req_header_count, C.mg_req_header_at,
+            C.mg_req_set_header)
 
 function methods.set_path(self, p)
   if type(p) ~= "string" then error("req:set_path: string expected", 2) end

@@ -31,29 +31,9 @@ function _M.reset(res, ptr)
   res._r = ffi_cast("mg_req_t *", ptr)
 end
 
-function methods.header(self, name)
-  return hdr.get(C.mg_res_header, self._r, name)
-end
-
-function methods.headers(self)
-  return hdr.all(C.mg_res_header_count, C.mg_res_header_at, self._r)
-end
-
-function methods.set_header(self, name, value)
-  hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_SET, "res:set_header") -- not a tail call: errors name the caller's line
-  return true
-end
-
-function methods.add_header(self, name, value)
-  if value == nil then error("res:add_header: value expected", 2) end
-  hdr.set(C.mg_res_set_header, self._r, name, value, abi.HDR_ADD, "res:add_header") -- not a tail call: errors name the caller's line
-  return true
-end
-
-function methods.del_header(self, name)
-  hdr.set(C.mg_res_set_header, self._r, name, nil, abi.HDR_DEL, "res:del_header") -- not a tail call: errors name the caller's line
-  return true
-end
+-- res:header, res:headers, res:set_header, res:add_header, res:del_header
+hdr.install(methods, "res", C.mg_res_header, C.mg_res_header_count, C.mg_res_header_at,
+            C.mg_res_set_header)
 
 function methods.set_status(self, status)
   if type(status) ~= "number" or status % 1 ~= 0 then error("res:set_status: integer expected", 2) end

@@ -80,4 +80,30 @@ function _M.set(fn, r, name, value, op, what)
   return true
 end
 
+--- Adds header(), headers(), set_header(), add_header() and del_header() to
+--- `methods`, for one head (`prefix` "req" or "res" names them in errors).
+function _M.install(methods, prefix, get_fn, count_fn, at_fn, set_fn)
+  local get, all, set = _M.get, _M.all, _M.set
+  local SET, ADD, DEL = abi.HDR_SET, abi.HDR_ADD, abi.HDR_DEL
+  local set_what, add_what, del_what = prefix .. ":set_header", prefix .. ":add_header", prefix .. ":del_header"
+  --- :header(name): the value, a list of values when repeated, or nil.
+  function methods.header(self, name) return get(get_fn, self._r, name) end
+  --- :headers(): lower-case name -> value (a list when repeated).
+  function methods.headers(self) return all(count_fn, at_fn, self._r) end
+  -- the setters end in `return true`, not in a tail call: errors name the caller's line
+  function methods.set_header(self, name, value)
+    set(set_fn, self._r, name, value, SET, set_what)
+    return true
+  end
+  function methods.add_header(self, name, value)
+    if value == nil then error(add_what .. ": value expected", 2) end
+    set(set_fn, self._r, name, value, ADD, add_what)
+    return true
+  end
+  function methods.del_header(self, name)
+    set(set_fn, self._r, name, nil, DEL, del_what)
+    return true
+  end
+end
+
 return _M
