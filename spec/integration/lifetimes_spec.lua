@@ -1,0 +1,71 @@
+-- Objects and sockets that outlive what they belong to: a request object kept by
+-- a hook past its request, and listeners of a reload superseded before a worker
+-- took it.
+local helpers = require "spec.helpers"
+
+describe("a request object kept past its request", function()
+  local proxy
+
+  lazy_setup(function()
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+local kept
+mg.route { path = "/keep", respond = function(req)
+  kept = req.res   -- a response object: not reused by the next request's slot
+  return 200, "kept\n"
+end }
+mg.route { path = "/use", respond = function(req)
+  local ok, err = pcall(function() return kept:header("x") end)
+  return 200, tostring(ok) .. " " .. tostring(err):gsub("^.-: ", "") .. "\n"
+end }
+]])
+  end)
+
+  lazy_teardown(function() helpers.teardown(proxy) end)
+
+  it("refuses to touch the finished request instead of reading freed memory", function()
+    assert.equal("kept\n", assert(proxy:request({ path = "/keep" })).body)
+    local res = assert(proxy:request({ path = "/use" }))
+    assert.equal(200, res.status)
+    assert.equal("false header: not allowed in this hook\n", res.body)
+  end)
+end)
+
+describe("reloads that follow each other at once", function()
+  local proxy, dir, extra
+
+  lazy_setup(function()
+    extra = helpers.free_port()
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 2, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { respond = { status = 200, body = "one\n" } }
+]])
+    dir = proxy.dir
+  end)
+
+  lazy_teardown(function() helpers.teardown(proxy) end)
+
+  it("serves a listener added by a reload that a second reload superseded", function()
+    local conf = proxy.conf
+    local text = helpers.read_file(conf)
+    local two = text:gsub('body = "one\\n"', 'body = "two\\n"')
+      .. 'mg.listen { "127.0.0.1:' .. extra .. '" }\n'
+    helpers.write_file(conf, two)
+    -- two SIGHUPs back to back: the first reload may still be waiting for the
+    -- workers when the second comes
+    proxy:signal(require("posix.signal").SIGHUP)
+    proxy:signal(require("posix.signal").SIGHUP)
+    assert.is_truthy(helpers.wait_until(function() return helpers.port_open(extra) end, 5))
+    -- every connection to the new address is answered, whichever worker's socket
+    -- the kernel picks (a leaked socket would leave some hanging)
+    for i = 1, 40 do
+      local res = assert(proxy:request({ path = "/n" .. i }, extra))
+      assert.equal(200, res.status)
+      assert.equal("two\n", res.body)
+    end
+  end)
+end)
