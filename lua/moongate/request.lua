@@ -45,10 +45,13 @@ local mt = {
   __tostring = function(self) return "moongate request " .. self.id end,
 }
 
---- Wraps a request pointer (lightuserdata from C).
+--- Wraps a request pointer. The methods are copied into the object (objects are
+--- pooled, so once per coroutine slot): `req:header()` is then a plain field hit
+--- and only the computed fields go through __index.
 function _M.new(ptr)
-  local r = ffi_cast("mg_req_t *", ptr)
-  return setmetatable({ _r = r }, mt)
+  local obj = { _r = ffi_cast("mg_req_t *", ptr) }
+  for k, f in pairs(methods) do obj[k] = f end
+  return setmetatable(obj, mt)
 end
 
 --- Points a pooled request object at another request, forgetting the old one.

@@ -5,7 +5,7 @@ local hdr = require "moongate.private.headers"
 
 local C = ffi.C
 local ffi_cast = ffi.cast
-local type, error, setmetatable = type, error, setmetatable
+local type, error, pairs, setmetatable = type, error, pairs, setmetatable
 
 local _M = {}
 local methods = {}
@@ -24,7 +24,9 @@ local mt = {
 }
 
 function _M.new(ptr)
-  return setmetatable({ _r = ffi_cast("mg_req_t *", ptr) }, mt)
+  local obj = { _r = ffi_cast("mg_req_t *", ptr) }
+  for k, f in pairs(methods) do obj[k] = f end -- see request.new
+  return setmetatable(obj, mt)
 end
 
 function _M.reset(res, ptr)

@@ -6,7 +6,7 @@ local abi = require "moongate.ffi"
 local request = require "moongate.request"
 local response = require "moongate.response"
 
-local error, ipairs, pairs, type = error, ipairs, pairs, type
+local error, ipairs, pairs, type, rawget = error, ipairs, pairs, type, rawget
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
@@ -110,7 +110,7 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   if list then
     for i = 1, #list do
       list[i](req, res)
-      if req._answered then return req end -- answered: later request hooks are moot
+      if rawget(req, "_answered") then return req end -- answered: later request hooks are moot
     end
   end
   if fn then fn(req, res) end
