@@ -158,13 +158,14 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   int saved = r->phase;
   r->phase = hook;
   /* the main thread's watchdog reads these to report a hook that does not return */
-  atomic_store(&g->w->hook_hook, hook);
-  atomic_store(&g->w->hook_since, uv_hrtime());
+  /* relaxed, and the loop's cached clock (ms): the watchdog only needs seconds */
+  atomic_store_explicit(&g->w->hook_hook, hook, memory_order_relaxed);
+  atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
   mg_req_t *outer = g->w->hook_req;
   g->w->hook_req = r;
   int st = lua_resume(co, 6);
   g->w->hook_req = outer;
-  atomic_store(&g->w->hook_since, 0);
+  atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
   r->phase = saved;
   if (st == 0) {
     if (chunk && lua_type(co, 2) == LUA_TSTRING) {

@@ -187,13 +187,13 @@ static void watch_files(void) {
 static void on_watchdog(uv_timer_t *t) {
   static const char *names[] = { "init_worker", "connect", "request", "balance",
                                  "upstream_request", "response", "body", "log", "respond" };
-  uint64_t now = uv_hrtime();
+  uint64_t now = uv_hrtime() / 1000000; /* the same clock as the workers' uv_now, in ms */
   for (int i = 0; i < M.nworkers; i++) {
     uint64_t since = atomic_load(&M.workers[i].hook_since);
     int hook = atomic_load(&M.workers[i].hook_hook);
-    if (since && now > since && now - since > 5000000000ull && hook >= 0 && hook < 9)
+    if (since && now > since && now - since > 5000 && hook >= 0 && hook < 9)
       MG_ERR(-1, "worker %d has been stuck in a %s hook for %.0fs: its connections stall "
-             "until it returns (restart moongate to recover)", i, names[hook], (double)(now - since) / 1e9);
+             "until it returns (restart moongate to recover)", i, names[hook], (double)(now - since) / 1e3);
   }
 }
 

@@ -36,7 +36,7 @@ struct mg_worker_s {
   int nlisteners;
   struct mg_reload_s *reload; /* handed over by the main thread, under reload_lock */
   uv_mutex_t reload_lock;
-  _Atomic uint64_t hook_since; /* uv_hrtime() when the running hook started, 0 when none */
+  _Atomic uint64_t hook_since; /* loop time (ms, uv_now) + 1 when the running hook started; 0: none */
   atomic_int hook_hook;        /* which hook (MG_HOOK_*) */
   mg_req_t *hook_req;          /* the request whose hook runs now: the only one the API serves */
 
