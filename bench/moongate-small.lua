@@ -1,0 +1,23 @@
+-- Candidate `moongate` for the plain scenarios (small, large, close, post):
+-- one route to the shared origin, upstream keep-alive. Values come from the
+-- environment set by scripts/bench (defaults let it run by hand).
+local mg = require "moongate"
+local env = function(k, d) return os.getenv(k) or d end
+
+mg.config {
+  workers = tonumber(env("BENCH_WORKERS", "1")),
+  access_log = false,
+  error_log = env("BENCH_ERRLOG", "-"),
+  log_level = "warn",
+  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
+  limits = { body_size = 0 },
+}
+
+mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+
+local origin = mg.upstream "origin" {
+  servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },
+  keepalive = 32,
+}
+
+mg.route { path = "/", upstream = origin }
