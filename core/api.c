@@ -225,12 +225,6 @@ int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *va
   return head_set(r, &r->rhead, name, nlen, value, vlen, op);
 }
 
-int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len) {
-  (void)p;
-  (void)len;
-  return PHASE(r, BIT(MG_HOOK_BODY)) ? MG_API_EINVAL : MG_API_EPHASE; /* return it from the hook */
-}
-
 /* ---- worker facilities ---- */
 
 void mg_api_log(int level, const char *msg, size_t len) {

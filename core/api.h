@@ -74,9 +74,6 @@ int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
 int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
                       int op);
 
-/* Body hook: replaces the current chunk (the hook is handed it as a string). */
-int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len);
-
 /* The shared dictionaries (core/shdict.h has the contracts). */
 typedef struct mg_shdict_s mg_shdict_t;
 mg_shdict_t *mg_shdict_find(const char *name, size_t len);

@@ -29,10 +29,7 @@ enum {
   MG_ECONFIG = -10002,
   MG_EPARSE = -10003,
   MG_ELIMIT = -10004,
-  MG_ETIMEDOUT = -10005,
-  MG_ECLOSED = -10006,
 };
-const char *mg_strerror(int err);
 
 typedef struct mg_worker_s mg_worker_t;
 typedef struct mg_conn_s mg_conn_t;

@@ -217,9 +217,7 @@ static int parse_target(mg_req_t *r) {
 }
 
 /* The header name is one of the extra hop-by-hop names listed in Connection. */
-static int listed_hop(const mg_req_t *r, const mg_head_t *h, mg_str_t conn_value, mg_str_t name) {
-  (void)r;
-  (void)h;
+static int listed_hop(mg_str_t conn_value, mg_str_t name) {
   return conn_value.len && mg_http_token_in_list(conn_value, name);
 }
 
@@ -260,7 +258,7 @@ static int build_upstream_head(mg_req_t *r) {
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
     mg_str_t n = h->name;
-    if (mg_http_is_hop_by_hop(n) || listed_hop(r, &r->head, r->connection, n)) continue;
+    if (mg_http_is_hop_by_hop(n) || listed_hop(r->connection, n)) continue;
     switch (n.len) {
     case 4:
       if (mg_str_caseeq(n, MG_STR("host"))) {
@@ -539,7 +537,7 @@ static int resp_header_skipped(mg_str_t n, mg_str_t conn_value) {
   if (mg_str_caseeq(n, MG_STR("server")) || mg_str_caseeq(n, MG_STR("x-powered-by")) ||
       mg_str_caseeq(n, MG_STR("content-length")))
     return 1;
-  return conn_value.len && mg_http_token_in_list(conn_value, n);
+  return listed_hop(conn_value, n);
 }
 
 int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {

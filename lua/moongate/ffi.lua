@@ -41,7 +41,6 @@ int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str
 size_t mg_res_header_count(mg_req_t *r);
 int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
 int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen, int op);
-int mg_res_set_body_chunk(mg_req_t *r, const char *p, size_t len);
 
 typedef struct mg_shdict_s mg_shdict_t;
 mg_shdict_t *mg_shdict_find(const char *name, size_t len);
