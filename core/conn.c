@@ -226,7 +226,6 @@ static int finish_request(mg_conn_t *c) {
   if (!r->complete) return 0; /* answered early; keep reading to drop the body */
   mg_req_free(r);
   c->req = NULL;
-  c->requests++;
   c->state = MG_CS_IDLE;
   if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
   else uv_timer_stop(&c->timer); /* on_out arms it once the response is out */

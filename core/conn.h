@@ -47,7 +47,6 @@ struct mg_conn_s {
   char client[64];        /* "ip:port" */
   char client_ip[48];
   mg_req_t *req;          /* the request being read or answered */
-  uint64_t requests;
 };
 
 /* Accepts a connection from `server` into a new conn. */

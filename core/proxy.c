@@ -25,6 +25,24 @@ static int is_idempotent(int m) {
 
 static const char hexdig[] = "0123456789abcdef";
 
+/* Queues a piece of body, as one chunk when re-framing chunked (both directions
+ * decode the peer's framing and write their own). */
+static void append_body(mg_outq_t *q, const char *p, size_t len, int chunked) {
+  if (chunked) {
+    char line[20];
+    size_t n = 0;
+    for (int shift = (int)(sizeof(size_t) * 8) - 4; shift >= 0; shift -= 4) {
+      unsigned d = (unsigned)(len >> shift) & 15u;
+      if (d || n || shift == 0) line[n++] = hexdig[d];
+    }
+    line[n++] = '\r';
+    line[n++] = '\n';
+    mg_outq_append(q, line, n);
+  }
+  mg_outq_append(q, p, len);
+  if (chunked) APPEND_LIT(q, "\r\n");
+}
+
 /* ---------------- lifecycle ---------------- */
 
 mg_req_t *mg_req_new(mg_conn_t *c) {
@@ -407,15 +425,7 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
   if (max && r->body_read > max) return 413;
   if (r->discard_body || r->upstream < 0 || r->rstate == MG_RS_DONE) return 0;
   mg_outq_t *q = body_queue(r);
-  if (r->body == MG_BODY_CHUNKED) {
-    char line[24];
-    int n = snprintf(line, sizeof(line), "%zx\r\n", len);
-    mg_outq_append(q, line, (size_t)n);
-    mg_outq_append(q, p, len);
-    APPEND_LIT(q, "\r\n");
-  } else {
-    mg_outq_append(q, p, len);
-  }
+  append_body(q, p, len, r->body == MG_BODY_CHUNKED);
   r->body_sent += len;
   return 0;
 }
@@ -565,10 +575,7 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   int has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !body_hook;
   if (!r->rnobody && !has_len) {
     if (r->http_minor == 1) r->rchunked = 1;
-    else {
-      r->rclose = 1;
-      c->close_after = 1;
-    }
+    else c->close_after = 1; /* framed by the close */
   }
   mg_str_t conn_value = { NULL, 0 };
   const mg_header_t *ch = mg_head_get(&r->rhead, MG_STR("connection"));
@@ -610,15 +617,7 @@ void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
   }
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  if (r->rchunked) {
-    char line[24];
-    int n = snprintf(line, sizeof(line), "%zx\r\n", len);
-    mg_outq_append(q, line, (size_t)n);
-    mg_outq_append(q, p, len);
-    APPEND_LIT(q, "\r\n");
-  } else {
-    mg_outq_append(q, p, len);
-  }
+  append_body(q, p, len, r->rchunked);
   r->bytes_out += mg_outq_size(q) - before;
 }
 

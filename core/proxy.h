@@ -72,7 +72,6 @@ struct mg_req_s {
   int status;
   int rstate;             /* MG_RS_* */
   unsigned rchunked : 1;  /* re-chunking the body for the client */
-  unsigned rclose : 1;    /* body framed by close: the connection ends with it */
   unsigned rnobody : 1;
   uint64_t bytes_out;
 };
