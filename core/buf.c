@@ -20,12 +20,50 @@ void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data) {
   q->data = data;
 }
 
+/* Spare standard blocks of this thread: a response is usually one block, taken
+ * and given back within one read callback. */
+#define MAX_SPARES 8
+static _Thread_local mg_block_t *spares;
+static _Thread_local unsigned nspares;
+
+static mg_block_t *block_new(size_t len) {
+  mg_block_t *b;
+  if (len <= BLOCK_SIZE && spares) {
+    b = spares;
+    spares = b->next;
+    nspares--;
+  } else {
+    size_t cap = len > BLOCK_SIZE ? len : BLOCK_SIZE;
+    b = malloc(sizeof(*b) + cap);
+    if (!b) return NULL;
+    b->cap = cap;
+  }
+  b->next = NULL;
+  b->off = b->len = 0;
+  return b;
+}
+
 static void free_blocks(mg_block_t *b) {
   while (b) {
     mg_block_t *next = b->next;
-    free(b);
+    if (b->cap == BLOCK_SIZE && nspares < MAX_SPARES) {
+      b->next = spares;
+      spares = b;
+      nspares++;
+    } else {
+      free(b);
+    }
     b = next;
   }
+}
+
+void mg_outq_free_spares(void) {
+  while (spares) {
+    mg_block_t *next = spares->next;
+    free(spares);
+    spares = next;
+  }
+  nspares = 0;
 }
 
 void mg_outq_dispose(mg_outq_t *q) {
@@ -39,12 +77,8 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len) {
   while (len > 0) {
     mg_block_t *t = q->tail;
     if (!t || t->len == t->cap) {
-      size_t cap = len > BLOCK_SIZE ? len : BLOCK_SIZE;
-      t = malloc(sizeof(*t) + cap);
+      t = block_new(len);
       if (!t) return MG_ENOMEM;
-      t->next = NULL;
-      t->len = 0;
-      t->cap = cap;
       if (q->tail) q->tail->next = t;
       else q->head = t;
       q->tail = t;
@@ -102,15 +136,48 @@ static void on_write(uv_write_t *req, int status) {
   if (q->cb) q->cb(q, drained);
 }
 
+/* Writes as much as the kernel takes now. Only when nothing is in flight (order)
+ * and the queue is not waiting to report MG_OUTQ_DRAINED (that needs a callback). */
+static int try_write(mg_outq_t *q) {
+  while (q->head && q->writes == 0 && !q->above) {
+    uv_buf_t iov[MAX_IOV];
+    unsigned n = 0;
+    for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next)
+      iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+    int rc = uv_try_write(q->stream, iov, n);
+    if (rc == UV_EAGAIN) return 0;
+    if (rc < 0) return rc;
+    size_t done = (size_t)rc;
+    q->pending -= done;
+    while (done > 0) {
+      mg_block_t *b = q->head;
+      size_t left = b->len - b->off;
+      if (done < left) {
+        b->off += done;
+        return 0; /* the kernel took part: the rest waits for writability */
+      }
+      done -= left;
+      q->head = b->next;
+      if (!q->head) q->tail = NULL;
+      b->next = NULL;
+      free_blocks(b);
+    }
+  }
+  return 0;
+}
+
 int mg_outq_flush(mg_outq_t *q) {
-  while (q->head && q->stream) {
+  if (!q->stream) return 0;
+  int rc = try_write(q);
+  if (rc < 0) return rc;
+  while (q->head) {
     uv_buf_t iov[MAX_IOV];
     unsigned n = 0;
     size_t bytes = 0;
     mg_block_t *first = q->head, *last = NULL, *b = q->head;
     for (; b && n < MAX_IOV; b = b->next) {
-      iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
-      bytes += b->len;
+      iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+      bytes += b->len - b->off;
       last = b;
     }
     write_ctx_t *w = malloc(sizeof(*w));
@@ -124,7 +191,7 @@ int mg_outq_flush(mg_outq_t *q) {
     q->pending -= bytes;
     q->inflight += bytes;
     q->writes++;
-    int rc = uv_write(&w->req, q->stream, iov, n, on_write);
+    rc = uv_write(&w->req, q->stream, iov, n, on_write);
     if (rc < 0) {
       q->inflight -= bytes;
       q->writes--;

@@ -1,7 +1,10 @@
 /* Output queues: bytes waiting to be written to one stream. Appends copy into
- * 16 KiB blocks; mg_outq_flush hands every pending block to one uv_write (writev),
- * so a burst of small appends costs one syscall. Blocks are freed in the write
- * callback. The queue belongs to the object that owns the stream and must outlive
+ * 16 KiB blocks; mg_outq_flush writes every pending block with one writev, so a
+ * burst of small appends costs one syscall. It first tries to write synchronously
+ * (uv_try_write): what the kernel takes is done, with no write request and no
+ * callback; only the rest goes to uv_write, whose blocks are freed in the write
+ * callback. (A completed uv_write also costs an epoll_ctl in libuv, which the
+ * synchronous path avoids.) Each thread keeps a few spare blocks. The queue belongs to the object that owns the stream and must outlive
  * every write it started: uv_close cancels pending writes and runs their callbacks
  * before the close callback, so freeing the owner in its close callback is safe. */
 #ifndef MG_BUF_H
@@ -13,7 +16,7 @@
 
 typedef struct mg_block_s {
   struct mg_block_s *next;
-  size_t len, cap;
+  size_t off, len, cap; /* data[off..len) is still to be written */
   char data[];
 } mg_block_t;
 
@@ -41,8 +44,12 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
 int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Moves every pending block of `from` to the end of `to`. */
 void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
-/* Submits what is pending. Returns 0 or a libuv error. No-op without a stream. */
+/* Writes what is pending: synchronously as far as the kernel takes it (no
+ * callback for that part), the rest through uv_write. Returns 0 or a libuv error.
+ * No-op without a stream. The callback is not called from inside this function. */
 int mg_outq_flush(mg_outq_t *q);
+/* Frees this thread's spare blocks (a worker thread calls it before it ends). */
+void mg_outq_free_spares(void);
 static inline size_t mg_outq_size(const mg_outq_t *q) { return q->pending + q->inflight; }
 static inline int mg_outq_full(const mg_outq_t *q) { return mg_outq_size(q) > MG_HIGH_WATER; }
 

@@ -73,8 +73,11 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
-/* Reading stops while a response waits for its turn (pipelining), while the
- * upstream is not taking the body, and while the client is not taking output. */
+/* Reading stops while the upstream is not taking the body, while the client is not
+ * taking output, and while more than MG_PIPELINE_MAX bytes of pipelined requests
+ * wait. While a request is answered (WAIT) reading goes on, into c->saved: stopping
+ * and restarting it for every request would cost epoll_ctl calls each time. */
+#define MG_PIPELINE_MAX MG_READ_BUF
 void mg_conn_update_reading(mg_conn_t *c) {
   int want;
   switch (c->state) {
@@ -83,8 +86,11 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_BODY:
     want = !c->up_blocked && !c->paused && !mg_outq_full(&c->out);
     break;
+  case MG_CS_WAIT:
+    want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
+    break;
   case MG_CS_LINGER:
-    want = 1;
+    want = !c->rd_eof;
     break;
   default:
     want = 0;
@@ -132,13 +138,16 @@ void mg_conn_close(mg_conn_t *c) {
 static void on_shutdown(uv_shutdown_t *req, int status) {
   mg_conn_t *c = req->data;
   if (c->state != MG_CS_LINGER) return;
-  if (status < 0) mg_conn_close(c);
+  if (status < 0 || c->rd_eof) mg_conn_close(c);
   else arm(c, LINGER_MS); /* everything is sent: give the client a moment to close */
 }
 
 /* Sends what is queued, then half-closes and waits briefly for the client to
  * close, discarding what it still sends: closing at once with unread input would
- * make the kernel send a reset that can destroy the response in flight. */
+ * make the kernel send a reset that can destroy the response in flight. When the
+ * whole input was read (c->quick_close, set by the caller), nothing can be unread
+ * but what a client sends after its own "Connection: close": the connection is
+ * closed as soon as the output is written, as nginx does. */
 static void linger(mg_conn_t *c) {
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
   if (c->req) {
@@ -150,6 +159,12 @@ static void linger(mg_conn_t *c) {
   uv_timer_stop(&c->timer);
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
+  if (c->quick_close || c->rd_eof) {
+    c->quick_close = 1;
+    if (mg_outq_size(&c->out) == 0) mg_conn_close(c); /* else on_out closes */
+    else mg_conn_update_reading(c);
+    return;
+  }
   c->shutdown_req.data = c;
   if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
     mg_conn_close(c);
@@ -163,6 +178,18 @@ void mg_conn_close_after_flush(mg_conn_t *c) {
   linger(c);
 }
 
+/* Everything queued is written: no send timeout, and the keep-alive wait (or a
+ * quick close) starts now. Returns 0 when it closed the connection. */
+static int output_written(mg_conn_t *c) {
+  if (c->state == MG_CS_LINGER && c->quick_close) {
+    mg_conn_close(c);
+    return 0;
+  }
+  if (uv_is_active((uv_handle_t *)&c->send_timer)) uv_timer_stop(&c->send_timer);
+  if (c->state == MG_CS_IDLE && !c->req) arm(c, c->w->gen->timeouts.keepalive);
+  return 1;
+}
+
 static void on_out(mg_outq_t *q, int status) {
   mg_conn_t *c = q->data;
   if (c->state == MG_CS_CLOSED) return;
@@ -172,8 +199,7 @@ static void on_out(mg_outq_t *q, int status) {
     return;
   }
   if (mg_outq_size(q) == 0) {
-    uv_timer_stop(&c->send_timer);
-    if (c->state == MG_CS_IDLE && !c->req) arm(c, c->w->gen->timeouts.keepalive);
+    if (!output_written(c)) return;
   } else {
     uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
   }
@@ -184,14 +210,15 @@ static void on_out(mg_outq_t *q, int status) {
 }
 
 void mg_conn_flush(mg_conn_t *c) {
-  if (c->state == MG_CS_CLOSED) return;
+  if (c->state == MG_CS_CLOSED || !c->out.pending) return;
   int rc = mg_outq_flush(&c->out);
   if (rc < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(rc));
     mg_conn_close(c);
     return;
   }
-  if (mg_outq_size(&c->out) && !uv_is_active((uv_handle_t *)&c->send_timer))
+  if (mg_outq_size(&c->out) == 0) output_written(c); /* written synchronously */
+  else if (!uv_is_active((uv_handle_t *)&c->send_timer))
     uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
 }
 
@@ -218,8 +245,9 @@ static void save_rest(mg_conn_t *c, const char *p, size_t len) {
 static int finish_request(mg_conn_t *c) {
   mg_req_t *r = c->req;
   if (!r->complete && !r->discard_body) c->close_after = 1;
-  if (!r->keepalive || c->w->draining) c->close_after = 1;
+  if (!r->keepalive || c->w->draining || c->rd_eof) c->close_after = 1;
   if (c->close_after) {
+    if (r->complete && !c->saved) c->quick_close = 1;
     linger(c);
     return 0;
   }
@@ -343,12 +371,38 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
   if (nread < 0) {
     if (nread != UV_EOF) MG_DEBUG(c->w->id, "%s: read: %s", c->client, uv_strerror((int)nread));
-    /* a client that half-closes between requests still gets what is queued */
-    if (nread == UV_EOF && c->state == MG_CS_IDLE && !c->req && mg_outq_size(&c->out)) linger(c);
-    else mg_conn_close(c);
+    if (nread == UV_EOF) {
+      c->reading = 0; /* libuv stopped reading at EOF */
+      /* a client that half-closes after its request, or between requests, still
+       * gets what it asked for and what is queued */
+      if (c->state == MG_CS_WAIT) {
+        c->rd_eof = 1;
+        return;
+      }
+      if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req &&
+          mg_outq_size(&c->out)) {
+        c->rd_eof = 1;
+        if (c->state == MG_CS_LINGER) c->quick_close = 1;
+        else linger(c);
+        return;
+      }
+    }
+    mg_conn_close(c);
     return;
   }
   if (c->state == MG_CS_LINGER) return;
+  if (c->state == MG_CS_WAIT) { /* pipelined: kept until the current request is done */
+    char *more = realloc(c->saved, c->saved_len + (size_t)nread);
+    if (!more) {
+      mg_conn_close(c);
+      return;
+    }
+    memcpy(more + c->saved_len, buf->base, (size_t)nread);
+    c->saved = more;
+    c->saved_len += (size_t)nread;
+    mg_conn_update_reading(c);
+    return;
+  }
   if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
   feed(c, buf->base, (size_t)nread);
   after_feed(c);

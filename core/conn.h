@@ -39,10 +39,13 @@ struct mg_conn_s {
   unsigned up_blocked : 1;  /* the request body's upstream queue is full */
   unsigned in_parser : 1;   /* inside llhttp_execute: request completion is deferred */
   unsigned done_pending : 1; /* the request finished while in_parser */
+  unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
+  unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   const char *feed_start; /* the buffer llhttp is running over (obs-fold check) */
   char last_byte;         /* last byte of the previous buffer fed */
   int err_status;         /* the status a parser callback asked to answer with */
-  char *saved;            /* bytes after a pipelined request, parsed when its turn comes */
+  char *saved;            /* bytes after the request being answered (pipelined requests),
+                             parsed when its turn comes */
   size_t saved_len;
   char client[64];        /* "ip:port" */
   char client_ip[48];

@@ -39,6 +39,7 @@ static void unpool(mg_upconn_t *u) {
   if (u->prev_idle) u->prev_idle->next_idle = u->next_idle;
   else u->pool->idle = u->next_idle;
   if (u->next_idle) u->next_idle->prev_idle = u->prev_idle;
+  else u->pool->idle_tail = u->prev_idle;
   u->next_idle = u->prev_idle = NULL;
   u->pool->nidle--;
 }
@@ -233,7 +234,7 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
     u->req = NULL;
   }
   mg_pool_t *p = u->pool;
-  if (!reusable || u->state != MG_UP_ACTIVE || p->nidle >= u->max_idle || u->out.pending ||
+  if (!reusable || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->out.pending ||
       u->out.inflight) {
     mg_upstream_close(u);
     return;
@@ -242,11 +243,33 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
   u->next_idle = p->idle;
   u->prev_idle = NULL;
   if (p->idle) p->idle->prev_idle = u;
+  else p->idle_tail = u;
   p->idle = u;
   p->nidle++;
+  p->max_idle = u->max_idle;
   u->paused = 0;
+  u->idle_since = uv_now(&u->w->loop);
   uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
   uv_timer_start(&u->timer, on_timer, u->idle_ms, 0);
+  if (p->nidle > p->max_idle && !uv_is_active((uv_handle_t *)&u->w->pool_timer))
+    uv_timer_start(&u->w->pool_timer, mg_upstream_trim, MG_POOL_TRIM_MS, 0);
+}
+
+void mg_upstream_trim(uv_timer_t *t) {
+  mg_worker_t *w = t->data;
+  uint64_t now = uv_now(&w->loop), next = 0;
+  for (mg_pool_t *p = w->pools; p; p = p->next) {
+    while (p->nidle > p->max_idle) {
+      mg_upconn_t *u = p->idle_tail;
+      uint64_t due = u->idle_since + MG_POOL_TRIM_MS;
+      if (due > now) { /* used within the last second: still needed */
+        if (!next || due < next) next = due;
+        break;
+      }
+      mg_upstream_close(u);
+    }
+  }
+  if (next) uv_timer_start(t, mg_upstream_trim, next - now, 0);
 }
 
 int mg_upstream_flush(mg_upconn_t *u) {

@@ -20,8 +20,9 @@ struct mg_pool_s {
   mg_pool_t *next;
   struct sockaddr_storage addr;
   socklen_t addrlen;
-  mg_upconn_t *idle; /* most recently used first */
+  mg_upconn_t *idle, *idle_tail; /* most recently used first */
   int nidle;
+  int max_idle;      /* the upstream's `keepalive`: idle connections kept for good */
 };
 
 struct mg_upconn_s {
@@ -43,6 +44,7 @@ struct mg_upconn_s {
   int done;          /* response complete (set by the parser callback) */
   int is_head;       /* the request was HEAD: the response has no body */
   uint64_t idle_ms;
+  uint64_t idle_since; /* uv_now when it was pooled */
   int max_idle;
   uint64_t read_ms, write_ms; /* upstream_read / upstream_write timeouts */
 };
@@ -53,14 +55,20 @@ struct mg_upconn_s {
  * negative libuv error (nothing linked). */
 int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *u,
                     const mg_server_t *s);
-/* Unlinks u from its request; pools it when `reusable` and there is room, else
- * closes it. */
+/* Unlinks u from its request; pools it when `reusable` (and keepalive > 0), else
+ * closes it. A pool may hold more than `keepalive` idle connections for a moment:
+ * the surplus, least recently used first, is closed once it has been idle for
+ * MG_POOL_TRIM_MS, so a burst of concurrent requests does not end in a wave of
+ * closes and reconnects. */
+#define MG_POOL_TRIM_MS 1000
 void mg_upstream_release(mg_upconn_t *u, int reusable);
 void mg_upstream_close(mg_upconn_t *u);
 /* Submits queued bytes. On failure the request is told (and may be freed)
  * and a negative code returned: the caller must not touch the request then. */
 int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* The worker's pool timer: closes the surplus idle connections described above. */
+void mg_upstream_trim(uv_timer_t *t);
 /* Closes every pooled connection (drain/stop). */
 void mg_upstream_close_pools(mg_worker_t *w);
 /* Frees the (empty) pool records at worker exit. */

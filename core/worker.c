@@ -76,6 +76,7 @@ static void finish(mg_worker_t *w) {
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->prepare)) uv_close((uv_handle_t *)&w->prepare, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->pool_timer)) uv_close((uv_handle_t *)&w->pool_timer, NULL);
 }
 
 static void free_listener(uv_handle_t *h) { free(h->data); }
@@ -236,6 +237,7 @@ static void run(void *arg) {
   mg_current_worker = w;
   uv_run(&w->loop, UV_RUN_DEFAULT);
   alog_flush(w);
+  mg_outq_free_spares();
   /* the loop ends when finish() closed the last referenced handle */
   mg_main_worker_exited();
 }
@@ -271,6 +273,9 @@ int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, 
   uv_timer_init(&w->loop, &w->drain_timer);
   w->drain_timer.data = w;
   uv_unref((uv_handle_t *)&w->drain_timer);
+  uv_timer_init(&w->loop, &w->pool_timer);
+  w->pool_timer.data = w;
+  uv_unref((uv_handle_t *)&w->pool_timer);
   w->reload = NULL;
   uv_mutex_init(&w->reload_lock);
   for (int i = 0; i < gen->nlisteners; i++) {

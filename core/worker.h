@@ -26,6 +26,7 @@ struct mg_worker_s {
   uv_async_t async;     /* main thread -> worker: look at `cmd` */
   uv_prepare_t prepare; /* flushes the access log before the loop blocks */
   uv_timer_t drain_timer;
+  uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */
   atomic_int cmd;
   int draining;
 

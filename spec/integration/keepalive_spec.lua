@@ -66,6 +66,28 @@ describe("keep-alive", function()
     assert.equal(3, origin:stats().connections)
   end)
 
+  it("keeps the surplus of a burst pooled for a moment, then closes all but `keepalive` of them", function()
+    start({ keepalive = 2 })
+    local cs = {}
+    for i = 1, 6 do
+      cs[i] = proxy:connect()
+      assert(cs[i]:send("GET /slow-head/0.3 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    end
+    for i = 1, 6 do assert.equal(200, assert(cs[i]:response()).status) end
+    -- all six are idle in the pool now: a second burst reuses them
+    assert.equal(6, origin:stats().open)
+    for i = 1, 6 do assert(cs[i]:send("GET /slow-head/0.1 HTTP/1.1\r\nHost: x\r\n\r\n")) end
+    for i = 1, 6 do assert.equal(200, assert(cs[i]:response()).status) end
+    assert.equal(6, origin:stats().connections)
+    -- unused for a second, the surplus goes; `keepalive` connections stay
+    assert.is_true(helpers.wait_until(function() return origin:stats().open == 2 end, 4, 0.1))
+    helpers.sleep(0.5)
+    assert.equal(2, origin:stats().open)
+    helpers.echo(assert(cs[1]:request({ path = "/echo" })))
+    assert.equal(6, origin:stats().connections)
+    for i = 1, 6 do cs[i]:close() end
+  end)
+
   it("does not reuse an upstream connection the origin answered with Connection: close", function()
     start()
     local c = proxy:connect()
@@ -135,6 +157,47 @@ describe("pipelining", function()
     assert.equal("/echo?second", helpers.echo(r2).path)
     assert.equal(200, r3.status)
     assert.equal(helpers.pattern(100), r3.body)
+    c:close()
+  end)
+
+  it("answers requests that arrive while the first one is being answered, in order", function()
+    local c = proxy:connect()
+    assert(c:send("GET /slow-head/0.5 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    helpers.sleep(0.2)
+    assert(c:send("GET /echo?second HTTP/1.1\r\nHost: x\r\n\r\n"))
+    helpers.sleep(0.1)
+    assert(c:send("GET /echo?third HTTP/1.1\r\nHost: x\r\n\r\n"))
+    local paths = {}
+    for i = 1, 3 do paths[i] = helpers.echo(assert(c:response())).path end
+    assert.same({ "/slow-head/0.5", "/echo?second", "/echo?third" }, paths)
+    c:close()
+  end)
+
+  it("answers 2,000 pipelined requests (over 64 KiB, more than it buffers) sent while the first waits, in order", function()
+    local c = proxy:connect()
+    local reqs = { "GET /slow-head/0.3 HTTP/1.1\r\nHost: x\r\n\r\n" }
+    for i = 1, 2000 do reqs[#reqs + 1] = "GET /echo?" .. i .. " HTTP/1.1\r\nHost: x\r\n\r\n" end
+    local all = table.concat(reqs)
+    assert.is_true(#all > 65536)
+    assert(c:send(all, 10))
+    assert.equal("/slow-head/0.3", helpers.echo(assert(c:response())).path)
+    local wrong
+    for i = 1, 2000 do
+      local res = assert(c:response({ timeout = 10 }))
+      local path = helpers.echo(res).path
+      if path ~= "/echo?" .. i then wrong = wrong or (i .. ": " .. tostring(path)) end
+    end
+    assert.is_nil(wrong)
+    c:close()
+  end)
+
+  it("answers a client that half-closes while its request waits for the origin, then closes", function()
+    local c = proxy:connect()
+    assert(c:send("GET /slow-head/0.4 HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert(c.sock:shutdown("send"))
+    local res = assert(c:response())
+    assert.equal("/slow-head/0.4", helpers.echo(res).path)
+    assert.is_true((c:closed(2)))
     c:close()
   end)
 
