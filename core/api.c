@@ -33,8 +33,7 @@ int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
   if (r->target.len > r->path.len + 1)
     out->query = (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
   out->host = r->host;
-  const char *ip = r->conn->client_ip;
-  out->client_ip = (mg_str_t){ ip, strlen(ip) };
+  out->client_ip = mg_conn_ip(r->conn);
   out->id = (mg_str_t){ r->id, 16 };
   out->scheme = MG_STR("http");
   out->http_minor = r->http_minor;

@@ -1,5 +1,6 @@
 #include "conn.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -28,12 +29,14 @@ static llhttp_settings_t settings = {
 };
 
 /* ---------------- timers ----------------
- * Two timers: `timer` judges the client's input side (header, body, keep-alive
+ * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
  * idle, linger), `send_timer` runs whenever output is queued and restarts on every
  * completed write (timeouts.send: the client is not reading). */
 
-static void on_timer(uv_timer_t *t) {
-  mg_conn_t *c = t->data;
+#define CONN_OF(t, field) ((mg_conn_t *)((char *)(t) - offsetof(mg_conn_t, field)))
+
+static void on_timer(mg_timer_t *t) {
+  mg_conn_t *c = CONN_OF(t, timer);
   switch (c->state) {
   case MG_CS_IDLE:
     MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
@@ -54,14 +57,14 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-static void on_send_timer(uv_timer_t *t) {
-  mg_conn_t *c = t->data;
+static void on_send_timer(mg_timer_t *t) {
+  mg_conn_t *c = CONN_OF(t, send_timer);
   MG_INFO(c->w->id, "%s: send timeout", c->client);
   mg_conn_close(c);
 }
 
 static void arm(mg_conn_t *c, uint64_t ms) {
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  mg_timer_start(&c->w->timers, &c->timer, ms, on_timer);
 }
 
 /* ---------------- reading ---------------- */
@@ -103,7 +106,7 @@ void mg_conn_update_reading(mg_conn_t *c) {
     c->reading = 0;
     /* we stopped reading the body ourselves: the upstream's write timeout or our
      * send timeout judges that, not the client's body timeout */
-    if (c->state == MG_CS_BODY) uv_timer_stop(&c->timer);
+    if (c->state == MG_CS_BODY) mg_timer_stop(&c->w->timers, &c->timer);
   }
 }
 
@@ -111,7 +114,6 @@ void mg_conn_update_reading(mg_conn_t *c) {
 
 static void on_close(uv_handle_t *h) {
   mg_conn_t *c = h->data;
-  if (--c->handles > 0) return;
   mg_worker_t *w = c->w;
   mg_outq_dispose(&c->out);
   free(c->saved);
@@ -130,13 +132,14 @@ void mg_conn_close(mg_conn_t *c) {
     mg_req_free(c->req);
     c->req = NULL;
   }
-  uv_close((uv_handle_t *)&c->timer, on_close);
-  uv_close((uv_handle_t *)&c->send_timer, on_close);
+  mg_timer_stop(&c->w->timers, &c->timer);
+  mg_timer_stop(&c->w->timers, &c->send_timer);
   uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
   mg_conn_t *c = req->data;
+  free(req); /* runs before the close callback, cancelled or not */
   if (c->state != MG_CS_LINGER) return;
   if (status < 0 || c->rd_eof) mg_conn_close(c);
   else arm(c, LINGER_MS); /* everything is sent: give the client a moment to close */
@@ -156,7 +159,7 @@ static void linger(mg_conn_t *c) {
     c->req = NULL;
   }
   c->state = MG_CS_LINGER;
-  uv_timer_stop(&c->timer);
+  mg_timer_stop(&c->w->timers, &c->timer);
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   if (c->quick_close || c->rd_eof) {
@@ -165,8 +168,14 @@ static void linger(mg_conn_t *c) {
     else mg_conn_update_reading(c);
     return;
   }
-  c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+  uv_shutdown_t *sr = malloc(sizeof(*sr));
+  if (!sr) {
+    mg_conn_close(c);
+    return;
+  }
+  sr->data = c;
+  if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+    free(sr);
     mg_conn_close(c);
     return;
   }
@@ -185,7 +194,7 @@ static int output_written(mg_conn_t *c) {
     mg_conn_close(c);
     return 0;
   }
-  if (uv_is_active((uv_handle_t *)&c->send_timer)) uv_timer_stop(&c->send_timer);
+  mg_timer_stop(&c->w->timers, &c->send_timer);
   if (c->state == MG_CS_IDLE && !c->req) arm(c, c->w->gen->timeouts.keepalive);
   return 1;
 }
@@ -201,7 +210,7 @@ static void on_out(mg_outq_t *q, int status) {
   if (mg_outq_size(q) == 0) {
     if (!output_written(c)) return;
   } else {
-    uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
+    mg_timer_start(&c->w->timers, &c->send_timer, c->w->gen->timeouts.send, on_send_timer);
   }
   if (status == MG_OUTQ_DRAINED) {
     mg_conn_update_reading(c);
@@ -218,8 +227,8 @@ void mg_conn_flush(mg_conn_t *c) {
     return;
   }
   if (mg_outq_size(&c->out) == 0) output_written(c); /* written synchronously */
-  else if (!uv_is_active((uv_handle_t *)&c->send_timer))
-    uv_timer_start(&c->send_timer, on_send_timer, c->w->gen->timeouts.send, 0);
+  else if (!mg_timer_active(&c->send_timer))
+    mg_timer_start(&c->w->timers, &c->send_timer, c->w->gen->timeouts.send, on_send_timer);
 }
 
 void mg_conn_drain(mg_conn_t *c) {
@@ -256,7 +265,7 @@ static int finish_request(mg_conn_t *c) {
   c->req = NULL;
   c->state = MG_CS_IDLE;
   if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
-  else uv_timer_stop(&c->timer); /* on_out arms it once the response is out */
+  else mg_timer_stop(&c->w->timers, &c->timer); /* on_out arms it once the response is out */
   if (c->paused) {
     llhttp_resume(&c->parser);
     c->paused = 0;
@@ -342,7 +351,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
         continue;
       }
       c->state = MG_CS_WAIT;
-      uv_timer_stop(&c->timer);
+      mg_timer_stop(&c->w->timers, &c->timer);
       if (len > 0) save_rest(c, data, len);
       return;
     }
@@ -537,7 +546,7 @@ static int on_message_complete(llhttp_t *p) {
   r->complete = 1;
   if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {
     c->state = MG_CS_WAIT;
-    uv_timer_stop(&c->timer);
+    mg_timer_stop(&c->w->timers, &c->timer);
   }
   mg_proxy_request_end(r);
   return HPE_PAUSED;
@@ -550,20 +559,13 @@ void mg_conn_accept(mg_listener_t *l) {
   mg_conn_t *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->w = w;
-  snprintf(c->listener, sizeof(c->listener), "%s", l->cfg->name ? l->cfg->name : "");
+  c->listener = l->name;
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
-  c->handles = 1;
   if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
     uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
     return;
   }
-  uv_timer_init(&w->loop, &c->timer);
-  c->timer.data = c;
-  uv_timer_init(&w->loop, &c->send_timer);
-  c->send_timer.data = c;
-  c->handles = 3;
-  uv_tcp_nodelay(&c->tcp, 1);
   mg_outq_init(&c->out, on_out, c);
   c->out.stream = (uv_stream_t *)&c->tcp;
   llhttp_init(&c->parser, HTTP_REQUEST, &settings);
@@ -571,25 +573,28 @@ void mg_conn_accept(mg_listener_t *l) {
 
   struct sockaddr_storage ss;
   int slen = sizeof(ss);
-  strcpy(c->client_ip, "?");
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0, v6 = 0;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof(c->client_ip));
-      snprintf(c->client, sizeof(c->client), "[%s]:%d", c->client_ip,
-               ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    v6 = ss.ss_family == AF_INET6;
+    if (v6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     } else {
-      uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
-      snprintf(c->client, sizeof(c->client), "%s:%d", c->client_ip,
-               ntohs(((struct sockaddr_in *)&ss)->sin_port));
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
   }
+  snprintf(c->client, sizeof(c->client), v6 ? "[%s]:%d" : "%s:%d", ip, port);
+  c->ip_off = (uint8_t)v6;
+  c->ip_len = (uint8_t)strlen(ip);
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;
   w->nconns++;
   c->state = MG_CS_IDLE;
   if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
-      !mg_lua_connect(w->wg, c->client_ip, c->listener[0] ? c->listener : NULL)) {
+      !mg_lua_connect(w->wg, mg_conn_ip(c), c->listener)) {
     mg_conn_close(c); /* refused by the connect hook */
     return;
   }

@@ -9,6 +9,7 @@
 
 #include "buf.h"
 #include "mg.h"
+#include "timer.h"
 #include "worker.h"
 
 /* Connection states. */
@@ -23,16 +24,14 @@ enum {
 
 struct mg_conn_s {
   uv_tcp_t tcp; /* first: the handle pointer is the connection */
-  uv_timer_t timer;      /* input side: header, body, keep-alive, linger */
-  uv_timer_t send_timer; /* output queued: timeouts.send between writes */
-  uv_shutdown_t shutdown_req;
+  mg_timer_t timer;      /* input side: header, body, keep-alive, linger */
+  mg_timer_t send_timer; /* output queued: timeouts.send between writes */
   mg_worker_t *w;
-  char listener[48];      /* the listener's name ("" when unnamed): routes bind to it */
+  const char *listener;   /* the listener's name (NULL when unnamed; owned by the worker) */
   mg_conn_t *prev, *next; /* worker's list */
   llhttp_t parser;
   mg_outq_t out;
   int state;
-  int handles;            /* open uv handles; the struct is freed when it hits 0 */
   unsigned reading : 1;
   unsigned paused : 1;     /* llhttp paused at the end of a message */
   unsigned close_after : 1; /* no more requests on this connection */
@@ -47,10 +46,15 @@ struct mg_conn_s {
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;
-  char client[64];        /* "ip:port" */
-  char client_ip[48];
+  char client[56];        /* "ip:port" or "[ip6]:port" */
+  uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
 };
+
+/* The client's address without port or brackets (a slice of c->client). */
+static inline mg_str_t mg_conn_ip(const mg_conn_t *c) {
+  return (mg_str_t){ c->client + c->ip_off, c->ip_len };
+}
 
 /* Accepts a connection from `server` into a new conn. */
 void mg_conn_accept(mg_listener_t *l);

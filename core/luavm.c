@@ -195,11 +195,11 @@ void mg_lua_req_done(mg_req_t *r) {
   drop_coroutine(r, 1);
 }
 
-int mg_lua_connect(mg_wgen_t *g, const char *client_ip, const char *listener) {
+int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener) {
   lua_State *L = g->L;
   char err[1024];
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->connect_ref);
-  lua_pushstring(L, client_ip);
+  lua_pushlstring(L, client_ip.p, client_ip.len);
   if (listener) lua_pushstring(L, listener);
   else lua_pushnil(L);
   if (pcall_tb(L, 2, 1, err, sizeof(err)) < 0) {

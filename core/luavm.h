@@ -41,7 +41,7 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk);
 /* The request ends: releases its coroutine and Lua object. */
 void mg_lua_req_done(mg_req_t *r);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
-int mg_lua_connect(mg_wgen_t *g, const char *client_ip, const char *listener);
+int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);
 
 /* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
 static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {

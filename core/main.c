@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -35,6 +37,9 @@ static int listen_socket(const mg_listen_cfg_t *l, char *err, size_t errlen) {
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto fail;
   if (l->addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  /* accepted sockets inherit TCP_NODELAY from the listener on Linux: no
+   * setsockopt per connection */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) goto fail;
   if (listen(fd, 511) < 0) goto fail;
   return fd;

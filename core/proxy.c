@@ -345,7 +345,8 @@ static int build_upstream_head(mg_req_t *r) {
     mg_outq_append(q, xff->value.p, xff->value.len);
     APPEND_LIT(q, ", ");
   }
-  mg_outq_append(q, c->client_ip, strlen(c->client_ip));
+  mg_str_t ip = mg_conn_ip(c);
+  mg_outq_append(q, ip.p, ip.len);
   APPEND_LIT(q, "\r\nX-Forwarded-Proto: http\r\n");
   if (r->host.len) {
     APPEND_LIT(q, "X-Forwarded-Host: ");
@@ -381,7 +382,7 @@ int mg_proxy_head(mg_req_t *r) {
   if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
 
   mg_conn_t *c = r->conn;
-  const mg_route_t *rt = mg_route_match(r->gen, c->listener[0] ? c->listener : NULL, r->method, r->host, r->path);
+  const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host, r->path);
   r->route = rt;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
     if (mg_lua_hook(r, MG_HOOK_REQUEST, NULL) < 0) {

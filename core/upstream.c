@@ -81,11 +81,19 @@ static void on_timer(uv_timer_t *t) {
   }
 }
 
-/* While request bytes wait to be written the upstream is judged on writing,
- * otherwise on answering. Re-armed on every bit of progress either way. */
+/* While request bytes wait to be written the upstream is judged on writing;
+ * once the whole request is sent (or an answer has begun), on answering. While it
+ * has all it was given and the client is still sending the body, nothing is the
+ * upstream's fault: the client's body timeout judges. Re-armed on every bit of
+ * progress. */
 static void arm_rw(mg_upconn_t *u) {
-  uint64_t ms = mg_outq_size(&u->out) ? u->write_ms : u->read_ms;
-  uv_timer_start(&u->timer, on_timer, ms, 0);
+  if (mg_outq_size(&u->out)) {
+    uv_timer_start(&u->timer, on_timer, u->write_ms, 0);
+  } else if (u->req && !u->req->complete && !u->got_bytes) {
+    uv_timer_stop(&u->timer);
+  } else {
+    uv_timer_start(&u->timer, on_timer, u->read_ms, 0);
+  }
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -274,12 +282,15 @@ void mg_upstream_trim(uv_timer_t *t) {
 
 int mg_upstream_flush(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return 0;
-  /* the read timeout counts from the last bytes sent: a slow client uploading a
-   * body is not the upstream's fault */
-  if (!u->paused) arm_rw(u);
   int rc = mg_outq_flush(&u->out);
-  if (rc < 0) fail(u, 0, 0);
-  return rc;
+  if (rc < 0) {
+    fail(u, 0, 0);
+    return rc;
+  }
+  /* after the flush: what it wrote synchronously decides between the write and
+   * the read timeout (see arm_rw) */
+  if (!u->paused) arm_rw(u);
+  return 0;
 }
 
 void mg_upstream_pause(mg_upconn_t *u, int paused) {

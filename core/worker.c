@@ -77,6 +77,7 @@ static void finish(mg_worker_t *w) {
   if (!uv_is_closing((uv_handle_t *)&w->prepare)) uv_close((uv_handle_t *)&w->prepare, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->pool_timer)) uv_close((uv_handle_t *)&w->pool_timer, NULL);
+  mg_timers_close(&w->timers);
 }
 
 static void free_listener(uv_handle_t *h) { free(h->data); }
@@ -91,11 +92,29 @@ static void close_listeners(mg_worker_t *w) {
 }
 
 /* Opens a listener on an fd the main thread bound. */
+/* The worker's copy of a listener name, shared by every connection accepted under
+ * it and kept until the worker exits (names are few; configs come and go). NULL
+ * for an unnamed listener, or when out of memory (the connection is then routed as
+ * unnamed). */
+static const char *intern(mg_worker_t *w, const char *name) {
+  if (!name) return NULL;
+  for (int i = 0; i < w->nnames; i++)
+    if (strcmp(w->names[i], name) == 0) return w->names[i];
+  char **more = realloc(w->names, sizeof(*more) * (size_t)(w->nnames + 1));
+  if (!more) return NULL;
+  w->names = more;
+  char *copy = strdup(name);
+  if (!copy) return NULL;
+  w->names[w->nnames++] = copy;
+  return copy;
+}
+
 static mg_listener_t *open_listener(mg_worker_t *w, const mg_listen_cfg_t *cfg, int fd) {
   mg_listener_t *l = calloc(1, sizeof(*l));
   if (!l) return NULL;
   l->w = w;
   l->cfg = cfg;
+  l->name = intern(w, cfg->name);
   uv_tcp_init(&w->loop, &l->tcp);
   l->tcp.data = l;
   if (uv_tcp_open(&l->tcp, fd) < 0 || uv_listen((uv_stream_t *)&l->tcp, 511, on_connection) < 0) {
@@ -135,6 +154,7 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
       mg_listener_t *l = w->listeners[j];
       if (l && strcmp(l->cfg->text, ng->listeners[i].text) == 0) {
         l->cfg = &ng->listeners[i];
+        l->name = intern(w, l->cfg->name);
         nl[i] = l;
         w->listeners[j] = NULL;
         break;
@@ -276,6 +296,7 @@ int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, 
   uv_timer_init(&w->loop, &w->pool_timer);
   w->pool_timer.data = w;
   uv_unref((uv_handle_t *)&w->pool_timer);
+  mg_timers_init(&w->timers, &w->loop);
   w->reload = NULL;
   uv_mutex_init(&w->reload_lock);
   for (int i = 0; i < gen->nlisteners; i++) {
@@ -296,6 +317,8 @@ void mg_worker_join(mg_worker_t *w) {
   mg_upstream_free_pools(w);
   free(w->alog);
   free(w->listeners);
+  for (int i = 0; i < w->nnames; i++) free(w->names[i]);
+  free(w->names);
   free_reload(take_reload(w));
   uv_mutex_destroy(&w->reload_lock);
   mg_wgen_unref(w->wg);

@@ -9,12 +9,14 @@
 
 #include "config.h"
 #include "mg.h"
+#include "timer.h"
 
 
 typedef struct {
   uv_tcp_t tcp;
   mg_worker_t *w;
   const mg_listen_cfg_t *cfg;
+  const char *name; /* cfg->name interned in the worker: connections outlive configs */
 } mg_listener_t;
 
 enum { MG_CMD_NONE, MG_CMD_DRAIN, MG_CMD_STOP };
@@ -27,6 +29,7 @@ struct mg_worker_s {
   uv_prepare_t prepare; /* flushes the access log before the loop blocks */
   uv_timer_t drain_timer;
   uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */
+  mg_timers_t timers;    /* the downstream connections' timers */
   atomic_int cmd;
   int draining;
 
@@ -47,6 +50,9 @@ struct mg_worker_s {
 
   uint64_t seq;         /* request counter (request ids) */
   uint64_t id_seed;
+
+  char **names;         /* listener names seen (mg_listener_t.name), freed at exit */
+  int nnames;
 
   char *alog;           /* access log lines not yet written */
   size_t alog_len, alog_cap;

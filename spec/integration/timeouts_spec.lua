@@ -144,3 +144,34 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
     helpers.assert_error(res, 504)
   end)
 end)
+
+-- upstream_read judges the origin once it has the whole request: a client that
+-- pauses mid-upload (within client_body) is not the origin's fault.
+describe("upstream_read and a slow upload", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "O" })
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false,
+            timeouts = { client_body = 3, upstream_read = 1 } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
+]], { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("answers 200 when the client pauses 1.5 s mid-body with upstream_read = 1", function()
+    local c = proxy:connect()
+    assert(c:send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n0123456789"))
+    helpers.sleep(1.5)
+    assert(c:send("0123456789"))
+    local res = assert(c:response({ timeout = 3 }))
+    assert.equal(200, res.status)
+    assert.equal(20, helpers.echo(res).body_len)
+  end)
+end)
