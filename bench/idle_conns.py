@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to a proxy, sends one GET on each and reads its
-answer, then holds them all open and idle until stdin closes or `--hold` seconds
+answer, then holds them all open and idle until SIGTERM or `--hold` seconds
 pass. Prints "ready N" (or "failed: reason") once they are all idle, so that
 scripts/bench can read the proxy's memory with N idle keep-alive connections.
 
 Usage: idle_conns.py PORT [N] [--hold SECONDS]
 Connections are opened and used 50 at a time, like a client with 50 in flight."""
 import select
+import signal
 import socket
 import sys
+import time
 
 
 def read_answer(s):
@@ -59,11 +61,14 @@ def main():
         print("failed: %s after %d connections" % (e, len(conns)), flush=True)
         sys.exit(1)
     print("ready %d" % len(conns), flush=True)
-    # idle until the bench closes our stdin (or the hold time passes)
-    select.select([sys.stdin], [], [], hold)
+    # idle until the bench stops us (SIGTERM) or the hold time passes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(hold)
     # any connection the proxy closed meanwhile would be readable at EOF
-    closed = sum(1 for s in conns if select.select([s], [], [], 0)[0])
-    print("closed by proxy while idle: %d" % closed, flush=True)
+    poller = select.poll()
+    for s in conns:
+        poller.register(s, select.POLLIN)
+    print("closed by proxy while idle: %d" % len(poller.poll(0)), flush=True)
     for s in conns:
         s.close()
 
