@@ -22,9 +22,13 @@ void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data) {
 
 /* Spare standard blocks of this thread: a response is usually one block, taken
  * and given back within one read callback. */
+#ifdef __SANITIZE_ADDRESS__
+#define MAX_SPARES 0 /* every block freed: AddressSanitizer sees a use after free */
+#else
 #define MAX_SPARES 8
+#endif
 static _Thread_local mg_block_t *spares;
-static _Thread_local unsigned nspares;
+static _Thread_local int nspares;
 
 static mg_block_t *block_new(size_t len) {
   mg_block_t *b;

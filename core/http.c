@@ -10,8 +10,6 @@ void mg_head_reset(mg_head_t *h) {
   h->n = 0;
   h->url_off = h->url_len = 0;
   h->last = MG_HEAD_NONE;
-  free(h->headers);
-  h->headers = NULL;
 }
 
 void mg_head_dispose(mg_head_t *h) {
@@ -65,11 +63,14 @@ int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max
 }
 
 int mg_head_finish(mg_head_t *h) {
-  free(h->headers);
   /* room for a few headers that hooks add without a realloc each */
-  h->hcap = h->n + 8;
-  h->headers = malloc(h->hcap * sizeof(mg_header_t));
-  if (!h->headers) return MG_ENOMEM;
+  if (!h->headers || h->hcap < h->n + 8) {
+    size_t cap = h->n + 8;
+    mg_header_t *hs = realloc(h->headers, cap * sizeof(*hs));
+    if (!hs) return MG_ENOMEM;
+    h->headers = hs;
+    h->hcap = cap;
+  }
   for (size_t i = 0; i < h->n; i++) {
     h->headers[i].name = (mg_str_t){ h->buf + h->ent[i].no, h->ent[i].nl };
     /* llhttp hands values with leading whitespace stripped; strip trailing too */

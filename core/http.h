@@ -28,7 +28,7 @@ typedef struct {
 enum { MG_HEAD_NONE, MG_HEAD_URL, MG_HEAD_FIELD, MG_HEAD_VALUE };
 
 void mg_head_init(mg_head_t *h);
-void mg_head_reset(mg_head_t *h); /* keeps the memory */
+void mg_head_reset(mg_head_t *h); /* empties it, keeps the memory */
 void mg_head_dispose(mg_head_t *h);
 /* Appends a piece of URL/field/value. MG_ELIMIT when buf would pass max_bytes or the
  * header count would pass max_headers; MG_ENOMEM. */

@@ -74,11 +74,15 @@ struct mg_req_s {
   unsigned rchunked : 1;  /* re-chunking the body for the client */
   unsigned rnobody : 1;
   uint64_t bytes_out;
+  mg_req_t *next_spare;   /* in the worker's spare list */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */
 mg_req_t *mg_req_new(mg_conn_t *c);
+/* Ends the request (log hook, access log) and keeps its memory for the next one. */
 void mg_req_free(mg_req_t *r);
+/* Frees a spare request's memory (worker exit). */
+void mg_req_dispose(mg_req_t *r);
 
 /* The head is parsed: validate, route, answer or start the upstream exchange.
  * Returns 0, or an HTTP status (4xx/5xx) to answer with before closing. */

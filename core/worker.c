@@ -6,6 +6,7 @@
 #include "conn.h"
 #include "log.h"
 #include "luavm.h"
+#include "proxy.h"
 #include "upstream.h"
 
 #define ALOG_FLUSH (32 * 1024)
@@ -258,6 +259,12 @@ static void run(void *arg) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   alog_flush(w);
   mg_outq_free_spares();
+  while (w->spare_reqs) {
+    mg_req_t *r = w->spare_reqs;
+    w->spare_reqs = r->next_spare;
+    mg_req_dispose(r);
+  }
+  w->nspare_reqs = 0;
   /* the loop ends when finish() closed the last referenced handle */
   mg_main_worker_exited();
 }

@@ -47,6 +47,8 @@ struct mg_worker_s {
   mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
   int nconns;
   mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
+  mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
+  int nspare_reqs;
 
   uint64_t seq;         /* request counter (request ids) */
   uint64_t id_seed;
