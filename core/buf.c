@@ -110,6 +110,16 @@ int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) {
   return mg_outq_append(q, tmp, (size_t)n);
 }
 
+int mg_outq_append_uint(mg_outq_t *q, uint64_t v) {
+  char d[20];
+  size_t n = 0;
+  do {
+    d[sizeof(d) - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return mg_outq_append(q, d + sizeof(d) - n, n);
+}
+
 void mg_outq_move(mg_outq_t *to, mg_outq_t *from) {
   if (!from->head) return;
   if (to->tail) to->tail->next = from->head;

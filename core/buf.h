@@ -42,6 +42,8 @@ void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data);
 void mg_outq_dispose(mg_outq_t *q);
 int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
 int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends v in decimal (no printf on the request path). */
+int mg_outq_append_uint(mg_outq_t *q, uint64_t v);
 /* Moves every pending block of `from` to the end of `to`. */
 void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
 /* Writes what is pending: synchronously as far as the kernel takes it (no

@@ -585,9 +585,23 @@ void mg_conn_accept(mg_listener_t *l) {
       port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
   }
-  snprintf(c->client, sizeof(c->client), v6 ? "[%s]:%d" : "%s:%d", ip, port);
+  /* "ip:port" or "[ip6]:port", without printf: this runs for every connection */
+  size_t iplen = strlen(ip), n = 0;
+  if (v6) c->client[n++] = '[';
+  memcpy(c->client + n, ip, iplen);
+  n += iplen;
+  if (v6) c->client[n++] = ']';
+  c->client[n++] = ':';
+  char digits[5];
+  size_t nd = 0;
+  do {
+    digits[nd++] = (char)('0' + port % 10);
+    port /= 10;
+  } while (port && nd < sizeof(digits));
+  while (nd) c->client[n++] = digits[--nd];
+  c->client[n] = '\0';
   c->ip_off = (uint8_t)v6;
-  c->ip_len = (uint8_t)strlen(ip);
+  c->ip_len = (uint8_t)iplen;
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;

@@ -401,8 +401,11 @@ static int build_upstream_head(mg_req_t *r) {
     mg_outq_append(q, r->id, 16);
     APPEND_LIT(q, "\r\n");
   }
-  if (r->body == MG_BODY_LENGTH) mg_outq_printf(q, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
-  else if (r->body == MG_BODY_CHUNKED) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
+  if (r->body == MG_BODY_LENGTH) {
+    APPEND_LIT(q, "Content-Length: ");
+    mg_outq_append_uint(q, r->content_length);
+    APPEND_LIT(q, "\r\n");
+  } else if (r->body == MG_BODY_CHUNKED) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
   if (u->keepalive == 0) APPEND_LIT(q, "Connection: close\r\n");
   APPEND_LIT(q, "\r\n");
   return 0;
@@ -620,7 +623,12 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
 
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  mg_outq_printf(q, "HTTP/1.1 %d %s\r\n", status, mg_http_reason(status));
+  APPEND_LIT(q, "HTTP/1.1 ");
+  mg_outq_append_uint(q, (uint64_t)status);
+  APPEND_LIT(q, " ");
+  const char *reason = mg_http_reason(status);
+  mg_outq_append(q, reason, strlen(reason));
+  APPEND_LIT(q, "\r\n");
   for (size_t i = 0; i < r->rhead.n; i++) {
     const mg_header_t *h = &r->rhead.headers[i];
     if (resp_header_skipped(h->name, conn_value)) continue;
@@ -629,8 +637,11 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
     mg_outq_append(q, h->value.p, h->value.len);
     APPEND_LIT(q, "\r\n");
   }
-  if (has_len && status != 204 && !(status == 304 && p->content_length == 0))
-    mg_outq_printf(q, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+  if (has_len && status != 204 && !(status == 304 && p->content_length == 0)) {
+    APPEND_LIT(q, "Content-Length: ");
+    mg_outq_append_uint(q, p->content_length);
+    APPEND_LIT(q, "\r\n");
+  }
   else if (r->rchunked) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
   if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");

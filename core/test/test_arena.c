@@ -58,9 +58,25 @@ static void outq_flags_high_water(void) {
   mg_outq_dispose(&q);
 }
 
+static void outq_appends_decimals(void) {
+  mg_outq_t q;
+  mg_outq_init(&q, NULL, NULL);
+  CHECK(mg_outq_append_uint(&q, 0) == 0);
+  CHECK(mg_outq_append(&q, ",", 1) == 0);
+  CHECK(mg_outq_append_uint(&q, 7) == 0);
+  CHECK(mg_outq_append(&q, ",", 1) == 0);
+  CHECK(mg_outq_append_uint(&q, 1234567890123ULL) == 0);
+  CHECK(mg_outq_append(&q, ",", 1) == 0);
+  CHECK(mg_outq_append_uint(&q, UINT64_MAX) == 0);
+  const char *want = "0,7,1234567890123,18446744073709551615";
+  CHECK(q.head && q.head->len == strlen(want) && memcmp(q.head->data, want, strlen(want)) == 0);
+  mg_outq_dispose(&q);
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     T(arena_aligns_and_spans_chunks), T(outq_appends_moves_and_counts), T(outq_flags_high_water),
+    T(outq_appends_decimals),
   };
   return t_run("arena+buf", cases, sizeof(cases) / sizeof(cases[0]));
 }
