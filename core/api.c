@@ -35,7 +35,7 @@ int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
   out->host = r->host;
   out->client_ip = mg_conn_ip(r->conn);
   out->id = (mg_str_t){ r->id, 16 };
-  out->scheme = MG_STR("http");
+  out->scheme = r->conn->ssl ? MG_STR("https") : MG_STR("http");
   out->http_minor = r->http_minor;
   out->route = r->route ? (int)(r->route - r->gen->routes) : -1;
   out->upstream = r->upstream;

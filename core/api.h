@@ -33,7 +33,8 @@ enum {
   MG_HOOK_BODY = 6,
   MG_HOOK_LOG = 7,
   MG_HOOK_RESPOND = 8, /* a route's `respond = function(req) ... end` */
-  MG_HOOK_MAX = 9,
+  MG_HOOK_TLS_HELLO = 9,
+  MG_HOOK_MAX = 10,
 };
 
 /* A snapshot of the request line and connection, filled by mg_req_info. The
@@ -46,6 +47,13 @@ typedef struct {
 } mg_req_info_t;
 
 int mg_req_info(mg_req_t *r, mg_req_info_t *out);
+/* The TLS session of the request's connection; MG_API_ENOTFOUND on plain HTTP. The
+ * client_* fields are empty without a client certificate. */
+typedef struct {
+  mg_str_t version, cipher, sni, alpn, client_subject, client_issuer, client_fingerprint;
+  int client_verified;
+} mg_tls_info_t;
+int mg_req_tls(mg_req_t *r, mg_tls_info_t *out);
 /* The nth (0-based) header called `name` (case-insensitive); returns how many
  * headers have that name (> nth), or MG_API_ENOTFOUND. */
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "tls.h"
+
 #define BLOCK_SIZE (16 * 1024)
 #define MAX_IOV 64
 
@@ -180,8 +182,36 @@ static int try_write(mg_outq_t *q) {
   return 0;
 }
 
+int mg_outq_has_output(const mg_outq_t *q) {
+  return q->pending > 0 || (q->ssl && BIO_pending(SSL_get_wbio(q->ssl)) > 0);
+}
+
+/* TLS: turns the pending plaintext into records (one SSL_write per block, so
+ * small appends end up in few records) and queues them with whatever else
+ * BoringSSL has to send (handshake, alerts, tickets). */
+static int encrypt_pending(mg_outq_t *q) {
+  mg_block_t *b = q->head;
+  q->head = q->tail = NULL;
+  q->pending = 0;
+  int rc = 0;
+  while (b) {
+    mg_block_t *next = b->next;
+    if (rc == 0 && b->len > b->off && SSL_write(q->ssl, b->data + b->off, (int)(b->len - b->off)) <= 0)
+      rc = UV_EPROTO;
+    b->next = NULL;
+    free_blocks(b);
+    b = next;
+  }
+  if (rc < 0) return rc;
+  return mg_tls_drain(q->ssl, q) < 0 ? MG_ENOMEM : 0;
+}
+
 int mg_outq_flush(mg_outq_t *q) {
   if (!q->stream) return 0;
+  if (q->ssl) {
+    int erc = encrypt_pending(q);
+    if (erc < 0) return erc;
+  }
   int rc = try_write(q);
   if (rc < 0) return rc;
   while (q->head) {

@@ -33,6 +33,7 @@ struct mg_outq_s {
   unsigned writes;         /* uv_write requests in flight */
   int above;               /* went over MG_HIGH_WATER: call cb when drained */
   uv_stream_t *stream;     /* NULL until attached */
+  struct ssl_st *ssl;      /* TLS: appends are plaintext, encrypted when flushed */
   mg_outq_cb cb;
   void *data;
 };
@@ -50,6 +51,8 @@ void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
  * callback for that part), the rest through uv_write. Returns 0 or a libuv error.
  * No-op without a stream. The callback is not called from inside this function. */
 int mg_outq_flush(mg_outq_t *q);
+/* True when a flush has something to write (with TLS: handshake bytes too). */
+int mg_outq_has_output(const mg_outq_t *q);
 /* Frees this thread's spare blocks (a worker thread calls it before it ends). */
 void mg_outq_free_spares(void);
 static inline size_t mg_outq_size(const mg_outq_t *q) { return q->pending + q->inflight; }

@@ -38,11 +38,17 @@ static void gen_free(mg_gen_t *g) {
   free(g->access_log);
   free(g->error_log);
   free(g->pid);
-  for (int i = 0; i < g->nlisteners; i++) free(g->listeners[i].name);
+  for (int i = 0; i < g->nlisteners; i++) {
+    free(g->listeners[i].name);
+    if (g->listeners[i].tls) mg_tls_server_free(g->listeners[i].tls);
+    free(g->listeners[i].tls);
+  }
   free(g->listeners);
   for (int i = 0; i < g->nupstreams; i++) {
     free(g->upstreams[i].name);
     free(g->upstreams[i].servers);
+    if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
+    free(g->upstreams[i].tls);
   }
   free(g->upstreams);
   for (int i = 0; i < g->nroutes; i++) {
@@ -123,6 +129,61 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
   return 0;
 }
 
+/* A TLS error from tls.c, prefixed with the config file like every config error. */
+static int tls_fail(walk_t *w, int rc, const char *msg) {
+  if (rc == MG_ENOMEM) return rc;
+  char copy[512];
+  snprintf(copy, sizeof(copy), "%s", msg);
+  snprintf(w->err, w->errlen, "%s: %s", w->file, copy);
+  return MG_ECONFIG;
+}
+
+/* The listener's `tls` table (normalised by lua/moongate/init.lua) is at the top
+ * of the stack; builds l->tls. */
+static int walk_listen_tls(walk_t *w, mg_listen_cfg_t *l) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "certs");
+  int n = (int)lua_objlen(L, -1);
+  char **certs = calloc((size_t)n + 1, sizeof(char *));
+  char **keys = calloc((size_t)n + 1, sizeof(char *));
+  char **names = calloc((size_t)n + 1, sizeof(char *));
+  char *ca = NULL;
+  int rc = MG_ENOMEM;
+  if (!certs || !keys || !names) goto out;
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    certs[i] = field_str(L, -1, "cert");
+    keys[i] = field_str(L, -1, "key");
+    names[i] = field_str(L, -1, "name");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  ca = field_str(L, -1, "client_ca");
+  mg_tls_server_cfg_t cfg = {
+    .cert_files = (const char **)certs, .key_files = (const char **)keys,
+    .names = (const char **)names, .ncerts = n,
+    .min_version = (int)field_num(L, -1, "min_version", TLS1_2_VERSION),
+    .verify_client = (int)field_num(L, -1, "verify_client", 0),
+    .client_ca = ca,
+  };
+  l->tls = calloc(1, sizeof(*l->tls));
+  if (!l->tls) goto out;
+  char err[512];
+  rc = mg_tls_server_new(l->tls, &cfg, err, sizeof(err));
+  if (rc < 0) rc = tls_fail(w, rc, err);
+out:
+  for (int i = 0; certs && i < n; i++) {
+    free(certs[i]);
+    free(keys[i]);
+    free(names[i]);
+  }
+  free(certs);
+  free(keys);
+  free(names);
+  free(ca);
+  return rc;
+}
+
 static int walk_listeners(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "listeners");
@@ -143,7 +204,16 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
     }
     lua_pop(L, 1);
     l->name = field_str(L, -1, "name");
-    lua_pop(L, 1);
+    l->redirect_https = (int)field_num(L, -1, "redirect_https", 0);
+    lua_getfield(L, -1, "tls");
+    if (lua_istable(L, -1)) {
+      int rc = walk_listen_tls(w, l);
+      if (rc < 0) {
+        lua_pop(L, 3);
+        return rc;
+      }
+    }
+    lua_pop(L, 2);
   }
   lua_pop(L, 1);
   return 0;
@@ -162,6 +232,32 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     u->name = field_str(L, -1, "name");
     u->keepalive = (int)field_num(L, -1, "keepalive", 32);
     u->keepalive_ms = ms(field_num(L, -1, "keepalive_timeout", 60));
+    lua_getfield(L, -1, "tls");
+    if (lua_istable(L, -1)) {
+      char *ca = field_str(L, -1, "ca"), *sni = field_str(L, -1, "sni");
+      char *cert = field_str(L, -1, "cert"), *key = field_str(L, -1, "key");
+      lua_getfield(L, -1, "verify");
+      int verify = lua_toboolean(L, -1);
+      lua_pop(L, 1);
+      mg_tls_client_cfg_t cfg = { .verify = verify, .ca_file = ca, .sni = sni,
+                                  .cert_file = cert, .key_file = key };
+      int rc = MG_ENOMEM;
+      char err[512];
+      u->tls = calloc(1, sizeof(*u->tls));
+      if (u->tls) {
+        rc = mg_tls_client_new(u->tls, &cfg, err, sizeof(err));
+        if (rc < 0) rc = tls_fail(w, rc, err);
+      }
+      free(ca);
+      free(sni);
+      free(cert);
+      free(key);
+      if (rc < 0) {
+        lua_pop(L, 3);
+        return rc;
+      }
+    }
+    lua_pop(L, 1);
     lua_getfield(L, -1, "servers");
     int ns = (int)lua_objlen(L, -1);
     u->servers = calloc((size_t)ns, sizeof(*u->servers));
@@ -304,6 +400,7 @@ static int walk(walk_t *w, mg_gen_t *g) {
   t->upstream_read = ms(field_num(L, -1, "upstream_read", 60));
   t->upstream_write = ms(field_num(L, -1, "upstream_write", 60));
   t->drain = ms(field_num(L, -1, "drain", 30));
+  t->handshake = ms(field_num(L, -1, "handshake", 10));
   lua_pop(L, 1);
   lua_getfield(L, -1, "limits");
   g->limits.head_size = (size_t)field_num(L, -1, "head_size", 32768);

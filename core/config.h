@@ -9,12 +9,16 @@
 #include <sys/socket.h>
 
 #include "mg.h"
+#include "tls.h"
 
 typedef struct {
   struct sockaddr_storage addr;
   socklen_t addrlen;
   char text[64]; /* "ip:port" as written in logs */
   char *name;    /* listener name or NULL */
+  mg_tls_server_t *tls; /* NULL: plain HTTP */
+  int redirect_https;   /* plain listener answering everything with a redirect to
+                           https on this port; 0: off */
 } mg_listen_cfg_t;
 
 typedef struct {
@@ -30,6 +34,7 @@ typedef struct {
   int nservers;
   int keepalive;             /* max idle pooled connections per server per worker */
   uint64_t keepalive_ms;
+  mg_tls_client_t *tls;      /* NULL: plain HTTP to the servers */
 } mg_upstream_cfg_t;
 
 typedef struct {
@@ -51,7 +56,7 @@ typedef struct {
 
 typedef struct {
   uint64_t client_header, client_body, keepalive, send;
-  uint64_t upstream_connect, upstream_read, upstream_write, drain; /* milliseconds */
+  uint64_t upstream_connect, upstream_read, upstream_write, drain, handshake; /* milliseconds */
 } mg_timeouts_t;
 
 typedef struct {

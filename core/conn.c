@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <openssl/err.h>
+
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
@@ -39,7 +41,8 @@ static void on_timer(mg_timer_t *t) {
   mg_conn_t *c = CONN_OF(t, timer);
   switch (c->state) {
   case MG_CS_IDLE:
-    MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
+    if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
+    else MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
     mg_conn_close(c);
     break;
   case MG_CS_HEAD:
@@ -116,6 +119,7 @@ static void on_close(uv_handle_t *h) {
   mg_conn_t *c = h->data;
   mg_worker_t *w = c->w;
   mg_outq_dispose(&c->out);
+  SSL_free(c->ssl);
   free(c->saved);
   if (c->prev) c->prev->next = c->next;
   else w->conns = c->next;
@@ -160,6 +164,7 @@ static void linger(mg_conn_t *c) {
   }
   c->state = MG_CS_LINGER;
   mg_timer_stop(&c->w->timers, &c->timer);
+  if (c->ssl && c->tls_ready) SSL_shutdown(c->ssl); /* close_notify, sent with the rest */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   if (c->quick_close || c->rd_eof) {
@@ -219,7 +224,7 @@ static void on_out(mg_outq_t *q, int status) {
 }
 
 void mg_conn_flush(mg_conn_t *c) {
-  if (c->state == MG_CS_CLOSED || !c->out.pending) return;
+  if (c->state == MG_CS_CLOSED || !mg_outq_has_output(&c->out)) return;
   int rc = mg_outq_flush(&c->out);
   if (rc < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(rc));
@@ -375,45 +380,99 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
   }
 }
 
+static void on_eof(mg_conn_t *c) {
+  c->reading = 0; /* libuv stopped reading at EOF */
+  /* a client that half-closes after its request, or between requests, still
+   * gets what it asked for and what is queued */
+  if (c->state == MG_CS_WAIT) {
+    c->rd_eof = 1;
+    return;
+  }
+  if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req && mg_outq_size(&c->out)) {
+    c->rd_eof = 1;
+    if (c->state == MG_CS_LINGER) c->quick_close = 1;
+    else linger(c);
+    return;
+  }
+  mg_conn_close(c);
+}
+
+/* Request bytes (plaintext), in whatever state the connection is. */
+static void input(mg_conn_t *c, const char *p, size_t n) {
+  if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
+  if (c->state == MG_CS_WAIT) { /* pipelined: kept until the current request is done */
+    char *more = realloc(c->saved, c->saved_len + n);
+    if (!more) {
+      mg_conn_close(c);
+      return;
+    }
+    memcpy(more + c->saved_len, p, n);
+    c->saved = more;
+    c->saved_len += n;
+    return;
+  }
+  if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
+  feed(c, p, n);
+}
+
+/* TLS: the bytes read go into BoringSSL; the handshake advances, and every byte
+ * it can decrypt goes to input(). All of it, whatever the state: what one socket
+ * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
+ * socket event that may never come. */
+static void tls_input(mg_conn_t *c, const char *data, size_t n) {
+  if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n) {
+    mg_conn_close(c);
+    return;
+  }
+  if (!c->tls_ready) {
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc != 1) {
+      int e = SSL_get_error(c->ssl, rc);
+      if (e == SSL_ERROR_WANT_READ) {
+        mg_conn_flush(c); /* our part of the handshake */
+        return;
+      }
+      char why[160];
+      MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client,
+              e == SSL_ERROR_SSL ? mg_tls_error(why, sizeof(why)) : "connection error");
+      ERR_clear_error();
+      c->quick_close = 1;
+      linger(c); /* sends the alert, then closes */
+      return;
+    }
+    c->tls_ready = 1;
+    arm(c, c->w->gen->timeouts.client_header); /* for the first request */
+  }
+  while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
+    int k = SSL_read(c->ssl, c->w->tbuf, sizeof(c->w->tbuf));
+    if (k > 0) {
+      input(c, c->w->tbuf, (size_t)k);
+      continue;
+    }
+    int e = SSL_get_error(c->ssl, k);
+    if (e == SSL_ERROR_WANT_READ) break;
+    if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: the client is done sending */
+      on_eof(c);
+      return;
+    }
+    char why[160];
+    MG_INFO(c->w->id, "%s: TLS error: %s", c->client, mg_tls_error(why, sizeof(why)));
+    mg_conn_close(c);
+    return;
+  }
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mg_conn_t *c = s->data;
   if (nread == 0) return;
   if (nread < 0) {
     if (nread != UV_EOF) MG_DEBUG(c->w->id, "%s: read: %s", c->client, uv_strerror((int)nread));
-    if (nread == UV_EOF) {
-      c->reading = 0; /* libuv stopped reading at EOF */
-      /* a client that half-closes after its request, or between requests, still
-       * gets what it asked for and what is queued */
-      if (c->state == MG_CS_WAIT) {
-        c->rd_eof = 1;
-        return;
-      }
-      if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req &&
-          mg_outq_size(&c->out)) {
-        c->rd_eof = 1;
-        if (c->state == MG_CS_LINGER) c->quick_close = 1;
-        else linger(c);
-        return;
-      }
-    }
-    mg_conn_close(c);
+    if (nread == UV_EOF) on_eof(c);
+    else mg_conn_close(c);
     return;
   }
-  if (c->state == MG_CS_LINGER) return;
-  if (c->state == MG_CS_WAIT) { /* pipelined: kept until the current request is done */
-    char *more = realloc(c->saved, c->saved_len + (size_t)nread);
-    if (!more) {
-      mg_conn_close(c);
-      return;
-    }
-    memcpy(more + c->saved_len, buf->base, (size_t)nread);
-    c->saved = more;
-    c->saved_len += (size_t)nread;
-    mg_conn_update_reading(c);
-    return;
-  }
-  if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
-  feed(c, buf->base, (size_t)nread);
+  if (c->ssl) tls_input(c, buf->base, (size_t)nread);
+  else input(c, buf->base, (size_t)nread);
   after_feed(c);
 }
 
@@ -568,6 +627,14 @@ void mg_conn_accept(mg_listener_t *l) {
   }
   mg_outq_init(&c->out, on_out, c);
   c->out.stream = (uv_stream_t *)&c->tcp;
+  if (l->cfg->tls) {
+    c->ssl = mg_tls_accept_new(l->cfg->tls, c);
+    if (!c->ssl) {
+      uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+      return;
+    }
+    c->out.ssl = c->ssl;
+  }
   llhttp_init(&c->parser, HTTP_REQUEST, &settings);
   c->parser.data = c;
 
@@ -612,7 +679,7 @@ void mg_conn_accept(mg_listener_t *l) {
     mg_conn_close(c); /* refused by the connect hook */
     return;
   }
-  arm(c, w->gen->timeouts.client_header);
+  arm(c, c->ssl ? w->gen->timeouts.handshake : w->gen->timeouts.client_header);
   if (w->draining) c->close_after = 1;
   mg_conn_update_reading(c);
 }

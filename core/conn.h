@@ -5,6 +5,7 @@
 #define MG_CONN_H
 
 #include <llhttp.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "buf.h"
@@ -40,6 +41,7 @@ struct mg_conn_s {
   unsigned done_pending : 1; /* the request finished while in_parser */
   unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
+  unsigned tls_ready : 1;    /* TLS handshake done */
   const char *feed_start; /* the buffer llhttp is running over (obs-fold check) */
   char last_byte;         /* last byte of the previous buffer fed */
   int err_status;         /* the status a parser callback asked to answer with */
@@ -49,6 +51,7 @@ struct mg_conn_s {
   char client[56];        /* "ip:port" or "[ip6]:port" */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
+  SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
 };
 
 /* The client's address without port or brackets (a slice of c->client). */

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "luavm.h"
 #include "shdict.h"
+#include "tls.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -343,6 +344,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  if (mg_tls_global_init() < 0) {
+    fprintf(stderr, "moongate: cannot set up TLS\n");
+    return 1;
+  }
 
   char err[1024];
   mg_gen_t *g = NULL;

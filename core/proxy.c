@@ -383,7 +383,8 @@ static int build_upstream_head(mg_req_t *r) {
   }
   mg_str_t ip = mg_conn_ip(c);
   mg_outq_append(q, ip.p, ip.len);
-  APPEND_LIT(q, "\r\nX-Forwarded-Proto: http\r\n");
+  if (c->ssl) APPEND_LIT(q, "\r\nX-Forwarded-Proto: https\r\n");
+  else APPEND_LIT(q, "\r\nX-Forwarded-Proto: http\r\n");
   if (r->host.len) {
     APPEND_LIT(q, "X-Forwarded-Host: ");
     mg_outq_append(q, r->host.p, r->host.len);

@@ -60,6 +60,7 @@ struct mg_worker_s {
   size_t alog_len, alog_cap;
 
   char rbuf[MG_READ_BUF]; /* every read of this worker lands here; see mg.h */
+  char tbuf[16 * 1024];   /* decrypted TLS records, one at a time */
 };
 
 /* Creates worker `id` for `gen` with the given already-listening fds (one per

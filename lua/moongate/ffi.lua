@@ -22,6 +22,11 @@ typedef struct {
 } mg_req_info_t;
 
 int mg_req_info(mg_req_t *r, mg_req_info_t *out);
+typedef struct {
+  mg_str_t version, cipher, sni, alpn, client_subject, client_issuer, client_fingerprint;
+  int client_verified;
+} mg_tls_info_t;
+int mg_req_tls(mg_req_t *r, mg_tls_info_t *out);
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
 size_t mg_req_header_count(mg_req_t *r);
 int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
@@ -61,7 +66,7 @@ return {
   -- hook numbers: core/api.h MG_HOOK_*
   hooks = {
     init_worker = 0, connect = 1, request = 2, balance = 3, upstream_request = 4,
-    response = 5, body = 6, log = 7,
+    response = 5, body = 6, log = 7, tls_hello = 9,
   },
   HOOK_RESPOND = 8,
 }

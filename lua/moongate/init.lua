@@ -31,7 +31,7 @@ function _M._state() return state end
 
 local timeout_keys = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
-  upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30,
+  upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
 }
 local limit_keys = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576 }
 _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
@@ -43,7 +43,7 @@ local config_keys = {
 
 local hook_names = {
   init_worker = true, connect = true, request = true, balance = true, upstream_request = true,
-  response = true, body = true, log = true,
+  response = true, body = true, log = true, tls_hello = true,
 }
 local route_hook_names = {
   request = true, balance = true, upstream_request = true, response = true, body = true, log = true,
@@ -124,12 +124,69 @@ local function parse_addr(s, what)
   return host, port
 end
 
-local listen_keys = { [1] = true, name = true }
+local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true }
+local tls_keys = { cert = true, key = true, certs = true, min_version = true,
+                   verify_client = true, client_ca = true }
+local cert_keys = { cert = true, key = true, name = true }
 
---- mg.listen { "host:port", ..., name = "NAME" }
+-- A file named in proxy.lua: relative paths are relative to proxy.lua's directory.
+local function conf_path(v, what, key)
+  check.type(v, "string", what, key)
+  if v == "" then fail("%s: '%s' must not be empty", what, key) end
+  if v:sub(1, 1) == "/" then return v end
+  return state.confdir .. "/" .. v
+end
+
+-- mg.listen's tls table -> { certs = { {cert, key, name} }, min_version, verify_client, client_ca }
+local function listen_tls(t)
+  local what = "mg.listen tls"
+  check.type(t, "table", "mg.listen", "tls")
+  check.keys(t, tls_keys, what)
+  local out = { certs = {}, min_version = 0x0303, verify_client = 0 }
+  if t.cert ~= nil or t.key ~= nil then
+    out.certs[1] = { cert = conf_path(t.cert, what, "cert"), key = conf_path(t.key, what, "key") }
+  end
+  if t.certs ~= nil then
+    check.type(t.certs, "table", what, "certs")
+    for i, c in ipairs(t.certs) do
+      local w = what .. " certs[" .. i .. "]"
+      check.type(c, "table", what, "certs[" .. i .. "]")
+      check.keys(c, cert_keys, w)
+      if c.name ~= nil then check.type(c.name, "string", w, "name") end
+      out.certs[#out.certs + 1] = { cert = conf_path(c.cert, w, "cert"), key = conf_path(c.key, w, "key"),
+                                    name = c.name }
+    end
+  end
+  if #out.certs == 0 then fail("%s: needs 'cert' and 'key', or 'certs'", what) end
+  if t.min_version ~= nil then
+    local v = ({ ["1.2"] = 0x0303, ["1.3"] = 0x0304 })[t.min_version]
+    if not v then fail("%s: 'min_version' must be \"1.2\" or \"1.3\", got %s", what, tostring(t.min_version)) end
+    out.min_version = v
+  end
+  if t.verify_client ~= nil then
+    local v = ({ optional = 1, required = 2 })[t.verify_client]
+    if not v then
+      fail("%s: 'verify_client' must be \"optional\" or \"required\", got %s", what, tostring(t.verify_client))
+    end
+    out.verify_client = v
+    out.client_ca = conf_path(t.client_ca, what, "client_ca")
+  elseif t.client_ca ~= nil then
+    fail("%s: 'client_ca' without 'verify_client'", what)
+  end
+  return out
+end
+
+--- mg.listen { "host:port", ..., name = "NAME", tls = {...}, redirect_https = true | PORT }
 function _M.listen(t)
   if type(t) ~= "table" then fail("mg.listen: expects a table") end
   check.keys(t, listen_keys, "mg.listen")
+  local tls = t.tls ~= nil and listen_tls(t.tls) or nil
+  local redirect = nil
+  if t.redirect_https ~= nil then
+    if t.redirect_https == true then redirect = 443
+    else redirect = check.number(t.redirect_https, "mg.listen", "redirect_https", 1, 65535) end
+    if tls then fail("mg.listen: 'redirect_https' is for plain listeners, not with 'tls'") end
+  end
   if #t == 0 then fail("mg.listen: needs at least one address") end
   if t.name ~= nil then
     check.type(t.name, "string", "mg.listen", "name")
@@ -143,11 +200,13 @@ function _M.listen(t)
     for _, l in ipairs(state.listeners) do
       if l.host == host and l.port == port then fail("mg.listen: '%s' is already listened on", a) end
     end
-    state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name }
+    state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name, tls = tls,
+                                              redirect_https = redirect }
   end
 end
 
-local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true }
+local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true }
+local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
 
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60 }
@@ -178,6 +237,24 @@ function _M.upstream(name)
       u.servers[i] = { host = host, port = port, weight = weight }
     end
     if t.keepalive ~= nil then u.keepalive = check.number(t.keepalive, what, "keepalive", 0, 100000) end
+    if t.tls ~= nil then
+      local w = what .. " tls"
+      check.type(t.tls, "table", what, "tls")
+      check.keys(t.tls, upstream_tls_keys, w)
+      local tls = { verify = true }
+      if t.tls.verify ~= nil then tls.verify = check.type(t.tls.verify, "boolean", w, "verify") end
+      if t.tls.ca ~= nil then tls.ca = conf_path(t.tls.ca, w, "ca") end
+      if t.tls.sni ~= nil then tls.sni = check.type(t.tls.sni, "string", w, "sni") end
+      if (t.tls.cert == nil) ~= (t.tls.key == nil) then fail("%s: 'cert' and 'key' go together", w) end
+      if t.tls.cert ~= nil then
+        tls.cert = conf_path(t.tls.cert, w, "cert")
+        tls.key = conf_path(t.tls.key, w, "key")
+      end
+      if tls.verify and not tls.sni then
+        fail("%s: 'sni' is needed to verify the server's name (or verify = false)", w)
+      end
+      u.tls = tls
+    end
     if t.keepalive_timeout ~= nil then
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
     end

@@ -1,0 +1,379 @@
+#include "tls.h"
+
+#include <ctype.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "log.h"
+
+/* ---------------- session ticket keys ----------------
+ * One set for the process: every worker's connections use the same contexts'
+ * callback, so a ticket issued by one worker resumes on any other, and the keys
+ * outlive reloads. A new key every TICKET_ROTATE seconds; the previous one still
+ * decrypts (and asks for a fresh ticket) for another period. */
+#define TICKET_ROTATE (12 * 3600)
+
+typedef struct {
+  uint8_t name[16];
+  uint8_t hmac[32];
+  uint8_t aes[32];
+} ticket_key_t;
+
+static struct {
+  uv_mutex_t lock;
+  ticket_key_t cur, prev;
+  int have_prev;
+  time_t rotate_at;
+} tickets;
+
+static mg_tls_hello_fn hello_fn;
+static int ex_owner = -1; /* SSL ex_data slot: the connection (server) */
+static int ex_server = -1; /* SSL ex_data slot: its mg_tls_server_t */
+
+static void new_key(ticket_key_t *k) {
+  RAND_bytes(k->name, sizeof(k->name));
+  RAND_bytes(k->hmac, sizeof(k->hmac));
+  RAND_bytes(k->aes, sizeof(k->aes));
+}
+
+int mg_tls_global_init(void) {
+  if (ex_owner >= 0) return 0;
+  if (uv_mutex_init(&tickets.lock) < 0) return MG_ENOMEM;
+  new_key(&tickets.cur);
+  tickets.rotate_at = time(NULL) + TICKET_ROTATE;
+  ex_owner = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  ex_server = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  return ex_owner >= 0 && ex_server >= 0 ? 0 : MG_ENOMEM;
+}
+
+void mg_tls_set_hello(mg_tls_hello_fn fn) { hello_fn = fn; }
+
+static int ticket_cb(SSL *ssl, uint8_t *key_name, uint8_t *iv, EVP_CIPHER_CTX *ectx,
+                     HMAC_CTX *hctx, int encrypt) {
+  (void)ssl;
+  ticket_key_t k;
+  int rc = 1;
+  uv_mutex_lock(&tickets.lock);
+  time_t now = time(NULL);
+  if (now >= tickets.rotate_at) {
+    tickets.prev = tickets.cur;
+    tickets.have_prev = 1;
+    new_key(&tickets.cur);
+    tickets.rotate_at = now + TICKET_ROTATE;
+  }
+  if (encrypt) {
+    k = tickets.cur;
+  } else if (memcmp(key_name, tickets.cur.name, 16) == 0) {
+    k = tickets.cur;
+  } else if (tickets.have_prev && memcmp(key_name, tickets.prev.name, 16) == 0) {
+    k = tickets.prev;
+    rc = 2; /* good, but issue a ticket under the current key */
+  } else {
+    rc = 0; /* unknown key: a full handshake */
+  }
+  uv_mutex_unlock(&tickets.lock);
+  if (rc == 0) return 0;
+  if (encrypt) {
+    memcpy(key_name, k.name, 16);
+    RAND_bytes(iv, EVP_MAX_IV_LENGTH < 16 ? EVP_MAX_IV_LENGTH : 16);
+    if (!EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k.aes, iv)) return -1;
+  } else if (!EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k.aes, iv)) {
+    return -1;
+  }
+  if (!HMAC_Init_ex(hctx, k.hmac, sizeof(k.hmac), EVP_sha256(), NULL)) return -1;
+  return rc;
+}
+
+/* ---------------- errors ---------------- */
+
+const char *mg_tls_error(char *buf, size_t len) {
+  unsigned long e = ERR_peek_last_error();
+  if (!e) {
+    snprintf(buf, len, "%s", "");
+  } else {
+    const char *reason = ERR_reason_error_string(e);
+    snprintf(buf, len, "%s", reason ? reason : "unknown error");
+  }
+  ERR_clear_error();
+  return buf;
+}
+
+static int fail(char *err, size_t errlen, const char *what, const char *file) {
+  char why[256];
+  mg_tls_error(why, sizeof(why));
+  snprintf(err, errlen, "%s '%s'%s%s", what, file, why[0] ? ": " : "", why);
+  return MG_ECONFIG;
+}
+
+/* ---------------- server side ---------------- */
+
+static char *lowercase_dup(const char *s, size_t n) {
+  char *d = malloc(n + 1);
+  if (!d) return NULL;
+  for (size_t i = 0; i < n; i++) d[i] = (char)tolower((unsigned char)s[i]);
+  d[n] = '\0';
+  return d;
+}
+
+static int read_names(mg_tls_cert_t *c, X509 *x) {
+  GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  if (!names) return 0;
+  size_t n = sk_GENERAL_NAME_num(names);
+  c->dns = calloc(n ? n : 1, sizeof(*c->dns));
+  if (!c->dns) {
+    GENERAL_NAMES_free(names);
+    return MG_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+    if (g->type != GEN_DNS) continue;
+    const unsigned char *p = ASN1_STRING_get0_data(g->d.dNSName);
+    int len = ASN1_STRING_length(g->d.dNSName);
+    if (len <= 0 || memchr(p, '\0', (size_t)len)) continue;
+    char *s = lowercase_dup((const char *)p, (size_t)len);
+    if (!s) break;
+    c->dns[c->ndns++] = s;
+  }
+  GENERAL_NAMES_free(names);
+  return 0;
+}
+
+int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name) {
+  if (!name || !*name) return 0;
+  char low[256];
+  size_t n = strlen(name);
+  if (n >= sizeof(low)) return 0;
+  for (size_t i = 0; i <= n; i++) low[i] = (char)tolower((unsigned char)name[i]);
+  for (int i = 0; i < t->ncerts; i++)
+    for (int j = 0; j < t->certs[i].ndns; j++)
+      if (strcmp(t->certs[i].dns[j], low) == 0) return i;
+  /* "*.example.com" covers exactly one more label: a.example.com, not
+   * example.com nor a.b.example.com */
+  const char *dot = strchr(low, '.');
+  if (!dot || dot == low) return 0;
+  for (int i = 0; i < t->ncerts; i++)
+    for (int j = 0; j < t->certs[i].ndns; j++) {
+      const char *d = t->certs[i].dns[j];
+      if (d[0] == '*' && d[1] == '.' && strcmp(d + 1, dot) == 0) return i;
+    }
+  return 0;
+}
+
+static int sni_cb(SSL *ssl, int *alert, void *arg) {
+  (void)arg;
+  const mg_tls_server_t *t = SSL_get_ex_data(ssl, ex_server);
+  if (!t) return SSL_TLSEXT_ERR_OK;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  int pick = -1;
+  if (hello_fn) {
+    pick = hello_fn(SSL_get_ex_data(ssl, ex_owner), t, name);
+    if (pick == -2) {
+      *alert = SSL_AD_UNRECOGNIZED_NAME;
+      return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+  }
+  if (pick < 0 || pick >= t->ncerts) pick = mg_tls_pick_cert(t, name);
+  if (pick > 0 && !SSL_set_SSL_CTX(ssl, t->certs[pick].ctx)) {
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/* ALPN: HTTP/1.1 is all we speak. A client that offers only other protocols
+ * gets no ALPN answer (it may still go on with HTTP/1.1). */
+static int alpn_cb(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t *in,
+                   unsigned inlen, void *arg) {
+  (void)ssl;
+  (void)arg;
+  for (unsigned i = 0; i < inlen;) {
+    unsigned n = in[i];
+    if (i + 1 + n > inlen) break;
+    if (n == 8 && memcmp(in + i + 1, "http/1.1", 8) == 0) {
+      *out = in + i + 1;
+      *outlen = 8;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + n;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, char *err,
+                      size_t errlen) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  if (!ctx) return MG_ENOMEM;
+  c->ctx = ctx;
+  SSL_CTX_set_min_proto_version(ctx, (uint16_t)cfg->min_version);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_files[i]) != 1)
+    return fail(err, errlen, "mg.listen tls: cannot load certificate", cfg->cert_files[i]);
+  if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key_files[i], SSL_FILETYPE_PEM) != 1)
+    return fail(err, errlen, "mg.listen tls: cannot load key", cfg->key_files[i]);
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    ERR_clear_error();
+    snprintf(err, errlen, "mg.listen tls: key '%s' does not match certificate '%s'",
+             cfg->key_files[i], cfg->cert_files[i]);
+    return MG_ECONFIG;
+  }
+  X509 *x = SSL_CTX_get0_certificate(ctx);
+  if (x && X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+    MG_WARN(-1, "certificate '%s' has expired", cfg->cert_files[i]);
+  if (x && read_names(c, x) < 0) return MG_ENOMEM;
+  SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+  SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+  SSL_CTX_set_session_id_context(ctx, (const uint8_t *)"moongate", 8);
+  SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb);
+  if (cfg->verify_client) {
+    int mode = SSL_VERIFY_PEER | (cfg->verify_client == 2 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
+    SSL_CTX_set_verify(ctx, mode, NULL);
+    if (SSL_CTX_load_verify_locations(ctx, cfg->client_ca, NULL) != 1)
+      return fail(err, errlen, "mg.listen tls: cannot load client_ca", cfg->client_ca);
+    STACK_OF(X509_NAME) *cas = SSL_load_client_CA_file(cfg->client_ca);
+    if (!cas) return fail(err, errlen, "mg.listen tls: cannot load client_ca", cfg->client_ca);
+    SSL_CTX_set_client_CA_list(ctx, cas);
+  }
+  return 0;
+}
+
+int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *err, size_t errlen) {
+  memset(t, 0, sizeof(*t));
+  t->certs = calloc((size_t)cfg->ncerts, sizeof(*t->certs));
+  if (!t->certs) return MG_ENOMEM;
+  t->ncerts = cfg->ncerts;
+  t->verify_client = cfg->verify_client;
+  for (int i = 0; i < cfg->ncerts; i++) {
+    mg_tls_cert_t *c = &t->certs[i];
+    c->cert_file = strdup(cfg->cert_files[i]);
+    c->name = cfg->names[i] ? strdup(cfg->names[i]) : NULL;
+    if (!c->cert_file || (cfg->names[i] && !c->name)) return MG_ENOMEM;
+    int rc = server_ctx(c, cfg, i, err, errlen);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+void mg_tls_server_free(mg_tls_server_t *t) {
+  for (int i = 0; i < t->ncerts; i++) {
+    mg_tls_cert_t *c = &t->certs[i];
+    SSL_CTX_free(c->ctx);
+    free(c->cert_file);
+    free(c->name);
+    for (int j = 0; j < c->ndns; j++) free(c->dns[j]);
+    free(c->dns);
+  }
+  free(t->certs);
+  memset(t, 0, sizeof(*t));
+}
+
+static SSL *with_bios(SSL_CTX *ctx) {
+  SSL *ssl = SSL_new(ctx);
+  if (!ssl) return NULL;
+  BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+  if (!r || !w) {
+    BIO_free(r);
+    BIO_free(w);
+    SSL_free(ssl);
+    return NULL;
+  }
+  SSL_set_bio(ssl, r, w);
+  return ssl;
+}
+
+SSL *mg_tls_accept_new(const mg_tls_server_t *t, void *owner) {
+  SSL *ssl = with_bios(t->certs[0].ctx);
+  if (!ssl) return NULL;
+  SSL_set_ex_data(ssl, ex_owner, owner);
+  SSL_set_ex_data(ssl, ex_server, (void *)t);
+  SSL_set_accept_state(ssl);
+  return ssl;
+}
+
+/* ---------------- client side ---------------- */
+
+#define SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
+int mg_tls_client_new(mg_tls_client_t *t, const mg_tls_client_cfg_t *cfg, char *err, size_t errlen) {
+  memset(t, 0, sizeof(*t));
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  if (!ctx) return MG_ENOMEM;
+  t->ctx = ctx;
+  t->verify = cfg->verify;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+  if (cfg->sni && !(t->sni = strdup(cfg->sni))) return MG_ENOMEM;
+  if (cfg->verify) {
+    const char *ca = cfg->ca_file ? cfg->ca_file : SYSTEM_CA;
+    if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
+      return fail(err, errlen, "mg.upstream tls: cannot load ca", ca);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+  }
+  if (cfg->cert_file) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_file) != 1)
+      return fail(err, errlen, "mg.upstream tls: cannot load certificate", cfg->cert_file);
+    if (!cfg->key_file || SSL_CTX_use_PrivateKey_file(ctx, cfg->key_file, SSL_FILETYPE_PEM) != 1)
+      return fail(err, errlen, "mg.upstream tls: cannot load key",
+                  cfg->key_file ? cfg->key_file : "(none)");
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+      ERR_clear_error();
+      snprintf(err, errlen, "mg.upstream tls: key '%s' does not match certificate '%s'",
+               cfg->key_file, cfg->cert_file);
+      return MG_ECONFIG;
+    }
+  }
+  static const uint8_t alpn[] = { 8, 'h', 't', 't', 'p', '/', '1', '.', '1' };
+  SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
+  return 0;
+}
+
+void mg_tls_client_free(mg_tls_client_t *t) {
+  SSL_CTX_free(t->ctx);
+  free(t->sni);
+  memset(t, 0, sizeof(*t));
+}
+
+SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session) {
+  SSL *ssl = with_bios(t->ctx);
+  if (!ssl) return NULL;
+  if (t->sni) {
+    SSL_set_tlsext_host_name(ssl, t->sni);
+    if (t->verify) {
+      X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+      X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      if (!X509_VERIFY_PARAM_set1_host(param, t->sni, strlen(t->sni))) {
+        SSL_free(ssl);
+        return NULL;
+      }
+    }
+  }
+  if (session) SSL_set_session(ssl, session);
+  SSL_set_connect_state(ssl);
+  return ssl;
+}
+
+/* ---------------- moving bytes ---------------- */
+
+int mg_tls_drain(SSL *ssl, mg_outq_t *out) {
+  BIO *w = SSL_get_wbio(ssl);
+  int total = 0;
+  for (;;) {
+    const uint8_t *p;
+    size_t n;
+    if (!BIO_mem_contents(w, &p, &n) || n == 0) break;
+    if (mg_outq_append(out, p, n) < 0) return -1;
+    total += (int)n;
+    BIO_reset(w);
+  }
+  return total;
+}

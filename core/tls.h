@@ -1,0 +1,86 @@
+/* TLS with BoringSSL: server contexts for listeners (certificates chosen by SNI,
+ * ALPN, session tickets whose keys every worker shares, client certificates) and
+ * client contexts for upstreams. The bytes go through memory BIOs: the loop owns
+ * the sockets, BoringSSL only transforms bytes, and nothing ever blocks.
+ *
+ * Contexts belong to a config generation: built by the main thread at load,
+ * shared read-only by every worker (SSL_CTX is safe for that), freed with the
+ * generation (connections hold their own reference through their SSL). */
+#ifndef MG_TLS_H
+#define MG_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "mg.h"
+
+typedef struct {
+  SSL_CTX *ctx;
+  char *cert_file;
+  char *name;      /* the name a tls_hello hook may pick it by; NULL when unnamed */
+  char **dns;      /* subjectAltName DNS entries, lowercase ("*.example.com" kept) */
+  int ndns;
+} mg_tls_cert_t;
+
+/* A listener's TLS: certs[0] is the default (no SNI, or no name matched). */
+typedef struct mg_tls_server_s {
+  mg_tls_cert_t *certs;
+  int ncerts;
+  int verify_client; /* 0 off, 1 optional, 2 required */
+} mg_tls_server_t;
+
+/* What proxy.lua asked for (normalised by the Lua side; paths absolute). */
+typedef struct {
+  const char **cert_files, **key_files, **names;
+  int ncerts;
+  int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
+  int verify_client;      /* 0, 1 optional, 2 required */
+  const char *client_ca;  /* required with verify_client */
+} mg_tls_server_cfg_t;
+
+/* An upstream's TLS. */
+typedef struct mg_tls_client_s {
+  SSL_CTX *ctx;
+  char *sni;   /* server name sent and verified; NULL: none */
+  int verify;
+} mg_tls_client_t;
+
+typedef struct {
+  int verify;
+  const char *ca_file;    /* NULL: the system bundle */
+  const char *sni;
+  const char *cert_file, *key_file; /* client certificate, optional */
+} mg_tls_client_cfg_t;
+
+/* Process-wide setup (ticket keys, ex_data index). Main thread, before any load. */
+int mg_tls_global_init(void);
+
+/* Builds a listener's contexts. 0, or MG_ECONFIG with err naming the file. */
+int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *err, size_t errlen);
+void mg_tls_server_free(mg_tls_server_t *t);
+int mg_tls_client_new(mg_tls_client_t *t, const mg_tls_client_cfg_t *cfg, char *err, size_t errlen);
+void mg_tls_client_free(mg_tls_client_t *t);
+
+/* A server-side SSL for a new connection, with memory BIOs; `owner` is handed to
+ * the hello callback (mg_tls_hello_fn). NULL when out of memory. */
+SSL *mg_tls_accept_new(const mg_tls_server_t *t, void *owner);
+/* A client-side SSL for an upstream connection (SNI, verification, resumption
+ * with `session` when given). */
+SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session);
+/* Lets Lua choose the certificate: returns the index in t->certs, -1 to use the
+ * default choice, -2 to refuse the handshake. Set by luavm.c. */
+typedef int (*mg_tls_hello_fn)(void *owner, const mg_tls_server_t *t, const char *sni);
+void mg_tls_set_hello(mg_tls_hello_fn fn);
+
+/* The index of the certificate SNI `name` selects (exact names first, then
+ * wildcards of one label), 0 when none matches. */
+int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name);
+
+/* Moves every byte BoringSSL wants to send (wbio) into `out` (a block list the
+ * caller writes). Returns the number of bytes, or -1 when out of memory. */
+struct mg_outq_s;
+int mg_tls_drain(SSL *ssl, struct mg_outq_s *out);
+
+/* The last BoringSSL error as text ("" when none), for log lines. */
+const char *mg_tls_error(char *buf, size_t len);
+
+#endif
