@@ -34,7 +34,7 @@ local LISTEN = 'mg.listen { "127.0.0.1:8080" }'
 
 local DEFAULT_TIMEOUTS = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
-  upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30,
+  upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
 }
 local DEFAULT_LIMITS = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576 }
 
@@ -200,9 +200,9 @@ describe("moongate.private.loader", function()
 
     it("overrides every timeout", function()
       local conf = ok { HEADER, LISTEN, "mg.config { timeouts = { client_header = 1, client_body = 2, "
-        .. "keepalive = 3, send = 4, upstream_connect = 0.25, upstream_read = 6, upstream_write = 7, drain = 8 } }" }
+        .. "keepalive = 3, send = 4, upstream_connect = 0.25, upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9 } }" }
       assert.same({ client_header = 1, client_body = 2, keepalive = 3, send = 4, upstream_connect = 0.25,
-                    upstream_read = 6, upstream_write = 7, drain = 8 }, conf.timeouts)
+                    upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9 }, conf.timeouts)
     end)
 
     it("overrides limits and keeps body_size = 0 (unlimited) as 0", function()
