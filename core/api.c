@@ -11,6 +11,7 @@
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
+#include "tls.h"
 #include "worker.h"
 
 /* A request object kept by Lua past its request must not reach freed memory:
@@ -23,6 +24,38 @@ static inline int live(const mg_req_t *r) {
 #define BIT(h) (1u << (h))
 
 /* ---- reading the request: any hook that has a request ---- */
+
+static mg_str_t arena_str(mg_req_t *r, const char *p, size_t n) {
+  char *s = p && n ? mg_arena_strdup(&r->arena, p, n) : NULL;
+  return s ? (mg_str_t){ s, n } : (mg_str_t){ "", 0 };
+}
+
+int mg_req_tls(mg_req_t *r, mg_tls_info_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  memset(out, 0, sizeof(*out));
+  SSL *ssl = r->conn->ssl;
+  if (!ssl) return MG_API_ENOTFOUND;
+  const char *v = SSL_get_version(ssl);
+  out->version = arena_str(r, v, strlen(v));
+  const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+  const char *cn = c ? SSL_CIPHER_get_name(c) : "";
+  out->cipher = arena_str(r, cn, strlen(cn));
+  const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  out->sni = arena_str(r, sni, sni ? strlen(sni) : 0);
+  const uint8_t *alpn;
+  unsigned alen;
+  SSL_get0_alpn_selected(ssl, &alpn, &alen);
+  out->alpn = arena_str(r, (const char *)alpn, alen);
+  char subject[1024], issuer[1024], fp[65];
+  size_t sl = 0, il = 0;
+  if (mg_tls_peer(ssl, subject, sizeof(subject), &sl, issuer, sizeof(issuer), &il, fp,
+                  &out->client_verified) == 0) {
+    out->client_subject = arena_str(r, subject, sl);
+    out->client_issuer = arena_str(r, issuer, il);
+    out->client_fingerprint = arena_str(r, fp, 64);
+  }
+  return 0;
+}
 
 int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
   if (!live(r)) return MG_API_EPHASE;

@@ -613,12 +613,20 @@ static int on_message_complete(llhttp_t *p) {
 
 /* ---------------- accept ---------------- */
 
+/* BoringSSL's SNI callback, through tls.c: the tls_hello hooks, when any. */
+int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
+  mg_conn_t *c = owner;
+  if (!c || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
+  return mg_lua_tls_hello(c->w->wg, t, sni, c->listener);
+}
+
 void mg_conn_accept(mg_listener_t *l) {
   mg_worker_t *w = l->w;
   mg_conn_t *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->w = w;
   c->listener = l->name;
+  c->redirect_https = (uint16_t)l->cfg->redirect_https;
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {

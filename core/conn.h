@@ -11,6 +11,7 @@
 #include "buf.h"
 #include "mg.h"
 #include "timer.h"
+#include "tls.h"
 #include "worker.h"
 
 /* Connection states. */
@@ -50,6 +51,7 @@ struct mg_conn_s {
   size_t saved_len;
   char client[56];        /* "ip:port" or "[ip6]:port" */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
+  uint16_t redirect_https; /* the listener redirects every request to https on this port */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
 };
@@ -58,6 +60,9 @@ struct mg_conn_s {
 static inline mg_str_t mg_conn_ip(const mg_conn_t *c) {
   return (mg_str_t){ c->client + c->ip_off, c->ip_len };
 }
+
+/* The tls_hello hook bridge (an mg_tls_hello_fn, registered by main). */
+int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni);
 
 /* Accepts a connection from `server` into a new conn. */
 void mg_conn_accept(mg_listener_t *l);

@@ -77,6 +77,8 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "connect");
   g->connect_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "tls_hello");
+  g->hello_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "init_worker");
   if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
   lua_settop(L, 0);
@@ -209,4 +211,33 @@ int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener) {
   int keep = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return keep;
+}
+
+int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, const char *listener) {
+  lua_State *L = g->L;
+  char err[1024];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->hello_ref);
+  if (sni) lua_pushstring(L, sni);
+  else lua_pushnil(L);
+  if (listener) lua_pushstring(L, listener);
+  else lua_pushnil(L);
+  if (pcall_tb(L, 2, 1, err, sizeof(err)) < 0) {
+    MG_ERR(g->w->id, "tls_hello hook failed (handshake refused): %s", err);
+    return -2;
+  }
+  int pick = -1;
+  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+    pick = -2;
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    int i = (int)lua_tointeger(L, -1);
+    if (i >= 1 && i <= t->ncerts) pick = i - 1;
+    else MG_WARN(g->w->id, "tls_hello hook: no certificate %d (SNI decides)", i);
+  } else if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    for (int i = 0; i < t->ncerts && pick < 0; i++)
+      if (t->certs[i].name && strcmp(t->certs[i].name, name) == 0) pick = i;
+    if (pick < 0) MG_WARN(g->w->id, "tls_hello hook: no certificate named '%s' (SNI decides)", name);
+  }
+  lua_pop(L, 1);
+  return pick;
 }

@@ -17,6 +17,7 @@ typedef struct mg_wgen_s {
   lua_State *L;
   int entry_ref;     /* runtime.dispatch */
   int connect_ref;   /* runtime.connect */
+  int hello_ref;     /* runtime.tls_hello */
   int refs;          /* requests using it, +1 while it is the worker's current one */
   int *rr_current;   /* smooth WRR state: one slot per server of every upstream */
   int *rr_base;      /* offset of each upstream's first slot in rr_current */
@@ -42,6 +43,9 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk);
 void mg_lua_req_done(mg_req_t *r);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
 int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);
+/* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI
+ * decide, -2 to refuse the handshake (also when a hook fails: logged). */
+int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, const char *listener);
 
 /* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
 static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {

@@ -17,6 +17,7 @@
 #include "luavm.h"
 #include "shdict.h"
 #include "tls.h"
+#include "conn.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -348,6 +349,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "moongate: cannot set up TLS\n");
     return 1;
   }
+  mg_tls_set_hello(mg_conn_tls_hello);
 
   char err[1024];
   mg_gen_t *g = NULL;

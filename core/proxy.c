@@ -412,6 +412,43 @@ static int build_upstream_head(mg_req_t *r) {
   return 0;
 }
 
+/* A plain listener with redirect_https: everything goes to the same host and
+ * target over https (301 for GET and HEAD, 308 keeps the method and body). */
+static void redirect_https(mg_req_t *r, int port) {
+  mg_str_t host = r->host;
+  if (!host.len) {
+    mg_proxy_error(r, 400, 0);
+    return;
+  }
+  /* the host without its port ("[v6]:port" keeps its brackets) */
+  size_t hl = host.len;
+  for (size_t i = host.len; i > 0; i--) {
+    char ch = host.p[i - 1];
+    if (ch == ':') {
+      hl = i - 1;
+      break;
+    }
+    if (ch < '0' || ch > '9') break;
+  }
+  int status = r->method == HTTP_GET || r->method == HTTP_HEAD ? 301 : 308;
+  char portbuf[8] = "";
+  if (port != 443) snprintf(portbuf, sizeof(portbuf), ":%d", port);
+  size_t cap = 128 + hl + r->target.len;
+  char *head = mg_arena_alloc(&r->arena, cap);
+  if (!head) {
+    mg_proxy_error(r, 500, 0);
+    return;
+  }
+  int n = snprintf(head, cap, "HTTP/1.1 %d %s\r\nLocation: https://%.*s%s%.*s\r\nContent-Length: 0\r\n",
+                   status, mg_http_reason(status), (int)hl, host.p, portbuf, (int)r->target.len,
+                   r->target.p);
+  if (n < 0 || (size_t)n >= cap) {
+    mg_proxy_error(r, 500, 0);
+    return;
+  }
+  mg_proxy_answer(r, status, head, (size_t)n, NULL, 0);
+}
+
 int mg_proxy_head(mg_req_t *r) {
   int status;
   if (mg_head_finish(&r->head) < 0) return 500;
@@ -422,6 +459,10 @@ int mg_proxy_head(mg_req_t *r) {
   if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
 
   mg_conn_t *c = r->conn;
+  if (c->redirect_https) {
+    redirect_https(r, c->redirect_https);
+    return 0;
+  }
   const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host, r->path);
   r->route = rt;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {

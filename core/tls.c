@@ -377,3 +377,43 @@ int mg_tls_drain(SSL *ssl, mg_outq_t *out) {
   }
   return total;
 }
+
+/* ---------------- peer certificate ---------------- */
+
+static size_t name_text(X509_NAME *n, char *buf, size_t len) {
+  BIO *b = BIO_new(BIO_s_mem());
+  if (!b) return 0;
+  X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253);
+  const uint8_t *p;
+  size_t have = 0;
+  if (BIO_mem_contents(b, &p, &have)) {
+    if (have >= len) have = len - 1;
+    memcpy(buf, p, have);
+  }
+  buf[have] = '\0';
+  BIO_free(b);
+  return have;
+}
+
+int mg_tls_peer(SSL *ssl, char *subject, size_t slen, size_t *sout, char *issuer, size_t ilen,
+                size_t *iout, char fp[65], int *verified) {
+  X509 *x = SSL_get_peer_certificate(ssl);
+  if (!x) return -1;
+  *sout = name_text(X509_get_subject_name(x), subject, slen);
+  *iout = name_text(X509_get_issuer_name(x), issuer, ilen);
+  uint8_t md[32];
+  unsigned n = 0;
+  static const char hex[] = "0123456789abcdef";
+  if (X509_digest(x, EVP_sha256(), md, &n) && n == 32) {
+    for (unsigned i = 0; i < 32; i++) {
+      fp[2 * i] = hex[md[i] >> 4];
+      fp[2 * i + 1] = hex[md[i] & 15];
+    }
+  } else {
+    memset(fp, '0', 64);
+  }
+  fp[64] = '\0';
+  *verified = SSL_get_verify_result(ssl) == X509_V_OK;
+  X509_free(x);
+  return 0;
+}

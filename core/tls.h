@@ -80,6 +80,12 @@ int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name);
 struct mg_outq_s;
 int mg_tls_drain(SSL *ssl, struct mg_outq_s *out);
 
+/* The verified-or-not client certificate of a server-side session: subject and
+ * issuer in RFC 2253 form, SHA-256 fingerprint as 64 hex digits (NUL-terminated).
+ * 0, or -1 when the client sent none. */
+int mg_tls_peer(SSL *ssl, char *subject, size_t slen, size_t *sout, char *issuer, size_t ilen,
+                size_t *iout, char fp[65], int *verified);
+
 /* The last BoringSSL error as text ("" when none), for log lines. */
 const char *mg_tls_error(char *buf, size_t len);
 

@@ -12,6 +12,7 @@ local concat, sort = table.concat, table.sort
 local char, gsub, find, sub = string.char, string.gsub, string.find, string.sub
 
 local info = ffi.new("mg_req_info_t")
+local tls_info = ffi.new("mg_tls_info_t")
 local out = ffi.new("mg_str_t[1]")
 local weight_out = ffi.new("int[1]")
 
@@ -36,6 +37,21 @@ local mt = {
       rawset(self, "ctx", ctx)
       return ctx
     end
+    if k == "tls" then -- nil over plain HTTP; computed once per request
+      if C.mg_req_tls(self._r, tls_info) ~= 0 then return nil end
+      local t = {
+        version = ffi_str(tls_info.version.p, tls_info.version.len),
+        cipher = ffi_str(tls_info.cipher.p, tls_info.cipher.len),
+        sni = ffi_str(tls_info.sni.p, tls_info.sni.len),
+        alpn = ffi_str(tls_info.alpn.p, tls_info.alpn.len),
+        client_subject = ffi_str(tls_info.client_subject.p, tls_info.client_subject.len),
+        client_issuer = ffi_str(tls_info.client_issuer.p, tls_info.client_issuer.len),
+        client_fingerprint = ffi_str(tls_info.client_fingerprint.p, tls_info.client_fingerprint.len),
+        client_verified = tls_info.client_verified ~= 0,
+      }
+      rawset(self, "tls", t)
+      return t
+    end
     if k == "http_version" then
       C.mg_req_info(self._r, info)
       return info.http_minor == 1 and 1.1 or 1.0
@@ -58,6 +74,7 @@ end
 function _M.reset(req, ptr)
   req._r = ffi_cast("mg_req_t *", ptr)
   req.ctx = nil
+  req.tls = nil
   req._answered = nil
 end
 

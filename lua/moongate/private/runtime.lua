@@ -53,6 +53,19 @@ function _M.connect(client_ip, listener)
   return true
 end
 
+--- tls_hello hooks: the first that returns something decides: a certificate's
+--- name or 1-based index, or false to refuse the handshake. nil: SNI decides.
+function _M.tls_hello(sni, listener)
+  local list = global[HOOKS.tls_hello]
+  if not list then return nil end
+  local hello = { sni = sni, listener = listener }
+  for i = 1, #list do
+    local pick = list[i](hello)
+    if pick ~= nil then return pick end
+  end
+  return nil
+end
+
 -- One request object per coroutine slot (C pools coroutines and passes the slot:
 -- its registry ref), reset when the slot serves a new request, so no tables are
 -- made per request. Slots are reused by the registry, hence the reset on `seq`.
