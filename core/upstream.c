@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include <openssl/err.h>
+
 #include "conn.h"
 #include "log.h"
 #include "proxy.h"
@@ -31,6 +33,7 @@ static void on_close(uv_handle_t *h) {
   mg_upconn_t *u = h->data;
   if (--u->handles > 0) return;
   mg_outq_dispose(&u->out);
+  SSL_free(u->ssl);
   free(u);
 }
 
@@ -110,42 +113,133 @@ static void finish(mg_upconn_t *u, int extra_bytes) {
   mg_proxy_response_end(r);
 }
 
+/* Response bytes (plaintext) into the parser. Returns 0 to go on, -1 when the
+ * exchange ended (finished, failed or closed: u may be pooled or gone). */
+static int parse(mg_upconn_t *u, const char *p, size_t n) {
+  llhttp_errno_t err = llhttp_execute(&u->parser, p, n);
+  if (u->state == MG_UP_CLOSED || !u->req) return -1;
+  if (err == HPE_OK) return 0;
+  if (err == HPE_PAUSED && u->done) {
+    const char *pos = llhttp_get_error_pos(&u->parser);
+    finish(u, (pos && pos < p + n) || (u->ssl && SSL_pending(u->ssl) > 0));
+    return -1;
+  }
+  MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+          llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser) : llhttp_errno_name(err));
+  fail(u, 0, 0);
+  return -1;
+}
+
+static void on_eof(mg_upconn_t *u) {
+  llhttp_errno_t err = llhttp_finish(&u->parser); /* ends an until-close body */
+  if (u->state == MG_UP_CLOSED || !u->req) return;
+  if ((err == HPE_OK || err == HPE_PAUSED) && u->done) {
+    finish(u, 1);
+    return;
+  }
+  fail(u, 0, 0);
+}
+
+/* Connected (and, with TLS, handshake done): the request may go. */
+static void ready(mg_upconn_t *u) {
+  u->state = MG_UP_ACTIVE;
+  arm_rw(u);
+  mg_proxy_upstream_ready(u->req);
+}
+
+static void tls_handshake(mg_upconn_t *u) {
+  int rc = SSL_do_handshake(u->ssl);
+  if (mg_outq_flush(&u->out) < 0) { /* our part of the handshake */
+    fail(u, 1, 0);
+    return;
+  }
+  if (rc == 1) {
+    u->tls_ready = 1;
+    SSL_SESSION *sess = SSL_get1_session(u->ssl);
+    if (sess) {
+      SSL_SESSION_free(u->pool->session);
+      u->pool->session = sess;
+    }
+    ready(u);
+    return;
+  }
+  int e = SSL_get_error(u->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ) return;
+  char why[160];
+  long v = SSL_get_verify_result(u->ssl);
+  if (v != X509_V_OK)
+    MG_WARN(u->w->id, "upstream %s: TLS certificate not accepted: %s", u->server->text,
+            X509_verify_cert_error_string(v));
+  else
+    MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text,
+            mg_tls_error(why, sizeof(why)));
+  ERR_clear_error();
+  fail(u, 1, 0);
+}
+
+/* TLS: ciphertext in, every decryptable byte to the parser (or, for a pooled
+ * connection, anything but session tickets means it is done for). */
+static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
+  if (BIO_write(SSL_get_rbio(u->ssl), data, (int)n) != (int)n) {
+    fail(u, !u->tls_ready, 0);
+    return;
+  }
+  if (!u->tls_ready) {
+    tls_handshake(u);
+    return;
+  }
+  for (;;) {
+    int k = SSL_read(u->ssl, u->w->tbuf, sizeof(u->w->tbuf));
+    if (k > 0) {
+      if (u->state != MG_UP_ACTIVE) { /* pooled: bytes nobody asked for */
+        mg_upstream_close(u);
+        return;
+      }
+      u->got_bytes = 1;
+      arm_rw(u);
+      if (parse(u, u->w->tbuf, (size_t)k) < 0) return;
+      continue;
+    }
+    int e = SSL_get_error(u->ssl, k);
+    if (e == SSL_ERROR_WANT_READ) break;
+    if (u->state != MG_UP_ACTIVE) {
+      mg_upstream_close(u);
+      return;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      on_eof(u);
+      return;
+    }
+    char why[160];
+    MG_WARN(u->w->id, "upstream %s: TLS error: %s", u->server->text, mg_tls_error(why, sizeof(why)));
+    fail(u, 0, 0);
+    return;
+  }
+  if (u->state == MG_UP_ACTIVE && u->req) mg_proxy_response_flush(u->req);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mg_upconn_t *u = s->data;
-  if (nread == 0) return;
+  if (nread == 0 || u->state == MG_UP_CLOSED) return;
+  if (nread < 0) {
+    if (u->state == MG_UP_CONNECTING) fail(u, 1, 0);     /* during the TLS handshake */
+    else if (u->state != MG_UP_ACTIVE || !u->req) mg_upstream_close(u); /* pooled */
+    else if (nread == UV_EOF) on_eof(u);
+    else fail(u, 0, 0);
+    return;
+  }
+  if (u->ssl) {
+    tls_read(u, buf->base, (size_t)nread);
+    return;
+  }
   if (u->state != MG_UP_ACTIVE) {
     /* idle in the pool: the server closed it, or sent bytes nobody asked for */
     mg_upstream_close(u);
     return;
   }
-  if (nread < 0) {
-    if (nread == UV_EOF) {
-      llhttp_errno_t err = llhttp_finish(&u->parser); /* ends an until-close body */
-      if (u->state == MG_UP_CLOSED || !u->req) return;
-      if ((err == HPE_OK || err == HPE_PAUSED) && u->done) {
-        finish(u, 1);
-        return;
-      }
-    }
-    fail(u, 0, 0);
-    return;
-  }
   u->got_bytes = 1;
   arm_rw(u);
-  llhttp_errno_t err = llhttp_execute(&u->parser, buf->base, (size_t)nread);
-  if (u->state == MG_UP_CLOSED || !u->req) return;
-  if (err == HPE_OK) {
-    mg_proxy_response_flush(u->req);
-    return;
-  }
-  if (err == HPE_PAUSED && u->done) {
-    const char *pos = llhttp_get_error_pos(&u->parser);
-    finish(u, pos && pos < buf->base + nread);
-    return;
-  }
-  MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
-          llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser) : llhttp_errno_name(err));
-  fail(u, 0, 0);
+  if (parse(u, buf->base, (size_t)nread) == 0) mg_proxy_response_flush(u->req);
 }
 
 static void on_out(mg_outq_t *q, int status) {
@@ -167,18 +261,22 @@ static void on_connect(uv_connect_t *req, int status) {
     fail(u, 1, 0);
     return;
   }
-  u->state = MG_UP_ACTIVE;
   uv_tcp_nodelay(&u->tcp, 1);
-  arm_rw(u);
   uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
-  mg_proxy_upstream_ready(u->req);
+  if (u->ssl) { /* still "connecting" (connect timer) until the handshake is done */
+    tls_handshake(u);
+    return;
+  }
+  ready(u);
 }
 
-static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s) {
+static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_client_t *tls) {
   for (mg_pool_t *p = w->pools; p; p = p->next)
-    if (p->addrlen == s->addrlen && memcmp(&p->addr, &s->addr, s->addrlen) == 0) return p;
+    if (p->tls == tls && p->addrlen == s->addrlen && memcmp(&p->addr, &s->addr, s->addrlen) == 0)
+      return p;
   mg_pool_t *p = calloc(1, sizeof(*p));
   if (!p) return NULL;
+  p->tls = tls;
   memcpy(&p->addr, &s->addr, s->addrlen);
   p->addrlen = s->addrlen;
   p->next = w->pools;
@@ -204,7 +302,7 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
 }
 
 int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
-  mg_pool_t *pool = pool_for(w, s);
+  mg_pool_t *pool = pool_for(w, s, cfg->tls);
   if (!pool) return UV_ENOMEM;
   if (pool->idle) {
     mg_upconn_t *u = pool->idle;
@@ -226,6 +324,14 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, c
   mg_outq_init(&u->out, on_out, u);
   u->out.stream = (uv_stream_t *)&u->tcp;
   u->state = MG_UP_CONNECTING;
+  if (cfg->tls) {
+    u->ssl = mg_tls_connect_new(cfg->tls, pool->session);
+    if (!u->ssl) {
+      mg_upstream_close(u);
+      return UV_ENOMEM;
+    }
+    u->out.ssl = u->ssl;
+  }
   int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
   if (rc < 0) {
     mg_upstream_close(u);
@@ -314,6 +420,7 @@ void mg_upstream_free_pools(mg_worker_t *w) {
   mg_pool_t *p = w->pools;
   while (p) {
     mg_pool_t *next = p->next;
+    SSL_SESSION_free(p->session);
     free(p);
     p = next;
   }

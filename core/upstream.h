@@ -3,6 +3,7 @@
 #define MG_UPSTREAM_H
 
 #include <llhttp.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "buf.h"
@@ -10,7 +11,7 @@
 #include "mg.h"
 
 enum {
-  MG_UP_CONNECTING, /* uv_tcp_connect pending: upstream_connect timer */
+  MG_UP_CONNECTING, /* uv_tcp_connect (and the TLS handshake) pending: upstream_connect timer */
   MG_UP_ACTIVE,     /* serving req: upstream_read/write timer */
   MG_UP_IDLE,       /* in the pool: keepalive_timeout timer, reading only to notice a close */
   MG_UP_CLOSED,
@@ -20,6 +21,8 @@ struct mg_pool_s {
   mg_pool_t *next;
   struct sockaddr_storage addr;
   socklen_t addrlen;
+  const mg_tls_client_t *tls; /* part of the key: TLS and plain never share a pool */
+  SSL_SESSION *session;       /* TLS: the last session, resumed by the next connection */
   mg_upconn_t *idle, *idle_tail; /* most recently used first */
   int nidle;
   int max_idle;      /* the upstream's `keepalive`: idle connections kept for good */
@@ -43,6 +46,8 @@ struct mg_upconn_s {
   int paused;        /* reading stopped: the client is slow */
   int done;          /* response complete (set by the parser callback) */
   int is_head;       /* the request was HEAD: the response has no body */
+  SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
+  int tls_ready;     /* handshake done */
   uint64_t idle_ms;
   uint64_t idle_since; /* uv_now when it was pooled */
   int max_idle;
