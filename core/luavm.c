@@ -228,6 +228,7 @@ int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, co
   int pick = -1;
   if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
     pick = -2;
+    MG_INFO(g->w->id, "tls_hello hook refused the handshake (SNI %s)", sni ? sni : "none");
   } else if (lua_type(L, -1) == LUA_TNUMBER) {
     int i = (int)lua_tointeger(L, -1);
     if (i >= 1 && i <= t->ncerts) pick = i - 1;
