@@ -433,9 +433,21 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
         return;
       }
       char why[160];
+      int plain_http = e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_HTTP_REQUEST;
       MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client,
               e == SSL_ERROR_SSL ? mg_tls_error(why, sizeof(why)) : "connection error");
       ERR_clear_error();
+      if (plain_http) { /* an http:// URL for an https port: say so, in plain text */
+        static const char msg[] =
+          "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
+          "Connection: close\r\n\r\nplain HTTP request sent to an HTTPS port\r\n";
+        BIO_reset(SSL_get_wbio(c->ssl));
+        c->out.ssl = NULL;
+        mg_outq_append(&c->out, msg, sizeof(msg) - 1);
+        c->close_after = 1;
+        linger(c); /* the client may have more unread bytes: a real linger */
+        return;
+      }
       c->quick_close = 1;
       linger(c); /* sends the alert, then closes */
       return;
