@@ -183,7 +183,7 @@ static int try_write(mg_outq_t *q) {
 }
 
 int mg_outq_has_output(const mg_outq_t *q) {
-  return q->pending > 0 || (q->ssl && BIO_pending(SSL_get_wbio(q->ssl)) > 0);
+  return q->pending > 0 || (q->ssl && (q->tls_close == 1 || BIO_pending(SSL_get_wbio(q->ssl)) > 0));
 }
 
 /* TLS: turns the pending plaintext into records (one SSL_write per block, so
@@ -203,6 +203,10 @@ static int encrypt_pending(mg_outq_t *q) {
     b = next;
   }
   if (rc < 0) return rc;
+  if (q->tls_close == 1) { /* after the last plaintext */
+    SSL_shutdown(q->ssl);
+    q->tls_close = 2;
+  }
   return mg_tls_drain(q->ssl, q) < 0 ? MG_ENOMEM : 0;
 }
 

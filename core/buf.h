@@ -34,6 +34,7 @@ struct mg_outq_s {
   int above;               /* went over MG_HIGH_WATER: call cb when drained */
   uv_stream_t *stream;     /* NULL until attached */
   struct ssl_st *ssl;      /* TLS: appends are plaintext, encrypted when flushed */
+  int tls_close;           /* TLS: send close_notify after what is pending (once) */
   mg_outq_cb cb;
   void *data;
 };

@@ -164,7 +164,7 @@ static void linger(mg_conn_t *c) {
   }
   c->state = MG_CS_LINGER;
   mg_timer_stop(&c->w->timers, &c->timer);
-  if (c->ssl && c->tls_ready) SSL_shutdown(c->ssl); /* close_notify, sent with the rest */
+  if (c->ssl && c->tls_ready && !c->out.tls_close) c->out.tls_close = 1; /* close_notify after the rest */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   if (c->quick_close || c->rd_eof) {

@@ -18,6 +18,7 @@
 #include "shdict.h"
 #include "tls.h"
 #include "conn.h"
+#include "upstream.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -350,6 +351,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   mg_tls_set_hello(mg_conn_tls_hello);
+  mg_tls_set_session(mg_upstream_tls_session);
 
   char err[1024];
   mg_gen_t *g = NULL;

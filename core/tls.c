@@ -34,6 +34,7 @@ static struct {
 } tickets;
 
 static mg_tls_hello_fn hello_fn;
+static mg_tls_session_fn session_fn;
 static int ex_owner = -1; /* SSL ex_data slot: the connection (server) */
 static int ex_server = -1; /* SSL ex_data slot: its mg_tls_server_t */
 
@@ -54,6 +55,12 @@ int mg_tls_global_init(void) {
 }
 
 void mg_tls_set_hello(mg_tls_hello_fn fn) { hello_fn = fn; }
+void mg_tls_set_session(mg_tls_session_fn fn) { session_fn = fn; }
+
+static int new_session_cb(SSL *ssl, SSL_SESSION *session) {
+  void *owner = SSL_get_ex_data(ssl, ex_owner);
+  return owner && session_fn ? session_fn(owner, session) : 0;
+}
 
 static int ticket_cb(SSL *ssl, uint8_t *key_name, uint8_t *iv, EVP_CIPHER_CTX *ectx,
                      HMAC_CTX *hctx, int encrypt) {
@@ -215,8 +222,16 @@ static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, c
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_files[i]) != 1)
     return fail(err, errlen, "mg.listen tls: cannot load certificate", cfg->cert_files[i]);
-  if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key_files[i], SSL_FILETYPE_PEM) != 1)
+  if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key_files[i], SSL_FILETYPE_PEM) != 1) {
+    int why = ERR_GET_REASON(ERR_peek_last_error());
+    if (why == X509_R_KEY_VALUES_MISMATCH || why == X509_R_KEY_TYPE_MISMATCH) {
+      ERR_clear_error();
+      snprintf(err, errlen, "mg.listen tls: key '%s' does not match certificate '%s'",
+               cfg->key_files[i], cfg->cert_files[i]);
+      return MG_ECONFIG;
+    }
     return fail(err, errlen, "mg.listen tls: cannot load key", cfg->key_files[i]);
+  }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     ERR_clear_error();
     snprintf(err, errlen, "mg.listen tls: key '%s' does not match certificate '%s'",
@@ -310,6 +325,7 @@ int mg_tls_client_new(mg_tls_client_t *t, const mg_tls_client_cfg_t *cfg, char *
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+  SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
   if (cfg->sni && !(t->sni = strdup(cfg->sni))) return MG_ENOMEM;
   if (cfg->verify) {
     const char *ca = cfg->ca_file ? cfg->ca_file : SYSTEM_CA;
@@ -343,9 +359,10 @@ void mg_tls_client_free(mg_tls_client_t *t) {
   memset(t, 0, sizeof(*t));
 }
 
-SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session) {
+SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session, void *owner) {
   SSL *ssl = with_bios(t->ctx);
   if (!ssl) return NULL;
+  SSL_set_ex_data(ssl, ex_owner, owner);
   if (t->sni) {
     SSL_set_tlsext_host_name(ssl, t->sni);
     if (t->verify) {

@@ -64,8 +64,12 @@ void mg_tls_client_free(mg_tls_client_t *t);
  * the hello callback (mg_tls_hello_fn). NULL when out of memory. */
 SSL *mg_tls_accept_new(const mg_tls_server_t *t, void *owner);
 /* A client-side SSL for an upstream connection (SNI, verification, resumption
- * with `session` when given). */
-SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session);
+ * with `session` when given); `owner` is handed to the session callback. */
+SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session, void *owner);
+/* Called with each new client session (after the handshake with TLS 1.2, when a
+ * ticket arrives with 1.3): returns 1 when it keeps the reference. */
+typedef int (*mg_tls_session_fn)(void *owner, SSL_SESSION *session);
+void mg_tls_set_session(mg_tls_session_fn fn);
 /* Lets Lua choose the certificate: returns the index in t->certs, -1 to use the
  * default choice, -2 to refuse the handshake. Set by luavm.c. */
 typedef int (*mg_tls_hello_fn)(void *owner, const mg_tls_server_t *t, const char *sni);

@@ -155,11 +155,6 @@ static void tls_handshake(mg_upconn_t *u) {
   }
   if (rc == 1) {
     u->tls_ready = 1;
-    SSL_SESSION *sess = SSL_get1_session(u->ssl);
-    if (sess) {
-      SSL_SESSION_free(u->pool->session);
-      u->pool->session = sess;
-    }
     ready(u);
     return;
   }
@@ -270,6 +265,15 @@ static void on_connect(uv_connect_t *req, int status) {
   ready(u);
 }
 
+/* BoringSSL has a session for this connection (TLS 1.3: a ticket that came after
+ * the handshake): the pool's next connection resumes it. */
+int mg_upstream_tls_session(void *owner, SSL_SESSION *session) {
+  mg_upconn_t *u = owner;
+  SSL_SESSION_free(u->pool->session);
+  u->pool->session = session;
+  return 1;
+}
+
 static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_client_t *tls) {
   for (mg_pool_t *p = w->pools; p; p = p->next)
     if (p->tls == tls && p->addrlen == s->addrlen && memcmp(&p->addr, &s->addr, s->addrlen) == 0)
@@ -325,7 +329,7 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, c
   u->out.stream = (uv_stream_t *)&u->tcp;
   u->state = MG_UP_CONNECTING;
   if (cfg->tls) {
-    u->ssl = mg_tls_connect_new(cfg->tls, pool->session);
+    u->ssl = mg_tls_connect_new(cfg->tls, pool->session, u);
     if (!u->ssl) {
       mg_upstream_close(u);
       return UV_ENOMEM;

@@ -74,6 +74,9 @@ int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
 /* The worker's pool timer: closes the surplus idle connections described above. */
 void mg_upstream_trim(uv_timer_t *t);
+/* Keeps a new TLS session for the connection's pool (an mg_tls_session_fn,
+ * registered by main). */
+int mg_upstream_tls_session(void *owner, SSL_SESSION *session);
 /* Closes every pooled connection (drain/stop). */
 void mg_upstream_close_pools(mg_worker_t *w);
 /* Frees the (empty) pool records at worker exit. */

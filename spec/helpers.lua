@@ -318,8 +318,10 @@ local Origin = {}
 Origin.__index = Origin
 
 --- Start origin.py. opts: name (default "origin"), port (default: any),
--- blackhole (a listener whose connects hang). Returns an object with
--- port, ctrl (control port), addr ("127.0.0.1:port"), name, log (request lines).
+-- blackhole (a listener whose connects hang), tls ({ cert = PEM file, key = PEM
+-- file, max_version = "1.2" (optional) }: the main port speaks TLS; the control
+-- port stays plain). Returns an object with port, ctrl (control port), addr
+-- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
   opts = opts or {}
   local dir = opts.dir or helpers.tmpdir()
@@ -333,6 +335,15 @@ function helpers.origin(opts)
                  "--port-file", o.port_file, "--log", o.log }
   if opts.port then argv[#argv + 1] = "--port" argv[#argv + 1] = tostring(opts.port) end
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
+  if opts.tls then
+    assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")
+    for _, a in ipairs({ "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key }) do argv[#argv + 1] = a end
+    if opts.tls.max_version then
+      argv[#argv + 1] = "--tls-max"
+      argv[#argv + 1] = opts.tls.max_version
+    end
+    o.tls = true
+  end
   o.pid = helpers.spawn(argv, { stderr = o.stderr_path, label = "origin " .. name })
   local content = helpers.wait_until(function() return helpers.read_file(o.port_file) end, 10)
   if not content then

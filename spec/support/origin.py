@@ -8,7 +8,13 @@ It parses leniently on purpose: it must show what the proxy sent, not judge it.
 
 Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
+            [--tls-cert PEM --tls-key PEM [--tls-max 1.2]]
   origin.py --blackhole --port-file F
+
+With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
+"http/1.1", the same certificate whatever the client's SNI; --tls-max 1.2 stops
+at 1.2) and every connection is counted once its handshake is done; the control
+port stays plain.
 
 The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
@@ -32,7 +38,10 @@ Behaviour by path on the main port (the query string is ignored for routing):
   /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
   /stream-echo    200 chunked, Connection: close: each piece of the request body
                   is sent back as soon as it is read (full duplex), then close
-  anything else   /echo: JSON of what was received (see echo())
+  anything else   /echo: JSON of what was received (see echo()); over TLS it
+                  also has "tls": {"version", "sni", "alpn", "reused"} as the
+                  origin saw them (sni and alpn null when the client sent none;
+                  reused: the client resumed a session)
 
 The pattern is the lines "%015d\\n" % i for i = 0, 1, 2, ... cut to N bytes;
 spec/helpers.lua builds the same bytes to compare.
@@ -47,6 +56,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 
@@ -163,6 +173,8 @@ async def echo(writer, req, keep):
         "conn": req["conn"],
         "conn_request": req["conn_request"],
     }
+    if req.get("tls") is not None:
+        doc["tls"] = req["tls"]
     body = json.dumps(doc).encode()
     hdrs = [("Content-Type", "application/json"), ("Content-Length", len(body)),
             ("X-Origin", NAME)]
@@ -343,11 +355,21 @@ async def stream_echo(reader, writer, headers):
     await send(writer, b"0\r\n\r\n")
 
 
+def tls_info(writer):
+    """{"version", "sni", "alpn", "reused"} of a TLS connection, or None over plain TCP."""
+    obj = writer.get_extra_info("ssl_object")
+    if obj is None:
+        return None
+    return {"version": obj.version(), "sni": getattr(obj, "mg_sni", None),
+            "alpn": obj.selected_alpn_protocol(), "reused": obj.session_reused}
+
+
 async def handle(reader, writer):
     STATE["connections"] += 1
     STATE["open"] += 1
     serial = STATE["connections"]
     nreq = 0
+    tls = tls_info(writer)
     try:
         while True:
             try:
@@ -380,7 +402,7 @@ async def handle(reader, writer):
                 keep = "keep-alive" in ctoks
             req = {"method": method, "target": target, "version": version,
                    "headers": headers, "body_len": body_len, "body_sha256": body_sha,
-                   "chunked": chunked, "conn": serial, "conn_request": nreq}
+                   "chunked": chunked, "conn": serial, "conn_request": nreq, "tls": tls}
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -441,8 +463,22 @@ async def main(args):
             fillers.append(c)
         write_port_file(args.port_file, "%d 0\n" % port)
         await asyncio.Event().wait()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        if args.tls_max == "1.2":
+            tls.maximum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        tls.set_alpn_protocols(["http/1.1"])
+
+        def remember_sni(obj, name, ctx):
+            obj.mg_sni = name  # read back by tls_info()
+            return None
+
+        tls.sni_callback = remember_sni
     server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20,
-                                        reuse_address=True)
+                                        reuse_address=True, ssl=tls)
     ctrl = await asyncio.start_server(control, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     cport = ctrl.sockets[0].getsockname()[1]
@@ -458,7 +494,14 @@ if __name__ == "__main__":
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--log")
     ap.add_argument("--blackhole", action="store_true")
+    ap.add_argument("--tls-cert", help="serve TLS on the main port with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3",
+                    help="the highest TLS version served")
+    parsed = ap.parse_args()
+    if bool(parsed.tls_cert) != bool(parsed.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
     try:
-        asyncio.run(main(ap.parse_args()))
+        asyncio.run(main(parsed))
     except KeyboardInterrupt:
         sys.exit(0)
