@@ -68,6 +68,13 @@ leaf backend ec backend.test ca serverAuth "DNS:backend.test"
 leaf client1 ec client1 ca clientAuth ""
 leaf client2 ec client2 ca2 clientAuth ""
 echo "this is not a PEM file" > garbage.pem
+# expired in 2020 (openssl x509 cannot backdate; openssl ca can)
+mkdir -p expca && touch expca/index.txt && echo 01 > expca/serial
+printf '[ca]\ndefault_ca = d\n[d]\ndatabase = expca/index.txt\nnew_certs_dir = expca\nserial = expca/serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n' > expca.cnf
+ec expired.key
+openssl req -new -key expired.key -subj "/CN=expired.test" -config ca.cnf -out expired.csr
+openssl ca -batch -config expca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem \
+  -startdate 20200101000000Z -enddate 20200102000000Z -notext 2>/dev/null
 openssl x509 -in client1.pem -outform DER | sha256sum | cut -d' ' -f1 > client1.sha256
 ]=]
 
@@ -888,6 +895,17 @@ describe("TLS", function()
     it("-t exits 1 naming a key of another type than its certificate", function()
       local out = check('mg.listen { "127.0.0.1:${port}", tls = { cert = "a.pem", key = "b.key" } }', "b.key")
       assert.truthy(out:find("b.key' does not match certificate '", 1, true), out)
+    end)
+
+    it("-t accepts an expired certificate with a warning naming it", function()
+      local dir = helpers.tmpdir()
+      local conf = helpers.write_config(dir, 'local mg = require "moongate"\n'
+        .. 'mg.listen { "127.0.0.1:${port}", tls = { cert = "' .. CERTS .. '/expired.pem", key = "'
+        .. CERTS .. '/expired.key" } }\nmg.route { path = "/", respond = { status = 200 } }\n',
+        { port = helpers.free_port() })
+      local out, rc = helpers.moongate({ "-t", "-c", conf })
+      assert.equal(0, rc, out)
+      assert.truthy(out:find("[warn] main certificate '" .. CERTS .. "/expired.pem' has expired", 1, true), out)
     end)
 
     it("-t exits 1 naming a certificate file that is not PEM", function()
