@@ -193,11 +193,14 @@ static int encrypt_pending(mg_outq_t *q) {
   mg_block_t *b = q->head;
   q->head = q->tail = NULL;
   q->pending = 0;
+  if (mg_tls_drain(q->ssl, q) < 0) return MG_ENOMEM; /* handshake bytes go first */
   int rc = 0;
   while (b) {
     mg_block_t *next = b->next;
     if (rc == 0 && b->len > b->off && SSL_write(q->ssl, b->data + b->off, (int)(b->len - b->off)) <= 0)
       rc = UV_EPROTO;
+    /* the records of this block move out at once: the BIO stays one block big */
+    if (rc == 0 && mg_tls_drain(q->ssl, q) < 0) rc = MG_ENOMEM;
     b->next = NULL;
     free_blocks(b);
     b = next;

@@ -120,6 +120,7 @@ static void on_close(uv_handle_t *h) {
   mg_worker_t *w = c->w;
   mg_outq_dispose(&c->out);
   SSL_free(c->ssl);
+  if (c->tls_gen) mg_gen_unref(c->tls_gen);
   free(c->saved);
   if (c->prev) c->prev->next = c->next;
   else w->conns = c->next;
@@ -200,7 +201,8 @@ static int output_written(mg_conn_t *c) {
     return 0;
   }
   mg_timer_stop(&c->w->timers, &c->send_timer);
-  if (c->state == MG_CS_IDLE && !c->req) arm(c, c->w->gen->timeouts.keepalive);
+  /* not before the first request: until then the handshake or header timeout runs */
+  if (c->state == MG_CS_IDLE && !c->req && c->served) arm(c, c->w->gen->timeouts.keepalive);
   return 1;
 }
 
@@ -269,6 +271,7 @@ static int finish_request(mg_conn_t *c) {
   mg_req_free(r);
   c->req = NULL;
   c->state = MG_CS_IDLE;
+  c->served = 1;
   if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
   else mg_timer_stop(&c->w->timers, &c->timer); /* on_out arms it once the response is out */
   if (c->paused) {
@@ -419,7 +422,19 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
  * it can decrypt goes to input(). All of it, whatever the state: what one socket
  * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
  * socket event that may never come. */
+/* While a TLS connection is in its handshake, BoringSSL's callbacks use the
+ * certificates of the generation it was accepted under: the connection holds a
+ * reference on it until the handshake is over. */
+static void tls_gen_release(mg_conn_t *c) {
+  if (c->tls_gen) {
+    mg_gen_unref(c->tls_gen);
+    c->tls_gen = NULL;
+  }
+}
+
 static void tls_input(mg_conn_t *c, const char *data, size_t n) {
+  /* closing: what still comes is dropped (as plain HTTP does), not buffered */
+  if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
   if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n) {
     mg_conn_close(c);
     return;
@@ -453,6 +468,7 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
       return;
     }
     c->tls_ready = 1;
+    tls_gen_release(c);
     arm(c, c->w->gen->timeouts.client_header); /* for the first request */
   }
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
@@ -464,6 +480,7 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
     int e = SSL_get_error(c->ssl, k);
     if (e == SSL_ERROR_WANT_READ) break;
     if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: the client is done sending */
+      uv_read_stop((uv_stream_t *)&c->tcp); /* what follows it would only pile up */
       on_eof(c);
       return;
     }
@@ -472,6 +489,7 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
     mg_conn_close(c);
     return;
   }
+  if (c->state != MG_CS_CLOSED) mg_tls_release_bios(c->ssl);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -628,7 +646,9 @@ static int on_message_complete(llhttp_t *p) {
 /* BoringSSL's SNI callback, through tls.c: the tls_hello hooks, when any. */
 int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
   mg_conn_t *c = owner;
-  if (!c || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
+  /* the worker's Lua state belongs to its current generation: its hooks speak of
+   * that generation's certificates, not of an older one's */
+  if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
   return mg_lua_tls_hello(c->w->wg, t, sni, c->listener);
 }
 
@@ -654,6 +674,8 @@ void mg_conn_accept(mg_listener_t *l) {
       return;
     }
     c->out.ssl = c->ssl;
+    c->tls_gen = w->gen;
+    mg_gen_ref(c->tls_gen);
   }
   llhttp_init(&c->parser, HTTP_REQUEST, &settings);
   c->parser.data = c;

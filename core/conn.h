@@ -43,6 +43,7 @@ struct mg_conn_s {
   unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned tls_ready : 1;    /* TLS handshake done */
+  unsigned served : 1;       /* a request was answered: idle now means keep-alive */
   const char *feed_start; /* the buffer llhttp is running over (obs-fold check) */
   char last_byte;         /* last byte of the previous buffer fed */
   int err_status;         /* the status a parser callback asked to answer with */
@@ -54,6 +55,7 @@ struct mg_conn_s {
   uint16_t redirect_https; /* the listener redirects every request to https on this port */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
+  mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 
 /* The client's address without port or brackets (a slice of c->client). */

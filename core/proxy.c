@@ -420,6 +420,20 @@ static void redirect_https(mg_req_t *r, int port) {
     mg_proxy_error(r, 400, 0);
     return;
   }
+  /* a name, an IPv4 or a bracketed IPv6 address, with an optional port: nothing
+   * that could change where the Location points (no "@", "/", "\\"...) */
+  for (size_t i = 0; i < host.len; i++) {
+    char ch = host.p[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+          ch == '.' || ch == '-' || ch == ':' || ch == '[' || ch == ']')) {
+      mg_proxy_error(r, 400, 0);
+      return;
+    }
+  }
+  if (r->target.len == 0 || r->target.p[0] != '/') { /* OPTIONS * has no https URL */
+    mg_proxy_error(r, 400, 0);
+    return;
+  }
   /* the host without its port ("[v6]:port" keeps its brackets) */
   size_t hl = host.len;
   for (size_t i = host.len; i > 0; i--) {

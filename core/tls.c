@@ -4,6 +4,7 @@
 #include <openssl/err.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -245,8 +246,7 @@ static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, c
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
   SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
-  SSL_CTX_set_session_id_context(ctx, (const uint8_t *)"moongate", 8);
-  SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb);
+  SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb); /* session id context: see below */
   if (cfg->verify_client) {
     int mode = SSL_VERIFY_PEER | (cfg->verify_client == 2 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0);
     SSL_CTX_set_verify(ctx, mode, NULL);
@@ -257,6 +257,32 @@ static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, c
     SSL_CTX_set_client_CA_list(ctx, cas);
   }
   return 0;
+}
+
+/* Adds a file's bytes to a hash (nothing when it cannot be read: loading it
+ * reports that). */
+static void hash_file(SHA256_CTX *h, const char *path) {
+  FILE *f = path ? fopen(path, "rb") : NULL;
+  if (!f) return;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) SHA256_Update(h, buf, n);
+  fclose(f);
+}
+
+/* What a resumed session vouches for about the client: whether and against which
+ * CAs it was verified. Sessions and tickets resume only where that is the same:
+ * a ticket from a listener without client certificates must not open one that
+ * requires them, on another listener or after a reload that turned them on.
+ * (Certificates are left out on purpose: a renewed certificate keeps sessions.) */
+static void session_context(const mg_tls_server_cfg_t *cfg, uint8_t out[32]) {
+  SHA256_CTX h;
+  SHA256_Init(&h);
+  SHA256_Update(&h, "moongate", 8);
+  uint8_t mode = (uint8_t)cfg->verify_client;
+  SHA256_Update(&h, &mode, 1);
+  if (cfg->verify_client) hash_file(&h, cfg->client_ca);
+  SHA256_Final(out, &h);
 }
 
 int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *err, size_t errlen) {
@@ -273,6 +299,9 @@ int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *
     int rc = server_ctx(c, cfg, i, err, errlen);
     if (rc < 0) return rc;
   }
+  uint8_t sid[32];
+  session_context(cfg, sid);
+  for (int i = 0; i < t->ncerts; i++) SSL_CTX_set_session_id_context(t->certs[i].ctx, sid, sizeof(sid));
   return 0;
 }
 
@@ -327,6 +356,18 @@ int mg_tls_client_new(mg_tls_client_t *t, const mg_tls_client_cfg_t *cfg, char *
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
   SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
   if (cfg->sni && !(t->sni = strdup(cfg->sni))) return MG_ENOMEM;
+  /* the pool key: the same settings (and files) share pooled connections and
+   * sessions across reloads, different ones never do */
+  SHA256_CTX h;
+  SHA256_Init(&h);
+  uint8_t v = (uint8_t)(cfg->verify ? 1 : 0);
+  SHA256_Update(&h, &v, 1);
+  const char *parts[] = { cfg->sni, cfg->ca_file, cfg->cert_file, cfg->key_file };
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    SHA256_Update(&h, parts[i] ? parts[i] : "", parts[i] ? strlen(parts[i]) + 1 : 1);
+    if (i > 0) hash_file(&h, parts[i]);
+  }
+  SHA256_Final(t->id, &h);
   if (cfg->verify) {
     const char *ca = cfg->ca_file ? cfg->ca_file : SYSTEM_CA;
     if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
@@ -381,18 +422,28 @@ SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session, void *ow
 
 /* ---------------- moving bytes ---------------- */
 
+/* A memory BIO keeps the largest buffer it ever held: an emptied one is replaced
+ * by a fresh, empty BIO, so a connection holds no buffer between reads and
+ * writes (the price is a small allocation per use). */
+static void fresh_bio(SSL *ssl, int write) {
+  BIO *b = BIO_new(BIO_s_mem());
+  if (!b) return; /* keep the old one: still correct, only bigger */
+  if (write) SSL_set0_wbio(ssl, b);
+  else SSL_set0_rbio(ssl, b);
+}
+
+void mg_tls_release_bios(SSL *ssl) {
+  if (BIO_pending(SSL_get_rbio(ssl)) == 0) fresh_bio(ssl, 0);
+  if (BIO_pending(SSL_get_wbio(ssl)) == 0) fresh_bio(ssl, 1);
+}
+
 int mg_tls_drain(SSL *ssl, mg_outq_t *out) {
-  BIO *w = SSL_get_wbio(ssl);
-  int total = 0;
-  for (;;) {
-    const uint8_t *p;
-    size_t n;
-    if (!BIO_mem_contents(w, &p, &n) || n == 0) break;
-    if (mg_outq_append(out, p, n) < 0) return -1;
-    total += (int)n;
-    BIO_reset(w);
-  }
-  return total;
+  const uint8_t *p;
+  size_t n;
+  if (!BIO_mem_contents(SSL_get_wbio(ssl), &p, &n) || n == 0) return 0;
+  if (mg_outq_append(out, p, n) < 0) return -1;
+  fresh_bio(ssl, 1);
+  return (int)n;
 }
 
 /* ---------------- peer certificate ---------------- */

@@ -40,6 +40,7 @@ typedef struct {
 /* An upstream's TLS. */
 typedef struct mg_tls_client_s {
   SSL_CTX *ctx;
+  uint8_t id[32]; /* hash of the settings and files: keys the upstream pools */
   char *sni;   /* server name sent and verified; NULL: none */
   int verify;
 } mg_tls_client_t;
@@ -89,6 +90,9 @@ int mg_tls_drain(SSL *ssl, struct mg_outq_s *out);
  * 0, or -1 when the client sent none. */
 int mg_tls_peer(SSL *ssl, char *subject, size_t slen, size_t *sout, char *issuer, size_t ilen,
                 size_t *iout, char fp[65], int *verified);
+
+/* Replaces emptied memory BIOs by fresh ones (no buffer kept while idle). */
+void mg_tls_release_bios(SSL *ssl);
 
 /* The last BoringSSL error as text ("" when none), for log lines. */
 const char *mg_tls_error(char *buf, size_t len);

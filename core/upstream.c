@@ -121,7 +121,10 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
   if (err == HPE_OK) return 0;
   if (err == HPE_PAUSED && u->done) {
     const char *pos = llhttp_get_error_pos(&u->parser);
-    finish(u, (pos && pos < p + n) || (u->ssl && SSL_pending(u->ssl) > 0));
+    /* bytes after the response make the connection unusable; with TLS they may
+     * also wait, still encrypted, in the read BIO */
+    finish(u, (pos && pos < p + n) ||
+                  (u->ssl && (SSL_pending(u->ssl) > 0 || BIO_pending(SSL_get_rbio(u->ssl)) > 0)));
     return -1;
   }
   MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
@@ -210,6 +213,8 @@ static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
     fail(u, 0, 0);
     return;
   }
+  if (u->state == MG_UP_CLOSED) return;
+  mg_tls_release_bios(u->ssl);
   if (u->state == MG_UP_ACTIVE && u->req) mg_proxy_response_flush(u->req);
 }
 
@@ -275,12 +280,16 @@ int mg_upstream_tls_session(void *owner, SSL_SESSION *session) {
 }
 
 static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_client_t *tls) {
+  static const uint8_t plain[32];
+  const uint8_t *id = tls ? tls->id : plain;
   for (mg_pool_t *p = w->pools; p; p = p->next)
-    if (p->tls == tls && p->addrlen == s->addrlen && memcmp(&p->addr, &s->addr, s->addrlen) == 0)
+    if (p->is_tls == (tls != NULL) && memcmp(p->tls_id, id, 32) == 0 && p->addrlen == s->addrlen &&
+        memcmp(&p->addr, &s->addr, s->addrlen) == 0)
       return p;
   mg_pool_t *p = calloc(1, sizeof(*p));
   if (!p) return NULL;
-  p->tls = tls;
+  p->is_tls = tls != NULL;
+  memcpy(p->tls_id, id, 32);
   memcpy(&p->addr, &s->addr, s->addrlen);
   p->addrlen = s->addrlen;
   p->next = w->pools;
@@ -392,14 +401,17 @@ void mg_upstream_trim(uv_timer_t *t) {
 
 int mg_upstream_flush(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return 0;
+  int had = mg_outq_has_output(&u->out);
   int rc = mg_outq_flush(&u->out);
   if (rc < 0) {
     fail(u, 0, 0);
     return rc;
   }
   /* after the flush: what it wrote synchronously decides between the write and
-   * the read timeout (see arm_rw) */
-  if (!u->paused) arm_rw(u);
+   * the read timeout (see arm_rw); with nothing to write, no progress was made
+   * and a running timeout stays as it is (a stopped one starts once the request
+   * is complete) */
+  if (!u->paused && (had || !uv_is_active((uv_handle_t *)&u->timer))) arm_rw(u);
   return 0;
 }
 

@@ -478,6 +478,23 @@ describe("TLS", function()
       return { "--cert", CERTS .. "/" .. name .. ".pem", "--key", CERTS .. "/" .. name .. ".key" }
     end
 
+    -- a session made where no certificate was asked for must not resume where
+    -- one is required (same certificate a.pem on both listeners)
+    for _, v in ipairs({ { "1.2", "-tls1_2" }, { "1.3", "-tls1_3" } }) do
+      it("does not resume a TLS " .. v[1] .. " session from a listener without client certificates on one that requires them", function()
+        local sess = helpers.tmpdir() .. "/sess.pem"
+        local req = "GET /tlsinfo HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        local first = s_client(proxy.port, { sni = "a.test", send = req, args = { v[2], "-ign_eof", "-sess_out", sess } })
+        assert.is_true(first.ok, first.out)
+        local again = s_client(proxy.port, { sni = "a.test", send = req, args = { v[2], "-ign_eof", "-sess_in", sess } })
+        assert.equal("TLSv" .. v[1], again.reused, again.out) -- the ticket is good where it came from
+        local cross = s_client(proxy.ports.mreq, { sni = "a.test", send = req,
+                                                   args = { v[2], "-ign_eof", "-sess_in", sess } })
+        assert.is_nil(cross.reused, cross.out)
+        assert.is_nil((cross.out:find("HTTP/1.1 200", 1, true)), cross.out)
+      end)
+    end
+
     it("verify_client = \"required\" refuses a client without a certificate", function()
       local before = count(proxy:stderr(), "TLS handshake failed")
       local res, out, rc = https(proxy.ports.mreq, "a.test", "/tlsinfo")
@@ -769,6 +786,41 @@ describe("TLS", function()
       local after, out2 = https(proxy.port, "b.test", "/tlsinfo")
       assert.truthy(after, out2)
       assert.equal(200, after.status)
+    end)
+
+    -- The server's first flight used to re-arm the connection's timer with the
+    -- keep-alive timeout (60 s): a client that got it and stalled was kept.
+    it("closes a client that stalls after the server's first flight within timeouts.handshake", function()
+      local script = [[
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname="a.test")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(out.read())            # the ClientHello, and then nothing more
+s.settimeout(10)
+t0 = time.time()
+got = 0
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += len(d)
+print("flight=%d closed_after=%.2f" % (got, time.time() - t0))
+]]
+      local f = helpers.tmpdir() .. "/stall.py"
+      helpers.write_file(f, script)
+      local out = sh("timeout 15 python3 " .. q(f) .. " " .. proxy.port)
+      local flight, after = out:match("flight=(%d+) closed_after=([%d.]+)")
+      assert.truthy(flight, out)
+      assert.is_true(tonumber(flight) > 100, "no server flight: " .. out) -- ServerHello .. Finished
+      assert.is_true(tonumber(after) > 0.7 and tonumber(after) < 3, "closed after " .. after .. " s")
     end)
 
     it("does not apply the handshake timeout once the handshake is done", function()
