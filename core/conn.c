@@ -115,9 +115,47 @@ void mg_conn_update_reading(mg_conn_t *c) {
 
 /* ---------------- closing ---------------- */
 
+/* ---------------- parser state ----------------
+ * An idle keep-alive connection holds no parser: it is taken (from the worker's
+ * spares) when request bytes arrive and given back once the connection is idle
+ * again with nothing pending. */
+#ifdef __SANITIZE_ADDRESS__
+#define PARSER_SPARES 0
+#else
+#define PARSER_SPARES 16
+#endif
+
+static llhttp_t *parser_get(mg_conn_t *c) {
+  if (c->parser) return c->parser;
+  mg_worker_t *w = c->w;
+  llhttp_t *p = w->nspare_parsers > 0 ? w->spare_parsers[--w->nspare_parsers] : malloc(sizeof(*p));
+  if (!p) return NULL;
+  llhttp_init(p, HTTP_REQUEST, &settings);
+  p->data = c;
+  c->parser = p;
+  return p;
+}
+
+static void parser_put(mg_conn_t *c) {
+  llhttp_t *p = c->parser;
+  if (!p) return;
+  c->parser = NULL;
+  mg_worker_t *w = c->w;
+  if (w->nspare_parsers < PARSER_SPARES) w->spare_parsers[w->nspare_parsers++] = p;
+  else free(p);
+}
+
+/* At the end of a read or of a request: an idle connection gives its parser back
+ * (its state is a fresh parser's: between two messages). */
+static void parser_idle(mg_conn_t *c) {
+  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->paused && !c->in_parser)
+    parser_put(c);
+}
+
 static void on_close(uv_handle_t *h) {
   mg_conn_t *c = h->data;
   mg_worker_t *w = c->w;
+  parser_put(c);
   mg_outq_dispose(&c->out);
   SSL_free(c->ssl);
   if (c->tls_gen) mg_gen_unref(c->tls_gen);
@@ -275,7 +313,7 @@ static int finish_request(mg_conn_t *c) {
   if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
   else mg_timer_stop(&c->w->timers, &c->timer); /* on_out arms it once the response is out */
   if (c->paused) {
-    llhttp_resume(&c->parser);
+    llhttp_resume(c->parser);
     c->paused = 0;
   }
   return 1;
@@ -294,7 +332,7 @@ static void after_feed(mg_conn_t *c) {
 }
 
 void mg_conn_request_done(mg_conn_t *c) {
-    if (c->in_parser) {
+  if (c->in_parser) {
     c->done_pending = 1;
     return;
   }
@@ -311,6 +349,7 @@ void mg_conn_request_done(mg_conn_t *c) {
     free(s);
   }
   after_feed(c);
+  if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
 
 static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
@@ -321,18 +360,22 @@ static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
 /* Runs llhttp over data; handles pauses (end of a message), deferred request
  * completion and errors. `data` may be c->saved's old buffer: it stays valid. */
 static void feed(mg_conn_t *c, const char *data, size_t len) {
-    while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
+  if (!parser_get(c)) {
+    mg_conn_close(c);
+    return;
+  }
+  while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
     c->in_parser = 1;
     c->done_pending = 0;
     c->feed_start = data;
     c->err_status = 0;
-    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    llhttp_errno_t err = llhttp_execute(c->parser, data, len);
     c->in_parser = 0;
     if (len) c->last_byte = data[len - 1];
     if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
     /* a pause ends the message, so everything consumed belongs to c->req */
     if (c->req) {
-      const char *pos = err == HPE_OK ? NULL : llhttp_get_error_pos(&c->parser);
+      const char *pos = err == HPE_OK ? NULL : llhttp_get_error_pos(c->parser);
       c->req->bytes_in += pos && pos >= data && pos <= data + len ? (uint64_t)(pos - data) : len;
     }
 
@@ -341,7 +384,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       return;
     }
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-      const char *pos = llhttp_get_error_pos(&c->parser);
+      const char *pos = llhttp_get_error_pos(c->parser);
       size_t used = pos ? (size_t)(pos - data) : len;
       if (used > len) used = len;
       c->paused = 1;
@@ -369,7 +412,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       MG_INFO(c->w->id, "%s: request refused: %d %s", c->client, status, mg_http_reason(status));
     else
       MG_INFO(c->w->id, "%s: bad request: %s: %s", c->client, llhttp_errno_name(err),
-              llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser) : "");
+              llhttp_get_error_reason(c->parser) ? llhttp_get_error_reason(c->parser) : "");
     if (!c->req) {
       c->req = mg_req_new(c);
       if (!c->req) {
@@ -504,6 +547,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (c->ssl) tls_input(c, buf->base, (size_t)nread);
   else input(c, buf->base, (size_t)nread);
   after_feed(c);
+  if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
 
 /* ---------------- llhttp callbacks ---------------- */
@@ -677,8 +721,6 @@ void mg_conn_accept(mg_listener_t *l) {
     c->tls_gen = w->gen;
     mg_gen_ref(c->tls_gen);
   }
-  llhttp_init(&c->parser, HTTP_REQUEST, &settings);
-  c->parser.data = c;
 
   struct sockaddr_storage ss;
   int slen = sizeof(ss);

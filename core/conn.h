@@ -31,7 +31,7 @@ struct mg_conn_s {
   mg_worker_t *w;
   const char *listener;   /* the listener's name (NULL when unnamed; owned by the worker) */
   mg_conn_t *prev, *next; /* worker's list */
-  llhttp_t parser;
+  llhttp_t *parser;       /* while a request is read or waits; NULL when idle (mg_worker_t spares) */
   mg_outq_t out;
   int state;
   unsigned reading : 1;

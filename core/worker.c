@@ -265,6 +265,7 @@ static void run(void *arg) {
     mg_req_dispose(r);
   }
   w->nspare_reqs = 0;
+  while (w->nspare_parsers > 0) free(w->spare_parsers[--w->nspare_parsers]);
   /* the loop ends when finish() closed the last referenced handle */
   mg_main_worker_exited();
 }

@@ -48,6 +48,8 @@ struct mg_worker_s {
   int nconns;
   mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
   mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
+  void *spare_parsers[16]; /* llhttp_t of idle connections, kept for reuse (conn.c) */
+  int nspare_parsers;
   int nspare_reqs;
 
   uint64_t seq;         /* request counter (request ids) */
