@@ -278,7 +278,9 @@ void mg_conn_flush(mg_conn_t *c) {
 
 void mg_conn_drain(mg_conn_t *c) {
   c->close_after = 1;
-  if (c->state == MG_CS_IDLE && !c->req && !c->saved) mg_conn_close(c);
+  if (c->state != MG_CS_IDLE || c->req || c->saved) return; /* after the current request */
+  if (mg_outq_size(&c->out) == 0) mg_conn_close(c);
+  else linger(c); /* a response still going out: finish it, then close */
 }
 
 /* ---------------- feeding the parser ---------------- */
@@ -299,9 +301,12 @@ static void save_rest(mg_conn_t *c, const char *p, size_t len) {
 static int finish_request(mg_conn_t *c) {
   mg_req_t *r = c->req;
   if (!r->complete && !r->discard_body) c->close_after = 1;
-  if (!r->keepalive || c->w->draining || c->rd_eof) c->close_after = 1;
+  /* a client that half-closed still gets the requests it sent before (saved) */
+  if (!r->keepalive || c->w->draining || (c->rd_eof && !c->saved)) c->close_after = 1;
   if (c->close_after) {
-    if (r->complete && !c->saved) c->quick_close = 1;
+    /* no linger only when the client itself ended the connection: one that
+     * expected keep-alive may already be sending its next request */
+    if (r->complete && !c->saved && (r->client_close || c->rd_eof)) c->quick_close = 1;
     linger(c);
     return 0;
   }
@@ -349,7 +354,17 @@ void mg_conn_request_done(mg_conn_t *c) {
     free(s);
   }
   after_feed(c);
-  if (c->state != MG_CS_CLOSED) parser_idle(c);
+  if (c->state == MG_CS_CLOSED) return;
+  /* half-closed and the requests it sent are all answered (or the last is cut
+   * short): nothing more will come */
+  if (c->rd_eof && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
+      !c->saved) {
+    c->close_after = 1;
+    c->quick_close = c->state == MG_CS_IDLE && !c->req;
+    linger(c);
+    return;
+  }
+  parser_idle(c);
 }
 
 static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
@@ -636,6 +651,7 @@ static int on_headers_complete(llhttp_t *p) {
   r->method = p->method;
   r->http_minor = p->http_minor;
   r->keepalive = llhttp_should_keep_alive(p) ? 1 : 0;
+  r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
   /* an upgrade is not supported yet: answer it as a plain request, then close */
   if (p->upgrade) r->keepalive = 0;
   if (p->flags & F_CHUNKED) {

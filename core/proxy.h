@@ -49,6 +49,7 @@ struct mg_req_s {
   uint64_t bytes_in;      /* raw bytes of this request */
   uint64_t trailer_bytes;
   unsigned keepalive : 1;       /* the client allows another request after this one */
+  unsigned client_close : 1;    /* the client itself asked to close after this one */
   unsigned expect_continue : 1;
   unsigned complete : 1;        /* the whole request has been read */
   unsigned discard_body : 1;    /* answered directly: read and drop the body */

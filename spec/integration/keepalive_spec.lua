@@ -201,6 +201,19 @@ describe("pipelining", function()
     c:close()
   end)
 
+  it("answers every pipelined request of a client that half-closes while the first waits, then closes", function()
+    local c = proxy:connect()
+    assert(c:send("GET /slow-head/0.4 HTTP/1.1\r\nHost: x\r\n\r\n"
+      .. "GET /echo?second HTTP/1.1\r\nHost: x\r\n\r\n"
+      .. "GET /echo?third HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert(c.sock:shutdown("send"))
+    local paths = {}
+    for i = 1, 3 do paths[i] = helpers.echo(assert(c:response())).path end
+    assert.same({ "/slow-head/0.4", "/echo?second", "/echo?third" }, paths)
+    assert.is_true((c:closed(2)))
+    c:close()
+  end)
+
   it("answers pipelined requests with bodies in order", function()
     local c = proxy:connect()
     assert(c:send("POST /echo?1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none"
