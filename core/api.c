@@ -238,16 +238,16 @@ int mg_res_set_status(mg_req_t *r, int status) {
 }
 
 int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
-  if (!PHASE(r, RES_READABLE) || !r->rhead.headers) return MG_API_EPHASE;
+  if (!PHASE(r, RES_READABLE) || !r->rhead.finished) return MG_API_EPHASE;
   return head_get(&r->rhead, name, nlen, nth, out);
 }
 
 size_t mg_res_header_count(mg_req_t *r) {
-  return PHASE(r, RES_READABLE) && r->rhead.headers ? r->rhead.n : 0;
+  return PHASE(r, RES_READABLE) && r->rhead.finished ? r->rhead.n : 0;
 }
 
 int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
-  if (!PHASE(r, RES_READABLE) || !r->rhead.headers) return MG_API_EPHASE;
+  if (!PHASE(r, RES_READABLE) || !r->rhead.finished) return MG_API_EPHASE;
   return head_at(&r->rhead, i, name, value);
 }
 

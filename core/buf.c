@@ -1,7 +1,5 @@
 #include "buf.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "tls.h"
@@ -99,17 +97,6 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len) {
   }
   if (mg_outq_size(q) > MG_HIGH_WATER) q->above = 1;
   return 0;
-}
-
-int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) {
-  char tmp[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-  va_end(ap);
-  if (n < 0) return MG_EPARSE;
-  if ((size_t)n >= sizeof(tmp)) n = sizeof(tmp) - 1;
-  return mg_outq_append(q, tmp, (size_t)n);
 }
 
 int mg_outq_append_uint(mg_outq_t *q, uint64_t v) {

@@ -43,7 +43,6 @@ void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data);
 /* Frees blocks not yet submitted (submitted ones are freed by their callbacks). */
 void mg_outq_dispose(mg_outq_t *q);
 int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
-int mg_outq_printf(mg_outq_t *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends v in decimal (no printf on the request path). */
 int mg_outq_append_uint(mg_outq_t *q, uint64_t v);
 /* Moves every pending block of `from` to the end of `to`. */

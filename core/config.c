@@ -131,11 +131,7 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss, sock
 
 /* A TLS error from tls.c, prefixed with the config file like every config error. */
 static int tls_fail(walk_t *w, int rc, const char *msg) {
-  if (rc == MG_ENOMEM) return rc;
-  char copy[512];
-  snprintf(copy, sizeof(copy), "%s", msg);
-  snprintf(w->err, w->errlen, "%s: %s", w->file, copy);
-  return MG_ECONFIG;
+  return rc == MG_ENOMEM ? rc : walk_fail(w, "%s", msg, NULL);
 }
 
 /* The listener's `tls` table (normalised by lua/moongate/init.lua) is at the top

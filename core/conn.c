@@ -152,13 +152,23 @@ static void parser_idle(mg_conn_t *c) {
     parser_put(c);
 }
 
+/* While a TLS connection is in its handshake, BoringSSL's callbacks use the
+ * certificates of the generation it was accepted under: the connection holds a
+ * reference on it until the handshake is over. */
+static void tls_gen_release(mg_conn_t *c) {
+  if (c->tls_gen) {
+    mg_gen_unref(c->tls_gen);
+    c->tls_gen = NULL;
+  }
+}
+
 static void on_close(uv_handle_t *h) {
   mg_conn_t *c = h->data;
   mg_worker_t *w = c->w;
   parser_put(c);
   mg_outq_dispose(&c->out);
   SSL_free(c->ssl);
-  if (c->tls_gen) mg_gen_unref(c->tls_gen);
+  tls_gen_release(c);
   free(c->saved);
   if (c->prev) c->prev->next = c->next;
   else w->conns = c->next;
@@ -285,16 +295,17 @@ void mg_conn_drain(mg_conn_t *c) {
 
 /* ---------------- feeding the parser ---------------- */
 
-static void save_rest(mg_conn_t *c, const char *p, size_t len) {
-  char *s = malloc(len ? len : 1);
-  if (!s) {
+/* Keeps request bytes that must wait for the request being answered (the rest
+ * of a read after a message, or pipelined bytes read while waiting), in order. */
+static void save(mg_conn_t *c, const char *p, size_t len) {
+  char *more = realloc(c->saved, c->saved_len + len);
+  if (!more) {
     mg_conn_close(c);
     return;
   }
-  memcpy(s, p, len);
-  free(c->saved);
-  c->saved = s;
-  c->saved_len = len;
+  memcpy(more + c->saved_len, p, len);
+  c->saved = more;
+  c->saved_len += len;
 }
 
 /* After a message: 1 when the connection may go on to the next request now. */
@@ -418,7 +429,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       }
       c->state = MG_CS_WAIT;
       mg_timer_stop(&c->w->timers, &c->timer);
-      if (len > 0) save_rest(c, data, len);
+      if (len > 0) save(c, data, len);
       return;
     }
     /* a parse error or a limit */
@@ -462,14 +473,7 @@ static void on_eof(mg_conn_t *c) {
 static void input(mg_conn_t *c, const char *p, size_t n) {
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
   if (c->state == MG_CS_WAIT) { /* pipelined: kept until the current request is done */
-    char *more = realloc(c->saved, c->saved_len + n);
-    if (!more) {
-      mg_conn_close(c);
-      return;
-    }
-    memcpy(more + c->saved_len, p, n);
-    c->saved = more;
-    c->saved_len += n;
+    save(c, p, n);
     return;
   }
   if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
@@ -480,16 +484,6 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
  * it can decrypt goes to input(). All of it, whatever the state: what one socket
  * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
  * socket event that may never come. */
-/* While a TLS connection is in its handshake, BoringSSL's callbacks use the
- * certificates of the generation it was accepted under: the connection holds a
- * reference on it until the handshake is over. */
-static void tls_gen_release(mg_conn_t *c) {
-  if (c->tls_gen) {
-    mg_gen_unref(c->tls_gen);
-    c->tls_gen = NULL;
-  }
-}
-
 static void tls_input(mg_conn_t *c, const char *data, size_t n) {
   /* closing: what still comes is dropped (as plain HTTP does), not buffered */
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;

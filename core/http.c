@@ -10,6 +10,7 @@ void mg_head_reset(mg_head_t *h) {
   h->n = 0;
   h->url_off = h->url_len = 0;
   h->last = MG_HEAD_NONE;
+  h->finished = 0;
 }
 
 void mg_head_dispose(mg_head_t *h) {
@@ -79,6 +80,7 @@ int mg_head_finish(mg_head_t *h) {
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
     h->headers[i].value = (mg_str_t){ v, vl };
   }
+  h->finished = 1;
   return 0;
 }
 

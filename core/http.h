@@ -22,6 +22,7 @@ typedef struct {
   uint32_t url_off, url_len;
   int last;             /* MG_HEAD_URL / FIELD / VALUE: what was appended last */
   mg_header_t *headers; /* after mg_head_finish: n slices into buf (or the arena) */
+  int finished;         /* mg_head_finish ran since the last reset: headers are valid */
   size_t hcap;          /* room in headers */
 } mg_head_t;
 

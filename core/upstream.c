@@ -283,12 +283,11 @@ static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_cl
   static const uint8_t plain[32];
   const uint8_t *id = tls ? tls->id : plain;
   for (mg_pool_t *p = w->pools; p; p = p->next)
-    if (p->is_tls == (tls != NULL) && memcmp(p->tls_id, id, 32) == 0 && p->addrlen == s->addrlen &&
+    if (memcmp(p->tls_id, id, 32) == 0 && p->addrlen == s->addrlen &&
         memcmp(&p->addr, &s->addr, s->addrlen) == 0)
       return p;
   mg_pool_t *p = calloc(1, sizeof(*p));
   if (!p) return NULL;
-  p->is_tls = tls != NULL;
   memcpy(p->tls_id, id, 32);
   memcpy(&p->addr, &s->addr, s->addrlen);
   p->addrlen = s->addrlen;

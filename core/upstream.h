@@ -21,8 +21,9 @@ struct mg_pool_s {
   mg_pool_t *next;
   struct sockaddr_storage addr;
   socklen_t addrlen;
-  int is_tls;                 /* part of the key: TLS and plain never share a pool, */
-  uint8_t tls_id[32];         /* nor TLS settings that differ (mg_tls_client_t.id) */
+  uint8_t tls_id[32];         /* part of the key: mg_tls_client_t.id, all zero for plain
+                                 HTTP; TLS and plain, or TLS settings that differ,
+                                 never share a pool */
   SSL_SESSION *session;       /* TLS: the last session, resumed by the next connection */
   mg_upconn_t *idle, *idle_tail; /* most recently used first */
   int nidle;

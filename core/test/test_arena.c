@@ -31,7 +31,7 @@ static void outq_appends_moves_and_counts(void) {
   CHECK(mg_outq_append(&a, "head", 4) == 0);
   CHECK(mg_outq_append(&a, big, sizeof(big)) == 0);
   CHECK(mg_outq_size(&a) == 40004);
-  CHECK(mg_outq_printf(&b, "%d-%s", 42, "x") == 0);
+  CHECK(mg_outq_append(&b, "42-x", 4) == 0);
   mg_outq_move(&b, &a);
   CHECK(mg_outq_size(&a) == 0 && a.head == NULL);
   CHECK(mg_outq_size(&b) == 40008);

@@ -134,6 +134,9 @@ mg.route { path = "/logged/", upstream = a, on = { log = function(req, res)
 end } }
 mg.route { path = "/dead/", upstream = dead, on = { log = function(req, res)
   s:incr("log:" .. res.status, 1, 0)
+  -- no upstream head: its headers cannot be read (the error names the call)
+  local ok, err = pcall(res.header, res, "content-type")
+  s:set("log:dead_header", ok and ("read " .. tostring(err)) or tostring(err):match("not allowed") or tostring(err))
 end } }
 mg.route { path = "/counter", respond = function(req)
   return 200, tostring(s:get(req:arg("k"))), {}
@@ -465,6 +468,19 @@ describe("hooks", function()
       helpers.assert_error(get("/dead/x"), 502)
       local n = helpers.wait_until(function() return get("/counter?k=log:502").body == "1" end, 3)
       assert.is_true(n)
+    end)
+
+    -- A finished request's memory serves the next one: the headers of an earlier
+    -- upstream response must not pass for this request's.
+    it("refuses res:header when no upstream head came, even right after a request that had one", function()
+      assert.equal(200, get("/logged/echo").status)
+      helpers.assert_error(get("/dead/y"), 502)
+      local v
+      assert.is_true(helpers.wait_until(function()
+        v = get("/counter?k=log:dead_header").body
+        return v ~= "nil"
+      end, 3))
+      assert.equal("not allowed", v)
     end)
   end)
 
