@@ -28,7 +28,7 @@ local mt = {
     local m = methods[k]
     if m then return m end
     if fields[k] then
-      C.mg_req_info(self._r, info)
+      if C.mg_req_info(self._r, info) ~= 0 then error("req." .. k .. ": not allowed in this hook", 2) end
       local s = info[k]
       return ffi_str(s.p, s.len)
     end
@@ -38,7 +38,9 @@ local mt = {
       return ctx
     end
     if k == "tls" then -- nil over plain HTTP; computed once per request
-      if C.mg_req_tls(self._r, tls_info) ~= 0 then return nil end
+      local rc = C.mg_req_tls(self._r, tls_info)
+      if rc == abi.EPHASE then error("req.tls: not allowed in this hook", 2) end
+      if rc ~= 0 then return nil end
       local t = {
         version = ffi_str(tls_info.version.p, tls_info.version.len),
         cipher = ffi_str(tls_info.cipher.p, tls_info.cipher.len),
@@ -53,7 +55,7 @@ local mt = {
       return t
     end
     if k == "http_version" then
-      C.mg_req_info(self._r, info)
+      if C.mg_req_info(self._r, info) ~= 0 then error("req.http_version: not allowed in this hook", 2) end
       return info.http_minor == 1 and 1.1 or 1.0
     end
     return nil
@@ -69,6 +71,10 @@ function _M.new(ptr)
   for k, f in pairs(methods) do obj[k] = f end
   return setmetatable(obj, mt)
 end
+
+--- Detaches an object from its request (see runtime.req_for), and attaches it again.
+function _M.detach(req) req._r = nil end
+function _M.attach(req, ptr) req._r = ffi_cast("mg_req_t *", ptr) end
 
 --- Points a pooled request object at another request, forgetting the old one.
 function _M.reset(req, ptr)

@@ -33,6 +33,10 @@ function _M.reset(res, ptr)
   res._r = ffi_cast("mg_req_t *", ptr)
 end
 
+--- Detaches the object from its request and attaches it again (runtime.req_for).
+function _M.detach(res) res._r = nil end
+function _M.attach(res, ptr) res._r = ffi_cast("mg_req_t *", ptr) end
+
 -- res:header, res:headers, res:set_header, res:add_header, res:del_header
 hdr.install(methods, "res", C.mg_res_header, C.mg_res_header_count, C.mg_res_header_at,
             C.mg_res_set_header)

@@ -33,6 +33,42 @@ end }
   end)
 end)
 
+describe("a request object kept while its request is still going on", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "O" })
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+local held
+mg.route { path = "/slow-head/", upstream = mg.upstream "o" { servers = { "${origin}" } },
+           on = { request = function(req) held = req end } }
+mg.route { path = "/peek", respond = function(req)
+  local ok, err = pcall(function() return held.path end)
+  local ok2, err2 = pcall(function() return held:header("host") end)
+  return 200, tostring(ok) .. " " .. tostring(err):gsub("^.-: ", "") .. "\n"
+           .. tostring(ok2) .. " " .. tostring(err2):gsub("^.-: ", "") .. "\n"
+end }
+]], { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function() helpers.teardown(proxy) end)
+
+  -- the other request is alive (waiting for its origin), so its memory is not
+  -- reused: the object must still refuse, not answer with another request's data
+  it("refuses to read another request from a hook of this one", function()
+    local slow = proxy:connect()
+    assert(slow:send("GET /slow-head/0.5 HTTP/1.1\r\nHost: held\r\n\r\n"))
+    helpers.sleep(0.1)
+    local res = assert(proxy:request({ path = "/peek" }))
+    assert.equal("false req.path: not allowed in this hook\nfalse header: not allowed in this hook\n", res.body)
+    assert.equal(200, assert(slow:response()).status)
+    slow:close()
+  end)
+end)
+
 describe("reloads that follow each other at once", function()
   local proxy, dir, extra
 

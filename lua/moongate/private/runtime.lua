@@ -70,6 +70,12 @@ end
 -- its registry ref), reset when the slot serves a new request, so no tables are
 -- made per request. Slots are reused by the registry, hence the reset on `seq`.
 local objects = {}
+-- The object whose hook ran last. Only the request whose hook runs may be
+-- touched: every other object is detached (its pointer cleared, so the API
+-- refuses it) and attached again when its own request's next hook runs. A hook
+-- that keeps `req` in a variable thus cannot reach another request that got
+-- the same memory.
+local current
 
 local function req_for(ptr, seq, slot)
   local req = objects[slot]
@@ -82,6 +88,16 @@ local function req_for(ptr, seq, slot)
     request.reset(req, ptr)
     response.reset(req.res, ptr)
     req._seq = seq
+  elseif rawget(req, "_r") == nil then
+    request.attach(req, ptr)
+    response.attach(req.res, ptr)
+  end
+  if current ~= req then
+    if current then
+      request.detach(current)
+      response.detach(current.res)
+    end
+    current = req
   end
   return req
 end
