@@ -73,18 +73,21 @@ void mg_timer_start(mg_timers_t *ts, mg_timer_t *t, uint64_t ms, mg_timer_cb cb)
 static void on_uv(uv_timer_t *h) {
   mg_timers_t *ts = h->data;
   uint64_t now = uv_now(h->loop), next = 0;
-  for (int i = 0; i < MG_TIMER_LISTS; i++) {
-    mg_tlist_t *l = &ts->lists[i];
-    /* a callback may stop or arm any timer, this list's included: re-read the head */
-    while (l->head && l->head->due <= now) {
-      mg_timer_t *t = l->head;
-      mg_timer_stop(ts, t);
-      t->cb(t);
+  /* Overdue timers fire in due order across lists (a late loop may find several
+   * lists due at once). A callback may stop or arm any timer: the heads are
+   * looked at again before each one. */
+  for (;;) {
+    mg_timer_t *first = NULL;
+    for (int i = 0; i < MG_TIMER_LISTS; i++) {
+      mg_timer_t *t = ts->lists[i].head;
+      if (t && (!first || t->due < first->due)) first = t;
     }
-  }
-  for (int i = 0; i < MG_TIMER_LISTS; i++) {
-    mg_timer_t *t = ts->lists[i].head;
-    if (t && (!next || t->due < next)) next = t->due;
+    if (!first || first->due > now) {
+      next = first ? first->due : 0;
+      break;
+    }
+    mg_timer_stop(ts, first);
+    first->cb(first);
   }
   /* callbacks may have scheduled already; schedule() keeps the earlier time */
   if (next) schedule(ts, next);

@@ -1,5 +1,6 @@
 /* core/timer.c: worker timers on a real libuv loop. */
 #include <stddef.h>
+#include <time.h>
 
 #include "../timer.h"
 #include "test.h"
@@ -92,6 +93,32 @@ static void many_durations_fire_in_order(void) {
   teardown(&loop, &ts);
 }
 
+/* a late loop finds timers of several lists due at once: they fire in due
+ * order, not list by list */
+static void overdue_timers_fire_in_due_order(void) {
+  uv_loop_t loop;
+  mg_timers_t ts;
+  setup(&loop, &ts);
+  enum { N = 2 * MG_TIMER_LISTS };
+  item_t it[N];
+  /* list i gets durations i+1 and N+i+1... interleaved so that list order and
+   * due order differ */
+  for (int i = 0; i < N; i++) {
+    int d = (i % 2) ? N - i : i;
+    it[i] = (item_t){ .id = d };
+    mg_timer_start(&ts, &it[i].t, (uint64_t)(1 + d), record);
+  }
+  struct timespec late = { 0, (long)(N + 20) * 1000000L };
+  nanosleep(&late, NULL);
+  run(&loop, &ts);
+  CHECK(nfired == N);
+  int sorted = 1;
+  for (int i = 0; i < N; i++)
+    if (order[i] != i) sorted = 0;
+  CHECK(sorted);
+  teardown(&loop, &ts);
+}
+
 /* a callback may arm timers and stop the ones still pending */
 static item_t chain_b, chain_c;
 static void chain(mg_timer_t *t) {
@@ -118,7 +145,8 @@ static void callbacks_arm_and_stop(void) {
 int main(void) {
   static const t_case_t cases[] = {
     T(fire_in_due_order_within_and_across_lists), T(stop_and_rearm),
-    T(many_durations_fire_in_order), T(callbacks_arm_and_stop),
+    T(many_durations_fire_in_order), T(overdue_timers_fire_in_due_order),
+    T(callbacks_arm_and_stop),
   };
   return t_run("timer", cases, sizeof(cases) / sizeof(cases[0]));
 }
