@@ -35,6 +35,7 @@ void mg_gen_ref(mg_gen_t *g) { atomic_fetch_add(&g->refs, 1); }
 
 static void gen_free(mg_gen_t *g) {
   free(g->path);
+  free(g->source);
   free(g->access_log);
   free(g->error_log);
   free(g->pid);
@@ -419,6 +420,13 @@ static int walk(walk_t *w, mg_gen_t *g) {
     g->shared_size[i] = (size_t)field_num(L, -1, "size", 1 << 20);
     lua_pop(L, 1);
   }
+  lua_pop(L, 1);
+  size_t slen = 0;
+  lua_getfield(L, -1, "source");
+  const char *src = lua_tolstring(L, -1, &slen);
+  if (!src || !(g->source = malloc(slen + 1))) return MG_ENOMEM;
+  memcpy(g->source, src, slen + 1);
+  g->source_len = slen;
   lua_pop(L, 1);
   lua_getfield(L, -1, "files");
   g->nfiles = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;

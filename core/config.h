@@ -67,6 +67,8 @@ typedef struct {
 struct mg_gen_s {
   atomic_int refs;
   char *path;          /* the config file */
+  char *source;        /* its text as read once by this load: every worker runs it */
+  size_t source_len;
   int workers;
   char *access_log;    /* NULL: off */
   char *error_log;

@@ -72,7 +72,8 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   lua_pushstring(L, gen->path);
   lua_pushinteger(L, w->id);
   lua_pushinteger(L, gen->nroutes);
-  if (pcall_tb(L, 3, 0, err, errlen) < 0) goto fail;
+  lua_pushlstring(L, gen->source, gen->source_len);
+  if (pcall_tb(L, 4, 0, err, errlen) < 0) goto fail;
   lua_getfield(L, rt, "dispatch");
   g->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "connect");

@@ -254,11 +254,6 @@ static int run(mg_gen_t *g) {
       }
       fds[w * g->nlisteners + i] = fd;
     }
-  if (g->pid) {
-    int rc = write_pid(g->pid);
-    if (rc < 0) MG_WARN(-1, "cannot write pid file %s: %s", g->pid, strerror(-rc));
-  }
-
   M.loop = uv_default_loop();
   M.gen = g;
   M.nworkers = n;
@@ -275,13 +270,15 @@ static int run(mg_gen_t *g) {
 
   M.workers = calloc((size_t)n, sizeof(mg_worker_t));
   if (!M.workers) return 1;
+  /* Every worker's state is loaded and has run init_worker before any worker
+   * serves: the sockets already listen, so early clients wait in the backlog
+   * instead of meeting a half-started instance. */
   for (int w = 0; w < n; w++) {
     char werr[2048];
-    int rc = mg_worker_start(&M.workers[w], w, g, fds + w * g->nlisteners, werr, sizeof(werr));
+    int rc = mg_worker_make(&M.workers[w], w, g, fds + w * g->nlisteners, werr, sizeof(werr));
     if (rc == MG_ECONFIG) {
       MG_ERR(-1, "worker %d: %s", w, werr);
       fprintf(stderr, "moongate: %s\n", werr);
-      if (g->pid) unlink(g->pid);
       _exit(1);
     }
     if (rc < 0) {
@@ -289,7 +286,20 @@ static int run(mg_gen_t *g) {
       _exit(1);
     }
   }
+  for (int w = 0; w < n; w++) {
+    int rc = mg_worker_run(&M.workers[w]);
+    if (rc < 0) {
+      MG_ERR(-1, "cannot start worker %d: %s", w, uv_strerror(rc));
+      _exit(1);
+    }
+  }
   free(fds);
+  /* the pid file says "running": written once every worker serves and the
+   * signals are handled */
+  if (g->pid) {
+    int rc = write_pid(g->pid);
+    if (rc < 0) MG_WARN(-1, "cannot write pid file %s: %s", g->pid, strerror(-rc));
+  }
   char addrs[512] = "";
   for (int i = 0; i < g->nlisteners; i++) {
     size_t l = strlen(addrs);

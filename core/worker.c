@@ -270,7 +270,7 @@ static void run(void *arg) {
   mg_main_worker_exited();
 }
 
-int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen) {
+int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen) {
   int rc;
   w->id = id;
   atomic_init(&w->cmd, MG_CMD_NONE);
@@ -311,8 +311,10 @@ int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, 
     w->listeners[i] = open_listener(w, &gen->listeners[i], fds[i]);
     if (!w->listeners[i]) return UV_EADDRINUSE;
   }
-  return uv_thread_create(&w->thread, run, w);
+  return 0;
 }
+
+int mg_worker_run(mg_worker_t *w) { return uv_thread_create(&w->thread, run, w); }
 
 void mg_worker_command(mg_worker_t *w, int cmd) {
   atomic_store(&w->cmd, cmd);

@@ -66,9 +66,12 @@ struct mg_worker_s {
 };
 
 /* Creates worker `id` for `gen` with the given already-listening fds (one per
- * listener of gen, owned by the worker from now on) and starts its thread. Loads
- * proxy.lua into the worker's Lua state first: err says why when that fails. */
-int mg_worker_start(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen);
+ * listener of gen, owned by the worker from now on): loads proxy.lua into the
+ * worker's Lua state and runs its init_worker hooks (err says why when that
+ * fails), but does not start it: mg_worker_run does, once every worker is made. */
+int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen);
+/* Starts a made worker's thread: from now on it accepts and serves. */
+int mg_worker_run(mg_worker_t *w);
 /* A new generation for a worker: its Lua state (built by the main thread) and, per
  * listener of the new gen, a listening fd to adopt or -1 to keep the worker's
  * listener of the same address. Owned by the worker once handed over. */

@@ -1,6 +1,7 @@
 -- The command line (-v, -t, -s stop, -c) and signals: graceful drain on
 -- SIGTERM/SIGQUIT, bounded by timeouts.drain; SIGINT exits at once.
 local helpers = require "spec.helpers"
+local signal = require "posix.signal"
 
 local CONF = [[
 local mg = require "moongate"
@@ -208,5 +209,81 @@ describe("signals", function()
     local data, why = c:read_until_close(2)
     assert.equal("closed", why)
     assert.equal("", data)
+  end)
+end)
+
+describe("start", function()
+  after_each(function() helpers.cleanup() end)
+
+  -- worker 1's init_worker takes half a second; requests sent as soon as the
+  -- port accepts must still find both workers' init_worker done, on whichever
+  -- worker the kernel hands the connection to
+  it("serves nothing until every worker has run init_worker; the pid file comes after", function()
+    local proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 2, access_log = false, pid = "moongate.pid", shared = { s = "64k" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.on("init_worker", function()
+  if mg.worker_id() == 1 then
+    local t = os.clock() + 0.5
+    while os.clock() < t do end
+  end
+  mg.shared("s"):incr("ready", 1, 0)
+end)
+mg.route { respond = function(req)
+  return 200, tostring(mg.shared("s"):get("ready")), { ["content-type"] = "text/plain" }
+end }
+]], { wait = false })
+    assert(proxy:wait_ready())
+    local conns = {}
+    -- every request is sent before any answer is read: a connection on worker 0
+    -- must not be answered while worker 1 is still in init_worker
+    for i = 1, 8 do
+      conns[i] = assert(proxy:connect())
+      assert(conns[i]:send(helpers.request_bytes({ path = "/" .. i })))
+    end
+    for i = 1, 8 do
+      local res = assert(conns[i]:final_response())
+      assert.equal(200, res.status)
+      assert.equal("2", res.body)
+      conns[i]:close()
+    end
+    local pid = helpers.wait_until(function() return proxy:file("moongate.pid") end, 3)
+    assert.equal(tostring(proxy.pid), (pid or ""):match("^(%d+)"))
+    helpers.teardown(proxy)
+  end)
+
+  -- the config rewrites its own file while the main thread loads it: the
+  -- workers run the text that was checked, and a reload reads the file again
+  it("every worker runs the config text the main thread read, not the file as it is later", function()
+    local proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 2, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+local here = debug.getinfo(1, "S").source:sub(2)
+local rewrite = "yes"
+if mg.worker_id() < 0 and rewrite == "yes" then
+  local f = assert(io.open(here, "rb"))
+  local text = f:read("*a")
+  f:close()
+  text = text:gsub('"as read"', '"as changed"'):gsub('"yes"', '"no"', 1)
+  f = assert(io.open(here .. ".new", "wb"))
+  f:write(text)
+  f:close()
+  assert(os.rename(here .. ".new", here))
+end
+mg.route { respond = function() return 200, "as read", { ["content-type"] = "text/plain" } end }
+]])
+    for _ = 1, 10 do
+      local res = assert(proxy:request({ path = "/" }))
+      assert.equal("as read", res.body)
+    end
+    assert(helpers.read_file(proxy.conf):find('"as changed"', 1, true))
+    proxy:signal(signal.SIGHUP)
+    assert(helpers.wait_until(function()
+      local res = proxy:request({ path = "/" })
+      return res and res.body == "as changed"
+    end, 5), "a reload did not read the changed file:\n" .. proxy:stderr())
+    helpers.teardown(proxy)
   end)
 end)

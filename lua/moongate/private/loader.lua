@@ -4,7 +4,8 @@ local mg = require "moongate"
 local router = require "moongate.router"
 local abi = require "moongate.ffi"
 
-local ipairs, pairs, pcall, loadfile = ipairs, pairs, pcall, loadfile
+local ipairs, pairs, pcall, load = ipairs, pairs, pcall, load
+local open = io.open
 local fmt = string.format
 
 local _M = {}
@@ -29,14 +30,33 @@ local function full_path(msg, path)
   return msg
 end
 
---- Loads the config file at `path` (absolute). Returns the normalised table, or
---- nil and a message naming file:line.
-function _M.load(path)
+local function read_all(path)
+  local f, err = open(path, "rb")
+  if not f then return nil, err end
+  local text, rerr = f:read("*a")
+  f:close()
+  if not text then return nil, path .. ": " .. tostring(rerr) end
+  return text
+end
+
+--- Loads the config file at `path` (absolute), or runs `source` under that name
+--- when given (the text an earlier load read). Returns the normalised table
+--- (its `source` is the text that ran), or nil and a message naming file:line.
+function _M.load(path, source)
   local dir = dirname(path)
   mg._reset(dir)
   local own = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
   if package.path:sub(1, #own) ~= own then package.path = own .. package.path end
-  local chunk, err = loadfile(path)
+  if not source then
+    local rerr
+    source, rerr = read_all(path)
+    if not source then return nil, "cannot open config " .. rerr end
+  end
+  -- like loadfile: a first line starting with # (#!/usr/bin/env ...) is skipped,
+  -- its newline kept so that line numbers stay right
+  local text = source
+  if text:sub(1, 1) == "#" then text = text:gsub("^[^\n]*", "", 1) end
+  local chunk, err = load(text, "@" .. path)
   if not chunk then return nil, full_path(err, path) end
   local ok, perr = pcall(chunk)
   if not ok then return nil, full_path(tostring(perr), path) end
@@ -52,7 +72,7 @@ function _M.load(path)
     pid = abspath(dir, c.pid or "logs/moongate.pid"),
     timeouts = {}, limits = {},
     listeners = st.listeners, upstreams = st.upstreams, routes = {},
-    hooks = 0, shared = {}, watch = c.watch or false, files = { path },
+    hooks = 0, shared = {}, watch = c.watch or false, files = { path }, source = source,
   }
   -- the files proxy.lua required from its own folder: watched for live reload
   for name in pairs(package.loaded) do

@@ -16,9 +16,10 @@ local _M = {}
 local global = {} -- hook number -> list of functions
 local routes = {} -- route index (1-based, C's order) -> { [hook number] = fn, respond = fn }
 
---- Loads proxy.lua (the main thread validated the same file) and indexes hooks.
-function _M.start(path, worker_id, nroutes)
-  local conf, err = loader.load(path)
+--- Runs proxy.lua's text as the main thread read and validated it (`source`:
+--- not the file again, which may have changed since) and indexes hooks.
+function _M.start(path, worker_id, nroutes, source)
+  local conf, err = loader.load(path, source)
   if not conf then error(err, 0) end
   if #conf.routes ~= nroutes then
     error(path .. ": proxy.lua declared " .. #conf.routes .. " routes in worker " .. worker_id
