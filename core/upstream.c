@@ -222,7 +222,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mg_upconn_t *u = s->data;
   if (nread == 0 || u->state == MG_UP_CLOSED) return;
   if (nread < 0) {
-    if (u->state == MG_UP_CONNECTING) fail(u, 1, 0);     /* during the TLS handshake */
+    if (u->state == MG_UP_CONNECTING) { /* during the TLS handshake */
+      MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s before the handshake ended",
+              u->server->text, nread == UV_EOF ? "closed" : uv_strerror((int)nread));
+      fail(u, 1, 0);
+    }
     else if (u->state != MG_UP_ACTIVE || !u->req) mg_upstream_close(u); /* pooled */
     else if (nread == UV_EOF) on_eof(u);
     else fail(u, 0, 0);

@@ -319,8 +319,9 @@ Origin.__index = Origin
 
 --- Start origin.py. opts: name (default "origin"), port (default: any),
 -- blackhole (a listener whose connects hang), tls ({ cert = PEM file, key = PEM
--- file, max_version = "1.2" (optional) }: the main port speaks TLS; the control
--- port stays plain). Returns an object with port, ctrl (control port), addr
+-- file, max_version = "1.2" (optional), client_ca = PEM file (optional: verify
+-- client certificates; the echo's tls.client is the CN), client = "required" |
+-- "optional" (default) }: the main port speaks TLS; the control port stays plain). Returns an object with port, ctrl (control port), addr
 -- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
   opts = opts or {}
@@ -341,6 +342,10 @@ function helpers.origin(opts)
     if opts.tls.max_version then
       argv[#argv + 1] = "--tls-max"
       argv[#argv + 1] = opts.tls.max_version
+    end
+    if opts.tls.client_ca then
+      for _, x in ipairs({ "--tls-client-ca", opts.tls.client_ca,
+                           "--tls-client", opts.tls.client or "optional" }) do argv[#argv + 1] = x end
     end
     o.tls = true
   end

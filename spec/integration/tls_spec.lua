@@ -191,6 +191,16 @@ local fresh = mg.upstream "fresh" { servers = { "${backend}" }, keepalive = 0,
 local fresh12 = mg.upstream "fresh12" { servers = { "${backend12}" }, keepalive = 0,
                                         tls = { ca = "ca.pem", sni = "backend.test" } }
 local noverify = mg.upstream "noverify" { servers = { "${backend}" }, tls = { verify = false, ca = "ca2.pem" } }
+-- client certificates: ${mtls} asks for one (TLS 1.3), ${mtls12} requires one (TLS 1.2)
+local function mtls(addr, cert)
+  return { servers = { addr }, keepalive = 0, tls = { ca = "ca.pem", sni = "backend.test",
+           cert = cert and cert .. ".pem", key = cert and cert .. ".key" } }
+end
+local c1 = mg.upstream "c1" (mtls("${mtls}", "client1"))
+local c0 = mg.upstream "c0" (mtls("${mtls}"))
+local c2 = mg.upstream "c2" (mtls("${mtls}", "client2"))
+local c1req = mg.upstream "c1req" (mtls("${mtls12}", "client1"))
+local c0req = mg.upstream "c0req" (mtls("${mtls12}"))
 
 mg.route { path = "/tlsinfo", respond = function(req)
   if req.tls == nil then return 200, "no tls\n", { ["content-type"] = "text/plain" } end
@@ -212,6 +222,11 @@ mg.route { path = "/wrongca/", upstream = wrongca }
 mg.route { path = "/wrongname/", upstream = wrongname }
 mg.route { path = "/sysca/", upstream = sysca }
 mg.route { path = "/noverify/", upstream = noverify }
+mg.route { path = "/c1/", upstream = c1 }
+mg.route { path = "/c0/", upstream = c0 }
+mg.route { path = "/c2/", upstream = c2 }
+mg.route { path = "/c1req/", upstream = c1req }
+mg.route { path = "/c0req/", upstream = c0req }
 mg.route { path = "/fresh/", upstream = fresh }
 mg.route { path = "/fresh12/", upstream = fresh12 }
 mg.route { path = "/", upstream = o }
@@ -228,7 +243,7 @@ end }
 ]=]
 
 describe("TLS", function()
-  local proxy, origin, backend, reuse_origin, backend12
+  local proxy, origin, backend, reuse_origin, backend12, mtls, mtls12
 
   lazy_setup(function()
     CERTS = helpers.tmpdir()
@@ -238,12 +253,17 @@ describe("TLS", function()
     reuse_origin = helpers.origin({ name = "R", tls = { cert = CERTS .. "/backend.pem", key = CERTS .. "/backend.key" } })
     backend12 = helpers.origin({ name = "B12", tls = { cert = CERTS .. "/backend.pem",
                                                       key = CERTS .. "/backend.key", max_version = "1.2" } })
+    mtls = helpers.origin({ name = "M", tls = { cert = CERTS .. "/backend.pem", key = CERTS .. "/backend.key",
+                                                client_ca = CERTS .. "/ca.pem" } })
+    mtls12 = helpers.origin({ name = "M12", tls = { cert = CERTS .. "/backend.pem", key = CERTS .. "/backend.key",
+                                                    client_ca = CERTS .. "/ca.pem", client = "required",
+                                                    max_version = "1.2" } })
     local names = { "plain", "tls13", "mreq", "mopt", "hello", "redir", "redir443" }
     local wait = { "port" }
     for _, n in ipairs(names) do wait[#wait + 1] = n end
     proxy = helpers.proxy(CONF, { dir = CERTS, ports = names, wait_ports = wait,
       vars = { origin = origin.addr, backend = backend.addr, reuse = reuse_origin.addr,
-               backend12 = backend12.addr } })
+               backend12 = backend12.addr, mtls = mtls.addr, mtls12 = mtls12.addr } })
   end)
 
   lazy_teardown(function()
@@ -704,6 +724,42 @@ describe("TLS", function()
       assert.equal("TLSv1.3", first.tls.version)
       assert.is_not.equal(first.conn, second.conn)
       assert.is_true(second.tls.reused)
+    end)
+
+    it("presents the upstream's cert and key as a client certificate", function()
+      local doc = helpers.echo(plain_get("/c1/echo"))
+      assert.equal("M", doc.name)
+      assert.equal("TLSv1.3", doc.tls.version)
+      assert.equal("client1", doc.tls.client)
+    end)
+
+    it("presents no client certificate without cert and key", function()
+      local doc = helpers.echo(plain_get("/c0/echo"))
+      assert.equal("M", doc.name)
+      assert.equal(helpers.null, doc.tls.client)
+    end)
+
+    it("answers 502 when the upstream refuses the client certificate (TLS 1.3: alert after the handshake)", function()
+      local before = mtls:stats().requests
+      helpers.assert_error(plain_get("/c2/echo"), 502)
+      assert.equal(before, mtls:stats().requests)
+    end)
+
+    it("presents the client certificate over TLS 1.2 to an upstream that requires one", function()
+      local doc = helpers.echo(plain_get("/c1req/echo"))
+      assert.equal("M12", doc.name)
+      assert.equal("TLSv1.2", doc.tls.version)
+      assert.equal("client1", doc.tls.client)
+    end)
+
+    it("answers 502 and logs the handshake failure when an upstream requires a certificate and none is set", function()
+      local line = "upstream " .. mtls12.addr .. ": TLS handshake failed"
+      local before, reqs = count(proxy:stderr(), line), mtls12:stats().requests
+      helpers.assert_error(plain_get("/c0req/echo"), 502)
+      assert.truthy(helpers.wait_until(function()
+        return count(proxy:stderr(), line) > before
+      end, 3), "no handshake failure logged:\n" .. proxy:stderr():sub(-2000))
+      assert.equal(reqs, mtls12:stats().requests)
     end)
 
     it("carries a 2 MB response from a TLS upstream intact", function()

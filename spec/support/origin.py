@@ -8,13 +8,15 @@ It parses leniently on purpose: it must show what the proxy sent, not judge it.
 
 Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
-            [--tls-cert PEM --tls-key PEM [--tls-max 1.2]]
+            [--tls-cert PEM --tls-key PEM [--tls-max 1.2]
+             [--tls-client-ca PEM [--tls-client required|optional]]]
   origin.py --blackhole --port-file F
 
 With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
 "http/1.1", the same certificate whatever the client's SNI; --tls-max 1.2 stops
-at 1.2) and every connection is counted once its handshake is done; the control
-port stays plain.
+at 1.2; --tls-client-ca asks clients for a certificate signed by that CA, which
+--tls-client required makes mandatory) and every connection is counted once its
+handshake is done; the control port stays plain.
 
 The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
@@ -39,9 +41,10 @@ Behaviour by path on the main port (the query string is ignored for routing):
   /stream-echo    200 chunked, Connection: close: each piece of the request body
                   is sent back as soon as it is read (full duplex), then close
   anything else   /echo: JSON of what was received (see echo()); over TLS it
-                  also has "tls": {"version", "sni", "alpn", "reused"} as the
-                  origin saw them (sni and alpn null when the client sent none;
-                  reused: the client resumed a session)
+                  also has "tls": {"version", "sni", "alpn", "reused", "client"}
+                  as the origin saw them (sni and alpn null when the client sent
+                  none; reused: the client resumed a session; client: the CN of
+                  the client's verified certificate, or null)
 
 The pattern is the lines "%015d\\n" % i for i = 0, 1, 2, ... cut to N bytes;
 spec/helpers.lua builds the same bytes to compare.
@@ -356,12 +359,22 @@ async def stream_echo(reader, writer, headers):
 
 
 def tls_info(writer):
-    """{"version", "sni", "alpn", "reused"} of a TLS connection, or None over plain TCP."""
+    """{"version", "sni", "alpn", "reused", "client"} of a TLS connection, or None
+    over plain TCP. client is the CN of the verified client certificate (None
+    without one, or without --tls-client-ca)."""
     obj = writer.get_extra_info("ssl_object")
     if obj is None:
         return None
+    client = None
+    peer = obj.getpeercert()
+    if peer:
+        for rdn in peer.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    client = value
     return {"version": obj.version(), "sni": getattr(obj, "mg_sni", None),
-            "alpn": obj.selected_alpn_protocol(), "reused": obj.session_reused}
+            "alpn": obj.selected_alpn_protocol(), "reused": obj.session_reused,
+            "client": client}
 
 
 async def handle(reader, writer):
@@ -471,6 +484,10 @@ async def main(args):
             tls.maximum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(args.tls_cert, args.tls_key)
         tls.set_alpn_protocols(["http/1.1"])
+        if args.tls_client_ca:
+            tls.load_verify_locations(args.tls_client_ca)
+            tls.verify_mode = (ssl.CERT_REQUIRED if args.tls_client == "required"
+                               else ssl.CERT_OPTIONAL)
 
         def remember_sni(obj, name, ctx):
             obj.mg_sni = name  # read back by tls_info()
@@ -498,6 +515,9 @@ if __name__ == "__main__":
     ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     ap.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3",
                     help="the highest TLS version served")
+    ap.add_argument("--tls-client-ca", help="verify client certificates against this CA (PEM)")
+    ap.add_argument("--tls-client", choices=["required", "optional"], default="optional",
+                    help="with --tls-client-ca: whether a client certificate is required")
     parsed = ap.parse_args()
     if bool(parsed.tls_cert) != bool(parsed.tls_key):
         ap.error("--tls-cert and --tls-key go together")
