@@ -485,6 +485,7 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
  * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
  * socket event that may never come. */
 static void tls_input(mg_conn_t *c, const char *data, size_t n) {
+  int fresh = 0; /* the handshake ended in this call */
   /* closing: what still comes is dropped (as plain HTTP does), not buffered */
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
   if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n) {
@@ -520,6 +521,7 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
       return;
     }
     c->tls_ready = 1;
+    fresh = 1;
     tls_gen_release(c);
     arm(c, c->w->gen->timeouts.client_header); /* for the first request */
   }
@@ -540,6 +542,16 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
     MG_INFO(c->w->id, "%s: TLS error: %s", c->client, mg_tls_error(why, sizeof(why)));
     mg_conn_close(c);
     return;
+  }
+  /* TLS 1.3: BoringSSL keeps the session tickets until our first write. When no
+   * answer is on its way (the request is not all here), send them now: the
+   * client then has its tickets, and the ACK of its Finished rides on them
+   * instead of being delayed, which would hold a Nagle client's request. A
+   * zero-byte write only flushes them. */
+  if (fresh && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
+      mg_outq_size(&c->out) == 0) {
+    SSL_write(c->ssl, "", 0);
+    ERR_clear_error();
   }
   if (c->state != MG_CS_CLOSED) mg_tls_release_bios(c->ssl);
 }

@@ -356,6 +356,17 @@ describe("TLS", function()
   end)
 
   describe("session resumption", function()
+    -- BoringSSL holds TLS 1.3 tickets until the server's first write; moongate
+    -- sends them when the handshake ends, so a client that has not sent its
+    -- request yet gets them (and the ACK of its Finished rides on them: a
+    -- client without TCP_NODELAY is not held by a delayed ACK)
+    it("sends the TLS 1.3 session tickets as soon as the handshake ends, before any request", function()
+      local r = s_client(proxy.port, { sni = "a.test", args = { "-tls1_3", "-msg" }, input = "sleep 1" })
+      assert.equal(2, count(r.out, "NewSessionTicket"), r.out)
+      assert.equal("TLSv1.3", r.new, r.out)
+      assert.is_nil(r.out:find("HTTP/1.1", 1, true), r.out)
+    end)
+
     local function resumes(extra)
       local sess = helpers.tmpdir() .. "/session.pem"
       local req = "GET /tlsinfo HTTP/1.1\r\nHost: a.test\r\n\r\n"
