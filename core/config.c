@@ -202,6 +202,9 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
     lua_pop(L, 1);
     l->name = field_str(L, -1, "name");
     l->redirect_https = (int)field_num(L, -1, "redirect_https", 0);
+    lua_getfield(L, -1, "deferred");
+    l->deferred = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : 1;
+    lua_pop(L, 1);
     lua_getfield(L, -1, "tls");
     if (lua_istable(L, -1)) {
       int rc = walk_listen_tls(w, l);

@@ -17,6 +17,7 @@ typedef struct {
   char text[64]; /* "ip:port" as written in logs */
   char *name;    /* listener name or NULL */
   mg_tls_server_t *tls; /* NULL: plain HTTP */
+  int deferred;         /* TCP_DEFER_ACCEPT: accepted once the client's first bytes are in */
   int redirect_https;   /* plain listener answering everything with a redirect to
                            https on this port; 0: off */
 } mg_listen_cfg_t;

@@ -1,6 +1,9 @@
 #include "worker.h"
 
 #include <stdlib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "conn.h"
@@ -154,6 +157,9 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
     for (int j = 0; j < w->nlisteners; j++) {
       mg_listener_t *l = w->listeners[j];
       if (l && strcmp(l->cfg->text, ng->listeners[i].text) == 0) {
+        uv_os_fd_t fd;
+        if (l->cfg->deferred != ng->listeners[i].deferred && uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0)
+          mg_listen_defer(fd, ng->listeners[i].deferred);
         l->cfg = &ng->listeners[i];
         l->name = intern(w, l->cfg->name);
         nl[i] = l;
@@ -315,6 +321,11 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, s
 }
 
 int mg_worker_run(mg_worker_t *w) { return uv_thread_create(&w->thread, run, w); }
+
+void mg_listen_defer(int fd, int on) {
+  int secs = on ? 1 : 0;
+  setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs));
+}
 
 void mg_worker_command(mg_worker_t *w, int cmd) {
   atomic_store(&w->cmd, cmd);

@@ -124,7 +124,7 @@ local function parse_addr(s, what)
   return host, port
 end
 
-local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true }
+local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true, deferred = true }
 local tls_keys = { cert = true, key = true, certs = true, min_version = true,
                    verify_client = true, client_ca = true }
 local cert_keys = { cert = true, key = true, name = true }
@@ -176,10 +176,16 @@ local function listen_tls(t)
   return out
 end
 
---- mg.listen { "host:port", ..., name = "NAME", tls = {...}, redirect_https = true | PORT }
+--- mg.listen { "host:port", ..., name = "NAME", tls = {...}, redirect_https = true | PORT,
+---             deferred = true (default) | false }
 function _M.listen(t)
   if type(t) ~= "table" then fail("mg.listen: expects a table") end
   check.keys(t, listen_keys, "mg.listen")
+  local deferred = true
+  if t.deferred ~= nil then
+    check.type(t.deferred, "boolean", "mg.listen", "deferred")
+    deferred = t.deferred
+  end
   local tls = t.tls ~= nil and listen_tls(t.tls) or nil
   local redirect = nil
   if t.redirect_https ~= nil then
@@ -201,7 +207,7 @@ function _M.listen(t)
       if l.host == host and l.port == port then fail("mg.listen: '%s' is already listened on", a) end
     end
     state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name, tls = tls,
-                                              redirect_https = redirect }
+                                              redirect_https = redirect, deferred = deferred }
   end
 end
 

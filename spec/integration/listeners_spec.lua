@@ -65,3 +65,73 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
     for _, c in ipairs(clients) do c:close() end
   end)
 end)
+
+-- deferred (TCP_DEFER_ACCEPT, on by default): the kernel hands a connection over
+-- once its first bytes are in. Seen from outside in /proc/net/tcp: the server's
+-- side of a connection that has sent nothing stays in SYN_RECV (state 03)
+-- instead of ESTABLISHED (01).
+describe("deferred accept", function()
+  local signal = require "posix.signal"
+  local proxy
+
+  -- the state (hex) of the server-side socket of 127.0.0.1:port <- client
+  local function server_state(port, client)
+    local cport = tonumber(client:match(":(%d+)$"))
+    local text = helpers.read_file("/proc/net/tcp") or ""
+    for lport, rport, st in text:gmatch("\n%s*%d+: %x+:(%x+) %x+:(%x+) (%x%x)") do
+      if tonumber(lport, 16) == port and tonumber(rport, 16) == cport then return st end
+    end
+  end
+
+  local CONF = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, pid = "moongate.pid" }
+mg.listen { "127.0.0.1:${port}" }
+mg.listen { "127.0.0.1:${eager}", deferred = ${eager_deferred} }
+mg.route { respond = { status = 200, body = "hi" } }
+]]
+
+  lazy_setup(function()
+    proxy = helpers.proxy(CONF, { ports = { "eager" }, wait_ports = { "port", "eager" },
+                                  vars = { eager_deferred = "false" } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("keeps a connection that has sent nothing in the kernel, and serves it once its request comes", function()
+    local c = assert(proxy:connect())
+    helpers.sleep(0.3)
+    assert.equal("03", server_state(proxy.port, c:local_addr()))
+    local res = assert(c:request({ path = "/" }))
+    assert.equal(200, res.status)
+    assert.equal("hi", res.body)
+    assert.equal("01", server_state(proxy.port, c:local_addr()))
+    c:close()
+  end)
+
+  it("accepts at once with deferred = false", function()
+    local c = assert(proxy:connect(proxy.ports.eager))
+    assert(helpers.wait_until(function()
+      return server_state(proxy.ports.eager, c:local_addr()) == "01"
+    end, 3), "not established: " .. tostring(server_state(proxy.ports.eager, c:local_addr())))
+    assert.equal("hi", assert(c:request({ path = "/" })).body)
+    c:close()
+  end)
+
+  it("a reload that turns it on applies to the listener it keeps", function()
+    local text = helpers.read_file(proxy.conf):gsub("deferred = false", "deferred = true")
+    local f = assert(io.open(proxy.conf, "wb"))
+    f:write(text)
+    f:close()
+    proxy:signal(signal.SIGHUP)
+    assert(helpers.wait_until(function() return proxy:stderr():find("config reloaded", 1, true) end, 5),
+      proxy:stderr())
+    local c = assert(proxy:connect(proxy.ports.eager))
+    helpers.sleep(0.3)
+    assert.equal("03", server_state(proxy.ports.eager, c:local_addr()))
+    assert.equal("hi", assert(c:request({ path = "/" })).body)
+    c:close()
+  end)
+end)

@@ -118,7 +118,7 @@ describe("moongate.private.loader", function()
 
     it("returns the listeners, no upstreams and no routes for a listen-only config", function()
       local conf = ok { HEADER, LISTEN }
-      assert.same({ { host = "127.0.0.1", port = 8080 } }, conf.listeners)
+      assert.same({ { host = "127.0.0.1", port = 8080, deferred = true } }, conf.listeners)
       assert.same({}, conf.upstreams)
       assert.same({}, conf.routes)
     end)
@@ -233,10 +233,16 @@ describe("moongate.private.loader", function()
         'mg.listen { "0.0.0.0:80", "localhost:8080" }',
         'mg.listen { "[::1]:8443", name = "admin" }' }
       assert.same({
-        { host = "0.0.0.0", port = 80 },
-        { host = "localhost", port = 8080 },
-        { host = "::1", port = 8443, name = "admin" },
+        { host = "0.0.0.0", port = 80, deferred = true },
+        { host = "localhost", port = 8080, deferred = true },
+        { host = "::1", port = 8443, name = "admin", deferred = true },
       }, conf.listeners)
+    end)
+
+    it("takes deferred = false (accept before the first bytes) and refuses a non-boolean", function()
+      local conf = ok { HEADER, 'mg.listen { "127.0.0.1:80", deferred = false }' }
+      assert.is_false(conf.listeners[1].deferred)
+      assert_error({ HEADER, 'mg.listen { "127.0.0.1:80", deferred = "yes" }' }, 2, "mg.listen", "deferred")
     end)
 
     it("refuses an address without a port ('localhost')", function()
@@ -719,7 +725,7 @@ describe("moongate.private.loader", function()
       assert.same({}, conf2.routes)
       assert.equal(0, conf2.workers)
       assert.same(DEFAULT_TIMEOUTS, conf2.timeouts)
-      assert.same({ { host = "127.0.0.1", port = 9999 } }, conf2.listeners)
+      assert.same({ { host = "127.0.0.1", port = 9999, deferred = true } }, conf2.listeners)
       -- the same upstream name can be defined again in a new load
       local conf3 = ok { HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:2" } }' }
       assert.equal(2, conf3.upstreams[1].servers[1].port)
@@ -742,7 +748,7 @@ describe("moongate DSL (direct calls)", function()
     mg.route { host = "X.test", path = "/a/", methods = { "get" }, listener = "pub", upstream = u }
     local st = mg._state()
     assert.equal("/conf", st.confdir)
-    assert.same({ { host = "127.0.0.1", port = 80, name = "pub" } }, st.listeners)
+    assert.same({ { host = "127.0.0.1", port = 80, name = "pub", deferred = true } }, st.listeners)
     assert.same({ pub = true }, st.listener_names)
     assert.equal(u, st.upstreams[1])
     assert.equal(u, st.upstream_by_name.app)
