@@ -43,7 +43,8 @@ static int listen_socket(const mg_listen_cfg_t *l, char *err, size_t errlen) {
   /* accepted sockets inherit TCP_NODELAY from the listener on Linux: no
    * setsockopt per connection */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (l->deferred) mg_listen_defer(fd, 1);
+  if (l->deferred && mg_listen_defer(fd, 1) < 0)
+    MG_WARN(-1, "%s: TCP_DEFER_ACCEPT: %s", l->text, strerror(errno));
   if (bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) < 0) goto fail;
   if (listen(fd, 511) < 0) goto fail;
   return fd;

@@ -1,6 +1,8 @@
 #include "worker.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -150,6 +152,10 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
   }
   for (int i = 0; i < ng->nlisteners; i++) {
     if (rl->fds[i] >= 0) {
+      /* made for this reload, or for an earlier one it replaced before this
+       * worker took it (then with that config's setting): set it again */
+      if (mg_listen_defer(rl->fds[i], ng->listeners[i].deferred) < 0)
+        MG_WARN(w->id, "%s: TCP_DEFER_ACCEPT: %s", ng->listeners[i].text, strerror(errno));
       nl[i] = open_listener(w, &ng->listeners[i], rl->fds[i]);
       rl->fds[i] = -1; /* adopted (or closed by open_listener's failure path) */
       continue;
@@ -158,8 +164,9 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
       mg_listener_t *l = w->listeners[j];
       if (l && strcmp(l->cfg->text, ng->listeners[i].text) == 0) {
         uv_os_fd_t fd;
-        if (l->cfg->deferred != ng->listeners[i].deferred && uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0)
-          mg_listen_defer(fd, ng->listeners[i].deferred);
+        if (l->cfg->deferred != ng->listeners[i].deferred && uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0 &&
+            mg_listen_defer(fd, ng->listeners[i].deferred) < 0)
+          MG_WARN(w->id, "%s: TCP_DEFER_ACCEPT: %s", ng->listeners[i].text, strerror(errno));
         l->cfg = &ng->listeners[i];
         l->name = intern(w, l->cfg->name);
         nl[i] = l;
@@ -322,9 +329,9 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, s
 
 int mg_worker_run(mg_worker_t *w) { return uv_thread_create(&w->thread, run, w); }
 
-void mg_listen_defer(int fd, int on) {
+int mg_listen_defer(int fd, int on) {
   int secs = on ? 1 : 0;
-  setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs));
+  return setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs));
 }
 
 void mg_worker_command(mg_worker_t *w, int cmd) {

@@ -75,7 +75,7 @@ int mg_worker_run(mg_worker_t *w);
 /* TCP_DEFER_ACCEPT on a listening socket (on: the kernel hands a connection over
  * once its first bytes are in, so a new connection wakes the worker once, not
  * twice; a client that sends nothing is handed over after about a second). */
-void mg_listen_defer(int fd, int on);
+int mg_listen_defer(int fd, int on);
 /* A new generation for a worker: its Lua state (built by the main thread) and, per
  * listener of the new gen, a listening fd to adopt or -1 to keep the worker's
  * listener of the same address. Owned by the worker once handed over. */

@@ -74,6 +74,15 @@ describe("deferred accept", function()
   local signal = require "posix.signal"
   local proxy
 
+  local function count(text, needle)
+    local n, from = 0, 1
+    while true do
+      local i, j = text:find(needle, from, true)
+      if not i then return n end
+      n, from = n + 1, j + 1
+    end
+  end
+
   -- the state (hex) of the server-side socket of 127.0.0.1:port <- client
   local function server_state(port, client)
     local cport = tonumber(client:match(":(%d+)$"))
@@ -118,6 +127,53 @@ mg.route { respond = { status = 200, body = "hi" } }
     end, 3), "not established: " .. tostring(server_state(proxy.ports.eager, c:local_addr())))
     assert.equal("hi", assert(c:request({ path = "/" })).body)
     c:close()
+  end)
+
+  -- reload A adds a listener (deferred), reload B turns deferred off for it; the
+  -- worker, busy in a handler, takes only B, with the socket A made
+  it("a reload that replaces a reload the worker has not taken yet applies its own setting", function()
+    local conf = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+${more}
+mg.route { path = "/busy", respond = function()
+  local t = os.clock() + 1.5
+  while os.clock() < t do end
+  return 200, "done", { ["content-type"] = "text/plain" }
+end }
+mg.route { respond = { status = 200, body = "hi" } }
+]]
+    local p = helpers.proxy(conf, { ports = { "extra" }, vars = { more = "" } })
+    local function install(more)
+      local text = conf:gsub("%${port}", tostring(p.port)):gsub("%${more}", more)
+      local f = assert(io.open(p.conf, "wb"))
+      f:write(text)
+      f:close()
+    end
+    local function reloaded(n)
+      return helpers.wait_until(function()
+        return count(p:stderr(), "reloaded (SIGHUP)") >= n
+      end, 5)
+    end
+    local busy = assert(p:connect())
+    assert(busy:send(helpers.request_bytes({ path = "/busy" })))
+    helpers.sleep(0.2) -- the worker is in the handler now
+    install('mg.listen { "127.0.0.1:' .. p.ports.extra .. '" }')
+    p:signal(signal.SIGHUP)
+    assert(reloaded(1), p:stderr())
+    install('mg.listen { "127.0.0.1:' .. p.ports.extra .. '", deferred = false }')
+    p:signal(signal.SIGHUP)
+    assert(reloaded(2), p:stderr())
+    assert.equal("done", assert(busy:final_response()).body)
+    assert(helpers.wait_until(function() return count(p:stderr(), "config reloaded") >= 1 end, 5), p:stderr())
+    local c = assert(p:connect(p.ports.extra))
+    helpers.sleep(0.3)
+    assert.equal("01", server_state(p.ports.extra, c:local_addr()))
+    assert.equal("hi", assert(c:request({ path = "/" })).body)
+    c:close()
+    busy:close()
+    p:stop()
   end)
 
   it("a reload that turns it on applies to the listener it keeps", function()

@@ -239,6 +239,14 @@ describe("moongate.private.loader", function()
       }, conf.listeners)
     end)
 
+    it("loads a file that starts with a #! line or a UTF-8 BOM, with the right line numbers", function()
+      assert.equal(8080, ok({ "#!/usr/bin/env moongate", HEADER, LISTEN }).listeners[1].port)
+      assert_error({ "#!/usr/bin/env moongate", HEADER, 'mg.listen { "localhost" }' }, 3, "'localhost'")
+      assert.equal(8080, ok({ "\239\187\191" .. HEADER, LISTEN }).listeners[1].port)
+      local conf = ok { HEADER, LISTEN }
+      assert.equal(table.concat({ HEADER, LISTEN }, "\n") .. "\n", conf.source)
+    end)
+
     it("takes deferred = false (accept before the first bytes) and refuses a non-boolean", function()
       local conf = ok { HEADER, 'mg.listen { "127.0.0.1:80", deferred = false }' }
       assert.is_false(conf.listeners[1].deferred)

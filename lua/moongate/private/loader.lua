@@ -52,11 +52,9 @@ function _M.load(path, source)
     source, rerr = read_all(path)
     if not source then return nil, "cannot open config " .. rerr end
   end
-  -- like loadfile: a first line starting with # (#!/usr/bin/env ...) is skipped,
-  -- its newline kept so that line numbers stay right
-  local text = source
-  if text:sub(1, 1) == "#" then text = text:gsub("^[^\n]*", "", 1) end
-  local chunk, err = load(text, "@" .. path)
+  -- LuaJIT's lexer skips a UTF-8 BOM and a first #! line in any chunk, as
+  -- loadfile would
+  local chunk, err = load(source, "@" .. path)
   if not chunk then return nil, full_path(err, path) end
   local ok, perr = pcall(chunk)
   if not ok then return nil, full_path(tostring(perr), path) end
