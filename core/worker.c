@@ -290,6 +290,8 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, s
   uint64_t seed = 0;
   uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL);
   w->id_seed = seed;
+  /* the loop first: init_worker hooks may read its clock (mg.now) */
+  if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
   /* proxy.lua runs in the worker's own state; init_worker hooks run here, with
    * the worker's identity, before its thread starts */
   mg_current_worker = w;
@@ -304,7 +306,6 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, s
   w->listeners = calloc((size_t)gen->nlisteners + 1, sizeof(*w->listeners));
   if (!w->alog || !w->listeners) return UV_ENOMEM;
 
-  if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
   uv_async_init(&w->loop, &w->async, on_async);
   w->async.data = w;
   uv_prepare_init(&w->loop, &w->prepare);

@@ -229,7 +229,13 @@ mg.on("init_worker", function()
     while os.clock() < t do end
   end
   mg.shared("s"):incr("ready", 1, 0)
+  mg.shared("s"):set("clock" .. mg.worker_id(), mg.now())
 end)
+mg.route { path = "/clock", respond = function(req)
+  local s = mg.shared("s")
+  return 200, string.format("%.3f %.3f %.3f", s:get("clock0"), s:get("clock1"), mg.now()),
+    { ["content-type"] = "text/plain" }
+end }
 mg.route { respond = function(req)
   return 200, tostring(mg.shared("s"):get("ready")), { ["content-type"] = "text/plain" }
 end }
@@ -250,6 +256,12 @@ end }
     end
     local pid = helpers.wait_until(function() return proxy:file("moongate.pid") end, 3)
     assert.equal(tostring(proxy.pid), (pid or ""):match("^(%d+)"))
+    -- mg.now() already runs in init_worker: the worker loop's clock, a little
+    -- before the request's
+    local c0, c1, now = assert(proxy:request({ path = "/clock" })).body:match("^(%S+) (%S+) (%S+)$")
+    c0, c1, now = tonumber(c0), tonumber(c1), tonumber(now)
+    assert.is_true(c0 > 0 and c1 > 0, "mg.now() in init_worker: " .. c0 .. " " .. c1)
+    assert.is_true(c0 <= now and c1 <= now and now - c0 < 60, c0 .. " " .. c1 .. " " .. now)
     helpers.teardown(proxy)
   end)
 
