@@ -159,6 +159,7 @@ int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name) {
   size_t n = strlen(name);
   if (n >= sizeof(low)) return 0;
   for (size_t i = 0; i <= n; i++) low[i] = (char)tolower((unsigned char)name[i]);
+  if (n > 1 && low[n - 1] == '.') low[n - 1] = '\0'; /* "a.test." is a.test, fully qualified */
   for (int i = 0; i < t->ncerts; i++)
     for (int j = 0; j < t->certs[i].ndns; j++)
       if (strcmp(t->certs[i].dns[j], low) == 0) return i;

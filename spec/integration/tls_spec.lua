@@ -288,6 +288,11 @@ describe("TLS", function()
       assert.equal("b.test", served("B.Test"))
     end)
 
+    it("takes a fully qualified SNI (trailing dot) as the same name", function()
+      assert.equal("b.test", served("b.test."))
+      assert.equal("*.w.test", served("x.w.test."))
+    end)
+
     it("matches a wildcard for exactly one label, else falls back to the first certificate", function()
       assert.equal("*.w.test", served("x.w.test"))
       assert.equal("a.test", served("a.b.w.test"))
