@@ -222,7 +222,12 @@ int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, co
   else lua_pushnil(L);
   if (listener) lua_pushstring(L, listener);
   else lua_pushnil(L);
-  if (pcall_tb(L, 2, 1, err, sizeof(err)) < 0) {
+  /* watched by the main thread like the request hooks (mg_lua_hook) */
+  atomic_store_explicit(&g->w->hook_hook, MG_HOOK_TLS_HELLO, memory_order_relaxed);
+  atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
+  int rc = pcall_tb(L, 2, 1, err, sizeof(err));
+  atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
+  if (rc < 0) {
     MG_ERR(g->w->id, "tls_hello hook failed (handshake refused): %s", err);
     return -2;
   }

@@ -195,13 +195,14 @@ static void watch_files(void) {
 /* A hook that never returns blocks its worker (LuaJIT cannot interrupt compiled
  * code safely): say so loudly, every few seconds, naming the worker and hook. */
 static void on_watchdog(uv_timer_t *t) {
-  static const char *names[] = { "init_worker", "connect", "request", "balance",
-                                 "upstream_request", "response", "body", "log", "respond" };
+  static const char *names[MG_HOOK_MAX] = { "init_worker", "connect", "request", "balance",
+                                            "upstream_request", "response", "body", "log",
+                                            "respond", "tls_hello" };
   uint64_t now = uv_hrtime() / 1000000; /* the same clock as the workers' uv_now, in ms */
   for (int i = 0; i < M.nworkers; i++) {
     uint64_t since = atomic_load(&M.workers[i].hook_since);
     int hook = atomic_load(&M.workers[i].hook_hook);
-    if (since && now > since && now - since > 5000 && hook >= 0 && hook < 9)
+    if (since && now > since && now - since > 5000 && hook >= 0 && hook < MG_HOOK_MAX)
       MG_ERR(-1, "worker %d has been stuck in a %s hook for %.0fs: its connections stall "
              "until it returns (restart moongate to recover)", i, names[hook], (double)(now - since) / 1e3);
   }

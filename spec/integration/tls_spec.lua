@@ -1051,6 +1051,28 @@ print("flight=%d closed_after=%.2f" % (got, time.time() - t0))
 
   -- Certificates are read again at every reload; the session ticket keys belong
   -- to the process, so a ticket issued before the reload still resumes after it.
+  -- the main thread's watchdog reports a hook that has not returned for 5 s,
+  -- checking every 5 s: a tls_hello hook that spins 11 s is reported once
+  describe("a tls_hello hook that does not return", function()
+    it("is reported by the watchdog, naming the worker and the hook", function()
+      local proxy = helpers.proxy('local mg = require "moongate"\n'
+        .. 'mg.config { workers = 1, access_log = false, timeouts = { handshake = 30 } }\n'
+        .. 'mg.listen { "127.0.0.1:${port}", tls = { cert = "' .. CERTS .. '/a.pem", key = "'
+        .. CERTS .. '/a.key" } }\n'
+        .. 'mg.on("tls_hello", function(hello)\n'
+        .. '  if hello.sni == "slow.test" then local t = os.clock() + 11 while os.clock() < t do end end\n'
+        .. 'end)\n'
+        .. 'mg.route { respond = { status = 200, body = "ok" } }\n')
+      local res, out = helpers.curl({ "-k", "--resolve", "slow.test:" .. proxy.port .. ":127.0.0.1",
+                                      "https://slow.test:" .. proxy.port .. "/" }, { max_time = 20 })
+      assert.truthy(res, "curl: " .. tostring(out)) -- it returned in the end, and the handshake went on
+      assert.equal("ok", res.body)
+      local log = proxy:stderr()
+      assert.truthy(log:find("worker 0 has been stuck in a tls_hello hook for", 1, true), log)
+      proxy:stop()
+    end)
+  end)
+
   describe("TLS and reload", function()
     local proxy
 
