@@ -101,11 +101,26 @@ function helpers.run(argv, opts)
   for _, a in ipairs(argv) do parts[#parts + 1] = shell_quote(a) end
   local cmd = table.concat(parts, " ")
   if opts.cwd then cmd = "cd " .. shell_quote(opts.cwd) .. " && " .. cmd end
+  return helpers.sh(cmd)
+end
+
+--- Run a shell command line; returns its combined output and exit code.
+function helpers.sh(cmd)
   local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\""))
   local out = p:read("*a")
   p:close()
   local body, rc = out:match("^(.*)__rc=(%d+)\n?$")
   return body, tonumber(rc)
+end
+
+--- How many times `needle` (plain text) occurs in `text`.
+function helpers.count(text, needle)
+  local n, from = 0, 1
+  while true do
+    local i, j = text:find(needle, from, true)
+    if not i then return n end
+    n, from = n + 1, j + 1
+  end
 end
 
 --- Run the moongate binary with args (a list); returns its combined output

@@ -241,6 +241,8 @@ mg.route { respond = function(req)
 end }
 ]], { wait = false })
     assert(proxy:wait_ready())
+    -- the sockets listen from the start, but worker 1 is still in init_worker
+    assert.is_nil(proxy:file("moongate.pid"), "pid file written before every worker was ready")
     local conns = {}
     -- every request is sent before any answer is read: a connection on worker 0
     -- must not be answered while worker 1 is still in init_worker

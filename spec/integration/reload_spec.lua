@@ -64,14 +64,7 @@ local function wait_body(proxy, want, port, timeout)
   assert.is_true(ok == true, "still answering " .. tostring(last) .. " instead of " .. want)
 end
 
-local function count(text, needle)
-  local n, from = 0, 1
-  while true do
-    local i, j = text:find(needle, from, true)
-    if not i then return n end
-    n, from = n + 1, j + 1
-  end
-end
+local count = helpers.count
 
 describe("reload", function()
   local proxy, origin

@@ -15,14 +15,7 @@ local socket = require "socket"
 
 local q = helpers.shell_quote
 
--- A shell command line; returns its combined output and exit code.
-local function sh(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local body, rc = out:match("^(.*)__rc=(%d+)\n?$")
-  return body, tonumber(rc)
-end
+local sh = helpers.sh
 
 local function argv_line(argv)
   local t = {}
@@ -137,14 +130,7 @@ local function kv(body)
   return t
 end
 
-local function count(text, needle)
-  local n, from = 0, 1
-  while true do
-    local i, j = text:find(needle, from, true)
-    if not i then return n end
-    n, from = n + 1, j + 1
-  end
-end
+local count = helpers.count
 
 -- The main proxy. Relative file names: the certificates sit next to proxy.lua.
 local CONF = [=[
