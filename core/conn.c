@@ -19,6 +19,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len);
 static int on_headers_complete(llhttp_t *p);
 static int on_body(llhttp_t *p, const char *at, size_t len);
 static int on_message_complete(llhttp_t *p);
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len);
+static int on_chunk_header(llhttp_t *p);
 
 static llhttp_settings_t settings = {
   .on_message_begin = on_message_begin,
@@ -28,6 +30,9 @@ static llhttp_settings_t settings = {
   .on_headers_complete = on_headers_complete,
   .on_body = on_body,
   .on_message_complete = on_message_complete,
+  .on_chunk_extension_name = on_chunk_ext,
+  .on_chunk_extension_value = on_chunk_ext,
+  .on_chunk_header = on_chunk_header,
 };
 
 /* ---------------- timers ----------------
@@ -393,11 +398,18 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
     c->in_parser = 1;
     c->done_pending = 0;
-    c->feed_start = data;
     c->err_status = 0;
-    llhttp_errno_t err = llhttp_execute(c->parser, data, len);
+    size_t head_used;
+    int scan = mg_head_scan(&c->scan, data, len, &head_used);
+    llhttp_errno_t err;
+    if (scan < 0) { /* llhttp would take it: refuse before it parses anything */
+      c->err_status = 400;
+      err = HPE_USER;
+      MG_INFO(c->w->id, "%s: bad request: %s", c->client, mg_head_scan_error(scan));
+    } else {
+      err = llhttp_execute(c->parser, data, len);
+    }
     c->in_parser = 0;
-    if (len) c->last_byte = data[len - 1];
     if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
     /* a pause ends the message, so everything consumed belongs to c->req */
     if (c->req) {
@@ -434,7 +446,9 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     }
     /* a parse error or a limit */
     int status = c->err_status ? c->err_status : parse_error_status(c, err);
-    if (c->err_status)
+    if (scan < 0) {
+      /* logged above */
+    } else if (c->err_status)
       MG_INFO(c->w->id, "%s: request refused: %d %s", c->client, status, mg_http_reason(status));
     else
       MG_INFO(c->w->id, "%s: bad request: %s: %s", c->client, llhttp_errno_name(err),
@@ -627,22 +641,32 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   return append(p, MG_HEAD_FIELD, at, len);
 }
-/* llhttp 8 accepts obs-fold (a value continued on a line that starts with SP or
- * HT) and reports the continuation as a value piece. A value piece is preceded,
- * past optional whitespace, by the colon or by the previous piece of the same value
- * (a value split across reads); after LF it is a fold, which RFC 9112 5.2 says a
- * server rejects. */
+/* obs-fold (a value continued on a line that starts with SP or HT), which llhttp
+ * takes, is refused before llhttp runs (mg_head_scan in feed). */
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  return append(p, MG_HEAD_VALUE, at, len);
+}
+
+/* Chunk extensions are skipped, but not without end: a client could otherwise
+ * hold a connection with one endless chunk-size line. */
+#define CHUNK_EXT_MAX 4096
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
   mg_conn_t *c = p->data;
   if (gone(c)) return -1;
-  const char *q = at;
-  while (q > c->feed_start && (q[-1] == ' ' || q[-1] == '\t')) q--;
-  char before = q > c->feed_start ? q[-1] : c->last_byte;
-  if (before == '\n' || before == '\r') {
+  c->req->chunk_ext += len;
+  if (c->req->chunk_ext > CHUNK_EXT_MAX) {
     c->err_status = 400;
+    MG_INFO(c->w->id, "%s: bad request: chunk extensions longer than %d bytes", c->client, CHUNK_EXT_MAX);
     return -1;
   }
-  return append(p, MG_HEAD_VALUE, at, len);
+  return 0;
+}
+
+static int on_chunk_header(llhttp_t *p) {
+  mg_conn_t *c = p->data;
+  if (gone(c)) return -1;
+  c->req->chunk_ext = 0;
+  return 0;
 }
 
 static int on_headers_complete(llhttp_t *p) {
@@ -699,6 +723,7 @@ static int on_message_complete(llhttp_t *p) {
   if (gone(c)) return -1;
   mg_req_t *r = c->req;
   r->complete = 1;
+  mg_head_scan_reset(&c->scan); /* the next message's head */
   if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {
     c->state = MG_CS_WAIT;
     mg_timer_stop(&c->w->timers, &c->timer);

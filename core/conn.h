@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "http.h"
 #include "mg.h"
 #include "timer.h"
 #include "tls.h"
@@ -44,8 +45,7 @@ struct mg_conn_s {
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned tls_ready : 1;    /* TLS handshake done */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */
-  const char *feed_start; /* the buffer llhttp is running over (obs-fold check) */
-  char last_byte;         /* last byte of the previous buffer fed */
+  mg_head_scan_t scan;    /* line framing of the request head being read */
   int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */

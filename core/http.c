@@ -114,6 +114,44 @@ int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int 
   return 0;
 }
 
+int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n, size_t *used) {
+  *used = 0;
+  if (s->done) return MG_SCAN_END;
+  for (size_t i = 0; i < n; i++) {
+    char ch = p[i];
+    if (s->cr) {
+      if (ch != '\n') return MG_SCAN_BARE_CR;
+      s->cr = 0;
+      if (s->line_len == 0) {
+        if (s->lines == 0) continue; /* empty lines before the start line */
+        s->done = 1;
+        *used = i + 1;
+        return MG_SCAN_END;
+      }
+      s->lines++;
+      s->line_len = 0;
+      continue;
+    }
+    if (ch == '\r') {
+      s->cr = 1;
+      continue;
+    }
+    if (ch == '\n') return MG_SCAN_BARE_LF;
+    if (s->line_len == 0 && s->lines > 0 && (ch == ' ' || ch == '\t')) return MG_SCAN_FOLD;
+    if (s->line_len < UINT32_MAX) s->line_len++;
+  }
+  return MG_SCAN_MORE;
+}
+
+const char *mg_head_scan_error(int rc) {
+  switch (rc) {
+  case MG_SCAN_BARE_LF: return "a line ends in LF without CR";
+  case MG_SCAN_BARE_CR: return "CR not followed by LF";
+  case MG_SCAN_FOLD: return "a header line starts with whitespace (obs-fold)";
+  default: return "ok";
+  }
+}
+
 int mg_http_is_hop_by_hop(mg_str_t n) {
   static const mg_str_t hop[] = {
     MG_STR("connection"), MG_STR("keep-alive"), MG_STR("proxy-connection"), MG_STR("te"),

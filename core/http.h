@@ -46,6 +46,30 @@ const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name);
  * 1 adds one, 2 removes them all. Name and value are copied into `a`. */
 int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int op);
 
+/* Line framing of a message head, checked on the raw bytes before llhttp sees them
+ * (llhttp, even strict, takes a bare LF after the start line and "CRLF LF" as the
+ * end of the head). Every line of a head must end in CRLF, a CR must be followed
+ * by LF, and no line after the start line may begin with SP or HT (obs-fold, or
+ * whitespace before the first header: RFC 9112 2.2 and 5.2). Empty lines before
+ * the start line are skipped, as llhttp does. State survives split reads; reset it
+ * (mg_head_scan_reset) when a new message begins. */
+typedef struct {
+  uint32_t line_len; /* bytes in the current line so far */
+  uint32_t lines;    /* complete non-empty lines seen */
+  uint8_t cr;        /* the last byte was CR */
+  uint8_t done;      /* the head ended: the body is not scanned */
+} mg_head_scan_t;
+
+enum { MG_SCAN_MORE = 0, MG_SCAN_END = 1, MG_SCAN_BARE_LF = -1, MG_SCAN_BARE_CR = -2, MG_SCAN_FOLD = -3 };
+
+static inline void mg_head_scan_reset(mg_head_scan_t *s) { memset(s, 0, sizeof(*s)); }
+/* Scans p[0..n) (stopping at the end of the head). Returns MG_SCAN_MORE (the head
+ * goes on), MG_SCAN_END (*used = bytes up to and including the head's last LF), or
+ * a negative MG_SCAN_* naming the fault. Once done, returns MG_SCAN_END at once
+ * with *used = 0. */
+int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n, size_t *used);
+const char *mg_head_scan_error(int rc);
+
 /* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
 int mg_http_is_hop_by_hop(mg_str_t name);
 /* True if `name` is one of the comma-separated tokens of a Connection header value. */

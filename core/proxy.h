@@ -48,6 +48,7 @@ struct mg_req_s {
   uint64_t body_read;     /* decoded body bytes received */
   uint64_t bytes_in;      /* raw bytes of this request */
   uint64_t trailer_bytes;
+  uint64_t chunk_ext;     /* chunk-extension bytes of the current chunk line */
   unsigned keepalive : 1;       /* the client allows another request after this one */
   unsigned client_close : 1;    /* the client itself asked to close after this one */
   unsigned expect_continue : 1;

@@ -46,6 +46,27 @@ local MALFORMED = {
     "GET foo HTTP/1.1\r\n" .. H .. "\r\n" },
   { "a space inside the request target",
     "GET /a b HTTP/1.1\r\n" .. H .. "\r\n" },
+  -- wire framing a lenient parser takes (llhttp is built strict, and moongate
+  -- checks the line endings of every head itself)
+  { "two bytes other than CRLF after chunk data",
+    "POST /echo HTTP/1.1\r\n" .. H .. "Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n" },
+  { "chunk data followed by a bare LF",
+    "POST /echo HTTP/1.1\r\n" .. H .. "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n" },
+  { "a CR followed by another byte than LF inside the head",
+    "GET /echo HTTP/1.1\r\n" .. H .. "X-A: 1\rX-B: 2\r\n\r\n" },
+  { "a CR followed by another byte than LF at the end of the head",
+    "GET /echo HTTP/1.1\r\n" .. H .. "\rX" },
+  { "a bare LF ending the request line",
+    "GET /echo HTTP/1.1\n" .. H .. "\r\n" },
+  { "a bare LF ending a header line",
+    "GET /echo HTTP/1.1\r\nX-A: 1\n" .. H .. "\r\n" },
+  { "a bare LF ending the head",
+    "GET /echo HTTP/1.1\r\n" .. H .. "\n" },
+  { "whitespace before the first header line",
+    "GET /echo HTTP/1.1\r\n " .. H .. "\r\n" },
+  { "chunk extensions longer than 4096 bytes",
+    "POST /echo HTTP/1.1\r\n" .. H .. "Transfer-Encoding: chunked\r\n\r\n3;x=" .. ("a"):rep(5000)
+    .. "\r\nabc\r\n0\r\n\r\n" },
   { "CONNECT (a method moongate does not proxy)",
     "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", { 501 } },
 }
@@ -99,6 +120,24 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
       assert.equal(before, origin_requests())
     end)
   end
+
+  it("refuses an endless chunk extension sent a little at a time (400, close)", function()
+    local c = proxy:connect()
+    c:send("POST /echo HTTP/1.1\r\n" .. H .. "Transfer-Encoding: chunked\r\n\r\n3;x=")
+    local sent = 0
+    while sent < 8192 do
+      if not c:send(("e"):rep(512)) then break end
+      sent = sent + 512
+    end
+    local res = assert(c:response({ timeout = 3 }))
+    helpers.assert_error(res, 400)
+    assert.is_true((c:closed(2)), "connection left open")
+  end)
+
+  it("takes empty lines before a request line, as RFC 9112 2.2 allows", function()
+    local res = assert(send_raw("\r\n\r\nGET /echo HTTP/1.1\r\n" .. H .. "\r\n"))
+    assert.equal(200, res.status)
+  end)
 
   it("answers 431 for a head larger than limits.head_size, never reaching the origin", function()
     local before = origin_requests()
