@@ -1,7 +1,9 @@
 #include "http.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <time.h>
 
 void mg_head_init(mg_head_t *h) { memset(h, 0, sizeof(*h)); }
 
@@ -246,4 +248,32 @@ const char *mg_http_reason(int status) {
   case 505: return "HTTP Version Not Supported";
   default: return "Unknown";
   }
+}
+
+size_t mg_http_date_line(mg_http_date_t *d, const char **line) {
+  static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+  static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+  time_t now = time(NULL);
+  if (d->sec != (int64_t)now || d->line[0] == '\0') {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    snprintf(d->line, sizeof(d->line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+             days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
+             tm.tm_hour, tm.tm_min, tm.tm_sec);
+    d->sec = (int64_t)now;
+  }
+  *line = d->line;
+  return strlen(d->line);
+}
+
+int mg_http_head_has(const char *head, size_t len, mg_str_t lname) {
+  for (size_t i = 0; i + lname.len + 1 < len; i++) {
+    if (head[i] != '\n') continue;
+    const char *n = head + i + 1;
+    if ((size_t)(head + len - n) > lname.len && n[lname.len] == ':' &&
+        mg_str_caseeq((mg_str_t){ n, lname.len }, lname))
+      return 1;
+  }
+  return 0;
 }

@@ -80,4 +80,15 @@ int mg_http_bad_value(mg_str_t v);
 int mg_http_is_token(mg_str_t s);
 const char *mg_http_reason(int status);
 
+/* A Date header line ("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n", IMF-fixdate, RFC
+ * 9110 5.6.7) for the current second. The cache is the caller's (one per worker):
+ * formatted once per second. Returns the line's length (39). */
+typedef struct {
+  int64_t sec;
+  char line[48];
+} mg_http_date_t;
+size_t mg_http_date_line(mg_http_date_t *d, const char **line);
+/* True when the head text (header lines) has a header of that name (lowercase). */
+int mg_http_head_has(const char *head, size_t len, mg_str_t lname);
+
 #endif

@@ -171,6 +171,13 @@ void mg_proxy_abort(mg_req_t *r) {
 
 /* ---------------- answers moongate writes itself ---------------- */
 
+/* Every response moongate sends carries a Date (RFC 9110 6.6.1). */
+static void append_date(mg_worker_t *w, mg_outq_t *q) {
+  const char *line;
+  size_t n = mg_http_date_line(&w->date, &line);
+  mg_outq_append(q, line, n);
+}
+
 static int will_close(mg_req_t *r) {
   mg_conn_t *c = r->conn;
   return c->close_after || !r->keepalive || c->w->draining;
@@ -195,6 +202,7 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
   mg_outq_append(q, head, hlen);
+  if (!mg_http_head_has(head, hlen, MG_STR("date"))) append_date(r->w, q);
   if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
   else APPEND_LIT(q, "\r\n");
@@ -646,9 +654,56 @@ static int resp_header_skipped(mg_str_t n, mg_str_t conn_value) {
   return listed_hop(conn_value, n);
 }
 
+/* Every response header must be a token and a value without NUL, CR or LF:
+ * anything else is refused (502), never passed on. */
+static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *peer) {
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (!mg_http_is_token(hd->name)) {
+      MG_WARN(r->w->id, "req %s: upstream %s: bad response: header name '%.*s' is not a token", r->id,
+              peer, (int)(hd->name.len > 64 ? 64 : hd->name.len), hd->name.p);
+      return -1;
+    }
+    if (mg_http_bad_value(hd->value)) {
+      MG_WARN(r->w->id, "req %s: upstream %s: bad response: NUL, CR or LF in the value of '%.*s'",
+              r->id, peer, (int)(hd->name.len > 64 ? 64 : hd->name.len), hd->name.p);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static const char *peer_text(const mg_req_t *r) {
+  if (r->upstream < 0 || r->server < 0) return "-";
+  return r->gen->upstreams[r->upstream].servers[r->server].text;
+}
+
+/* Header lines of a response head as they go to the client: hop-by-hop,
+ * Server, X-Powered-By and Content-Length are left out. */
+static void append_response_headers(mg_outq_t *q, const mg_head_t *h);
+
+void mg_proxy_response_interim(mg_req_t *r, int status) {
+  mg_conn_t *c = r->conn;
+  /* HTTP/1.0 clients know no 1xx; after the final head it is too late */
+  if (r->http_minor == 0 || r->rstate != MG_RS_NONE) return;
+  if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return; /* dropped: only a hint */
+  mg_outq_t *q = &c->out;
+  size_t before = mg_outq_size(q);
+  APPEND_LIT(q, "HTTP/1.1 ");
+  mg_outq_append_uint(q, (uint64_t)status);
+  APPEND_LIT(q, " ");
+  const char *reason = mg_http_reason(status);
+  mg_outq_append(q, reason, strlen(reason));
+  APPEND_LIT(q, "\r\n");
+  append_response_headers(q, &r->rhead);
+  APPEND_LIT(q, "\r\n");
+  r->bytes_out += mg_outq_size(q) - before;
+}
+
 int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   mg_conn_t *c = r->conn;
   if (mg_head_finish(&r->rhead) < 0) return -1;
+  if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
   const mg_header_t *te = mg_head_get(&r->rhead, MG_STR("transfer-encoding"));
   if (te && !mg_str_caseeq(te->value, MG_STR("chunked"))) {
@@ -666,17 +721,17 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   int body_hook = mg_hook_on(r->gen, r->route, MG_HOOK_BODY);
   int status = r->status;
   r->rstate = MG_RS_HEAD;
+  /* Framing follows the status actually sent: a response hook may have made a
+   * 204/304 (which came without a body) a 200, or the reverse. */
   r->rnobody = r->method == HTTP_HEAD || status == 204 || status == 304;
+  /* a body is due, and none will come */
+  int empty = (p->status_code == 204 || p->status_code == 304) && !r->rnobody;
   /* a body hook may change the length: re-frame */
-  int has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !body_hook;
-  if (!r->rnobody && !has_len) {
+  int has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !body_hook && !empty;
+  if (!r->rnobody && !has_len && !empty) {
     if (r->http_minor == 1) r->rchunked = 1;
     else c->close_after = 1; /* framed by the close */
   }
-  mg_str_t conn_value = { NULL, 0 };
-  const mg_header_t *ch = mg_head_get(&r->rhead, MG_STR("connection"));
-  if (ch) conn_value = ch->value;
-
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
   APPEND_LIT(q, "HTTP/1.1 ");
@@ -685,15 +740,11 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   const char *reason = mg_http_reason(status);
   mg_outq_append(q, reason, strlen(reason));
   APPEND_LIT(q, "\r\n");
-  for (size_t i = 0; i < r->rhead.n; i++) {
-    const mg_header_t *h = &r->rhead.headers[i];
-    if (resp_header_skipped(h->name, conn_value)) continue;
-    mg_outq_append(q, h->name.p, h->name.len);
-    APPEND_LIT(q, ": ");
-    mg_outq_append(q, h->value.p, h->value.len);
-    APPEND_LIT(q, "\r\n");
-  }
-  if (has_len && status != 204 && !(status == 304 && p->content_length == 0)) {
+  append_response_headers(q, &r->rhead);
+  if (!mg_head_get(&r->rhead, MG_STR("date"))) append_date(r->w, q);
+  if (empty) {
+    APPEND_LIT(q, "Content-Length: 0\r\n");
+  } else if (has_len && status != 204 && !(status == 304 && p->content_length == 0)) {
     APPEND_LIT(q, "Content-Length: ");
     mg_outq_append_uint(q, p->content_length);
     APPEND_LIT(q, "\r\n");
@@ -704,6 +755,20 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   else APPEND_LIT(q, "\r\n");
   r->bytes_out += mg_outq_size(q) - before;
   return 0; /* flushed by mg_proxy_response_flush after the read */
+}
+
+static void append_response_headers(mg_outq_t *q, const mg_head_t *h) {
+  mg_str_t conn_value = { NULL, 0 };
+  const mg_header_t *ch = mg_head_get(h, MG_STR("connection"));
+  if (ch) conn_value = ch->value;
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (resp_header_skipped(hd->name, conn_value)) continue;
+    mg_outq_append(q, hd->name.p, hd->name.len);
+    APPEND_LIT(q, ": ");
+    mg_outq_append(q, hd->value.p, hd->value.len);
+    APPEND_LIT(q, "\r\n");
+  }
 }
 
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {

@@ -114,6 +114,9 @@ void mg_proxy_upstream_ready(mg_req_t *r);
  * `connect`: the failure happened while connecting (nothing was sent);
  * `timeout`: it was a timeout. */
 void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout);
+/* An interim (1xx) response head is parsed into r->rhead: passed on to an
+ * HTTP/1.1 client before the final head (103 Early Hints). */
+void mg_proxy_response_interim(mg_req_t *r, int status);
 /* The upstream response head is parsed (p is the upstream parser): send ours. */
 int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p);
 void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len);

@@ -15,6 +15,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len);
 static int on_headers_complete(llhttp_t *p);
 static int on_body(llhttp_t *p, const char *at, size_t len);
 static int on_message_complete(llhttp_t *p);
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len);
+static int on_chunk_header(llhttp_t *p);
 
 static llhttp_settings_t settings = {
   .on_status = on_status,
@@ -23,11 +25,16 @@ static llhttp_settings_t settings = {
   .on_headers_complete = on_headers_complete,
   .on_body = on_body,
   .on_message_complete = on_message_complete,
+  .on_chunk_extension_name = on_chunk_ext,
+  .on_chunk_extension_value = on_chunk_ext,
+  .on_chunk_header = on_chunk_header,
 };
 
-/* Response heads from upstreams get generous but finite limits. */
+/* Response heads from upstreams get generous but finite limits; trailers count
+ * against the same byte limit. */
 #define UP_HEAD_MAX (64 * 1024)
 #define UP_HEADERS_MAX 200
+#define UP_CHUNK_EXT_MAX 4096
 
 static void on_close(uv_handle_t *h) {
   mg_upconn_t *u = h->data;
@@ -116,6 +123,15 @@ static void finish(mg_upconn_t *u, int extra_bytes) {
 /* Response bytes (plaintext) into the parser. Returns 0 to go on, -1 when the
  * exchange ended (finished, failed or closed: u may be pooled or gone). */
 static int parse(mg_upconn_t *u, const char *p, size_t n) {
+  size_t head_used;
+  int scan = mg_head_scan(&u->scan, p, n, &head_used);
+  if (scan < 0) {
+    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+            mg_head_scan_error(scan));
+    fail(u, 0, 0);
+    return -1;
+  }
+  u->why = NULL;
   llhttp_errno_t err = llhttp_execute(&u->parser, p, n);
   if (u->state == MG_UP_CLOSED || !u->req) return -1;
   if (err == HPE_OK) return 0;
@@ -127,8 +143,12 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
                   (u->ssl && (SSL_pending(u->ssl) > 0 || BIO_pending(SSL_get_rbio(u->ssl)) > 0)));
     return -1;
   }
-  MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
-          llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser) : llhttp_errno_name(err));
+  /* a refusal by proxy.c (a header it will not forward) was logged there */
+  if (u->why || err != HPE_CB_HEADERS_COMPLETE)
+    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+            u->why                                  ? u->why
+            : llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser)
+                                                    : llhttp_errno_name(err));
   fail(u, 0, 0);
   return -1;
 }
@@ -312,6 +332,11 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
   u->write_ms = r->gen->timeouts.upstream_write;
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
+  u->head_done = 0;
+  u->trailer_bytes = 0;
+  u->chunk_ext = 0;
+  u->why = NULL;
+  mg_head_scan_reset(&u->scan);
   llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
   u->parser.data = u;
   mg_head_reset(&r->rhead);
@@ -448,11 +473,26 @@ void mg_upstream_free_pools(mg_worker_t *w) {
 
 /* ---------------- response parsing ---------------- */
 
+static int refuse(mg_upconn_t *u, const char *why) {
+  u->why = why;
+  return -1;
+}
+
 static int append(llhttp_t *p, int what, const char *at, size_t len) {
   mg_upconn_t *u = p->data;
   if (!u->req) return -1;
+  if (u->head_done) {
+    /* trailers of a chunked response: the head went out (and hooks hold slices
+     * into it), so they are counted against the head limit and dropped */
+    u->trailer_bytes += len;
+    if (u->trailer_bytes > UP_HEAD_MAX) return refuse(u, "trailers larger than 64 KB");
+    return 0;
+  }
   int rc = mg_head_append(&u->req->rhead, what, at, len, UP_HEAD_MAX, UP_HEADERS_MAX);
-  return rc < 0 ? -1 : 0;
+  if (rc == MG_ELIMIT)
+    return refuse(u, u->req->rhead.n >= UP_HEADERS_MAX ? "more than 200 header fields"
+                                                        : "response head larger than 64 KB");
+  return rc < 0 ? refuse(u, "out of memory") : 0;
 }
 
 static int on_status(llhttp_t *p, const char *at, size_t len) { return append(p, MG_HEAD_URL, at, len); }
@@ -463,20 +503,43 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   return append(p, MG_HEAD_VALUE, at, len);
 }
 
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
+  mg_upconn_t *u = p->data;
+  u->chunk_ext += len;
+  return u->chunk_ext > UP_CHUNK_EXT_MAX ? refuse(u, "chunk extensions longer than 4096 bytes") : 0;
+}
+
+static int on_chunk_header(llhttp_t *p) {
+  mg_upconn_t *u = p->data;
+  u->chunk_ext = 0;
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   mg_upconn_t *u = p->data;
   if (!u->req) return -1;
-  if (p->status_code < 200) {
-    /* interim (1xx) responses are not forwarded: 100 was answered by us, and
-     * 101 needs upgrade support. The final response follows. */
-    if (p->status_code == 101) return -1;
-    return 0;
+  int status = p->status_code;
+  if (status < 100 || status > 599) return refuse(u, "status code out of range (100-599)");
+  if (status < 200) {
+    /* 101: moongate never forwards Upgrade, so the request did not ask for it */
+    if (status == 101) return refuse(u, "101 Switching Protocols to a request that did not ask to upgrade");
+    /* An interim response ends with its head (RFC 9110 15.2): whatever framing
+     * it claims, what follows is the next response, never its content. 103 goes
+     * to the client (when it can take it); 100 was answered by moongate; other
+     * 1xx are dropped. */
+    if (status == 103) {
+      if (mg_head_finish(&u->req->rhead) < 0) return refuse(u, "out of memory");
+      mg_proxy_response_interim(u->req, status);
+      if (u->state == MG_UP_CLOSED || !u->req) return -1;
+    }
+    return 1;
   }
+  u->head_done = 1;
   if (mg_proxy_response_head(u->req, p) < 0) return -1;
   if (u->state == MG_UP_CLOSED || !u->req) return -1;
   /* 1: no body. llhttp knows that of HEAD only when told, and of 204/304 only
    * when they come without Content-Length. */
-  return u->is_head || p->status_code == 204 || p->status_code == 304 ? 1 : 0;
+  return u->is_head || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
@@ -489,8 +552,9 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
   mg_upconn_t *u = p->data;
   if (!u->req) return -1;
-  if (p->status_code < 200) {
+  if (!u->head_done) { /* an interim response: the final one follows */
     mg_head_reset(&u->req->rhead);
+    mg_head_scan_reset(&u->scan);
     return 0;
   }
   u->done = 1;

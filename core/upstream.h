@@ -8,6 +8,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "http.h"
 #include "mg.h"
 
 enum {
@@ -48,6 +49,12 @@ struct mg_upconn_s {
   int paused;        /* reading stopped: the client is slow */
   int done;          /* response complete (set by the parser callback) */
   int is_head;       /* the request was HEAD: the response has no body */
+  int head_done;     /* the final response head was parsed: header callbacks now
+                        carry trailers, which never touch the head */
+  uint64_t trailer_bytes;
+  uint64_t chunk_ext;  /* chunk-extension bytes of the current chunk line */
+  const char *why;     /* why a parser callback refused the response (logged) */
+  mg_head_scan_t scan; /* line framing of the response head being read */
   SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
   int tls_ready;     /* handshake done */
   uint64_t idle_ms;

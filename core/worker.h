@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "http.h"
 #include "mg.h"
 #include "timer.h"
 
@@ -52,6 +53,7 @@ struct mg_worker_s {
   int nspare_parsers;
   int nspare_reqs;
 
+  mg_http_date_t date;  /* the Date header line, formatted once a second */
   uint64_t seq;         /* request counter (request ids) */
   uint64_t id_seed;
 
