@@ -140,6 +140,7 @@ local function token(s) return type(s) == "string" and find(s, "^[%w!#$%%&'*+%-.
 
 --- req:respond(status, body?, headers?): answers directly; nothing goes upstream.
 function methods.respond(self, status, body, headers)
+  if rawget(self, "_answered") then error("req:respond: the request was already answered", 2) end
   if type(status) ~= "number" or status % 1 ~= 0 then error("req:respond: status must be an integer", 2) end
   body = body == nil and "" or body
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
