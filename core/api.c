@@ -25,6 +25,13 @@ static inline int live(const mg_req_t *r) {
 
 /* ---- reading the request: any hook that has a request ---- */
 
+/* The query of the current target, "" when none. */
+static mg_str_t current_query(const mg_req_t *r) {
+  if (r->target.len > r->path.len + 1)
+    return (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
+  return (mg_str_t){ "", 0 };
+}
+
 static mg_str_t arena_str(mg_req_t *r, const char *p, size_t n) {
   char *s = p && n ? mg_arena_strdup(&r->arena, p, n) : NULL;
   return s ? (mg_str_t){ s, n } : (mg_str_t){ "", 0 };
@@ -57,19 +64,34 @@ int mg_req_tls(mg_req_t *r, mg_tls_info_t *out) {
   return 0;
 }
 
+/* What a request that moongate refused still has (the log hook runs for it): the
+ * method once llhttp read it, the head only once mg_head_finish built it (before,
+ * head.n counts header entries whose slices do not exist yet), the path only once
+ * the target was split. Anything else reads as absent, never as memory left by
+ * another request. */
+static int head_ready(const mg_req_t *r) { return r->head.finished; }
+
 int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
+  static const mg_str_t none = { NULL, 0 };
   if (!live(r)) return MG_API_EPHASE;
-  const char *m = r->method >= 0 ? llhttp_method_name(r->method) : "";
-  out->method = (mg_str_t){ m, strlen(m) };
-  out->path = r->path;
-  out->query = (mg_str_t){ NULL, 0 };
-  if (r->target.len > r->path.len + 1)
-    out->query = (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
-  out->host = r->host;
+  out->method = none;
+  if (r->method >= 0) {
+    const char *m = llhttp_method_name(r->method);
+    out->method = (mg_str_t){ m, strlen(m) };
+  }
+  out->path = out->query = out->host = none;
+  out->http_minor = -1;
+  if (head_ready(r)) {
+    if (r->path.p) {
+      out->path = r->path;
+      out->query = current_query(r);
+    }
+    out->host = r->host.p ? r->host : MG_STR("");
+    out->http_minor = r->http_minor;
+  }
   out->client_ip = mg_conn_ip(r->conn);
   out->id = (mg_str_t){ r->id, 16 };
   out->scheme = r->conn->ssl ? MG_STR("https") : MG_STR("http");
-  out->http_minor = r->http_minor;
   out->route = r->route ? (int)(r->route - r->gen->routes) : -1;
   out->upstream = r->upstream;
   return 0;
@@ -103,15 +125,18 @@ static int head_set(mg_req_t *r, mg_head_t *h, const char *name, size_t nlen, co
   return mg_head_set(h, &r->arena, n, v, op) < 0 ? MG_API_ENOMEM : 0;
 }
 
+/* A refused request's head may never have been built: no headers then. */
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
   if (!live(r)) return MG_API_EPHASE;
+  if (!head_ready(r)) return MG_API_ENOTFOUND;
   return head_get(&r->head, name, nlen, nth, out);
 }
 
-size_t mg_req_header_count(mg_req_t *r) { return live(r) ? r->head.n : 0; }
+size_t mg_req_header_count(mg_req_t *r) { return live(r) && head_ready(r) ? r->head.n : 0; }
 
 int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
   if (!live(r)) return MG_API_EPHASE;
+  if (!head_ready(r)) return MG_API_ENOTFOUND;
   return head_at(&r->head, i, name, value);
 }
 
@@ -121,7 +146,8 @@ int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
 
 int mg_req_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
                       int op) {
-  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  /* the writable hooks all run after the head was built; checked all the same */
+  if (!PHASE(r, REQ_WRITABLE) || !head_ready(r)) return MG_API_EPHASE;
   return head_set(r, &r->head, name, nlen, value, vlen, op);
 }
 
@@ -146,19 +172,13 @@ static int set_target(mg_req_t *r, mg_str_t path, mg_str_t query) {
   return 0;
 }
 
-static mg_str_t current_query(const mg_req_t *r) {
-  if (r->target.len > r->path.len + 1)
-    return (mg_str_t){ r->target.p + r->path.len + 1, r->target.len - r->path.len - 1 };
-  return (mg_str_t){ "", 0 };
-}
-
 int mg_req_set_path(mg_req_t *r, const char *p, size_t len) {
-  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  if (!PHASE(r, REQ_WRITABLE) || !head_ready(r)) return MG_API_EPHASE;
   return set_target(r, (mg_str_t){ p, len }, current_query(r));
 }
 
 int mg_req_set_query(mg_req_t *r, const char *q, size_t len) {
-  if (!PHASE(r, REQ_WRITABLE)) return MG_API_EPHASE;
+  if (!PHASE(r, REQ_WRITABLE) || !head_ready(r) || !r->path.p) return MG_API_EPHASE;
   mg_str_t path = r->path;
   return set_target(r, path, (mg_str_t){ q, len });
 }
@@ -237,8 +257,12 @@ int mg_res_set_status(mg_req_t *r, int status) {
   return 0;
 }
 
+/* Without an upstream response head (moongate answered itself: a refusal, an
+ * error, a respond route) the log hook reads no response headers; the head of a
+ * previous request on this memory is not this one's. */
 int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out) {
-  if (!PHASE(r, RES_READABLE) || !r->rhead.finished) return MG_API_EPHASE;
+  if (!PHASE(r, RES_READABLE)) return MG_API_EPHASE;
+  if (!r->rhead.finished) return MG_API_ENOTFOUND;
   return head_get(&r->rhead, name, nlen, nth, out);
 }
 
@@ -247,13 +271,14 @@ size_t mg_res_header_count(mg_req_t *r) {
 }
 
 int mg_res_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value) {
-  if (!PHASE(r, RES_READABLE) || !r->rhead.finished) return MG_API_EPHASE;
+  if (!PHASE(r, RES_READABLE)) return MG_API_EPHASE;
+  if (!r->rhead.finished) return MG_API_ENOTFOUND;
   return head_at(&r->rhead, i, name, value);
 }
 
 int mg_res_set_header(mg_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen,
                       int op) {
-  if (!PHASE(r, BIT(MG_HOOK_RESPONSE))) return MG_API_EPHASE;
+  if (!PHASE(r, BIT(MG_HOOK_RESPONSE)) || !r->rhead.finished) return MG_API_EPHASE;
   return head_set(r, &r->rhead, name, nlen, value, vlen, op);
 }
 

@@ -38,7 +38,10 @@ enum {
 };
 
 /* A snapshot of the request line and connection, filled by mg_req_info. The
- * slices point into request memory. */
+ * slices point into request memory. A slice with p == NULL is absent (Lua: nil):
+ * method before llhttp read it; path and query before the target was split;
+ * host and http_minor (-1) before the head was complete. A request moongate
+ * refused while reading its head reaches the log hook in that state. */
 typedef struct {
   mg_str_t method, path, query, host, client_ip, id, scheme;
   int http_minor;
@@ -55,7 +58,8 @@ typedef struct {
 } mg_tls_info_t;
 int mg_req_tls(mg_req_t *r, mg_tls_info_t *out);
 /* The nth (0-based) header called `name` (case-insensitive); returns how many
- * headers have that name (> nth), or MG_API_ENOTFOUND. */
+ * headers have that name (> nth), or MG_API_ENOTFOUND. A head that was refused
+ * before it was complete has no headers (count 0, ENOTFOUND). */
 int mg_req_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);
 size_t mg_req_header_count(mg_req_t *r);
 int mg_req_header_at(mg_req_t *r, size_t i, mg_str_t *name, mg_str_t *value);
@@ -74,6 +78,9 @@ int mg_req_server_count(mg_req_t *r);
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight);
 int mg_req_set_server(mg_req_t *r, int i);
 
+/* The response: the upstream's head as the response hook left it. When moongate
+ * answered itself (a refusal, an error, a respond route) there is no such head:
+ * the log hook reads no headers (count 0, ENOTFOUND), and the status sent. */
 int mg_res_status(mg_req_t *r);
 int mg_res_set_status(mg_req_t *r, int status);
 int mg_res_header(mg_req_t *r, const char *name, size_t nlen, size_t nth, mg_str_t *out);

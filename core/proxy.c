@@ -499,8 +499,9 @@ int mg_proxy_head(mg_req_t *r) {
     if (!rt) {
       mg_proxy_error(r, 404, 0);
     } else if (rt->hooks & (1u << MG_HOOK_RESPOND)) {
-      if (mg_lua_hook(r, MG_HOOK_RESPOND, NULL) < 0) mg_proxy_error(r, 500, 0);
-      else if (r->rstate == MG_RS_NONE) {
+      if (mg_lua_hook(r, MG_HOOK_RESPOND, NULL) < 0) {
+        if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
+      } else if (r->rstate == MG_RS_NONE) {
         MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
         mg_proxy_error(r, 500, 0);
       }

@@ -30,6 +30,7 @@ local mt = {
     if fields[k] then
       if C.mg_req_info(self._r, info) ~= 0 then error("req." .. k .. ": not allowed in this hook", 2) end
       local s = info[k]
+      if s.p == nil then return nil end -- not read: a request refused mid-head (docs/hooks.md)
       return ffi_str(s.p, s.len)
     end
     if k == "ctx" then
@@ -56,6 +57,7 @@ local mt = {
     end
     if k == "http_version" then
       if C.mg_req_info(self._r, info) ~= 0 then error("req.http_version: not allowed in this hook", 2) end
+      if info.http_minor < 0 then return nil end -- the head was refused before it was complete
       return info.http_minor == 1 and 1.1 or 1.0
     end
     return nil
@@ -107,10 +109,11 @@ local function unescape(s)
 end
 
 --- req:arg(name): the first value of a query argument (URL-decoded), "" for a bare
---- flag, nil when absent.
+--- flag, nil when absent (or when the request was refused before its target was read).
 function methods.arg(self, name)
   if type(name) ~= "string" then error("req:arg: name expected", 2) end
   local q = self.query
+  if q == nil then return nil end
   local pos = 1
   while pos <= #q do
     local amp = find(q, "&", pos, true) or #q + 1
@@ -137,6 +140,7 @@ local function token(s) return type(s) == "string" and find(s, "^[%w!#$%%&'*+%-.
 
 --- req:respond(status, body?, headers?): answers directly; nothing goes upstream.
 function methods.respond(self, status, body, headers)
+  if rawget(self, "_answered") then error("req:respond: the request was already answered", 2) end
   if type(status) ~= "number" or status % 1 ~= 0 then error("req:respond: status must be an integer", 2) end
   body = body == nil and "" or body
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end

@@ -134,9 +134,11 @@ mg.route { path = "/logged/", upstream = a, on = { log = function(req, res)
 end } }
 mg.route { path = "/dead/", upstream = dead, on = { log = function(req, res)
   s:incr("log:" .. res.status, 1, 0)
-  -- no upstream head: its headers cannot be read (the error names the call)
-  local ok, err = pcall(res.header, res, "content-type")
-  s:set("log:dead_header", ok and ("read " .. tostring(err)) or tostring(err):match("not allowed") or tostring(err))
+  -- no upstream head: no response headers (nil and {}), not an earlier request's
+  local ok, v = pcall(res.header, res, "content-type")
+  local ok2, all = pcall(res.headers, res)
+  s:set("log:dead_header", tostring(ok) .. " " .. tostring(v) .. " " .. tostring(ok2) .. " "
+    .. (ok2 and tostring(next(all)) or tostring(all)))
 end } }
 mg.route { path = "/counter", respond = function(req)
   return 200, tostring(s:get(req:arg("k"))), {}
@@ -158,6 +160,17 @@ mg.route { path = "/fn-respond", respond = function(req)
   req:respond(203, "via req:respond", { ["x-via"] = "respond" })
 end }
 mg.route { path = "/fn-status-only", respond = function(req) return 204 end }
+mg.route { path = "/fn-return-respond", respond = function(req)
+  return req:respond(200, "x", { ["x-via"] = "returned req:respond" })
+end }
+mg.route { path = "/fn-mixed", respond = function(req)
+  req:respond(203, "first", { ["x-which"] = "first" })
+  return 200, "second", { ["x-which"] = "second" }
+end }
+mg.route { path = "/fn-twice", respond = function(req)
+  req:respond(203, "first")
+  req:respond(200, "second") -- LINE:respond-twice
+end }
 mg.route { path = "/fn-304", respond = function(req) return 304, "a body a 304 cannot have", {} end }
 mg.route { path = "/fn-204", respond = function(req) return 204, "a body a 204 cannot have", {} end }
 mg.route { path = "/to204/", upstream = a, on = {
@@ -169,6 +182,16 @@ mg.route { path = "/to304/", upstream = a, on = {
   response = function(req, res) res:set_status(304) end,
 } }
 ]]
+
+-- The line of proxy.lua holding a "LINE:tag" comment (for file:line in error logs).
+local function line_of(tag)
+  local n = 0
+  for l in (CONF .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if l:find(tag, 1, true) then return n end
+  end
+  error("no " .. tag .. " in CONF")
+end
 
 describe("hooks", function()
   local A, B, proxy
@@ -472,7 +495,7 @@ describe("hooks", function()
 
     -- A finished request's memory serves the next one: the headers of an earlier
     -- upstream response must not pass for this request's.
-    it("refuses res:header when no upstream head came, even right after a request that had one", function()
+    it("reads no response header when no upstream head came, even right after a request that had one", function()
       assert.equal(200, get("/logged/echo").status)
       helpers.assert_error(get("/dead/y"), 502)
       local v
@@ -480,7 +503,7 @@ describe("hooks", function()
         v = get("/counter?k=log:dead_header").body
         return v ~= "nil"
       end, 3))
-      assert.equal("not allowed", v)
+      assert.equal("true nil true nil", v)
     end)
   end)
 
@@ -522,6 +545,50 @@ describe("hooks", function()
       assert.equal(203, res.status)
       assert.equal("via req:respond", res.body)
       assert.equal("respond", res.h["x-via"])
+    end)
+
+    it("answers through `return req:respond(...)` (its result, true, is not a second answer)", function()
+      local c = proxy:connect()
+      local res = assert(c:request({ path = "/fn-return-respond" }))
+      assert.equal(200, res.status)
+      assert.equal("x", res.body)
+      assert.equal("returned req:respond", res.h["x-via"])
+      assert.equal(202, assert(c:request({ path = "/fn" })).status) -- keep-alive intact
+      c:close()
+      assert.is_nil(proxy:stderr():find("/fn-return-respond", 1, true))
+    end)
+
+    it("sends the first answer when it calls req:respond and also returns one (warning logged)", function()
+      local c = proxy:connect()
+      local res = assert(c:request({ path = "/fn-mixed" }))
+      assert.equal(203, res.status)
+      assert.equal("first", res.body)
+      assert.equal("first", res.h["x-which"])
+      assert.equal(202, assert(c:request({ path = "/fn" })).status)
+      c:close()
+      local log = helpers.wait_until(function()
+        local e = proxy:stderr()
+        return e:find("returned status 200 after calling req:respond", 1, true) and e
+      end, 3)
+      assert.is_truthy(log, proxy:stderr())
+      assert.is_truthy(log:find("%[warn%] w0 req %x+: the route's respond function returned status 200 "
+        .. "after calling req:respond: the first answer was sent, the returned one ignored"), log)
+    end)
+
+    it("keeps the first answer when req:respond is called again (that call raises, logged)", function()
+      local c = proxy:connect()
+      local res = assert(c:request({ path = "/fn-twice" }))
+      assert.equal(203, res.status)
+      assert.equal("first", res.body)
+      assert.equal(202, assert(c:request({ path = "/fn" })).status)
+      c:close()
+      local log = helpers.wait_until(function()
+        local e = proxy:stderr()
+        return e:find("req:respond: the request was already answered", 1, true) and e
+      end, 3)
+      assert.is_truthy(log, proxy:stderr())
+      assert.is_truthy(log:find("proxy.lua:" .. line_of("LINE:respond-twice")
+        .. ": req:respond: the request was already answered", 1, true), log)
     end)
 
     it("answers a status alone with an empty body", function()

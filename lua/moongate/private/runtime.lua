@@ -110,7 +110,17 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   local req = req_for(ptr, seq, slot)
   local rt = routes[route]
   if hook == RESPOND then
+    -- Two styles: return status, body, headers; or call req:respond (and maybe
+    -- return its result, true). The first answer wins: once req:respond ran,
+    -- what the function returns is not a second answer.
     local status, body, headers = rt.respond(req)
+    if rawget(req, "_answered") then
+      if type(status) == "number" then
+        mg.log.warn("req " .. req.id .. ": the route's respond function returned status " .. status
+          .. " after calling req:respond: the first answer was sent, the returned one ignored")
+      end
+      return req
+    end
     if status ~= nil then req:respond(status, body, headers) end
     return req
   end
