@@ -29,6 +29,7 @@ enum {
   MG_ECONFIG = -10002,
   MG_EPARSE = -10003,
   MG_ELIMIT = -10004,
+  MG_EINVAL = -10005, /* malformed input (a path, a Host, an address): the caller answers 400 */
 };
 
 typedef struct mg_worker_s mg_worker_t;
