@@ -58,12 +58,21 @@ void mg_log_close(void) {
 int mg_log_enabled(int level) { return level >= err_level; }
 
 void mg_time_iso(char *out, size_t size) {
+  if (size == 0) return;
   struct timeval tv;
   struct tm tm;
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
-  snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+  /* strftime for the fields, not snprintf("%02d", tm.tm_*): the compiler cannot bound
+   * int fields, so GCC 12 warned (-Wformat-truncation) that a 32-byte buffer might
+   * truncate. 0 means it did not fit: an empty stamp rather than a partial one. */
+  size_t n = strftime(out, size, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (n == 0) {
+    out[0] = '\0';
+    return;
+  }
+  unsigned ms = (unsigned)(tv.tv_usec / 1000) % 1000u;
+  snprintf(out + n, size - n, ".%03uZ", ms);
 }
 
 void mg_log(int level, int wid, const char *fmt, ...) {

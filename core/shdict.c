@@ -1,7 +1,7 @@
 /* Shared dictionaries. Layout:
  *
  *   registry -> dict -> dict ...          append-only list, published with a release store
- *   dict: name, seed, shards[nshards]      each shard on its own cache lines
+ *   dict: name, shards[nshards]            each shard on its own cache lines
  *   shard: mutex, buckets[] (chained), LRU list (head = most recent), used/cap bytes
  *   entry: one malloc block = header + key bytes + vcap bytes of string value
  *
@@ -19,8 +19,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
+
+#include <openssl/rand.h>
+#include <openssl/siphash.h>
 
 typedef struct entry_s entry_t;
 struct entry_s {
@@ -69,7 +71,6 @@ struct mg_shdict_s {
   char *name;
   size_t name_len;
   size_t capacity;
-  uint64_t seed; /* random per dict: keys from clients should not pick their chain */
   unsigned nshards; /* power of two, <= 256 (the shard comes from the hash's top byte) */
   shard_t shards[];
 };
@@ -94,51 +95,24 @@ const char *mg_shdict_strerror(int rc) {
   }
 }
 
-/* ---- hashing: murmur3-style 64-bit, one lane, seeded ---------------------------- */
+/* ---- hashing: SipHash-2-4 with a random key per process ------------------------
+ *
+ * Keys come from clients (rate limits by IP, header values), so the hash must not let
+ * anyone pick keys that share a chain: such keys all land in one shard and one
+ * chain, every lookup there walks all of them under the lock, and the shard evicts
+ * everyone else's entries to hold them. The earlier seeded murmur-style hash did not prevent that: its
+ * per-word mix is a bijection whose XOR differences pass through unchanged, so keys
+ * built from its structure collide for every seed (core/test/test_shdict.c builds
+ * them). SipHash is a keyed PRF: without the key, collisions cannot be chosen. One
+ * key for the process, drawn when the first dict is opened (at config load), so a
+ * dict keeps its layout across reloads. The shard comes from the top byte of the
+ * hash and the bucket from the low bits: independent bits of one PRF output. */
 
-static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static uint64_t sip_key[2]; /* written once under registry_lock, before any dict exists */
+static int sip_key_ready;
 
-static inline uint64_t fmix64(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
-
-static inline uint64_t mix_word(uint64_t h, uint64_t w) {
-  w *= 0x87c37b91114253d5ULL;
-  w = rotl64(w, 31);
-  w *= 0x4cf5ad432745937fULL;
-  h ^= w;
-  return rotl64(h, 27) * 5 + 0x52dce729;
-}
-
-/* Not a keyed PRF like SipHash: the seed only makes precomputed collisions useless.
- * Words are loaded in host byte order; the hash never leaves the process. */
-static uint64_t hash_key(uint64_t seed, const char *key, size_t len) {
-  const unsigned char *p = (const unsigned char *)key;
-  uint64_t h = seed ^ ((uint64_t)len * 0x9e3779b97f4a7c15ULL);
-  uint64_t w;
-  for (; len >= 8; p += 8, len -= 8) {
-    memcpy(&w, p, 8);
-    h = mix_word(h, w);
-  }
-  if (len) {
-    w = 0;
-    memcpy(&w, p, len);
-    h = mix_word(h, w);
-  }
-  return fmix64(h);
-}
-
-static uint64_t random_seed(const void *salt) {
-  uint64_t s;
-  if (getrandom(&s, sizeof(s), GRND_NONBLOCK) == (ssize_t)sizeof(s)) return s;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return fmix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)salt);
+static inline uint64_t hash_key(const char *key, size_t len) {
+  return SIPHASH_24(sip_key, (const uint8_t *)key, len);
 }
 
 /* ---- time -------------------------------------------------------------------- */
@@ -328,7 +302,7 @@ static int store(mg_shdict_t *d, const char *key, size_t klen, int type, double 
 
   op_t op = { .key = key, .klen = klen, .type = type, .num = num, .str = str,
               .slen = slen, .add = add };
-  op.hash = hash_key(d->seed, key, klen);
+  op.hash = hash_key(key, klen);
   shard_t *s = shard_of(d, op.hash);
   if (type != MG_SHD_NIL && too_big(s->cap, klen, slen)) return MG_SHDICT_ETOOBIG;
   op.now = now_ns();
@@ -370,7 +344,7 @@ int mg_shdict_get(mg_shdict_t *d, const char *key, size_t klen, int *type, doubl
   if (len) *len = 0;
   if ((!key && klen) || (!buf && bufcap)) return MG_SHDICT_EINVAL;
 
-  uint64_t h = hash_key(d->seed, key, klen);
+  uint64_t h = hash_key(key, klen);
   shard_t *s = shard_of(d, h);
   int64_t now = now_ns();
   entry_t *garbage = NULL;
@@ -427,7 +401,7 @@ int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int 
                    double init, double ttl, double *out) {
   if (!(ttl >= 0) || (!key && klen)) return MG_SHDICT_EINVAL;
   op_t op = { .key = key, .klen = klen, .type = MG_SHD_NUMBER, .num = init + by };
-  op.hash = hash_key(d->seed, key, klen);
+  op.hash = hash_key(key, klen);
   shard_t *s = shard_of(d, op.hash);
   op.now = now_ns();
   op.expires = deadline(ttl, op.now);
@@ -453,7 +427,7 @@ int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int 
 
 int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen) {
   if (!key && klen) return MG_SHDICT_EINVAL;
-  uint64_t h = hash_key(d->seed, key, klen);
+  uint64_t h = hash_key(key, klen);
   shard_t *s = shard_of(d, h);
   int64_t now = now_ns();
   entry_t *garbage = NULL;
@@ -485,6 +459,24 @@ size_t mg_shdict_count(mg_shdict_t *d) {
     free_garbage(garbage);
   }
   return n;
+}
+
+void mg_shdict_spread(mg_shdict_t *d, mg_shdict_spread_t *out) {
+  *out = (mg_shdict_spread_t){ .shards = d->nshards, .min_shard = SIZE_MAX };
+  for (unsigned i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    size_t n = 0;
+    pthread_mutex_lock(&s->lock);
+    for (size_t b = 0; b <= s->mask; b++) {
+      size_t chain = 0;
+      for (entry_t *e = s->buckets[b]; e; e = e->hnext) chain++;
+      if (chain > out->max_chain) out->max_chain = chain;
+      n += chain;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (n > out->max_shard) out->max_shard = n;
+    if (n < out->min_shard) out->min_shard = n;
+  }
 }
 
 static void free_lru(entry_t *e) {
@@ -554,7 +546,6 @@ static mg_shdict_t *dict_new(const char *name, size_t len, size_t capacity) {
   d->next = NULL;
   d->name_len = len;
   d->capacity = capacity;
-  d->seed = random_seed(d);
   d->nshards = n;
   unsigned ready = 0;
   d->name = malloc(len + 1);
@@ -583,6 +574,11 @@ mg_shdict_t *mg_shdict_open(const char *name, size_t capacity) {
   if (!name) return NULL;
   size_t len = strlen(name);
   pthread_mutex_lock(&registry_lock);
+  if (!sip_key_ready) {
+    /* BoringSSL's RAND_bytes aborts rather than fail */
+    RAND_bytes((uint8_t *)sip_key, sizeof(sip_key));
+    sip_key_ready = 1;
+  }
   mg_shdict_t *d = mg_shdict_find(name, len);
   if (!d) {
     d = dict_new(name, len, capacity);

@@ -57,8 +57,11 @@ mg_shdict_t *mg_shdict_find(const char *name, size_t len);
 void mg_shdict_close_all(void);
 
 /* *type = MG_SHD_NIL when absent or expired. Numbers go to *num. For strings, copies
- * up to bufcap bytes into buf and sets *len to the full length: if *len > bufcap the
- * caller retries with a bigger buffer. num and len may be NULL. A hit moves the entry
+ * up to bufcap bytes into buf and sets *len to the full length, both under the shard
+ * lock: if *len > bufcap the caller retries with a bigger buffer, and takes a string
+ * only from a call where *len <= bufcap (another thread may have changed the value
+ * in between: a length from one call never describes the bytes of the next). num and
+ * len may be NULL. A hit moves the entry
  * to the front of its shard's LRU list. Returns 0 or MG_SHDICT_EINVAL. */
 int mg_shdict_get(mg_shdict_t *d, const char *key, size_t klen, int *type, double *num,
                   char *buf, size_t bufcap, size_t *len);
@@ -81,6 +84,14 @@ int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
 /* Live entries (tests, metrics). Walks every shard and reclaims the expired entries
  * it meets: O(entries), not for the request path. */
 size_t mg_shdict_count(mg_shdict_t *d);
+/* How evenly the entries (live or expired, not yet reclaimed) are spread: entries in
+ * the fullest and the emptiest shard, and the longest bucket chain. Tests and
+ * metrics: O(entries + buckets), every shard locked in turn. Not part of the FFI. */
+typedef struct {
+  unsigned shards;
+  size_t min_shard, max_shard, max_chain;
+} mg_shdict_spread_t;
+void mg_shdict_spread(mg_shdict_t *d, mg_shdict_spread_t *out);
 /* Removes every entry; the dict stays registered with its capacity. */
 void mg_shdict_flush_all(mg_shdict_t *d);
 

@@ -2,7 +2,9 @@
  * concurrent use. Dicts smaller than 2 * MG_SHDICT_MIN_SHARD_BYTES have one shard, so
  * the eviction tests below know exactly which entries share an LRU list. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "../shdict.h"
@@ -381,6 +383,204 @@ static void concurrent_mixed_operations_stay_consistent(void) {
   CHECK(n > 0 && n <= 64 * 1024 / (MG_SHDICT_ENTRY_OVERHEAD + 4));
 }
 
+/* ---- a value that grows and shrinks while another thread reads it ------------------ */
+
+/* Three sizes around a 4 KiB first buffer (the Lua wrapper's), each filled with its
+ * own byte: a read that mixed two values, or took bytes from beyond one, shows. */
+static const size_t grow_sizes[] = { 100, 4000, 4097, 9000, 60000 };
+#define GROW_SIZES (sizeof(grow_sizes) / sizeof(grow_sizes[0]))
+#define GROW_ROUNDS 20000
+
+typedef struct {
+  mg_shdict_t *d;
+  _Atomic int stop;
+  long reads, retries, bad;
+} grow_arg_t;
+
+static void *grow_writer(void *arg) {
+  grow_arg_t *a = arg;
+  char *v = malloc(60000);
+  for (int i = 0; i < GROW_ROUNDS && v; i++) {
+    size_t k = (size_t)i % GROW_SIZES; /* small to big, then back to small */
+    memset(v, 'a' + (int)k, grow_sizes[k]);
+    if (mg_shdict_set(a->d, "v", 1, MG_SHD_STRING, 0, v, grow_sizes[k], 0, NULL) != 0) a->bad++;
+  }
+  free(v);
+  a->stop = 1;
+  return NULL;
+}
+
+/* A whole value: one of grow_sizes, every byte its fill byte. */
+static int whole(const char *p, size_t len) {
+  for (size_t k = 0; k < GROW_SIZES; k++) {
+    if (len != grow_sizes[k]) continue;
+    for (size_t i = 0; i < len; i++)
+      if (p[i] != 'a' + (int)k) return 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* The reader does what the Lua wrapper does: a 4 KiB buffer first, and while the
+ * reported length is bigger than the buffer, again with one of that length. Every
+ * buffer is malloc'd to its exact size, so under ASan a copy past it is a report. */
+static void *grow_reader(void *arg) {
+  grow_arg_t *a = arg;
+  while (!a->stop) {
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    int type = -1;
+    for (;;) {
+      if (!buf || mg_shdict_get(a->d, "v", 1, &type, NULL, buf, cap, &len) != 0) {
+        a->bad++;
+        break;
+      }
+      if (type != MG_SHD_STRING) break; /* not set yet */
+      if (len <= cap) {
+        a->reads++;
+        if (!whole(buf, len)) a->bad++;
+        break;
+      }
+      /* did not fit: what was copied is the start of the value, exactly cap bytes */
+      if (buf[0] < 'a' || buf[cap - 1] != buf[0]) a->bad++;
+      a->retries++;
+      free(buf);
+      cap = len;
+      buf = malloc(cap);
+    }
+    free(buf);
+  }
+  return NULL;
+}
+
+static void get_is_whole_while_another_thread_grows_the_value(void) {
+  mg_shdict_t *d = mg_shdict_open("grow", BIG);
+  grow_arg_t a = { .d = d };
+  pthread_t w, r;
+  CHECK(pthread_create(&r, NULL, grow_reader, &a) == 0);
+  CHECK(pthread_create(&w, NULL, grow_writer, &a) == 0);
+  CHECK(pthread_join(w, NULL) == 0);
+  CHECK(pthread_join(r, NULL) == 0);
+  CHECK(a.bad == 0);
+  CHECK(a.reads > 0);
+  printf("     (%ld whole reads, %ld retries with a bigger buffer)\n", a.reads, a.retries);
+}
+
+/* ---- keys chosen to collide ---------------------------------------------------------- */
+
+/* The hash shdict.c used before SipHash, kept here only to show that the keys below
+ * collide under it for every seed. Per 8-byte word w: x = h ^ f(w) with
+ * f(w) = rotl(w * C1, 31) * C2, then h = rotl(x, 27) * 5 + C3. */
+#define OLD_C1 0x87c37b91114253d5ULL
+#define OLD_C2 0x4cf5ad432745937fULL
+static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static uint64_t old_f(uint64_t w) { return rotl64(w * OLD_C1, 31) * OLD_C2; }
+
+static uint64_t old_hash(uint64_t seed, const unsigned char *p, size_t len) {
+  uint64_t h = seed ^ ((uint64_t)len * 0x9e3779b97f4a7c15ULL), w;
+  for (; len >= 8; p += 8, len -= 8) {
+    memcpy(&w, p, 8);
+    h ^= old_f(w);
+    h = rotl64(h, 27) * 5 + 0x52dce729;
+  }
+  if (len) {
+    w = 0;
+    memcpy(&w, p, len);
+    h ^= old_f(w);
+    h = rotl64(h, 27) * 5 + 0x52dce729;
+  }
+  h ^= h >> 33; /* fmix64 */
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+static uint64_t inverse_odd(uint64_t c) { /* c * inverse_odd(c) == 1 mod 2^64 */
+  uint64_t x = c; /* right in the low 3 bits; each Newton step doubles that */
+  for (int i = 0; i < 5; i++) x *= 2 - c * x;
+  return x;
+}
+
+static uint64_t old_f_inverse(uint64_t y) {
+  y *= inverse_odd(OLD_C2);
+  return rotl64(y, 64 - 31) * inverse_odd(OLD_C1);
+}
+
+/* Why they collide: f is a bijection, so for any word a there is a' with
+ * f(a') = f(a) ^ 2^36, whatever h is. Then x and x' differ in bit 36 only,
+ * rotl(x, 27) and rotl(x', 27) in bit 63 only, and flipping bit 63 is adding 2^63,
+ * which "* 5 + C3" keeps: the states after a and after a' differ in bit 63 exactly.
+ * A word b' with f(b') = f(b) ^ 2^63 cancels that. So the 16-byte blocks (a, b) and
+ * (a', b') leave any state the same, and a key of COLLIDE_BLOCKS blocks, each one
+ * picked from its pair by one bit of the key's number, has 2^COLLIDE_BLOCKS
+ * spellings with one hash, for every seed. */
+#define COLLIDE_BLOCKS 14 /* 16,384 >= COLLIDE_KEYS */
+#define COLLIDE_KEYLEN (COLLIDE_BLOCKS * 16)
+#define COLLIDE_KEYS 10000
+
+static void colliding_key(unsigned n, unsigned char *out) {
+  for (int i = 0; i < COLLIDE_BLOCKS; i++) {
+    uint64_t a = 0x6b65790000000000ULL + (uint64_t)i, b = 0x626c6f636b000000ULL + (uint64_t)i;
+    if (n >> i & 1) {
+      a = old_f_inverse(old_f(a) ^ (1ULL << 36));
+      b = old_f_inverse(old_f(b) ^ (1ULL << 63));
+    }
+    memcpy(out + 16 * i, &a, 8);
+    memcpy(out + 16 * i + 8, &b, 8);
+  }
+}
+
+static void keys_that_collide_under_the_old_hash_spread_over_shards_and_buckets(void) {
+  static unsigned char keys[COLLIDE_KEYS][COLLIDE_KEYLEN];
+  for (unsigned n = 0; n < COLLIDE_KEYS; n++) colliding_key(n, keys[n]);
+  /* the construction is right: distinct keys, one old hash for any seed */
+  CHECK(memcmp(keys[0], keys[1], COLLIDE_KEYLEN) != 0);
+  CHECK(memcmp(keys[1], keys[2], COLLIDE_KEYLEN) != 0);
+  const uint64_t seeds[] = { 0, 1, 0x0123456789abcdefULL, (uint64_t)time(NULL) * 2654435761u };
+  for (size_t s = 0; s < sizeof(seeds) / sizeof(seeds[0]); s++) {
+    uint64_t h0 = old_hash(seeds[s], keys[0], COLLIDE_KEYLEN);
+    int same = 1;
+    for (unsigned n = 1; n < COLLIDE_KEYS; n++)
+      same &= old_hash(seeds[s], keys[n], COLLIDE_KEYLEN) == h0;
+    CHECK(same);
+  }
+
+  /* 16 MiB: 16 shards of 1 MiB, 8192 buckets each. An entry costs 80 + 224 bytes,
+   * so a shard holds about 3400 of them and the 10,000 fit in the dict only spread */
+  mg_shdict_t *d = mg_shdict_open("collide", 16 << 20);
+  int ev, evictions = 0;
+  for (unsigned n = 0; n < COLLIDE_KEYS; n++) {
+    CHECK(mg_shdict_set(d, (const char *)keys[n], COLLIDE_KEYLEN, MG_SHD_NUMBER, n, NULL, 0, 0,
+                        &ev) == 0);
+    evictions += ev;
+  }
+  CHECK(evictions == 0);
+  CHECK(mg_shdict_count(d) == COLLIDE_KEYS);
+  int all_back = 1;
+  for (unsigned n = 0; n < COLLIDE_KEYS; n++) {
+    double num = -1;
+    all_back &= get_num(d, (const char *)keys[n], COLLIDE_KEYLEN, &num) == MG_SHD_NUMBER &&
+                num == n;
+  }
+  CHECK(all_back);
+
+  /* Bounds for a keyed PRF, where these keys are as good as random ones. Per shard:
+   * binomial(10000, 1/16), mean 625, sd 24.2; [450, 800] is 7 sd either way, so a
+   * false failure has odds below 1e-10 per run. Per bucket: about 625 keys in 8192
+   * buckets (load 0.08); a chain of 9 has odds about C(625, 9) / 8192^9 per bucket,
+   * under 1e-10 over all 131,072 buckets. The old hash put all 10,000 keys in one
+   * shard and one chain (after evicting all but ~3400). */
+  mg_shdict_spread_t sp;
+  mg_shdict_spread(d, &sp);
+  printf("     (shards %u: %zu..%zu entries, longest chain %zu)\n", sp.shards, sp.min_shard,
+         sp.max_shard, sp.max_chain);
+  CHECK(sp.shards == 16);
+  CHECK(sp.min_shard >= 450 && sp.max_shard <= 800);
+  CHECK(sp.max_chain <= 8);
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     T(stores_and_reads_numbers_and_strings),
@@ -397,6 +597,8 @@ int main(void) {
     T(open_twice_returns_the_same_dict_and_find_looks_up_by_name),
     T(concurrent_incr_counts_exactly),
     T(concurrent_mixed_operations_stay_consistent),
+    T(get_is_whole_while_another_thread_grows_the_value),
+    T(keys_that_collide_under_the_old_hash_spread_over_shards_and_buckets),
   };
   int rc = t_run("shdict", cases, sizeof(cases) / sizeof(cases[0]));
   mg_shdict_close_all();

@@ -61,6 +61,9 @@ int mg_api_worker_id(void);
 ]]
 
 return {
+  -- the namespace the functions above resolve in (the executable); the Lua modules
+  -- call through this field, so a unit spec can put a stand-in in its place
+  C = ffi.C,
   ENOTFOUND = -30001, EPHASE = -30002, EINVAL = -30003, ENOMEM = -30004,
   HDR_SET = 0, HDR_ADD = 1, HDR_DEL = 2,
   -- hook numbers: core/api.h MG_HOOK_*

@@ -1,9 +1,9 @@
 -- Shared dictionaries (mg.shared): one store per name for all workers, in C
 -- (core/shdict.c: sharded, mutex per shard, TTL, LRU eviction).
 local ffi = require "ffi"
-require "moongate.ffi"
+local abi = require "moongate.ffi"
 
-local C = ffi.C
+local C = abi.C
 local ffi_str = ffi.string
 local type, error, setmetatable, tonumber = type, error, setmetatable, tonumber
 
@@ -57,22 +57,28 @@ local errors = { [EEXISTS] = "exists", [ETYPE] = "not a number", [ENOMEM] = "no 
                  [ETOOBIG] = "too big", [ENOTFOUND] = "not found" }
 
 --- dict:get(key): the value (number or string), or nil.
+-- C copies under the shard lock, at most bufcap bytes, and reports the value's real
+-- length; another worker may change the value between two calls. So a string is
+-- taken only from the call whose buffer held all of it: when it did not fit, ask
+-- again with a buffer of the reported size, and again (at least doubling) while the
+-- value keeps outgrowing it. A value never exceeds one shard's capacity, so that
+-- ends after a few rounds at most; in practice one.
 function Dict.get(self, key)
   local h = handle(self)
   key = key_check(key)
-  local rc = C.mg_shdict_get(h, key, #key, type_out, num_out, buf, buf_size, len_out)
-  if rc < 0 then return nil, errors[rc] or rc end
-  local t = type_out[0]
-  if t == NUMBER then return num_out[0] end
-  if t == STRING then
+  local b, cap = buf, buf_size
+  while true do
+    local rc = C.mg_shdict_get(h, key, #key, type_out, num_out, b, cap, len_out)
+    if rc < 0 then return nil, errors[rc] or rc end
+    local t = type_out[0]
+    if t == NUMBER then return num_out[0] end
+    if t ~= STRING then return nil end
     local n = tonumber(len_out[0])
-    if n <= buf_size then return ffi_str(buf, n) end
-    local big = ffi.new("char[?]", n) -- rare: values above 4 KiB
-    rc = C.mg_shdict_get(h, key, #key, type_out, num_out, big, n, len_out)
-    if rc < 0 or type_out[0] ~= STRING then return nil end
-    return ffi_str(big, tonumber(len_out[0]))
+    if n <= cap then return ffi_str(b, n) end
+    -- rare: values above 4 KiB; one that outgrew our last buffer gets at least double
+    if b ~= buf and n < 2 * cap then n = 2 * cap end
+    cap, b = n, ffi.new("char[?]", n)
   end
-  return nil
 end
 
 local function store(fn, self, key, value, ttl)

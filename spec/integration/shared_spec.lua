@@ -5,7 +5,7 @@ local helpers = require "spec.helpers"
 
 local CONF = [[
 local mg = require "moongate"
-mg.config { workers = 2, access_log = false, shared = { s = "1m", other = "64k", tiny = "16k" } }
+mg.config { workers = 2, access_log = false, shared = { s = "1m", other = "64k", tiny = "16k", spread = "4m" } }
 mg.listen { "127.0.0.1:${port}" }
 
 mg.on("init_worker", function()
@@ -76,6 +76,66 @@ mg.route { path = "/fill", respond = function(req)
     "key1=" .. tostring(d:get("key1")), "tail_ok=" .. tostring(tail_ok),
     "touched=" .. tostring(touch and d:get(touch)),
   }, "\n") .. "\n", {}
+end }
+-- /race?k=KEY&n=N: n rounds of set (alternately A, 5000 bytes, and B, 9000: both
+-- above get's first 4 KiB buffer) then get. Run on both workers at once, the other
+-- worker's sets land between the two C calls of a get. Counts the reads that were
+-- not A or B whole, and those that saw the other worker's write.
+mg.route { path = "/race", respond = function(req)
+  local d = mg.shared("s")
+  local k, n = req:arg("k"), tonumber(req:arg("n"))
+  local a, b = string.rep("a", 5000), string.rep("b", 9000)
+  local bad, other = 0, 0
+  for i = 1, n do
+    local mine = i % 2 == 0 and a or b
+    d:set(k, mine)
+    local v = d:get(k)
+    if v ~= a and v ~= b then bad = bad + 1 elseif v ~= mine then other = other + 1 end
+  end
+  return 200, "bad=" .. bad .. " other=" .. other, { ["x-worker"] = tostring(mg.worker_id()) }
+end }
+
+-- 10,000 keys of 224 bytes that all had one hash under the hash shdict.c used before
+-- SipHash, for every seed (core/test/test_shdict.c explains the construction and
+-- checks it): 14 blocks of two 8-byte words, each block one of a pair.
+local ffi, bit = require "ffi", require "bit"
+local C1, C2 = 0x87c37b91114253d5ULL, 0x4cf5ad432745937fULL
+local function f(w) return bit.rol(w * C1, 31) * C2 end
+local function inverse(c) local x = c for _ = 1, 5 do x = x * (2 - c * x) end return x end
+local I1, I2 = inverse(C1), inverse(C2)
+local function f_inverse(y) return bit.rol(y * I2, 33) * I1 end
+local word = ffi.new("uint64_t[1]")
+local function w8(x) word[0] = x return ffi.string(word, 8) end
+local blocks = {}
+for i = 0, 13 do
+  local a, b = 0x6b65790000000000ULL + i, 0x626c6f636b000000ULL + i
+  blocks[i] = { w8(a) .. w8(b),
+                w8(f_inverse(bit.bxor(f(a), bit.lshift(1ULL, 36)))) ..
+                w8(f_inverse(bit.bxor(f(b), bit.lshift(1ULL, 63)))) }
+end
+local function colliding_key(n)
+  local t = {}
+  for i = 0, 13 do t[i + 1] = blocks[i][bit.band(bit.rshift(n, i), 1) + 1] end
+  return table.concat(t)
+end
+
+-- /collide: sets the 10,000 keys in the 4m dict (16 shards of 256 KiB, each room for
+-- about 860 such entries: 10,000 fit only if spread), then reads them back.
+mg.route { path = "/collide", respond = function(req)
+  local d = mg.shared("spread")
+  local evictions, present, distinct = 0, 0, {}
+  for n = 0, 9999 do
+    local key = colliding_key(n)
+    distinct[key] = true
+    local _, _, evicted = d:set(key, n)
+    if evicted then evictions = evictions + 1 end
+  end
+  for n = 0, 9999 do
+    if d:get(colliding_key(n)) == n then present = present + 1 end
+  end
+  local keys = 0
+  for _ in pairs(distinct) do keys = keys + 1 end
+  return 200, "keys=" .. keys .. " evictions=" .. evictions .. " present=" .. present
 end }
 ]]
 
@@ -327,6 +387,38 @@ describe("shared dictionaries", function()
       assert.equal("keep me", t.touched)
       assert.equal("nil", t.key1)
       assert.equal("true", t.tail_ok)
+    end)
+  end)
+  describe("reads racing writes", function()
+    it("get while the other worker grows and shrinks the value: always one whole value", function()
+      -- 8 connections, one /race each (about 0.1 s of work), 10 ms apart: a worker
+      -- busy with one leaves the next to the other, so both loop at the same time
+      local k = key("race")
+      local conns, workers, bad, other = {}, {}, 0, 0
+      for i = 1, 8 do
+        conns[i] = proxy:connect()
+        assert(conns[i]:send("GET /race?k=" .. k .. "&n=20000 HTTP/1.1\r\nHost: x\r\n\r\n"))
+        helpers.sleep(0.01)
+      end
+      for i = 1, 8 do
+        local res = assert(conns[i]:response({ timeout = 60 }))
+        conns[i]:close()
+        assert.equal(200, res.status, res.body)
+        workers[res.h["x-worker"]] = true
+        local b, o = res.body:match("^bad=(%d+) other=(%d+)$")
+        bad, other = bad + tonumber(b), other + tonumber(o)
+      end
+      assert.is_true(workers["0"] and workers["1"], "8 connections all landed on one worker")
+      assert.is_true(other > 0, "the workers never read each other's writes: no race happened")
+      assert.equal(0, bad)
+    end)
+  end)
+
+  describe("keys chosen to collide", function()
+    it("10,000 keys with one hash under the old hash spread: none evicted, all found", function()
+      local res = assert(proxy:request({ path = "/collide", timeout = 60 }))
+      assert.equal(200, res.status, res.body)
+      assert.equal("keys=10000 evictions=0 present=10000", res.body)
     end)
   end)
 end)
