@@ -89,7 +89,7 @@ int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
     out->host = r->host.p ? r->host : MG_STR("");
     out->http_minor = r->http_minor;
   }
-  out->client_ip = mg_conn_ip(r->conn);
+  out->client_ip = r->client_ip.len ? r->client_ip : mg_conn_ip(r->conn);
   out->id = (mg_str_t){ r->id, 16 };
   out->scheme = r->conn->ssl ? MG_STR("https") : MG_STR("http");
   out->route = r->route ? (int)(r->route - r->gen->routes) : -1;
@@ -169,6 +169,7 @@ static int set_target(mg_req_t *r, mg_str_t path, mg_str_t query) {
   }
   r->target = (mg_str_t){ t, len };
   r->path = (mg_str_t){ t, path.len };
+  r->raw_target = (mg_str_t){ NULL, 0 }; /* a hook's target goes upstream as set */
   return 0;
 }
 

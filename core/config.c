@@ -39,6 +39,7 @@ static void gen_free(mg_gen_t *g) {
   free(g->access_log);
   free(g->error_log);
   free(g->pid);
+  mg_cidr_free(g->trusted);
   for (int i = 0; i < g->nlisteners; i++) {
     free(g->listeners[i].name);
     if (g->listeners[i].tls) mg_tls_server_free(g->listeners[i].tls);
@@ -411,6 +412,25 @@ static int walk(walk_t *w, mg_gen_t *g) {
 
   lua_getfield(L, -1, "watch");
   g->watch = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  char *fp = field_str(L, -1, "forward_path");
+  g->forward_raw = fp && strcmp(fp, "as_received") == 0;
+  free(fp);
+  lua_getfield(L, -1, "trusted_proxies");
+  int ntrusted = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  if (ntrusted > 0) {
+    g->trusted = mg_cidr_new();
+    if (!g->trusted) return MG_ENOMEM;
+  }
+  for (int i = 1; i <= ntrusted; i++) {
+    lua_rawgeti(L, -1, i);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    int rc = text ? mg_cidr_add(g->trusted, text, len) : MG_EINVAL;
+    lua_pop(L, 1);
+    if (rc == MG_ENOMEM) return rc;
+    if (rc < 0) return walk_fail(w, "mg.config trusted_proxies: not an address or prefix: %s%s", text ? text : "?", "");
+  }
   lua_pop(L, 1);
   lua_getfield(L, -1, "shared");
   g->nshared = (int)lua_objlen(L, -1);

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
 #include "mg.h"
 #include "tls.h"
 
@@ -87,6 +88,10 @@ struct mg_gen_s {
   char **shared;       /* shared dictionary names, with their sizes in shared_size */
   size_t *shared_size;
   int nshared;
+  int forward_raw;     /* forward_path = "as_received": the target goes upstream as the
+                          client sent it (routing always uses the normalized path) */
+  mg_cidr_t *trusted;  /* trusted_proxies: peers whose X-Forwarded-For/Forwarded/
+                          X-Real-IP/X-Request-Id are believed; NULL: none */
   int watch;           /* reload when one of `files` changes */
   char **files;        /* proxy.lua and the files it required from its folder */
   int nfiles;

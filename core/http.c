@@ -55,8 +55,10 @@ int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max
   } else if (what == MG_HEAD_URL && h->last != MG_HEAD_URL) {
     h->url_off = (uint32_t)h->len;
   }
-  if (grow(h, len) < 0) return MG_ENOMEM;
-  memcpy(h->buf + h->len, p, len);
+  if (len) { /* an empty piece (an empty URL llhttp reports) may find no buffer yet */
+    if (grow(h, len) < 0) return MG_ENOMEM;
+    memcpy(h->buf + h->len, p, len);
+  }
   h->len += len;
   if (what == MG_HEAD_FIELD) h->ent[h->n - 1].nl += (uint32_t)len;
   else if (what == MG_HEAD_VALUE && h->n > 0) h->ent[h->n - 1].vl += (uint32_t)len;

@@ -1,5 +1,6 @@
 #include "proxy.h"
 
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "conn.h"
 #include "luavm.h"
+#include "uri.h"
 #include "log.h"
 #include "upstream.h"
 #include "worker.h"
@@ -106,6 +108,10 @@ static void access_log(mg_req_t *r) {
   char *host = r->host.p ? mg_arena_strdup(&r->arena, r->host.p, r->host.len) : NULL;
   cJSON_AddStringToObject(o, "time", ts);
   cJSON_AddStringToObject(o, "client", r->conn->client);
+  if (r->client_ip.len) {
+    char *cip = mg_arena_strdup(&r->arena, r->client_ip.p, r->client_ip.len);
+    if (cip) cJSON_AddStringToObject(o, "client_ip", cip);
+  }
   cJSON_AddStringToObject(o, "method", method);
   if (path) cJSON_AddStringToObject(o, "path", path);
   else cJSON_AddNullToObject(o, "path");
@@ -266,14 +272,85 @@ static int parse_target(mg_req_t *r) {
   } else {
     return 400;
   }
-  const char *q = memchr(r->target.p, '?', r->target.len);
-  r->path = (mg_str_t){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.len };
   /* bytes llhttp lets through in a target but no origin should see */
   for (size_t i = 0; i < r->target.len; i++) {
     unsigned char ch = (unsigned char)r->target.p[i];
     if (ch <= 0x20 || ch == 0x7f || ch == '#') return 400;
     if (ch == '%' && (i + 2 >= r->target.len || !hex_ok(r->target.p[i + 1]) || !hex_ok(r->target.p[i + 2])))
       return 400;
+  }
+  /* Routes match the normalized path (escapes of unreserved characters decoded,
+   * dot segments resolved, slashes merged), as nginx matches locations: /%61dmin,
+   * //admin and /x/../admin are all /admin. An escape of '/', '\\', NUL or a
+   * control byte is refused. */
+  char *norm = mg_arena_alloc(&r->arena, r->target.len + 1);
+  if (!norm) return 500;
+  size_t nlen;
+  if (mg_uri_normalize_target(r->target.p, r->target.len, norm, &nlen) < 0) {
+    MG_INFO(r->w->id, "req %s: %s: refused target '%.*s' (an escape of '/', '\\' or a control byte, or a bad byte)",
+            r->id, r->conn->client, (int)(r->target.len > 200 ? 200 : r->target.len), r->target.p);
+    return 400;
+  }
+  if (r->gen->forward_raw) r->raw_target = r->target;
+  r->target = (mg_str_t){ norm, nlen };
+  const char *q = memchr(r->target.p, '?', r->target.len);
+  r->path = (mg_str_t){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.len };
+  return 0;
+}
+
+/* The address in one X-Forwarded-For entry (spaces around it allowed), checked:
+ * 0 and the address in out (NUL-terminated), or -1. */
+static int xff_addr(mg_str_t e, char *out, size_t cap) {
+  while (e.len && (e.p[0] == ' ' || e.p[0] == '\t')) e.p++, e.len--;
+  while (e.len && (e.p[e.len - 1] == ' ' || e.p[e.len - 1] == '\t')) e.len--;
+  if (e.len == 0 || e.len >= cap) return -1;
+  memcpy(out, e.p, e.len);
+  out[e.len] = '\0';
+  unsigned char bin[16];
+  if (inet_pton(AF_INET, out, bin) != 1 && inet_pton(AF_INET6, out, bin) != 1) return -1;
+  return 0;
+}
+
+/* Who the client is. The peer, unless the peer is a trusted proxy: then the
+ * X-Forwarded-For list is read from the right, past every trusted hop, to the
+ * first address that is not trusted (an entry that is not an address stops the
+ * walk at the hop before it). */
+static mg_str_t joined_xff(mg_req_t *r);
+static void find_client(mg_req_t *r) {
+  mg_str_t peer = mg_conn_ip(r->conn);
+  r->client_ip = peer;
+  r->trusted = r->gen->trusted && mg_cidr_match_text(r->gen->trusted, peer);
+  if (!r->trusted) return;
+  mg_str_t xff = joined_xff(r);
+  if (!xff.len) return;
+  const char *end = xff.p + xff.len;
+  while (end > xff.p) {
+    const char *start = end;
+    while (start > xff.p && start[-1] != ',') start--;
+    char ip[INET6_ADDRSTRLEN + 1];
+    if (xff_addr((mg_str_t){ start, (size_t)(end - start) }, ip, sizeof(ip)) < 0) return;
+    char *keep = mg_arena_strdup(&r->arena, ip, strlen(ip));
+    if (!keep) return;
+    r->client_ip = (mg_str_t){ keep, strlen(ip) };
+    if (!mg_cidr_match_text(r->gen->trusted, r->client_ip)) return;
+    end = start > xff.p ? start - 1 : start;
+  }
+}
+
+/* Headers the client listed in Connection are hop-by-hop (RFC 9110 7.6.1): they
+ * are removed as the request is read, so hooks see what will be forwarded and a
+ * header a hook sets is never stripped by the client's list. */
+static int drop_listed_headers(mg_req_t *r) {
+  mg_str_t list = r->connection;
+  const char *p = list.p, *end = list.p + list.len;
+  while (p < end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
+    const char *s = p;
+    while (p < end && *p != ',') p++;
+    const char *e = p;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+    mg_str_t name = { s, (size_t)(e - s) };
+    if (name.len && mg_head_set(&r->head, &r->arena, name, name, 2) < 0) return MG_ENOMEM;
   }
   return 0;
 }
@@ -291,6 +368,7 @@ static int check_headers(mg_req_t *r) {
     if (h->name.len == 4 && mg_str_caseeq(h->name, MG_STR("host"))) {
       if (++hosts > 1) return 400;
       if (!r->absolute_form) r->host = h->value;
+      if (r->http_minor == 1 && h->value.len == 0) return 400; /* RFC 9112 3.2 */
     } else if (mg_str_caseeq(h->name, MG_STR("connection"))) {
       if (r->connection.len) return 400; /* two Connection headers: keep it simple and strict */
       r->connection = h->value;
@@ -302,10 +380,61 @@ static int check_headers(mg_req_t *r) {
     }
   }
   if (r->http_minor == 1 && hosts == 0 && !r->absolute_form) return 400;
+  /* a name or address, an optional port of digits, no userinfo; routes match the
+   * name without port and without a trailing dot */
+  if (r->host.len) {
+    int port;
+    if (mg_uri_check_host(r->host, &r->host_name, &port) < 0) {
+      MG_INFO(r->w->id, "req %s: %s: bad host '%.*s'", r->id, r->conn->client,
+              (int)(r->host.len > 200 ? 200 : r->host.len), r->host.p);
+      return 400;
+    }
+  }
   return 0;
 }
 
-/* Serialises the upstream request head into r->upq. */
+/* All X-Forwarded-For headers of the request joined in order ("a, b"), or an
+ * empty slice. In the arena when there were several. */
+/* A header as the client sent it (a slice of the parsed head), not one a hook set. */
+static int from_client(const mg_req_t *r, const mg_header_t *h) {
+  return h->name.p >= r->head.buf && h->name.p < r->head.buf + r->head.len;
+}
+
+static mg_str_t joined_xff(mg_req_t *r) {
+  mg_str_t all = { NULL, 0 };
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *h = &r->head.headers[i];
+    if (h->name.len != 15 || !mg_str_caseeq(h->name, MG_STR("x-forwarded-for")) || !h->value.len) continue;
+    if (!r->trusted && from_client(r, h)) continue;
+    if (!all.len) {
+      all = h->value;
+      continue;
+    }
+    char *j = mg_arena_alloc(&r->arena, all.len + h->value.len + 2);
+    if (!j) return all;
+    memcpy(j, all.p, all.len);
+    memcpy(j + all.len, ", ", 2);
+    memcpy(j + all.len + 2, h->value.p, h->value.len);
+    all = (mg_str_t){ j, all.len + 2 + h->value.len };
+  }
+  return all;
+}
+
+static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
+  mg_outq_append(q, name.p, name.len);
+  APPEND_LIT(q, ": ");
+  mg_outq_append(q, value.p, value.len);
+  APPEND_LIT(q, "\r\n");
+}
+
+/* Serialises the upstream request head into r->upq.
+ *
+ * Identity headers: from a peer that is not a trusted proxy, X-Forwarded-For,
+ * X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Real-IP and X-Request-Id are
+ * dropped and ours sent instead (a client cannot claim an address or an id).
+ * From a trusted proxy, X-Forwarded-For and Forwarded get the peer appended,
+ * X-Forwarded-Proto/-Host and X-Request-Id are kept when present, and X-Real-IP
+ * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
 static int build_upstream_head(mg_req_t *r) {
   mg_outq_t *q = &r->upq;
   mg_conn_t *c = r->conn;
@@ -313,14 +442,16 @@ static int build_upstream_head(mg_req_t *r) {
   const char *m = llhttp_method_name(r->method);
   mg_outq_append(q, m, strlen(m));
   APPEND_LIT(q, " ");
-  mg_outq_append(q, r->target.p, r->target.len);
+  mg_str_t target = r->raw_target.p ? r->raw_target : r->target;
+  mg_outq_append(q, target.p, target.len);
   APPEND_LIT(q, " HTTP/1.1\r\n");
-  const mg_header_t *xff = NULL, *via = NULL;
-  int have_id = 0, have_host = 0;
+  const mg_header_t *via = NULL, *fwd = NULL;
+  int have_id = 0, have_host = 0, have_proto = 0, have_fhost = 0, have_real = 0;
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
     mg_str_t n = h->name;
-    if (mg_http_is_hop_by_hop(n) || listed_hop(r->connection, n)) continue;
+    int trusted = r->trusted || !from_client(r, h);
+    if (mg_http_is_hop_by_hop(n)) continue;
     switch (n.len) {
     case 4:
       if (mg_str_caseeq(n, MG_STR("host"))) {
@@ -337,43 +468,42 @@ static int build_upstream_head(mg_req_t *r) {
     case 6:
       if (mg_str_caseeq(n, MG_STR("expect"))) continue;
       break;
+    case 9:
+      if (mg_str_caseeq(n, MG_STR("forwarded"))) {
+        if (trusted) fwd = h; /* merged below */
+        continue;
+      }
+      if (mg_str_caseeq(n, MG_STR("x-real-ip"))) {
+        if (from_client(r, h) || have_real) continue; /* ours, unless a hook set one */
+        have_real = 1;
+      }
+      break;
     case 12:
-      if (mg_str_caseeq(n, MG_STR("x-request-id"))) have_id = 1;
+      if (mg_str_caseeq(n, MG_STR("x-request-id"))) {
+        if (!trusted || have_id) continue;
+        have_id = 1;
+      }
       break;
     case 14:
       if (mg_str_caseeq(n, MG_STR("content-length"))) continue;
       break;
     case 15:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) {
-        /* several X-Forwarded-For headers: join them in order */
-        if (xff) {
-          mg_str_t a = xff->value, b = h->value;
-          char *j = mg_arena_alloc(&r->arena, a.len + b.len + 2);
-          mg_header_t *nh = mg_arena_alloc(&r->arena, sizeof(*nh));
-          if (!j || !nh) return MG_ENOMEM;
-          memcpy(j, a.p, a.len);
-          memcpy(j + a.len, ", ", 2);
-          memcpy(j + a.len + 2, b.p, b.len);
-          nh->name = n;
-          nh->value = (mg_str_t){ j, a.len + 2 + b.len };
-          xff = nh;
-        } else {
-          xff = h;
-        }
-        continue;
-      }
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) continue; /* joined below */
       break;
     case 16:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-host"))) continue;
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-host"))) {
+        if (!trusted || have_fhost) continue;
+        have_fhost = 1;
+      }
       break;
     case 17:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-proto"))) continue;
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-proto"))) {
+        if (!trusted || have_proto) continue;
+        have_proto = 1;
+      }
       break;
     }
-    mg_outq_append(q, n.p, n.len);
-    APPEND_LIT(q, ": ");
-    mg_outq_append(q, h->value.p, h->value.len);
-    APPEND_LIT(q, "\r\n");
+    append_header(q, n, h->value);
   }
   if (!have_host) {
     APPEND_LIT(q, "Host: ");
@@ -384,20 +514,37 @@ static int build_upstream_head(mg_req_t *r) {
     }
     APPEND_LIT(q, "\r\n");
   }
+  mg_str_t ip = mg_conn_ip(c);
   APPEND_LIT(q, "X-Forwarded-For: ");
-  if (xff && xff->value.len) {
-    mg_outq_append(q, xff->value.p, xff->value.len);
+  mg_str_t xff = joined_xff(r);
+  if (xff.len) {
+    mg_outq_append(q, xff.p, xff.len);
     APPEND_LIT(q, ", ");
   }
-  mg_str_t ip = mg_conn_ip(c);
   mg_outq_append(q, ip.p, ip.len);
-  if (c->ssl) APPEND_LIT(q, "\r\nX-Forwarded-Proto: https\r\n");
-  else APPEND_LIT(q, "\r\nX-Forwarded-Proto: http\r\n");
-  if (r->host.len) {
-    APPEND_LIT(q, "X-Forwarded-Host: ");
-    mg_outq_append(q, r->host.p, r->host.len);
-    APPEND_LIT(q, "\r\n");
+  APPEND_LIT(q, "\r\n");
+  if (!have_proto) {
+    if (c->ssl) APPEND_LIT(q, "X-Forwarded-Proto: https\r\n");
+    else APPEND_LIT(q, "X-Forwarded-Proto: http\r\n");
   }
+  if (r->host.len && !have_fhost) append_header(q, MG_STR("X-Forwarded-Host"), r->host);
+  if (!have_real) append_header(q, MG_STR("X-Real-IP"), r->client_ip.len ? r->client_ip : ip);
+  /* RFC 7239: the peer as seen here; an IPv6 address quoted in brackets */
+  APPEND_LIT(q, "Forwarded: ");
+  if (fwd && fwd->value.len) {
+    mg_outq_append(q, fwd->value.p, fwd->value.len);
+    APPEND_LIT(q, ", ");
+  }
+  if (memchr(ip.p, ':', ip.len)) {
+    APPEND_LIT(q, "for=\"[");
+    mg_outq_append(q, ip.p, ip.len);
+    APPEND_LIT(q, "]\"");
+  } else {
+    APPEND_LIT(q, "for=");
+    mg_outq_append(q, ip.p, ip.len);
+  }
+  if (c->ssl) APPEND_LIT(q, ";proto=https\r\n");
+  else APPEND_LIT(q, ";proto=http\r\n");
   APPEND_LIT(q, "Via: ");
   if (via && via->value.len) {
     mg_outq_append(q, via->value.p, via->value.len);
@@ -477,6 +624,8 @@ int mg_proxy_head(mg_req_t *r) {
   if (r->method == HTTP_CONNECT) return 501;
   if ((status = parse_target(r)) != 0) return status;
   if ((status = check_headers(r)) != 0) return status;
+  if (r->connection.len && drop_listed_headers(r) < 0) return 500;
+  find_client(r);
   uint64_t max = r->gen->limits.body_size;
   if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
 
@@ -485,7 +634,7 @@ int mg_proxy_head(mg_req_t *r) {
     redirect_https(r, c->redirect_https);
     return 0;
   }
-  const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host, r->path);
+  const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host_name, r->path);
   r->route = rt;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
     if (mg_lua_hook(r, MG_HOOK_REQUEST, NULL) < 0) {

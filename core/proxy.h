@@ -41,7 +41,13 @@ struct mg_req_s {
   int http_minor;         /* 0 or 1 (major is always 1) */
   mg_str_t target;        /* what goes on the upstream request line: path[?query] */
   mg_str_t path;          /* without the query */
-  mg_str_t host;          /* Host header or absolute-form authority */
+  mg_str_t raw_target;    /* forward_path = "as_received": the target as the client sent
+                             it (what goes upstream); NULL otherwise or once a hook set one */
+  mg_str_t host;          /* Host header or absolute-form authority, as sent */
+  mg_str_t host_name;     /* host without port and trailing dot: what routes match */
+  mg_str_t client_ip;     /* the client's address: the peer's, or taken from the
+                             X-Forwarded-For of a trusted proxy (trusted_proxies) */
+  unsigned trusted : 1;   /* the peer is one of trusted_proxies */
   mg_str_t connection;    /* Connection header value (names of extra hop-by-hop headers) */
   int body;               /* MG_BODY_* */
   uint64_t content_length;

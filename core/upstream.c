@@ -114,6 +114,9 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 /* The response ended (u->done): pool or close the connection, then finish. */
 static void finish(mg_upconn_t *u, int extra_bytes) {
   mg_req_t *r = u->req;
+  if (extra_bytes && u->state == MG_UP_ACTIVE && llhttp_should_keep_alive(&u->parser))
+    MG_WARN(u->w->id, "req %s: upstream %s: bytes after the end of the response: connection not reused",
+            r->id, u->server->text);
   int reusable = !extra_bytes && llhttp_should_keep_alive(&u->parser) && r->complete &&
                  !r->conn->w->draining;
   mg_upstream_release(u, reusable);

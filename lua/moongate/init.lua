@@ -39,6 +39,7 @@ _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 local config_keys = {
   workers = true, access_log = true, error_log = true, log_level = true, pid = true,
   timeouts = true, limits = true, shared = true, watch = true,
+  forward_path = true, trusted_proxies = true,
 }
 
 local hook_names = {
@@ -98,6 +99,30 @@ function _M.config(t)
       if bytes < 16384 then fail("mg.config shared: '%s' must be at least 16k", name) end
       state.shared[name] = bytes
     end
+  end
+  if t.forward_path ~= nil then
+    if t.forward_path ~= "normalized" and t.forward_path ~= "as_received" then
+      fail("mg.config: 'forward_path' must be \"normalized\" or \"as_received\", got %s",
+           tostring(t.forward_path))
+    end
+    c.forward_path = t.forward_path
+  end
+  if t.trusted_proxies ~= nil then
+    check.type(t.trusted_proxies, "table", "mg.config", "trusted_proxies")
+    local list = {}
+    for i, v in ipairs(t.trusted_proxies) do
+      if not check.cidr(v) then
+        fail("mg.config trusted_proxies: entry %d is not an address or prefix (like 10.0.0.0/8 or fd00::/8): %s",
+             i, tostring(v))
+      end
+      list[i] = v
+    end
+    for k in pairs(t.trusted_proxies) do
+      if type(k) ~= "number" or k < 1 or k > #list or k % 1 ~= 0 then
+        fail("mg.config trusted_proxies: must be a list of addresses or prefixes")
+      end
+    end
+    c.trusted_proxies = list
   end
   for _, group in ipairs { { "timeouts", timeout_keys, 0.001, 86400 }, { "limits", limit_keys, 0, 2^40 } } do
     local name, allowed, min, max = group[1], group[2], group[3], group[4]

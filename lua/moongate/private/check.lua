@@ -2,7 +2,7 @@
 -- the first stack frame whose source is not a moongate library file.
 local debug_getinfo = debug.getinfo
 local fmt = string.format
-local type, pairs, tostring, error = type, pairs, tostring, error
+local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 
 local _M = {}
 
@@ -55,6 +55,29 @@ function _M.number(v, what, key, min, max)
     _M.fail("%s: '%s' out of range (%s)", what, key, tostring(v))
   end
   return v
+end
+
+--- True when v is an IPv4 or IPv6 address, optionally with a /prefix length that
+-- fits it ("10.0.0.0/8", "192.168.1.7", "fd00::/8", "::1"). The C side parses it
+-- again (core/cidr.c) and is the final judge; this gives the user's file:line.
+function _M.cidr(v)
+  if type(v) ~= "string" then return false end
+  local addr, bits = v:match("^([^/]+)/(%d+)$")
+  if not addr then addr = v end
+  local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  local max
+  if a then
+    for _, n in ipairs { a, b, c, d } do
+      if #n > 3 or tonumber(n) > 255 then return false end
+    end
+    max = 32
+  elseif addr:match("^[%x:%.]+$") and addr:find(":", 1, true) then
+    max = 128
+  else
+    return false
+  end
+  if bits and (#bits > 3 or tonumber(bits) > max) then return false end
+  return true
 end
 
 return _M

@@ -71,6 +71,7 @@ function _M.load(path, source)
     timeouts = {}, limits = {},
     listeners = st.listeners, upstreams = st.upstreams, routes = {},
     hooks = 0, shared = {}, watch = c.watch or false, files = { path }, source = source,
+    forward_path = c.forward_path or "normalized", trusted_proxies = c.trusted_proxies or {},
   }
   -- the files proxy.lua required from its own folder: watched for live reload
   for name in pairs(package.loaded) do
