@@ -83,6 +83,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void run_saved(mg_conn_t *c);
 
 /* Reading stops while the upstream is not taking the body, while the client is not
  * taking output, and while more than MG_PIPELINE_MAX bytes of pipelined requests
@@ -95,7 +96,8 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_IDLE:
   case MG_CS_HEAD:
   case MG_CS_BODY:
-    want = !c->up_blocked && !c->paused && !mg_outq_full(&c->out);
+    /* saved: requests that wait for the output to drain come before new bytes */
+    want = !c->up_blocked && !c->paused && !mg_outq_full(&c->out) && !c->saved;
     break;
   case MG_CS_WAIT:
     want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
@@ -273,6 +275,10 @@ static void on_out(mg_outq_t *q, int status) {
     mg_timer_start(&c->w->timers, &c->send_timer, c->w->gen->timeouts.send, on_send_timer);
   }
   if (status == MG_OUTQ_DRAINED) {
+    if (c->state == MG_CS_IDLE && !c->req && c->saved) {
+      run_saved(c); /* pipelined requests held back while the output was full */
+      return;
+    }
     mg_conn_update_reading(c);
     if (c->req) mg_proxy_client_drained(c->req);
   }
@@ -361,6 +367,12 @@ void mg_conn_request_done(mg_conn_t *c) {
     mg_conn_update_reading(c);
     return;
   }
+  run_saved(c);
+}
+
+/* Between requests: parses the requests that waited (c->saved), then goes on
+ * reading. */
+static void run_saved(mg_conn_t *c) {
   if (c->saved) {
     char *s = c->saved;
     size_t n = c->saved_len;
@@ -437,6 +449,13 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       if (c->done_pending) {
         if (!finish_request(c)) return;
         if (len == 0) return;
+        /* Answers moongate writes itself come at parser speed: while the client
+         * is not taking them, the next pipelined requests wait unparsed (the
+         * drain of the output resumes them), so the output stays bounded. */
+        if (mg_outq_full(&c->out)) {
+          save(c, data, len);
+          return;
+        }
         continue;
       }
       c->state = MG_CS_WAIT;

@@ -1,0 +1,38 @@
+-- Output bound for answers moongate writes itself (hardening item 8): pipelined
+-- requests to a respond route are parsed only while the client takes the
+-- answers; a client that sends thousands of requests and reads nothing holds
+-- about one high-water mark of output, not one answer per request.
+local helpers = require "spec.helpers"
+
+local N, PAGE = 2500, 20000
+
+describe("pipelined answers moongate writes itself", function()
+  local proxy
+
+  lazy_setup(function()
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { path = "/page", respond = { status = 200, body = string.rep("p", ${page}) } }
+]], { vars = { page = PAGE } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("holds back the next requests while the output is full, then answers all of them in order", function()
+    -- what moongate would hold if it answered everything at once: N * PAGE = 50 MB
+    local out = helpers.run({ helpers.python, helpers.spec_dir .. "/support/pipeline_rss.py",
+      tostring(proxy.port), tostring(proxy.pid), tostring(N), "/page", tostring(PAGE) })
+    local grown, answers, extra = out:match("grown=(%-?%d+) answers=(%d+) extra=(%d+)")
+    assert(grown, out)
+    print(string.format("\n  RSS growth with %d pipelined requests unread: %s KiB", N, grown))
+    assert(tonumber(grown) < 8 * 1024, "moongate's RSS grew by " .. grown .. " KiB")
+    assert.equal(N, tonumber(answers))
+    assert.equal(0, tonumber(extra))
+    -- and the worker goes on serving
+    assert.equal(200, assert(proxy:request({ path = "/page", headers = { { "Host", "x" } } })).status)
+  end)
+end)
