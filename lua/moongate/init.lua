@@ -215,6 +215,23 @@ local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = tr
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
 
+-- An upstream's tls.sni: a DNS host name (RFC 6066 3: no IP literal, no trailing
+-- dot), since it is both the name sent and the name the certificate must carry.
+local function sni_name(v, what)
+  local bad = function(why) fail("%s: 'sni' %s: %q", what, why, v) end
+  if v == "" then bad("must not be empty") end
+  if #v > 253 then bad("is longer than 253 characters") end
+  if v:find("[^%w%.%-_]") then bad("must be a host name (letters, digits, '-', '_' and '.')") end
+  if v:sub(-1) == "." then bad("must not end with a dot (SNI names are sent without it)") end
+  for label in (v .. "."):gmatch("([^.]*)%.") do
+    if label == "" then bad("has an empty label") end
+    if #label > 63 then bad("has a label longer than 63 characters") end
+    if label:sub(1, 1) == "-" or label:sub(-1) == "-" then bad("has a label that starts or ends with '-'") end
+  end
+  if v:match("[^.]*$"):match("^%d+$") then bad("is an IP address; SNI carries host names only (RFC 6066)") end
+  return v
+end
+
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60 }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
@@ -250,7 +267,7 @@ function _M.upstream(name)
       local tls = { verify = true }
       if t.tls.verify ~= nil then tls.verify = check.type(t.tls.verify, "boolean", w, "verify") end
       if t.tls.ca ~= nil then tls.ca = conf_path(t.tls.ca, w, "ca") end
-      if t.tls.sni ~= nil then tls.sni = check.type(t.tls.sni, "string", w, "sni") end
+      if t.tls.sni ~= nil then tls.sni = sni_name(check.type(t.tls.sni, "string", w, "sni"), w) end
       if (t.tls.cert == nil) ~= (t.tls.key == nil) then fail("%s: 'cert' and 'key' go together", w) end
       if t.tls.cert ~= nil then
         tls.cert = conf_path(t.tls.cert, w, "cert")

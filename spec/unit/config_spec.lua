@@ -456,6 +456,36 @@ describe("moongate.private.loader", function()
       assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" } }', 'mg.upstream "a" { servers = { "h:2" } }' },
                    4, "mg.upstream", "'a'", "twice")
     end)
+
+    describe("tls.sni", function()
+      local function up(sni)
+        return 'mg.upstream "a" { servers = { "h:1" }, tls = { verify = false, sni = ' .. sni .. ' } }'
+      end
+
+      it("takes a DNS name (with '_' and digits in labels)", function()
+        for _, name in ipairs({ "backend.internal", "a", "x-1.example.com", "_svc.example.com", "1a.b2" }) do
+          assert.equal(name, ok({ HEADER, LISTEN, up(string.format("%q", name)) }).upstreams[1].tls.sni)
+        end
+      end)
+
+      it("refuses an empty name", function()
+        assert_error({ HEADER, LISTEN, up('""') }, 3, "mg.upstream 'a' tls", "'sni' must not be empty")
+      end)
+
+      it("refuses IP literals, spaces, control characters, ports and trailing dots", function()
+        for _, bad in ipairs({ '"[::1]"', '"::1"', '"10.0.0.1"', '"a b"', '"a\\nb"', '"a\\0b"', '"a:443"',
+                               '"a.example."', '"a..b"', '".a"', '"-a.b"', '"a-.b"', '"a/b"',
+                               '"' .. string.rep("a", 64) .. '.b"', '"' .. string.rep("a.", 127) .. 'a"' }) do
+          local conf, err = load_lines({ HEADER, LISTEN, up(bad) })
+          assert.is_nil(conf, bad)
+          assert.truthy(err:find(":3: mg.upstream 'a' tls: 'sni'", 1, true), bad .. ": " .. tostring(err))
+        end
+      end)
+
+      it("refuses a non-string", function()
+        assert_error({ HEADER, LISTEN, up("1") }, 3, "'sni'", "string")
+      end)
+    end)
   end)
 
   describe("routes", function()
