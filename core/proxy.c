@@ -176,6 +176,20 @@ static int will_close(mg_req_t *r) {
   return c->close_after || !r->keepalive || c->w->draining;
 }
 
+/* A listener with hsts: its Strict-Transport-Security line replaces any the head
+ * carries (one header, ours), then the rest of the head as given. */
+static void append_head_hsts(mg_outq_t *q, const char *head, size_t hlen, const char *hsts) {
+  static const char name[] = "strict-transport-security:";
+  const size_t nlen = sizeof(name) - 1;
+  for (const char *p = head, *end = head + hlen; p < end;) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *next = nl ? nl + 1 : end;
+    if ((size_t)(next - p) <= nlen || strncasecmp(p, name, nlen) != 0) mg_outq_append(q, p, (size_t)(next - p));
+    p = next;
+  }
+  mg_outq_append(q, hsts, strlen(hsts));
+}
+
 /* Queues a complete response whose head (status line + header lines, without the
  * blank line) and body are given. Decides what happens to an unread body. */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
@@ -194,7 +208,8 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   r->status = status;
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  mg_outq_append(q, head, hlen);
+  if (c->hsts) append_head_hsts(q, head, hlen, c->hsts);
+  else mg_outq_append(q, head, hlen);
   if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
   else APPEND_LIT(q, "\r\n");
@@ -688,11 +703,13 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   for (size_t i = 0; i < r->rhead.n; i++) {
     const mg_header_t *h = &r->rhead.headers[i];
     if (resp_header_skipped(h->name, conn_value)) continue;
+    if (c->hsts && mg_str_caseeq(h->name, MG_STR("strict-transport-security"))) continue; /* ours wins */
     mg_outq_append(q, h->name.p, h->name.len);
     APPEND_LIT(q, ": ");
     mg_outq_append(q, h->value.p, h->value.len);
     APPEND_LIT(q, "\r\n");
   }
+  if (c->hsts) mg_outq_append(q, c->hsts, strlen(c->hsts));
   if (has_len && status != 204 && !(status == 304 && p->content_length == 0)) {
     APPEND_LIT(q, "Content-Length: ");
     mg_outq_append_uint(q, p->content_length);
