@@ -42,6 +42,7 @@ static void gen_free(mg_gen_t *g) {
   mg_cidr_free(g->trusted);
   for (int i = 0; i < g->nlisteners; i++) {
     free(g->listeners[i].name);
+    free(g->listeners[i].hsts);
     if (g->listeners[i].tls) mg_tls_server_free(g->listeners[i].tls);
     free(g->listeners[i].tls);
   }
@@ -145,7 +146,7 @@ static int walk_listen_tls(walk_t *w, mg_listen_cfg_t *l) {
   char **certs = calloc((size_t)n + 1, sizeof(char *));
   char **keys = calloc((size_t)n + 1, sizeof(char *));
   char **names = calloc((size_t)n + 1, sizeof(char *));
-  char *ca = NULL;
+  char *ca = NULL, *ciphers = NULL, *site = NULL, *profile = NULL;
   int rc = MG_ENOMEM;
   if (!certs || !keys || !names) goto out;
   for (int i = 0; i < n; i++) {
@@ -157,18 +158,28 @@ static int walk_listen_tls(walk_t *w, mg_listen_cfg_t *l) {
   }
   lua_pop(L, 1);
   ca = field_str(L, -1, "client_ca");
+  ciphers = field_str(L, -1, "ciphers");
+  site = field_str(L, -1, "site");
+  profile = field_str(L, -1, "profile");
   mg_tls_server_cfg_t cfg = {
     .cert_files = (const char **)certs, .key_files = (const char **)keys,
     .names = (const char **)names, .ncerts = n,
     .min_version = (int)field_num(L, -1, "min_version", TLS1_2_VERSION),
     .verify_client = (int)field_num(L, -1, "verify_client", 0),
     .client_ca = ca,
+    .profile = !profile ? MG_TLS_INTERMEDIATE
+               : strcmp(profile, "modern") == 0 ? MG_TLS_MODERN
+               : strcmp(profile, "compatible") == 0 ? MG_TLS_COMPATIBLE : MG_TLS_INTERMEDIATE,
+    .ciphers = ciphers,
+    .session_timeout = (int)field_num(L, -1, "session_timeout", 0),
   };
   l->tls = calloc(1, sizeof(*l->tls));
   if (!l->tls) goto out;
   char err[512];
   rc = mg_tls_server_new(l->tls, &cfg, err, sizeof(err));
-  if (rc < 0) rc = tls_fail(w, rc, err);
+  /* named by the mg.listen line (file:line) when the Lua side recorded it */
+  if (rc == MG_ECONFIG && site) snprintf(w->err, w->errlen, "%s: %s", site, err);
+  else if (rc < 0) rc = tls_fail(w, rc, err);
 out:
   for (int i = 0; certs && i < n; i++) {
     free(certs[i]);
@@ -179,6 +190,9 @@ out:
   free(keys);
   free(names);
   free(ca);
+  free(ciphers);
+  free(site);
+  free(profile);
   return rc;
 }
 
@@ -203,6 +217,17 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
     lua_pop(L, 1);
     l->name = field_str(L, -1, "name");
     l->redirect_https = (int)field_num(L, -1, "redirect_https", 0);
+    char *hsts = field_str(L, -1, "hsts");
+    if (hsts) {
+      size_t hn = sizeof("Strict-Transport-Security: \r\n") + strlen(hsts);
+      l->hsts = malloc(hn);
+      if (l->hsts) snprintf(l->hsts, hn, "Strict-Transport-Security: %s\r\n", hsts);
+      free(hsts);
+      if (!l->hsts) {
+        lua_pop(L, 2);
+        return MG_ENOMEM;
+      }
+    }
     lua_getfield(L, -1, "deferred");
     l->deferred = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : 1;
     lua_pop(L, 1);

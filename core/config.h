@@ -21,6 +21,8 @@ typedef struct {
   int deferred;         /* TCP_DEFER_ACCEPT: accepted once the client's first bytes are in */
   int redirect_https;   /* plain listener answering everything with a redirect to
                            https on this port; 0: off */
+  char *hsts;           /* TLS listener: "Strict-Transport-Security: ...\r\n", added to
+                           every response on it; NULL: off */
 } mg_listen_cfg_t;
 
 typedef struct {

@@ -769,6 +769,7 @@ void mg_conn_accept(mg_listener_t *l) {
   c->w = w;
   c->listener = l->name;
   c->redirect_https = (uint16_t)l->cfg->redirect_https;
+  c->hsts = l->hsts;
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {

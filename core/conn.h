@@ -55,6 +55,8 @@ struct mg_conn_s {
   uint16_t redirect_https; /* the listener redirects every request to https on this port */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
+  const char *hsts;       /* the listener's Strict-Transport-Security line (interned by the
+                             worker), added to every response; NULL: none */
   mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 

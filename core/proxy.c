@@ -189,6 +189,20 @@ static int will_close(mg_req_t *r) {
   return c->close_after || !r->keepalive || c->w->draining;
 }
 
+/* A listener with hsts: its Strict-Transport-Security line replaces any the head
+ * carries (one header, ours), then the rest of the head as given. */
+static void append_head_hsts(mg_outq_t *q, const char *head, size_t hlen, const char *hsts) {
+  static const char name[] = "strict-transport-security:";
+  const size_t nlen = sizeof(name) - 1;
+  for (const char *p = head, *end = head + hlen; p < end;) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *next = nl ? nl + 1 : end;
+    if ((size_t)(next - p) <= nlen || strncasecmp(p, name, nlen) != 0) mg_outq_append(q, p, (size_t)(next - p));
+    p = next;
+  }
+  mg_outq_append(q, hsts, strlen(hsts));
+}
+
 /* Queues a complete response whose head (status line + header lines, without the
  * blank line) and body are given. Decides what happens to an unread body. */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
@@ -207,7 +221,8 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   r->status = status;
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  mg_outq_append(q, head, hlen);
+  if (c->hsts) append_head_hsts(q, head, hlen, c->hsts);
+  else mg_outq_append(q, head, hlen);
   if (!mg_http_head_has(head, hlen, MG_STR("date"))) append_date(r->w, q);
   if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
@@ -830,7 +845,7 @@ static const char *peer_text(const mg_req_t *r) {
 
 /* Header lines of a response head as they go to the client: hop-by-hop,
  * Server, X-Powered-By and Content-Length are left out. */
-static void append_response_headers(mg_outq_t *q, const mg_head_t *h);
+static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_sts);
 
 void mg_proxy_response_interim(mg_req_t *r, int status) {
   mg_conn_t *c = r->conn;
@@ -845,7 +860,7 @@ void mg_proxy_response_interim(mg_req_t *r, int status) {
   const char *reason = mg_http_reason(status);
   mg_outq_append(q, reason, strlen(reason));
   APPEND_LIT(q, "\r\n");
-  append_response_headers(q, &r->rhead);
+  append_response_headers(q, &r->rhead, 0);
   APPEND_LIT(q, "\r\n");
   r->bytes_out += mg_outq_size(q) - before;
 }
@@ -890,7 +905,8 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   const char *reason = mg_http_reason(status);
   mg_outq_append(q, reason, strlen(reason));
   APPEND_LIT(q, "\r\n");
-  append_response_headers(q, &r->rhead);
+  append_response_headers(q, &r->rhead, c->hsts != NULL);
+  if (c->hsts) mg_outq_append(q, c->hsts, strlen(c->hsts));
   if (!mg_head_get(&r->rhead, MG_STR("date"))) append_date(r->w, q);
   if (empty) {
     APPEND_LIT(q, "Content-Length: 0\r\n");
@@ -907,13 +923,15 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   return 0; /* flushed by mg_proxy_response_flush after the read */
 }
 
-static void append_response_headers(mg_outq_t *q, const mg_head_t *h) {
+/* skip_sts: the listener sends its own Strict-Transport-Security (hsts), which wins */
+static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_sts) {
   mg_str_t conn_value = { NULL, 0 };
   const mg_header_t *ch = mg_head_get(h, MG_STR("connection"));
   if (ch) conn_value = ch->value;
   for (size_t i = 0; i < h->n; i++) {
     const mg_header_t *hd = &h->headers[i];
     if (resp_header_skipped(hd->name, conn_value)) continue;
+    if (skip_sts && mg_str_caseeq(hd->name, MG_STR("strict-transport-security"))) continue;
     mg_outq_append(q, hd->name.p, hd->name.len);
     APPEND_LIT(q, ": ");
     mg_outq_append(q, hd->value.p, hd->value.len);

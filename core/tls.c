@@ -215,6 +215,29 @@ static int alpn_cb(SSL *ssl, const uint8_t **out, uint8_t *outlen, const uint8_t
   return SSL_TLSEXT_ERR_NOACK;
 }
 
+/* The TLS 1.2 suites of each profile, in the server's order of preference: forward
+ * secret key exchange only (ECDHE), AEADs first. Never 3DES, RC4, NULL, export
+ * or plain RSA key exchange: a listener gets those only by naming them in
+ * `ciphers`. Each name must be one BoringSSL knows (the strict parser refuses
+ * the list otherwise, and the listener with it). */
+#define AEAD_SUITES \
+  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+  "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+  "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+static const char *const profile_ciphers[] = {
+  [MG_TLS_INTERMEDIATE] = AEAD_SUITES,
+  [MG_TLS_MODERN] = AEAD_SUITES, /* unused: TLS 1.3 only */
+  [MG_TLS_COMPATIBLE] = AEAD_SUITES ":ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:"
+                        "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA",
+};
+
+/* Default session lifetimes. A resumed TLS 1.2 session reuses the old master
+ * secret with no fresh key exchange, so it is kept short (BoringSSL's own
+ * default); a TLS 1.3 resumption runs a new ECDHE exchange, and a day is what
+ * the ticket keys' rotation honours anyway (TICKET_ROTATE). */
+#define SESSION_TIMEOUT_TLS12 (2 * 3600)
+#define SESSION_TIMEOUT_TLS13 (24 * 3600)
+
 static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, char *err,
                       size_t errlen) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());
@@ -222,6 +245,19 @@ static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, c
   c->ctx = ctx;
   SSL_CTX_set_min_proto_version(ctx, (uint16_t)cfg->min_version);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  int profile = cfg->profile >= 0 && cfg->profile <= MG_TLS_COMPATIBLE ? cfg->profile : MG_TLS_INTERMEDIATE;
+  const char *list = cfg->ciphers ? cfg->ciphers : profile_ciphers[profile];
+  if (SSL_CTX_set_strict_cipher_list(ctx, list) != 1) {
+    char why[256];
+    mg_tls_error(why, sizeof(why));
+    snprintf(err, errlen, "mg.listen tls: invalid 'ciphers' \"%s\"%s%s", list, why[0] ? ": " : "", why);
+    return MG_ECONFIG;
+  }
+  uint32_t t12 = cfg->session_timeout > 0 ? (uint32_t)cfg->session_timeout : SESSION_TIMEOUT_TLS12;
+  uint32_t t13 = cfg->session_timeout > 0 ? (uint32_t)cfg->session_timeout : SESSION_TIMEOUT_TLS13;
+  SSL_CTX_set_timeout(ctx, t12);
+  SSL_CTX_set_session_psk_dhe_timeout(ctx, t13);
   if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_files[i]) != 1)
     return fail(err, errlen, "mg.listen tls: cannot load certificate", cfg->cert_files[i]);
   if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key_files[i], SSL_FILETYPE_PEM) != 1) {
@@ -286,6 +322,26 @@ static void session_context(const mg_tls_server_cfg_t *cfg, uint8_t out[32]) {
   SHA256_Final(out, &h);
 }
 
+/* An explicit cipher list is used as written; a log line names what it enables
+ * that no profile would: suites without forward secrecy, and 3DES (64-bit
+ * blocks: Sweet32). */
+static void warn_weak(const char *list, SSL_CTX *ctx) {
+  STACK_OF(SSL_CIPHER) *s = SSL_CTX_get_ciphers(ctx);
+  char weak[512];
+  size_t n = 0;
+  weak[0] = '\0';
+  for (size_t i = 0; s && i < sk_SSL_CIPHER_num(s); i++) {
+    const SSL_CIPHER *ci = sk_SSL_CIPHER_value(s, i);
+    const char *name = SSL_CIPHER_get_name(ci);
+    int kx = SSL_CIPHER_get_kx_nid(ci);
+    if (kx != NID_kx_rsa && kx != NID_kx_psk && !strstr(name, "DES-CBC3")) continue;
+    int k = snprintf(weak + n, sizeof(weak) - n, "%s%s", n ? ", " : "", name);
+    if (k < 0 || (size_t)k >= sizeof(weak) - n) break;
+    n += (size_t)k;
+  }
+  if (n) MG_WARN(-1, "mg.listen tls: ciphers \"%s\" enables weak suites (no forward secrecy or 3DES): %s", list, weak);
+}
+
 int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *err, size_t errlen) {
   memset(t, 0, sizeof(*t));
   t->certs = calloc((size_t)cfg->ncerts, sizeof(*t->certs));
@@ -300,6 +356,7 @@ int mg_tls_server_new(mg_tls_server_t *t, const mg_tls_server_cfg_t *cfg, char *
     int rc = server_ctx(c, cfg, i, err, errlen);
     if (rc < 0) return rc;
   }
+  if (cfg->ciphers && cfg->min_version < TLS1_3_VERSION) warn_weak(cfg->ciphers, t->certs[0].ctx);
   uint8_t sid[32];
   session_context(cfg, sid);
   for (int i = 0; i < t->ncerts; i++) SSL_CTX_set_session_id_context(t->certs[i].ctx, sid, sizeof(sid));

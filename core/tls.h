@@ -28,6 +28,15 @@ typedef struct mg_tls_server_s {
   int verify_client; /* 0 off, 1 optional, 2 required */
 } mg_tls_server_t;
 
+/* tls.profile: the TLS 1.2 cipher suites a listener offers when it names none
+ * (TLS 1.3 suites are BoringSSL's fixed AEAD set). The versions follow from
+ * min_version, which the Lua side sets to 1.3 for "modern". */
+enum {
+  MG_TLS_INTERMEDIATE, /* ECDHE with AES-GCM or ChaCha20-Poly1305 (Mozilla "intermediate") */
+  MG_TLS_MODERN,       /* TLS 1.3 only */
+  MG_TLS_COMPATIBLE,   /* intermediate plus the ECDHE AES-CBC-SHA suites of older clients */
+};
+
 /* What proxy.lua asked for (normalised by the Lua side; paths absolute). */
 typedef struct {
   const char **cert_files, **key_files, **names;
@@ -35,6 +44,9 @@ typedef struct {
   int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
   int verify_client;      /* 0, 1 optional, 2 required */
   const char *client_ca;  /* required with verify_client */
+  int profile;            /* MG_TLS_* */
+  const char *ciphers;    /* an OpenSSL-style cipher string for TLS 1.2; NULL: the profile's */
+  int session_timeout;    /* seconds; 0: 2 h for TLS 1.2 sessions, 24 h for TLS 1.3 */
 } mg_tls_server_cfg_t;
 
 /* An upstream's TLS. */

@@ -98,10 +98,10 @@ static void close_listeners(mg_worker_t *w) {
 }
 
 /* Opens a listener on an fd the main thread bound. */
-/* The worker's copy of a listener name, shared by every connection accepted under
- * it and kept until the worker exits (names are few; configs come and go). NULL
- * for an unnamed listener, or when out of memory (the connection is then routed as
- * unnamed). */
+/* The worker's copy of a listener name (or HSTS header line), shared by every
+ * connection accepted under it and kept until the worker exits (names are few;
+ * configs come and go). NULL for an unnamed listener, or when out of memory (the
+ * connection is then routed as unnamed, or answers without HSTS). */
 static const char *intern(mg_worker_t *w, const char *name) {
   if (!name) return NULL;
   for (int i = 0; i < w->nnames; i++)
@@ -121,6 +121,7 @@ static mg_listener_t *open_listener(mg_worker_t *w, const mg_listen_cfg_t *cfg, 
   l->w = w;
   l->cfg = cfg;
   l->name = intern(w, cfg->name);
+  l->hsts = intern(w, cfg->hsts);
   uv_tcp_init(&w->loop, &l->tcp);
   l->tcp.data = l;
   if (uv_tcp_open(&l->tcp, fd) < 0 || uv_listen((uv_stream_t *)&l->tcp, 511, on_connection) < 0) {
@@ -169,6 +170,7 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
           MG_WARN(w->id, "%s: TCP_DEFER_ACCEPT: %s", ng->listeners[i].text, strerror(errno));
         l->cfg = &ng->listeners[i];
         l->name = intern(w, l->cfg->name);
+        l->hsts = intern(w, l->cfg->hsts);
         nl[i] = l;
         w->listeners[j] = NULL;
         break;

@@ -18,6 +18,7 @@ typedef struct {
   mg_worker_t *w;
   const mg_listen_cfg_t *cfg;
   const char *name; /* cfg->name interned in the worker: connections outlive configs */
+  const char *hsts; /* cfg->hsts interned the same way; NULL: off */
 } mg_listener_t;
 
 enum { MG_CMD_NONE, MG_CMD_DRAIN, MG_CMD_STOP };

@@ -149,10 +149,16 @@ local function parse_addr(s, what)
   return host, port
 end
 
-local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true, deferred = true }
+local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true, deferred = true,
+                      hsts = true }
 local tls_keys = { cert = true, key = true, certs = true, min_version = true,
-                   verify_client = true, client_ca = true }
+                   verify_client = true, client_ca = true, profile = true, ciphers = true,
+                   session_timeout = true }
 local cert_keys = { cert = true, key = true, name = true }
+local hsts_keys = { max_age = true, subdomains = true, preload = true }
+-- tls.profile -> the lowest version it allows ("modern" is TLS 1.3 only; the
+-- cipher list of each is in core/tls.c)
+local profiles = { modern = 0x0304, intermediate = 0x0303, compatible = 0x0303 }
 
 -- A file named in proxy.lua: relative paths are relative to proxy.lua's directory.
 local function conf_path(v, what, key)
@@ -162,12 +168,14 @@ local function conf_path(v, what, key)
   return state.confdir .. "/" .. v
 end
 
--- mg.listen's tls table -> { certs = { {cert, key, name} }, min_version, verify_client, client_ca }
+-- mg.listen's tls table -> { certs = { {cert, key, name} }, min_version, verify_client, client_ca,
+-- profile, ciphers, session_timeout }
 local function listen_tls(t)
   local what = "mg.listen tls"
   check.type(t, "table", "mg.listen", "tls")
   check.keys(t, tls_keys, what)
-  local out = { certs = {}, min_version = 0x0303, verify_client = 0 }
+  local out = { certs = {}, min_version = 0x0303, verify_client = 0, profile = "intermediate",
+                site = check.user_site() }
   if t.cert ~= nil or t.key ~= nil then
     out.certs[1] = { cert = conf_path(t.cert, what, "cert"), key = conf_path(t.key, what, "key") }
   end
@@ -188,6 +196,31 @@ local function listen_tls(t)
     if not v then fail("%s: 'min_version' must be \"1.2\" or \"1.3\", got %s", what, tostring(t.min_version)) end
     out.min_version = v
   end
+  if t.profile ~= nil then
+    if not profiles[t.profile] then
+      fail("%s: 'profile' must be \"modern\", \"intermediate\" or \"compatible\", got %s", what,
+           tostring(t.profile))
+    end
+    out.profile = t.profile
+    if t.min_version ~= nil and out.min_version < profiles[t.profile] then
+      fail("%s: 'min_version' \"%s\" contradicts profile \"%s\" (TLS 1.3 only)", what, t.min_version, t.profile)
+    end
+    if profiles[t.profile] > out.min_version then out.min_version = profiles[t.profile] end
+  end
+  if t.ciphers ~= nil then
+    check.type(t.ciphers, "string", what, "ciphers")
+    if t.ciphers == "" or t.ciphers:find("[%s%c,;]") then
+      fail("%s: 'ciphers' must be cipher names and rules joined by ':' (no spaces), got %q", what, t.ciphers)
+    end
+    if out.min_version >= 0x0304 then
+      fail("%s: 'ciphers' chooses TLS 1.2 suites, but this listener is TLS 1.3 only", what)
+    end
+    out.ciphers = t.ciphers
+  end
+  if t.session_timeout ~= nil then
+    out.session_timeout = check.number(t.session_timeout, what, "session_timeout", 1, 86400)
+    if out.session_timeout % 1 ~= 0 then fail("%s: 'session_timeout' must be whole seconds", what) end
+  end
   if t.verify_client ~= nil then
     local v = ({ optional = 1, required = 2 })[t.verify_client]
     if not v then
@@ -201,8 +234,27 @@ local function listen_tls(t)
   return out
 end
 
+-- mg.listen's hsts table -> the Strict-Transport-Security value (RFC 6797)
+local function listen_hsts(t)
+  local what = "mg.listen hsts"
+  check.type(t, "table", "mg.listen", "hsts")
+  check.keys(t, hsts_keys, what)
+  local age = 63072000 -- two years
+  if t.max_age ~= nil then
+    age = check.number(t.max_age, what, "max_age", 0, 2^31 - 1)
+    if age % 1 ~= 0 then fail("%s: 'max_age' must be whole seconds", what) end
+  end
+  local sub = t.subdomains ~= nil and check.type(t.subdomains, "boolean", what, "subdomains") or false
+  local preload = t.preload ~= nil and check.type(t.preload, "boolean", what, "preload") or false
+  if preload and (not sub or age < 31536000) then
+    fail("%s: 'preload' needs subdomains = true and max_age of at least 31536000 (one year)", what)
+  end
+  return "max-age=" .. string.format("%d", age) .. (sub and "; includeSubDomains" or "")
+         .. (preload and "; preload" or "")
+end
+
 --- mg.listen { "host:port", ..., name = "NAME", tls = {...}, redirect_https = true | PORT,
----             deferred = true (default) | false }
+---             deferred = true (default) | false, hsts = { max_age, subdomains, preload } }
 function _M.listen(t)
   if type(t) ~= "table" then fail("mg.listen: expects a table") end
   check.keys(t, listen_keys, "mg.listen")
@@ -218,6 +270,11 @@ function _M.listen(t)
     else redirect = check.number(t.redirect_https, "mg.listen", "redirect_https", 1, 65535) end
     if tls then fail("mg.listen: 'redirect_https' is for plain listeners, not with 'tls'") end
   end
+  local hsts = nil
+  if t.hsts ~= nil then
+    hsts = listen_hsts(t.hsts)
+    if not tls then fail("mg.listen: 'hsts' needs 'tls' (browsers ignore it over plain HTTP, RFC 6797)") end
+  end
   if #t == 0 then fail("mg.listen: needs at least one address") end
   if t.name ~= nil then
     check.type(t.name, "string", "mg.listen", "name")
@@ -232,13 +289,31 @@ function _M.listen(t)
       if l.host == host and l.port == port then fail("mg.listen: '%s' is already listened on", a) end
     end
     state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name, tls = tls,
-                                              redirect_https = redirect, deferred = deferred }
+                                              redirect_https = redirect, deferred = deferred,
+                                              hsts = hsts }
   end
 end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
+
+-- An upstream's tls.sni: a DNS host name (RFC 6066 3: no IP literal, no trailing
+-- dot), since it is both the name sent and the name the certificate must carry.
+local function sni_name(v, what)
+  local bad = function(why) fail("%s: 'sni' %s: %q", what, why, v) end
+  if v == "" then bad("must not be empty") end
+  if #v > 253 then bad("is longer than 253 characters") end
+  if v:find("[^%w%.%-_]") then bad("must be a host name (letters, digits, '-', '_' and '.')") end
+  if v:sub(-1) == "." then bad("must not end with a dot (SNI names are sent without it)") end
+  for label in (v .. "."):gmatch("([^.]*)%.") do
+    if label == "" then bad("has an empty label") end
+    if #label > 63 then bad("has a label longer than 63 characters") end
+    if label:sub(1, 1) == "-" or label:sub(-1) == "-" then bad("has a label that starts or ends with '-'") end
+  end
+  if v:match("[^.]*$"):match("^%d+$") then bad("is an IP address; SNI carries host names only (RFC 6066)") end
+  return v
+end
 
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60 }
 function _M.upstream(name)
@@ -275,7 +350,7 @@ function _M.upstream(name)
       local tls = { verify = true }
       if t.tls.verify ~= nil then tls.verify = check.type(t.tls.verify, "boolean", w, "verify") end
       if t.tls.ca ~= nil then tls.ca = conf_path(t.tls.ca, w, "ca") end
-      if t.tls.sni ~= nil then tls.sni = check.type(t.tls.sni, "string", w, "sni") end
+      if t.tls.sni ~= nil then tls.sni = sni_name(check.type(t.tls.sni, "string", w, "sni"), w) end
       if (t.tls.cert == nil) ~= (t.tls.key == nil) then fail("%s: 'cert' and 'key' go together", w) end
       if t.tls.cert ~= nil then
         tls.cert = conf_path(t.tls.cert, w, "cert")

@@ -289,6 +289,80 @@ describe("moongate.private.loader", function()
       assert_error({ HEADER, 'mg.listen { "127.0.0.1:80", name = 1 }' }, 2, "mg.listen", "'name'", "string")
     end)
 
+    describe("tls policy and hsts", function()
+      local TLS = 'cert = "c.pem", key = "k.pem"'
+      local function listen(extra, outer)
+        return 'mg.listen { "127.0.0.1:443", tls = { ' .. TLS .. (extra and ", " .. extra or "") .. " }"
+               .. (outer and ", " .. outer or "") .. " }"
+      end
+
+      it("defaults to the intermediate profile, TLS 1.2 and up, no ciphers, timeout or hsts", function()
+        local l = ok({ HEADER, listen() }).listeners[1]
+        assert.equal("intermediate", l.tls.profile)
+        assert.equal(0x0303, l.tls.min_version)
+        assert.is_nil(l.tls.ciphers)
+        assert.is_nil(l.tls.session_timeout)
+        assert.is_nil(l.hsts)
+        assert.equal(dir .. "/proxy.lua:2", l.tls.site)
+      end)
+
+      it("makes profile modern TLS 1.3 only, and keeps min_version 1.3 with the others", function()
+        assert.equal(0x0304, ok({ HEADER, listen('profile = "modern"') }).listeners[1].tls.min_version)
+        local l = ok({ HEADER, listen('profile = "compatible", min_version = "1.3"') }).listeners[1]
+        assert.equal("compatible", l.tls.profile)
+        assert.equal(0x0304, l.tls.min_version)
+        assert.equal(0x0304, ok({ HEADER, listen('profile = "modern", min_version = "1.3"') }).listeners[1].tls.min_version)
+      end)
+
+      it("refuses an unknown profile, and min_version 1.2 with modern", function()
+        assert_error({ HEADER, listen('profile = "old"') }, 2, "'profile' must be", "old")
+        assert_error({ HEADER, listen('profile = "modern", min_version = "1.2"') }, 2, "contradicts profile")
+      end)
+
+      it("passes ciphers on, and refuses an empty or spaced string or one on a TLS 1.3-only listener", function()
+        assert.equal("ECDHE+AESGCM", ok({ HEADER, listen('ciphers = "ECDHE+AESGCM"') }).listeners[1].tls.ciphers)
+        assert_error({ HEADER, listen('ciphers = ""') }, 2, "'ciphers' must be")
+        assert_error({ HEADER, listen('ciphers = "A B"') }, 2, "'ciphers' must be")
+        assert_error({ HEADER, listen('ciphers = "A,B"') }, 2, "'ciphers' must be")
+        assert_error({ HEADER, listen('ciphers = 1') }, 2, "'ciphers'", "string")
+        assert_error({ HEADER, listen('profile = "modern", ciphers = "ECDHE+AESGCM"') }, 2, "TLS 1.3 only")
+        assert_error({ HEADER, listen('min_version = "1.3", ciphers = "ECDHE+AESGCM"') }, 2, "TLS 1.3 only")
+      end)
+
+      it("takes session_timeout from 1 s to 24 h, whole seconds", function()
+        assert.equal(3600, ok({ HEADER, listen("session_timeout = 3600") }).listeners[1].tls.session_timeout)
+        assert_error({ HEADER, listen("session_timeout = 86401") }, 2, "'session_timeout'", "out of range")
+        assert_error({ HEADER, listen("session_timeout = 0") }, 2, "'session_timeout'", "out of range")
+        assert_error({ HEADER, listen("session_timeout = 1.5") }, 2, "'session_timeout'", "whole seconds")
+      end)
+
+      it("refuses a typo in the tls table", function()
+        assert_error({ HEADER, listen('profil = "modern"') }, 2, "mg.listen tls", "unknown key 'profil'")
+      end)
+
+      it("builds the hsts value: two years by default, includeSubDomains and preload when asked", function()
+        assert.equal("max-age=63072000", ok({ HEADER, listen(nil, "hsts = {}") }).listeners[1].hsts)
+        assert.equal("max-age=600; includeSubDomains",
+                     ok({ HEADER, listen(nil, "hsts = { max_age = 600, subdomains = true }") }).listeners[1].hsts)
+        assert.equal("max-age=31536000; includeSubDomains; preload",
+          ok({ HEADER, listen(nil, "hsts = { max_age = 31536000, subdomains = true, preload = true }") }).listeners[1].hsts)
+        assert.equal("max-age=0", ok({ HEADER, listen(nil, "hsts = { max_age = 0 }") }).listeners[1].hsts)
+      end)
+
+      it("refuses hsts on a plain listener, a typo in it, bad values, and preload without its conditions", function()
+        assert_error({ HEADER, 'mg.listen { "127.0.0.1:80", hsts = {} }' }, 2, "'hsts' needs 'tls'")
+        assert_error({ HEADER, 'mg.listen { "127.0.0.1:80", redirect_https = true, hsts = {} }' }, 2, "'hsts' needs 'tls'")
+        assert_error({ HEADER, listen(nil, "hsts = { maxage = 1 }") }, 2, "mg.listen hsts", "unknown key 'maxage'")
+        assert_error({ HEADER, listen(nil, "hsts = true") }, 2, "'hsts' must be a table")
+        assert_error({ HEADER, listen(nil, "hsts = { max_age = -1 }") }, 2, "'max_age'", "out of range")
+        assert_error({ HEADER, listen(nil, "hsts = { max_age = 1.5 }") }, 2, "'max_age' must be whole seconds")
+        assert_error({ HEADER, listen(nil, 'hsts = { subdomains = "yes" }') }, 2, "'subdomains'", "boolean")
+        assert_error({ HEADER, listen(nil, "hsts = { preload = true }") }, 2, "'preload' needs subdomains")
+        assert_error({ HEADER, listen(nil, "hsts = { preload = true, subdomains = true, max_age = 600 }") }, 2,
+                     "'preload' needs")
+      end)
+    end)
+
     it("is required: a config without mg.listen is an error naming the file", function()
       local conf, err, path = load_lines { HEADER, 'mg.config { workers = 1 }' }
       assert.is_nil(conf)
@@ -455,6 +529,36 @@ describe("moongate.private.loader", function()
     it("refuses the same name twice", function()
       assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" } }', 'mg.upstream "a" { servers = { "h:2" } }' },
                    4, "mg.upstream", "'a'", "twice")
+    end)
+
+    describe("tls.sni", function()
+      local function up(sni)
+        return 'mg.upstream "a" { servers = { "h:1" }, tls = { verify = false, sni = ' .. sni .. ' } }'
+      end
+
+      it("takes a DNS name (with '_' and digits in labels)", function()
+        for _, name in ipairs({ "backend.internal", "a", "x-1.example.com", "_svc.example.com", "1a.b2" }) do
+          assert.equal(name, ok({ HEADER, LISTEN, up(string.format("%q", name)) }).upstreams[1].tls.sni)
+        end
+      end)
+
+      it("refuses an empty name", function()
+        assert_error({ HEADER, LISTEN, up('""') }, 3, "mg.upstream 'a' tls", "'sni' must not be empty")
+      end)
+
+      it("refuses IP literals, spaces, control characters, ports and trailing dots", function()
+        for _, bad in ipairs({ '"[::1]"', '"::1"', '"10.0.0.1"', '"a b"', '"a\\nb"', '"a\\0b"', '"a:443"',
+                               '"a.example."', '"a..b"', '".a"', '"-a.b"', '"a-.b"', '"a/b"',
+                               '"' .. string.rep("a", 64) .. '.b"', '"' .. string.rep("a.", 127) .. 'a"' }) do
+          local conf, err = load_lines({ HEADER, LISTEN, up(bad) })
+          assert.is_nil(conf, bad)
+          assert.truthy(err:find(":3: mg.upstream 'a' tls: 'sni'", 1, true), bad .. ": " .. tostring(err))
+        end
+      end)
+
+      it("refuses a non-string", function()
+        assert_error({ HEADER, LISTEN, up("1") }, 3, "'sni'", "string")
+      end)
     end)
   end)
 
