@@ -539,12 +539,16 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
               e == SSL_ERROR_SSL ? mg_tls_error(why, sizeof(why)) : "connection error");
       ERR_clear_error();
       if (plain_http) { /* an http:// URL for an https port: say so, in plain text */
-        static const char msg[] =
-          "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
-          "Connection: close\r\n\r\nplain HTTP request sent to an HTTPS port\r\n";
+        static const char head[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                                   "Content-Length: 42\r\nConnection: close\r\n";
+        static const char body[] = "\r\nplain HTTP request sent to an HTTPS port\r\n";
+        const char *date;
+        size_t dlen = mg_http_date_line(&c->w->date, &date);
         BIO_reset(SSL_get_wbio(c->ssl));
         c->out.ssl = NULL;
-        mg_outq_append(&c->out, msg, sizeof(msg) - 1);
+        mg_outq_append(&c->out, head, sizeof(head) - 1);
+        mg_outq_append(&c->out, date, dlen);
+        mg_outq_append(&c->out, body, sizeof(body) - 1);
         c->close_after = 1;
         linger(c); /* the client may have more unread bytes: a real linger */
         return;

@@ -785,6 +785,7 @@ describe("TLS", function()
         local status, head = data:match("^HTTP/1%.1 (%d+) [^\r]*\r\n(.-\r\n)\r\n")
         assert.equal("400", status, data)
         assert.truthy(head:lower():find("connection: close\r\n", 1, true), data)
+        assert.truthy(head:find("\r\nDate: %a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT\r\n"), data)
       else
         assert.is_true(data == "" or data:byte(1) == 0x15, string.format("%q", data))
       end
