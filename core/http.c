@@ -167,16 +167,27 @@ int mg_http_is_hop_by_hop(mg_str_t n) {
   return 0;
 }
 
-int mg_http_token_in_list(mg_str_t list, mg_str_t name) {
-  const char *p = list.p, *end = list.p + list.len;
-  while (p < end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
-    const char *s = p;
-    while (p < end && *p != ',') p++;
-    const char *e = p;
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    if (mg_str_caseeq((mg_str_t){ s, (size_t)(e - s) }, name)) return 1;
+int mg_http_next_token(mg_str_t list, size_t *pos, mg_str_t *tok) {
+  const char *p = list.p + *pos, *end = list.p + list.len;
+  while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
+  if (p == end) {
+    *pos = list.len;
+    return 0;
   }
+  const char *s = p;
+  while (p < end && *p != ',') p++;
+  const char *e = p;
+  while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
+  *tok = (mg_str_t){ s, (size_t)(e - s) };
+  *pos = (size_t)(p - list.p);
+  return 1;
+}
+
+int mg_http_token_in_list(mg_str_t list, mg_str_t name) {
+  size_t pos = 0;
+  mg_str_t tok;
+  while (mg_http_next_token(list, &pos, &tok))
+    if (mg_str_caseeq(tok, name)) return 1;
   return 0;
 }
 

@@ -72,6 +72,9 @@ const char *mg_head_scan_error(int rc);
 
 /* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
 int mg_http_is_hop_by_hop(mg_str_t name);
+/* The next element of a comma-separated list (spaces around it trimmed, empty
+ * elements skipped), from *pos on: 1 and *tok, or 0 at the end. */
+int mg_http_next_token(mg_str_t list, size_t *pos, mg_str_t *tok);
 /* True if `name` is one of the comma-separated tokens of a Connection header value. */
 int mg_http_token_in_list(mg_str_t list, mg_str_t name);
 /* True when the value holds a byte no header value may carry (NUL, CR, LF). */

@@ -356,17 +356,10 @@ static void find_client(mg_req_t *r) {
  * are removed as the request is read, so hooks see what will be forwarded and a
  * header a hook sets is never stripped by the client's list. */
 static int drop_listed_headers(mg_req_t *r) {
-  mg_str_t list = r->connection;
-  const char *p = list.p, *end = list.p + list.len;
-  while (p < end) {
-    while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
-    const char *s = p;
-    while (p < end && *p != ',') p++;
-    const char *e = p;
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t')) e--;
-    mg_str_t name = { s, (size_t)(e - s) };
-    if (name.len && mg_head_set(&r->head, &r->arena, name, name, 2) < 0) return MG_ENOMEM;
-  }
+  size_t pos = 0;
+  mg_str_t name;
+  while (mg_http_next_token(r->connection, &pos, &name))
+    if (mg_head_set(&r->head, &r->arena, name, name, 2) < 0) return MG_ENOMEM;
   return 0;
 }
 
@@ -847,6 +840,15 @@ static const char *peer_text(const mg_req_t *r) {
  * Server, X-Powered-By and Content-Length are left out. */
 static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_sts);
 
+static void append_status_line(mg_outq_t *q, int status) {
+  APPEND_LIT(q, "HTTP/1.1 ");
+  mg_outq_append_uint(q, (uint64_t)status);
+  APPEND_LIT(q, " ");
+  const char *reason = mg_http_reason(status);
+  mg_outq_append(q, reason, strlen(reason));
+  APPEND_LIT(q, "\r\n");
+}
+
 void mg_proxy_response_interim(mg_req_t *r, int status) {
   mg_conn_t *c = r->conn;
   /* HTTP/1.0 clients know no 1xx; after the final head it is too late */
@@ -854,12 +856,7 @@ void mg_proxy_response_interim(mg_req_t *r, int status) {
   if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return; /* dropped: only a hint */
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  APPEND_LIT(q, "HTTP/1.1 ");
-  mg_outq_append_uint(q, (uint64_t)status);
-  APPEND_LIT(q, " ");
-  const char *reason = mg_http_reason(status);
-  mg_outq_append(q, reason, strlen(reason));
-  APPEND_LIT(q, "\r\n");
+  append_status_line(q, status);
   append_response_headers(q, &r->rhead, 0);
   APPEND_LIT(q, "\r\n");
   r->bytes_out += mg_outq_size(q) - before;
@@ -899,12 +896,7 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   }
   mg_outq_t *q = &c->out;
   size_t before = mg_outq_size(q);
-  APPEND_LIT(q, "HTTP/1.1 ");
-  mg_outq_append_uint(q, (uint64_t)status);
-  APPEND_LIT(q, " ");
-  const char *reason = mg_http_reason(status);
-  mg_outq_append(q, reason, strlen(reason));
-  APPEND_LIT(q, "\r\n");
+  append_status_line(q, status);
   append_response_headers(q, &r->rhead, c->hsts != NULL);
   if (c->hsts) mg_outq_append(q, c->hsts, strlen(c->hsts));
   if (!mg_head_get(&r->rhead, MG_STR("date"))) append_date(r->w, q);

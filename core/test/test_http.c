@@ -76,11 +76,61 @@ static void validates_tokens_and_values(void) {
   CHECK(strcmp(mg_http_reason(799), "Unknown") == 0);
 }
 
+/* Feeds `wire` to a fresh scanner one byte at a time (every split a read can
+ * make), then in one piece; both must agree. Returns the result and the head's
+ * length (bytes up to its last LF) when it ended. */
+static int scan(const char *wire, size_t *head_len) {
+  size_t n = strlen(wire), used = 0, total = 0;
+  mg_head_scan_t s;
+  mg_head_scan_reset(&s);
+  int bytewise = MG_SCAN_MORE;
+  for (size_t i = 0; i < n && bytewise == MG_SCAN_MORE; i++) {
+    bytewise = mg_head_scan(&s, wire + i, 1, &used);
+    total = i + 1;
+  }
+  mg_head_scan_reset(&s);
+  int whole = mg_head_scan(&s, wire, n, &used);
+  CHECK(whole == bytewise);
+  if (whole == MG_SCAN_END) CHECK(used == total);
+  *head_len = used;
+  return whole;
+}
+
+static void scans_head_line_endings(void) {
+  size_t len;
+  CHECK(scan("GET / HTTP/1.1\r\nHost: x\r\n\r\nbody\n\n", &len) == MG_SCAN_END && len == 27);
+  CHECK(scan("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", &len) == MG_SCAN_END && len == 31);
+  CHECK(scan("GET / HTTP/1.1\r\nHost: x\r\n", &len) == MG_SCAN_MORE);
+  CHECK(scan("GET / HTTP/1.1\nHost: x\r\n\r\n", &len) == MG_SCAN_BARE_LF);
+  CHECK(scan("GET / HTTP/1.1\r\nHost: x\r\n\n", &len) == MG_SCAN_BARE_LF);
+  CHECK(scan("GET / HTTP/1.1\r\nHost: x\rX: 1\r\n\r\n", &len) == MG_SCAN_BARE_CR);
+  CHECK(scan("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", &len) == MG_SCAN_FOLD);
+  CHECK(scan("GET / HTTP/1.1\r\n\tHost: x\r\n\r\n", &len) == MG_SCAN_FOLD);
+  CHECK(scan("HTTP/1.1 200 OK\nContent-Length: 2\n\nok", &len) == MG_SCAN_BARE_LF);
+  /* once the head ended, the body is not looked at */
+  mg_head_scan_t s;
+  mg_head_scan_reset(&s);
+  size_t used;
+  CHECK(mg_head_scan(&s, "A\r\n\r\n", 5, &used) == MG_SCAN_END && used == 5);
+  CHECK(mg_head_scan(&s, "\n\r x", 4, &used) == MG_SCAN_END && used == 0);
+}
+
+static void splits_comma_lists(void) {
+  mg_str_t list = MG_STR(" , keep-alive ,X-A,\t,x-b  ,"), tok;
+  size_t pos = 0;
+  CHECK(mg_http_next_token(list, &pos, &tok) && mg_str_eq(tok, MG_STR("keep-alive")));
+  CHECK(mg_http_next_token(list, &pos, &tok) && mg_str_eq(tok, MG_STR("X-A")));
+  CHECK(mg_http_next_token(list, &pos, &tok) && mg_str_eq(tok, MG_STR("x-b")));
+  CHECK(!mg_http_next_token(list, &pos, &tok));
+  CHECK(mg_http_token_in_list(list, MG_STR("x-a")));
+  CHECK(!mg_http_token_in_list(list, MG_STR("x")));
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     T(appends_split_pieces_into_one_header), T(enforces_byte_and_count_limits),
     T(grows_past_the_first_allocation), T(classifies_hop_by_hop_headers),
-    T(validates_tokens_and_values),
+    T(validates_tokens_and_values), T(scans_head_line_endings), T(splits_comma_lists),
   };
   return t_run("http", cases, sizeof(cases) / sizeof(cases[0]));
 }
