@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "http.h"
@@ -404,6 +405,19 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
   return 0;
 }
 
+/* limits.connections = "auto": what the open-file limit allows each worker, counting
+ * two descriptors per client connection (it may hold an upstream connection) and
+ * keeping AUTO_FD_RESERVE for listeners, logs, idle pools and the like. A worker
+ * that reaches it answers 503 instead of failing in accept(2) with EMFILE. */
+#define AUTO_FD_RESERVE 128
+static uint64_t auto_connections(int workers) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY) return 0;
+  uint64_t fds = (uint64_t)rl.rlim_cur;
+  uint64_t per = fds > AUTO_FD_RESERVE ? (fds - AUTO_FD_RESERVE) / (2 * (uint64_t)workers) : 0;
+  return per > 0 ? per : 1;
+}
+
 static int walk(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   g->workers = (int)field_num(L, -1, "workers", 0);
@@ -427,12 +441,18 @@ static int walk(walk_t *w, mg_gen_t *g) {
   t->upstream_write = ms(field_num(L, -1, "upstream_write", 60));
   t->drain = ms(field_num(L, -1, "drain", 30));
   t->handshake = ms(field_num(L, -1, "handshake", 10));
+  t->request = ms(field_num(L, -1, "request", 60));
+  t->upstream_paused = ms(field_num(L, -1, "upstream_paused", 60));
   lua_pop(L, 1);
   lua_getfield(L, -1, "limits");
   g->limits.head_size = (size_t)field_num(L, -1, "head_size", 32768);
   g->limits.headers = (size_t)field_num(L, -1, "headers", 100);
   g->limits.uri_size = (size_t)field_num(L, -1, "uri_size", 8192);
   g->limits.body_size = (uint64_t)field_num(L, -1, "body_size", 1048576);
+  g->limits.body_rate = (uint64_t)field_num(L, -1, "body_rate", 1024);
+  double conns = field_num(L, -1, "connections", -1); /* not a number: "auto" */
+  g->limits.connections = conns >= 0 ? (uint64_t)conns : auto_connections(g->workers);
+  g->limits.connections_per_ip = (uint64_t)field_num(L, -1, "connections_per_ip", 0);
   lua_pop(L, 1);
 
   lua_getfield(L, -1, "watch");

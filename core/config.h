@@ -61,11 +61,19 @@ typedef struct {
 typedef struct {
   uint64_t client_header, client_body, keepalive, send;
   uint64_t upstream_connect, upstream_read, upstream_write, drain, handshake; /* milliseconds */
+  uint64_t request;         /* whole request, first byte to last body byte; 0: off */
+  uint64_t upstream_paused; /* an upstream connection paused for a client that does
+                               not take the response */
 } mg_timeouts_t;
 
 typedef struct {
   size_t head_size, headers, uri_size;
-  uint64_t body_size; /* 0: unlimited */
+  uint64_t body_size;          /* 0: unlimited */
+  uint64_t body_rate;          /* bytes/s a request body must average after
+                                  timeouts.client_body; 0: off */
+  uint64_t connections;        /* open client connections per worker; 0: unlimited
+                                  ("auto" in proxy.lua is resolved at load) */
+  uint64_t connections_per_ip; /* per client address, all workers together; 0: off */
 } mg_limits_t;
 
 struct mg_gen_s {

@@ -6,6 +6,7 @@
 
 #include <openssl/err.h>
 
+#include "connlimit.h"
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
@@ -75,6 +76,87 @@ static void arm(mg_conn_t *c, uint64_t ms) {
   mg_timer_start(&c->w->timers, &c->timer, ms, on_timer);
 }
 
+/* timeouts.request (Envoy's request_timeout): the request must be in, head and
+ * body, within it, however the bytes trickle in; client_header and client_body
+ * only bound the head and the gaps in the body. */
+static void on_req_timer(mg_timer_t *t) {
+  mg_conn_t *c = CONN_OF(t, req_timer);
+  MG_INFO(c->w->id, "%s: request timeout: not received in full within %.3g s", c->client,
+          (double)c->w->gen->timeouts.request / 1000.0);
+  if (c->req && c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, 408, 1);
+  else mg_conn_close(c);
+}
+
+/* A request's first byte: its whole-request clock starts. */
+static void request_start(mg_conn_t *c) {
+  c->req_held = 0;
+  c->body_timing = 0;
+  uint64_t ms = c->w->gen->timeouts.request;
+  if (ms) mg_timer_start(&c->w->timers, &c->req_timer, ms, on_req_timer);
+  else mg_timer_stop(&c->w->timers, &c->req_timer);
+}
+
+/* The request is read in full (or the connection is ending). */
+static void request_stop(mg_conn_t *c) {
+  mg_timer_stop(&c->w->timers, &c->req_timer);
+  c->req_held = 0;
+  c->body_timing = 0;
+}
+
+/* The head is in and a body follows: client_body judges the gaps, and the body's
+ * rate is measured from now on (limits.body_rate). */
+static void body_start(mg_conn_t *c) {
+  arm(c, c->w->gen->timeouts.client_body);
+  c->body_since = uv_now(&c->w->loop);
+  c->body_ms = 0;
+  c->body_bytes = 0;
+  c->body_timing = 1;
+}
+
+/* Reading the body stops or starts again for moongate's own reasons (the upstream
+ * does not take it): that time is not the client's. Neither the request clock nor
+ * the body rate counts it. */
+static void body_hold(mg_conn_t *c, int hold) {
+  mg_timers_t *ts = &c->w->timers;
+  uint64_t now = uv_now(&c->w->loop);
+  if (hold) {
+    if (c->body_timing) c->body_ms += now - c->body_since;
+    c->body_timing = 0;
+    if (mg_timer_active(&c->req_timer)) {
+      c->req_left = c->req_timer.due > now ? c->req_timer.due - now : 1;
+      c->req_held = 1;
+      mg_timer_stop(ts, &c->req_timer);
+    }
+    return;
+  }
+  c->body_since = now;
+  c->body_timing = 1;
+  if (c->req_held) {
+    c->req_held = 0;
+    mg_timer_start(ts, &c->req_timer, c->req_left, on_req_timer);
+  }
+}
+
+/* limits.body_rate: once the body has been read for longer than client_body (its
+ * grace: a body's first seconds say little about its rate), its bytes over the
+ * time spent reading it must reach the rate. Judged on every read of the body; a
+ * client that goes silent instead meets client_body. 1 when the request was
+ * answered 408 (or the connection closed). */
+static int body_too_slow(mg_conn_t *c) {
+  uint64_t rate = c->w->gen->limits.body_rate;
+  if (!rate || !c->body_timing) return 0;
+  uint64_t ms = c->body_ms + (uv_now(&c->w->loop) - c->body_since);
+  /* in doubles: rate (up to 2^40) times ms would overflow 64 bits */
+  if (ms <= c->w->gen->timeouts.client_body || (double)c->body_bytes * 1000.0 >= (double)rate * (double)ms)
+    return 0;
+  MG_INFO(c->w->id, "%s: request body too slow: %llu bytes in %.1f s (%llu B/s, limits.body_rate = %llu B/s)",
+          c->client, (unsigned long long)c->body_bytes, (double)ms / 1000.0,
+          (unsigned long long)(c->body_bytes * 1000 / ms), (unsigned long long)rate);
+  if (c->req && c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, 408, 1);
+  else mg_conn_close(c);
+  return 1;
+}
+
 /* ---------------- reading ---------------- */
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -110,13 +192,19 @@ void mg_conn_update_reading(mg_conn_t *c) {
   }
   if (want && !c->reading) {
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
-    if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
+    if (c->state == MG_CS_BODY) {
+      arm(c, c->w->gen->timeouts.client_body);
+      body_hold(c, 0);
+    }
   } else if (!want && c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
     /* we stopped reading the body ourselves: the upstream's write timeout or our
-     * send timeout judges that, not the client's body timeout */
-    if (c->state == MG_CS_BODY) mg_timer_stop(&c->w->timers, &c->timer);
+     * send timeout judges that, not the client's body, rate or request timeout */
+    if (c->state == MG_CS_BODY) {
+      mg_timer_stop(&c->w->timers, &c->timer);
+      body_hold(c, 1);
+    }
   }
 }
 
@@ -180,6 +268,10 @@ static void on_close(uv_handle_t *h) {
   if (c->prev) c->prev->next = c->next;
   else w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
+  /* every way a connection ends comes here: timeouts, errors, the connect hook,
+   * drains, refusals; the counts taken at accept are given back */
+  if (c->ip_counted) mg_connlimit_release(mg_conn_ip(c));
+  if (c->refused) w->nrefused--;
   free(c);
   mg_worker_conn_closed(w);
 }
@@ -194,6 +286,7 @@ void mg_conn_close(mg_conn_t *c) {
   }
   mg_timer_stop(&c->w->timers, &c->timer);
   mg_timer_stop(&c->w->timers, &c->send_timer);
+  request_stop(c);
   uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -220,6 +313,7 @@ static void linger(mg_conn_t *c) {
   }
   c->state = MG_CS_LINGER;
   mg_timer_stop(&c->w->timers, &c->timer);
+  request_stop(c);
   if (c->ssl && c->tls_ready && !c->out.tls_close) c->out.tls_close = 1; /* close_notify after the rest */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
@@ -509,7 +603,11 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
     save(c, p, n);
     return;
   }
-  if (c->state == MG_CS_BODY) arm(c, c->w->gen->timeouts.client_body);
+  if (c->state == MG_CS_BODY) {
+    arm(c, c->w->gen->timeouts.client_body);
+    c->body_bytes += n;
+    if (body_too_slow(c)) return;
+  }
   feed(c, p, n);
 }
 
@@ -625,6 +723,7 @@ static int on_message_begin(llhttp_t *p) {
   }
   c->state = MG_CS_HEAD;
   arm(c, c->w->gen->timeouts.client_header);
+  request_start(c);
   return 0;
 }
 
@@ -724,7 +823,7 @@ static int on_headers_complete(llhttp_t *p) {
     int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
     if (has_body) {
       c->state = MG_CS_BODY;
-      arm(c, c->w->gen->timeouts.client_body);
+      body_start(c);
     }
   }
   return 0;
@@ -750,6 +849,7 @@ static int on_message_complete(llhttp_t *p) {
   if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {
     c->state = MG_CS_WAIT;
     mg_timer_stop(&c->w->timers, &c->timer);
+    request_stop(c);
   }
   mg_proxy_request_end(r);
   return HPE_PAUSED;
@@ -764,6 +864,72 @@ int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
    * that generation's certificates, not of an older one's */
   if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
   return mg_lua_tls_hello(c->w->wg, t, sni, c->listener);
+}
+
+/* A connection over a limit gets this (plain listeners; TLS ones are closed: no
+ * handshake is spent on a connection that is refused anyway). No request was read,
+ * so there is no request id to give. */
+#define REFUSAL_BODY "503 Service Unavailable\ntoo many connections\n"
+_Static_assert(sizeof(REFUSAL_BODY) - 1 == 45, "Content-Length below");
+static const char refusal[] =
+  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 45\r\n"
+  "Retry-After: 1\r\nConnection: close\r\n";
+static const char refusal_body[] = "\r\n" REFUSAL_BODY;
+
+/* At most one line a second per worker, however many are refused: a flood of
+ * connections must not become a flood of log lines. */
+static void log_refusal(mg_conn_t *c, const char *limit, uint64_t max, const char *whose) {
+  mg_worker_t *w = c->w;
+  uint64_t now = uv_now(&w->loop);
+  if (w->refused_logged && now - w->refused_logged < 1000) {
+    w->refused_quiet++;
+    return;
+  }
+  if (w->refused_quiet)
+    MG_WARN(w->id, "%s: connection refused: %s = %llu reached %s (and %llu more refused since the last such line)",
+            c->client, limit, (unsigned long long)max, whose, (unsigned long long)w->refused_quiet);
+  else
+    MG_WARN(w->id, "%s: connection refused: %s = %llu reached %s", c->client, limit,
+            (unsigned long long)max, whose);
+  w->refused_logged = now;
+  w->refused_quiet = 0;
+}
+
+/* limits.connections (this worker's open connections, refused ones aside) and
+ * limits.connections_per_ip (every worker's, by client address). Returns 1 when
+ * the new connection c (already counted in w->nconns) is refused: it is then
+ * answered 503 and closed, or closed (TLS). */
+static int over_limit(mg_conn_t *c) {
+  mg_worker_t *w = c->w;
+  const mg_limits_t *lim = &w->gen->limits;
+  if (lim->connections && (uint64_t)(w->nconns - w->nrefused - 1) >= lim->connections) {
+    log_refusal(c, "limits.connections", lim->connections, "on this worker");
+  } else if (lim->connections_per_ip) {
+    int rc = mg_connlimit_acquire(mg_conn_ip(c), lim->connections_per_ip);
+    if (rc != 0) {
+      c->ip_counted = rc == 1; /* out of memory: let it in, uncounted */
+      return 0;
+    }
+    char whose[64];
+    snprintf(whose, sizeof(whose), "for %.*s", (int)c->ip_len, c->client + c->ip_off);
+    log_refusal(c, "limits.connections_per_ip", lim->connections_per_ip, whose);
+  } else {
+    return 0;
+  }
+  c->refused = 1;
+  w->nrefused++;
+  if (c->ssl) {
+    mg_conn_close(c);
+    return 1;
+  }
+  const char *date;
+  size_t dlen = mg_http_date_line(&w->date, &date);
+  mg_outq_append(&c->out, refusal, sizeof(refusal) - 1);
+  mg_outq_append(&c->out, date, dlen);
+  mg_outq_append(&c->out, refusal_body, sizeof(refusal_body) - 1);
+  c->close_after = 1;
+  linger(c); /* the client may be sending its request: read and drop it, briefly */
+  return 1;
 }
 
 void mg_conn_accept(mg_listener_t *l) {
@@ -829,6 +995,7 @@ void mg_conn_accept(mg_listener_t *l) {
   w->conns = c;
   w->nconns++;
   c->state = MG_CS_IDLE;
+  if (over_limit(c)) return;
   if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
       !mg_lua_connect(w->wg, mg_conn_ip(c), c->listener)) {
     mg_conn_close(c); /* refused by the connect hook */

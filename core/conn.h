@@ -29,6 +29,12 @@ struct mg_conn_s {
   uv_tcp_t tcp; /* first: the handle pointer is the connection */
   mg_timer_t timer;      /* input side: header, body, keep-alive, linger */
   mg_timer_t send_timer; /* output queued: timeouts.send between writes */
+  mg_timer_t req_timer;  /* timeouts.request: from a request's first byte to its last,
+                            stopped while reading waits for the upstream */
+  uint64_t req_left;     /* ms of timeouts.request left while req_timer is held */
+  uint64_t body_since;   /* loop time (ms) the body has been read since (body_timing) */
+  uint64_t body_ms;      /* ms spent reading the body before body_since */
+  uint64_t body_bytes;   /* body bytes read (with their chunk framing): limits.body_rate */
   mg_worker_t *w;
   const char *listener;   /* the listener's name (NULL when unnamed; owned by the worker) */
   mg_conn_t *prev, *next; /* worker's list */
@@ -45,6 +51,10 @@ struct mg_conn_s {
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned tls_ready : 1;    /* TLS handshake done */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */
+  unsigned body_timing : 1;  /* the body is being read now: body_since runs */
+  unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
+  unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
+  unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
   mg_head_scan_t scan;    /* line framing of the request head being read */
   int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),

@@ -77,6 +77,20 @@ static void fail(mg_upconn_t *u, int connect, int timeout) {
   mg_upstream_close(u);
 }
 
+/* timeouts.upstream_paused: the client has not taken the response for that long
+ * (reading the upstream stopped when the client's queue filled, and it never
+ * drained). Waiting longer would hold the upstream connection, and the origin's
+ * resources behind it, for as long as the client likes: the exchange ends both
+ * ways. The upstream connection is not reusable (its response is half read). */
+static void cut_slow_client(mg_upconn_t *u) {
+  mg_req_t *r = u->req;
+  mg_conn_t *c = r->conn;
+  MG_INFO(u->w->id, "req %s: client %s did not take the response for %.3g s (timeouts.upstream_paused): "
+          "closing it and upstream %s", r->id, c->client, (double)u->paused_ms / 1000.0, u->server->text);
+  mg_upstream_close(u);
+  mg_conn_close(c);
+}
+
 static void on_timer(uv_timer_t *t) {
   mg_upconn_t *u = t->data;
   switch (u->state) {
@@ -84,7 +98,8 @@ static void on_timer(uv_timer_t *t) {
     fail(u, 1, 1);
     break;
   case MG_UP_ACTIVE:
-    fail(u, 0, 1);
+    if (u->paused && u->req) cut_slow_client(u);
+    else fail(u, 0, 1);
     break;
   default:
     mg_upstream_close(u);
@@ -333,6 +348,7 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
   u->is_head = r->method == HTTP_HEAD;
   u->read_ms = r->gen->timeouts.upstream_read;
   u->write_ms = r->gen->timeouts.upstream_write;
+  u->paused_ms = r->gen->timeouts.upstream_paused;
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
   u->head_done = 0;
@@ -450,8 +466,10 @@ void mg_upstream_pause(mg_upconn_t *u, int paused) {
   if (u->state != MG_UP_ACTIVE || u->paused == paused) return;
   u->paused = paused;
   if (paused) {
+    /* the upstream is not judged while it waits for the client, but the wait is
+     * bounded (cut_slow_client); it restarts each time the client catches up */
     uv_read_stop((uv_stream_t *)&u->tcp);
-    uv_timer_stop(&u->timer);
+    uv_timer_start(&u->timer, on_timer, u->paused_ms, 0);
   } else {
     uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
     arm_rw(u);

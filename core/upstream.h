@@ -13,7 +13,7 @@
 
 enum {
   MG_UP_CONNECTING, /* uv_tcp_connect (and the TLS handshake) pending: upstream_connect timer */
-  MG_UP_ACTIVE,     /* serving req: upstream_read/write timer */
+  MG_UP_ACTIVE,     /* serving req: upstream_read/write timer (upstream_paused while paused) */
   MG_UP_IDLE,       /* in the pool: keepalive_timeout timer, reading only to notice a close */
   MG_UP_CLOSED,
 };
@@ -46,7 +46,7 @@ struct mg_upconn_s {
   int handles;
   int reused;        /* came from the pool */
   int got_bytes;     /* some response byte arrived for the current request */
-  int paused;        /* reading stopped: the client is slow */
+  int paused;        /* reading stopped: the client is slow (upstream_paused timer) */
   int done;          /* response complete (set by the parser callback) */
   int is_head;       /* the request was HEAD: the response has no body */
   int head_done;     /* the final response head was parsed: header callbacks now
@@ -61,6 +61,7 @@ struct mg_upconn_s {
   uint64_t idle_since; /* uv_now when it was pooled */
   int max_idle;
   uint64_t read_ms, write_ms; /* upstream_read / upstream_write timeouts */
+  uint64_t paused_ms;         /* upstream_paused: the longest a pause may last */
 };
 
 /* Gets a connection to `s` for `r` and links the two (r->upc, upc->req). Returns 1

@@ -48,6 +48,10 @@ struct mg_worker_s {
 
   mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
   int nconns;
+  int nrefused;         /* of those, the ones refused at accept (limits): they only
+                           get a 503 and are not counted against limits.connections */
+  uint64_t refused_logged; /* loop time (ms) of the last "connection refused" line */
+  uint64_t refused_quiet;  /* refusals since then, not logged one by one */
   mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
   mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
   void *spare_parsers[16]; /* llhttp_t of idle connections, kept for reuse (conn.c) */

@@ -591,12 +591,14 @@ end
 local Client = {}
 Client.__index = Client
 
---- Connect to 127.0.0.1:port (or host, e.g. "::1"). The client buffers what it reads, so responses,
--- closes and leftovers can be checked byte for byte.
-function helpers.connect(port, timeout, host)
+--- Connect to 127.0.0.1:port (or host, e.g. "::1"), from the local address `bind` when
+-- given (any 127.x.y.z works on Linux loopback). The client buffers what it reads, so
+-- responses, closes and leftovers can be checked byte for byte.
+function helpers.connect(port, timeout, host, bind)
   host = host or "127.0.0.1"
   local s = host:find(":", 1, true) and socket.tcp6() or socket.tcp()
   s:settimeout(timeout or 5)
+  if bind then assert(s:bind(bind, 0)) end
   assert(s:connect(host, port))
   s:setoption("tcp-nodelay", true)
   s:settimeout(0)

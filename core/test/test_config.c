@@ -2,6 +2,7 @@
  * (which must agree with lua/moongate/router.lua). */
 #include <llhttp.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../config.h"
@@ -45,6 +46,13 @@ static void loads_defaults_and_paths(void) {
   CHECK(g->timeouts.keepalive == 1500);
   CHECK(g->timeouts.client_header == 10000);
   CHECK(g->limits.body_size == 1048576);
+  CHECK(g->timeouts.request == 60000 && g->timeouts.upstream_paused == 60000);
+  CHECK(g->limits.body_rate == 1024 && g->limits.connections_per_ip == 0);
+  /* connections = "auto": what RLIMIT_NOFILE allows each of the 3 workers */
+  struct rlimit rl;
+  CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  if (rl.rlim_cur == RLIM_INFINITY) CHECK(g->limits.connections == 0);
+  else if (rl.rlim_cur > 128 + 6) CHECK(g->limits.connections == (rl.rlim_cur - 128) / 6);
   CHECK(g->nlisteners == 1 && strcmp(g->listeners[0].text, "127.0.0.1:18080") == 0);
   CHECK(g->nupstreams == 1 && g->upstreams[0].nservers == 2);
   CHECK(g->upstreams[0].servers[1].weight == 3);
@@ -93,9 +101,30 @@ static void matches_the_most_specific_route(void) {
   mg_gen_unref(g);
 }
 
+static void reads_slow_client_settings(void) {
+  char err[512] = "";
+  mg_gen_t *g = load("local mg = require 'moongate'\n"
+                     "mg.config { workers = 2, timeouts = { request = 0, upstream_paused = 2.5 },\n"
+                     "  limits = { body_rate = 0, connections = 7, connections_per_ip = 3 } }\n"
+                     "mg.listen { '127.0.0.1:18080' }\n",
+                     err, sizeof(err));
+  CHECK(g != NULL);
+  if (!g) {
+    fprintf(stderr, "  %s\n", err);
+    return;
+  }
+  CHECK(g->timeouts.request == 0);
+  CHECK(g->timeouts.upstream_paused == 2500);
+  CHECK(g->limits.body_rate == 0);
+  CHECK(g->limits.connections == 7);
+  CHECK(g->limits.connections_per_ip == 3);
+  mg_gen_unref(g);
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     T(loads_defaults_and_paths), T(reports_unknown_keys_with_line), T(matches_the_most_specific_route),
+    T(reads_slow_client_settings),
   };
   return t_run("config", cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -32,8 +32,16 @@ function _M._state() return state end
 local timeout_keys = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
   upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
+  request = 60, upstream_paused = 60,
 }
-local limit_keys = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576 }
+local limit_keys = {
+  head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576,
+  body_rate = 1024, connections = "auto", connections_per_ip = 0,
+}
+-- timeouts that 0 turns off (every other timeout must be positive)
+local timeout_off = { request = true }
+-- limits that count things: whole numbers only
+local limit_integer = { body_rate = true, connections = true, connections_per_ip = true }
 _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 
 local config_keys = {
@@ -132,7 +140,17 @@ function _M.config(t)
       check.keys(v, allowed, "mg.config " .. name)
       c[name] = c[name] or {}
       for k, n in pairs(v) do
-        c[name][k] = check.number(n, "mg.config " .. name, k, min, max)
+        local what = "mg.config " .. name
+        if name == "limits" and k == "connections" and n == "auto" then
+          c[name][k] = n
+        elseif name == "timeouts" and timeout_off[k] and n == 0 then
+          c[name][k] = 0
+        else
+          c[name][k] = check.number(n, what, k, min, max)
+          if name == "limits" and limit_integer[k] and n % 1 ~= 0 then
+            fail("%s: '%s' must be a whole number, got %s", what, k, tostring(n))
+          end
+        end
       end
     end
   end

@@ -35,8 +35,10 @@ local LISTEN = 'mg.listen { "127.0.0.1:8080" }'
 local DEFAULT_TIMEOUTS = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
   upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
+  request = 60, upstream_paused = 60,
 }
-local DEFAULT_LIMITS = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576 }
+local DEFAULT_LIMITS = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576,
+                         body_rate = 1024, connections = "auto", connections_per_ip = 0 }
 
 local function copy(t)
   local o = {}
@@ -200,9 +202,11 @@ describe("moongate.private.loader", function()
 
     it("overrides every timeout", function()
       local conf = ok { HEADER, LISTEN, "mg.config { timeouts = { client_header = 1, client_body = 2, "
-        .. "keepalive = 3, send = 4, upstream_connect = 0.25, upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9 } }" }
+        .. "keepalive = 3, send = 4, upstream_connect = 0.25, upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9, "
+        .. "request = 10, upstream_paused = 11 } }" }
       assert.same({ client_header = 1, client_body = 2, keepalive = 3, send = 4, upstream_connect = 0.25,
-                    upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9 }, conf.timeouts)
+                    upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9,
+                    request = 10, upstream_paused = 11 }, conf.timeouts)
     end)
 
     it("overrides limits and keeps body_size = 0 (unlimited) as 0", function()
@@ -215,8 +219,17 @@ describe("moongate.private.loader", function()
 
     it("overrides every limit", function()
       local conf = ok { HEADER, LISTEN,
-        "mg.config { limits = { head_size = 1000, headers = 10, uri_size = 200, body_size = 5 } }" }
-      assert.same({ head_size = 1000, headers = 10, uri_size = 200, body_size = 5 }, conf.limits)
+        "mg.config { limits = { head_size = 1000, headers = 10, uri_size = 200, body_size = 5, "
+        .. "body_rate = 0, connections = 100, connections_per_ip = 8 } }" }
+      assert.same({ head_size = 1000, headers = 10, uri_size = 200, body_size = 5,
+                    body_rate = 0, connections = 100, connections_per_ip = 8 }, conf.limits)
+    end)
+
+    it("takes timeouts.request = 0 (off) and limits.connections = 'auto' or 0 (unlimited)", function()
+      local conf = ok { HEADER, LISTEN, "mg.config { timeouts = { request = 0 }, limits = { connections = 0 } }" }
+      assert.equal(0, conf.timeouts.request)
+      assert.equal(0, conf.limits.connections)
+      assert.equal("auto", ok({ HEADER, LISTEN, 'mg.config { limits = { connections = "auto" } }' }).limits.connections)
     end)
 
     it("overrides upstream keepalive (0 = no pooling) and keepalive_timeout", function()
@@ -383,6 +396,19 @@ describe("moongate.private.loader", function()
     it("names an unknown timeouts key", function()
       assert_error({ HEADER, LISTEN, "mg.config { timeouts = { client_heder = 1 } }" }, 3,
                    "timeouts", "unknown key", "'client_heder'")
+    end)
+
+    it("refuses 0 for a timeout other than request", function()
+      assert_error({ HEADER, LISTEN, "mg.config { timeouts = { upstream_paused = 0 } }" }, 3,
+                   "'upstream_paused'", "out of range")
+    end)
+
+    it("refuses fractions and words for the counting limits", function()
+      assert_error({ HEADER, LISTEN, "mg.config { limits = { connections_per_ip = 2.5 } }" }, 3,
+                   "'connections_per_ip'", "whole number")
+      assert_error({ HEADER, LISTEN, 'mg.config { limits = { connections = "many" } }' }, 3,
+                   "'connections'", "number")
+      assert_error({ HEADER, LISTEN, 'mg.config { limits = { body_rate = "auto" } }' }, 3, "'body_rate'", "number")
     end)
 
     it("names an unknown limits key", function()
