@@ -29,7 +29,9 @@ mg.route { path = "/page", respond = { status = 200, body = string.rep("p", ${pa
     local grown, answers, extra = out:match("grown=(%-?%d+) answers=(%d+) extra=(%d+)")
     assert(grown, out)
     print(string.format("\n  RSS growth with %d pipelined requests unread: %s KiB", N, grown))
-    assert(tonumber(grown) < 8 * 1024, "moongate's RSS grew by " .. grown .. " KiB")
+    -- about 0.5 MB in the normal build (a few MB under ASan, whose allocator keeps
+    -- freed blocks in quarantine); 41 MB before the bound
+    assert(tonumber(grown) < 16 * 1024, "moongate's RSS grew by " .. grown .. " KiB")
     assert.equal(N, tonumber(answers))
     assert.equal(0, tonumber(extra))
     -- and the worker goes on serving
