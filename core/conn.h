@@ -45,6 +45,7 @@ struct mg_conn_s {
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned tls_ready : 1;    /* TLS handshake done */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */
+  unsigned trailers : 1;     /* llhttp paused at the last chunk: its trailer section follows */
   mg_head_scan_t scan;    /* line framing of the request head being read */
   int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),
