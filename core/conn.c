@@ -527,6 +527,22 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       if (c->done_pending && !finish_request(c)) return;
       return;
     }
+    if (err == HPE_PAUSED && c->trailers) { /* paused at the last chunk */
+      c->trailers = 0;
+      const char *pos = llhttp_get_error_pos(c->parser);
+      size_t used = pos ? (size_t)(pos - data) : len;
+      if (used > len) used = len;
+      data += used;
+      len -= used;
+      llhttp_resume(c->parser);
+      mg_head_scan_trailers(&c->scan);
+      /* answered early while the body was read: what HPE_OK would do */
+      if (c->done_pending) {
+        finish_request(c);
+        if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
+      }
+      continue;
+    }
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
       const char *pos = llhttp_get_error_pos(c->parser);
       size_t used = pos ? (size_t)(pos - data) : len;
@@ -784,10 +800,17 @@ static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+/* The last chunk (size 0): the trailer section follows. llhttp takes a bare LF
+ * as its empty line and obs-fold in it, as in a head; pausing here lets feed
+ * check its lines like a head's (mg_head_scan_trailers). */
 static int on_chunk_header(llhttp_t *p) {
   mg_conn_t *c = p->data;
   if (gone(c)) return -1;
   c->req->chunk_ext = 0;
+  if (p->content_length == 0) {
+    c->trailers = 1;
+    return HPE_PAUSED;
+  }
   return 0;
 }
 

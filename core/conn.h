@@ -55,6 +55,7 @@ struct mg_conn_s {
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
   unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
   unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
+  unsigned trailers : 1;     /* llhttp paused at the last chunk: its trailer section follows */
   mg_head_scan_t scan;    /* line framing of the request head being read */
   int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),

@@ -63,6 +63,13 @@ typedef struct {
 enum { MG_SCAN_MORE = 0, MG_SCAN_END = 1, MG_SCAN_BARE_LF = -1, MG_SCAN_BARE_CR = -2, MG_SCAN_FOLD = -3 };
 
 static inline void mg_head_scan_reset(mg_head_scan_t *s) { memset(s, 0, sizeof(*s)); }
+/* The trailer section of a chunked body is a field section like a head without
+ * a start line: its lines are checked the same way from the byte after the last
+ * chunk's size line (an empty first line ends it). */
+static inline void mg_head_scan_trailers(mg_head_scan_t *s) {
+  memset(s, 0, sizeof(*s));
+  s->lines = 1;
+}
 /* Scans p[0..n) (stopping at the end of the head). Returns MG_SCAN_MORE (the head
  * goes on), MG_SCAN_END (*used = bytes up to and including the head's last LF), or
  * a negative MG_SCAN_* naming the fault. Once done, returns MG_SCAN_END at once

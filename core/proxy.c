@@ -428,6 +428,27 @@ static mg_str_t joined_xff(mg_req_t *r) {
   return all;
 }
 
+/* A client's header whose name is an identity header's with '_' for some '-'
+ * (X_Forwarded_For, X-Real_IP): CGI-style origins (PHP, WSGI, Rack) read both
+ * spellings as the same HTTP_X_FORWARDED_FOR variable, so it would reach them
+ * as ours. Dropped from every client, as nginx and Apache drop them. */
+static int identity_alias(mg_str_t n) {
+  static const mg_str_t ids[] = { MG_STR("x-forwarded-for"), MG_STR("x-forwarded-proto"),
+                                  MG_STR("x-forwarded-host"), MG_STR("x-real-ip"),
+                                  MG_STR("x-request-id") };
+  if (!memchr(n.p, '_', n.len)) return 0;
+  for (size_t k = 0; k < sizeof(ids) / sizeof(ids[0]); k++) {
+    if (n.len != ids[k].len) continue;
+    size_t i = 0;
+    for (; i < n.len; i++) {
+      char ch = n.p[i] >= 'A' && n.p[i] <= 'Z' ? (char)(n.p[i] - 'A' + 'a') : n.p[i];
+      if (ch != ids[k].p[i] && !(ch == '_' && ids[k].p[i] == '-')) break;
+    }
+    if (i == n.len) return 1;
+  }
+  return 0;
+}
+
 static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
   mg_outq_append(q, name.p, name.len);
   APPEND_LIT(q, ": ");
@@ -460,6 +481,7 @@ static int build_upstream_head(mg_req_t *r) {
     mg_str_t n = h->name;
     int trusted = r->trusted || !from_client(r, h);
     if (mg_http_is_hop_by_hop(n)) continue;
+    if (from_client(r, h) && identity_alias(n)) continue;
     switch (n.len) {
     case 4:
       if (mg_str_caseeq(n, MG_STR("host"))) {

@@ -141,17 +141,29 @@ static void finish(mg_upconn_t *u, int extra_bytes) {
 /* Response bytes (plaintext) into the parser. Returns 0 to go on, -1 when the
  * exchange ended (finished, failed or closed: u may be pooled or gone). */
 static int parse(mg_upconn_t *u, const char *p, size_t n) {
-  size_t head_used;
-  int scan = mg_head_scan(&u->scan, p, n, &head_used);
-  if (scan < 0) {
-    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
-            mg_head_scan_error(scan));
-    fail(u, 0, 0);
-    return -1;
+  llhttp_errno_t err;
+  for (;;) {
+    size_t head_used;
+    int scan = mg_head_scan(&u->scan, p, n, &head_used);
+    if (scan < 0) {
+      MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+              mg_head_scan_error(scan));
+      fail(u, 0, 0);
+      return -1;
+    }
+    u->why = NULL;
+    err = llhttp_execute(&u->parser, p, n);
+    if (u->state == MG_UP_CLOSED || !u->req) return -1;
+    if (err != HPE_PAUSED || !u->rescan) break;
+    /* an interim response ended, or the last chunk began the trailers: the
+     * head or trailer section that follows in this read is scanned too */
+    u->rescan = 0;
+    const char *pos = llhttp_get_error_pos(&u->parser);
+    size_t used = pos && pos >= p && pos <= p + n ? (size_t)(pos - p) : n;
+    p += used;
+    n -= used;
+    llhttp_resume(&u->parser);
   }
-  u->why = NULL;
-  llhttp_errno_t err = llhttp_execute(&u->parser, p, n);
-  if (u->state == MG_UP_CLOSED || !u->req) return -1;
   if (err == HPE_OK) return 0;
   if (err == HPE_PAUSED && u->done) {
     const char *pos = llhttp_get_error_pos(&u->parser);
@@ -355,6 +367,7 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
   u->trailer_bytes = 0;
   u->chunk_ext = 0;
   u->why = NULL;
+  u->rescan = 0;
   mg_head_scan_reset(&u->scan);
   llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
   u->parser.data = u;
@@ -533,6 +546,11 @@ static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
 static int on_chunk_header(llhttp_t *p) {
   mg_upconn_t *u = p->data;
   u->chunk_ext = 0;
+  if (p->content_length == 0) { /* the last chunk: parse pauses to scan the trailers */
+    mg_head_scan_trailers(&u->scan);
+    u->rescan = 1;
+    return HPE_PAUSED;
+  }
   return 0;
 }
 
@@ -576,7 +594,8 @@ static int on_message_complete(llhttp_t *p) {
   if (!u->head_done) { /* an interim response: the final one follows */
     mg_head_reset(&u->req->rhead);
     mg_head_scan_reset(&u->scan);
-    return 0;
+    u->rescan = 1; /* parse pauses to scan the next head */
+    return HPE_PAUSED;
   }
   u->done = 1;
   return HPE_PAUSED;

@@ -55,6 +55,7 @@ struct mg_upconn_s {
   uint64_t chunk_ext;  /* chunk-extension bytes of the current chunk line */
   const char *why;     /* why a parser callback refused the response (logged) */
   mg_head_scan_t scan; /* line framing of the response head being read */
+  int rescan;          /* the parser paused where a new head or the trailers begin */
   SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
   int tls_ready;     /* handshake done */
   uint64_t idle_ms;
