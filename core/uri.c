@@ -92,9 +92,17 @@ int mg_uri_normalize_path(const char *in, size_t len, char *out, size_t *outlen)
     if (i == SIZE_MAX) return MG_EINVAL;
     const char *seg = out + o + 1;
     int last = i >= len;
-    if (n == 1 && seg[0] == '.') {
+    /* Servlet containers (Tomcat, Jetty) cut ";params" off each segment before
+     * they resolve dot segments, so "..;x" is ".." and ";x" an empty segment to
+     * them: resolved here the same way (their params dropped), or /x/..;/admin
+     * would reach /admin past a route. Params on a named segment stay. */
+    const char *semi = memchr(seg, ';', n);
+    size_t name = semi ? (size_t)(semi - seg) : n;
+    if (semi && name == 0) {
+      o += last; /* "/;x/a" is "/a"; a last "/a/;x" is "/a/" */
+    } else if (name == 1 && seg[0] == '.') {
       o += last; /* "/a/." is "/a/"; elsewhere "." is dropped */
-    } else if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+    } else if (name == 2 && seg[0] == '.' && seg[1] == '.') {
       o = pop_segment(out, o) + last; /* "/a/b/.." is "/a/" */
     } else {
       o += 1 + n; /* a name, or the empty segment after a trailing slash */

@@ -142,6 +142,19 @@ static void path_bad_escapes_and_bytes_are_refused(void) {
   check_path_table(t, sizeof(t) / sizeof(t[0]));
 }
 
+/* ";params" on a dot or empty segment are resolved as servlet containers do;
+ * on a named segment they stay. */
+static void path_params_on_dot_segments(void) {
+  static const struct { const char *in, *want; } t[] = {
+    { "/x/..;/admin", "/admin" },       { "/x/%2e%2e;/admin", "/admin" },
+    { "/;x/admin", "/admin" },          { "/x/..;a=b/admin", "/admin" },
+    { "/a/.;x/b", "/a/b" },             { "/a/b/..;x", "/a/" },
+    { "/app;jsessionid=1/x", "/app;jsessionid=1/x" },
+    { "/app/;jsessionid=1", "/app/" },  { "/a/b;c/..;/d", "/a/d" },
+  };
+  for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) CHECK(path_is(t[i].in, strlen(t[i].in), t[i].want));
+}
+
 /* Every byte value, raw and escaped: only the documented ones are refused. */
 static void path_every_byte_raw_and_escaped(void) {
   static const char hex[] = "0123456789ABCDEF";
@@ -153,6 +166,8 @@ static void path_every_byte_raw_and_escaped(void) {
       CHECK(path_is(raw, 3, NULL));
     } else if (c == '/') {
       CHECK(path_is(raw, 3, "/x")); /* "//x": slashes merge */
+    } else if (c == ';') {
+      CHECK(path_is(raw, 3, "/")); /* "/;x": an empty segment with params */
     } else {
       char w[4] = { '/', (char)c, 'x', '\0' };
       CHECK(path_is(raw, 3, w));
@@ -381,7 +396,7 @@ int main(void) {
     T(path_dot_segments_follow_rfc3986),
     T(path_escapes_decode_once_and_only_unreserved),
     T(path_bad_escapes_and_bytes_are_refused),
-    T(path_every_byte_raw_and_escaped),
+    T(path_every_byte_raw_and_escaped), T(path_params_on_dot_segments),
     T(path_reads_only_len_bytes),
     T(path_long_inputs),
     T(path_normalizes_in_place),
