@@ -39,22 +39,8 @@ describe("attack", function()
     if proxy:wait(0) then start() end
   end)
 
-  local clients = {}
-  local function connect()
-    local c = proxy:connect()
-    clients[#clients + 1] = c
-    return c
-  end
-
-  after_each(function()
-    for _, c in ipairs(clients) do c:close() end
-    clients = {}
-    hostile:close_conns()
-    while hostile:pending(0) do
-      local o = hostile:accept(0)
-      if o then o:close() end
-    end
-  end)
+  local connect, cleanup = raw.tracker(function() return proxy end, function() return hostile end)
+  after_each(cleanup)
 
   local function assert_alive()
     local report = helpers.sanitizer_report(proxy:stderr())

@@ -79,21 +79,9 @@ describe("a hostile origin", function()
 
   -- No test sees another's origin connections: close what was accepted (a
   -- pooled one included) and whatever still waits to be accepted.
-  local clients = {}
-  local function connect(port)
-    local c = proxy:connect(port)
-    clients[#clients + 1] = c
-    return c
-  end
-
+  local connect, cleanup = raw.tracker(function() return proxy end, function() return hostile end)
   after_each(function()
-    for _, c in ipairs(clients) do c:close() end
-    clients = {}
-    hostile:close_conns()
-    while hostile:pending(0) do
-      local o = hostile:accept(0)
-      if o then o:close() end
-    end
+    cleanup()
     helpers.sleep(0.05)
   end)
 

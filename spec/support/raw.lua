@@ -528,4 +528,29 @@ function raw.show(bytes, max)
   return s:gsub("\\\n", "\\n")
 end
 
+--- Per-test bookkeeping for specs that drive a hostile origin: `connect(port)`
+-- opens a client on the proxy `get_proxy()` returns (it may be restarted between
+-- tests) and remembers it; `cleanup()` (for after_each) closes those clients, the
+-- origin connections accepted (a pooled one included) and whatever still waits to
+-- be accepted, so no test sees another's connections.
+function raw.tracker(get_proxy, get_origin)
+  local clients = {}
+  local function connect(port)
+    local c = get_proxy():connect(port)
+    clients[#clients + 1] = c
+    return c
+  end
+  local function cleanup()
+    for _, c in ipairs(clients) do c:close() end
+    clients = {}
+    local hostile = get_origin()
+    hostile:close_conns()
+    while hostile:pending(0) do
+      local o = hostile:accept(0)
+      if o then o:close() end
+    end
+  end
+  return connect, cleanup
+end
+
 return raw
