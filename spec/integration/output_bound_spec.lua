@@ -37,4 +37,13 @@ mg.route { path = "/page", respond = { status = 200, body = string.rep("p", ${pa
     -- and the worker goes on serving
     assert.equal(200, assert(proxy:request({ path = "/page", headers = { { "Host", "x" } } })).status)
   end)
+
+  it("answers every held-back request of a client that half-closed after sending them", function()
+    local out = helpers.run({ helpers.python, helpers.spec_dir .. "/support/pipeline_rss.py",
+      tostring(proxy.port), tostring(proxy.pid), "300", "/page", tostring(PAGE), "half-close" })
+    local answers, extra = out:match("answers=(%d+) extra=(%d+)")
+    assert(answers, out)
+    assert.equal(300, tonumber(answers))
+    assert.equal(0, tonumber(extra))
+  end)
 end)

@@ -4,7 +4,8 @@ buffer is small (so the kernel holds little of the answers), waits, prints the
 growth of moongate's RSS in KiB, then reads every answer and prints how many
 complete 200 responses of SIZE body bytes came, and whether more bytes followed.
 
-Usage: pipeline_rss.py PORT PID N PATH SIZE
+Usage: pipeline_rss.py PORT PID N PATH SIZE [half-close]
+With "half-close", the client shuts its sending side down right after the requests.
 Output: "grown=<KiB> answers=<count> extra=<bytes>"
 """
 import socket
@@ -27,6 +28,8 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 s.connect(("127.0.0.1", port))
 base = rss()
 s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode() * n)
+if len(sys.argv) > 6 and sys.argv[6] == "half-close":
+    s.shutdown(socket.SHUT_WR)
 time.sleep(1.5)
 grown = rss() - base
 s.settimeout(10)
