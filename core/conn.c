@@ -615,7 +615,10 @@ static void on_eof(mg_conn_t *c) {
 /* Request bytes (plaintext), in whatever state the connection is. */
 static void input(mg_conn_t *c, const char *p, size_t n) {
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
-  if (c->state == MG_CS_WAIT) { /* pipelined: kept until the current request is done */
+  /* pipelined: kept until the current request is done, or behind the requests
+   * held back while the output is full (TLS hands over the rest of a read record
+   * by record, after feed() stopped: those must not jump the queue) */
+  if (c->state == MG_CS_WAIT || c->saved) {
     save(c, p, n);
     return;
   }

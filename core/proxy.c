@@ -408,25 +408,31 @@ static int from_client(const mg_req_t *r, const mg_header_t *h) {
   return h->name.p >= r->head.buf && h->name.p < r->head.buf + r->head.len;
 }
 
-static mg_str_t joined_xff(mg_req_t *r) {
-  mg_str_t all = { NULL, 0 };
+/* The values of every `lname` header (lower case) of the request joined in order
+ * ("a, b"), or an empty slice; from the client only when `all` or the peer is a
+ * trusted proxy (a header a hook set always counts). In the arena when there
+ * were several. */
+static mg_str_t joined(mg_req_t *r, mg_str_t lname, int all) {
+  mg_str_t out = { NULL, 0 };
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
-    if (h->name.len != 15 || !mg_str_caseeq(h->name, MG_STR("x-forwarded-for")) || !h->value.len) continue;
-    if (!r->trusted && from_client(r, h)) continue;
-    if (!all.len) {
-      all = h->value;
+    if (!mg_str_caseeq(h->name, lname) || !h->value.len) continue;
+    if (!all && !r->trusted && from_client(r, h)) continue;
+    if (!out.len) {
+      out = h->value;
       continue;
     }
-    char *j = mg_arena_alloc(&r->arena, all.len + h->value.len + 2);
-    if (!j) return all;
-    memcpy(j, all.p, all.len);
-    memcpy(j + all.len, ", ", 2);
-    memcpy(j + all.len + 2, h->value.p, h->value.len);
-    all = (mg_str_t){ j, all.len + 2 + h->value.len };
+    char *j = mg_arena_alloc(&r->arena, out.len + h->value.len + 2);
+    if (!j) return out;
+    memcpy(j, out.p, out.len);
+    memcpy(j + out.len, ", ", 2);
+    memcpy(j + out.len + 2, h->value.p, h->value.len);
+    out = (mg_str_t){ j, out.len + 2 + h->value.len };
   }
-  return all;
+  return out;
 }
+
+static mg_str_t joined_xff(mg_req_t *r) { return joined(r, MG_STR("x-forwarded-for"), 0); }
 
 /* A client's header whose name is an identity header's with '_' for some '-'
  * (X_Forwarded_For, X-Real_IP): CGI-style origins (PHP, WSGI, Rack) read both
@@ -448,6 +454,7 @@ static int identity_alias(mg_str_t n) {
   }
   return 0;
 }
+
 
 static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
   mg_outq_append(q, name.p, name.len);
@@ -474,7 +481,7 @@ static int build_upstream_head(mg_req_t *r) {
   mg_str_t target = r->raw_target.p ? r->raw_target : r->target;
   mg_outq_append(q, target.p, target.len);
   APPEND_LIT(q, " HTTP/1.1\r\n");
-  const mg_header_t *via = NULL, *fwd = NULL;
+  mg_str_t via = joined(r, MG_STR("via"), 1), fwd = joined(r, MG_STR("forwarded"), 0);
   int have_id = 0, have_host = 0, have_proto = 0, have_fhost = 0, have_real = 0;
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
@@ -490,19 +497,13 @@ static int build_upstream_head(mg_req_t *r) {
       }
       break;
     case 3:
-      if (mg_str_caseeq(n, MG_STR("via"))) {
-        via = h; /* merged below; repeated Via headers keep only the last list */
-        continue;
-      }
+      if (mg_str_caseeq(n, MG_STR("via"))) continue; /* joined, with ours appended, below */
       break;
     case 6:
       if (mg_str_caseeq(n, MG_STR("expect"))) continue;
       break;
     case 9:
-      if (mg_str_caseeq(n, MG_STR("forwarded"))) {
-        if (trusted) fwd = h; /* merged below */
-        continue;
-      }
+      if (mg_str_caseeq(n, MG_STR("forwarded"))) continue; /* joined, with ours appended, below */
       if (mg_str_caseeq(n, MG_STR("x-real-ip"))) {
         if (from_client(r, h) || have_real) continue; /* ours, unless a hook set one */
         have_real = 1;
@@ -561,8 +562,8 @@ static int build_upstream_head(mg_req_t *r) {
   if (!have_real) append_header(q, MG_STR("X-Real-IP"), r->client_ip.len ? r->client_ip : ip);
   /* RFC 7239: the peer as seen here; an IPv6 address quoted in brackets */
   APPEND_LIT(q, "Forwarded: ");
-  if (fwd && fwd->value.len) {
-    mg_outq_append(q, fwd->value.p, fwd->value.len);
+  if (fwd.len) {
+    mg_outq_append(q, fwd.p, fwd.len);
     APPEND_LIT(q, ", ");
   }
   if (memchr(ip.p, ':', ip.len)) {
@@ -576,8 +577,8 @@ static int build_upstream_head(mg_req_t *r) {
   if (c->ssl) APPEND_LIT(q, ";proto=https\r\n");
   else APPEND_LIT(q, ";proto=http\r\n");
   APPEND_LIT(q, "Via: ");
-  if (via && via->value.len) {
-    mg_outq_append(q, via->value.p, via->value.len);
+  if (via.len) {
+    mg_outq_append(q, via.p, via.len);
     APPEND_LIT(q, ", ");
   }
   if (r->http_minor == 0) APPEND_LIT(q, "1.0 moongate\r\n");

@@ -244,7 +244,7 @@ static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
         return;
       }
       u->got_bytes = 1;
-      arm_rw(u);
+      if (!u->paused) arm_rw(u); /* paused: the upstream_paused timer runs */
       if (parse(u, u->w->tbuf, (size_t)k) < 0) return;
       continue;
     }

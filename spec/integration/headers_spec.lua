@@ -80,6 +80,11 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
     assert.equal("1.0 fred, 1.1 moongate", table.concat(values(doc, "via"), ", "))
   end)
 
+  it("joins several Via headers into one list and appends to it", function()
+    local doc = echo_with({ { "Host", "x" }, { "Via", "1.0 fred" }, { "Via", "1.1 p.example" } })
+    assert.same({ "1.0 fred, 1.1 p.example, 1.1 moongate" }, values(doc, "via"))
+  end)
+
   it("passes Host through unchanged", function()
     assert.same({ "Front.Example:8080" }, values(echo_with({ { "Host", "Front.Example:8080" } }), "host"))
   end)

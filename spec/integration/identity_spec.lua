@@ -76,6 +76,13 @@ describe("client identity", function()
     assert.same({ "front.example" }, values(doc, "x-forwarded-host"))
   end)
 
+  it("joins several Forwarded headers of a trusted proxy, and drops them all from an untrusted one", function()
+    local hs = { { "Host", "x" }, { "Forwarded", "for=192.0.2.1" }, { "Forwarded", "for=10.0.0.9;proto=https" } }
+    assert.same({ "for=192.0.2.1, for=10.0.0.9;proto=https, for=127.0.0.1;proto=http" },
+      values(echo(trusted, hs), "forwarded"))
+    assert.same({ "for=127.0.0.1;proto=http" }, values(echo(untrusted, hs), "forwarded"))
+  end)
+
   it("takes the client address from a trusted proxy's X-Forwarded-For, past every trusted hop", function()
     local res = assert(trusted:request({ path = "/who", headers = SPOOF }))
     assert.equal("203.0.113.7\n", res.body)

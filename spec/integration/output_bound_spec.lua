@@ -46,4 +46,39 @@ mg.route { path = "/page", respond = { status = 200, body = string.rep("p", ${pa
     assert.equal(300, tonumber(answers))
     assert.equal(0, tonumber(extra))
   end)
+
+end)
+
+describe("pipelined answers held back on a TLS listener", function()
+  local proxy
+
+  lazy_setup(function()
+    local dir = helpers.tmpdir()
+    local _, rc = helpers.sh("cd " .. helpers.shell_quote(dir) .. " && openssl req -x509 -newkey ec "
+      .. "-pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30 "
+      .. "-subj /CN=localhost 2>&1")
+    assert.equal(0, rc)
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}", tls = { cert = "${dir}/cert.pem", key = "${dir}/key.pem" } }
+mg.route { path = "/r/", respond = function(req) return 200, req.path .. "\n" .. string.rep("p", ${page}) end }
+]], { vars = { page = PAGE, dir = dir } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  -- A read brings several TLS records; the requests of the records after the one
+  -- that filled the output must wait behind the held-back ones, not jump ahead.
+  it("answers every request in order when one read brings several records", function()
+    local out = helpers.run({ helpers.python, helpers.spec_dir .. "/support/pipeline_order.py",
+      tostring(proxy.port), tostring(proxy.pid), "600" })
+    local answers, in_order, wrong = out:match("answers=(%d+) in_order=(%d+) first_wrong=(%-?%d+)")
+    assert(answers, out)
+    assert.equal(-1, tonumber(wrong), "the first answer out of order: #" .. tostring(wrong))
+    assert.equal(600, tonumber(in_order))
+    assert.equal(600, tonumber(answers))
+  end)
 end)
