@@ -254,10 +254,6 @@ void mg_proxy_error(mg_req_t *r, int status, int close) {
 
 /* ---------------- the request head ---------------- */
 
-static int hex_ok(char ch) {
-  return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
-}
-
 /* Splits the request target into what goes upstream and the path to route on. */
 static int parse_target(mg_req_t *r) {
   mg_str_t u = mg_head_url(&r->head);
@@ -287,26 +283,26 @@ static int parse_target(mg_req_t *r) {
   } else {
     return 400;
   }
-  /* bytes llhttp lets through in a target but no origin should see */
-  for (size_t i = 0; i < r->target.len; i++) {
-    unsigned char ch = (unsigned char)r->target.p[i];
-    if (ch <= 0x20 || ch == 0x7f || ch == '#') return 400;
-    if (ch == '%' && (i + 2 >= r->target.len || !hex_ok(r->target.p[i + 1]) || !hex_ok(r->target.p[i + 2])))
-      return 400;
-  }
   /* Routes match the normalized path (escapes of unreserved characters decoded,
    * dot segments resolved, slashes merged), as nginx matches locations: /%61dmin,
-   * //admin and /x/../admin are all /admin. An escape of '/', '\\', NUL or a
-   * control byte is refused. */
-  char *norm = mg_arena_alloc(&r->arena, r->target.len + 1);
-  if (!norm) return 500;
+   * //admin and /x/../admin are all /admin. Refused: bytes llhttp lets through but
+   * no origin should see, bad escapes, an escape of '/', '\\', NUL or a control
+   * byte. The target lives in the request's own head buffer (or arena), so it is
+   * normalized in place unless the original must go upstream (forward_path). */
+  int own = r->target.p >= r->head.buf && r->target.p < r->head.buf + r->head.len;
+  char *norm = (char *)r->target.p;
+  if (r->gen->forward_raw || !own) { /* not ours to change ("/" of "http://h") */
+    norm = mg_arena_alloc(&r->arena, r->target.len + 1);
+    if (!norm) return 500;
+    if (r->gen->forward_raw) r->raw_target = r->target;
+  }
   size_t nlen;
   if (mg_uri_normalize_target(r->target.p, r->target.len, norm, &nlen) < 0) {
-    MG_INFO(r->w->id, "req %s: %s: refused target '%.*s' (an escape of '/', '\\' or a control byte, or a bad byte)",
-            r->id, r->conn->client, (int)(r->target.len > 200 ? 200 : r->target.len), r->target.p);
+    MG_INFO(r->w->id, "req %s: %s: refused target (a bad byte or escape, or an escape of '/', '\\' or a control byte)",
+            r->id, r->conn->client);
+    r->target = r->raw_target = (mg_str_t){ NULL, 0 }; /* in place: half rewritten */
     return 400;
   }
-  if (r->gen->forward_raw) r->raw_target = r->target;
   r->target = (mg_str_t){ norm, nlen };
   const char *q = memchr(r->target.p, '?', r->target.len);
   r->path = (mg_str_t){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.len };
@@ -481,8 +477,8 @@ static int build_upstream_head(mg_req_t *r) {
   mg_str_t target = r->raw_target.p ? r->raw_target : r->target;
   mg_outq_append(q, target.p, target.len);
   APPEND_LIT(q, " HTTP/1.1\r\n");
-  mg_str_t via = joined(r, MG_STR("via"), 1), fwd = joined(r, MG_STR("forwarded"), 0);
   int have_id = 0, have_host = 0, have_proto = 0, have_fhost = 0, have_real = 0;
+  int seen_via = 0, seen_fwd = 0, seen_xff = 0; /* lists joined below, only when present */
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
     mg_str_t n = h->name;
@@ -497,13 +493,19 @@ static int build_upstream_head(mg_req_t *r) {
       }
       break;
     case 3:
-      if (mg_str_caseeq(n, MG_STR("via"))) continue; /* joined, with ours appended, below */
+      if (mg_str_caseeq(n, MG_STR("via"))) {
+        seen_via = 1;
+        continue; /* joined, with ours appended, below */
+      }
       break;
     case 6:
       if (mg_str_caseeq(n, MG_STR("expect"))) continue;
       break;
     case 9:
-      if (mg_str_caseeq(n, MG_STR("forwarded"))) continue; /* joined, with ours appended, below */
+      if (mg_str_caseeq(n, MG_STR("forwarded"))) {
+        seen_fwd = 1;
+        continue; /* joined, with ours appended, below */
+      }
       if (mg_str_caseeq(n, MG_STR("x-real-ip"))) {
         if (from_client(r, h) || have_real) continue; /* ours, unless a hook set one */
         have_real = 1;
@@ -519,7 +521,10 @@ static int build_upstream_head(mg_req_t *r) {
       if (mg_str_caseeq(n, MG_STR("content-length"))) continue;
       break;
     case 15:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) continue; /* joined below */
+      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) {
+        seen_xff = 1;
+        continue; /* joined below */
+      }
       break;
     case 16:
       if (mg_str_caseeq(n, MG_STR("x-forwarded-host"))) {
@@ -547,7 +552,7 @@ static int build_upstream_head(mg_req_t *r) {
   }
   mg_str_t ip = mg_conn_ip(c);
   APPEND_LIT(q, "X-Forwarded-For: ");
-  mg_str_t xff = joined_xff(r);
+  mg_str_t xff = seen_xff ? joined_xff(r) : (mg_str_t){ NULL, 0 };
   if (xff.len) {
     mg_outq_append(q, xff.p, xff.len);
     APPEND_LIT(q, ", ");
@@ -562,6 +567,7 @@ static int build_upstream_head(mg_req_t *r) {
   if (!have_real) append_header(q, MG_STR("X-Real-IP"), r->client_ip.len ? r->client_ip : ip);
   /* RFC 7239: the peer as seen here; an IPv6 address quoted in brackets */
   APPEND_LIT(q, "Forwarded: ");
+  mg_str_t fwd = seen_fwd ? joined(r, MG_STR("forwarded"), 0) : (mg_str_t){ NULL, 0 };
   if (fwd.len) {
     mg_outq_append(q, fwd.p, fwd.len);
     APPEND_LIT(q, ", ");
@@ -577,6 +583,7 @@ static int build_upstream_head(mg_req_t *r) {
   if (c->ssl) APPEND_LIT(q, ";proto=https\r\n");
   else APPEND_LIT(q, ";proto=http\r\n");
   APPEND_LIT(q, "Via: ");
+  mg_str_t via = seen_via ? joined(r, MG_STR("via"), 1) : (mg_str_t){ NULL, 0 };
   if (via.len) {
     mg_outq_append(q, via.p, via.len);
     APPEND_LIT(q, ", ");

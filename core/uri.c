@@ -125,6 +125,9 @@ int mg_uri_normalize_target(const char *in, size_t len, char *out, size_t *outle
   for (size_t i = 0; i < query.len; i++) {
     unsigned char c = (unsigned char)query.p[i];
     if (c < 0x21 || c == 0x7f || c == '#') return MG_EINVAL;
+    if (c == '%' && (query.len - i < 3 || hexval((unsigned char)query.p[i + 1]) < 0 ||
+                     hexval((unsigned char)query.p[i + 2]) < 0))
+      return MG_EINVAL;
   }
   size_t n = 0;
   int rc = mg_uri_normalize_path(path.p, path.len, out, &n);

@@ -42,8 +42,9 @@ void mg_uri_split_target(mg_str_t target, mg_str_t *path, mg_str_t *query);
 
 /* The form to forward when forward_path = "normalized": the path of `in`
  * normalized as above, then its query (with the '?') copied unchanged. The query
- * is only checked for raw bytes below 0x21, 0x7F and '#' (MG_EINVAL); its escapes are
- * the origin's business, since routing does not look at them. Same buffer contract
+ * is only checked for raw bytes below 0x21, 0x7F and '#', and for a '%' not followed
+ * by two hex digits (MG_EINVAL): what its escapes mean is the origin's business,
+ * since routing does not look at them. Same buffer contract
  * as mg_uri_normalize_path (room for `len` bytes, may be in place). */
 int mg_uri_normalize_target(const char *in, size_t len, char *out, size_t *outlen);
 

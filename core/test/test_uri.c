@@ -262,6 +262,11 @@ static void target_split_and_normalized_with_query(void) {
   CHECK(mg_uri_normalize_target("/a?x#y", 6, out, &n) == MG_EINVAL);
   CHECK(mg_uri_normalize_target("/a?x\x7f", 5, out, &n) == MG_EINVAL);
   CHECK(mg_uri_normalize_target("?x", 2, out, &n) == MG_EINVAL);
+  /* a '%' in the query must still start an escape */
+  CHECK(mg_uri_normalize_target("/a?x=%4", 7, out, &n) == MG_EINVAL);
+  CHECK(mg_uri_normalize_target("/a?x=%zz", 8, out, &n) == MG_EINVAL);
+  CHECK(mg_uri_normalize_target("/a?x=%", 6, out, &n) == MG_EINVAL);
+  CHECK(mg_uri_normalize_target("/a?x=%4a", 8, out, &n) == 0 && n == 8);
 
   char buf[] = "/./%7e/?a=%41";
   CHECK(mg_uri_normalize_target(buf, strlen(buf), buf, &n) == 0);

@@ -49,6 +49,12 @@ describe("path normalization", function()
     end)
   end
 
+  for _, target in ipairs { "/a%zzb", "/a%4", "/a?x=%zz", "/a?x=%4", "/a?x=%" } do
+    it("answers 400 to " .. target .. " (a '%' that does not start an escape, in the path or the query)", function()
+      helpers.assert_error(assert(get(proxy, target)), 400)
+    end)
+  end
+
   it("forwards the normalized target by default, with the query as sent", function()
     local doc = helpers.echo(assert(get(proxy, "/echo/./a//b/../c%7E%41?q=%2F..//&x=%41")))
     assert.equal("/echo/a/c~A?q=%2F..//&x=%41", doc.path)
