@@ -505,8 +505,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     c->in_parser = 1;
     c->done_pending = 0;
     c->err_status = 0;
-    size_t head_used;
-    int scan = mg_head_scan(&c->scan, data, len, &head_used);
+    int scan = mg_head_scan(&c->scan, data, len);
     llhttp_errno_t err;
     if (scan < 0) { /* llhttp would take it: refuse before it parses anything */
       c->err_status = 400;
@@ -788,16 +787,13 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   return append(p, MG_HEAD_VALUE, at, len);
 }
 
-/* Chunk extensions are skipped, but not without end: a client could otherwise
- * hold a connection with one endless chunk-size line. */
-#define CHUNK_EXT_MAX 4096
 static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
   mg_conn_t *c = p->data;
   if (gone(c)) return -1;
   c->req->chunk_ext += len;
-  if (c->req->chunk_ext > CHUNK_EXT_MAX) {
+  if (c->req->chunk_ext > MG_CHUNK_EXT_MAX) {
     c->err_status = 400;
-    MG_INFO(c->w->id, "%s: bad request: chunk extensions longer than %d bytes", c->client, CHUNK_EXT_MAX);
+    MG_INFO(c->w->id, "%s: bad request: chunk extensions longer than %d bytes", c->client, MG_CHUNK_EXT_MAX);
     return -1;
   }
   return 0;

@@ -118,31 +118,34 @@ int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int 
   return 0;
 }
 
-int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n, size_t *used) {
-  *used = 0;
+/* Runs once over every head byte both ways, so it goes line by line with memchr
+ * (vectorized in libc) rather than byte by byte: per line, find the CR, check no
+ * LF came before it, then look at the byte after it. */
+int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n) {
   if (s->done) return MG_SCAN_END;
-  for (size_t i = 0; i < n; i++) {
-    char ch = p[i];
-    if (s->cr) {
-      if (ch != '\n') return MG_SCAN_BARE_CR;
+  size_t i = 0;
+  while (i < n) {
+    if (s->cr) { /* the byte after a CR: LF, ending the line */
+      if (p[i++] != '\n') return MG_SCAN_BARE_CR;
       s->cr = 0;
       if (s->line_len == 0) {
         if (s->lines == 0) continue; /* empty lines before the start line */
         s->done = 1;
-        *used = i + 1;
         return MG_SCAN_END;
       }
       s->lines++;
       s->line_len = 0;
       continue;
     }
-    if (ch == '\r') {
-      s->cr = 1;
-      continue;
-    }
-    if (ch == '\n') return MG_SCAN_BARE_LF;
-    if (s->line_len == 0 && s->lines > 0 && (ch == ' ' || ch == '\t')) return MG_SCAN_FOLD;
-    if (s->line_len < UINT32_MAX) s->line_len++;
+    if (s->line_len == 0 && s->lines > 0 && (p[i] == ' ' || p[i] == '\t')) return MG_SCAN_FOLD;
+    const char *cr = memchr(p + i, '\r', n - i);
+    size_t end = cr ? (size_t)(cr - p) : n;
+    if (end > i && memchr(p + i, '\n', end - i)) return MG_SCAN_BARE_LF;
+    size_t grown = s->line_len + (end - i);
+    s->line_len = grown > UINT32_MAX ? UINT32_MAX : (uint32_t)grown;
+    if (!cr) return MG_SCAN_MORE;
+    s->cr = 1;
+    i = end + 1;
   }
   return MG_SCAN_MORE;
 }
@@ -194,19 +197,29 @@ int mg_http_token_in_list(mg_str_t list, mg_str_t name) {
 int mg_http_bad_value(mg_str_t v) {
   for (size_t i = 0; i < v.len; i++) {
     unsigned char c = (unsigned char)v.p[i];
-    if (c == 0 || c == '\r' || c == '\n') return 1;
+    if (c <= '\r' && (c == 0 || c == '\r' || c == '\n')) return 1; /* one compare for most bytes */
   }
   return 0;
 }
 
+/* tchar (RFC 9110 5.6.2), one bit per byte value: checked for every header name
+ * both ways, so a table rather than a search per byte */
+static const uint8_t tchar[256] = {
+  ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+  ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+  ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+  ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+  ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+  ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+  ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+  ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+  ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
 int mg_http_is_token(mg_str_t s) {
-  static const char extra[] = "!#$%&'*+-.^_`|~";
   if (s.len == 0) return 0;
-  for (size_t i = 0; i < s.len; i++) {
-    unsigned char c = (unsigned char)s.p[i];
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) continue;
-    if (c == 0 || !strchr(extra, c)) return 0;
-  }
+  for (size_t i = 0; i < s.len; i++)
+    if (!tchar[(unsigned char)s.p[i]]) return 0;
   return 1;
 }
 
@@ -271,13 +284,14 @@ size_t mg_http_date_line(mg_http_date_t *d, const char **line) {
   if (d->sec != (int64_t)now || d->line[0] == '\0') {
     struct tm tm;
     gmtime_r(&now, &tm);
-    snprintf(d->line, sizeof(d->line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
-             days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
-             tm.tm_hour, tm.tm_min, tm.tm_sec);
+    int n = snprintf(d->line, sizeof(d->line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                     days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+    d->len = n > 0 && (size_t)n < sizeof(d->line) ? (size_t)n : 0;
     d->sec = (int64_t)now;
   }
   *line = d->line;
-  return strlen(d->line);
+  return d->len;
 }
 
 int mg_http_head_has(const char *head, size_t len, mg_str_t lname) {

@@ -60,6 +60,10 @@ typedef struct {
   uint8_t done;      /* the head ended: the body is not scanned */
 } mg_head_scan_t;
 
+/* Chunk extensions are skipped, but not without end: a peer could otherwise hold a
+ * connection with one endless chunk-size line. Bytes per chunk line, both ways. */
+#define MG_CHUNK_EXT_MAX 4096
+
 enum { MG_SCAN_MORE = 0, MG_SCAN_END = 1, MG_SCAN_BARE_LF = -1, MG_SCAN_BARE_CR = -2, MG_SCAN_FOLD = -3 };
 
 static inline void mg_head_scan_reset(mg_head_scan_t *s) { memset(s, 0, sizeof(*s)); }
@@ -71,10 +75,10 @@ static inline void mg_head_scan_trailers(mg_head_scan_t *s) {
   s->lines = 1;
 }
 /* Scans p[0..n) (stopping at the end of the head). Returns MG_SCAN_MORE (the head
- * goes on), MG_SCAN_END (*used = bytes up to and including the head's last LF), or
+ * goes on), MG_SCAN_END (the head ended within p[0..n)), or
  * a negative MG_SCAN_* naming the fault. Once done, returns MG_SCAN_END at once
- * with *used = 0. */
-int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n, size_t *used);
+ * (the body is not looked at). */
+int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n);
 const char *mg_head_scan_error(int rc);
 
 /* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
@@ -95,6 +99,7 @@ const char *mg_http_reason(int status);
  * formatted once per second. Returns the line's length (39). */
 typedef struct {
   int64_t sec;
+  size_t len;
   char line[48];
 } mg_http_date_t;
 size_t mg_http_date_line(mg_http_date_t *d, const char **line);

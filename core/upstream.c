@@ -34,7 +34,6 @@ static llhttp_settings_t settings = {
  * against the same byte limit. */
 #define UP_HEAD_MAX (64 * 1024)
 #define UP_HEADERS_MAX 200
-#define UP_CHUNK_EXT_MAX 4096
 
 static void on_close(uv_handle_t *h) {
   mg_upconn_t *u = h->data;
@@ -143,8 +142,7 @@ static void finish(mg_upconn_t *u, int extra_bytes) {
 static int parse(mg_upconn_t *u, const char *p, size_t n) {
   llhttp_errno_t err;
   for (;;) {
-    size_t head_used;
-    int scan = mg_head_scan(&u->scan, p, n, &head_used);
+    int scan = mg_head_scan(&u->scan, p, n);
     if (scan < 0) {
       MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
               mg_head_scan_error(scan));
@@ -540,7 +538,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
   mg_upconn_t *u = p->data;
   u->chunk_ext += len;
-  return u->chunk_ext > UP_CHUNK_EXT_MAX ? refuse(u, "chunk extensions longer than 4096 bytes") : 0;
+  return u->chunk_ext > MG_CHUNK_EXT_MAX ? refuse(u, "chunk extensions longer than 4096 bytes") : 0;
 }
 
 static int on_chunk_header(llhttp_t *p) {
