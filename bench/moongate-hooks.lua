@@ -18,11 +18,11 @@ mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
 
 local default = mg.upstream "default" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },
-  keepalive = 32,
+  keepalive = 64,
 }
 local api = mg.upstream "api" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT2", "18090") },
-  keepalive = 32,
+  keepalive = 64,
 }
 
 mg.on("request", function(req)

@@ -17,7 +17,7 @@ mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
 
 local origin = mg.upstream "origin" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },
-  keepalive = 32,
+  keepalive = 64,
 }
 
 mg.route { path = "/", upstream = origin }
