@@ -605,6 +605,16 @@ function helpers.connect(port, timeout, host, bind)
   return setmetatable({ sock = s, buf = "", eof = false, timeout = 10 }, Client)
 end
 
+--- A client over a socket that is already connected (one a spec accepted, say):
+-- the same buffered reads and writes as helpers.connect's. `class` (optional) is
+-- a table whose __index falls back to helpers.Client, for specs that add methods.
+function helpers.wrap(sock, timeout, class)
+  sock:settimeout(0)
+  pcall(sock.setoption, sock, "tcp-nodelay", true)
+  return setmetatable({ sock = sock, buf = "", eof = false, timeout = timeout or 10 }, class or Client)
+end
+helpers.Client = Client
+
 function Client:local_addr()
   local ip, port = self.sock:getsockname()
   if ip:find(":", 1, true) then return "[" .. ip .. "]:" .. port end
@@ -657,7 +667,9 @@ function Client:fill(deadline)
   end
 end
 
--- Take exactly n bytes (large reads collected in a table to stay linear).
+-- Take exactly n bytes (large reads collected in a table to stay linear). On a
+-- close or timeout: nil, the reason, and the bytes that did arrive (left in the
+-- buffer).
 function Client:take(n, deadline)
   if #self.buf < n then
     local parts, have = { self.buf }, #self.buf
@@ -666,7 +678,7 @@ function Client:take(n, deadline)
       local ok, err = self:fill(deadline)
       if not ok then
         self.buf = table.concat(parts) .. self.buf
-        return nil, err
+        return nil, err, self.buf
       end
       parts[#parts + 1] = self.buf
       have = have + #self.buf

@@ -467,7 +467,7 @@ describe("mutation run", function()
         o:send(answer, 2)
         o:close()
       end
-      local data, why = raw.read_until_close(c, 4)
+      local data, why = c:read_until_close(4)
       c:close()
       if why ~= "closed" then
         failures[#failures + 1] = string.format("no close within 4s (%s): origin sent %s, client got %s",

@@ -9,6 +9,7 @@
 -- on it and then read what the client got, in that order. Every wait is
 -- bounded (a few seconds at most).
 local socket = require "socket"
+local helpers = require "spec.helpers"
 
 local raw = {}
 
@@ -19,141 +20,26 @@ local DEFAULT_TIMEOUT = 3
 -- spec/helpers.lua: buf, eof, fill(deadline), so the readers below take either)
 ---------------------------------------------------------------------------
 
-local Stream = {}
+-- Accepted connections are helpers clients (spec/helpers.lua: buffered reads,
+-- take, take_until, read_until_close, closed, readable, send) with read_request.
+local Stream = setmetatable({}, { __index = helpers.Client })
 Stream.__index = Stream
 
 function raw.wrap(sock)
-  sock:settimeout(0)
-  pcall(sock.setoption, sock, "tcp-nodelay", true)
-  return setmetatable({ sock = sock, buf = "", eof = false, timeout = DEFAULT_TIMEOUT }, Stream)
+  return helpers.wrap(sock, DEFAULT_TIMEOUT, Stream)
 end
-
---- Read more bytes into self.buf; true if some arrived, or nil and "closed" /
--- "timeout".
-function Stream:fill(deadline)
-  if self.eof then return nil, "closed" end
-  while true do
-    local remaining = deadline - socket.gettime()
-    if remaining <= 0 and not self.sock:dirty() then return nil, "timeout" end
-    if not self.sock:dirty() then
-      local r = socket.select({ self.sock }, nil, math.max(0, remaining))
-      if not r or not r[1] then return nil, "timeout" end
-    end
-    local data, err, partial = self.sock:receive(65536)
-    local got = data or partial
-    if got and #got > 0 then self.buf = self.buf .. got end
-    if err and err ~= "timeout" then
-      self.eof = true
-      self.err = err
-      if got and #got > 0 then return true end
-      return nil, "closed"
-    end
-    if got and #got > 0 then return true end
-  end
-end
-
---- Send every byte within `timeout` seconds; true or nil, err.
-function Stream:send(data, timeout)
-  local i = 1
-  local deadline = socket.gettime() + (timeout or self.timeout)
-  while i <= #data do
-    local remaining = deadline - socket.gettime()
-    if remaining <= 0 then return nil, "timeout" end
-    local _, w = socket.select(nil, { self.sock }, remaining)
-    if not w or not w[1] then return nil, "timeout" end
-    local n, err, partial = self.sock:send(data, i)
-    if n then
-      i = n + 1
-    elseif err == "timeout" then
-      i = partial + 1
-    else
-      return nil, err
-    end
-  end
-  return true
-end
-
-function Stream:close()
-  self.sock:close()
-  self.eof = true
-end
-
----------------------------------------------------------------------------
--- generic reads on anything with buf / eof / fill(deadline)
----------------------------------------------------------------------------
 
 local function deadline_of(timeout)
   return socket.gettime() + (timeout or DEFAULT_TIMEOUT)
 end
 
---- Up to and including `delim`, or nil, "closed"/"timeout" (the buffer keeps
--- what came).
-function raw.take_until(s, delim, deadline)
-  local from = 1
-  while true do
-    local i, j = s.buf:find(delim, from, true)
-    if i then
-      local out = s.buf:sub(1, j)
-      s.buf = s.buf:sub(j + 1)
-      return out
-    end
-    from = math.max(1, #s.buf - #delim + 2)
-    local ok, err = s:fill(deadline)
-    if not ok then return nil, err end
-  end
+--- Exactly n bytes, or nil, err, and what arrived (consumed: the stream is
+-- broken past it).
+local function take(s, n, deadline)
+  local data, err, got = s:take(n, deadline)
+  if not data then s.buf = "" end
+  return data, err, got
 end
-
---- Exactly n bytes, or nil, err, and what arrived (consumed).
-function raw.take(s, n, deadline)
-  local parts, have = { s.buf }, #s.buf
-  s.buf = ""
-  while have < n do
-    local ok, err = s:fill(deadline)
-    if not ok then
-      return nil, err, table.concat(parts)
-    end
-    parts[#parts + 1] = s.buf
-    have = have + #s.buf
-    s.buf = ""
-  end
-  local all = table.concat(parts)
-  s.buf = all:sub(n + 1)
-  return all:sub(1, n)
-end
-
---- Everything until the peer closes or `timeout` passes: data, "closed" |
--- "timeout".
-function raw.read_until_close(s, timeout)
-  local deadline = deadline_of(timeout)
-  local parts = {}
-  local why
-  while true do
-    parts[#parts + 1] = s.buf
-    s.buf = ""
-    local ok, err = s:fill(deadline)
-    if not ok then why = err break end
-  end
-  parts[#parts + 1] = s.buf
-  s.buf = ""
-  return table.concat(parts), why
-end
-
---- True when the peer closes within `timeout` seconds without sending more;
--- also returns what arrived instead and why the wait ended.
-function raw.closed(s, timeout)
-  local data, why = raw.read_until_close(s, timeout or 1)
-  return why == "closed" and data == "", data, why
-end
-
---- True if bytes or a close are waiting within `timeout` seconds.
-function raw.readable(s, timeout)
-  if s.buf ~= "" or s.eof or s.sock:dirty() then return true end
-  local r = socket.select({ s.sock }, nil, timeout or 0)
-  return r ~= nil and r[1] ~= nil
-end
-
-Stream.take_until, Stream.take = raw.take_until, raw.take
-Stream.read_until_close, Stream.closed, Stream.readable = raw.read_until_close, raw.closed, raw.readable
 
 ---------------------------------------------------------------------------
 -- the hand-driven origin
@@ -188,7 +74,7 @@ end
 
 --- Close every connection accepted so far (between tests).
 function Origin:close_conns()
-  for _, s in ipairs(self.conns) do pcall(Stream.close, s) end
+  for _, s in ipairs(self.conns) do pcall(s.close, s) end
   self.conns = {}
 end
 
@@ -217,7 +103,7 @@ end
 -- err.
 function raw.read_request(s, timeout)
   local deadline = deadline_of(timeout)
-  local head, err = raw.take_until(s, "\r\n\r\n", deadline)
+  local head, err = s:take_until("\r\n\r\n", deadline)
   if not head then return nil, err end
   local eol = head:find("\r\n", 1, true)
   local first, rest = head:sub(1, eol - 1), head:sub(eol + 2)
@@ -229,25 +115,25 @@ function raw.read_request(s, timeout)
   if te:find("chunked", 1, true) then
     local parts = {}
     while true do
-      local line, e = raw.take_until(s, "\r\n", deadline)
+      local line, e = s:take_until("\r\n", deadline)
       if not line then return nil, e end
       local size = tonumber(line:match("^(%x+)"), 16)
       if not size then return nil, "bad chunk line " .. line end
       if size == 0 then
         repeat
-          local t, e2 = raw.take_until(s, "\r\n", deadline)
+          local t, e2 = s:take_until("\r\n", deadline)
           if not t then return nil, e2 end
         until t == "\r\n"
         break
       end
-      local data, e2 = raw.take(s, size + 2, deadline)
+      local data, e2 = take(s, size + 2, deadline)
       if not data then return nil, e2 end
       parts[#parts + 1] = data:sub(1, -3)
     end
     req.body = table.concat(parts)
   elseif req.h["content-length"] then
     local n = tonumber(req.h["content-length"])
-    local body, e = raw.take(s, n, deadline)
+    local body, e = take(s, n, deadline)
     if not body then return nil, e end
     req.body = body
   end
@@ -300,7 +186,7 @@ end
 function raw.read_response(s, opts)
   opts = opts or {}
   local deadline = deadline_of(opts.timeout)
-  local head, err = raw.take_until(s, "\r\n\r\n", deadline)
+  local head, err = s:take_until("\r\n\r\n", deadline)
   if not head then
     local partial = s.buf
     return nil, err, partial
@@ -342,7 +228,7 @@ function raw.read_response(s, opts)
     res.framing = "chunked"
     local parts = {}
     while true do
-      local line, e = raw.take_until(s, "\r\n", deadline)
+      local line, e = s:take_until("\r\n", deadline)
       if not line then
         local left = s.buf
         s.buf = ""
@@ -360,7 +246,7 @@ function raw.read_response(s, opts)
       end
       if size == 0 then
         while true do
-          local t, e2 = raw.take_until(s, "\r\n", deadline)
+          local t, e2 = s:take_until("\r\n", deadline)
           if not t then res.err, res.closed = e2, e2 == "closed" break end
           raw_parts[#raw_parts + 1] = t
           if t == "\r\n" then res.complete = true break end
@@ -369,7 +255,7 @@ function raw.read_response(s, opts)
         break
       end
       res.chunks[#res.chunks + 1] = size
-      local data, e2, got = raw.take(s, size + 2, deadline)
+      local data, e2, got = take(s, size + 2, deadline)
       if not data then
         raw_parts[#raw_parts + 1] = got
         parts[#parts + 1] = got:sub(1, size)
@@ -389,7 +275,7 @@ function raw.read_response(s, opts)
   elseif res.h["content-length"] and res.h["content-length"]:match("^%d+$") then
     res.framing = "length"
     local n = tonumber(res.h["content-length"])
-    local body, e, got = raw.take(s, n, deadline)
+    local body, e, got = take(s, n, deadline)
     if body then
       res.body, res.complete = body, true
     else
@@ -398,7 +284,7 @@ function raw.read_response(s, opts)
     raw_parts[#raw_parts + 1] = res.body
   else
     res.framing = "close"
-    local body, why = raw.read_until_close(s, math.max(0, deadline - socket.gettime()))
+    local body, why = s:read_until_close(math.max(0, deadline - socket.gettime()))
     res.body = body
     res.closed = why == "closed"
     res.complete = res.closed
@@ -407,7 +293,7 @@ function raw.read_response(s, opts)
   end
   res.raw = table.concat(raw_parts)
   if not res.closed and (opts.close_wait or 0) > 0 then
-    local closed, extra = raw.closed(s, opts.close_wait)
+    local closed, extra = s:closed(opts.close_wait)
     res.closed = closed
     res.extra = extra ~= "" and extra or nil
   end
@@ -429,8 +315,8 @@ end
 --- A stream over bytes already received in full (the peer has closed):
 -- read_response and read_final parse them like a live connection.
 function raw.bytes_stream(bytes)
-  return { buf = bytes, eof = true, fill = function() return nil, "closed" end,
-           sock = { dirty = function() return false end } }
+  return setmetatable({ buf = bytes, eof = true, timeout = DEFAULT_TIMEOUT,
+                        sock = { dirty = function() return false end, close = function() end } }, Stream)
 end
 
 --- How many header lines named `name` (case-insensitive) a response has.
