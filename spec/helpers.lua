@@ -190,6 +190,13 @@ function helpers.port_open(port)
   return ok ~= nil
 end
 
+--- Iterate over the complete, non-empty lines of text: those ended by "\n". A file
+--- another process is appending to can be read while its last line is half
+--- written; that part is left for a later read.
+function helpers.lines(text)
+  return (text or ""):gmatch("([^\n]+)\n")
+end
+
 function helpers.decode_json(s)
   local v, _, err = json.decode(s, 1, json.null)
   assert(v ~= nil, "bad JSON (" .. tostring(err) .. "): " .. tostring(s))
@@ -398,7 +405,7 @@ end
 --- Request lines the origin has seen, as a list.
 function Origin:requests()
   local t = {}
-  for line in (helpers.read_file(self.log) or ""):gmatch("[^\n]+") do t[#t + 1] = line end
+  for line in helpers.lines(helpers.read_file(self.log)) do t[#t + 1] = line end
   return t
 end
 

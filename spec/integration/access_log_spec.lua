@@ -25,7 +25,7 @@ local function log_lines(path, n)
   local lines
   helpers.wait_until(function()
     lines = {}
-    for l in (helpers.read_file(path) or ""):gmatch("[^\n]+") do lines[#lines + 1] = l end
+    for l in helpers.lines(helpers.read_file(path)) do lines[#lines + 1] = l end
     return #lines >= n
   end, 2, 0.05)
   return lines
@@ -146,7 +146,7 @@ mg.route { respond = { status = 200, body = "hi" } }
   it("writes the access log to stderr with \"-\"", function()
     local proxy = run_one('"-"')
     local found = helpers.wait_until(function()
-      for line in proxy:stderr():gmatch("[^\n]+") do
+      for line in helpers.lines(proxy:stderr()) do
         if line:sub(1, 1) == "{" and line:find("/setting-check", 1, true) then return line end
       end
     end, 2, 0.05)
@@ -192,7 +192,7 @@ mg.route { upstream = mg.upstream "down" { servers = { "127.0.0.1:${dead}" } } }
     proxy:stop()
     local text = proxy:file("error.log") or ""
     local n, worker_lines = 0, 0
-    for line in text:gmatch("[^\n]+") do
+    for line in helpers.lines(text) do
       n = n + 1
       -- Lines of the main thread (start, signals) have no worker: "main".
       local time, level, who = line:match("^(%S+) %[(%a+)%] (%S+) .")

@@ -104,7 +104,7 @@ describe("client identity", function()
     assert.equal(200, res.status)
     local line = helpers.wait_until(function()
       local text = trusted:file("access.log") or ""
-      for l in text:gmatch("[^\n]+") do
+      for l in helpers.lines(text) do
         if l:find('"/who"', 1, true) then return l end
       end
     end, 3)

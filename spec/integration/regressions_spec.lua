@@ -17,7 +17,7 @@ end
 
 -- The first access log entry matching pred, or nil.
 local function find_entry(path, pred)
-  for line in (helpers.read_file(path) or ""):gmatch("[^\n]+") do
+  for line in helpers.lines(helpers.read_file(path)) do
     local e = helpers.decode_json(line)
     if pred(e) then return e end
   end

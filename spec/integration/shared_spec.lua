@@ -201,21 +201,36 @@ describe("shared dictionaries", function()
 
     it("concurrent incr from 8 pipelining connections on both workers loses no update", function()
       local k = key()
-      local conns, workers = {}, {}
+      -- SO_REUSEPORT spreads connections by a hash of their addresses: open
+      -- connections until 4 have landed on each worker (one request each
+      -- tells which), then pipeline on those 8 at once.
+      local probe = "GET /op?fn=get&k=" .. k .. " HTTP/1.1\r\nHost: x\r\n\r\n"
+      local by_worker, spare = { ["0"] = {}, ["1"] = {} }, {}
+      for _ = 1, 64 do
+        if #by_worker["0"] == 4 and #by_worker["1"] == 4 then break end
+        local c = proxy:connect()
+        assert(c:send(probe))
+        local res = assert(c:response({ timeout = 10 }))
+        local list = by_worker[res.h["x-worker"]]
+        if list and #list < 4 then list[#list + 1] = c else spare[#spare + 1] = c end
+      end
+      for _, c in ipairs(spare) do c:close() end
+      assert.equal(4, #by_worker["0"], "64 connections, fewer than 4 on worker 0")
+      assert.equal(4, #by_worker["1"], "64 connections, fewer than 4 on worker 1")
+      local conns = {}
+      for _, w in ipairs({ "0", "1" }) do
+        for _, c in ipairs(by_worker[w]) do conns[#conns + 1] = { c = c, w = w } end
+      end
       local req = "GET /op?fn=incr&k=" .. k .. "&by=1&init=0 HTTP/1.1\r\nHost: x\r\n\r\n"
-      for i = 1, 8 do
-        conns[i] = proxy:connect()
-        assert(conns[i]:send(string.rep(req, 50)))
-      end
-      for i = 1, 8 do
+      for _, e in ipairs(conns) do assert(e.c:send(string.rep(req, 50))) end
+      for _, e in ipairs(conns) do
         for _ = 1, 50 do
-          local res = assert(conns[i]:response({ timeout = 10 }))
+          local res = assert(e.c:response({ timeout = 10 }))
           assert.equal(200, res.status)
-          workers[res.h["x-worker"]] = true
+          assert.equal(e.w, res.h["x-worker"])
         end
-        conns[i]:close()
+        e.c:close()
       end
-      assert.is_true(workers["0"] and workers["1"], "8 connections all landed on one worker")
       assert.equal("number:400", op({ fn = "get", k = k }))
     end)
   end)

@@ -394,7 +394,7 @@ function raw.find_log(proxy, mark, needles, timeout)
   local text
   repeat
     text = raw.log_since(proxy, mark)
-    for line in text:gmatch("[^\n]+") do
+    for line in helpers.lines(text) do
       local all = true
       for _, n in ipairs(needles) do
         if not line:find(n, 1, true) then all = false break end
