@@ -22,20 +22,9 @@ enum {
 /* Header operations. */
 enum { MG_HDR_SET = 0, MG_HDR_ADD = 1, MG_HDR_DEL = 2 };
 
-/* Hook points, in request order. Lua numbers them the same way. */
-enum {
-  MG_HOOK_INIT_WORKER = 0,
-  MG_HOOK_CONNECT = 1,
-  MG_HOOK_REQUEST = 2,
-  MG_HOOK_BALANCE = 3,
-  MG_HOOK_UPSTREAM_REQUEST = 4,
-  MG_HOOK_RESPONSE = 5,
-  MG_HOOK_BODY = 6,
-  MG_HOOK_LOG = 7,
-  MG_HOOK_RESPOND = 8, /* a route's `respond = function(req) ... end` */
-  MG_HOOK_TLS_HELLO = 9,
-  MG_HOOK_MAX = 10,
-};
+/* Hook points (MG_HOOK_<NAME>, MG_HOOK_MAX, MG_HOOK_NAMES), in request order: generated
+ * from lua/moongate/hooks.lua, the one list both sides number them by. */
+#include "mg_hooks.h"
 
 /* A snapshot of the request line and connection, filled by mg_req_info. The
  * slices point into request memory. A slice with p == NULL is absent (Lua: nil):

@@ -99,6 +99,19 @@ static double field_num(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
+/* A number the Lua side always fills in (lua/moongate/init.lua keeps the defaults
+ * of timeouts and limits: C has none of its own). Absent: a config error. */
+static int need_num_at(walk_t *w, int idx, const char *group, const char *k, double *out) {
+  lua_getfield(w->L, idx, k);
+  int ok = lua_isnumber(w->L, -1);
+  *out = ok ? lua_tonumber(w->L, -1) : 0;
+  lua_pop(w->L, 1);
+  return ok ? 0 : walk_fail(w, "%s.%s: missing (the Lua side fills in every default)", group, k);
+}
+static int need_num(walk_t *w, const char *group, const char *k, double *out) {
+  return need_num_at(w, -1, group, k, out);
+}
+
 /* Returns a malloc'd copy of a string field, or NULL when absent/not a string. */
 static char *field_str(lua_State *L, int idx, const char *k) {
   lua_getfield(L, idx, k);
@@ -257,8 +270,14 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     mg_upstream_cfg_t *u = &g->upstreams[i];
     lua_rawgeti(L, -1, i + 1);
     u->name = field_str(L, -1, "name");
-    u->keepalive = (int)field_num(L, -1, "keepalive", 32);
-    u->keepalive_ms = ms(field_num(L, -1, "keepalive_timeout", 60));
+    double ka, ka_timeout;
+    if (need_num(w, "upstream", "keepalive", &ka) < 0 ||
+        need_num(w, "upstream", "keepalive_timeout", &ka_timeout) < 0) {
+      lua_pop(L, 2);
+      return MG_ECONFIG;
+    }
+    u->keepalive = (int)ka;
+    u->keepalive_ms = ms(ka_timeout);
     lua_getfield(L, -1, "tls");
     if (lua_istable(L, -1)) {
       char *ca = field_str(L, -1, "ca"), *sni = field_str(L, -1, "sni");
@@ -296,7 +315,12 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
       lua_getfield(L, -1, "host");
       const char *host = lua_tostring(L, -1);
       int port = (int)field_num(L, -2, "port", 0);
-      s->weight = (int)field_num(L, -2, "weight", 1);
+      double weight;
+      if (need_num_at(w, -2, "upstream server", "weight", &weight) < 0) {
+        lua_pop(L, 5);
+        return MG_ECONFIG;
+      }
+      s->weight = (int)weight;
       if (resolve(host, port, &s->addr, &s->addrlen, s->text, sizeof(s->text)) < 0) {
         int rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
         lua_pop(L, 5);
@@ -432,27 +456,40 @@ static int walk(walk_t *w, mg_gen_t *g) {
 
   lua_getfield(L, -1, "timeouts");
   mg_timeouts_t *t = &g->timeouts;
-  t->client_header = ms(field_num(L, -1, "client_header", 10));
-  t->client_body = ms(field_num(L, -1, "client_body", 30));
-  t->keepalive = ms(field_num(L, -1, "keepalive", 60));
-  t->send = ms(field_num(L, -1, "send", 60));
-  t->upstream_connect = ms(field_num(L, -1, "upstream_connect", 5));
-  t->upstream_read = ms(field_num(L, -1, "upstream_read", 60));
-  t->upstream_write = ms(field_num(L, -1, "upstream_write", 60));
-  t->drain = ms(field_num(L, -1, "drain", 30));
-  t->handshake = ms(field_num(L, -1, "handshake", 10));
-  t->request = ms(field_num(L, -1, "request", 60));
-  t->upstream_paused = ms(field_num(L, -1, "upstream_paused", 60));
+  struct { const char *k; uint64_t *v; } tk[] = {
+    { "client_header", &t->client_header },
+    { "client_body", &t->client_body },
+    { "keepalive", &t->keepalive },
+    { "send", &t->send },
+    { "upstream_connect", &t->upstream_connect },
+    { "upstream_read", &t->upstream_read },
+    { "upstream_write", &t->upstream_write },
+    { "drain", &t->drain },
+    { "handshake", &t->handshake },
+    { "request", &t->request },
+    { "upstream_paused", &t->upstream_paused },
+  };
+  for (size_t i = 0; i < sizeof(tk) / sizeof(tk[0]); i++) {
+    double v;
+    if (need_num(w, "timeouts", tk[i].k, &v) < 0) return MG_ECONFIG;
+    *tk[i].v = ms(v);
+  }
   lua_pop(L, 1);
   lua_getfield(L, -1, "limits");
-  g->limits.head_size = (size_t)field_num(L, -1, "head_size", 32768);
-  g->limits.headers = (size_t)field_num(L, -1, "headers", 100);
-  g->limits.uri_size = (size_t)field_num(L, -1, "uri_size", 8192);
-  g->limits.body_size = (uint64_t)field_num(L, -1, "body_size", 1048576);
-  g->limits.body_rate = (uint64_t)field_num(L, -1, "body_rate", 1024);
+  double head_size, headers, uri_size, body_size, body_rate, per_ip;
+  if (need_num(w, "limits", "head_size", &head_size) < 0 || need_num(w, "limits", "headers", &headers) < 0 ||
+      need_num(w, "limits", "uri_size", &uri_size) < 0 || need_num(w, "limits", "body_size", &body_size) < 0 ||
+      need_num(w, "limits", "body_rate", &body_rate) < 0 ||
+      need_num(w, "limits", "connections_per_ip", &per_ip) < 0)
+    return MG_ECONFIG;
+  g->limits.head_size = (size_t)head_size;
+  g->limits.headers = (size_t)headers;
+  g->limits.uri_size = (size_t)uri_size;
+  g->limits.body_size = (uint64_t)body_size;
+  g->limits.body_rate = (uint64_t)body_rate;
   double conns = field_num(L, -1, "connections", -1); /* not a number: "auto" */
   g->limits.connections = conns >= 0 ? (uint64_t)conns : auto_connections(g->workers);
-  g->limits.connections_per_ip = (uint64_t)field_num(L, -1, "connections_per_ip", 0);
+  g->limits.connections_per_ip = (uint64_t)per_ip;
   lua_pop(L, 1);
 
   lua_getfield(L, -1, "watch");
@@ -485,7 +522,12 @@ static int walk(walk_t *w, mg_gen_t *g) {
   for (int i = 0; i < g->nshared; i++) {
     lua_rawgeti(L, -1, i + 1);
     g->shared[i] = field_str(L, -1, "name");
-    g->shared_size[i] = (size_t)field_num(L, -1, "size", 1 << 20);
+    double size;
+    if (need_num(w, "shared", "size", &size) < 0) {
+      lua_pop(L, 2);
+      return MG_ECONFIG;
+    }
+    g->shared_size[i] = (size_t)size;
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

@@ -140,8 +140,7 @@ static void drop_coroutine(mg_req_t *r, int reusable) {
   r->co_ref = LUA_NOREF;
 }
 
-static const char *hook_names[] = { "init_worker", "connect", "request", "balance",
-                                    "upstream_request", "response", "body", "log", "respond" };
+static const char *hook_names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
 
 int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   mg_wgen_t *g = r->wg;

@@ -195,9 +195,7 @@ static void watch_files(void) {
 /* A hook that never returns blocks its worker (LuaJIT cannot interrupt compiled
  * code safely): say so loudly, every few seconds, naming the worker and hook. */
 static void on_watchdog(uv_timer_t *t) {
-  static const char *names[MG_HOOK_MAX] = { "init_worker", "connect", "request", "balance",
-                                            "upstream_request", "response", "body", "log",
-                                            "respond", "tls_hello" };
+  static const char *names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
   uint64_t now = uv_hrtime() / 1000000; /* the same clock as the workers' uv_now, in ms */
   for (int i = 0; i < M.nworkers; i++) {
     uint64_t since = atomic_load(&M.workers[i].hook_since);

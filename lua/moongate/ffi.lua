@@ -60,16 +60,17 @@ double mg_api_now(void);
 int mg_api_worker_id(void);
 ]]
 
+-- name -> number: a hook's number is its position in moongate.hooks minus one
+local hook_numbers = {}
+for i, h in ipairs(require "moongate.hooks") do hook_numbers[h[1]] = i - 1 end
+
 return {
   -- the namespace the functions above resolve in (the executable); the Lua modules
   -- call through this field, so a unit spec can put a stand-in in its place
   C = ffi.C,
   ENOTFOUND = -30001, EPHASE = -30002, EINVAL = -30003, ENOMEM = -30004,
   HDR_SET = 0, HDR_ADD = 1, HDR_DEL = 2,
-  -- hook numbers: core/api.h MG_HOOK_*
-  hooks = {
-    init_worker = 0, connect = 1, request = 2, balance = 3, upstream_request = 4,
-    response = 5, body = 6, log = 7, tls_hello = 9,
-  },
-  HOOK_RESPOND = 8,
+  -- hook numbers (C: MG_HOOK_*), both from the one list in moongate.hooks
+  hooks = hook_numbers,
+  HOOK_RESPOND = hook_numbers.respond,
 }

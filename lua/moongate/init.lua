@@ -50,13 +50,16 @@ local config_keys = {
   forward_path = true, trusted_proxies = true,
 }
 
-local hook_names = {
-  init_worker = true, connect = true, request = true, balance = true, upstream_request = true,
-  response = true, body = true, log = true, tls_hello = true,
-}
-local route_hook_names = {
-  request = true, balance = true, upstream_request = true, response = true, body = true, log = true,
-}
+-- the names users may write, from the one list of hooks (moongate.hooks)
+local hook_names, route_hook_names, route_hook_list = {}, {}, {}
+for _, h in ipairs(require "moongate.hooks") do
+  if h[2] ~= "internal" then hook_names[h[1]] = true end
+  if h[2] == "route" then
+    route_hook_names[h[1]] = true
+    route_hook_list[#route_hook_list + 1] = h[1]
+  end
+end
+route_hook_list = table.concat(route_hook_list, ", ")
 _M._hook_names = hook_names
 
 -- "64k", "10m", "1g" or a number of bytes
@@ -436,8 +439,7 @@ function _M.route(t)
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do
       if not route_hook_names[k] then
-        fail("%s: on: '%s' is not a route hook (request, balance, upstream_request, response, body, log)",
-             what, tostring(k))
+        fail("%s: on: '%s' is not a route hook (%s)", what, tostring(k), route_hook_list)
       end
       if type(fn) ~= "function" then fail("%s: on.%s must be a function", what, k) end
     end

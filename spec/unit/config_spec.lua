@@ -938,3 +938,39 @@ describe("moongate DSL (direct calls)", function()
     assert.equal(require "moongate.router", mg.router)
   end)
 end)
+
+-- The defaults of timeouts and limits live in one place, moongate/init.lua: the
+-- loader fills every one in, and core/config.c reads them as required fields
+-- (need_num) with no fallback number of its own.
+describe("config defaults have one source", function()
+  local root = debug.getinfo(1, "S").source:sub(2):match("^(.*)/spec/unit/[^/]*$") or "."
+  local f = assert(io.open(root .. "/core/config.c", "rb"))
+  local config_c = f:read("*a")
+  f:close()
+
+  for _, group in ipairs({ "timeouts", "limits" }) do
+    it("core/config.c keeps no default of its own for " .. group, function()
+      for key in pairs(mg._defaults[group]) do
+        assert.is_nil(config_c:match('field_num%([^)]*"' .. key .. '"%s*,%s*%d'),
+          group .. "." .. key .. " has a default number in core/config.c")
+        if key ~= "connections" then -- "auto" or a number: read apart
+          assert.truthy(config_c:find('"' .. key .. '"', 1, true), group .. "." .. key .. " not read by core/config.c")
+        end
+      end
+    end)
+  end
+
+  it("the loader hands C every default", function()
+    local dir = mktempdir()
+    local path = dir .. "/proxy.lua"
+    local fh = assert(io.open(path, "w"))
+    fh:write('local mg = require "moongate"\nmg.listen { "127.0.0.1:8080" }\nmg.route { respond = { status = 200 } }\n')
+    fh:close()
+    local conf = assert(loader.load(path))
+    os.remove(path)
+    os.remove(dir)
+    for _, group in ipairs({ "timeouts", "limits" }) do
+      for key, v in pairs(mg._defaults[group]) do assert.equal(v, conf[group][key], group .. "." .. key) end
+    end
+  end)
+end)

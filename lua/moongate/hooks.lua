@@ -1,0 +1,22 @@
+-- The hook points: the one list of them. A hook's number is its position here
+-- minus one, in request order; the C core gets the same numbers and names from
+-- this file (CMakeLists.txt writes them into the generated header mg_hooks.h as
+-- MG_HOOK_<NAME> and MG_HOOK_NAMES), so neither side keeps a list of its own.
+--
+-- scope: "worker" hooks are set with mg.on only; "route" hooks with mg.on or a
+-- route's `on = { ... }`; "internal" ones are not a name users write (a route's
+-- `respond = function` runs as "respond").
+--
+-- Keep one entry per line, as { "name", "scope" }: CMake reads them line by line.
+return {
+  { "init_worker", "worker" },
+  { "connect", "worker" },
+  { "request", "route" },
+  { "balance", "route" },
+  { "upstream_request", "route" },
+  { "response", "route" },
+  { "body", "route" },
+  { "log", "route" },
+  { "respond", "internal" },
+  { "tls_hello", "worker" },
+}
