@@ -20,7 +20,7 @@
 static inline int live(const mg_req_t *r) {
   return mg_current_worker && mg_current_worker->hook_req == r;
 }
-#define PHASE(r, mask) (live(r) && (((mask) >> (r)->phase) & 1u))
+#define PHASE(r, mask) (live(r) && (((mask) >> (r)->lua.phase) & 1u))
 #define BIT(h) (1u << (h))
 
 /* ---- reading the request: any hook that has a request ---- */

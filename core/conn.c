@@ -273,7 +273,7 @@ static void on_close(uv_handle_t *h) {
   if (c->ip_counted) mg_connlimit_release(mg_conn_ip(c));
   if (c->refused) w->nrefused--;
   free(c);
-  mg_worker_conn_closed(w);
+  w->conn_closed(w);
 }
 
 void mg_conn_close(mg_conn_t *c) {

@@ -13,7 +13,7 @@
 #include "mg.h"
 #include "timer.h"
 #include "tls.h"
-#include "worker.h"
+#include "wctx.h"
 
 /* Connection states. */
 enum {

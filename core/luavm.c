@@ -6,10 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "api.h"
 #include "log.h"
-#include "proxy.h"
-#include "worker.h"
+#include "wctx.h"
 
 #define CO_POOL 64
 
@@ -111,7 +109,7 @@ void mg_wgen_unref(mg_wgen_t *g) {
   free(g);
 }
 
-static lua_State *req_coroutine(mg_req_t *r) {
+static lua_State *req_coroutine(mg_lreq_t *r) {
   if (r->co) return r->co;
   mg_wgen_t *g = r->wg;
   lua_State *L = g->L;
@@ -127,7 +125,7 @@ static lua_State *req_coroutine(mg_req_t *r) {
   return r->co;
 }
 
-static void drop_coroutine(mg_req_t *r, int reusable) {
+static void drop_coroutine(mg_lreq_t *r, int reusable) {
   mg_wgen_t *g = r->wg;
   if (!r->co) return;
   if (reusable && lua_status(r->co) == 0 && g->nco_free < g->co_cap) {
@@ -142,19 +140,19 @@ static void drop_coroutine(mg_req_t *r, int reusable) {
 
 static const char *hook_names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
 
-int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
+int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
   mg_wgen_t *g = r->wg;
   lua_State *co = req_coroutine(r);
   lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
   lua_pushinteger(co, hook);
   /* the pointer as a number: LuaJIT compiles ffi.cast from a number, not from a
    * lightuserdata (x86-64 user addresses fit in a double exactly) */
-  lua_pushnumber(co, (lua_Number)(uintptr_t)r);
+  lua_pushnumber(co, (lua_Number)(uintptr_t)r->owner);
   /* the request's number: the Lua side reuses one request object per coroutine
    * and resets it when this changes */
   lua_pushnumber(co, (lua_Number)r->seq);
   lua_pushinteger(co, r->co_ref); /* the coroutine's slot: one request object each */
-  lua_pushinteger(co, r->route ? (lua_Integer)(r->route - r->gen->routes) + 1 : 0);
+  lua_pushinteger(co, r->route);
   if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
   else lua_pushnil(co);
   int saved = r->phase;
@@ -163,8 +161,8 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   /* relaxed, and the loop's cached clock (ms): the watchdog only needs seconds */
   atomic_store_explicit(&g->w->hook_hook, hook, memory_order_relaxed);
   atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
-  mg_req_t *outer = g->w->hook_req;
-  g->w->hook_req = r;
+  void *outer = g->w->hook_req;
+  g->w->hook_req = r->owner;
   int st = lua_resume(co, 6);
   g->w->hook_req = outer;
   atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
@@ -190,7 +188,7 @@ int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk) {
   return -1;
 }
 
-void mg_lua_req_done(mg_req_t *r) {
+void mg_lua_req_done(mg_lreq_t *r) {
   mg_wgen_t *g = r->wg;
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
   r->chunk_ref = LUA_NOREF;

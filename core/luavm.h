@@ -7,8 +7,8 @@
 
 #include <lua.h>
 
-#include "api.h"
 #include "config.h"
+#include "mg_hooks.h"
 #include "mg.h"
 
 typedef struct mg_wgen_s {
@@ -26,6 +26,21 @@ typedef struct mg_wgen_s {
   int gen_ref;       /* holds a reference on gen */
 } mg_wgen_t;
 
+/* A request's Lua side, embedded in the exchange's request (proxy.h): its
+ * coroutine, the last chunk a body hook returned, and the hook running now. The
+ * exchange fills in wg, seq, route, id and owner when the request begins; the
+ * rest is luavm's. */
+typedef struct {
+  mg_wgen_t *wg;
+  lua_State *co;
+  int co_ref, chunk_ref; /* LUA_NOREF when none */
+  uint64_t seq;          /* per-worker request number (Lua resets its objects on change) */
+  int route;             /* 1-based index of the matched route, 0: none */
+  int phase;             /* the MG_HOOK_* running now, -1 outside hooks */
+  const char *id;        /* the request id, for log lines */
+  void *owner;           /* the request: handed to Lua, and what the FFI API serves */
+} mg_lreq_t;
+
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
  * init_worker hooks. NULL and a message in err on failure. Runs on the main
  * thread (at start and on reload, so a failure can stop either cleanly); the
@@ -38,9 +53,9 @@ void mg_wgen_unref(mg_wgen_t *g);
  * the hook failed (logged with its traceback; the caller answers 500). `chunk`
  * is for the body hook: in, the chunk; out, the replacement if the hook gave one
  * (valid until the next call). */
-int mg_lua_hook(mg_req_t *r, int hook, mg_str_t *chunk);
+int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk);
 /* The request ends: releases its coroutine and Lua object. */
-void mg_lua_req_done(mg_req_t *r);
+void mg_lua_req_done(mg_lreq_t *r);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
 int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);
 /* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI

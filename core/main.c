@@ -230,9 +230,8 @@ static void on_exited(uv_async_t *a) {
   if (atomic_load(&M.nexited) == M.nworkers) uv_stop(M.loop);
 }
 
-/* Worker threads report their end through this (see worker.c's run). */
-void mg_main_worker_exited(void);
-void mg_main_worker_exited(void) {
+/* Worker threads report their end through this (handed to mg_worker_make). */
+static void worker_exited(void) {
   atomic_fetch_add(&M.nexited, 1);
   uv_async_send(&M.exited);
 }
@@ -276,7 +275,8 @@ static int run(mg_gen_t *g) {
    * instead of meeting a half-started instance. */
   for (int w = 0; w < n; w++) {
     char werr[2048];
-    int rc = mg_worker_make(&M.workers[w], w, g, fds + w * g->nlisteners, werr, sizeof(werr));
+    int rc = mg_worker_make(&M.workers[w], w, g, fds + w * g->nlisteners, worker_exited, werr,
+                            sizeof(werr));
     if (rc == MG_ECONFIG) {
       MG_ERR(-1, "worker %d: %s", w, werr);
       fprintf(stderr, "moongate: %s\n", werr);

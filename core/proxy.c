@@ -12,9 +12,10 @@
 #include "conn.h"
 #include "luavm.h"
 #include "uri.h"
+#include "balance.h"
 #include "log.h"
 #include "upstream.h"
-#include "worker.h"
+#include "wctx.h"
 
 static void start_upstream(mg_req_t *r);
 
@@ -80,16 +81,19 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
   r->wg = w->wg;
   mg_wgen_ref(r->wg);
   r->gen = r->wg->gen;
-  r->co_ref = r->chunk_ref = LUA_NOREF;
-  r->phase = -1;
+  r->lua.wg = r->wg;
+  r->lua.co_ref = r->lua.chunk_ref = LUA_NOREF;
+  r->lua.phase = -1;
+  r->lua.id = r->id;
+  r->lua.owner = r;
   r->pick = -1;
   mg_outq_init(&r->upq, NULL, NULL);
   r->upstream = -1;
   r->server = -1;
   r->method = -1;
   r->t_start = uv_hrtime();
-  r->seq = ++w->seq;
-  uint64_t id = w->id_seed + r->seq;
+  r->lua.seq = ++w->seq;
+  uint64_t id = w->id_seed + r->lua.seq;
   for (int i = 15; i >= 0; i--, id >>= 4) r->id[i] = hexdig[id & 15];
   r->id[16] = '\0';
   return r;
@@ -135,15 +139,15 @@ static void access_log(mg_req_t *r) {
   if (!s) return;
   size_t n = strlen(s);
   s[n] = '\n'; /* replaces the NUL: written with an explicit length */
-  mg_worker_access_log(w, s, n + 1);
+  mg_alog_append(&w->alog, s, n + 1);
   free(s);
 }
 
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
   if (r->upc) mg_proxy_abort(r);
-  if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG)) mg_lua_hook(r, MG_HOOK_LOG, NULL);
-  mg_lua_req_done(r);
+  if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG)) mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL);
+  mg_lua_req_done(&r->lua);
   access_log(r);
   mg_outq_dispose(&r->upq);
   mg_wgen_unref(r->wg);
@@ -674,8 +678,9 @@ int mg_proxy_head(mg_req_t *r) {
   }
   const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host_name, r->path);
   r->route = rt;
+  r->lua.route = rt ? (int)(rt - r->gen->routes) + 1 : 0;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
-    if (mg_lua_hook(r, MG_HOOK_REQUEST, NULL) < 0) {
+    if (mg_lua_hook(&r->lua, MG_HOOK_REQUEST, NULL) < 0) {
       if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
       return 0;
     }
@@ -686,7 +691,7 @@ int mg_proxy_head(mg_req_t *r) {
     if (!rt) {
       mg_proxy_error(r, 404, 0);
     } else if (rt->hooks & (1u << MG_HOOK_RESPOND)) {
-      if (mg_lua_hook(r, MG_HOOK_RESPOND, NULL) < 0) {
+      if (mg_lua_hook(&r->lua, MG_HOOK_RESPOND, NULL) < 0) {
         if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
       } else if (r->rstate == MG_RS_NONE) {
         MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
@@ -747,7 +752,7 @@ static void start_upstream(mg_req_t *r) {
   if (!r->t_up_start) r->t_up_start = uv_hrtime();
   if (!r->upreq_hooked && mg_hook_on(r->gen, r->route, MG_HOOK_UPSTREAM_REQUEST)) {
     r->upreq_hooked = 1;
-    if (mg_lua_hook(r, MG_HOOK_UPSTREAM_REQUEST, NULL) < 0) {
+    if (mg_lua_hook(&r->lua, MG_HOOK_UPSTREAM_REQUEST, NULL) < 0) {
       mg_proxy_error(r, 500, 0);
       return;
     }
@@ -756,13 +761,13 @@ static void start_upstream(mg_req_t *r) {
     int s = -1;
     if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE)) {
       r->pick = -1;
-      if (mg_lua_hook(r, MG_HOOK_BALANCE, NULL) < 0) {
+      if (mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL) < 0) {
         mg_proxy_error(r, 500, 0);
         return;
       }
       if (r->pick >= 0 && !(r->tried & ((uint64_t)1 << r->pick))) s = r->pick;
     }
-    if (s < 0) s = mg_worker_pick_server(r->wg, r->upstream, r->tried);
+    if (s < 0) s = mg_balance_pick(r->wg, r->upstream, r->tried);
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return;
@@ -905,7 +910,7 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   }
   r->status = p->status_code;
   if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
-    if (mg_lua_hook(r, MG_HOOK_RESPONSE, NULL) < 0) {
+    if (mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL) < 0) {
       mg_proxy_error(r, 500, 0); /* releases the upstream connection */
       return -1;
     }
@@ -966,7 +971,7 @@ void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
   if (r->rnobody) return; /* e.g. the response hook made it a 204 */
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_str_t chunk = { p, len };
-    if (mg_lua_hook(r, MG_HOOK_BODY, &chunk) < 0) {
+    if (mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk) < 0) {
       mg_conn_close_after_flush(c); /* the head is out: cut the body short */
       return;
     }

@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "config.h"
 #include "http.h"
+#include "luavm.h"
 #include "mg.h"
 
 enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
@@ -24,11 +25,7 @@ struct mg_req_s {
   mg_worker_t *w;
   struct mg_wgen_s *wg;   /* the worker's generation (Lua state, balancer state); ref held */
   mg_gen_t *gen;          /* = wg->gen */
-  /* Lua: the request's coroutine, its Lua object, the body hook's last chunk */
-  struct lua_State *co;
-  int co_ref, chunk_ref;
-  uint64_t seq;           /* per-worker request number (Lua resets its objects on change) */
-  int phase;              /* the MG_HOOK_* running now, -1 outside hooks */
+  mg_lreq_t lua;          /* its Lua side: coroutine, hook running now (luavm.h) */
   int pick;               /* server chosen by the balance hook, -1 none */
   mg_arena_t arena;
   char id[17];

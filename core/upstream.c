@@ -7,7 +7,7 @@
 #include "conn.h"
 #include "log.h"
 #include "proxy.h"
-#include "worker.h"
+#include "wctx.h"
 
 static int on_status(llhttp_t *p, const char *at, size_t len);
 static int on_header_field(llhttp_t *p, const char *at, size_t len);

@@ -14,57 +14,10 @@
 #include "proxy.h"
 #include "upstream.h"
 
-#define ALOG_FLUSH (32 * 1024)
-
-void mg_main_worker_exited(void); /* main.c */
-
-static void alog_flush(mg_worker_t *w) {
-  if (!w->alog_len) return;
-  int fd = mg_access_log_fd();
-  if (fd >= 0) {
-    size_t off = 0;
-    while (off < w->alog_len) {
-      ssize_t n = write(fd, w->alog + off, w->alog_len - off);
-      if (n <= 0) break;
-      off += (size_t)n;
-    }
-  }
-  w->alog_len = 0;
-}
-
-void mg_worker_access_log(mg_worker_t *w, const char *line, size_t len) {
-  if (w->alog_len + len > w->alog_cap) {
-    alog_flush(w);
-    if (len > w->alog_cap) {
-      size_t cap = len > ALOG_FLUSH ? len : ALOG_FLUSH;
-      char *b = realloc(w->alog, cap);
-      if (!b) return;
-      w->alog = b;
-      w->alog_cap = cap;
-    }
-  }
-  memcpy(w->alog + w->alog_len, line, len);
-  w->alog_len += len;
-}
-
 /* Runs before the loop blocks: lines of a burst go out in one write. */
-static void on_prepare(uv_prepare_t *p) { alog_flush(p->data); }
+static void on_prepare(uv_prepare_t *p) { mg_alog_flush(&((mg_worker_t *)p->data)->alog); }
 
 _Thread_local mg_worker_t *mg_current_worker;
-
-int mg_worker_pick_server(mg_wgen_t *wg, int ui, uint64_t skip) {
-  const mg_upstream_cfg_t *u = &wg->gen->upstreams[ui];
-  int *cur = wg->rr_current + wg->rr_base[ui];
-  int total = 0, best = -1;
-  for (int i = 0; i < u->nservers && i < 64; i++) {
-    if (skip & ((uint64_t)1 << i)) continue;
-    cur[i] += u->servers[i].weight;
-    total += u->servers[i].weight;
-    if (best < 0 || cur[i] > cur[best]) best = i;
-  }
-  if (best >= 0) cur[best] -= total;
-  return best;
-}
 
 /* ---------------- lifecycle ---------------- */
 
@@ -235,7 +188,7 @@ static void on_drain_timeout(uv_timer_t *t) {
   close_all(w);
 }
 
-void mg_worker_conn_closed(mg_worker_t *w) {
+static void conn_closed(mg_worker_t *w) {
   w->nconns--;
   if (w->draining && w->nconns == 0) finish(w);
 }
@@ -272,7 +225,7 @@ static void run(void *arg) {
   mg_worker_t *w = arg;
   mg_current_worker = w;
   uv_run(&w->loop, UV_RUN_DEFAULT);
-  alog_flush(w);
+  mg_alog_flush(&w->alog);
   mg_outq_free_spares();
   while (w->spare_reqs) {
     mg_req_t *r = w->spare_reqs;
@@ -282,12 +235,15 @@ static void run(void *arg) {
   w->nspare_reqs = 0;
   while (w->nspare_parsers > 0) free(w->spare_parsers[--w->nspare_parsers]);
   /* the loop ends when finish() closed the last referenced handle */
-  mg_main_worker_exited();
+  if (w->exited) w->exited();
 }
 
-int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, size_t errlen) {
+int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exited)(void), char *err,
+                   size_t errlen) {
   int rc;
   w->id = id;
+  w->exited = exited;
+  w->conn_closed = conn_closed;
   atomic_init(&w->cmd, MG_CMD_NONE);
   uint64_t seed = 0;
   uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL);
@@ -302,11 +258,10 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, char *err, s
   if (!w->wg) return MG_ECONFIG;
   w->gen = gen;
 
-  w->alog_cap = ALOG_FLUSH;
-  w->alog = malloc(w->alog_cap);
+  int arc = mg_alog_init(&w->alog);
   w->nlisteners = gen->nlisteners;
   w->listeners = calloc((size_t)gen->nlisteners + 1, sizeof(*w->listeners));
-  if (!w->alog || !w->listeners) return UV_ENOMEM;
+  if (arc < 0 || !w->listeners) return UV_ENOMEM;
 
   uv_async_init(&w->loop, &w->async, on_async);
   w->async.data = w;
@@ -346,7 +301,7 @@ void mg_worker_join(mg_worker_t *w) {
   uv_thread_join(&w->thread);
   uv_loop_close(&w->loop);
   mg_upstream_free_pools(w);
-  free(w->alog);
+  mg_alog_free(&w->alog);
   free(w->listeners);
   for (int i = 0; i < w->nnames; i++) free(w->names[i]);
   free(w->names);

@@ -1,0 +1,79 @@
+/* A worker's context: what every part running on a worker thread shares (its loop,
+ * timers, read buffers, current config and Lua generation, pools, spares, the access
+ * log buffer). worker.c owns and sets it up; the parts below it (connections,
+ * exchanges, upstreams, Lua) read it and call back up only through the function
+ * pointers it holds. Nothing here is touched by another thread except `cmd`
+ * (atomic) and the async handle that announces it, and the hook watchdog fields. */
+#ifndef MG_WCTX_H
+#define MG_WCTX_H
+
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "alog.h"
+#include "config.h"
+#include "http.h"
+#include "mg.h"
+#include "timer.h"
+
+typedef struct {
+  uv_tcp_t tcp;
+  mg_worker_t *w;
+  const mg_listen_cfg_t *cfg;
+  const char *name; /* cfg->name interned in the worker: connections outlive configs */
+  const char *hsts; /* cfg->hsts interned the same way; NULL: off */
+} mg_listener_t;
+
+enum { MG_CMD_NONE, MG_CMD_DRAIN, MG_CMD_STOP };
+
+struct mg_worker_s {
+  int id;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  uv_async_t async;     /* main thread -> worker: look at `cmd` */
+  uv_prepare_t prepare; /* flushes the access log before the loop blocks */
+  uv_timer_t drain_timer;
+  uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */
+  mg_timers_t timers;    /* the downstream connections' timers */
+  atomic_int cmd;
+  int draining;
+
+  mg_gen_t *gen;        /* current config (= wg->gen) */
+  struct mg_wgen_s *wg; /* current generation: Lua state, balancer state; requests hold refs */
+
+  mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
+  int nlisteners;
+  struct mg_reload_s *reload; /* handed over by the main thread, under reload_lock */
+  uv_mutex_t reload_lock;
+  _Atomic uint64_t hook_since; /* loop time (ms, uv_now) + 1 when the running hook started; 0: none */
+  atomic_int hook_hook;        /* which hook (MG_HOOK_*) */
+  void *hook_req;              /* the request whose hook runs now: the only one the API serves */
+
+  mg_conn_t *conns;     /* every open downstream connection (intrusive list) */
+  int nconns;
+  int nrefused;         /* of those, the ones refused at accept (limits): they only
+                           get a 503 and are not counted against limits.connections */
+  uint64_t refused_logged; /* loop time (ms) of the last "connection refused" line */
+  uint64_t refused_quiet;  /* refusals since then, not logged one by one */
+  mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
+  mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
+  void *spare_parsers[16]; /* llhttp_t of idle connections, kept for reuse (conn.c) */
+  int nspare_parsers;
+  int nspare_reqs;
+
+  mg_http_date_t date;  /* the Date header line, formatted once a second */
+  uint64_t seq;         /* request counter (request ids) */
+  uint64_t id_seed;
+
+  char **names;         /* listener names seen (mg_listener_t.name), freed at exit */
+  int nnames;
+
+  mg_alog_t alog;       /* access log lines not yet written */
+  void (*conn_closed)(mg_worker_t *w); /* set by worker.c: a connection ended (drain) */
+  void (*exited)(void);                /* set by main.c: the worker's thread ends */
+
+  char rbuf[MG_READ_BUF]; /* every read of this worker lands here; see mg.h */
+  char tbuf[16 * 1024];   /* decrypted TLS records, one at a time */
+};
+
+#endif
