@@ -40,7 +40,7 @@ static mg_str_t arena_str(mg_req_t *r, const char *p, size_t n) {
 int mg_req_tls(mg_req_t *r, mg_tls_info_t *out) {
   if (!live(r)) return MG_API_EPHASE;
   memset(out, 0, sizeof(*out));
-  SSL *ssl = r->conn->ssl;
+  SSL *ssl = r->down->ssl;
   if (!ssl) return MG_API_ENOTFOUND;
   const char *v = SSL_get_version(ssl);
   out->version = arena_str(r, v, strlen(v));
@@ -89,9 +89,9 @@ int mg_req_info(mg_req_t *r, mg_req_info_t *out) {
     out->host = r->host.p ? r->host : MG_STR("");
     out->http_minor = r->http_minor;
   }
-  out->client_ip = r->client_ip.len ? r->client_ip : mg_conn_ip(r->conn);
+  out->client_ip = r->client_ip.len ? r->client_ip : r->down->ip;
   out->id = (mg_str_t){ r->id, 16 };
-  out->scheme = r->conn->ssl ? MG_STR("https") : MG_STR("http");
+  out->scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
   out->route = r->route ? (int)(r->route - r->gen->routes) : -1;
   out->upstream = r->upstream;
   return 0;

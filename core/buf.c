@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 
-#include "tls.h"
 
 #define BLOCK_SIZE (16 * 1024)
 #define MAX_IOV 64
@@ -170,40 +169,22 @@ static int try_write(mg_outq_t *q) {
 }
 
 int mg_outq_has_output(const mg_outq_t *q) {
-  return q->pending > 0 || (q->ssl && (q->tls_close == 1 || BIO_pending(SSL_get_wbio(q->ssl)) > 0));
+  return q->pending > 0 || (q->enc && q->enc->more(q));
 }
 
-/* TLS: turns the pending plaintext into records (one SSL_write per block, so
- * small appends end up in few records) and queues them with whatever else
- * BoringSSL has to send (handshake, alerts, tickets). */
-static int encrypt_pending(mg_outq_t *q) {
+mg_block_t *mg_outq_take(mg_outq_t *q) {
   mg_block_t *b = q->head;
   q->head = q->tail = NULL;
   q->pending = 0;
-  if (mg_tls_drain(q->ssl, q) < 0) return MG_ENOMEM; /* handshake bytes go first */
-  int rc = 0;
-  while (b) {
-    mg_block_t *next = b->next;
-    if (rc == 0 && b->len > b->off && SSL_write(q->ssl, b->data + b->off, (int)(b->len - b->off)) <= 0)
-      rc = UV_EPROTO;
-    /* the records of this block move out at once: the BIO stays one block big */
-    if (rc == 0 && mg_tls_drain(q->ssl, q) < 0) rc = MG_ENOMEM;
-    b->next = NULL;
-    free_blocks(b);
-    b = next;
-  }
-  if (rc < 0) return rc;
-  if (q->tls_close == 1) { /* after the last plaintext */
-    SSL_shutdown(q->ssl);
-    q->tls_close = 2;
-  }
-  return mg_tls_drain(q->ssl, q) < 0 ? MG_ENOMEM : 0;
+  return b;
 }
+
+void mg_outq_free_blocks(mg_block_t *b) { free_blocks(b); }
 
 int mg_outq_flush(mg_outq_t *q) {
   if (!q->stream) return 0;
-  if (q->ssl) {
-    int erc = encrypt_pending(q);
+  if (q->enc) {
+    int erc = q->enc->encode(q);
     if (erc < 0) return erc;
   }
   int rc = try_write(q);

@@ -33,13 +33,27 @@ struct mg_outq_s {
   unsigned writes;         /* uv_write requests in flight */
   int above;               /* went over MG_HIGH_WATER: call cb when drained */
   uv_stream_t *stream;     /* NULL until attached */
-  struct ssl_st *ssl;      /* TLS: appends are plaintext, encrypted when flushed */
-  int tls_close;           /* TLS: send close_notify after what is pending (once) */
+  const struct mg_outq_enc_s *enc; /* NULL: bytes go out as appended; else they are
+                                       encoded when flushed (TLS: transport.h) */
+  void *enc_data;
   mg_outq_cb cb;
   void *data;
 };
 
+/* An encoder turns what is pending into what goes on the wire at each flush
+ * (transport.c: TLS records). It takes the pending blocks (mg_outq_take) and
+ * appends the encoded bytes; `more` says whether it has bytes of its own to send
+ * even with nothing pending (handshake, alerts, close_notify). */
+typedef struct mg_outq_enc_s {
+  int (*encode)(mg_outq_t *q); /* 0, or < 0 (a uv error code, MG_ENOMEM) */
+  int (*more)(const mg_outq_t *q);
+} mg_outq_enc_t;
+
 void mg_outq_init(mg_outq_t *q, mg_outq_cb cb, void *data);
+/* Detaches the pending blocks (an encoder's input): the caller frees them with
+ * mg_outq_free_blocks. */
+mg_block_t *mg_outq_take(mg_outq_t *q);
+void mg_outq_free_blocks(mg_block_t *b);
 /* Frees blocks not yet submitted (submitted ones are freed by their callbacks). */
 void mg_outq_dispose(mg_outq_t *q);
 int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
@@ -51,7 +65,7 @@ void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
  * callback for that part), the rest through uv_write. Returns 0 or a libuv error.
  * No-op without a stream. The callback is not called from inside this function. */
 int mg_outq_flush(mg_outq_t *q);
-/* True when a flush has something to write (with TLS: handshake bytes too). */
+/* True when a flush has something to write (with an encoder: its own bytes too). */
 int mg_outq_has_output(const mg_outq_t *q);
 /* Frees this thread's spare blocks (a worker thread calls it before it ends). */
 void mg_outq_free_spares(void);

@@ -9,7 +9,6 @@
 #include "connlimit.h"
 #include "log.h"
 #include "luavm.h"
-#include "proxy.h"
 
 #define LINGER_MS 2000
 
@@ -179,7 +178,7 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_HEAD:
   case MG_CS_BODY:
     /* saved: requests that wait for the output to drain come before new bytes */
-    want = !c->up_blocked && !c->paused && !mg_outq_full(&c->out) && !c->saved;
+    want = !c->down.up_blocked && !c->paused && !mg_outq_full(&c->out) && !c->saved;
     break;
   case MG_CS_WAIT:
     want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
@@ -243,7 +242,7 @@ static void parser_put(mg_conn_t *c) {
 /* At the end of a read or of a request: an idle connection gives its parser back
  * (its state is a fresh parser's: between two messages). */
 static void parser_idle(mg_conn_t *c) {
-  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->paused && !c->in_parser)
+  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->paused && !c->down.in_parser)
     parser_put(c);
 }
 
@@ -279,6 +278,7 @@ static void on_close(uv_handle_t *h) {
 void mg_conn_close(mg_conn_t *c) {
   if (c->state == MG_CS_CLOSED) return;
   c->state = MG_CS_CLOSED;
+  c->down.closed = 1;
   if (c->req) {
     mg_proxy_abort(c->req);
     mg_req_free(c->req);
@@ -314,7 +314,7 @@ static void linger(mg_conn_t *c) {
   c->state = MG_CS_LINGER;
   mg_timer_stop(&c->w->timers, &c->timer);
   request_stop(c);
-  if (c->ssl && c->tls_ready && !c->out.tls_close) c->out.tls_close = 1; /* close_notify after the rest */
+  if (c->ssl && c->tls_ready) mg_tp_tls_close(&c->tls_out); /* close_notify after the rest */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   if (c->quick_close || c->rd_eof) {
@@ -338,7 +338,7 @@ static void linger(mg_conn_t *c) {
 }
 
 void mg_conn_close_after_flush(mg_conn_t *c) {
-  c->close_after = 1;
+  c->down.close_after = 1;
   linger(c);
 }
 
@@ -392,7 +392,7 @@ void mg_conn_flush(mg_conn_t *c) {
 }
 
 void mg_conn_drain(mg_conn_t *c) {
-  c->close_after = 1;
+  c->down.close_after = 1;
   if (c->state != MG_CS_IDLE || c->req || c->saved) return; /* after the current request */
   if (mg_outq_size(&c->out) == 0) mg_conn_close(c);
   else linger(c); /* a response still going out: finish it, then close */
@@ -416,10 +416,10 @@ static void save(mg_conn_t *c, const char *p, size_t len) {
 /* After a message: 1 when the connection may go on to the next request now. */
 static int finish_request(mg_conn_t *c) {
   mg_req_t *r = c->req;
-  if (!r->complete && !r->discard_body) c->close_after = 1;
+  if (!r->complete && !r->discard_body) c->down.close_after = 1;
   /* a client that half-closed still gets the requests it sent before (saved) */
-  if (!r->keepalive || c->w->draining || (c->rd_eof && !c->saved)) c->close_after = 1;
-  if (c->close_after) {
+  if (!r->keepalive || c->w->draining || (c->rd_eof && !c->saved)) c->down.close_after = 1;
+  if (c->down.close_after) {
     /* no linger only when the client itself ended the connection: one that
      * expected keep-alive may already be sending its next request */
     if (r->complete && !c->saved && (r->client_close || c->rd_eof)) c->quick_close = 1;
@@ -453,7 +453,7 @@ static void after_feed(mg_conn_t *c) {
 }
 
 void mg_conn_request_done(mg_conn_t *c) {
-  if (c->in_parser) {
+  if (c->down.in_parser) {
     c->done_pending = 1;
     return;
   }
@@ -481,7 +481,7 @@ static void run_saved(mg_conn_t *c) {
    * short): nothing more will come */
   if (c->rd_eof && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
       !c->saved) {
-    c->close_after = 1;
+    c->down.close_after = 1;
     c->quick_close = c->state == MG_CS_IDLE && !c->req;
     linger(c);
     return;
@@ -502,7 +502,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     return;
   }
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
-    c->in_parser = 1;
+    c->down.in_parser = 1;
     c->done_pending = 0;
     c->err_status = 0;
     int scan = mg_head_scan(&c->scan, data, len);
@@ -514,7 +514,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     } else {
       err = llhttp_execute(c->parser, data, len);
     }
-    c->in_parser = 0;
+    c->down.in_parser = 0;
     if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
     /* a pause ends the message, so everything consumed belongs to c->req */
     if (c->req) {
@@ -547,7 +547,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       size_t used = pos ? (size_t)(pos - data) : len;
       if (used > len) used = len;
       c->paused = 1;
-      if (err == HPE_PAUSED_UPGRADE) c->close_after = 1; /* upgrades come later */
+      if (err == HPE_PAUSED_UPGRADE) c->down.close_after = 1; /* upgrades come later */
       if (!c->req) { /* nothing to answer: the parser stopped at an upgrade */
         linger(c);
         return;
@@ -582,7 +582,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       MG_INFO(c->w->id, "%s: bad request: %s: %s", c->client, llhttp_errno_name(err),
               llhttp_get_error_reason(c->parser) ? llhttp_get_error_reason(c->parser) : "");
     if (!c->req) {
-      c->req = mg_req_new(c);
+      c->req = mg_req_new(c->w, &c->down);
       if (!c->req) {
         mg_conn_close(c);
         return;
@@ -629,6 +629,13 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
   feed(c, p, n);
 }
 
+/* A piece of plaintext from a TLS record: stops once the connection is ending. */
+static int tls_deliver(void *arg, const char *p, size_t n) {
+  mg_conn_t *c = arg;
+  input(c, p, n);
+  return c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER;
+}
+
 /* TLS: the bytes read go into BoringSSL; the handshake advances, and every byte
  * it can decrypt goes to input(). All of it, whatever the state: what one socket
  * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
@@ -637,7 +644,7 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
   int fresh = 0; /* the handshake ended in this call */
   /* closing: what still comes is dropped (as plain HTTP does), not buffered */
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
-  if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n) {
+  if (mg_tp_tls_input(c->ssl, data, n) < 0) {
     mg_conn_close(c);
     return;
   }
@@ -660,12 +667,11 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
         static const char body[] = "\r\nplain HTTP request sent to an HTTPS port\r\n";
         const char *date;
         size_t dlen = mg_http_date_line(&c->w->date, &date);
-        BIO_reset(SSL_get_wbio(c->ssl));
-        c->out.ssl = NULL;
+        mg_tp_tls_detach(&c->out, &c->tls_out);
         mg_outq_append(&c->out, head, sizeof(head) - 1);
         mg_outq_append(&c->out, date, dlen);
         mg_outq_append(&c->out, body, sizeof(body) - 1);
-        c->close_after = 1;
+        c->down.close_after = 1;
         linger(c); /* the client may have more unread bytes: a real linger */
         return;
       }
@@ -678,19 +684,15 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
     tls_gen_release(c);
     arm(c, c->w->gen->timeouts.client_header); /* for the first request */
   }
-  while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
-    int k = SSL_read(c->ssl, c->w->tbuf, sizeof(c->w->tbuf));
-    if (k > 0) {
-      input(c, c->w->tbuf, (size_t)k);
-      continue;
-    }
-    int e = SSL_get_error(c->ssl, k);
-    if (e == SSL_ERROR_WANT_READ) break;
-    if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: the client is done sending */
-      uv_read_stop((uv_stream_t *)&c->tcp); /* what follows it would only pile up */
-      on_eof(c);
-      return;
-    }
+  int rd = c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER
+               ? mg_tp_tls_read(c->ssl, c->w->tbuf, sizeof(c->w->tbuf), tls_deliver, c)
+               : MG_TP_STOPPED;
+  if (rd == MG_TP_EOF) { /* close_notify: the client is done sending */
+    uv_read_stop((uv_stream_t *)&c->tcp); /* what follows it would only pile up */
+    on_eof(c);
+    return;
+  }
+  if (rd == MG_TP_ERROR) {
     char why[160];
     MG_INFO(c->w->id, "%s: TLS error: %s", c->client, mg_tls_error(why, sizeof(why)));
     mg_conn_close(c);
@@ -736,7 +738,7 @@ static int on_message_begin(llhttp_t *p) {
   mg_conn_t *c = p->data;
   if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return -1;
   if (!c->req) {
-    c->req = mg_req_new(c);
+    c->req = mg_req_new(c->w, &c->down);
     if (!c->req) return -1;
   }
   c->state = MG_CS_HEAD;
@@ -885,7 +887,7 @@ int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
   /* the worker's Lua state belongs to its current generation: its hooks speak of
    * that generation's certificates, not of an older one's */
   if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
-  return mg_lua_tls_hello(c->w->wg, t, sni, c->listener);
+  return mg_lua_tls_hello(c->w->wg, t, sni, c->down.listener);
 }
 
 /* A connection over a limit gets this (plain listeners; TLS ones are closed: no
@@ -949,19 +951,30 @@ static int over_limit(mg_conn_t *c) {
   mg_outq_append(&c->out, refusal, sizeof(refusal) - 1);
   mg_outq_append(&c->out, date, dlen);
   mg_outq_append(&c->out, refusal_body, sizeof(refusal_body) - 1);
-  c->close_after = 1;
+  c->down.close_after = 1;
   linger(c); /* the client may be sending its request: read and drop it, briefly */
   return 1;
 }
+
+/* The exchange acts on the connection through these (proxy.h mg_down_ops_t). */
+static void op_flush(void *c) { mg_conn_flush(c); }
+static void op_done(void *c) { mg_conn_request_done(c); }
+static void op_close(void *c) { mg_conn_close(c); }
+static void op_close_after_flush(void *c) { mg_conn_close_after_flush(c); }
+static void op_reading(void *c) { mg_conn_update_reading(c); }
+static const mg_down_ops_t down_ops = {
+  .flush = op_flush, .done = op_done, .close = op_close,
+  .close_after_flush = op_close_after_flush, .reading = op_reading,
+};
 
 void mg_conn_accept(mg_listener_t *l) {
   mg_worker_t *w = l->w;
   mg_conn_t *c = calloc(1, sizeof(*c));
   if (!c) return;
   c->w = w;
-  c->listener = l->name;
-  c->redirect_https = (uint16_t)l->cfg->redirect_https;
-  c->hsts = l->hsts;
+  c->down.listener = l->name;
+  c->down.redirect_https = l->cfg->redirect_https;
+  c->down.hsts = l->hsts;
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
   if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
@@ -970,13 +983,18 @@ void mg_conn_accept(mg_listener_t *l) {
   }
   mg_outq_init(&c->out, on_out, c);
   c->out.stream = (uv_stream_t *)&c->tcp;
+  c->down.conn = c;
+  c->down.ops = &down_ops;
+  c->down.out = &c->out;
+  c->down.client = c->client;
   if (l->cfg->tls) {
     c->ssl = mg_tls_accept_new(l->cfg->tls, c);
     if (!c->ssl) {
       uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
       return;
     }
-    c->out.ssl = c->ssl;
+    mg_tp_tls_attach(&c->out, &c->tls_out, c->ssl);
+    c->down.ssl = c->ssl;
     c->tls_gen = w->gen;
     mg_gen_ref(c->tls_gen);
   }
@@ -1012,6 +1030,7 @@ void mg_conn_accept(mg_listener_t *l) {
   c->client[n] = '\0';
   c->ip_off = (uint8_t)v6;
   c->ip_len = (uint8_t)iplen;
+  c->down.ip = mg_conn_ip(c);
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;
@@ -1019,11 +1038,11 @@ void mg_conn_accept(mg_listener_t *l) {
   c->state = MG_CS_IDLE;
   if (over_limit(c)) return;
   if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
-      !mg_lua_connect(w->wg, mg_conn_ip(c), c->listener)) {
+      !mg_lua_connect(w->wg, mg_conn_ip(c), c->down.listener)) {
     mg_conn_close(c); /* refused by the connect hook */
     return;
   }
   arm(c, c->ssl ? w->gen->timeouts.handshake : w->gen->timeouts.client_header);
-  if (w->draining) c->close_after = 1;
+  if (w->draining) c->down.close_after = 1;
   mg_conn_update_reading(c);
 }

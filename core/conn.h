@@ -10,9 +10,11 @@
 
 #include "buf.h"
 #include "http.h"
+#include "proxy.h"
 #include "mg.h"
 #include "timer.h"
 #include "tls.h"
+#include "transport.h"
 #include "wctx.h"
 
 /* Connection states. */
@@ -36,16 +38,15 @@ struct mg_conn_s {
   uint64_t body_ms;      /* ms spent reading the body before body_since */
   uint64_t body_bytes;   /* body bytes read (with their chunk framing): limits.body_rate */
   mg_worker_t *w;
-  const char *listener;   /* the listener's name (NULL when unnamed; owned by the worker) */
   mg_conn_t *prev, *next; /* worker's list */
   llhttp_t *parser;       /* while a request is read or waits; NULL when idle (mg_worker_t spares) */
   mg_outq_t out;
+  mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
+  mg_down_t down;         /* what the exchange knows of this connection (proxy.h); it holds
+                             close_after, up_blocked and in_parser */
   int state;
   unsigned reading : 1;
   unsigned paused : 1;     /* llhttp paused at the end of a message */
-  unsigned close_after : 1; /* no more requests on this connection */
-  unsigned up_blocked : 1;  /* the request body's upstream queue is full */
-  unsigned in_parser : 1;   /* inside llhttp_execute: request completion is deferred */
   unsigned done_pending : 1; /* the request finished while in_parser */
   unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
@@ -63,11 +64,8 @@ struct mg_conn_s {
   size_t saved_len;
   char client[56];        /* "ip:port" or "[ip6]:port" */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
-  uint16_t redirect_https; /* the listener redirects every request to https on this port */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
-  const char *hsts;       /* the listener's Strict-Transport-Security line (interned by the
-                             worker), added to every response; NULL: none */
   mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 

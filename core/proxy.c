@@ -9,7 +9,6 @@
 
 #include <lauxlib.h>
 
-#include "conn.h"
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
@@ -18,6 +17,8 @@
 #include "wctx.h"
 
 static void start_upstream(mg_req_t *r);
+static void up_ready(void *owner);
+static const mg_up_events_t up_events;
 
 #define APPEND_LIT(q, lit) mg_outq_append((q), (lit), sizeof(lit) - 1)
 
@@ -57,8 +58,7 @@ static void append_body(mg_outq_t *q, const char *p, size_t len, int chunked) {
 #endif
 #define REQ_SPARE_MAX_HEAD 8192 /* heads that grew past this are given back */
 
-mg_req_t *mg_req_new(mg_conn_t *c) {
-  mg_worker_t *w = c->w;
+mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   mg_req_t *r = w->spare_reqs;
   if (r) {
     w->spare_reqs = r->next_spare;
@@ -76,7 +76,7 @@ mg_req_t *mg_req_new(mg_conn_t *c) {
     mg_head_init(&r->head);
     mg_head_init(&r->rhead);
   }
-  r->conn = c;
+  r->down = down;
   r->w = w;
   r->wg = w->wg;
   mg_wgen_ref(r->wg);
@@ -111,7 +111,7 @@ static void access_log(mg_req_t *r) {
   char *path = r->path.p ? mg_arena_strdup(&r->arena, r->path.p, r->path.len) : NULL;
   char *host = r->host.p ? mg_arena_strdup(&r->arena, r->host.p, r->host.len) : NULL;
   cJSON_AddStringToObject(o, "time", ts);
-  cJSON_AddStringToObject(o, "client", r->conn->client);
+  cJSON_AddStringToObject(o, "client", r->down->client);
   if (r->client_ip.len) {
     char *cip = mg_arena_strdup(&r->arena, r->client_ip.p, r->client_ip.len);
     if (cip) cJSON_AddStringToObject(o, "client_ip", cip);
@@ -189,8 +189,8 @@ static void append_date(mg_worker_t *w, mg_outq_t *q) {
 }
 
 static int will_close(mg_req_t *r) {
-  mg_conn_t *c = r->conn;
-  return c->close_after || !r->keepalive || c->w->draining;
+  mg_down_t *c = r->down;
+  return c->close_after || !r->keepalive || r->w->draining;
 }
 
 /* A listener with hsts: its Strict-Transport-Security line replaces any the head
@@ -211,7 +211,7 @@ static void append_head_hsts(mg_outq_t *q, const char *head, size_t hlen, const 
  * blank line) and body are given. Decides what happens to an unread body. */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
                    size_t blen) {
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   int body_pending = !r->complete &&
                      (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > r->body_read));
   if (body_pending) {
@@ -223,7 +223,7 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   if (r->upc) mg_upstream_release(r->upc, 0);
   c->up_blocked = 0; /* no upstream takes the body any more */
   r->status = status;
-  mg_outq_t *q = &c->out;
+  mg_outq_t *q = c->out;
   size_t before = mg_outq_size(q);
   if (c->hsts) append_head_hsts(q, head, hlen, c->hsts);
   else mg_outq_append(q, head, hlen);
@@ -235,15 +235,15 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   if (r->method != HTTP_HEAD && status != 204 && status != 304 && blen) mg_outq_append(q, body, blen);
   r->bytes_out += mg_outq_size(q) - before;
   r->rstate = MG_RS_DONE;
-  if (!c->in_parser) mg_conn_flush(c); /* else the read callback flushes once */
-  if (c->state == MG_CS_CLOSED) return; /* the write failed: r is gone */
-  mg_conn_request_done(c);
+  if (!c->in_parser) c->ops->flush(c->conn); /* else the read callback flushes once */
+  if (c->closed) return; /* the write failed: r is gone */
+  c->ops->done(c->conn);
 }
 
 void mg_proxy_error(mg_req_t *r, int status, int close) {
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   if (r->rstate != MG_RS_NONE) {
-    mg_conn_close(c);
+    c->ops->close(c->conn);
     return;
   }
   if (close) c->close_after = 1;
@@ -303,7 +303,7 @@ static int parse_target(mg_req_t *r) {
   size_t nlen;
   if (mg_uri_normalize_target(r->target.p, r->target.len, norm, &nlen) < 0) {
     MG_INFO(r->w->id, "req %s: %s: refused target (a bad byte or escape, or an escape of '/', '\\' or a control byte)",
-            r->id, r->conn->client);
+            r->id, r->down->client);
     r->target = r->raw_target = (mg_str_t){ NULL, 0 }; /* in place: half rewritten */
     return 400;
   }
@@ -332,7 +332,7 @@ static int xff_addr(mg_str_t e, char *out, size_t cap) {
  * walk at the hop before it). */
 static mg_str_t joined_xff(mg_req_t *r);
 static void find_client(mg_req_t *r) {
-  mg_str_t peer = mg_conn_ip(r->conn);
+  mg_str_t peer = r->down->ip;
   r->client_ip = peer;
   r->trusted = r->gen->trusted && mg_cidr_match_text(r->gen->trusted, peer);
   if (!r->trusted) return;
@@ -393,7 +393,7 @@ static int check_headers(mg_req_t *r) {
   if (r->host.len) {
     int port;
     if (mg_uri_check_host(r->host, &r->host_name, &port) < 0) {
-      MG_INFO(r->w->id, "req %s: %s: bad host '%.*s'", r->id, r->conn->client,
+      MG_INFO(r->w->id, "req %s: %s: bad host '%.*s'", r->id, r->down->client,
               (int)(r->host.len > 200 ? 200 : r->host.len), r->host.p);
       return 400;
     }
@@ -473,7 +473,7 @@ static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
  * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
 static int build_upstream_head(mg_req_t *r) {
   mg_outq_t *q = &r->upq;
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   const char *m = llhttp_method_name(r->method);
   mg_outq_append(q, m, strlen(m));
@@ -554,7 +554,7 @@ static int build_upstream_head(mg_req_t *r) {
     }
     APPEND_LIT(q, "\r\n");
   }
-  mg_str_t ip = mg_conn_ip(c);
+  mg_str_t ip = c->ip;
   APPEND_LIT(q, "X-Forwarded-For: ");
   mg_str_t xff = seen_xff ? joined_xff(r) : (mg_str_t){ NULL, 0 };
   if (xff.len) {
@@ -671,7 +671,7 @@ int mg_proxy_head(mg_req_t *r) {
   uint64_t max = r->gen->limits.body_size;
   if (max && r->body == MG_BODY_LENGTH && r->content_length > max) return 413;
 
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   if (c->redirect_https) {
     redirect_https(r, c->redirect_https);
     return 0;
@@ -704,7 +704,7 @@ int mg_proxy_head(mg_req_t *r) {
   }
   int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
   if (r->expect_continue && has_body) {
-    APPEND_LIT(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+    APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
   }
   start_upstream(r);
   return 0;
@@ -728,7 +728,7 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
 }
 
 void mg_proxy_request_flush(mg_req_t *r) {
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   if (r->upstream < 0 || r->rstate == MG_RS_DONE) return;
   if (r->upc && r->upc->state == MG_UP_ACTIVE) {
     if (mg_upstream_flush(r->upc) < 0) return; /* r may be gone */
@@ -739,6 +739,7 @@ void mg_proxy_request_flush(mg_req_t *r) {
 }
 
 void mg_proxy_request_end(mg_req_t *r) {
+  if (r->upc) mg_upstream_request_complete(r->upc);
   if (r->upstream < 0 || r->discard_body || r->rstate == MG_RS_DONE) return;
   if (r->body == MG_BODY_CHUNKED) {
     APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
@@ -778,9 +779,15 @@ static void start_upstream(mg_req_t *r) {
       mg_proxy_error(r, 500, 1);
       return;
     }
-    int rc = mg_upstream_get(r->w, r, u, &u->servers[s]);
+    mg_up_link_t link = {
+      .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
+      .is_head = r->method == HTTP_HEAD, .sent_all = r->complete,
+      .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,
+      .write_ms = r->gen->timeouts.upstream_write, .paused_ms = r->gen->timeouts.upstream_paused,
+    };
+    int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
     if (rc == 1) {
-      mg_proxy_upstream_ready(r);
+      up_ready(r);
       return;
     }
     if (rc == 0) return;
@@ -792,26 +799,26 @@ static void start_upstream(mg_req_t *r) {
   }
 }
 
-void mg_proxy_upstream_ready(mg_req_t *r) {
+static void up_ready(void *owner) {
+  mg_req_t *r = owner;
   mg_upconn_t *u = r->upc;
   mg_outq_move(&u->out, &r->upq);
   if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
-  mg_conn_t *c = r->conn;
+  mg_down_t *c = r->down;
   if (c->up_blocked && !mg_outq_full(&u->out)) {
     c->up_blocked = 0;
-    mg_conn_update_reading(c);
+    c->ops->reading(c->conn);
   }
 }
 
-void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout) {
+static void up_failed(void *owner, int connect, int timeout, int stale) {
+  mg_req_t *r = owner;
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   const char *peer = u->servers[r->server].text;
-  mg_upconn_t *uc = r->upc;
-  int reused = uc ? uc->reused : 0, got = uc ? uc->got_bytes : 0;
-  if (uc) mg_upstream_release(uc, 0);
+  if (r->upc) mg_upstream_release(r->upc, 0);
   if (r->rstate != MG_RS_NONE) {
     MG_WARN(r->w->id, "req %s: upstream %s failed mid-response", r->id, peer);
-    mg_conn_close(r->conn);
+    r->down->ops->close(r->down->conn);
     return;
   }
   if (connect) {
@@ -826,7 +833,7 @@ void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout) {
   }
   /* A pooled connection the server had closed: the request never got an answer;
    * send it again once on a fresh connection when that is safe. */
-  if (reused && !got && !timeout && !r->stale_retry && r->body_sent == 0 && r->body != MG_BODY_CHUNKED &&
+  if (stale && !timeout && !r->stale_retry && r->body_sent == 0 && r->body != MG_BODY_CHUNKED &&
       is_idempotent(r->method)) {
     r->stale_retry = 1;
     r->tried &= ~((uint64_t)1 << r->server);
@@ -884,12 +891,13 @@ static void append_status_line(mg_outq_t *q, int status) {
   APPEND_LIT(q, "\r\n");
 }
 
-void mg_proxy_response_interim(mg_req_t *r, int status) {
-  mg_conn_t *c = r->conn;
+static void up_interim(void *owner, int status) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   /* HTTP/1.0 clients know no 1xx; after the final head it is too late */
   if (r->http_minor == 0 || r->rstate != MG_RS_NONE) return;
   if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return; /* dropped: only a hint */
-  mg_outq_t *q = &c->out;
+  mg_outq_t *q = c->out;
   size_t before = mg_outq_size(q);
   append_status_line(q, status);
   append_response_headers(q, &r->rhead, 0);
@@ -897,8 +905,9 @@ void mg_proxy_response_interim(mg_req_t *r, int status) {
   r->bytes_out += mg_outq_size(q) - before;
 }
 
-int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
-  mg_conn_t *c = r->conn;
+static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   if (mg_head_finish(&r->rhead) < 0) return -1;
   if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
@@ -908,7 +917,7 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
             (int)te->value.len, te->value.p);
     return -1;
   }
-  r->status = p->status_code;
+  r->status = up_status;
   if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
     if (mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL) < 0) {
       mg_proxy_error(r, 500, 0); /* releases the upstream connection */
@@ -922,14 +931,14 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
    * 204/304 (which came without a body) a 200, or the reverse. */
   r->rnobody = r->method == HTTP_HEAD || status == 204 || status == 304;
   /* a body is due, and none will come */
-  int empty = (p->status_code == 204 || p->status_code == 304) && !r->rnobody;
+  int empty = (up_status == 204 || up_status == 304) && !r->rnobody;
   /* a body hook may change the length: re-frame */
-  int has_len = (p->flags & F_CONTENT_LENGTH) != 0 && !body_hook && !empty;
+  int has_len = up_has_length && !body_hook && !empty;
   if (!r->rnobody && !has_len && !empty) {
     if (r->http_minor == 1) r->rchunked = 1;
     else c->close_after = 1; /* framed by the close */
   }
-  mg_outq_t *q = &c->out;
+  mg_outq_t *q = c->out;
   size_t before = mg_outq_size(q);
   append_status_line(q, status);
   append_response_headers(q, &r->rhead, c->hsts != NULL);
@@ -937,9 +946,9 @@ int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p) {
   if (!mg_head_get(&r->rhead, MG_STR("date"))) append_date(r->w, q);
   if (empty) {
     APPEND_LIT(q, "Content-Length: 0\r\n");
-  } else if (has_len && status != 204 && !(status == 304 && p->content_length == 0)) {
+  } else if (has_len && status != 204 && !(status == 304 && up_length == 0)) {
     APPEND_LIT(q, "Content-Length: ");
-    mg_outq_append_uint(q, p->content_length);
+    mg_outq_append_uint(q, up_length);
     APPEND_LIT(q, "\r\n");
   }
   else if (r->rchunked) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
@@ -966,55 +975,75 @@ static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_s
   }
 }
 
-void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len) {
-  mg_conn_t *c = r->conn;
+static void up_body(void *owner, const char *p, size_t len) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   if (r->rnobody) return; /* e.g. the response hook made it a 204 */
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_str_t chunk = { p, len };
     if (mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk) < 0) {
-      mg_conn_close_after_flush(c); /* the head is out: cut the body short */
+      c->ops->close_after_flush(c->conn); /* the head is out: cut the body short */
       return;
     }
     p = chunk.p;
     len = chunk.len;
     if (len == 0) return; /* an empty chunk would end a chunked body */
   }
-  mg_outq_t *q = &c->out;
+  mg_outq_t *q = c->out;
   size_t before = mg_outq_size(q);
   append_body(q, p, len, r->rchunked);
   r->bytes_out += mg_outq_size(q) - before;
 }
 
-void mg_proxy_response_flush(mg_req_t *r) {
-  mg_conn_t *c = r->conn;
+static void up_flush(void *owner) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   mg_upconn_t *u = r->upc;
-  mg_conn_flush(c); /* may close c and free r */
-  if (c->state == MG_CS_CLOSED || !u || u->req != r) return;
-  if (mg_outq_full(&c->out)) mg_upstream_pause(u, 1);
+  c->ops->flush(c->conn); /* may close c and free r */
+  if (c->closed || !u || u->owner != r) return;
+  if (mg_outq_full(c->out)) mg_upstream_pause(u, 1);
 }
 
-void mg_proxy_response_end(mg_req_t *r) {
-  mg_conn_t *c = r->conn;
+static void up_end(void *owner) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   if (r->rchunked) {
-    APPEND_LIT(&c->out, "0\r\n\r\n");
+    APPEND_LIT(c->out, "0\r\n\r\n");
     r->bytes_out += 5;
   }
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
   c->up_blocked = 0; /* the upstream is done with the body, whatever was left */
-  mg_conn_flush(c);
-  if (c->state == MG_CS_CLOSED) return;
-  mg_conn_request_done(c);
+  c->ops->flush(c->conn);
+  if (c->closed) return;
+  c->ops->done(c->conn);
 }
 
 void mg_proxy_client_drained(mg_req_t *r) {
   if (r->upc && r->upc->paused) mg_upstream_pause(r->upc, 0);
 }
 
-void mg_proxy_upstream_drained(mg_req_t *r) {
-  mg_conn_t *c = r->conn;
+static void up_drained(void *owner) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
   if (c->up_blocked) {
     c->up_blocked = 0;
-    mg_conn_update_reading(c);
+    c->ops->reading(c->conn);
   }
 }
+
+/* timeouts.upstream_paused: the client has not taken the response for that long
+ * (upstream.c closed the upstream connection): the exchange ends both ways. */
+static void up_slow_client(void *owner) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
+  MG_INFO(r->w->id, "req %s: client %s did not take the response for %.3g s (timeouts.upstream_paused): "
+          "closing it and upstream %s", r->id, c->client, (double)r->gen->timeouts.upstream_paused / 1000.0,
+          peer_text(r));
+  c->ops->close(c->conn);
+}
+
+static const mg_up_events_t up_events = {
+  .ready = up_ready, .failed = up_failed, .interim = up_interim, .head = up_head, .body = up_body,
+  .end = up_end, .flush = up_flush, .drained = up_drained, .slow_client = up_slow_client,
+};

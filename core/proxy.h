@@ -17,11 +17,39 @@
 #include "luavm.h"
 #include "mg.h"
 
+/* The connection an exchange answers on, as the exchange sees it. The connection
+ * (conn.c) owns it, fills it in at accept and keeps it true; the exchange reads
+ * it, sets only the two flags marked so, and acts on the connection through the
+ * ops. Every op may end the connection: check `closed` afterwards. */
+typedef struct {
+  void (*flush)(void *conn);             /* write what is queued now */
+  void (*done)(void *conn);              /* the response is queued in full: on to the next request */
+  void (*close)(void *conn);             /* end now */
+  void (*close_after_flush)(void *conn); /* end once what is queued is written */
+  void (*reading)(void *conn);           /* up_blocked changed: reconsider reading */
+} mg_down_ops_t;
+
+typedef struct {
+  void *conn;
+  const mg_down_ops_t *ops;
+  mg_outq_t *out;          /* the client's output queue: responses are appended here */
+  const char *client;      /* "ip:port" or "[ip6]:port" of the peer */
+  mg_str_t ip;             /* the peer's address alone */
+  const char *listener;    /* the listener's name, NULL when unnamed */
+  const char *hsts;        /* the listener's Strict-Transport-Security line, NULL: none */
+  struct ssl_st *ssl;      /* TLS session, NULL: plain */
+  int redirect_https;      /* the listener redirects every request to https on this port */
+  unsigned close_after : 1; /* no more requests on the connection (the exchange may set it) */
+  unsigned up_blocked : 1;  /* the upstream does not take the body now (set by the exchange) */
+  unsigned in_parser : 1;   /* inside a parse: the connection flushes after it */
+  unsigned closed : 1;      /* the connection is gone: stop */
+} mg_down_t;
+
 enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
 enum { MG_RS_NONE, MG_RS_HEAD, MG_RS_DONE }; /* response progress toward the client */
 
 struct mg_req_s {
-  mg_conn_t *conn;
+  mg_down_t *down;        /* the connection it answers on */
   mg_worker_t *w;
   struct mg_wgen_s *wg;   /* the worker's generation (Lua state, balancer state); ref held */
   mg_gen_t *gen;          /* = wg->gen */
@@ -83,7 +111,7 @@ struct mg_req_s {
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */
-mg_req_t *mg_req_new(mg_conn_t *c);
+mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down);
 /* Ends the request (log hook, access log) and keeps its memory for the next one. */
 void mg_req_free(mg_req_t *r);
 /* Frees a spare request's memory (worker exit). */
@@ -110,27 +138,7 @@ void mg_proxy_error(mg_req_t *r, int status, int close);
 /* Abandons the exchange (client gone): closes the upstream connection if any. */
 void mg_proxy_abort(mg_req_t *r);
 
-/* ---- called by upstream.c ---- */
-/* The upstream connection is ready (new or reused): hand it the queued bytes. */
-void mg_proxy_upstream_ready(mg_req_t *r);
-/* The upstream connection failed. `before_response`: no response byte came;
- * `connect`: the failure happened while connecting (nothing was sent);
- * `timeout`: it was a timeout. */
-void mg_proxy_upstream_failed(mg_req_t *r, int connect, int timeout);
-/* An interim (1xx) response head is parsed into r->rhead: passed on to an
- * HTTP/1.1 client before the final head (103 Early Hints). */
-void mg_proxy_response_interim(mg_req_t *r, int status);
-/* The upstream response head is parsed (p is the upstream parser): send ours. */
-int mg_proxy_response_head(mg_req_t *r, const llhttp_t *p);
-void mg_proxy_response_body(mg_req_t *r, const char *p, size_t len);
-/* The response is complete (the upstream connection is already released). */
-void mg_proxy_response_end(mg_req_t *r);
-/* After an upstream read: sends what it queued for the client, and pauses the
- * upstream if the client is not keeping up. */
-void mg_proxy_response_flush(mg_req_t *r);
 /* The client's output queue drained: resume reading the upstream. */
 void mg_proxy_client_drained(mg_req_t *r);
-/* The upstream's output queue drained: resume reading the request body. */
-void mg_proxy_upstream_drained(mg_req_t *r);
 
 #endif

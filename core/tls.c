@@ -11,7 +11,6 @@
 #include <time.h>
 #include <uv.h>
 
-#include "buf.h"
 #include "log.h"
 
 /* ---------------- session ticket keys ----------------
@@ -495,14 +494,13 @@ void mg_tls_release_bios(SSL *ssl) {
   if (BIO_pending(SSL_get_wbio(ssl)) == 0) fresh_bio(ssl, 1);
 }
 
-int mg_tls_drain(SSL *ssl, mg_outq_t *out) {
-  const uint8_t *p;
-  size_t n;
-  if (!BIO_mem_contents(SSL_get_wbio(ssl), &p, &n) || n == 0) return 0;
-  if (mg_outq_append(out, p, n) < 0) return -1;
-  fresh_bio(ssl, 1);
-  return (int)n;
+size_t mg_tls_out_peek(SSL *ssl, const uint8_t **p) {
+  size_t n = 0;
+  if (!BIO_mem_contents(SSL_get_wbio(ssl), p, &n)) return 0;
+  return n;
 }
+
+void mg_tls_out_taken(SSL *ssl) { fresh_bio(ssl, 1); }
 
 /* ---------------- peer certificate ---------------- */
 

@@ -92,10 +92,11 @@ void mg_tls_set_hello(mg_tls_hello_fn fn);
  * wildcards of one label), 0 when none matches. */
 int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name);
 
-/* Moves every byte BoringSSL wants to send (wbio) into `out` (a block list the
- * caller writes). Returns the number of bytes, or -1 when out of memory. */
-struct mg_outq_s;
-int mg_tls_drain(SSL *ssl, struct mg_outq_s *out);
+/* What BoringSSL wants to send (the write BIO's bytes): *p and the length, 0 when
+ * nothing. Once the caller has copied them, mg_tls_out_taken empties the BIO (a
+ * fresh one, so no buffer grows). */
+size_t mg_tls_out_peek(SSL *ssl, const uint8_t **p);
+void mg_tls_out_taken(SSL *ssl);
 
 /* The verified-or-not client certificate of a server-side session: subject and
  * issuer in RFC 2253 form, SHA-256 fingerprint as 64 hex digits (NUL-terminated).

@@ -4,10 +4,7 @@
 
 #include <openssl/err.h>
 
-#include "conn.h"
 #include "log.h"
-#include "proxy.h"
-#include "wctx.h"
 
 static int on_status(llhttp_t *p, const char *at, size_t len);
 static int on_header_field(llhttp_t *p, const char *at, size_t len);
@@ -53,27 +50,33 @@ static void unpool(mg_upconn_t *u) {
   u->pool->nidle--;
 }
 
+/* Ends the link with the owner (its pointer to u is cleared). */
+static void unlink_owner(mg_upconn_t *u) {
+  if (!u->owner) return;
+  *u->slot = NULL;
+  u->owner = NULL;
+  u->slot = NULL;
+  u->rhead = NULL;
+}
+
+void mg_upstream_request_complete(mg_upconn_t *u) { u->sent_all = 1; }
+
 void mg_upstream_close(mg_upconn_t *u) {
   if (u->state == MG_UP_CLOSED) return;
   unpool(u);
-  if (u->req) {
-    u->req->upc = NULL;
-    u->req = NULL;
-  }
+  unlink_owner(u);
   u->state = MG_UP_CLOSED;
   uv_close((uv_handle_t *)&u->timer, on_close);
   uv_close((uv_handle_t *)&u->tcp, on_close);
 }
 
-/* Unlinks from the request and reports a failure to it. */
+/* Unlinks from the owner, closes, and reports the failure to it. */
 static void fail(mg_upconn_t *u, int connect, int timeout) {
-  mg_req_t *r = u->req;
-  if (!r) {
-    mg_upstream_close(u);
-    return;
-  }
-  mg_proxy_upstream_failed(r, connect, timeout); /* releases (closes) u */
+  void *owner = u->owner;
+  const mg_up_events_t *ev = u->ev;
+  int stale = u->reused && !u->got_bytes;
   mg_upstream_close(u);
+  if (owner) ev->failed(owner, connect, timeout, stale);
 }
 
 /* timeouts.upstream_paused: the client has not taken the response for that long
@@ -82,12 +85,10 @@ static void fail(mg_upconn_t *u, int connect, int timeout) {
  * resources behind it, for as long as the client likes: the exchange ends both
  * ways. The upstream connection is not reusable (its response is half read). */
 static void cut_slow_client(mg_upconn_t *u) {
-  mg_req_t *r = u->req;
-  mg_conn_t *c = r->conn;
-  MG_INFO(u->w->id, "req %s: client %s did not take the response for %.3g s (timeouts.upstream_paused): "
-          "closing it and upstream %s", r->id, c->client, (double)u->paused_ms / 1000.0, u->server->text);
-  mg_upstream_close(u);
-  mg_conn_close(c);
+  void *owner = u->owner;
+  const mg_up_events_t *ev = u->ev;
+  mg_upstream_close(u); /* the owner logs it: it knows the client */
+  ev->slow_client(owner);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -97,7 +98,7 @@ static void on_timer(uv_timer_t *t) {
     fail(u, 1, 1);
     break;
   case MG_UP_ACTIVE:
-    if (u->paused && u->req) cut_slow_client(u);
+    if (u->paused && u->owner) cut_slow_client(u);
     else fail(u, 0, 1);
     break;
   default:
@@ -113,7 +114,7 @@ static void on_timer(uv_timer_t *t) {
 static void arm_rw(mg_upconn_t *u) {
   if (mg_outq_size(&u->out)) {
     uv_timer_start(&u->timer, on_timer, u->write_ms, 0);
-  } else if (u->req && !u->req->complete && !u->got_bytes) {
+  } else if (u->owner && !u->sent_all && !u->got_bytes) {
     uv_timer_stop(&u->timer);
   } else {
     uv_timer_start(&u->timer, on_timer, u->read_ms, 0);
@@ -127,14 +128,14 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 /* The response ended (u->done): pool or close the connection, then finish. */
 static void finish(mg_upconn_t *u, int extra_bytes) {
-  mg_req_t *r = u->req;
+  void *owner = u->owner;
+  const mg_up_events_t *ev = u->ev;
   if (extra_bytes && u->state == MG_UP_ACTIVE && llhttp_should_keep_alive(&u->parser))
     MG_WARN(u->w->id, "req %s: upstream %s: bytes after the end of the response: connection not reused",
-            r->id, u->server->text);
-  int reusable = !extra_bytes && llhttp_should_keep_alive(&u->parser) && r->complete &&
-                 !r->conn->w->draining;
+            u->rid, u->server->text);
+  int reusable = !extra_bytes && llhttp_should_keep_alive(&u->parser) && u->sent_all && !u->w->draining;
   mg_upstream_release(u, reusable);
-  mg_proxy_response_end(r);
+  ev->end(owner);
 }
 
 /* Response bytes (plaintext) into the parser. Returns 0 to go on, -1 when the
@@ -144,14 +145,14 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
   for (;;) {
     int scan = mg_head_scan(&u->scan, p, n);
     if (scan < 0) {
-      MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+      MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
               mg_head_scan_error(scan));
       fail(u, 0, 0);
       return -1;
     }
     u->why = NULL;
     err = llhttp_execute(&u->parser, p, n);
-    if (u->state == MG_UP_CLOSED || !u->req) return -1;
+    if (u->state == MG_UP_CLOSED || !u->owner) return -1;
     if (err != HPE_PAUSED || !u->rescan) break;
     /* an interim response ended, or the last chunk began the trailers: the
      * head or trailer section that follows in this read is scanned too */
@@ -173,7 +174,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
   }
   /* a refusal by proxy.c (a header it will not forward) was logged there */
   if (u->why || err != HPE_CB_HEADERS_COMPLETE)
-    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->req->id, u->server->text,
+    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
             u->why                                  ? u->why
             : llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser)
                                                     : llhttp_errno_name(err));
@@ -183,7 +184,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
 
 static void on_eof(mg_upconn_t *u) {
   llhttp_errno_t err = llhttp_finish(&u->parser); /* ends an until-close body */
-  if (u->state == MG_UP_CLOSED || !u->req) return;
+  if (u->state == MG_UP_CLOSED || !u->owner) return;
   if ((err == HPE_OK || err == HPE_PAUSED) && u->done) {
     finish(u, 1);
     return;
@@ -195,7 +196,7 @@ static void on_eof(mg_upconn_t *u) {
 static void ready(mg_upconn_t *u) {
   u->state = MG_UP_ACTIVE;
   arm_rw(u);
-  mg_proxy_upstream_ready(u->req);
+  u->ev->ready(u->owner);
 }
 
 static void tls_handshake(mg_upconn_t *u) {
@@ -223,10 +224,23 @@ static void tls_handshake(mg_upconn_t *u) {
   fail(u, 1, 0);
 }
 
+/* A piece of plaintext from a TLS record. Non-zero stops the read: the
+ * connection was pooled (bytes nobody asked for close it) or the exchange ended. */
+static int tls_deliver(void *arg, const char *p, size_t n) {
+  mg_upconn_t *u = arg;
+  if (u->state != MG_UP_ACTIVE) {
+    mg_upstream_close(u);
+    return 1;
+  }
+  u->got_bytes = 1;
+  if (!u->paused) arm_rw(u); /* paused: the upstream_paused timer runs */
+  return parse(u, p, n) < 0;
+}
+
 /* TLS: ciphertext in, every decryptable byte to the parser (or, for a pooled
  * connection, anything but session tickets means it is done for). */
 static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
-  if (BIO_write(SSL_get_rbio(u->ssl), data, (int)n) != (int)n) {
+  if (mg_tp_tls_input(u->ssl, data, n) < 0) {
     fail(u, !u->tls_ready, 0);
     return;
   }
@@ -234,28 +248,17 @@ static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
     tls_handshake(u);
     return;
   }
-  for (;;) {
-    int k = SSL_read(u->ssl, u->w->tbuf, sizeof(u->w->tbuf));
-    if (k > 0) {
-      if (u->state != MG_UP_ACTIVE) { /* pooled: bytes nobody asked for */
-        mg_upstream_close(u);
-        return;
-      }
-      u->got_bytes = 1;
-      if (!u->paused) arm_rw(u); /* paused: the upstream_paused timer runs */
-      if (parse(u, u->w->tbuf, (size_t)k) < 0) return;
-      continue;
-    }
-    int e = SSL_get_error(u->ssl, k);
-    if (e == SSL_ERROR_WANT_READ) break;
-    if (u->state != MG_UP_ACTIVE) {
-      mg_upstream_close(u);
-      return;
-    }
-    if (e == SSL_ERROR_ZERO_RETURN) {
-      on_eof(u);
-      return;
-    }
+  int rd = mg_tp_tls_read(u->ssl, u->w->tbuf, sizeof(u->w->tbuf), tls_deliver, u);
+  if (rd == MG_TP_STOPPED) return; /* closed, pooled, or the exchange ended */
+  if (rd != MG_TP_MORE && u->state != MG_UP_ACTIVE) {
+    mg_upstream_close(u);
+    return;
+  }
+  if (rd == MG_TP_EOF) {
+    on_eof(u);
+    return;
+  }
+  if (rd == MG_TP_ERROR) {
     char why[160];
     MG_WARN(u->w->id, "upstream %s: TLS error: %s", u->server->text, mg_tls_error(why, sizeof(why)));
     fail(u, 0, 0);
@@ -263,7 +266,7 @@ static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
   }
   if (u->state == MG_UP_CLOSED) return;
   mg_tls_release_bios(u->ssl);
-  if (u->state == MG_UP_ACTIVE && u->req) mg_proxy_response_flush(u->req);
+  if (u->state == MG_UP_ACTIVE && u->owner) u->ev->flush(u->owner);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -275,7 +278,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
               u->server->text, nread == UV_EOF ? "closed" : uv_strerror((int)nread));
       fail(u, 1, 0);
     }
-    else if (u->state != MG_UP_ACTIVE || !u->req) mg_upstream_close(u); /* pooled */
+    else if (u->state != MG_UP_ACTIVE || !u->owner) mg_upstream_close(u); /* pooled */
     else if (nread == UV_EOF) on_eof(u);
     else fail(u, 0, 0);
     return;
@@ -291,18 +294,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   u->got_bytes = 1;
   arm_rw(u);
-  if (parse(u, buf->base, (size_t)nread) == 0) mg_proxy_response_flush(u->req);
+  if (parse(u, buf->base, (size_t)nread) == 0) u->ev->flush(u->owner);
 }
 
 static void on_out(mg_outq_t *q, int status) {
   mg_upconn_t *u = q->data;
-  if (u->state != MG_UP_ACTIVE || !u->req) return;
+  if (u->state != MG_UP_ACTIVE || !u->owner) return;
   if (status < 0) {
     fail(u, 0, 0);
     return;
   }
   if (!u->paused) arm_rw(u);
-  if (status == MG_OUTQ_DRAINED) mg_proxy_upstream_drained(u->req);
+  if (status == MG_OUTQ_DRAINED) u->ev->drained(u->owner);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -348,17 +351,23 @@ static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_cl
   return p;
 }
 
-static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
-  u->req = r;
-  r->upc = u;
+static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_cfg_t *cfg,
+                       const mg_server_t *s) {
+  u->owner = l->owner;
+  u->ev = l->ev;
+  u->slot = l->slot;
+  *u->slot = u;
+  u->rid = l->id;
+  u->rhead = l->rhead;
+  u->sent_all = l->sent_all;
   u->server = s;
   u->got_bytes = 0;
   u->done = 0;
   u->paused = 0;
-  u->is_head = r->method == HTTP_HEAD;
-  u->read_ms = r->gen->timeouts.upstream_read;
-  u->write_ms = r->gen->timeouts.upstream_write;
-  u->paused_ms = r->gen->timeouts.upstream_paused;
+  u->is_head = l->is_head;
+  u->read_ms = l->read_ms;
+  u->write_ms = l->write_ms;
+  u->paused_ms = l->paused_ms;
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
   u->head_done = 0;
@@ -369,10 +378,10 @@ static void link_req(mg_upconn_t *u, mg_req_t *r, const mg_upstream_cfg_t *cfg, 
   mg_head_scan_reset(&u->scan);
   llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
   u->parser.data = u;
-  mg_head_reset(&r->rhead);
+  mg_head_reset(u->rhead);
 }
 
-int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
+int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
   mg_pool_t *pool = pool_for(w, s, cfg->tls);
   if (!pool) return UV_ENOMEM;
   if (pool->idle) {
@@ -380,7 +389,7 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, c
     unpool(u);
     u->state = MG_UP_ACTIVE;
     u->reused = 1;
-    link_req(u, r, cfg, s);
+    link_owner(u, l, cfg, s);
     arm_rw(u);
     return 1;
   }
@@ -401,23 +410,20 @@ int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *cfg, c
       mg_upstream_close(u);
       return UV_ENOMEM;
     }
-    u->out.ssl = u->ssl;
+    mg_tp_tls_attach(&u->out, &u->tls_out, u->ssl);
   }
   int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
   if (rc < 0) {
     mg_upstream_close(u);
     return rc;
   }
-  link_req(u, r, cfg, s);
-  uv_timer_start(&u->timer, on_timer, r->gen->timeouts.upstream_connect, 0);
+  link_owner(u, l, cfg, s);
+  uv_timer_start(&u->timer, on_timer, l->connect_ms, 0);
   return 0;
 }
 
 void mg_upstream_release(mg_upconn_t *u, int reusable) {
-  if (u->req) {
-    u->req->upc = NULL;
-    u->req = NULL;
-  }
+  unlink_owner(u);
   mg_pool_t *p = u->pool;
   if (!reusable || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->out.pending ||
       u->out.inflight) {
@@ -512,7 +518,7 @@ static int refuse(mg_upconn_t *u, const char *why) {
 
 static int append(llhttp_t *p, int what, const char *at, size_t len) {
   mg_upconn_t *u = p->data;
-  if (!u->req) return -1;
+  if (!u->owner) return -1;
   if (u->head_done) {
     /* trailers of a chunked response: the head went out (and hooks hold slices
      * into it), so they are counted against the head limit and dropped */
@@ -520,9 +526,9 @@ static int append(llhttp_t *p, int what, const char *at, size_t len) {
     if (u->trailer_bytes > UP_HEAD_MAX) return refuse(u, "trailers larger than 64 KB");
     return 0;
   }
-  int rc = mg_head_append(&u->req->rhead, what, at, len, UP_HEAD_MAX, UP_HEADERS_MAX);
+  int rc = mg_head_append(u->rhead, what, at, len, UP_HEAD_MAX, UP_HEADERS_MAX);
   if (rc == MG_ELIMIT)
-    return refuse(u, u->req->rhead.n >= UP_HEADERS_MAX ? "more than 200 header fields"
+    return refuse(u, u->rhead->n >= UP_HEADERS_MAX ? "more than 200 header fields"
                                                         : "response head larger than 64 KB");
   return rc < 0 ? refuse(u, "out of memory") : 0;
 }
@@ -554,7 +560,7 @@ static int on_chunk_header(llhttp_t *p) {
 
 static int on_headers_complete(llhttp_t *p) {
   mg_upconn_t *u = p->data;
-  if (!u->req) return -1;
+  if (!u->owner) return -1;
   int status = p->status_code;
   if (status < 100 || status > 599) return refuse(u, "status code out of range (100-599)");
   if (status < 200) {
@@ -565,15 +571,15 @@ static int on_headers_complete(llhttp_t *p) {
      * to the client (when it can take it); 100 was answered by moongate; other
      * 1xx are dropped. */
     if (status == 103) {
-      if (mg_head_finish(&u->req->rhead) < 0) return refuse(u, "out of memory");
-      mg_proxy_response_interim(u->req, status);
-      if (u->state == MG_UP_CLOSED || !u->req) return -1;
+      if (mg_head_finish(u->rhead) < 0) return refuse(u, "out of memory");
+      u->ev->interim(u->owner, status);
+      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
     }
     return 1;
   }
   u->head_done = 1;
-  if (mg_proxy_response_head(u->req, p) < 0) return -1;
-  if (u->state == MG_UP_CLOSED || !u->req) return -1;
+  if (u->ev->head(u->owner, status, (p->flags & F_CONTENT_LENGTH) != 0, p->content_length) < 0) return -1;
+  if (u->state == MG_UP_CLOSED || !u->owner) return -1;
   /* 1: no body. llhttp knows that of HEAD only when told, and of 204/304 only
    * when they come without Content-Length. */
   return u->is_head || status == 204 || status == 304 ? 1 : 0;
@@ -581,16 +587,16 @@ static int on_headers_complete(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   mg_upconn_t *u = p->data;
-  if (!u->req) return -1;
-  mg_proxy_response_body(u->req, at, len);
-  return u->state == MG_UP_CLOSED || !u->req ? -1 : 0;
+  if (!u->owner) return -1;
+  u->ev->body(u->owner, at, len);
+  return u->state == MG_UP_CLOSED || !u->owner ? -1 : 0;
 }
 
 static int on_message_complete(llhttp_t *p) {
   mg_upconn_t *u = p->data;
-  if (!u->req) return -1;
+  if (!u->owner) return -1;
   if (!u->head_done) { /* an interim response: the final one follows */
-    mg_head_reset(&u->req->rhead);
+    mg_head_reset(u->rhead);
     mg_head_scan_reset(&u->scan);
     u->rescan = 1; /* parse pauses to scan the next head */
     return HPE_PAUSED;

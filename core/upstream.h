@@ -10,6 +10,8 @@
 #include "config.h"
 #include "http.h"
 #include "mg.h"
+#include "transport.h"
+#include "wctx.h"
 
 enum {
   MG_UP_CONNECTING, /* uv_tcp_connect (and the TLS handshake) pending: upstream_connect timer */
@@ -31,6 +33,34 @@ struct mg_pool_s {
   int max_idle;      /* the upstream's `keepalive`: idle connections kept for good */
 };
 
+/* What an upstream connection tells the exchange it serves (its owner). Every
+ * call may end the exchange: the connection checks u->owner afterwards. */
+typedef struct {
+  void (*ready)(void *owner);                          /* connected (and TLS done) */
+  /* the connection is closed and unlinked first; stale: it came from the pool and
+   * not a byte of response came (the server had closed it: a retry is safe) */
+  void (*failed)(void *owner, int connect, int timeout, int stale);
+  void (*interim)(void *owner, int status);            /* a 103 head is in the owner's rhead */
+  int (*head)(void *owner, int status, int has_length, uint64_t length); /* -1: refuse */
+  void (*body)(void *owner, const char *p, size_t len);
+  void (*end)(void *owner);     /* the response is complete (the connection is released) */
+  void (*flush)(void *owner);   /* a read's worth of response was handed over */
+  void (*drained)(void *owner); /* the request's bytes drained below the low water mark */
+  void (*slow_client)(void *owner); /* timeouts.upstream_paused ran out (the connection is closed) */
+} mg_up_events_t;
+
+/* The exchange's side of a link, given to mg_upstream_get. */
+typedef struct {
+  void *owner;
+  const mg_up_events_t *ev;
+  mg_upconn_t **slot; /* the owner's pointer to the connection: set on link, cleared on unlink */
+  const char *id;     /* the request id, for log lines */
+  mg_head_t *rhead;   /* the owner's response head: parsed into */
+  int is_head;        /* the request is HEAD: the response has no body */
+  int sent_all;       /* the whole request is in (mg_upstream_request_complete later) */
+  uint64_t connect_ms, read_ms, write_ms, paused_ms;
+} mg_up_link_t;
+
 struct mg_upconn_s {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -40,7 +70,13 @@ struct mg_upconn_s {
   mg_upconn_t *next_idle, *prev_idle;
   llhttp_t parser;
   mg_outq_t out;
-  mg_req_t *req;
+  mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
+  void *owner;              /* the exchange served now; NULL when none (pooled, unlinked) */
+  const mg_up_events_t *ev;
+  mg_upconn_t **slot;
+  const char *rid;          /* the owner's request id */
+  mg_head_t *rhead;         /* the owner's response head */
+  int sent_all;             /* the whole request has been handed over */
   const mg_server_t *server;
   int state;
   int handles;
@@ -65,11 +101,11 @@ struct mg_upconn_s {
   uint64_t paused_ms;         /* upstream_paused: the longest a pause may last */
 };
 
-/* Gets a connection to `s` for `r` and links the two (r->upc, upc->req). Returns 1
+/* Gets a connection to `s` for link->owner and links the two (*link->slot, u->owner). Returns 1
  * when a pooled connection is ready now (the caller goes on with it), 0 when a new
  * connection is being made (mg_proxy_upstream_ready or _failed follows), or a
  * negative libuv error (nothing linked). */
-int mg_upstream_get(mg_worker_t *w, mg_req_t *r, const mg_upstream_cfg_t *u,
+int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *link, const mg_upstream_cfg_t *u,
                     const mg_server_t *s);
 /* Unlinks u from its request; pools it when `reusable` (and keepalive > 0), else
  * closes it. A pool may hold more than `keepalive` idle connections for a moment:
@@ -83,6 +119,8 @@ void mg_upstream_close(mg_upconn_t *u);
  * and a negative code returned: the caller must not touch the request then. */
 int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* The owner read the whole request: from now on the upstream is judged on answering. */
+void mg_upstream_request_complete(mg_upconn_t *u);
 /* The worker's pool timer: closes the surplus idle connections described above. */
 void mg_upstream_trim(uv_timer_t *t);
 /* Keeps a new TLS session for the connection's pool (an mg_tls_session_fn,
