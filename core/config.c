@@ -245,6 +245,9 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
     lua_getfield(L, -1, "deferred");
     l->deferred = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : 1;
     lua_pop(L, 1);
+    lua_getfield(L, -1, "proxy_protocol");
+    l->proxy_protocol = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "tls");
     if (lua_istable(L, -1)) {
       int rc = walk_listen_tls(w, l);

@@ -19,6 +19,8 @@ typedef struct {
   char *name;    /* listener name or NULL */
   mg_tls_server_t *tls; /* NULL: plain HTTP */
   int deferred;         /* TCP_DEFER_ACCEPT: accepted once the client's first bytes are in */
+  int proxy_protocol;   /* a PROXY protocol v1/v2 header comes first (from trusted_proxies
+                           only): it gives the client's address */
   int redirect_https;   /* plain listener answering everything with a redirect to
                            https on this port; 0: off */
   char *hsts;           /* TLS listener: "Strict-Transport-Security: ...\r\n", added to

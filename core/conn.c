@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 
 #include "connlimit.h"
+#include "proxyproto.h"
 #include "log.h"
 #include "luavm.h"
 
@@ -264,6 +265,7 @@ static void on_close(uv_handle_t *h) {
   SSL_free(c->ssl);
   tls_gen_release(c);
   free(c->saved);
+  free(c->pp_buf);
   if (c->prev) c->prev->next = c->next;
   else w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -711,6 +713,66 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
   if (c->state != MG_CS_CLOSED) mg_tls_release_bios(c->ssl);
 }
 
+/* A listener with proxy_protocol: the connection starts with a PROXY protocol
+ * header (v1 or v2) from a trusted proxy, which gives the client's address;
+ * what follows it is the client's own bytes (TLS or HTTP). The start of a header
+ * split across reads is kept in c->pp_buf. Returns 1 once the header is taken
+ * (*data, *n: the rest of this read, after the header), 0 when more is needed or
+ * the connection was closed. */
+static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
+  const char *p = *data;
+  size_t len = *n, before = c->pp_len; /* header bytes from earlier reads */
+  if (c->pp_buf) {
+    size_t room = MG_PP_V2_FIXED + MG_PP_V2_LEN_MAX - c->pp_len;
+    size_t take = len < room ? len : room;
+    memcpy(c->pp_buf + c->pp_len, p, take);
+    c->pp_len += take;
+    p = c->pp_buf;
+    len = c->pp_len;
+  }
+  mg_pp_addr_t a;
+  char why[96];
+  int used = mg_pp_parse(p, len, &a, why, sizeof(why));
+  if (used < 0) {
+    MG_INFO(c->w->id, "%s: bad PROXY protocol header: %s (connection closed)", c->client, why);
+    mg_conn_close(c);
+    return 0;
+  }
+  if (used == 0) { /* a valid start: never as long as the longest header */
+    if (!c->pp_buf) {
+      c->pp_buf = malloc(MG_PP_V2_FIXED + MG_PP_V2_LEN_MAX);
+      if (!c->pp_buf) {
+        mg_conn_close(c);
+        return 0;
+      }
+      memcpy(c->pp_buf, p, len);
+      c->pp_len = len;
+    }
+    return 0;
+  }
+  if (!a.local) {
+    char text[MG_PP_CLIENT_MAX];
+    mg_str_t ip;
+    size_t tl = mg_pp_format_client(&a, text, sizeof(text), &ip);
+    if (tl > 0 && tl < sizeof(c->client)) {
+      MG_DEBUG(c->w->id, "%s: PROXY protocol: client %s", c->client, text);
+      memcpy(c->client, text, tl + 1);
+      c->ip_off = (uint8_t)(ip.p - text);
+      c->ip_len = (uint8_t)ip.len;
+      c->down.ip = mg_conn_ip(c);
+    }
+  }
+  c->pp_wait = 0;
+  free(c->pp_buf);
+  c->pp_buf = NULL;
+  c->pp_len = 0;
+  /* the header's last bytes came with this read; what follows them is the client's */
+  size_t from_this = (size_t)used - before;
+  *data += from_this;
+  *n -= from_this;
+  return 1;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mg_conn_t *c = s->data;
   if (nread == 0) return;
@@ -720,8 +782,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     else mg_conn_close(c);
     return;
   }
-  if (c->ssl) tls_input(c, buf->base, (size_t)nread);
-  else input(c, buf->base, (size_t)nread);
+  const char *data = buf->base;
+  size_t n = (size_t)nread;
+  if (c->pp_wait && !proxy_header(c, &data, &n)) return; /* waiting for more, or closed */
+  if (n > 0) {
+    if (c->ssl) tls_input(c, data, n);
+    else input(c, data, n);
+  }
   after_feed(c);
   if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
@@ -1036,6 +1103,16 @@ void mg_conn_accept(mg_listener_t *l) {
   w->conns = c;
   w->nconns++;
   c->state = MG_CS_IDLE;
+  if (l->cfg->proxy_protocol) {
+    /* only a trusted proxy may say who the client is */
+    if (!w->gen->trusted || !mg_cidr_match_text(w->gen->trusted, mg_conn_ip(c))) {
+      MG_WARN(w->id, "%s: PROXY protocol listener %s: the peer is not in trusted_proxies (connection closed)",
+              c->client, l->cfg->text);
+      mg_conn_close(c);
+      return;
+    }
+    c->pp_wait = 1;
+  }
   if (over_limit(c)) return;
   if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
       !mg_lua_connect(w->wg, mg_conn_ip(c), c->down.listener)) {

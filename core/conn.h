@@ -62,7 +62,10 @@ struct mg_conn_s {
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;
-  char client[56];        /* "ip:port" or "[ip6]:port" */
+  char client[56];        /* "ip:port" or "[ip6]:port"; a PROXY protocol header replaces it */
+  char *pp_buf;           /* PROXY protocol: the start of a header split across reads */
+  size_t pp_len;
+  unsigned pp_wait : 1;   /* the listener expects a PROXY protocol header first */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */

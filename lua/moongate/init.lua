@@ -171,6 +171,7 @@ local function parse_addr(s, what)
 end
 
 local listen_keys = { [1] = true, name = true, tls = true, redirect_https = true, deferred = true,
+  proxy_protocol = true,
                       hsts = true }
 local tls_keys = { cert = true, key = true, certs = true, min_version = true,
                    verify_client = true, client_ca = true, profile = true, ciphers = true,
@@ -275,7 +276,8 @@ local function listen_hsts(t)
 end
 
 --- mg.listen { "host:port", ..., name = "NAME", tls = {...}, redirect_https = true | PORT,
----             deferred = true (default) | false, hsts = { max_age, subdomains, preload } }
+---             deferred = true (default) | false, hsts = { max_age, subdomains, preload },
+---             proxy_protocol = false (default) | true }
 function _M.listen(t)
   if type(t) ~= "table" then fail("mg.listen: expects a table") end
   check.keys(t, listen_keys, "mg.listen")
@@ -283,6 +285,11 @@ function _M.listen(t)
   if t.deferred ~= nil then
     check.type(t.deferred, "boolean", "mg.listen", "deferred")
     deferred = t.deferred
+  end
+  local proxy_protocol = false
+  if t.proxy_protocol ~= nil then
+    check.type(t.proxy_protocol, "boolean", "mg.listen", "proxy_protocol")
+    proxy_protocol = t.proxy_protocol
   end
   local tls = t.tls ~= nil and listen_tls(t.tls) or nil
   local redirect = nil
@@ -311,7 +318,7 @@ function _M.listen(t)
     end
     state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name, tls = tls,
                                               redirect_https = redirect, deferred = deferred,
-                                              hsts = hsts }
+                                              hsts = hsts, proxy_protocol = proxy_protocol }
   end
 end
 
