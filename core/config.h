@@ -66,6 +66,7 @@ typedef struct {
   uint64_t request;         /* whole request, first byte to last body byte; 0: off */
   uint64_t upstream_paused; /* an upstream connection paused for a client that does
                                not take the response */
+  uint64_t tunnel;          /* an upgraded connection (WebSocket) with no byte either way */
 } mg_timeouts_t;
 
 typedef struct {

@@ -184,6 +184,9 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_WAIT:
     want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
     break;
+  case MG_CS_TUNNEL: /* the client's output filling up pauses the upstream instead */
+    want = !c->rd_eof && !c->down.up_blocked;
+    break;
   case MG_CS_LINGER:
     want = !c->rd_eof;
     break;
@@ -604,6 +607,11 @@ static void on_eof(mg_conn_t *c) {
     c->rd_eof = 1;
     return;
   }
+  if (c->state == MG_CS_TUNNEL) { /* the upstream gets the FIN; its close ends the tunnel */
+    c->rd_eof = 1;
+    mg_proxy_tunnel_eof(c->req);
+    return;
+  }
   if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req && mg_outq_size(&c->out)) {
     c->rd_eof = 1;
     if (c->state == MG_CS_LINGER) c->quick_close = 1;
@@ -616,6 +624,10 @@ static void on_eof(mg_conn_t *c) {
 /* Request bytes (plaintext), in whatever state the connection is. */
 static void input(mg_conn_t *c, const char *p, size_t n) {
   if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
+  if (c->state == MG_CS_TUNNEL) {
+    mg_proxy_tunnel_in(c->req, p, n);
+    return;
+  }
   /* pipelined: kept until the current request is done, or behind the requests
    * held back while the output is full (TLS hands over the rest of a read record
    * by record, after feed() stopped: those must not jump the queue) */
@@ -895,8 +907,12 @@ static int on_headers_complete(llhttp_t *p) {
   r->http_minor = p->http_minor;
   r->keepalive = llhttp_should_keep_alive(p) ? 1 : 0;
   r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
-  /* an upgrade is not supported yet: answer it as a plain request, then close */
-  if (p->upgrade) r->keepalive = 0;
+  /* an upgrade: a tunnel if the upstream answers 101; otherwise answered as a
+   * plain request, then the connection closes */
+  if (p->upgrade) {
+    r->keepalive = 0;
+    r->upgrade = p->method != HTTP_CONNECT;
+  }
   if (p->flags & F_CHUNKED) {
     r->body = MG_BODY_CHUNKED;
     if (p->http_minor == 0) r->keepalive = 0; /* RFC 9112 6.1 */
@@ -1029,9 +1045,24 @@ static void op_done(void *c) { mg_conn_request_done(c); }
 static void op_close(void *c) { mg_conn_close(c); }
 static void op_close_after_flush(void *c) { mg_conn_close_after_flush(c); }
 static void op_reading(void *c) { mg_conn_update_reading(c); }
+/* A 101 went out: the connection is a tunnel. Bytes the client sent after its
+ * request (kept while it waited) are the tunnel's first. */
+static void op_tunnel(void *arg) {
+  mg_conn_t *c = arg;
+  c->state = MG_CS_TUNNEL;
+  mg_timer_stop(&c->w->timers, &c->timer);
+  request_stop(c);
+  if (c->saved) {
+    mg_proxy_tunnel_in(c->req, c->saved, c->saved_len);
+    free(c->saved);
+    c->saved = NULL;
+    c->saved_len = 0;
+  }
+  mg_conn_update_reading(c);
+}
 static const mg_down_ops_t down_ops = {
   .flush = op_flush, .done = op_done, .close = op_close,
-  .close_after_flush = op_close_after_flush, .reading = op_reading,
+  .close_after_flush = op_close_after_flush, .reading = op_reading, .tunnel = op_tunnel,
 };
 
 void mg_conn_accept(mg_listener_t *l) {

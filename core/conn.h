@@ -23,6 +23,7 @@ enum {
   MG_CS_HEAD,   /* reading a request head: client_header timer */
   MG_CS_BODY,   /* reading a request body: client_body timer */
   MG_CS_WAIT,   /* request read: waiting for the response to finish; reading paused */
+  MG_CS_TUNNEL, /* a 101 went out: the client's bytes go to the upstream as they are */
   MG_CS_LINGER, /* last response queued: half-closed, discarding input until EOF */
   MG_CS_CLOSED, /* uv_close started */
 };

@@ -18,6 +18,7 @@
 
 static void start_upstream(mg_req_t *r);
 static void up_ready(void *owner);
+static int tunnel_start(mg_req_t *r);
 static const mg_up_events_t up_events;
 
 #define APPEND_LIT(q, lit) mg_outq_append((q), (lit), sizeof(lit) - 1)
@@ -604,7 +605,13 @@ static int build_upstream_head(mg_req_t *r) {
     mg_outq_append_uint(q, r->content_length);
     APPEND_LIT(q, "\r\n");
   } else if (r->body == MG_BODY_CHUNKED) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
-  if (u->keepalive == 0) APPEND_LIT(q, "Connection: close\r\n");
+  if (r->upgrade) {
+    APPEND_LIT(q, "Upgrade: ");
+    mg_outq_append(q, r->upgrade_proto.p, r->upgrade_proto.len);
+    APPEND_LIT(q, "\r\nConnection: upgrade\r\n");
+  } else if (u->keepalive == 0) {
+    APPEND_LIT(q, "Connection: close\r\n");
+  }
   APPEND_LIT(q, "\r\n");
   return 0;
 }
@@ -666,6 +673,13 @@ int mg_proxy_head(mg_req_t *r) {
   if (r->method == HTTP_CONNECT) return 501;
   if ((status = parse_target(r)) != 0) return status;
   if ((status = check_headers(r)) != 0) return status;
+  if (r->upgrade) {
+    /* kept apart: the client's Connection lists it, so it leaves the head below */
+    const mg_header_t *up = mg_head_get(&r->head, MG_STR("upgrade"));
+    char *v = up && up->value.len ? mg_arena_strdup(&r->arena, up->value.p, up->value.len) : NULL;
+    if (!v) r->upgrade = 0; /* llhttp saw none: not an upgrade after all */
+    else r->upgrade_proto = (mg_str_t){ v, up->value.len };
+  }
   if (r->connection.len && drop_listed_headers(r) < 0) return 500;
   find_client(r);
   uint64_t max = r->gen->limits.body_size;
@@ -781,7 +795,8 @@ static void start_upstream(mg_req_t *r) {
     }
     mg_up_link_t link = {
       .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
-      .is_head = r->method == HTTP_HEAD, .sent_all = r->complete,
+      .is_head = r->method == HTTP_HEAD, .sent_all = r->complete, .upgrade = r->upgrade,
+      .tunnel_ms = r->gen->timeouts.tunnel,
       .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,
       .write_ms = r->gen->timeouts.upstream_write, .paused_ms = r->gen->timeouts.upstream_paused,
     };
@@ -918,6 +933,7 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
     return -1;
   }
   r->status = up_status;
+  if (up_status == 101) return tunnel_start(r);
   if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
     if (mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL) < 0) {
       mg_proxy_error(r, 500, 0); /* releases the upstream connection */
@@ -978,6 +994,11 @@ static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_s
 static void up_body(void *owner, const char *p, size_t len) {
   mg_req_t *r = owner;
   mg_down_t *c = r->down;
+  if (r->tunnel) {
+    mg_outq_append(c->out, p, len);
+    r->bytes_out += len;
+    return;
+  }
   if (r->rnobody) return; /* e.g. the response hook made it a 204 */
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_str_t chunk = { p, len };
@@ -1001,6 +1022,9 @@ static void up_flush(void *owner) {
   mg_upconn_t *u = r->upc;
   c->ops->flush(c->conn); /* may close c and free r */
   if (c->closed || !u || u->owner != r) return;
+  /* a tunnel's first client bytes (sent before the 101) wait in u's queue */
+  if (r->tunnel && mg_upstream_flush(u) < 0) return;
+  if (!r->upc) return;
   if (mg_outq_full(c->out)) mg_upstream_pause(u, 1);
 }
 
@@ -1032,6 +1056,52 @@ static void up_drained(void *owner) {
   }
 }
 
+/* ---------------- tunnels (Upgrade, WebSocket) ---------------- */
+
+/* A 101 to an upgrade request: the head goes to the client with the upstream's
+ * Upgrade, and both connections become a tunnel. The response and body hooks
+ * do not run: what follows is not HTTP. */
+static int tunnel_start(mg_req_t *r) {
+  mg_down_t *c = r->down;
+  const mg_header_t *up = mg_head_get(&r->rhead, MG_STR("upgrade"));
+  if (!up || !up->value.len) {
+    MG_WARN(r->w->id, "req %s: upstream %s: bad response: 101 without Upgrade", r->id, peer_text(r));
+    return -1;
+  }
+  mg_outq_t *q = c->out;
+  size_t before = mg_outq_size(q);
+  append_status_line(q, 101);
+  append_response_headers(q, &r->rhead, 0);
+  APPEND_LIT(q, "Upgrade: ");
+  mg_outq_append(q, up->value.p, up->value.len);
+  APPEND_LIT(q, "\r\nConnection: upgrade\r\n\r\n");
+  r->bytes_out += mg_outq_size(q) - before;
+  r->tunnel = 1;
+  r->rstate = MG_RS_HEAD;
+  c->close_after = 1; /* no HTTP after a tunnel */
+  c->ops->tunnel(c->conn);
+  return 0;
+}
+
+void mg_proxy_tunnel_in(mg_req_t *r, const char *p, size_t len) {
+  r->bytes_in += len;
+  if (r->upc) mg_outq_append(&r->upc->out, p, len); /* flushed after the read */
+}
+
+void mg_proxy_tunnel_eof(mg_req_t *r) {
+  if (r->upc) mg_upstream_shutdown(r->upc); /* the upstream's close ends the tunnel */
+}
+
+static void up_tunnel_end(void *owner, const char *why) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
+  if (why) MG_INFO(r->w->id, "req %s: tunnel to upstream %s ended: %s", r->id, peer_text(r), why);
+  r->t_up_end = uv_hrtime();
+  r->rstate = MG_RS_DONE;
+  c->up_blocked = 0;
+  c->ops->close_after_flush(c->conn); /* what came before the close still goes out */
+}
+
 /* timeouts.upstream_paused: the client has not taken the response for that long
  * (upstream.c closed the upstream connection): the exchange ends both ways. */
 static void up_slow_client(void *owner) {
@@ -1046,4 +1116,5 @@ static void up_slow_client(void *owner) {
 static const mg_up_events_t up_events = {
   .ready = up_ready, .failed = up_failed, .interim = up_interim, .head = up_head, .body = up_body,
   .end = up_end, .flush = up_flush, .drained = up_drained, .slow_client = up_slow_client,
+  .tunnel_end = up_tunnel_end,
 };

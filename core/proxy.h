@@ -27,6 +27,8 @@ typedef struct {
   void (*close)(void *conn);             /* end now */
   void (*close_after_flush)(void *conn); /* end once what is queued is written */
   void (*reading)(void *conn);           /* up_blocked changed: reconsider reading */
+  void (*tunnel)(void *conn);            /* a 101 went out: from now on the client's bytes
+                                            go to mg_proxy_tunnel_in as they are */
 } mg_down_ops_t;
 
 typedef struct {
@@ -73,6 +75,7 @@ struct mg_req_s {
   mg_str_t client_ip;     /* the client's address: the peer's, or taken from the
                              X-Forwarded-For of a trusted proxy (trusted_proxies) */
   unsigned trusted : 1;   /* the peer is one of trusted_proxies */
+  mg_str_t upgrade_proto; /* the Upgrade header's value (copied: Connection drops it) */
   mg_str_t connection;    /* Connection header value (names of extra hop-by-hop headers) */
   int body;               /* MG_BODY_* */
   uint64_t content_length;
@@ -88,6 +91,8 @@ struct mg_req_s {
   unsigned absolute_form : 1;   /* the target carried the authority (it wins over Host) */
   unsigned stale_retry : 1;
   unsigned head_done : 1;
+  unsigned upgrade : 1;         /* the client asks to upgrade (Upgrade + Connection: upgrade) */
+  unsigned tunnel : 1;          /* a 101 came: bytes pass as they are, both ways */
   unsigned upreq_hooked : 1;    /* the upstream_request hook ran */       /* the head is frozen: later header callbacks are trailers */     /* already retried once after a dead pooled connection */
 
   /* upstream */
@@ -138,6 +143,9 @@ void mg_proxy_error(mg_req_t *r, int status, int close);
 /* Abandons the exchange (client gone): closes the upstream connection if any. */
 void mg_proxy_abort(mg_req_t *r);
 
+/* A tunnel (after a 101): bytes from the client, and the client's half-close. */
+void mg_proxy_tunnel_in(mg_req_t *r, const char *p, size_t len);
+void mg_proxy_tunnel_eof(mg_req_t *r);
 /* The client's output queue drained: resume reading the upstream. */
 void mg_proxy_client_drained(mg_req_t *r);
 

@@ -91,6 +91,33 @@ static void cut_slow_client(mg_upconn_t *u) {
   ev->slow_client(owner);
 }
 
+static void arm_rw(mg_upconn_t *u);
+
+/* Tunnel bytes from the upstream go to the owner as they are. */
+static void tunnel_data(mg_upconn_t *u, const char *p, size_t n) {
+  if (!u->paused) arm_rw(u); /* any byte either way restarts timeouts.tunnel */
+  u->ev->body(u->owner, p, n);
+}
+
+/* The tunnel is over: the connection closes, the owner is told. */
+static void tunnel_end(mg_upconn_t *u, const char *why) {
+  void *owner = u->owner;
+  const mg_up_events_t *ev = u->ev;
+  mg_upstream_close(u);
+  if (owner) ev->tunnel_end(owner, why);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) { free(req); }
+
+void mg_upstream_shutdown(mg_upconn_t *u) {
+  if (u->state != MG_UP_ACTIVE) return;
+  if (u->ssl) mg_tp_tls_close(&u->tls_out); /* close_notify, then the FIN */
+  mg_upstream_flush(u);
+  if (u->state != MG_UP_ACTIVE) return;
+  uv_shutdown_t *req = malloc(sizeof(*req));
+  if (req && uv_shutdown(req, (uv_stream_t *)&u->tcp, on_shutdown) < 0) free(req);
+}
+
 static void on_timer(uv_timer_t *t) {
   mg_upconn_t *u = t->data;
   switch (u->state) {
@@ -98,7 +125,8 @@ static void on_timer(uv_timer_t *t) {
     fail(u, 1, 1);
     break;
   case MG_UP_ACTIVE:
-    if (u->paused && u->owner) cut_slow_client(u);
+    if (u->tunnel && !u->paused && u->owner) tunnel_end(u, "idle for timeouts.tunnel");
+    else if (u->paused && u->owner) cut_slow_client(u);
     else fail(u, 0, 1);
     break;
   default:
@@ -162,6 +190,11 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
     p += used;
     n -= used;
     llhttp_resume(&u->parser);
+  }
+  if (u->tunnel) { /* the 101 head ended the HTTP part: what follows is the tunnel's */
+    const char *pos = llhttp_get_error_pos(&u->parser);
+    if (pos && pos >= p && pos < p + n) tunnel_data(u, pos, (size_t)(p + n - pos));
+    return u->owner ? 0 : -1;
   }
   if (err == HPE_OK) return 0;
   if (err == HPE_PAUSED && u->done) {
@@ -233,6 +266,10 @@ static int tls_deliver(void *arg, const char *p, size_t n) {
     return 1;
   }
   u->got_bytes = 1;
+  if (u->tunnel) {
+    tunnel_data(u, p, n);
+    return !u->owner;
+  }
   if (!u->paused) arm_rw(u); /* paused: the upstream_paused timer runs */
   return parse(u, p, n) < 0;
 }
@@ -255,7 +292,8 @@ static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
     return;
   }
   if (rd == MG_TP_EOF) {
-    on_eof(u);
+    if (u->tunnel) tunnel_end(u, NULL);
+    else on_eof(u);
     return;
   }
   if (rd == MG_TP_ERROR) {
@@ -279,12 +317,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       fail(u, 1, 0);
     }
     else if (u->state != MG_UP_ACTIVE || !u->owner) mg_upstream_close(u); /* pooled */
+    else if (u->tunnel) tunnel_end(u, nread == UV_EOF ? NULL : uv_strerror((int)nread));
     else if (nread == UV_EOF) on_eof(u);
     else fail(u, 0, 0);
     return;
   }
   if (u->ssl) {
     tls_read(u, buf->base, (size_t)nread);
+    return;
+  }
+  if (u->tunnel) {
+    tunnel_data(u, buf->base, (size_t)nread);
+    if (u->owner) u->ev->flush(u->owner);
     return;
   }
   if (u->state != MG_UP_ACTIVE) {
@@ -360,6 +404,9 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->rid = l->id;
   u->rhead = l->rhead;
   u->sent_all = l->sent_all;
+  u->upgrade = l->upgrade;
+  u->tunnel = 0;
+  u->tunnel_ms = l->tunnel_ms;
   u->server = s;
   u->got_bytes = 0;
   u->done = 0;
@@ -565,7 +612,16 @@ static int on_headers_complete(llhttp_t *p) {
   if (status < 100 || status > 599) return refuse(u, "status code out of range (100-599)");
   if (status < 200) {
     /* 101: moongate never forwards Upgrade, so the request did not ask for it */
-    if (status == 101) return refuse(u, "101 Switching Protocols to a request that did not ask to upgrade");
+    if (status == 101) {
+      if (!u->upgrade) return refuse(u, "101 Switching Protocols to a request that did not ask to upgrade");
+      u->head_done = 1;
+      u->tunnel = 1;
+      u->read_ms = u->write_ms = u->tunnel_ms;
+      arm_rw(u); /* timeouts.tunnel from now on */
+      if (u->ev->head(u->owner, status, 0, 0) < 0) return -1;
+      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      return HPE_PAUSED; /* the rest of the read is the tunnel's */
+    }
     /* An interim response ends with its head (RFC 9110 15.2): whatever framing
      * it claims, what follows is the next response, never its content. 103 goes
      * to the client (when it can take it); 100 was answered by moongate; other

@@ -47,6 +47,11 @@ typedef struct {
   void (*flush)(void *owner);   /* a read's worth of response was handed over */
   void (*drained)(void *owner); /* the request's bytes drained below the low water mark */
   void (*slow_client)(void *owner); /* timeouts.upstream_paused ran out (the connection is closed) */
+  /* after a 101 to an upgrade request the connection is a tunnel: its bytes come
+   * through `body` as they are, and this says it ended (closed by the upstream,
+   * an error, or timeouts.tunnel without a byte either way; the connection is
+   * closed); `why` is for the log, NULL for a plain close */
+  void (*tunnel_end)(void *owner, const char *why);
 } mg_up_events_t;
 
 /* The exchange's side of a link, given to mg_upstream_get. */
@@ -58,6 +63,8 @@ typedef struct {
   mg_head_t *rhead;   /* the owner's response head: parsed into */
   int is_head;        /* the request is HEAD: the response has no body */
   int sent_all;       /* the whole request is in (mg_upstream_request_complete later) */
+  int upgrade;        /* the request asks to upgrade: a 101 makes the connection a tunnel */
+  uint64_t tunnel_ms; /* timeouts.tunnel: a tunnel with no byte either way that long ends */
   uint64_t connect_ms, read_ms, write_ms, paused_ms;
 } mg_up_link_t;
 
@@ -77,6 +84,9 @@ struct mg_upconn_s {
   const char *rid;          /* the owner's request id */
   mg_head_t *rhead;         /* the owner's response head */
   int sent_all;             /* the whole request has been handed over */
+  int upgrade;              /* the request asked to upgrade: a 101 is allowed */
+  int tunnel;               /* a 101 came: bytes pass as they are, both ways */
+  uint64_t tunnel_ms;
   const mg_server_t *server;
   int state;
   int handles;
@@ -119,6 +129,8 @@ void mg_upstream_close(mg_upconn_t *u);
  * and a negative code returned: the caller must not touch the request then. */
 int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* A tunnel's client half-closed: the upstream gets a FIN once what is queued is written. */
+void mg_upstream_shutdown(mg_upconn_t *u);
 /* The owner read the whole request: from now on the upstream is judged on answering. */
 void mg_upstream_request_complete(mg_upconn_t *u);
 /* The worker's pool timer: closes the surplus idle connections described above. */

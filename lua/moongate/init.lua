@@ -32,7 +32,7 @@ function _M._state() return state end
 local timeout_keys = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
   upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
-  request = 60, upstream_paused = 60,
+  request = 60, upstream_paused = 60, tunnel = 300,
 }
 local limit_keys = {
   head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576,
@@ -318,7 +318,7 @@ function _M.listen(t)
     end
     state.listeners[#state.listeners + 1] = { host = host, port = port, name = t.name, tls = tls,
                                               redirect_https = redirect, deferred = deferred,
-                                              hsts = hsts, proxy_protocol = proxy_protocol }
+                                              hsts = hsts, proxy_protocol = proxy_protocol or nil }
   end
 end
 
