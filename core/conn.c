@@ -508,7 +508,8 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
   }
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
     c->down.in_parser = 1;
-    c->done_pending = 0;
+    if (!c->phase_ran) c->done_pending = 0; /* an answer the head phase gave is still due */
+    c->phase_ran = 0;
     c->err_status = 0;
     int scan = mg_head_scan(&c->scan, data, len);
     llhttp_errno_t err;
@@ -547,7 +548,37 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       }
       continue;
     }
-    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    int refused = 0;
+    if (err == HPE_PAUSED && c->head_phase) {
+      /* The head is in. Its phase (validation, routing, the request hooks, the
+       * start of the upstream exchange) runs here, between two parser runs, never
+       * inside a llhttp callback; then the parser goes on with the body. */
+      c->head_phase = 0;
+      const char *pos = llhttp_get_error_pos(c->parser);
+      size_t used = pos ? (size_t)(pos - data) : len;
+      if (used > len) used = len;
+      data += used;
+      len -= used;
+      mg_req_t *r = c->req;
+      c->down.in_parser = 1; /* answers given now are flushed once, after the read */
+      int status = mg_proxy_head(r);
+      c->down.in_parser = 0;
+      if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
+      if (!status) {
+        if (c->state == MG_CS_HEAD &&
+            (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0))) {
+          c->state = MG_CS_BODY;
+          body_start(c);
+        }
+        llhttp_resume(c->parser);
+        c->phase_ran = 1;
+        continue;
+      }
+      c->err_status = status;
+      err = HPE_USER;
+      refused = 1;
+    }
+    if (!refused && (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)) {
       const char *pos = llhttp_get_error_pos(c->parser);
       size_t used = pos ? (size_t)(pos - data) : len;
       if (used > len) used = len;
@@ -920,20 +951,8 @@ static int on_headers_complete(llhttp_t *p) {
     r->body = MG_BODY_LENGTH;
     r->content_length = p->content_length;
   }
-  int status = mg_proxy_head(r);
-  if (status) {
-    c->err_status = status;
-    return -1;
-  }
-  if (gone(c)) return -1;
-  if (c->state == MG_CS_HEAD) {
-    int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
-    if (has_body) {
-      c->state = MG_CS_BODY;
-      body_start(c);
-    }
-  }
-  return 0;
+  c->head_phase = 1; /* feed() runs the exchange's head phase: the parser pauses here */
+  return HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {

@@ -58,6 +58,9 @@ struct mg_conn_s {
   unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
   unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
   unsigned trailers : 1;     /* llhttp paused at the last chunk: its trailer section follows */
+  unsigned head_phase : 1;   /* llhttp paused at the end of a head: the exchange's head phase
+                                (routing, request hooks) runs next, outside the parser */
+  unsigned phase_ran : 1;    /* the head phase just ran: done_pending carries over */
   mg_head_scan_t scan;    /* line framing of the request head being read */
   int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),
