@@ -181,6 +181,26 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
     u->why = NULL;
     err = llhttp_execute(&u->parser, p, n);
     if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+    if (u->head_pending) {
+      /* The response head phase runs here, between two parser runs, never inside
+       * a llhttp callback: the exchange's response hooks, then its head to the
+       * client. A body follows once the parser resumes. */
+      u->head_pending = 0;
+      if (u->ev->head(u->owner, u->h_status, u->h_has_length, u->h_length) < 0) {
+        if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+        fail(u, 0, 0); /* the exchange logged why it refused the response */
+        return -1;
+      }
+      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      if (err == HPE_PAUSED && !u->done) {
+        const char *pos = llhttp_get_error_pos(&u->parser);
+        size_t used = pos && pos >= p && pos <= p + n ? (size_t)(pos - p) : n;
+        p += used;
+        n -= used;
+        llhttp_resume(&u->parser);
+        continue;
+      }
+    }
     if (err != HPE_PAUSED || !u->rescan) break;
     /* an interim response ended, or the last chunk began the trailers: the
      * head or trailer section that follows in this read is scanned too */
@@ -418,6 +438,7 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
   u->head_done = 0;
+  u->head_pending = 0;
   u->trailer_bytes = 0;
   u->chunk_ext = 0;
   u->why = NULL;
@@ -634,11 +655,14 @@ static int on_headers_complete(llhttp_t *p) {
     return 1;
   }
   u->head_done = 1;
-  if (u->ev->head(u->owner, status, (p->flags & F_CONTENT_LENGTH) != 0, p->content_length) < 0) return -1;
-  if (u->state == MG_UP_CLOSED || !u->owner) return -1;
-  /* 1: no body. llhttp knows that of HEAD only when told, and of 204/304 only
-   * when they come without Content-Length. */
-  return u->is_head || status == 204 || status == 304 ? 1 : 0;
+  u->head_pending = 1; /* parse() runs the head phase once the parser pauses */
+  u->h_status = status;
+  u->h_has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  u->h_length = p->content_length;
+  /* 1: no body (llhttp knows that of HEAD only when told, and of 204/304 only
+   * when they come without Content-Length): it goes on to the message's end,
+   * where it pauses. Otherwise it pauses here, before the body. */
+  return u->is_head || status == 204 || status == 304 ? 1 : HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {

@@ -86,6 +86,10 @@ struct mg_upconn_s {
   int sent_all;             /* the whole request has been handed over */
   int upgrade;              /* the request asked to upgrade: a 101 is allowed */
   int tunnel;               /* a 101 came: bytes pass as they are, both ways */
+  int head_pending;         /* a final head is parsed: its phase (the exchange's response
+                               hooks, the head to the client) runs after the parser pauses */
+  int h_status, h_has_length;
+  uint64_t h_length;
   uint64_t tunnel_ms;
   const mg_server_t *server;
   int state;
