@@ -803,6 +803,10 @@ static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
       c->ip_off = (uint8_t)(ip.p - text);
       c->ip_len = (uint8_t)ip.len;
       c->down.ip = mg_conn_ip(c);
+      /* what a PROXY header to an upstream passes on: this one's two ends */
+      size_t alen = a.family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+      memcpy(&c->down.peer, &a.src, alen);
+      memcpy(&c->down.local, &a.dst, alen);
     }
   }
   c->pp_wait = 0;
@@ -1079,9 +1083,15 @@ static void op_tunnel(void *arg) {
   }
   mg_conn_update_reading(c);
 }
+static void op_local_addr(void *arg) {
+  mg_conn_t *c = arg;
+  int len = sizeof(c->down.local);
+  if (uv_tcp_getsockname(&c->tcp, &c->down.local.sa, &len) < 0) c->down.local.sa.sa_family = AF_UNSPEC;
+}
 static const mg_down_ops_t down_ops = {
   .flush = op_flush, .done = op_done, .close = op_close,
   .close_after_flush = op_close_after_flush, .reading = op_reading, .tunnel = op_tunnel,
+  .local_addr = op_local_addr,
 };
 
 void mg_conn_accept(mg_listener_t *l) {
@@ -1122,6 +1132,8 @@ void mg_conn_accept(mg_listener_t *l) {
   int port = 0, v6 = 0;
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0) {
     v6 = ss.ss_family == AF_INET6;
+    if (ss.ss_family == AF_INET || v6) /* kept for a PROXY header to an upstream */
+      memcpy(&c->down.peer, &ss, v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     if (v6) {
       uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
       port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);

@@ -800,6 +800,12 @@ static void start_upstream(mg_req_t *r) {
       .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,
       .write_ms = r->gen->timeouts.upstream_write, .paused_ms = r->gen->timeouts.upstream_paused,
     };
+    if (u->proxy_protocol) { /* the header names the client as this exchange sees it */
+      mg_down_t *d = r->down;
+      if (d->local.sa.sa_family == AF_UNSPEC) d->ops->local_addr(d->conn);
+      link.pp_src = &d->peer.sa;
+      link.pp_dst = &d->local.sa;
+    }
     int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
     if (rc == 1) {
       up_ready(r);

@@ -9,6 +9,8 @@
 #define MG_PROXY_H
 
 #include <llhttp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "arena.h"
 #include "buf.h"
@@ -29,7 +31,16 @@ typedef struct {
   void (*reading)(void *conn);           /* up_blocked changed: reconsider reading */
   void (*tunnel)(void *conn);            /* a 101 went out: from now on the client's bytes
                                             go to mg_proxy_tunnel_in as they are */
+  void (*local_addr)(void *conn);        /* fill `local` in (getsockname), once asked */
 } mg_down_ops_t;
+
+/* A socket address of either family, in the room of an IPv6 one (a
+ * sockaddr_storage would add 200 bytes to every connection). */
+typedef union {
+  struct sockaddr sa; /* sa_family AF_UNSPEC (0): not known */
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} mg_sockaddr_t;
 
 typedef struct {
   void *conn;
@@ -37,6 +48,12 @@ typedef struct {
   mg_outq_t *out;          /* the client's output queue: responses are appended here */
   const char *client;      /* "ip:port" or "[ip6]:port" of the peer */
   mg_str_t ip;             /* the peer's address alone */
+  /* The same client as a socket address, and the address it connected to, for a
+   * PROXY protocol header sent upstream. A PROXY header the connection began with
+   * sets both (its source and destination); else peer is the socket's peer and
+   * local stays unknown until the exchange asks for it (ops->local_addr): one
+   * getsockname for the connections that need it, not one per accept. */
+  mg_sockaddr_t peer, local;
   const char *listener;    /* the listener's name, NULL when unnamed */
   const char *hsts;        /* the listener's Strict-Transport-Security line, NULL: none */
   struct ssl_st *ssl;      /* TLS session, NULL: plain */

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 
 #include "log.h"
+#include "proxyproto.h"
 
 static int on_status(llhttp_t *p, const char *at, size_t len);
 static int on_header_field(llhttp_t *p, const char *at, size_t len);
@@ -449,10 +450,24 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   mg_head_reset(u->rhead);
 }
 
+/* Queues the PROXY protocol header on a connection still connecting and hands it
+ * to libuv, which writes it once connected, before anything queued later (the TLS
+ * ClientHello, the request). Plaintext: no encoder is attached yet. */
+static int send_proxy_header(mg_upconn_t *u, int version, const mg_up_link_t *l) {
+  char hdr[MG_PP_WRITE_MAX];
+  size_t n = version == 2 ? mg_pp_write_v2(hdr, sizeof(hdr), l->pp_src, l->pp_dst)
+                          : mg_pp_write_v1(hdr, sizeof(hdr), l->pp_src, l->pp_dst);
+  u->named = 1;
+  if (mg_outq_append(&u->out, hdr, n) < 0) return UV_ENOMEM;
+  return mg_outq_flush(&u->out);
+}
+
 int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
   mg_pool_t *pool = pool_for(w, s, cfg->tls);
   if (!pool) return UV_ENOMEM;
-  if (pool->idle) {
+  /* a pooled connection is another client's, or had no header (a config without
+   * proxy_protocol for the same server): a PROXY header means a new one */
+  if (pool->idle && !cfg->proxy_protocol) {
     mg_upconn_t *u = pool->idle;
     unpool(u);
     u->state = MG_UP_ACTIVE;
@@ -472,6 +487,16 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
   mg_outq_init(&u->out, on_out, u);
   u->out.stream = (uv_stream_t *)&u->tcp;
   u->state = MG_UP_CONNECTING;
+  int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
+  if (rc < 0) {
+    mg_upstream_close(u);
+    return rc;
+  }
+  if (cfg->proxy_protocol && (rc = send_proxy_header(u, cfg->proxy_protocol, l)) < 0) {
+    mg_upstream_close(u);
+    return rc;
+  }
+  /* after the header: from here on what is queued goes out as TLS records */
   if (cfg->tls) {
     u->ssl = mg_tls_connect_new(cfg->tls, pool->session, u);
     if (!u->ssl) {
@@ -479,11 +504,6 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
       return UV_ENOMEM;
     }
     mg_tp_tls_attach(&u->out, &u->tls_out, u->ssl);
-  }
-  int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
-  if (rc < 0) {
-    mg_upstream_close(u);
-    return rc;
   }
   link_owner(u, l, cfg, s);
   uv_timer_start(&u->timer, on_timer, l->connect_ms, 0);
@@ -493,7 +513,7 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
 void mg_upstream_release(mg_upconn_t *u, int reusable) {
   unlink_owner(u);
   mg_pool_t *p = u->pool;
-  if (!reusable || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->out.pending ||
+  if (!reusable || u->named || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->out.pending ||
       u->out.inflight) {
     mg_upstream_close(u);
     return;

@@ -66,6 +66,11 @@ typedef struct {
   int upgrade;        /* the request asks to upgrade: a 101 makes the connection a tunnel */
   uint64_t tunnel_ms; /* timeouts.tunnel: a tunnel with no byte either way that long ends */
   uint64_t connect_ms, read_ms, write_ms, paused_ms;
+  /* The client (what the exchange takes as its address) and the address it
+   * connected to: the source and destination of the PROXY protocol header an
+   * upstream with proxy_protocol gets first on a new connection. Read during
+   * mg_upstream_get only; NULL or an unknown family: a header without addresses. */
+  const struct sockaddr *pp_src, *pp_dst;
 } mg_up_link_t;
 
 struct mg_upconn_s {
@@ -95,6 +100,8 @@ struct mg_upconn_s {
   int state;
   int handles;
   int reused;        /* came from the pool */
+  int named;         /* began with a PROXY protocol header naming one client: never
+                        pooled, so it never serves another */
   int got_bytes;     /* some response byte arrived for the current request */
   int paused;        /* reading stopped: the client is slow (upstream_paused timer) */
   int done;          /* response complete (set by the parser callback) */
@@ -117,8 +124,10 @@ struct mg_upconn_s {
 
 /* Gets a connection to `s` for link->owner and links the two (*link->slot, u->owner). Returns 1
  * when a pooled connection is ready now (the caller goes on with it), 0 when a new
- * connection is being made (mg_proxy_upstream_ready or _failed follows), or a
- * negative libuv error (nothing linked). */
+ * connection is being made (ev->ready or ev->failed follows), or a negative libuv
+ * error (nothing linked). With u->proxy_protocol the connection is always new: its
+ * PROXY header (from link->pp_src/pp_dst) goes first, before any TLS byte, and it
+ * is closed, not pooled, when released. */
 int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *link, const mg_upstream_cfg_t *u,
                     const mg_server_t *s);
 /* Unlinks u from its request; pools it when `reusable` (and keepalive > 0), else

@@ -343,7 +343,10 @@ Origin.__index = Origin
 -- blackhole (a listener whose connects hang), tls ({ cert = PEM file, key = PEM
 -- file, max_version = "1.2" (optional), client_ca = PEM file (optional: verify
 -- client certificates; the echo's tls.client is the CN), client = "required" |
--- "optional" (default) }: the main port speaks TLS; the control port stays plain). Returns an object with port, ctrl (control port), addr
+-- "optional" (default) }: the main port speaks TLS; the control port stays plain),
+-- proxy_protocol (true: every connection must begin with a PROXY protocol v1/v2
+-- header, before TLS; /echo reports it as "proxy" and "proxy_headers").
+-- Returns an object with port, ctrl (control port), addr
 -- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
   opts = opts or {}
@@ -358,6 +361,7 @@ function helpers.origin(opts)
                  "--port-file", o.port_file, "--log", o.log }
   if opts.port then argv[#argv + 1] = "--port" argv[#argv + 1] = tostring(opts.port) end
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
+  if opts.proxy_protocol then argv[#argv + 1] = "--proxy-protocol" end
   if opts.tls then
     assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")
     for _, a in ipairs({ "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key }) do argv[#argv + 1] = a end

@@ -322,7 +322,10 @@ function _M.listen(t)
   end
 end
 
-local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true }
+local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
+                        proxy_protocol = true }
+-- proxy_protocol: what proxy.lua says -> the version core/config.c reads (0: none)
+local pp_versions = { v1 = 1, v2 = 2 }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
 
@@ -343,7 +346,8 @@ local function sni_name(v, what)
   return v
 end
 
---- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60 }
+--- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
+---                     proxy_protocol = false (default) | "v1" | "v2" }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -356,7 +360,8 @@ function _M.upstream(name)
     check.type(t.servers, "table", what, "servers")
     if #t.servers == 0 then fail("%s: 'servers' is empty", what) end
     if #t.servers > 64 then fail("%s: at most 64 servers per upstream", what) end
-    local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60 }, upstream_mt)
+    local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60,
+                             proxy_protocol = 0 }, upstream_mt)
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
       local addr, opts = match(s, "^(%S+)%s*(.*)$")
@@ -388,6 +393,13 @@ function _M.upstream(name)
         fail("%s: 'sni' is needed to verify the server's name (or verify = false)", w)
       end
       u.tls = tls
+    end
+    if t.proxy_protocol ~= nil and t.proxy_protocol ~= false then
+      u.proxy_protocol = pp_versions[t.proxy_protocol]
+      if not u.proxy_protocol then
+        fail("%s: 'proxy_protocol' must be \"v1\", \"v2\" or false, got %s", what,
+             type(t.proxy_protocol) == "string" and ("%q"):format(t.proxy_protocol) or tostring(t.proxy_protocol))
+      end
     end
     if t.keepalive_timeout ~= nil then
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)

@@ -10,6 +10,7 @@ Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
             [--tls-cert PEM --tls-key PEM [--tls-max 1.2]
              [--tls-client-ca PEM [--tls-client required|optional]]]
+            [--proxy-protocol]
   origin.py --blackhole --port-file F
 
 With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
@@ -17,6 +18,15 @@ With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
 at 1.2; --tls-client-ca asks clients for a certificate signed by that CA, which
 --tls-client required makes mandatory) and every connection is counted once its
 handshake is done; the control port stays plain.
+
+With --proxy-protocol every connection must begin with a PROXY protocol header,
+version 1 or 2 (before the TLS handshake when the port speaks TLS); one without
+is closed unanswered (logged to stderr, not counted). A header found again before a later
+request on the same connection is taken and counted too (a proxy must send one
+per connection: the count shows it). /echo then also has "proxy": the first
+header as parsed, {"version": 1|2, "command": "PROXY"|"LOCAL", "family":
+"TCP4"|"TCP6"|"UNKNOWN", "src", "src_port", "dst", "dst_port"} (addresses null
+without one), and "proxy_headers": how many headers the connection has carried.
 
 The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
@@ -67,6 +77,8 @@ STATE = {"connections": 0, "requests": 0, "open": 0, "body_bytes_sent": 0,
          "body_bytes_read": 0}
 NAME = "origin"
 LOG = None
+PROXY_PROTOCOL = False  # --proxy-protocol
+TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
 
 
@@ -178,6 +190,9 @@ async def echo(writer, req, keep):
     }
     if req.get("tls") is not None:
         doc["tls"] = req["tls"]
+    if PROXY_PROTOCOL:
+        doc["proxy"] = req["proxy"]
+        doc["proxy_headers"] = req["proxy_headers"]
     body = json.dumps(doc).encode()
     hdrs = [("Content-Type", "application/json"), ("Content-Length", len(body)),
             ("X-Origin", NAME)]
@@ -358,6 +373,132 @@ async def stream_echo(reader, writer, headers):
     await send(writer, b"0\r\n\r\n")
 
 
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def parse_v1(line):
+    """A v1 header line (CRLF included) as the dict /echo reports."""
+    words = line[:-2].decode("latin-1").split(" ")
+    if len(words) < 2 or words[0] != "PROXY" or len(line) > 107:
+        raise ValueError("bad v1 header %r" % line)
+    doc = {"version": 1, "command": "PROXY", "family": words[1], "src": None,
+           "src_port": None, "dst": None, "dst_port": None}
+    if words[1] == "UNKNOWN":
+        return doc
+    if words[1] not in ("TCP4", "TCP6") or len(words) != 6:
+        raise ValueError("bad v1 header %r" % line)
+    fam = socket.AF_INET if words[1] == "TCP4" else socket.AF_INET6
+    for w in words[2:4]:
+        socket.inet_pton(fam, w)  # raises on a bad address
+    doc.update(src=words[2], dst=words[3], src_port=int(words[4]), dst_port=int(words[5]))
+    return doc
+
+
+def parse_v2(fixed, body):
+    """A v2 header (16 fixed bytes and the rest) as the dict /echo reports."""
+    ver_cmd, fam = fixed[12], fixed[13]
+    if ver_cmd >> 4 != 2 or ver_cmd & 15 > 1:
+        raise ValueError("bad v2 version/command 0x%02x" % ver_cmd)
+    doc = {"version": 2, "command": "PROXY" if ver_cmd & 15 else "LOCAL", "family": "UNKNOWN",
+           "src": None, "src_port": None, "dst": None, "dst_port": None}
+    if ver_cmd & 15 == 0:
+        return doc
+    if fam == 0x11 and len(body) >= 12:
+        doc.update(family="TCP4", src=socket.inet_ntop(socket.AF_INET, body[0:4]),
+                   dst=socket.inet_ntop(socket.AF_INET, body[4:8]),
+                   src_port=struct.unpack("!H", body[8:10])[0],
+                   dst_port=struct.unpack("!H", body[10:12])[0])
+    elif fam == 0x21 and len(body) >= 36:
+        doc.update(family="TCP6", src=socket.inet_ntop(socket.AF_INET6, body[0:16]),
+                   dst=socket.inet_ntop(socket.AF_INET6, body[16:32]),
+                   src_port=struct.unpack("!H", body[32:34])[0],
+                   dst_port=struct.unpack("!H", body[34:36])[0])
+    elif fam != 0:
+        raise ValueError("v2 family 0x%02x with %d address bytes" % (fam, len(body)))
+    return doc
+
+
+async def read_proxy_header(reader):
+    """Reads a PROXY header if one starts here (a later request on a connection:
+    a proxy must not send one again). Returns (header dict or None, the bytes
+    read that were not one: the start of a request head). Six bytes decide:
+    every request line and every header is longer."""
+    start = await reader.readexactly(6)
+    if start == b"PROXY ":
+        return parse_v1(start + await reader.readuntil(b"\r\n")), b""
+    if start == V2_SIG[:6]:
+        fixed = start + await reader.readexactly(10)
+        if fixed[:12] != V2_SIG:
+            raise ValueError("bad v2 signature")
+        body = await reader.readexactly(struct.unpack("!H", fixed[14:16])[0])
+        return parse_v2(fixed, body), b""
+    return None, start
+
+
+async def recv_exactly(sock, n):
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < n:
+        piece = await loop.sock_recv(sock, n - len(data))
+        if not piece:
+            raise asyncio.IncompleteReadError(data, n)
+        data += piece
+    return data
+
+
+async def recv_proxy_header(sock):
+    """The header that must begin a connection, read from the socket itself and
+    never a byte past it (what follows may be a TLS ClientHello, which the TLS
+    layer must see whole). Raises ValueError when there is none."""
+    start = await recv_exactly(sock, 6)
+    if start == b"PROXY ":
+        line = start
+        while not line.endswith(b"\r\n"):
+            if len(line) >= 107:
+                raise ValueError("v1 header longer than 107 bytes: %r" % line)
+            line += await recv_exactly(sock, 1)
+        return parse_v1(line)
+    if start != V2_SIG[:6]:
+        raise ValueError("no PROXY header: %r" % start)
+    fixed = start + await recv_exactly(sock, 10)
+    if fixed[:12] != V2_SIG:
+        raise ValueError("bad v2 signature: %r" % fixed)
+    return parse_v2(fixed, await recv_exactly(sock, struct.unpack("!H", fixed[14:16])[0]))
+
+
+async def serve_proxied(sock):
+    """--proxy-protocol: one accepted connection. The header first, then the
+    stream (TLS when the port speaks it) is handed to handle()."""
+    try:
+        proxy = await recv_proxy_header(sock)
+    except (asyncio.IncompleteReadError, ValueError, OSError) as e:
+        print("origin %s: a connection without a PROXY header: %r" % (NAME, e),
+              file=sys.stderr, flush=True)
+        sock.close()
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    proto = asyncio.StreamReaderProtocol(reader)
+    try:
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock, ssl=TLS)
+    except (ssl.SSLError, OSError) as e:
+        print("origin %s: TLS after the PROXY header: %r" % (NAME, e), file=sys.stderr, flush=True)
+        sock.close()
+        return
+    await handle(reader, asyncio.StreamWriter(transport, proto, reader, loop), proxy)
+
+
+async def accept_proxied(lsock):
+    loop = asyncio.get_running_loop()
+    tasks = set()
+    while True:
+        sock, _ = await loop.sock_accept(lsock)
+        sock.setblocking(False)
+        t = asyncio.ensure_future(serve_proxied(sock))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+
 def tls_info(writer):
     """{"version", "sni", "alpn", "reused", "client"} of a TLS connection, or None
     over plain TCP. client is the CN of the verified client certificate (None
@@ -377,17 +518,23 @@ def tls_info(writer):
             "client": client}
 
 
-async def handle(reader, writer):
+async def handle(reader, writer, proxy=None):
     STATE["connections"] += 1
     STATE["open"] += 1
     serial = STATE["connections"]
     nreq = 0
+    nproxy = 1 if proxy else 0
     tls = tls_info(writer)
     try:
         while True:
             try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                prefix = b""
+                if PROXY_PROTOCOL:
+                    again, prefix = await read_proxy_header(reader)
+                    nproxy += again is not None
+                head = prefix + await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                    ConnectionError):
                 break
             line, method, target, version, headers = parse_head(head)
             STATE["requests"] += 1
@@ -415,7 +562,8 @@ async def handle(reader, writer):
                 keep = "keep-alive" in ctoks
             req = {"method": method, "target": target, "version": version,
                    "headers": headers, "body_len": body_len, "body_sha256": body_sha,
-                   "chunked": chunked, "conn": serial, "conn_request": nreq, "tls": tls}
+                   "chunked": chunked, "conn": serial, "conn_request": nreq, "tls": tls,
+                   "proxy": proxy, "proxy_headers": nproxy}
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -452,7 +600,7 @@ def write_port_file(path, text):
 
 
 async def main(args):
-    global NAME, LOG
+    global NAME, LOG, PROXY_PROTOCOL, TLS
     NAME = args.name
     if args.log:
         LOG = open(args.log, "a")
@@ -494,11 +642,23 @@ async def main(args):
             return None
 
         tls.sni_callback = remember_sni
+    ctrl = await asyncio.start_server(control, "127.0.0.1", 0)
+    cport = ctrl.sockets[0].getsockname()[1]
+    if args.proxy_protocol:
+        # accepted by hand: the header is read off the socket before any stream
+        # (and TLS) reads from it
+        PROXY_PROTOCOL, TLS = True, tls
+        lsock = socket.socket()
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(("127.0.0.1", args.port))
+        lsock.listen(128)
+        lsock.setblocking(False)
+        write_port_file(args.port_file, "%d %d\n" % (lsock.getsockname()[1], cport))
+        async with ctrl:
+            await asyncio.gather(accept_proxied(lsock), ctrl.serve_forever())
     server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20,
                                         reuse_address=True, ssl=tls)
-    ctrl = await asyncio.start_server(control, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    cport = ctrl.sockets[0].getsockname()[1]
     write_port_file(args.port_file, "%d %d\n" % (port, cport))
     async with server, ctrl:
         await asyncio.gather(server.serve_forever(), ctrl.serve_forever())
@@ -518,6 +678,8 @@ if __name__ == "__main__":
     ap.add_argument("--tls-client-ca", help="verify client certificates against this CA (PEM)")
     ap.add_argument("--tls-client", choices=["required", "optional"], default="optional",
                     help="with --tls-client-ca: whether a client certificate is required")
+    ap.add_argument("--proxy-protocol", action="store_true",
+                    help="every connection begins with a PROXY protocol v1/v2 header")
     parsed = ap.parse_args()
     if bool(parsed.tls_cert) != bool(parsed.tls_key):
         ap.error("--tls-cert and --tls-key go together")

@@ -238,6 +238,18 @@ describe("moongate.private.loader", function()
       assert.equal(0, conf.upstreams[1].keepalive)
       assert.equal(2.5, conf.upstreams[1].keepalive_timeout)
     end)
+
+    it("gives an upstream proxy_protocol 0 (none), 1 for \"v1\", 2 for \"v2\", 0 for false", function()
+      local function pp(v)
+        local extra = v and (", proxy_protocol = " .. v) or ""
+        return ok({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "10.0.0.1:80" }' .. extra .. ' }' })
+          .upstreams[1].proxy_protocol
+      end
+      assert.equal(0, pp(nil))
+      assert.equal(1, pp('"v1"'))
+      assert.equal(2, pp('"v2"'))
+      assert.equal(0, pp("false"))
+    end)
   end)
 
   describe("listeners", function()
@@ -541,6 +553,13 @@ describe("moongate.private.loader", function()
     it("refuses a negative keepalive", function()
       assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, keepalive = -1 }' }, 3,
                    "'keepalive'", "out of range")
+    end)
+
+    it("refuses a proxy_protocol other than \"v1\", \"v2\" or false", function()
+      for _, v in ipairs({ "true", '"v3"', '"V2"', "1", "{}" }) do
+        assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, proxy_protocol = ' .. v .. ' }' }, 3,
+                     "mg.upstream 'a'", [['proxy_protocol' must be "v1", "v2" or false, got ]])
+      end
     end)
 
     it("refuses keepalive_timeout given as a string", function()
