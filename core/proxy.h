@@ -15,6 +15,7 @@
 #include "arena.h"
 #include "buf.h"
 #include "config.h"
+#include "h1.h"
 #include "http.h"
 #include "luavm.h"
 #include "mg.h"
@@ -64,7 +65,6 @@ typedef struct {
   unsigned closed : 1;      /* the connection is gone: stop */
 } mg_down_t;
 
-enum { MG_BODY_NONE, MG_BODY_LENGTH, MG_BODY_CHUNKED };
 enum { MG_RS_NONE, MG_RS_HEAD, MG_RS_DONE }; /* response progress toward the client */
 
 struct mg_req_s {
