@@ -7,12 +7,13 @@
  *  - the same complete messages (method, version, target, headers, body, framing);
  *  - the same end: running, an upgrade at the same offset, or a refusal; when both
  *    are llhttp's own errors, the same error at the same offset, with the same
- *    body bytes delivered before it; when both are a limit, the same limit.
+ *    body bytes delivered before it; when both are refusals, the same one.
  * proxy.c's checks of a head that decide whether it is taken at all (header names
  * are tokens, values hold no CR, LF or NUL, Transfer-Encoding is "chunked") are
- * made here the same way, as a refusal. And every message taken must be framed
- * one way: never Content-Length with chunked, a body exactly as long as the
- * framing says, none without framing.
+ * made here the same way, as a refusal. The scan and llhttp agree on where each
+ * head and trailer section ends: llhttp never takes a byte of one past the end the
+ * scan saw. And every message taken must be framed one way: never Content-Length
+ * with chunked, a body exactly as long as the framing says, none without framing.
  *
  * Input: byte 0 = flags (bit 0: small limits, so that they are reached; bit 1: cut
  * every (byte 1 & 63) + 1 bytes instead of at one point), bytes 1-2 = the cut
@@ -40,12 +41,35 @@ typedef struct {
   fz_buf_t body;  /* its body so far */
   fz_buf_t msgs;  /* every complete message */
   size_t base;    /* stream offset of the piece being parsed */
+  const char *chunk;  /* the piece llhttp runs over, at stream offset base */
+  size_t scan_end;    /* stream offset just past the section the scan saw end */
   int end, code;  /* how the stream ended (RUNNING while it goes on) */
   size_t pos;     /* stream offset of the end (END_LLHTTP, END_UPGRADE) */
 } drv_t;
 
+/* mg_head_scan over p[0..n), as the driver calls it; when the section ends in it,
+ * where: the scan is run again from the same state one byte at a time. */
+static int scan(drv_t *d, const char *p, size_t n) {
+  mg_head_scan_t before = d->scan;
+  int rc = mg_head_scan(&d->scan, p, n);
+  if (rc == MG_SCAN_END && !before.done) {
+    size_t i = 0;
+    while (i < n && mg_head_scan(&before, p + i, 1) == MG_SCAN_MORE) i++;
+    FUZZ_CHECK(i < n && before.done);
+    d->scan_end = d->base + i + 1;
+  }
+  return rc;
+}
+
+/* No byte of a head or trailer section that llhttp takes lies past the end the
+ * scan saw: what llhttp reads as part of it was checked line by line. */
+static void within_scan(const drv_t *d, const char *at, size_t len) {
+  if (d->scan.done) FUZZ_CHECK(d->base + (size_t)(at - d->chunk) + len <= d->scan_end);
+}
+
 static int append(llhttp_t *p, int what, const char *at, size_t len) {
   drv_t *d = p->data;
+  within_scan(d, at, len);
   FUZZ_CHECK(d->in_msg);
   if (d->head_done) { /* trailers: counted against the head limit, dropped */
     d->trailer_bytes += len;
@@ -112,6 +136,7 @@ static int on_chunk_header(llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
   drv_t *d = p->data;
   FUZZ_CHECK(d->in_msg && !d->head_done);
+  FUZZ_CHECK(d->scan.done); /* the head llhttp ends, the scan saw end */
   if (p->http_major != 1 || p->http_minor > 1) {
     d->refused = 505;
     return -1;
@@ -157,6 +182,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *p) {
   drv_t *d = p->data;
   FUZZ_CHECK(d->in_msg && d->head_done);
+  FUZZ_CHECK(d->scan.done); /* the head, or the trailer section after a last chunk */
   /* a request without framing has no body; a sized one has exactly its size */
   FUZZ_CHECK(d->body.len == (d->chunked ? d->body.len : d->clen));
   fz_put(&d->msgs, d->cur.p, d->cur.len);
@@ -202,12 +228,13 @@ static void drv_dispose(drv_t *d) {
 /* One read, as conn.c's feed takes it. */
 static void feed(drv_t *d, const char *data, size_t len) {
   while (d->end == RUNNING) {
-    int scan = mg_head_scan(&d->scan, data, len);
-    if (scan < 0) {
+    int rc = scan(d, data, len);
+    if (rc < 0) {
       d->end = END_SCAN;
-      d->code = scan;
+      d->code = rc;
       return;
     }
+    d->chunk = data;
     llhttp_errno_t err = llhttp_execute(&d->p, data, len);
     if (err == HPE_OK) {
       d->base += len;

@@ -11,7 +11,9 @@
  *  - the same end: running, a refusal (llhttp's own error: same error at the same
  *    offset with the same body bytes before it), the same end-of-stream verdict.
  * proxy.c's check of a final head (header names are tokens, values hold no CR, LF
- * or NUL: else 502) is made here the same way, as a refusal. And every response
+ * or NUL: else 502) is made here the same way, as a refusal. The scan and llhttp
+ * agree on where each head and trailer section ends: llhttp never takes a byte of
+ * one past the end the scan saw. And every response
  * taken must be framed one way: no body in a 1xx, after HEAD, in a 204 or a 304,
  * never Content-Length with chunked, and a sized body exactly its size.
  *
@@ -48,6 +50,8 @@ typedef struct {
   fz_buf_t body;      /* body of the final response so far */
   fz_buf_t out;       /* every head and complete response, with its end offset */
   size_t base;        /* stream offset of the piece being parsed */
+  const char *chunk;  /* the piece llhttp runs over, at stream offset base */
+  size_t scan_end;    /* stream offset just past the section the scan saw end */
   int end, code;
   size_t pos;
 } drv_t;
@@ -57,8 +61,29 @@ static int refuse(drv_t *d, const char *why) {
   return -1;
 }
 
+/* mg_head_scan over p[0..n), as the driver calls it; when the section ends in it,
+ * where: the scan is run again from the same state one byte at a time. */
+static int scan(drv_t *d, const char *p, size_t n) {
+  mg_head_scan_t before = d->scan;
+  int rc = mg_head_scan(&d->scan, p, n);
+  if (rc == MG_SCAN_END && !before.done) {
+    size_t i = 0;
+    while (i < n && mg_head_scan(&before, p + i, 1) == MG_SCAN_MORE) i++;
+    FUZZ_CHECK(i < n && before.done);
+    d->scan_end = d->base + i + 1;
+  }
+  return rc;
+}
+
+/* No byte of a head or trailer section that llhttp takes lies past the end the
+ * scan saw: what llhttp reads as part of it was checked line by line. */
+static void within_scan(const drv_t *d, const char *at, size_t len) {
+  if (d->scan.done) FUZZ_CHECK(d->base + (size_t)(at - d->chunk) + len <= d->scan_end);
+}
+
 static int append(llhttp_t *p, int what, const char *at, size_t len) {
   drv_t *d = p->data;
+  within_scan(d, at, len);
   if (d->head_done) {
     d->trailer_bytes += len;
     return d->trailer_bytes > UP_HEAD_MAX ? refuse(d, "trailers too large") : 0;
@@ -113,6 +138,7 @@ static void put_head(drv_t *d, const llhttp_t *p) {
 static int on_headers_complete(llhttp_t *p) {
   drv_t *d = p->data;
   FUZZ_CHECK(!d->head_done);
+  FUZZ_CHECK(d->scan.done); /* the head llhttp ends, the scan saw end */
   int status = p->status_code;
   if (status < 100 || status > 599) return refuse(d, "status out of range");
   if (status == 101) return refuse(d, "101");
@@ -144,6 +170,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
 
 static int on_message_complete(llhttp_t *p) {
   drv_t *d = p->data;
+  FUZZ_CHECK(d->scan.done); /* the head, or the trailer section after a last chunk */
   if (!d->head_done) { /* an interim response: the final one follows */
     mg_head_reset(&d->head);
     mg_head_scan_reset(&d->scan);
@@ -209,12 +236,13 @@ static void response_end(drv_t *d, size_t at) {
  * followed by the next one. */
 static void feed(drv_t *d, const char *p, size_t n) {
   while (d->end == RUNNING) {
-    int scan = mg_head_scan(&d->scan, p, n);
-    if (scan < 0) {
+    int rc = scan(d, p, n);
+    if (rc < 0) {
       d->end = END_SCAN;
-      d->code = scan;
+      d->code = rc;
       return;
     }
+    d->chunk = p;
     llhttp_errno_t err = llhttp_execute(&d->p, p, n);
     if (err == HPE_OK) {
       d->base += n;
