@@ -8,12 +8,13 @@
  *  - the same end: running, an upgrade at the same offset, or a refusal; when both
  *    are llhttp's own errors, the same error at the same offset, with the same
  *    body bytes delivered before it; when both are refusals, the same one.
- * proxy.c's checks of a head that decide whether it is taken at all (header names
- * are tokens, values hold no CR, LF or NUL, Transfer-Encoding is "chunked") are
- * made here the same way, as a refusal. The scan and llhttp agree on where each
- * head and trailer section ends: llhttp never takes a byte of one past the end the
- * scan saw. And every message taken must be framed one way: never Content-Length
- * with chunked, a body exactly as long as the framing says, none without framing.
+ * proxy.c's checks of a head that decide whether it is taken at all (not CONNECT,
+ * header names are tokens, values hold no CR, LF or NUL, Transfer-Encoding is
+ * "chunked") are made here the same way, as a refusal. The scan and llhttp agree
+ * on where each head and trailer section ends: llhttp never takes a byte of one
+ * past the end the scan saw. And every message taken must be framed one way: never
+ * Content-Length with chunked, a body exactly as long as the framing says, none
+ * without framing.
  *
  * Input: byte 0 = flags (bit 0: small limits, so that they are reached; bit 1: cut
  * every (byte 1 & 63) + 1 bytes instead of at one point), bytes 1-2 = the cut
@@ -143,6 +144,10 @@ static int on_headers_complete(llhttp_t *p) {
   }
   d->head_done = 1;
   FUZZ_CHECK(mg_head_finish(&d->head) == 0);
+  if (p->method == HTTP_CONNECT) { /* mg_proxy_head: 501 (llhttp reads no body of it) */
+    d->refused = 501;
+    return -1;
+  }
   mg_str_t url = mg_head_url(&d->head);
   FUZZ_CHECK(url.len > 0);
   FUZZ_CHECK(!mg_http_bad_value(url) && !memchr(url.p, ' ', url.len));
