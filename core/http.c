@@ -76,11 +76,14 @@ int mg_head_finish(mg_head_t *h) {
     h->headers = hs;
     h->hcap = cap;
   }
+  /* a head of empty pieces only (an empty reason phrase, a header ":") has no
+   * buffer yet: its slices point at an empty string, never at NULL + 0 */
+  const char *buf = h->buf ? h->buf : "";
   for (size_t i = 0; i < h->n; i++) {
-    h->headers[i].name = (mg_str_t){ h->buf + h->ent[i].no, h->ent[i].nl };
+    h->headers[i].name = (mg_str_t){ buf + h->ent[i].no, h->ent[i].nl };
     /* llhttp hands values with leading whitespace stripped; strip trailing too */
     size_t vl = h->ent[i].vl;
-    const char *v = h->buf + h->ent[i].vo;
+    const char *v = buf + h->ent[i].vo;
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
     h->headers[i].value = (mg_str_t){ v, vl };
   }

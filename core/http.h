@@ -36,8 +36,8 @@ void mg_head_dispose(mg_head_t *h);
 int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
                    size_t max_headers);
 int mg_head_finish(mg_head_t *h);
-static inline mg_str_t mg_head_url(const mg_head_t *h) {
-  return (mg_str_t){ h->buf + h->url_off, h->url_len };
+static inline mg_str_t mg_head_url(const mg_head_t *h) { /* "" when nothing was appended */
+  return (mg_str_t){ h->buf ? h->buf + h->url_off : "", h->url_len };
 }
 /* First header with that name (case-insensitive), or NULL. */
 const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name);

@@ -24,6 +24,27 @@ static void appends_split_pieces_into_one_header(void) {
   mg_head_dispose(&h);
 }
 
+/* Found by fuzz_response: an upstream's "HTTP/1.1 200 \r\n:\r\n\r\n" (an empty reason
+ * phrase, then a header with an empty name and value, which llhttp takes) appends
+ * only empty pieces, so a fresh head has no buffer when it is finished. Its slices
+ * must still point somewhere (NULL + 0 is undefined behaviour, and so is memcmp on
+ * a NULL slice), for proxy.c to refuse the empty name as it does any other. */
+static void finishes_a_head_of_empty_pieces(void) {
+  mg_head_t h;
+  mg_head_init(&h);
+  CHECK(mg_head_append(&h, MG_HEAD_URL, "", 0, 1000, 10) == 0);
+  CHECK(mg_head_append(&h, MG_HEAD_FIELD, "", 0, 1000, 10) == 0);
+  CHECK(mg_head_append(&h, MG_HEAD_VALUE, "", 0, 1000, 10) == 0);
+  CHECK(mg_head_finish(&h) == 0);
+  CHECK(h.n == 1);
+  CHECK(h.headers[0].name.p != NULL && h.headers[0].name.len == 0);
+  CHECK(h.headers[0].value.p != NULL && h.headers[0].value.len == 0);
+  CHECK(!mg_http_is_token(h.headers[0].name));
+  mg_str_t url = mg_head_url(&h);
+  CHECK(url.p != NULL && url.len == 0);
+  mg_head_dispose(&h);
+}
+
 static void enforces_byte_and_count_limits(void) {
   mg_head_t h;
   mg_head_init(&h);
@@ -126,7 +147,8 @@ static void splits_comma_lists(void) {
 
 int main(void) {
   static const t_case_t cases[] = {
-    T(appends_split_pieces_into_one_header), T(enforces_byte_and_count_limits),
+    T(appends_split_pieces_into_one_header), T(finishes_a_head_of_empty_pieces),
+    T(enforces_byte_and_count_limits),
     T(grows_past_the_first_allocation), T(classifies_hop_by_hop_headers),
     T(validates_tokens_and_values), T(scans_head_line_endings), T(splits_comma_lists),
   };
