@@ -7,31 +7,10 @@
 #include "log.h"
 #include "proxyproto.h"
 
-static int on_status(llhttp_t *p, const char *at, size_t len);
-static int on_header_field(llhttp_t *p, const char *at, size_t len);
-static int on_header_value(llhttp_t *p, const char *at, size_t len);
-static int on_headers_complete(llhttp_t *p);
-static int on_body(llhttp_t *p, const char *at, size_t len);
-static int on_message_complete(llhttp_t *p);
-static int on_chunk_ext(llhttp_t *p, const char *at, size_t len);
-static int on_chunk_header(llhttp_t *p);
-
-static llhttp_settings_t settings = {
-  .on_status = on_status,
-  .on_header_field = on_header_field,
-  .on_header_value = on_header_value,
-  .on_headers_complete = on_headers_complete,
-  .on_body = on_body,
-  .on_message_complete = on_message_complete,
-  .on_chunk_extension_name = on_chunk_ext,
-  .on_chunk_extension_value = on_chunk_ext,
-  .on_chunk_header = on_chunk_header,
-};
-
 /* Response heads from upstreams get generous but finite limits; trailers count
  * against the same byte limit. */
-#define UP_HEAD_MAX (64 * 1024)
-#define UP_HEADERS_MAX 200
+static const mg_h1_limits_t up_limits = { .head_max = 64 * 1024, .headers_max = 200, .uri_max = 0 };
+
 
 static void on_close(uv_handle_t *h) {
   mg_upconn_t *u = h->data;
@@ -159,87 +138,81 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void finish(mg_upconn_t *u, int extra_bytes) {
   void *owner = u->owner;
   const mg_up_events_t *ev = u->ev;
-  if (extra_bytes && u->state == MG_UP_ACTIVE && llhttp_should_keep_alive(&u->parser))
+  if (extra_bytes && u->state == MG_UP_ACTIVE && mg_h1_keepalive(&u->h1))
     MG_WARN(u->w->id, "req %s: upstream %s: bytes after the end of the response: connection not reused",
             u->rid, u->server->text);
-  int reusable = !extra_bytes && llhttp_should_keep_alive(&u->parser) && u->sent_all && !u->w->draining;
+  int reusable = !extra_bytes && mg_h1_keepalive(&u->h1) && u->sent_all && !u->w->draining;
   mg_upstream_release(u, reusable);
   ev->end(owner);
 }
 
-/* Response bytes (plaintext) into the parser. Returns 0 to go on, -1 when the
+/* Response bytes (plaintext) through the codec (h1.h), one event at a time:
+ * everything the exchange does with a head or a piece of body (its hooks
+ * included) runs here, between two parser runs. Returns 0 to go on, -1 when the
  * exchange ended (finished, failed or closed: u may be pooled or gone). */
 static int parse(mg_upconn_t *u, const char *p, size_t n) {
-  llhttp_errno_t err;
   for (;;) {
-    int scan = mg_head_scan(&u->scan, p, n);
-    if (scan < 0) {
-      MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
-              mg_head_scan_error(scan));
-      fail(u, 0, 0);
-      return -1;
-    }
-    u->why = NULL;
-    err = llhttp_execute(&u->parser, p, n);
-    if (u->state == MG_UP_CLOSED || !u->owner) return -1;
-    if (u->head_pending) {
-      /* The response head phase runs here, between two parser runs, never inside
-       * a llhttp callback: the exchange's response hooks, then its head to the
-       * client. A body follows once the parser resumes. */
-      u->head_pending = 0;
-      if (u->ev->head(u->owner, u->h_status, u->h_has_length, u->h_length) < 0) {
+    mg_h1_ev_t ev;
+    size_t used = mg_h1_parse(&u->h1, p, n, &ev);
+    p += used;
+    n -= used;
+    switch (ev.kind) {
+    case MG_H1_NEED:
+      return 0;
+    case MG_H1_INTERIM:
+      /* 103 goes to the client (when it can take it); 100 was answered by
+       * moongate; other 1xx are dropped */
+      if (u->h1.msg.status == 103) {
+        u->ev->interim(u->owner, 103);
+        if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      }
+      continue;
+    case MG_H1_HEAD: {
+      int status = u->h1.msg.status;
+      if (status == 101) {
+        if (!u->upgrade) {
+          MG_WARN(u->w->id, "req %s: upstream %s: bad response: 101 Switching Protocols to a request "
+                  "that did not ask to upgrade", u->rid, u->server->text);
+          fail(u, 0, 0);
+          return -1;
+        }
+        u->tunnel = 1;
+        u->read_ms = u->write_ms = u->tunnel_ms;
+        arm_rw(u); /* timeouts.tunnel from now on */
+      }
+      if (u->ev->head(u->owner, status, u->h1.msg.has_length, u->h1.msg.content_length) < 0) {
         if (u->state == MG_UP_CLOSED || !u->owner) return -1;
         fail(u, 0, 0); /* the exchange logged why it refused the response */
         return -1;
       }
       if (u->state == MG_UP_CLOSED || !u->owner) return -1;
-      if (err == HPE_PAUSED && !u->done) {
-        const char *pos = llhttp_get_error_pos(&u->parser);
-        size_t used = pos && pos >= p && pos <= p + n ? (size_t)(pos - p) : n;
-        p += used;
-        n -= used;
-        llhttp_resume(&u->parser);
-        continue;
+      if (u->tunnel) { /* what follows the 101 head is the tunnel's */
+        if (n) tunnel_data(u, p, n);
+        return u->owner ? 0 : -1;
       }
+      continue;
     }
-    if (err != HPE_PAUSED || !u->rescan) break;
-    /* an interim response ended, or the last chunk began the trailers: the
-     * head or trailer section that follows in this read is scanned too */
-    u->rescan = 0;
-    const char *pos = llhttp_get_error_pos(&u->parser);
-    size_t used = pos && pos >= p && pos <= p + n ? (size_t)(pos - p) : n;
-    p += used;
-    n -= used;
-    llhttp_resume(&u->parser);
+    case MG_H1_BODY:
+      u->ev->body(u->owner, ev.p, ev.len);
+      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      continue;
+    case MG_H1_END:
+      /* bytes after the response make the connection unusable; with TLS they may
+       * also wait, still encrypted, in the read BIO */
+      finish(u, n > 0 || (u->ssl && (SSL_pending(u->ssl) > 0 || BIO_pending(SSL_get_rbio(u->ssl)) > 0)));
+      return -1;
+    default:
+      MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
+              ev.why ? ev.why : "unparsable");
+      fail(u, 0, 0);
+      return -1;
+    }
   }
-  if (u->tunnel) { /* the 101 head ended the HTTP part: what follows is the tunnel's */
-    const char *pos = llhttp_get_error_pos(&u->parser);
-    if (pos && pos >= p && pos < p + n) tunnel_data(u, pos, (size_t)(p + n - pos));
-    return u->owner ? 0 : -1;
-  }
-  if (err == HPE_OK) return 0;
-  if (err == HPE_PAUSED && u->done) {
-    const char *pos = llhttp_get_error_pos(&u->parser);
-    /* bytes after the response make the connection unusable; with TLS they may
-     * also wait, still encrypted, in the read BIO */
-    finish(u, (pos && pos < p + n) ||
-                  (u->ssl && (SSL_pending(u->ssl) > 0 || BIO_pending(SSL_get_rbio(u->ssl)) > 0)));
-    return -1;
-  }
-  /* a refusal by proxy.c (a header it will not forward) was logged there */
-  if (u->why || err != HPE_CB_HEADERS_COMPLETE)
-    MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
-            u->why                                  ? u->why
-            : llhttp_get_error_reason(&u->parser) ? llhttp_get_error_reason(&u->parser)
-                                                    : llhttp_errno_name(err));
-  fail(u, 0, 0);
-  return -1;
 }
 
 static void on_eof(mg_upconn_t *u) {
-  llhttp_errno_t err = llhttp_finish(&u->parser); /* ends an until-close body */
-  if (u->state == MG_UP_CLOSED || !u->owner) return;
-  if ((err == HPE_OK || err == HPE_PAUSED) && u->done) {
+  mg_h1_ev_t ev;
+  if (mg_h1_finish(&u->h1, &ev) == MG_H1_END) { /* a body framed by the close */
     finish(u, 1);
     return;
   }
@@ -430,7 +403,6 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->tunnel_ms = l->tunnel_ms;
   u->server = s;
   u->got_bytes = 0;
-  u->done = 0;
   u->paused = 0;
   u->is_head = l->is_head;
   u->read_ms = l->read_ms;
@@ -438,15 +410,8 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->paused_ms = l->paused_ms;
   u->max_idle = cfg->keepalive;
   u->idle_ms = cfg->keepalive_ms;
-  u->head_done = 0;
-  u->head_pending = 0;
-  u->trailer_bytes = 0;
-  u->chunk_ext = 0;
-  u->why = NULL;
-  u->rescan = 0;
-  mg_head_scan_reset(&u->scan);
-  llhttp_init(&u->parser, HTTP_RESPONSE, &settings);
-  u->parser.data = u;
+  mg_h1_init(&u->h1, MG_H1_RESPONSE, &up_limits, NULL, u->rhead, u);
+  mg_h1_expect_no_body(&u->h1, l->is_head);
   mg_head_reset(u->rhead);
 }
 
@@ -595,112 +560,4 @@ void mg_upstream_free_pools(mg_worker_t *w) {
     p = next;
   }
   w->pools = NULL;
-}
-
-/* ---------------- response parsing ---------------- */
-
-static int refuse(mg_upconn_t *u, const char *why) {
-  u->why = why;
-  return -1;
-}
-
-static int append(llhttp_t *p, int what, const char *at, size_t len) {
-  mg_upconn_t *u = p->data;
-  if (!u->owner) return -1;
-  if (u->head_done) {
-    /* trailers of a chunked response: the head went out (and hooks hold slices
-     * into it), so they are counted against the head limit and dropped */
-    u->trailer_bytes += len;
-    if (u->trailer_bytes > UP_HEAD_MAX) return refuse(u, "trailers larger than 64 KB");
-    return 0;
-  }
-  int rc = mg_head_append(u->rhead, what, at, len, UP_HEAD_MAX, UP_HEADERS_MAX);
-  if (rc == MG_ELIMIT)
-    return refuse(u, u->rhead->n >= UP_HEADERS_MAX ? "more than 200 header fields"
-                                                        : "response head larger than 64 KB");
-  return rc < 0 ? refuse(u, "out of memory") : 0;
-}
-
-static int on_status(llhttp_t *p, const char *at, size_t len) { return append(p, MG_HEAD_URL, at, len); }
-static int on_header_field(llhttp_t *p, const char *at, size_t len) {
-  return append(p, MG_HEAD_FIELD, at, len);
-}
-static int on_header_value(llhttp_t *p, const char *at, size_t len) {
-  return append(p, MG_HEAD_VALUE, at, len);
-}
-
-static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
-  mg_upconn_t *u = p->data;
-  u->chunk_ext += len;
-  return u->chunk_ext > MG_CHUNK_EXT_MAX ? refuse(u, "chunk extensions longer than 4096 bytes") : 0;
-}
-
-static int on_chunk_header(llhttp_t *p) {
-  mg_upconn_t *u = p->data;
-  u->chunk_ext = 0;
-  if (p->content_length == 0) { /* the last chunk: parse pauses to scan the trailers */
-    mg_head_scan_trailers(&u->scan);
-    u->rescan = 1;
-    return HPE_PAUSED;
-  }
-  return 0;
-}
-
-static int on_headers_complete(llhttp_t *p) {
-  mg_upconn_t *u = p->data;
-  if (!u->owner) return -1;
-  int status = p->status_code;
-  if (status < 100 || status > 599) return refuse(u, "status code out of range (100-599)");
-  if (status < 200) {
-    /* 101: moongate never forwards Upgrade, so the request did not ask for it */
-    if (status == 101) {
-      if (!u->upgrade) return refuse(u, "101 Switching Protocols to a request that did not ask to upgrade");
-      u->head_done = 1;
-      u->tunnel = 1;
-      u->read_ms = u->write_ms = u->tunnel_ms;
-      arm_rw(u); /* timeouts.tunnel from now on */
-      if (u->ev->head(u->owner, status, 0, 0) < 0) return -1;
-      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
-      return HPE_PAUSED; /* the rest of the read is the tunnel's */
-    }
-    /* An interim response ends with its head (RFC 9110 15.2): whatever framing
-     * it claims, what follows is the next response, never its content. 103 goes
-     * to the client (when it can take it); 100 was answered by moongate; other
-     * 1xx are dropped. */
-    if (status == 103) {
-      if (mg_head_finish(u->rhead) < 0) return refuse(u, "out of memory");
-      u->ev->interim(u->owner, status);
-      if (u->state == MG_UP_CLOSED || !u->owner) return -1;
-    }
-    return 1;
-  }
-  u->head_done = 1;
-  u->head_pending = 1; /* parse() runs the head phase once the parser pauses */
-  u->h_status = status;
-  u->h_has_length = (p->flags & F_CONTENT_LENGTH) != 0;
-  u->h_length = p->content_length;
-  /* 1: no body (llhttp knows that of HEAD only when told, and of 204/304 only
-   * when they come without Content-Length): it goes on to the message's end,
-   * where it pauses. Otherwise it pauses here, before the body. */
-  return u->is_head || status == 204 || status == 304 ? 1 : HPE_PAUSED;
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t len) {
-  mg_upconn_t *u = p->data;
-  if (!u->owner) return -1;
-  u->ev->body(u->owner, at, len);
-  return u->state == MG_UP_CLOSED || !u->owner ? -1 : 0;
-}
-
-static int on_message_complete(llhttp_t *p) {
-  mg_upconn_t *u = p->data;
-  if (!u->owner) return -1;
-  if (!u->head_done) { /* an interim response: the final one follows */
-    mg_head_reset(u->rhead);
-    mg_head_scan_reset(&u->scan);
-    u->rescan = 1; /* parse pauses to scan the next head */
-    return HPE_PAUSED;
-  }
-  u->done = 1;
-  return HPE_PAUSED;
 }

@@ -2,12 +2,12 @@
 #ifndef MG_UPSTREAM_H
 #define MG_UPSTREAM_H
 
-#include <llhttp.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
 #include "buf.h"
 #include "config.h"
+#include "h1.h"
 #include "http.h"
 #include "mg.h"
 #include "transport.h"
@@ -80,7 +80,7 @@ struct mg_upconn_s {
   mg_worker_t *w;
   mg_pool_t *pool;
   mg_upconn_t *next_idle, *prev_idle;
-  llhttp_t parser;
+  mg_h1_t h1;        /* the response codec (h1.h) */
   mg_outq_t out;
   mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
   void *owner;              /* the exchange served now; NULL when none (pooled, unlinked) */
@@ -91,10 +91,6 @@ struct mg_upconn_s {
   int sent_all;             /* the whole request has been handed over */
   int upgrade;              /* the request asked to upgrade: a 101 is allowed */
   int tunnel;               /* a 101 came: bytes pass as they are, both ways */
-  int head_pending;         /* a final head is parsed: its phase (the exchange's response
-                               hooks, the head to the client) runs after the parser pauses */
-  int h_status, h_has_length;
-  uint64_t h_length;
   uint64_t tunnel_ms;
   const mg_server_t *server;
   int state;
@@ -104,15 +100,7 @@ struct mg_upconn_s {
                         pooled, so it never serves another */
   int got_bytes;     /* some response byte arrived for the current request */
   int paused;        /* reading stopped: the client is slow (upstream_paused timer) */
-  int done;          /* response complete (set by the parser callback) */
   int is_head;       /* the request was HEAD: the response has no body */
-  int head_done;     /* the final response head was parsed: header callbacks now
-                        carry trailers, which never touch the head */
-  uint64_t trailer_bytes;
-  uint64_t chunk_ext;  /* chunk-extension bytes of the current chunk line */
-  const char *why;     /* why a parser callback refused the response (logged) */
-  mg_head_scan_t scan; /* line framing of the response head being read */
-  int rescan;          /* the parser paused where a new head or the trailers begin */
   SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
   int tls_ready;     /* handshake done */
   uint64_t idle_ms;
