@@ -13,28 +13,7 @@
 
 #define LINGER_MS 2000
 
-static int on_message_begin(llhttp_t *p);
-static int on_url(llhttp_t *p, const char *at, size_t len);
-static int on_header_field(llhttp_t *p, const char *at, size_t len);
-static int on_header_value(llhttp_t *p, const char *at, size_t len);
-static int on_headers_complete(llhttp_t *p);
-static int on_body(llhttp_t *p, const char *at, size_t len);
-static int on_message_complete(llhttp_t *p);
-static int on_chunk_ext(llhttp_t *p, const char *at, size_t len);
-static int on_chunk_header(llhttp_t *p);
-
-static llhttp_settings_t settings = {
-  .on_message_begin = on_message_begin,
-  .on_url = on_url,
-  .on_header_field = on_header_field,
-  .on_header_value = on_header_value,
-  .on_headers_complete = on_headers_complete,
-  .on_body = on_body,
-  .on_message_complete = on_message_complete,
-  .on_chunk_extension_name = on_chunk_ext,
-  .on_chunk_extension_value = on_chunk_ext,
-  .on_chunk_header = on_chunk_header,
-};
+static mg_head_t *begin_request(void *owner);
 
 /* ---------------- timers ----------------
  * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
@@ -42,6 +21,13 @@ static llhttp_settings_t settings = {
  * completed write (timeouts.send: the client is not reading). */
 
 #define CONN_OF(t, field) ((mg_conn_t *)((char *)(t) - offsetof(mg_conn_t, field)))
+
+/* The error answer to a request cut short; the method, once the codec read it,
+ * goes to the log even when the head never completed. */
+static void answer_refusal(mg_conn_t *c, int status) {
+  if (c->req->method < 0 && c->parser) c->req->method = c->parser->msg.method;
+  mg_proxy_error(c->req, status, 1);
+}
 
 static void on_timer(mg_timer_t *t) {
   mg_conn_t *c = CONN_OF(t, timer);
@@ -55,7 +41,7 @@ static void on_timer(mg_timer_t *t) {
   case MG_CS_BODY:
     MG_INFO(c->w->id, "%s: client %s timeout", c->client, c->state == MG_CS_HEAD ? "header" : "body");
     if (c->req && c->req->rstate == MG_RS_NONE) {
-      mg_proxy_error(c->req, 408, 1);
+      answer_refusal(c, 408);
     } else {
       mg_conn_close(c);
     }
@@ -83,7 +69,7 @@ static void on_req_timer(mg_timer_t *t) {
   mg_conn_t *c = CONN_OF(t, req_timer);
   MG_INFO(c->w->id, "%s: request timeout: not received in full within %.3g s", c->client,
           (double)c->w->gen->timeouts.request / 1000.0);
-  if (c->req && c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, 408, 1);
+  if (c->req && c->req->rstate == MG_RS_NONE) answer_refusal(c, 408);
   else mg_conn_close(c);
 }
 
@@ -152,7 +138,7 @@ static int body_too_slow(mg_conn_t *c) {
   MG_INFO(c->w->id, "%s: request body too slow: %llu bytes in %.1f s (%llu B/s, limits.body_rate = %llu B/s)",
           c->client, (unsigned long long)c->body_bytes, (double)ms / 1000.0,
           (unsigned long long)(c->body_bytes * 1000 / ms), (unsigned long long)rate);
-  if (c->req && c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, 408, 1);
+  if (c->req && c->req->rstate == MG_RS_NONE) answer_refusal(c, 408);
   else mg_conn_close(c);
   return 1;
 }
@@ -179,7 +165,7 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_HEAD:
   case MG_CS_BODY:
     /* saved: requests that wait for the output to drain come before new bytes */
-    want = !c->down.up_blocked && !c->paused && !mg_outq_full(&c->out) && !c->saved;
+    want = !c->down.up_blocked && !mg_outq_full(&c->out) && !c->saved;
     break;
   case MG_CS_WAIT:
     want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
@@ -223,30 +209,31 @@ void mg_conn_update_reading(mg_conn_t *c) {
 #define PARSER_SPARES 16
 #endif
 
-static llhttp_t *parser_get(mg_conn_t *c) {
+static mg_h1_t *parser_get(mg_conn_t *c) {
   if (c->parser) return c->parser;
   mg_worker_t *w = c->w;
-  llhttp_t *p = w->nspare_parsers > 0 ? w->spare_parsers[--w->nspare_parsers] : malloc(sizeof(*p));
-  if (!p) return NULL;
-  llhttp_init(p, HTTP_REQUEST, &settings);
-  p->data = c;
-  c->parser = p;
-  return p;
+  mg_h1_t *h = w->nspare_parsers > 0 ? w->spare_parsers[--w->nspare_parsers] : malloc(sizeof(*h));
+  if (!h) return NULL;
+  const mg_limits_t *lim = &w->gen->limits;
+  mg_h1_limits_t hl = { .head_max = lim->head_size, .headers_max = lim->headers, .uri_max = lim->uri_size };
+  mg_h1_init(h, MG_H1_REQUEST, &hl, begin_request, NULL, c);
+  c->parser = h;
+  return h;
 }
 
 static void parser_put(mg_conn_t *c) {
-  llhttp_t *p = c->parser;
-  if (!p) return;
+  mg_h1_t *h = c->parser;
+  if (!h) return;
   c->parser = NULL;
   mg_worker_t *w = c->w;
-  if (w->nspare_parsers < PARSER_SPARES) w->spare_parsers[w->nspare_parsers++] = p;
-  else free(p);
+  if (w->nspare_parsers < PARSER_SPARES) w->spare_parsers[w->nspare_parsers++] = h;
+  else free(h);
 }
 
 /* At the end of a read or of a request: an idle connection gives its parser back
  * (its state is a fresh parser's: between two messages). */
 static void parser_idle(mg_conn_t *c) {
-  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->paused && !c->down.in_parser)
+  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->down.in_parser)
     parser_put(c);
 }
 
@@ -438,10 +425,6 @@ static int finish_request(mg_conn_t *c) {
   c->served = 1;
   if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
   else mg_timer_stop(&c->w->timers, &c->timer); /* on_out arms it once the response is out */
-  if (c->paused) {
-    llhttp_resume(c->parser);
-    c->paused = 0;
-  }
   return 1;
 }
 
@@ -494,139 +477,129 @@ static void run_saved(mg_conn_t *c) {
   parser_idle(c);
 }
 
-static int parse_error_status(mg_conn_t *c, llhttp_errno_t err) {
-  (void)c;
-  return err == HPE_INVALID_VERSION ? 505 : 400;
+/* A request is refused (a bad or too large head, a body over the limit, a hook's
+ * failure): answered with `status`, then the connection closes. */
+static void refuse_request(mg_conn_t *c, int status, const char *why) {
+  if (status == 400 || status == 505)
+    MG_INFO(c->w->id, "%s: bad request: %s", c->client, why ? why : mg_http_reason(status));
+  else
+    MG_INFO(c->w->id, "%s: request refused: %d %s%s%s", c->client, status, mg_http_reason(status),
+            why ? ": " : "", why ? why : "");
+  if (!c->req) {
+    c->req = mg_req_new(c->w, &c->down);
+    if (!c->req) {
+      mg_conn_close(c);
+      return;
+    }
+  }
+  if (c->req->rstate == MG_RS_NONE) answer_refusal(c, status);
+  else mg_conn_close(c);
 }
 
-/* Runs llhttp over data; handles pauses (end of a message), deferred request
- * completion and errors. `data` may be c->saved's old buffer: it stays valid. */
+/* The head is in: its framing goes into the request, then the exchange's head
+ * phase (validation, routing, request hooks, the start of the upstream exchange)
+ * runs, here, between two parser runs. 0, or a status to refuse with. */
+static int request_head(mg_conn_t *c) {
+  mg_req_t *r = c->req;
+  const mg_h1_msg_t *m = &c->parser->msg;
+  r->method = m->method;
+  r->http_minor = m->http_minor;
+  r->keepalive = m->keepalive;
+  r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
+  /* an upgrade: a tunnel if the upstream answers 101; otherwise answered as a
+   * plain request, then the connection closes */
+  if (m->upgrade) {
+    r->keepalive = 0;
+    r->upgrade = m->method != HTTP_CONNECT;
+  }
+  r->body = m->body;
+  if (m->body == MG_BODY_CHUNKED && m->http_minor == 0) r->keepalive = 0; /* RFC 9112 6.1 */
+  if (m->body == MG_BODY_LENGTH) r->content_length = m->content_length;
+  int status = mg_proxy_head(r);
+  if (status || c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return status;
+  if (c->state == MG_CS_HEAD &&
+      (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0))) {
+    c->state = MG_CS_BODY;
+    body_start(c);
+  }
+  return 0;
+}
+
+/* The request is read in full. */
+static void request_end(mg_conn_t *c) {
+  mg_req_t *r = c->req;
+  r->complete = 1;
+  c->state = MG_CS_WAIT;
+  mg_timer_stop(&c->w->timers, &c->timer);
+  request_stop(c);
+  mg_proxy_request_end(r);
+}
+
+/* Runs the codec over data and acts on each event: heads, body pieces, ends,
+ * errors. Everything the exchange does runs here, between two parser runs.
+ * Answers given meanwhile are written once, after the read (in_parser), and a
+ * request finished meanwhile is completed here (done_pending). `data` may be
+ * c->saved's old buffer: it stays valid. */
 static void feed(mg_conn_t *c, const char *data, size_t len) {
   if (!parser_get(c)) {
     mg_conn_close(c);
     return;
   }
+  c->done_pending = 0;
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
+    mg_h1_ev_t ev;
     c->down.in_parser = 1;
-    if (!c->phase_ran) c->done_pending = 0; /* an answer the head phase gave is still due */
-    c->phase_ran = 0;
-    c->err_status = 0;
-    int scan = mg_head_scan(&c->scan, data, len);
-    llhttp_errno_t err;
-    if (scan < 0) { /* llhttp would take it: refuse before it parses anything */
-      c->err_status = 400;
-      err = HPE_USER;
-      MG_INFO(c->w->id, "%s: bad request: %s", c->client, mg_head_scan_error(scan));
-    } else {
-      err = llhttp_execute(c->parser, data, len);
+    size_t used = mg_h1_parse(c->parser, data, len, &ev);
+    data += used;
+    len -= used;
+    if (c->req) c->req->bytes_in += used;
+    int status = 0;
+    switch (ev.kind) {
+    case MG_H1_NEED:
+      c->down.in_parser = 0;
+      if (c->done_pending) finish_request(c); /* answered early while the body is read */
+      return;
+    case MG_H1_HEAD:
+      status = request_head(c);
+      break;
+    case MG_H1_BODY:
+      status = mg_proxy_body(c->req, ev.p, ev.len);
+      break;
+    case MG_H1_END:
+      request_end(c);
+      c->down.in_parser = 0;
+      if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
+      if (c->req->rstate == MG_RS_DONE) c->done_pending = 1;
+      if (!c->done_pending) { /* answered later: what follows waits (pipelining) */
+        if (len > 0) save(c, data, len);
+        return;
+      }
+      c->done_pending = 0;
+      if (!finish_request(c) || len == 0) return;
+      /* Answers moongate writes itself come at parser speed: while the client
+       * is not taking them, the next pipelined requests wait unparsed (the
+       * drain of the output resumes them), so the output stays bounded. */
+      if (mg_outq_full(&c->out)) {
+        save(c, data, len);
+        return;
+      }
+      continue;
+    case MG_H1_UPGRADE: /* after an upgrade request nothing is HTTP: no more requests */
+      c->down.in_parser = 0;
+      c->down.close_after = 1;
+      linger(c);
+      return;
+    default:
+      c->down.in_parser = 0;
+      refuse_request(c, ev.status, ev.why);
+      return;
     }
     c->down.in_parser = 0;
     if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
-    /* a pause ends the message, so everything consumed belongs to c->req */
-    if (c->req) {
-      const char *pos = err == HPE_OK ? NULL : llhttp_get_error_pos(c->parser);
-      c->req->bytes_in += pos && pos >= data && pos <= data + len ? (uint64_t)(pos - data) : len;
-    }
-
-    if (err == HPE_OK) {
-      if (c->done_pending && !finish_request(c)) return;
+    if (status) {
+      refuse_request(c, status, NULL);
       return;
     }
-    if (err == HPE_PAUSED && c->trailers) { /* paused at the last chunk */
-      c->trailers = 0;
-      const char *pos = llhttp_get_error_pos(c->parser);
-      size_t used = pos ? (size_t)(pos - data) : len;
-      if (used > len) used = len;
-      data += used;
-      len -= used;
-      llhttp_resume(c->parser);
-      mg_head_scan_trailers(&c->scan);
-      /* answered early while the body was read: what HPE_OK would do */
-      if (c->done_pending) {
-        finish_request(c);
-        if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
-      }
-      continue;
-    }
-    int refused = 0;
-    if (err == HPE_PAUSED && c->head_phase) {
-      /* The head is in. Its phase (validation, routing, the request hooks, the
-       * start of the upstream exchange) runs here, between two parser runs, never
-       * inside a llhttp callback; then the parser goes on with the body. */
-      c->head_phase = 0;
-      const char *pos = llhttp_get_error_pos(c->parser);
-      size_t used = pos ? (size_t)(pos - data) : len;
-      if (used > len) used = len;
-      data += used;
-      len -= used;
-      mg_req_t *r = c->req;
-      c->down.in_parser = 1; /* answers given now are flushed once, after the read */
-      int status = mg_proxy_head(r);
-      c->down.in_parser = 0;
-      if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
-      if (!status) {
-        if (c->state == MG_CS_HEAD &&
-            (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0))) {
-          c->state = MG_CS_BODY;
-          body_start(c);
-        }
-        llhttp_resume(c->parser);
-        c->phase_ran = 1;
-        continue;
-      }
-      c->err_status = status;
-      err = HPE_USER;
-      refused = 1;
-    }
-    if (!refused && (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)) {
-      const char *pos = llhttp_get_error_pos(c->parser);
-      size_t used = pos ? (size_t)(pos - data) : len;
-      if (used > len) used = len;
-      c->paused = 1;
-      if (err == HPE_PAUSED_UPGRADE) c->down.close_after = 1; /* upgrades come later */
-      if (!c->req) { /* nothing to answer: the parser stopped at an upgrade */
-        linger(c);
-        return;
-      }
-      data += used;
-      len -= used;
-      if (c->req && c->req->rstate == MG_RS_DONE) c->done_pending = 1;
-      if (c->done_pending) {
-        if (!finish_request(c)) return;
-        if (len == 0) return;
-        /* Answers moongate writes itself come at parser speed: while the client
-         * is not taking them, the next pipelined requests wait unparsed (the
-         * drain of the output resumes them), so the output stays bounded. */
-        if (mg_outq_full(&c->out)) {
-          save(c, data, len);
-          return;
-        }
-        continue;
-      }
-      c->state = MG_CS_WAIT;
-      mg_timer_stop(&c->w->timers, &c->timer);
-      if (len > 0) save(c, data, len);
-      return;
-    }
-    /* a parse error or a limit */
-    int status = c->err_status ? c->err_status : parse_error_status(c, err);
-    if (scan < 0) {
-      /* logged above */
-    } else if (c->err_status)
-      MG_INFO(c->w->id, "%s: request refused: %d %s", c->client, status, mg_http_reason(status));
-    else
-      MG_INFO(c->w->id, "%s: bad request: %s: %s", c->client, llhttp_errno_name(err),
-              llhttp_get_error_reason(c->parser) ? llhttp_get_error_reason(c->parser) : "");
-    if (!c->req) {
-      c->req = mg_req_new(c->w, &c->down);
-      if (!c->req) {
-        mg_conn_close(c);
-        return;
-      }
-    }
-    if (c->req->rstate == MG_RS_NONE) mg_proxy_error(c->req, status, 1);
-    else mg_conn_close(c);
-    return;
   }
 }
 
@@ -840,149 +813,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
 
-/* ---------------- llhttp callbacks ---------------- */
+/* ---------------- the codec's one callback ---------------- */
 
-/* A callback may close or linger the connection (a write error, a failed
- * upstream): the rest of the buffer is then of no interest. */
-static int gone(const mg_conn_t *c) {
-  return c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER || !c->req;
-}
-
-static int on_message_begin(llhttp_t *p) {
-  mg_conn_t *c = p->data;
-  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return -1;
+/* A request begins (its first byte): its object, timers and the head the codec
+ * fills. Runs inside the parser, so it does no more than that. */
+static mg_head_t *begin_request(void *owner) {
+  mg_conn_t *c = owner;
+  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return NULL;
   if (!c->req) {
     c->req = mg_req_new(c->w, &c->down);
-    if (!c->req) return -1;
+    if (!c->req) return NULL;
   }
   c->state = MG_CS_HEAD;
   arm(c, c->w->gen->timeouts.client_header);
   request_start(c);
-  return 0;
-}
-
-static int append(llhttp_t *p, int what, const char *at, size_t len) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  const mg_limits_t *lim = &c->w->gen->limits;
-  mg_req_t *r = c->req;
-  if (r->head_done) {
-    /* chunked trailers arrive through the same callbacks: the head is frozen
-     * (slices point into it), so they are only counted, and dropped */
-    r->trailer_bytes += len;
-    if (r->trailer_bytes > lim->head_size) {
-      c->err_status = 431;
-      return -1;
-    }
-    return 0;
-  }
-  int rc = mg_head_append(&r->head, what, at, len, lim->head_size, lim->headers);
-  if (rc == MG_ELIMIT) {
-    c->err_status = what == MG_HEAD_URL ? 414 : 431;
-    return -1;
-  }
-  if (rc < 0) return -1;
-  if (what == MG_HEAD_URL && r->head.url_len > lim->uri_size) {
-    c->err_status = 414;
-    return -1;
-  }
-  return 0;
-}
-
-static int on_url(llhttp_t *p, const char *at, size_t len) {
-  mg_conn_t *c = p->data;
-  if (!gone(c)) c->req->method = p->method; /* known now; logged even if the head fails */
-  return append(p, MG_HEAD_URL, at, len);
-}
-static int on_header_field(llhttp_t *p, const char *at, size_t len) {
-  return append(p, MG_HEAD_FIELD, at, len);
-}
-/* obs-fold (a value continued on a line that starts with SP or HT), which llhttp
- * takes, is refused before llhttp runs (mg_head_scan in feed). */
-static int on_header_value(llhttp_t *p, const char *at, size_t len) {
-  return append(p, MG_HEAD_VALUE, at, len);
-}
-
-static int on_chunk_ext(llhttp_t *p, const char *at, size_t len) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  c->req->chunk_ext += len;
-  if (c->req->chunk_ext > MG_CHUNK_EXT_MAX) {
-    c->err_status = 400;
-    MG_INFO(c->w->id, "%s: bad request: chunk extensions longer than %d bytes", c->client, MG_CHUNK_EXT_MAX);
-    return -1;
-  }
-  return 0;
-}
-
-/* The last chunk (size 0): the trailer section follows. llhttp takes a bare LF
- * as its empty line and obs-fold in it, as in a head; pausing here lets feed
- * check its lines like a head's (mg_head_scan_trailers). */
-static int on_chunk_header(llhttp_t *p) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  c->req->chunk_ext = 0;
-  if (p->content_length == 0) {
-    c->trailers = 1;
-    return HPE_PAUSED;
-  }
-  return 0;
-}
-
-static int on_headers_complete(llhttp_t *p) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  mg_req_t *r = c->req;
-  if (p->http_major != 1 || p->http_minor > 1) {
-    c->err_status = 505;
-    return -1;
-  }
-  r->head_done = 1;
-  r->method = p->method;
-  r->http_minor = p->http_minor;
-  r->keepalive = llhttp_should_keep_alive(p) ? 1 : 0;
-  r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
-  /* an upgrade: a tunnel if the upstream answers 101; otherwise answered as a
-   * plain request, then the connection closes */
-  if (p->upgrade) {
-    r->keepalive = 0;
-    r->upgrade = p->method != HTTP_CONNECT;
-  }
-  if (p->flags & F_CHUNKED) {
-    r->body = MG_BODY_CHUNKED;
-    if (p->http_minor == 0) r->keepalive = 0; /* RFC 9112 6.1 */
-  } else if (p->flags & F_CONTENT_LENGTH) {
-    r->body = MG_BODY_LENGTH;
-    r->content_length = p->content_length;
-  }
-  c->head_phase = 1; /* feed() runs the exchange's head phase: the parser pauses here */
-  return HPE_PAUSED;
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t len) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  int status = mg_proxy_body(c->req, at, len);
-  if (status) {
-    c->err_status = status;
-    return -1;
-  }
-  return gone(c) ? -1 : 0;
-}
-
-static int on_message_complete(llhttp_t *p) {
-  mg_conn_t *c = p->data;
-  if (gone(c)) return -1;
-  mg_req_t *r = c->req;
-  r->complete = 1;
-  mg_head_scan_reset(&c->scan); /* the next message's head */
-  if (c->state != MG_CS_LINGER && c->state != MG_CS_CLOSED) {
-    c->state = MG_CS_WAIT;
-    mg_timer_stop(&c->w->timers, &c->timer);
-    request_stop(c);
-  }
-  mg_proxy_request_end(r);
-  return HPE_PAUSED;
+  return &c->req->head;
 }
 
 /* ---------------- accept ---------------- */

@@ -4,11 +4,11 @@
 #ifndef MG_CONN_H
 #define MG_CONN_H
 
-#include <llhttp.h>
 #include <openssl/ssl.h>
 #include <uv.h>
 
 #include "buf.h"
+#include "h1.h"
 #include "http.h"
 #include "proxy.h"
 #include "mg.h"
@@ -40,14 +40,14 @@ struct mg_conn_s {
   uint64_t body_bytes;   /* body bytes read (with their chunk framing): limits.body_rate */
   mg_worker_t *w;
   mg_conn_t *prev, *next; /* worker's list */
-  llhttp_t *parser;       /* while a request is read or waits; NULL when idle (mg_worker_t spares) */
+  mg_h1_t *parser;        /* the request codec (h1.h), while a request is read or waits;
+                             NULL when idle (mg_worker_t spares) */
   mg_outq_t out;
   mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
   mg_down_t down;         /* what the exchange knows of this connection (proxy.h); it holds
                              close_after, up_blocked and in_parser */
   int state;
   unsigned reading : 1;
-  unsigned paused : 1;     /* llhttp paused at the end of a message */
   unsigned done_pending : 1; /* the request finished while in_parser */
   unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
@@ -57,12 +57,6 @@ struct mg_conn_s {
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
   unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
   unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
-  unsigned trailers : 1;     /* llhttp paused at the last chunk: its trailer section follows */
-  unsigned head_phase : 1;   /* llhttp paused at the end of a head: the exchange's head phase
-                                (routing, request hooks) runs next, outside the parser */
-  unsigned phase_ran : 1;    /* the head phase just ran: done_pending carries over */
-  mg_head_scan_t scan;    /* line framing of the request head being read */
-  int err_status;         /* the status a parser callback asked to answer with */
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;

@@ -98,8 +98,6 @@ struct mg_req_s {
   uint64_t content_length;
   uint64_t body_read;     /* decoded body bytes received */
   uint64_t bytes_in;      /* raw bytes of this request */
-  uint64_t trailer_bytes;
-  uint64_t chunk_ext;     /* chunk-extension bytes of the current chunk line */
   unsigned keepalive : 1;       /* the client allows another request after this one */
   unsigned client_close : 1;    /* the client itself asked to close after this one */
   unsigned expect_continue : 1;
@@ -107,10 +105,9 @@ struct mg_req_s {
   unsigned discard_body : 1;    /* answered directly: read and drop the body */
   unsigned absolute_form : 1;   /* the target carried the authority (it wins over Host) */
   unsigned stale_retry : 1;
-  unsigned head_done : 1;
   unsigned upgrade : 1;         /* the client asks to upgrade (Upgrade + Connection: upgrade) */
   unsigned tunnel : 1;          /* a 101 came: bytes pass as they are, both ways */
-  unsigned upreq_hooked : 1;    /* the upstream_request hook ran */       /* the head is frozen: later header callbacks are trailers */     /* already retried once after a dead pooled connection */
+  unsigned upreq_hooked : 1;    /* the upstream_request hook ran */
 
   /* upstream */
   const mg_route_t *route;
