@@ -22,6 +22,8 @@ static int on_message_begin(llhttp_t *p) {
   if (h->begin) {
     h->head = h->begin(h->owner);
     if (!h->head) return refuse(h, response(h) ? 502 : 500, "out of memory");
+  } else {
+    mg_head_reset(h->head); /* one head for every message of the stream */
   }
   return 0;
 }
@@ -95,6 +97,10 @@ static int on_headers_complete(llhttp_t *p) {
   if (!response(h)) {
     m->method = p->method;
     m->upgrade = p->upgrade ? 1 : 0;
+    if (p->method == HTTP_CONNECT) { /* llhttp reads no body of CONNECT, whatever it says */
+      m->body = MG_BODY_NONE;
+      m->content_length = 0;
+    }
     h->ev.kind = MG_H1_HEAD;
     return HPE_PAUSED;
   }
@@ -216,17 +222,30 @@ size_t mg_h1_parse(mg_h1_t *h, const char *p, size_t n, mg_h1_ev_t *ev) {
       llhttp_resume(&h->p);
       h->paused = 0;
     }
+    /* The line scan goes first: llhttp would take what it refuses. When it
+     * finds a fault, llhttp still parses the bytes before the faulty one, so
+     * that the first fault in the stream decides the answer however the bytes
+     * were cut into reads. llhttp cannot pause in there: a head or trailer
+     * section is never paused inside. */
+    mg_head_scan_t before = h->scan;
     int scan = mg_head_scan(&h->scan, p, n);
-    if (scan < 0) { /* llhttp would take it: refused before it parses anything */
-      ev->kind = MG_H1_ERROR;
-      ev->status = response(h) ? 502 : 400;
-      ev->why = mg_head_scan_error(scan);
-      return total;
+    size_t upto = n;
+    if (scan < 0) {
+      h->scan = before;
+      upto = 0;
+      while (upto < n && mg_head_scan(&h->scan, p + upto, 1) >= 0) upto++;
     }
     h->ev.kind = MG_H1_NEED;
     h->error_status = 0;
     h->why = NULL;
-    llhttp_errno_t err = llhttp_execute(&h->p, p, n);
+    llhttp_errno_t err = llhttp_execute(&h->p, p, upto);
+    if (scan < 0 && err == HPE_OK) {
+      ev->kind = MG_H1_ERROR;
+      ev->status = response(h) ? 502 : 400;
+      ev->why = mg_head_scan_error(scan);
+      return total + upto;
+    }
+    n = upto; /* an error or a pause came first: it is what counts */
     size_t used = n;
     if (err != HPE_OK) {
       const char *pos = llhttp_get_error_pos(&h->p);
