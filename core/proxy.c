@@ -48,6 +48,71 @@ static void append_body(mg_outq_t *q, const char *p, size_t len, int chunked) {
   if (chunked) APPEND_LIT(q, "\r\n");
 }
 
+/* ---------------- filter chains (filter.h) ---------------- */
+
+/* Where bytes are queued for the upstream: the live connection's queue, or the
+ * one that waits for a connection. */
+static mg_outq_t *body_queue(mg_req_t *r);
+
+/* The request chain's sink: the body goes upstream, framed as the upstream head
+ * said (chunked as it came, or by its Content-Length). */
+static int req_sink(void *ctx, const char *p, size_t n) {
+  mg_req_t *r = ctx;
+  append_body(body_queue(r), p, n, r->body == MG_BODY_CHUNKED);
+  r->body_sent += n;
+  return 0;
+}
+
+static int req_sink_end(void *ctx) {
+  mg_req_t *r = ctx;
+  if (r->body == MG_BODY_CHUNKED) APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
+  return 0;
+}
+
+/* The response chain's sink: the client's queue, framed as the head sent said. */
+static int resp_sink(void *ctx, const char *p, size_t n) {
+  mg_req_t *r = ctx;
+  mg_outq_t *q = r->down->out;
+  size_t before = mg_outq_size(q);
+  append_body(q, p, n, r->rchunked);
+  r->bytes_out += mg_outq_size(q) - before;
+  return 0;
+}
+
+static int resp_sink_end(void *ctx) {
+  mg_req_t *r = ctx;
+  if (r->rchunked) {
+    APPEND_LIT(r->down->out, "0\r\n\r\n");
+    r->bytes_out += 5;
+  }
+  return 0;
+}
+
+/* The `body` hook as a filter: each piece goes through the route's and the
+ * global hooks; what they return goes on (nothing, when they return ""). */
+static int lua_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  mg_str_t chunk = { p, n };
+  if (mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk) < 0) return -1;
+  return mg_filter_pass(f, chunk.p, chunk.len);
+}
+
+static const mg_filter_ops_t lua_body_filter = {
+  .name = "body hook", .body = lua_body, .changes_length = 1,
+};
+
+/* The response chain of this exchange, from its route (once its head is known). */
+static int response_filters(mg_req_t *r) {
+  if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
+    mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+    if (!f) return MG_ENOMEM;
+    f->ops = &lua_body_filter;
+    f->ctx = r;
+    mg_fchain_add(&r->resp_chain, f);
+  }
+  return mg_fchain_head(&r->resp_chain);
+}
+
 /* ---------------- lifecycle ---------------- */
 
 /* Finished requests wait in a per-worker list (at most REQ_SPARES) with their
@@ -89,6 +154,8 @@ mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   r->lua.owner = r;
   r->pick = -1;
   mg_outq_init(&r->upq, NULL, NULL);
+  mg_fchain_init(&r->req_chain, req_sink, req_sink_end, r);
+  mg_fchain_init(&r->resp_chain, resp_sink, resp_sink_end, r);
   r->upstream = -1;
   r->server = -1;
   r->method = -1;
@@ -735,10 +802,7 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
   uint64_t max = r->gen->limits.body_size;
   if (max && r->body_read > max) return 413;
   if (r->discard_body || r->upstream < 0 || r->rstate == MG_RS_DONE) return 0;
-  mg_outq_t *q = body_queue(r);
-  append_body(q, p, len, r->body == MG_BODY_CHUNKED);
-  r->body_sent += len;
-  return 0;
+  return mg_fchain_body(&r->req_chain, p, len) < 0 ? 500 : 0;
 }
 
 void mg_proxy_request_flush(mg_req_t *r) {
@@ -755,9 +819,7 @@ void mg_proxy_request_flush(mg_req_t *r) {
 void mg_proxy_request_end(mg_req_t *r) {
   if (r->upc) mg_upstream_request_complete(r->upc);
   if (r->upstream < 0 || r->discard_body || r->rstate == MG_RS_DONE) return;
-  if (r->body == MG_BODY_CHUNKED) {
-    APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
-  }
+  mg_fchain_end(&r->req_chain);
 }
 
 /* ---------------- the upstream exchange ---------------- */
@@ -946,7 +1008,11 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
       return -1;
     }
   }
-  int body_hook = mg_hook_on(r->gen, r->route, MG_HOOK_BODY);
+  if (response_filters(r) < 0) {
+    mg_proxy_error(r, 500, 0);
+    return -1;
+  }
+  int body_hook = mg_fchain_changes_length(&r->resp_chain);
   int status = r->status;
   r->rstate = MG_RS_HEAD;
   /* Framing follows the status actually sent: a response hook may have made a
@@ -1006,20 +1072,8 @@ static void up_body(void *owner, const char *p, size_t len) {
     return;
   }
   if (r->rnobody) return; /* e.g. the response hook made it a 204 */
-  if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
-    mg_str_t chunk = { p, len };
-    if (mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk) < 0) {
-      c->ops->close_after_flush(c->conn); /* the head is out: cut the body short */
-      return;
-    }
-    p = chunk.p;
-    len = chunk.len;
-    if (len == 0) return; /* an empty chunk would end a chunked body */
-  }
-  mg_outq_t *q = c->out;
-  size_t before = mg_outq_size(q);
-  append_body(q, p, len, r->rchunked);
-  r->bytes_out += mg_outq_size(q) - before;
+  if (mg_fchain_body(&r->resp_chain, p, len) < 0)
+    c->ops->close_after_flush(c->conn); /* the head is out: cut the body short */
 }
 
 static void up_flush(void *owner) {
@@ -1037,9 +1091,9 @@ static void up_flush(void *owner) {
 static void up_end(void *owner) {
   mg_req_t *r = owner;
   mg_down_t *c = r->down;
-  if (r->rchunked) {
-    APPEND_LIT(c->out, "0\r\n\r\n");
-    r->bytes_out += 5;
+  if (!r->rnobody && mg_fchain_end(&r->resp_chain) < 0) {
+    c->ops->close_after_flush(c->conn); /* a filter failed at the end: cut short */
+    return;
   }
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;

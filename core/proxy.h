@@ -15,6 +15,7 @@
 #include "arena.h"
 #include "buf.h"
 #include "config.h"
+#include "filter.h"
 #include "h1.h"
 #include "http.h"
 #include "luavm.h"
@@ -117,6 +118,8 @@ struct mg_req_s {
   int timed_out;          /* a connect attempt timed out (-> 504 when all fail) */
   mg_upconn_t *upc;
   mg_outq_t upq;          /* upstream head + body waiting for a connection */
+  mg_fchain_t req_chain;  /* the request body's filters, ending in the upstream queue */
+  mg_fchain_t resp_chain; /* the response body's filters, ending in the client's queue */
   uint64_t body_sent;     /* body bytes moved to an upstream connection */
 
   /* response */
