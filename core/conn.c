@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <openssl/err.h>
 
 #include "connlimit.h"
 #include "proxyproto.h"
@@ -667,19 +666,16 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
     return;
   }
   if (!c->tls_ready) {
-    int rc = SSL_do_handshake(c->ssl);
-    if (rc != 1) {
-      int e = SSL_get_error(c->ssl, rc);
-      if (e == SSL_ERROR_WANT_READ) {
-        mg_conn_flush(c); /* our part of the handshake */
-        return;
-      }
-      char why[160];
-      int plain_http = e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_HTTP_REQUEST;
-      MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client,
-              e == SSL_ERROR_SSL ? mg_tls_error(why, sizeof(why)) : "connection error");
-      ERR_clear_error();
-      if (plain_http) { /* an http:// URL for an https port: say so, in plain text */
+    char why[160];
+    int kind = 0;
+    int hs = mg_tp_tls_handshake(c->ssl, why, sizeof(why), &kind);
+    if (hs == MG_TP_HS_MORE) {
+      mg_conn_flush(c); /* our part of the handshake */
+      return;
+    }
+    if (hs == MG_TP_HS_FAILED) {
+      MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client, why);
+      if (kind == MG_TP_HS_PLAIN_HTTP) { /* an http:// URL for an https port: say so, in plain text */
         static const char head[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                                    "Content-Length: 42\r\nConnection: close\r\n";
         static const char body[] = "\r\nplain HTTP request sent to an HTTPS port\r\n";
@@ -722,10 +718,8 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
    * instead of being delayed, which would hold a Nagle client's request. A
    * zero-byte write only flushes them. */
   if (fresh && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
-      mg_outq_size(&c->out) == 0) {
-    SSL_write(c->ssl, "", 0);
-    ERR_clear_error();
-  }
+      mg_outq_size(&c->out) == 0)
+    mg_tp_tls_release_tickets(c->ssl);
   if (c->state != MG_CS_CLOSED) mg_tls_release_bios(c->ssl);
 }
 

@@ -1,5 +1,7 @@
 #include "transport.h"
 
+#include <stdio.h>
+
 #include <openssl/err.h>
 
 #include "tls.h"
@@ -65,6 +67,32 @@ void mg_tp_tls_detach(mg_outq_t *q, mg_tp_tls_t *t) {
 
 void mg_tp_tls_close(mg_tp_tls_t *t) {
   if (!t->close) t->close = 1;
+}
+
+int mg_tp_tls_handshake(SSL *ssl, char *why, size_t whylen, int *kind) {
+  int rc = SSL_do_handshake(ssl);
+  if (rc == 1) return MG_TP_HS_DONE;
+  int e = SSL_get_error(ssl, rc);
+  if (e == SSL_ERROR_WANT_READ) return MG_TP_HS_MORE;
+  *kind = MG_TP_HS_ERROR;
+  long v = SSL_is_server(ssl) ? X509_V_OK : SSL_get_verify_result(ssl);
+  if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_HTTP_REQUEST)
+    *kind = MG_TP_HS_PLAIN_HTTP;
+  if (v != X509_V_OK) {
+    *kind = MG_TP_HS_CERT;
+    snprintf(why, whylen, "%s", X509_verify_cert_error_string(v));
+  } else if (e == SSL_ERROR_SSL) {
+    mg_tls_error(why, whylen);
+  } else {
+    snprintf(why, whylen, "connection error");
+  }
+  ERR_clear_error();
+  return MG_TP_HS_FAILED;
+}
+
+void mg_tp_tls_release_tickets(SSL *ssl) {
+  SSL_write(ssl, "", 0);
+  ERR_clear_error();
 }
 
 int mg_tp_tls_input(SSL *ssl, const char *p, size_t n) {

@@ -26,6 +26,26 @@ void mg_tp_tls_detach(mg_outq_t *q, mg_tp_tls_t *t);
 /* close_notify goes after what is pending (once; a no-op when it was asked). */
 void mg_tp_tls_close(mg_tp_tls_t *t);
 
+/* What a handshake step gave (mg_tp_tls_handshake). */
+enum {
+  MG_TP_HS_DONE = 0,    /* the handshake is over */
+  MG_TP_HS_MORE = 1,    /* flush what it queued and wait for the peer */
+  MG_TP_HS_FAILED = -1, /* failed: *why says why, *kind which way */
+};
+enum {
+  MG_TP_HS_ERROR = 0,      /* a TLS error or the connection failing */
+  MG_TP_HS_PLAIN_HTTP = 1, /* the peer spoke plain HTTP to a TLS port */
+  MG_TP_HS_CERT = 2,       /* (clients) the peer's certificate was not accepted */
+};
+/* Advances the handshake with what ssl has been given: the same code for a
+ * listener's connections and for upstream ones. On failure `why` gets a short
+ * cause for a log line and the error queue is cleared. */
+int mg_tp_tls_handshake(SSL *ssl, char *why, size_t whylen, int *kind);
+
+/* TLS 1.3 servers: BoringSSL holds the session tickets until the first write;
+ * this queues them now (a zero-byte write), for the next flush. */
+void mg_tp_tls_release_tickets(SSL *ssl);
+
 /* What a read of records gave (mg_tp_tls_read). */
 enum {
   MG_TP_MORE = 0,       /* all that could be decrypted was delivered; wait for the socket */

@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 
-#include <openssl/err.h>
 
 #include "log.h"
 #include "proxyproto.h"
@@ -227,27 +226,23 @@ static void ready(mg_upconn_t *u) {
 }
 
 static void tls_handshake(mg_upconn_t *u) {
-  int rc = SSL_do_handshake(u->ssl);
+  char why[160];
+  int kind = 0;
+  int hs = mg_tp_tls_handshake(u->ssl, why, sizeof(why), &kind);
   if (mg_outq_flush(&u->out) < 0) { /* our part of the handshake */
     fail(u, 1, 0);
     return;
   }
-  if (rc == 1) {
+  if (hs == MG_TP_HS_DONE) {
     u->tls_ready = 1;
     ready(u);
     return;
   }
-  int e = SSL_get_error(u->ssl, rc);
-  if (e == SSL_ERROR_WANT_READ) return;
-  char why[160];
-  long v = SSL_get_verify_result(u->ssl);
-  if (v != X509_V_OK)
-    MG_WARN(u->w->id, "upstream %s: TLS certificate not accepted: %s", u->server->text,
-            X509_verify_cert_error_string(v));
+  if (hs == MG_TP_HS_MORE) return;
+  if (kind == MG_TP_HS_CERT)
+    MG_WARN(u->w->id, "upstream %s: TLS certificate not accepted: %s", u->server->text, why);
   else
-    MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text,
-            mg_tls_error(why, sizeof(why)));
-  ERR_clear_error();
+    MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text, why);
   fail(u, 1, 0);
 }
 
