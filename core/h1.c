@@ -144,21 +144,11 @@ static int on_message_complete(llhttp_t *p) {
   return HPE_PAUSED;
 }
 
-static const llhttp_settings_t request_settings = {
+/* One table for both directions: llhttp calls on_url only for requests and
+ * on_status only for responses. */
+static const llhttp_settings_t settings = {
   .on_message_begin = on_message_begin,
   .on_url = on_url,
-  .on_header_field = on_header_field,
-  .on_header_value = on_header_value,
-  .on_headers_complete = on_headers_complete,
-  .on_body = on_body,
-  .on_message_complete = on_message_complete,
-  .on_chunk_extension_name = on_chunk_ext,
-  .on_chunk_extension_value = on_chunk_ext,
-  .on_chunk_header = on_chunk_header,
-};
-
-static const llhttp_settings_t response_settings = {
-  .on_message_begin = on_message_begin,
   .on_status = on_status,
   .on_header_field = on_header_field,
   .on_header_value = on_header_value,
@@ -173,8 +163,7 @@ static const llhttp_settings_t response_settings = {
 void mg_h1_init(mg_h1_t *h, int type, const mg_h1_limits_t *lim, mg_h1_begin_fn begin, mg_head_t *head,
                 void *owner) {
   memset(h, 0, sizeof(*h));
-  llhttp_init(&h->p, type == MG_H1_RESPONSE ? HTTP_RESPONSE : HTTP_REQUEST,
-              type == MG_H1_RESPONSE ? &response_settings : &request_settings);
+  llhttp_init(&h->p, type == MG_H1_RESPONSE ? HTTP_RESPONSE : HTTP_REQUEST, &settings);
   h->p.data = h;
   h->lim = *lim;
   h->begin = begin;

@@ -190,6 +190,17 @@ function helpers.port_open(port)
   return ok ~= nil
 end
 
+--- A self-signed ECDSA P-256 certificate for `cn` (also its subjectAltName)
+--- written as dir/cert.pem and dir/key.pem; returns the two paths.
+function helpers.self_signed(dir, cn)
+  cn = cn or "localhost"
+  local out, rc = helpers.sh("cd " .. helpers.shell_quote(dir) .. " && timeout 30 openssl req -x509 -newkey ec "
+    .. "-pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30 "
+    .. "-subj /CN=" .. cn .. " -addext subjectAltName=DNS:" .. cn .. " 2>&1")
+  assert(rc == 0, "making a test certificate failed: " .. tostring(out))
+  return dir .. "/cert.pem", dir .. "/key.pem"
+end
+
 --- Iterate over the complete, non-empty lines of text: those ended by "\n". A file
 --- another process is appending to can be read while its last line is half
 --- written; that part is left for a later read.

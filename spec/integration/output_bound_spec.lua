@@ -54,10 +54,7 @@ describe("pipelined answers held back on a TLS listener", function()
 
   lazy_setup(function()
     local dir = helpers.tmpdir()
-    local _, rc = helpers.sh("cd " .. helpers.shell_quote(dir) .. " && openssl req -x509 -newkey ec "
-      .. "-pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30 "
-      .. "-subj /CN=localhost 2>&1")
-    assert.equal(0, rc)
+    helpers.self_signed(dir)
     proxy = helpers.proxy([[
 local mg = require "moongate"
 mg.config { workers = 1, access_log = false }

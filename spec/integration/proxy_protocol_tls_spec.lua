@@ -48,10 +48,7 @@ describe("PROXY protocol on a TLS listener", function()
 
   lazy_setup(function()
     local dir = helpers.tmpdir()
-    local _, rc = helpers.sh("cd " .. helpers.shell_quote(dir) .. " && openssl req -x509 -newkey ec "
-      .. "-pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 30 "
-      .. "-subj /CN=localhost 2>&1")
-    assert.equal(0, rc)
+    helpers.self_signed(dir)
     origin = helpers.origin({ name = "O" })
     proxy = helpers.proxy([[
 local mg = require "moongate"

@@ -51,9 +51,7 @@ describe("WebSocket tunnels", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir()
-    local out, rc = helpers.sh("cd " .. dir .. " && timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
-      .. "-nodes -keyout key.pem -out cert.pem -days 2 -subj /CN=ws.test -addext subjectAltName=DNS:ws.test 2>&1")
-    assert(rc == 0, out)
+    helpers.self_signed(dir, "ws.test")
     CA = dir .. "/cert.pem"
     origin = ws_origin(dir)
     origin_tls = ws_origin(helpers.tmpdir(), { cert = dir .. "/cert.pem", key = dir .. "/key.pem" })
