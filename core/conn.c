@@ -908,7 +908,9 @@ static void op_close(void *c) { mg_conn_close(c); }
 static void op_close_after_flush(void *c) { mg_conn_close_after_flush(c); }
 static void op_reading(void *c) { mg_conn_update_reading(c); }
 /* A 101 went out: the connection is a tunnel. Bytes the client sent after its
- * request (kept while it waited) are the tunnel's first. */
+ * request (kept while it waited) are the tunnel's first, and a half-close that
+ * came while it waited is the tunnel's too: the upstream gets its FIN after
+ * them, as it would have after the 101. */
 static void op_tunnel(void *arg) {
   mg_conn_t *c = arg;
   c->state = MG_CS_TUNNEL;
@@ -919,6 +921,10 @@ static void op_tunnel(void *arg) {
     free(c->saved);
     c->saved = NULL;
     c->saved_len = 0;
+  }
+  if (c->rd_eof) {
+    mg_proxy_tunnel_eof(c->req); /* may fail the upstream and close c */
+    if (c->state == MG_CS_CLOSED) return;
   }
   mg_conn_update_reading(c);
 }
