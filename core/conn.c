@@ -260,7 +260,9 @@ static void on_close(uv_handle_t *h) {
   if (c->next) c->next->prev = c->prev;
   /* every way a connection ends comes here: timeouts, errors, the connect hook,
    * drains, refusals; the counts taken at accept are given back */
-  if (c->ip_counted) mg_connlimit_release(mg_conn_ip(c));
+  if (c->ip_counted)
+    mg_connlimit_release(c->counted_ip ? (mg_str_t){ c->counted_ip, strlen(c->counted_ip) } : mg_conn_ip(c));
+  free(c->counted_ip);
   if (c->refused) w->nrefused--;
   free(c);
   w->conn_closed(w);
@@ -766,6 +768,19 @@ static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
     size_t tl = mg_pp_format_client(&a, text, sizeof(text), &ip);
     if (tl > 0 && tl < sizeof(c->client)) {
       MG_DEBUG(c->w->id, "%s: PROXY protocol: client %s", c->client, text);
+      /* connections_per_ip counted the balancer, not this client: the close gives
+       * the balancer's count back */
+      if (c->ip_counted && !c->counted_ip) {
+        mg_str_t peer = mg_conn_ip(c);
+        c->counted_ip = malloc(peer.len + 1);
+        if (!c->counted_ip) {
+          mg_connlimit_release(peer); /* uncounted from now on, as at accept without memory */
+          c->ip_counted = 0;
+        } else {
+          memcpy(c->counted_ip, peer.p, peer.len);
+          c->counted_ip[peer.len] = '\0';
+        }
+      }
       memcpy(c->client, text, tl + 1);
       c->ip_off = (uint8_t)(ip.p - text);
       c->ip_len = (uint8_t)ip.len;
