@@ -32,7 +32,10 @@ static void on_timer(mg_timer_t *t) {
   mg_conn_t *c = CONN_OF(t, timer);
   switch (c->state) {
   case MG_CS_IDLE:
-    if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
+    if (c->pp_wait)
+      MG_INFO(c->w->id, "%s: bad PROXY protocol header: none within %.3g s (connection closed)", c->client,
+              (double)(c->ssl ? c->w->gen->timeouts.handshake : c->w->gen->timeouts.client_header) / 1000.0);
+    else if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
     else MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
     mg_conn_close(c);
     break;
@@ -606,6 +609,11 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
 
 static void on_eof(mg_conn_t *c) {
   c->reading = 0; /* libuv stopped reading at EOF */
+  /* a balancer's health check may connect and close without a byte: only a
+   * header cut short is a fault worth a line */
+  if (c->pp_wait && c->pp_len)
+    MG_INFO(c->w->id, "%s: bad PROXY protocol header: the connection closed inside it (%zu bytes)", c->client,
+            c->pp_len);
   /* a client that half-closes after its request, or between requests, still
    * gets what it asked for and what is queued */
   if (c->state == MG_CS_WAIT) {
