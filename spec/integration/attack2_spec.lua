@@ -9,7 +9,7 @@ local raw = require "spec.support.raw"
 
 local CONF = [[
 local mg = require "moongate"
-mg.config { workers = 1, access_log = "access.log", trusted_proxies = { "127.0.0.0/8" },
+mg.config { workers = 1, access_log = false, trusted_proxies = { "127.0.0.0/8" },
   timeouts = { upstream_read = 3, tunnel = 6, client_header = 1 } }
 mg.listen { "127.0.0.1:${port}" }
 mg.listen { "127.0.0.1:${pp}", proxy_protocol = true }
