@@ -32,7 +32,10 @@ static void on_timer(mg_timer_t *t) {
   mg_conn_t *c = CONN_OF(t, timer);
   switch (c->state) {
   case MG_CS_IDLE:
-    if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
+    if (c->pp_wait)
+      MG_INFO(c->w->id, "%s: bad PROXY protocol header: none within %.3g s (connection closed)", c->client,
+              (double)(c->ssl ? c->w->gen->timeouts.handshake : c->w->gen->timeouts.client_header) / 1000.0);
+    else if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
     else MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
     mg_conn_close(c);
     break;
@@ -260,7 +263,9 @@ static void on_close(uv_handle_t *h) {
   if (c->next) c->next->prev = c->prev;
   /* every way a connection ends comes here: timeouts, errors, the connect hook,
    * drains, refusals; the counts taken at accept are given back */
-  if (c->ip_counted) mg_connlimit_release(mg_conn_ip(c));
+  if (c->ip_counted)
+    mg_connlimit_release(c->counted_ip ? (mg_str_t){ c->counted_ip, strlen(c->counted_ip) } : mg_conn_ip(c));
+  free(c->counted_ip);
   if (c->refused) w->nrefused--;
   free(c);
   w->conn_closed(w);
@@ -604,6 +609,11 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
 
 static void on_eof(mg_conn_t *c) {
   c->reading = 0; /* libuv stopped reading at EOF */
+  /* a balancer's health check may connect and close without a byte: only a
+   * header cut short is a fault worth a line */
+  if (c->pp_wait && c->pp_len)
+    MG_INFO(c->w->id, "%s: bad PROXY protocol header: the connection closed inside it (%zu bytes)", c->client,
+            c->pp_len);
   /* a client that half-closes after its request, or between requests, still
    * gets what it asked for and what is queued */
   if (c->state == MG_CS_WAIT) {
@@ -766,6 +776,19 @@ static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
     size_t tl = mg_pp_format_client(&a, text, sizeof(text), &ip);
     if (tl > 0 && tl < sizeof(c->client)) {
       MG_DEBUG(c->w->id, "%s: PROXY protocol: client %s", c->client, text);
+      /* connections_per_ip counted the balancer, not this client: the close gives
+       * the balancer's count back */
+      if (c->ip_counted && !c->counted_ip) {
+        mg_str_t peer = mg_conn_ip(c);
+        c->counted_ip = malloc(peer.len + 1);
+        if (!c->counted_ip) {
+          mg_connlimit_release(peer); /* uncounted from now on, as at accept without memory */
+          c->ip_counted = 0;
+        } else {
+          memcpy(c->counted_ip, peer.p, peer.len);
+          c->counted_ip[peer.len] = '\0';
+        }
+      }
       memcpy(c->client, text, tl + 1);
       c->ip_off = (uint8_t)(ip.p - text);
       c->ip_len = (uint8_t)ip.len;
@@ -908,7 +931,9 @@ static void op_close(void *c) { mg_conn_close(c); }
 static void op_close_after_flush(void *c) { mg_conn_close_after_flush(c); }
 static void op_reading(void *c) { mg_conn_update_reading(c); }
 /* A 101 went out: the connection is a tunnel. Bytes the client sent after its
- * request (kept while it waited) are the tunnel's first. */
+ * request (kept while it waited) are the tunnel's first, and a half-close that
+ * came while it waited is the tunnel's too: the upstream gets its FIN after
+ * them, as it would have after the 101. */
 static void op_tunnel(void *arg) {
   mg_conn_t *c = arg;
   c->state = MG_CS_TUNNEL;
@@ -919,6 +944,10 @@ static void op_tunnel(void *arg) {
     free(c->saved);
     c->saved = NULL;
     c->saved_len = 0;
+  }
+  if (c->rd_eof) {
+    mg_proxy_tunnel_eof(c->req); /* may fail the upstream and close c */
+    if (c->state == MG_CS_CLOSED) return;
   }
   mg_conn_update_reading(c);
 }

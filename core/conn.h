@@ -64,6 +64,9 @@ struct mg_conn_s {
   char *pp_buf;           /* PROXY protocol: the start of a header split across reads */
   size_t pp_len;
   unsigned pp_wait : 1;   /* the listener expects a PROXY protocol header first */
+  char *counted_ip;       /* connections_per_ip counted the peer (a balancer) whose address a
+                             PROXY header then replaced in client: what to give back (NUL-
+                             terminated); NULL: mg_conn_ip() */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
   SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
