@@ -102,6 +102,10 @@ static int on_headers_complete(llhttp_t *p) {
       m->content_length = 0;
     }
     h->ev.kind = MG_H1_HEAD;
+    /* a request without body ends with its head: llhttp goes straight on to the
+     * end of the message, where it pauses; the HEAD is reported, then the END
+     * (one parser run less per bodiless request) */
+    if (m->body == MG_BODY_NONE || (m->body == MG_BODY_LENGTH && m->content_length == 0)) return 0;
     return HPE_PAUSED;
   }
   int status = p->status_code;
@@ -128,6 +132,9 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   h->ev.kind = MG_H1_BODY;
   h->ev.p = at;
   h->ev.len = len;
+  /* the last piece of a body of known length: llhttp ends the message next, in
+   * this run, and pauses there; the piece is reported, then the END */
+  if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED) && p->content_length == 0) return 0;
   return HPE_PAUSED;
 }
 
@@ -138,7 +145,7 @@ static int on_message_complete(llhttp_t *p) {
     h->interim = 1;
     return HPE_PAUSED;
   }
-  if (h->ev.kind == MG_H1_HEAD) h->end_pending = 1; /* a head without body: END next */
+  if (h->ev.kind == MG_H1_HEAD || h->ev.kind == MG_H1_BODY) h->end_pending = 1; /* reported first, END next */
   else h->ev.kind = MG_H1_END;
   if (!response(h) && p->upgrade) h->upgraded = 1;
   return HPE_PAUSED;
@@ -162,14 +169,20 @@ static const llhttp_settings_t settings = {
 
 void mg_h1_init(mg_h1_t *h, int type, const mg_h1_limits_t *lim, mg_h1_begin_fn begin, mg_head_t *head,
                 void *owner) {
-  memset(h, 0, sizeof(*h));
+  /* field by field: an upstream connection re-initialises its codec for every
+   * response, and most of the struct is llhttp's, which llhttp_init sets */
   llhttp_init(&h->p, type == MG_H1_RESPONSE ? HTTP_RESPONSE : HTTP_REQUEST, &settings);
+  h->msg = (mg_h1_msg_t){ .method = -1 };
+  h->trailer_bytes = h->chunk_ext = 0;
+  h->ev.kind = MG_H1_NEED;
+  h->error_status = 0;
+  h->why = NULL;
+  h->head_done = h->paused = h->end_pending = h->interim = h->trailers = h->no_body = h->upgraded = 0;
   h->p.data = h;
   h->lim = *lim;
   h->begin = begin;
   h->head = head;
   h->owner = owner;
-  h->msg.method = -1;
   mg_head_scan_reset(&h->scan);
 }
 

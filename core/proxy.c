@@ -736,7 +736,7 @@ static void redirect_https(mg_req_t *r, int port) {
 
 int mg_proxy_head(mg_req_t *r) {
   int status;
-  if (mg_head_finish(&r->head) < 0) return 500;
+  /* the codec finished the head (h1.c): its slices are in place */
   if (r->method == HTTP_CONNECT) return 501;
   if ((status = parse_target(r)) != 0) return status;
   if ((status = check_headers(r)) != 0) return status;
@@ -991,7 +991,6 @@ static void up_interim(void *owner, int status) {
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
   mg_down_t *c = r->down;
-  if (mg_head_finish(&r->rhead) < 0) return -1;
   if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
   const mg_header_t *te = mg_head_get(&r->rhead, MG_STR("transfer-encoding"));
