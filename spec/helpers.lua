@@ -552,6 +552,15 @@ end
 -- and how it ended. Raises an error when moongate's stderr holds a sanitizer
 -- report, or when it did not exit 0 on this SIGTERM: teardowns calling stop()
 -- thereby fail the spec file for leaks and crashes found at exit.
+--- Asserts that moongate still runs and its stderr holds no sanitizer report
+--- (the hostile-input specs call it after each attack).
+function Proxy:assert_alive()
+  local report = helpers.sanitizer_report(self:stderr())
+  assert(not report, "sanitizer report:\n" .. tostring(report))
+  local how, code = self:wait(0)
+  assert(not how, "moongate died (" .. tostring(how) .. " " .. tostring(code) .. ")")
+end
+
 function Proxy:stop(timeout)
   local signalled = false
   if not self.exit_how then

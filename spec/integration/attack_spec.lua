@@ -42,11 +42,7 @@ describe("attack", function()
   local connect, cleanup = raw.tracker(function() return proxy end, function() return hostile end)
   after_each(cleanup)
 
-  local function assert_alive()
-    local report = helpers.sanitizer_report(proxy:stderr())
-    assert(not report, "sanitizer report:\n" .. tostring(report))
-    assert(not proxy:wait(0), "moongate died")
-  end
+  local function assert_alive() proxy:assert_alive() end
 
   -- Sends `request` to moongate, accepts its origin connection, reads the
   -- request there and answers `answer`. Returns the client.
