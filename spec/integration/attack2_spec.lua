@@ -200,7 +200,7 @@ mg.route { path = "/who", respond = function(req) return 200, req.client_ip .. "
           "connection " .. i .. " (one at a time, each closed before the next)")
         assert.is_true(res.closed)
         c:close()
-        helpers.sleep(0.05) -- moongate has closed its side by now
+        helpers.sleep(0.2) -- moongate has closed its side by now
       end
     end)
     p2:stop()

@@ -56,7 +56,7 @@ describe("WebSocket tunnels", function()
     origin = ws_origin(dir)
     origin_tls = ws_origin(helpers.tmpdir(), { cert = dir .. "/cert.pem", key = dir .. "/key.pem" })
     proxy = helpers.proxy(config(), { dir = dir, ports = { "tls_port" },
-      vars = { ws = origin.addr, wss = origin_tls.addr, tunnel = 2 } })
+      vars = { ws = origin.addr, wss = origin_tls.addr, tunnel = 3 } })
   end)
 
   lazy_teardown(function()
@@ -144,25 +144,25 @@ describe("WebSocket tunnels", function()
     local res = assert(c:response())
     assert.equal(101, res.status)
     local t0 = helpers.now()
-    local closed = c:closed(6)
+    local closed = c:closed(9)
     local took = helpers.now() - t0
     c:close()
     assert.is_true(closed)
-    assert(took > 1.5 and took < 4, "closed after " .. took .. " s, timeouts.tunnel = 2")
+    assert(took > 2.5 and took < 7, "closed after " .. took .. " s, timeouts.tunnel = 3")
     assert.truthy(helpers.wait_until(function()
       return proxy:stderr():find("idle for timeouts.tunnel", 1, true)
     end, 3), proxy:stderr())
   end)
 
   it("keeps an open tunnel on the old config across a reload", function()
-    -- a tunnel that waits 2.5 s between two echoes; a reload lands in between
+    -- a tunnel that waits 1.5 s between two echoes (timeouts.tunnel is 3 s); a reload lands in between
     local out_file = dir .. "/hold.out"
     local pid = helpers.spawn({ helpers.python, WS_CLIENT, url("/echo"), "hold", "1.5" },
       { stdout = out_file, stderr = out_file, label = "ws hold" })
     assert(helpers.wait_until(function() return (helpers.read_file(out_file) or ""):find("ready", 1, true) end, 10))
     helpers.write_config(dir, config([[
 mg.route { path = "/after-reload", respond = { status = 200, body = "new config\n" } }
-]]), { port = proxy.port, tls_port = proxy.ports.tls_port, ws = origin.addr, wss = origin_tls.addr, tunnel = 2,
+]]), { port = proxy.port, tls_port = proxy.ports.tls_port, ws = origin.addr, wss = origin_tls.addr, tunnel = 3,
        dir = dir })
     proxy:signal(require("posix.signal").SIGHUP)
     assert(helpers.wait_until(function()
