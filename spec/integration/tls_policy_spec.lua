@@ -208,18 +208,25 @@ describe("TLS policy", function()
       return tonumber(out:match("ticket lifetime hint: (%d+)")), out
     end
 
+    -- BoringSSL announces what is left of the session's life, in whole seconds:
+    -- a handshake that straddles a second boundary announces one second less
+    local function assert_hint(want, got, out)
+      assert(got == want or got == want - 1, "ticket lifetime hint " .. tostring(got) .. ", expected "
+        .. want .. " (or " .. (want - 1) .. "):\n" .. tostring(out))
+    end
+
     it("announces session tickets for at most a day: 2 h with TLS 1.2, 24 h with TLS 1.3", function()
       local h12, out12 = ticket_hint(proxy.port, "-tls1_2")
-      assert.equal(7200, h12, out12)
+      assert_hint(7200, h12, out12)
       local h13, out13 = ticket_hint(proxy.port, "-tls1_3")
-      assert.equal(86400, h13, out13)
+      assert_hint(86400, h13, out13)
     end)
 
     it("takes session_timeout for both versions", function()
       local h12, out12 = ticket_hint(proxy.ports.short, "-tls1_2")
-      assert.equal(600, h12, out12)
+      assert_hint(600, h12, out12)
       local h13, out13 = ticket_hint(proxy.ports.short, "-tls1_3")
-      assert.equal(600, h13, out13)
+      assert_hint(600, h13, out13)
     end)
   end)
 
