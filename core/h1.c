@@ -305,4 +305,6 @@ int mg_h1_finish(mg_h1_t *h, mg_h1_ev_t *ev) {
   return MG_H1_ERROR;
 }
 
-int mg_h1_keepalive(const mg_h1_t *h) { return llhttp_should_keep_alive(&h->p) ? 1 : 0; }
+/* What the head said (msg.keepalive, from llhttp_should_keep_alive when it was
+ * complete): the message's end adds nothing to it, so it is not asked twice. */
+int mg_h1_keepalive(const mg_h1_t *h) { return h->msg.keepalive; }

@@ -399,7 +399,6 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->server = s;
   u->got_bytes = 0;
   u->paused = 0;
-  u->is_head = l->is_head;
   u->read_ms = l->read_ms;
   u->write_ms = l->write_ms;
   u->paused_ms = l->paused_ms;

@@ -100,7 +100,6 @@ struct mg_upconn_s {
                         pooled, so it never serves another */
   int got_bytes;     /* some response byte arrived for the current request */
   int paused;        /* reading stopped: the client is slow (upstream_paused timer) */
-  int is_head;       /* the request was HEAD: the response has no body */
   SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
   int tls_ready;     /* handshake done */
   uint64_t idle_ms;

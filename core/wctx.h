@@ -57,7 +57,7 @@ struct mg_worker_s {
   uint64_t refused_quiet;  /* refusals since then, not logged one by one */
   mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
   mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
-  void *spare_parsers[16]; /* llhttp_t of idle connections, kept for reuse (conn.c) */
+  void *spare_parsers[16]; /* request codecs (mg_h1_t) of idle connections, kept for reuse (conn.c) */
   int nspare_parsers;
   int nspare_reqs;
 
