@@ -119,13 +119,9 @@ void mg_outq_move(mg_outq_t *to, mg_outq_t *from) {
   if (mg_outq_size(to) > MG_HIGH_WATER) to->above = 1;
 }
 
-static void on_write(uv_write_t *req, int status) {
-  write_ctx_t *w = (write_ctx_t *)req;
-  mg_outq_t *q = w->q;
-  q->inflight -= w->bytes;
+void mg_outq_written(mg_outq_t *q, size_t bytes, int status) {
+  q->inflight -= bytes;
   q->writes--;
-  free_blocks(w->blocks);
-  free(w);
   if (status < 0) {
     if (q->cb) q->cb(q, status);
     return;
@@ -136,6 +132,15 @@ static void on_write(uv_write_t *req, int status) {
     drained = MG_OUTQ_DRAINED;
   }
   if (q->cb) q->cb(q, drained);
+}
+
+static void on_write(uv_write_t *req, int status) {
+  write_ctx_t *w = (write_ctx_t *)req;
+  mg_outq_t *q = w->q;
+  size_t bytes = w->bytes;
+  free_blocks(w->blocks);
+  free(w);
+  mg_outq_written(q, bytes, status);
 }
 
 /* Writes as much as the kernel takes now. Only when nothing is in flight (order)
@@ -180,6 +185,8 @@ mg_block_t *mg_outq_take(mg_outq_t *q) {
 }
 
 void mg_outq_free_blocks(mg_block_t *b) { free_blocks(b); }
+
+int mg_outq_encode(mg_outq_t *q) { return q->enc ? q->enc->encode(q) : 0; }
 
 int mg_outq_flush(mg_outq_t *q) {
   if (!q->stream) return 0;

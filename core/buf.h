@@ -65,6 +65,12 @@ void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
  * callback for that part), the rest through uv_write. Returns 0 or a libuv error.
  * No-op without a stream. The callback is not called from inside this function. */
 int mg_outq_flush(mg_outq_t *q);
+/* Runs the encoder (if any) over what is pending, as a flush does first: for
+ * writers other than mg_outq_flush (the in-memory transport). 0 or < 0. */
+int mg_outq_encode(mg_outq_t *q);
+/* A write of `bytes` taken from the queue (counted in inflight and writes by the
+ * writer) completed: the same accounting and callback as mg_outq_flush's own. */
+void mg_outq_written(mg_outq_t *q, size_t bytes, int status);
 /* True when a flush has something to write (with an encoder: its own bytes too). */
 int mg_outq_has_output(const mg_outq_t *q);
 /* Frees this thread's spare blocks (a worker thread calls it before it ends). */

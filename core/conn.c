@@ -34,8 +34,8 @@ static void on_timer(mg_timer_t *t) {
   case MG_CS_IDLE:
     if (c->pp_wait)
       MG_INFO(c->w->id, "%s: bad PROXY protocol header: none within %.3g s (connection closed)", c->client,
-              (double)(c->ssl ? c->w->gen->timeouts.handshake : c->w->gen->timeouts.client_header) / 1000.0);
-    else if (c->ssl && !c->tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
+              (double)(c->tp.ssl ? c->w->gen->timeouts.handshake : c->w->gen->timeouts.client_header) / 1000.0);
+    else if (!c->tp.tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
     else MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
     mg_conn_close(c);
     break;
@@ -147,12 +147,6 @@ static int body_too_slow(mg_conn_t *c) {
 
 /* ---------------- reading ---------------- */
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  mg_conn_t *c = h->data;
-  *buf = uv_buf_init(c->w->rbuf, sizeof(c->w->rbuf));
-}
-
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void run_saved(mg_conn_t *c);
 
 /* Reading stops while the upstream is not taking the body, while the client is not
@@ -167,10 +161,10 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_HEAD:
   case MG_CS_BODY:
     /* saved: requests that wait for the output to drain come before new bytes */
-    want = !c->down.up_blocked && !mg_outq_full(&c->out) && !c->saved;
+    want = !c->down.up_blocked && !mg_outq_full(&c->tp.out) && !c->saved;
     break;
   case MG_CS_WAIT:
-    want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->out);
+    want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->tp.out);
     break;
   case MG_CS_TUNNEL: /* the client's output filling up pauses the upstream instead */
     want = !c->rd_eof && !c->down.up_blocked;
@@ -181,15 +175,14 @@ void mg_conn_update_reading(mg_conn_t *c) {
   default:
     want = 0;
   }
-  if (want && !c->reading) {
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = 1;
+  if (want && !c->tp.reading) {
+    mg_tp_read(&c->tp, 1);
     if (c->state == MG_CS_BODY) {
       arm(c, c->w->gen->timeouts.client_body);
       body_hold(c, 0);
     }
-  } else if (!want && c->reading) {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = 0;
+  } else if (!want && c->tp.reading) {
+    mg_tp_read(&c->tp, 0);
     /* we stopped reading the body ourselves: the upstream's write timeout or our
      * send timeout judges that, not the client's body, rate or request timeout */
     if (c->state == MG_CS_BODY) {
@@ -249,12 +242,16 @@ static void tls_gen_release(mg_conn_t *c) {
   }
 }
 
-static void on_close(uv_handle_t *h) {
-  mg_conn_t *c = h->data;
+/* The transport is closed: the connection's memory goes. */
+static void tp_closed(void *arg) {
+  mg_conn_t *c = arg;
   mg_worker_t *w = c->w;
+  if (!c->listed) { /* the accept failed */
+    tls_gen_release(c);
+    free(c);
+    return;
+  }
   parser_put(c);
-  mg_outq_dispose(&c->out);
-  SSL_free(c->ssl);
   tls_gen_release(c);
   free(c->saved);
   free(c->pp_buf);
@@ -283,12 +280,12 @@ void mg_conn_close(mg_conn_t *c) {
   mg_timer_stop(&c->w->timers, &c->timer);
   mg_timer_stop(&c->w->timers, &c->send_timer);
   request_stop(c);
-  uv_close((uv_handle_t *)&c->tcp, on_close);
+  mg_tp_close(&c->tp);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) {
-  mg_conn_t *c = req->data;
-  free(req); /* runs before the close callback, cancelled or not */
+/* The FIN went out after the last answer (linger). */
+static void tp_shut(void *arg, int status) {
+  mg_conn_t *c = arg;
   if (c->state != MG_CS_LINGER) return;
   if (status < 0 || c->rd_eof) mg_conn_close(c);
   else arm(c, LINGER_MS); /* everything is sent: give the client a moment to close */
@@ -310,23 +307,17 @@ static void linger(mg_conn_t *c) {
   c->state = MG_CS_LINGER;
   mg_timer_stop(&c->w->timers, &c->timer);
   request_stop(c);
-  if (c->ssl && c->tls_ready) mg_tp_tls_close(&c->tls_out); /* close_notify after the rest */
+  c->tp.discard = 1; /* what the client still sends is dropped unread */
+  mg_tp_close_notify(&c->tp); /* TLS: close_notify after the rest */
   mg_conn_flush(c);
   if (c->state == MG_CS_CLOSED) return;
   if (c->quick_close || c->rd_eof) {
     c->quick_close = 1;
-    if (mg_outq_size(&c->out) == 0) mg_conn_close(c); /* else on_out closes */
+    if (mg_outq_size(&c->tp.out) == 0) mg_conn_close(c); /* else on_out closes */
     else mg_conn_update_reading(c);
     return;
   }
-  uv_shutdown_t *sr = malloc(sizeof(*sr));
-  if (!sr) {
-    mg_conn_close(c);
-    return;
-  }
-  sr->data = c;
-  if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
-    free(sr);
+  if (mg_tp_shutdown(&c->tp) < 0) {
     mg_conn_close(c);
     return;
   }
@@ -351,8 +342,9 @@ static int output_written(mg_conn_t *c) {
   return 1;
 }
 
-static void on_out(mg_outq_t *q, int status) {
-  mg_conn_t *c = q->data;
+static void tp_written(void *arg, int status) {
+  mg_conn_t *c = arg;
+  mg_outq_t *q = &c->tp.out;
   if (c->state == MG_CS_CLOSED) return;
   if (status < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(status));
@@ -375,14 +367,14 @@ static void on_out(mg_outq_t *q, int status) {
 }
 
 void mg_conn_flush(mg_conn_t *c) {
-  if (c->state == MG_CS_CLOSED || !mg_outq_has_output(&c->out)) return;
-  int rc = mg_outq_flush(&c->out);
+  if (c->state == MG_CS_CLOSED || !mg_outq_has_output(&c->tp.out)) return;
+  int rc = mg_tp_flush(&c->tp);
   if (rc < 0) {
     MG_DEBUG(c->w->id, "%s: write failed: %s", c->client, uv_strerror(rc));
     mg_conn_close(c);
     return;
   }
-  if (mg_outq_size(&c->out) == 0) output_written(c); /* written synchronously */
+  if (mg_outq_size(&c->tp.out) == 0) output_written(c); /* written synchronously */
   else if (!mg_timer_active(&c->send_timer))
     mg_timer_start(&c->w->timers, &c->send_timer, c->w->gen->timeouts.send, on_send_timer);
 }
@@ -390,7 +382,7 @@ void mg_conn_flush(mg_conn_t *c) {
 void mg_conn_drain(mg_conn_t *c) {
   c->down.close_after = 1;
   if (c->state != MG_CS_IDLE || c->req || c->saved) return; /* after the current request */
-  if (mg_outq_size(&c->out) == 0) mg_conn_close(c);
+  if (mg_outq_size(&c->tp.out) == 0) mg_conn_close(c);
   else linger(c); /* a response still going out: finish it, then close */
 }
 
@@ -427,7 +419,7 @@ static int finish_request(mg_conn_t *c) {
   c->req = NULL;
   c->state = MG_CS_IDLE;
   c->served = 1;
-  if (mg_outq_size(&c->out) == 0) arm(c, c->w->gen->timeouts.keepalive);
+  if (mg_outq_size(&c->tp.out) == 0) arm(c, c->w->gen->timeouts.keepalive);
   else mg_timer_stop(&c->w->timers, &c->timer); /* on_out arms it once the response is out */
   return 1;
 }
@@ -583,7 +575,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       /* Answers moongate writes itself come at parser speed: while the client
        * is not taking them, the next pipelined requests wait unparsed (the
        * drain of the output resumes them), so the output stays bounded. */
-      if (mg_outq_full(&c->out)) {
+      if (mg_outq_full(&c->tp.out)) {
         save(c, data, len);
         return;
       }
@@ -608,7 +600,6 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
 }
 
 static void on_eof(mg_conn_t *c) {
-  c->reading = 0; /* libuv stopped reading at EOF */
   /* a balancer's health check may connect and close without a byte: only a
    * header cut short is a fault worth a line */
   if (c->pp_wait && c->pp_len)
@@ -625,7 +616,7 @@ static void on_eof(mg_conn_t *c) {
     mg_proxy_tunnel_eof(c->req);
     return;
   }
-  if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req && mg_outq_size(&c->out)) {
+  if ((c->state == MG_CS_IDLE || c->state == MG_CS_LINGER) && !c->req && mg_outq_size(&c->tp.out)) {
     c->rd_eof = 1;
     if (c->state == MG_CS_LINGER) c->quick_close = 1;
     else linger(c);
@@ -656,81 +647,67 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
   feed(c, p, n);
 }
 
-/* A piece of plaintext from a TLS record: stops once the connection is ending. */
-static int tls_deliver(void *arg, const char *p, size_t n) {
+/* ---------------- what the transport says ---------------- */
+
+/* Plaintext read: stops once the connection is ending. */
+static int tp_data(void *arg, const char *p, size_t n) {
   mg_conn_t *c = arg;
   input(c, p, n);
   return c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER;
 }
 
-/* TLS: the bytes read go into BoringSSL; the handshake advances, and every byte
- * it can decrypt goes to input(). All of it, whatever the state: what one socket
- * read brings is bounded, and decrypted bytes must not wait in BoringSSL for a
- * socket event that may never come. */
-static void tls_input(mg_conn_t *c, const char *data, size_t n) {
-  int fresh = 0; /* the handshake ended in this call */
-  /* closing: what still comes is dropped (as plain HTTP does), not buffered */
-  if (c->state == MG_CS_LINGER || c->state == MG_CS_CLOSED) return;
-  if (mg_tp_tls_input(c->ssl, data, n) < 0) {
-    mg_conn_close(c);
-    return;
-  }
-  if (!c->tls_ready) {
-    char why[160];
-    int kind = 0;
-    int hs = mg_tp_tls_handshake(c->ssl, why, sizeof(why), &kind);
-    if (hs == MG_TP_HS_MORE) {
-      mg_conn_flush(c); /* our part of the handshake */
-      return;
-    }
-    if (hs == MG_TP_HS_FAILED) {
-      MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client, why);
-      if (kind == MG_TP_HS_PLAIN_HTTP) { /* an http:// URL for an https port: say so, in plain text */
-        static const char head[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
-                                   "Content-Length: 42\r\nConnection: close\r\n";
-        static const char body[] = "\r\nplain HTTP request sent to an HTTPS port\r\n";
-        const char *date;
-        size_t dlen = mg_http_date_line(&c->w->date, &date);
-        mg_tp_tls_detach(&c->out, &c->tls_out);
-        mg_outq_append(&c->out, head, sizeof(head) - 1);
-        mg_outq_append(&c->out, date, dlen);
-        mg_outq_append(&c->out, body, sizeof(body) - 1);
-        c->down.close_after = 1;
-        linger(c); /* the client may have more unread bytes: a real linger */
-        return;
-      }
-      c->quick_close = 1;
-      linger(c); /* sends the alert, then closes */
-      return;
-    }
-    c->tls_ready = 1;
-    fresh = 1;
-    tls_gen_release(c);
-    arm(c, c->w->gen->timeouts.client_header); /* for the first request */
-  }
-  int rd = c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER
-               ? mg_tp_tls_read(c->ssl, c->w->tbuf, sizeof(c->w->tbuf), tls_deliver, c)
-               : MG_TP_STOPPED;
-  if (rd == MG_TP_EOF) { /* close_notify: the client is done sending */
-    uv_read_stop((uv_stream_t *)&c->tcp); /* what follows it would only pile up */
-    on_eof(c);
-    return;
-  }
-  if (rd == MG_TP_ERROR) {
-    char why[160];
-    MG_INFO(c->w->id, "%s: TLS error: %s", c->client, mg_tls_error(why, sizeof(why)));
-    mg_conn_close(c);
-    return;
-  }
+/* A read was delivered: one write per batch of input, each way; TLS 1.3
+ * tickets. */
+static void tp_read_end(void *arg) {
+  mg_conn_t *c = arg;
   /* TLS 1.3: BoringSSL keeps the session tickets until our first write. When no
    * answer is on its way (the request is not all here), send them now: the
    * client then has its tickets, and the ACK of its Finished rides on them
    * instead of being delayed, which would hold a Nagle client's request. A
    * zero-byte write only flushes them. */
-  if (fresh && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
-      mg_outq_size(&c->out) == 0)
-    mg_tp_tls_release_tickets(c->ssl);
-  if (c->state != MG_CS_CLOSED) mg_tls_release_bios(c->ssl);
+  if (c->fresh && (c->state == MG_CS_IDLE || c->state == MG_CS_HEAD || c->state == MG_CS_BODY) &&
+      mg_outq_size(&c->tp.out) == 0)
+    mg_tp_release_tickets(&c->tp);
+  c->fresh = 0;
+  after_feed(c);
+  if (c->state != MG_CS_CLOSED) parser_idle(c);
+}
+
+static void tp_eof(void *arg) { on_eof(arg); }
+
+static void tp_error(void *arg, int err, const char *why) {
+  mg_conn_t *c = arg;
+  if (err == MG_TP_ETLS) MG_INFO(c->w->id, "%s: TLS error: %s", c->client, why);
+  else MG_DEBUG(c->w->id, "%s: read: %s", c->client, why);
+  mg_conn_close(c);
+}
+
+/* The TLS handshake ended. */
+static void tp_ready(void *arg, int rc, int kind, const char *why) {
+  mg_conn_t *c = arg;
+  if (rc == 0) {
+    c->fresh = 1;
+    tls_gen_release(c);
+    arm(c, c->w->gen->timeouts.client_header); /* for the first request */
+    return;
+  }
+  MG_INFO(c->w->id, "%s: TLS handshake failed: %s", c->client, why);
+  if (kind == MG_TP_FAIL_PLAIN_HTTP) { /* an http:// URL for an https port: say so, in plain text */
+    static const char head[] = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: 42\r\nConnection: close\r\n";
+    static const char body[] = "\r\nplain HTTP request sent to an HTTPS port\r\n";
+    const char *date;
+    size_t dlen = mg_http_date_line(&c->w->date, &date);
+    mg_tp_tls_off(&c->tp);
+    mg_outq_append(&c->tp.out, head, sizeof(head) - 1);
+    mg_outq_append(&c->tp.out, date, dlen);
+    mg_outq_append(&c->tp.out, body, sizeof(body) - 1);
+    c->down.close_after = 1;
+    linger(c); /* the client may have more unread bytes: a real linger */
+    return;
+  }
+  c->quick_close = 1;
+  linger(c); /* sends the alert, then closes */
 }
 
 /* A listener with proxy_protocol: the connection starts with a PROXY protocol
@@ -739,7 +716,8 @@ static void tls_input(mg_conn_t *c, const char *data, size_t n) {
  * split across reads is kept in c->pp_buf. Returns 1 once the header is taken
  * (*data, *n: the rest of this read, after the header), 0 when more is needed or
  * the connection was closed. */
-static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
+static int proxy_header(void *arg, const char **data, size_t *n) {
+  mg_conn_t *c = arg;
   const char *p = *data;
   size_t len = *n, before = c->pp_len; /* header bytes from earlier reads */
   if (c->pp_buf) {
@@ -808,26 +786,6 @@ static int proxy_header(mg_conn_t *c, const char **data, size_t *n) {
   *data += from_this;
   *n -= from_this;
   return 1;
-}
-
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  mg_conn_t *c = s->data;
-  if (nread == 0) return;
-  if (nread < 0) {
-    if (nread != UV_EOF) MG_DEBUG(c->w->id, "%s: read: %s", c->client, uv_strerror((int)nread));
-    if (nread == UV_EOF) on_eof(c);
-    else mg_conn_close(c);
-    return;
-  }
-  const char *data = buf->base;
-  size_t n = (size_t)nread;
-  if (c->pp_wait && !proxy_header(c, &data, &n)) return; /* waiting for more, or closed */
-  if (n > 0) {
-    if (c->ssl) tls_input(c, data, n);
-    else input(c, data, n);
-  }
-  after_feed(c);
-  if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
 
 /* ---------------- the codec's one callback ---------------- */
@@ -910,15 +868,15 @@ static int over_limit(mg_conn_t *c) {
   }
   c->refused = 1;
   w->nrefused++;
-  if (c->ssl) {
+  if (c->tp.ssl) {
     mg_conn_close(c);
     return 1;
   }
   const char *date;
   size_t dlen = mg_http_date_line(&w->date, &date);
-  mg_outq_append(&c->out, refusal, sizeof(refusal) - 1);
-  mg_outq_append(&c->out, date, dlen);
-  mg_outq_append(&c->out, refusal_body, sizeof(refusal_body) - 1);
+  mg_outq_append(&c->tp.out, refusal, sizeof(refusal) - 1);
+  mg_outq_append(&c->tp.out, date, dlen);
+  mg_outq_append(&c->tp.out, refusal_body, sizeof(refusal_body) - 1);
   c->down.close_after = 1;
   linger(c); /* the client may be sending its request: read and drop it, briefly */
   return 1;
@@ -953,13 +911,21 @@ static void op_tunnel(void *arg) {
 }
 static void op_local_addr(void *arg) {
   mg_conn_t *c = arg;
-  int len = sizeof(c->down.local);
-  if (uv_tcp_getsockname(&c->tcp, &c->down.local.sa, &len) < 0) c->down.local.sa.sa_family = AF_UNSPEC;
+  struct sockaddr_storage ss;
+  if (mg_tp_local(&c->tp, &ss) < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    c->down.local.sa.sa_family = AF_UNSPEC;
+  else
+    memcpy(&c->down.local, &ss, ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
 }
 static const mg_down_ops_t down_ops = {
   .flush = op_flush, .done = op_done, .close = op_close,
   .close_after_flush = op_close_after_flush, .reading = op_reading, .tunnel = op_tunnel,
   .local_addr = op_local_addr,
+};
+
+static const mg_tp_events_t tp_events = {
+  .ready = tp_ready, .preamble = proxy_header, .data = tp_data, .read_end = tp_read_end, .eof = tp_eof,
+  .error = tp_error, .written = tp_written, .shut = tp_shut, .closed = tp_closed,
 };
 
 void mg_conn_accept(mg_listener_t *l) {
@@ -970,35 +936,30 @@ void mg_conn_accept(mg_listener_t *l) {
   c->down.listener = l->name;
   c->down.redirect_https = l->cfg->redirect_https;
   c->down.hsts = l->hsts;
-  uv_tcp_init(&w->loop, &c->tcp);
-  c->tcp.data = c;
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
-    uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+  if (mg_tp_accept(&c->tp, &w->tp, (uv_stream_t *)&l->tcp, &tp_events, c) < 0) {
+    mg_tp_close(&c->tp);
     return;
   }
-  mg_outq_init(&c->out, on_out, c);
-  c->out.stream = (uv_stream_t *)&c->tcp;
   c->down.conn = c;
   c->down.ops = &down_ops;
-  c->down.out = &c->out;
+  c->down.out = &c->tp.out;
   c->down.client = c->client;
   if (l->cfg->tls) {
-    c->ssl = mg_tls_accept_new(l->cfg->tls, c);
-    if (!c->ssl) {
-      uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+    SSL *ssl = mg_tls_accept_new(l->cfg->tls, c);
+    if (!ssl) {
+      mg_tp_close(&c->tp);
       return;
     }
-    mg_tp_tls_attach(&c->out, &c->tls_out, c->ssl);
-    c->down.ssl = c->ssl;
+    mg_tp_tls_server(&c->tp, ssl);
+    c->down.ssl = ssl;
     c->tls_gen = w->gen;
     mg_gen_ref(c->tls_gen);
   }
 
   struct sockaddr_storage ss;
-  int slen = sizeof(ss);
   char ip[INET6_ADDRSTRLEN] = "?";
   int port = 0, v6 = 0;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0) {
+  if (mg_tp_peer(&c->tp, &ss) == 0) {
     v6 = ss.ss_family == AF_INET6;
     if (ss.ss_family == AF_INET || v6) /* kept for a PROXY header to an upstream */
       memcpy(&c->down.peer, &ss, v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
@@ -1028,6 +989,7 @@ void mg_conn_accept(mg_listener_t *l) {
   c->ip_off = (uint8_t)v6;
   c->ip_len = (uint8_t)iplen;
   c->down.ip = mg_conn_ip(c);
+  c->listed = 1;
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;
@@ -1042,6 +1004,7 @@ void mg_conn_accept(mg_listener_t *l) {
       return;
     }
     c->pp_wait = 1;
+    c->tp.preamble = 1;
   }
   if (over_limit(c)) return;
   if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
@@ -1049,7 +1012,7 @@ void mg_conn_accept(mg_listener_t *l) {
     mg_conn_close(c); /* refused by the connect hook */
     return;
   }
-  arm(c, c->ssl ? w->gen->timeouts.handshake : w->gen->timeouts.client_header);
+  arm(c, c->tp.ssl ? w->gen->timeouts.handshake : w->gen->timeouts.client_header);
   if (w->draining) c->down.close_after = 1;
   mg_conn_update_reading(c);
 }

@@ -25,11 +25,11 @@ enum {
   MG_CS_WAIT,   /* request read: waiting for the response to finish; reading paused */
   MG_CS_TUNNEL, /* a 101 went out: the client's bytes go to the upstream as they are */
   MG_CS_LINGER, /* last response queued: half-closed, discarding input until EOF */
-  MG_CS_CLOSED, /* uv_close started */
+  MG_CS_CLOSED, /* the transport is closing */
 };
 
 struct mg_conn_s {
-  uv_tcp_t tcp; /* first: the handle pointer is the connection */
+  mg_tp_t tp;             /* the byte stream: socket, TLS, output queue (transport.h) */
   mg_timer_t timer;      /* input side: header, body, keep-alive, linger */
   mg_timer_t send_timer; /* output queued: timeouts.send between writes */
   mg_timer_t req_timer;  /* timeouts.request: from a request's first byte to its last,
@@ -42,16 +42,14 @@ struct mg_conn_s {
   mg_conn_t *prev, *next; /* worker's list */
   mg_h1_t *parser;        /* the request codec (h1.h), while a request is read or waits;
                              NULL when idle (mg_worker_t spares) */
-  mg_outq_t out;
-  mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
   mg_down_t down;         /* what the exchange knows of this connection (proxy.h); it holds
                              close_after, up_blocked and in_parser */
   int state;
-  unsigned reading : 1;
   unsigned done_pending : 1; /* the request finished while in_parser */
   unsigned rd_eof : 1;       /* the client half-closed: answer what was read, then close */
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
-  unsigned tls_ready : 1;    /* TLS handshake done */
+  unsigned fresh : 1;        /* the TLS handshake ended in this read (tickets) */
+  unsigned listed : 1;       /* in the worker's list (the accept succeeded) */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */
   unsigned body_timing : 1;  /* the body is being read now: body_since runs */
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
@@ -69,7 +67,6 @@ struct mg_conn_s {
                              terminated); NULL: mg_conn_ip() */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
-  SSL *ssl;               /* TLS listener: the session (memory BIOs); NULL: plain */
   mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 

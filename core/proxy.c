@@ -793,7 +793,7 @@ int mg_proxy_head(mg_req_t *r) {
 
 /* Where request body bytes go: the live upstream queue, or the waiting one. */
 static mg_outq_t *body_queue(mg_req_t *r) {
-  if (r->upc && r->upc->state == MG_UP_ACTIVE) return &r->upc->out;
+  if (r->upc && r->upc->state == MG_UP_ACTIVE) return &r->upc->tp.out;
   return &r->upq;
 }
 
@@ -810,7 +810,7 @@ void mg_proxy_request_flush(mg_req_t *r) {
   if (r->upstream < 0 || r->rstate == MG_RS_DONE) return;
   if (r->upc && r->upc->state == MG_UP_ACTIVE) {
     if (mg_upstream_flush(r->upc) < 0) return; /* r may be gone */
-    if (r->upc && mg_outq_full(&r->upc->out)) c->up_blocked = 1;
+    if (r->upc && mg_outq_full(&r->upc->tp.out)) c->up_blocked = 1;
   } else if (mg_outq_full(&r->upq)) {
     c->up_blocked = 1;
   }
@@ -885,10 +885,10 @@ static void start_upstream(mg_req_t *r) {
 static void up_ready(void *owner) {
   mg_req_t *r = owner;
   mg_upconn_t *u = r->upc;
-  mg_outq_move(&u->out, &r->upq);
+  mg_outq_move(&u->tp.out, &r->upq);
   if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
   mg_down_t *c = r->down;
-  if (c->up_blocked && !mg_outq_full(&u->out)) {
+  if (c->up_blocked && !mg_outq_full(&u->tp.out)) {
     c->up_blocked = 0;
     c->ops->reading(c->conn);
   }
@@ -1144,7 +1144,7 @@ static int tunnel_start(mg_req_t *r) {
 
 void mg_proxy_tunnel_in(mg_req_t *r, const char *p, size_t len) {
   r->bytes_in += len;
-  if (r->upc) mg_outq_append(&r->upc->out, p, len); /* flushed after the read */
+  if (r->upc) mg_outq_append(&r->upc->tp.out, p, len); /* flushed after the read */
 }
 
 void mg_proxy_tunnel_eof(mg_req_t *r) {

@@ -1,63 +1,168 @@
-/* The byte stream under a connection, client or upstream side: what both read
- * and write through when the stream is TLS. Its output queue (buf.h) takes
- * plaintext; the records are made here, when the queue is flushed. Its input side
- * turns records read from the socket into plaintext. It knows no HTTP.
+/* The transport: a byte stream, client side or upstream side, over TCP with
+ * optional TLS. It owns the socket, the TLS session and the output queue. Its
+ * owner reads plaintext through callbacks, writes plaintext into the queue, and
+ * starts and stops reading, half-closes and closes it the same way on both
+ * sides. TLS lives here once: the handshake, records read into plaintext,
+ * records made from the queue when it is flushed, close_notify, tickets. It
+ * knows no HTTP.
  *
- * Plain streams need none of this: their queue writes what is appended. */
+ * Two kinds of I/O sit under the same calls: sockets (libuv TCP), and an
+ * in-memory network (mg_tp_net_t) for the fuzz targets and tests that drive the
+ * connection and exchange code without a kernel: bytes go in with
+ * mg_tp_mem_input, come out through the network's `output` callback, and
+ * writes complete the way libuv's do (at once while the queue is short, later
+ * through a callback once it went over the high-water mark). */
 #ifndef MG_TRANSPORT_H
 #define MG_TRANSPORT_H
 
 #include <openssl/ssl.h>
+#include <uv.h>
 
 #include "buf.h"
 #include "mg.h"
 
-/* A TLS stream's write side, kept beside its queue. */
+typedef struct mg_tp_s mg_tp_t;
+
+/* An in-memory network: set in mg_tp_ctx_t, every transport made with that
+ * context is in memory. The fuzz target (core/fuzz) is its only user. */
+typedef struct mg_tp_net_s {
+  /* a transport was made: accepted (a client) or connecting (an upstream; it
+   * waits for mg_tp_mem_connected) */
+  void (*opened)(struct mg_tp_net_s *net, mg_tp_t *tp, int upstream);
+  /* bytes the transport wrote */
+  void (*output)(struct mg_tp_net_s *net, mg_tp_t *tp, const char *p, size_t n);
+  /* a half-close (FIN after the output) */
+  void (*shutdown)(struct mg_tp_net_s *net, mg_tp_t *tp);
+  /* the transport is closed (its memory goes right after this call) */
+  void (*closed)(struct mg_tp_net_s *net, mg_tp_t *tp);
+  void *data;
+} mg_tp_net_t;
+
+/* What the transports of one thread share: its loop, its read buffers, and the
+ * in-memory network when there is one (NULL: sockets). */
+typedef struct {
+  uv_loop_t *loop;
+  char *rbuf, *tbuf; /* socket reads; decrypted records */
+  size_t rcap, tcap;
+  mg_tp_net_t *net;
+} mg_tp_ctx_t;
+
+/* Why a transport failed to become ready (mg_tp_events_t.ready). */
+enum {
+  MG_TP_FAIL_CONNECT = 1,    /* the TCP connect failed (rc is the libuv code) */
+  MG_TP_FAIL_TLS = 2,        /* a TLS error or the connection failing during the handshake */
+  MG_TP_FAIL_PLAIN_HTTP = 3, /* (servers) the peer spoke plain HTTP to a TLS port */
+  MG_TP_FAIL_CERT = 4,       /* (clients) the peer's certificate was not accepted */
+  MG_TP_FAIL_IO = 5,         /* writing our part of the handshake failed */
+};
+/* A TLS error while reading (mg_tp_events_t.error). */
+#define MG_TP_ETLS (-20001)
+
+/* What a transport tells its owner. Each call may close the transport; the
+ * transport checks afterwards and its memory stays valid until `closed`. */
+typedef struct {
+  /* The stream is ready for the owner's bytes: an upstream's TCP connect (and
+   * TLS handshake) is done, or a TLS listener's handshake. rc < 0: it failed,
+   * `kind` (MG_TP_FAIL_*) and `why` (for a log line) say how; nothing more comes
+   * but `closed` once the owner closes. */
+  void (*ready)(void *owner, int rc, int kind, const char *why);
+  /* Only while mg_tp_t.preamble is set, before any TLS: the raw bytes of a read.
+   * Returns 1 when the preamble is complete (*p, *n: the rest of the read, which
+   * goes on as usual), 0 when it waits for more or closed the transport. */
+  int (*preamble)(void *owner, const char **p, size_t *n);
+  /* Plaintext read. Non-zero: deliver no more of this read (the owner is
+   * ending, or changed what it is; no read_end follows). */
+  int (*data)(void *owner, const char *p, size_t n);
+  /* Everything one socket read brought was delivered. */
+  void (*read_end)(void *owner);
+  /* The peer is done sending (a FIN, or TLS close_notify). Reading has stopped. */
+  void (*eof)(void *owner);
+  /* Reading failed: a libuv error, MG_ENOMEM, or MG_TP_ETLS; `why` says it. */
+  void (*error)(void *owner, int err, const char *why);
+  /* A write that did not complete at once completed: as mg_outq_cb's status. */
+  void (*written)(void *owner, int status);
+  /* The half-close asked with mg_tp_shutdown is done (status < 0: failed).
+   * Not called once the transport is closing. May be NULL. */
+  void (*shut)(void *owner, int status);
+  /* Closed: the last call; the owner may free the memory holding the transport. */
+  void (*closed)(void *owner);
+} mg_tp_events_t;
+
 typedef struct {
   SSL *ssl;
   int close; /* 1: send close_notify after what is pending; 2: sent */
 } mg_tp_tls_t;
 
-/* From now on what is appended to q is encrypted with t->ssl when flushed. */
-void mg_tp_tls_attach(mg_outq_t *q, mg_tp_tls_t *t, SSL *ssl);
-/* Back to plain bytes (a plaintext answer to a client that spoke HTTP to a TLS
- * port): what BoringSSL had queued is dropped. */
-void mg_tp_tls_detach(mg_outq_t *q, mg_tp_tls_t *t);
-/* close_notify goes after what is pending (once; a no-op when it was asked). */
-void mg_tp_tls_close(mg_tp_tls_t *t);
-
-/* What a handshake step gave (mg_tp_tls_handshake). */
-enum {
-  MG_TP_HS_DONE = 0,    /* the handshake is over */
-  MG_TP_HS_MORE = 1,    /* flush what it queued and wait for the peer */
-  MG_TP_HS_FAILED = -1, /* failed: *why says why, *kind which way */
+struct mg_tp_s {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_timer_t mem; /* in memory: the handle that closes and completes writes */
+  } io;
+  uv_connect_t connect_req;
+  mg_outq_t out;      /* plaintext to send (owners append, then mg_tp_flush) */
+  mg_tp_tls_t tls;    /* the queue's encoder state while TLS is on */
+  SSL *ssl;           /* the TLS session (memory BIOs); NULL: plain */
+  const mg_tp_ctx_t *ctx;
+  const mg_tp_events_t *ev;
+  void *owner;
+  mg_block_t *mem_inflight; /* in memory: written, completing on the next loop turn */
+  size_t mem_bytes;
+  unsigned reading : 1;
+  unsigned tls_ready : 1; /* the handshake is done (or no TLS) */
+  unsigned preamble : 1;  /* the owner wants the raw bytes before TLS first */
+  unsigned discard : 1;   /* input is dropped unread (the owner is closing) */
+  unsigned closing : 1;
+  unsigned upstream : 1;  /* the connecting side */
+  unsigned mem_shut : 1;  /* in memory: shutdown asked, sent once the writes complete */
 };
-enum {
-  MG_TP_HS_ERROR = 0,      /* a TLS error or the connection failing */
-  MG_TP_HS_PLAIN_HTTP = 1, /* the peer spoke plain HTTP to a TLS port */
-  MG_TP_HS_CERT = 2,       /* (clients) the peer's certificate was not accepted */
-};
-/* Advances the handshake with what ssl has been given: the same code for a
- * listener's connections and for upstream ones. On failure `why` gets a short
- * cause for a log line and the error queue is cleared. */
-int mg_tp_tls_handshake(SSL *ssl, char *why, size_t whylen, int *kind);
 
+/* A client connection from a listening socket (in memory: a new one the network
+ * is told of). 0 or a libuv error; on error the owner's `closed` comes later. */
+int mg_tp_accept(mg_tp_t *tp, const mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
+                 void *owner);
+/* An upstream connection to addr: `ready` follows (after the TLS handshake when
+ * mg_tp_tls_client was called before the connect completes). 0 or a libuv error. */
+int mg_tp_connect(mg_tp_t *tp, const mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
+                  void *owner);
+/* Makes the stream TLS: as the server (handshake on the first bytes read) or
+ * the client (handshake once connected). The transport owns ssl from now on. */
+void mg_tp_tls_server(mg_tp_t *tp, SSL *ssl);
+void mg_tp_tls_client(mg_tp_t *tp, SSL *ssl);
+/* Back to plain bytes for what follows (a plaintext answer to a client that
+ * spoke HTTP to a TLS port): what BoringSSL had queued is dropped. */
+void mg_tp_tls_off(mg_tp_t *tp);
 /* TLS 1.3 servers: BoringSSL holds the session tickets until the first write;
  * this queues them now (a zero-byte write), for the next flush. */
-void mg_tp_tls_release_tickets(SSL *ssl);
+void mg_tp_release_tickets(mg_tp_t *tp);
+/* Decrypted or still encrypted input waits inside the TLS session. */
+int mg_tp_input_pending(const mg_tp_t *tp);
 
-/* What a read of records gave (mg_tp_tls_read). */
-enum {
-  MG_TP_MORE = 0,       /* all that could be decrypted was delivered; wait for the socket */
-  MG_TP_STOPPED = 1,    /* deliver() returned non-zero: stopped there */
-  MG_TP_EOF = 2,        /* the peer sent close_notify */
-  MG_TP_ERROR = -1,     /* a TLS error (mg_tls_error says which) */
-};
-/* Feeds ciphertext read from the socket into ssl (0, or -1 out of memory). */
-int mg_tp_tls_input(SSL *ssl, const char *p, size_t n);
-/* Decrypts what can be, into buf (cap bytes at a time), handing each piece to
- * deliver(arg, p, n); a non-zero return stops. Handshake done before. */
-int mg_tp_tls_read(SSL *ssl, char *buf, size_t cap, int (*deliver)(void *arg, const char *p, size_t n),
-                   void *arg);
+/* Starts (1) or stops (0) reading; a no-op when it already is so. */
+void mg_tp_read(mg_tp_t *tp, int on);
+/* Writes what is queued: synchronously as far as it goes, the rest later
+ * (`written`). 0, or a libuv error / MG_ENOMEM (the owner closes). */
+int mg_tp_flush(mg_tp_t *tp);
+/* With TLS: close_notify goes after what is queued (at the next flush). */
+void mg_tp_close_notify(mg_tp_t *tp);
+/* A FIN after what is queued and being written; `shut` follows. 0 or an error. */
+int mg_tp_shutdown(mg_tp_t *tp);
+/* Closes (idempotent): pending writes are cancelled; `closed` follows. */
+void mg_tp_close(mg_tp_t *tp);
+/* The addresses of the two ends (in memory: 127.0.0.1 ports from the network).
+ * 0 or an error. */
+int mg_tp_peer(const mg_tp_t *tp, struct sockaddr_storage *ss);
+int mg_tp_local(const mg_tp_t *tp, struct sockaddr_storage *ss);
+
+/* In memory only. Bytes from the peer, delivered as reads (of at most the read
+ * buffer's size) while the transport is reading: how many were taken. */
+size_t mg_tp_mem_input(mg_tp_t *tp, const char *p, size_t n);
+/* The peer half-closed (as a FIN read): 1 when delivered, 0 when not reading. */
+int mg_tp_mem_eof(mg_tp_t *tp);
+/* The peer reset the connection: a read error. */
+void mg_tp_mem_reset(mg_tp_t *tp);
+/* An upstream's connect completes: status 0, or a libuv error (refused). */
+void mg_tp_mem_connected(mg_tp_t *tp, int status);
 
 #endif

@@ -11,13 +11,12 @@
 static const mg_h1_limits_t up_limits = { .head_max = 64 * 1024, .headers_max = 200, .uri_max = 0 };
 
 
-static void on_close(uv_handle_t *h) {
-  mg_upconn_t *u = h->data;
-  if (--u->handles > 0) return;
-  mg_outq_dispose(&u->out);
-  SSL_free(u->ssl);
-  free(u);
+/* Two handles close: the timer and the transport. */
+static void handle_closed(mg_upconn_t *u) {
+  if (--u->handles == 0) free(u);
 }
+static void on_close(uv_handle_t *h) { handle_closed(h->data); }
+static void tp_closed(void *arg) { handle_closed(arg); }
 
 static void unpool(mg_upconn_t *u) {
   if (u->state != MG_UP_IDLE) return;
@@ -46,7 +45,7 @@ void mg_upstream_close(mg_upconn_t *u) {
   unlink_owner(u);
   u->state = MG_UP_CLOSED;
   uv_close((uv_handle_t *)&u->timer, on_close);
-  uv_close((uv_handle_t *)&u->tcp, on_close);
+  mg_tp_close(&u->tp);
 }
 
 /* Unlinks from the owner, closes, and reports the failure to it. */
@@ -86,15 +85,12 @@ static void tunnel_end(mg_upconn_t *u, const char *why) {
   if (owner) ev->tunnel_end(owner, why);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status) { free(req); }
-
 void mg_upstream_shutdown(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return;
-  if (u->ssl) mg_tp_tls_close(&u->tls_out); /* close_notify, then the FIN */
+  mg_tp_close_notify(&u->tp); /* TLS: close_notify, then the FIN */
   mg_upstream_flush(u);
   if (u->state != MG_UP_ACTIVE) return;
-  uv_shutdown_t *req = malloc(sizeof(*req));
-  if (req && uv_shutdown(req, (uv_stream_t *)&u->tcp, on_shutdown) < 0) free(req);
+  mg_tp_shutdown(&u->tp);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -119,18 +115,13 @@ static void on_timer(uv_timer_t *t) {
  * upstream's fault: the client's body timeout judges. Re-armed on every bit of
  * progress. */
 static void arm_rw(mg_upconn_t *u) {
-  if (mg_outq_size(&u->out)) {
+  if (mg_outq_size(&u->tp.out)) {
     uv_timer_start(&u->timer, on_timer, u->write_ms, 0);
   } else if (u->owner && !u->sent_all && !u->got_bytes) {
     uv_timer_stop(&u->timer);
   } else {
     uv_timer_start(&u->timer, on_timer, u->read_ms, 0);
   }
-}
-
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  mg_upconn_t *u = h->data;
-  *buf = uv_buf_init(u->w->rbuf, sizeof(u->w->rbuf));
 }
 
 /* The response ended (u->done): pool or close the connection, then finish. */
@@ -198,7 +189,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
     case MG_H1_END:
       /* bytes after the response make the connection unusable; with TLS they may
        * also wait, still encrypted, in the read BIO */
-      finish(u, n > 0 || (u->ssl && (SSL_pending(u->ssl) > 0 || BIO_pending(SSL_get_rbio(u->ssl)) > 0)));
+      finish(u, n > 0 || mg_tp_input_pending(&u->tp));
       return -1;
     default:
       MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
@@ -225,30 +216,28 @@ static void ready(mg_upconn_t *u) {
   u->ev->ready(u->owner);
 }
 
-static void tls_handshake(mg_upconn_t *u) {
-  char why[160];
-  int kind = 0;
-  int hs = mg_tp_tls_handshake(u->ssl, why, sizeof(why), &kind);
-  if (mg_outq_flush(&u->out) < 0) { /* our part of the handshake */
-    fail(u, 1, 0);
-    return;
-  }
-  if (hs == MG_TP_HS_DONE) {
-    u->tls_ready = 1;
+/* ---------------- what the transport says ---------------- */
+
+/* Connected, and the TLS handshake done: or not. */
+static void tp_ready(void *arg, int rc, int kind, const char *why) {
+  mg_upconn_t *u = arg;
+  if (u->state != MG_UP_CONNECTING) return;
+  if (rc == 0) {
     ready(u);
     return;
   }
-  if (hs == MG_TP_HS_MORE) return;
-  if (kind == MG_TP_HS_CERT)
+  if (kind == MG_TP_FAIL_CONNECT)
+    MG_DEBUG(u->w->id, "upstream %s: connect: %s", u->server->text, why);
+  else if (kind == MG_TP_FAIL_CERT)
     MG_WARN(u->w->id, "upstream %s: TLS certificate not accepted: %s", u->server->text, why);
-  else
+  else if (kind != MG_TP_FAIL_IO)
     MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text, why);
   fail(u, 1, 0);
 }
 
-/* A piece of plaintext from a TLS record. Non-zero stops the read: the
- * connection was pooled (bytes nobody asked for close it) or the exchange ended. */
-static int tls_deliver(void *arg, const char *p, size_t n) {
+/* Response bytes (plaintext). Non-zero stops the read: the connection was
+ * pooled (bytes nobody asked for close it) or the exchange ended. */
+static int tp_data(void *arg, const char *p, size_t n) {
   mg_upconn_t *u = arg;
   if (u->state != MG_UP_ACTIVE) {
     mg_upstream_close(u);
@@ -263,75 +252,32 @@ static int tls_deliver(void *arg, const char *p, size_t n) {
   return parse(u, p, n) < 0;
 }
 
-/* TLS: ciphertext in, every decryptable byte to the parser (or, for a pooled
- * connection, anything but session tickets means it is done for). */
-static void tls_read(mg_upconn_t *u, const char *data, size_t n) {
-  if (mg_tp_tls_input(u->ssl, data, n) < 0) {
-    fail(u, !u->tls_ready, 0);
-    return;
-  }
-  if (!u->tls_ready) {
-    tls_handshake(u);
-    return;
-  }
-  int rd = mg_tp_tls_read(u->ssl, u->w->tbuf, sizeof(u->w->tbuf), tls_deliver, u);
-  if (rd == MG_TP_STOPPED) return; /* closed, pooled, or the exchange ended */
-  if (rd != MG_TP_MORE && u->state != MG_UP_ACTIVE) {
-    mg_upstream_close(u);
-    return;
-  }
-  if (rd == MG_TP_EOF) {
-    if (u->tunnel) tunnel_end(u, NULL);
-    else on_eof(u);
-    return;
-  }
-  if (rd == MG_TP_ERROR) {
-    char why[160];
-    MG_WARN(u->w->id, "upstream %s: TLS error: %s", u->server->text, mg_tls_error(why, sizeof(why)));
-    fail(u, 0, 0);
-    return;
-  }
-  if (u->state == MG_UP_CLOSED) return;
-  mg_tls_release_bios(u->ssl);
+/* A read's worth of response was handed over: the exchange writes it out. */
+static void tp_read_end(void *arg) {
+  mg_upconn_t *u = arg;
   if (u->state == MG_UP_ACTIVE && u->owner) u->ev->flush(u->owner);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  mg_upconn_t *u = s->data;
-  if (nread == 0 || u->state == MG_UP_CLOSED) return;
-  if (nread < 0) {
-    if (u->state == MG_UP_CONNECTING) { /* during the TLS handshake */
-      MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s before the handshake ended",
-              u->server->text, nread == UV_EOF ? "closed" : uv_strerror((int)nread));
-      fail(u, 1, 0);
-    }
-    else if (u->state != MG_UP_ACTIVE || !u->owner) mg_upstream_close(u); /* pooled */
-    else if (u->tunnel) tunnel_end(u, nread == UV_EOF ? NULL : uv_strerror((int)nread));
-    else if (nread == UV_EOF) on_eof(u);
-    else fail(u, 0, 0);
-    return;
-  }
-  if (u->ssl) {
-    tls_read(u, buf->base, (size_t)nread);
-    return;
-  }
-  if (u->tunnel) {
-    tunnel_data(u, buf->base, (size_t)nread);
-    if (u->owner) u->ev->flush(u->owner);
-    return;
-  }
-  if (u->state != MG_UP_ACTIVE) {
-    /* idle in the pool: the server closed it, or sent bytes nobody asked for */
+static void tp_eof(void *arg) {
+  mg_upconn_t *u = arg;
+  if (u->state != MG_UP_ACTIVE || !u->owner) mg_upstream_close(u); /* pooled: the server closed it */
+  else if (u->tunnel) tunnel_end(u, NULL);
+  else on_eof(u);
+}
+
+static void tp_error(void *arg, int err, const char *why) {
+  mg_upconn_t *u = arg;
+  if (u->state != MG_UP_ACTIVE || !u->owner) {
     mg_upstream_close(u);
     return;
   }
-  u->got_bytes = 1;
-  arm_rw(u);
-  if (parse(u, buf->base, (size_t)nread) == 0) u->ev->flush(u->owner);
+  if (err == MG_TP_ETLS) MG_WARN(u->w->id, "upstream %s: TLS error: %s", u->server->text, why);
+  if (u->tunnel) tunnel_end(u, why);
+  else fail(u, 0, 0);
 }
 
-static void on_out(mg_outq_t *q, int status) {
-  mg_upconn_t *u = q->data;
+static void tp_written(void *arg, int status) {
+  mg_upconn_t *u = arg;
   if (u->state != MG_UP_ACTIVE || !u->owner) return;
   if (status < 0) {
     fail(u, 0, 0);
@@ -341,22 +287,10 @@ static void on_out(mg_outq_t *q, int status) {
   if (status == MG_OUTQ_DRAINED) u->ev->drained(u->owner);
 }
 
-static void on_connect(uv_connect_t *req, int status) {
-  mg_upconn_t *u = req->data;
-  if (u->state == MG_UP_CLOSED) return;
-  if (status < 0) {
-    MG_DEBUG(u->w->id, "upstream %s: connect: %s", u->server->text, uv_strerror(status));
-    fail(u, 1, 0);
-    return;
-  }
-  uv_tcp_nodelay(&u->tcp, 1);
-  uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
-  if (u->ssl) { /* still "connecting" (connect timer) until the handshake is done */
-    tls_handshake(u);
-    return;
-  }
-  ready(u);
-}
+static const mg_tp_events_t tp_events = {
+  .ready = tp_ready, .data = tp_data, .read_end = tp_read_end, .eof = tp_eof, .error = tp_error,
+  .written = tp_written, .closed = tp_closed,
+};
 
 /* BoringSSL has a session for this connection (TLS 1.3: a ticket that came after
  * the handshake): the pool's next connection resumes it. */
@@ -417,8 +351,8 @@ static int send_proxy_header(mg_upconn_t *u, int version, const mg_up_link_t *l)
   size_t n = version == 2 ? mg_pp_write_v2(hdr, sizeof(hdr), l->pp_src, l->pp_dst)
                           : mg_pp_write_v1(hdr, sizeof(hdr), l->pp_src, l->pp_dst);
   u->named = 1;
-  if (mg_outq_append(&u->out, hdr, n) < 0) return UV_ENOMEM;
-  return mg_outq_flush(&u->out);
+  if (mg_outq_append(&u->tp.out, hdr, n) < 0) return UV_ENOMEM;
+  return mg_tp_flush(&u->tp);
 }
 
 int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg_t *cfg, const mg_server_t *s) {
@@ -439,14 +373,11 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
   if (!u) return UV_ENOMEM;
   u->w = w;
   u->pool = pool;
-  uv_tcp_init(&w->loop, &u->tcp);
   uv_timer_init(&w->loop, &u->timer);
-  u->tcp.data = u->timer.data = u->connect_req.data = u;
+  u->timer.data = u;
   u->handles = 2;
-  mg_outq_init(&u->out, on_out, u);
-  u->out.stream = (uv_stream_t *)&u->tcp;
   u->state = MG_UP_CONNECTING;
-  int rc = uv_tcp_connect(&u->connect_req, &u->tcp, (const struct sockaddr *)&s->addr, on_connect);
+  int rc = mg_tp_connect(&u->tp, &w->tp, (const struct sockaddr *)&s->addr, &tp_events, u);
   if (rc < 0) {
     mg_upstream_close(u);
     return rc;
@@ -457,12 +388,12 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
   }
   /* after the header: from here on what is queued goes out as TLS records */
   if (cfg->tls) {
-    u->ssl = mg_tls_connect_new(cfg->tls, pool->session, u);
-    if (!u->ssl) {
+    SSL *ssl = mg_tls_connect_new(cfg->tls, pool->session, u);
+    if (!ssl) {
       mg_upstream_close(u);
       return UV_ENOMEM;
     }
-    mg_tp_tls_attach(&u->out, &u->tls_out, u->ssl);
+    mg_tp_tls_client(&u->tp, ssl);
   }
   link_owner(u, l, cfg, s);
   uv_timer_start(&u->timer, on_timer, l->connect_ms, 0);
@@ -472,8 +403,8 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
 void mg_upstream_release(mg_upconn_t *u, int reusable) {
   unlink_owner(u);
   mg_pool_t *p = u->pool;
-  if (!reusable || u->named || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->out.pending ||
-      u->out.inflight) {
+  if (!reusable || u->named || u->state != MG_UP_ACTIVE || u->max_idle <= 0 || u->tp.out.pending ||
+      u->tp.out.inflight) {
     mg_upstream_close(u);
     return;
   }
@@ -487,7 +418,7 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
   p->max_idle = u->max_idle;
   u->paused = 0;
   u->idle_since = uv_now(&u->w->loop);
-  uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+  mg_tp_read(&u->tp, 1);
   uv_timer_start(&u->timer, on_timer, u->idle_ms, 0);
   if (p->nidle > p->max_idle && !uv_is_active((uv_handle_t *)&u->w->pool_timer))
     uv_timer_start(&u->w->pool_timer, mg_upstream_trim, MG_POOL_TRIM_MS, 0);
@@ -512,8 +443,8 @@ void mg_upstream_trim(uv_timer_t *t) {
 
 int mg_upstream_flush(mg_upconn_t *u) {
   if (u->state != MG_UP_ACTIVE) return 0;
-  int had = mg_outq_has_output(&u->out);
-  int rc = mg_outq_flush(&u->out);
+  int had = mg_outq_has_output(&u->tp.out);
+  int rc = mg_tp_flush(&u->tp);
   if (rc < 0) {
     fail(u, 0, 0);
     return rc;
@@ -532,10 +463,10 @@ void mg_upstream_pause(mg_upconn_t *u, int paused) {
   if (paused) {
     /* the upstream is not judged while it waits for the client, but the wait is
      * bounded (cut_slow_client); it restarts each time the client catches up */
-    uv_read_stop((uv_stream_t *)&u->tcp);
+    mg_tp_read(&u->tp, 0);
     uv_timer_start(&u->timer, on_timer, u->paused_ms, 0);
   } else {
-    uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    mg_tp_read(&u->tp, 1);
     arm_rw(u);
   }
 }

@@ -14,7 +14,7 @@
 #include "wctx.h"
 
 enum {
-  MG_UP_CONNECTING, /* uv_tcp_connect (and the TLS handshake) pending: upstream_connect timer */
+  MG_UP_CONNECTING, /* the connect (and the TLS handshake) pending: upstream_connect timer */
   MG_UP_ACTIVE,     /* serving req: upstream_read/write timer (upstream_paused while paused) */
   MG_UP_IDLE,       /* in the pool: keepalive_timeout timer, reading only to notice a close */
   MG_UP_CLOSED,
@@ -74,15 +74,12 @@ typedef struct {
 } mg_up_link_t;
 
 struct mg_upconn_s {
-  uv_tcp_t tcp;
+  mg_tp_t tp;        /* the byte stream: socket, TLS, output queue (transport.h) */
   uv_timer_t timer;
-  uv_connect_t connect_req;
   mg_worker_t *w;
   mg_pool_t *pool;
   mg_upconn_t *next_idle, *prev_idle;
   mg_h1_t h1;        /* the response codec (h1.h) */
-  mg_outq_t out;
-  mg_tp_tls_t tls_out;     /* TLS: the queue's encoder state (transport.h) */
   void *owner;              /* the exchange served now; NULL when none (pooled, unlinked) */
   const mg_up_events_t *ev;
   mg_upconn_t **slot;
@@ -100,8 +97,6 @@ struct mg_upconn_s {
                         pooled, so it never serves another */
   int got_bytes;     /* some response byte arrived for the current request */
   int paused;        /* reading stopped: the client is slow (upstream_paused timer) */
-  SSL *ssl;          /* TLS upstream: the session (memory BIOs); NULL: plain */
-  int tls_ready;     /* handshake done */
   uint64_t idle_ms;
   uint64_t idle_since; /* uv_now when it was pooled */
   int max_idle;

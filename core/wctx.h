@@ -15,6 +15,7 @@
 #include "http.h"
 #include "mg.h"
 #include "timer.h"
+#include "transport.h"
 
 typedef struct {
   uv_tcp_t tcp;
@@ -35,6 +36,8 @@ struct mg_worker_s {
   uv_timer_t drain_timer;
   uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */
   mg_timers_t timers;    /* the downstream connections' timers */
+  mg_tp_ctx_t tp;        /* what its transports share: loop, read buffers (below), the
+                            in-memory network of a fuzz target (NULL: sockets) */
   atomic_int cmd;
   int draining;
 

@@ -250,6 +250,8 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exite
   w->id_seed = seed;
   /* the loop first: init_worker hooks may read its clock (mg.now) */
   if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
+  w->tp = (mg_tp_ctx_t){ .loop = &w->loop, .rbuf = w->rbuf, .rcap = sizeof(w->rbuf), .tbuf = w->tbuf,
+                         .tcap = sizeof(w->tbuf), .net = NULL };
   /* proxy.lua runs in the worker's own state; init_worker hooks run here, with
    * the worker's identity, before its thread starts */
   mg_current_worker = w;
