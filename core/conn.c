@@ -228,7 +228,7 @@ static void parser_put(mg_conn_t *c) {
 /* At the end of a read or of a request: an idle connection gives its parser back
  * (its state is a fresh parser's: between two messages). */
 static void parser_idle(mg_conn_t *c) {
-  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->down.in_parser)
+  if (c->parser && c->state == MG_CS_IDLE && !c->req && !c->saved && !c->down.in_parser && !c->lead)
     parser_put(c);
 }
 
@@ -549,6 +549,7 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
     data += used;
     len -= used;
     if (c->req) c->req->bytes_in += used;
+    else if (used) c->lead = 1; /* the empty lines a request may follow: the parser is inside one */
     int status = 0;
     switch (ev.kind) {
     case MG_H1_NEED:
@@ -800,6 +801,7 @@ static mg_head_t *begin_request(void *owner) {
     if (!c->req) return NULL;
   }
   c->state = MG_CS_HEAD;
+  c->lead = 0;
   arm(c, c->w->gen->timeouts.client_header);
   request_start(c);
   return &c->req->head;

@@ -50,6 +50,8 @@ struct mg_conn_s {
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned fresh : 1;        /* the TLS handshake ended in this read (tickets) */
   unsigned listed : 1;       /* in the worker's list (the accept succeeded) */
+  unsigned lead : 1;         /* the codec took bytes before a request began (an empty line's
+                                CR): it keeps its state, the connection keeps it */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */
   unsigned body_timing : 1;  /* the body is being read now: body_since runs */
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */

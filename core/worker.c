@@ -77,6 +77,7 @@ static mg_listener_t *open_listener(mg_worker_t *w, const mg_listen_cfg_t *cfg, 
   l->hsts = intern(w, cfg->hsts);
   uv_tcp_init(&w->loop, &l->tcp);
   l->tcp.data = l;
+  if (fd < 0) return l; /* no socket: connections come from an in-memory network (transport.h) */
   if (uv_tcp_open(&l->tcp, fd) < 0 || uv_listen((uv_stream_t *)&l->tcp, 511, on_connection) < 0) {
     MG_ERR(w->id, "cannot listen on %s", cfg->text);
     close_listener(l);

@@ -10,7 +10,9 @@
 /* Creates worker `id` for `gen` with the given already-listening fds (one per
  * listener of gen, owned by the worker from now on): loads proxy.lua into the
  * worker's Lua state and runs its init_worker hooks (err says why when that
- * fails), but does not start it: mg_worker_run does, once every worker is made. */
+ * fails), but does not start it: mg_worker_run does, once every worker is made.
+ * An fd of -1 makes a listener without a socket (the fuzz target's in-memory
+ * network feeds it: mg_conn_accept with w->tp.net set). */
 int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exited)(void), char *err,
                    size_t errlen);
 /* Starts a made worker's thread: from now on it accepts and serves. */

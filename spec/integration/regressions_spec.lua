@@ -278,6 +278,32 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
     local res = assert(proxy:request({ path = "/te-gzip" }))
     helpers.assert_error(res, 502)
   end)
+
+  -- Found by fuzz_exchange: an idle connection gave its request codec back after
+  -- every read, even one that had taken the CR of an empty line; the next read
+  -- began on a fresh codec, so a lone CR before the request line was an error
+  -- when it came with the request and was forgotten when it came alone.
+  it("answers 400 to a lone CR before the request line, in one read or in a read of its own", function()
+    local req = "GET / HTTP/1.1\r\nHost: respond.test\r\n\r\n"
+    local c = proxy:connect()
+    helpers.assert_error(assert(c:request("\r" .. req)), 400)
+    c:close()
+    c = proxy:connect()
+    assert(c:send("\r"))
+    helpers.sleep(0.2)
+    helpers.assert_error(assert(c:request(req)), 400)
+    c:close()
+    -- an empty line before a request is allowed (RFC 9112 2.2), split or not
+    c = proxy:connect()
+    assert(c:send("\r"))
+    helpers.sleep(0.2)
+    assert(c:send("\n"))
+    helpers.sleep(0.2)
+    local res = assert(c:request(req))
+    assert.equal(200, res.status)
+    assert.equal("responded\n", res.body)
+    c:close()
+  end)
 end)
 
 -- Pipelined requests to a respond route used to be answered into an
