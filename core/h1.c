@@ -28,8 +28,8 @@ static int on_message_begin(llhttp_t *p) {
   return 0;
 }
 
-static int append(llhttp_t *p, int what, const char *at, size_t len) {
-  mg_h1_t *h = p->data;
+/* A piece that did not go into the head: trailers (counted, dropped), or a fault. */
+static int append_slow(mg_h1_t *h, int what, size_t len, int rc) {
   if (h->head_done) {
     /* trailers come through the same callbacks: the head is complete (slices
      * point into it), so they are counted against the limit, and dropped */
@@ -39,13 +39,21 @@ static int append(llhttp_t *p, int what, const char *at, size_t len) {
                                                            : "trailers larger than limits.head_size");
     return 0;
   }
-  int rc = mg_head_append(h->head, what, at, len, h->lim.head_max, h->lim.headers_max);
   if (rc == MG_ELIMIT) {
     if (response(h))
       return refuse(h, 502, h->head->n >= h->lim.headers_max ? "too many header fields" : "response head too large");
     return refuse(h, what == MG_HEAD_URL ? 414 : 431, what == MG_HEAD_URL ? "target too long" : "head too large");
   }
-  if (rc < 0) return refuse(h, response(h) ? 502 : 500, "out of memory");
+  return refuse(h, response(h) ? 502 : 500, "out of memory");
+}
+
+/* Inline in each callback below (what is a constant there): every piece of
+ * every head goes through it, both ways. */
+static inline int append(llhttp_t *p, int what, const char *at, size_t len) {
+  mg_h1_t *h = p->data;
+  if (h->head_done) return append_slow(h, what, len, 0);
+  int rc = mg_head_append(h->head, what, at, len, h->lim.head_max, h->lim.headers_max);
+  if (rc < 0) return append_slow(h, what, len, rc);
   if (what == MG_HEAD_URL && h->lim.uri_max && h->head->url_len > h->lim.uri_max)
     return refuse(h, 414, "target too long");
   return 0;

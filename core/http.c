@@ -22,7 +22,7 @@ void mg_head_dispose(mg_head_t *h) {
   mg_head_init(h);
 }
 
-static int grow(mg_head_t *h, size_t need) {
+int mg_head_grow(mg_head_t *h, size_t need) {
   if (h->len + need <= h->cap) return 0;
   size_t cap = h->cap ? h->cap * 2 : 1024;
   while (cap < h->len + need) cap *= 2;
@@ -33,37 +33,12 @@ static int grow(mg_head_t *h, size_t need) {
   return 0;
 }
 
-int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
-                   size_t max_headers) {
-  if (h->len + len > max_bytes) return MG_ELIMIT;
-  if (what == MG_HEAD_FIELD && h->last != MG_HEAD_FIELD) {
-    if (h->n >= max_headers) return MG_ELIMIT;
-    if (h->n == h->ncap) {
-      size_t ncap = h->ncap ? h->ncap * 2 : 16;
-      void *e = realloc(h->ent, ncap * sizeof(*h->ent));
-      if (!e) return MG_ENOMEM;
-      h->ent = e;
-      h->ncap = ncap;
-    }
-    h->ent[h->n].no = (uint32_t)h->len;
-    h->ent[h->n].nl = 0;
-    h->ent[h->n].vo = (uint32_t)h->len;
-    h->ent[h->n].vl = 0;
-    h->n++;
-  } else if (what == MG_HEAD_VALUE && h->last != MG_HEAD_VALUE && h->n > 0) {
-    h->ent[h->n - 1].vo = (uint32_t)h->len;
-  } else if (what == MG_HEAD_URL && h->last != MG_HEAD_URL) {
-    h->url_off = (uint32_t)h->len;
-  }
-  if (len) { /* an empty piece (an empty URL llhttp reports) may find no buffer yet */
-    if (grow(h, len) < 0) return MG_ENOMEM;
-    memcpy(h->buf + h->len, p, len);
-  }
-  h->len += len;
-  if (what == MG_HEAD_FIELD) h->ent[h->n - 1].nl += (uint32_t)len;
-  else if (what == MG_HEAD_VALUE && h->n > 0) h->ent[h->n - 1].vl += (uint32_t)len;
-  else if (what == MG_HEAD_URL) h->url_len += (uint32_t)len;
-  h->last = what;
+int mg_head_grow_ent(mg_head_t *h) {
+  size_t ncap = h->ncap ? h->ncap * 2 : 16;
+  void *e = realloc(h->ent, ncap * sizeof(*h->ent));
+  if (!e) return MG_ENOMEM;
+  h->ent = e;
+  h->ncap = ncap;
   return 0;
 }
 
@@ -162,15 +137,19 @@ const char *mg_head_scan_error(int rc) {
   }
 }
 
+/* Asked of every header both ways: by length first, so most names are told
+ * apart without a compare. */
 int mg_http_is_hop_by_hop(mg_str_t n) {
-  static const mg_str_t hop[] = {
-    MG_STR("connection"), MG_STR("keep-alive"), MG_STR("proxy-connection"), MG_STR("te"),
-    MG_STR("trailer"), MG_STR("transfer-encoding"), MG_STR("upgrade"),
-    MG_STR("proxy-authorization"), MG_STR("proxy-authenticate"),
-  };
-  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-    if (mg_str_caseeq(n, hop[i])) return 1;
-  return 0;
+  switch (n.len) {
+  case 2: return MG_NAME_IS(n, "te");
+  case 7: return MG_NAME_IS(n, "trailer") || MG_NAME_IS(n, "upgrade");
+  case 10: return MG_NAME_IS(n, "connection") || MG_NAME_IS(n, "keep-alive");
+  case 16: return MG_NAME_IS(n, "proxy-connection");
+  case 17: return MG_NAME_IS(n, "transfer-encoding");
+  case 18: return MG_NAME_IS(n, "proxy-authenticate");
+  case 19: return MG_NAME_IS(n, "proxy-authorization");
+  default: return 0;
+  }
 }
 
 int mg_http_next_token(mg_str_t list, size_t *pos, mg_str_t *tok) {

@@ -31,10 +31,43 @@ enum { MG_HEAD_NONE, MG_HEAD_URL, MG_HEAD_FIELD, MG_HEAD_VALUE };
 void mg_head_init(mg_head_t *h);
 void mg_head_reset(mg_head_t *h); /* empties it, keeps the memory */
 void mg_head_dispose(mg_head_t *h);
+/* The slow paths of mg_head_append: room for `need` more bytes in buf, room for
+ * one more entry. 0 or MG_ENOMEM. */
+int mg_head_grow(mg_head_t *h, size_t need);
+int mg_head_grow_ent(mg_head_t *h);
 /* Appends a piece of URL/field/value. MG_ELIMIT when buf would pass max_bytes or the
- * header count would pass max_headers; MG_ENOMEM. */
-int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
-                   size_t max_headers);
+ * header count would pass max_headers; MG_ENOMEM. Inline: the codec calls it for
+ * every piece of every head, with `what` a constant, which folds its branches. */
+static inline int mg_head_append(mg_head_t *h, int what, const char *p, size_t len, size_t max_bytes,
+                                 size_t max_headers) {
+  if (h->len + len > max_bytes) return MG_ELIMIT;
+  if (what == MG_HEAD_FIELD) {
+    if (h->last != MG_HEAD_FIELD) { /* a new header */
+      if (h->n >= max_headers) return MG_ELIMIT;
+      if (h->n == h->ncap && mg_head_grow_ent(h) < 0) return MG_ENOMEM;
+      h->ent[h->n].no = (uint32_t)h->len;
+      h->ent[h->n].nl = 0;
+      h->ent[h->n].vo = (uint32_t)h->len;
+      h->ent[h->n].vl = 0;
+      h->n++;
+    }
+  } else if (what == MG_HEAD_VALUE) {
+    if (h->last != MG_HEAD_VALUE && h->n > 0) h->ent[h->n - 1].vo = (uint32_t)h->len;
+  } else if (what == MG_HEAD_URL && h->last != MG_HEAD_URL) {
+    h->url_off = (uint32_t)h->len;
+  }
+  if (len) { /* an empty piece (an empty URL llhttp reports) may find no buffer yet */
+    if (h->len + len > h->cap && mg_head_grow(h, len) < 0) return MG_ENOMEM;
+    memcpy(h->buf + h->len, p, len);
+  }
+  h->len += len;
+  if (what == MG_HEAD_FIELD) h->ent[h->n - 1].nl += (uint32_t)len;
+  else if (what == MG_HEAD_VALUE) {
+    if (h->n > 0) h->ent[h->n - 1].vl += (uint32_t)len;
+  } else if (what == MG_HEAD_URL) h->url_len += (uint32_t)len;
+  h->last = what;
+  return 0;
+}
 int mg_head_finish(mg_head_t *h);
 static inline mg_str_t mg_head_url(const mg_head_t *h) { /* "" when nothing was appended */
   return (mg_str_t){ h->buf ? h->buf + h->url_off : "", h->url_len };
@@ -80,6 +113,21 @@ static inline void mg_head_scan_trailers(mg_head_scan_t *s) {
  * (the body is not looked at). */
 int mg_head_scan(mg_head_scan_t *s, const char *p, size_t n);
 const char *mg_head_scan_error(int rc);
+
+/* True when `n` is the header name `lower` (given in lower case, of length len),
+ * ASCII letters compared without case (what mg_str_caseeq does), inline: the
+ * header names on the request path are checked against a few names each, after
+ * a switch on their length. */
+static inline int mg_http_name_is(mg_str_t n, const char *lower, size_t len) {
+  if (n.len != len) return 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)n.p[i];
+    if ((unsigned)(c - 'A') < 26u) c = (unsigned char)(c + ('a' - 'A'));
+    if (c != (unsigned char)lower[i]) return 0;
+  }
+  return 1;
+}
+#define MG_NAME_IS(n, lit) mg_http_name_is((n), (lit), sizeof(lit) - 1)
 
 /* Headers a proxy never forwards (RFC 9110 7.6.1 and the usual extras). */
 int mg_http_is_hop_by_hop(mg_str_t name);

@@ -18,10 +18,66 @@
 
 static void start_upstream(mg_req_t *r);
 static void up_ready(void *owner);
-static int tunnel_start(mg_req_t *r);
+static int tunnel_start(mg_req_t *r, const mg_header_t *connection);
 static const mg_up_events_t up_events;
 
 #define APPEND_LIT(q, lit) mg_outq_append((q), (lit), sizeof(lit) - 1)
+
+/* A head writer: heads are written in many small pieces (a name, ": ", a value,
+ * "\r\n"...), which gather here, on the stack, and go to the output queue in one
+ * append when the head is done (hw_end), or whenever the room is full. Each
+ * mg_outq_append is a call with a block check and a memcpy call of its own; a
+ * piece here is a bounds check and a copy, inline for literals. The bytes that
+ * reach the queue are the same. */
+typedef struct {
+  mg_outq_t *q;
+  size_t len;
+  char buf[2048];
+} hw_t;
+
+static void hw_spill(hw_t *w, const char *p, size_t n) {
+  if (w->len) mg_outq_append(w->q, w->buf, w->len);
+  w->len = 0;
+  if (n >= sizeof(w->buf)) {
+    mg_outq_append(w->q, p, n);
+    return;
+  }
+  memcpy(w->buf, p, n);
+  w->len = n;
+}
+
+static inline void hw_put(hw_t *w, const char *p, size_t n) {
+  if (n > sizeof(w->buf) - w->len) {
+    hw_spill(w, p, n);
+    return;
+  }
+  if (n) memcpy(w->buf + w->len, p, n); /* n may be 0 with p NULL */
+  w->len += n;
+}
+
+#define HW_LIT(w, lit) hw_put((w), (lit), sizeof(lit) - 1)
+
+/* v in decimal (no printf on the request path) */
+static void hw_uint(hw_t *w, uint64_t v) {
+  char d[20];
+  size_t n = 0;
+  do {
+    d[sizeof(d) - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  hw_put(w, d + sizeof(d) - n, n);
+}
+
+static inline void hw_begin(hw_t *w, mg_outq_t *q) {
+  w->q = q;
+  w->len = 0;
+}
+
+/* What is gathered goes to the queue. */
+static void hw_end(hw_t *w) {
+  if (w->len) mg_outq_append(w->q, w->buf, w->len);
+  w->len = 0;
+}
 
 static int is_idempotent(int m) {
   return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT || m == HTTP_DELETE ||
@@ -101,8 +157,9 @@ static const mg_filter_ops_t lua_body_filter = {
   .name = "body hook", .body = lua_body, .changes_length = 1,
 };
 
-/* The response chain of this exchange, from its route (once its head is known). */
-static int response_filters(mg_req_t *r) {
+/* The response chain of this exchange, from its route (once its head is known).
+ * *saw_head is set when a filter saw the head (it may have changed it). */
+static int response_filters(mg_req_t *r, int *saw_head) {
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return MG_ENOMEM;
@@ -110,6 +167,8 @@ static int response_filters(mg_req_t *r) {
     f->ctx = r;
     mg_fchain_add(&r->resp_chain, f);
   }
+  if (!r->resp_chain.first) return 0;
+  *saw_head = 1;
   return mg_fchain_head(&r->resp_chain);
 }
 
@@ -162,7 +221,10 @@ mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   r->t_start = uv_hrtime();
   r->lua.seq = ++w->seq;
   uint64_t id = w->id_seed + r->lua.seq;
-  for (int i = 15; i >= 0; i--, id >>= 4) r->id[i] = hexdig[id & 15];
+  for (int i = 14; i >= 0; i -= 2, id >>= 8) { /* two digits a step: 8 steps, not 16 */
+    r->id[i] = hexdig[(id >> 4) & 15];
+    r->id[i + 1] = hexdig[id & 15];
+  }
   r->id[16] = '\0';
   return r;
 }
@@ -250,10 +312,10 @@ void mg_proxy_abort(mg_req_t *r) {
 /* ---------------- answers moongate writes itself ---------------- */
 
 /* Every response moongate sends carries a Date (RFC 9110 6.6.1). */
-static void append_date(mg_worker_t *w, mg_outq_t *q) {
+static void append_date(mg_worker_t *w, hw_t *q) {
   const char *line;
   size_t n = mg_http_date_line(&w->date, &line);
-  mg_outq_append(q, line, n);
+  hw_put(q, line, n);
 }
 
 static int will_close(mg_req_t *r) {
@@ -263,16 +325,16 @@ static int will_close(mg_req_t *r) {
 
 /* A listener with hsts: its Strict-Transport-Security line replaces any the head
  * carries (one header, ours), then the rest of the head as given. */
-static void append_head_hsts(mg_outq_t *q, const char *head, size_t hlen, const char *hsts) {
+static void append_head_hsts(hw_t *q, const char *head, size_t hlen, const char *hsts) {
   static const char name[] = "strict-transport-security:";
   const size_t nlen = sizeof(name) - 1;
   for (const char *p = head, *end = head + hlen; p < end;) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *next = nl ? nl + 1 : end;
-    if ((size_t)(next - p) <= nlen || strncasecmp(p, name, nlen) != 0) mg_outq_append(q, p, (size_t)(next - p));
+    if ((size_t)(next - p) <= nlen || strncasecmp(p, name, nlen) != 0) hw_put(q, p, (size_t)(next - p));
     p = next;
   }
-  mg_outq_append(q, hsts, strlen(hsts));
+  hw_put(q, hsts, strlen(hsts));
 }
 
 /* Queues a complete response whose head (status line + header lines, without the
@@ -291,17 +353,19 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   if (r->upc) mg_upstream_release(r->upc, 0);
   c->up_blocked = 0; /* no upstream takes the body any more */
   r->status = status;
-  mg_outq_t *q = c->out;
-  size_t before = mg_outq_size(q);
+  size_t before = mg_outq_size(c->out);
+  hw_t hw, *q = &hw;
+  hw_begin(q, c->out);
   if (c->hsts) append_head_hsts(q, head, hlen, c->hsts);
-  else mg_outq_append(q, head, hlen);
+  else hw_put(q, head, hlen);
   if (!mg_http_head_has(head, hlen, MG_STR("date"))) append_date(r->w, q);
-  if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
-  else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
-  else APPEND_LIT(q, "\r\n");
+  if (will_close(r)) HW_LIT(q, "Connection: close\r\n\r\n");
+  else if (r->http_minor == 0) HW_LIT(q, "Connection: keep-alive\r\n\r\n");
+  else HW_LIT(q, "\r\n");
   /* HEAD, 204 and 304 carry no body, whatever the answer was given */
-  if (r->method != HTTP_HEAD && status != 204 && status != 304 && blen) mg_outq_append(q, body, blen);
-  r->bytes_out += mg_outq_size(q) - before;
+  if (r->method != HTTP_HEAD && status != 204 && status != 304 && blen) hw_put(q, body, blen);
+  hw_end(q);
+  r->bytes_out += mg_outq_size(c->out) - before;
   r->rstate = MG_RS_DONE;
   if (!c->in_parser) c->ops->flush(c->conn); /* else the read callback flushes once */
   if (c->closed) return; /* the write failed: r is gone */
@@ -441,18 +505,29 @@ static int check_headers(mg_req_t *r) {
   for (size_t i = 0; i < r->head.n; i++) {
     const mg_header_t *h = &r->head.headers[i];
     if (!mg_http_is_token(h->name) || mg_http_bad_value(h->value)) return 400;
-    if (h->name.len == 4 && mg_str_caseeq(h->name, MG_STR("host"))) {
-      if (++hosts > 1) return 400;
-      if (!r->absolute_form) r->host = h->value;
-      if (r->http_minor == 1 && h->value.len == 0) return 400; /* RFC 9112 3.2 */
-    } else if (mg_str_caseeq(h->name, MG_STR("connection"))) {
-      if (r->connection.len) return 400; /* two Connection headers: keep it simple and strict */
-      r->connection = h->value;
-    } else if (mg_str_caseeq(h->name, MG_STR("transfer-encoding"))) {
-      if (!mg_str_caseeq(h->value, MG_STR("chunked"))) return 501;
-    } else if (mg_str_caseeq(h->name, MG_STR("expect"))) {
-      if (!mg_str_caseeq(h->value, MG_STR("100-continue"))) return 417;
-      r->expect_continue = r->http_minor == 1;
+    switch (h->name.len) { /* by length first: most names need no compare */
+    case 4:
+      if (MG_NAME_IS(h->name, "host")) {
+        if (++hosts > 1) return 400;
+        if (!r->absolute_form) r->host = h->value;
+        if (r->http_minor == 1 && h->value.len == 0) return 400; /* RFC 9112 3.2 */
+      }
+      break;
+    case 10:
+      if (MG_NAME_IS(h->name, "connection")) {
+        if (r->connection.len) return 400; /* two Connection headers: keep it simple and strict */
+        r->connection = h->value;
+      }
+      break;
+    case 17:
+      if (MG_NAME_IS(h->name, "transfer-encoding") && !MG_NAME_IS(h->value, "chunked")) return 501;
+      break;
+    case 6:
+      if (MG_NAME_IS(h->name, "expect")) {
+        if (!MG_NAME_IS(h->value, "100-continue")) return 417;
+        r->expect_continue = r->http_minor == 1;
+      }
+      break;
     }
   }
   if (r->http_minor == 1 && hosts == 0 && !r->absolute_form) return 400;
@@ -510,6 +585,10 @@ static int identity_alias(mg_str_t n) {
   static const mg_str_t ids[] = { MG_STR("x-forwarded-for"), MG_STR("x-forwarded-proto"),
                                   MG_STR("x-forwarded-host"), MG_STR("x-real-ip"),
                                   MG_STR("x-request-id") };
+  switch (n.len) { /* the names' lengths: most headers end here */
+  case 9: case 12: case 15: case 16: case 17: break;
+  default: return 0;
+  }
   if (!memchr(n.p, '_', n.len)) return 0;
   for (size_t k = 0; k < sizeof(ids) / sizeof(ids[0]); k++) {
     if (n.len != ids[k].len) continue;
@@ -524,11 +603,11 @@ static int identity_alias(mg_str_t n) {
 }
 
 
-static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
-  mg_outq_append(q, name.p, name.len);
-  APPEND_LIT(q, ": ");
-  mg_outq_append(q, value.p, value.len);
-  APPEND_LIT(q, "\r\n");
+static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
+  hw_put(q, name.p, name.len);
+  HW_LIT(q, ": ");
+  hw_put(q, value.p, value.len);
+  HW_LIT(q, "\r\n");
 }
 
 /* Serialises the upstream request head into r->upq.
@@ -540,15 +619,16 @@ static void append_header(mg_outq_t *q, mg_str_t name, mg_str_t value) {
  * X-Forwarded-Proto/-Host and X-Request-Id are kept when present, and X-Real-IP
  * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
 static int build_upstream_head(mg_req_t *r) {
-  mg_outq_t *q = &r->upq;
+  hw_t hw, *q = &hw;
+  hw_begin(q, &r->upq);
   mg_down_t *c = r->down;
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   const char *m = llhttp_method_name(r->method);
-  mg_outq_append(q, m, strlen(m));
-  APPEND_LIT(q, " ");
+  hw_put(q, m, strlen(m));
+  HW_LIT(q, " ");
   mg_str_t target = r->raw_target.p ? r->raw_target : r->target;
-  mg_outq_append(q, target.p, target.len);
-  APPEND_LIT(q, " HTTP/1.1\r\n");
+  hw_put(q, target.p, target.len);
+  HW_LIT(q, " HTTP/1.1\r\n");
   int have_id = 0, have_host = 0, have_proto = 0, have_fhost = 0, have_real = 0;
   int seen_via = 0, seen_fwd = 0, seen_xff = 0; /* lists joined below, only when present */
   for (size_t i = 0; i < r->head.n; i++) {
@@ -559,53 +639,53 @@ static int build_upstream_head(mg_req_t *r) {
     if (from_client(r, h) && identity_alias(n)) continue;
     switch (n.len) {
     case 4:
-      if (mg_str_caseeq(n, MG_STR("host"))) {
+      if (MG_NAME_IS(n, "host")) {
         if (r->absolute_form) continue;
         have_host = 1;
       }
       break;
     case 3:
-      if (mg_str_caseeq(n, MG_STR("via"))) {
+      if (MG_NAME_IS(n, "via")) {
         seen_via = 1;
         continue; /* joined, with ours appended, below */
       }
       break;
     case 6:
-      if (mg_str_caseeq(n, MG_STR("expect"))) continue;
+      if (MG_NAME_IS(n, "expect")) continue;
       break;
     case 9:
-      if (mg_str_caseeq(n, MG_STR("forwarded"))) {
+      if (MG_NAME_IS(n, "forwarded")) {
         seen_fwd = 1;
         continue; /* joined, with ours appended, below */
       }
-      if (mg_str_caseeq(n, MG_STR("x-real-ip"))) {
+      if (MG_NAME_IS(n, "x-real-ip")) {
         if (from_client(r, h) || have_real) continue; /* ours, unless a hook set one */
         have_real = 1;
       }
       break;
     case 12:
-      if (mg_str_caseeq(n, MG_STR("x-request-id"))) {
+      if (MG_NAME_IS(n, "x-request-id")) {
         if (!trusted || have_id) continue;
         have_id = 1;
       }
       break;
     case 14:
-      if (mg_str_caseeq(n, MG_STR("content-length"))) continue;
+      if (MG_NAME_IS(n, "content-length")) continue;
       break;
     case 15:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-for"))) {
+      if (MG_NAME_IS(n, "x-forwarded-for")) {
         seen_xff = 1;
         continue; /* joined below */
       }
       break;
     case 16:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-host"))) {
+      if (MG_NAME_IS(n, "x-forwarded-host")) {
         if (!trusted || have_fhost) continue;
         have_fhost = 1;
       }
       break;
     case 17:
-      if (mg_str_caseeq(n, MG_STR("x-forwarded-proto"))) {
+      if (MG_NAME_IS(n, "x-forwarded-proto")) {
         if (!trusted || have_proto) continue;
         have_proto = 1;
       }
@@ -614,72 +694,73 @@ static int build_upstream_head(mg_req_t *r) {
     append_header(q, n, h->value);
   }
   if (!have_host) {
-    APPEND_LIT(q, "Host: ");
-    if (r->host.len) mg_outq_append(q, r->host.p, r->host.len);
+    HW_LIT(q, "Host: ");
+    if (r->host.len) hw_put(q, r->host.p, r->host.len);
     else {
       const char *t = u->servers[r->server >= 0 ? r->server : 0].text;
-      mg_outq_append(q, t, strlen(t));
+      hw_put(q, t, strlen(t));
     }
-    APPEND_LIT(q, "\r\n");
+    HW_LIT(q, "\r\n");
   }
   mg_str_t ip = c->ip;
-  APPEND_LIT(q, "X-Forwarded-For: ");
+  HW_LIT(q, "X-Forwarded-For: ");
   mg_str_t xff = seen_xff ? joined_xff(r) : (mg_str_t){ NULL, 0 };
   if (xff.len) {
-    mg_outq_append(q, xff.p, xff.len);
-    APPEND_LIT(q, ", ");
+    hw_put(q, xff.p, xff.len);
+    HW_LIT(q, ", ");
   }
-  mg_outq_append(q, ip.p, ip.len);
-  APPEND_LIT(q, "\r\n");
+  hw_put(q, ip.p, ip.len);
+  HW_LIT(q, "\r\n");
   if (!have_proto) {
-    if (c->ssl) APPEND_LIT(q, "X-Forwarded-Proto: https\r\n");
-    else APPEND_LIT(q, "X-Forwarded-Proto: http\r\n");
+    if (c->ssl) HW_LIT(q, "X-Forwarded-Proto: https\r\n");
+    else HW_LIT(q, "X-Forwarded-Proto: http\r\n");
   }
   if (r->host.len && !have_fhost) append_header(q, MG_STR("X-Forwarded-Host"), r->host);
   if (!have_real) append_header(q, MG_STR("X-Real-IP"), r->client_ip.len ? r->client_ip : ip);
   /* RFC 7239: the peer as seen here; an IPv6 address quoted in brackets */
-  APPEND_LIT(q, "Forwarded: ");
+  HW_LIT(q, "Forwarded: ");
   mg_str_t fwd = seen_fwd ? joined(r, MG_STR("forwarded"), 0) : (mg_str_t){ NULL, 0 };
   if (fwd.len) {
-    mg_outq_append(q, fwd.p, fwd.len);
-    APPEND_LIT(q, ", ");
+    hw_put(q, fwd.p, fwd.len);
+    HW_LIT(q, ", ");
   }
   if (memchr(ip.p, ':', ip.len)) {
-    APPEND_LIT(q, "for=\"[");
-    mg_outq_append(q, ip.p, ip.len);
-    APPEND_LIT(q, "]\"");
+    HW_LIT(q, "for=\"[");
+    hw_put(q, ip.p, ip.len);
+    HW_LIT(q, "]\"");
   } else {
-    APPEND_LIT(q, "for=");
-    mg_outq_append(q, ip.p, ip.len);
+    HW_LIT(q, "for=");
+    hw_put(q, ip.p, ip.len);
   }
-  if (c->ssl) APPEND_LIT(q, ";proto=https\r\n");
-  else APPEND_LIT(q, ";proto=http\r\n");
-  APPEND_LIT(q, "Via: ");
+  if (c->ssl) HW_LIT(q, ";proto=https\r\n");
+  else HW_LIT(q, ";proto=http\r\n");
+  HW_LIT(q, "Via: ");
   mg_str_t via = seen_via ? joined(r, MG_STR("via"), 1) : (mg_str_t){ NULL, 0 };
   if (via.len) {
-    mg_outq_append(q, via.p, via.len);
-    APPEND_LIT(q, ", ");
+    hw_put(q, via.p, via.len);
+    HW_LIT(q, ", ");
   }
-  if (r->http_minor == 0) APPEND_LIT(q, "1.0 moongate\r\n");
-  else APPEND_LIT(q, "1.1 moongate\r\n");
+  if (r->http_minor == 0) HW_LIT(q, "1.0 moongate\r\n");
+  else HW_LIT(q, "1.1 moongate\r\n");
   if (!have_id) {
-    APPEND_LIT(q, "X-Request-Id: ");
-    mg_outq_append(q, r->id, 16);
-    APPEND_LIT(q, "\r\n");
+    HW_LIT(q, "X-Request-Id: ");
+    hw_put(q, r->id, 16);
+    HW_LIT(q, "\r\n");
   }
   if (r->body == MG_BODY_LENGTH) {
-    APPEND_LIT(q, "Content-Length: ");
-    mg_outq_append_uint(q, r->content_length);
-    APPEND_LIT(q, "\r\n");
-  } else if (r->body == MG_BODY_CHUNKED) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
+    HW_LIT(q, "Content-Length: ");
+    hw_uint(q, r->content_length);
+    HW_LIT(q, "\r\n");
+  } else if (r->body == MG_BODY_CHUNKED) HW_LIT(q, "Transfer-Encoding: chunked\r\n");
   if (r->upgrade) {
-    APPEND_LIT(q, "Upgrade: ");
-    mg_outq_append(q, r->upgrade_proto.p, r->upgrade_proto.len);
-    APPEND_LIT(q, "\r\nConnection: upgrade\r\n");
+    HW_LIT(q, "Upgrade: ");
+    hw_put(q, r->upgrade_proto.p, r->upgrade_proto.len);
+    HW_LIT(q, "\r\nConnection: upgrade\r\n");
   } else if (u->keepalive == 0) {
-    APPEND_LIT(q, "Connection: close\r\n");
+    HW_LIT(q, "Connection: close\r\n");
   }
-  APPEND_LIT(q, "\r\n");
+  HW_LIT(q, "\r\n");
+  hw_end(q);
   return 0;
 }
 
@@ -929,17 +1010,60 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
   mg_proxy_error(r, timeout ? 504 : 502, 0);
 }
 
-static int resp_header_skipped(mg_str_t n, mg_str_t conn_value) {
-  if (mg_http_is_hop_by_hop(n)) return 1;
-  if (mg_str_caseeq(n, MG_STR("server")) || mg_str_caseeq(n, MG_STR("x-powered-by")) ||
-      mg_str_caseeq(n, MG_STR("content-length")))
-    return 1;
+/* A response header that does not go to the client: hop-by-hop, Server,
+ * X-Powered-By, Content-Length (moongate frames the body itself), one the
+ * Connection header lists, and Strict-Transport-Security when the listener sends
+ * its own (skip_sts). By length first: most names need no compare. */
+static int resp_header_skipped(mg_str_t n, mg_str_t conn_value, int skip_sts) {
+  switch (n.len) {
+  case 6:
+    if (MG_NAME_IS(n, "server")) return 1;
+    break;
+  case 12:
+    if (MG_NAME_IS(n, "x-powered-by")) return 1;
+    break;
+  case 14:
+    if (MG_NAME_IS(n, "content-length")) return 1;
+    break;
+  case 25:
+    if (skip_sts && MG_NAME_IS(n, "strict-transport-security")) return 1;
+    break;
+  default:
+    if (mg_http_is_hop_by_hop(n)) return 1;
+    break;
+  }
   return listed_hop(conn_value, n);
 }
 
+/* The first Transfer-Encoding, Date and Connection headers of a response head
+ * (what mg_head_get finds), noted in a pass that visits every header anyway. */
+typedef struct {
+  const mg_header_t *te, *date, *connection;
+} resp_seen_t;
+
+static void note_header(resp_seen_t *s, const mg_header_t *hd) {
+  switch (hd->name.len) {
+  case 4:
+    if (!s->date && MG_NAME_IS(hd->name, "date")) s->date = hd;
+    break;
+  case 10:
+    if (!s->connection && MG_NAME_IS(hd->name, "connection")) s->connection = hd;
+    break;
+  case 17:
+    if (!s->te && MG_NAME_IS(hd->name, "transfer-encoding")) s->te = hd;
+    break;
+  }
+}
+
+static void resp_seen(const mg_head_t *h, resp_seen_t *s) {
+  *s = (resp_seen_t){ NULL, NULL, NULL };
+  for (size_t i = 0; i < h->n; i++) note_header(s, &h->headers[i]);
+}
+
 /* Every response header must be a token and a value without NUL, CR or LF:
- * anything else is refused (502), never passed on. */
-static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *peer) {
+ * anything else is refused (502), never passed on. Notes what `seen` holds. */
+static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *peer, resp_seen_t *seen) {
+  *seen = (resp_seen_t){ NULL, NULL, NULL };
   for (size_t i = 0; i < h->n; i++) {
     const mg_header_t *hd = &h->headers[i];
     if (!mg_http_is_token(hd->name)) {
@@ -952,6 +1076,7 @@ static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *p
               r->id, peer, (int)(hd->name.len > 64 ? 64 : hd->name.len), hd->name.p);
       return -1;
     }
+    note_header(seen, hd);
   }
   return 0;
 }
@@ -961,17 +1086,27 @@ static const char *peer_text(const mg_req_t *r) {
   return r->gen->upstreams[r->upstream].servers[r->server].text;
 }
 
-/* Header lines of a response head as they go to the client: hop-by-hop,
- * Server, X-Powered-By and Content-Length are left out. */
-static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_sts);
+/* Header lines of a response head as they go to the client (resp_header_skipped
+ * says which are left out); `connection` is the head's Connection header. */
+static void append_response_headers(hw_t *q, const mg_head_t *h, int skip_sts, const mg_header_t *connection) {
+  mg_str_t conn_value = connection ? connection->value : (mg_str_t){ NULL, 0 };
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (resp_header_skipped(hd->name, conn_value, skip_sts)) continue;
+    hw_put(q, hd->name.p, hd->name.len);
+    HW_LIT(q, ": ");
+    hw_put(q, hd->value.p, hd->value.len);
+    HW_LIT(q, "\r\n");
+  }
+}
 
-static void append_status_line(mg_outq_t *q, int status) {
-  APPEND_LIT(q, "HTTP/1.1 ");
-  mg_outq_append_uint(q, (uint64_t)status);
-  APPEND_LIT(q, " ");
+static void append_status_line(hw_t *q, int status) {
+  HW_LIT(q, "HTTP/1.1 ");
+  hw_uint(q, (uint64_t)status);
+  HW_LIT(q, " ");
   const char *reason = mg_http_reason(status);
-  mg_outq_append(q, reason, strlen(reason));
-  APPEND_LIT(q, "\r\n");
+  hw_put(q, reason, strlen(reason));
+  HW_LIT(q, "\r\n");
 }
 
 static void up_interim(void *owner, int status) {
@@ -979,38 +1114,45 @@ static void up_interim(void *owner, int status) {
   mg_down_t *c = r->down;
   /* HTTP/1.0 clients know no 1xx; after the final head it is too late */
   if (r->http_minor == 0 || r->rstate != MG_RS_NONE) return;
-  if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return; /* dropped: only a hint */
-  mg_outq_t *q = c->out;
-  size_t before = mg_outq_size(q);
+  resp_seen_t seen;
+  if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return; /* dropped: only a hint */
+  size_t before = mg_outq_size(c->out);
+  hw_t hw, *q = &hw;
+  hw_begin(q, c->out);
   append_status_line(q, status);
-  append_response_headers(q, &r->rhead, 0);
-  APPEND_LIT(q, "\r\n");
-  r->bytes_out += mg_outq_size(q) - before;
+  append_response_headers(q, &r->rhead, 0, seen.connection);
+  HW_LIT(q, "\r\n");
+  hw_end(q);
+  r->bytes_out += mg_outq_size(c->out) - before;
 }
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
   mg_down_t *c = r->down;
-  if (check_response_headers(r, &r->rhead, peer_text(r)) < 0) return -1;
+  resp_seen_t seen;
+  if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
-  const mg_header_t *te = mg_head_get(&r->rhead, MG_STR("transfer-encoding"));
-  if (te && !mg_str_caseeq(te->value, MG_STR("chunked"))) {
+  const mg_header_t *te = seen.te;
+  if (te && !MG_NAME_IS(te->value, "chunked")) {
     MG_WARN(r->w->id, "req %s: upstream response with Transfer-Encoding '%.*s' refused", r->id,
             (int)te->value.len, te->value.p);
     return -1;
   }
   r->status = up_status;
-  if (up_status == 101) return tunnel_start(r);
+  if (up_status == 101) return tunnel_start(r, seen.connection);
+  int rehead = 0; /* a hook or a filter saw the head: it may have changed */
   if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
+    rehead = 1;
     if (mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL) < 0) {
       mg_proxy_error(r, 500, 0); /* releases the upstream connection */
       return -1;
     }
   }
-  if (response_filters(r) < 0) {
+  if (response_filters(r, &rehead) < 0) {
     mg_proxy_error(r, 500, 0);
     return -1;
   }
+  if (rehead) resp_seen(&r->rhead, &seen);
   int body_hook = mg_fchain_changes_length(&r->resp_chain);
   int status = r->status;
   r->rstate = MG_RS_HEAD;
@@ -1025,41 +1167,27 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
     if (r->http_minor == 1) r->rchunked = 1;
     else c->close_after = 1; /* framed by the close */
   }
-  mg_outq_t *q = c->out;
-  size_t before = mg_outq_size(q);
+  size_t before = mg_outq_size(c->out);
+  hw_t hw, *q = &hw;
+  hw_begin(q, c->out);
   append_status_line(q, status);
-  append_response_headers(q, &r->rhead, c->hsts != NULL);
-  if (c->hsts) mg_outq_append(q, c->hsts, strlen(c->hsts));
-  if (!mg_head_get(&r->rhead, MG_STR("date"))) append_date(r->w, q);
+  append_response_headers(q, &r->rhead, c->hsts != NULL, seen.connection);
+  if (c->hsts) hw_put(q, c->hsts, strlen(c->hsts));
+  if (!seen.date) append_date(r->w, q);
   if (empty) {
-    APPEND_LIT(q, "Content-Length: 0\r\n");
+    HW_LIT(q, "Content-Length: 0\r\n");
   } else if (has_len && status != 204 && !(status == 304 && up_length == 0)) {
-    APPEND_LIT(q, "Content-Length: ");
-    mg_outq_append_uint(q, up_length);
-    APPEND_LIT(q, "\r\n");
+    HW_LIT(q, "Content-Length: ");
+    hw_uint(q, up_length);
+    HW_LIT(q, "\r\n");
   }
-  else if (r->rchunked) APPEND_LIT(q, "Transfer-Encoding: chunked\r\n");
-  if (will_close(r)) APPEND_LIT(q, "Connection: close\r\n\r\n");
-  else if (r->http_minor == 0) APPEND_LIT(q, "Connection: keep-alive\r\n\r\n");
-  else APPEND_LIT(q, "\r\n");
-  r->bytes_out += mg_outq_size(q) - before;
+  else if (r->rchunked) HW_LIT(q, "Transfer-Encoding: chunked\r\n");
+  if (will_close(r)) HW_LIT(q, "Connection: close\r\n\r\n");
+  else if (r->http_minor == 0) HW_LIT(q, "Connection: keep-alive\r\n\r\n");
+  else HW_LIT(q, "\r\n");
+  hw_end(q);
+  r->bytes_out += mg_outq_size(c->out) - before;
   return 0; /* flushed by mg_proxy_response_flush after the read */
-}
-
-/* skip_sts: the listener sends its own Strict-Transport-Security (hsts), which wins */
-static void append_response_headers(mg_outq_t *q, const mg_head_t *h, int skip_sts) {
-  mg_str_t conn_value = { NULL, 0 };
-  const mg_header_t *ch = mg_head_get(h, MG_STR("connection"));
-  if (ch) conn_value = ch->value;
-  for (size_t i = 0; i < h->n; i++) {
-    const mg_header_t *hd = &h->headers[i];
-    if (resp_header_skipped(hd->name, conn_value)) continue;
-    if (skip_sts && mg_str_caseeq(hd->name, MG_STR("strict-transport-security"))) continue;
-    mg_outq_append(q, hd->name.p, hd->name.len);
-    APPEND_LIT(q, ": ");
-    mg_outq_append(q, hd->value.p, hd->value.len);
-    APPEND_LIT(q, "\r\n");
-  }
 }
 
 static void up_body(void *owner, const char *p, size_t len) {
@@ -1120,21 +1248,23 @@ static void up_drained(void *owner) {
 /* A 101 to an upgrade request: the head goes to the client with the upstream's
  * Upgrade, and both connections become a tunnel. The response and body hooks
  * do not run: what follows is not HTTP. */
-static int tunnel_start(mg_req_t *r) {
+static int tunnel_start(mg_req_t *r, const mg_header_t *connection) {
   mg_down_t *c = r->down;
   const mg_header_t *up = mg_head_get(&r->rhead, MG_STR("upgrade"));
   if (!up || !up->value.len) {
     MG_WARN(r->w->id, "req %s: upstream %s: bad response: 101 without Upgrade", r->id, peer_text(r));
     return -1;
   }
-  mg_outq_t *q = c->out;
-  size_t before = mg_outq_size(q);
+  size_t before = mg_outq_size(c->out);
+  hw_t hw, *q = &hw;
+  hw_begin(q, c->out);
   append_status_line(q, 101);
-  append_response_headers(q, &r->rhead, 0);
-  APPEND_LIT(q, "Upgrade: ");
-  mg_outq_append(q, up->value.p, up->value.len);
-  APPEND_LIT(q, "\r\nConnection: upgrade\r\n\r\n");
-  r->bytes_out += mg_outq_size(q) - before;
+  append_response_headers(q, &r->rhead, 0, connection);
+  HW_LIT(q, "Upgrade: ");
+  hw_put(q, up->value.p, up->value.len);
+  HW_LIT(q, "\r\nConnection: upgrade\r\n\r\n");
+  hw_end(q);
+  r->bytes_out += mg_outq_size(c->out) - before;
   r->tunnel = 1;
   r->rstate = MG_RS_HEAD;
   c->close_after = 1; /* no HTTP after a tunnel */
