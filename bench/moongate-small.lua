@@ -18,6 +18,8 @@ mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
 local origin = mg.upstream "origin" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },
   keepalive = 64,
+  -- BENCH_SPLICE=1: bodies spliced socket to socket (docs/config.md, `splice`)
+  splice = env("BENCH_SPLICE", "0") == "1",
 }
 
 mg.route { path = "/", upstream = origin }

@@ -1,6 +1,9 @@
 #include "buf.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 
 #define BLOCK_SIZE (16 * 1024)
@@ -169,6 +172,37 @@ static int try_write(mg_outq_t *q) {
       b->next = NULL;
       free_blocks(b);
     }
+  }
+  return 0;
+}
+
+int mg_outq_send_more(mg_outq_t *q, int fd) {
+  if (q->enc || q->writes || q->above || !q->head) return 0;
+  struct iovec iov[MAX_IOV];
+  int n = 0;
+  for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next) {
+    iov[n].iov_base = b->data + b->off;
+    iov[n++].iov_len = b->len - b->off;
+  }
+  struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+  ssize_t rc;
+  do rc = sendmsg(fd, &m, MSG_MORE | MSG_DONTWAIT | MSG_NOSIGNAL);
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) return errno == EAGAIN ? 0 : -errno;
+  size_t done = (size_t)rc;
+  q->pending -= done;
+  while (done > 0) {
+    mg_block_t *b = q->head;
+    size_t left = b->len - b->off;
+    if (done < left) {
+      b->off += done;
+      break;
+    }
+    done -= left;
+    q->head = b->next;
+    if (!q->head) q->tail = NULL;
+    b->next = NULL;
+    free_blocks(b);
   }
   return 0;
 }

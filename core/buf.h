@@ -71,6 +71,11 @@ int mg_outq_encode(mg_outq_t *q);
 /* A write of `bytes` taken from the queue (counted in inflight and writes by the
  * writer) completed: the same accounting and callback as mg_outq_flush's own. */
 void mg_outq_written(mg_outq_t *q, size_t bytes, int status);
+/* Writes what is pending to socket fd with MSG_MORE (the kernel holds a partial
+ * packet for what the caller sends next, at once: a spliced body after its
+ * head), as far as it takes it now; only when a flush would write synchronously
+ * too (no encoder, nothing in flight). 0 or a negative errno. */
+int mg_outq_send_more(mg_outq_t *q, int fd);
 /* True when a flush has something to write (with an encoder: its own bytes too). */
 int mg_outq_has_output(const mg_outq_t *q);
 /* Frees this thread's spare blocks (a worker thread calls it before it ends). */

@@ -273,16 +273,17 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     mg_upstream_cfg_t *u = &g->upstreams[i];
     lua_rawgeti(L, -1, i + 1);
     u->name = field_str(L, -1, "name");
-    double ka, ka_timeout, pp;
+    double ka, ka_timeout, pp, splice;
     if (need_num(w, "upstream", "keepalive", &ka) < 0 ||
         need_num(w, "upstream", "keepalive_timeout", &ka_timeout) < 0 ||
-        need_num(w, "upstream", "proxy_protocol", &pp) < 0) {
+        need_num(w, "upstream", "proxy_protocol", &pp) < 0 || need_num(w, "upstream", "splice", &splice) < 0) {
       lua_pop(L, 2);
       return MG_ECONFIG;
     }
     u->keepalive = (int)ka;
     u->keepalive_ms = ms(ka_timeout);
     u->proxy_protocol = (int)pp; /* 0, 1 or 2: checked by init.lua */
+    u->splice = splice != 0;
     lua_getfield(L, -1, "tls");
     if (lua_istable(L, -1)) {
       char *ca = field_str(L, -1, "ca"), *sni = field_str(L, -1, "sni");

@@ -41,6 +41,7 @@ typedef struct {
   int keepalive;             /* max idle pooled connections per server per worker */
   uint64_t keepalive_ms;
   mg_tls_client_t *tls;      /* NULL: plain HTTP to the servers */
+  int splice;                /* response bodies may be spliced to plain clients (transport.h) */
   int proxy_protocol;        /* 0: none; 1 or 2: every new connection starts with a
                                 PROXY protocol header of that version naming the
                                 client (such connections are never pooled) */

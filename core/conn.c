@@ -943,6 +943,7 @@ void mg_conn_accept(mg_listener_t *l) {
     return;
   }
   c->down.conn = c;
+  c->down.tp = &c->tp;
   c->down.ops = &down_ops;
   c->down.out = &c->tp.out;
   c->down.client = c->client;

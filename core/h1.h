@@ -98,6 +98,11 @@ size_t mg_h1_parse(mg_h1_t *h, const char *p, size_t n, mg_h1_ev_t *ev);
 /* The stream ended (EOF): MG_H1_END when that ends a body framed by the close,
  * MG_H1_NEED between messages, MG_H1_ERROR in the middle of one. */
 int mg_h1_finish(mg_h1_t *h, mg_h1_ev_t *ev);
+/* Inside a body framed by Content-Length: the bytes of it still to come (what was
+ * parsed so far is not counted); 0 otherwise. */
+static inline uint64_t mg_h1_body_left(const mg_h1_t *h) {
+  return h->head_done && h->msg.body == MG_BODY_LENGTH ? h->p.content_length : 0;
+}
 /* After MG_H1_END: whether the connection may carry another message. */
 int mg_h1_keepalive(const mg_h1_t *h);
 

@@ -939,6 +939,8 @@ static void start_upstream(mg_req_t *r) {
     mg_up_link_t link = {
       .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
       .is_head = r->method == HTTP_HEAD, .sent_all = r->complete, .upgrade = r->upgrade,
+      .may_splice = u->splice && !r->down->ssl && r->down->tp && r->method != HTTP_HEAD && !r->upgrade &&
+                    !mg_hook_on(r->gen, r->route, MG_HOOK_BODY),
       .tunnel_ms = r->gen->timeouts.tunnel,
       .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,
       .write_ms = r->gen->timeouts.upstream_write, .paused_ms = r->gen->timeouts.upstream_paused,
@@ -1187,6 +1189,12 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   else HW_LIT(q, "\r\n");
   hw_end(q);
   r->bytes_out += mg_outq_size(c->out) - before;
+  /* nothing needs to see the body, which goes as it comes: the kernel may move
+   * it from socket to socket (the upstream connection decides at the end of the
+   * read, from what is left of it) */
+  if (r->upc && c->tp && !c->ssl && !r->resp_chain.first && has_len && !r->rchunked && !r->rnobody &&
+      up_length >= MG_SPLICE_MIN)
+    mg_upstream_splice(r->upc, c->tp);
   return 0; /* flushed by mg_proxy_response_flush after the read */
 }
 
@@ -1201,6 +1209,16 @@ static void up_body(void *owner, const char *p, size_t len) {
   if (r->rnobody) return; /* e.g. the response hook made it a 204 */
   if (mg_fchain_body(&r->resp_chain, p, len) < 0)
     c->ops->close_after_flush(c->conn); /* the head is out: cut the body short */
+}
+
+/* Body bytes went to the client by splicing; some may wait in its queue. */
+static void up_spliced(void *owner, size_t n) {
+  mg_req_t *r = owner;
+  mg_down_t *c = r->down;
+  r->bytes_out += n;
+  c->ops->flush(c->conn); /* may close c and free r */
+  if (c->closed || !r->upc) return;
+  if (mg_outq_full(c->out)) mg_upstream_pause(r->upc, 1);
 }
 
 static void up_flush(void *owner) {
@@ -1305,5 +1323,5 @@ static void up_slow_client(void *owner) {
 static const mg_up_events_t up_events = {
   .ready = up_ready, .failed = up_failed, .interim = up_interim, .head = up_head, .body = up_body,
   .end = up_end, .flush = up_flush, .drained = up_drained, .slow_client = up_slow_client,
-  .tunnel_end = up_tunnel_end,
+  .tunnel_end = up_tunnel_end, .spliced = up_spliced,
 };

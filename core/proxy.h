@@ -48,6 +48,7 @@ typedef struct {
   void *conn;
   const mg_down_ops_t *ops;
   mg_outq_t *out;          /* the client's output queue: responses are appended here */
+  struct mg_tp_s *tp;      /* the client's transport: a body may be spliced to it */
   const char *client;      /* "ip:port" or "[ip6]:port" of the peer */
   mg_str_t ip;             /* the peer's address alone */
   /* The same client as a socket address, and the address it connected to, for a

@@ -1,8 +1,11 @@
 #include "transport.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 
@@ -276,15 +279,130 @@ static void input_end(mg_tp_t *tp, int err) {
   else tp->ev->error(tp->owner, err, uv_strerror(err));
 }
 
+/* ---------------- splicing ---------------- */
+
+#define SPLICE_PIPE (256 * 1024) /* asked of the kernel; the default is 64 KiB */
+
+static int pipe_open(mg_tp_ctx_t *ctx) {
+  if (ctx->pipe[0] >= 0) return 0;
+  int fds[2];
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
+  fcntl(fds[1], F_SETPIPE_SZ, SPLICE_PIPE); /* a smaller pipe only means more steps */
+  ctx->pipe[0] = fds[0];
+  ctx->pipe[1] = fds[1];
+  return 0;
+}
+
+void mg_tp_ctx_close(mg_tp_ctx_t *ctx) {
+  if (ctx->pipe[0] >= 0) {
+    close(ctx->pipe[0]);
+    close(ctx->pipe[1]);
+  }
+  ctx->pipe[0] = ctx->pipe[1] = -1;
+}
+
+/* Something went wrong with the pipe itself: it may hold bytes, so it is not used
+ * again (a new one is made for the next splice). */
+static void pipe_broken(mg_tp_ctx_t *ctx) { mg_tp_ctx_close(ctx); }
+
+static void splice_step(mg_tp_t *tp);
+
+int mg_tp_splice(mg_tp_t *tp, mg_tp_t *to, uint64_t n) {
+  if (n == 0 || tp->ctx->net || tp->ssl || to->ssl || tp->closing || to->closing || !tp->ev->spliced)
+    return -1;
+  if (pipe_open(tp->ctx) < 0) return -1;
+  tp->splice_to = to;
+  tp->splice_left = n;
+  /* the rest of the body is likely there already: no need to wait for the loop */
+  if (tp->reading) splice_step(tp);
+  return 0;
+}
+
+void mg_tp_splice_stop(mg_tp_t *tp) {
+  tp->splice_to = NULL;
+  tp->splice_left = 0;
+}
+
+static void input_end(mg_tp_t *tp, int err);
+
+/* The socket is readable while splicing: socket to pipe, pipe to the other
+ * socket, what that one does not take (or may not: bytes queued before) through
+ * memory into its queue. The pipe is empty again after every step. */
+static void splice_step(mg_tp_t *tp) {
+  mg_tp_ctx_t *ctx = tp->ctx;
+  for (int round = 0; round < 16 && tp->splice_left && !tp->closing; round++) {
+    mg_tp_t *to = tp->splice_to;
+    int in = -1, out = -1;
+    if (ctx->pipe[0] < 0 || uv_fileno(&tp->io.handle, &in) < 0 || uv_fileno(&to->io.handle, &out) < 0) {
+      mg_tp_splice_stop(tp);
+      input_end(tp, UV_EPIPE);
+      return;
+    }
+    size_t want = tp->splice_left < SPLICE_PIPE ? (size_t)tp->splice_left : SPLICE_PIPE;
+    ssize_t n = splice(in, NULL, ctx->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0 && errno == EAGAIN) return; /* nothing more for now: wait for the socket */
+    if (n <= 0) {
+      int err = n == 0 ? UV_EOF : -errno;
+      mg_tp_splice_stop(tp);
+      input_end(tp, err);
+      return;
+    }
+    size_t moved = 0;
+    /* what was queued before (the head) goes first, in the same packets as the
+     * body that follows it now */
+    if (!to->closing && to->out.pending && mg_outq_send_more(&to->out, out) < 0) {
+      /* a write error: what follows is queued, and the next flush meets it */
+    }
+    if (!to->closing && mg_outq_size(&to->out) == 0) {
+      ssize_t m = splice(ctx->pipe[0], NULL, out, NULL, (size_t)n, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (m > 0) moved = (size_t)m;
+      /* else: full (EAGAIN), or an error the next flush of `to` meets */
+    }
+    while (moved < (size_t)n) { /* the rest, in order, into the queue */
+      size_t k = (size_t)n - moved;
+      if (k > ctx->rcap) k = ctx->rcap;
+      ssize_t r = read(ctx->pipe[0], ctx->rbuf, k);
+      if (r <= 0) {
+        if (r < 0 && errno == EINTR) continue;
+        pipe_broken(ctx);
+        mg_tp_splice_stop(tp);
+        input_end(tp, UV_EPIPE);
+        return;
+      }
+      if (!to->closing && mg_outq_append(&to->out, ctx->rbuf, (size_t)r) < 0) {
+        pipe_broken(ctx);
+        mg_tp_splice_stop(tp);
+        input_end(tp, MG_ENOMEM);
+        return;
+      }
+      moved += (size_t)r;
+    }
+    tp->splice_left -= (uint64_t)n;
+    uint64_t left = tp->splice_left;
+    if (!left) tp->splice_to = NULL;
+    tp->ev->spliced(tp->owner, (size_t)n, left);
+    if ((size_t)n < want || !tp->reading) return; /* drained the socket, or paused */
+  }
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   mg_tp_t *tp = h->data;
-  *buf = uv_buf_init(tp->ctx->rbuf, (unsigned)tp->ctx->rcap);
+  if (tp->splice_left) { /* no buffer: libuv says "readable" (UV_ENOBUFS) and reads nothing */
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  size_t cap = tp->read_cap && tp->read_cap < tp->ctx->rcap ? tp->read_cap : tp->ctx->rcap;
+  *buf = uv_buf_init(tp->ctx->rbuf, (unsigned)cap);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   mg_tp_t *tp = s->data;
   if (nread == 0 || tp->closing) return;
+  if (nread == UV_ENOBUFS && tp->splice_left) {
+    splice_step(tp);
+    return;
+  }
   if (nread < 0) input_end(tp, (int)nread);
   else input(tp, buf->base, (size_t)nread);
 }
@@ -367,6 +485,7 @@ static void on_close(uv_handle_t *h) {
   tp->mem_inflight = NULL;
   SSL_free(tp->ssl);
   tp->ssl = NULL;
+  mg_tp_splice_stop(tp);
   if (tp->ctx->net) tp->ctx->net->closed(tp->ctx->net, tp);
   tp->ev->closed(tp->owner);
 }
@@ -380,7 +499,7 @@ void mg_tp_close(mg_tp_t *tp) {
 
 /* ---------------- opening ---------------- */
 
-static void init(mg_tp_t *tp, const mg_tp_ctx_t *ctx, const mg_tp_events_t *ev, void *owner) {
+static void init(mg_tp_t *tp, mg_tp_ctx_t *ctx, const mg_tp_events_t *ev, void *owner) {
   memset(tp, 0, sizeof(*tp));
   tp->ctx = ctx;
   tp->ev = ev;
@@ -394,7 +513,7 @@ static void init(mg_tp_t *tp, const mg_tp_ctx_t *ctx, const mg_tp_events_t *ev, 
   if (!ctx->net) tp->out.stream = &tp->io.stream;
 }
 
-int mg_tp_accept(mg_tp_t *tp, const mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
+int mg_tp_accept(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
                  void *owner) {
   init(tp, ctx, ev, owner);
   if (ctx->net) {
@@ -434,7 +553,7 @@ void mg_tp_mem_connected(mg_tp_t *tp, int status) {
   connected(tp);
 }
 
-int mg_tp_connect(mg_tp_t *tp, const mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
+int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
                   void *owner) {
   init(tp, ctx, ev, owner);
   tp->upstream = 1;

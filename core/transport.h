@@ -45,6 +45,8 @@ typedef struct {
   char *rbuf, *tbuf; /* socket reads; decrypted records */
   size_t rcap, tcap;
   mg_tp_net_t *net;
+  int pipe[2];       /* splicing: the thread's pipe (read, write end), made when first
+                        needed and always left empty; -1 when none */
 } mg_tp_ctx_t;
 
 /* Why a transport failed to become ready (mg_tp_events_t.ready). */
@@ -86,6 +88,9 @@ typedef struct {
   void (*shut)(void *owner, int status);
   /* Closed: the last call; the owner may free the memory holding the transport. */
   void (*closed)(void *owner);
+  /* Splicing (mg_tp_splice): n more bytes went on; `left` still to come (0: the
+   * splice is over). May be NULL for owners that never splice. */
+  void (*spliced)(void *owner, size_t n, uint64_t left);
 } mg_tp_events_t;
 
 typedef struct {
@@ -104,9 +109,12 @@ struct mg_tp_s {
   mg_outq_t out;      /* plaintext to send (owners append, then mg_tp_flush) */
   mg_tp_tls_t tls;    /* the queue's encoder state while TLS is on */
   SSL *ssl;           /* the TLS session (memory BIOs); NULL: plain */
-  const mg_tp_ctx_t *ctx;
+  mg_tp_ctx_t *ctx;
   const mg_tp_events_t *ev;
   void *owner;
+  mg_tp_t *splice_to;       /* splicing: where the bytes read go, splice_left of them */
+  uint64_t splice_left;
+  size_t read_cap;          /* reads take at most this much (0: the read buffer's size) */
   mg_block_t *mem_inflight; /* in memory: written, completing on the next loop turn */
   size_t mem_bytes;
   unsigned reading : 1;
@@ -120,11 +128,11 @@ struct mg_tp_s {
 
 /* A client connection from a listening socket (in memory: a new one the network
  * is told of). 0 or a libuv error; on error the owner's `closed` comes later. */
-int mg_tp_accept(mg_tp_t *tp, const mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
+int mg_tp_accept(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
                  void *owner);
 /* An upstream connection to addr: `ready` follows (after the TLS handshake when
  * mg_tp_tls_client was called before the connect completes). 0 or a libuv error. */
-int mg_tp_connect(mg_tp_t *tp, const mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
+int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
                   void *owner);
 /* Makes the stream TLS: as the server (handshake on the first bytes read) or
  * the client (handshake once connected). The transport owns ssl from now on. */
@@ -154,6 +162,20 @@ void mg_tp_close(mg_tp_t *tp);
  * 0 or an error. */
 int mg_tp_peer(const mg_tp_t *tp, struct sockaddr_storage *ss);
 int mg_tp_local(const mg_tp_t *tp, struct sockaddr_storage *ss);
+
+/* Splicing, for bodies passed on as they are between two plain sockets (the
+ * kernel moves the pages: no copy into this process). The next n bytes the peer
+ * sends on tp go to `to`'s socket through the thread's pipe, as they arrive; when
+ * `to` has bytes queued (its client is not keeping up, or they must go first),
+ * what came is appended to its queue instead, as a read would have. Progress is
+ * told through `spliced`; starting and stopping tp's reading works as usual (a
+ * paused splice waits). 0, or < 0 when it cannot be done (TLS on either side,
+ * the in-memory network, no pipe): nothing changed, read as usual. */
+int mg_tp_splice(mg_tp_t *tp, mg_tp_t *to, uint64_t n);
+/* Ends a splice early (the exchange is over): tp reads as usual again. */
+void mg_tp_splice_stop(mg_tp_t *tp);
+/* The thread's transports are all closed: its pipe goes. */
+void mg_tp_ctx_close(mg_tp_ctx_t *ctx);
 
 /* In memory only. Bytes from the peer, delivered as reads (of at most the read
  * buffer's size) while the transport is reading: how many were taken. */

@@ -30,6 +30,8 @@ static void unpool(mg_upconn_t *u) {
 
 /* Ends the link with the owner (its pointer to u is cleared). */
 static void unlink_owner(mg_upconn_t *u) {
+  mg_tp_splice_stop(&u->tp);
+  u->splice_to = NULL;
   if (!u->owner) return;
   *u->slot = NULL;
   u->owner = NULL;
@@ -176,6 +178,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
         return -1;
       }
       if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      if (!u->splice_to) u->tp.read_cap = 0; /* not splicing: read as much as comes */
       if (u->tunnel) { /* what follows the 101 head is the tunnel's */
         if (n) tunnel_data(u, p, n);
         return u->owner ? 0 : -1;
@@ -255,7 +258,36 @@ static int tp_data(void *arg, const char *p, size_t n) {
 /* A read's worth of response was handed over: the exchange writes it out. */
 static void tp_read_end(void *arg) {
   mg_upconn_t *u = arg;
-  if (u->state == MG_UP_ACTIVE && u->owner) u->ev->flush(u->owner);
+  if (u->state != MG_UP_ACTIVE || !u->owner) return;
+  if (u->splice_to && !u->tunnel) {
+    /* the rest of the body by splicing: the head and the body so far go out with
+     * its first bytes (mg_tp_splice sends them when those are there) */
+    uint64_t left = mg_h1_body_left(&u->h1);
+    if (left < MG_SPLICE_MIN || mg_tp_splice(&u->tp, u->splice_to, left) < 0) {
+      u->splice_to = NULL; /* too little left, or it cannot be: the codec goes on */
+      u->tp.read_cap = 0;
+    }
+    if (u->state != MG_UP_ACTIVE || !u->owner) return; /* it ended, all spliced */
+  }
+  u->ev->flush(u->owner); /* what is queued for the client goes out */
+}
+
+/* Spliced body bytes went to the client; all of them: the response is over. */
+static void tp_spliced(void *arg, size_t n, uint64_t left) {
+  mg_upconn_t *u = arg;
+  if (u->state != MG_UP_ACTIVE || !u->owner) return;
+  u->got_bytes = 1;
+  u->spliced += n;
+  if (!u->paused) arm_rw(u);
+  u->ev->spliced(u->owner, n);
+  if (u->state != MG_UP_ACTIVE || !u->owner || left) return;
+  MG_DEBUG(u->w->id, "req %s: upstream %s: %llu body bytes spliced", u->rid, u->server->text,
+           (unsigned long long)u->spliced);
+  finish(u, 0);
+}
+
+void mg_upstream_splice(mg_upconn_t *u, mg_tp_t *to) {
+  if (u->may_splice) u->splice_to = to;
 }
 
 static void tp_eof(void *arg) {
@@ -289,7 +321,7 @@ static void tp_written(void *arg, int status) {
 
 static const mg_tp_events_t tp_events = {
   .ready = tp_ready, .data = tp_data, .read_end = tp_read_end, .eof = tp_eof, .error = tp_error,
-  .written = tp_written, .closed = tp_closed,
+  .written = tp_written, .closed = tp_closed, .spliced = tp_spliced,
 };
 
 /* BoringSSL has a session for this connection (TLS 1.3: a ticket that came after
@@ -330,6 +362,10 @@ static void link_owner(mg_upconn_t *u, const mg_up_link_t *l, const mg_upstream_
   u->upgrade = l->upgrade;
   u->tunnel = 0;
   u->tunnel_ms = l->tunnel_ms;
+  u->splice_to = NULL;
+  u->may_splice = l->may_splice;
+  u->spliced = 0;
+  u->tp.read_cap = l->may_splice ? MG_SPLICE_MIN : 0;
   u->server = s;
   u->got_bytes = 0;
   u->paused = 0;

@@ -52,6 +52,9 @@ typedef struct {
    * an error, or timeouts.tunnel without a byte either way; the connection is
    * closed); `why` is for the log, NULL for a plain close */
   void (*tunnel_end)(void *owner, const char *why);
+  /* n more body bytes went to the client by splicing (mg_upstream_splice); the
+   * end follows through `end` as usual */
+  void (*spliced)(void *owner, size_t n);
 } mg_up_events_t;
 
 /* The exchange's side of a link, given to mg_upstream_get. */
@@ -64,6 +67,9 @@ typedef struct {
   int is_head;        /* the request is HEAD: the response has no body */
   int sent_all;       /* the whole request is in (mg_upstream_request_complete later) */
   int upgrade;        /* the request asks to upgrade: a 101 makes the connection a tunnel */
+  int may_splice;     /* the response may be spliced to the client (mg_upstream_splice):
+                         its first read is kept short, so most of a large body is left to
+                         splice */
   uint64_t tunnel_ms; /* timeouts.tunnel: a tunnel with no byte either way that long ends */
   uint64_t connect_ms, read_ms, write_ms, paused_ms;
   /* The client (what the exchange takes as its address) and the address it
@@ -89,6 +95,9 @@ struct mg_upconn_s {
   int upgrade;              /* the request asked to upgrade: a 101 is allowed */
   int tunnel;               /* a 101 came: bytes pass as they are, both ways */
   uint64_t tunnel_ms;
+  mg_tp_t *splice_to;  /* the client's transport: the body goes there by splicing */
+  int may_splice;      /* the link allowed it (the upstream's `splice`, a plain client...) */
+  uint64_t spliced;    /* body bytes spliced for the current response (a debug line) */
   const mg_server_t *server;
   int state;
   int handles;
@@ -124,6 +133,12 @@ void mg_upstream_close(mg_upconn_t *u);
  * and a negative code returned: the caller must not touch the request then. */
 int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* The response's body goes to `to` by splicing (transport.h), from the end of the
+ * read that brought its head on, when at least MG_SPLICE_MIN bytes of it are
+ * still to come: the exchange says so at the head when nothing needs to see the
+ * body (no filter, framed by the same length, both sides plain). */
+#define MG_SPLICE_MIN (16 * 1024)
+void mg_upstream_splice(mg_upconn_t *u, mg_tp_t *to);
 /* A tunnel's client half-closed: the upstream gets a FIN once what is queued is written. */
 void mg_upstream_shutdown(mg_upconn_t *u);
 /* The owner read the whole request: from now on the upstream is judged on answering. */

@@ -228,6 +228,7 @@ static void run(void *arg) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   mg_alog_flush(&w->alog);
   mg_outq_free_spares();
+  mg_tp_ctx_close(&w->tp);
   while (w->spare_reqs) {
     mg_req_t *r = w->spare_reqs;
     w->spare_reqs = r->next_spare;
@@ -252,7 +253,7 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exite
   /* the loop first: init_worker hooks may read its clock (mg.now) */
   if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
   w->tp = (mg_tp_ctx_t){ .loop = &w->loop, .rbuf = w->rbuf, .rcap = sizeof(w->rbuf), .tbuf = w->tbuf,
-                         .tcap = sizeof(w->tbuf), .net = NULL };
+                         .tcap = sizeof(w->tbuf), .net = NULL, .pipe = { -1, -1 } };
   /* proxy.lua runs in the worker's own state; init_worker hooks run here, with
    * the worker's identity, before its thread starts */
   mg_current_worker = w;

@@ -323,7 +323,7 @@ function _M.listen(t)
 end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
-                        proxy_protocol = true }
+                        proxy_protocol = true, splice = true }
 -- proxy_protocol: what proxy.lua says -> the version core/config.c reads (0: none)
 local pp_versions = { v1 = 1, v2 = 2 }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
@@ -347,7 +347,7 @@ local function sni_name(v, what)
 end
 
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
----                     proxy_protocol = false (default) | "v1" | "v2" }
+---                     proxy_protocol = false (default) | "v1" | "v2", splice = false }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -361,7 +361,7 @@ function _M.upstream(name)
     if #t.servers == 0 then fail("%s: 'servers' is empty", what) end
     if #t.servers > 64 then fail("%s: at most 64 servers per upstream", what) end
     local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60,
-                             proxy_protocol = 0 }, upstream_mt)
+                             proxy_protocol = 0, splice = 0 }, upstream_mt)
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
       local addr, opts = match(s, "^(%S+)%s*(.*)$")
@@ -401,6 +401,9 @@ function _M.upstream(name)
              type(t.proxy_protocol) == "string" and ("%q"):format(t.proxy_protocol) or tostring(t.proxy_protocol))
       end
     end
+    -- splice: response bodies that pass as they are move from socket to socket in
+    -- the kernel (core/transport.h); the core reads 0 or 1
+    if t.splice ~= nil then u.splice = check.type(t.splice, "boolean", what, "splice") and 1 or 0 end
     if t.keepalive_timeout ~= nil then
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
     end

@@ -219,6 +219,17 @@ async def respond(writer, req, keep):
             await send_body_plain(writer, body)
         return keep
 
+    if kind == "/short":
+        # Content-Length N, then half of it, then the connection closes: a body
+        # cut short by the upstream.
+        n = int(arg)
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Content-Length", n)]))
+        if not head_only:
+            await send_body_plain(writer, pattern(n // 2))
+            await asyncio.sleep(0.2)
+        return False
+
     if kind == "/fill":
         # N bytes of "x", fast: for backpressure checks, not for content.
         n = int(arg)

@@ -555,6 +555,24 @@ describe("moongate.private.loader", function()
                    "'keepalive'", "out of range")
     end)
 
+    it("gives an upstream splice 0 by default, 1 for true, 0 for false", function()
+      local function sp(v)
+        local extra = v and (", splice = " .. v) or ""
+        return ok({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "10.0.0.1:80" }' .. extra .. ' }' })
+          .upstreams[1].splice
+      end
+      assert.equal(0, sp(nil))
+      assert.equal(1, sp("true"))
+      assert.equal(0, sp("false"))
+    end)
+
+    it("refuses a splice that is not a boolean", function()
+      for _, v in ipairs({ '"yes"', "1", "{}" }) do
+        assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, splice = ' .. v .. ' }' }, 3,
+                     "mg.upstream 'a'", "'splice'")
+      end
+    end)
+
     it("refuses a proxy_protocol other than \"v1\", \"v2\" or false", function()
       for _, v in ipairs({ "true", '"v3"', '"V2"', "1", "{}" }) do
         assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, proxy_protocol = ' .. v .. ' }' }, 3,
