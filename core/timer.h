@@ -1,4 +1,4 @@
-/* Per-worker timers for downstream connections: a timer is 40 bytes inside its
+/* Per-worker timers for client and upstream connections: a timer is 40 bytes inside its
  * owner (a uv_timer_t is 152) and arming it is O(1), with no heap operation.
  *
  * Timers are kept in a few lists ordered by due time. Each list serves one
@@ -23,7 +23,7 @@ struct mg_timer_s {
   unsigned list;    /* 1 + index of its list; 0: not armed */
 };
 
-#define MG_TIMER_LISTS 8
+#define MG_TIMER_LISTS 16
 
 typedef struct {
   mg_timer_t *head, *tail;

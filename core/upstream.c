@@ -1,5 +1,6 @@
 #include "upstream.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 
 
@@ -11,12 +12,16 @@
 static const mg_h1_limits_t up_limits = { .head_max = 64 * 1024, .headers_max = 200, .uri_max = 0 };
 
 
-/* Two handles close: the timer and the transport. */
-static void handle_closed(mg_upconn_t *u) {
-  if (--u->handles == 0) free(u);
-}
-static void on_close(uv_handle_t *h) { handle_closed(h->data); }
-static void tp_closed(void *arg) { handle_closed(arg); }
+/* The transport is closed: the connection's memory goes (its timer is a worker
+ * timer, stopped at the close: no handle of its own). */
+static void tp_closed(void *arg) { free(arg); }
+
+#define UP_OF(t) ((mg_upconn_t *)((char *)(t) - offsetof(mg_upconn_t, timer)))
+
+/* The connection's one timer (timer.h: arming it is a list append, not a heap
+ * operation: it is re-armed several times per request). */
+static void on_timer(mg_timer_t *t);
+static void arm(mg_upconn_t *u, uint64_t ms) { mg_timer_start(&u->w->timers, &u->timer, ms, on_timer); }
 
 static void unpool(mg_upconn_t *u) {
   if (u->state != MG_UP_IDLE) return;
@@ -46,7 +51,7 @@ void mg_upstream_close(mg_upconn_t *u) {
   unpool(u);
   unlink_owner(u);
   u->state = MG_UP_CLOSED;
-  uv_close((uv_handle_t *)&u->timer, on_close);
+  mg_timer_stop(&u->w->timers, &u->timer);
   mg_tp_close(&u->tp);
 }
 
@@ -95,8 +100,8 @@ void mg_upstream_shutdown(mg_upconn_t *u) {
   mg_tp_shutdown(&u->tp);
 }
 
-static void on_timer(uv_timer_t *t) {
-  mg_upconn_t *u = t->data;
+static void on_timer(mg_timer_t *t) {
+  mg_upconn_t *u = UP_OF(t);
   switch (u->state) {
   case MG_UP_CONNECTING:
     fail(u, 1, 1);
@@ -118,11 +123,11 @@ static void on_timer(uv_timer_t *t) {
  * progress. */
 static void arm_rw(mg_upconn_t *u) {
   if (mg_outq_size(&u->tp.out)) {
-    uv_timer_start(&u->timer, on_timer, u->write_ms, 0);
+    arm(u, u->write_ms);
   } else if (u->owner && !u->sent_all && !u->got_bytes) {
-    uv_timer_stop(&u->timer);
+    mg_timer_stop(&u->w->timers, &u->timer);
   } else {
-    uv_timer_start(&u->timer, on_timer, u->read_ms, 0);
+    arm(u, u->read_ms);
   }
 }
 
@@ -409,9 +414,6 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
   if (!u) return UV_ENOMEM;
   u->w = w;
   u->pool = pool;
-  uv_timer_init(&w->loop, &u->timer);
-  u->timer.data = u;
-  u->handles = 2;
   u->state = MG_UP_CONNECTING;
   int rc = mg_tp_connect(&u->tp, &w->tp, (const struct sockaddr *)&s->addr, &tp_events, u);
   if (rc < 0) {
@@ -432,7 +434,7 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
     mg_tp_tls_client(&u->tp, ssl);
   }
   link_owner(u, l, cfg, s);
-  uv_timer_start(&u->timer, on_timer, l->connect_ms, 0);
+  arm(u, l->connect_ms);
   return 0;
 }
 
@@ -455,7 +457,7 @@ void mg_upstream_release(mg_upconn_t *u, int reusable) {
   u->paused = 0;
   u->idle_since = uv_now(&u->w->loop);
   mg_tp_read(&u->tp, 1);
-  uv_timer_start(&u->timer, on_timer, u->idle_ms, 0);
+  arm(u, u->idle_ms);
   if (p->nidle > p->max_idle && !uv_is_active((uv_handle_t *)&u->w->pool_timer))
     uv_timer_start(&u->w->pool_timer, mg_upstream_trim, MG_POOL_TRIM_MS, 0);
 }
@@ -489,7 +491,7 @@ int mg_upstream_flush(mg_upconn_t *u) {
    * the read timeout (see arm_rw); with nothing to write, no progress was made
    * and a running timeout stays as it is (a stopped one starts once the request
    * is complete) */
-  if (!u->paused && (had || !uv_is_active((uv_handle_t *)&u->timer))) arm_rw(u);
+  if (!u->paused && (had || !mg_timer_active(&u->timer))) arm_rw(u);
   return 0;
 }
 
@@ -500,7 +502,7 @@ void mg_upstream_pause(mg_upconn_t *u, int paused) {
     /* the upstream is not judged while it waits for the client, but the wait is
      * bounded (cut_slow_client); it restarts each time the client catches up */
     mg_tp_read(&u->tp, 0);
-    uv_timer_start(&u->timer, on_timer, u->paused_ms, 0);
+    arm(u, u->paused_ms);
   } else {
     mg_tp_read(&u->tp, 1);
     arm_rw(u);

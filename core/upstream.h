@@ -10,6 +10,7 @@
 #include "h1.h"
 #include "http.h"
 #include "mg.h"
+#include "timer.h"
 #include "transport.h"
 #include "wctx.h"
 
@@ -81,7 +82,7 @@ typedef struct {
 
 struct mg_upconn_s {
   mg_tp_t tp;        /* the byte stream: socket, TLS, output queue (transport.h) */
-  uv_timer_t timer;
+  mg_timer_t timer;  /* on the worker's timers (timer.h) */
   mg_worker_t *w;
   mg_pool_t *pool;
   mg_upconn_t *next_idle, *prev_idle;
@@ -100,7 +101,6 @@ struct mg_upconn_s {
   uint64_t spliced;    /* body bytes spliced for the current response (a debug line) */
   const mg_server_t *server;
   int state;
-  int handles;
   int reused;        /* came from the pool */
   int named;         /* began with a PROXY protocol header naming one client: never
                         pooled, so it never serves another */

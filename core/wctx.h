@@ -35,7 +35,7 @@ struct mg_worker_s {
   uv_prepare_t prepare; /* flushes the access log before the loop blocks */
   uv_timer_t drain_timer;
   uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */
-  mg_timers_t timers;    /* the downstream connections' timers */
+  mg_timers_t timers;    /* the client and upstream connections' timers */
   mg_tp_ctx_t tp;        /* what its transports share: loop, read buffers (below), the
                             in-memory network of a fuzz target (NULL: sockets) */
   atomic_int cmd;
