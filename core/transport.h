@@ -146,6 +146,10 @@ void mg_tp_tls_off(mg_tp_t *tp);
 void mg_tp_release_tickets(mg_tp_t *tp);
 /* Decrypted or still encrypted input waits inside the TLS session. */
 int mg_tp_input_pending(const mg_tp_t *tp);
+/* Input waits anywhere: in the TLS session, or unread in the socket (a peek; in
+ * memory: never). After a splice, whose last read took exactly what was due, it
+ * is what the peer sent after that. */
+int mg_tp_input_waiting(const mg_tp_t *tp);
 
 /* Starts (1) or stops (0) reading; a no-op when it already is so. */
 void mg_tp_read(mg_tp_t *tp, int on);
