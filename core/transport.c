@@ -259,8 +259,12 @@ static void input(mg_tp_t *tp, const char *p, size_t n) {
   }
   int rd = tp->discard ? 1 : tls_records(tp);
   if (tp->closing) return;
-  if (rd == 2) { /* close_notify: what follows it would only pile up */
-    mg_tp_read(tp, 0);
+  if (rd == 2) { /* close_notify */
+    /* what came before it in this read is handled as any read's is (a plain
+     * stream's FIN comes as a read of its own, after that) */
+    deliver_end(tp);
+    if (tp->closing) return;
+    mg_tp_read(tp, 0); /* what follows it would only pile up */
     tp->ev->eof(tp->owner);
     return;
   }

@@ -75,7 +75,8 @@ typedef struct {
   /* Plaintext read. Non-zero: deliver no more of this read (the owner is
    * ending, or changed what it is; no read_end follows). */
   int (*data)(void *owner, const char *p, size_t n);
-  /* Everything one socket read brought was delivered. */
+  /* Everything one socket read brought was delivered (also when it ended with a
+   * TLS close_notify: `eof` follows then). */
   void (*read_end)(void *owner);
   /* The peer is done sending (a FIN, or TLS close_notify). Reading has stopped. */
   void (*eof)(void *owner);
