@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -113,6 +114,14 @@ void mg_tp_release_tickets(mg_tp_t *tp) {
 
 int mg_tp_input_pending(const mg_tp_t *tp) {
   return tp->ssl && (SSL_pending(tp->ssl) > 0 || BIO_pending(SSL_get_rbio(tp->ssl)) > 0);
+}
+
+int mg_tp_input_waiting(const mg_tp_t *tp) {
+  if (mg_tp_input_pending(tp)) return 1;
+  int fd = -1;
+  char b;
+  if (tp->ctx->net || tp->closing || uv_fileno(&tp->io.handle, &fd) < 0) return 0;
+  return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 /* ---------------- the in-memory network ---------------- */
@@ -250,8 +259,12 @@ static void input(mg_tp_t *tp, const char *p, size_t n) {
   }
   int rd = tp->discard ? 1 : tls_records(tp);
   if (tp->closing) return;
-  if (rd == 2) { /* close_notify: what follows it would only pile up */
-    mg_tp_read(tp, 0);
+  if (rd == 2) { /* close_notify */
+    /* what came before it in this read is handled as any read's is (a plain
+     * stream's FIN comes as a read of its own, after that) */
+    deliver_end(tp);
+    if (tp->closing) return;
+    mg_tp_read(tp, 0); /* what follows it would only pile up */
     tp->ev->eof(tp->owner);
     return;
   }

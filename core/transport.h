@@ -75,7 +75,8 @@ typedef struct {
   /* Plaintext read. Non-zero: deliver no more of this read (the owner is
    * ending, or changed what it is; no read_end follows). */
   int (*data)(void *owner, const char *p, size_t n);
-  /* Everything one socket read brought was delivered. */
+  /* Everything one socket read brought was delivered (also when it ended with a
+   * TLS close_notify: `eof` follows then). */
   void (*read_end)(void *owner);
   /* The peer is done sending (a FIN, or TLS close_notify). Reading has stopped. */
   void (*eof)(void *owner);
@@ -146,6 +147,10 @@ void mg_tp_tls_off(mg_tp_t *tp);
 void mg_tp_release_tickets(mg_tp_t *tp);
 /* Decrypted or still encrypted input waits inside the TLS session. */
 int mg_tp_input_pending(const mg_tp_t *tp);
+/* Input waits anywhere: in the TLS session, or unread in the socket (a peek; in
+ * memory: never). After a splice, whose last read took exactly what was due, it
+ * is what the peer sent after that. */
+int mg_tp_input_waiting(const mg_tp_t *tp);
 
 /* Starts (1) or stops (0) reading; a no-op when it already is so. */
 void mg_tp_read(mg_tp_t *tp, int on);

@@ -288,7 +288,9 @@ static void tp_spliced(void *arg, size_t n, uint64_t left) {
   if (u->state != MG_UP_ACTIVE || !u->owner || left) return;
   MG_DEBUG(u->w->id, "req %s: upstream %s: %llu body bytes spliced", u->rid, u->server->text,
            (unsigned long long)u->spliced);
-  finish(u, 0);
+  /* the last splice took exactly the body: what the server sent after it waits in
+   * the socket, where a read would have found it with the body's end */
+  finish(u, mg_tp_input_waiting(&u->tp));
 }
 
 void mg_upstream_splice(mg_upconn_t *u, mg_tp_t *to) {

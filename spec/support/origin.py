@@ -41,6 +41,8 @@ Behaviour by path on the main port (the query string is ignored for routing):
   /slow-body/S    send a head with Content-Length: 10, wait S seconds, send body
   /slow-read/S    wait S seconds before reading the request body, then /echo
   /fill/N         N bytes of "x" with Content-Length, as fast as possible
+  /extra/N        /bytes/N followed, in the same write, by 16 bytes that belong
+                  to no response (a broken server); the connection stays open
   /status/N       status N; 204/304 without body (304 carries Content-Length);
                   1xx (not 101): the interim response, then 200 "final after N\n"
   /reset          close without answering; /reset-rst: the same with an RST
@@ -217,6 +219,13 @@ async def respond(writer, req, keep):
                                                   ("Content-Length", len(body))] + conn_hdr))
         if not head_only:
             await send_body_plain(writer, body)
+        return keep
+
+    if kind == "/extra":
+        body = pattern(int(arg))
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
+                                                  ("Content-Length", len(body))] + conn_hdr)
+                   + (b"" if head_only else body + b"EXTRA-BYTES-0123"))
         return keep
 
     if kind == "/short":
