@@ -939,7 +939,7 @@ static void start_upstream(mg_req_t *r) {
     mg_up_link_t link = {
       .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
       .is_head = r->method == HTTP_HEAD, .sent_all = r->complete, .upgrade = r->upgrade,
-      .may_splice = u->splice && !r->down->ssl && r->down->tp && r->method != HTTP_HEAD && !r->upgrade &&
+      .may_splice = u->splice && !u->tls && !r->down->ssl && r->down->tp && r->method != HTTP_HEAD && !r->upgrade &&
                     !mg_hook_on(r->gen, r->route, MG_HOOK_BODY),
       .tunnel_ms = r->gen->timeouts.tunnel,
       .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,

@@ -348,6 +348,7 @@ static void splice_step(mg_tp_t *tp) {
     int in = -1, out = -1;
     if (ctx->pipe[0] < 0 || uv_fileno(&tp->io.handle, &in) < 0 || uv_fileno(&to->io.handle, &out) < 0) {
       mg_tp_splice_stop(tp);
+      mg_tp_read(tp, 0); /* libuv did not see the end itself: it would go on reading */
       input_end(tp, UV_EPIPE);
       return;
     }
@@ -357,6 +358,7 @@ static void splice_step(mg_tp_t *tp) {
     if (n <= 0) {
       int err = n == 0 ? UV_EOF : -errno;
       mg_tp_splice_stop(tp);
+      mg_tp_read(tp, 0);
       input_end(tp, err);
       return;
     }
@@ -379,12 +381,14 @@ static void splice_step(mg_tp_t *tp) {
         if (r < 0 && errno == EINTR) continue;
         pipe_broken(ctx);
         mg_tp_splice_stop(tp);
+        mg_tp_read(tp, 0);
         input_end(tp, UV_EPIPE);
         return;
       }
       if (!to->closing && mg_outq_append(&to->out, ctx->rbuf, (size_t)r) < 0) {
         pipe_broken(ctx);
         mg_tp_splice_stop(tp);
+        mg_tp_read(tp, 0);
         input_end(tp, MG_ENOMEM);
         return;
       }

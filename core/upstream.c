@@ -306,6 +306,11 @@ static void tp_eof(void *arg) {
 
 static void tp_error(void *arg, int err, const char *why) {
   mg_upconn_t *u = arg;
+  if (u->state == MG_UP_CONNECTING) { /* e.g. no memory for the handshake's records */
+    MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text, why);
+    fail(u, 1, 0);
+    return;
+  }
   if (u->state != MG_UP_ACTIVE || !u->owner) {
     mg_upstream_close(u);
     return;
