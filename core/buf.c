@@ -207,6 +207,36 @@ int mg_outq_send_more(mg_outq_t *q, int fd) {
   return 0;
 }
 
+int mg_outq_write_through(mg_outq_t *q, const char *p, size_t len) {
+  if (!q->stream || q->enc || q->writes || q->above) return mg_outq_append(q, p, len);
+  uv_buf_t iov[MAX_IOV];
+  unsigned n = 0;
+  for (mg_block_t *b = q->head; b && n < MAX_IOV - 1; b = b->next)
+    iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+  if (n == MAX_IOV - 1) return mg_outq_append(q, p, len); /* a long queue: no shortcut */
+  iov[n++] = uv_buf_init((char *)p, (unsigned)len);
+  int rc = uv_try_write(q->stream, iov, n);
+  if (rc < 0) return mg_outq_append(q, p, len); /* EAGAIN, or an error the flush reports */
+  size_t done = (size_t)rc;
+  /* the queued bytes went first */
+  while (done > 0 && q->head) {
+    mg_block_t *b = q->head;
+    size_t left = b->len - b->off;
+    if (done < left) {
+      b->off += done;
+      q->pending -= done;
+      return mg_outq_append(q, p, len);
+    }
+    done -= left;
+    q->pending -= left;
+    q->head = b->next;
+    if (!q->head) q->tail = NULL;
+    b->next = NULL;
+    free_blocks(b);
+  }
+  return done < len ? mg_outq_append(q, p + done, len - done) : 0;
+}
+
 int mg_outq_has_output(const mg_outq_t *q) {
   return q->pending > 0 || (q->enc && q->enc->more(q));
 }

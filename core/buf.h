@@ -76,6 +76,10 @@ void mg_outq_written(mg_outq_t *q, size_t bytes, int status);
  * head), as far as it takes it now; only when a flush would write synchronously
  * too (no encoder, nothing in flight). 0 or a negative errno. */
 int mg_outq_send_more(mg_outq_t *q, int fd);
+/* Appends p, or writes it right away behind what is pending (one writev) when a
+ * flush would write synchronously now: a large piece then costs no copy. What the
+ * kernel does not take is appended. 0 or MG_ENOMEM. */
+int mg_outq_write_through(mg_outq_t *q, const char *p, size_t len);
 /* True when a flush has something to write (with an encoder: its own bytes too). */
 int mg_outq_has_output(const mg_outq_t *q);
 /* Frees this thread's spare blocks (a worker thread calls it before it ends). */

@@ -126,9 +126,16 @@ static int req_sink_end(void *ctx) {
 }
 
 /* The response chain's sink: the client's queue, framed as the head sent said. */
+#define WRITE_THROUGH_MIN (16 * 1024)
 static int resp_sink(void *ctx, const char *p, size_t n) {
   mg_req_t *r = ctx;
   mg_outq_t *q = r->down->out;
+  /* a large piece framed by length goes out now, from where it was read, behind
+   * the head: no copy into the queue (what the kernel does not take is queued) */
+  if (!r->rchunked && n >= WRITE_THROUGH_MIN) {
+    r->bytes_out += n;
+    return mg_outq_write_through(q, p, n) < 0 ? -1 : 0;
+  }
   size_t before = mg_outq_size(q);
   append_body(q, p, n, r->rchunked);
   r->bytes_out += mg_outq_size(q) - before;
