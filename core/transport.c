@@ -526,7 +526,6 @@ static void init(mg_tp_t *tp, mg_tp_ctx_t *ctx, const mg_tp_events_t *ev, void *
   if (ctx->net) uv_timer_init(ctx->loop, &tp->io.mem);
   else uv_tcp_init(ctx->loop, &tp->io.tcp);
   tp->io.handle.data = tp;
-  tp->connect_req.data = tp;
   if (!ctx->net) tp->out.stream = &tp->io.stream;
 }
 
@@ -570,15 +569,16 @@ void mg_tp_mem_connected(mg_tp_t *tp, int status) {
   connected(tp);
 }
 
-int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
-                  void *owner) {
+int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_connect_t *req, const struct sockaddr *addr,
+                  const mg_tp_events_t *ev, void *owner) {
   init(tp, ctx, ev, owner);
   tp->upstream = 1;
   if (ctx->net) {
     ctx->net->opened(ctx->net, tp, 1);
     return 0;
   }
-  return uv_tcp_connect(&tp->connect_req, &tp->io.tcp, addr, on_connect);
+  req->data = tp;
+  return uv_tcp_connect(req, &tp->io.tcp, addr, on_connect);
 }
 
 static int mem_addr(struct sockaddr_storage *ss, int port) {

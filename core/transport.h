@@ -106,7 +106,6 @@ struct mg_tp_s {
     uv_tcp_t tcp;
     uv_timer_t mem; /* in memory: the handle that closes and completes writes */
   } io;
-  uv_connect_t connect_req;
   mg_outq_t out;      /* plaintext to send (owners append, then mg_tp_flush) */
   mg_tp_tls_t tls;    /* the queue's encoder state while TLS is on */
   SSL *ssl;           /* the TLS session (memory BIOs); NULL: plain */
@@ -115,7 +114,7 @@ struct mg_tp_s {
   void *owner;
   mg_tp_t *splice_to;       /* splicing: where the bytes read go, splice_left of them */
   uint64_t splice_left;
-  size_t read_cap;          /* reads take at most this much (0: the read buffer's size) */
+  uint32_t read_cap;        /* reads take at most this much (0: the read buffer's size) */
   mg_block_t *mem_inflight; /* in memory: written, completing on the next loop turn */
   size_t mem_bytes;
   unsigned reading : 1;
@@ -132,9 +131,11 @@ struct mg_tp_s {
 int mg_tp_accept(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
                  void *owner);
 /* An upstream connection to addr: `ready` follows (after the TLS handshake when
- * mg_tp_tls_client was called before the connect completes). 0 or a libuv error. */
-int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, const struct sockaddr *addr, const mg_tp_events_t *ev,
-                  void *owner);
+ * mg_tp_tls_client was called before the connect completes). `req` is the
+ * owner's, kept until `ready` or `closed` (client connections do not carry
+ * one). 0 or a libuv error. */
+int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_connect_t *req, const struct sockaddr *addr,
+                  const mg_tp_events_t *ev, void *owner);
 /* Makes the stream TLS: as the server (handshake on the first bytes read) or
  * the client (handshake once connected). The transport owns ssl from now on. */
 void mg_tp_tls_server(mg_tp_t *tp, SSL *ssl);

@@ -422,7 +422,7 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
   u->w = w;
   u->pool = pool;
   u->state = MG_UP_CONNECTING;
-  int rc = mg_tp_connect(&u->tp, &w->tp, (const struct sockaddr *)&s->addr, &tp_events, u);
+  int rc = mg_tp_connect(&u->tp, &w->tp, &u->connect_req, (const struct sockaddr *)&s->addr, &tp_events, u);
   if (rc < 0) {
     mg_upstream_close(u);
     return rc;

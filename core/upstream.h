@@ -83,6 +83,7 @@ typedef struct {
 struct mg_upconn_s {
   mg_tp_t tp;        /* the byte stream: socket, TLS, output queue (transport.h) */
   mg_timer_t timer;  /* on the worker's timers (timer.h) */
+  uv_connect_t connect_req;
   mg_worker_t *w;
   mg_pool_t *pool;
   mg_upconn_t *next_idle, *prev_idle;
