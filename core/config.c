@@ -475,6 +475,7 @@ static int walk(walk_t *w, mg_gen_t *g) {
     { "request", &t->request },
     { "upstream_paused", &t->upstream_paused },
     { "tunnel", &t->tunnel },
+    { "hook", &t->hook },
   };
   for (size_t i = 0; i < sizeof(tk) / sizeof(tk[0]); i++) {
     double v;

@@ -68,6 +68,7 @@ typedef struct {
   uint64_t client_header, client_body, keepalive, send;
   uint64_t upstream_connect, upstream_read, upstream_write, drain, handshake; /* milliseconds */
   uint64_t request;         /* whole request, first byte to last body byte; 0: off */
+  uint64_t hook;            /* a hook that waits (mg.sleep) must be done within it */
   uint64_t upstream_paused; /* an upstream connection paused for a client that does
                                not take the response */
   uint64_t tunnel;          /* an upgraded connection (WebSocket) with no byte either way */

@@ -13,6 +13,10 @@
 #define LINGER_MS 2000
 
 static mg_head_t *begin_request(void *owner);
+static void head_done(mg_conn_t *c);
+static void hook_wait_begin(mg_conn_t *c, const char *data, size_t len);
+static void feed_on(mg_conn_t *c, const char *data, size_t len);
+static void op_resume(void *arg);
 
 /* ---------------- timers ----------------
  * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
@@ -162,6 +166,8 @@ void mg_conn_update_reading(mg_conn_t *c) {
   case MG_CS_BODY:
     /* saved: requests that wait for the output to drain come before new bytes */
     want = !c->down.up_blocked && !mg_outq_full(&c->tp.out) && !c->saved;
+    /* a hook waits: what comes meanwhile is kept, up to a bound */
+    if (c->hook_wait) want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->tp.out);
     break;
   case MG_CS_WAIT:
     want = !c->rd_eof && c->saved_len < MG_PIPELINE_MAX && !mg_outq_full(&c->tp.out);
@@ -513,12 +519,62 @@ static int request_head(mg_conn_t *c) {
   if (m->body == MG_BODY_LENGTH) r->content_length = m->content_length;
   int status = mg_proxy_head(r);
   if (status || c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return status;
+  head_done(c);
+  return 0;
+}
+
+/* The head phase is over: the body, if one follows, is read from now on. */
+static void head_done(mg_conn_t *c) {
+  mg_req_t *r = c->req;
   if (c->state == MG_CS_HEAD &&
       (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0))) {
     c->state = MG_CS_BODY;
     body_start(c);
   }
-  return 0;
+}
+
+/* A hook of the head phase waits (mg.sleep): the rest of this read is kept, the
+ * header timer stops (the head is in), the request clock is held (the wait is
+ * not the client's: timeouts.hook bounds it). */
+static void hook_wait_begin(mg_conn_t *c, const char *data, size_t len) {
+  c->hook_wait = 1;
+  if (len) save(c, data, len);
+  if (c->state == MG_CS_CLOSED) return;
+  mg_timer_stop(&c->w->timers, &c->timer);
+  body_hold(c, 1);
+  mg_conn_update_reading(c);
+}
+
+/* The exchange's head phase may go on (down ops `resume`): its answer is taken as
+ * if it came from the parse it interrupted, then what waited is parsed. */
+static void op_resume(void *arg) {
+  mg_conn_t *c = arg;
+  if (!c->hook_wait || c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER || !c->req) return;
+  c->hook_wait = 0;
+  body_hold(c, 0);
+  c->body_timing = 0;
+  c->done_pending = 0;
+  c->down.in_parser = 1;
+  int status = mg_proxy_head_resume(c->req);
+  c->down.in_parser = 0;
+  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
+  if (status == MG_PROXY_WAIT) { /* it waits again, or a respond function after the request hook does */
+    hook_wait_begin(c, NULL, 0);
+    return;
+  }
+  if (status) {
+    refuse_request(c, status, NULL);
+    return;
+  }
+  head_done(c);
+  char *s = c->saved;
+  size_t n = c->saved_len;
+  c->saved = NULL;
+  c->saved_len = 0;
+  feed_on(c, s ? s : "", n);
+  free(s);
+  after_feed(c);
+  if (c->state != MG_CS_CLOSED) parser_idle(c);
 }
 
 /* The request is read in full. */
@@ -537,11 +593,16 @@ static void request_end(mg_conn_t *c) {
  * request finished meanwhile is completed here (done_pending). `data` may be
  * c->saved's old buffer: it stays valid. */
 static void feed(mg_conn_t *c, const char *data, size_t len) {
+  c->done_pending = 0;
+  feed_on(c, data, len);
+}
+
+/* feed() without forgetting a request finished before it (op_resume). */
+static void feed_on(mg_conn_t *c, const char *data, size_t len) {
   if (!parser_get(c)) {
     mg_conn_close(c);
     return;
   }
-  c->done_pending = 0;
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
     mg_h1_ev_t ev;
     c->down.in_parser = 1;
@@ -558,6 +619,11 @@ static void feed(mg_conn_t *c, const char *data, size_t len) {
       return;
     case MG_H1_HEAD:
       status = request_head(c);
+      if (status == MG_PROXY_WAIT) { /* a hook waits: parsing stops here until it is done */
+        c->down.in_parser = 0;
+        hook_wait_begin(c, data, len);
+        return;
+      }
       break;
     case MG_H1_BODY:
       status = mg_proxy_body(c->req, ev.p, ev.len);
@@ -612,6 +678,13 @@ static void on_eof(mg_conn_t *c) {
     c->rd_eof = 1;
     return;
   }
+  /* a hook waits for this request: a client that ends its side now has gone
+   * (nginx's 499, without proxy_ignore_client_abort): the hook is dropped */
+  if (c->hook_wait) {
+    MG_INFO(c->w->id, "%s: the client closed while a hook of its request waited: cancelled", c->client);
+    mg_conn_close(c);
+    return;
+  }
   if (c->state == MG_CS_TUNNEL) { /* the upstream gets the FIN; its close ends the tunnel */
     c->rd_eof = 1;
     mg_proxy_tunnel_eof(c->req);
@@ -636,7 +709,7 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
   /* pipelined: kept until the current request is done, or behind the requests
    * held back while the output is full (TLS hands over the rest of a read record
    * by record, after feed() stopped: those must not jump the queue) */
-  if (c->state == MG_CS_WAIT || c->saved) {
+  if (c->state == MG_CS_WAIT || c->saved || c->hook_wait) {
     save(c, p, n);
     return;
   }
@@ -922,7 +995,7 @@ static void op_local_addr(void *arg) {
 static const mg_down_ops_t down_ops = {
   .flush = op_flush, .done = op_done, .close = op_close,
   .close_after_flush = op_close_after_flush, .reading = op_reading, .tunnel = op_tunnel,
-  .local_addr = op_local_addr,
+  .local_addr = op_local_addr, .resume = op_resume,
 };
 
 static const mg_tp_events_t tp_events = {

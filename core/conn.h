@@ -50,6 +50,8 @@ struct mg_conn_s {
   unsigned quick_close : 1;  /* LINGER without lingering: close once the output is written */
   unsigned fresh : 1;        /* the TLS handshake ended in this read (tickets) */
   unsigned listed : 1;       /* in the worker's list (the accept succeeded) */
+  unsigned hook_wait : 1;    /* the head phase waits in a hook: nothing more is parsed (what
+                                comes is kept in saved) until the exchange resumes it */
   unsigned lead : 1;         /* the codec took bytes before a request began (an empty line's
                                 CR): it keeps its state, the connection keeps it */
   unsigned served : 1;       /* a request was answered: idle now means keep-alive */

@@ -2,7 +2,9 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -140,21 +142,40 @@ static void drop_coroutine(mg_lreq_t *r, int reusable) {
 
 static const char *hook_names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
 
-int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
+static void on_wait_timer(mg_timer_t *t);
+static void on_budget(mg_timer_t *t);
+
+#define LREQ_OF(t, field) ((mg_lreq_t *)((char *)(t) - offsetof(mg_lreq_t, field)))
+
+/* A hook's function yielded (runtime.wait): what it waits for is on the
+ * coroutine's stack. 0 when the wait is set up, else -1 and *why. */
+static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
   mg_wgen_t *g = r->wg;
-  lua_State *co = req_coroutine(r);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
-  lua_pushinteger(co, hook);
-  /* the pointer as a number: LuaJIT compiles ffi.cast from a number, not from a
-   * lightuserdata (x86-64 user addresses fit in a double exactly) */
-  lua_pushnumber(co, (lua_Number)(uintptr_t)r->owner);
-  /* the request's number: the Lua side reuses one request object per coroutine
-   * and resets it when this changes */
-  lua_pushnumber(co, (lua_Number)r->seq);
-  lua_pushinteger(co, r->co_ref); /* the coroutine's slot: one request object each */
-  lua_pushinteger(co, r->route);
-  if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
-  else lua_pushnil(co);
+  if (!mg_lua_may_wait(hook)) {
+    *why = "this hook cannot wait yet (request hooks and respond functions can)";
+    return -1;
+  }
+  const char *kind = lua_tostring(co, 1);
+  if (!kind || strcmp(kind, "sleep") != 0 || lua_type(co, 2) != LUA_TNUMBER) {
+    *why = "a hook yielded: only the moongate API may suspend a hook (mg.sleep)";
+    return -1;
+  }
+  double secs = lua_tonumber(co, 2);
+  uint64_t ms = secs > 0 ? (secs > 1e7 ? (uint64_t)1e10 : (uint64_t)(secs * 1000.0 + 0.5)) : 0;
+  lua_settop(co, 0);
+  mg_timers_t *ts = &g->w->timers;
+  mg_timer_start(ts, &r->wait_timer, ms, on_wait_timer);
+  if (!r->waiting) { /* the hook's budget runs from its first wait */
+    mg_timer_start(ts, &r->budget, g->gen->timeouts.hook, on_budget);
+    r->waiting = 1;
+    r->wait_hook = hook;
+  }
+  return 0;
+}
+
+/* Runs (or resumes) r's coroutine with nargs arguments on its stack. */
+static int run(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk) {
+  mg_wgen_t *g = r->wg;
   int saved = r->phase;
   r->phase = hook;
   /* the main thread's watchdog reads these to report a hook that does not return */
@@ -163,7 +184,7 @@ int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
   atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
   void *outer = g->w->hook_req;
   g->w->hook_req = r->owner;
-  int st = lua_resume(co, 6);
+  int st = lua_resume(co, nargs);
   g->w->hook_req = outer;
   atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
   r->phase = saved;
@@ -179,17 +200,80 @@ int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
     lua_settop(co, 0);
     return 0;
   }
-  const char *msg = st == LUA_YIELD ? "a hook yielded: hooks cannot wait on I/O yet"
-                                    : lua_tostring(co, -1);
+  const char *msg = NULL;
+  if (st == LUA_YIELD) {
+    if (start_wait(r, co, hook, &msg) == 0) return MG_LUA_WAIT;
+  } else {
+    msg = lua_tostring(co, -1);
+  }
   luaL_traceback(g->L, co, msg ? msg : "(error object is not a string)", 0);
   MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id, hook_names[hook], lua_tostring(g->L, -1));
   lua_pop(g->L, 1);
-  drop_coroutine(r, 0); /* a coroutine that raised is dead */
+  mg_lua_cancel(r);
+  drop_coroutine(r, 0); /* a coroutine that raised (or yielded wrongly) is done for */
   return -1;
+}
+
+int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
+  mg_wgen_t *g = r->wg;
+  if (r->waiting) mg_lua_cancel(r); /* a new phase: the wait before it is over */
+  lua_State *co = req_coroutine(r);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, g->entry_ref);
+  lua_pushinteger(co, hook);
+  /* the pointer as a number: LuaJIT compiles ffi.cast from a number, not from a
+   * lightuserdata (x86-64 user addresses fit in a double exactly) */
+  lua_pushnumber(co, (lua_Number)(uintptr_t)r->owner);
+  /* the request's number: the Lua side reuses one request object per coroutine
+   * and resets it when this changes */
+  lua_pushnumber(co, (lua_Number)r->seq);
+  lua_pushinteger(co, r->co_ref); /* the coroutine's slot: one request object each */
+  lua_pushinteger(co, r->route);
+  if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
+  else lua_pushnil(co);
+  return run(r, hook, co, 6, chunk);
+}
+
+/* What the hook waits for is there: the exchange is told, and resumes the hook
+ * (mg_lua_resume) where it runs hooks, so that what the hook then does is
+ * handled as when it ran the first time. */
+static void on_wait_timer(mg_timer_t *t) {
+  mg_lreq_t *r = LREQ_OF(t, wait_timer);
+  if (!r->waiting || !r->co) return;
+  r->waited(r->owner, 0); /* may free r */
+}
+
+int mg_lua_resume(mg_lreq_t *r) {
+  if (!r->waiting || !r->co) return -1;
+  lua_pushboolean(r->co, 1); /* mg.sleep returns true */
+  int rc = run(r, r->wait_hook, r->co, 1, NULL);
+  if (rc == MG_LUA_WAIT) return rc;
+  mg_timer_stop(&r->wg->w->timers, &r->budget);
+  r->waiting = 0;
+  return rc;
+}
+
+/* timeouts.hook: the hook is dropped where it waits. */
+static void on_budget(mg_timer_t *t) {
+  mg_lreq_t *r = LREQ_OF(t, budget);
+  mg_wgen_t *g = r->wg;
+  MG_WARN(g->w->id, "req %s: %s hook still waiting after timeouts.hook (%.3g s): dropped", r->id,
+          hook_names[r->wait_hook], (double)g->gen->timeouts.hook / 1000.0);
+  mg_lua_cancel(r);
+  r->waited(r->owner, MG_LUA_TIMEOUT); /* may free r */
+}
+
+void mg_lua_cancel(mg_lreq_t *r) {
+  if (!r->waiting) return;
+  mg_timers_t *ts = &r->wg->w->timers;
+  mg_timer_stop(ts, &r->wait_timer);
+  mg_timer_stop(ts, &r->budget);
+  r->waiting = 0;
+  drop_coroutine(r, 0); /* suspended: never reused, the collector takes it */
 }
 
 void mg_lua_req_done(mg_lreq_t *r) {
   mg_wgen_t *g = r->wg;
+  mg_lua_cancel(r);
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
   r->chunk_ref = LUA_NOREF;
   drop_coroutine(r, 1);

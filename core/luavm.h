@@ -10,6 +10,7 @@
 #include "config.h"
 #include "mg_hooks.h"
 #include "mg.h"
+#include "timer.h"
 
 typedef struct mg_wgen_s {
   mg_gen_t *gen;
@@ -30,6 +31,12 @@ typedef struct mg_wgen_s {
  * coroutine, the last chunk a body hook returned, and the hook running now. The
  * exchange fills in wg, seq, route, id and owner when the request begins; the
  * rest is luavm's. */
+/* What mg_lua_hook gives besides 0 and -1, and what `waited` may say. */
+enum {
+  MG_LUA_WAIT = 1,     /* the hook waits (mg.sleep): `waited` tells when it is over */
+  MG_LUA_TIMEOUT = -2, /* (waited) timeouts.hook ran out while it waited: it was dropped */
+};
+
 typedef struct {
   mg_wgen_t *wg;
   lua_State *co;
@@ -39,6 +46,14 @@ typedef struct {
   int phase;             /* the MG_HOOK_* running now, -1 outside hooks */
   const char *id;        /* the request id, for log lines */
   void *owner;           /* the request: handed to Lua, and what the FFI API serves */
+  /* A hook that waits: its coroutine is suspended, the phase it runs in is
+   * `wait_hook`; wait_timer ends the wait (mg.sleep), budget ends the hook
+   * (timeouts.hook). `waited` (set by the exchange) hears that the wait is over
+   * (0: resume it with mg_lua_resume) or that the hook was dropped
+   * (MG_LUA_TIMEOUT). Never called for a wait that is cancelled. */
+  int waiting, wait_hook;
+  mg_timer_t wait_timer, budget;
+  void (*waited)(void *owner, int rc);
 } mg_lreq_t;
 
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
@@ -50,11 +65,20 @@ void mg_wgen_ref(mg_wgen_t *g);
 void mg_wgen_unref(mg_wgen_t *g);
 
 /* Runs hook `hook` for r (the route's and the global ones). Returns 0, or -1 when
- * the hook failed (logged with its traceback; the caller answers 500). `chunk`
- * is for the body hook: in, the chunk; out, the replacement if the hook gave one
- * (valid until the next call). */
+ * the hook failed (logged with its traceback; the caller answers 500), or, for
+ * the hooks that may wait (mg_lua_may_wait), MG_LUA_WAIT: r->waited follows.
+ * `chunk` is for the body hook: in, the chunk; out, the replacement if the hook
+ * gave one (valid until the next call). */
 int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk);
-/* The request ends: releases its coroutine and Lua object. */
+/* The hooks whose functions may wait (mg.sleep) so far: request, and a route's
+ * respond function. Any other hook that tries fails (500). */
+static inline int mg_lua_may_wait(int hook) { return hook == MG_HOOK_REQUEST || hook == MG_HOOK_RESPOND; }
+/* Resumes a hook whose wait is over (`waited` said 0): 0 when it is done, -1
+ * when it failed (logged), MG_LUA_WAIT when it waits again. */
+int mg_lua_resume(mg_lreq_t *r);
+/* A waiting hook is dropped (its client went away): no `waited` call. */
+void mg_lua_cancel(mg_lreq_t *r);
+/* The request ends: releases its coroutine and Lua object (cancels a wait). */
 void mg_lua_req_done(mg_lreq_t *r);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
 int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);

@@ -17,6 +17,7 @@
 #include "wctx.h"
 
 static void start_upstream(mg_req_t *r);
+static void hook_waited(void *owner, int rc);
 static void up_ready(void *owner);
 static int tunnel_start(mg_req_t *r, const mg_header_t *connection);
 static const mg_up_events_t up_events;
@@ -218,6 +219,9 @@ mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   r->lua.phase = -1;
   r->lua.id = r->id;
   r->lua.owner = r;
+  r->lua.waiting = 0;
+  r->lua.waited = hook_waited;
+  r->hook_wait = 0;
   r->pick = -1;
   mg_outq_init(&r->upq, NULL, NULL);
   mg_fchain_init(&r->req_chain, req_sink, req_sink_end, r);
@@ -822,6 +826,9 @@ static void redirect_https(mg_req_t *r, int port) {
   mg_proxy_answer(r, status, head, (size_t)n, NULL, 0);
 }
 
+static int request_hooked(mg_req_t *r, int rc);
+static int after_request(mg_req_t *r);
+
 int mg_proxy_head(mg_req_t *r) {
   int status;
   /* the codec finished the head (h1.c): its slices are in place */
@@ -849,23 +856,52 @@ int mg_proxy_head(mg_req_t *r) {
   r->route = rt;
   r->lua.route = rt ? (int)(rt - r->gen->routes) + 1 : 0;
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
-    if (mg_lua_hook(&r->lua, MG_HOOK_REQUEST, NULL) < 0) {
-      if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
-      return 0;
+    int rc = mg_lua_hook(&r->lua, MG_HOOK_REQUEST, NULL);
+    if (rc == MG_LUA_WAIT) {
+      r->hook_wait = MG_HOOK_REQUEST + 1;
+      return MG_PROXY_WAIT;
     }
-    if (r->rstate != MG_RS_NONE) return 0; /* the hook answered */
+    return request_hooked(r, rc);
   }
+  return after_request(r);
+}
+
+/* The request hook ended (at once, or after waiting): 0, -1, MG_LUA_TIMEOUT. */
+static int request_hooked(mg_req_t *r, int rc) {
+  if (rc < 0) {
+    if (r->rstate == MG_RS_NONE) mg_proxy_error(r, rc == MG_LUA_TIMEOUT ? 504 : 500, 0); /* else keep the answer */
+    return 0;
+  }
+  if (r->rstate != MG_RS_NONE) return 0; /* the hook answered */
+  return after_request(r);
+}
+
+/* A route's respond function ended. */
+static int responded(mg_req_t *r, int rc) {
+  if (rc < 0) {
+    if (r->rstate == MG_RS_NONE) mg_proxy_error(r, rc == MG_LUA_TIMEOUT ? 504 : 500, 0); /* else keep the answer */
+  } else if (r->rstate == MG_RS_NONE) {
+    MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
+    mg_proxy_error(r, 500, 0);
+  }
+  return 0;
+}
+
+/* After the request hooks: an answer of the route's, or the upstream. */
+static int after_request(mg_req_t *r) {
+  mg_down_t *c = r->down;
+  const mg_route_t *rt = r->route;
   if (r->upstream < 0 && rt) r->upstream = rt->upstream; /* req:set_upstream wins */
   if (r->upstream < 0) {
     if (!rt) {
       mg_proxy_error(r, 404, 0);
     } else if (rt->hooks & (1u << MG_HOOK_RESPOND)) {
-      if (mg_lua_hook(&r->lua, MG_HOOK_RESPOND, NULL) < 0) {
-        if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 0); /* else keep the answer given */
-      } else if (r->rstate == MG_RS_NONE) {
-        MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
-        mg_proxy_error(r, 500, 0);
+      int rc = mg_lua_hook(&r->lua, MG_HOOK_RESPOND, NULL);
+      if (rc == MG_LUA_WAIT) {
+        r->hook_wait = MG_HOOK_RESPOND + 1;
+        return MG_PROXY_WAIT;
       }
+      return responded(r, rc);
     } else {
       mg_proxy_answer(r, rt->status, rt->resp_head, rt->resp_head_len, rt->resp_body, rt->resp_body_len);
     }
@@ -877,6 +913,28 @@ int mg_proxy_head(mg_req_t *r) {
   }
   start_upstream(r);
   return 0;
+}
+
+int mg_proxy_head_resume(mg_req_t *r) {
+  int hook = r->hook_wait - 1, rc = r->hook_rc;
+  r->hook_wait = 0;
+  if (rc != MG_LUA_TIMEOUT) rc = mg_lua_resume(&r->lua); /* the hook goes on, here */
+  if (rc == MG_LUA_WAIT) {
+    r->hook_wait = hook + 1;
+    return MG_PROXY_WAIT;
+  }
+  if (rc == MG_LUA_TIMEOUT)
+    MG_WARN(r->w->id, "req %s: %s hook of route %d took longer than timeouts.hook: 504", r->id,
+            hook == MG_HOOK_REQUEST ? "request" : "respond", r->lua.route);
+  return hook == MG_HOOK_REQUEST ? request_hooked(r, rc) : responded(r, rc);
+}
+
+/* luavm: the wait is over (or the hook was dropped): the connection resumes the
+ * head phase, outside any parse, and mg_proxy_head_resume runs the hook on. */
+static void hook_waited(void *owner, int rc) {
+  mg_req_t *r = owner;
+  r->hook_rc = rc;
+  r->down->ops->resume(r->down->conn);
 }
 
 /* Where request body bytes go: the live upstream queue, or the waiting one. */

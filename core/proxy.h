@@ -34,6 +34,9 @@ typedef struct {
   void (*tunnel)(void *conn);            /* a 101 went out: from now on the client's bytes
                                             go to mg_proxy_tunnel_in as they are */
   void (*local_addr)(void *conn);        /* fill `local` in (getsockname), once asked */
+  /* the head phase waited (mg_proxy_head gave MG_PROXY_WAIT) and may go on: the
+   * connection calls mg_proxy_head_resume, outside any parse */
+  void (*resume)(void *conn);
 } mg_down_ops_t;
 
 /* A socket address of either family, in the room of an IPv6 one (a
@@ -110,6 +113,8 @@ struct mg_req_s {
   unsigned upgrade : 1;         /* the client asks to upgrade (Upgrade + Connection: upgrade) */
   unsigned tunnel : 1;          /* a 101 came: bytes pass as they are, both ways */
   unsigned upreq_hooked : 1;    /* the upstream_request hook ran */
+  int hook_wait;                /* the head phase waits in this hook (MG_HOOK_*+1; 0: none) */
+  int hook_rc;                  /* how the hook that waited ended (luavm.h: 0, -1, MG_LUA_TIMEOUT) */
 
   /* upstream */
   const mg_route_t *route;
@@ -143,6 +148,11 @@ void mg_req_dispose(mg_req_t *r);
 /* The head is parsed: validate, route, answer or start the upstream exchange.
  * Returns 0, or an HTTP status (4xx/5xx) to answer with before closing. */
 int mg_proxy_head(mg_req_t *r);
+/* mg_proxy_head's answer while a hook of the head phase waits (mg.sleep): the
+ * connection parses no further until down->ops->resume, then calls
+ * mg_proxy_head_resume, which answers as mg_proxy_head does (and may wait again). */
+#define MG_PROXY_WAIT (-1)
+int mg_proxy_head_resume(mg_req_t *r);
 /* A piece of decoded request body. 0, or a status as above. */
 int mg_proxy_body(mg_req_t *r, const char *p, size_t len);
 /* After a read: sends what the read queued for the upstream, in one write, and

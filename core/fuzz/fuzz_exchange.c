@@ -101,6 +101,8 @@ static const char config[] =
   "  request = function(req) req:set_header('x-hook', 'yes') end,\n"
   "  response = function(req, res) res:set_header('x-seen', '1') end,\n"
   "  body = function(req, res, chunk) return chunk:upper() end } }\n"
+  "mg.route { path = '/wait', upstream = app, on = { request = function(req) mg.sleep(0) end } }\n"
+  "mg.route { path = '/later', respond = function(req) mg.sleep(0) return 200, 'later' end }\n"
   "mg.route { path = '/', upstream = app }\n";
 
 static void setup(void) {

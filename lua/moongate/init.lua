@@ -32,7 +32,7 @@ function _M._state() return state end
 local timeout_keys = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
   upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
-  request = 60, upstream_paused = 60, tunnel = 300,
+  request = 60, upstream_paused = 60, tunnel = 300, hook = 30,
 }
 local limit_keys = {
   head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576,
@@ -543,6 +543,17 @@ _M.log.error = _M.log.err
 
 --- mg.now(): the worker loop's cached time in seconds (monotonic).
 function _M.now() return ffi.C.mg_api_now() end
+
+--- mg.sleep(seconds): the hook waits that long without holding the worker (other
+--- requests are served meanwhile). Request hooks and respond functions may wait.
+function _M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+    error("mg.sleep: seconds must be a number >= 0, got " .. tostring(seconds), 2)
+  end
+  local co, main = coroutine.running()
+  if co == nil or main then error("mg.sleep: only a hook may wait (request hooks, respond functions)", 2) end
+  return require("moongate.private.runtime").wait("sleep", seconds)
+end
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
 

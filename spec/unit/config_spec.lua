@@ -35,7 +35,7 @@ local LISTEN = 'mg.listen { "127.0.0.1:8080" }'
 local DEFAULT_TIMEOUTS = {
   client_header = 10, client_body = 30, keepalive = 60, send = 60,
   upstream_connect = 5, upstream_read = 60, upstream_write = 60, drain = 30, handshake = 10,
-  request = 60, upstream_paused = 60, tunnel = 300,
+  request = 60, upstream_paused = 60, tunnel = 300, hook = 30,
 }
 local DEFAULT_LIMITS = { head_size = 32768, headers = 100, uri_size = 8192, body_size = 1048576,
                          body_rate = 1024, connections = "auto", connections_per_ip = 0 }
@@ -203,10 +203,10 @@ describe("moongate.private.loader", function()
     it("overrides every timeout", function()
       local conf = ok { HEADER, LISTEN, "mg.config { timeouts = { client_header = 1, client_body = 2, "
         .. "keepalive = 3, send = 4, upstream_connect = 0.25, upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9, "
-        .. "request = 10, upstream_paused = 11, tunnel = 12 } }" }
+        .. "request = 10, upstream_paused = 11, tunnel = 12, hook = 13 } }" }
       assert.same({ client_header = 1, client_body = 2, keepalive = 3, send = 4, upstream_connect = 0.25,
                     upstream_read = 6, upstream_write = 7, drain = 8, handshake = 9,
-                    request = 10, upstream_paused = 11, tunnel = 12 }, conf.timeouts)
+                    request = 10, upstream_paused = 11, tunnel = 12, hook = 13 }, conf.timeouts)
     end)
 
     it("overrides limits and keeps body_size = 0 (unlimited) as 0", function()

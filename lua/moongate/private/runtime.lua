@@ -93,6 +93,7 @@ local function req_for(ptr, seq, slot)
     request.attach(req, ptr)
     response.attach(req.res, ptr)
   end
+  req._ptr = ptr
   if current ~= req then
     if current then
       request.detach(current)
@@ -101,6 +102,24 @@ local function req_for(ptr, seq, slot)
     current = req
   end
   return req
+end
+
+--- A hook waits (mg.sleep): the request's coroutine yields to C, which resumes it
+--- when what it waits for is there; other requests' hooks run meanwhile. Back
+--- here, this request's object is attached again and the others detached.
+function _M.wait(kind, arg)
+  local req = current
+  local ok, err = coroutine.yield(kind, arg)
+  if req and current ~= req then
+    if current then
+      request.detach(current)
+      response.detach(current.res)
+    end
+    request.attach(req, req._ptr)
+    response.attach(req.res, req._ptr)
+    current = req
+  end
+  return ok, err
 end
 
 --- The entry point: runs hook `hook` for the request at `ptr` (number `seq`),
