@@ -102,13 +102,9 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len) {
 }
 
 int mg_outq_append_uint(mg_outq_t *q, uint64_t v) {
-  char d[20];
-  size_t n = 0;
-  do {
-    d[sizeof(d) - 1 - n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return mg_outq_append(q, d + sizeof(d) - n, n);
+  char d[MG_U64_DEC];
+  const char *p = mg_u64_dec(d, v);
+  return mg_outq_append(q, p, (size_t)(d + sizeof(d) - p));
 }
 
 void mg_outq_move(mg_outq_t *to, mg_outq_t *from) {
@@ -146,32 +142,44 @@ static void on_write(uv_write_t *req, int status) {
   mg_outq_written(q, bytes, status);
 }
 
+/* The kernel took `done` bytes from the front of the queue: whole blocks are
+ * freed, a block it took part of moves on. Returns how many of `done` lay past
+ * the pending bytes (a piece written with them: mg_outq_write_through). */
+static size_t consume(mg_outq_t *q, size_t done) {
+  while (done > 0 && q->head) {
+    mg_block_t *b = q->head;
+    size_t left = b->len - b->off;
+    if (done < left) {
+      b->off += done;
+      q->pending -= done;
+      return 0;
+    }
+    done -= left;
+    q->pending -= left;
+    q->head = b->next;
+    if (!q->head) q->tail = NULL;
+    b->next = NULL;
+    free_blocks(b);
+  }
+  return done;
+}
+
 /* Writes as much as the kernel takes now. Only when nothing is in flight (order)
  * and the queue is not waiting to report MG_OUTQ_DRAINED (that needs a callback). */
 static int try_write(mg_outq_t *q) {
   while (q->head && q->writes == 0 && !q->above) {
     uv_buf_t iov[MAX_IOV];
     unsigned n = 0;
-    for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next)
+    size_t total = 0;
+    for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next) {
       iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+      total += b->len - b->off;
+    }
     int rc = uv_try_write(q->stream, iov, n);
     if (rc == UV_EAGAIN) return 0;
     if (rc < 0) return rc;
-    size_t done = (size_t)rc;
-    q->pending -= done;
-    while (done > 0) {
-      mg_block_t *b = q->head;
-      size_t left = b->len - b->off;
-      if (done < left) {
-        b->off += done;
-        return 0; /* the kernel took part: the rest waits for writability */
-      }
-      done -= left;
-      q->head = b->next;
-      if (!q->head) q->tail = NULL;
-      b->next = NULL;
-      free_blocks(b);
-    }
+    consume(q, (size_t)rc);
+    if ((size_t)rc < total) return 0; /* the kernel took part: the rest waits for writability */
   }
   return 0;
 }
@@ -189,21 +197,7 @@ int mg_outq_send_more(mg_outq_t *q, int fd) {
   do rc = sendmsg(fd, &m, MSG_MORE | MSG_DONTWAIT | MSG_NOSIGNAL);
   while (rc < 0 && errno == EINTR);
   if (rc < 0) return errno == EAGAIN ? 0 : -errno;
-  size_t done = (size_t)rc;
-  q->pending -= done;
-  while (done > 0) {
-    mg_block_t *b = q->head;
-    size_t left = b->len - b->off;
-    if (done < left) {
-      b->off += done;
-      break;
-    }
-    done -= left;
-    q->head = b->next;
-    if (!q->head) q->tail = NULL;
-    b->next = NULL;
-    free_blocks(b);
-  }
+  consume(q, (size_t)rc);
   return 0;
 }
 
@@ -217,23 +211,7 @@ int mg_outq_write_through(mg_outq_t *q, const char *p, size_t len) {
   iov[n++] = uv_buf_init((char *)p, (unsigned)len);
   int rc = uv_try_write(q->stream, iov, n);
   if (rc < 0) return mg_outq_append(q, p, len); /* EAGAIN, or an error the flush reports */
-  size_t done = (size_t)rc;
-  /* the queued bytes went first */
-  while (done > 0 && q->head) {
-    mg_block_t *b = q->head;
-    size_t left = b->len - b->off;
-    if (done < left) {
-      b->off += done;
-      q->pending -= done;
-      return mg_outq_append(q, p, len);
-    }
-    done -= left;
-    q->pending -= left;
-    q->head = b->next;
-    if (!q->head) q->tail = NULL;
-    b->next = NULL;
-    free_blocks(b);
-  }
+  size_t done = consume(q, (size_t)rc); /* the queued bytes went first */
   return done < len ? mg_outq_append(q, p + done, len - done) : 0;
 }
 

@@ -47,4 +47,16 @@ typedef struct mg_pool_s mg_pool_t;
 #define MG_HIGH_WATER (256 * 1024)
 #define MG_LOW_WATER (64 * 1024)
 
+/* v in decimal, written at the end of d (MG_U64_DEC bytes): where the digits
+ * start (they end at d + MG_U64_DEC). No printf on the request path. */
+#define MG_U64_DEC 20
+static inline char *mg_u64_dec(char *d, uint64_t v) {
+  char *p = d + MG_U64_DEC;
+  do {
+    *--p = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return p;
+}
+
 #endif

@@ -60,13 +60,9 @@ static inline void hw_put(hw_t *w, const char *p, size_t n) {
 
 /* v in decimal (no printf on the request path) */
 static void hw_uint(hw_t *w, uint64_t v) {
-  char d[20];
-  size_t n = 0;
-  do {
-    d[sizeof(d) - 1 - n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  hw_put(w, d + sizeof(d) - n, n);
+  char d[MG_U64_DEC];
+  const char *p = mg_u64_dec(d, v);
+  hw_put(w, p, (size_t)(d + sizeof(d) - p));
 }
 
 static inline void hw_begin(hw_t *w, mg_outq_t *q) {

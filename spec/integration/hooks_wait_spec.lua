@@ -50,6 +50,16 @@ mg.route { path = "/direct", respond = { status = 200, body = "direct\n" } }
 
   local function errlog() return helpers.read_file(proxy.dir .. "/error.log") or "" end
 
+  -- n clients each send a request whose hook waits, and close `linger` s later.
+  local function leave_mid_wait(n, linger)
+    for _ = 1, n do
+      local c = proxy:connect()
+      assert(c:send("GET /cancel HTTP/1.1\r\nHost: x\r\n\r\n"))
+      if linger then helpers.sleep(linger) end
+      c:close()
+    end
+  end
+
   it("goes on where it left off: a request hook that sleeps 0.3 s, then changes the request", function()
     local t0 = helpers.now()
     local res = assert(proxy:request({ path = "/sleep/echo", headers = { ["x-sleep"] = "0.3" } }))
@@ -121,12 +131,7 @@ mg.route { path = "/direct", respond = { status = 200, body = "direct\n" } }
 
   it("drops the hook of a client that leaves while it waits: nothing after the wait runs", function()
     local before = tonumber(assert(proxy:request({ path = "/count" })).body)
-    for _ = 1, 20 do
-      local c = proxy:connect()
-      assert(c:send("GET /cancel HTTP/1.1\r\nHost: x\r\n\r\n"))
-      helpers.sleep(0.02)
-      c:close()
-    end
+    leave_mid_wait(20, 0.02)
     helpers.sleep(0.6) -- past every hook's wait
     assert.equal(before, tonumber(assert(proxy:request({ path = "/count" })).body))
     proxy:assert_alive()
@@ -134,18 +139,10 @@ mg.route { path = "/direct", respond = { status = 200, body = "direct\n" } }
 
   it("does not grow while 1,000 clients leave in the middle of a wait", function()
     -- warm up the pools the loop below uses, then measure
-    for _ = 1, 50 do
-      local c = proxy:connect()
-      assert(c:send("GET /cancel HTTP/1.1\r\nHost: x\r\n\r\n"))
-      c:close()
-    end
+    leave_mid_wait(50)
     helpers.sleep(0.5)
     local rss0 = proxy:rss()
-    for _ = 1, 1000 do
-      local c = proxy:connect()
-      assert(c:send("GET /cancel HTTP/1.1\r\nHost: x\r\n\r\n"))
-      c:close()
-    end
+    leave_mid_wait(1000)
     helpers.sleep(0.6)
     local grew = proxy:rss() - rss0
     -- AddressSanitizer keeps freed memory in quarantine: there only the absence of
