@@ -303,3 +303,9 @@ int mg_api_worker_id(void) {
   mg_worker_t *w = mg_current_worker;
   return w ? w->id : -1;
 }
+
+int mg_api_timer(double secs, int id) {
+  mg_worker_t *w = mg_current_worker;
+  if (!w || !w->lua_wg || secs != secs || secs < 0) return -1;
+  return mg_lua_timer_arm(w->lua_wg, id, secs);
+}

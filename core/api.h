@@ -95,5 +95,7 @@ int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
 void mg_api_log(int level, const char *msg, size_t len);
 double mg_api_now(void); /* the worker loop's cached time, seconds */
 int mg_api_worker_id(void);
+/* mg.timer.*: timer `id` of the Lua state running now fires after secs. 0 or -1. */
+int mg_api_timer(double secs, int id);
 
 #endif

@@ -80,6 +80,10 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->connect_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "tls_hello");
   g->hello_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "timers_live");
+  g->timers_live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "timer_fire");
+  g->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "init_worker");
   if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
   lua_settop(L, 0);
@@ -141,6 +145,7 @@ static void drop_coroutine(mg_lreq_t *r, int reusable) {
 }
 
 static const char *hook_names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
+static const char *hook_name(int h) { return h >= 0 && h < MG_HOOK_MAX ? hook_names[h] : "timer"; }
 
 static void on_wait_timer(mg_timer_t *t);
 static void on_budget(mg_timer_t *t);
@@ -174,7 +179,7 @@ static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
 }
 
 /* Runs (or resumes) r's coroutine with nargs arguments on its stack. */
-static int run(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk) {
+static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk) {
   mg_wgen_t *g = r->wg;
   int saved = r->phase;
   r->phase = hook;
@@ -183,9 +188,12 @@ static int run(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk
   atomic_store_explicit(&g->w->hook_hook, hook, memory_order_relaxed);
   atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
   void *outer = g->w->hook_req;
+  mg_wgen_t *outer_wg = g->w->lua_wg;
   g->w->hook_req = r->owner;
+  g->w->lua_wg = g;
   int st = lua_resume(co, nargs);
   g->w->hook_req = outer;
+  g->w->lua_wg = outer_wg;
   atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
   r->phase = saved;
   if (st == 0) {
@@ -207,7 +215,7 @@ static int run(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk
     msg = lua_tostring(co, -1);
   }
   luaL_traceback(g->L, co, msg ? msg : "(error object is not a string)", 0);
-  MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id, hook_names[hook], lua_tostring(g->L, -1));
+  MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id, hook_name(hook), lua_tostring(g->L, -1));
   lua_pop(g->L, 1);
   mg_lua_cancel(r);
   drop_coroutine(r, 0); /* a coroutine that raised (or yielded wrongly) is done for */
@@ -230,7 +238,7 @@ int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
   lua_pushinteger(co, r->route);
   if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
   else lua_pushnil(co);
-  return run(r, hook, co, 6, chunk);
+  return run_co(r, hook, co, 6, chunk);
 }
 
 /* What the hook waits for is there: the exchange is told, and resumes the hook
@@ -245,7 +253,7 @@ static void on_wait_timer(mg_timer_t *t) {
 int mg_lua_resume(mg_lreq_t *r) {
   if (!r->waiting || !r->co) return -1;
   lua_pushboolean(r->co, 1); /* mg.sleep returns true */
-  int rc = run(r, r->wait_hook, r->co, 1, NULL);
+  int rc = run_co(r, r->wait_hook, r->co, 1, NULL);
   if (rc == MG_LUA_WAIT) return rc;
   mg_timer_stop(&r->wg->w->timers, &r->budget);
   r->waiting = 0;
@@ -257,7 +265,7 @@ static void on_budget(mg_timer_t *t) {
   mg_lreq_t *r = LREQ_OF(t, budget);
   mg_wgen_t *g = r->wg;
   MG_WARN(g->w->id, "req %s: %s hook still waiting after timeouts.hook (%.3g s): dropped", r->id,
-          hook_names[r->wait_hook], (double)g->gen->timeouts.hook / 1000.0);
+          hook_name(r->wait_hook), (double)g->gen->timeouts.hook / 1000.0);
   mg_lua_cancel(r);
   r->waited(r->owner, MG_LUA_TIMEOUT); /* may free r */
 }
@@ -328,4 +336,108 @@ int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, co
   }
   lua_pop(L, 1);
   return pick;
+}
+
+/* ---------------- mg.timer.* ---------------- */
+
+typedef struct mg_ltimer_s {
+  mg_timer_t t;
+  struct mg_ltimer_s *prev, *next;
+  mg_wgen_t *g;
+  int id;
+} mg_ltimer_t;
+
+/* A timer callback's run: a coroutine of its own, like a request's. */
+typedef struct mg_lrun_s {
+  mg_lreq_t lua;
+  struct mg_lrun_s *prev, *next;
+} mg_lrun_t;
+
+static void timer_unlink(mg_ltimer_t *t) {
+  if (t->prev) t->prev->next = t->next;
+  else t->g->timers = t->next;
+  if (t->next) t->next->prev = t->prev;
+}
+
+static void run_end(mg_lrun_t *run) {
+  mg_wgen_t *g = run->lua.wg;
+  if (run->prev) run->prev->next = run->next;
+  else g->runs = run->next;
+  if (run->next) run->next->prev = run->prev;
+  mg_lua_req_done(&run->lua);
+  free(run);
+  mg_wgen_unref(g);
+}
+
+/* A timer callback that waited may go on (or was dropped: timeouts.hook). */
+static void run_waited(void *owner, int rc) {
+  mg_lrun_t *run = owner;
+  if (rc == 0) rc = mg_lua_resume(&run->lua);
+  if (rc == MG_LUA_WAIT) return;
+  run_end(run);
+}
+
+static void on_ltimer(mg_timer_t *tt) {
+  mg_ltimer_t *t = (mg_ltimer_t *)((char *)tt - offsetof(mg_ltimer_t, t));
+  mg_wgen_t *g = t->g;
+  int id = t->id;
+  timer_unlink(t);
+  free(t);
+  mg_lrun_t *run = calloc(1, sizeof(*run));
+  if (!run) {
+    MG_ERR(g->w->id, "timer %d: out of memory: not run", id);
+    return;
+  }
+  run->lua.wg = g;
+  mg_wgen_ref(g);
+  run->lua.co_ref = run->lua.chunk_ref = LUA_NOREF;
+  run->lua.phase = -1;
+  run->lua.id = "timer";
+  run->lua.owner = run;
+  run->lua.waited = run_waited;
+  run->next = g->runs;
+  if (g->runs) g->runs->prev = run;
+  g->runs = run;
+  lua_State *co = req_coroutine(&run->lua);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, g->timer_fire_ref);
+  lua_pushinteger(co, id);
+  if (run_co(&run->lua, MG_HOOK_TIMER, co, 1, NULL) != MG_LUA_WAIT) run_end(run);
+}
+
+int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs) {
+  if (g->retired) return -1;
+  mg_ltimer_t *t = calloc(1, sizeof(*t));
+  if (!t) return -1;
+  t->g = g;
+  t->id = id;
+  t->next = g->timers;
+  if (g->timers) g->timers->prev = t;
+  g->timers = t;
+  uint64_t ms = secs > 0 ? (secs > 1e7 ? (uint64_t)1e10 : (uint64_t)(secs * 1000.0 + 0.5)) : 0;
+  mg_timer_start(&g->w->timers, &t->t, ms, on_ltimer);
+  return 0;
+}
+
+void mg_lua_timers_live(mg_wgen_t *g) {
+  lua_State *L = g->L;
+  char err[1024];
+  mg_wgen_t *outer = g->w->lua_wg;
+  g->w->lua_wg = g;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->timers_live_ref);
+  if (pcall_tb(L, 0, 0, err, sizeof(err)) < 0) MG_ERR(g->w->id, "timers: %s", err);
+  g->w->lua_wg = outer;
+}
+
+void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs) {
+  g->retired = 1;
+  while (g->timers) {
+    mg_ltimer_t *t = g->timers;
+    mg_timer_stop(&g->w->timers, &t->t);
+    timer_unlink(t);
+    free(t);
+  }
+  if (!drop_runs) return;
+  mg_wgen_ref(g); /* the last run's end must not free g under this loop */
+  while (g->runs) run_end(g->runs);
+  mg_wgen_unref(g);
 }

@@ -25,7 +25,14 @@ typedef struct mg_wgen_s {
   int *co_free;      /* pooled coroutine refs */
   int nco_free, co_cap;
   int gen_ref;       /* holds a reference on gen */
+  int timers_live_ref, timer_fire_ref; /* runtime.timers_live, runtime.timer_fire */
+  struct mg_ltimer_s *timers; /* mg.timer.* armed, waiting to fire */
+  struct mg_lrun_s *runs;     /* timer callbacks running (waiting: mg.sleep) */
+  int retired;       /* no longer the worker's: no timer is armed for it any more */
 } mg_wgen_t;
+
+/* Timer callbacks run as this pseudo-hook: they may wait. */
+#define MG_HOOK_TIMER MG_HOOK_MAX
 
 /* A request's Lua side, embedded in the exchange's request (proxy.h): its
  * coroutine, the last chunk a body hook returned, and the hook running now. The
@@ -72,7 +79,9 @@ void mg_wgen_unref(mg_wgen_t *g);
 int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk);
 /* The hooks whose functions may wait (mg.sleep) so far: request, and a route's
  * respond function. Any other hook that tries fails (500). */
-static inline int mg_lua_may_wait(int hook) { return hook == MG_HOOK_REQUEST || hook == MG_HOOK_RESPOND; }
+static inline int mg_lua_may_wait(int hook) {
+  return hook == MG_HOOK_REQUEST || hook == MG_HOOK_RESPOND || hook == MG_HOOK_TIMER;
+}
 /* Resumes a hook whose wait is over (`waited` said 0): 0 when it is done, -1
  * when it failed (logged), MG_LUA_WAIT when it waits again. */
 int mg_lua_resume(mg_lreq_t *r);
@@ -80,6 +89,16 @@ int mg_lua_resume(mg_lreq_t *r);
 void mg_lua_cancel(mg_lreq_t *r);
 /* The request ends: releases its coroutine and Lua object (cancels a wait). */
 void mg_lua_req_done(mg_lreq_t *r);
+/* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker
+ * thread only). 0, or -1 (g retired, or out of memory). */
+int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs);
+/* The worker runs g from now on: the timers its init_worker hooks asked for are
+ * armed (runtime.timers_live). Worker thread. */
+void mg_lua_timers_live(mg_wgen_t *g);
+/* g retires (a reload replaced it, or the worker ends): its armed timers are
+ * dropped and no more are armed; with drop_runs, callbacks still waiting too
+ * (the worker ends), else they finish on g. */
+void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
 int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);
 /* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI

@@ -200,9 +200,10 @@ static void on_watchdog(uv_timer_t *t) {
   for (int i = 0; i < M.nworkers; i++) {
     uint64_t since = atomic_load(&M.workers[i].hook_since);
     int hook = atomic_load(&M.workers[i].hook_hook);
-    if (since && now > since && now - since > 5000 && hook >= 0 && hook < MG_HOOK_MAX)
+    if (since && now > since && now - since > 5000 && hook >= 0 && hook <= MG_HOOK_MAX)
       MG_ERR(-1, "worker %d has been stuck in a %s hook for %.0fs: its connections stall "
-             "until it returns (restart moongate to recover)", i, names[hook], (double)(now - since) / 1e3);
+             "until it returns (restart moongate to recover)", i, hook < MG_HOOK_MAX ? names[hook] : "timer",
+             (double)(now - since) / 1e3);
   }
 }
 

@@ -140,6 +140,8 @@ static void apply_reload(mg_worker_t *w, mg_reload_t *rl) {
   w->gen = ng;
   rl->wg = NULL;
   free_reload(rl);
+  mg_lua_timers_stop(old, 0); /* its timers stop; callbacks running finish on it */
+  mg_lua_timers_live(w->wg);
   mg_wgen_unref(old);
   MG_INFO(w->id, "config reloaded");
 }
@@ -225,7 +227,9 @@ static void on_async(uv_async_t *a) {
 static void run(void *arg) {
   mg_worker_t *w = arg;
   mg_current_worker = w;
+  mg_lua_timers_live(w->wg); /* the timers init_worker asked for */
   uv_run(&w->loop, UV_RUN_DEFAULT);
+  mg_lua_timers_stop(w->wg, 1);
   mg_alog_flush(&w->alog);
   mg_outq_free_spares();
   mg_tp_ctx_close(&w->tp);

@@ -58,6 +58,7 @@ int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
 void mg_api_log(int level, const char *msg, size_t len);
 double mg_api_now(void);
 int mg_api_worker_id(void);
+int mg_api_timer(double secs, int id);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

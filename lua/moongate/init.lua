@@ -544,6 +544,15 @@ _M.log.error = _M.log.err
 --- mg.now(): the worker loop's cached time in seconds (monotonic).
 function _M.now() return ffi.C.mg_api_now() end
 
+--- mg.timer.at(delay, fn, ...) / mg.timer.every(interval, fn, ...): fn(...) runs
+--- after delay seconds (once), or every interval seconds (after each run ends),
+--- in a coroutine of its own (it may wait). Returns a handle with :cancel().
+--- Timers belong to the configuration that started them: a reload stops them.
+_M.timer = {
+  at = function(delay, fn, ...) return require("moongate.private.runtime").timer_add(false, delay, fn, ...) end,
+  every = function(interval, fn, ...) return require("moongate.private.runtime").timer_add(true, interval, fn, ...) end,
+}
+
 --- mg.sleep(seconds): the hook waits that long without holding the worker (other
 --- requests are served meanwhile). Request hooks and respond functions may wait.
 function _M.sleep(seconds)

@@ -7,6 +7,7 @@ local request = require "moongate.request"
 local response = require "moongate.response"
 
 local error, ipairs, pairs, type, rawget = error, ipairs, pairs, type, rawget
+local pcall, select, setmetatable, tostring, unpack = pcall, select, setmetatable, tostring, unpack
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
@@ -36,12 +37,18 @@ function _M.start(path, worker_id, nroutes, source)
   end
 end
 
+local in_init = false -- init_worker runs: mg.timer.* may queue timers
+
 function _M.init_worker()
   local list = global[HOOKS.init_worker]
   if list then
+    in_init = true -- (an error here fails the whole state: no need to reset it then)
     for i = 1, #list do list[i]() end
+    in_init = false
   end
 end
+
+
 
 --- connect hooks: any that returns false closes the connection.
 function _M.connect(client_ip, listener)
@@ -174,6 +181,80 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   end
   if fn then fn(req, res) end
   return req
+end
+
+-- mg.timer.*: this state's timers by id. C arms and fires them (core/luavm.c);
+-- the ones init_worker asks for wait in `pending` until the worker runs this
+-- generation (timers_live).
+local timers, pending = {}, {}
+local next_id, live = 0, false
+
+local function arm(id, delay)
+  if abi.C.mg_api_timer(delay, id) ~= 0 then
+    timers[id] = nil
+    return false
+  end
+  return true
+end
+
+local handle_mt = { __index = {
+  --- Stops the timer (its callback, if running, finishes). true, or false when it
+  --- had already ended.
+  cancel = function(h)
+    local t = timers[h.id]
+    if not t then return false end
+    timers[h.id] = nil
+    t.cancelled = true
+    return true
+  end,
+} }
+
+--- mg.timer.at / mg.timer.every.
+function _M.timer_add(every, delay, fn, ...)
+  local what = every and "mg.timer.every" or "mg.timer.at"
+  if type(delay) ~= "number" or delay ~= delay or delay < 0 or delay > 1e7 then
+    error(what .. ": the delay must be a number of seconds (0 to 1e7), got " .. tostring(delay), 3)
+  end
+  if every and delay < 0.001 then error(what .. ": the interval must be at least 0.001 s", 3) end
+  if type(fn) ~= "function" then error(what .. ": the callback must be a function", 3) end
+  if not live and not in_init then
+    error(what .. ": only in init_worker, hooks and timer callbacks (not while proxy.lua is read)", 3)
+  end
+  next_id = next_id + 1
+  local id = next_id
+  timers[id] = { fn = fn, args = { n = select("#", ...), ... }, every = every, delay = delay }
+  if live then
+    if not arm(id, delay) then return nil, "timer not started (the configuration was replaced, or no memory)" end
+  else
+    pending[#pending + 1] = id
+  end
+  return setmetatable({ id = id }, handle_mt)
+end
+
+--- The worker runs this generation: the timers init_worker asked for start.
+function _M.timers_live()
+  live = true
+  for i = 1, #pending do
+    local t = timers[pending[i]]
+    if t then arm(pending[i], t.delay) end
+  end
+  pending = {}
+end
+
+--- A timer is due: runs its callback (in a coroutine of its own: it may wait).
+--- An error is logged; an `every` timer goes on after it, an `at` one ends.
+function _M.timer_fire(id)
+  local t = timers[id]
+  if not t then return end -- cancelled
+  if current then -- no request's object stays attached while a timer runs
+    request.detach(current)
+    response.detach(current.res)
+    current = nil
+  end
+  if not t.every then timers[id] = nil end
+  local ok, err = pcall(t.fn, unpack(t.args, 1, t.args.n))
+  if not ok then mg.log.err("timer callback failed: " .. tostring(err)) end
+  if t.every and not t.cancelled and timers[id] == t then arm(id, t.delay) end
 end
 
 return _M
