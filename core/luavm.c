@@ -84,6 +84,8 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->timers_live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "timer_fire");
   g->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, rt, "timer_dropped");
+  g->timer_dropped_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "init_worker");
   if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
   lua_settop(L, 0);
@@ -351,6 +353,7 @@ typedef struct mg_ltimer_s {
 typedef struct mg_lrun_s {
   mg_lreq_t lua;
   struct mg_lrun_s *prev, *next;
+  int id; /* the timer's */
 } mg_lrun_t;
 
 static void timer_unlink(mg_ltimer_t *t) {
@@ -362,16 +365,30 @@ static void timer_unlink(mg_ltimer_t *t) {
 static void run_end(mg_lrun_t *run) {
   mg_wgen_t *g = run->lua.wg;
   if (run->prev) run->prev->next = run->next;
-  else g->runs = run->next;
+  else g->w->lua_runs = run->next;
   if (run->next) run->next->prev = run->prev;
   mg_lua_req_done(&run->lua);
   free(run);
   mg_wgen_unref(g);
 }
 
+/* timeouts.hook dropped a callback where it waited: its timer goes on as after
+ * an error (runtime.timer_dropped: an every timer is armed again). */
+static void timer_dropped(mg_lrun_t *run) {
+  mg_wgen_t *g = run->lua.wg;
+  char err[512];
+  mg_wgen_t *outer = g->w->lua_wg;
+  g->w->lua_wg = g;
+  lua_rawgeti(g->L, LUA_REGISTRYINDEX, g->timer_dropped_ref);
+  lua_pushinteger(g->L, run->id);
+  if (pcall_tb(g->L, 1, 0, err, sizeof(err)) < 0) MG_ERR(g->w->id, "timer %d: %s", run->id, err);
+  g->w->lua_wg = outer;
+}
+
 /* A timer callback that waited may go on (or was dropped: timeouts.hook). */
 static void run_waited(void *owner, int rc) {
   mg_lrun_t *run = owner;
+  if (rc == MG_LUA_TIMEOUT) timer_dropped(run);
   if (rc == 0) rc = mg_lua_resume(&run->lua);
   if (rc == MG_LUA_WAIT) return;
   run_end(run);
@@ -395,9 +412,10 @@ static void on_ltimer(mg_timer_t *tt) {
   run->lua.id = "timer";
   run->lua.owner = run;
   run->lua.waited = run_waited;
-  run->next = g->runs;
-  if (g->runs) g->runs->prev = run;
-  g->runs = run;
+  run->id = id;
+  run->next = g->w->lua_runs;
+  if (g->w->lua_runs) g->w->lua_runs->prev = run;
+  g->w->lua_runs = run;
   lua_State *co = req_coroutine(&run->lua);
   lua_rawgeti(co, LUA_REGISTRYINDEX, g->timer_fire_ref);
   lua_pushinteger(co, id);
@@ -437,7 +455,8 @@ void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs) {
     free(t);
   }
   if (!drop_runs) return;
-  mg_wgen_ref(g); /* the last run's end must not free g under this loop */
-  while (g->runs) run_end(g->runs);
-  mg_wgen_unref(g);
+  /* every generation's: an older one's callback may still wait (a reload left
+   * it to finish), and it holds that generation */
+  mg_worker_t *w = g->w;
+  while (w->lua_runs) run_end(w->lua_runs);
 }

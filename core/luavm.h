@@ -25,9 +25,8 @@ typedef struct mg_wgen_s {
   int *co_free;      /* pooled coroutine refs */
   int nco_free, co_cap;
   int gen_ref;       /* holds a reference on gen */
-  int timers_live_ref, timer_fire_ref; /* runtime.timers_live, runtime.timer_fire */
+  int timers_live_ref, timer_fire_ref, timer_dropped_ref; /* runtime.timers_live, .timer_fire, .timer_dropped */
   struct mg_ltimer_s *timers; /* mg.timer.* armed, waiting to fire */
-  struct mg_lrun_s *runs;     /* timer callbacks running (waiting: mg.sleep) */
   int retired;       /* no longer the worker's: no timer is armed for it any more */
 } mg_wgen_t;
 
@@ -96,8 +95,8 @@ int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs);
  * armed (runtime.timers_live). Worker thread. */
 void mg_lua_timers_live(mg_wgen_t *g);
 /* g retires (a reload replaced it, or the worker ends): its armed timers are
- * dropped and no more are armed; with drop_runs, callbacks still waiting too
- * (the worker ends), else they finish on g. */
+ * dropped and no more are armed; with drop_runs, the callbacks still waiting
+ * too, those of every generation (the worker ends), else they finish on g. */
 void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs);
 /* The connect hook: 1 to keep the connection, 0 to close it. */
 int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);

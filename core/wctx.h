@@ -44,6 +44,7 @@ struct mg_worker_s {
   mg_gen_t *gen;        /* current config (= wg->gen) */
   struct mg_wgen_s *wg; /* current generation: Lua state, balancer state; requests hold refs */
   struct mg_wgen_s *lua_wg; /* the generation whose Lua runs at this moment (mg.timer.*) */
+  struct mg_lrun_s *lua_runs; /* timer callbacks running or waiting, of any generation (luavm.c) */
 
   mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;

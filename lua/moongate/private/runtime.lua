@@ -257,4 +257,11 @@ function _M.timer_fire(id)
   if t.every and not t.cancelled and timers[id] == t then arm(id, t.delay) end
 end
 
+--- timeouts.hook dropped a run of timer `id` where it waited (C logged it): an
+--- `every` timer goes on, as after an error.
+function _M.timer_dropped(id)
+  local t = timers[id]
+  if t and t.every and not t.cancelled then arm(id, t.delay) end
+end
+
 return _M
