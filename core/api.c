@@ -309,3 +309,8 @@ int mg_api_timer(double secs, int id) {
   if (!w || !w->lua_wg || secs != secs || secs < 0) return -1;
   return mg_lua_timer_arm(w->lua_wg, id, secs);
 }
+
+void mg_api_timer_cancel(int id) {
+  mg_worker_t *w = mg_current_worker;
+  if (w && w->lua_wg) mg_lua_timer_cancel(w->lua_wg, id);
+}

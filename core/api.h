@@ -97,5 +97,7 @@ double mg_api_now(void); /* the worker loop's cached time, seconds */
 int mg_api_worker_id(void);
 /* mg.timer.*: timer `id` of the Lua state running now fires after secs. 0 or -1. */
 int mg_api_timer(double secs, int id);
+/* The timer `id` of the Lua state running now is cancelled. */
+void mg_api_timer_cancel(int id);
 
 #endif

@@ -296,7 +296,11 @@ int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener) {
   lua_pushlstring(L, client_ip.p, client_ip.len);
   if (listener) lua_pushstring(L, listener);
   else lua_pushnil(L);
-  if (pcall_tb(L, 2, 1, err, sizeof(err)) < 0) {
+  mg_wgen_t *outer = g->w->lua_wg; /* its Lua may start timers (mg.timer.*) */
+  g->w->lua_wg = g;
+  int rc = pcall_tb(L, 2, 1, err, sizeof(err));
+  g->w->lua_wg = outer;
+  if (rc < 0) {
     MG_ERR(g->w->id, "connect hook failed (connection closed): %s", err);
     return 0;
   }
@@ -316,7 +320,10 @@ int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, co
   /* watched by the main thread like the request hooks (mg_lua_hook) */
   atomic_store_explicit(&g->w->hook_hook, MG_HOOK_TLS_HELLO, memory_order_relaxed);
   atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
+  mg_wgen_t *outer = g->w->lua_wg;
+  g->w->lua_wg = g;
   int rc = pcall_tb(L, 2, 1, err, sizeof(err));
+  g->w->lua_wg = outer;
   atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
   if (rc < 0) {
     MG_ERR(g->w->id, "tls_hello hook failed (handshake refused): %s", err);
@@ -434,6 +441,17 @@ int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs) {
   uint64_t ms = secs > 0 ? (secs > 1e7 ? (uint64_t)1e10 : (uint64_t)(secs * 1000.0 + 0.5)) : 0;
   mg_timer_start(&g->w->timers, &t->t, ms, on_ltimer);
   return 0;
+}
+
+void mg_lua_timer_cancel(mg_wgen_t *g, int id) {
+  /* most recent first: a timer cancelled soon after it was started is near */
+  for (mg_ltimer_t *t = g->timers; t; t = t->next) {
+    if (t->id != id) continue;
+    mg_timer_stop(&g->w->timers, &t->t);
+    timer_unlink(t);
+    free(t);
+    return;
+  }
 }
 
 void mg_lua_timers_live(mg_wgen_t *g) {

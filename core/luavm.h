@@ -91,6 +91,9 @@ void mg_lua_req_done(mg_lreq_t *r);
 /* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker
  * thread only). 0, or -1 (g retired, or out of memory). */
 int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs);
+/* mg.timer handle:cancel(): timer `id` of g, if still armed, is dropped now (its
+ * memory too, not when it would have fired). */
+void mg_lua_timer_cancel(mg_wgen_t *g, int id);
 /* The worker runs g from now on: the timers its init_worker hooks asked for are
  * armed (runtime.timers_live). Worker thread. */
 void mg_lua_timers_live(mg_wgen_t *g);

@@ -59,6 +59,7 @@ void mg_api_log(int level, const char *msg, size_t len);
 double mg_api_now(void);
 int mg_api_worker_id(void);
 int mg_api_timer(double secs, int id);
+void mg_api_timer_cancel(int id);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

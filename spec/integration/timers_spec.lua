@@ -35,6 +35,13 @@ mg.route { path = "/at-fails", respond = function(req)
   mg.timer.at(0, function() error("at failed on purpose") end)
   return 200, "armed\n"
 end }
+mg.on("connect", function(conn)
+  mg.timer.at(0, function() d():incr("from_connect", 1, 0) end)
+end)
+mg.route { path = "/churn", respond = function(req)
+  for _ = 1, tonumber(req:arg("n")) do mg.timer.at(3600, function() end):cancel() end
+  return 200, "churned\n"
+end }
 mg.route { path = "/get", respond = function(req)
   return 200, tostring(d():get(req:arg("k")))
 end }
@@ -77,6 +84,25 @@ describe("mg.timer", function()
     assert(proxy:request({ path = "/at-sleeps?k=slept" }))
     assert.equal("nil", get("slept"))
     assert(helpers.wait_until(function() return get("slept") == "after the sleep" end, 2, 0.05))
+  end)
+
+  it("starts a timer from a connect hook", function()
+    local before = tonumber(get("from_connect")) or 0
+    for _ = 1, 3 do assert(proxy:request({ path = "/get?k=x" })) end
+    assert(helpers.wait_until(function() return (tonumber(get("from_connect")) or 0) >= before + 3 end, 2, 0.05))
+  end)
+
+  it("frees a cancelled timer at once, not when it would have fired", function()
+    assert.equal("churned\n", assert(proxy:request({ path = "/churn?n=1000" })).body) -- warm up
+    collectgarbage()
+    local rss0 = proxy:rss()
+    assert.equal("churned\n", assert(proxy:request({ path = "/churn?n=200000" })).body)
+    local grew = proxy:rss() - rss0
+    -- 200,000 timers held for an hour would be over 10 MiB; Lua's own garbage
+    -- from the loop is collected as it goes
+    local asan = (helpers.read_file("/proc/" .. proxy.pid .. "/maps") or ""):find("libasan", 1, true)
+    if not asan then assert(grew < 6 * 1024, "RSS grew by " .. grew .. " KiB") end
+    proxy:assert_alive()
   end)
 
   it("logs an error in a callback; an every timer goes on after it, an at one ends", function()

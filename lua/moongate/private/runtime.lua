@@ -205,6 +205,7 @@ local handle_mt = { __index = {
     if not t then return false end
     timers[h.id] = nil
     t.cancelled = true
+    if live then abi.C.mg_api_timer_cancel(h.id) end -- its C timer goes now, not when due
     return true
   end,
 } }
