@@ -74,18 +74,16 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   lua_pushinteger(L, gen->nroutes);
   lua_pushlstring(L, gen->source, gen->source_len);
   if (pcall_tb(L, 4, 0, err, errlen) < 0) goto fail;
-  lua_getfield(L, rt, "dispatch");
-  g->entry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, rt, "connect");
-  g->connect_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, rt, "tls_hello");
-  g->hello_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, rt, "timers_live");
-  g->timers_live_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, rt, "timer_fire");
-  g->timer_fire_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, rt, "timer_dropped");
-  g->timer_dropped_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* the runtime's entry points C calls, kept in the registry */
+  struct { const char *name; int *ref; } entries[] = {
+    { "dispatch", &g->entry_ref }, { "connect", &g->connect_ref }, { "tls_hello", &g->hello_ref },
+    { "timers_live", &g->timers_live_ref }, { "timer_fire", &g->timer_fire_ref },
+    { "timer_dropped", &g->timer_dropped_ref },
+  };
+  for (size_t i = 0; i < sizeof(entries) / sizeof(entries[0]); i++) {
+    lua_getfield(L, rt, entries[i].name);
+    *entries[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   lua_getfield(L, rt, "init_worker");
   if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
   lua_settop(L, 0);
