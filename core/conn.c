@@ -108,25 +108,32 @@ static void body_start(mg_conn_t *c) {
 /* Reading the body stops or starts again for moongate's own reasons (the upstream
  * does not take it): that time is not the client's. Neither the request clock nor
  * the body rate counts it. */
-static void body_hold(mg_conn_t *c, int hold) {
+/* The request clock (timeouts.request) stops, or goes on with what it had left. */
+static void req_clock_hold(mg_conn_t *c, int hold) {
   mg_timers_t *ts = &c->w->timers;
-  uint64_t now = uv_now(&c->w->loop);
   if (hold) {
-    if (c->body_timing) c->body_ms += now - c->body_since;
-    c->body_timing = 0;
     if (mg_timer_active(&c->req_timer)) {
+      uint64_t now = uv_now(&c->w->loop);
       c->req_left = c->req_timer.due > now ? c->req_timer.due - now : 1;
       c->req_held = 1;
       mg_timer_stop(ts, &c->req_timer);
     }
-    return;
-  }
-  c->body_since = now;
-  c->body_timing = 1;
-  if (c->req_held) {
+  } else if (c->req_held) {
     c->req_held = 0;
     mg_timer_start(ts, &c->req_timer, c->req_left, on_req_timer);
   }
+}
+
+static void body_hold(mg_conn_t *c, int hold) {
+  uint64_t now = uv_now(&c->w->loop);
+  if (hold) {
+    if (c->body_timing) c->body_ms += now - c->body_since;
+    c->body_timing = 0;
+  } else {
+    c->body_since = now;
+    c->body_timing = 1;
+  }
+  req_clock_hold(c, hold);
 }
 
 /* limits.body_rate: once the body has been read for longer than client_body (its
@@ -541,7 +548,7 @@ static void hook_wait_begin(mg_conn_t *c, const char *data, size_t len) {
   if (len) save(c, data, len);
   if (c->state == MG_CS_CLOSED) return;
   mg_timer_stop(&c->w->timers, &c->timer);
-  body_hold(c, 1);
+  req_clock_hold(c, 1);
   mg_conn_update_reading(c);
 }
 
@@ -551,8 +558,7 @@ static void op_resume(void *arg) {
   mg_conn_t *c = arg;
   if (!c->hook_wait || c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER || !c->req) return;
   c->hook_wait = 0;
-  body_hold(c, 0);
-  c->body_timing = 0;
+  req_clock_hold(c, 0);
   c->done_pending = 0;
   c->down.in_parser = 1;
   int status = mg_proxy_head_resume(c->req);
@@ -1026,7 +1032,7 @@ void mg_conn_accept(mg_listener_t *l) {
       mg_tp_close(&c->tp);
       return;
     }
-    mg_tp_tls_server(&c->tp, ssl);
+    mg_tp_tls(&c->tp, ssl);
     c->down.ssl = ssl;
     c->tls_gen = w->gen;
     mg_gen_ref(c->tls_gen);

@@ -93,8 +93,7 @@ static void attach(mg_tp_t *tp, SSL *ssl) {
   tp->out.enc_data = &tp->tls;
 }
 
-void mg_tp_tls_server(mg_tp_t *tp, SSL *ssl) { attach(tp, ssl); }
-void mg_tp_tls_client(mg_tp_t *tp, SSL *ssl) { attach(tp, ssl); }
+void mg_tp_tls(mg_tp_t *tp, SSL *ssl) { attach(tp, ssl); }
 
 void mg_tp_tls_off(mg_tp_t *tp) {
   if (tp->ssl) BIO_reset(SSL_get_wbio(tp->ssl));
@@ -338,6 +337,14 @@ void mg_tp_splice_stop(mg_tp_t *tp) {
 
 static void input_end(mg_tp_t *tp, int err);
 
+/* A splice cannot go on: reading stops (libuv did not see the end itself, it
+ * would go on reading) and the owner hears it as the read side failing. */
+static void splice_fail(mg_tp_t *tp, int err) {
+  mg_tp_splice_stop(tp);
+  mg_tp_read(tp, 0);
+  input_end(tp, err);
+}
+
 /* The socket is readable while splicing: socket to pipe, pipe to the other
  * socket, what that one does not take (or may not: bytes queued before) through
  * memory into its queue. The pipe is empty again after every step. */
@@ -347,27 +354,21 @@ static void splice_step(mg_tp_t *tp) {
     mg_tp_t *to = tp->splice_to;
     int in = -1, out = -1;
     if (ctx->pipe[0] < 0 || uv_fileno(&tp->io.handle, &in) < 0 || uv_fileno(&to->io.handle, &out) < 0) {
-      mg_tp_splice_stop(tp);
-      mg_tp_read(tp, 0); /* libuv did not see the end itself: it would go on reading */
-      input_end(tp, UV_EPIPE);
+      splice_fail(tp, UV_EPIPE);
       return;
     }
     size_t want = tp->splice_left < SPLICE_PIPE ? (size_t)tp->splice_left : SPLICE_PIPE;
     ssize_t n = splice(in, NULL, ctx->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n < 0 && errno == EAGAIN) return; /* nothing more for now: wait for the socket */
     if (n <= 0) {
-      int err = n == 0 ? UV_EOF : -errno;
-      mg_tp_splice_stop(tp);
-      mg_tp_read(tp, 0);
-      input_end(tp, err);
+      splice_fail(tp, n == 0 ? UV_EOF : -errno);
       return;
     }
     size_t moved = 0;
     /* what was queued before (the head) goes first, in the same packets as the
      * body that follows it now */
-    if (!to->closing && to->out.pending && mg_outq_send_more(&to->out, out) < 0) {
-      /* a write error: what follows is queued, and the next flush meets it */
-    }
+    /* (a write error here: what follows is queued, and the next flush meets it) */
+    if (!to->closing && to->out.pending) (void)mg_outq_send_more(&to->out, out);
     if (!to->closing && mg_outq_size(&to->out) == 0) {
       ssize_t m = splice(ctx->pipe[0], NULL, out, NULL, (size_t)n, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (m > 0) moved = (size_t)m;
@@ -380,16 +381,12 @@ static void splice_step(mg_tp_t *tp) {
       if (r <= 0) {
         if (r < 0 && errno == EINTR) continue;
         pipe_broken(ctx);
-        mg_tp_splice_stop(tp);
-        mg_tp_read(tp, 0);
-        input_end(tp, UV_EPIPE);
+        splice_fail(tp, UV_EPIPE);
         return;
       }
       if (!to->closing && mg_outq_append(&to->out, ctx->rbuf, (size_t)r) < 0) {
         pipe_broken(ctx);
-        mg_tp_splice_stop(tp);
-        mg_tp_read(tp, 0);
-        input_end(tp, MG_ENOMEM);
+        splice_fail(tp, MG_ENOMEM);
         return;
       }
       moved += (size_t)r;

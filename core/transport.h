@@ -131,15 +131,15 @@ struct mg_tp_s {
 int mg_tp_accept(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_stream_t *server, const mg_tp_events_t *ev,
                  void *owner);
 /* An upstream connection to addr: `ready` follows (after the TLS handshake when
- * mg_tp_tls_client was called before the connect completes). `req` is the
+ * mg_tp_tls was called before the connect completes). `req` is the
  * owner's, kept until `ready` or `closed` (client connections do not carry
  * one). 0 or a libuv error. */
 int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_connect_t *req, const struct sockaddr *addr,
                   const mg_tp_events_t *ev, void *owner);
-/* Makes the stream TLS: as the server (handshake on the first bytes read) or
- * the client (handshake once connected). The transport owns ssl from now on. */
-void mg_tp_tls_server(mg_tp_t *tp, SSL *ssl);
-void mg_tp_tls_client(mg_tp_t *tp, SSL *ssl);
+/* Makes the stream TLS: an accepted one as the server (handshake on the first
+ * bytes read), a connecting one as the client (handshake once connected). The
+ * transport owns ssl from now on. */
+void mg_tp_tls(mg_tp_t *tp, SSL *ssl);
 /* Back to plain bytes for what follows (a plaintext answer to a client that
  * spoke HTTP to a TLS port): what BoringSSL had queued is dropped. */
 void mg_tp_tls_off(mg_tp_t *tp);

@@ -438,7 +438,7 @@ int mg_upstream_get(mg_worker_t *w, const mg_up_link_t *l, const mg_upstream_cfg
       mg_upstream_close(u);
       return UV_ENOMEM;
     }
-    mg_tp_tls_client(&u->tp, ssl);
+    mg_tp_tls(&u->tp, ssl);
   }
   link_owner(u, l, cfg, s);
   arm(u, l->connect_ms);

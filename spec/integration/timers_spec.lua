@@ -42,6 +42,22 @@ mg.route { path = "/churn", respond = function(req)
   for _ = 1, tonumber(req:arg("n")) do mg.timer.at(3600, function() end):cancel() end
   return 200, "churned\n"
 end }
+mg.route { path = "/bad-args", respond = function(req)
+  local out = {}
+  local cases = {
+    function() return mg.timer.at(-1, function() end) end,
+    function() return mg.timer.at(0 / 0, function() end) end,
+    function() return mg.timer.at("1", function() end) end,
+    function() return mg.timer.at(1e12, function() end) end,
+    function() return mg.timer.at(1, "not a function") end,
+    function() return mg.timer.every(0, function() end) end,
+  }
+  for i, f in ipairs(cases) do
+    local ok, err = pcall(f)
+    out[i] = ok and "accepted" or tostring(err):match("mg%.timer%.%a+: [^,]*")
+  end
+  return 200, table.concat(out, "\n") .. "\n"
+end }
 mg.route { path = "/get", respond = function(req)
   return 200, tostring(d():get(req:arg("k")))
 end }
@@ -84,6 +100,20 @@ describe("mg.timer", function()
     assert(proxy:request({ path = "/at-sleeps?k=slept" }))
     assert.equal("nil", get("slept"))
     assert(helpers.wait_until(function() return get("slept") == "after the sleep" end, 2, 0.05))
+  end)
+
+  it("refuses bad delays and callbacks with an error naming the call", function()
+    local res = assert(proxy:request({ path = "/bad-args" }))
+    assert.equal(200, res.status)
+    assert.same({
+      "mg.timer.at: the delay must be a number of seconds (0 to 1e7)",
+      "mg.timer.at: the delay must be a number of seconds (0 to 1e7)",
+      "mg.timer.at: the delay must be a number of seconds (0 to 1e7)",
+      "mg.timer.at: the delay must be a number of seconds (0 to 1e7)",
+      "mg.timer.at: the callback must be a function",
+      "mg.timer.every: the interval must be at least 0.001 s",
+    }, (function() local t = {} for l in helpers.lines(res.body) do t[#t + 1] = l end return t end)())
+    proxy:assert_alive()
   end)
 
   it("starts a timer from a connect hook", function()
