@@ -17,6 +17,7 @@ enum {
   MG_API_EPHASE = -30002,    /* not allowed in the current hook */
   MG_API_EINVAL = -30003,    /* a bad argument (CR/LF in a header value, bad status...) */
   MG_API_ENOMEM = -30004,
+  MG_API_EAGAIN = -30005,    /* started: the hook waits (its Lua wrapper yields), then asks again */
 };
 
 /* Header operations. */

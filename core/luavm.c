@@ -161,17 +161,20 @@ static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
     return -1;
   }
   const char *kind = lua_tostring(co, 1);
-  if (!kind || strcmp(kind, "sleep") != 0 || lua_type(co, 2) != LUA_TNUMBER) {
-    *why = "a hook yielded: only the moongate API may suspend a hook (mg.sleep)";
+  mg_timers_t *ts = &g->w->timers;
+  if (kind && strcmp(kind, "io") == 0 && r->io) {
+    /* the operation wakes it (mg_lua_wake) */
+  } else if (kind && strcmp(kind, "sleep") == 0 && lua_type(co, 2) == LUA_TNUMBER && !r->io) {
+    double secs = lua_tonumber(co, 2);
+    uint64_t ms = secs > 0 ? (secs > 1e7 ? (uint64_t)1e10 : (uint64_t)(secs * 1000.0 + 0.5)) : 0;
+    mg_timer_start(ts, &r->wait_timer, ms, on_wait_timer);
+  } else {
+    *why = "a hook yielded: only the moongate API may suspend a hook (mg.sleep, sockets, mg.http)";
     return -1;
   }
-  double secs = lua_tonumber(co, 2);
-  uint64_t ms = secs > 0 ? (secs > 1e7 ? (uint64_t)1e10 : (uint64_t)(secs * 1000.0 + 0.5)) : 0;
   lua_settop(co, 0);
-  mg_timers_t *ts = &g->w->timers;
-  mg_timer_start(ts, &r->wait_timer, ms, on_wait_timer);
   if (!r->waiting) { /* the hook's budget runs from its first wait */
-    mg_timer_start(ts, &r->budget, g->gen->timeouts.hook, on_budget);
+    mg_timer_start(ts, &r->budget, r->budget_ms ? r->budget_ms : g->gen->timeouts.hook, on_budget);
     r->waiting = 1;
     r->wait_hook = hook;
   }
@@ -189,11 +192,19 @@ static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *ch
   atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
   void *outer = g->w->hook_req;
   mg_wgen_t *outer_wg = g->w->lua_wg;
+  mg_lreq_t *outer_run = g->w->lua_run;
   g->w->hook_req = r->owner;
   g->w->lua_wg = g;
+  g->w->lua_run = mg_lua_may_wait(hook) ? r : NULL;
   int st = lua_resume(co, nargs);
   g->w->hook_req = outer;
   g->w->lua_wg = outer_wg;
+  g->w->lua_run = outer_run;
+  if (st != LUA_YIELD && r->io) { /* an operation started but not waited for (a yield
+                                     caught by the user's own coroutine): dropped */
+    r->io->cancel(r->io);
+    r->io = NULL;
+  }
   atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
   r->phase = saved;
   if (st == 0) {
@@ -211,6 +222,10 @@ static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *ch
   const char *msg = NULL;
   if (st == LUA_YIELD) {
     if (start_wait(r, co, hook, &msg) == 0) return MG_LUA_WAIT;
+    if (r->io) {
+      r->io->cancel(r->io);
+      r->io = NULL;
+    }
   } else {
     msg = lua_tostring(co, -1);
   }
@@ -270,7 +285,26 @@ static void on_budget(mg_timer_t *t) {
   r->waited(r->owner, MG_LUA_TIMEOUT); /* may free r */
 }
 
+mg_lreq_t *mg_lua_running(mg_worker_t *w) { return w ? w->lua_run : NULL; }
+
+int mg_lua_wait_io(mg_lreq_t *r, mg_lwait_t *op) {
+  if (!r || r->io || !r->co) return -1;
+  r->io = op;
+  return 0;
+}
+
+void mg_lua_wake(mg_lreq_t *r, mg_lwait_t *op) {
+  if (r->io != op) return; /* not (or no longer) what it waits on */
+  r->io = NULL;
+  /* on the next loop turn: the caller is inside its own callback */
+  mg_timer_start(&r->wg->w->timers, &r->wait_timer, 0, on_wait_timer);
+}
+
 void mg_lua_cancel(mg_lreq_t *r) {
+  if (r->io) {
+    r->io->cancel(r->io);
+    r->io = NULL;
+  }
   if (!r->waiting) return;
   mg_timers_t *ts = &r->wg->w->timers;
   mg_timer_stop(ts, &r->wait_timer);

@@ -43,7 +43,16 @@ enum {
   MG_LUA_TIMEOUT = -2, /* (waited) timeouts.hook ran out while it waited: it was dropped */
 };
 
-typedef struct {
+/* An I/O operation a hook waits on (a socket's connect or read, an HTTP call),
+ * embedded in its owner. The owner sets `cancel`: luavm calls it when the
+ * waiting hook goes away (its request ended, timeouts.hook), and from then on
+ * the operation must not wake the hook. */
+typedef struct mg_lwait_s mg_lwait_t;
+struct mg_lwait_s {
+  void (*cancel)(mg_lwait_t *op);
+};
+
+typedef struct mg_lreq_s {
   mg_wgen_t *wg;
   lua_State *co;
   int co_ref, chunk_ref; /* LUA_NOREF when none */
@@ -60,6 +69,8 @@ typedef struct {
   int waiting, wait_hook;
   mg_timer_t wait_timer, budget;
   void (*waited)(void *owner, int rc);
+  uint64_t budget_ms;    /* timeouts.hook for this run (the route's, else the global one); 0: the global */
+  mg_lwait_t *io;        /* the I/O operation the hook waits on (mg_lua_wait_io), NULL when none */
 } mg_lreq_t;
 
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
@@ -86,6 +97,18 @@ static inline int mg_lua_may_wait(int hook) {
 int mg_lua_resume(mg_lreq_t *r);
 /* A waiting hook is dropped (its client went away): no `waited` call. */
 void mg_lua_cancel(mg_lreq_t *r);
+/* I/O from Lua (sockets, the HTTP client). The Lua run of this moment on w: a
+ * request's hook or a timer callback (NULL outside them: a pcall'd hook, or no
+ * Lua running). */
+mg_lreq_t *mg_lua_running(mg_worker_t *w);
+/* The running hook is to wait for `op`: the FFI call that started it returns
+ * MG_API_EAGAIN, and its Lua wrapper yields (runtime.wait "io"). 0, or -1 when
+ * it cannot (nothing that may wait runs, or it already waits on something). */
+int mg_lua_wait_io(mg_lreq_t *r, mg_lwait_t *op);
+/* `op` completed (or failed): the hook it waits on resumes on the next loop turn
+ * (never from inside the caller's callback), and its wrapper asks again. */
+void mg_lua_wake(mg_lreq_t *r, mg_lwait_t *op);
+
 /* The request ends: releases its coroutine and Lua object (cancels a wait). */
 void mg_lua_req_done(mg_lreq_t *r);
 /* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker

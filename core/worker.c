@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "log.h"
 #include "luavm.h"
+#include "resolve.h"
 #include "proxy.h"
 #include "upstream.h"
 
@@ -230,6 +231,7 @@ static void run(void *arg) {
   mg_lua_timers_live(w->wg); /* the timers init_worker asked for */
   uv_run(&w->loop, UV_RUN_DEFAULT);
   mg_lua_timers_stop(w->wg, 1);
+  mg_resolve_free(w);
   mg_alog_flush(&w->alog);
   mg_outq_free_spares();
   mg_tp_ctx_close(&w->tp);

@@ -11,6 +11,7 @@ enum {
   MG_API_EPHASE = -30002,
   MG_API_EINVAL = -30003,
   MG_API_ENOMEM = -30004,
+  MG_API_EAGAIN = -30005,
 };
 enum { MG_HDR_SET = 0, MG_HDR_ADD = 1, MG_HDR_DEL = 2 };
 
@@ -70,7 +71,7 @@ return {
   -- the namespace the functions above resolve in (the executable); the Lua modules
   -- call through this field, so a unit spec can put a stand-in in its place
   C = ffi.C,
-  ENOTFOUND = -30001, EPHASE = -30002, EINVAL = -30003, ENOMEM = -30004,
+  ENOTFOUND = -30001, EPHASE = -30002, EINVAL = -30003, ENOMEM = -30004, EAGAIN = -30005,
   HDR_SET = 0, HDR_ADD = 1, HDR_DEL = 2,
   -- hook numbers (C: MG_HOOK_*), both from the one list in moongate.hooks
   hooks = hook_numbers,

@@ -98,6 +98,7 @@ describe("core/api.h and lua/moongate/ffi.lua", function()
     assert.equal(consts.MG_API_EPHASE, abi.EPHASE)
     assert.equal(consts.MG_API_EINVAL, abi.EINVAL)
     assert.equal(consts.MG_API_ENOMEM, abi.ENOMEM)
+    assert.equal(consts.MG_API_EAGAIN, abi.EAGAIN)
     assert.equal(consts.MG_HDR_SET, abi.HDR_SET)
     assert.equal(consts.MG_HDR_ADD, abi.HDR_ADD)
     assert.equal(consts.MG_HDR_DEL, abi.HDR_DEL)
@@ -120,7 +121,7 @@ describe("core/api.h and lua/moongate/ffi.lua", function()
     for i, h in ipairs(list) do assert.equal(h[1], names[i]) end
     assert.equal(#list, #names)
     -- and the cdef's own copies of the enums
-    for _, name in ipairs({ "MG_API_ENOTFOUND", "MG_API_EPHASE", "MG_API_EINVAL", "MG_API_ENOMEM",
+    for _, name in ipairs({ "MG_API_ENOTFOUND", "MG_API_EPHASE", "MG_API_EINVAL", "MG_API_ENOMEM", "MG_API_EAGAIN",
                             "MG_HDR_SET", "MG_HDR_ADD", "MG_HDR_DEL" }) do
       local v = cdef:match(name .. "%s*=%s*(%-?%d+)")
       assert.equal(consts[name], tonumber(v), name .. " in the cdef")

@@ -129,6 +129,13 @@ function _M.wait(kind, arg)
   return ok, err
 end
 
+--- Every API that waits on I/O (sockets, mg.http) calls this before it starts
+--- anything in C: where the Lua running cannot start I/O yet, it waits until it
+--- can (or raises). The wrapper then calls C, and on MG_API_EAGAIN waits with
+--- _M.wait("io") and asks C again.
+function _M.io_begin()
+end
+
 --- The entry point: runs hook `hook` for the request at `ptr` (number `seq`),
 --- global functions first, then the route's. Returns the request object and, for
 --- the body hook, the replacement chunk.
