@@ -102,7 +102,7 @@ function _M.new(opts)
     -- fields that may be "unset" hold false, never nil: a nil field would fall
     -- through to the command methods below
     sock = false,
-    timeouts = { DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT },
+    connect_ms = DEFAULT_TIMEOUT, send_ms = DEFAULT_TIMEOUT, read_ms = DEFAULT_TIMEOUT,
     max_bulk = max_bulk, max_items = max_items,
     parts = new_tab(16, 0), nparts = 0, -- the request being built (reused)
     pipeline = false,                   -- count of queued commands while pipelining
@@ -126,10 +126,10 @@ end
 
 --- red:set_timeouts(connect_ms, send_ms, read_ms). Kept for later connections too.
 function mt.set_timeouts(self, c, s, r)
-  local t = self.timeouts
-  t[1], t[2], t[3] = check_ms(c, "connect timeout"), check_ms(s, "send timeout"), check_ms(r, "read timeout")
+  c, s, r = check_ms(c, "connect timeout"), check_ms(s, "send timeout"), check_ms(r, "read timeout")
+  self.connect_ms, self.send_ms, self.read_ms = c, s, r
   local sock = self.sock
-  if sock then sock:settimeouts(t[1], t[2], t[3]) end
+  if sock then sock:settimeouts(c, s, r) end
   return true
 end
 
@@ -158,8 +158,7 @@ function mt.connect(self, host, port, opts)
   self.pipeline = false
   local sock, err = self.factory()
   if not sock then return nil, err or "cannot create a socket" end
-  local t = self.timeouts
-  sock:settimeouts(t[1], t[2], t[3])
+  sock:settimeouts(self.connect_ms, self.send_ms, self.read_ms)
   local ok, cerr
   if opts ~= nil then ok, cerr = sock:connect(host, port, opts)
   else ok, cerr = sock:connect(host, port) end
@@ -201,15 +200,19 @@ function mt.get_reused_times(self)
 end
 
 -- Appends one command to self.parts. Arguments are strings or numbers.
+-- Few arguments are read with select (no table); many from one table, since
+-- select(k, ...) in a loop costs n^2.
 local function add_command(self, name, ...)
   local n = select("#", ...)
+  local args = n > 8 and { ... } or nil
   local parts, i = self.parts, self.nparts
   parts[i + 1] = argc_str(n + 1)
   parts[i + 2] = len_str(#name, true)
   parts[i + 3] = name
   i = i + 3
   for k = 1, n do
-    local a = select(k, ...)
+    local a
+    if args then a = args[k] else a = select(k, ...) end
     local ta = type(a)
     if ta == "number" then
       a = tostring(a)

@@ -106,6 +106,19 @@ describe("moongate.redis", function()
       red:close()
     end)
 
+    it("sends commands with many arguments whole (RPUSH of 50 values)", function()
+      local red = connected()
+      local values = {}
+      for i = 1, 50 do values[i] = "v" .. i end
+      assert.equal(50, red:rpush("many", unpack(values)))
+      assert.same(values, red:lrange("many", 0, -1))
+      values[30] = true
+      assert.has_error(function() red:rpush("many", unpack(values)) end,
+        "redis: RPUSH: argument 31 must be a string or a number, got boolean")
+      assert.equal(50, red:llen("many"))
+      red:close()
+    end)
+
     it("reads arrays (LRANGE), with nil elements as redis.null", function()
       local red = connected()
       assert.equal(3, red:rpush("list", "a", "b", "c"))
