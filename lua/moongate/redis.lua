@@ -133,6 +133,13 @@ function mt.set_timeouts(self, c, s, r)
   return true
 end
 
+-- Forgets a queued pipeline and whatever request was being built.
+local function drop_queue(self)
+  if self.nparts > 0 then clear_tab(self.parts) end
+  self.nparts = 0
+  self.pipeline = false
+end
+
 -- Drops the connection after a failure: the stream may be mid-reply.
 local function fail(self, err)
   local sock = self.sock
@@ -140,7 +147,7 @@ local function fail(self, err)
     self.sock = false
     sock:close()
   end
-  self.pipeline = false
+  drop_queue(self)
   return nil, err
 end
 
@@ -155,7 +162,7 @@ function mt.connect(self, host, port, opts)
     self.sock = false
     old:close()
   end
-  self.pipeline = false
+  drop_queue(self)
   local sock, err = self.factory()
   if not sock then return nil, err or "cannot create a socket" end
   sock:settimeouts(self.connect_ms, self.send_ms, self.read_ms)
@@ -188,7 +195,7 @@ function mt.close(self)
   local sock = self.sock
   if not sock then return nil, "closed" end
   self.sock = false
-  self.pipeline = false
+  drop_queue(self)
   return sock:close()
 end
 
@@ -333,17 +340,14 @@ function mt.select(self, db) return call(self, "SELECT", db) end
 --- red:init_pipeline(): the following commands are queued (each returns true)
 --- until commit_pipeline sends them in one write and reads every reply.
 function mt.init_pipeline(self)
-  clear_tab(self.parts)
-  self.nparts = 0
+  drop_queue(self)
   self.pipeline = 0
   return true
 end
 
 --- red:cancel_pipeline(): forgets the queued commands.
 function mt.cancel_pipeline(self)
-  clear_tab(self.parts)
-  self.nparts = 0
-  self.pipeline = false
+  drop_queue(self)
   return true
 end
 
