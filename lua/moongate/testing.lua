@@ -1274,10 +1274,172 @@ function Origin:stop()
 end
 
 ---------------------------------------------------------------------------
+-- redis-server on a free port
+---------------------------------------------------------------------------
+
+local Redis = {}
+Redis.__index = Redis
+
+local function find_in_path(name)
+  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+    if executable(dir .. "/" .. name) then return dir .. "/" .. name end
+  end
+end
+
+-- A minimal RESP2 reader for Redis:command (independent of moongate.redis, so
+-- that specs of that client assert through another parser). Returns value, or
+-- nil, err; an error reply is nil, "ERR ...", a nil bulk is redis_null.
+local redis_null = setmetatable({}, { __tostring = function() return "t.redis null" end })
+local function resp_read(sock)
+  local line, err = sock:receive("*l")
+  if not line then return nil, err end
+  local kind, rest = line:sub(1, 1), line:sub(2)
+  if kind == "+" then return rest end
+  if kind == "-" then return nil, rest end
+  if kind == ":" then return tonumber(rest) end
+  local n = tonumber(rest)
+  if kind == "$" and n then
+    if n < 0 then return redis_null end
+    local data, derr = sock:receive(n + 2)
+    if not data then return nil, derr end
+    return data:sub(1, n)
+  end
+  if kind == "*" and n then
+    if n < 0 then return redis_null end
+    local list = {}
+    for i = 1, n do
+      local v, verr = resp_read(sock)
+      if v == nil then
+        if verr == "closed" or verr == "timeout" then return nil, verr end
+        v = { false, verr }
+      end
+      list[i] = v
+    end
+    return list
+  end
+  return nil, "bad reply line: " .. line
+end
+
+local function resp_command(host, port, password, args, timeout)
+  local sock = socket.tcp()
+  sock:settimeout(timeout or 5)
+  local ok, err = sock:connect(host, port)
+  if not ok then
+    sock:close()
+    return nil, fmt("redis %s:%d: %s", host, port, tostring(err))
+  end
+  local function one(list)
+    local parts = { "*" .. #list .. "\r\n" }
+    for _, a in ipairs(list) do
+      a = tostring(a)
+      parts[#parts + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+    end
+    local sent, serr = sock:send(concat(parts))
+    if not sent then return nil, serr end
+    return resp_read(sock)
+  end
+  if password then
+    local r, aerr = one({ "AUTH", password })
+    if not r then
+      sock:close()
+      return nil, "AUTH: " .. tostring(aerr)
+    end
+  end
+  local v, verr = one(args)
+  sock:close()
+  return v, verr
+end
+
+--- Starts `redis-server` on a free loopback port, in a temp folder, with no
+--- persistence. opts: password (requirepass), args (more "--name value"
+--- arguments, a list of strings), bin (default $REDIS_SERVER or redis-server on
+--- the PATH), timeout (seconds to wait for PONG, default 10).
+--- Returns the server { host, port, addr, pid, dir, log, password } or
+--- nil, err ("redis-server not installed (...)" when it is missing: a spec may
+--- pending() with that).
+function _M.redis(opts)
+  if opts ~= nil and type(opts) ~= "table" then error("t.redis: opts must be a table", 2) end
+  opts = opts or {}
+  if opts.password ~= nil and type(opts.password) ~= "string" then error("t.redis: password must be a string", 2) end
+  if opts.args ~= nil and type(opts.args) ~= "table" then error("t.redis: args must be a list of strings", 2) end
+  local bin = opts.bin or os.getenv("REDIS_SERVER")
+  if bin == nil or bin == "" then bin = find_in_path("redis-server") end
+  if not bin or not executable(bin) then
+    return nil, "redis-server not installed (apt-get install redis-server)"
+  end
+  local host = "127.0.0.1"
+  local timeout = opts.timeout or 10
+  local last_err
+  for _ = 1, 3 do -- a port found free may be taken before redis binds it
+    local port, perr = free_port(host)
+    if not port then return nil, perr end
+    local dir, derr = make_tmpdir("moongate-test")
+    if not dir then return nil, derr end
+    local r = setmetatable({ host = host, port = port, addr = join_addr(host, port), dir = dir,
+                             log = dir .. "/redis.log", password = opts.password }, Redis)
+    local argv = { bin, "--port", tostring(port), "--bind", host, "--save", "", "--appendonly", "no",
+                   "--daemonize", "no", "--dir", dir, "--logfile", "" }
+    if opts.password then
+      argv[#argv + 1] = "--requirepass"
+      argv[#argv + 1] = opts.password
+    end
+    for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = tostring(a) end
+    local pid, serr = spawn(argv, { log = r.log, cwd = dir })
+    if not pid then
+      drop_tmpdir(dir)
+      return nil, serr
+    end
+    r.pid = pid
+    live[r] = true
+    local deadline = gettime() + timeout
+    local up = false
+    while gettime() < deadline do
+      if r:command("PING") == "PONG" then up = true break end
+      local how = reap(pid, 0)
+      if how then r.stopped = true break end -- it exited
+      sleep(0.02)
+    end
+    if up then return r end
+    local log = r:read_log()
+    r:stop()
+    drop_tmpdir(dir)
+    last_err = fmt("redis-server did not come up on %s:%d; its log:\n%s", host, port, tail(log, 2000))
+    if not log:find("Address already in use", 1, true) then break end
+  end
+  return nil, last_err
+end
+
+--- One command over a fresh connection (AUTH first when the server has a
+--- password): status, integer, bulk, array as Lua values, a nil bulk as
+--- t.redis_null; an error reply or a failure -> nil, message.
+function Redis:command(...)
+  local args = { ... }
+  if #args == 0 then error("redis:command: give a command", 2) end
+  return resp_command(self.host, self.port, self.password, args)
+end
+
+--- What redis-server wrote (its log goes to stdout, captured in the temp folder).
+function Redis:read_log()
+  return read_file(self.log) or ""
+end
+
+--- Stops the server (SIGTERM, then SIGKILL). Returns true.
+function Redis:stop()
+  if not self.stopped then
+    self.stopped = true
+    terminate(self.pid, 5)
+  end
+  live[self] = nil
+  return true
+end
+
+_M.redis_null = redis_null
+
+---------------------------------------------------------------------------
 -- the rest of the API
 ---------------------------------------------------------------------------
 
---- Stops every moongate and origin started here and removes their temp
+--- Stops every moongate, origin and redis-server started here and removes their temp
 --- folders (kept when MOONGATE_TEST_KEEP is set). Never raises; returns true.
 function _M.stop_all()
   local procs = {}
