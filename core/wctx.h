@@ -47,6 +47,7 @@ struct mg_worker_s {
   struct mg_lrun_s *lua_runs; /* timer callbacks running or waiting, of any generation (luavm.c) */
   struct mg_lreq_s *lua_run;  /* the Lua run of this moment that may wait (luavm.c), or NULL */
   struct mg_dns_s *dns;       /* the resolver's cache (resolve.c) */
+  struct mg_cosock_w_s *cosock; /* mg.tcp's connections, idle pools, TLS contexts (cosock.c) */
 
   mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;
