@@ -120,8 +120,11 @@ static const char *uv_err(int rc) {
   }
 }
 
+static void socks_end(mg_worker_t *w, int stage);
+
+/* Made with the worker's first connect; the worker learns to end it then. */
 static mg_cosock_w_t *wstate(mg_worker_t *w) {
-  if (!w->cosock) w->cosock = calloc(1, sizeof(mg_cosock_w_t));
+  if (!w->cosock && (w->cosock = calloc(1, sizeof(mg_cosock_w_t)))) w->socks_end = socks_end;
   return w->cosock;
 }
 
@@ -656,7 +659,7 @@ int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verif
     return -1;
   }
   char sni[MG_DNS_NAME_MAX + 1];
-  memcpy(sni, name, nlen);
+  if (nlen) memcpy(sni, name, nlen);
   sni[nlen] = '\0';
   mg_tls_client_t one = *t; /* the shared context, this connection's name */
   one.sni = nlen ? sni : NULL;
@@ -851,23 +854,16 @@ int mg_tcp_close(mg_cosock_t *s) {
 
 /* ---------------- the worker's side ---------------- */
 
-void mg_cosock_close_pools(mg_worker_t *w) {
-  mg_cosock_w_t *cw = w->cosock;
-  if (!cw) return;
+/* The worker drains: idle pooled connections close (setkeepalive then closes
+ * too, seeing w->draining). */
+static void close_pools(mg_cosock_w_t *cw) {
   for (mg_copool_t *p = cw->pools; p; p = p->next)
     while (p->head) conn_close(p->head, NULL);
 }
 
-void mg_cosock_close_all(mg_worker_t *w) {
+/* After the loop ended: the pools' and TLS contexts' memory. */
+static void free_all(mg_worker_t *w) {
   mg_cosock_w_t *cw = w->cosock;
-  if (!cw) return;
-  cw->closed = 1;
-  while (cw->conns) conn_close(cw->conns, NULL);
-}
-
-void mg_cosock_free(mg_worker_t *w) {
-  mg_cosock_w_t *cw = w->cosock;
-  if (!cw) return;
   while (cw->pools) {
     mg_copool_t *p = cw->pools;
     cw->pools = p->next;
@@ -879,4 +875,22 @@ void mg_cosock_free(mg_worker_t *w) {
   }
   free(cw);
   w->cosock = NULL;
+  w->socks_end = NULL;
+}
+
+static void socks_end(mg_worker_t *w, int stage) {
+  mg_cosock_w_t *cw = w->cosock;
+  if (!cw) return;
+  switch (stage) {
+  case MG_SOCKS_DRAIN:
+    close_pools(cw);
+    break;
+  case MG_SOCKS_CLOSE: /* the loop ends now: busy ones too (a waiting timer callback
+                          is dropped later), and no connect from here on */
+    cw->closed = 1;
+    while (cw->conns) conn_close(cw->conns, NULL);
+    break;
+  default:
+    free_all(w);
+  }
 }

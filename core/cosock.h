@@ -4,7 +4,7 @@
  * timer), so that setkeepalive can move it into the worker's idle pool, keyed
  * by "host:port" or the connect call's pool name, and a later connect can take
  * it back. The FFI functions (mg_tcp_*) are declared in api.h; what is here is
- * for the worker.
+ * its limits.
  *
  * Waiting goes through luavm (mg_lua_wait_io / mg_lua_wake). A socket belongs to
  * the run (request or timer callback) that first connected it: when that run
@@ -28,13 +28,7 @@
 #define MG_COSOCK_IDLE_MS 60000     /* setkeepalive's idle timeout when none is given */
 #define MG_COSOCK_TLS_CTX_MAX 16    /* client TLS contexts kept per worker (verify, CA file) */
 
-/* The worker drains: its idle pooled connections close, and setkeepalive
- * closes from now on. */
-void mg_cosock_close_pools(mg_worker_t *w);
-/* The worker ends (its loop is about to stop): every connection closes, busy
- * ones too (a waiting timer callback is dropped later), and connect fails. */
-void mg_cosock_close_all(mg_worker_t *w);
-/* After the loop ended: the pools' and TLS contexts' memory goes. */
-void mg_cosock_free(mg_worker_t *w);
+/* The worker ends the connections through w->socks_end (wctx.h), set by the
+ * first connect: the worker does not include this part. */
 
 #endif
