@@ -125,14 +125,16 @@ mg.route { path = "/pool-unread", respond = function(req)
   return 200, show(s:setkeepalive()) .. "\n"
 end }
 mg.route { path = "/cancel", respond = function(req)
+  d():incr("started", 1, 0)
   local s = open()
   assert(s:send("SILENT\n"))
+  d():incr("waiting", 1, 0)
   s:receive("*l")
   d():incr("after_wait", 1, 0)
   return 200, "waited\n"
 end }
 mg.route { path = "/count", respond = function(req)
-  return 200, tostring(d():get("after_wait") or 0)
+  return 200, (d():get("waiting") or 0) .. " " .. (d():get("after_wait") or 0) .. " " .. (d():get("started") or 0)
 end }
 local kept = {}
 mg.route { path = "/leave-open", respond = function(req)
@@ -337,10 +339,11 @@ describe("mg.tcp", function()
   end
 
   it("cancels a request whose client leaves while its socket waits: nothing after the wait runs", function()
-    local before = tonumber(get("/count"))
+    local waiting, after, started = get("/count"):match("^(%d+) (%d+) (%d+)$")
     leave_mid_wait(10, 0.1)
     helpers.sleep(0.3)
-    assert.equal(before, tonumber(get("/count")))
+    -- all 10 reached the wait, none went past it
+    assert.equal((waiting + 10) .. " " .. after .. " " .. (started + 10), get("/count"))
     proxy:assert_alive()
   end)
 
@@ -348,8 +351,19 @@ describe("mg.tcp", function()
     leave_mid_wait(50)
     helpers.sleep(0.5)
     local rss0 = proxy:rss()
-    leave_mid_wait(1000)
+    local function counts()
+      local w, a, s = get("/count"):match("^(%d+) (%d+) (%d+)$")
+      return tonumber(w), tonumber(a), tonumber(s)
+    end
+    local w0, a0, s0 = counts()
+    leave_mid_wait(1000, 0.002)
     helpers.sleep(0.8)
+    local w1, a1, s1 = counts()
+    -- every hook began and was cancelled while it waited (in connect, or in
+    -- receive); none went past the wait
+    assert.equal(1000, s1 - s0)
+    assert(w1 - w0 >= 500, "only " .. (w1 - w0) .. " of 1,000 reached the receive")
+    assert.equal(a0, a1)
     local grew = proxy:rss() - rss0
     -- ASan keeps freed memory in quarantine: there the absence of a report counts
     local asan = (helpers.read_file("/proc/" .. proxy.pid .. "/maps") or ""):find("libasan", 1, true)
