@@ -101,4 +101,33 @@ int mg_api_timer(double secs, int id);
 /* The timer `id` of the Lua state running now is cancelled. */
 void mg_api_timer_cancel(int id);
 
+/* ---- mg.tcp (cosock.c) ---- */
+/* A socket for hooks (core/cosock.h). Owned by Lua: mg_tcp_new's result is freed
+ * by mg_tcp_free (ffi.gc), which closes its connection. The operations that may
+ * wait return 0, -1 with *err (a static string, or one in the socket valid until
+ * its next call), MG_API_EPHASE (no hook that may wait runs now), or
+ * MG_API_EAGAIN: the caller waits (runtime.wait "io") and asks again, with
+ * mg_tcp_result (connect, sslhandshake, send) or the same mg_tcp_receive call. */
+typedef struct mg_cosock_s mg_cosock_t;
+mg_cosock_t *mg_tcp_new(void);
+void mg_tcp_free(mg_cosock_t *s);
+/* Milliseconds; < 0 leaves one as it is, 0 means no timeout. */
+void mg_tcp_settimeouts(mg_cosock_t *s, double connect_ms, double send_ms, double read_ms);
+/* host: a name or an IP literal; pool (plen 0: "host:port") keys the idle pool;
+ * ca (calen 0: the system bundle) is what sslhandshake verifies against. */
+int mg_tcp_connect(mg_cosock_t *s, const char *host, size_t hlen, int port, const char *pool,
+                   size_t plen, int pool_size, const char *ca, size_t calen, const char **err);
+int mg_tcp_result(mg_cosock_t *s, const char **err);
+int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verify, const char **err);
+/* Queues p; with more = 0 sends everything queued and waits until written. */
+int mg_tcp_send(mg_cosock_t *s, const char *p, size_t len, int more, const char **err);
+/* mode 0: n bytes, 1: a line (without CR LF), 2: until closed, 3: what is there
+ * (up to n). *out (or, on error, the partial data) points into the socket's
+ * buffer until its next call. */
+int mg_tcp_receive(mg_cosock_t *s, int mode, size_t n, mg_str_t *out, const char **err);
+/* idle_ms < 0: the default (60 s); pool_size <= 0: connect's, else 30. */
+int mg_tcp_setkeepalive(mg_cosock_t *s, double idle_ms, int pool_size, const char **err);
+int mg_tcp_close(mg_cosock_t *s);
+int mg_tcp_reused(mg_cosock_t *s);
+
 #endif

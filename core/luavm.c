@@ -313,9 +313,28 @@ void mg_lua_cancel(mg_lreq_t *r) {
   drop_coroutine(r, 0); /* suspended: never reused, the collector takes it */
 }
 
+void mg_lua_res_add(mg_lreq_t *r, mg_lres_t *res) {
+  res->prev = NULL;
+  res->next = r->res;
+  if (r->res) r->res->prev = res;
+  r->res = res;
+}
+
+void mg_lua_res_remove(mg_lreq_t *r, mg_lres_t *res) {
+  if (res->prev) res->prev->next = res->next;
+  else if (r->res == res) r->res = res->next;
+  if (res->next) res->next->prev = res->prev;
+  res->prev = res->next = NULL;
+}
+
 void mg_lua_req_done(mg_lreq_t *r) {
   mg_wgen_t *g = r->wg;
   mg_lua_cancel(r);
+  while (r->res) { /* its sockets: closed now, never pointing at r again */
+    mg_lres_t *res = r->res;
+    mg_lua_res_remove(r, res);
+    res->done(res);
+  }
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
   r->chunk_ref = LUA_NOREF;
   drop_coroutine(r, 1);

@@ -52,6 +52,15 @@ struct mg_lwait_s {
   void (*cancel)(mg_lwait_t *op);
 };
 
+/* Something a run owns that must end with it (a socket from mg.tcp): linked into
+ * the run by its owner (mg_lua_res_add), and `done` is called when the run ends
+ * (mg_lua_req_done) unless the owner unlinked it first (mg_lua_res_remove). */
+typedef struct mg_lres_s mg_lres_t;
+struct mg_lres_s {
+  mg_lres_t *prev, *next;
+  void (*done)(mg_lres_t *res);
+};
+
 typedef struct mg_lreq_s {
   mg_wgen_t *wg;
   lua_State *co;
@@ -71,6 +80,7 @@ typedef struct mg_lreq_s {
   void (*waited)(void *owner, int rc);
   uint64_t budget_ms;    /* timeouts.hook for this run (the route's, else the global one); 0: the global */
   mg_lwait_t *io;        /* the I/O operation the hook waits on (mg_lua_wait_io), NULL when none */
+  mg_lres_t *res;        /* what ends with the run (mg_lua_res_add); NULL when none */
 } mg_lreq_t;
 
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
@@ -109,8 +119,12 @@ int mg_lua_wait_io(mg_lreq_t *r, mg_lwait_t *op);
  * (never from inside the caller's callback), and its wrapper asks again. */
 void mg_lua_wake(mg_lreq_t *r, mg_lwait_t *op);
 
-/* The request ends: releases its coroutine and Lua object (cancels a wait). */
+/* The request ends: releases its coroutine and Lua object (cancels a wait), and
+ * ends what it owned (mg_lres_t: each `done` runs once, after the cancel). */
 void mg_lua_req_done(mg_lreq_t *r);
+/* res ends with r (its `done` runs in mg_lua_req_done), or no longer does. */
+void mg_lua_res_add(mg_lreq_t *r, mg_lres_t *res);
+void mg_lua_res_remove(mg_lreq_t *r, mg_lres_t *res);
 /* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker
  * thread only). 0, or -1 (g retired, or out of memory). */
 int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs);

@@ -95,6 +95,14 @@ static void attach(mg_tp_t *tp, SSL *ssl) {
 
 void mg_tp_tls(mg_tp_t *tp, SSL *ssl) { attach(tp, ssl); }
 
+static void client_handshake(mg_tp_t *tp);
+void mg_tp_tls_start(mg_tp_t *tp, SSL *ssl) {
+  attach(tp, ssl);
+  if (tp->closing) return;
+  mg_tp_read(tp, 1); /* the server's flights */
+  client_handshake(tp);
+}
+
 void mg_tp_tls_off(mg_tp_t *tp) {
   if (tp->ssl) BIO_reset(SSL_get_wbio(tp->ssl));
   tp->out.enc = NULL;

@@ -140,6 +140,11 @@ int mg_tp_connect(mg_tp_t *tp, mg_tp_ctx_t *ctx, uv_connect_t *req, const struct
  * bytes read), a connecting one as the client (handshake once connected). The
  * transport owns ssl from now on. */
 void mg_tp_tls(mg_tp_t *tp, SSL *ssl);
+/* Makes a connected client stream TLS from now on (STARTTLS-like: a socket
+ * that connected plain, then asks for TLS): the handshake starts at once;
+ * `ready` follows (rc 0, or the failure), possibly before this returns when
+ * writing the first flight fails. The transport owns ssl from now on. */
+void mg_tp_tls_start(mg_tp_t *tp, SSL *ssl);
 /* Back to plain bytes for what follows (a plaintext answer to a client that
  * spoke HTTP to a TLS port): what BoringSSL had queued is dropped. */
 void mg_tp_tls_off(mg_tp_t *tp);

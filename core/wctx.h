@@ -26,6 +26,9 @@ typedef struct {
 } mg_listener_t;
 
 enum { MG_CMD_NONE, MG_CMD_DRAIN, MG_CMD_STOP };
+/* mg.tcp's connections end in stages (socks_end): the worker drains (idle pools
+ * close), its loop ends (every connection closes), it exited (memory goes). */
+enum { MG_SOCKS_DRAIN, MG_SOCKS_CLOSE, MG_SOCKS_FREE };
 
 struct mg_worker_s {
   int id;
@@ -47,6 +50,8 @@ struct mg_worker_s {
   struct mg_lrun_s *lua_runs; /* timer callbacks running or waiting, of any generation (luavm.c) */
   struct mg_lreq_s *lua_run;  /* the Lua run of this moment that may wait (luavm.c), or NULL */
   struct mg_dns_s *dns;       /* the resolver's cache (resolve.c) */
+  struct mg_cosock_w_s *cosock; /* mg.tcp's connections, idle pools, TLS contexts (cosock.c) */
+  void (*socks_end)(mg_worker_t *w, int stage); /* set by cosock.c with `cosock`: MG_SOCKS_* */
 
   mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;

@@ -33,6 +33,7 @@ static void on_connection(uv_stream_t *server, int status) {
 
 static void finish(mg_worker_t *w) {
   mg_upstream_close_pools(w);
+  if (w->socks_end) w->socks_end(w, MG_SOCKS_CLOSE); /* a timer callback's too: the loop ends */
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->prepare)) uv_close((uv_handle_t *)&w->prepare, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -209,6 +210,7 @@ static void on_async(uv_async_t *a) {
     w->draining = 1;
     close_listeners(w);
     mg_upstream_close_pools(w);
+    if (w->socks_end) w->socks_end(w, MG_SOCKS_DRAIN);
     mg_conn_t *c = w->conns;
     while (c) {
       mg_conn_t *next = c->next;
@@ -232,6 +234,7 @@ static void run(void *arg) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   mg_lua_timers_stop(w->wg, 1);
   mg_resolve_free(w);
+  if (w->socks_end) w->socks_end(w, MG_SOCKS_FREE);
   mg_alog_flush(&w->alog);
   mg_outq_free_spares();
   mg_tp_ctx_close(&w->tp);

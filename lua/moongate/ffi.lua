@@ -61,6 +61,20 @@ double mg_api_now(void);
 int mg_api_worker_id(void);
 int mg_api_timer(double secs, int id);
 void mg_api_timer_cancel(int id);
+
+/* ---- mg.tcp (cosock.c) ---- */
+typedef struct mg_cosock_s mg_cosock_t;
+mg_cosock_t *mg_tcp_new(void);
+void mg_tcp_free(mg_cosock_t *s);
+void mg_tcp_settimeouts(mg_cosock_t *s, double connect_ms, double send_ms, double read_ms);
+int mg_tcp_connect(mg_cosock_t *s, const char *host, size_t hlen, int port, const char *pool, size_t plen, int pool_size, const char *ca, size_t calen, const char **err);
+int mg_tcp_result(mg_cosock_t *s, const char **err);
+int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verify, const char **err);
+int mg_tcp_send(mg_cosock_t *s, const char *p, size_t len, int more, const char **err);
+int mg_tcp_receive(mg_cosock_t *s, int mode, size_t n, mg_str_t *out, const char **err);
+int mg_tcp_setkeepalive(mg_cosock_t *s, double idle_ms, int pool_size, const char **err);
+int mg_tcp_close(mg_cosock_t *s);
+int mg_tcp_reused(mg_cosock_t *s);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

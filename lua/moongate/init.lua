@@ -563,6 +563,9 @@ function _M.sleep(seconds)
   if co == nil or main then error("mg.sleep: only a hook may wait (request hooks, respond functions)", 2) end
   return require("moongate.private.runtime").wait("sleep", seconds)
 end
+--- mg.tcp(): a TCP socket for hooks that may wait (OpenResty's cosocket shape:
+--- connect, sslhandshake, send, receive, setkeepalive, close; lua/moongate/tcp.lua).
+function _M.tcp() return require("moongate.tcp").new() end
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
 
