@@ -313,9 +313,29 @@ void mg_lua_cancel(mg_lreq_t *r) {
   drop_coroutine(r, 0); /* suspended: never reused, the collector takes it */
 }
 
+void mg_lua_own(mg_lreq_t *r, mg_lwait_t *op) {
+  op->onext = r->owned;
+  if (r->owned) r->owned->oprev = &op->onext;
+  op->oprev = &r->owned;
+  r->owned = op;
+}
+
+void mg_lua_disown(mg_lwait_t *op) {
+  if (!op->oprev) return;
+  *op->oprev = op->onext;
+  if (op->onext) op->onext->oprev = op->oprev;
+  op->onext = NULL;
+  op->oprev = NULL;
+}
+
 void mg_lua_req_done(mg_lreq_t *r) {
   mg_wgen_t *g = r->wg;
   mg_lua_cancel(r);
+  while (r->owned) { /* each cancel may free its op: unlinked first */
+    mg_lwait_t *op = r->owned;
+    mg_lua_disown(op);
+    op->cancel(op);
+  }
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);
   r->chunk_ref = LUA_NOREF;
   drop_coroutine(r, 1);

@@ -50,6 +50,8 @@ enum {
 typedef struct mg_lwait_s mg_lwait_t;
 struct mg_lwait_s {
   void (*cancel)(mg_lwait_t *op);
+  /* in the list of what a run owns (mg_lua_own); oprev NULL: in none */
+  mg_lwait_t *onext, **oprev;
 };
 
 typedef struct mg_lreq_s {
@@ -71,6 +73,7 @@ typedef struct mg_lreq_s {
   void (*waited)(void *owner, int rc);
   uint64_t budget_ms;    /* timeouts.hook for this run (the route's, else the global one); 0: the global */
   mg_lwait_t *io;        /* the I/O operation the hook waits on (mg_lua_wait_io), NULL when none */
+  mg_lwait_t *owned;     /* objects that live no longer than the run (mg_lua_own) */
 } mg_lreq_t;
 
 /* Builds the worker's view of gen: loads proxy.lua into a new state and runs the
@@ -109,7 +112,15 @@ int mg_lua_wait_io(mg_lreq_t *r, mg_lwait_t *op);
  * (never from inside the caller's callback), and its wrapper asks again. */
 void mg_lua_wake(mg_lreq_t *r, mg_lwait_t *op);
 
-/* The request ends: releases its coroutine and Lua object (cancels a wait). */
+/* An object Lua opened in run r (an HTTP call read piece by piece, a socket) that
+ * must not outlive it: when r ends (mg_lua_req_done) op->cancel is called for
+ * each object still owned, after the wait's cancel. Its owner takes it off the
+ * list earlier with mg_lua_disown (safe on an op in no list). */
+void mg_lua_own(mg_lreq_t *r, mg_lwait_t *op);
+void mg_lua_disown(mg_lwait_t *op);
+
+/* The request ends: releases its coroutine and Lua object (cancels a wait, then
+ * what the run owns). */
 void mg_lua_req_done(mg_lreq_t *r);
 /* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker
  * thread only). 0, or -1 (g retired, or out of memory). */
