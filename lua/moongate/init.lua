@@ -563,6 +563,10 @@ function _M.sleep(seconds)
   if co == nil or main then error("mg.sleep: only a hook may wait (request hooks, respond functions)", 2) end
   return require("moongate.private.runtime").wait("sleep", seconds)
 end
+--- mg.http.request { url = ..., ... }: an HTTP/1.1 call from a hook that may wait
+--- (lua/moongate/http.lua; docs/hooks.md "mg.http").
+_M.http = require "moongate.http"
+
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
 
