@@ -96,6 +96,10 @@ mg.route { path = "/stream", respond = function(req)
   return 200, outcome({ status = res.status, headers = res.headers, body = table.concat(parts) }, err,
     { pieces = n })
 end }
+mg.route { path = "/stream-left-open", respond = function(req)
+  local res = assert(mg.http.request { url = req:header("x-url"), stream = true })
+  return 200, assert(res:read(1000)) -- the rest is never read, the call never closed
+end }
 mg.route { path = "/cancel", respond = function(req)
   mg.http.request { url = req:header("x-url"), timeout = 5 }
   mg.shared("d"):incr("after_call", 1, 0)
@@ -257,6 +261,22 @@ mg.route { path = "/in-response/", upstream = o, on = {
     r = call({ ["x-url"] = "http://" .. py.addr .. "/chunked/" .. n }, "/stream")
     assert.equal(n, #r.body)
     assert.equal(helpers.sha256(helpers.pattern(n)), helpers.sha256(r.body))
+  end)
+
+  it("frees a streamed call left open when its request ends: its connection is closed", function()
+    local n = 8 * 1024 * 1024
+    local fresh = helpers.origin({ name = "fresh" }) -- no connection of other tests in its pool
+    for _ = 1, 5 do
+      local res = assert(proxy:request({ path = "/stream-left-open",
+                                         headers = { ["x-url"] = "http://" .. fresh.addr .. "/bytes/" .. n } }))
+      assert.equal(200, res.status)
+      assert.equal(helpers.pattern(1000), res.body)
+    end
+    assert.equal(5, fresh:stats().connections) -- none was pooled mid-body
+    local closed = helpers.wait_until(function() return fresh:stats().open == 0 end, 3, 0.05)
+    local open = fresh:stats().open
+    fresh:stop()
+    assert(closed, "connections still open: " .. open)
   end)
 
   it("follows redirects only when asked (follow), and turns a 303 into a GET without body", function()
