@@ -178,6 +178,27 @@ mg.route { path = "/in-response/", upstream = o, on = {
     assert.equal(seen[1].conn, seen[2].conn)
   end)
 
+  it("sends again, once, on a new connection when a pooled one turns out closed (GET only)", function()
+    -- answers the first request of each connection, closes on the next one unanswered
+    local seen = {}
+    local flaky = assert(t.origin(function(req)
+      seen[req.conn] = (seen[req.conn] or 0) + 1
+      if seen[req.conn] > 1 then return { close = true } end
+      return 200, "conn " .. req.conn
+    end))
+    local r = call({ ["x-url"] = flaky:url("/a") }, "/twice")
+    assert.is_nil(r.err)
+    assert.equal("conn 1", r.first)
+    assert.equal("conn 2", r.body)
+    -- a POST on the pooled connection 2 is not sent again: it fails; the next one
+    -- gets a new connection
+    r = call({ ["x-url"] = flaky:url("/b"), ["x-method"] = "POST", ["x-body"] = "x" }, "/twice")
+    assert.is_nil(r.first)
+    assert.matches("closed before a response", r.err)
+    assert.equal("conn 3", r.body)
+    flaky:stop()
+  end)
+
   it("shares the keep-alive pool of the proxy path to the same server", function()
     origin:reset()
     assert.equal(200, assert(proxy:request({ path = "/px/hello" })).status)
