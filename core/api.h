@@ -130,4 +130,41 @@ int mg_tcp_setkeepalive(mg_cosock_t *s, double idle_ms, int pool_size, const cha
 int mg_tcp_close(mg_cosock_t *s);
 int mg_tcp_reused(mg_cosock_t *s);
 
+/* ---- mg.http (lhttp.c) ---- */
+/* One HTTP/1.1 call from Lua (lua/moongate/http.lua builds and checks the head). */
+typedef struct {
+  const char *host;   /* a name or an IP literal ([brackets] allowed) */
+  size_t host_len;
+  int port;
+  int tls, verify;    /* https; verify the server's certificate (and name: sni) */
+  const char *ca;     /* NUL-terminated CA file; NULL: the system bundle */
+  const char *sni;    /* NUL-terminated server name sent and verified; NULL: none */
+  const char *head;   /* the request head, CRLF CRLF included */
+  size_t head_len;
+  const char *body;
+  size_t body_len;
+  int is_head, idempotent, stream;
+  double max_body;    /* bytes; 0: no bound */
+  double timeout;     /* seconds, the whole call */
+} mg_http_opts_t;
+typedef struct {
+  int status;
+  mg_str_t err;       /* not empty: the call failed (and nothing else is set) */
+  mg_str_t body;      /* not streaming: the whole body */
+  size_t nheaders;
+} mg_http_res_t;
+/* Starts a call owned by the running hook (MG_API_EPHASE where nothing may wait):
+ * its handle in *slot, *gen; MG_API_EAGAIN (the hook waits, then asks
+ * mg_http_result), 0 (the result is there: an immediate failure), or a code. */
+int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen);
+/* The answer (streaming: its head), 0, or MG_API_EAGAIN: the hook waits again. The
+ * slices stay valid until mg_http_close. MG_API_ENOTFOUND: closed (or its run ended). */
+int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out);
+int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value);
+/* Streaming: the next piece (up to max bytes; valid until the next call), an empty
+ * piece at the end, an error in *err, or MG_API_EAGAIN: the hook waits. */
+int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_str_t *err);
+/* Frees the call (its connection is closed if the response is not over). */
+void mg_http_close(uint32_t slot, uint32_t gen);
+
 #endif

@@ -442,7 +442,7 @@ mg_cosock_t *mg_tcp_new(void) {
 void mg_tcp_free(mg_cosock_t *s) {
   if (!s) return;
   if (s->c) conn_close(s->c, NULL);
-  if (s->run) mg_lua_res_remove(s->run, &s->res);
+  mg_lua_res_remove(&s->res);
   free(s->ca);
   free(s);
 }

@@ -314,17 +314,18 @@ void mg_lua_cancel(mg_lreq_t *r) {
 }
 
 void mg_lua_res_add(mg_lreq_t *r, mg_lres_t *res) {
-  res->prev = NULL;
   res->next = r->res;
-  if (r->res) r->res->prev = res;
+  if (r->res) r->res->prevp = &res->next;
+  res->prevp = &r->res;
   r->res = res;
 }
 
-void mg_lua_res_remove(mg_lreq_t *r, mg_lres_t *res) {
-  if (res->prev) res->prev->next = res->next;
-  else if (r->res == res) r->res = res->next;
-  if (res->next) res->next->prev = res->prev;
-  res->prev = res->next = NULL;
+void mg_lua_res_remove(mg_lres_t *res) {
+  if (!res->prevp) return;
+  *res->prevp = res->next;
+  if (res->next) res->next->prevp = res->prevp;
+  res->next = NULL;
+  res->prevp = NULL;
 }
 
 void mg_lua_req_done(mg_lreq_t *r) {
@@ -332,7 +333,7 @@ void mg_lua_req_done(mg_lreq_t *r) {
   mg_lua_cancel(r);
   while (r->res) { /* its sockets: closed now, never pointing at r again */
     mg_lres_t *res = r->res;
-    mg_lua_res_remove(r, res);
+    mg_lua_res_remove(res);
     res->done(res);
   }
   if (r->chunk_ref != LUA_NOREF) luaL_unref(g->L, LUA_REGISTRYINDEX, r->chunk_ref);

@@ -52,12 +52,14 @@ struct mg_lwait_s {
   void (*cancel)(mg_lwait_t *op);
 };
 
-/* Something a run owns that must end with it (a socket from mg.tcp): linked into
- * the run by its owner (mg_lua_res_add), and `done` is called when the run ends
- * (mg_lua_req_done) unless the owner unlinked it first (mg_lua_res_remove). */
+/* Something a run owns that must end with it (a socket from mg.tcp, an HTTP call
+ * from mg.http): linked into the run by its owner (mg_lua_res_add), and `done` is
+ * called when the run ends (mg_lua_req_done, after the wait's cancel) unless the
+ * owner unlinked it first (mg_lua_res_remove, which needs no run: safe on a res
+ * in no list). */
 typedef struct mg_lres_s mg_lres_t;
 struct mg_lres_s {
-  mg_lres_t *prev, *next;
+  mg_lres_t *next, **prevp; /* prevp NULL: in no list */
   void (*done)(mg_lres_t *res);
 };
 
@@ -124,7 +126,7 @@ void mg_lua_wake(mg_lreq_t *r, mg_lwait_t *op);
 void mg_lua_req_done(mg_lreq_t *r);
 /* res ends with r (its `done` runs in mg_lua_req_done), or no longer does. */
 void mg_lua_res_add(mg_lreq_t *r, mg_lres_t *res);
-void mg_lua_res_remove(mg_lreq_t *r, mg_lres_t *res);
+void mg_lua_res_remove(mg_lres_t *res);
 /* mg.timer.*: arms timer `id` of g's Lua state to fire after secs (the worker
  * thread only). 0, or -1 (g retired, or out of memory). */
 int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs);

@@ -240,6 +240,7 @@ static void tp_ready(void *arg, int rc, int kind, const char *why) {
     MG_WARN(u->w->id, "upstream %s: TLS certificate not accepted: %s", u->server->text, why);
   else if (kind != MG_TP_FAIL_IO)
     MG_WARN(u->w->id, "upstream %s: TLS handshake failed: %s", u->server->text, why);
+  if (u->owner && u->ev->connect_error) u->ev->connect_error(u->owner, kind, why);
   fail(u, 1, 0);
 }
 

@@ -56,6 +56,9 @@ typedef struct {
   /* n more body bytes went to the client by splicing (mg_upstream_splice); the
    * end follows through `end` as usual */
   void (*spliced)(void *owner, size_t n);
+  /* optional (NULL: not told): why a new connection failed, just before `failed`
+   * (kind: MG_TP_FAIL_*, transport.h; why: the cause as text, valid during the call) */
+  void (*connect_error)(void *owner, int kind, const char *why);
 } mg_up_events_t;
 
 /* The exchange's side of a link, given to mg_upstream_get. */

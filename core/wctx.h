@@ -52,6 +52,8 @@ struct mg_worker_s {
   struct mg_dns_s *dns;       /* the resolver's cache (resolve.c) */
   struct mg_cosock_w_s *cosock; /* mg.tcp's connections, idle pools, TLS contexts (cosock.c) */
   void (*socks_end)(mg_worker_t *w, int stage); /* set by cosock.c with `cosock`: MG_SOCKS_* */
+  struct mg_lhttp_s *lhttp;   /* mg.http: open calls, TLS client contexts (lhttp.c) */
+  void (*lhttp_free)(mg_worker_t *w); /* set by lhttp.c with lhttp: called at worker exit */
 
   mg_listener_t **listeners; /* one per listener of the current gen (handles don't move) */
   int nlisteners;
@@ -87,5 +89,9 @@ struct mg_worker_s {
   char rbuf[MG_READ_BUF]; /* every read of this worker lands here; see mg.h */
   char tbuf[16 * 1024];   /* decrypted TLS records, one at a time */
 };
+
+/* The worker running on this thread (NULL on the main thread): for the FFI API
+ * (set by worker.c). */
+extern _Thread_local mg_worker_t *mg_current_worker;
 
 #endif

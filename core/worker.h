@@ -36,7 +36,5 @@ void mg_worker_reload(mg_worker_t *w, mg_reload_t *rl);
 void mg_worker_command(mg_worker_t *w, int cmd);
 void mg_worker_join(mg_worker_t *w);
 
-/* The worker running on this thread (NULL on the main thread): for the FFI API. */
-extern _Thread_local mg_worker_t *mg_current_worker;
 
 #endif

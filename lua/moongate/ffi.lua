@@ -75,6 +75,33 @@ int mg_tcp_receive(mg_cosock_t *s, int mode, size_t n, mg_str_t *out, const char
 int mg_tcp_setkeepalive(mg_cosock_t *s, double idle_ms, int pool_size, const char **err);
 int mg_tcp_close(mg_cosock_t *s);
 int mg_tcp_reused(mg_cosock_t *s);
+
+typedef struct {
+  const char *host;
+  size_t host_len;
+  int port;
+  int tls, verify;
+  const char *ca;
+  const char *sni;
+  const char *head;
+  size_t head_len;
+  const char *body;
+  size_t body_len;
+  int is_head, idempotent, stream;
+  double max_body;
+  double timeout;
+} mg_http_opts_t;
+typedef struct {
+  int status;
+  mg_str_t err;
+  mg_str_t body;
+  size_t nheaders;
+} mg_http_res_t;
+int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen);
+int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out);
+int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value);
+int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_str_t *err);
+void mg_http_close(uint32_t slot, uint32_t gen);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -566,6 +566,10 @@ end
 --- mg.tcp(): a TCP socket for hooks that may wait (OpenResty's cosocket shape:
 --- connect, sslhandshake, send, receive, setkeepalive, close; lua/moongate/tcp.lua).
 function _M.tcp() return require("moongate.tcp").new() end
+--- mg.http.request { url = ..., ... }: an HTTP/1.1 call from a hook that may wait
+--- (lua/moongate/http.lua; docs/hooks.md "mg.http").
+_M.http = require "moongate.http"
+
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
 
