@@ -631,17 +631,26 @@ static const mg_tls_client_t *tls_ctx(mg_cosock_w_t *cw, int verify, const char 
   return &e->t;
 }
 
-int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verify, const char **err) {
-  *err = NULL;
-  mg_lreq_t *r;
-  int rc = begin(s, &r, err);
+/* begin() for the operations on an open connection: 0 with *cp, else what the
+ * operation returns (a wait it already had going is waited on again). */
+static int begin_open(mg_cosock_t *s, mg_lreq_t **rp, mg_coconn_t **cp, const char **err) {
+  int rc = begin(s, rp, err);
   if (rc) return rc;
-  if (s->pending) return rewait(s, r, err);
-  mg_coconn_t *c = s->c;
-  if (!c || c->state != CS_OPEN) {
+  if (s->pending) return rewait(s, *rp, err); /* never 0 */
+  *cp = s->c;
+  if (!*cp || (*cp)->state != CS_OPEN) {
     *err = "closed";
     return -1;
   }
+  return 0;
+}
+
+int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verify, const char **err) {
+  *err = NULL;
+  mg_lreq_t *r;
+  mg_coconn_t *c;
+  int rc = begin_open(s, &r, &c, err);
+  if (rc) return rc;
   if (nlen > MG_DNS_NAME_MAX) {
     *err = "bad server name";
     return -1;
@@ -679,14 +688,9 @@ int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verif
 int mg_tcp_send(mg_cosock_t *s, const char *p, size_t len, int more, const char **err) {
   *err = NULL;
   mg_lreq_t *r;
-  int rc = begin(s, &r, err);
+  mg_coconn_t *c;
+  int rc = begin_open(s, &r, &c, err);
   if (rc) return rc;
-  if (s->pending) return rewait(s, r, err);
-  mg_coconn_t *c = s->c;
-  if (!c || c->state != CS_OPEN) {
-    *err = "closed";
-    return -1;
-  }
   if (len && mg_outq_append(&c->tp.out, p, len) < 0) {
     *err = "no memory";
     conn_close(c, NULL);
@@ -715,14 +719,9 @@ int mg_tcp_receive(mg_cosock_t *s, int mode, size_t n, mg_str_t *out, const char
   out->p = "";
   out->len = 0;
   mg_lreq_t *r;
-  int rc = begin(s, &r, err);
+  mg_coconn_t *c;
+  int rc = begin_open(s, &r, &c, err);
   if (rc) return rc;
-  if (s->pending) return rewait(s, r, err);
-  mg_coconn_t *c = s->c;
-  if (!c || c->state != CS_OPEN) {
-    *err = "closed";
-    return -1;
-  }
   if (mode < RX_N || mode > RX_ANY || (mode == RX_N && n > MG_COSOCK_ALL_MAX)) {
     *err = mode == RX_N ? "too large" : "bad pattern";
     return -1;
