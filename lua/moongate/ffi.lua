@@ -61,6 +61,11 @@ double mg_api_now(void);
 int mg_api_worker_id(void);
 int mg_api_timer(double secs, int id);
 void mg_api_timer_cancel(int id);
+
+int mg_req_read_body(mg_req_t *r, mg_str_t *err);
+int mg_req_body(mg_req_t *r, mg_str_t *out);
+int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
+int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
