@@ -314,3 +314,46 @@ void mg_api_timer_cancel(int id) {
   mg_worker_t *w = mg_current_worker;
   if (w && w->lua_wg) mg_lua_timer_cancel(w->lua_wg, id);
 }
+
+/* ---- request bodies (proxy.c reads and frames them) ---- */
+
+int mg_req_read_body(mg_req_t *r, mg_str_t *err) {
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_RESPOND))) return MG_API_EPHASE;
+  const char *why = "the request was answered already";
+  int rc = r->rstate == MG_RS_NONE ? mg_proxy_read_body(r, &why) : -1;
+  if (rc != -1) return rc;
+  *err = (mg_str_t){ why, strlen(why) };
+  return MG_API_EINVAL;
+}
+
+int mg_req_body(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (!r->bb_done && !r->bb_set) return MG_API_ENOTFOUND;
+  *out = (mg_str_t){ r->bb ? r->bb : "", r->bb_len };
+  return 0;
+}
+
+#define BODY_WRITABLE (BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_UPSTREAM_REQUEST))
+
+int mg_req_set_body(mg_req_t *r, const char *p, size_t len) {
+  /* bb_primed: the upstream request is written (never in these hooks; checked) */
+  if (!PHASE(r, BODY_WRITABLE) || r->rstate != MG_RS_NONE || r->bb_primed || r->bb_on) return MG_API_EPHASE;
+  return mg_proxy_set_body(r, p, len) < 0 ? MG_API_ENOMEM : 0;
+}
+
+int mg_req_set_method(mg_req_t *r, const char *m, size_t len) {
+  static const struct { int id; const char *name; } methods[] = {
+#define MG_METHOD_ROW(num, name, string) { num, #string },
+    HTTP_METHOD_MAP(MG_METHOD_ROW)
+#undef MG_METHOD_ROW
+  };
+  if (!PHASE(r, BODY_WRITABLE) || !head_ready(r) || r->bb_primed) return MG_API_EPHASE;
+  for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+    if (strlen(methods[i].name) != len || memcmp(methods[i].name, m, len) != 0) continue;
+    if (methods[i].id == HTTP_CONNECT || methods[i].id == HTTP_PRI) break; /* tunnels, HTTP/2's preface */
+    r->method = methods[i].id;
+    r->method_set = 1;
+    return 0;
+  }
+  return MG_API_EINVAL;
+}

@@ -167,4 +167,20 @@ int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_st
 /* Frees the call (its connection is closed if the response is not over). */
 void mg_http_close(uint32_t slot, uint32_t gen);
 
+/* ---- request bodies (proxy.c reads and frames them) ---- */
+/* req:read_body, in request hooks and respond functions: 0 when the whole body
+ * is in (or there is none), MG_API_EAGAIN when the hook is to wait and then ask
+ * again, MG_API_EINVAL with *err (a static string: "body too large", "timeout",
+ * ...) when the read failed, MG_API_EPHASE. */
+int mg_req_read_body(mg_req_t *r, mg_str_t *err);
+/* The body read (or set): valid until the request ends; MG_API_ENOTFOUND when
+ * none was. */
+int mg_req_body(mg_req_t *r, mg_str_t *out);
+/* request and upstream_request hooks: the upstream gets this body (copied),
+ * with a Content-Length; the client's is read and dropped. */
+int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
+/* request and upstream_request hooks: the method that goes upstream, one HTTP
+ * knows (not CONNECT): MG_API_EINVAL for anything else. */
+int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
+
 #endif

@@ -14,6 +14,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "mg_hooks.h"
 
 const char *mg_lua_dir(void) {
   const char *d = getenv("MOONGATE_LUA_DIR");
@@ -414,6 +415,7 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     r->path_len = r->path ? strlen(r->path) : 0;
     r->upstream = (int)field_num(L, -1, "upstream_index", 0) - 1;
     r->hooks = (unsigned)field_num(L, -1, "hooks", 0);
+    r->buffer_body = (uint64_t)field_num(L, -1, "buffer_body", MG_BUFFER_BODY);
     lua_getfield(L, -1, "methods");
     if (lua_istable(L, -1)) {
       int nm = (int)lua_objlen(L, -1);
@@ -425,7 +427,7 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
       }
     }
     lua_pop(L, 1);
-    if (r->upstream < 0 && !(r->hooks & (1u << 8 /* MG_HOOK_RESPOND */))) {
+    if (r->upstream < 0 && !(r->hooks & (1u << MG_HOOK_RESPOND))) {
       int rc = build_respond(L, r);
       if (rc < 0) return rc;
     }

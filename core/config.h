@@ -56,6 +56,7 @@ typedef struct {
   size_t path_len;
   uint64_t methods;          /* bit (1 << llhttp method); 0 = any */
   unsigned hooks;            /* bit per MG_HOOK_* set in this route's `on` (and RESPOND) */
+  uint64_t buffer_body;      /* bytes req:read_body may hold (MG_BUFFER_BODY by default) */
   int upstream;              /* index into gen->upstreams, -1 for respond */
   int status;                /* respond */
   char *resp_head;           /* respond: status line and header lines, prebuilt */
@@ -63,6 +64,9 @@ typedef struct {
   char *resp_body;
   size_t resp_body_len;
 } mg_route_t;
+
+/* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */
+#define MG_BUFFER_BODY (1024 * 1024)
 
 typedef struct {
   uint64_t client_header, client_body, keepalive, send;

@@ -17,6 +17,8 @@ static void head_done(mg_conn_t *c);
 static void hook_wait_begin(mg_conn_t *c, const char *data, size_t len);
 static void feed_on(mg_conn_t *c, const char *data, size_t len);
 static void op_resume(void *arg);
+static size_t pull(mg_conn_t *c, const char *data, size_t len);
+static void body_bad_end(mg_conn_t *c);
 
 /* ---------------- timers ----------------
  * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
@@ -45,6 +47,11 @@ static void on_timer(mg_timer_t *t) {
     break;
   case MG_CS_HEAD:
   case MG_CS_BODY:
+    if (c->hook_wait && c->down.body_pull) { /* a hook reads the body: its read fails, it decides */
+      MG_INFO(c->w->id, "%s: client body timeout (a hook reads the body)", c->client);
+      mg_proxy_body_failed(c->req, 408, "timeout");
+      break;
+    }
     MG_INFO(c->w->id, "%s: client %s timeout", c->client, c->state == MG_CS_HEAD ? "header" : "body");
     if (c->req && c->req->rstate == MG_RS_NONE) {
       answer_refusal(c, 408);
@@ -547,8 +554,12 @@ static void hook_wait_begin(mg_conn_t *c, const char *data, size_t len) {
   c->hook_wait = 1;
   if (len) save(c, data, len);
   if (c->state == MG_CS_CLOSED) return;
-  mg_timer_stop(&c->w->timers, &c->timer);
+  /* a hook that waits for the body: the client's gaps are judged (client_body) */
+  if (c->down.body_pull && c->state == MG_CS_HEAD) arm(c, c->w->gen->timeouts.client_body);
+  else mg_timer_stop(&c->w->timers, &c->timer);
   req_clock_hold(c, 1);
+  mg_conn_flush(c); /* a 100 Continue the body's read asked for */
+  if (c->state == MG_CS_CLOSED) return;
   mg_conn_update_reading(c);
 }
 
@@ -560,27 +571,39 @@ static void op_resume(void *arg) {
   c->hook_wait = 0;
   req_clock_hold(c, 0);
   c->done_pending = 0;
+  /* what waited is the head phase's input: the hook may read a body from it */
+  char *s = c->saved;
+  c->saved = NULL;
+  c->feed_p = s ? s : "";
+  c->feed_len = c->saved_len;
+  c->saved_len = 0;
   c->down.in_parser = 1;
   int status = mg_proxy_head_resume(c->req);
   c->down.in_parser = 0;
-  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
+  const char *rest = c->feed_p;
+  size_t n = c->feed_len;
+  c->feed_p = NULL;
+  c->feed_len = 0;
+  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) goto out;
   if (status == MG_PROXY_WAIT) { /* it waits again, or a respond function after the request hook does */
-    hook_wait_begin(c, NULL, 0);
-    return;
+    hook_wait_begin(c, rest, n);
+    goto out;
+  }
+  c->down.body_pull = 0; /* the head phase is over */
+  if (c->body_bad) {
+    body_bad_end(c);
+    goto out;
   }
   if (status) {
     refuse_request(c, status, NULL);
-    return;
+    goto out;
   }
   head_done(c);
-  char *s = c->saved;
-  size_t n = c->saved_len;
-  c->saved = NULL;
-  c->saved_len = 0;
-  feed_on(c, s ? s : "", n);
-  free(s);
+  feed_on(c, rest, n);
   after_feed(c);
   if (c->state != MG_CS_CLOSED) parser_idle(c);
+out:
+  free(s);
 }
 
 /* The request is read in full. */
@@ -591,6 +614,79 @@ static void request_end(mg_conn_t *c) {
   mg_timer_stop(&c->w->timers, &c->timer);
   request_stop(c);
   mg_proxy_request_end(r);
+}
+
+/* The request was read in full (its END, or its hook read the body to the
+ * end): what follows waits for its answer (pipelining), or is parsed now when
+ * it was answered already. 1 to parse on from *data. */
+static int ended(mg_conn_t *c, const char **data, size_t *len) {
+  if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return 0;
+  if (c->req->rstate == MG_RS_DONE) c->done_pending = 1;
+  if (!c->done_pending) { /* answered later: what follows waits (pipelining) */
+    if (*len > 0) save(c, *data, *len);
+    return 0;
+  }
+  c->done_pending = 0;
+  if (!finish_request(c) || *len == 0) return 0;
+  /* Answers moongate writes itself come at parser speed: while the client
+   * is not taking them, the next pipelined requests wait unparsed (the
+   * drain of the output resumes them), so the output stays bounded. */
+  if (mg_outq_full(&c->tp.out)) {
+    save(c, *data, *len);
+    return 0;
+  }
+  return 1;
+}
+
+/* A hook of the head phase reads the body (down.body_pull): the codec goes on
+ * over data, handing body pieces to the exchange, up to the body's end (or a
+ * fault in it: the read fails). Never past it: the next request waits its turn.
+ * Returns the bytes taken. Never ends the connection (the hook runs on it). */
+static size_t pull(mg_conn_t *c, const char *data, size_t len) {
+  size_t total = 0;
+  unsigned in = c->down.in_parser;
+  c->down.in_parser = 1; /* answers are queued, written after */
+  while (c->down.body_pull && c->state == MG_CS_HEAD) {
+    mg_h1_ev_t ev;
+    size_t used = mg_h1_parse(c->parser, data, len, &ev);
+    data += used;
+    len -= used;
+    total += used;
+    c->req->bytes_in += used;
+    c->body_bytes += used;
+    if (ev.kind == MG_H1_NEED) break;
+    if (ev.kind == MG_H1_BODY) {
+      mg_proxy_body(c->req, ev.p, ev.len); /* a failure is the read's */
+    } else if (ev.kind == MG_H1_END) {
+      request_end(c);
+    } else { /* bad framing: the codec parses no further; the hook hears of it */
+      MG_INFO(c->w->id, "%s: bad request body: %s", c->client, ev.why ? ev.why : mg_http_reason(ev.status));
+      mg_proxy_body_failed(c->req, ev.status, "bad request body");
+      c->down.body_pull = 0;
+      c->body_bad = 1;
+    }
+  }
+  c->down.in_parser = in;
+  return total;
+}
+
+/* After the head phase of a request whose body had bad framing (body_bad): it
+ * was answered (by its hook, or with the read's status); nothing more is
+ * parsed, the answer goes out, then the connection ends. */
+static void body_bad_end(mg_conn_t *c) {
+  c->down.in_parser = 0;
+  c->down.close_after = 1;
+  if (c->req && c->req->rstate == MG_RS_DONE) finish_request(c); /* lingers */
+  else mg_conn_close(c);
+}
+
+/* down ops `pull_body`: from the input the head phase has not parsed yet. */
+static void op_pull_body(void *arg) {
+  mg_conn_t *c = arg;
+  if (c->state != MG_CS_HEAD || !c->parser || !c->feed_p) return;
+  size_t used = pull(c, c->feed_p, c->feed_len);
+  c->feed_p += used;
+  c->feed_len -= used;
 }
 
 /* Runs the codec over data and acts on each event: heads, body pieces, ends,
@@ -609,6 +705,8 @@ static void feed_on(mg_conn_t *c, const char *data, size_t len) {
     mg_conn_close(c);
     return;
   }
+  /* the head phase read the whole request (a hook's read_body): it ended */
+  if (c->state == MG_CS_WAIT && c->req && !ended(c, &data, &len)) return;
   while (c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
     mg_h1_ev_t ev;
     c->down.in_parser = 1;
@@ -624,11 +722,27 @@ static void feed_on(mg_conn_t *c, const char *data, size_t len) {
       if (c->done_pending) finish_request(c); /* answered early while the body is read */
       return;
     case MG_H1_HEAD:
+      c->feed_p = data; /* a hook may read the body from it (pull_body) */
+      c->feed_len = len;
       status = request_head(c);
+      data = c->feed_p;
+      len = c->feed_len;
+      c->feed_p = NULL;
+      c->feed_len = 0;
       if (status == MG_PROXY_WAIT) { /* a hook waits: parsing stops here until it is done */
         c->down.in_parser = 0;
         hook_wait_begin(c, data, len);
         return;
+      }
+      c->down.body_pull = 0; /* the head phase is over */
+      if (c->body_bad && c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) {
+        body_bad_end(c);
+        return;
+      }
+      if (!status && c->state == MG_CS_WAIT) { /* its hook read the whole body */
+        c->down.in_parser = 0;
+        if (!ended(c, &data, &len)) return;
+        continue;
       }
       break;
     case MG_H1_BODY:
@@ -637,21 +751,7 @@ static void feed_on(mg_conn_t *c, const char *data, size_t len) {
     case MG_H1_END:
       request_end(c);
       c->down.in_parser = 0;
-      if (c->state == MG_CS_CLOSED || c->state == MG_CS_LINGER) return;
-      if (c->req->rstate == MG_RS_DONE) c->done_pending = 1;
-      if (!c->done_pending) { /* answered later: what follows waits (pipelining) */
-        if (len > 0) save(c, data, len);
-        return;
-      }
-      c->done_pending = 0;
-      if (!finish_request(c) || len == 0) return;
-      /* Answers moongate writes itself come at parser speed: while the client
-       * is not taking them, the next pipelined requests wait unparsed (the
-       * drain of the output resumes them), so the output stays bounded. */
-      if (mg_outq_full(&c->tp.out)) {
-        save(c, data, len);
-        return;
-      }
+      if (!ended(c, &data, &len)) return;
       continue;
     case MG_H1_UPGRADE: /* after an upgrade request nothing is HTTP: no more requests */
       c->down.in_parser = 0;
@@ -715,6 +815,13 @@ static void input(mg_conn_t *c, const char *p, size_t n) {
   /* pipelined: kept until the current request is done, or behind the requests
    * held back while the output is full (TLS hands over the rest of a read record
    * by record, after feed() stopped: those must not jump the queue) */
+  if (c->down.body_pull && c->hook_wait && !c->saved && c->state == MG_CS_HEAD) {
+    /* a hook waits for the body: its bytes are parsed now, what follows is kept */
+    arm(c, c->w->gen->timeouts.client_body);
+    size_t used = pull(c, p, n);
+    if (used < n && c->state != MG_CS_CLOSED && c->state != MG_CS_LINGER) save(c, p + used, n - used);
+    return;
+  }
   if (c->state == MG_CS_WAIT || c->saved || c->hook_wait) {
     save(c, p, n);
     return;
@@ -1001,7 +1108,7 @@ static void op_local_addr(void *arg) {
 static const mg_down_ops_t down_ops = {
   .flush = op_flush, .done = op_done, .close = op_close,
   .close_after_flush = op_close_after_flush, .reading = op_reading, .tunnel = op_tunnel,
-  .local_addr = op_local_addr, .resume = op_resume,
+  .local_addr = op_local_addr, .resume = op_resume, .pull_body = op_pull_body,
 };
 
 static const mg_tp_events_t tp_events = {

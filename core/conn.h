@@ -59,9 +59,14 @@ struct mg_conn_s {
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
   unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
   unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
+  unsigned body_bad : 1;     /* a hook's read of the body met bad framing: the codec is done,
+                                the connection ends after the answer */
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;
+  const char *feed_p;     /* while the head phase runs: the input not parsed yet (after the
+                             head), which a hook reading the body takes from (pull_body) */
+  size_t feed_len;
   char client[56];        /* "ip:port" or "[ip6]:port"; a PROXY protocol header replaces it */
   char *pp_buf;           /* PROXY protocol: the start of a header split across reads */
   size_t pp_len;

@@ -3,12 +3,14 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <llhttp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 
 #include <lauxlib.h>
 
+#include "api.h"
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
@@ -18,6 +20,7 @@
 
 static void start_upstream(mg_req_t *r);
 static void hook_waited(void *owner, int rc);
+static void bb_cancel(mg_lwait_t *op);
 static void up_ready(void *owner);
 static int tunnel_start(mg_req_t *r, const mg_header_t *connection);
 static const mg_up_events_t up_events;
@@ -111,14 +114,14 @@ static mg_outq_t *body_queue(mg_req_t *r);
  * said (chunked as it came, or by its Content-Length). */
 static int req_sink(void *ctx, const char *p, size_t n) {
   mg_req_t *r = ctx;
-  append_body(body_queue(r), p, n, r->body == MG_BODY_CHUNKED);
+  append_body(body_queue(r), p, n, r->up_body == MG_BODY_CHUNKED);
   r->body_sent += n;
   return 0;
 }
 
 static int req_sink_end(void *ctx) {
   mg_req_t *r = ctx;
-  if (r->body == MG_BODY_CHUNKED) APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
+  if (r->up_body == MG_BODY_CHUNKED) APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
   return 0;
 }
 
@@ -159,6 +162,28 @@ static int lua_body(mg_filter_t *f, const char *p, size_t n) {
 
 static const mg_filter_ops_t lua_body_filter = {
   .name = "body hook", .body = lua_body, .changes_length = 1,
+};
+
+/* The `request_body` hook as a filter of the request chain: each piece, then
+ * the end as an empty piece (Lua's `eof`), through the global and the route's
+ * hooks; what they return goes on. It may not wait (mg_lua_hook says so). */
+static int lua_req_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  mg_str_t chunk = { p, n };
+  if (mg_lua_hook(&r->lua, MG_HOOK_REQUEST_BODY, &chunk) != 0) return -1;
+  return mg_filter_pass(f, chunk.p, chunk.len);
+}
+
+static int lua_req_body_end(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  mg_str_t chunk = { "", 0 };
+  if (mg_lua_hook(&r->lua, MG_HOOK_REQUEST_BODY, &chunk) != 0) return -1;
+  if (mg_filter_pass(f, chunk.p, chunk.len) < 0) return -1; /* what it held back */
+  return mg_filter_pass_end(f);
+}
+
+static const mg_filter_ops_t lua_req_body_filter = {
+  .name = "request_body hook", .body = lua_req_body, .end = lua_req_body_end, .changes_length = 1,
 };
 
 /* The response chain of this exchange, from its route (once its head is known).
@@ -218,6 +243,7 @@ mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   r->lua.waiting = 0;
   r->lua.waited = hook_waited;
   r->hook_wait = 0;
+  r->bb_wait.cancel = bb_cancel;
   r->pick = -1;
   mg_outq_init(&r->upq, NULL, NULL);
   mg_fchain_init(&r->req_chain, req_sink, req_sink_end, r);
@@ -285,6 +311,8 @@ void mg_req_free(mg_req_t *r) {
   if (r->upc) mg_proxy_abort(r);
   if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG)) mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL);
   mg_lua_req_done(&r->lua);
+  free(r->bb); /* (the spare list keeps no body) */
+  r->bb = NULL;
   access_log(r);
   mg_outq_dispose(&r->upq);
   mg_wgen_unref(r->wg);
@@ -754,11 +782,15 @@ static int build_upstream_head(mg_req_t *r) {
     hw_put(q, r->id, 16);
     HW_LIT(q, "\r\n");
   }
-  if (r->body == MG_BODY_LENGTH) {
+  if (r->up_body == MG_BODY_LENGTH) {
     HW_LIT(q, "Content-Length: ");
-    hw_uint(q, r->content_length);
+    hw_uint(q, r->up_length);
     HW_LIT(q, "\r\n");
-  } else if (r->body == MG_BODY_CHUNKED) HW_LIT(q, "Transfer-Encoding: chunked\r\n");
+  } else if (r->up_body == MG_BODY_CHUNKED) {
+    HW_LIT(q, "Transfer-Encoding: chunked\r\n");
+  } else if (r->method_set && (r->method == HTTP_POST || r->method == HTTP_PUT || r->method == HTTP_PATCH)) {
+    HW_LIT(q, "Content-Length: 0\r\n"); /* a hook made a GET a POST: say it has no body */
+  }
   if (r->upgrade) {
     HW_LIT(q, "Upgrade: ");
     hw_put(q, r->upgrade_proto.p, r->upgrade_proto.len);
@@ -876,6 +908,8 @@ static int request_hooked(mg_req_t *r, int rc) {
 static int responded(mg_req_t *r, int rc) {
   if (rc < 0) {
     if (r->rstate == MG_RS_NONE) mg_proxy_error(r, rc == MG_LUA_TIMEOUT ? 504 : 500, 0); /* else keep the answer */
+  } else if (r->rstate == MG_RS_NONE && r->bb_err) {
+    mg_proxy_error(r, r->bb_status, 1); /* its req:read_body failed and it did not answer */
   } else if (r->rstate == MG_RS_NONE) {
     MG_ERR(r->w->id, "req %s: the route's respond function gave no answer", r->id);
     mg_proxy_error(r, 500, 0);
@@ -887,6 +921,10 @@ static int responded(mg_req_t *r, int rc) {
 static int after_request(mg_req_t *r) {
   mg_down_t *c = r->down;
   const mg_route_t *rt = r->route;
+  if (r->bb_err && !r->bb_set) { /* a hook's req:read_body failed and it did not answer */
+    mg_proxy_error(r, r->bb_status, 1);
+    return 0;
+  }
   if (r->upstream < 0 && rt) r->upstream = rt->upstream; /* req:set_upstream wins */
   if (r->upstream < 0) {
     if (!rt) {
@@ -904,8 +942,15 @@ static int after_request(mg_req_t *r) {
     return 0;
   }
   int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
-  if (r->expect_continue && has_body) {
+  if (r->expect_continue && has_body && !r->bb_set) {
     APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+  }
+  if ((has_body || r->bb_set) && mg_hook_on(r->gen, rt, MG_HOOK_REQUEST_BODY)) {
+    mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+    if (!f) return 500;
+    f->ops = &lua_req_body_filter;
+    f->ctx = r;
+    mg_fchain_add(&r->req_chain, f);
   }
   start_upstream(r);
   return 0;
@@ -939,8 +984,11 @@ static mg_outq_t *body_queue(mg_req_t *r) {
   return &r->upq;
 }
 
+static int bb_append(mg_req_t *r, const char *p, size_t len);
+
 int mg_proxy_body(mg_req_t *r, const char *p, size_t len) {
   r->body_read += len;
+  if (r->bb_on) return bb_append(r, p, len); /* a hook reads it (its bound covers body_size) */
   uint64_t max = r->gen->limits.body_size;
   if (max && r->body_read > max) return 413;
   if (r->discard_body || r->upstream < 0 || r->rstate == MG_RS_DONE) return 0;
@@ -958,13 +1006,244 @@ void mg_proxy_request_flush(mg_req_t *r) {
   }
 }
 
+static void bb_end(mg_req_t *r);
+
 void mg_proxy_request_end(mg_req_t *r) {
   if (r->upc) mg_upstream_request_complete(r->upc);
+  if (r->bb_on) { /* a hook's read is complete: the body goes upstream with the head */
+    r->bb_done = 1;
+    bb_end(r);
+    return;
+  }
   if (r->upstream < 0 || r->discard_body || r->rstate == MG_RS_DONE) return;
-  mg_fchain_end(&r->req_chain);
+  if (mg_fchain_end(&r->req_chain) < 0) { /* a request_body hook failed at the end */
+    if (r->rstate == MG_RS_NONE) mg_proxy_error(r, 500, 1);
+    else r->down->ops->close(r->down->conn);
+  }
+}
+
+/* ---------------- request bodies a hook reads or replaces ---------------- */
+
+#define REQ_OF_BB(op) ((mg_req_t *)((char *)(op) - offsetof(mg_req_t, bb_wait)))
+
+/* The read is over (complete or failed): the connection parses no more body for
+ * it, and a hook waiting for it goes on (on the next loop turn). */
+static void bb_end(mg_req_t *r) {
+  r->bb_on = 0;
+  r->down->body_pull = 0;
+  if (r->bb_waiting) {
+    r->bb_waiting = 0;
+    mg_lua_wake(&r->lua, &r->bb_wait);
+  }
+}
+
+/* The read fails: the hook gets nil, why; a request whose hook then does not
+ * answer gets `status` (and the connection closes: its body is half read). */
+static void bb_fail(mg_req_t *r, int status, const char *why) {
+  const mg_route_t *rt = r->route;
+  MG_INFO(r->w->id, "req %s: req:read_body: %s (%llu bytes read, route %d buffer_body %llu, limits.body_size %llu)",
+          r->id, why, (unsigned long long)r->body_read, r->lua.route,
+          (unsigned long long)(rt ? rt->buffer_body : MG_BUFFER_BODY), (unsigned long long)r->gen->limits.body_size);
+  r->bb_err = why;
+  r->bb_status = status;
+  free(r->bb);
+  r->bb = NULL;
+  r->bb_len = r->bb_cap = 0;
+  bb_end(r);
+}
+
+/* luavm: the hook waiting for the body went away (its request ended, or
+ * timeouts.hook dropped it): nobody reads the body into bb any more. */
+static void bb_cancel(mg_lwait_t *op) {
+  mg_req_t *r = REQ_OF_BB(op);
+  r->bb_waiting = 0;
+  if (r->bb_on) {
+    r->bb_on = 0;
+    r->down->body_pull = 0;
+  }
+}
+
+void mg_proxy_body_failed(mg_req_t *r, int status, const char *why) {
+  if (r->bb_on) bb_fail(r, status, why);
+}
+
+/* A piece of the body a hook reads: kept, within bb_max. Always 0: a failure
+ * is the read's, which the hook sees. */
+static int bb_append(mg_req_t *r, const char *p, size_t len) {
+  if (len > r->bb_max - r->bb_len) {
+    bb_fail(r, 413, "body too large");
+    return 0;
+  }
+  if (len > r->bb_cap - r->bb_len) { /* chunked: doubles, up to the bound */
+    size_t cap = r->bb_cap ? r->bb_cap : 16384;
+    while (cap < r->bb_len + len) cap *= 2;
+    if (cap > r->bb_max) cap = (size_t)r->bb_max;
+    char *nb = realloc(r->bb, cap);
+    if (!nb) {
+      bb_fail(r, 500, "out of memory");
+      return 0;
+    }
+    r->bb = nb;
+    r->bb_cap = cap;
+  }
+  memcpy(r->bb + r->bb_len, p, len);
+  r->bb_len += len;
+  return 0;
+}
+
+int mg_proxy_read_body(mg_req_t *r, const char **why) {
+  if (r->bb_err) {
+    *why = r->bb_err;
+    return -1;
+  }
+  if (r->bb_done || r->bb_set) return 0;
+  mg_down_t *c = r->down;
+  if (!r->bb_on) {
+    if (r->body == MG_BODY_NONE || (r->body == MG_BODY_LENGTH && r->content_length == 0)) {
+      r->bb_done = 1; /* nothing to read: an empty body */
+      return 0;
+    }
+    uint64_t max = r->route ? r->route->buffer_body : MG_BUFFER_BODY;
+    uint64_t limit = r->gen->limits.body_size;
+    if (limit && limit < max) max = limit;
+    r->bb_max = max;
+    if (r->body == MG_BODY_LENGTH && r->content_length > max) {
+      bb_fail(r, 413, "body too large");
+      *why = r->bb_err;
+      return -1;
+    }
+    if (r->body == MG_BODY_LENGTH) { /* its size is known: one allocation */
+      r->bb = malloc((size_t)r->content_length);
+      if (!r->bb) {
+        bb_fail(r, 500, "out of memory");
+        *why = r->bb_err;
+        return -1;
+      }
+      r->bb_cap = (size_t)r->content_length;
+    }
+    r->bb_on = 1;
+    if (r->expect_continue) { /* the client waits for this before it sends the body */
+      APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+      r->expect_continue = 0;
+    }
+    c->body_pull = 1;
+    c->ops->pull_body(c->conn); /* what came with the head: maybe all of it */
+    if (r->bb_err) {
+      *why = r->bb_err;
+      return -1;
+    }
+    if (r->bb_done) return 0;
+  }
+  /* the rest is to come: the hook waits, the connection reads on (bb_end wakes it) */
+  mg_lreq_t *run = mg_lua_running(r->w);
+  if (run != &r->lua || mg_lua_wait_io(run, &r->bb_wait) < 0) {
+    *why = "this hook cannot wait";
+    return -1;
+  }
+  r->bb_waiting = 1;
+  return MG_API_EAGAIN;
+}
+
+int mg_proxy_set_body(mg_req_t *r, const char *p, size_t len) {
+  char *nb = NULL;
+  if (len) {
+    nb = malloc(len);
+    if (!nb) return MG_ENOMEM;
+    memcpy(nb, p, len);
+  }
+  free(r->bb);
+  r->bb = nb;
+  r->bb_len = r->bb_cap = len;
+  r->bb_set = 1;
+  r->bb_err = NULL; /* a failed read no longer matters: this body goes */
+  int pending = !r->complete && (r->body == MG_BODY_CHUNKED ||
+                                 (r->body == MG_BODY_LENGTH && r->content_length > r->body_read));
+  if (pending) { /* the client's body is read and dropped, or never asked for */
+    if (r->expect_continue) r->down->close_after = 1;
+    else r->discard_body = 1;
+  }
+  return 0;
+}
+
+/* Collects what the request chain makes from a body known whole. */
+typedef struct {
+  char *p;
+  size_t len, cap;
+} collect_t;
+
+static int collect_sink(void *ctx, const char *p, size_t n) {
+  collect_t *b = ctx;
+  if (n > b->cap - b->len) {
+    size_t cap = b->cap ? b->cap : 16384;
+    while (cap < b->len + n) cap *= 2;
+    char *nb = realloc(b->p, cap);
+    if (!nb) return -1;
+    b->p = nb;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+/* Before the upstream head is first written: how the body goes. A body known
+ * whole (a hook read it, or set one) goes after the head with a Content-Length,
+ * the request_body filters having run over it first; a body that streams keeps
+ * the client's framing, or is chunked when a filter may change its length.
+ * 0, or -1 (a filter failed, out of memory). */
+static int body_prime(mg_req_t *r) {
+  r->bb_primed = 1;
+  r->up_body = r->body;
+  r->up_length = r->content_length;
+  if (!r->bb_set && !r->bb_done) {
+    if (r->body != MG_BODY_NONE && mg_fchain_changes_length(&r->req_chain)) r->up_body = MG_BODY_CHUNKED;
+    return 0;
+  }
+  mg_fchain_t *ch = &r->req_chain;
+  if (ch->first) {
+    collect_t out = { NULL, 0, 0 };
+    int (*sink)(void *, const char *, size_t) = ch->sink;
+    int (*sink_end)(void *) = ch->sink_end;
+    void *sink_ctx = ch->sink_ctx;
+    ch->sink = collect_sink;
+    ch->sink_end = NULL;
+    ch->sink_ctx = &out;
+    int rc = mg_fchain_body(ch, r->bb, r->bb_len);
+    if (rc == 0) rc = mg_fchain_end(ch);
+    ch->sink = sink;
+    ch->sink_end = sink_end;
+    ch->sink_ctx = sink_ctx;
+    ch->first = NULL; /* the filters are done with this body */
+    if (rc < 0) {
+      free(out.p);
+      return -1;
+    }
+    free(r->bb);
+    r->bb = out.p;
+    r->bb_len = out.len;
+    r->bb_cap = out.cap;
+  }
+  if (r->bb_set || r->body != MG_BODY_NONE || r->bb_len) {
+    r->up_body = MG_BODY_LENGTH;
+    r->up_length = r->bb_len;
+  }
+  return 0;
+}
+
+/* The upstream request goes into r->upq: its head, and a body known whole. */
+static int queue_request(mg_req_t *r) {
+  if (!r->bb_primed && body_prime(r) < 0) return -1;
+  if (build_upstream_head(r) < 0) return -1;
+  if (r->bb_set || r->bb_done) {
+    if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
+    r->body_sent = r->bb_len;
+  }
+  return 0;
 }
 
 /* ---------------- the upstream exchange ---------------- */
+
+static int queue_request(mg_req_t *r);
 
 static void start_upstream(mg_req_t *r) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
@@ -993,7 +1272,7 @@ static void start_upstream(mg_req_t *r) {
     }
     r->tried |= (uint64_t)1 << s;
     r->server = s;
-    if (r->upq.pending == 0 && build_upstream_head(r) < 0) {
+    if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
       return;
     }

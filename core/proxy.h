@@ -37,6 +37,12 @@ typedef struct {
   /* the head phase waited (mg_proxy_head gave MG_PROXY_WAIT) and may go on: the
    * connection calls mg_proxy_head_resume, outside any parse */
   void (*resume)(void *conn);
+  /* a hook of the head phase reads the body (req:read_body; down.body_pull is
+   * set): what input is there is parsed as body now, and while the hook waits
+   * the body's bytes keep going to the exchange (mg_proxy_body, then
+   * mg_proxy_request_end); what follows the body waits its turn. Only while
+   * the head phase runs (inside mg_proxy_head or mg_proxy_head_resume). */
+  void (*pull_body)(void *conn);
 } mg_down_ops_t;
 
 /* A socket address of either family, in the room of an IPv6 one (a
@@ -68,6 +74,8 @@ typedef struct {
   unsigned up_blocked : 1;  /* the upstream does not take the body now (set by the exchange) */
   unsigned in_parser : 1;   /* inside a parse: the connection flushes after it */
   unsigned closed : 1;      /* the connection is gone: stop */
+  unsigned body_pull : 1;   /* the head phase reads the body (set by the exchange, which
+                               clears it when the read ends) */
 } mg_down_t;
 
 enum { MG_RS_NONE, MG_RS_HEAD, MG_RS_DONE }; /* response progress toward the client */
@@ -116,6 +124,23 @@ struct mg_req_s {
   int hook_wait;                /* the head phase waits in this hook (MG_HOOK_*+1; 0: none) */
   int hook_rc;                  /* how the hook that waited ended (luavm.h: 0, -1, MG_LUA_TIMEOUT) */
 
+  /* The body as a hook read it (req:read_body) or replaced it (req:set_body).
+   * bb is malloc'd, the request's own: freed when it ends (or the read fails). */
+  char *bb;
+  size_t bb_len, bb_cap;
+  uint64_t bb_max;              /* the read's bound: the route's buffer_body, limits.body_size */
+  const char *bb_err;           /* the read failed: why (a static string), NULL: it did not */
+  int bb_status;                /* and the status the request gets if its hook does not answer */
+  mg_lwait_t bb_wait;           /* what the hook waits on while the body comes */
+  unsigned bb_on : 1;           /* reading: body pieces go into bb, not upstream */
+  unsigned bb_waiting : 1;      /* the hook waits for the read (bb_wait) */
+  unsigned bb_done : 1;         /* bb holds the whole body the client sent */
+  unsigned bb_set : 1;          /* bb is a hook's body: the client's is read and dropped */
+  unsigned bb_primed : 1;       /* the upstream body's framing is decided (body_prime) */
+  unsigned method_set : 1;      /* req:set_method changed the method */
+  int up_body;                  /* MG_BODY_*: the upstream request's framing */
+  uint64_t up_length;           /* its Content-Length (MG_BODY_LENGTH) */
+
   /* upstream */
   const mg_route_t *route;
   int upstream;           /* index in gen->upstreams, -1 when answered directly */
@@ -160,6 +185,17 @@ int mg_proxy_body(mg_req_t *r, const char *p, size_t len);
 void mg_proxy_request_flush(mg_req_t *r);
 /* The request is fully read. */
 void mg_proxy_request_end(mg_req_t *r);
+/* While a hook reads the body (down.body_pull): the client's body stalled past
+ * timeouts.client_body, or its framing is bad (status 400, `why` for the log). The read fails; the hook
+ * sees it. */
+void mg_proxy_body_failed(mg_req_t *r, int status, const char *why);
+/* req:read_body: 0 when the whole body is in r->bb (or there is none),
+ * MG_API_EAGAIN when the running hook is to wait and ask again, -1 with *why
+ * when the read failed ("body too large", "timeout", ...). */
+int mg_proxy_read_body(mg_req_t *r, const char **why);
+/* req:set_body: the upstream gets p[0..len) (copied) with a Content-Length,
+ * whatever the client sent (its body is read and dropped). 0 or MG_ENOMEM. */
+int mg_proxy_set_body(mg_req_t *r, const char *p, size_t len);
 /* Answers with a complete response: `head` is the status line and header lines
  * (no blank line, no Connection header). */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,

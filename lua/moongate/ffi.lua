@@ -102,6 +102,11 @@ int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out);
 int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value);
 int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_str_t *err);
 void mg_http_close(uint32_t slot, uint32_t gen);
+
+int mg_req_read_body(mg_req_t *r, mg_str_t *err);
+int mg_req_body(mg_req_t *r, mg_str_t *out);
+int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
+int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -14,6 +14,7 @@ return {
   { "request", "route" },
   { "balance", "route" },
   { "upstream_request", "route" },
+  { "request_body", "route" },
   { "response", "route" },
   { "body", "route" },
   { "log", "route" },

@@ -414,7 +414,7 @@ function _M.upstream(name)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true }
+                     respond = true, on = true, buffer_body = true }
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
@@ -454,6 +454,8 @@ function _M.route(t)
     check.type(t.listener, "string", what, "listener")
     r.listener = t.listener
   end
+  -- the most req:read_body holds for a request of this route (1m by default)
+  if t.buffer_body ~= nil then r.buffer_body = size(t.buffer_body, what, "buffer_body") end
   if (t.upstream == nil) == (t.respond == nil) then
     fail("%s: needs exactly one of 'upstream' or 'respond'", what)
   end

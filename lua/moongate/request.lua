@@ -192,6 +192,56 @@ function methods.set_server(self, i)
   return true
 end
 
+-- request bodies (core/proxy.c): read_body waits on I/O, so it goes through
+-- the runtime (required on first use: the runtime requires this module)
+local runtime
+local err_out = ffi.new("mg_str_t[1]")
+local body_out = ffi.new("mg_str_t[1]")
+
+--- req:read_body(): waits until the whole request body is in (other requests
+--- are served meanwhile), bounded by the route's buffer_body and
+--- limits.body_size. true, or nil and "body too large", "timeout", "bad request
+--- body", ... Request hooks and respond functions only.
+function methods.read_body(self)
+  runtime = runtime or require "moongate.private.runtime"
+  runtime.io_begin()
+  local rc = C.mg_req_read_body(self._r, err_out)
+  while rc == abi.EAGAIN do
+    runtime.wait("io")
+    rc = C.mg_req_read_body(self._r, err_out)
+  end
+  if rc == 0 then return true end
+  if rc == abi.EPHASE then error("req:read_body: not allowed in this hook", 2) end
+  if rc == abi.EINVAL then return nil, ffi_str(err_out[0].p, err_out[0].len) end
+  return nil, "failed (" .. tostring(rc) .. ")"
+end
+
+--- req:body(): the body req:read_body read (or req:set_body set), nil when none was.
+function methods.body(self)
+  local rc = C.mg_req_body(self._r, body_out)
+  if rc == abi.EPHASE then error("req:body: not allowed in this hook", 2) end
+  if rc ~= 0 then return nil end
+  return ffi_str(body_out[0].p, body_out[0].len)
+end
+
+--- req:set_body(s): the upstream gets s (with its Content-Length; the client's
+--- body is read and dropped). request and upstream_request hooks.
+function methods.set_body(self, b)
+  if type(b) ~= "string" then error("req:set_body: string expected", 2) end
+  hdr.check(C.mg_req_set_body(self._r, b, #b), "req:set_body")
+  return true
+end
+
+--- req:set_method(m): the method that goes upstream ("POST"...: one HTTP knows,
+--- upper case, not CONNECT). request and upstream_request hooks.
+function methods.set_method(self, m)
+  if not token(m) then error("req:set_method: method expected", 2) end
+  local rc = C.mg_req_set_method(self._r, m, #m)
+  if rc == abi.EINVAL then error("req:set_method: unknown method '" .. m .. "'", 2) end
+  hdr.check(rc, "req:set_method")
+  return true
+end
+
 --- The upstream server used ("ip:port"), or nil.
 function methods.upstream_addr(self)
   if C.mg_req_upstream_addr(self._r, out) ~= 0 then return nil end

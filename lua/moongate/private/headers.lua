@@ -4,7 +4,7 @@ local ffi = require "ffi"
 local abi = require "moongate.ffi"
 
 local ffi_str = ffi.string
-local type, tostring, error, lower = type, tostring, error, string.lower
+local type, tostring, error, pairs, lower = type, tostring, error, pairs, string.lower
 local EPHASE, EINVAL, ENOTFOUND = abi.EPHASE, abi.EINVAL, abi.ENOTFOUND
 
 -- reused out-parameters: hooks run one at a time per worker state
@@ -14,8 +14,8 @@ local value_out = ffi.new("mg_str_t[1]")
 
 local _M = {}
 
-local phase_names = { [0] = "init_worker", "connect", "request", "balance", "upstream_request",
-  "response", "body", "log", "respond" }
+local phase_names = {} -- hook number -> name, from the one list (moongate.hooks)
+for name, n in pairs(abi.hooks) do phase_names[n] = name end
 _M.phase_names = phase_names
 
 --- Turns a C code into a Lua error naming what was called (level 3: the user's line).

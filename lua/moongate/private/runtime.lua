@@ -11,6 +11,7 @@ local pcall, select, setmetatable, tostring, unpack = pcall, select, setmetatabl
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
+local REQUEST_BODY = HOOKS.request_body
 
 local _M = {}
 
@@ -160,6 +161,29 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   local res = req.res
   local list = global[hook]
   local fn = rt and rt[hook]
+  if hook == REQUEST_BODY then
+    -- a filter over the request body: (req, chunk, eof); the end comes as an
+    -- empty chunk (C never passes an empty piece otherwise)
+    local eof = #chunk == 0
+    local changed = false
+    if list then
+      for i = 1, #list do
+        local out = list[i](req, chunk, eof)
+        if out ~= nil then
+          if type(out) ~= "string" then error("request_body hook must return a string or nil", 0) end
+          chunk, changed = out, true
+        end
+      end
+    end
+    if fn then
+      local out = fn(req, chunk, eof)
+      if out ~= nil then
+        if type(out) ~= "string" then error("request_body hook must return a string or nil", 0) end
+        chunk, changed = out, true
+      end
+    end
+    return req, changed and chunk or nil
+  end
   if hook == BODY then
     local changed = false
     if list then
