@@ -59,6 +59,7 @@ struct mg_conn_s {
   unsigned req_held : 1;     /* req_timer stopped with req_left to go (backpressure) */
   unsigned refused : 1;      /* over a connection limit: a 503 (or a close), nothing else */
   unsigned ip_counted : 1;   /* counted in limits.connections_per_ip (connlimit.h) */
+  unsigned hook_hold : 1;    /* the connect hook waits: nothing is read until it is done */
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;
@@ -71,6 +72,7 @@ struct mg_conn_s {
                              terminated); NULL: mg_conn_ip() */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
+  mg_lreq_t *lua;         /* a connect hook that waits (luavm.h); NULL when none */
   mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 
