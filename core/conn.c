@@ -688,6 +688,11 @@ static void on_eof(mg_conn_t *c) {
   /* a client that half-closes after its request, or between requests, still
    * gets what it asked for and what is queued */
   if (c->state == MG_CS_WAIT) {
+    if (c->req && c->req->hook_wait) { /* a hook of its response waits: gone, as below */
+      MG_INFO(c->w->id, "%s: the client closed while a hook of its request waited: cancelled", c->client);
+      mg_conn_close(c);
+      return;
+    }
     c->rd_eof = 1;
     return;
   }

@@ -254,7 +254,7 @@ void mg_upstream_unhold(mg_upconn_t *u) {
   u->held_buf = NULL;
   u->held_len = 0;
   u->held_eof = 0;
-  int rc = n ? parse(u, p, n) : 0;
+  int rc = parse(u, p ? p : "", n); /* even empty: the codec may have an event left (the end) */
   free(p);
   if (rc < 0 || u->state != MG_UP_ACTIVE || !u->owner) return; /* the exchange ended */
   if (u->held) { /* held again: the rest was kept */
