@@ -416,6 +416,8 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     r->upstream = (int)field_num(L, -1, "upstream_index", 0) - 1;
     r->hooks = (unsigned)field_num(L, -1, "hooks", 0);
     r->buffer_body = (uint64_t)field_num(L, -1, "buffer_body", MG_BUFFER_BODY);
+    double hook_s = field_num(L, -1, "hook_timeout", 0);
+    r->hook_ms = hook_s > 0 ? ms(hook_s) : 0;
     lua_getfield(L, -1, "methods");
     if (lua_istable(L, -1)) {
       int nm = (int)lua_objlen(L, -1);

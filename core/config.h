@@ -63,6 +63,7 @@ typedef struct {
   size_t resp_head_len;
   char *resp_body;
   size_t resp_body_len;
+  uint64_t hook_ms;          /* the route's timeouts.hook (ms), 0: the global one */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

@@ -19,6 +19,8 @@ static void feed_on(mg_conn_t *c, const char *data, size_t len);
 static void op_resume(void *arg);
 static size_t pull(mg_conn_t *c, const char *data, size_t len);
 static void body_bad_end(mg_conn_t *c);
+static void conn_start(mg_conn_t *c);
+static void connect_waited(void *owner, int rc);
 
 /* ---------------- timers ----------------
  * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
@@ -195,6 +197,7 @@ void mg_conn_update_reading(mg_conn_t *c) {
   default:
     want = 0;
   }
+  if (c->hook_hold) want = 0;
   if (want && !c->tp.reading) {
     mg_tp_read(&c->tp, 1);
     if (c->state == MG_CS_BODY) {
@@ -292,6 +295,10 @@ void mg_conn_close(mg_conn_t *c) {
   if (c->state == MG_CS_CLOSED) return;
   c->state = MG_CS_CLOSED;
   c->down.closed = 1;
+  if (c->lua) { /* a connect hook waits: dropped */
+    mg_lua_conn_run_done(c->lua);
+    c->lua = NULL;
+  }
   if (c->req) {
     mg_proxy_abort(c->req);
     mg_req_free(c->req);
@@ -781,6 +788,11 @@ static void on_eof(mg_conn_t *c) {
   /* a client that half-closes after its request, or between requests, still
    * gets what it asked for and what is queued */
   if (c->state == MG_CS_WAIT) {
+    if (c->req && c->req->hook_wait) { /* a hook of its response waits: gone, as below */
+      MG_INFO(c->w->id, "%s: the client closed while a hook of its request waited: cancelled", c->client);
+      mg_conn_close(c);
+      return;
+    }
     c->rd_eof = 1;
     return;
   }
@@ -1001,7 +1013,15 @@ int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
   /* the worker's Lua state belongs to its current generation: its hooks speak of
    * that generation's certificates, not of an older one's */
   if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
-  return mg_lua_tls_hello(c->w->wg, t, sni, c->down.listener);
+  mg_lreq_t *lr = mg_lua_conn_run(c->w->wg, c->client, c, NULL);
+  if (!lr) return -2;
+  int pick = mg_lua_tls_hello(lr, t, sni, c->down.listener);
+  if (pick == MG_LUA_WAIT) { /* BoringSSL's SNI callback cannot be suspended (yet) */
+    MG_ERR(c->w->id, "%s: tls_hello hook waited: it cannot wait yet (handshake refused)", c->client);
+    pick = -2;
+  }
+  mg_lua_conn_run_done(lr); /* cancels a wait */
+  return pick;
 }
 
 /* A connection over a limit gets this (plain listeners; TLS ones are closed: no
@@ -1196,12 +1216,45 @@ void mg_conn_accept(mg_listener_t *l) {
     c->tp.preamble = 1;
   }
   if (over_limit(c)) return;
-  if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u &&
-      !mg_lua_connect(w->wg, mg_conn_ip(c), c->down.listener)) {
-    mg_conn_close(c); /* refused by the connect hook */
-    return;
+  if ((w->gen->hooks >> MG_HOOK_CONNECT) & 1u) {
+    mg_lreq_t *lr = mg_lua_conn_run(w->wg, c->client, c, connect_waited);
+    int keep = lr ? mg_lua_connect(lr, mg_conn_ip(c), c->down.listener) : -1;
+    if (keep == MG_LUA_WAIT) { /* nothing is read (no handshake either) until it is done */
+      c->lua = lr;
+      c->hook_hold = 1;
+      return;
+    }
+    mg_lua_conn_run_done(lr);
+    if (keep < 0) {
+      mg_conn_close(c); /* refused by the connect hook */
+      return;
+    }
   }
+  conn_start(c);
+}
+
+/* The connection may be read: its first timer (handshake or header) starts. */
+static void conn_start(mg_conn_t *c) {
+  mg_worker_t *w = c->w;
   arm(c, c->tp.ssl ? w->gen->timeouts.handshake : w->gen->timeouts.client_header);
   if (w->draining) c->down.close_after = 1;
   mg_conn_update_reading(c);
+}
+
+/* A connect hook that waited may go on, or was dropped (timeouts.hook: the
+ * connection closes; luavm logged it with the hook's name). */
+static void connect_waited(void *owner, int rc) {
+  mg_conn_t *c = owner;
+  if (rc == 0) rc = mg_lua_connect_resume(c->lua);
+  if (rc == MG_LUA_WAIT) return;
+  mg_lua_conn_run_done(c->lua);
+  c->lua = NULL;
+  c->hook_hold = 0;
+  if (rc != 0) {
+    if (rc == MG_LUA_TIMEOUT)
+      MG_WARN(c->w->id, "%s: connect hook took longer than timeouts.hook: connection closed", c->client);
+    mg_conn_close(c);
+    return;
+  }
+  conn_start(c);
 }

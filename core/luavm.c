@@ -84,8 +84,31 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
     lua_getfield(L, rt, entries[i].name);
     *entries[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
+  /* init_worker runs as a coroutine: one that waits (runtime.io_begin, mg.sleep)
+   * yields "defer" here, on the main thread, and goes on on the worker once the
+   * generation is live (mg_lua_timers_live) */
+  g->init_ref = LUA_NOREF;
+  lua_State *co = lua_newthread(L);
+  int co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, rt, "init_worker");
-  if (pcall_tb(L, 0, 0, err, errlen) < 0) goto fail;
+  lua_xmove(L, co, 1);
+  int st = lua_resume(co, 0);
+  if (st == LUA_YIELD) {
+    const char *kind = lua_tostring(co, 1);
+    if (kind && strcmp(kind, "defer") == 0) {
+      lua_settop(co, 0);
+      g->init_ref = co_ref;
+    } else {
+      snprintf(err, errlen, "init_worker: a hook yielded: only the moongate API may suspend a hook");
+      goto fail;
+    }
+  } else if (st != 0) {
+    luaL_traceback(L, co, lua_tostring(co, -1) ? lua_tostring(co, -1) : "(error object is not a string)", 0);
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    goto fail;
+  } else {
+    luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
+  }
   lua_settop(L, 0);
   return g;
 
@@ -112,6 +135,7 @@ void mg_wgen_unref(mg_wgen_t *g) {
   free(g->rr_base);
   free(g->rr_current);
   free(g->co_free);
+  free(g->spare_run);
   free(g);
 }
 
@@ -156,10 +180,7 @@ static void on_budget(mg_timer_t *t);
  * coroutine's stack. 0 when the wait is set up, else -1 and *why. */
 static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
   mg_wgen_t *g = r->wg;
-  if (!mg_lua_may_wait(hook)) {
-    *why = "this hook cannot wait yet (request hooks and respond functions can)";
-    return -1;
-  }
+  (void)hook;
   const char *kind = lua_tostring(co, 1);
   mg_timers_t *ts = &g->w->timers;
   if (kind && strcmp(kind, "io") == 0 && r->io) {
@@ -182,7 +203,9 @@ static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
 }
 
 /* Runs (or resumes) r's coroutine with nargs arguments on its stack. */
-static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk) {
+/* With `results`, what the function returned stays on co's stack for the caller
+ * (which clears it) when it ended. */
+static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *chunk, int results) {
   mg_wgen_t *g = r->wg;
   int saved = r->phase;
   r->phase = hook;
@@ -216,7 +239,7 @@ static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *ch
       lua_pushvalue(co, 2);
       r->chunk_ref = luaL_ref(co, LUA_REGISTRYINDEX); /* keeps chunk->p alive */
     }
-    lua_settop(co, 0);
+    if (!results) lua_settop(co, 0);
     return 0;
   }
   const char *msg = NULL;
@@ -230,7 +253,7 @@ static int run_co(mg_lreq_t *r, int hook, lua_State *co, int nargs, mg_str_t *ch
     msg = lua_tostring(co, -1);
   }
   luaL_traceback(g->L, co, msg ? msg : "(error object is not a string)", 0);
-  MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id, hook_name(hook), lua_tostring(g->L, -1));
+  MG_ERR(g->w->id, "req %s: %s hook failed: %s", r->id ? r->id : "-", hook_name(hook), lua_tostring(g->L, -1));
   lua_pop(g->L, 1);
   mg_lua_cancel(r);
   drop_coroutine(r, 0); /* a coroutine that raised (or yielded wrongly) is done for */
@@ -253,7 +276,7 @@ int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk) {
   lua_pushinteger(co, r->route);
   if (chunk) lua_pushlstring(co, chunk->p, chunk->len);
   else lua_pushnil(co);
-  return run_co(r, hook, co, 6, chunk);
+  return run_co(r, hook, co, 6, chunk, 0);
 }
 
 /* What the hook waits for is there: the exchange is told, and resumes the hook
@@ -265,22 +288,27 @@ static void on_wait_timer(mg_timer_t *t) {
   r->waited(r->owner, 0); /* may free r */
 }
 
-int mg_lua_resume(mg_lreq_t *r) {
+int mg_lua_resume(mg_lreq_t *r) { return mg_lua_resume_chunk(r, NULL); }
+
+static int resume_run(mg_lreq_t *r, mg_str_t *chunk, int results) {
   if (!r->waiting || !r->co) return -1;
   lua_pushboolean(r->co, 1); /* mg.sleep returns true */
-  int rc = run_co(r, r->wait_hook, r->co, 1, NULL);
+  int rc = run_co(r, r->wait_hook, r->co, 1, chunk, results);
   if (rc == MG_LUA_WAIT) return rc;
   mg_timer_stop(&r->wg->w->timers, &r->budget);
   r->waiting = 0;
   return rc;
 }
 
+int mg_lua_resume_chunk(mg_lreq_t *r, mg_str_t *chunk) { return resume_run(r, chunk, 0); }
+
 /* timeouts.hook: the hook is dropped where it waits. */
 static void on_budget(mg_timer_t *t) {
   mg_lreq_t *r = LREQ_OF(t, budget);
   mg_wgen_t *g = r->wg;
-  MG_WARN(g->w->id, "req %s: %s hook still waiting after timeouts.hook (%.3g s): dropped", r->id,
-          hook_name(r->wait_hook), (double)g->gen->timeouts.hook / 1000.0);
+  uint64_t ms = r->budget_ms ? r->budget_ms : g->gen->timeouts.hook;
+  MG_WARN(g->w->id, "req %s: %s hook still waiting after timeouts.hook (%.3g s, route %d): dropped",
+          r->id ? r->id : "-", hook_name(r->wait_hook), (double)ms / 1000.0, r->route);
   mg_lua_cancel(r);
   r->waited(r->owner, MG_LUA_TIMEOUT); /* may free r */
 }
@@ -341,62 +369,88 @@ void mg_lua_req_done(mg_lreq_t *r) {
   drop_coroutine(r, 1);
 }
 
-int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener) {
-  lua_State *L = g->L;
-  char err[1024];
-  lua_rawgeti(L, LUA_REGISTRYINDEX, g->connect_ref);
-  lua_pushlstring(L, client_ip.p, client_ip.len);
-  if (listener) lua_pushstring(L, listener);
-  else lua_pushnil(L);
-  mg_wgen_t *outer = g->w->lua_wg; /* its Lua may start timers (mg.timer.*) */
-  g->w->lua_wg = g;
-  int rc = pcall_tb(L, 2, 1, err, sizeof(err));
-  g->w->lua_wg = outer;
-  if (rc < 0) {
-    MG_ERR(g->w->id, "connect hook failed (connection closed): %s", err);
-    return 0;
-  }
-  int keep = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return keep;
+/* ---------------- connect and tls_hello: runs of their own ---------------- */
+
+mg_lreq_t *mg_lua_conn_run(mg_wgen_t *g, const char *id, void *owner, void (*waited)(void *, int)) {
+  mg_lreq_t *r = g->spare_run;
+  if (r) g->spare_run = NULL;
+  else if (!(r = malloc(sizeof(*r)))) return NULL;
+  memset(r, 0, sizeof(*r));
+  r->wg = g;
+  mg_wgen_ref(g);
+  r->co_ref = r->chunk_ref = LUA_NOREF;
+  r->phase = -1;
+  r->id = id;
+  r->owner = owner;
+  r->waited = waited;
+  return r;
 }
 
-int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, const char *listener) {
-  lua_State *L = g->L;
-  char err[1024];
-  lua_rawgeti(L, LUA_REGISTRYINDEX, g->hello_ref);
-  if (sni) lua_pushstring(L, sni);
-  else lua_pushnil(L);
-  if (listener) lua_pushstring(L, listener);
-  else lua_pushnil(L);
-  /* watched by the main thread like the request hooks (mg_lua_hook) */
-  atomic_store_explicit(&g->w->hook_hook, MG_HOOK_TLS_HELLO, memory_order_relaxed);
-  atomic_store_explicit(&g->w->hook_since, uv_now(&g->w->loop) + 1, memory_order_relaxed);
-  mg_wgen_t *outer = g->w->lua_wg;
-  g->w->lua_wg = g;
-  int rc = pcall_tb(L, 2, 1, err, sizeof(err));
-  g->w->lua_wg = outer;
-  atomic_store_explicit(&g->w->hook_since, 0, memory_order_relaxed);
-  if (rc < 0) {
-    MG_ERR(g->w->id, "tls_hello hook failed (handshake refused): %s", err);
-    return -2;
-  }
+void mg_lua_conn_run_done(mg_lreq_t *r) {
+  if (!r) return;
+  mg_wgen_t *g = r->wg;
+  mg_lua_req_done(r);
+  if (!g->spare_run) g->spare_run = r; /* the next connection's, without a malloc */
+  else free(r);
+  mg_wgen_unref(g);
+}
+
+/* What a connect run ended with: 0 keep, -1 close (a failure was logged). */
+static int connect_result(mg_lreq_t *r, int rc) {
+  if (rc == MG_LUA_WAIT) return rc;
+  if (rc < 0) return -1; /* run_co logged it */
+  int keep = lua_toboolean(r->co, 1);
+  lua_settop(r->co, 0);
+  return keep ? 0 : -1;
+}
+
+int mg_lua_connect(mg_lreq_t *r, mg_str_t client_ip, const char *listener) {
+  lua_State *co = req_coroutine(r);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, r->wg->connect_ref);
+  lua_pushlstring(co, client_ip.p, client_ip.len);
+  if (listener) lua_pushstring(co, listener);
+  else lua_pushnil(co);
+  return connect_result(r, run_co(r, MG_HOOK_CONNECT, co, 2, NULL, 1));
+}
+
+int mg_lua_connect_resume(mg_lreq_t *r) { return connect_result(r, resume_run(r, NULL, 1)); }
+
+/* What a tls_hello run ended with (see mg_lua_tls_hello). */
+static int hello_result(mg_lreq_t *r, int rc, const mg_tls_server_t *t, const char *sni) {
+  if (rc == MG_LUA_WAIT) return rc;
+  if (rc < 0) return -2; /* run_co logged it: the handshake is refused */
+  mg_wgen_t *g = r->wg;
+  lua_State *co = r->co;
   int pick = -1;
-  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+  if (lua_isboolean(co, 1) && !lua_toboolean(co, 1)) {
     pick = -2;
     MG_INFO(g->w->id, "tls_hello hook refused the handshake (SNI %s)", sni ? sni : "none");
-  } else if (lua_type(L, -1) == LUA_TNUMBER) {
-    int i = (int)lua_tointeger(L, -1);
+  } else if (lua_type(co, 1) == LUA_TNUMBER) {
+    int i = (int)lua_tointeger(co, 1);
     if (i >= 1 && i <= t->ncerts) pick = i - 1;
     else MG_WARN(g->w->id, "tls_hello hook: no certificate %d (SNI decides)", i);
-  } else if (lua_type(L, -1) == LUA_TSTRING) {
-    const char *name = lua_tostring(L, -1);
+  } else if (lua_type(co, 1) == LUA_TSTRING) {
+    const char *name = lua_tostring(co, 1);
     for (int i = 0; i < t->ncerts && pick < 0; i++)
       if (t->certs[i].name && strcmp(t->certs[i].name, name) == 0) pick = i;
     if (pick < 0) MG_WARN(g->w->id, "tls_hello hook: no certificate named '%s' (SNI decides)", name);
   }
-  lua_pop(L, 1);
+  lua_settop(co, 0);
   return pick;
+}
+
+int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, const char *listener) {
+  lua_State *co = req_coroutine(r);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, r->wg->hello_ref);
+  if (sni) lua_pushstring(co, sni);
+  else lua_pushnil(co);
+  if (listener) lua_pushstring(co, listener);
+  else lua_pushnil(co);
+  return hello_result(r, run_co(r, MG_HOOK_TLS_HELLO, co, 2, NULL, 1), t, sni);
+}
+
+int mg_lua_tls_hello_resume(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni) {
+  return hello_result(r, resume_run(r, NULL, 1), t, sni);
 }
 
 /* ---------------- mg.timer.* ---------------- */
@@ -453,32 +507,40 @@ static void run_waited(void *owner, int rc) {
   run_end(run);
 }
 
-static void on_ltimer(mg_timer_t *tt) {
-  mg_ltimer_t *t = (mg_ltimer_t *)((char *)tt - offsetof(mg_ltimer_t, t));
-  mg_wgen_t *g = t->g;
-  int id = t->id;
-  timer_unlink(t);
-  free(t);
+/* A run of g's Lua of its own (a timer callback, the rest of init_worker), in the
+ * worker's list of runs. */
+static mg_lrun_t *run_new(mg_wgen_t *g, int id, const char *what) {
   mg_lrun_t *run = calloc(1, sizeof(*run));
-  if (!run) {
-    MG_ERR(g->w->id, "timer %d: out of memory: not run", id);
-    return;
-  }
+  if (!run) return NULL;
   run->lua.wg = g;
   mg_wgen_ref(g);
   run->lua.co_ref = run->lua.chunk_ref = LUA_NOREF;
   run->lua.phase = -1;
-  run->lua.id = "timer";
+  run->lua.id = what;
   run->lua.owner = run;
   run->lua.waited = run_waited;
   run->id = id;
   run->next = g->w->lua_runs;
   if (g->w->lua_runs) g->w->lua_runs->prev = run;
   g->w->lua_runs = run;
+  return run;
+}
+
+static void on_ltimer(mg_timer_t *tt) {
+  mg_ltimer_t *t = (mg_ltimer_t *)((char *)tt - offsetof(mg_ltimer_t, t));
+  mg_wgen_t *g = t->g;
+  int id = t->id;
+  timer_unlink(t);
+  free(t);
+  mg_lrun_t *run = run_new(g, id, "timer");
+  if (!run) {
+    MG_ERR(g->w->id, "timer %d: out of memory: not run", id);
+    return;
+  }
   lua_State *co = req_coroutine(&run->lua);
   lua_rawgeti(co, LUA_REGISTRYINDEX, g->timer_fire_ref);
   lua_pushinteger(co, id);
-  if (run_co(&run->lua, MG_HOOK_TIMER, co, 1, NULL) != MG_LUA_WAIT) run_end(run);
+  if (run_co(&run->lua, MG_HOOK_TIMER, co, 1, NULL, 0) != MG_LUA_WAIT) run_end(run);
 }
 
 int mg_lua_timer_arm(mg_wgen_t *g, int id, double secs) {
@@ -514,6 +576,21 @@ void mg_lua_timers_live(mg_wgen_t *g) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->timers_live_ref);
   if (pcall_tb(L, 0, 0, err, sizeof(err)) < 0) MG_ERR(g->w->id, "timers: %s", err);
   g->w->lua_wg = outer;
+  if (g->init_ref != LUA_NOREF) { /* the rest of an init_worker that waited, on the worker now */
+    mg_lrun_t *run = run_new(g, 0, "init_worker");
+    if (!run) {
+      MG_ERR(g->w->id, "init_worker: out of memory: the rest of it does not run");
+      luaL_unref(L, LUA_REGISTRYINDEX, g->init_ref);
+      g->init_ref = LUA_NOREF;
+      return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->init_ref);
+    run->lua.co = lua_tothread(L, -1);
+    run->lua.co_ref = g->init_ref;
+    lua_pop(L, 1);
+    g->init_ref = LUA_NOREF;
+    if (run_co(&run->lua, MG_HOOK_INIT_WORKER, run->lua.co, 0, NULL, 0) != MG_LUA_WAIT) run_end(run);
+  }
 }
 
 void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs) {

@@ -28,6 +28,8 @@ typedef struct mg_wgen_s {
   int timers_live_ref, timer_fire_ref, timer_dropped_ref; /* runtime.timers_live, .timer_fire, .timer_dropped */
   struct mg_ltimer_s *timers; /* mg.timer.* armed, waiting to fire */
   int retired;       /* no longer the worker's: no timer is armed for it any more */
+  int init_ref;      /* init_worker waited: its coroutine, resumed on the worker (LUA_NOREF: none) */
+  struct mg_lreq_s *spare_run; /* a connect/tls_hello run kept for the next connection */
 } mg_wgen_t;
 
 /* Timer callbacks run as this pseudo-hook: they may wait. */
@@ -99,14 +101,17 @@ void mg_wgen_unref(mg_wgen_t *g);
  * `chunk` is for the body hook: in, the chunk; out, the replacement if the hook
  * gave one (valid until the next call). */
 int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk);
-/* The hooks whose functions may wait (mg.sleep) so far: request, and a route's
- * respond function. Any other hook that tries fails (500). */
+/* Every hook may wait (mg.sleep, I/O) but two: tls_hello (BoringSSL's SNI
+ * callback is not suspended) and the request_body filter (its chain does not
+ * hold a piece yet). */
 static inline int mg_lua_may_wait(int hook) {
-  return hook == MG_HOOK_REQUEST || hook == MG_HOOK_RESPOND || hook == MG_HOOK_TIMER;
+  return hook != MG_HOOK_TLS_HELLO && hook != MG_HOOK_REQUEST_BODY;
 }
 /* Resumes a hook whose wait is over (`waited` said 0): 0 when it is done, -1
  * when it failed (logged), MG_LUA_WAIT when it waits again. */
 int mg_lua_resume(mg_lreq_t *r);
+/* The same for a body hook: *chunk is what it gave (chunk->p NULL: nothing). */
+int mg_lua_resume_chunk(mg_lreq_t *r, mg_str_t *chunk);
 /* A waiting hook is dropped (its client went away): no `waited` call. */
 void mg_lua_cancel(mg_lreq_t *r);
 /* I/O from Lua (sockets, the HTTP client). The Lua run of this moment on w: a
@@ -140,11 +145,21 @@ void mg_lua_timers_live(mg_wgen_t *g);
  * dropped and no more are armed; with drop_runs, the callbacks still waiting
  * too, those of every generation (the worker ends), else they finish on g. */
 void mg_lua_timers_stop(mg_wgen_t *g, int drop_runs);
-/* The connect hook: 1 to keep the connection, 0 to close it. */
-int mg_lua_connect(mg_wgen_t *g, mg_str_t client_ip, const char *listener);
+/* connect and tls_hello hooks run as runs of their own, made for a connection
+ * (id: for log lines, owner and waited: as a request's) from a spare kept per
+ * generation (no allocation unless a hook waits); NULL when out of memory.
+ * mg_lua_conn_run_done ends one (cancels a wait). */
+mg_lreq_t *mg_lua_conn_run(mg_wgen_t *g, const char *id, void *owner, void (*waited)(void *, int));
+void mg_lua_conn_run_done(mg_lreq_t *r);
+/* The connect hook: 0 to keep the connection, -1 to close it, MG_LUA_WAIT: it
+ * waits (r->waited follows; then mg_lua_connect_resume, same answers). */
+int mg_lua_connect(mg_lreq_t *r, mg_str_t client_ip, const char *listener);
+int mg_lua_connect_resume(mg_lreq_t *r);
 /* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI
- * decide, -2 to refuse the handshake (also when a hook fails: logged). */
-int mg_lua_tls_hello(mg_wgen_t *g, const mg_tls_server_t *t, const char *sni, const char *listener);
+ * decide, -2 to refuse the handshake (also when a hook fails: logged), or
+ * MG_LUA_WAIT (then mg_lua_tls_hello_resume). */
+int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, const char *listener);
+int mg_lua_tls_hello_resume(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni);
 
 /* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
 static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {

@@ -18,9 +18,10 @@
 #include "upstream.h"
 #include "wctx.h"
 
-static void start_upstream(mg_req_t *r);
+static int start_upstream(mg_req_t *r, int head);
 static void hook_waited(void *owner, int rc);
 static void bb_cancel(mg_lwait_t *op);
+static int hook_wait_in(mg_req_t *r, int hook, int head);
 static void up_ready(void *owner);
 static int tunnel_start(mg_req_t *r, const mg_header_t *connection);
 static const mg_up_events_t up_events;
@@ -156,7 +157,15 @@ static int resp_sink_end(void *ctx) {
 static int lua_body(mg_filter_t *f, const char *p, size_t n) {
   mg_req_t *r = f->ctx;
   mg_str_t chunk = { p, n };
-  if (mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk) < 0) return -1;
+  int rc = mg_lua_hook(&r->lua, MG_HOOK_BODY, &chunk);
+  if (rc == MG_LUA_WAIT) { /* the piece waits in the hook, and the rest behind it: the
+                              upstream is held (nothing more is parsed or read) */
+    r->body_wait = f;
+    hook_wait_in(r, MG_HOOK_BODY, 0);
+    if (r->upc) mg_upstream_hold(r->upc);
+    return 0;
+  }
+  if (rc < 0) return -1;
   return mg_filter_pass(f, chunk.p, chunk.len);
 }
 
@@ -306,14 +315,93 @@ static void access_log(mg_req_t *r) {
   free(s);
 }
 
+static void req_release(mg_req_t *r);
+static int log_detach(mg_req_t *r);
+
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
   if (r->upc) mg_proxy_abort(r);
-  if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG)) mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL);
+  if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG) &&
+      mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL) == MG_LUA_WAIT && log_detach(r) == 0)
+    return; /* the connection goes on; the request ends when its log hook does */
+  req_release(r);
+}
+
+/* The connection's side of a request whose log hook waits: what the hook may
+ * still read of it, copied into the request's arena (the connection goes on,
+ * or away); it acts on nothing (ops that do nothing, no TLS session). */
+static void orphan_nop(void *conn) { (void)conn; }
+static const mg_down_ops_t orphan_ops = {
+  .flush = orphan_nop, .done = orphan_nop, .close = orphan_nop, .close_after_flush = orphan_nop,
+  .reading = orphan_nop, .tunnel = orphan_nop, .local_addr = orphan_nop, .resume = orphan_nop,
+};
+
+/* The log hook waits: the access log line goes now, the request leaves its
+ * connection for the worker's list. 0, or -1 (no memory: the hook is dropped). */
+static int log_detach(mg_req_t *r) {
+  mg_down_t *old = r->down;
+  mg_down_t *d = mg_arena_alloc(&r->arena, sizeof(*d));
+  char *client = mg_arena_strdup(&r->arena, old->client, strlen(old->client));
+  int ip_in = old->ip.p >= old->client && old->ip.p + old->ip.len <= old->client + strlen(old->client);
+  char *ip = ip_in ? NULL : mg_arena_strdup(&r->arena, old->ip.p, old->ip.len);
+  if (!d || !client || (!ip_in && !ip)) {
+    MG_ERR(r->w->id, "req %s: log hook waits: out of memory: dropped", r->id);
+    mg_lua_cancel(&r->lua);
+    return -1;
+  }
+  access_log(r);
+  r->logged = 1;
+  hook_wait_in(r, MG_HOOK_LOG, 0);
+  *d = *old;
+  d->conn = NULL;
+  d->ops = &orphan_ops;
+  d->out = NULL;
+  d->tp = NULL;
+  d->ssl = NULL;
+  d->closed = 1;
+  d->client = client;
+  d->ip = ip_in ? (mg_str_t){ client + (old->ip.p - old->client), old->ip.len } : (mg_str_t){ ip, old->ip.len };
+  if (r->client_ip.p == old->ip.p) r->client_ip = d->ip;
+  r->down = d;
+  mg_worker_t *w = r->w;
+  r->prev_log = NULL;
+  r->next_log = w->log_waits;
+  if (w->log_waits) w->log_waits->prev_log = r;
+  w->log_waits = r;
+  return 0;
+}
+
+static void log_unlink(mg_req_t *r) {
+  if (r->prev_log) r->prev_log->next_log = r->next_log;
+  else r->w->log_waits = r->next_log;
+  if (r->next_log) r->next_log->prev_log = r->prev_log;
+}
+
+/* The log hook that waited goes on, or was dropped (timeouts.hook, logged). */
+static void log_hooked(mg_req_t *r) {
+  int rc = r->hook_rc;
+  if (rc != MG_LUA_TIMEOUT) rc = mg_lua_resume(&r->lua);
+  if (rc == MG_LUA_WAIT) return;
+  if (rc == MG_LUA_TIMEOUT)
+    MG_WARN(r->w->id, "req %s: log hook of route %d took longer than timeouts.hook: dropped", r->id, r->lua.route);
+  log_unlink(r);
+  req_release(r);
+}
+
+void mg_proxy_drop_logs(mg_worker_t *w) {
+  while (w->log_waits) {
+    mg_req_t *r = w->log_waits;
+    log_unlink(r);
+    req_release(r); /* cancels the wait */
+  }
+}
+
+/* The request's memory goes back (to the spares). */
+static void req_release(mg_req_t *r) {
   mg_lua_req_done(&r->lua);
   free(r->bb); /* (the spare list keeps no body) */
   r->bb = NULL;
-  access_log(r);
+  if (!r->logged) access_log(r);
   mg_outq_dispose(&r->upq);
   mg_wgen_unref(r->wg);
   mg_worker_t *w = r->w;
@@ -883,12 +971,10 @@ int mg_proxy_head(mg_req_t *r) {
   const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host_name, r->path);
   r->route = rt;
   r->lua.route = rt ? (int)(rt - r->gen->routes) + 1 : 0;
+  r->lua.budget_ms = rt ? rt->hook_ms : 0; /* the route's timeouts.hook, else the global one */
   if (mg_hook_on(r->gen, rt, MG_HOOK_REQUEST)) {
     int rc = mg_lua_hook(&r->lua, MG_HOOK_REQUEST, NULL);
-    if (rc == MG_LUA_WAIT) {
-      r->hook_wait = MG_HOOK_REQUEST + 1;
-      return MG_PROXY_WAIT;
-    }
+    if (rc == MG_LUA_WAIT) return hook_wait_in(r, MG_HOOK_REQUEST, 1);
     return request_hooked(r, rc);
   }
   return after_request(r);
@@ -931,10 +1017,7 @@ static int after_request(mg_req_t *r) {
       mg_proxy_error(r, 404, 0);
     } else if (rt->hooks & (1u << MG_HOOK_RESPOND)) {
       int rc = mg_lua_hook(&r->lua, MG_HOOK_RESPOND, NULL);
-      if (rc == MG_LUA_WAIT) {
-        r->hook_wait = MG_HOOK_RESPOND + 1;
-        return MG_PROXY_WAIT;
-      }
+      if (rc == MG_LUA_WAIT) return hook_wait_in(r, MG_HOOK_RESPOND, 1);
       return responded(r, rc);
     } else {
       mg_proxy_answer(r, rt->status, rt->resp_head, rt->resp_head_len, rt->resp_body, rt->resp_body_len);
@@ -952,30 +1035,87 @@ static int after_request(mg_req_t *r) {
     f->ctx = r;
     mg_fchain_add(&r->req_chain, f);
   }
-  start_upstream(r);
-  return 0;
+  return start_upstream(r, 1);
+}
+
+static const char *const hook_names[MG_HOOK_MAX] = { MG_HOOK_NAMES };
+
+/* A hook of r waits (its run said MG_LUA_WAIT): the phase is noted. With `head`,
+ * the connection holds the head phase (mg_proxy_head's answer). */
+static int hook_wait_in(mg_req_t *r, int hook, int head) {
+  r->hook_wait = hook + 1;
+  r->wait_head = (unsigned)head;
+  return MG_PROXY_WAIT;
+}
+
+/* The hook that waited goes on (or was dropped by timeouts.hook: logged with the
+ * hook and the route). Its end (0, -1, MG_LUA_TIMEOUT), or MG_LUA_WAIT. */
+static int hook_resume(mg_req_t *r, int hook, const char *then) {
+  int rc = r->hook_rc;
+  r->hook_wait = 0;
+  r->wait_head = 0;
+  if (rc != MG_LUA_TIMEOUT) rc = mg_lua_resume(&r->lua); /* the hook goes on, here */
+  if (rc == MG_LUA_TIMEOUT)
+    MG_WARN(r->w->id, "req %s: %s hook of route %d took longer than timeouts.hook: %s", r->id, hook_names[hook],
+            r->lua.route, then);
+  return rc;
+}
+
+static int pick_server(mg_req_t *r, int balanced, int head);
+
+/* upstream_request or balance ended (at once or after a wait). */
+static int upstream_hooked(mg_req_t *r, int hook, int rc, int head) {
+  if (rc < 0) {
+    mg_proxy_error(r, rc == MG_LUA_TIMEOUT ? 504 : 500, 0);
+    return 0;
+  }
+  return pick_server(r, hook == MG_HOOK_BALANCE, head);
 }
 
 int mg_proxy_head_resume(mg_req_t *r) {
-  int hook = r->hook_wait - 1, rc = r->hook_rc;
-  r->hook_wait = 0;
-  if (rc != MG_LUA_TIMEOUT) rc = mg_lua_resume(&r->lua); /* the hook goes on, here */
-  if (rc == MG_LUA_WAIT) {
-    r->hook_wait = hook + 1;
-    return MG_PROXY_WAIT;
-  }
-  if (rc == MG_LUA_TIMEOUT)
-    MG_WARN(r->w->id, "req %s: %s hook of route %d took longer than timeouts.hook: 504", r->id,
-            hook == MG_HOOK_REQUEST ? "request" : "respond", r->lua.route);
-  return hook == MG_HOOK_REQUEST ? request_hooked(r, rc) : responded(r, rc);
+  int hook = r->hook_wait - 1;
+  int rc = hook_resume(r, hook, "504");
+  if (rc == MG_LUA_WAIT) return hook_wait_in(r, hook, 1);
+  if (hook == MG_HOOK_REQUEST) return request_hooked(r, rc);
+  if (hook == MG_HOOK_RESPOND) return responded(r, rc);
+  return upstream_hooked(r, hook, rc, 1);
 }
 
-/* luavm: the wait is over (or the hook was dropped): the connection resumes the
- * head phase, outside any parse, and mg_proxy_head_resume runs the hook on. */
+static void response_hooked(mg_req_t *r);
+static void body_hooked(mg_req_t *r);
+
+/* luavm: the wait is over (or the hook was dropped). A wait of the head phase:
+ * the connection resumes it, outside any parse, and mg_proxy_head_resume runs the
+ * hook on. The others go on here (a timer callback: no parse runs). */
 static void hook_waited(void *owner, int rc) {
   mg_req_t *r = owner;
   r->hook_rc = rc;
-  r->down->ops->resume(r->down->conn);
+  int hook = r->hook_wait - 1;
+  if (r->wait_head || hook == MG_HOOK_REQUEST || hook == MG_HOOK_RESPOND) {
+    r->down->ops->resume(r->down->conn);
+    return;
+  }
+  switch (hook) {
+  case MG_HOOK_UPSTREAM_REQUEST:
+  case MG_HOOK_BALANCE:
+    rc = hook_resume(r, hook, "504");
+    if (rc == MG_LUA_WAIT) {
+      hook_wait_in(r, hook, 0);
+      return;
+    }
+    upstream_hooked(r, hook, rc, 0);
+    return;
+  case MG_HOOK_RESPONSE:
+    response_hooked(r);
+    return;
+  case MG_HOOK_BODY:
+    body_hooked(r);
+    return;
+  case MG_HOOK_LOG:
+    r->hook_wait = 0;
+    log_hooked(r);
+    return;
+  }
 }
 
 /* Where request body bytes go: the live upstream queue, or the waiting one. */
@@ -1245,36 +1385,62 @@ static int queue_request(mg_req_t *r) {
 
 static int queue_request(mg_req_t *r);
 
-static void start_upstream(mg_req_t *r) {
-  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+/* A hook of the upstream's start waits outside the head phase (a retry after a
+ * failed connect): when the upstream head is not queued yet, the client's body
+ * must not get ahead of it, so reading it stops until a connection takes it. */
+static int upstream_wait(mg_req_t *r, int hook, int head) {
+  if (!head && r->upq.pending == 0 && !r->complete) {
+    r->down->up_blocked = 1;
+    r->down->ops->reading(r->down->conn);
+  }
+  return hook_wait_in(r, hook, head);
+}
+
+/* The upstream exchange starts (or starts again after a failed attempt): the
+ * upstream_request hook once, then a server (the balance hook's choice). 0, or
+ * MG_PROXY_WAIT when a hook waits (`head`: the head phase holds for it). */
+static int start_upstream(mg_req_t *r, int head) {
   if (!r->t_up_start) r->t_up_start = uv_hrtime();
   if (!r->upreq_hooked && mg_hook_on(r->gen, r->route, MG_HOOK_UPSTREAM_REQUEST)) {
     r->upreq_hooked = 1;
-    if (mg_lua_hook(&r->lua, MG_HOOK_UPSTREAM_REQUEST, NULL) < 0) {
+    int rc = mg_lua_hook(&r->lua, MG_HOOK_UPSTREAM_REQUEST, NULL);
+    if (rc == MG_LUA_WAIT) return upstream_wait(r, MG_HOOK_UPSTREAM_REQUEST, head);
+    if (rc < 0) {
       mg_proxy_error(r, 500, 0);
-      return;
+      return 0;
     }
   }
+  return pick_server(r, 0, head);
+}
+
+/* `balanced`: the balance hook already ran for this attempt (it waited). */
+static int pick_server(mg_req_t *r, int balanced, int head) {
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   for (;;) {
     int s = -1;
     if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE)) {
-      r->pick = -1;
-      if (mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL) < 0) {
-        mg_proxy_error(r, 500, 0);
-        return;
+      if (!balanced) {
+        r->pick = -1;
+        int rc = mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL);
+        if (rc == MG_LUA_WAIT) return upstream_wait(r, MG_HOOK_BALANCE, head);
+        if (rc < 0) {
+          mg_proxy_error(r, 500, 0);
+          return 0;
+        }
       }
+      balanced = 0;
       if (r->pick >= 0 && !(r->tried & ((uint64_t)1 << r->pick))) s = r->pick;
     }
     if (s < 0) s = mg_balance_pick(r->wg, r->upstream, r->tried);
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
-      return;
+      return 0;
     }
     r->tried |= (uint64_t)1 << s;
     r->server = s;
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
-      return;
+      return 0;
     }
     mg_up_link_t link = {
       .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
@@ -1294,13 +1460,13 @@ static void start_upstream(mg_req_t *r) {
     int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
     if (rc == 1) {
       up_ready(r);
-      return;
+      return 0;
     }
-    if (rc == 0) return;
+    if (rc == 0) return 0;
     MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, u->servers[s].text, uv_strerror(rc));
     if (!is_idempotent(r->method)) {
       mg_proxy_error(r, 502, 0);
-      return;
+      return 0;
     }
   }
 }
@@ -1331,7 +1497,7 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
     MG_WARN(r->w->id, "req %s: upstream %s: connect %s", r->id, peer, timeout ? "timed out" : "failed");
     if (timeout) r->timed_out = 1;
     if (is_idempotent(r->method)) {
-      start_upstream(r);
+      start_upstream(r, 0);
       return;
     }
     mg_proxy_error(r, timeout ? 504 : 502, 0);
@@ -1344,7 +1510,7 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
     r->stale_retry = 1;
     r->tried &= ~((uint64_t)1 << r->server);
     mg_outq_dispose(&r->upq);
-    start_upstream(r);
+    start_upstream(r, 0);
     return;
   }
   MG_WARN(r->w->id, "req %s: upstream %s: %s before a response", r->id, peer,
@@ -1468,9 +1634,10 @@ static void up_interim(void *owner, int status) {
   r->bytes_out += mg_outq_size(c->out) - before;
 }
 
+static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
+
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
-  mg_down_t *c = r->down;
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
@@ -1482,19 +1649,56 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   }
   r->status = up_status;
   if (up_status == 101) return tunnel_start(r, seen.connection);
-  int rehead = 0; /* a hook or a filter saw the head: it may have changed */
+  r->up_status = up_status;
+  r->up_has_len = up_has_length;
+  r->up_len = up_length;
   if (mg_hook_on(r->gen, r->route, MG_HOOK_RESPONSE)) {
-    rehead = 1;
-    if (mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL) < 0) {
+    int rc = mg_lua_hook(&r->lua, MG_HOOK_RESPONSE, NULL);
+    if (rc == MG_LUA_WAIT) { /* nothing more is read from the upstream, nothing goes to
+                                the client, until it is done (response_hooked) */
+      hook_wait_in(r, MG_HOOK_RESPONSE, 0);
+      mg_upstream_hold(r->upc);
+      return 0;
+    }
+    if (rc < 0) {
       mg_proxy_error(r, 500, 0); /* releases the upstream connection */
       return -1;
     }
+    return head_out(r, 1, &seen);
   }
+  return head_out(r, 0, &seen);
+}
+
+/* The response hook that waited goes on; then the head goes out and the
+ * upstream is read again. */
+static void response_hooked(mg_req_t *r) {
+  int rc = hook_resume(r, MG_HOOK_RESPONSE, "504");
+  if (rc == MG_LUA_WAIT) {
+    hook_wait_in(r, MG_HOOK_RESPONSE, 0);
+    return;
+  }
+  if (rc < 0) {
+    mg_proxy_error(r, rc == MG_LUA_TIMEOUT ? 504 : 500, 0); /* releases the upstream connection */
+    return;
+  }
+  resp_seen_t seen;
+  if (head_out(r, 1, &seen) < 0) return; /* answered (500): the upstream connection went */
+  if (r->upc) mg_upstream_unhold(r->upc); /* what it held is parsed, then it is read again */
+}
+
+/* The response head goes to the client (after the response hook, if any);
+ * `rehead`: a hook saw the head, *seen is found again. */
+static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
+  mg_down_t *c = r->down;
+  resp_seen_t seen = *seen_in;
+  int up_status = r->up_status, up_has_length = r->up_has_len;
+  uint64_t up_length = r->up_len;
   if (response_filters(r, &rehead) < 0) {
     mg_proxy_error(r, 500, 0);
     return -1;
   }
   if (rehead) resp_seen(&r->rhead, &seen);
+  *seen_in = seen;
   int body_hook = mg_fchain_changes_length(&r->resp_chain);
   int status = r->status;
   r->rstate = MG_RS_HEAD;
@@ -1586,6 +1790,33 @@ static void up_end(void *owner) {
   c->ops->flush(c->conn);
   if (c->closed) return;
   c->ops->done(c->conn);
+}
+
+/* The body hook that waited on a piece goes on: what it gave goes down the chain,
+ * then the upstream is read again (the pieces behind it come in order). Dropped
+ * (timeouts.hook) or failed: the head is out, the connection ends after what was
+ * sent. */
+static void body_hooked(mg_req_t *r) {
+  int rc = r->hook_rc;
+  r->hook_wait = 0;
+  mg_str_t chunk = { NULL, 0 };
+  if (rc != MG_LUA_TIMEOUT) rc = mg_lua_resume_chunk(&r->lua, &chunk);
+  if (rc == MG_LUA_WAIT) {
+    hook_wait_in(r, MG_HOOK_BODY, 0);
+    return;
+  }
+  mg_down_t *c = r->down;
+  mg_filter_t *f = r->body_wait;
+  r->body_wait = NULL;
+  if (rc == MG_LUA_TIMEOUT)
+    MG_WARN(r->w->id, "req %s: body hook of route %d took longer than timeouts.hook: connection closed", r->id,
+            r->lua.route);
+  if (rc < 0 || (chunk.p && mg_filter_pass(f, chunk.p, chunk.len) < 0)) {
+    c->ops->close_after_flush(c->conn); /* the head is out: cut the body short */
+    return;
+  }
+  if (r->upc) mg_upstream_unhold(r->upc);
+  else c->ops->flush(c->conn);
 }
 
 void mg_proxy_client_drained(mg_req_t *r) {

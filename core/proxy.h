@@ -123,6 +123,14 @@ struct mg_req_s {
   unsigned upreq_hooked : 1;    /* the upstream_request hook ran */
   int hook_wait;                /* the head phase waits in this hook (MG_HOOK_*+1; 0: none) */
   int hook_rc;                  /* how the hook that waited ended (luavm.h: 0, -1, MG_LUA_TIMEOUT) */
+  unsigned wait_head : 1;       /* that wait holds the head phase (the connection parses no
+                                   further): balance and upstream_request waits started there */
+  unsigned logged : 1;          /* the access log line is written */
+  struct mg_filter_s *body_wait; /* the body hook's filter, while a piece waits in it */
+  int up_status, up_has_len;    /* the upstream response head, while the response hook waits */
+  uint64_t up_len;
+  mg_req_t *next_log, *prev_log; /* in the worker's list while the log hook waits (the
+                                    connection went on without the request) */
 
   /* The body as a hook read it (req:read_body) or replaced it (req:set_body).
    * bb is malloc'd, the request's own: freed when it ends (or the read fails). */
@@ -167,6 +175,8 @@ struct mg_req_s {
 mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down);
 /* Ends the request (log hook, access log) and keeps its memory for the next one. */
 void mg_req_free(mg_req_t *r);
+/* Drops the log hooks still waiting (worker exit). */
+void mg_proxy_drop_logs(mg_worker_t *w);
 /* Frees a spare request's memory (worker exit). */
 void mg_req_dispose(mg_req_t *r);
 

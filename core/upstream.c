@@ -37,6 +37,10 @@ static void unpool(mg_upconn_t *u) {
 static void unlink_owner(mg_upconn_t *u) {
   mg_tp_splice_stop(&u->tp);
   u->splice_to = NULL;
+  free(u->held_buf); /* a hook held it: what it kept goes with the owner */
+  u->held_buf = NULL;
+  u->held_len = 0;
+  u->held = u->held_eof = 0;
   if (!u->owner) return;
   *u->slot = NULL;
   u->owner = NULL;
@@ -122,6 +126,10 @@ static void on_timer(mg_timer_t *t) {
  * upstream's fault: the client's body timeout judges. Re-armed on every bit of
  * progress. */
 static void arm_rw(mg_upconn_t *u) {
+  if (u->held) { /* a hook waits: its budget judges, not the upstream's timeouts */
+    mg_timer_stop(&u->w->timers, &u->timer);
+    return;
+  }
   if (mg_outq_size(&u->tp.out)) {
     arm(u, u->write_ms);
   } else if (u->owner && !u->sent_all && !u->got_bytes) {
@@ -147,6 +155,8 @@ static void finish(mg_upconn_t *u, int extra_bytes) {
  * everything the exchange does with a head or a piece of body (its hooks
  * included) runs here, between two parser runs. Returns 0 to go on, -1 when the
  * exchange ended (finished, failed or closed: u may be pooled or gone). */
+static int hold_keep(mg_upconn_t *u, const char *p, size_t n);
+
 static int parse(mg_upconn_t *u, const char *p, size_t n) {
   for (;;) {
     mg_h1_ev_t ev;
@@ -188,11 +198,13 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
         if (n) tunnel_data(u, p, n);
         return u->owner ? 0 : -1;
       }
+      if (u->held) return hold_keep(u, p, n); /* the response hook waits */
       continue;
     }
     case MG_H1_BODY:
       u->ev->body(u->owner, ev.p, ev.len);
       if (u->state == MG_UP_CLOSED || !u->owner) return -1;
+      if (u->held) return hold_keep(u, p, n); /* the body hook waits on that piece */
       continue;
     case MG_H1_END:
       /* bytes after the response make the connection unusable; with TLS they may
@@ -206,6 +218,60 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
       return -1;
     }
   }
+}
+
+/* Bytes read while held wait, in order, for mg_upstream_unhold. 0, or -1 when
+ * out of memory (the exchange failed). */
+static int hold_keep(mg_upconn_t *u, const char *p, size_t n) {
+  if (!n) return 0;
+  char *more = realloc(u->held_buf, u->held_len + n);
+  if (!more) {
+    fail(u, 0, 0);
+    return -1;
+  }
+  memcpy(more + u->held_len, p, n);
+  u->held_buf = more;
+  u->held_len += n;
+  return 0;
+}
+
+static void tp_read_end(void *arg);
+static void on_eof(mg_upconn_t *u);
+
+void mg_upstream_hold(mg_upconn_t *u) {
+  if (!u || u->held || u->state != MG_UP_ACTIVE) return;
+  u->held = 1;
+  mg_tp_read(&u->tp, 0);
+  mg_timer_stop(&u->w->timers, &u->timer);
+}
+
+void mg_upstream_unhold(mg_upconn_t *u) {
+  if (!u->held) return;
+  u->held = 0;
+  char *p = u->held_buf;
+  size_t n = u->held_len;
+  int eof = u->held_eof;
+  u->held_buf = NULL;
+  u->held_len = 0;
+  u->held_eof = 0;
+  int rc = parse(u, p ? p : "", n); /* even empty: the codec may have an event left (the end) */
+  free(p);
+  if (rc < 0 || u->state != MG_UP_ACTIVE || !u->owner) return; /* the exchange ended */
+  if (u->held) { /* held again: the rest was kept */
+    u->held_eof = eof;
+    return;
+  }
+  if (eof) {
+    on_eof(u);
+    return;
+  }
+  if (u->paused) {
+    arm(u, u->paused_ms);
+  } else {
+    mg_tp_read(&u->tp, 1);
+    arm_rw(u);
+  }
+  tp_read_end(u); /* what was parsed goes to the client (or the body is spliced) */
 }
 
 static void on_eof(mg_upconn_t *u) {
@@ -253,6 +319,7 @@ static int tp_data(void *arg, const char *p, size_t n) {
     return 1;
   }
   u->got_bytes = 1;
+  if (u->held) return hold_keep(u, p, n) < 0; /* the rest of a read (TLS records) */
   if (u->tunnel) {
     tunnel_data(u, p, n);
     return !u->owner;
@@ -264,7 +331,7 @@ static int tp_data(void *arg, const char *p, size_t n) {
 /* A read's worth of response was handed over: the exchange writes it out. */
 static void tp_read_end(void *arg) {
   mg_upconn_t *u = arg;
-  if (u->state != MG_UP_ACTIVE || !u->owner) return;
+  if (u->state != MG_UP_ACTIVE || !u->owner || u->held) return;
   if (u->splice_to && !u->tunnel) {
     /* the rest of the body by splicing: the head and the body so far go out with
      * its first bytes (mg_tp_splice sends them when those are there) */
@@ -301,6 +368,7 @@ void mg_upstream_splice(mg_upconn_t *u, mg_tp_t *to) {
 static void tp_eof(void *arg) {
   mg_upconn_t *u = arg;
   if (u->state != MG_UP_ACTIVE || !u->owner) mg_upstream_close(u); /* pooled: the server closed it */
+  else if (u->held) u->held_eof = 1; /* after what is held (mg_upstream_unhold) */
   else if (u->tunnel) tunnel_end(u, NULL);
   else on_eof(u);
 }
@@ -506,6 +574,7 @@ int mg_upstream_flush(mg_upconn_t *u) {
 void mg_upstream_pause(mg_upconn_t *u, int paused) {
   if (u->state != MG_UP_ACTIVE || u->paused == paused) return;
   u->paused = paused;
+  if (u->held) return; /* unhold reads (or not) as this says */
   if (paused) {
     /* the upstream is not judged while it waits for the client, but the wait is
      * bounded (cut_slow_client); it restarts each time the client catches up */

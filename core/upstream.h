@@ -115,6 +115,10 @@ struct mg_upconn_s {
   int max_idle;
   uint64_t read_ms, write_ms; /* upstream_read / upstream_write timeouts */
   uint64_t paused_ms;         /* upstream_paused: the longest a pause may last */
+  int held;                   /* a hook of the owner waits (response, body): nothing is parsed */
+  int held_eof;               /* the upstream's end came while held */
+  char *held_buf;             /* what was read and not parsed while held */
+  size_t held_len;
 };
 
 /* Gets a connection to `s` for link->owner and links the two (*link->slot, u->owner). Returns 1
@@ -137,6 +141,12 @@ void mg_upstream_close(mg_upconn_t *u);
  * and a negative code returned: the caller must not touch the request then. */
 int mg_upstream_flush(mg_upconn_t *u);
 void mg_upstream_pause(mg_upconn_t *u, int paused);
+/* A hook of the owner waits on the head or a piece of body it was handed: the
+ * connection parses nothing more (what the read brought is kept), stops reading
+ * and its read/write timeouts (timeouts.hook judges the hook). Unhold parses what
+ * was kept (the owner's callbacks run: it may end the exchange), then reads on. */
+void mg_upstream_hold(mg_upconn_t *u);
+void mg_upstream_unhold(mg_upconn_t *u);
 /* The response's body goes to `to` by splicing (transport.h), from the end of the
  * read that brought its head on, when at least MG_SPLICE_MIN bytes of it are
  * still to come: the exchange says so at the head when nothing needs to see the

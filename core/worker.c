@@ -232,6 +232,7 @@ static void run(void *arg) {
   mg_current_worker = w;
   mg_lua_timers_live(w->wg); /* the timers init_worker asked for */
   uv_run(&w->loop, UV_RUN_DEFAULT);
+  mg_proxy_drop_logs(w);
   mg_lua_timers_stop(w->wg, 1);
   if (w->lhttp_free) w->lhttp_free(w); /* mg.http's state (lhttp.c) */
   mg_resolve_free(w);

@@ -414,7 +414,8 @@ function _M.upstream(name)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true, buffer_body = true }
+                     respond = true, on = true, buffer_body = true, timeouts = true }
+local route_timeout_keys = { hook = true } -- a route's own timeouts.hook
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
@@ -458,6 +459,11 @@ function _M.route(t)
   if t.buffer_body ~= nil then r.buffer_body = size(t.buffer_body, what, "buffer_body") end
   if (t.upstream == nil) == (t.respond == nil) then
     fail("%s: needs exactly one of 'upstream' or 'respond'", what)
+  end
+  if t.timeouts ~= nil then
+    check.type(t.timeouts, "table", what, "timeouts")
+    check.keys(t.timeouts, route_timeout_keys, what .. " timeouts")
+    if t.timeouts.hook ~= nil then r.hook_timeout = check.number(t.timeouts.hook, what .. " timeouts", "hook", 0.001, 86400) end
   end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
@@ -556,14 +562,18 @@ _M.timer = {
 }
 
 --- mg.sleep(seconds): the hook waits that long without holding the worker (other
---- requests are served meanwhile). Request hooks and respond functions may wait.
+--- requests are served meanwhile). Every hook may wait, and timer callbacks.
 function _M.sleep(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
     error("mg.sleep: seconds must be a number >= 0, got " .. tostring(seconds), 2)
   end
   local co, main = coroutine.running()
-  if co == nil or main then error("mg.sleep: only a hook may wait (request hooks, respond functions)", 2) end
-  return require("moongate.private.runtime").wait("sleep", seconds)
+  if co == nil or main then
+    error("mg.sleep: only hooks and timer callbacks may wait (not while proxy.lua is read)", 2)
+  end
+  local runtime = require "moongate.private.runtime"
+  runtime.io_begin()
+  return runtime.wait("sleep", seconds)
 end
 --- mg.tcp(): a TCP socket for hooks that may wait (OpenResty's cosocket shape:
 --- connect, sslhandshake, send, receive, setkeepalive, close; lua/moongate/tcp.lua).

@@ -112,7 +112,7 @@ mg.route { path = "/direct", respond = { status = 200, body = "direct\n" } }
 mg.route { path = "/px/", upstream = o, on = { request = function(req) req:set_path(req.path:sub(4)) end } }
 mg.route { path = "/in-response/", upstream = o, on = {
   request = function(req) req:set_path("/hello") end,
-  response = function(req, res) mg.http.request { url = "http://${origin}/hello" } end } }
+  request_body = function(req, chunk, eof) mg.http.request { url = "http://${origin}/hello" } end } }
 ]], { vars = { origin = origin.addr } })
   end)
 
@@ -331,8 +331,8 @@ mg.route { path = "/in-response/", upstream = o, on = {
     assert(helpers.now() - t0 >= 0.95)
   end)
 
-  it("fails a hook that may not wait (response) with 500 and says why", function()
-    local res = assert(proxy:request({ path = "/in-response/x" }))
+  it("fails a hook that may not wait (request_body) with 500 and says why", function()
+    local res = assert(proxy:request({ method = "POST", path = "/in-response/x", body = "abc" }))
     assert.equal(500, res.status)
     assert(helpers.wait_until(function()
       return errlog():find("only a hook that may wait", 1, true)

@@ -159,7 +159,7 @@ end }
 mg.route { path = "/get", respond = function(req) return 200, tostring(d():get(req:arg("k"))) end }
 mg.route { path = "/wrong-hook", upstream = mg.upstream "self" { servers = { "127.0.0.1:${port}" } },
   on = { request = function(req) req:set_path("/direct") end,
-         response = function(req, res) mg.tcp():connect("127.0.0.1", PEER) end } }
+         request_body = function(req, chunk, eof) mg.tcp():connect("127.0.0.1", PEER) end } }
 mg.route { path = "/bad-args", respond = function(req)
   local out = {}
   for i, f in ipairs {
@@ -309,8 +309,8 @@ describe("mg.tcp", function()
       "the timer's socket never answered: " .. get("/get?k=timer"))
   end)
 
-  it("raises an error when used in a hook that cannot wait (response): 500, logged", function()
-    local res = assert(proxy:request({ path = "/wrong-hook" }))
+  it("raises an error when used in a hook that cannot wait (request_body): 500, logged", function()
+    local res = assert(proxy:request({ method = "POST", path = "/wrong-hook", body = "abc" }))
     assert.equal(500, res.status)
     assert(helpers.wait_until(function()
       return errlog():find("only a hook that may wait can use a socket", 1, true)

@@ -39,13 +39,27 @@ function _M.start(path, worker_id, nroutes, source)
 end
 
 local in_init = false -- init_worker runs: mg.timer.* may queue timers
+local init_main = false -- init_worker runs on the main thread: a wait defers the rest to the worker
 
+--- init_worker hooks, in a coroutine of their own (core/luavm.c). Before their
+--- first wait they run on the main thread (an error fails the load); a wait
+--- yields "defer" there, and the rest runs on the worker once it runs this
+--- generation (an error then is logged).
 function _M.init_worker()
   local list = global[HOOKS.init_worker]
   if list then
-    in_init = true -- (an error here fails the whole state: no need to reset it then)
+    in_init, init_main = true, true -- (an error here fails the whole state: no need to reset them then)
     for i = 1, #list do list[i]() end
-    in_init = false
+    in_init, init_main = false, false
+  end
+end
+
+local current
+local function detach_current()
+  if current then -- no request's object stays attached while other Lua runs
+    request.detach(current)
+    response.detach(current.res)
+    current = nil
   end
 end
 
@@ -55,6 +69,7 @@ end
 function _M.connect(client_ip, listener)
   local list = global[HOOKS.connect]
   if not list then return true end
+  detach_current()
   local conn = { client_ip = client_ip, listener = listener }
   for i = 1, #list do
     if list[i](conn) == false then return false end
@@ -67,6 +82,7 @@ end
 function _M.tls_hello(sni, listener)
   local list = global[HOOKS.tls_hello]
   if not list then return nil end
+  detach_current()
   local hello = { sni = sni, listener = listener }
   for i = 1, #list do
     local pick = list[i](hello)
@@ -83,8 +99,7 @@ local objects = {}
 -- touched: every other object is detached (its pointer cleared, so the API
 -- refuses it) and attached again when its own request's next hook runs. A hook
 -- that keeps `req` in a variable thus cannot reach another request that got
--- the same memory.
-local current
+-- the same memory. (`current` is declared above, with detach_current.)
 
 local function req_for(ptr, seq, slot)
   local req = objects[slot]
@@ -115,7 +130,10 @@ end
 --- A hook waits (mg.sleep): the request's coroutine yields to C, which resumes it
 --- when what it waits for is there; other requests' hooks run meanwhile. Back
 --- here, this request's object is attached again and the others detached.
+local waits = 0 -- waits begun, ever: a body hook's run tells from it whether it waited
+
 function _M.wait(kind, arg)
+  waits = waits + 1
   local req = current
   local ok, err = coroutine.yield(kind, arg)
   if req and current ~= req then
@@ -135,6 +153,12 @@ end
 --- can (or raises). The wrapper then calls C, and on MG_API_EAGAIN waits with
 --- _M.wait("io") and asks C again.
 function _M.io_begin()
+  if init_main then
+    -- init_worker on the main thread: the rest of it goes on on the worker loop
+    -- (C resumes this coroutine there once the generation is live)
+    init_main = false
+    coroutine.yield("defer")
+  end
 end
 
 --- The entry point: runs hook `hook` for the request at `ptr` (number `seq`),
@@ -185,7 +209,7 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
     return req, changed and chunk or nil
   end
   if hook == BODY then
-    local changed = false
+    local changed, waits0 = false, waits
     if list then
       for i = 1, #list do
         local out = list[i](req, res, chunk)
@@ -202,7 +226,8 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
         chunk, changed = out, true
       end
     end
-    return req, changed and chunk or nil
+    -- after a wait C no longer has the piece it gave: it gets it back
+    return req, (changed or waits ~= waits0) and chunk or nil
   end
   if list then
     for i = 1, #list do
@@ -278,11 +303,7 @@ end
 function _M.timer_fire(id)
   local t = timers[id]
   if not t then return end -- cancelled
-  if current then -- no request's object stays attached while a timer runs
-    request.detach(current)
-    response.detach(current.res)
-    current = nil
-  end
+  detach_current() -- no request's object stays attached while a timer runs
   if not t.every then timers[id] = nil end
   local ok, err = pcall(t.fn, unpack(t.args, 1, t.args.n))
   if not ok then mg.log.err("timer callback failed: " .. tostring(err)) end
