@@ -321,7 +321,8 @@ int mg_req_read_body(mg_req_t *r, mg_str_t *err) {
   if (!PHASE(r, BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_RESPOND))) return MG_API_EPHASE;
   const char *why = "the request was answered already";
   int rc = r->rstate == MG_RS_NONE ? mg_proxy_read_body(r, &why) : -1;
-  if (rc != -1) return rc;
+  if (rc == 1) return MG_API_EAGAIN;
+  if (rc == 0) return 0;
   *err = (mg_str_t){ why, strlen(why) };
   return MG_API_EINVAL;
 }

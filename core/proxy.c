@@ -10,7 +10,6 @@
 
 #include <lauxlib.h>
 
-#include "api.h"
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
@@ -1281,7 +1280,7 @@ int mg_proxy_read_body(mg_req_t *r, const char **why) {
     return -1;
   }
   r->bb_waiting = 1;
-  return MG_API_EAGAIN;
+  return 1;
 }
 
 int mg_proxy_set_body(mg_req_t *r, const char *p, size_t len) {

@@ -200,7 +200,7 @@ void mg_proxy_request_end(mg_req_t *r);
  * sees it. */
 void mg_proxy_body_failed(mg_req_t *r, int status, const char *why);
 /* req:read_body: 0 when the whole body is in r->bb (or there is none),
- * MG_API_EAGAIN when the running hook is to wait and ask again, -1 with *why
+ * 1 when the running hook is to wait and ask again, -1 with *why
  * when the read failed ("body too large", "timeout", ...). */
 int mg_proxy_read_body(mg_req_t *r, const char **why);
 /* req:set_body: the upstream gets p[0..len) (copied) with a Content-Length,
