@@ -239,6 +239,11 @@ static void on_connect_error(void *owner, int kind, const char *why) {
   snprintf(c->cerr, sizeof(c->cerr), "%s: %s", what, why ? why : "?");
 }
 
+static void on_bad_response(void *owner, const char *why) {
+  mg_hcall_t *c = owner;
+  snprintf(c->cerr, sizeof(c->cerr), "bad response: %s", why);
+}
+
 static void on_failed(void *owner, int connect, int timeout, int stale) {
   mg_hcall_t *c = owner;
   if (c->failed) { /* it refused the response itself (too large) */
@@ -253,7 +258,7 @@ static void on_failed(void *owner, int connect, int timeout, int stale) {
     return;
   }
   if (timeout) call_fail(c, "timeout%s", NULL);
-  else if (connect) call_fail(c, "%s", c->cerr[0] ? c->cerr : "connect failed");
+  else if (connect || c->cerr[0]) call_fail(c, "%s", c->cerr[0] ? c->cerr : "connect failed");
   else if (c->status) call_fail(c, "closed before the end of the response%s", NULL);
   else call_fail(c, "closed before a response (connection closed or reset)%s", NULL);
 }
@@ -344,6 +349,7 @@ static const mg_up_events_t events = {
   .ready = on_ready, .failed = on_failed, .interim = on_interim, .head = on_head, .body = on_body,
   .end = on_end, .flush = on_flush, .drained = on_drained, .slow_client = on_slow_client,
   .tunnel_end = on_tunnel_end, .spliced = on_spliced, .connect_error = on_connect_error,
+  .bad_response = on_bad_response,
 };
 
 /* ---------------- the FFI functions (api.h) ---------------- */
