@@ -32,20 +32,13 @@ enum { RX_N = 0, RX_LINE = 1, RX_ALL = 2, RX_ANY = 3 };
 typedef struct mg_coconn_s mg_coconn_t;
 typedef struct mg_copool_s mg_copool_t;
 
-typedef struct {
-  mg_tls_client_t t;
-  int verify;
-  char *ca; /* NULL: the system bundle */
-} tls_ent_t;
-
 /* A worker's share (w->cosock): every open connection, the idle pools, the
  * client TLS contexts built so far. */
 typedef struct mg_cosock_w_s {
   mg_coconn_t *conns;
   mg_copool_t *pools;
   int npools;
-  tls_ent_t tls[MG_COSOCK_TLS_CTX_MAX];
-  int ntls;
+  mg_tls_client_cache_t tls; /* by (verify, CA file); the name is set per connection */
   int closed; /* the worker ends: no more connections */
 } mg_cosock_w_t;
 
@@ -599,38 +592,6 @@ static uint64_t tls_hash(int verify, const char *ca, const char *name, size_t nl
   return h;
 }
 
-/* The worker's client context for (verify, ca), built when first asked for
- * (loading a CA bundle is file I/O: once per worker and setting). */
-static const mg_tls_client_t *tls_ctx(mg_cosock_w_t *cw, int verify, const char *ca, char *err,
-                                      size_t errlen) {
-  if (!verify) ca = NULL;
-  for (int i = 0; i < cw->ntls; i++) {
-    tls_ent_t *e = &cw->tls[i];
-    if (e->verify == verify && ((!e->ca && !ca) || (e->ca && ca && strcmp(e->ca, ca) == 0))) return &e->t;
-  }
-  if (cw->ntls == MG_COSOCK_TLS_CTX_MAX) { /* the oldest goes (connections keep a reference) */
-    mg_tls_client_free(&cw->tls[0].t);
-    free(cw->tls[0].ca);
-    memmove(&cw->tls[0], &cw->tls[1], sizeof(cw->tls[0]) * (MG_COSOCK_TLS_CTX_MAX - 1));
-    cw->ntls--;
-  }
-  tls_ent_t *e = &cw->tls[cw->ntls];
-  memset(e, 0, sizeof(*e));
-  mg_tls_client_cfg_t cfg = { .verify = verify, .ca_file = ca };
-  if (ca && !(e->ca = strdup(ca))) {
-    snprintf(err, errlen, "no memory");
-    return NULL;
-  }
-  if (mg_tls_client_new(&e->t, &cfg, err, errlen) < 0) {
-    mg_tls_client_free(&e->t);
-    free(e->ca);
-    return NULL;
-  }
-  e->verify = verify;
-  cw->ntls++;
-  return &e->t;
-}
-
 /* begin() for the operations on an open connection: 0 with *cp, else what the
  * operation returns (a wait it already had going is waited on again). */
 static int begin_open(mg_cosock_t *s, mg_lreq_t **rp, mg_coconn_t **cp, const char **err) {
@@ -661,7 +622,8 @@ int mg_tcp_sslhandshake(mg_cosock_t *s, const char *name, size_t nlen, int verif
     *err = "pooled connection was made with other TLS settings";
     return -1;
   }
-  const mg_tls_client_t *t = tls_ctx(c->cw, verify, s->ca, s->errbuf, sizeof(s->errbuf));
+  const mg_tls_client_t *t = mg_tls_client_cached(&c->cw->tls, verify, s->ca, NULL, s->errbuf,
+                                                  sizeof(s->errbuf));
   if (!t) {
     *err = s->errbuf;
     MG_WARN(c->w->id, "mg.tcp sslhandshake: %s", s->errbuf);
@@ -868,10 +830,7 @@ static void free_all(mg_worker_t *w) {
     cw->pools = p->next;
     free(p);
   }
-  for (int i = 0; i < cw->ntls; i++) {
-    mg_tls_client_free(&cw->tls[i].t);
-    free(cw->tls[i].ca);
-  }
+  mg_tls_client_cache_free(&cw->tls);
   free(cw);
   w->cosock = NULL;
   w->socks_end = NULL;

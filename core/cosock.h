@@ -26,7 +26,6 @@
 #define MG_COSOCK_POOLS_MAX 256     /* pool keys per worker; beyond, setkeepalive closes */
 #define MG_COSOCK_POOL_SIZE 30      /* idle connections per key when none is given */
 #define MG_COSOCK_IDLE_MS 60000     /* setkeepalive's idle timeout when none is given */
-#define MG_COSOCK_TLS_CTX_MAX 16    /* client TLS contexts kept per worker (verify, CA file) */
 
 /* The worker ends the connections through w->socks_end (wctx.h), set by the
  * first connect: the worker does not include this part. */

@@ -53,21 +53,13 @@ typedef struct mg_hcall_s {
   int paused;         /* stream: reading stopped until Lua catches up */
 } mg_hcall_t;
 
-typedef struct {
-  char *key;          /* verify, ca and sni, '\n'-separated */
-  mg_tls_client_t tls;
-  uint64_t used;      /* a counter: the least recently used goes first */
-} tls_ent_t;
-
 struct mg_lhttp_s {
   mg_hcall_t **slots; /* open calls by slot; NULL: free */
   uint32_t nslots;
   uint32_t *free_slots;
   uint32_t nfree;
   uint32_t gen;       /* the last generation given */
-  tls_ent_t tls[MG_LHTTP_TLS_MAX];
-  int ntls;
-  uint64_t tick;
+  mg_tls_client_cache_t tls; /* by (verify, ca, sni): the sni is in the pool key */
 };
 
 static struct mg_lhttp_s *state(mg_worker_t *w) {
@@ -101,46 +93,6 @@ static int slot_take(struct mg_lhttp_s *s, mg_hcall_t *c) {
   c->gen = ++s->gen;
   s->slots[c->slot] = c;
   return 0;
-}
-
-/* ---------------- TLS client contexts ---------------- */
-
-/* The context for (verify, ca, sni): cached, since loading a CA bundle costs
- * milliseconds. Connections hold their own reference (SSL_CTX), so an evicted
- * context may still serve the connections made with it. NULL and err on failure. */
-static mg_tls_client_t *tls_for(struct mg_lhttp_s *s, const mg_hcall_t *c, char *err, size_t errlen) {
-  char key[4096];
-  int n = snprintf(key, sizeof(key), "%d\n%s\n%s", c->verify, c->ca ? c->ca : "", c->sni ? c->sni : "");
-  if (n < 0 || (size_t)n >= sizeof(key)) {
-    snprintf(err, errlen, "tls: ca path too long");
-    return NULL;
-  }
-  tls_ent_t *e = NULL;
-  for (int i = 0; i < s->ntls && !e; i++)
-    if (strcmp(s->tls[i].key, key) == 0) e = &s->tls[i];
-  if (!e) {
-    if (s->ntls == MG_LHTTP_TLS_MAX) { /* the least recently used goes */
-      e = &s->tls[0];
-      for (int i = 1; i < s->ntls; i++)
-        if (s->tls[i].used < e->used) e = &s->tls[i];
-      mg_tls_client_free(&e->tls);
-      free(e->key);
-      *e = s->tls[--s->ntls];
-    }
-    e = &s->tls[s->ntls];
-    memset(e, 0, sizeof(*e));
-    char why[512] = "out of memory";
-    mg_tls_client_cfg_t cfg = { .verify = c->verify, .ca_file = c->ca, .sni = c->sni };
-    if (!(e->key = strdup(key)) || mg_tls_client_new(&e->tls, &cfg, why, sizeof(why)) < 0) {
-      snprintf(err, errlen, "tls: %s", why);
-      mg_tls_client_free(&e->tls);
-      free(e->key);
-      return NULL;
-    }
-    s->ntls++;
-  }
-  e->used = ++s->tick;
-  return &e->tls;
 }
 
 /* ---------------- the call's life ---------------- */
@@ -230,8 +182,8 @@ static void connect_server(mg_hcall_t *c) {
                             .keepalive_ms = MG_LHTTP_KEEPALIVE_MS };
   if (c->tls) {
     char err[600];
-    if (!(cfg.tls = tls_for(c->w->lhttp, c, err, sizeof(err)))) {
-      call_fail(c, "%s", err);
+    if (!(cfg.tls = mg_tls_client_cached(&c->w->lhttp->tls, c->verify, c->ca, c->sni, err, sizeof(err)))) {
+      call_fail(c, "tls: %s", err);
       return;
     }
   }
@@ -287,6 +239,11 @@ static void on_connect_error(void *owner, int kind, const char *why) {
   snprintf(c->cerr, sizeof(c->cerr), "%s: %s", what, why ? why : "?");
 }
 
+static void on_bad_response(void *owner, const char *why) {
+  mg_hcall_t *c = owner;
+  snprintf(c->cerr, sizeof(c->cerr), "bad response: %s", why);
+}
+
 static void on_failed(void *owner, int connect, int timeout, int stale) {
   mg_hcall_t *c = owner;
   if (c->failed) { /* it refused the response itself (too large) */
@@ -301,7 +258,7 @@ static void on_failed(void *owner, int connect, int timeout, int stale) {
     return;
   }
   if (timeout) call_fail(c, "timeout%s", NULL);
-  else if (connect) call_fail(c, "%s", c->cerr[0] ? c->cerr : "connect failed");
+  else if (connect || c->cerr[0]) call_fail(c, "%s", c->cerr[0] ? c->cerr : "connect failed");
   else if (c->status) call_fail(c, "closed before the end of the response%s", NULL);
   else call_fail(c, "closed before a response (connection closed or reset)%s", NULL);
 }
@@ -392,6 +349,7 @@ static const mg_up_events_t events = {
   .ready = on_ready, .failed = on_failed, .interim = on_interim, .head = on_head, .body = on_body,
   .end = on_end, .flush = on_flush, .drained = on_drained, .slow_client = on_slow_client,
   .tunnel_end = on_tunnel_end, .spliced = on_spliced, .connect_error = on_connect_error,
+  .bad_response = on_bad_response,
 };
 
 /* ---------------- the FFI functions (api.h) ---------------- */
@@ -544,10 +502,7 @@ void mg_lhttp_free(mg_worker_t *w) {
   if (!s) return;
   for (uint32_t i = 0; i < s->nslots; i++) /* none should be left: their runs ended */
     if (s->slots[i]) call_free(s->slots[i]);
-  for (int i = 0; i < s->ntls; i++) {
-    mg_tls_client_free(&s->tls[i].tls);
-    free(s->tls[i].key);
-  }
+  mg_tls_client_cache_free(&s->tls);
   free(s->slots);
   free(s->free_slots);
   free(s);

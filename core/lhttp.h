@@ -15,7 +15,6 @@
 
 #include "mg.h"
 
-#define MG_LHTTP_TLS_MAX 16             /* TLS client contexts kept per worker (LRU) */
 #define MG_LHTTP_KEEPALIVE 32           /* idle connections a call's server keeps */
 #define MG_LHTTP_KEEPALIVE_MS 60000
 #define MG_LHTTP_STREAM_HIGH (256 * 1024) /* stream: reading stops above this much unread */

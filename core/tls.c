@@ -457,6 +457,62 @@ void mg_tls_client_free(mg_tls_client_t *t) {
   memset(t, 0, sizeof(*t));
 }
 
+mg_tls_client_t *mg_tls_client_cached(mg_tls_client_cache_t *c, int verify, const char *ca,
+                                      const char *sni, char *err, size_t errlen) {
+  verify = verify ? 1 : 0;
+  if (!verify) ca = NULL;
+  size_t calen = ca ? strlen(ca) : 0, snilen = sni ? strlen(sni) : 0;
+  size_t klen = 3 + calen + snilen; /* verify, ca, NUL, sni, and which are given */
+  char *key = malloc(klen);
+  if (!key) {
+    snprintf(err, errlen, "no memory");
+    return NULL;
+  }
+  key[0] = (char)('0' + verify + (ca ? 2 : 0) + (sni ? 4 : 0));
+  if (calen) memcpy(key + 1, ca, calen);
+  key[1 + calen] = '\0';
+  if (snilen) memcpy(key + 2 + calen, sni, snilen);
+  key[klen - 1] = '\0';
+  struct mg_tls_cached_s *e = NULL;
+  for (int i = 0; i < c->n && !e; i++)
+    if (c->e[i].klen == klen && memcmp(c->e[i].key, key, klen) == 0) e = &c->e[i];
+  if (e) {
+    free(key);
+    e->used = ++c->tick;
+    return &e->t;
+  }
+  if (c->n == MG_TLS_CLIENT_CACHE_MAX) { /* the least recently used goes */
+    e = &c->e[0];
+    for (int i = 1; i < c->n; i++)
+      if (c->e[i].used < e->used) e = &c->e[i];
+    mg_tls_client_free(&e->t);
+    free(e->key);
+    *e = c->e[--c->n];
+  }
+  e = &c->e[c->n];
+  mg_tls_client_cfg_t cfg = { .verify = verify, .ca_file = ca, .sni = sni };
+  int rc = mg_tls_client_new(&e->t, &cfg, err, errlen);
+  if (rc < 0) {
+    if (rc == MG_ENOMEM) snprintf(err, errlen, "no memory");
+    mg_tls_client_free(&e->t);
+    free(key);
+    return NULL;
+  }
+  e->key = key;
+  e->klen = klen;
+  e->used = ++c->tick;
+  c->n++;
+  return &e->t;
+}
+
+void mg_tls_client_cache_free(mg_tls_client_cache_t *c) {
+  for (int i = 0; i < c->n; i++) {
+    mg_tls_client_free(&c->e[i].t);
+    free(c->e[i].key);
+  }
+  c->n = 0;
+}
+
 SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session, void *owner) {
   SSL *ssl = with_bios(t->ctx);
   if (!ssl) return NULL;

@@ -73,6 +73,29 @@ void mg_tls_server_free(mg_tls_server_t *t);
 int mg_tls_client_new(mg_tls_client_t *t, const mg_tls_client_cfg_t *cfg, char *err, size_t errlen);
 void mg_tls_client_free(mg_tls_client_t *t);
 
+/* A worker's client contexts by (verify, CA file, SNI), for the hooks' clients
+ * (mg.tcp, mg.http): building one loads a CA bundle, file I/O of milliseconds,
+ * so it is done once per worker and setting. The least recently used goes past
+ * MG_TLS_CLIENT_CACHE_MAX; an SSL made from an evicted context keeps it alive
+ * (SSL_CTX is refcounted). Zeroed: empty. Worker thread only. */
+#define MG_TLS_CLIENT_CACHE_MAX 16
+typedef struct {
+  struct mg_tls_cached_s {
+    char *key; /* verify, CA file and SNI; klen bytes */
+    size_t klen;
+    uint64_t used;
+    mg_tls_client_t t;
+  } e[MG_TLS_CLIENT_CACHE_MAX];
+  int n;
+  uint64_t tick;
+} mg_tls_client_cache_t;
+/* The context for the settings (ca NULL: the system bundle, and ignored without
+ * verify; sni NULL: none), built when first asked for. Owned by the cache: valid
+ * until the next call or mg_tls_client_cache_free. NULL with err on failure. */
+mg_tls_client_t *mg_tls_client_cached(mg_tls_client_cache_t *c, int verify, const char *ca,
+                                      const char *sni, char *err, size_t errlen);
+void mg_tls_client_cache_free(mg_tls_client_cache_t *c);
+
 /* A server-side SSL for a new connection, with memory BIOs; `owner` is handed to
  * the hello callback (mg_tls_hello_fn). NULL when out of memory. */
 SSL *mg_tls_accept_new(const mg_tls_server_t *t, void *owner);

@@ -139,6 +139,11 @@ static void arm_rw(mg_upconn_t *u) {
   }
 }
 
+/* The owner hears why its response was refused (before `failed`). */
+static void bad_response(mg_upconn_t *u, const char *why) {
+  if (u->owner && u->ev->bad_response) u->ev->bad_response(u->owner, why);
+}
+
 /* The response ended (u->done): pool or close the connection, then finish. */
 static void finish(mg_upconn_t *u, int extra_bytes) {
   void *owner = u->owner;
@@ -180,6 +185,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
         if (!u->upgrade) {
           MG_WARN(u->w->id, "req %s: upstream %s: bad response: 101 Switching Protocols to a request "
                   "that did not ask to upgrade", u->rid, u->server->text);
+          bad_response(u, "101 Switching Protocols to a request that did not ask to upgrade");
           fail(u, 0, 0);
           return -1;
         }
@@ -214,6 +220,7 @@ static int parse(mg_upconn_t *u, const char *p, size_t n) {
     default:
       MG_WARN(u->w->id, "req %s: upstream %s: bad response: %s", u->rid, u->server->text,
               ev.why ? ev.why : "unparsable");
+      bad_response(u, ev.why ? ev.why : "unparsable");
       fail(u, 0, 0);
       return -1;
     }

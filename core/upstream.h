@@ -59,6 +59,9 @@ typedef struct {
   /* optional (NULL: not told): why a new connection failed, just before `failed`
    * (kind: MG_TP_FAIL_*, transport.h; why: the cause as text, valid during the call) */
   void (*connect_error)(void *owner, int kind, const char *why);
+  /* optional (NULL: not told): the response was refused as malformed (why: the
+   * cause as text, valid during the call; also logged), just before `failed` */
+  void (*bad_response)(void *owner, const char *why);
 } mg_up_events_t;
 
 /* The exchange's side of a link, given to mg_upstream_get. */

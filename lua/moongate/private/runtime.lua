@@ -127,6 +127,16 @@ local function req_for(ptr, seq, slot)
   return req
 end
 
+-- Coroutines of the user's own (coroutine.create / wrap in proxy.lua): a wait
+-- inside one yields WAIT first, and whoever resumed it (coroutine.resume and
+-- wrap below) waits in its place, up to the hook's coroutine, which yields to C.
+-- The user's coroutine then goes on where it waited, as in OpenResty: a
+-- coroutine.wrap around mg.tcp / mg.http / mg.sleep works as without it.
+local WAIT = {}
+local co_create, co_resume, co_yield, co_running, co_status =
+  coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.status
+local user_co = setmetatable({}, { __mode = "k" })
+
 --- A hook waits (mg.sleep): the request's coroutine yields to C, which resumes it
 --- when what it waits for is there; other requests' hooks run meanwhile. Back
 --- here, this request's object is attached again and the others detached.
@@ -135,7 +145,9 @@ local waits = 0 -- waits begun, ever: a body hook's run tells from it whether it
 function _M.wait(kind, arg)
   waits = waits + 1
   local req = current
-  local ok, err = coroutine.yield(kind, arg)
+  local ok, err
+  if user_co[co_running()] then ok, err = co_yield(WAIT, kind, arg)
+  else ok, err = co_yield(kind, arg) end
   if req and current ~= req then
     if current then
       request.detach(current)
@@ -146,6 +158,31 @@ function _M.wait(kind, arg)
     current = req
   end
   return ok, err
+end
+
+-- What a resume of a user coroutine gave: a wait inside it is waited here, and
+-- the coroutine resumed with the wait's result, until it yields or ends.
+local function pass(co, ok, ...)
+  if ok and (...) == WAIT and co_status(co) == "suspended" then
+    return pass(co, co_resume(co, _M.wait(select(2, ...))))
+  end
+  return ok, ...
+end
+
+local function unwrap(ok, ...)
+  if not ok then error((...), 0) end
+  return ...
+end
+
+coroutine.create = function(fn)
+  local co = co_create(fn)
+  user_co[co] = true
+  return co
+end
+coroutine.resume = function(co, ...) return pass(co, co_resume(co, ...)) end
+coroutine.wrap = function(fn)
+  local co = coroutine.create(fn)
+  return function(...) return unwrap(pass(co, co_resume(co, ...))) end
 end
 
 --- Every API that waits on I/O (sockets, mg.http) calls this before it starts
