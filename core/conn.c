@@ -1016,11 +1016,7 @@ int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
   mg_lreq_t *lr = mg_lua_conn_run(c->w->wg, c->client, c, NULL);
   if (!lr) return -2;
   int pick = mg_lua_tls_hello(lr, t, sni, c->down.listener);
-  if (pick == MG_LUA_WAIT) { /* BoringSSL's SNI callback cannot be suspended (yet) */
-    MG_ERR(c->w->id, "%s: tls_hello hook waited: it cannot wait yet (handshake refused)", c->client);
-    pick = -2;
-  }
-  mg_lua_conn_run_done(lr); /* cancels a wait */
+  mg_lua_conn_run_done(lr);
   return pick;
 }
 

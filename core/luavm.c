@@ -180,7 +180,10 @@ static void on_budget(mg_timer_t *t);
  * coroutine's stack. 0 when the wait is set up, else -1 and *why. */
 static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
   mg_wgen_t *g = r->wg;
-  (void)hook;
+  if (!mg_lua_may_wait(hook)) {
+    *why = "this hook cannot wait (tls_hello and request_body hooks cannot)";
+    return -1;
+  }
   const char *kind = lua_tostring(co, 1);
   mg_timers_t *ts = &g->w->timers;
   if (kind && strcmp(kind, "io") == 0 && r->io) {
@@ -417,7 +420,7 @@ int mg_lua_connect_resume(mg_lreq_t *r) { return connect_result(r, resume_run(r,
 
 /* What a tls_hello run ended with (see mg_lua_tls_hello). */
 static int hello_result(mg_lreq_t *r, int rc, const mg_tls_server_t *t, const char *sni) {
-  if (rc == MG_LUA_WAIT) return rc;
+  /* (never MG_LUA_WAIT: mg_lua_may_wait says no, and a wait fails the hook) */
   if (rc < 0) return -2; /* run_co logged it: the handshake is refused */
   mg_wgen_t *g = r->wg;
   lua_State *co = r->co;
@@ -449,9 +452,6 @@ int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, co
   return hello_result(r, run_co(r, MG_HOOK_TLS_HELLO, co, 2, NULL, 1), t, sni);
 }
 
-int mg_lua_tls_hello_resume(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni) {
-  return hello_result(r, resume_run(r, NULL, 1), t, sni);
-}
 
 /* ---------------- mg.timer.* ---------------- */
 

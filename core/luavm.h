@@ -156,10 +156,9 @@ void mg_lua_conn_run_done(mg_lreq_t *r);
 int mg_lua_connect(mg_lreq_t *r, mg_str_t client_ip, const char *listener);
 int mg_lua_connect_resume(mg_lreq_t *r);
 /* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI
- * decide, -2 to refuse the handshake (also when a hook fails: logged), or
- * MG_LUA_WAIT (then mg_lua_tls_hello_resume). */
+ * decide, -2 to refuse the handshake (also when a hook fails, or tries to wait:
+ * BoringSSL's SNI callback cannot be suspended; logged). */
 int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, const char *listener);
-int mg_lua_tls_hello_resume(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni);
 
 /* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
 static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {

@@ -4,7 +4,8 @@
 -- the outcome. While one waits the worker serves others; a route's
 -- timeouts.hook gives a 504 naming the hook and the route; a client that leaves
 -- mid-wait cancels it; a reload lets waiting hooks finish on the old generation.
--- (tls_hello cannot wait yet: docs/hooks.md says so.)
+-- (tls_hello and request_body cannot wait yet: docs/hooks.md says so; tls_spec and
+-- the request_body case below show the refusal.)
 local helpers = require "spec.helpers"
 local signal = require "posix.signal"
 
@@ -36,6 +37,11 @@ mg.route { path = "/balance/", upstream = ab, on = {
   balance = function(req)
     mg.sleep(0.2)
     req:set_server(2)
+  end } }
+mg.route { path = "/filter-waits/", upstream = o, on = {
+  request_body = function(req, chunk, eof)
+    mg.sleep(0.05) -- the request_body filter cannot wait: the request fails
+    d():set("filter_after_sleep", "ran")
   end } }
 mg.route { path = "/upreq/", upstream = o, on = {
   request = function(req) req:set_path(req.path:sub(7)) end,
@@ -197,6 +203,16 @@ describe("every hook may wait", function()
     a:close()
     assert.equal("response", res.h["x-after-sleep"])
     assert(helpers.now() - t0 >= 0.99)
+  end)
+
+  it("request_body cannot wait: a filter that tries fails its request (500), logged", function()
+    local res = assert(proxy:request({ method = "POST", path = "/filter-waits/echo", body = "abc" }))
+    assert.equal(500, res.status)
+    assert(helpers.wait_until(function()
+      return errlog():find("request_body hook failed: this hook cannot wait", 1, true)
+    end, 2, 0.05), errlog())
+    helpers.sleep(0.1)
+    assert.equal("nil", get("filter_after_sleep"))
   end)
 
   it("a route's timeouts.hook (0.3 s) gives a 504 and a log line naming the hook and the route", function()

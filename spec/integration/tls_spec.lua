@@ -161,6 +161,7 @@ mg.on("tls_hello", function(hello)
   if hello.sni == "pick-b.test" then return "b" end
   if hello.sni == "pick-3.test" then return 3 end
   if hello.sni == "refuse.test" then return false end
+  if hello.sni == "wait.test" then mg.sleep(0.05) return "b" end -- cannot wait: refused
   return nil
 end)
 
@@ -601,6 +602,17 @@ describe("TLS", function()
       local res, out = https(proxy.ports.hello, "a.test", "/tlsinfo")
       assert.truthy(res, out)
       assert.equal(200, res.status)
+    end)
+
+    it("refuses the handshake of a hook that tries to wait, and says why", function()
+      local r = s_client(proxy.ports.hello, { sni = "wait.test" })
+      assert.is_false(r.ok, r.out)
+      assert(helpers.wait_until(function()
+        return proxy:stderr():find("tls_hello hook failed: this hook cannot wait", 1, true)
+      end, 3), proxy:stderr())
+      local b = s_client(proxy.ports.hello, { sni = "pick-b.test" }) -- the worker goes on
+      assert.is_true(b.ok, b.out)
+      assert.equal("b.test", b.cn)
     end)
 
     it("sees hello.sni and hello.listener (nil for an unnamed listener)", function()
