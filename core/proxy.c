@@ -338,6 +338,20 @@ static const mg_down_ops_t orphan_ops = {
 /* The log hook waits: the access log line goes now, the request leaves its
  * connection for the worker's list. 0, or -1 (no memory: the hook is dropped). */
 static int log_detach(mg_req_t *r) {
+  mg_worker_t *w = r->w;
+  /* each waiting log hook holds its request (a pipelining client makes them
+   * faster than they end): no more of them than the worker takes connections */
+  uint64_t cap = r->gen->limits.connections;
+  if (cap && w->nlog_waits >= cap) {
+    uint64_t now = uv_now(&w->loop);
+    if (!w->log_waits_warned || now - w->log_waits_warned >= 1000) { /* a line a second at most */
+      w->log_waits_warned = now;
+      MG_WARN(w->id, "req %s: log hook of route %d waits while %llu others do (limits.connections): dropped",
+              r->id, r->lua.route, (unsigned long long)w->nlog_waits);
+    }
+    mg_lua_cancel(&r->lua);
+    return -1;
+  }
   mg_down_t *old = r->down;
   mg_down_t *d = mg_arena_alloc(&r->arena, sizeof(*d));
   char *client = mg_arena_strdup(&r->arena, old->client, strlen(old->client));
@@ -362,11 +376,11 @@ static int log_detach(mg_req_t *r) {
   d->ip = ip_in ? (mg_str_t){ client + (old->ip.p - old->client), old->ip.len } : (mg_str_t){ ip, old->ip.len };
   if (r->client_ip.p == old->ip.p) r->client_ip = d->ip;
   r->down = d;
-  mg_worker_t *w = r->w;
   r->prev_log = NULL;
   r->next_log = w->log_waits;
   if (w->log_waits) w->log_waits->prev_log = r;
   w->log_waits = r;
+  w->nlog_waits++;
   return 0;
 }
 
@@ -374,6 +388,7 @@ static void log_unlink(mg_req_t *r) {
   if (r->prev_log) r->prev_log->next_log = r->next_log;
   else r->w->log_waits = r->next_log;
   if (r->next_log) r->next_log->prev_log = r->prev_log;
+  r->w->nlog_waits--;
 }
 
 /* The log hook that waited goes on, or was dropped (timeouts.hook, logged). */

@@ -50,6 +50,8 @@ struct mg_worker_s {
   struct mg_lrun_s *lua_runs; /* timer callbacks running or waiting, of any generation (luavm.c) */
   struct mg_lreq_s *lua_run;  /* the Lua run of this moment that may wait (luavm.c), or NULL */
   struct mg_req_s *log_waits; /* requests whose log hook waits after their connection went on (proxy.c) */
+  uint64_t nlog_waits;        /* how many (bounded by limits.connections) */
+  uint64_t log_waits_warned;  /* loop time (ms) of the last "too many log hooks" line */
   struct mg_dns_s *dns;       /* the resolver's cache (resolve.c) */
   struct mg_cosock_w_s *cosock; /* mg.tcp's connections, idle pools, TLS contexts (cosock.c) */
   void (*socks_end)(mg_worker_t *w, int stage); /* set by cosock.c with `cosock`: MG_SOCKS_* */
