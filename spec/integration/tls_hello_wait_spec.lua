@@ -190,3 +190,43 @@ describe("a tls_hello hook that waits", function()
     proxy:assert_alive()
   end)
 end)
+
+describe("a tls_hello hook that waits past timeouts.handshake", function()
+  local proxy
+
+  lazy_setup(function()
+    local dir = helpers.tmpdir()
+    helpers.self_signed(dir, "a.test")
+    proxy = helpers.proxy([=[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, log_level = "info", timeouts = { handshake = 0.5, hook = 10 } }
+mg.listen { "127.0.0.1:${port}", tls = { cert = "${dir}/cert.pem", key = "${dir}/key.pem" } }
+mg.on("tls_hello", function(hello)
+  if hello.sni == "slow.test" then mg.sleep(3) end
+  return nil
+end)
+mg.route { path = "/", respond = function() return 200, "hello\n" end }
+]=], { vars = { dir = dir } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("closes the connection at the handshake timeout, cancelling the hook", function()
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    local out, rc = helpers.sh("timeout 10 openssl s_client -connect 127.0.0.1:" .. proxy.port
+      .. " -servername slow.test </dev/null")
+    local took = socket.gettime() - t0
+    assert.is_false(rc == 0 and out:find("\nsubject=", 1, true) ~= nil, out)
+    assert.is_true(took >= 0.4 and took < 2.5, "closed after " .. took .. " s")
+    assert(helpers.wait_until(function()
+      return proxy:stderr():find("TLS handshake timeout (a tls_hello hook waited: cancelled)", 1, true)
+    end, 3), proxy:stderr())
+    local fine, rc2 = helpers.sh("timeout 10 openssl s_client -connect 127.0.0.1:" .. proxy.port
+      .. " -servername a.test </dev/null")
+    assert.equal(0, rc2, fine)
+    proxy:assert_alive()
+  end)
+end)
