@@ -21,6 +21,7 @@ static size_t pull(mg_conn_t *c, const char *data, size_t len);
 static void body_bad_end(mg_conn_t *c);
 static void conn_start(mg_conn_t *c);
 static void connect_waited(void *owner, int rc);
+static void hello_waited(void *owner, int rc);
 
 /* ---------------- timers ----------------
  * Two timers (worker timers, see timer.h): `timer` judges the client's input side (header, body, keep-alive
@@ -43,7 +44,9 @@ static void on_timer(mg_timer_t *t) {
     if (c->pp_wait)
       MG_INFO(c->w->id, "%s: bad PROXY protocol header: none within %.3g s (connection closed)", c->client,
               (double)(c->tp.ssl ? c->w->gen->timeouts.handshake : c->w->gen->timeouts.client_header) / 1000.0);
-    else if (!c->tp.tls_ready) MG_INFO(c->w->id, "%s: TLS handshake timeout", c->client);
+    else if (!c->tp.tls_ready)
+      MG_INFO(c->w->id, "%s: TLS handshake timeout%s", c->client,
+              c->hello_wait ? " (a tls_hello hook waited: cancelled)" : "");
     else MG_DEBUG(c->w->id, "%s: keep-alive timeout", c->client);
     mg_conn_close(c);
     break;
@@ -295,9 +298,10 @@ void mg_conn_close(mg_conn_t *c) {
   if (c->state == MG_CS_CLOSED) return;
   c->state = MG_CS_CLOSED;
   c->down.closed = 1;
-  if (c->lua) { /* a connect hook waits: dropped */
+  if (c->lua) { /* a connect or tls_hello hook waits: dropped */
     mg_lua_conn_run_done(c->lua);
     c->lua = NULL;
+    c->hello_wait = c->hello_ended = 0;
   }
   if (c->req) {
     mg_proxy_abort(c->req);
@@ -796,6 +800,11 @@ static void on_eof(mg_conn_t *c) {
     c->rd_eof = 1;
     return;
   }
+  if (c->hello_wait) { /* its handshake waits for a tls_hello hook: dropped (mg_conn_close) */
+    MG_INFO(c->w->id, "%s: the client closed while a tls_hello hook waited: cancelled", c->client);
+    mg_conn_close(c);
+    return;
+  }
   /* a hook waits for this request: a client that ends its side now has gone
    * (nginx's 499, without proxy_ignore_client_abort): the hook is dropped */
   if (c->hook_wait) {
@@ -1007,17 +1016,57 @@ static mg_head_t *begin_request(void *owner) {
 
 /* ---------------- accept ---------------- */
 
-/* BoringSSL's SNI callback, through tls.c: the tls_hello hooks, when any. */
+/* BoringSSL's certificate choice, through tls.c: the tls_hello hooks, when any.
+ * A hook that waits pauses the handshake (MG_TLS_HELLO_WAIT): its run is kept in
+ * c->lua, the socket is still read (a client that leaves cancels it: on_eof),
+ * and once the run ended (hello_waited) the transport steps the handshake
+ * again, which asks here again: then the run's answer is the pick. */
 int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
   mg_conn_t *c = owner;
+  if (c && c->hello_wait) { /* the second ask, after the wait */
+    if (!c->hello_ended) return MG_TLS_HELLO_WAIT; /* (the transport steps only after it) */
+    int pick = mg_lua_tls_hello_pick(c->lua, t, sni);
+    mg_lua_conn_run_done(c->lua);
+    c->lua = NULL;
+    c->hello_wait = c->hello_ended = 0;
+    return pick;
+  }
   /* the worker's Lua state belongs to its current generation: its hooks speak of
    * that generation's certificates, not of an older one's */
   if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
-  mg_lreq_t *lr = mg_lua_conn_run(c->w->wg, c->client, c, NULL);
+  mg_lreq_t *lr = mg_lua_conn_run(c->w->wg, c->client, c, hello_waited);
   if (!lr) return -2;
   int pick = mg_lua_tls_hello(lr, t, sni, c->down.listener);
+  if (pick == MG_TLS_HELLO_WAIT) {
+    c->lua = lr;
+    c->hello_wait = 1;
+    return pick;
+  }
   mg_lua_conn_run_done(lr);
   return pick;
+}
+
+/* A tls_hello hook that waited may go on, or ended (its answer, or its failure
+ * which refuses, is taken when the handshake asks again), or was dropped
+ * (timeouts.hook: the connection closes; luavm logged it with the hook's name).
+ * A timer callback: the transport is in none of its own. */
+static void hello_waited(void *owner, int rc) {
+  mg_conn_t *c = owner;
+  if (rc == 0) rc = mg_lua_tls_hello_resume(c->lua);
+  if (rc == MG_LUA_WAIT) return;
+  if (rc == MG_LUA_TIMEOUT) {
+    MG_WARN(c->w->id, "%s: tls_hello hook took longer than timeouts.hook: connection closed", c->client);
+    mg_conn_close(c);
+    return;
+  }
+  c->hello_ended = 1;
+  mg_tp_tls_resume(&c->tp);
+  if (c->hello_wait && c->state != MG_CS_CLOSED) { /* not asked again: cannot be, but never left behind */
+    mg_lua_conn_run_done(c->lua);
+    c->lua = NULL;
+    c->hello_wait = c->hello_ended = 0;
+    mg_conn_close(c);
+  }
 }
 
 /* A connection over a limit gets this (plain listeners; TLS ones are closed: no

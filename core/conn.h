@@ -62,6 +62,8 @@ struct mg_conn_s {
   unsigned body_bad : 1;     /* a hook's read of the body met bad framing: the codec is done,
                                 the connection ends after the answer */
   unsigned hook_hold : 1;    /* the connect hook waits: nothing is read until it is done */
+  unsigned hello_wait : 1;   /* the TLS handshake waits for a tls_hello hook (its run in lua) */
+  unsigned hello_ended : 1;  /* that hook's run ended: the handshake's next ask takes its pick */
   char *saved;            /* bytes after the request being answered (pipelined requests),
                              parsed when its turn comes */
   size_t saved_len;
@@ -77,7 +79,7 @@ struct mg_conn_s {
                              terminated); NULL: mg_conn_ip() */
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
-  mg_lreq_t *lua;         /* a connect hook that waits (luavm.h); NULL when none */
+  mg_lreq_t *lua;         /* a connect or tls_hello hook that waits (luavm.h); NULL when none */
   mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
 };
 

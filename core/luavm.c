@@ -181,7 +181,7 @@ static void on_budget(mg_timer_t *t);
 static int start_wait(mg_lreq_t *r, lua_State *co, int hook, const char **why) {
   mg_wgen_t *g = r->wg;
   if (!mg_lua_may_wait(hook)) {
-    *why = "this hook cannot wait (tls_hello and request_body hooks cannot)";
+    *why = "this hook cannot wait (request_body hooks cannot)";
     return -1;
   }
   const char *kind = lua_tostring(co, 1);
@@ -420,7 +420,7 @@ int mg_lua_connect_resume(mg_lreq_t *r) { return connect_result(r, resume_run(r,
 
 /* What a tls_hello run ended with (see mg_lua_tls_hello). */
 static int hello_result(mg_lreq_t *r, int rc, const mg_tls_server_t *t, const char *sni) {
-  /* (never MG_LUA_WAIT: mg_lua_may_wait says no, and a wait fails the hook) */
+  if (rc == MG_LUA_WAIT) return MG_TLS_HELLO_WAIT; /* (1 would read as certificate 2) */
   if (rc < 0) return -2; /* run_co logged it: the handshake is refused */
   mg_wgen_t *g = r->wg;
   lua_State *co = r->co;
@@ -450,6 +450,13 @@ int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, co
   if (listener) lua_pushstring(co, listener);
   else lua_pushnil(co);
   return hello_result(r, run_co(r, MG_HOOK_TLS_HELLO, co, 2, NULL, 1), t, sni);
+}
+
+int mg_lua_tls_hello_resume(mg_lreq_t *r) { return resume_run(r, NULL, 1); }
+
+int mg_lua_tls_hello_pick(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni) {
+  /* a run that failed dropped its coroutine; one that ended keeps what it returned */
+  return hello_result(r, r->co ? 0 : -1, t, sni);
 }
 
 

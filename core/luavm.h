@@ -101,12 +101,9 @@ void mg_wgen_unref(mg_wgen_t *g);
  * `chunk` is for the body hook: in, the chunk; out, the replacement if the hook
  * gave one (valid until the next call). */
 int mg_lua_hook(mg_lreq_t *r, int hook, mg_str_t *chunk);
-/* Every hook may wait (mg.sleep, I/O) but two: tls_hello (BoringSSL's SNI
- * callback is not suspended) and the request_body filter (its chain does not
- * hold a piece yet). */
-static inline int mg_lua_may_wait(int hook) {
-  return hook != MG_HOOK_TLS_HELLO && hook != MG_HOOK_REQUEST_BODY;
-}
+/* Every hook may wait (mg.sleep, I/O) but the request_body filter (its chain
+ * does not hold a piece yet). */
+static inline int mg_lua_may_wait(int hook) { return hook != MG_HOOK_REQUEST_BODY; }
 /* Resumes a hook whose wait is over (`waited` said 0): 0 when it is done, -1
  * when it failed (logged), MG_LUA_WAIT when it waits again. */
 int mg_lua_resume(mg_lreq_t *r);
@@ -156,9 +153,16 @@ void mg_lua_conn_run_done(mg_lreq_t *r);
 int mg_lua_connect(mg_lreq_t *r, mg_str_t client_ip, const char *listener);
 int mg_lua_connect_resume(mg_lreq_t *r);
 /* Runs the tls_hello hooks: the index of the certificate to use, -1 to let SNI
- * decide, -2 to refuse the handshake (also when a hook fails, or tries to wait:
- * BoringSSL's SNI callback cannot be suspended; logged). */
+ * decide, -2 to refuse the handshake (also when a hook fails; logged), or
+ * MG_TLS_HELLO_WAIT (tls.h): a hook waits, r->waited follows. Then
+ * mg_lua_tls_hello_resume resumes it: 0 when the run ended (what it returned
+ * is kept for mg_lua_tls_hello_pick), -1 when it failed (logged; the pick then
+ * refuses), MG_LUA_WAIT when it waits again. */
 int mg_lua_tls_hello(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni, const char *listener);
+int mg_lua_tls_hello_resume(mg_lreq_t *r);
+/* The certificate a tls_hello run that waited chose (its resume said 0 or -1),
+ * with mg_lua_tls_hello's answers (never MG_TLS_HELLO_WAIT). */
+int mg_lua_tls_hello_pick(mg_lreq_t *r, const mg_tls_server_t *t, const char *sni);
 
 /* Which hooks exist, globally or on a route (bit per MG_HOOK_*). */
 static inline int mg_hook_on(const mg_gen_t *g, const mg_route_t *rt, int hook) {

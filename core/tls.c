@@ -174,24 +174,35 @@ int mg_tls_pick_cert(const mg_tls_server_t *t, const char *name) {
   return 0;
 }
 
-static int sni_cb(SSL *ssl, int *alert, void *arg) {
-  (void)arg;
+/* The certificate is chosen as soon as the ClientHello is read, before
+ * anything else of the handshake (BoringSSL's select_certificate_cb): a
+ * tls_hello hook first (it may wait: the handshake then pauses, SSL_do_handshake
+ * says SSL_ERROR_PENDING_CERTIFICATE, and this runs again once the transport
+ * steps the handshake after the wait), else SNI. BoringSSL has parsed and
+ * checked the server_name extension by now (one host_name, no NUL, at most 255
+ * bytes): SSL_get_servername gives it. */
+static enum ssl_select_cert_result_t select_cb(const SSL_CLIENT_HELLO *hello) {
+  SSL *ssl = hello->ssl;
   const mg_tls_server_t *t = SSL_get_ex_data(ssl, ex_server);
-  if (!t) return SSL_TLSEXT_ERR_OK;
+  if (!t) return ssl_select_cert_success;
   const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
   int pick = -1;
   if (hello_fn) {
     pick = hello_fn(SSL_get_ex_data(ssl, ex_owner), t, name);
-    if (pick == -2) {
-      *alert = SSL_AD_UNRECOGNIZED_NAME;
-      return SSL_TLSEXT_ERR_ALERT_FATAL;
-    }
+    if (pick == MG_TLS_HELLO_WAIT) return ssl_select_cert_retry;
+    if (pick == -2) return ssl_select_cert_error; /* a handshake_failure alert */
   }
   if (pick < 0 || pick >= t->ncerts) pick = mg_tls_pick_cert(t, name);
-  if (pick > 0 && !SSL_set_SSL_CTX(ssl, t->certs[pick].ctx)) {
-    *alert = SSL_AD_INTERNAL_ERROR;
-    return SSL_TLSEXT_ERR_ALERT_FATAL;
-  }
+  if (pick > 0 && !SSL_set_SSL_CTX(ssl, t->certs[pick].ctx)) return ssl_select_cert_error;
+  return ssl_select_cert_success;
+}
+
+/* The certificate is chosen (select_cb): this only acknowledges the client's
+ * SNI in the ServerHello, as a server that used it does. */
+static int sni_cb(SSL *ssl, int *alert, void *arg) {
+  (void)ssl;
+  (void)alert;
+  (void)arg;
   return SSL_TLSEXT_ERR_OK;
 }
 
@@ -280,6 +291,7 @@ static int server_ctx(mg_tls_cert_t *c, const mg_tls_server_cfg_t *cfg, int i, c
     MG_WARN(-1, "certificate '%s' has expired", cfg->cert_files[i]);
   if (x && read_names(c, x) < 0) return MG_ENOMEM;
   SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+  SSL_CTX_set_select_certificate_cb(ctx, select_cb);
   SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
   SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb); /* session id context: see below */

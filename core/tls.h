@@ -107,7 +107,10 @@ SSL *mg_tls_connect_new(const mg_tls_client_t *t, SSL_SESSION *session, void *ow
 typedef int (*mg_tls_session_fn)(void *owner, SSL_SESSION *session);
 void mg_tls_set_session(mg_tls_session_fn fn);
 /* Lets Lua choose the certificate: returns the index in t->certs, -1 to use the
- * default choice, -2 to refuse the handshake. Set by luavm.c. */
+ * default choice, -2 to refuse the handshake, MG_TLS_HELLO_WAIT when the choice
+ * waits (a hook waits): the handshake pauses (mg_tp_tls_resume goes on with it,
+ * and this is asked again then). Set by main (conn.c's mg_conn_tls_hello). */
+#define MG_TLS_HELLO_WAIT (-3)
 typedef int (*mg_tls_hello_fn)(void *owner, const mg_tls_server_t *t, const char *sni);
 void mg_tls_set_hello(mg_tls_hello_fn fn);
 

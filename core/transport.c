@@ -62,12 +62,15 @@ static const mg_outq_enc_t tls_enc = { .encode = encode, .more = more };
 /* ---------------- TLS steps ---------------- */
 
 /* Advances the handshake: MG_TP_HS_* below; on failure `why` and `kind`. */
-enum { HS_DONE, HS_MORE, HS_FAILED };
+/* HS_PAUSED: (servers) the certificate's choice waits (a tls_hello hook waits):
+ * nothing goes on until mg_tp_tls_resume. */
+enum { HS_DONE, HS_MORE, HS_FAILED, HS_PAUSED };
 static int handshake_step(SSL *ssl, char *why, size_t whylen, int *kind) {
   int rc = SSL_do_handshake(ssl);
   if (rc == 1) return HS_DONE;
   int e = SSL_get_error(ssl, rc);
   if (e == SSL_ERROR_WANT_READ) return HS_MORE;
+  if (e == SSL_ERROR_PENDING_CERTIFICATE) return HS_PAUSED;
   *kind = MG_TP_FAIL_TLS;
   long v = SSL_is_server(ssl) ? X509_V_OK : SSL_get_verify_result(ssl);
   if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_HTTP_REQUEST)
@@ -223,25 +226,15 @@ static int tls_records(mg_tp_t *tp) {
   }
 }
 
-/* One read's bytes: the preamble, then plaintext or TLS records. */
-static void input(mg_tp_t *tp, const char *p, size_t n) {
-  if (tp->discard) { /* the owner is closing: what still comes is dropped unread */
-    deliver_end(tp);
-    return;
-  }
-  if (tp->preamble) {
-    if (!tp->ev->preamble(tp->owner, &p, &n) || tp->closing) return;
-    tp->preamble = 0;
-  }
-  if (!tp->ssl || !tp->out.enc) { /* plain, or TLS switched off */
-    if (n > 0 && (tp->ev->data(tp->owner, p, n) || tp->closing)) return;
-    deliver_end(tp);
-    return;
-  }
-  if (n > 0 && BIO_write(SSL_get_rbio(tp->ssl), p, (int)n) != (int)n) {
-    tp->ev->error(tp->owner, MG_ENOMEM, "out of memory");
-    return;
-  }
+/* A client's bytes while its handshake is paused are kept for when it goes on
+ * (the socket is still read, so that a client that goes away is seen). A
+ * client that waits for our ServerHello sends nothing, or little (a TLS 1.3
+ * early-data attempt): past this much it is no such client. */
+#define PAUSED_INPUT_MAX (64 * 1024)
+
+/* The TLS input that is in the read BIO: the server's handshake (when not done),
+ * then records. */
+static void tls_input(mg_tp_t *tp) {
   if (!tp->tls_ready) {
     if (tp->upstream) {
       client_handshake(tp);
@@ -250,7 +243,8 @@ static void input(mg_tp_t *tp, const char *p, size_t n) {
       char why[160];
       int kind = 0;
       int hs = handshake_step(tp->ssl, why, sizeof(why), &kind);
-      if (hs == HS_MORE) { /* our part of the handshake */
+      if (hs == HS_MORE || hs == HS_PAUSED) { /* our part of the handshake (none while paused) */
+        tp->hs_paused = hs == HS_PAUSED;
         int frc = mg_tp_flush(tp);
         if (frc < 0) tp->ev->error(tp->owner, frc, uv_strerror(frc));
         return;
@@ -283,6 +277,39 @@ static void input(mg_tp_t *tp, const char *p, size_t n) {
   }
   mg_tls_release_bios(tp->ssl);
   if (rd == 0) deliver_end(tp);
+}
+
+/* One read's bytes: the preamble, then plaintext or TLS records. */
+static void input(mg_tp_t *tp, const char *p, size_t n) {
+  if (tp->discard) { /* the owner is closing: what still comes is dropped unread */
+    deliver_end(tp);
+    return;
+  }
+  if (tp->preamble) {
+    if (!tp->ev->preamble(tp->owner, &p, &n) || tp->closing) return;
+    tp->preamble = 0;
+  }
+  if (!tp->ssl || !tp->out.enc) { /* plain, or TLS switched off */
+    if (n > 0 && (tp->ev->data(tp->owner, p, n) || tp->closing)) return;
+    deliver_end(tp);
+    return;
+  }
+  if (n > 0 && BIO_write(SSL_get_rbio(tp->ssl), p, (int)n) != (int)n) {
+    tp->ev->error(tp->owner, MG_ENOMEM, "out of memory");
+    return;
+  }
+  if (tp->hs_paused) { /* kept for mg_tp_tls_resume */
+    if (BIO_pending(SSL_get_rbio(tp->ssl)) > PAUSED_INPUT_MAX)
+      tp->ev->error(tp->owner, MG_TP_ETLS, "more than 64 KiB of input while the handshake waited");
+    return;
+  }
+  tls_input(tp);
+}
+
+void mg_tp_tls_resume(mg_tp_t *tp) {
+  if (tp->closing || !tp->hs_paused) return;
+  tp->hs_paused = 0;
+  tls_input(tp);
 }
 
 /* The read side ended: a FIN, or an error. During an upstream's TLS handshake

@@ -124,6 +124,8 @@ struct mg_tp_s {
   unsigned closing : 1;
   unsigned upstream : 1;  /* the connecting side */
   unsigned mem_shut : 1;  /* in memory: shutdown asked, sent once the writes complete */
+  unsigned hs_paused : 1; /* (servers) the handshake waits for the certificate's choice
+                             (mg_tls_hello_fn said MG_TLS_HELLO_WAIT): mg_tp_tls_resume */
 };
 
 /* A client connection from a listening socket (in memory: a new one the network
@@ -145,6 +147,12 @@ void mg_tp_tls(mg_tp_t *tp, SSL *ssl);
  * `ready` follows (rc 0, or the failure), possibly before this returns when
  * writing the first flight fails. The transport owns ssl from now on. */
 void mg_tp_tls_start(mg_tp_t *tp, SSL *ssl);
+/* A server's handshake paused for the certificate's choice (the owner's
+ * mg_tls_hello_fn said MG_TLS_HELLO_WAIT) goes on: the choice is asked for
+ * again, then the handshake and what input came meanwhile go on as after a
+ * read (`ready`, `data`, ...). No-op when not paused or closing. Call it from
+ * outside the transport's own callbacks. */
+void mg_tp_tls_resume(mg_tp_t *tp);
 /* Back to plain bytes for what follows (a plaintext answer to a client that
  * spoke HTTP to a TLS port): what BoringSSL had queued is dropped. */
 void mg_tp_tls_off(mg_tp_t *tp);

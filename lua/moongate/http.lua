@@ -183,7 +183,7 @@ local function call(u, method, head, body, o, timeout)
   local rc = C.mg_http_start(opts_c, slot_p, gen_p)
   opts_c.host, opts_c.ca, opts_c.sni, opts_c.head, opts_c.body = nil, nil, nil, nil, nil
   if rc == EPHASE then
-    error("mg.http.request: only a hook that may wait (every hook but tls_hello and request_body, and timer callbacks)", 3)
+    error("mg.http.request: only a hook that may wait (every hook but request_body, and timer callbacks)", 3)
   end
   if rc == ENOMEM then return nil, "no memory" end
   if rc ~= 0 and rc ~= EAGAIN then return nil, "bad request (" .. rc .. ")" end

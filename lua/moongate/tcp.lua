@@ -30,7 +30,7 @@ sock_mt.__index = sock_mt
 
 local function phase_error(what)
   error("mg.tcp: sock:" .. what .. ": only a hook that may wait can use a socket "
-    .. "(every hook but tls_hello and request_body, and timer callbacks)", 3)
+    .. "(every hook but request_body, and timer callbacks)", 3)
 end
 
 local function errstr()

@@ -4,8 +4,8 @@
 -- the outcome. While one waits the worker serves others; a route's
 -- timeouts.hook gives a 504 naming the hook and the route; a client that leaves
 -- mid-wait cancels it; a reload lets waiting hooks finish on the old generation.
--- (tls_hello and request_body cannot wait yet: docs/hooks.md says so; tls_spec and
--- the request_body case below show the refusal.)
+-- (tls_hello waits too: tls_hello_wait_spec. request_body cannot wait yet:
+-- docs/hooks.md says so; the request_body case below shows the refusal.)
 local helpers = require "spec.helpers"
 local signal = require "posix.signal"
 

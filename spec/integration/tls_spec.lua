@@ -161,7 +161,7 @@ mg.on("tls_hello", function(hello)
   if hello.sni == "pick-b.test" then return "b" end
   if hello.sni == "pick-3.test" then return 3 end
   if hello.sni == "refuse.test" then return false end
-  if hello.sni == "wait.test" then mg.sleep(0.05) return "b" end -- cannot wait: refused
+  if hello.sni == "wait.test" then mg.sleep(0.05) return "b" end -- waits, then picks
   return nil
 end)
 
@@ -604,12 +604,11 @@ describe("TLS", function()
       assert.equal(200, res.status)
     end)
 
-    it("refuses the handshake of a hook that tries to wait, and says why", function()
+    it("completes the handshake of a hook that waits with its pick (tls_hello_wait_spec: more)", function()
       local r = s_client(proxy.ports.hello, { sni = "wait.test" })
-      assert.is_false(r.ok, r.out)
-      assert(helpers.wait_until(function()
-        return proxy:stderr():find("tls_hello hook failed: this hook cannot wait", 1, true)
-      end, 3), proxy:stderr())
+      assert.is_true(r.ok, r.out)
+      assert.equal("b.test", r.cn)
+      assert.is_nil(proxy:stderr():find("tls_hello hook failed", 1, true))
       local b = s_client(proxy.ports.hello, { sni = "pick-b.test" }) -- the worker goes on
       assert.is_true(b.ok, b.out)
       assert.equal("b.test", b.cn)
