@@ -151,7 +151,7 @@ typedef struct {
   int status;
   mg_str_t err;       /* not empty: the call failed (and nothing else is set) */
   mg_str_t body;      /* not streaming: the whole body */
-  size_t nheaders;
+  mg_str_t headers;   /* "name:value\n" per header, names in lower case */
 } mg_http_res_t;
 /* Starts a call owned by the running hook (MG_API_EPHASE where nothing may wait):
  * its handle in *slot, *gen; MG_API_EAGAIN (the hook waits, then asks
@@ -160,7 +160,6 @@ int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen);
 /* The answer (streaming: its head), 0, or MG_API_EAGAIN: the hook waits again. The
  * slices stay valid until mg_http_close. MG_API_ENOTFOUND: closed (or its run ended). */
 int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out);
-int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value);
 /* Streaming: the next piece (up to max bytes; valid until the next call), an empty
  * piece at the end, an error in *err, or MG_API_EAGAIN: the hook waits. */
 int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_str_t *err);

@@ -47,6 +47,9 @@ typedef struct mg_hcall_s {
   int failed;
   char err[200];      /* why it failed */
   char cerr[160];     /* why the last connection failed (connect_error) */
+  char *hblock;       /* the head's headers for Lua, "name:value\n" each (names in
+                         lower case), made at the first mg_http_result */
+  size_t hblock_len;
   char *body;         /* body bytes [boff, blen) not yet handed to Lua */
   size_t blen, bcap, boff;
   uint64_t received;  /* body bytes received in all */
@@ -146,6 +149,7 @@ static void call_free(mg_hcall_t *c) {
   free(c->ca);
   free(c->sni);
   free(c->body);
+  free(c->hblock);
   free(c);
 }
 
@@ -438,6 +442,30 @@ int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen) {
   return wait_for(c, c->stream ? WANT_HEAD : WANT_DONE);
 }
 
+/* The response's headers in one block Lua reads with one copy and splits when it
+ * first looks at them: "name:value\n" each, names in lower case (header names are
+ * tokens: no ':'; values hold no CR or LF, the codec refused those). */
+static int head_block(mg_hcall_t *c) {
+  size_t n = 0;
+  for (size_t i = 0; i < c->rhead.n; i++) n += c->rhead.headers[i].name.len + c->rhead.headers[i].value.len + 2;
+  c->hblock = malloc(n + 1);
+  if (!c->hblock) return -1;
+  char *p = c->hblock;
+  for (size_t i = 0; i < c->rhead.n; i++) {
+    const mg_header_t *h = &c->rhead.headers[i];
+    for (size_t k = 0; k < h->name.len; k++) {
+      char ch = h->name.p[k];
+      *p++ = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    *p++ = ':';
+    memcpy(p, h->value.p, h->value.len);
+    p += h->value.len;
+    *p++ = '\n';
+  }
+  c->hblock_len = n;
+  return 0;
+}
+
 int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out) {
   mg_hcall_t *c = lookup(slot, gen);
   if (!c) return MG_API_ENOTFOUND;
@@ -450,17 +478,9 @@ int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out) {
     return 0;
   }
   out->status = c->status;
-  out->nheaders = c->rhead.finished ? c->rhead.n : 0;
+  if (!c->hblock && c->rhead.finished && head_block(c) < 0) return MG_API_ENOMEM;
+  out->headers = (mg_str_t){ c->hblock ? c->hblock : "", c->hblock_len };
   if (!c->stream) out->body = (mg_str_t){ c->body ? c->body : "", c->blen };
-  return 0;
-}
-
-int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value) {
-  mg_hcall_t *c = lookup(slot, gen);
-  if (!c) return MG_API_ENOTFOUND;
-  if (!c->status || !c->rhead.finished || i >= c->rhead.n) return MG_API_ENOTFOUND;
-  *name = c->rhead.headers[i].name;
-  *value = c->rhead.headers[i].value;
   return 0;
 }
 

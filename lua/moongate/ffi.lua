@@ -95,11 +95,10 @@ typedef struct {
   int status;
   mg_str_t err;
   mg_str_t body;
-  size_t nheaders;
+  mg_str_t headers;
 } mg_http_res_t;
 int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen);
 int mg_http_result(uint32_t slot, uint32_t gen, mg_http_res_t *out);
-int mg_http_header_at(uint32_t slot, uint32_t gen, size_t i, mg_str_t *name, mg_str_t *value);
 int mg_http_read(uint32_t slot, uint32_t gen, size_t max, mg_str_t *piece, mg_str_t *err);
 void mg_http_close(uint32_t slot, uint32_t gen);
 

@@ -7,10 +7,10 @@ local abi = require "moongate.ffi"
 
 local type, tostring, tonumber, pairs, ipairs, error, setmetatable =
       type, tostring, tonumber, pairs, ipairs, error, setmetatable
-local concat, lower, floor = table.concat, string.lower, math.floor
+local concat, lower, floor, gmatch = table.concat, string.lower, math.floor, string.gmatch
 local ffi_string = ffi.string
 
-local EAGAIN, EPHASE, ENOTFOUND, ENOMEM = abi.EAGAIN, abi.EPHASE, abi.ENOTFOUND, abi.ENOMEM
+local EAGAIN, EPHASE, ENOMEM = abi.EAGAIN, abi.EPHASE, abi.ENOMEM
 
 local _M = {}
 
@@ -18,7 +18,6 @@ local _M = {}
 local opts_c = ffi.new("mg_http_opts_t")
 local res_c = ffi.new("mg_http_res_t")
 local slot_p, gen_p = ffi.new("uint32_t[1]"), ffi.new("uint32_t[1]")
-local name_p, value_p = ffi.new("mg_str_t[1]"), ffi.new("mg_str_t[1]")
 local piece_p, err_p = ffi.new("mg_str_t[1]"), ffi.new("mg_str_t[1]")
 
 local DEFAULT_TIMEOUT = 10
@@ -72,7 +71,22 @@ local function parse_url(url)
   local hh = v6 and "[" .. host .. "]" or host
   if port ~= default then hh = hh .. ":" .. port end
   return { scheme = scheme, host = host, port = port, target = target, host_header = hh, v6 = v6,
-           ip = v6 or host:find("^[%d.]+$") ~= nil }
+           ip = v6 or host:find("^[%d.]+$") ~= nil, host_line = "Host: " .. hh .. "\r\n", lines = {} }
+end
+
+-- parse_url's answers by URL (immutable tables), so a hook calling the same
+-- service on every request does not parse its URL every time. Bounded: emptied
+-- when full.
+local url_cache, url_count, URL_CACHE_MAX = {}, 0, 256
+local function parse_url_cached(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = parse_url(url)
+  if not u then return nil, err end
+  if url_count >= URL_CACHE_MAX then url_cache, url_count = {}, 0 end
+  url_cache[url], url_count = u, url_count + 1
+  return u
 end
 
 -- A Location against the URL it came from.
@@ -85,51 +99,97 @@ local function resolve_location(u, loc)
   return base .. dir .. loc
 end
 
+-- Header names seen before, checked: name -> its lower-case form (bounded).
+local names_ok, names_count, NAMES_MAX = {}, 0, 512
+local function check_name(name)
+  local lname = names_ok[name]
+  if lname then return lname end
+  if type(name) ~= "string" or not is_token(name) then return nil end
+  lname = lower(name)
+  if names_count >= NAMES_MAX then names_ok, names_count = {}, 0 end
+  names_ok[name], names_count = lname, names_count + 1
+  return lname
+end
+
+-- The pieces of a head, reused (build_head never waits: no other call runs meanwhile).
+local parts = {}
+
 -- The request head, or nil, err. headers: name -> string (or an array of them).
 local function build_head(method, u, headers, body)
-  local lines = { method, " ", u.target, " HTTP/1.1\r\n" }
+  local lines = u.lines -- the request line per method, and the Host line, made once per URL
+  local line = lines[method]
+  if not line then
+    line = method .. " " .. u.target .. " HTTP/1.1\r\n"
+    lines[method] = line
+  end
+  local n = 1
+  parts[1] = line
   local has_host, has_ua = false, false
   if headers ~= nil then
     for name, v in pairs(headers) do
-      if type(name) ~= "string" or not is_token(name) then
+      local lname = check_name(name)
+      if not lname then
+        for i = 1, n do parts[i] = nil end
         return nil, "bad header name: " .. tostring(name)
       end
-      local lname = lower(name)
-      if FRAMING[lname] then return nil, "header " .. name .. " is set by mg.http (from the body)" end
-      if lname == "host" then has_host = true end
-      if lname == "user-agent" then has_ua = true end
-      local list = type(v) == "table" and v or { v }
-      for _, x in ipairs(list) do
-        if type(x) == "number" then x = tostring(x) end
-        if type(x) ~= "string" then return nil, "header " .. name .. ": value must be a string" end
-        if x:find("[%z\r\n]") then return nil, "header " .. name .. ": value holds CR, LF or NUL" end
-        lines[#lines + 1] = name .. ": " .. x .. "\r\n"
+      local bad
+      if FRAMING[lname] then bad = "header " .. name .. " is set by mg.http (from the body)"
+      elseif lname == "host" then has_host = true
+      elseif lname == "user-agent" then has_ua = true end
+      local tv = type(v)
+      if not bad and (tv == "string" or tv == "number") then
+        if tv == "number" then v = tostring(v) end
+        if v:find("[%z\r\n]") then bad = "header " .. name .. ": value holds CR, LF or NUL" end
+        parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = name, ": ", v, "\r\n"
+        n = n + 4
+      elseif not bad and tv == "table" then
+        for _, x in ipairs(v) do
+          if type(x) == "number" then x = tostring(x) end
+          if type(x) ~= "string" then bad = "header " .. name .. ": value must be a string" break end
+          if x:find("[%z\r\n]") then bad = "header " .. name .. ": value holds CR, LF or NUL" break end
+          parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = name, ": ", x, "\r\n"
+          n = n + 4
+        end
+      elseif not bad then
+        bad = "header " .. name .. ": value must be a string"
+      end
+      if bad then
+        for i = 1, n do parts[i] = nil end
+        return nil, bad
       end
     end
   end
-  if not has_host then lines[#lines + 1] = "Host: " .. u.host_header .. "\r\n" end
-  if not has_ua then lines[#lines + 1] = "User-Agent: moongate\r\n" end
-  if body ~= nil then lines[#lines + 1] = "Content-Length: " .. #body .. "\r\n"
-  elseif WANTS_LENGTH[method] then lines[#lines + 1] = "Content-Length: 0\r\n" end
-  lines[#lines + 1] = "\r\n"
-  return concat(lines)
+  if not has_host then n = n + 1 parts[n] = u.host_line end
+  if not has_ua then n = n + 1 parts[n] = "User-Agent: moongate\r\n" end
+  if body ~= nil then n = n + 1 parts[n] = "Content-Length: " .. #body .. "\r\n"
+  elseif WANTS_LENGTH[method] then n = n + 1 parts[n] = "Content-Length: 0\r\n" end
+  n = n + 1
+  parts[n] = "\r\n"
+  local head = concat(parts, "", 1, n)
+  for i = 1, n do parts[i] = nil end
+  return head
 end
 
-local function headers_of(slot, gen, n)
+-- res.headers is made from the head's block when first looked at: a hook that
+-- reads only res.status pays for no table (lib: one copy of the block).
+local function split_headers(block)
   local h = {}
-  for i = 0, n - 1 do
-    if abi.C.mg_http_header_at(slot, gen, i, name_p, value_p) == 0 then
-      local name = lower(ffi_string(name_p[0].p, name_p[0].len))
-      local value = ffi_string(value_p[0].p, value_p[0].len)
-      local had = h[name]
-      h[name] = had and had .. ", " .. value or value
-    end
+  for name, value in gmatch(block, "([^:\n]*):([^\n]*)\n") do
+    local had = h[name]
+    h[name] = had and had .. ", " .. value or value
   end
   return h
 end
 
 local Stream = {}
-Stream.__index = Stream
+Stream.__index = function(res, k)
+  if k == "headers" then
+    local h = split_headers(rawget(res, "_hblock") or "")
+    rawset(res, "headers", h)
+    return h
+  end
+  return Stream[k]
+end
 
 --- res:read(n): the next piece of a streamed body (up to n bytes, default 64 KiB),
 --- nil at the end, or nil, err. The hook waits while nothing has come.
@@ -200,12 +260,14 @@ local function call(u, method, head, body, o, timeout)
     C.mg_http_close(slot, gen)
     return nil, err
   end
-  local res = { status = res_c.status, headers = headers_of(slot, gen, tonumber(res_c.nheaders)) }
+  local res = setmetatable({ status = res_c.status, _hblock = ffi_string(res_c.headers.p, res_c.headers.len) },
+                           Stream)
   if o.stream then
     res._slot, res._gen = slot, gen
-    return setmetatable(res, Stream)
+    return res
   end
   res.body = ffi_string(res_c.body.p, res_c.body.len)
+  res._done = true
   C.mg_http_close(slot, gen)
   return res
 end
@@ -266,7 +328,7 @@ function _M.request(t)
       o.sni = t.tls.sni
     end
   end
-  local u, err = parse_url(t.url)
+  local u, err = parse_url_cached(t.url)
   if not u then return nil, err end
   local deadline = now() + timeout
   local headers = t.headers
@@ -282,11 +344,12 @@ function _M.request(t)
     local res
     res, err = call(u, method, head, body, o, left)
     if not res then return nil, err end
+    if hop == follow or not REDIRECT[res.status] then return res end
     local loc = res.headers.location
-    if hop == follow or not REDIRECT[res.status] or not loc then return res end
+    if not loc then return res end
     if o.stream then res:close() end
     local next_u
-    next_u, err = parse_url(resolve_location(u, loc))
+    next_u, err = parse_url_cached(resolve_location(u, loc))
     if not next_u then return nil, "redirect: " .. err end
     if res.status == 303 and method ~= "HEAD" then method, body = "GET", nil end
     if next_u.host ~= u.host or next_u.port ~= u.port or next_u.scheme ~= u.scheme then
