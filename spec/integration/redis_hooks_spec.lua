@@ -4,6 +4,7 @@
 -- covers what only the binary shows: the wait, pooling, errors, cancellation.
 local helpers = require "spec.helpers"
 local t = require "moongate.testing"
+local signal = require "posix.signal"
 
 local CONFIG = [[
 local mg = require "moongate"
@@ -197,5 +198,57 @@ describe("moongate.redis in hooks", function()
     end, 5, 0.1), "redis still has the abandoned connections")
     assert.equal("direct\n", get("/direct"))
     proxy:assert_alive()
+  end)
+end)
+
+describe("moongate.redis across a reload", function()
+  local proxy, srv, srv_err
+
+  lazy_setup(function()
+    srv, srv_err = t.redis()
+    if not srv then return end
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+local redis = require "moongate.redis"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { path = "/direct", respond = { status = 200, body = "old\n" } }
+mg.route { path = "/", respond = function(req)
+  local red = redis.new()
+  red:set_timeouts(1000, 1000, 9000)
+  assert(red:connect("127.0.0.1", ${redis}))
+  local v = assert(red:blpop("reload-q", 8))
+  return 200, "old:" .. tostring(v == redis.null and "empty" or v[2]) .. "\n"
+end }
+]], { vars = { redis = srv.port } })
+  end)
+
+  lazy_teardown(function()
+    if proxy then helpers.teardown(proxy) end
+    if srv then srv:stop() end
+  end)
+
+  before_each(function()
+    if not srv then pending(srv_err) end
+  end)
+
+  it("finishes a hook waiting in BLPOP on the old generation, with the value pushed after the reload", function()
+    local c = proxy:connect()
+    assert(c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    helpers.sleep(0.2)
+    helpers.write_file(proxy.conf, 'local mg = require "moongate"\n'
+      .. 'mg.config { workers = 1, access_log = false }\n'
+      .. 'mg.listen { "127.0.0.1:' .. proxy.port .. '" }\n'
+      .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n')
+    proxy:signal(signal.SIGHUP)
+    assert(helpers.wait_until(function()
+      local res = proxy:request({ path = "/direct" }) -- (not "/": the old one would wait in BLPOP)
+      return res and res.body == "new\n"
+    end, 3, 0.05), "the new generation never answered")
+    assert.equal(1, srv:command("RPUSH", "reload-q", "late-job"))
+    local res = assert(c:response({ timeout = 10 }))
+    c:close()
+    assert.equal(200, res.status)
+    assert.equal("old:late-job\n", res.body)
   end)
 end)

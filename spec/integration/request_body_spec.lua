@@ -3,6 +3,7 @@
 -- route's buffer_body and limits.body_size; req:body, req:set_body (moongate
 -- frames it), req:set_method; the streaming request_body filter.
 local helpers = require "spec.helpers"
+local signal = require "posix.signal"
 
 -- body in chunked framing, `size` bytes a chunk
 local function chunked(body, size)
@@ -402,3 +403,45 @@ mg.route { path = "/direct", respond = { status = 200, body = "direct\n" } }
     end)
   end)
 end)
+
+describe("req:read_body across a reload", function()
+  local proxy
+
+  lazy_setup(function()
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { path = "/direct", respond = { status = 200, body = "old\n" } }
+mg.route { path = "/", respond = function(req)
+  assert(req:read_body())
+  return 200, "old:" .. #req:body() .. ":" .. req:body():sub(-4) .. "\n"
+end }
+]])
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("finishes a hook waiting for the rest of the body on the old generation", function()
+    local c = proxy:connect()
+    assert(c:send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcdef"))
+    helpers.sleep(0.2)
+    helpers.write_file(proxy.conf, 'local mg = require "moongate"\n'
+      .. 'mg.config { workers = 1, access_log = false }\n'
+      .. 'mg.listen { "127.0.0.1:' .. proxy.port .. '" }\n'
+      .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n')
+    proxy:signal(signal.SIGHUP)
+    assert(helpers.wait_until(function()
+      local res = proxy:request({ path = "/direct" })
+      return res and res.body == "new\n"
+    end, 3, 0.05), "the new generation never answered")
+    assert(c:send("ghij"))
+    local res = assert(c:response({ timeout = 5 }))
+    c:close()
+    assert.equal(200, res.status)
+    assert.equal("old:10:ghij\n", res.body)
+  end)
+end)
+
