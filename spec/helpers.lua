@@ -593,6 +593,33 @@ function helpers.teardown(...)
   if first then error(first, 2) end
 end
 
+--- Reloads: the config file becomes `text` (a string, or a function of the old
+-- text), SIGHUP goes, and this waits (up to `timeout` s, default 5) until
+-- ready() is truthy, i.e. the new generation answers; returns its value.
+function Proxy:reload(text, ready, timeout)
+  if type(text) == "function" then text = text(helpers.read_file(self.conf)) end
+  helpers.write_file(self.conf, text)
+  self:signal(require("posix.signal").SIGHUP)
+  local v = helpers.wait_until(ready, timeout or 5, 0.05)
+  assert(v, "the new generation never answered")
+  return v
+end
+
+--- A config for this proxy's port that answers "new\n" to every request (one
+-- worker): what a reload spec replaces a config with.
+function Proxy:new_config()
+  return 'local mg = require "moongate"\n'
+    .. 'mg.config { workers = 1, access_log = false }\n'
+    .. 'mg.listen { "127.0.0.1:' .. self.port .. '" }\n'
+    .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n'
+end
+
+--- Whether a request to `path` gets the "new\n" of Proxy:new_config.
+function Proxy:says_new(path)
+  local res = self:request({ path = path or "/" })
+  return res and res.body == "new\n"
+end
+
 --- moongate's resident memory in KiB (VmRSS), or nil once it has exited.
 function Proxy:rss()
   local status = helpers.read_file("/proc/" .. self.pid .. "/status") or ""

@@ -7,7 +7,6 @@
 -- (tls_hello waits too: tls_hello_wait_spec. request_body cannot wait yet:
 -- docs/hooks.md says so; the request_body case below shows the refusal.)
 local helpers = require "spec.helpers"
-local signal = require "posix.signal"
 
 local CONF = [[
 local mg = require "moongate"
@@ -270,13 +269,11 @@ mg.route { path = "/", upstream = mg.upstream "o" { servers = { "${a}" } }, on =
     local c = proxy:connect()
     assert(c:send("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, (helpers.read_file(proxy.conf):gsub('mg.sleep%(0.8%) res:set_header%("x%-gen", "old"%)',
-      'res:set_header("x-gen", "new")')))
-    proxy:signal(signal.SIGHUP)
-    assert(helpers.wait_until(function()
+    proxy:reload(function(old) return (old:gsub('mg.sleep%(0.8%) res:set_header%("x%-gen", "old"%)',
+      'res:set_header("x-gen", "new")')) end, function()
       local res = proxy:request({ path = "/echo" })
       return res and res.h["x-gen"] == "new"
-    end, 3, 0.05), "the new generation never answered")
+    end)
     local res = assert(c:response({ timeout = 5 }))
     c:close()
     assert.equal(200, res.status)

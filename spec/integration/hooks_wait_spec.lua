@@ -3,7 +3,6 @@
 -- the others meanwhile and the hook goes on where it left off. timeouts.hook
 -- bounds a wait (504), a client that leaves cancels it.
 local helpers = require "spec.helpers"
-local signal = require "posix.signal"
 
 describe("hooks that wait", function()
   local origin, proxy
@@ -180,14 +179,12 @@ mg.route { path = "/", upstream = mg.upstream "o" { servers = { "${origin}" } },
     local c = proxy:connect()
     assert(c:send("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, (helpers.read_file(proxy.conf):gsub("mg.sleep%(0.8%) req:set_header%(\"x%-gen\", \"old\"%)",
-      'req:set_header("x-gen", "new")')))
-    proxy:signal(signal.SIGHUP)
-    local fresh = assert(helpers.wait_until(function()
+    local fresh = proxy:reload(function(old) return (old:gsub("mg.sleep%(0.8%) req:set_header%(\"x%-gen\", \"old\"%)",
+      'req:set_header("x-gen", "new")')) end, function()
       local res = proxy:request({ path = "/echo" })
       local doc = res and res.status == 200 and helpers.echo(res)
       return doc and helpers.echo_headers(doc, "x-gen")[1] == "new" and doc or nil
-    end, 3, 0.05), "the new generation never answered")
+    end)
     assert(fresh)
     local res = assert(c:response({ timeout = 5 }))
     c:close()

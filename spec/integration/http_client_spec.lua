@@ -5,7 +5,6 @@
 -- are needed.
 local helpers = require "spec.helpers"
 local t = require "moongate.testing"
-local signal = require "posix.signal"
 
 -- The hooks below answer with a Lua table literal of what mg.http.request gave.
 local DUMP = [[
@@ -398,12 +397,10 @@ end }
     local c = proxy:connect()
     assert(c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, (helpers.read_file(proxy.conf):gsub('"gen old: "', '"gen new: "')))
-    proxy:signal(signal.SIGHUP)
-    assert(helpers.wait_until(function()
+    proxy:reload(function(old) return (old:gsub('"gen old: "', '"gen new: "')) end, function()
       local res = proxy:request({ path = "/" })
       return res and res.body:find("gen new: from origin", 1, true)
-    end, 5, 0.1), "the new generation never answered")
+    end)
     local res = assert(c:response({ timeout = 5 }))
     c:close()
     assert.equal(200, res.status)

@@ -4,7 +4,6 @@
 -- covers what only the binary shows: the wait, pooling, errors, cancellation.
 local helpers = require "spec.helpers"
 local t = require "moongate.testing"
-local signal = require "posix.signal"
 
 local CONFIG = [[
 local mg = require "moongate"
@@ -236,15 +235,7 @@ end }
     local c = proxy:connect()
     assert(c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, 'local mg = require "moongate"\n'
-      .. 'mg.config { workers = 1, access_log = false }\n'
-      .. 'mg.listen { "127.0.0.1:' .. proxy.port .. '" }\n'
-      .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n')
-    proxy:signal(signal.SIGHUP)
-    assert(helpers.wait_until(function()
-      local res = proxy:request({ path = "/direct" }) -- (not "/": the old one would wait in BLPOP)
-      return res and res.body == "new\n"
-    end, 3, 0.05), "the new generation never answered")
+    proxy:reload(proxy:new_config(), function() return proxy:says_new("/direct") end)
     assert.equal(1, srv:command("RPUSH", "reload-q", "late-job"))
     local res = assert(c:response({ timeout = 10 }))
     c:close()

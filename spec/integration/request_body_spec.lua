@@ -3,7 +3,6 @@
 -- route's buffer_body and limits.body_size; req:body, req:set_body (moongate
 -- frames it), req:set_method; the streaming request_body filter.
 local helpers = require "spec.helpers"
-local signal = require "posix.signal"
 
 -- body in chunked framing, `size` bytes a chunk
 local function chunked(body, size)
@@ -428,15 +427,7 @@ end }
     local c = proxy:connect()
     assert(c:send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcdef"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, 'local mg = require "moongate"\n'
-      .. 'mg.config { workers = 1, access_log = false }\n'
-      .. 'mg.listen { "127.0.0.1:' .. proxy.port .. '" }\n'
-      .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n')
-    proxy:signal(signal.SIGHUP)
-    assert(helpers.wait_until(function()
-      local res = proxy:request({ path = "/direct" })
-      return res and res.body == "new\n"
-    end, 3, 0.05), "the new generation never answered")
+    proxy:reload(proxy:new_config(), function() return proxy:says_new("/direct") end)
     assert(c:send("ghij"))
     local res = assert(c:response({ timeout = 5 }))
     c:close()

@@ -3,7 +3,6 @@
 -- runs one scenario in a respond function and answers what the socket calls
 -- returned, "|"-joined.
 local helpers = require "spec.helpers"
-local signal = require "posix.signal"
 
 local PEER = helpers.spec_dir .. "/support/tcp_peer.py"
 
@@ -400,15 +399,7 @@ end }
     local c = proxy:connect()
     assert(c:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
     helpers.sleep(0.2)
-    helpers.write_file(proxy.conf, 'local mg = require "moongate"\n'
-      .. 'mg.config { workers = 1, access_log = false }\n'
-      .. 'mg.listen { "127.0.0.1:' .. proxy.port .. '" }\n'
-      .. 'mg.route { path = "/", respond = { status = 200, body = "new\\n" } }\n')
-    proxy:signal(signal.SIGHUP)
-    assert(helpers.wait_until(function()
-      local res = proxy:request({ path = "/" })
-      return res and res.body == "new\n"
-    end, 3, 0.05), "the new generation never answered")
+    proxy:reload(proxy:new_config(), function() return proxy:says_new("/") end)
     local res = assert(c:response({ timeout = 5 }))
     c:close()
     assert.equal(200, res.status)
