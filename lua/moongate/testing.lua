@@ -1258,13 +1258,13 @@ function Origin:reset()
   write_file(self.records, "")
 end
 
---- What the child wrote to stdout/stderr (handler prints, errors).
-function Origin:read_log()
+-- What a child process of ours (an origin, a redis-server) wrote to its log.
+local function child_read_log(self)
   return read_file(self.log) or ""
 end
 
---- Stops the origin (SIGTERM, then SIGKILL). Returns true.
-function Origin:stop()
+-- Stops such a child (SIGTERM, then SIGKILL). Returns true.
+local function child_stop(self)
   if not self.stopped then
     self.stopped = true
     terminate(self.pid, 5)
@@ -1272,6 +1272,12 @@ function Origin:stop()
   live[self] = nil
   return true
 end
+
+--- What the child wrote to stdout/stderr (handler prints, errors).
+Origin.read_log = child_read_log
+
+--- Stops the origin (SIGTERM, then SIGKILL). Returns true.
+Origin.stop = child_stop
 
 ---------------------------------------------------------------------------
 -- redis-server on a free port
@@ -1419,19 +1425,10 @@ function Redis:command(...)
 end
 
 --- What redis-server wrote (its log goes to stdout, captured in the temp folder).
-function Redis:read_log()
-  return read_file(self.log) or ""
-end
+Redis.read_log = child_read_log
 
 --- Stops the server (SIGTERM, then SIGKILL). Returns true.
-function Redis:stop()
-  if not self.stopped then
-    self.stopped = true
-    terminate(self.pid, 5)
-  end
-  live[self] = nil
-  return true
-end
+Redis.stop = child_stop
 
 _M.redis_null = redis_null
 
