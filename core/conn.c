@@ -33,7 +33,7 @@ static void hello_waited(void *owner, int rc);
 /* The error answer to a request cut short; the method, once the codec read it,
  * goes to the log even when the head never completed. */
 static void answer_refusal(mg_conn_t *c, int status) {
-  if (c->req->method < 0 && c->parser) c->req->method = c->parser->msg.method;
+  if (c->req->method < 0 && c->parser) c->req->method = c->req->down_method = c->parser->msg.method;
   mg_proxy_error(c->req, status, 1);
 }
 
@@ -529,7 +529,7 @@ static void refuse_request(mg_conn_t *c, int status, const char *why) {
 static int request_head(mg_conn_t *c) {
   mg_req_t *r = c->req;
   const mg_h1_msg_t *m = &c->parser->msg;
-  r->method = m->method;
+  r->method = r->down_method = m->method;
   r->http_minor = m->http_minor;
   r->keepalive = m->keepalive;
   r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
