@@ -349,6 +349,37 @@ mg.route { path = "/", respond = function() return 200, "hello\n" end }
   end)
 end)
 
+describe("a tls_hello hook that waits while the worker stops", function()
+  it("exits 0 on SIGTERM, nothing leaked, the waiting handshake closed", function()
+    local dir = helpers.tmpdir()
+    helpers.self_signed(dir, "a.test")
+    local proxy = helpers.proxy([=[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, log_level = "info", timeouts = { drain = 3, hook = 10 } }
+mg.listen { "127.0.0.1:${port}", tls = { cert = "${dir}/cert.pem", key = "${dir}/key.pem" } }
+mg.on("tls_hello", function(hello) mg.sleep(5) return nil end)
+mg.route { path = "/", respond = function() return 200, "hello\n" end }
+]=], { vars = { dir = dir } })
+    local clients = {}
+    for i = 1, 5 do
+      clients[i] = proxy:connect()
+      assert(clients[i]:send(hello_bytes("a.test")))
+    end
+    socket.sleep(0.2)
+    local t0 = socket.gettime()
+    local ok, err = pcall(proxy.stop, proxy, 8)
+    assert(ok, err)
+    assert.equal("exited", proxy.exit_how)
+    assert.equal(0, proxy.exit_code)
+    assert.is_true(socket.gettime() - t0 < 4.5)
+    for i = 1, 5 do
+      assert.truthy(clients[i]:closed(1))
+      clients[i]:close()
+    end
+    helpers.teardown(proxy)
+  end)
+end)
+
 describe("timeouts.hook and timeouts.handshake, equal, on a waiting tls_hello hook", function()
   local proxy
 
