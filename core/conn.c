@@ -33,7 +33,7 @@ static void hello_waited(void *owner, int rc);
 /* The error answer to a request cut short; the method, once the codec read it,
  * goes to the log even when the head never completed. */
 static void answer_refusal(mg_conn_t *c, int status) {
-  if (c->req->method < 0 && c->parser) c->req->method = c->parser->msg.method;
+  if (c->req->method < 0 && c->parser) c->req->method = c->req->down_method = c->parser->msg.method;
   mg_proxy_error(c->req, status, 1);
 }
 
@@ -259,12 +259,13 @@ static void parser_idle(mg_conn_t *c) {
 }
 
 /* While a TLS connection is in its handshake, BoringSSL's callbacks use the
- * certificates of the generation it was accepted under: the connection holds a
- * reference on it until the handshake is over. */
+ * certificates of the generation it was accepted under, and its tls_hello hooks
+ * decide (a reload between the accept and the ClientHello changes neither): the
+ * connection holds a reference on it until the handshake is over. */
 static void tls_gen_release(mg_conn_t *c) {
-  if (c->tls_gen) {
-    mg_gen_unref(c->tls_gen);
-    c->tls_gen = NULL;
+  if (c->tls_wg) {
+    mg_wgen_unref(c->tls_wg);
+    c->tls_wg = NULL;
   }
 }
 
@@ -529,7 +530,7 @@ static void refuse_request(mg_conn_t *c, int status, const char *why) {
 static int request_head(mg_conn_t *c) {
   mg_req_t *r = c->req;
   const mg_h1_msg_t *m = &c->parser->msg;
-  r->method = m->method;
+  r->method = r->down_method = m->method;
   r->http_minor = m->http_minor;
   r->keepalive = m->keepalive;
   r->client_close = !r->keepalive; /* what the client asked for (keepalive may change below) */
@@ -1031,10 +1032,12 @@ int mg_conn_tls_hello(void *owner, const mg_tls_server_t *t, const char *sni) {
     c->hello_wait = c->hello_ended = 0;
     return pick;
   }
-  /* the worker's Lua state belongs to its current generation: its hooks speak of
-   * that generation's certificates, not of an older one's */
-  if (!c || c->tls_gen != c->w->gen || !((c->w->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
-  mg_lreq_t *lr = mg_lua_conn_run(c->w->wg, c->client, c, hello_waited);
+  /* the hooks of the generation the connection was accepted under: they speak of
+   * its certificates (t), and a reload before the hello must not skip them (a
+   * hook that refuses some names would be bypassed) */
+  mg_wgen_t *wg = c ? c->tls_wg : NULL;
+  if (!wg || !((wg->gen->hooks >> MG_HOOK_TLS_HELLO) & 1u)) return -1;
+  mg_lreq_t *lr = mg_lua_conn_run(wg, c->client, c, hello_waited);
   if (!lr) return -2;
   int pick = mg_lua_tls_hello(lr, t, sni, c->down.listener);
   if (pick == MG_TLS_HELLO_WAIT) {
@@ -1206,8 +1209,8 @@ void mg_conn_accept(mg_listener_t *l) {
     }
     mg_tp_tls(&c->tp, ssl);
     c->down.ssl = ssl;
-    c->tls_gen = w->gen;
-    mg_gen_ref(c->tls_gen);
+    c->tls_wg = w->wg;
+    mg_wgen_ref(c->tls_wg);
   }
 
   struct sockaddr_storage ss;

@@ -80,7 +80,8 @@ struct mg_conn_s {
   uint8_t ip_off, ip_len; /* the address alone: mg_conn_ip() */
   mg_req_t *req;          /* the request being read or answered */
   mg_lreq_t *lua;         /* a connect or tls_hello hook that waits (luavm.h); NULL when none */
-  mg_gen_t *tls_gen;      /* ref held during the handshake (its certificates) */
+  struct mg_wgen_s *tls_wg; /* the generation accepted under (its certificates, its tls_hello
+                               hooks): ref held during the handshake */
 };
 
 /* The client's address without port or brackets (a slice of c->client). */

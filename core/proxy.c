@@ -258,7 +258,7 @@ mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down) {
   mg_fchain_init(&r->resp_chain, resp_sink, resp_sink_end, r);
   r->upstream = -1;
   r->server = -1;
-  r->method = -1;
+  r->method = r->down_method = -1;
   r->t_start = uv_hrtime();
   r->lua.seq = ++w->seq;
   uint64_t id = w->id_seed + r->lua.seq;
@@ -499,8 +499,9 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   if (will_close(r)) HW_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) HW_LIT(q, "Connection: keep-alive\r\n\r\n");
   else HW_LIT(q, "\r\n");
-  /* HEAD, 204 and 304 carry no body, whatever the answer was given */
-  if (r->method != HTTP_HEAD && status != 204 && status != 304 && blen) hw_put(q, body, blen);
+  /* HEAD, 204 and 304 carry no body, whatever the answer was given (the
+   * client's HEAD: a hook may have made it another method upstream) */
+  if (r->down_method != HTTP_HEAD && status != 204 && status != 304 && blen) hw_put(q, body, blen);
   hw_end(q);
   r->bytes_out += mg_outq_size(c->out) - before;
   r->rstate = MG_RS_DONE;
@@ -1716,11 +1717,13 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
   int body_hook = mg_fchain_changes_length(&r->resp_chain);
   int status = r->status;
   r->rstate = MG_RS_HEAD;
-  /* Framing follows the status actually sent: a response hook may have made a
-   * 204/304 (which came without a body) a 200, or the reverse. */
-  r->rnobody = r->method == HTTP_HEAD || status == 204 || status == 304;
+  /* Framing follows the status actually sent and the method the client sent: a
+   * response hook may have made a 204/304 (which came without a body) a 200, or
+   * the reverse; req:set_method may have made a HEAD another method upstream,
+   * or the reverse. */
+  r->rnobody = r->down_method == HTTP_HEAD || status == 204 || status == 304;
   /* a body is due, and none will come */
-  int empty = (up_status == 204 || up_status == 304) && !r->rnobody;
+  int empty = (up_status == 204 || up_status == 304 || r->method == HTTP_HEAD) && !r->rnobody;
   /* a body hook may change the length: re-frame */
   int has_len = up_has_length && !body_hook && !empty;
   if (!r->rnobody && !has_len && !empty) {

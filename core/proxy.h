@@ -94,7 +94,8 @@ struct mg_req_s {
 
   /* request head */
   mg_head_t head;
-  int method;
+  int method;             /* the upstream request's (req:set_method may change it) */
+  int down_method;        /* the client's: the framing of what goes back to it */
   int http_minor;         /* 0 or 1 (major is always 1) */
   mg_str_t target;        /* what goes on the upstream request line: path[?query] */
   mg_str_t path;          /* without the query */

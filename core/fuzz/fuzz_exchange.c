@@ -3,6 +3,10 @@
  * (transport.h): one real worker (its Lua state loaded from a config written
  * here), no sockets and no threads. The input is a script of steps: bytes from
  * the client, bytes from an upstream, half-closes, resets, refused connects.
+ * The config has a route per hook that waits (mg.sleep(0) in connect, request,
+ * respond, balance, upstream_request, response, body, log) and routes whose
+ * hooks read the request body (req:read_body, req:set_body, set_method, a
+ * request_body filter that changes each piece); their paths are in the dict.
  *
  * Checked after every input:
  * - what the client received parses, with the same strict codec, as a sequence
@@ -103,6 +107,42 @@ static const char config[] =
   "  body = function(req, res, chunk) return chunk:upper() end } }\n"
   "mg.route { path = '/wait', upstream = app, on = { request = function(req) mg.sleep(0) end } }\n"
   "mg.route { path = '/later', respond = function(req) mg.sleep(0) return 200, 'later' end }\n"
+  /* every hook that may wait waits once (mg.sleep(0): woken by the worker's
+   * timers on the next loop turn, which settle() gives) */
+  "mg.on('connect', function(conn) mg.sleep(0) end)\n"
+  "mg.route { path = '/w-res', upstream = app, on = {\n"
+  "  response = function(req, res) mg.sleep(0) res:set_header('x-seen', '1') end } }\n"
+  "mg.route { path = '/w-body', upstream = app, on = {\n"
+  "  body = function(req, res, chunk) mg.sleep(0) return chunk:lower() end } }\n"
+  "mg.route { path = '/w-log', upstream = app, on = { log = function(req, res) mg.sleep(0) end } }\n"
+  "mg.route { path = '/w-bal', upstream = app, on = {\n"
+  "  balance = function(req) mg.sleep(0) req:set_server(2) end } }\n"
+  "mg.route { path = '/w-ureq', upstream = app, on = {\n"
+  "  upstream_request = function(req) mg.sleep(0) req:set_header('x-u', '1') end } }\n"
+  /* the body read by the hook, then replaced (Content-Length fixed by moongate);
+   * a small buffer_body makes bigger bodies fail the read (413) */
+  "mg.route { path = '/rbody', upstream = app, buffer_body = 64, on = { request = function(req)\n"
+  "  local ok = req:read_body()\n"
+  "  if ok then req:set_body('[' .. req:body() .. ']') end end } }\n"
+  "mg.route { path = '/rbody-say', buffer_body = 64, respond = function(req)\n"
+  "  local ok, err = req:read_body()\n"
+  "  if not ok then return 413, err end\n"
+  "  return 200, req:body() end }\n"
+  /* set_body without a read: the client's body is read and dropped */
+  "mg.route { path = '/sbody', upstream = app, on = {\n"
+  "  upstream_request = function(req) mg.sleep(0) req:set_method('POST') req:set_body('replaced') end } }\n"
+  /* the streaming filter changes each piece (the body goes chunked) */
+  "mg.route { path = '/rfilt', upstream = app, on = { request_body = function(req, chunk, eof)\n"
+  "  if eof then return '<end>' end return chunk:upper() .. '.' end } }\n"
+  /* all of it on one request */
+  "mg.route { path = '/w-all', upstream = app, buffer_body = 256, on = {\n"
+  "  request = function(req) if req:read_body() then req:set_body(req:body() .. '!') end end,\n"
+  "  request_body = function(req, chunk, eof) if not eof then return chunk .. '~' end end,\n"
+  "  balance = function(req) mg.sleep(0) end,\n"
+  "  upstream_request = function(req) mg.sleep(0) end,\n"
+  "  response = function(req, res) mg.sleep(0) end,\n"
+  "  body = function(req, res, chunk) mg.sleep(0) return chunk end,\n"
+  "  log = function(req, res) mg.sleep(0) end } }\n"
   "mg.route { path = '/', upstream = app }\n";
 
 static void setup(void) {

@@ -413,3 +413,65 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
     assert.equal(200, assert(proxy:request({ path = "/echo" })).status)
   end)
 end)
+
+-- Found by fuzz_exchange: req:set_method changed the framing of what went back
+-- to the client. A HEAD made a POST for the upstream got a 502 with a body, and
+-- the client read that body as the next response; a GET made a HEAD got the
+-- upstream's Content-Length with no body after it, and read the next response
+-- as that body. The client's answer follows the method the client sent.
+describe("regressions: req:set_method and the framing of the client's answer", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "M" })
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, timeouts = { upstream_connect = 1 } }
+mg.listen { "127.0.0.1:${port}" }
+local o = mg.upstream "o" { servers = { "${origin}" } }
+local dead = mg.upstream "dead" { servers = { "127.0.0.1:1" } }
+mg.route { host = "post-dead.test", upstream = dead,
+  on = { upstream_request = function(req) req:set_method("POST") end } }
+mg.route { host = "post.test", upstream = o,
+  on = { upstream_request = function(req) req:set_method("POST") end } }
+mg.route { host = "head.test", upstream = o,
+  on = { upstream_request = function(req) req:set_method("HEAD") end } }
+]], { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+    if origin then origin:stop() end
+  end)
+
+  -- two pipelined requests, the first one `method` to `host`; the raw answer
+  local function pipelined(method, host)
+    local c = proxy:connect()
+    assert(c:send(method .. " /bytes/100 HTTP/1.1\r\nHost: " .. host .. "\r\n\r\n"
+      .. "GET /bytes/7 HTTP/1.1\r\nHost: post.test\r\nConnection: close\r\n\r\n"))
+    local data = c:read_until_close(10)
+    c:close()
+    return data
+  end
+
+  it("sends no body in the 502 to a HEAD request that a hook made a POST", function()
+    local data = pipelined("HEAD", "post-dead.test")
+    local first = data:match("^HTTP/1%.1 502 [^\r]*\r\n.-\r\n\r\n")
+    assert.truthy(first, data)
+    -- the next bytes are the second response's head, not the 502's body
+    assert.truthy(data:sub(#first + 1):match("^HTTP/1%.1 200 "), data)
+  end)
+
+  it("frames a proxied answer by the client's method: HEAD made POST, GET made HEAD", function()
+    local data = pipelined("HEAD", "post.test")
+    local status, cl, rest = split_response(data)
+    assert.equal(200, status)
+    assert.equal(100, cl) -- the length a GET would get, and no body
+    assert.truthy(rest:match("^HTTP/1%.1 200 "), data)
+    data = pipelined("GET", "head.test")
+    status, cl, rest = split_response(data)
+    assert.equal(200, status)
+    assert.equal(0, cl) -- the upstream sent no body: the client is told so
+    assert.truthy(rest:match("^HTTP/1%.1 200 "), data)
+  end)
+end)
