@@ -79,7 +79,8 @@ uint32_t mg_maglev_lookup(const mg_maglev_t *m, uint64_t hash);
  * best effort: if a whole walk of the table finds no server under its cap, the
  * usable server with the least load per weight that was seen is returned. */
 typedef struct {
-  double eps;      /* >= 0; e.g. 0.25. Negative counts as 0 */
+  double eps;      /* >= 0; e.g. 0.25. Negative counts as 0. INFINITY: no bound,
+                      plain consistent hashing that still skips unusable servers */
   uint64_t total;  /* active requests over the usable servers, not counting this one */
   uint64_t wsum;   /* sum of the usable servers' weights (0: every backend's) */
   /* Server i's active requests, or -1 when it must be skipped (down, ejected,

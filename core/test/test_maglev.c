@@ -181,6 +181,29 @@ static void ten_thousand_backends_build_and_look_up(void) {
   mg_maglev_free(m);
 }
 
+/* The worst weights for the build: one server at the largest weight, 9,999 at 1.
+ * It owns its share of the table (1e6 / (1e6 + 9999)), and the build stays quick. */
+static void skewed_weights_build_for_ten_thousand_backends(void) {
+  static size_t cnt[MAXN];
+  make(MAXN);
+  bk[123].weight = MG_MAGLEV_MAX_WEIGHT;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  mg_maglev_t *m = build(bk, MAXN);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  if (!m) return;
+  fprintf(stderr, "  10,000 backends, one at weight 1e6: built in %.0f ms\n",
+          (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+  count(m, cnt, MAXN);
+  double M = (double)mg_maglev_slots(m);
+  double fair = M * 1e6 / (1e6 + (MAXN - 1));
+  CHECK(fabs((double)cnt[123] - fair) <= 0.01 * fair);
+  size_t sum = 0;
+  for (size_t i = 0; i < MAXN; i++) sum += cnt[i];
+  CHECK(sum == mg_maglev_slots(m));
+  mg_maglev_free(m);
+}
+
 static void bad_backend_lists_are_refused(void) {
   mg_maglev_t *m = (mg_maglev_t *)&m; /* must be reset to NULL */
   make(3);
@@ -314,6 +337,15 @@ static void bounded_pick_spreads_a_hot_key(void) {
   CHECK(max <= 125);             /* ceil(1.25 * 1000 / 10) */
   CHECK(p.load[home] >= 100);    /* the home server took its share first */
   CHECK(used >= 8);              /* 1000 / 125: at least 8 servers */
+  /* eps = INFINITY: no bound, every request stays on the key's server */
+  memset(p.load, 0, sizeof(p.load));
+  for (uint64_t total = 0; total < 1000; total++) {
+    mg_maglev_bound_t b = { INFINITY, total, 0, peer_load, &p };
+    int64_t i = mg_maglev_pick_bounded(m, h, &b);
+    if (i < 0) break;
+    p.load[i]++;
+  }
+  CHECK(p.load[home] == 1000);
   mg_maglev_free(m);
 }
 
@@ -522,6 +554,7 @@ int main(void) {
     T(removing_one_of_ten_moves_about_a_tenth_of_keys),
     T(config_order_does_not_change_the_table),
     T(ten_thousand_backends_build_and_look_up),
+    T(skewed_weights_build_for_ten_thousand_backends),
     T(bad_backend_lists_are_refused),
     T(hostile_names_build),
     T(bounded_pick_without_load_is_the_lookup),
