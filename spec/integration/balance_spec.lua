@@ -253,6 +253,90 @@ end
   end)
 end)
 
+describe("server state in the balance hook", function()
+  local a, proxy, dead
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A" })
+    dead = helpers.free_port()
+    -- the hook notes every server's state as "active/response ms/fails", the
+    -- response hook hands it back in a header
+    proxy = helpers.proxy(conf([[
+local function peek(req)
+  local parts = {}
+  for i, s in ipairs(req:servers()) do
+    parts[i] = string.format("%d/%d/%d", s.active, math.floor(s.response_time * 1000), s.fails)
+  end
+  req.ctx.state = table.concat(parts, ",")
+end
+local function show(req, res) res:set_header("X-State", req.ctx.state) end
+mg.route { host = "one.test", upstream = mg.upstream "one" { servers = { "${a}" } },
+           on = { balance = peek, response = show } }
+mg.route { host = "two.test", upstream = mg.upstream "two" { servers = { "127.0.0.1:${dead}", "${a}" } },
+           on = { balance = peek, response = show } }
+]]), { vars = { a = a.addr, dead = dead } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  -- GET path from upstream "one" or "two": the hook's view and the status
+  local function state(c, up, path)
+    local res = assert(c:request({ path = path, headers = { { "Host", up .. ".test" } } }))
+    return res.h["x-state"], res.status
+  end
+
+  it("shows attempts in flight from another connection, response times and failures in a row", function()
+    local cs = clients(proxy, 3)
+    -- the hook runs before the attempt: nothing yet; the first response sets the
+    -- average (a 300 ms answer)
+    assert.equal("0/0/0", (state(cs[1], "one", "/slow-head/0.3")))
+    local st = state(cs[2], "one", "/echo")
+    local act, ms, fails = st:match("^(%d+)/(%d+)/(%d+)$")
+    assert.equal("0", act)
+    assert.equal("0", fails)
+    assert.is_true(tonumber(ms) >= 250 and tonumber(ms) < 1000, st)
+    -- a request in flight on one connection is seen by the hook of another
+    assert(cs[3]:send("GET /slow-head/1 HTTP/1.1\r\nHost: one.test\r\n\r\n"))
+    assert(helpers.wait_until(function() return a:stats().requests == 3 end, 5, 0.01))
+    assert.truthy(state(cs[1], "one", "/echo"):match("^1/"))
+    assert.equal(200, assert(cs[3]:response()).status)
+    assert.truthy(state(cs[1], "one", "/echo"):match("^0/"))
+    -- round robin tries the dead server first, then A, for each request; the hook
+    -- runs again for the second attempt, which it sees last: the second request's
+    -- second view shows two failures in a row
+    local _, status = state(cs[1], "two", "/echo")
+    assert.equal(200, status)
+    local st2 = state(cs[2], "two", "/echo?2")
+    assert.truthy(st2:match("^0/0/2,0/%d+/0$"), st2)
+    close_all(cs)
+  end)
+
+  it("counts every attempt out again: after resets, 502s and cut clients nothing stays active", function()
+    local c = helpers.connect(proxy.port)
+    for _, up_path in ipairs({ { "one", "/reset" }, { "one", "/reset-rst" }, { "two", "/reset" },
+                               { "two", "/echo" } }) do
+      c:request({ path = up_path[2], headers = { { "Host", up_path[1] .. ".test" } } })
+      c:close()
+      c = helpers.connect(proxy.port)
+    end
+    -- clients that leave while their request waits on the server: the exchange is
+    -- dropped with its upstream connection (no response head or end ever comes)
+    for i = 1, 3 do
+      local cut = helpers.connect(proxy.port, 5, nil, "127.0.0." .. (50 + i))
+      assert(cut:send("GET /slow-head/1 HTTP/1.1\r\nHost: one.test\r\n\r\n"))
+      helpers.sleep(0.05)
+      if i == 3 then cut.sock:setoption("linger", { on = true, timeout = 0 }) end -- an RST
+      cut:close()
+    end
+    helpers.sleep(1.3)
+    local st = state(c, "two", "/echo")
+    c:close()
+    assert.truthy(st:match("^0/%d+/%d+,0/%d+/0$"), st)
+  end)
+end)
+
 describe("balance config", function()
   local function check(upstream)
     local dir = helpers.tmpdir()
