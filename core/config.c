@@ -266,6 +266,7 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
 
 /* The upstream's balancer, from its `balance` (the upstream's table on top). */
 static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
+  if (u->nservers < 1) return walk_fail(w, "upstream '%s': no servers", u->name, NULL);
   lua_getfield(w->L, -1, "balance");
   const char *name = lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "round_robin";
   int policy = mg_balance_policy(name);
