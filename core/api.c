@@ -235,6 +235,16 @@ int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight) {
   return 0;
 }
 
+int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int *fails) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = &r->gen->upstreams[r->upstream].bal->peers[i];
+  *active = atomic_load_explicit(&p->active, memory_order_relaxed);
+  *ewma_us = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  *fails = atomic_load_explicit(&p->fails, memory_order_relaxed);
+  return 0;
+}
+
 int mg_req_set_server(mg_req_t *r, int i) {
   if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
   if (i < 0 || i >= mg_req_server_count(r)) return MG_API_EINVAL;

@@ -66,6 +66,9 @@ int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out);
 /* Balance hook: the servers of the chosen upstream, and the pick. */
 int mg_req_server_count(mg_req_t *r);
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight);
+/* Server i's state, shared by every worker (balance.h): attempts in flight, the
+ * moving average of its response time in µs (0: no response yet), failures in a row. */
+int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int *fails);
 int mg_req_set_server(mg_req_t *r, int i);
 
 /* The response: the upstream's head as the response hook left it. When moongate

@@ -1,15 +1,275 @@
 #include "balance.h"
 
-int mg_balance_pick(mg_wgen_t *wg, int ui, uint64_t skip) {
-  const mg_upstream_cfg_t *u = &wg->gen->upstreams[ui];
-  int *cur = wg->rr_current + wg->rr_base[ui];
-  int total = 0, best = -1;
-  for (int i = 0; i < u->nservers && i < 64; i++) {
-    if (skip & ((uint64_t)1 << i)) continue;
-    cur[i] += u->servers[i].weight;
-    total += u->servers[i].weight;
-    if (best < 0 || cur[i] > cur[best]) best = i;
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const policy_names[] = {
+  [MG_BALANCE_ROUND_ROBIN] = "round_robin",
+  [MG_BALANCE_LEAST_CONN] = "least_conn",
+  [MG_BALANCE_P2C] = "p2c",
+  [MG_BALANCE_RANDOM] = "random",
+};
+
+int mg_balance_policy(const char *name) {
+  for (int i = 0; i < (int)(sizeof(policy_names) / sizeof(policy_names[0])); i++)
+    if (strcmp(name, policy_names[i]) == 0) return i;
+  return -1;
+}
+
+/* xorshift64*: a worker's own generator; quality enough to spread picks. */
+static uint64_t next_rand(uint64_t *s) {
+  uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+static uint64_t gcd(uint64_t a, uint64_t b) {
+  while (b) {
+    uint64_t t = a % b;
+    a = b;
+    b = t;
   }
-  if (best >= 0) cur[best] -= total;
-  return best;
+  return a;
+}
+
+/* ---- the round robin schedule ----
+ * Server i with weight w gets w slots, its k-th at virtual time (2k + 1) / 2w:
+ * each server's slots are evenly spread over the cycle, and the schedule lists
+ * all slots by time (ties: lower index first). That is the same spreading smooth
+ * weighted round robin gives (for weights 1 and 3: B A B B), built once in
+ * O(W log n) with a heap instead of O(W n), so that picking is one atomic
+ * increment and one load. */
+
+typedef struct {
+  uint64_t num, den; /* the server's next slot time, num / den */
+  uint32_t i;
+} slot_t;
+
+static int slot_before(const slot_t *a, const slot_t *b) {
+  uint64_t l = a->num * b->den, r = b->num * a->den; /* each < 2^22: no overflow */
+  return l < r || (l == r && a->i < b->i);
+}
+
+static void sift_down(slot_t *h, uint32_t n, uint32_t k) {
+  for (;;) {
+    uint32_t l = 2 * k + 1, m = k;
+    if (l < n && slot_before(&h[l], &h[m])) m = l;
+    if (l + 1 < n && slot_before(&h[l + 1], &h[m])) m = l + 1;
+    if (m == k) return;
+    slot_t t = h[k];
+    h[k] = h[m];
+    h[m] = t;
+    k = m;
+  }
+}
+
+static int build_schedule(mg_balancer_t *b, const int *weights) {
+  uint32_t n = (uint32_t)b->n;
+  uint64_t *w = malloc(n * sizeof(*w));
+  slot_t *heap = malloc(n * sizeof(*heap));
+  if (!w || !heap) goto nomem;
+  uint64_t g = 0, total = 0;
+  for (uint32_t i = 0; i < n; i++) g = gcd(g, (uint64_t)weights[i]);
+  for (uint32_t i = 0; i < n; i++) total += (w[i] = (uint64_t)weights[i] / g);
+  if (total > MG_BALANCE_SCHEDULE_MAX) { /* scale down, keeping one slot each */
+    uint64_t t2 = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      w[i] = w[i] * MG_BALANCE_SCHEDULE_MAX / total;
+      if (w[i] == 0) w[i] = 1;
+      t2 += w[i];
+    }
+    total = t2;
+  }
+  b->schedule = malloc(total * sizeof(*b->schedule));
+  if (!b->schedule) goto nomem;
+  b->nschedule = (uint32_t)total;
+  for (uint32_t i = 0; i < n; i++) heap[i] = (slot_t){ 1, 2 * w[i], i };
+  for (uint32_t k = n / 2; k-- > 0;) sift_down(heap, n, k);
+  uint32_t live = n;
+  for (uint32_t s = 0; s < total; s++) {
+    slot_t *top = &heap[0];
+    b->schedule[s] = top->i;
+    top->num += 2;
+    if (top->num > 2 * w[top->i]) heap[0] = heap[--live]; /* all its slots are placed */
+    sift_down(heap, live, 0);
+  }
+  free(w);
+  free(heap);
+  return 0;
+nomem:
+  free(w);
+  free(heap);
+  return -1;
+}
+
+mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
+  mg_balancer_t *b = aligned_alloc(_Alignof(mg_balancer_t), sizeof(mg_balancer_t));
+  if (!b) return NULL;
+  memset(b, 0, sizeof(*b));
+  b->policy = policy;
+  b->n = n;
+  atomic_init(&b->rr, 0);
+  b->peers = calloc((size_t)n, sizeof(*b->peers));
+  if (!b->peers) goto nomem;
+  int uniform = 1;
+  for (int i = 0; i < n; i++) {
+    atomic_init(&b->peers[i].active, 0);
+    atomic_init(&b->peers[i].ewma_us, 0);
+    atomic_init(&b->peers[i].fails, 0);
+    atomic_init(&b->peers[i].weight, weights[i]);
+    b->total += (uint64_t)weights[i];
+    if (weights[i] != weights[0]) uniform = 0;
+  }
+  if (policy == MG_BALANCE_ROUND_ROBIN && build_schedule(b, weights) < 0) goto nomem;
+  if (!uniform && (policy == MG_BALANCE_RANDOM || policy == MG_BALANCE_P2C)) {
+    b->cum = malloc((size_t)n * sizeof(*b->cum));
+    if (!b->cum) goto nomem;
+    uint64_t c = 0;
+    for (int i = 0; i < n; i++) b->cum[i] = c += (uint64_t)weights[i];
+  }
+  return b;
+nomem:
+  mg_balancer_free(b);
+  return NULL;
+}
+
+void mg_balancer_free(mg_balancer_t *b) {
+  if (!b) return;
+  free(b->peers);
+  free(b->schedule);
+  free(b->cum);
+  free(b);
+}
+
+static int is_tried(const mg_tried_t *t, int i) { return t && mg_tried_has(t, i); }
+
+/* Any server not tried yet, looking from a random start; -1: none. O(n): only
+ * once the policy's own choices were all tried. */
+static int any_untried(const mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  int start = (int)(next_rand(rng) % (uint64_t)b->n);
+  for (int j = 0; j < b->n; j++) {
+    int i = (start + j) % b->n;
+    if (!is_tried(tried, i)) return i;
+  }
+  return -1;
+}
+
+/* A server drawn in proportion to its configured weight: O(log n). */
+static int draw(const mg_balancer_t *b, uint64_t *rng) {
+  if (!b->cum) return (int)(next_rand(rng) % (uint64_t)b->n);
+  uint64_t r = next_rand(rng) % b->total;
+  int lo = 0, hi = b->n - 1;
+  while (lo < hi) { /* the first i with cum[i] > r */
+    int mid = lo + (hi - lo) / 2;
+    if (b->cum[mid] > r) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+static int pick_round_robin(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  uint64_t pos = atomic_fetch_add_explicit(&b->rr, 1, memory_order_relaxed);
+  int s = (int)b->schedule[pos % b->nschedule];
+  if (!is_tried(tried, s)) return s;
+  /* a retry: the servers that follow in the schedule (bounded), then any */
+  for (uint32_t k = 1; k < b->nschedule && k <= 64; k++) {
+    s = (int)b->schedule[(pos + k) % b->nschedule];
+    if (!is_tried(tried, s)) return s;
+  }
+  return any_untried(b, tried, rng);
+}
+
+static int pick_random(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  for (int k = 0; k < 8; k++) {
+    int s = draw(b, rng);
+    if (!is_tried(tried, s)) return s;
+  }
+  return any_untried(b, tried, rng);
+}
+
+static int load_weight(const mg_peer_t *p) {
+  int w = atomic_load_explicit(&p->weight, memory_order_relaxed);
+  return w > 0 ? w : 1;
+}
+
+/* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN servers
+ * from a random start (so that ties go round, not always to the first). */
+static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  int n = b->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
+  int start = (int)(next_rand(rng) % (uint64_t)n);
+  int best = -1;
+  int64_t ba = 0, bw = 1;
+  for (int j = 0; j < m; j++) {
+    int i = start + j < n ? start + j : start + j - n;
+    if (is_tried(tried, i)) continue;
+    int64_t a = atomic_load_explicit(&b->peers[i].active, memory_order_relaxed);
+    int64_t w = load_weight(&b->peers[i]);
+    if (best < 0 || a * bw < ba * w) {
+      best = i;
+      ba = a;
+      bw = w;
+    }
+  }
+  return best >= 0 ? best : any_untried(b, tried, rng);
+}
+
+/* (active + 1) x EWMA / weight; a server with no sample yet borrows the other's
+ * EWMA, so that it is judged by its active attempts alone. */
+static int p2c_better(mg_balancer_t *b, int x, int y) {
+  const mg_peer_t *px = &b->peers[x], *py = &b->peers[y];
+  double ex = atomic_load_explicit(&px->ewma_us, memory_order_relaxed);
+  double ey = atomic_load_explicit(&py->ewma_us, memory_order_relaxed);
+  if (ex == 0) ex = ey;
+  if (ey == 0) ey = ex;
+  if (ex == 0) ex = ey = 1;
+  double sx = (atomic_load_explicit(&px->active, memory_order_relaxed) + 1) * ex / load_weight(px);
+  double sy = (atomic_load_explicit(&py->active, memory_order_relaxed) + 1) * ey / load_weight(py);
+  return sy < sx ? y : x;
+}
+
+static int pick_p2c(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  int n = b->n;
+  if (n == 1) return is_tried(tried, 0) ? -1 : 0;
+  int x = draw(b, rng), y = x;
+  if (!b->cum) y = (x + 1 + (int)(next_rand(rng) % (uint64_t)(n - 1))) % n;
+  else
+    for (int k = 0; k < 4 && y == x; k++) y = draw(b, rng);
+  if (y == x) y = (x + 1) % n;
+  int tx = is_tried(tried, x), ty = is_tried(tried, y);
+  if (tx && ty) return any_untried(b, tried, rng);
+  if (tx) return y;
+  if (ty) return x;
+  return p2c_better(b, x, y);
+}
+
+int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  switch (b->policy) {
+  case MG_BALANCE_LEAST_CONN:
+    return pick_least_conn(b, tried, rng);
+  case MG_BALANCE_P2C:
+    return pick_p2c(b, tried, rng);
+  case MG_BALANCE_RANDOM:
+    return pick_random(b, tried, rng);
+  default:
+    return pick_round_robin(b, tried, rng);
+  }
+}
+
+void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
+  mg_peer_t *p = &b->peers[i];
+  atomic_store_explicit(&p->fails, 0, memory_order_relaxed);
+  if (us > 0xffffffffu) us = 0xffffffffu;
+  if (us == 0) us = 1; /* 0 means "no sample" */
+  /* load then store: two workers answering at once may lose one sample, which
+   * an average of many does not notice; no CAS loop on the response path */
+  uint64_t old = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  uint64_t v = old ? (old * 7 + us) / 8 : us;
+  atomic_store_explicit(&p->ewma_us, (unsigned)(v ? v : 1), memory_order_relaxed);
+}
+
+void mg_peer_failed(mg_balancer_t *b, int i) {
+  atomic_fetch_add_explicit(&b->peers[i].fails, 1, memory_order_relaxed);
 }

@@ -52,6 +52,7 @@ static void gen_free(mg_gen_t *g) {
   for (int i = 0; i < g->nupstreams; i++) {
     free(g->upstreams[i].name);
     free(g->upstreams[i].servers);
+    mg_balancer_free(g->upstreams[i].bal);
     if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
     free(g->upstreams[i].tls);
   }
@@ -263,6 +264,26 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
   return 0;
 }
 
+/* The upstream's balancer, from its `balance` (the upstream's table on top). */
+static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
+  if (u->nservers < 1) return walk_fail(w, "upstream '%s': no servers", u->name, NULL);
+  lua_getfield(w->L, -1, "balance");
+  const char *name = lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "round_robin";
+  int policy = mg_balance_policy(name);
+  if (policy < 0) {
+    int rc = walk_fail(w, "upstream '%s': unknown balance '%s'", u->name, name);
+    lua_pop(w->L, 1);
+    return rc;
+  }
+  lua_pop(w->L, 1);
+  int *weights = malloc((size_t)u->nservers * sizeof(int));
+  if (!weights) return MG_ENOMEM;
+  for (int j = 0; j < u->nservers; j++) weights[j] = u->servers[j].weight;
+  u->bal = mg_balancer_new(policy, weights, u->nservers);
+  free(weights);
+  return u->bal ? 0 : MG_ENOMEM;
+}
+
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "upstreams");
@@ -335,7 +356,10 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
       }
       lua_pop(L, 2);
     }
-    lua_pop(L, 2);
+    lua_pop(L, 1);
+    int rc = build_balancer(w, u);
+    lua_pop(L, 1);
+    if (rc < 0) return rc;
   }
   lua_pop(L, 1);
   return 0;

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
+#include "balance.h"
 #include "cidr.h"
 #include "mg.h"
 #include "tls.h"
@@ -38,6 +39,9 @@ typedef struct {
   char *name;
   mg_server_t *servers;
   int nservers;
+  mg_balancer_t *bal;        /* the servers' shared state and the policy picking them;
+                                built with the generation, which owns it (NULL for
+                                mg.http's ad hoc upstreams, which never balance) */
   int keepalive;             /* max idle pooled connections per server per worker */
   uint64_t keepalive_ms;
   mg_tls_client_t *tls;      /* NULL: plain HTTP to the servers */

@@ -40,17 +40,10 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->w = w;
   g->gen = gen;
   g->refs = 1;
-  int slots = 0;
-  g->rr_base = calloc((size_t)gen->nupstreams + 1, sizeof(int));
-  for (int i = 0; g->rr_base && i < gen->nupstreams; i++) {
-    g->rr_base[i] = slots;
-    slots += gen->upstreams[i].nservers;
-  }
-  g->rr_current = calloc((size_t)slots + 1, sizeof(int));
   g->co_cap = CO_POOL;
   g->co_free = calloc(CO_POOL, sizeof(int));
   g->L = luaL_newstate();
-  if (!g->rr_base || !g->rr_current || !g->co_free || !g->L) goto nomem;
+  if (!g->co_free || !g->L) goto nomem;
   mg_gen_ref(gen);
   g->gen_ref = 1;
 
@@ -118,8 +111,6 @@ fail:
   if (g) {
     if (g->L) lua_close(g->L);
     if (g->gen_ref) mg_gen_unref(g->gen);
-    free(g->rr_base);
-    free(g->rr_current);
     free(g->co_free);
     free(g);
   }
@@ -132,8 +123,6 @@ void mg_wgen_unref(mg_wgen_t *g) {
   if (!g || --g->refs > 0) return;
   lua_close(g->L);
   mg_gen_unref(g->gen);
-  free(g->rr_base);
-  free(g->rr_current);
   free(g->co_free);
   free(g->spare_run);
   free(g);

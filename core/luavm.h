@@ -20,8 +20,6 @@ typedef struct mg_wgen_s {
   int connect_ref;   /* runtime.connect */
   int hello_ref;     /* runtime.tls_hello */
   int refs;          /* requests using it, +1 while it is the worker's current one */
-  int *rr_current;   /* smooth WRR state: one slot per server of every upstream */
-  int *rr_base;      /* offset of each upstream's first slot in rr_current */
   int *co_free;      /* pooled coroutine refs */
   int nco_free, co_cap;
   int gen_ref;       /* holds a reference on gen */

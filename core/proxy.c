@@ -315,6 +315,7 @@ static void access_log(mg_req_t *r) {
 }
 
 static void req_release(mg_req_t *r);
+static void attempt_end(mg_req_t *r);
 static int log_detach(mg_req_t *r);
 
 void mg_req_free(mg_req_t *r) {
@@ -412,6 +413,7 @@ void mg_proxy_drop_logs(mg_worker_t *w) {
 
 /* The request's memory goes back (to the spares). */
 static void req_release(mg_req_t *r) {
+  attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
   mg_lua_req_done(&r->lua);
   free(r->bb); /* (the spare list keeps no body) */
   r->bb = NULL;
@@ -444,6 +446,7 @@ void mg_proxy_abort(mg_req_t *r) {
     mg_upconn_t *u = r->upc;
     mg_upstream_release(u, 0);
   }
+  attempt_end(r);
 }
 
 /* ---------------- answers moongate writes itself ---------------- */
@@ -488,6 +491,7 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
     else r->discard_body = 1;
   }
   if (r->upc) mg_upstream_release(r->upc, 0);
+  attempt_end(r);
   c->up_blocked = 0; /* no upstream takes the body any more */
   r->status = status;
   size_t before = mg_outq_size(c->out);
@@ -1428,6 +1432,42 @@ static int start_upstream(mg_req_t *r, int head) {
   return pick_server(r, 0, head);
 }
 
+/* ---- the attempt's share of the servers' state (balance.h) ---- */
+
+/* An attempt on server s starts: counted active until attempt_end. */
+static void attempt_begin(mg_req_t *r, int s) {
+  mg_balancer_t *b = r->gen->upstreams[r->upstream].bal;
+  mg_peer_begin(b, s);
+  r->active_bal = b;
+  r->active_on = s + 1;
+  r->t_try = uv_hrtime();
+}
+
+/* The attempt ends, whichever way (idempotent: only the first call counts). */
+static void attempt_end(mg_req_t *r) {
+  if (!r->active_on) return;
+  mg_peer_end(r->active_bal, r->active_on - 1);
+  r->active_on = 0;
+}
+
+static void attempt_failed(mg_req_t *r) {
+  if (r->active_on) mg_peer_failed(r->active_bal, r->active_on - 1);
+  attempt_end(r);
+}
+
+/* Marks server s tried. Upstreams of more than 64 servers keep a bitmap in the
+ * request's arena, made at the first mark. -1: out of memory. */
+static int tried_mark(mg_req_t *r, int s, int nservers) {
+  if (nservers > 64 && !r->tried.map) {
+    size_t words = ((size_t)nservers + 63) / 64;
+    r->tried.map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
+    if (!r->tried.map) return -1;
+    memset(r->tried.map, 0, words * sizeof(uint64_t));
+  }
+  mg_tried_set(&r->tried, s);
+  return 0;
+}
+
 /* `balanced`: the balance hook already ran for this attempt (it waited). */
 static int pick_server(mg_req_t *r, int balanced, int head) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
@@ -1444,14 +1484,17 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
         }
       }
       balanced = 0;
-      if (r->pick >= 0 && !(r->tried & ((uint64_t)1 << r->pick))) s = r->pick;
+      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick)) s = r->pick;
     }
-    if (s < 0) s = mg_balance_pick(r->wg, r->upstream, r->tried);
+    if (s < 0) s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
     }
-    r->tried |= (uint64_t)1 << s;
+    if (tried_mark(r, s, u->nservers) < 0) {
+      mg_proxy_error(r, 500, 0);
+      return 0;
+    }
     r->server = s;
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
@@ -1472,12 +1515,15 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       link.pp_src = &d->peer.sa;
       link.pp_dst = &d->local.sa;
     }
+    attempt_end(r); /* (an attempt before this one ended already: a no-op) */
+    attempt_begin(r, s);
     int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
     if (rc == 1) {
       up_ready(r);
       return 0;
     }
     if (rc == 0) return 0;
+    attempt_failed(r);
     MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, u->servers[s].text, uv_strerror(rc));
     if (!is_idempotent(r->method)) {
       mg_proxy_error(r, 502, 0);
@@ -1503,6 +1549,9 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   const char *peer = u->servers[r->server].text;
   if (r->upc) mg_upstream_release(r->upc, 0);
+  if (stale && !connect) attempt_end(r); /* a pooled connection the server had closed:
+                                            not the server's failure */
+  else attempt_failed(r);
   if (r->rstate != MG_RS_NONE) {
     MG_WARN(r->w->id, "req %s: upstream %s failed mid-response", r->id, peer);
     r->down->ops->close(r->down->conn);
@@ -1523,7 +1572,7 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
   if (stale && !timeout && !r->stale_retry && r->body_sent == 0 && r->body != MG_BODY_CHUNKED &&
       is_idempotent(r->method)) {
     r->stale_retry = 1;
-    r->tried &= ~((uint64_t)1 << r->server);
+    mg_tried_clear(&r->tried, r->server);
     mg_outq_dispose(&r->upq);
     start_upstream(r, 0);
     return;
@@ -1653,6 +1702,8 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
+  if (r->active_on)
+    mg_peer_answered(r->active_bal, r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
@@ -1803,6 +1854,7 @@ static void up_end(void *owner) {
   }
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
+  attempt_end(r);
   c->up_blocked = 0; /* the upstream is done with the body, whatever was left */
   c->ops->flush(c->conn);
   if (c->closed) return;
@@ -1893,6 +1945,7 @@ static void up_tunnel_end(void *owner, const char *why) {
   if (why) MG_INFO(r->w->id, "req %s: tunnel to upstream %s ended: %s", r->id, peer_text(r), why);
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
+  attempt_end(r);
   c->up_blocked = 0;
   c->ops->close_after_flush(c->conn); /* what came before the close still goes out */
 }

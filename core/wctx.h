@@ -81,6 +81,7 @@ struct mg_worker_s {
   mg_http_date_t date;  /* the Date header line, formatted once a second */
   uint64_t seq;         /* request counter (request ids) */
   uint64_t id_seed;
+  uint64_t rng;         /* the balancers' random state for this worker (balance.h) */
 
   char **names;         /* listener names seen (mg_listener_t.name), freed at exit */
   int nnames;

@@ -261,6 +261,7 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exite
   uint64_t seed = 0;
   uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL);
   w->id_seed = seed;
+  w->rng = seed ^ ((uint64_t)(id + 1) * 0x9e3779b97f4a7c15ull);
   /* the loop first: init_worker hooks may read its clock (mg.now) */
   if ((rc = uv_loop_init(&w->loop)) < 0) return rc;
   w->tp = (mg_tp_ctx_t){ .loop = &w->loop, .rbuf = w->rbuf, .rcap = sizeof(w->rbuf), .tbuf = w->tbuf,

@@ -351,7 +351,8 @@ local Origin = {}
 Origin.__index = Origin
 
 --- Start origin.py. opts: name (default "origin"), port (default: any),
--- blackhole (a listener whose connects hang), tls ({ cert = PEM file, key = PEM
+-- blackhole (a listener whose connects hang), delay (seconds every answer
+-- waits: a slow server), tls ({ cert = PEM file, key = PEM
 -- file, max_version = "1.2" (optional), client_ca = PEM file (optional: verify
 -- client certificates; the echo's tls.client is the CN), client = "required" |
 -- "optional" (default) }: the main port speaks TLS; the control port stays plain),
@@ -372,6 +373,7 @@ function helpers.origin(opts)
                  "--port-file", o.port_file, "--log", o.log }
   if opts.port then argv[#argv + 1] = "--port" argv[#argv + 1] = tostring(opts.port) end
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
+  if opts.delay then argv[#argv + 1] = "--delay" argv[#argv + 1] = tostring(opts.delay) end
   if opts.proxy_protocol then argv[#argv + 1] = "--proxy-protocol" end
   if opts.tls then
     assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")

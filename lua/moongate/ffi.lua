@@ -39,6 +39,7 @@ int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, co
 int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out);
 int mg_req_server_count(mg_req_t *r);
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight);
+int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int *fails);
 int mg_req_set_server(mg_req_t *r, int i);
 
 int mg_res_status(mg_req_t *r);

@@ -323,7 +323,12 @@ function _M.listen(t)
 end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
-                        proxy_protocol = true, splice = true }
+                        proxy_protocol = true, splice = true, balance = true }
+-- balance: the policies core/balance.c knows
+local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true }
+-- most servers an upstream may list (core/balance.h: the round robin schedule and
+-- the tried-servers bitmap grow with it)
+local MAX_SERVERS = 100000
 -- proxy_protocol: what proxy.lua says -> the version core/config.c reads (0: none)
 local pp_versions = { v1 = 1, v2 = 2 }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
@@ -347,7 +352,8 @@ local function sni_name(v, what)
 end
 
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
----                     proxy_protocol = false (default) | "v1" | "v2", splice = false }
+---                     proxy_protocol = false (default) | "v1" | "v2", splice = false,
+---                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -359,9 +365,20 @@ function _M.upstream(name)
     check.keys(t, upstream_keys, what)
     check.type(t.servers, "table", what, "servers")
     if #t.servers == 0 then fail("%s: 'servers' is empty", what) end
-    if #t.servers > 64 then fail("%s: at most 64 servers per upstream", what) end
+    if #t.servers > MAX_SERVERS then fail("%s: at most %d servers per upstream", what, MAX_SERVERS) end
     local u = setmetatable({ name = name, servers = {}, keepalive = 32, keepalive_timeout = 60,
-                             proxy_protocol = 0, splice = 0 }, upstream_mt)
+                             proxy_protocol = 0, splice = 0, balance = "round_robin" }, upstream_mt)
+    if t.balance ~= nil then
+      local b = t.balance
+      if b == "hash" then
+        fail("%s: balance \"hash\" is not yet supported (round_robin, least_conn, p2c, random)", what)
+      end
+      if type(b) ~= "string" or not balance_policies[b] then
+        fail("%s: 'balance' must be \"round_robin\", \"least_conn\", \"p2c\" or \"random\", got %s", what,
+             type(b) == "string" and ("%q"):format(b) or tostring(b))
+      end
+      u.balance = b
+    end
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
       local addr, opts = match(s, "^(%S+)%s*(.*)$")

@@ -15,6 +15,7 @@ local info = ffi.new("mg_req_info_t")
 local tls_info = ffi.new("mg_tls_info_t")
 local out = ffi.new("mg_str_t[1]")
 local weight_out = ffi.new("int[1]")
+local active_out, ewma_out, fails_out = ffi.new("int[1]"), ffi.new("unsigned[1]"), ffi.new("int[1]")
 
 local _M = {}
 local methods = {}
@@ -174,12 +175,17 @@ function methods.respond(self, status, body, headers)
   return true
 end
 
---- Balance hook: the servers of the chosen upstream as { addr, weight } (1-based).
+--- Balance hook: the servers of the chosen upstream (1-based) as { addr, weight,
+-- active (attempts in flight, all workers), response_time (seconds, moving
+-- average; 0 before the first response), fails (failures in a row) }.
 function methods.servers(self)
   local t = {}
-  for i = 0, C.mg_req_server_count(self._r) - 1 do
-    if C.mg_req_server_at(self._r, i, out, weight_out) == 0 then
-      t[i + 1] = { addr = ffi_str(out[0].p, out[0].len), weight = weight_out[0] }
+  local r = self._r
+  for i = 0, C.mg_req_server_count(r) - 1 do
+    if C.mg_req_server_at(r, i, out, weight_out) == 0 and
+       C.mg_req_server_state(r, i, active_out, ewma_out, fails_out) == 0 then
+      t[i + 1] = { addr = ffi_str(out[0].p, out[0].len), weight = weight_out[0], active = active_out[0],
+                   response_time = tonumber(ewma_out[0]) / 1e6, fails = fails_out[0] }
     end
   end
   return t

@@ -80,6 +80,7 @@ STATE = {"connections": 0, "requests": 0, "open": 0, "body_bytes_sent": 0,
 NAME = "origin"
 LOG = None
 PROXY_PROTOCOL = False  # --proxy-protocol
+DELAY = 0.0  # --delay: seconds every request on the main port waits before its answer
 TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
 
@@ -584,6 +585,8 @@ async def handle(reader, writer, proxy=None):
                    "headers": headers, "body_len": body_len, "body_sha256": body_sha,
                    "chunked": chunked, "conn": serial, "conn_request": nreq, "tls": tls,
                    "proxy": proxy, "proxy_headers": nproxy}
+            if DELAY:
+                await asyncio.sleep(DELAY)
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -620,8 +623,9 @@ def write_port_file(path, text):
 
 
 async def main(args):
-    global NAME, LOG, PROXY_PROTOCOL, TLS
+    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY
     NAME = args.name
+    DELAY = args.delay
     if args.log:
         LOG = open(args.log, "a")
     if args.blackhole:
@@ -691,6 +695,8 @@ if __name__ == "__main__":
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--log")
     ap.add_argument("--blackhole", action="store_true")
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="seconds every request waits before its answer (a slow server)")
     ap.add_argument("--tls-cert", help="serve TLS on the main port with this certificate (PEM)")
     ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     ap.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3",
