@@ -267,7 +267,8 @@ describe("the log hook of a refused request", function()
   it("408 for a body not coming within timeouts.client_body: route, upstream and head known", function()
     local want = parsed(408, "POST", "/up/x", "a=1", { host = "x", ["content-length"] = "10" }, "1")
     want.upstream_addr = { true, origin.addr }
-    want.servers = { true, { { addr = origin.addr, weight = 1 } } }
+    -- (the body never came: nothing went upstream, so the server saw no attempt)
+    want.servers = { true, { { addr = origin.addr, weight = 1, active = 0, response_time = 0, fails = 0 } } }
     refused("POST /up/x?a=1 HTTP/1.1\r\n" .. H .. "Content-Length: 10\r\n\r\nabc", 408, want)
   end)
 
