@@ -38,7 +38,7 @@ end
 
 local function now() return abi.C.mg_api_now() end
 
-local function is_token(s) return s ~= "" and not s:find("[^!#$%%&'*+%-.^_`|~%w]") end
+local is_token = require("moongate.private.check").token
 
 -- "http(s)://host[:port]/path?q" -> { scheme, host, port, target, host_header } or nil, err
 local function parse_url(url)
@@ -104,7 +104,7 @@ local names_ok, names_count, NAMES_MAX = {}, 0, 512
 local function check_name(name)
   local lname = names_ok[name]
   if lname then return lname end
-  if type(name) ~= "string" or not is_token(name) then return nil end
+  if not is_token(name) then return nil end
   lname = lower(name)
   if names_count >= NAMES_MAX then names_ok, names_count = {}, 0 end
   names_ok[name], names_count = lname, names_count + 1

@@ -513,7 +513,7 @@ function _M.route(t)
     if rs.headers ~= nil then
       check.type(rs.headers, "table", what .. " respond", "headers")
       for k, v in pairs(rs.headers) do
-        if type(k) ~= "string" or not match(k, "^[%w!#$%%&'*+%-.^_`|~]+$") then
+        if not check.token(k) then
           fail("%s: respond header name '%s' is not a token", what, tostring(k))
         end
         if type(v) ~= "string" and type(v) ~= "number" then

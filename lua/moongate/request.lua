@@ -137,7 +137,7 @@ function methods.set_upstream(self, up)
   return true
 end
 
-local function token(s) return type(s) == "string" and find(s, "^[%w!#$%%&'*+%-.^_`|~]+$") ~= nil end
+local token = require("moongate.private.check").token
 
 --- req:respond(status, body?, headers?): answers directly; nothing goes upstream.
 function methods.respond(self, status, body, headers)

@@ -57,6 +57,12 @@ function _M.number(v, what, key, min, max)
   return v
 end
 
+--- True when s is an HTTP token (RFC 9110 tchar+): a method or a header name.
+--- The one pattern for req:respond, req:set_method, mg.http and route `respond`.
+function _M.token(s)
+  return type(s) == "string" and s:find("^[%w!#$%%&'*+%-.^_`|~]+$") ~= nil
+end
+
 --- True when v is an IPv4 or IPv6 address, optionally with a /prefix length that
 -- fits it ("10.0.0.0/8", "192.168.1.7", "fd00::/8", "::1"). The C side parses it
 -- again (core/cidr.c) and is the final judge; this gives the user's file:line.
