@@ -584,9 +584,8 @@ int mg_tcp_reused(mg_cosock_t *s) { return s->c ? s->c->reused : s->reused; }
  * by a handshake that asks for no more than it was made with. */
 static uint64_t tls_hash(int verify, const char *ca, const char *name, size_t nlen) {
   uint64_t h = 1469598103934665603ull;
-  const char *parts[2] = { ca ? ca : "", NULL };
   h = (h ^ (uint64_t)(verify ? 1 : 0)) * 1099511628211ull;
-  for (const char *q = parts[0]; *q; q++) h = (h ^ (uint8_t)*q) * 1099511628211ull;
+  for (const char *q = ca ? ca : ""; *q; q++) h = (h ^ (uint8_t)*q) * 1099511628211ull;
   h = (h ^ 0xff) * 1099511628211ull;
   for (size_t i = 0; i < nlen; i++) h = (h ^ (uint8_t)name[i]) * 1099511628211ull;
   return h;

@@ -31,6 +31,7 @@ typedef struct mg_hcall_s {
   char *req;          /* the request's bytes (head and body), kept for a retry */
   size_t req_len;
   char *host, *ca, *sni; /* NUL-terminated copies; ca and sni may be NULL */
+  /* req, host, ca and sni live in `tail`, one allocation with the call */
   size_t host_len;
   int port, tls, verify;
   int is_head, idempotent, stream, retried;
@@ -54,6 +55,7 @@ typedef struct mg_hcall_s {
   size_t blen, bcap, boff;
   uint64_t received;  /* body bytes received in all */
   int paused;         /* stream: reading stopped until Lua catches up */
+  char tail[];
 } mg_hcall_t;
 
 struct mg_lhttp_s {
@@ -144,10 +146,6 @@ static void call_free(mg_hcall_t *c) {
   s->slots[c->slot] = NULL;
   s->free_slots[s->nfree++] = c->slot;
   mg_head_dispose(&c->rhead);
-  free(c->req);
-  free(c->host);
-  free(c->ca);
-  free(c->sni);
   free(c->body);
   free(c->hblock);
   free(c);
@@ -358,7 +356,14 @@ static const mg_up_events_t events = {
 
 /* ---------------- the FFI functions (api.h) ---------------- */
 
-static char *dup_cstr(const char *s) { return s ? strdup(s) : NULL; }
+/* Copies len bytes to *p as a C string there: the string. */
+static char *put_str(char **p, const char *s, size_t len) {
+  char *d = *p;
+  memcpy(d, s, len);
+  d[len] = '\0';
+  *p += len + 1;
+  return d;
+}
 
 /* Waits for `want` unless it is there: 0 (there), MG_API_EAGAIN (the hook waits),
  * MG_API_EPHASE (nothing may wait now). */
@@ -385,8 +390,16 @@ int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen) {
       !o->head || !o->head_len || (o->body_len && !o->body) || !(o->timeout > 0))
     return MG_API_EINVAL;
   struct mg_lhttp_s *s = state(w);
-  mg_hcall_t *c = calloc(1, sizeof(*c));
-  if (!s || !c) {
+  if (!s) return MG_API_ENOMEM;
+  /* one allocation per call: the call, then its request, host, CA file and SNI */
+  size_t calen = o->ca ? strlen(o->ca) : 0, snilen = o->sni ? strlen(o->sni) : 0;
+  size_t req_len = o->head_len + o->body_len;
+  if (req_len < o->head_len || req_len > SIZE_MAX - sizeof(mg_hcall_t) - o->host_len - calen - snilen - 3)
+    return MG_API_ENOMEM;
+  mg_hcall_t *c = malloc(sizeof(*c) + req_len + o->host_len + calen + snilen + 3);
+  if (!c) return MG_API_ENOMEM;
+  memset(c, 0, sizeof(*c));
+  if (slot_take(s, c) < 0) {
     free(c);
     return MG_API_ENOMEM;
   }
@@ -395,24 +408,14 @@ int mg_http_start(const mg_http_opts_t *o, uint32_t *slot, uint32_t *gen) {
   c->lw.cancel = on_cancel_wait;
   c->own.done = on_run_done;
   mg_head_init(&c->rhead);
-  c->req_len = o->head_len + o->body_len;
-  c->req = malloc(c->req_len);
-  c->host = malloc(o->host_len + 1);
-  c->ca = dup_cstr(o->ca);
-  c->sni = dup_cstr(o->sni);
-  if (!c->req || !c->host || (o->ca && !c->ca) || (o->sni && !c->sni) || slot_take(s, c) < 0) {
-    mg_head_dispose(&c->rhead);
-    free(c->req);
-    free(c->host);
-    free(c->ca);
-    free(c->sni);
-    free(c);
-    return MG_API_ENOMEM;
-  }
+  c->req = c->tail;
+  c->req_len = req_len;
   memcpy(c->req, o->head, o->head_len);
   if (o->body_len) memcpy(c->req + o->head_len, o->body, o->body_len);
-  memcpy(c->host, o->host, o->host_len);
-  c->host[o->host_len] = '\0';
+  char *p = c->tail + req_len;
+  c->host = put_str(&p, o->host, o->host_len);
+  c->ca = o->ca ? put_str(&p, o->ca, calen) : NULL;
+  c->sni = o->sni ? put_str(&p, o->sni, snilen) : NULL;
   c->host_len = o->host_len;
   c->port = o->port;
   c->tls = o->tls != 0;

@@ -469,30 +469,38 @@ void mg_tls_client_free(mg_tls_client_t *t) {
   memset(t, 0, sizeof(*t));
 }
 
+/* The cache's key: a tag (verify, and which of ca and sni are given), the CA
+ * file, NUL, the SNI, NUL. Compared in place: a lookup (every mg.http or mg.tcp
+ * TLS connection) allocates nothing. */
+static int key_is(const struct mg_tls_cached_s *e, char tag, const char *ca, size_t calen,
+                  const char *sni, size_t snilen) {
+  return e->klen == 3 + calen + snilen && e->key[0] == tag && memcmp(e->key + 1, ca, calen) == 0 &&
+         e->key[1 + calen] == '\0' && memcmp(e->key + 2 + calen, sni, snilen) == 0;
+}
+
 mg_tls_client_t *mg_tls_client_cached(mg_tls_client_cache_t *c, int verify, const char *ca,
                                       const char *sni, char *err, size_t errlen) {
   verify = verify ? 1 : 0;
   if (!verify) ca = NULL;
   size_t calen = ca ? strlen(ca) : 0, snilen = sni ? strlen(sni) : 0;
-  size_t klen = 3 + calen + snilen; /* verify, ca, NUL, sni, and which are given */
+  char tag = (char)('0' + verify + (ca ? 2 : 0) + (sni ? 4 : 0));
+  for (int i = 0; i < c->n; i++)
+    if (key_is(&c->e[i], tag, ca ? ca : "", calen, sni ? sni : "", snilen)) {
+      c->e[i].used = ++c->tick;
+      return &c->e[i].t;
+    }
+  size_t klen = 3 + calen + snilen;
   char *key = malloc(klen);
   if (!key) {
     snprintf(err, errlen, "no memory");
     return NULL;
   }
-  key[0] = (char)('0' + verify + (ca ? 2 : 0) + (sni ? 4 : 0));
+  key[0] = tag;
   if (calen) memcpy(key + 1, ca, calen);
   key[1 + calen] = '\0';
   if (snilen) memcpy(key + 2 + calen, sni, snilen);
   key[klen - 1] = '\0';
-  struct mg_tls_cached_s *e = NULL;
-  for (int i = 0; i < c->n && !e; i++)
-    if (c->e[i].klen == klen && memcmp(c->e[i].key, key, klen) == 0) e = &c->e[i];
-  if (e) {
-    free(key);
-    e->used = ++c->tick;
-    return &e->t;
-  }
+  struct mg_tls_cached_s *e;
   if (c->n == MG_TLS_CLIENT_CACHE_MAX) { /* the least recently used goes */
     e = &c->e[0];
     for (int i = 1; i < c->n; i++)
