@@ -155,9 +155,9 @@ struct mg_req_s {
   int upstream;           /* index in gen->upstreams, -1 when answered directly */
   int server;             /* index of the server in use */
   mg_tried_t tried;       /* servers already tried (balance.h) */
-  mg_balancer_t *active_bal; /* whose server that is (the generation's, held by the request) */
   int active_on;          /* server index + 1 whose active count this attempt holds
-                             (balance.h mg_peer_begin); 0: none */
+                             (balance.h mg_peer_begin; the balancer is the upstream's, which
+                             req:set_upstream cannot change once a server is tried); 0: none */
   uint64_t t_try;         /* uv_hrtime() when this attempt started (the EWMA's sample) */
   int timed_out;          /* a connect attempt timed out (-> 504 when all fail) */
   mg_upconn_t *upc;
