@@ -1419,7 +1419,6 @@ static int upstream_wait(mg_req_t *r, int hook, int head) {
  * upstream_request hook once, then a server (the balance hook's choice). 0, or
  * MG_PROXY_WAIT when a hook waits (`head`: the head phase holds for it). */
 static int start_upstream(mg_req_t *r, int head) {
-  if (!r->t_up_start) r->t_up_start = uv_hrtime();
   if (!r->upreq_hooked && mg_hook_on(r->gen, r->route, MG_HOOK_UPSTREAM_REQUEST)) {
     r->upreq_hooked = 1;
     int rc = mg_lua_hook(&r->lua, MG_HOOK_UPSTREAM_REQUEST, NULL);
@@ -1441,7 +1440,6 @@ static mg_balancer_t *req_bal(const mg_req_t *r) { return r->gen->upstreams[r->u
 static void attempt_begin(mg_req_t *r, int s) {
   mg_peer_begin(req_bal(r), s);
   r->active_on = s + 1;
-  r->t_try = uv_hrtime();
 }
 
 /* The attempt ends, whichever way (idempotent: only the first call counts). */
@@ -1497,6 +1495,8 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       return 0;
     }
     r->server = s;
+    r->t_try = uv_hrtime(); /* the EWMA's sample starts; the first also upstream_time's */
+    if (!r->t_up_start) r->t_up_start = r->t_try;
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
       return 0;

@@ -90,7 +90,7 @@ struct mg_req_s {
   mg_arena_t arena;
   char id[17];
   uint64_t t_start;       /* uv_hrtime() at the first byte */
-  uint64_t t_up_start, t_up_end;
+  uint64_t t_up_start, t_up_end; /* the first try of a server (its t_try), the response's end */
 
   /* request head */
   mg_head_t head;
@@ -158,7 +158,7 @@ struct mg_req_s {
   int active_on;          /* server index + 1 whose active count this attempt holds
                              (balance.h mg_peer_begin; the balancer is the upstream's, which
                              req:set_upstream cannot change once a server is tried); 0: none */
-  uint64_t t_try;         /* uv_hrtime() when this attempt started (the EWMA's sample) */
+  uint64_t t_try;         /* uv_hrtime() when this attempt's server was picked (the EWMA's sample) */
   int timed_out;          /* a connect attempt timed out (-> 504 when all fail) */
   mg_upconn_t *upc;
   mg_outq_t upq;          /* upstream head + body waiting for a connection */
