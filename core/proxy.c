@@ -1419,7 +1419,6 @@ static int upstream_wait(mg_req_t *r, int hook, int head) {
  * upstream_request hook once, then a server (the balance hook's choice). 0, or
  * MG_PROXY_WAIT when a hook waits (`head`: the head phase holds for it). */
 static int start_upstream(mg_req_t *r, int head) {
-  if (!r->t_up_start) r->t_up_start = uv_hrtime();
   if (!r->upreq_hooked && mg_hook_on(r->gen, r->route, MG_HOOK_UPSTREAM_REQUEST)) {
     r->upreq_hooked = 1;
     int rc = mg_lua_hook(&r->lua, MG_HOOK_UPSTREAM_REQUEST, NULL);
@@ -1434,24 +1433,24 @@ static int start_upstream(mg_req_t *r, int head) {
 
 /* ---- the attempt's share of the servers' state (balance.h) ---- */
 
+/* The balancer of the request's upstream (set before any attempt, fixed after). */
+static mg_balancer_t *req_bal(const mg_req_t *r) { return r->gen->upstreams[r->upstream].bal; }
+
 /* An attempt on server s starts: counted active until attempt_end. */
 static void attempt_begin(mg_req_t *r, int s) {
-  mg_balancer_t *b = r->gen->upstreams[r->upstream].bal;
-  mg_peer_begin(b, s);
-  r->active_bal = b;
+  mg_peer_begin(req_bal(r), s);
   r->active_on = s + 1;
-  r->t_try = uv_hrtime();
 }
 
 /* The attempt ends, whichever way (idempotent: only the first call counts). */
 static void attempt_end(mg_req_t *r) {
   if (!r->active_on) return;
-  mg_peer_end(r->active_bal, r->active_on - 1);
+  mg_peer_end(req_bal(r), r->active_on - 1);
   r->active_on = 0;
 }
 
 static void attempt_failed(mg_req_t *r) {
-  if (r->active_on) mg_peer_failed(r->active_bal, r->active_on - 1);
+  if (r->active_on) mg_peer_failed(req_bal(r), r->active_on - 1);
   attempt_end(r);
 }
 
@@ -1496,6 +1495,8 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       return 0;
     }
     r->server = s;
+    r->t_try = uv_hrtime(); /* the EWMA's sample starts; the first also upstream_time's */
+    if (!r->t_up_start) r->t_up_start = r->t_try;
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
       return 0;
@@ -1703,7 +1704,7 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
   if (r->active_on)
-    mg_peer_answered(r->active_bal, r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
+    mg_peer_answered(req_bal(r), r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */

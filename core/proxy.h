@@ -90,7 +90,7 @@ struct mg_req_s {
   mg_arena_t arena;
   char id[17];
   uint64_t t_start;       /* uv_hrtime() at the first byte */
-  uint64_t t_up_start, t_up_end;
+  uint64_t t_up_start, t_up_end; /* the first try of a server (its t_try), the response's end */
 
   /* request head */
   mg_head_t head;
@@ -155,10 +155,10 @@ struct mg_req_s {
   int upstream;           /* index in gen->upstreams, -1 when answered directly */
   int server;             /* index of the server in use */
   mg_tried_t tried;       /* servers already tried (balance.h) */
-  mg_balancer_t *active_bal; /* whose server that is (the generation's, held by the request) */
   int active_on;          /* server index + 1 whose active count this attempt holds
-                             (balance.h mg_peer_begin); 0: none */
-  uint64_t t_try;         /* uv_hrtime() when this attempt started (the EWMA's sample) */
+                             (balance.h mg_peer_begin; the balancer is the upstream's, which
+                             req:set_upstream cannot change once a server is tried); 0: none */
+  uint64_t t_try;         /* uv_hrtime() when this attempt's server was picked (the EWMA's sample) */
   int timed_out;          /* a connect attempt timed out (-> 504 when all fail) */
   mg_upconn_t *upc;
   mg_outq_t upq;          /* upstream head + body waiting for a connection */
