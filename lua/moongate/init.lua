@@ -69,7 +69,9 @@ local function size(v, what, key)
   local n, unit = match(lower(v), "^(%d+)([kmg]?)$")
   if not n then fail("%s: '%s' is not a size: %s", what, key, v) end
   local mult = ({ [""] = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 })[unit]
-  return tonumber(n) * mult
+  -- the same range as the number form: "0" and "99999999999999999g" are refused too
+  -- (C reads the value as an unsigned integer)
+  return check.number(tonumber(n) * mult, what, key, 1, 2^40)
 end
 local levels = { debug = true, info = true, warn = true, error = true }
 

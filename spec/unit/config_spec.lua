@@ -415,6 +415,14 @@ describe("moongate.private.loader", function()
                    "'upstream_paused'", "out of range")
     end)
 
+    it("refuses sizes written as strings out of the number form's range (0, beyond 2^40)", function()
+      assert_error({ HEADER, LISTEN, 'mg.route { path = "/", respond = { status = 200 }, buffer_body = "99999999999999999g" }' },
+                   3, "'buffer_body'", "out of range")
+      assert_error({ HEADER, LISTEN, 'mg.route { path = "/", respond = { status = 200 }, buffer_body = "0" }' },
+                   3, "'buffer_body'", "out of range")
+      assert_error({ HEADER, LISTEN, 'mg.config { shared = { d = "9999999999999g" } }' }, 3, "'d'", "out of range")
+    end)
+
     it("refuses fractions and words for the counting limits", function()
       assert_error({ HEADER, LISTEN, "mg.config { limits = { connections_per_ip = 2.5 } }" }, 3,
                    "'connections_per_ip'", "whole number")
