@@ -245,6 +245,22 @@ int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int 
   return 0;
 }
 
+int mg_req_hash_want(mg_req_t *r) {
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE)) || r->upstream < 0 || r->hkey_set) return 0;
+  return r->gen->upstreams[r->upstream].hash_fn ? r->upstream + 1 : 0;
+}
+
+int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len) {
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
+  if (len > 4096) return MG_API_EINVAL;
+  char *k = mg_arena_alloc(&r->arena, len + 1);
+  if (!k) return MG_API_ENOMEM;
+  memcpy(k, p, len);
+  r->hkey = (mg_str_t){ k, len };
+  r->hkey_set = 1;
+  return 0;
+}
+
 int mg_req_set_server(mg_req_t *r, int i) {
   if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
   if (i < 0 || i >= mg_req_server_count(r)) return MG_API_EINVAL;

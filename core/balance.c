@@ -1,13 +1,18 @@
 #include "balance.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/sha.h>
+#include <openssl/siphash.h>
 
 static const char *const policy_names[] = {
   [MG_BALANCE_ROUND_ROBIN] = "round_robin",
   [MG_BALANCE_LEAST_CONN] = "least_conn",
   [MG_BALANCE_P2C] = "p2c",
   [MG_BALANCE_RANDOM] = "random",
+  [MG_BALANCE_HASH] = "hash",
 };
 
 int mg_balance_policy(const char *name) {
@@ -141,7 +146,65 @@ void mg_balancer_free(mg_balancer_t *b) {
   free(b->peers);
   free(b->schedule);
   free(b->cum);
+  mg_maglev_free(b->maglev);
+  free(b->tok);
+  free(b->tok_sorted);
   free(b);
+}
+
+int mg_balancer_hash_init(mg_balancer_t *b, const mg_str_t *names, double eps) {
+  mg_maglev_backend_t *be = malloc((size_t)b->n * sizeof(*be));
+  if (!be) return MG_ENOMEM;
+  for (int i = 0; i < b->n; i++)
+    be[i] = (mg_maglev_backend_t){ names[i], (uint32_t)atomic_load_explicit(&b->peers[i].weight, memory_order_relaxed) };
+  int rc = mg_maglev_new(be, (size_t)b->n, &b->maglev);
+  free(be);
+  b->hash_eps = eps < 0 ? 0 : eps;
+  atomic_init(&b->active_total, 0);
+  return rc;
+}
+
+static int tok_cmp(const void *x, const void *y) {
+  uint64_t a = *(const uint64_t *)x, c = *(const uint64_t *)y;
+  return a < c ? -1 : a > c;
+}
+
+int mg_balancer_sticky_init(mg_balancer_t *b, const mg_str_t *names, mg_str_t upstream, mg_str_t secret) {
+  /* the key: SHA-256 of the secret and the upstream's name, so that two upstreams
+   * listing the same server give it different tokens */
+  uint8_t digest[SHA256_DIGEST_LENGTH];
+  SHA256_CTX c;
+  SHA256_Init(&c);
+  SHA256_Update(&c, "moongate sticky\n", 16);
+  SHA256_Update(&c, secret.p ? secret.p : "", secret.len);
+  SHA256_Update(&c, "\n", 1);
+  SHA256_Update(&c, upstream.p ? upstream.p : "", upstream.len);
+  SHA256_Final(digest, &c);
+  uint64_t key[2];
+  memcpy(key, digest, sizeof(key));
+  b->tok = malloc((size_t)b->n * sizeof(uint64_t));
+  b->tok_sorted = malloc((size_t)b->n * 2 * sizeof(uint64_t));
+  if (!b->tok || !b->tok_sorted) return MG_ENOMEM;
+  for (int i = 0; i < b->n; i++) {
+    b->tok[i] = SIPHASH_24(key, (const uint8_t *)names[i].p, names[i].len);
+    b->tok_sorted[2 * i] = b->tok[i];
+    b->tok_sorted[2 * i + 1] = (uint64_t)i;
+  }
+  qsort(b->tok_sorted, (size_t)b->n, 2 * sizeof(uint64_t), tok_cmp);
+  return 0;
+}
+
+int mg_balance_sticky_find(const mg_balancer_t *b, uint64_t tok) {
+  if (!b->tok_sorted) return -1;
+  int lo = 0, hi = b->n - 1;
+  while (lo <= hi) {
+    int mid = lo + (hi - lo) / 2;
+    uint64_t t = b->tok_sorted[2 * mid];
+    if (t == tok) return (int)b->tok_sorted[2 * mid + 1];
+    if (t < tok) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
 }
 
 static int is_tried(const mg_tried_t *t, int i) { return t && mg_tried_has(t, i); }
@@ -245,6 +308,27 @@ static int pick_p2c(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
   return p2c_better(b, x, y);
 }
 
+typedef struct {
+  mg_balancer_t *b;
+  const mg_tried_t *tried;
+} hash_ud_t;
+
+static int64_t hash_load(void *ud, uint32_t server) {
+  hash_ud_t *h = ud;
+  if (is_tried(h->tried, (int)server)) return -1;
+  return atomic_load_explicit(&h->b->peers[server].active, memory_order_relaxed);
+}
+
+int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash) {
+  hash_ud_t ud = { b, tried };
+  long long total = atomic_load_explicit(&b->active_total, memory_order_relaxed);
+  mg_maglev_bound_t bound = {
+    .eps = b->hash_eps, .total = total > 0 ? (uint64_t)total : 0, .wsum = b->total, .load = hash_load, .ud = &ud,
+  };
+  int64_t s = mg_maglev_pick_bounded(b->maglev, hash, &bound);
+  return s >= 0 ? (int)s : -1;
+}
+
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
   switch (b->policy) {
   case MG_BALANCE_LEAST_CONN:
@@ -253,6 +337,8 @@ int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
     return pick_p2c(b, tried, rng);
   case MG_BALANCE_RANDOM:
     return pick_random(b, tried, rng);
+  case MG_BALANCE_HASH: /* (callers hash the request's key: this is a random key) */
+    return mg_balance_pick_hash(b, tried, next_rand(rng));
   default:
     return pick_round_robin(b, tried, rng);
   }

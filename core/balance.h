@@ -13,11 +13,14 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "maglev.h"
+
 enum {
   MG_BALANCE_ROUND_ROBIN, /* smooth weighted, one sequence for the process */
   MG_BALANCE_LEAST_CONN,  /* fewest active attempts per unit of weight */
   MG_BALANCE_P2C,         /* the better of two random choices: (active + 1) x EWMA */
   MG_BALANCE_RANDOM,      /* weighted random */
+  MG_BALANCE_HASH,        /* consistent hashing (Maglev) with bounded loads */
 };
 
 /* One server's state, shared by every worker. Relaxed atomics: each value is a
@@ -46,9 +49,20 @@ typedef struct mg_balancer_s {
   uint64_t *cum;      /* random and p2c: cumulative configured weights; NULL when
                          every weight is the same (uniform choice) */
   uint64_t total;     /* sum of the configured weights */
+  /* hash: the Maglev table over the servers' names and weights, and the bound
+   * (a server takes a request while its load stays within (1 + eps) x the mean;
+   * INFINITY: no bound) */
+  mg_maglev_t *maglev;
+  double hash_eps;
+  /* sticky sessions: each server's token (what the cookie carries), and the
+   * tokens sorted with their servers for the lookup; NULL: no stickiness */
+  uint64_t *tok;
+  uint64_t *tok_sorted; /* n pairs: token, server */
   /* round robin's position in the schedule, on a cache line of its own: every
    * worker increments it once per pick */
   _Alignas(64) atomic_uint_fast64_t rr;
+  /* hash: attempts in flight on all the servers (the bound's total) */
+  _Alignas(64) atomic_llong active_total;
 } mg_balancer_t;
 
 /* Which servers a request has tried already. Upstreams of up to 64 servers use
@@ -77,6 +91,18 @@ static inline void mg_tried_clear(mg_tried_t *t, int i) {
 mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n);
 void mg_balancer_free(mg_balancer_t *b);
 
+/* balance = "hash": builds the Maglev table over the servers' names ("host:port"
+ * as written) and the configured weights; eps is the load bound (INFINITY: none).
+ * 0, or MG_ENOMEM / MG_EINVAL (from mg_maglev_new). */
+int mg_balancer_hash_init(mg_balancer_t *b, const mg_str_t *names, double eps);
+
+/* Sticky sessions: each server's token is a keyed hash (SipHash under a key
+ * derived from `secret` and the upstream's name) of its name, so a cookie
+ * names a server without showing its address. 0, or MG_ENOMEM. */
+int mg_balancer_sticky_init(mg_balancer_t *b, const mg_str_t *names, mg_str_t upstream, mg_str_t secret);
+/* The server whose token is `tok`, or -1. O(log n). */
+int mg_balance_sticky_find(const mg_balancer_t *b, uint64_t tok);
+
 /* The policy named `name`, or -1. */
 int mg_balance_policy(const char *name);
 
@@ -84,12 +110,19 @@ int mg_balance_policy(const char *name);
  * random state (any non-zero seed). -1 when every server has been tried. */
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
 
+/* balance = "hash": the server for a key's hash (mg_maglev_hash) not in `tried`:
+ * the key's own server unless it is past the load bound, else the next one along
+ * the table's walk. -1 when every server has been tried. */
+int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash);
+
 /* An attempt on server i starts / ends (every start has exactly one end). */
 static inline void mg_peer_begin(mg_balancer_t *b, int i) {
   atomic_fetch_add_explicit(&b->peers[i].active, 1, memory_order_relaxed);
+  if (b->policy == MG_BALANCE_HASH) atomic_fetch_add_explicit(&b->active_total, 1, memory_order_relaxed);
 }
 static inline void mg_peer_end(mg_balancer_t *b, int i) {
   atomic_fetch_sub_explicit(&b->peers[i].active, 1, memory_order_relaxed);
+  if (b->policy == MG_BALANCE_HASH) atomic_fetch_sub_explicit(&b->active_total, 1, memory_order_relaxed);
 }
 
 /* Server i answered with a head `us` µs after the attempt started, or failed

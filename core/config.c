@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <math.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -53,6 +55,9 @@ static void gen_free(mg_gen_t *g) {
     free(g->upstreams[i].name);
     free(g->upstreams[i].servers);
     mg_balancer_free(g->upstreams[i].bal);
+    free(g->upstreams[i].hash_spec);
+    free(g->upstreams[i].sticky_cookie);
+    free(g->upstreams[i].sticky_attrs);
     if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
     free(g->upstreams[i].tls);
   }
@@ -281,7 +286,57 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
   for (int j = 0; j < u->nservers; j++) weights[j] = u->servers[j].weight;
   u->bal = mg_balancer_new(policy, weights, u->nservers);
   free(weights);
-  return u->bal ? 0 : MG_ENOMEM;
+  if (!u->bal) return MG_ENOMEM;
+  lua_getfield(w->L, -1, "sticky");
+  int sticky = lua_istable(w->L, -1);
+  lua_pop(w->L, 1);
+  if (policy != MG_BALANCE_HASH && !sticky) return 0;
+  /* the servers' names as written ("host:port"): the hash table and the sticky
+   * tokens depend on them, not on what they resolve to */
+  mg_str_t *names = calloc((size_t)u->nservers, sizeof(*names));
+  if (!names) return MG_ENOMEM;
+  lua_getfield(w->L, -1, "servers");
+  for (int j = 0; j < u->nservers; j++) {
+    lua_rawgeti(w->L, -1, j + 1);
+    lua_getfield(w->L, -1, "name");
+    size_t len = 0;
+    const char *p = lua_tolstring(w->L, -1, &len);
+    names[j] = (mg_str_t){ p ? p : "", p ? len : 0 }; /* kept alive by the servers table below */
+    lua_pop(w->L, 2);
+  }
+  int rc = 0;
+  if (policy == MG_BALANCE_HASH) {
+    lua_getfield(w->L, -2, "hash_bound");
+    double bound = lua_isnumber(w->L, -1) ? lua_tonumber(w->L, -1) : INFINITY;
+    lua_pop(w->L, 1);
+    rc = mg_balancer_hash_init(u->bal, names, bound - 1.0);
+    if (rc == 0) {
+      lua_getfield(w->L, -2, "hash_key");
+      u->hash_spec = xstrdup(lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "ip");
+      lua_pop(w->L, 1);
+      lua_getfield(w->L, -2, "hash_key_fn");
+      u->hash_fn = lua_isfunction(w->L, -1);
+      lua_pop(w->L, 1);
+      const char *err = NULL;
+      if (!u->hash_spec) rc = MG_ENOMEM;
+      else if (mg_hash_key_parse(u->hash_spec, strlen(u->hash_spec), &u->hash_key, &err) < 0)
+        rc = walk_fail(w, "upstream '%s': hash_key: %s", u->name, err);
+    }
+  }
+  if (rc == 0 && sticky) {
+    lua_getfield(w->L, -2, "sticky");
+    u->sticky_cookie = field_str(w->L, -1, "cookie");
+    u->sticky_attrs = field_str(w->L, -1, "attrs");
+    lua_getfield(w->L, -1, "secret");
+    size_t slen = 0;
+    const char *secret = lua_tolstring(w->L, -1, &slen);
+    rc = !u->sticky_cookie || !u->sticky_attrs ? MG_ENOMEM
+         : mg_balancer_sticky_init(u->bal, names, (mg_str_t){ u->name, strlen(u->name) }, (mg_str_t){ secret, secret ? slen : 0 });
+    lua_pop(w->L, 2);
+  }
+  lua_pop(w->L, 1);
+  free(names);
+  return rc;
 }
 
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {

@@ -49,6 +49,15 @@ typedef struct {
   int proxy_protocol;        /* 0: none; 1 or 2: every new connection starts with a
                                 PROXY protocol header of that version naming the
                                 client (such connections are never pooled) */
+  /* balance = "hash": what is hashed (hash_key; its name points into hash_spec) */
+  mg_hash_key_t hash_key;
+  char *hash_spec;
+  int hash_fn;               /* hash_key is a Lua function: the balance phase runs it
+                                (mg_req_set_hash_key) */
+  /* sticky = {...}: the cookie naming the server (its token: balance.h), and the
+   * attributes its Set-Cookie carries ("; Path=/; HttpOnly..."); NULL: off */
+  char *sticky_cookie;
+  char *sticky_attrs;
 } mg_upstream_cfg_t;
 
 typedef struct {

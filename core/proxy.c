@@ -1467,12 +1467,96 @@ static int tried_mark(mg_req_t *r, int s, int nservers) {
   return 0;
 }
 
+/* ---- balance = "hash" and sticky sessions ---- */
+
+/* mg_hash_input_t's header callback: the idx-th request header called `name`. */
+static int hash_header(void *ud, mg_str_t name, size_t idx, mg_str_t *val) {
+  const mg_head_t *h = ud;
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (hd->name.len == name.len && strncasecmp(hd->name.p, name.p, name.len) == 0 && idx-- == 0) {
+      *val = hd->value;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The request's hash for balance = "hash", computed at its first pick and kept for
+ * its retries (which then walk on from the same slot). */
+static uint64_t req_hash(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  if (r->hash_ok) return r->hash;
+  mg_str_t key;
+  if (r->hkey_set) key = r->hkey;
+  else {
+    const char *q = r->target.p ? memchr(r->target.p, '?', r->target.len) : NULL;
+    mg_hash_input_t in = {
+      .ip = r->client_ip, .header = hash_header, .ud = &r->head,
+      .query = q ? (mg_str_t){ q + 1, r->target.len - (size_t)(q + 1 - r->target.p) } : (mg_str_t){ "", 0 },
+    };
+    mg_hash_key_extract(&u->hash_key, &in, &key);
+  }
+  r->hash = mg_maglev_hash(key.p, key.len);
+  r->hash_ok = 1;
+  return r->hash;
+}
+
+/* The value of cookie `name` in the request's Cookie headers (first occurrence). */
+static int req_cookie(const mg_req_t *r, const char *name, mg_str_t *val) {
+  static const mg_hash_key_t none = { MG_HASH_KEY_COOKIE, { NULL, 0 } };
+  mg_hash_key_t k = none;
+  k.name = (mg_str_t){ name, strlen(name) };
+  mg_hash_input_t in = { .ip = { "", 0 }, .header = hash_header, .ud = (void *)&r->head, .query = { "", 0 } };
+  return mg_hash_key_extract(&k, &in, val) == 1;
+}
+
+static int hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* The server the sticky cookie names (+1), 0 when none: a token is 16 hex digits. */
+static int sticky_lookup(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  if (r->sticky_seen) return r->sticky_srv;
+  r->sticky_seen = 1;
+  mg_str_t v;
+  if (!req_cookie(r, u->sticky_cookie, &v) || v.len != 16) return 0;
+  uint64_t tok = 0;
+  for (size_t i = 0; i < 16; i++) {
+    int d = hexval((unsigned char)v.p[i]);
+    if (d < 0) return 0;
+    tok = tok << 4 | (uint64_t)d;
+  }
+  int s = mg_balance_sticky_find(u->bal, tok);
+  r->sticky_srv = s + 1;
+  return r->sticky_srv;
+}
+
+/* The Set-Cookie line naming the server used, when the client's cookie named
+ * another one (or none). */
+static void append_sticky(mg_req_t *r, hw_t *q) {
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  if (r->sticky_srv == r->server + 1) return;
+  static const char hex[] = "0123456789abcdef";
+  char tok[16];
+  uint64_t t = u->bal->tok[r->server];
+  for (int i = 15; i >= 0; i--, t >>= 4) tok[i] = hex[t & 15];
+  HW_LIT(q, "Set-Cookie: ");
+  hw_put(q, u->sticky_cookie, strlen(u->sticky_cookie));
+  HW_LIT(q, "=");
+  hw_put(q, tok, sizeof(tok));
+  hw_put(q, u->sticky_attrs, strlen(u->sticky_attrs));
+  HW_LIT(q, "\r\n");
+}
+
 /* `balanced`: the balance hook already ran for this attempt (it waited). */
 static int pick_server(mg_req_t *r, int balanced, int head) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   for (;;) {
     int s = -1;
-    if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE)) {
+    if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE) || (u->hash_fn && !r->hkey_set)) {
       if (!balanced) {
         r->pick = -1;
         int rc = mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL);
@@ -1485,7 +1569,14 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       balanced = 0;
       if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick)) s = r->pick;
     }
-    if (s < 0) s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
+    if (s < 0 && u->sticky_cookie) {
+      int k = sticky_lookup(r, u) - 1;
+      if (k >= 0 && !mg_tried_has(&r->tried, k)) s = k;
+    }
+    if (s < 0) {
+      if (u->bal->policy == MG_BALANCE_HASH) s = mg_balance_pick_hash(u->bal, &r->tried, req_hash(r, u));
+      else s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
+    }
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
@@ -1788,6 +1879,7 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
   append_status_line(q, status);
   append_response_headers(q, &r->rhead, c->hsts != NULL, seen.connection);
   if (c->hsts) hw_put(q, c->hsts, strlen(c->hsts));
+  if (r->server >= 0 && r->gen->upstreams[r->upstream].sticky_cookie) append_sticky(r, q);
   if (!seen.date) append_date(r->w, q);
   if (empty) {
     HW_LIT(q, "Content-Length: 0\r\n");

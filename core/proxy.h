@@ -174,6 +174,14 @@ struct mg_req_s {
   unsigned rnobody : 1;
   uint64_t bytes_out;
   mg_req_t *next_spare;   /* in the worker's spare list */
+
+  /* balance = "hash" and sticky sessions (appended: i12-hash) */
+  uint64_t hash;          /* the request's key hashed (valid once hash_ok) */
+  mg_str_t hkey;          /* the key a hash_key function gave (arena), when hkey_set */
+  int sticky_srv;         /* the server the sticky cookie names + 1; 0: none or unknown */
+  unsigned hash_ok : 1;
+  unsigned hkey_set : 1;
+  unsigned sticky_seen : 1; /* the cookie was looked for */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

@@ -1,6 +1,8 @@
 /* core/balance.c: the round robin schedule, the policies over shared peer state,
  * and the tried-servers set past 64 servers. */
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "../balance.h"
@@ -152,7 +154,76 @@ static void policy_names(void) {
   CHECK(mg_balance_policy("least_conn") == MG_BALANCE_LEAST_CONN);
   CHECK(mg_balance_policy("p2c") == MG_BALANCE_P2C);
   CHECK(mg_balance_policy("random") == MG_BALANCE_RANDOM);
-  CHECK(mg_balance_policy("hash") == -1);
+  CHECK(mg_balance_policy("hash") == MG_BALANCE_HASH);
+  CHECK(mg_balance_policy("ring") == -1);
+}
+
+static void names_of(mg_str_t *names, char (*buf)[32], int n) {
+  for (int i = 0; i < n; i++) {
+    int len = snprintf(buf[i], sizeof(buf[i]), "10.0.%d.%d:80", i / 250, i % 250);
+    names[i] = (mg_str_t){ buf[i], (size_t)len };
+  }
+}
+
+/* hash: a key always lands on one server; a tried one sends it to the same
+ * second choice; past the bound the key moves on, and with no bound it stays. */
+static void hash_pick(void) {
+  int w[] = { 1, 1, 1, 1 };
+  mg_str_t names[4];
+  char buf[4][32];
+  names_of(names, buf, 4);
+  mg_balancer_t *b = make(MG_BALANCE_HASH, w, 4);
+  CHECK(mg_balancer_hash_init(b, names, 0.25) == 0);
+  uint64_t h = mg_maglev_hash("user-7", 6);
+  int s = mg_balance_pick_hash(b, NULL, h);
+  CHECK(s >= 0 && s < 4);
+  for (int i = 0; i < 10; i++) CHECK(mg_balance_pick_hash(b, NULL, h) == s);
+  mg_tried_t t = { 0, NULL };
+  mg_tried_set(&t, s);
+  int s2 = mg_balance_pick_hash(b, &t, h);
+  CHECK(s2 >= 0 && s2 != s);
+  CHECK(mg_balance_pick_hash(b, &t, h) == s2);
+  /* load the key's server: 6 in flight there, none elsewhere; the cap for the
+   * 7th of 4 servers is ceil(1.25 * 7 / 4) = 3, so the key moves */
+  for (int i = 0; i < 6; i++) mg_peer_begin(b, s);
+  CHECK(mg_balance_pick_hash(b, NULL, h) != s);
+  b->hash_eps = INFINITY;
+  CHECK(mg_balance_pick_hash(b, NULL, h) == s);
+  for (int i = 0; i < 6; i++) mg_peer_end(b, s);
+  CHECK(atomic_load(&b->active_total) == 0);
+  /* every server tried: none */
+  for (int i = 0; i < 4; i++) mg_tried_set(&t, i);
+  CHECK(mg_balance_pick_hash(b, &t, h) == -1);
+  mg_balancer_free(b);
+}
+
+/* sticky: 10,000 distinct tokens, each found again; an unknown one is not; the
+ * tokens depend on the secret and on the upstream's name. */
+static void sticky_tokens(void) {
+  enum { N = 10000 };
+  int *w = malloc(N * sizeof(int));
+  mg_str_t *names = malloc(N * sizeof(mg_str_t));
+  char(*buf)[32] = malloc(N * sizeof(*buf));
+  CHECK(w && names && buf);
+  for (int i = 0; i < N; i++) w[i] = 1;
+  names_of(names, buf, N);
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b2 = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b3 = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  CHECK(mg_balancer_sticky_init(b, names, (mg_str_t){ "api", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  CHECK(mg_balancer_sticky_init(b2, names, (mg_str_t){ "api", 3 }, (mg_str_t){ "t", 1 }) == 0);
+  CHECK(mg_balancer_sticky_init(b3, names, (mg_str_t){ "web", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  for (int i = 0; i < N; i++) {
+    CHECK(mg_balance_sticky_find(b, b->tok[i]) == i);
+    CHECK(b->tok[i] != b2->tok[i] && b->tok[i] != b3->tok[i]);
+  }
+  CHECK(mg_balance_sticky_find(b, b2->tok[0]) == -1 || b2->tok[0] == b->tok[mg_balance_sticky_find(b, b2->tok[0])]);
+  mg_balancer_free(b);
+  mg_balancer_free(b2);
+  mg_balancer_free(b3);
+  free(w);
+  free(names);
+  free(buf);
 }
 
 int main(void) {
@@ -166,6 +237,8 @@ int main(void) {
     { "p2c avoids the slow server", p2c_avoids_slow },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
+    { "hash keeps a key on its server, within the bound", hash_pick },
+    { "sticky tokens of 10,000 servers are found again", sticky_tokens },
   };
   return t_run("balance", cases, sizeof(cases) / sizeof(cases[0]));
 }

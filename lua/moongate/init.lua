@@ -325,9 +325,66 @@ function _M.listen(t)
 end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
-                        proxy_protocol = true, splice = true, balance = true }
+                        proxy_protocol = true, splice = true, balance = true, hash_key = true,
+                        hash_bound = true, sticky = true }
 -- balance: the policies core/balance.c knows
-local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true }
+local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true, hash = true }
+local sticky_keys = { cookie = true, path = true, domain = true, max_age = true, secure = true,
+                      httponly = true, samesite = true, secret = true }
+local samesite_values = { Strict = true, Lax = true, None = true }
+
+-- hash_key = "ip" | "header:NAME" | "cookie:NAME" | "arg:NAME" (core/maglev.c
+-- checks the same at load; here for the user's file:line)
+local function hash_key_spec(v, what)
+  if v == "ip" then return v end
+  local kind, name = match(v, "^(%a+):(.*)$")
+  if kind ~= "header" and kind ~= "cookie" and kind ~= "arg" then
+    fail("%s: 'hash_key' must be \"ip\", \"header:NAME\", \"cookie:NAME\", \"arg:NAME\" or a function, got %q",
+         what, v)
+  end
+  if #name == 0 or #name > 256 then fail("%s: 'hash_key' %q: the name must be 1 to 256 characters", what, v) end
+  if kind == "arg" then
+    if name:find("[^\33-\126]") or name:find("[&=#]") then
+      fail("%s: 'hash_key' %q: an argument name is visible ASCII without '&', '=' or '#'", what, v)
+    end
+  elseif not match(name, "^[!#$%%&'*+%-.^_`|~%w]+$") then
+    fail("%s: 'hash_key' %q: a %s name must be a token", what, v, kind)
+  end
+  return v
+end
+
+-- sticky = true | { cookie = "mg_sticky", path = "/", domain, max_age, secure,
+-- httponly = true, samesite, secret }: the Set-Cookie attributes are prebuilt here
+local function sticky_conf(t, what)
+  if t == true then t = {} end
+  local w = what .. " sticky"
+  check.type(t, "table", what, "sticky")
+  check.keys(t, sticky_keys, w)
+  local cookie = t.cookie == nil and "mg_sticky" or check.type(t.cookie, "string", w, "cookie")
+  if not match(cookie, "^[!#$%%&'*+%-.^_`|~%w]+$") or #cookie > 256 then
+    fail("%s: 'cookie' must be a cookie name (a token of 1 to 256 characters), got %q", w, cookie)
+  end
+  local function attr_value(k)
+    local v = check.type(t[k], "string", w, k)
+    if v == "" or #v > 1024 or v:find("[%c;\128-\255]") then
+      fail("%s: '%s' must be printable ASCII without ';' (1 to 1024 characters)", w, k)
+    end
+    return v
+  end
+  local attrs = "; Path=" .. (t.path == nil and "/" or attr_value("path"))
+  if t.domain ~= nil then attrs = attrs .. "; Domain=" .. attr_value("domain") end
+  if t.max_age ~= nil then
+    attrs = attrs .. "; Max-Age=" .. string.format("%d", check.number(t.max_age, w, "max_age", 1, 2 ^ 31 - 1))
+  end
+  if t.secure ~= nil and check.type(t.secure, "boolean", w, "secure") then attrs = attrs .. "; Secure" end
+  if t.httponly == nil or check.type(t.httponly, "boolean", w, "httponly") then attrs = attrs .. "; HttpOnly" end
+  if t.samesite ~= nil then
+    if not samesite_values[t.samesite] then fail("%s: 'samesite' must be \"Strict\", \"Lax\" or \"None\"", w) end
+    attrs = attrs .. "; SameSite=" .. t.samesite
+  end
+  local secret = t.secret == nil and "" or check.type(t.secret, "string", w, "secret")
+  return { cookie = cookie, attrs = attrs, secret = secret }
+end
 -- most servers an upstream may list (core/balance.h: the round robin schedule and
 -- the tried-servers bitmap grow with it)
 local MAX_SERVERS = 100000
@@ -355,7 +412,9 @@ end
 
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
 ---                     proxy_protocol = false (default) | "v1" | "v2", splice = false,
----                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" }
+---                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" | "hash",
+---                     hash_key = "ip" | "header:NAME" | "cookie:NAME" | "arg:NAME" | function(req),
+---                     hash_bound = 1.25 | false, sticky = true | { cookie = "mg_sticky", ... } }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -372,11 +431,8 @@ function _M.upstream(name)
                              proxy_protocol = 0, splice = 0, balance = "round_robin" }, upstream_mt)
     if t.balance ~= nil then
       local b = t.balance
-      if b == "hash" then
-        fail("%s: balance \"hash\" is not yet supported (round_robin, least_conn, p2c, random)", what)
-      end
       if type(b) ~= "string" or not balance_policies[b] then
-        fail("%s: 'balance' must be \"round_robin\", \"least_conn\", \"p2c\" or \"random\", got %s", what,
+        fail("%s: 'balance' must be \"round_robin\", \"least_conn\", \"p2c\", \"random\" or \"hash\", got %s", what,
              type(b) == "string" and ("%q"):format(b) or tostring(b))
       end
       u.balance = b
@@ -392,8 +448,18 @@ function _M.upstream(name)
         weight = tonumber(v)
         if weight < 1 or weight > 1000 then fail("%s: servers[%d]: weight must be 1..1000", what, i) end
       end
-      u.servers[i] = { host = host, port = port, weight = weight }
+      u.servers[i] = { host = host, port = port, weight = weight, name = addr }
     end
+    if u.balance == "hash" then
+      u.hash_key, u.hash_bound = "ip", 1.25
+      if type(t.hash_key) == "function" then u.hash_key_fn = t.hash_key
+      elseif t.hash_key ~= nil then u.hash_key = hash_key_spec(check.type(t.hash_key, "string", what, "hash_key"), what) end
+      if t.hash_bound == false then u.hash_bound = nil
+      elseif t.hash_bound ~= nil then u.hash_bound = check.number(t.hash_bound, what, "hash_bound", 1, 100) end
+    elseif t.hash_key ~= nil or t.hash_bound ~= nil then
+      fail("%s: 'hash_key' and 'hash_bound' go with balance = \"hash\"", what)
+    end
+    if t.sticky ~= nil and t.sticky ~= false then u.sticky = sticky_conf(t.sticky, what) end
     if t.keepalive ~= nil then u.keepalive = check.number(t.keepalive, what, "keepalive", 0, 100000) end
     if t.tls ~= nil then
       local w = what .. " tls"

@@ -132,7 +132,8 @@ describe("moongate.private.loader", function()
       assert.equal("app", u.name)
       assert.equal(32, u.keepalive)
       assert.equal(60, u.keepalive_timeout)
-      assert.same({ { host = "10.0.0.1", port = 80, weight = 1 }, { host = "10.0.0.2", port = 81, weight = 1 } },
+      assert.same({ { host = "10.0.0.1", port = 80, weight = 1, name = "10.0.0.1:80" },
+                    { host = "10.0.0.2", port = 81, weight = 1, name = "10.0.0.2:81" } },
                   u.servers)
     end)
 
@@ -501,10 +502,10 @@ describe("moongate.private.loader", function()
       local conf = ok { HEADER, LISTEN,
         'mg.upstream "a" { servers = { "10.0.0.1:80 weight=5", "10.0.0.2:80", "[::1]:81  weight=1000", "h:1 weight=1" } }' }
       assert.same({
-        { host = "10.0.0.1", port = 80, weight = 5 },
-        { host = "10.0.0.2", port = 80, weight = 1 },
-        { host = "::1", port = 81, weight = 1000 },
-        { host = "h", port = 1, weight = 1 },
+        { host = "10.0.0.1", port = 80, weight = 5, name = "10.0.0.1:80" },
+        { host = "10.0.0.2", port = 80, weight = 1, name = "10.0.0.2:80" },
+        { host = "::1", port = 81, weight = 1000, name = "[::1]:81" },
+        { host = "h", port = 1, weight = 1, name = "h:1" },
       }, conf.upstreams[1].servers)
     end)
 
@@ -936,7 +937,7 @@ describe("moongate DSL (direct calls)", function()
     assert.equal(u, st.upstreams[1])
     assert.equal(u, st.upstream_by_name.app)
     assert.equal("upstream app", tostring(u))
-    assert.same({ { host = "10.0.0.1", port = 80, weight = 3 } }, u.servers)
+    assert.same({ { host = "10.0.0.1", port = 80, weight = 3, name = "10.0.0.1:80" } }, u.servers)
     local r = st.routes[1]
     assert.equal("x.test", r.host)
     assert.equal("/a/", r.path)
