@@ -129,6 +129,8 @@ mg.route { path = "/hooks", upstream = { { v1, weight = 1 }, { v2, weight = 1 } 
     res:set_header("x-seen", req.ctx.r .. " " .. req.ctx.u .. " " .. req.ctx.b .. " " .. req.upstream)
   end,
 } }
+mg.route { path = "/sethdr", upstream = v1, split = { header = "x-canary", values = { beta = v3 } },
+           on = { request = function(req) req:set_header("x-canary", "beta") end } }
 mg.route { path = "/override", upstream = { { v1, weight = 1 }, { v2, weight = 1 } },
            split = { header = "x-canary", values = { beta = v3 } },
            on = { request = function(req) req:set_upstream("api_v1") end } }
@@ -193,6 +195,13 @@ mg.route { path = "/override", upstream = { { v1, weight = 1 }, { v2, weight = 1
     end
     c:close()
     assert.same({ A = true, B = true }, names)
+  end)
+
+  it("looks at the header as the request hook left it", function()
+    local cs = clients(proxy, 2)
+    local seq = run(cs, 4, { ["x-canary"] = "other" }, "/sethdr")
+    close_all(cs)
+    assert.same({ C = 4 }, tally(seq))
   end)
 
   it("lets req:set_upstream in the request hook win over the split", function()
@@ -272,9 +281,16 @@ mg.route { path = "/gen", respond = { body = "]] .. mark .. [[" } }
     local before = run(cs, 100)
     close_all(cs)
     assert.same({ A = 90, B = 10 }, tally(before))
+    -- ready once both workers answer from the new generation (new connections
+    -- from several addresses reach both)
     proxy:reload(helpers.expand(text(30, 70, "two"), { port = proxy.port, a = a.addr, b = b.addr }), function()
-      local res = proxy:request({ path = "/gen" })
-      return res and res.body == "two"
+      for i = 1, 8 do
+        local c = helpers.connect(proxy.port, 5, nil, "127.0.0." .. (20 + i))
+        local res = c:request({ path = "/gen" })
+        c:close()
+        if not (res and res.body == "two") then return false end
+      end
+      return true
     end)
     cs = clients(proxy, 4)
     local after = run(cs, 100)
