@@ -384,3 +384,12 @@ int mg_req_set_method(mg_req_t *r, const char *m, size_t len) {
   }
   return MG_API_EINVAL;
 }
+
+/* ---- i12-split ---- */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (r->upstream < 0) return MG_API_ENOTFOUND;
+  const char *n = r->gen->upstreams[r->upstream].name;
+  *out = (mg_str_t){ n, strlen(n) };
+  return 0;
+}

@@ -193,4 +193,10 @@ int mg_req_hash_want(mg_req_t *r);
  * the request is hashed by it for this and any retry. */
 int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
 
+/* ---- i12-split ---- */
+/* The name of the upstream the request goes to (a split route's choice, or
+ * req:set_upstream's): valid as long as the generation; MG_API_ENOTFOUND before
+ * one is chosen (the request hook of a split route) or without one. */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
+
 #endif

@@ -37,6 +37,18 @@ static char *xstrdup(const char *s) {
 
 void mg_gen_ref(mg_gen_t *g) { atomic_fetch_add(&g->refs, 1); }
 
+/* i12-split: frees a route's split (NULL: nothing). */
+static void split_free(mg_split_t *sp) {
+  if (!sp) return;
+  free(sp->ups);
+  mg_balancer_free(sp->bal);
+  free((void *)sp->header.p);
+  for (int i = 0; i < sp->nvalues; i++) free((void *)sp->values[i].p);
+  free(sp->values);
+  free(sp->value_ups);
+  free(sp);
+}
+
 static void gen_free(mg_gen_t *g) {
   free(g->path);
   free(g->source);
@@ -69,6 +81,7 @@ static void gen_free(mg_gen_t *g) {
     free(r->path);
     free(r->resp_head);
     free(r->resp_body);
+    split_free(r->split);
   }
   free(g->routes);
   for (int i = 0; i < g->nshared; i++) free(g->shared[i]);
@@ -472,6 +485,96 @@ static int build_respond(lua_State *L, mg_route_t *r) {
   return 0;
 }
 
+/* i12-split: an upstream index the loader wrote (1-based in Lua) at t[k], the
+ * table on top; -1 when absent or out of range (init.lua checked the names). */
+static int split_index(lua_State *L, const char *k, int nupstreams) {
+  int i = (int)field_num(L, -1, k, 0) - 1;
+  return i >= 0 && i < nupstreams ? i : -1;
+}
+
+/* i12-split: the route's `split_list` (weighted upstreams) and `split` (header rule)
+ * into r->split; the route's table on top. 0 when it has neither. */
+static int build_split(walk_t *w, const mg_gen_t *g, mg_route_t *r) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "split_list");
+  lua_getfield(L, -2, "split");
+  int has_list = lua_istable(L, -2), has_rule = lua_istable(L, -1);
+  if (!has_list && !has_rule) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  int rc = MG_ENOMEM;
+  mg_split_t *sp = r->split = calloc(1, sizeof(*sp));
+  if (!sp) goto out;
+  sp->present = -1;
+  if (has_list) {
+    int n = (int)lua_objlen(L, -2);
+    int *weights = calloc((size_t)n + 1, sizeof(int));
+    sp->ups = calloc((size_t)n + 1, sizeof(int));
+    if (!weights || !sp->ups) {
+      free(weights);
+      goto out;
+    }
+    sp->nups = n;
+    for (int i = 0; i < n; i++) {
+      lua_rawgeti(L, -2, i + 1);
+      sp->ups[i] = split_index(L, "index", g->nupstreams);
+      weights[i] = (int)field_num(L, -1, "weight", 0);
+      lua_pop(L, 1);
+      if (sp->ups[i] < 0 || weights[i] < 1) {
+        free(weights);
+        rc = walk_fail(w, "route '%s': bad upstream list", r->path, NULL);
+        goto out;
+      }
+    }
+    sp->bal = n > 0 ? mg_balancer_new(MG_BALANCE_ROUND_ROBIN, weights, n) : NULL;
+    free(weights);
+    if (!sp->bal) goto out;
+  }
+  if (has_rule) {
+    char *h = field_str(L, -1, "header");
+    if (!h) {
+      rc = walk_fail(w, "route '%s': split without a header", r->path, NULL);
+      goto out;
+    }
+    sp->header = (mg_str_t){ h, strlen(h) };
+    sp->present = split_index(L, "present_index", g->nupstreams);
+    lua_getfield(L, -1, "values");
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    sp->values = calloc((size_t)n + 1, sizeof(*sp->values));
+    sp->value_ups = calloc((size_t)n + 1, sizeof(int));
+    if (!sp->values || !sp->value_ups) {
+      lua_pop(L, 1);
+      goto out;
+    }
+    for (int i = 0; i < n; i++) {
+      lua_rawgeti(L, -1, i + 1);
+      size_t len = 0;
+      lua_getfield(L, -1, "value");
+      const char *v = lua_tolstring(L, -1, &len);
+      char *copy = v ? malloc(len + 1) : NULL;
+      if (copy) memcpy(copy, v, len + 1);
+      lua_pop(L, 1);
+      int up = split_index(L, "index", g->nupstreams);
+      lua_pop(L, 1);
+      if (!copy || up < 0) {
+        free(copy);
+        lua_pop(L, 1);
+        if (v) rc = walk_fail(w, "route '%s': bad split value", r->path, NULL);
+        goto out;
+      }
+      sp->values[i] = (mg_str_t){ copy, len };
+      sp->value_ups[i] = up;
+      sp->nvalues = i + 1;
+    }
+    lua_pop(L, 1);
+  }
+  rc = 0;
+out:
+  lua_pop(L, 2);
+  return rc; /* on an error r->split stays set: freed with the generation */
+}
+
 static int walk_routes(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "routes");
@@ -512,6 +615,8 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
       int rc = build_respond(L, r);
       if (rc < 0) return rc;
     }
+    int src = build_split(w, g, r); /* i12-split */
+    if (src < 0) return src;
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

@@ -60,6 +60,24 @@ typedef struct {
   char *sticky_attrs;
 } mg_upstream_cfg_t;
 
+/* i12-split: how a route spreads its requests over several upstreams (docs/config.md
+ * "Traffic split"). Built with the generation on the main thread, read by every
+ * worker, freed with the generation. A header rule is looked at first; requests it
+ * does not take follow the weighted list (or the route's one upstream). */
+typedef struct {
+  int *ups;                  /* nups upstream indices (into gen->upstreams), weighted... */
+  int nups;
+  mg_balancer_t *bal;        /* ...by this round robin over their weights: one sequence per
+                                route for the whole process (its counter is the only write);
+                                NULL with ups: no weighted list */
+  mg_str_t header;           /* lower-case header name; len 0: no header rule */
+  mg_str_t *values;          /* nvalues exact header values, each sending to value_ups[i] */
+  int *value_ups;
+  int nvalues;
+  int present;               /* the header present with no listed value: this upstream;
+                                -1: such requests follow the weights */
+} mg_split_t;
+
 typedef struct {
   char *listener;            /* NULL: every listener */
   char *host;                /* NULL: any host; "*.x" stored as ".x" with wildcard=1 */
@@ -77,6 +95,7 @@ typedef struct {
   char *resp_body;
   size_t resp_body_len;
   uint64_t hook_ms;          /* the route's timeouts.hook (ms), 0: the global one */
+  mg_split_t *split;         /* i12-split: NULL: every request goes to `upstream` */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

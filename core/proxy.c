@@ -1022,6 +1022,23 @@ static int responded(mg_req_t *r, int rc) {
   return 0;
 }
 
+/* i12-split: the upstream of a route that splits its traffic (docs/config.md
+ * "Traffic split"): the header rule first, then the next of the route's weighted
+ * sequence (one for the process); -1: the route's own upstream. Once per request,
+ * before the upstream_request and balance hooks, which see the choice. */
+static int split_pick(mg_req_t *r, const mg_split_t *sp) {
+  if (sp->header.len) {
+    const mg_header_t *h = mg_head_get(&r->head, sp->header);
+    if (h) {
+      for (int i = 0; i < sp->nvalues; i++)
+        if (mg_str_eq(h->value, sp->values[i])) return sp->value_ups[i];
+      if (sp->present >= 0) return sp->present;
+    }
+  }
+  int k = sp->bal ? mg_balance_pick(sp->bal, NULL, &r->w->rng) : -1;
+  return k >= 0 ? sp->ups[k] : -1;
+}
+
 /* After the request hooks: an answer of the route's, or the upstream. */
 static int after_request(mg_req_t *r) {
   mg_down_t *c = r->down;
@@ -1030,6 +1047,7 @@ static int after_request(mg_req_t *r) {
     mg_proxy_error(r, r->bb_status, 1);
     return 0;
   }
+  if (r->upstream < 0 && rt && rt->split) r->upstream = split_pick(r, rt->split); /* i12-split */
   if (r->upstream < 0 && rt) r->upstream = rt->upstream; /* req:set_upstream wins */
   if (r->upstream < 0) {
     if (!rt) {

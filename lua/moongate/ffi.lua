@@ -110,6 +110,9 @@ int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
 int mg_req_hash_want(mg_req_t *r);
 int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
+
+/* ---- i12-split ---- */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

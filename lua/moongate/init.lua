@@ -499,7 +499,7 @@ function _M.upstream(name)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true, buffer_body = true, timeouts = true }
+                     respond = true, on = true, buffer_body = true, timeouts = true, split = true }
 local route_timeout_keys = { hook = true } -- a route's own timeouts.hook
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
@@ -507,7 +507,100 @@ local methods_ok = {
   PATCH = true, TRACE = true,
 }
 
---- mg.route { host, path, methods, listener, upstream | respond }
+-- i12-split: traffic split on a route (docs/config.md "Traffic split") ----------
+local split_keys = { header = true, values = true, upstream = true }
+local next = next
+local SPLIT_MAX = 64          -- upstreams in one weighted list
+local SPLIT_WEIGHT_MAX = 1000 -- core/balance.c takes weights 1..1000
+
+local function show(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if getmetatable(v) == upstream_mt then return tostring(v) end
+  return type(v) == "table" and "a table" or tostring(v)
+end
+
+-- An upstream object (mg.upstream "name" {...}) or the name of one -> its name.
+local function split_target(v, what)
+  if type(v) == "string" then
+    if not state.upstream_by_name[v] then fail("%s: unknown upstream '%s'", what, v) end
+    return v
+  end
+  if getmetatable(v) ~= upstream_mt then
+    fail("%s must be an upstream (made by mg.upstream) or its name, got %s", what, show(v))
+  end
+  return v.name
+end
+
+-- upstream = { { api_v1, weight = 90 }, { api_v2, weight = 10 } } -> { { upstream = name, weight = n }, ... }
+local function split_weights(list, what)
+  local n = #list
+  if next(list) == nil then
+    fail("%s: 'upstream' is an empty list (want { { up, weight = N }, ... })", what)
+  end
+  for k in pairs(list) do
+    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > n then
+      fail("%s: 'upstream' must be an upstream, its name or a list of { upstream, weight = N }, got key %s",
+           what, show(k))
+    end
+  end
+  if n > SPLIT_MAX then fail("%s: at most %d upstreams in a split", what, SPLIT_MAX) end
+  local out, seen = {}, {}
+  for i = 1, n do
+    local e, ew = list[i], ("%s: upstream[%d]"):format(what, i)
+    if type(e) ~= "table" or getmetatable(e) == upstream_mt then
+      fail("%s must be { upstream, weight = N }, got %s", ew, show(e))
+    end
+    for k in pairs(e) do
+      if k ~= 1 and k ~= "weight" then
+        fail("%s: unknown key %s (want { upstream, weight = N })", ew, show(k))
+      end
+    end
+    local name = split_target(e[1], ew .. "[1]")
+    local w = e.weight
+    if w == nil then fail("%s: 'weight' is missing (want { %s, weight = N })", ew, name) end
+    if type(w) ~= "number" or w ~= w or w % 1 ~= 0 or w < 1 or w > SPLIT_WEIGHT_MAX then
+      fail("%s: 'weight' must be an integer from 1 to %d, got %s", ew, SPLIT_WEIGHT_MAX, show(w))
+    end
+    if seen[name] then fail("%s: upstream '%s' is listed twice", ew, name) end
+    seen[name] = true
+    out[i] = { upstream = name, weight = w }
+  end
+  return out
+end
+
+-- split = { header = "x-canary", values = { ["1"] = api_v2 }, upstream = api_v3 }
+local function split_rule(s, what)
+  local w = what .. " split"
+  check.type(s, "table", what, "split")
+  check.keys(s, split_keys, w)
+  if s.header == nil then fail("%s: 'header' is missing (the request header to split on)", w) end
+  check.type(s.header, "string", w, "header")
+  if not check.token(s.header) then fail("%s: 'header' is not a header name: %s", w, show(s.header)) end
+  if s.values == nil and s.upstream == nil then
+    fail("%s: needs 'values' (header value -> upstream) or 'upstream' (for any value)", w)
+  end
+  local out = { header = lower(s.header), values = {} }
+  if s.values ~= nil then
+    check.type(s.values, "table", w, "values")
+    for k, v in pairs(s.values) do
+      if type(k) ~= "string" then
+        fail("%s: the keys of 'values' are header values (strings), got %s", w, show(k))
+      end
+      if k:find("[%z\r\n]") or k:find("^[ \t]") or k:find("[ \t]$") then
+        fail("%s: values[%q] cannot match a header value (CR, LF, NUL or blanks at an end)", w, k)
+      end
+      out.values[#out.values + 1] = { value = k, upstream = split_target(v, ("%s: values[%q]"):format(w, k)) }
+    end
+    if #out.values == 0 then fail("%s: 'values' is empty", w) end
+    table.sort(out.values, function(a, b) return a.value < b.value end)
+  end
+  if s.upstream ~= nil then out.present = split_target(s.upstream, w .. ": 'upstream'") end
+  return out
+end
+-- end i12-split -------------------------------------------------------------
+
+--- mg.route { host, path, methods, listener, upstream | respond, split }
+--- (upstream: an upstream, its name, or a weighted list { { up, weight = N }, ... })
 function _M.route(t)
   local what = "mg.route"
   if type(t) ~= "table" then fail("mg.route: expects a table") end
@@ -562,6 +655,9 @@ function _M.route(t)
   end
   if type(t.respond) == "function" then
     r.respond_fn = t.respond
+  elseif type(t.upstream) == "table" and getmetatable(t.upstream) ~= upstream_mt then
+    r.split_list = split_weights(t.upstream, what) -- i12-split: a weighted list
+    r.upstream = r.split_list[1].upstream
   elseif t.upstream ~= nil then
     local u = t.upstream
     if type(u) == "string" then
@@ -598,6 +694,10 @@ function _M.route(t)
       table.sort(headers, function(a, b) return a[1] < b[1] end)
     end
     r.respond = { status = status, body = body, headers = headers }
+  end
+  if t.split ~= nil then
+    if t.upstream == nil then fail("%s: 'split' needs 'upstream' (the requests no header rule takes)", what) end
+    r.split = split_rule(t.split, what)
   end
   state.routes[#state.routes + 1] = r
 end

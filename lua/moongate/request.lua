@@ -34,6 +34,10 @@ local mt = {
       if s.p == nil then return nil end -- not read: a request refused mid-head (docs/hooks.md)
       return ffi_str(s.p, s.len)
     end
+    if k == "upstream" then -- i12-split: the chosen upstream's name (nil before the choice)
+      if C.mg_req_upstream_name(self._r, out) ~= 0 then return nil end
+      return ffi_str(out[0].p, out[0].len)
+    end
     if k == "ctx" then
       local ctx = {}
       rawset(self, "ctx", ctx)
