@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/sha.h>
 #include <openssl/siphash.h>
@@ -125,6 +126,7 @@ mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
     atomic_init(&b->peers[i].ewma_us, 0);
     atomic_init(&b->peers[i].fails, 0);
     atomic_init(&b->peers[i].weight, weights[i]);
+    atomic_init(&b->peers[i].ewma_at, 0);
     b->total += (uint64_t)weights[i];
     if (weights[i] != weights[0]) uniform = 0;
   }
@@ -279,12 +281,34 @@ static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *
   return best >= 0 ? best : any_untried(b, tried, rng);
 }
 
+/* A monotonic clock in ms (wrapping at 2^32): the coarse clock, a vDSO read. */
+static uint32_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+}
+
+/* A server's average, halved for every MG_BALANCE_EWMA_HALF_MS since its last
+ * sample (0: none yet). */
+static double ewma_now(const mg_peer_t *p, uint32_t now) {
+  double e = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  if (e == 0) return 0;
+  uint32_t age = now - atomic_load_explicit(&p->ewma_at, memory_order_relaxed);
+  if (age >= MG_BALANCE_EWMA_HALF_MS) {
+    uint32_t halvings = age / MG_BALANCE_EWMA_HALF_MS;
+    e = halvings >= 30 ? 1 : e / (double)(1u << halvings);
+    if (e < 1) e = 1;
+  }
+  return e;
+}
+
 /* (active + 1) x EWMA / weight; a server with no sample yet borrows the other's
  * EWMA, so that it is judged by its active attempts alone. */
 static int p2c_better(mg_balancer_t *b, int x, int y) {
   const mg_peer_t *px = &b->peers[x], *py = &b->peers[y];
-  double ex = atomic_load_explicit(&px->ewma_us, memory_order_relaxed);
-  double ey = atomic_load_explicit(&py->ewma_us, memory_order_relaxed);
+  uint32_t now = now_ms();
+  double ex = ewma_now(px, now);
+  double ey = ewma_now(py, now);
   if (ex == 0) ex = ey;
   if (ey == 0) ey = ex;
   if (ex == 0) ex = ey = 1;
@@ -351,9 +375,17 @@ void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
   if (us == 0) us = 1; /* 0 means "no sample" */
   /* load then store: two workers answering at once may lose one sample, which
    * an average of many does not notice; no CAS loop on the response path */
-  uint64_t old = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  uint64_t old;
+  uint32_t now = 0;
+  if (b->policy == MG_BALANCE_P2C) { /* (the only policy that reads the age) */
+    now = now_ms();
+    old = (uint64_t)ewma_now(p, now); /* a stale average counts as p2c sees it */
+  } else {
+    old = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  }
   uint64_t v = old ? (old * 7 + us) / 8 : us;
   atomic_store_explicit(&p->ewma_us, (unsigned)(v ? v : 1), memory_order_relaxed);
+  if (b->policy == MG_BALANCE_P2C) atomic_store_explicit(&p->ewma_at, now, memory_order_relaxed);
 }
 
 void mg_peer_failed(mg_balancer_t *b, int i) {

@@ -31,7 +31,13 @@ typedef struct {
                            (weight 1/8 per sample); 0: no sample yet */
   atomic_int fails;     /* consecutive failed attempts (reset by a response head) */
   atomic_int weight;    /* the weight least_conn and p2c use; starts as configured */
+  atomic_uint ewma_at;  /* when ewma_us last had a sample (mg_balance_now_ms, wraps) */
 } mg_peer_t;
+
+/* p2c: a server's average counts half as much for every this many ms without a
+ * sample, so that a server once slow (which p2c then avoids, and so never
+ * measures again) is tried again after a while. */
+#define MG_BALANCE_EWMA_HALF_MS 5000u
 
 /* Most entries a round robin schedule holds: weights adding up to more are scaled
  * down in proportion (each server keeps at least one slot). */

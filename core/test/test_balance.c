@@ -138,6 +138,27 @@ static void p2c_avoids_slow(void) {
   mg_balancer_free(b);
 }
 
+/* p2c: a slow server's average fades while it gets no sample: 60 s after its
+ * last one (12 halvings of 5 s: 100 ms -> 24 us) it beats a 1 ms server again. */
+static void p2c_slow_fades(void) {
+  int w[] = { 1, 1 };
+  mg_balancer_t *b = make(MG_BALANCE_P2C, w, 2);
+  mg_peer_answered(b, 0, 100000);
+  mg_peer_answered(b, 1, 1000);
+  uint64_t rng = 5;
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
+  /* its sample is 60 s old now (the clock as balance.c reads it) */
+  uint32_t at = atomic_load(&b->peers[0].ewma_at);
+  atomic_store(&b->peers[0].ewma_at, at - 60000u);
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 0);
+  /* one fresh slow answer and it is avoided again: the stale average counted
+   * as faded (24 us), the new sample (100 ms) weighs 1/8 of it: 12.5 ms */
+  mg_peer_answered(b, 0, 100000);
+  CHECK(atomic_load(&b->peers[0].ewma_us) > 12000 && atomic_load(&b->peers[0].ewma_us) < 13000);
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
+  mg_balancer_free(b);
+}
+
 /* random: weights 1 and 3 give about 1/4 and 3/4 (fixed seed, wide bounds). */
 static void random_weighted(void) {
   int w[] = { 1, 3 };
@@ -235,6 +256,7 @@ int main(void) {
     { "every policy skips tried servers past index 64", tried_past_64 },
     { "least_conn picks fewest active per weight", least_conn_picks_idle },
     { "p2c avoids the slow server", p2c_avoids_slow },
+    { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
     { "hash keeps a key on its server, within the bound", hash_pick },
