@@ -16,15 +16,17 @@ mg.config {
 
 mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
 
-local up = {
-  servers = {
-    "127.0.0.1:" .. env("BENCH_POOL_PORT1", "18201"),
-    "127.0.0.1:" .. env("BENCH_POOL_PORT2", "18202"),
-    "127.0.0.1:" .. env("BENCH_POOL_PORT3", "18203"),
-  },
-  keepalive = 64,
-  balance = env("BENCH_BALANCE", "round_robin"),
+local origins = {
+  "127.0.0.1:" .. env("BENCH_POOL_PORT1", "18201"),
+  "127.0.0.1:" .. env("BENCH_POOL_PORT2", "18202"),
+  "127.0.0.1:" .. env("BENCH_POOL_PORT3", "18203"),
 }
+-- BENCH_SERVERS (candidates mg-<policy>-10k: 10000): the three origins listed that
+-- many times in turn, so picks run over an upstream of that size (connections
+-- still go to three addresses: this machine has no 10,000 origins)
+local servers = {}
+for i = 1, tonumber(env("BENCH_SERVERS", "3")) do servers[i] = origins[(i - 1) % 3 + 1] end
+local up = { servers = servers, keepalive = 64, balance = env("BENCH_BALANCE", "round_robin") }
 if up.balance == "hash" then up.hash_key = "ip" end
 
 mg.route { path = "/", upstream = mg.upstream "pool" (up) }

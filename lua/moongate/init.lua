@@ -437,6 +437,7 @@ function _M.upstream(name)
       end
       u.balance = b
     end
+    local seen = {}
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
       local addr, opts = match(s, "^(%S+)%s*(.*)$")
@@ -448,7 +449,12 @@ function _M.upstream(name)
         weight = tonumber(v)
         if weight < 1 or weight > 1000 then fail("%s: servers[%d]: weight must be 1..1000", what, i) end
       end
-      u.servers[i] = { host = host, port = port, weight = weight, name = addr }
+      -- the name the hash table and sticky tokens use: unique, so that a server
+      -- listed twice gets a permutation of its own (equal names would make the
+      -- Maglev build walk the same slots again and again)
+      local k = (seen[addr] or 0) + 1
+      seen[addr] = k
+      u.servers[i] = { host = host, port = port, weight = weight, name = k == 1 and addr or addr .. "#" .. k }
     end
     if u.balance == "hash" then
       u.hash_key, u.hash_bound = "ip", 1.25

@@ -498,6 +498,14 @@ describe("moongate.private.loader", function()
   end)
 
   describe("upstreams", function()
+    it("names a server listed again apart (the hash table's permutations need distinct names)", function()
+      local conf = ok { HEADER, LISTEN,
+        'mg.upstream "a" { balance = "hash", servers = { "10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.1:80" } }' }
+      local names = {}
+      for i, srv in ipairs(conf.upstreams[1].servers) do names[i] = srv.name end
+      assert.same({ "10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80#2", "10.0.0.1:80#3" }, names)
+    end)
+
     it("parses weight=N", function()
       local conf = ok { HEADER, LISTEN,
         'mg.upstream "a" { servers = { "10.0.0.1:80 weight=5", "10.0.0.2:80", "[::1]:81  weight=1000", "h:1 weight=1" } }' }
