@@ -234,6 +234,7 @@ mg.route { path = "/big", upstream = up("big", function(req) return string.rep("
 mg.route { path = "/sleep", upstream = up("sleep", function(req) mg.sleep(0.05) return req:header("x-user") end) }
 mg.route { path = "/pin", upstream = up("pin", function(req) req:set_server(3) return req:header("x-user") end) }
 mg.route { path = "/pinwait", upstream = up("pinwait", function(req) mg.sleep(0.02) req:set_server(3) return req:header("x-user") end) }
+mg.route { path = "/slowkey", upstream = up("slowkey", function(req) mg.sleep(0.4) return req:header("x-user") end) }
 mg.route { path = "/empty", upstream = up("empty", function(req) return "" end) }
 mg.route { path = "/count", upstream = up("count", function(req) calls = calls + 1 end, { "${DEAD1}", "${DEAD2}" }) }
 ]]), { vars = vars })
@@ -281,6 +282,21 @@ mg.route { path = "/count", upstream = up("count", function(req) calls = calls +
       assert.equal("C", name_of(c, { path = "/pinwait", headers = { ["X-User"] = "w" .. k } }))
     end
     c:close()
+  end)
+
+  it("drops a request whose client leaves while the key function waits", function()
+    for i = 1, 6 do
+      local c = helpers.connect(proxy.port, 5)
+      assert(c:send("GET /slowkey HTTP/1.1\r\nHost: x\r\nX-User: gone" .. i .. "\r\n\r\n"))
+      c:close()
+    end
+    helpers.sleep(0.6)
+    local c = helpers.connect(proxy.port, 5)
+    local res = assert(c:request({ path = "/slowkey", headers = { ["X-User"] = "w1" } }))
+    assert.equal(200, res.status)
+    assert.equal(name_of(c, { path = "/h", headers = { ["X-User"] = "w1" } }), helpers.echo(res).name)
+    c:close()
+    proxy:assert_alive()
   end)
 
   it("falls back to the client's address for an empty key, as for an empty header", function()
@@ -461,10 +477,9 @@ describe("hash by ip from IPv6 clients", function()
   lazy_setup(function()
     o, vars = origins({ "A", "B", "C" })
     vars.p6 = helpers.free_port()
-    proxy = helpers.proxy(conf([[
-mg.listen { "[::1]:${p6}" }
+    proxy = helpers.proxy(conf((v6() and 'mg.listen { "[::1]:${p6}" }\n' or "") .. [[
 mg.route { upstream = mg.upstream "i" { balance = "hash", servers = { "${A}", "${B}", "${C}" } } }
-]], 2), { vars = vars, wait_ports = v6() and { "port" } or { "port" } })
+]], 2), { vars = vars })
   end)
 
   lazy_teardown(function()
@@ -540,6 +555,8 @@ describe("a reload while hashed requests are in flight", function()
   lazy_setup(function()
     o, vars = origins({ "A", "B", "C" })
     proxy = helpers.proxy(conf([[
+mg.route { path = "/slowkey", upstream = mg.upstream "w" { balance = "hash", servers = { "${A}", "${B}", "${C}" },
+  hash_key = function(req) mg.sleep(0.5) return req:header("x-user") end } }
 mg.route { upstream = mg.upstream "h" { balance = "hash", hash_key = function(req) return req:header("x-user") end,
   sticky = true, servers = { "${A}", "${B}", "${C}" } } }
 ]], 2), { vars = vars })
@@ -556,6 +573,12 @@ mg.route { upstream = mg.upstream "h" { balance = "hash", hash_key = function(re
       cs[i] = helpers.connect(proxy.port, 5)
       assert(cs[i]:send("GET /slow-head/0.8 HTTP/1.1\r\nHost: x\r\nX-User: r" .. i .. "\r\n\r\n"))
     end
+    -- and two whose key function is still waiting when the reload comes
+    local ws = {}
+    for i = 1, 2 do
+      ws[i] = helpers.connect(proxy.port, 5)
+      assert(ws[i]:send("GET /slowkey HTTP/1.1\r\nHost: x\r\nX-User: w" .. i .. "\r\n\r\n"))
+    end
     helpers.sleep(0.2)
     local v = { port = proxy.port, A = vars.A, C = vars.C }
     proxy:reload(helpers.expand(conf([[
@@ -571,6 +594,10 @@ mg.route { upstream = mg.upstream "h" { balance = "hash", servers = { "${C}", "$
       assert.equal(200, res.status)
       assert.truthy(sticky_tok(res)) -- the old generation's upstream was sticky
       cs[i]:close()
+    end
+    for i = 1, 2 do
+      assert.equal(200, assert(ws[i]:response()).status)
+      ws[i]:close()
     end
     local c = helpers.connect(proxy.port, 5)
     for k = 1, 10 do
