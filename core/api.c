@@ -246,8 +246,10 @@ int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int 
 }
 
 int mg_req_hash_want(mg_req_t *r) {
-  if (!PHASE(r, BIT(MG_HOOK_BALANCE)) || r->upstream < 0 || r->hkey_set) return 0;
-  return r->gen->upstreams[r->upstream].hash_fn ? r->upstream + 1 : 0;
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE)) || r->upstream < 0 || r->hkey_ran) return 0;
+  if (!r->gen->upstreams[r->upstream].hash_fn) return 0;
+  r->hkey_ran = 1; /* the caller runs it now: not again for a retry, whatever it returns */
+  return r->upstream + 1;
 }
 
 int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len) {

@@ -187,10 +187,12 @@ int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
 /* ---- balance = "hash" with hash_key = function(req) (i12-hash) ---- */
 /* In the balance phase: the request's upstream's index + 1 when it hashes by a
- * Lua function whose key is not set yet, else 0. */
+ * Lua function not called yet for this request, else 0; the caller then calls it
+ * (once per request: a retry does not call it again, whatever it returned). */
 int mg_req_hash_want(mg_req_t *r);
 /* The key that function returned (copied; at most 4096 bytes, else MG_API_EINVAL):
- * the request is hashed by it for this and any retry. */
+ * the request is hashed by it for this and any retry (an empty key: the client's
+ * address, as for an empty header). */
 int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
 
 /* ---- i12-split ---- */

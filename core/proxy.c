@@ -1505,7 +1505,7 @@ static int hash_header(void *ud, mg_str_t name, size_t idx, mg_str_t *val) {
 static uint64_t req_hash(mg_req_t *r, const mg_upstream_cfg_t *u) {
   if (r->hash_ok) return r->hash;
   mg_str_t key;
-  if (r->hkey_set) key = r->hkey;
+  if (r->hkey_set && r->hkey.len) key = r->hkey; /* an empty key: as an empty header */
   else {
     const char *q = r->target.p ? memchr(r->target.p, '?', r->target.len) : NULL;
     mg_hash_input_t in = {
@@ -1574,7 +1574,9 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   for (;;) {
     int s = -1;
-    if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE) || (u->hash_fn && !r->hkey_set)) {
+    /* (balanced: the balance phase waited, in a hook or in a hash_key function,
+     * and what it chose counts) */
+    if (balanced || mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE) || (u->hash_fn && !r->hkey_ran)) {
       if (!balanced) {
         r->pick = -1;
         int rc = mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL);
@@ -2029,6 +2031,9 @@ static int tunnel_start(mg_req_t *r, const mg_header_t *connection) {
   hw_begin(q, c->out);
   append_status_line(q, 101);
   append_response_headers(q, &r->rhead, 0, connection);
+  /* a client that only opens WebSockets is pinned too (RFC 6455 4.1: the client
+   * processes the 101's cookies) */
+  if (r->server >= 0 && r->gen->upstreams[r->upstream].sticky_cookie) append_sticky(r, q);
   HW_LIT(q, "Upgrade: ");
   hw_put(q, up->value.p, up->value.len);
   HW_LIT(q, "\r\nConnection: upgrade\r\n\r\n");

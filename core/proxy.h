@@ -181,6 +181,7 @@ struct mg_req_s {
   int sticky_srv;         /* the server the sticky cookie names + 1; 0: none or unknown */
   unsigned hash_ok : 1;
   unsigned hkey_set : 1;
+  unsigned hkey_ran : 1;  /* the hash_key function was called (once per request) */
   unsigned sticky_seen : 1; /* the cookie was looked for */
 };
 
