@@ -185,4 +185,10 @@ int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
  * knows (not CONNECT): MG_API_EINVAL for anything else. */
 int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
+/* ---- i12-health ---- */
+/* Balance hook: server i's health, as MG_PEER_* bits (MG_PEER_DOWN 1: failed its
+ * active checks; MG_PEER_EJECTED 2: ejected, and the ejection is not over), or
+ * MG_API_EPHASE / MG_API_ENOTFOUND. */
+int mg_req_server_flags(mg_req_t *r, int i);
+
 #endif

@@ -35,6 +35,18 @@ typedef struct {
   int weight;
 } mg_server_t;
 
+/* i12-health: an upstream's active checks (health = {...}; core/health.c) */
+enum { MG_HEALTH_NONE, MG_HEALTH_HTTP, MG_HEALTH_TCP };
+typedef struct {
+  int type;               /* MG_HEALTH_* */
+  char *path;             /* http: the request target */
+  char *host;             /* http: the Host header; NULL: the server's "ip:port" */
+  int expect[16];         /* statuses that pass; none (nexpect 0): any 2xx or 3xx */
+  int nexpect;
+  uint64_t interval_ms, timeout_ms;
+  int rise, fall;         /* results in a row that bring a server up / take it down */
+} mg_health_cfg_t;
+
 typedef struct {
   char *name;
   mg_server_t *servers;
@@ -49,6 +61,7 @@ typedef struct {
   int proxy_protocol;        /* 0: none; 1 or 2: every new connection starts with a
                                 PROXY protocol header of that version naming the
                                 client (such connections are never pooled) */
+  mg_health_cfg_t health;    /* i12-health: active checks (type MG_HEALTH_NONE: off) */
 } mg_upstream_cfg_t;
 
 typedef struct {

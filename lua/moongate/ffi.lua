@@ -107,6 +107,9 @@ int mg_req_read_body(mg_req_t *r, mg_str_t *err);
 int mg_req_body(mg_req_t *r, mg_str_t *out);
 int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
 int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
+
+/* i12-health */
+int mg_req_server_flags(mg_req_t *r, int i);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
