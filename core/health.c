@@ -6,6 +6,7 @@
 
 #include "balance.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "tls.h"
 #include "transport.h"
 
@@ -183,6 +184,15 @@ static void start_check(probe_t *p) {
     snprintf(cause, sizeof(cause), "connect %s", uv_strerror(rc));
     result(p, 0, cause);
     return;
+  }
+  if (u->proxy_protocol) { /* no client behind a check: v1 UNKNOWN, v2 LOCAL */
+    char hdr[MG_PP_WRITE_MAX];
+    size_t n = u->proxy_protocol == 2 ? mg_pp_write_v2(hdr, sizeof(hdr), NULL, NULL)
+                                      : mg_pp_write_v1(hdr, sizeof(hdr), NULL, NULL);
+    if (mg_outq_append(&p->tp.out, hdr, n) < 0 || mg_tp_flush(&p->tp) < 0) {
+      result(p, 0, "cannot send the PROXY header");
+      return;
+    }
   }
   if (u->tls) {
     SSL *ssl = mg_tls_connect_new(u->tls, NULL, NULL);

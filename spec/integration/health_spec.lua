@@ -377,3 +377,65 @@ mg.route { upstream = mg.upstream "web" { servers = { "${a}", "${b}" }, eject = 
     a:force_status(nil)
   end)
 end)
+
+describe("active checks with proxy_protocol", function()
+  local a, proxy
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A", proxy_protocol = true })
+    proxy = helpers.proxy(conf([[
+mg.route { upstream = mg.upstream "pp" { servers = { "${a}" }, proxy_protocol = "v2",
+  health = { path = "/pp", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 } } }
+]], 1), { vars = { a = a.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("starts each check's connection with a header naming no client (v2 LOCAL)", function()
+    assert.truthy(helpers.wait_until(function() return a:count_path("/pp") >= 3 end, 3, 0.02))
+    assert.equal(0, log_count(proxy, "up -> down"))
+  end)
+end)
+
+describe("health config", function()
+  local function check(upstream)
+    local dir = helpers.tmpdir()
+    local path = helpers.write_config(dir, [[
+local mg = require "moongate"
+mg.listen { "127.0.0.1:1" }
+mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, ]] .. upstream .. [[ } }
+]])
+    return helpers.moongate({ "-t", "-c", path })
+  end
+
+  local cases = {
+    { 'health = { type = "udp" }', [[health: 'type' must be "http" or "tcp", got udp]] },
+    { 'health = { path = "health" }', [[health: 'path' must start with '/']] },
+    { 'health = { path = "/a b" }', [[health: 'path' must start with '/']] },
+    { 'health = { expect = { 200, 700 } }', "health: expect[2] must be a status code (100..599), got 700" },
+    { 'health = { expect = {} }', "health: 'expect' must list 1 to 16 status codes" },
+    { 'health = { interval = 0 }', "health: 'interval' out of range (0)" },
+    { 'health = { rise = 1.5 }', "health: 'rise' and 'fall' must be whole numbers" },
+    { 'health = { fail = 3 }', "health: unknown key 'fail'" },
+    { 'eject = { consecutive = 0 }', "eject: 'consecutive' out of range (0)" },
+    { 'eject = { max_percent = 101 }', "eject: 'max_percent' out of range (101)" },
+    { 'eject = { after = 5 }', "eject: unknown key 'after'" },
+    { 'slow_start = -1', "'slow_start' out of range (-1)" },
+    { 'panic = "yes"', "'panic' must be a boolean, got string" },
+  }
+  for _, c in ipairs(cases) do
+    it("refuses " .. c[1], function()
+      local out, rc = check(c[1])
+      assert.not_equal(0, rc)
+      assert.truthy(out:find(c[2], 1, true), out)
+    end)
+  end
+
+  it("takes every key", function()
+    local out, rc = check([[health = { type = "http", path = "/h?x=1", host = "h.test", expect = { 200, 204 },
+      interval = 1, timeout = 0.5, rise = 1, fall = 2 }, eject = true, slow_start = 10, panic = true]])
+    assert.equal(0, rc, out)
+  end)
+end)
