@@ -382,6 +382,9 @@ static void eject(mg_balancer_t *b, int i) {
   int was = atomic_fetch_add_explicit(&b->nejected, 1, memory_order_relaxed);
   if ((int64_t)(was + 1) * 100 > (int64_t)b->eject_max_percent * b->n) {
     atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
+    /* the streak starts over: the next try (and its O(n) sweep) comes after
+     * another `consecutive` errors, not after every one */
+    atomic_store_explicit(&p->errs, 0, memory_order_relaxed);
     return;
   }
   unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_relaxed);
