@@ -263,6 +263,16 @@ int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len) {
   return 0;
 }
 
+int mg_req_server_flags(mg_req_t *r, int i) { /* i12-health */
+  if (!live(r)) return MG_API_EPHASE;
+  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = &r->gen->upstreams[r->upstream].bal->peers[i];
+  unsigned f = atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_DOWN | MG_PEER_EJECTED);
+  if ((f & MG_PEER_EJECTED) && mg_balance_now_ms() >= atomic_load_explicit(&p->until_ms, memory_order_relaxed))
+    f &= ~MG_PEER_EJECTED; /* over: the next pick that looks ends it */
+  return (int)f;
+}
+
 int mg_req_set_server(mg_req_t *r, int i) {
   if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
   if (i < 0 || i >= mg_req_server_count(r)) return MG_API_EINVAL;

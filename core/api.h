@@ -200,5 +200,10 @@ int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
  * req:set_upstream's): valid as long as the generation; MG_API_ENOTFOUND before
  * one is chosen (the request hook of a split route) or without one. */
 int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
+/* ---- i12-health ---- */
+/* Balance hook: server i's health, as MG_PEER_* bits (MG_PEER_DOWN 1: failed its
+ * active checks; MG_PEER_EJECTED 2: ejected, and the ejection is not over), or
+ * MG_API_EPHASE / MG_API_ENOTFOUND. */
+int mg_req_server_flags(mg_req_t *r, int i);
 
 #endif

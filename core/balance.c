@@ -1,6 +1,7 @@
 #include "balance.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -118,6 +119,8 @@ mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
   b->policy = policy;
   b->n = n;
   atomic_init(&b->rr, 0);
+  atomic_init(&b->nejected, 0);
+  atomic_init(&b->panic_log_ms, 0);
   b->peers = calloc((size_t)n, sizeof(*b->peers));
   if (!b->peers) goto nomem;
   int uniform = 1;
@@ -127,6 +130,11 @@ mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
     atomic_init(&b->peers[i].fails, 0);
     atomic_init(&b->peers[i].weight, weights[i]);
     atomic_init(&b->peers[i].ewma_at, 0);
+    atomic_init(&b->peers[i].flags, 0);
+    atomic_init(&b->peers[i].errs, 0);
+    atomic_init(&b->peers[i].ejections, 0);
+    atomic_init(&b->peers[i].until_ms, 0);
+    atomic_init(&b->peers[i].slow_ms, 0);
     b->total += (uint64_t)weights[i];
     if (weights[i] != weights[0]) uniform = 0;
   }
@@ -211,13 +219,81 @@ int mg_balance_sticky_find(const mg_balancer_t *b, uint64_t tok) {
 
 static int is_tried(const mg_tried_t *t, int i) { return t && mg_tried_has(t, i); }
 
-/* Any server not tried yet, looking from a random start; -1: none. O(n): only
- * once the policy's own choices were all tried. */
-static int any_untried(const mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+uint64_t mg_balance_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void tell(mg_balancer_t *b, int i, const char *what) {
+  if (b->event) b->event(b->event_data, i, what);
+}
+
+/* One pick's view of the time: read once, and only when a server needs it. */
+typedef struct {
+  uint64_t now;
+} tick_t;
+
+static uint64_t now_of(tick_t *c) {
+  if (!c->now) c->now = mg_balance_now_ms();
+  return c->now;
+}
+
+/* Server i's ejection ends if its time is over (whoever sees it first). */
+static void eject_expire(mg_balancer_t *b, int i, tick_t *c) {
+  mg_peer_t *p = &b->peers[i];
+  if (now_of(c) < atomic_load_explicit(&p->until_ms, memory_order_relaxed)) return;
+  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTED, memory_order_relaxed);
+  if (!(f & MG_PEER_EJECTED)) return; /* another worker ended it */
+  atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
+  if (b->slow_start_ms) atomic_store_explicit(&p->slow_ms, now_of(c), memory_order_relaxed);
+  tell(b, i, f & MG_PEER_DOWN ? "ejection ended (still down by its health checks)" : "back from ejection");
+}
+
+/* Usable now: no flag, or only an ejection whose time is over (ended here). */
+static int usable(mg_balancer_t *b, int i, tick_t *c) {
+  unsigned f = atomic_load_explicit(&b->peers[i].flags, memory_order_relaxed);
+  if (f == MG_PEER_EJECTED) {
+    eject_expire(b, i, c);
+    f = atomic_load_explicit(&b->peers[i].flags, memory_order_relaxed);
+  }
+  return f == 0;
+}
+
+/* Slow start: server i's share in 1/1024 (102: 10 %, 1024: full weight). */
+#define RAMP_FULL 1024
+static int ramp(mg_balancer_t *b, int i, tick_t *c) {
+  mg_peer_t *p = &b->peers[i];
+  uint64_t since = atomic_load_explicit(&p->slow_ms, memory_order_relaxed);
+  if (!since) return RAMP_FULL;
+  uint64_t now = now_of(c), len = b->slow_start_ms;
+  if (!len || now >= since + len) {
+    atomic_compare_exchange_strong_explicit(&p->slow_ms, &since, 0, memory_order_relaxed,
+                                            memory_order_relaxed);
+    return RAMP_FULL;
+  }
+  uint64_t el = now > since ? now - since : 0;
+  return (int)(RAMP_FULL / 10 + (RAMP_FULL - RAMP_FULL / 10) * el / len);
+}
+
+/* A candidate for this pick: not tried and usable. */
+static int fits(mg_balancer_t *b, const mg_tried_t *tried, int i, tick_t *c) {
+  return !is_tried(tried, i) && usable(b, i, c);
+}
+
+/* A slow-starting server takes a slot it was offered with its ramp's probability. */
+static int takes(mg_balancer_t *b, int i, tick_t *c, uint64_t *rng) {
+  int r = ramp(b, i, c);
+  return r >= RAMP_FULL || (int)(next_rand(rng) % RAMP_FULL) < r;
+}
+
+/* Any usable server not tried yet, looking from a random start; -1: none. O(n):
+ * only once the policy's own choices were all tried or unusable. */
+static int any_untried(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   int start = (int)(next_rand(rng) % (uint64_t)b->n);
   for (int j = 0; j < b->n; j++) {
     int i = (start + j) % b->n;
-    if (!is_tried(tried, i)) return i;
+    if (fits(b, tried, i, c)) return i;
   }
   return -1;
 }
@@ -235,24 +311,23 @@ static int draw(const mg_balancer_t *b, uint64_t *rng) {
   return lo;
 }
 
-static int pick_round_robin(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+/* The schedule's next slot; a retry, an unusable server or a slow-starting one
+ * that declines passes the slot on to the ones that follow (bounded), then any. */
+static int pick_round_robin(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   uint64_t pos = atomic_fetch_add_explicit(&b->rr, 1, memory_order_relaxed);
-  int s = (int)b->schedule[pos % b->nschedule];
-  if (!is_tried(tried, s)) return s;
-  /* a retry: the servers that follow in the schedule (bounded), then any */
-  for (uint32_t k = 1; k < b->nschedule && k <= 64; k++) {
-    s = (int)b->schedule[(pos + k) % b->nschedule];
-    if (!is_tried(tried, s)) return s;
+  for (uint32_t k = 0; k < b->nschedule && k <= 64; k++) {
+    int s = (int)b->schedule[(pos + k) % b->nschedule];
+    if (fits(b, tried, s, c) && takes(b, s, c, rng)) return s;
   }
-  return any_untried(b, tried, rng);
+  return any_untried(b, tried, rng, c);
 }
 
-static int pick_random(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+static int pick_random(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   for (int k = 0; k < 8; k++) {
     int s = draw(b, rng);
-    if (!is_tried(tried, s)) return s;
+    if (fits(b, tried, s, c) && takes(b, s, c, rng)) return s;
   }
-  return any_untried(b, tried, rng);
+  return any_untried(b, tried, rng, c);
 }
 
 static int load_weight(const mg_peer_t *p) {
@@ -260,25 +335,30 @@ static int load_weight(const mg_peer_t *p) {
   return w > 0 ? w : 1;
 }
 
+/* The weight with slow start's ramp, in 1/1024. */
+static int64_t eff_weight(mg_balancer_t *b, int i, tick_t *c) {
+  return (int64_t)load_weight(&b->peers[i]) * ramp(b, i, c);
+}
+
 /* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN servers
  * from a random start (so that ties go round, not always to the first). */
-static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   int n = b->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
   int start = (int)(next_rand(rng) % (uint64_t)n);
   int best = -1;
   int64_t ba = 0, bw = 1;
   for (int j = 0; j < m; j++) {
     int i = start + j < n ? start + j : start + j - n;
-    if (is_tried(tried, i)) continue;
+    if (!fits(b, tried, i, c)) continue;
     int64_t a = atomic_load_explicit(&b->peers[i].active, memory_order_relaxed);
-    int64_t w = load_weight(&b->peers[i]);
+    int64_t w = eff_weight(b, i, c);
     if (best < 0 || a * bw < ba * w) {
       best = i;
       ba = a;
       bw = w;
     }
   }
-  return best >= 0 ? best : any_untried(b, tried, rng);
+  return best >= 0 ? best : any_untried(b, tried, rng, c);
 }
 
 /* A monotonic clock in ms (wrapping at 2^32): the coarse clock, a vDSO read. */
@@ -304,7 +384,7 @@ static double ewma_now(const mg_peer_t *p, uint32_t now) {
 
 /* (active + 1) x EWMA / weight; a server with no sample yet borrows the other's
  * EWMA, so that it is judged by its active attempts alone. */
-static int p2c_better(mg_balancer_t *b, int x, int y) {
+static int p2c_better(mg_balancer_t *b, int x, int y, tick_t *c) {
   const mg_peer_t *px = &b->peers[x], *py = &b->peers[y];
   uint32_t now = now_ms();
   double ex = ewma_now(px, now);
@@ -312,39 +392,47 @@ static int p2c_better(mg_balancer_t *b, int x, int y) {
   if (ex == 0) ex = ey;
   if (ey == 0) ey = ex;
   if (ex == 0) ex = ey = 1;
-  double sx = (atomic_load_explicit(&px->active, memory_order_relaxed) + 1) * ex / load_weight(px);
-  double sy = (atomic_load_explicit(&py->active, memory_order_relaxed) + 1) * ey / load_weight(py);
+  double sx = (atomic_load_explicit(&px->active, memory_order_relaxed) + 1) * ex / (double)eff_weight(b, x, c);
+  double sy = (atomic_load_explicit(&py->active, memory_order_relaxed) + 1) * ey / (double)eff_weight(b, y, c);
   return sy < sx ? y : x;
 }
 
-static int pick_p2c(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+static int pick_p2c(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   int n = b->n;
-  if (n == 1) return is_tried(tried, 0) ? -1 : 0;
+  if (n == 1) return fits(b, tried, 0, c) ? 0 : -1;
   int x = draw(b, rng), y = x;
   if (!b->cum) y = (x + 1 + (int)(next_rand(rng) % (uint64_t)(n - 1))) % n;
   else
     for (int k = 0; k < 4 && y == x; k++) y = draw(b, rng);
   if (y == x) y = (x + 1) % n;
-  int tx = is_tried(tried, x), ty = is_tried(tried, y);
-  if (tx && ty) return any_untried(b, tried, rng);
-  if (tx) return y;
-  if (ty) return x;
-  return p2c_better(b, x, y);
+  int fx = fits(b, tried, x, c), fy = fits(b, tried, y, c);
+  if (!fx && !fy) return any_untried(b, tried, rng, c);
+  if (!fx) return y;
+  if (!fy) return x;
+  return p2c_better(b, x, y, c);
 }
 
 typedef struct {
   mg_balancer_t *b;
   const mg_tried_t *tried;
+  tick_t c;
 } hash_ud_t;
 
+/* A server's load for the bound, -1 for one tried already or not usable (its
+ * keys then go on along their walk, and come back when it does). */
 static int64_t hash_load(void *ud, uint32_t server) {
   hash_ud_t *h = ud;
-  if (is_tried(h->tried, (int)server)) return -1;
+  if (!fits(h->b, h->tried, (int)server, &h->c)) return -1;
   return atomic_load_explicit(&h->b->peers[server].active, memory_order_relaxed);
 }
 
+int mg_balance_usable(mg_balancer_t *b, int i) {
+  tick_t c = { 0 };
+  return usable(b, i, &c);
+}
+
 int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash) {
-  hash_ud_t ud = { b, tried };
+  hash_ud_t ud = { b, tried, { 0 } };
   long long total = atomic_load_explicit(&b->active_total, memory_order_relaxed);
   mg_maglev_bound_t bound = {
     .eps = b->hash_eps, .total = total > 0 ? (uint64_t)total : 0, .wsum = b->total, .load = hash_load, .ud = &ud,
@@ -354,18 +442,33 @@ int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t has
 }
 
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  tick_t c = { 0 };
   switch (b->policy) {
   case MG_BALANCE_LEAST_CONN:
-    return pick_least_conn(b, tried, rng);
+    return pick_least_conn(b, tried, rng, &c);
   case MG_BALANCE_P2C:
-    return pick_p2c(b, tried, rng);
+    return pick_p2c(b, tried, rng, &c);
   case MG_BALANCE_RANDOM:
-    return pick_random(b, tried, rng);
+    return pick_random(b, tried, rng, &c);
   case MG_BALANCE_HASH: /* (callers hash the request's key: this is a random key) */
     return mg_balance_pick_hash(b, tried, next_rand(rng));
   default:
-    return pick_round_robin(b, tried, rng);
+    return pick_round_robin(b, tried, rng, &c);
   }
+}
+
+int mg_balance_pick_any(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
+  int start = (int)(next_rand(rng) % (uint64_t)b->n), best = -1, bf = 0;
+  for (int j = 0; j < b->n; j++) {
+    int i = (start + j) % b->n;
+    if (is_tried(tried, i)) continue;
+    int f = atomic_load_explicit(&b->peers[i].fails, memory_order_relaxed);
+    if (best < 0 || f < bf) {
+      best = i;
+      bf = f;
+    }
+  }
+  return best;
 }
 
 void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
@@ -388,6 +491,72 @@ void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
   if (b->policy == MG_BALANCE_P2C) atomic_store_explicit(&p->ewma_at, now, memory_order_relaxed);
 }
 
+/* ---- i12-health: ejection ---- */
+
+/* Ejects server i unless it is already out or max_percent would be passed. */
+static void eject(mg_balancer_t *b, int i) {
+  mg_peer_t *p = &b->peers[i];
+  if (atomic_load_explicit(&p->flags, memory_order_relaxed) & MG_PEER_EJECTED) return;
+  tick_t c = { 0 };
+  /* ejections over by now end first, so that they do not count */
+  if (atomic_load_explicit(&b->nejected, memory_order_relaxed) > 0)
+    for (int j = 0; j < b->n; j++)
+      if (atomic_load_explicit(&b->peers[j].flags, memory_order_relaxed) & MG_PEER_EJECTED)
+        eject_expire(b, j, &c);
+  /* the slot first, so that two workers ejecting at once cannot both pass */
+  int was = atomic_fetch_add_explicit(&b->nejected, 1, memory_order_relaxed);
+  if ((int64_t)(was + 1) * 100 > (int64_t)b->eject_max_percent * b->n) {
+    atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
+    /* the streak starts over: the next try (and its O(n) sweep) comes after
+     * another `consecutive` errors, not after every one */
+    atomic_store_explicit(&p->errs, 0, memory_order_relaxed);
+    return;
+  }
+  unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_relaxed);
+  if (f & MG_PEER_EJECTED) { /* another worker was first */
+    atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
+    return;
+  }
+  uint64_t now = now_of(&c), cap = b->eject_base_ms * 10;
+  uint64_t last = atomic_load_explicit(&p->until_ms, memory_order_relaxed);
+  if (last && now >= last + cap) atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
+  uint64_t k = (uint64_t)atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed) + 1;
+  uint64_t len = b->eject_base_ms * k;
+  if (len > cap) len = cap;
+  atomic_store_explicit(&p->until_ms, now + len, memory_order_relaxed);
+  atomic_store_explicit(&p->slow_ms, 0, memory_order_relaxed);
+  int errs = atomic_exchange_explicit(&p->errs, 0, memory_order_relaxed);
+  char what[128];
+  snprintf(what, sizeof(what), "ejected for %.3gs (%d errors in a row, ejection %llu)", (double)len / 1e3,
+           errs, (unsigned long long)k);
+  tell(b, i, what);
+}
+
+static void count_error(mg_balancer_t *b, int i) {
+  if (b->eject_consecutive <= 0) return;
+  int e = atomic_fetch_add_explicit(&b->peers[i].errs, 1, memory_order_relaxed) + 1;
+  if (e >= b->eject_consecutive) eject(b, i);
+}
+
 void mg_peer_failed(mg_balancer_t *b, int i) {
   atomic_fetch_add_explicit(&b->peers[i].fails, 1, memory_order_relaxed);
+  count_error(b, i);
+}
+
+void mg_peer_status(mg_balancer_t *b, int i, int status) {
+  if (status >= 500 && status <= 599) count_error(b, i);
+  else if (atomic_load_explicit(&b->peers[i].errs, memory_order_relaxed))
+    atomic_store_explicit(&b->peers[i].errs, 0, memory_order_relaxed);
+}
+
+void mg_peer_set_down(mg_balancer_t *b, int i, int down) {
+  mg_peer_t *p = &b->peers[i];
+  if (down) {
+    atomic_fetch_or_explicit(&p->flags, MG_PEER_DOWN, memory_order_relaxed);
+    atomic_store_explicit(&p->slow_ms, 0, memory_order_relaxed);
+    return;
+  }
+  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_DOWN, memory_order_relaxed);
+  if ((f & MG_PEER_DOWN) && b->slow_start_ms)
+    atomic_store_explicit(&p->slow_ms, mg_balance_now_ms(), memory_order_relaxed);
 }

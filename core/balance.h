@@ -31,13 +31,30 @@ typedef struct {
                            (weight 1/8 per sample); 0: no sample yet */
   atomic_int fails;     /* consecutive failed attempts (reset by a response head) */
   atomic_int weight;    /* the weight least_conn and p2c use; starts as configured */
-  atomic_uint ewma_at;  /* when ewma_us last had a sample (mg_balance_now_ms, wraps) */
+  atomic_uint ewma_at;  /* when ewma_us last had a sample (p2c, ms, wraps) */
+  /* i12-health: health, ejection and slow start */
+  atomic_uint flags;    /* MG_PEER_* bits; any bit set: takes no new request */
+  atomic_int errs;      /* consecutive 5xx answers or failed attempts (ejection) */
+  atomic_int ejections; /* times ejected so far (back to 0 after 10 x base without one) */
+  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms); 0: none */
+  atomic_uint_fast64_t slow_ms;  /* slow start: when it came back; 0: at full weight */
 } mg_peer_t;
 
 /* p2c: a server's average counts half as much for every this many ms without a
  * sample, so that a server once slow (which p2c then avoids, and so never
  * measures again) is tried again after a while. */
 #define MG_BALANCE_EWMA_HALF_MS 5000u
+
+
+/* i12-health: mg_peer_t.flags */
+#define MG_PEER_DOWN 1u    /* failed its active health checks (core/health.c) */
+#define MG_PEER_EJECTED 2u /* ejected after consecutive errors (mg_peer_status) */
+
+/* May the server take new requests (no flag set)? An ejection whose time is
+ * over still counts until a pick looks at the server (balance.c ends it then). */
+static inline int mg_peer_usable(const mg_peer_t *p) {
+  return atomic_load_explicit(&p->flags, memory_order_relaxed) == 0;
+}
 
 /* Most entries a round robin schedule holds: weights adding up to more are scaled
  * down in proportion (each server keeps at least one slot). */
@@ -69,6 +86,17 @@ typedef struct mg_balancer_s {
   _Alignas(64) atomic_uint_fast64_t rr;
   /* hash: attempts in flight on all the servers (the bound's total) */
   _Alignas(64) atomic_llong active_total;
+  /* i12-health: set by config.c after mg_balancer_new (0: off) */
+  int eject_consecutive;   /* errors in a row that eject a server */
+  uint64_t eject_base_ms;  /* first ejection's length; the k-th lasts k x base, at most 10 x */
+  int eject_max_percent;   /* at most this share of the servers ejected at once */
+  uint64_t slow_start_ms;  /* a recovered server's weight ramps from 10 % to 100 % */
+  int panic;               /* none usable: pick among all (mg_balance_pick_any) */
+  atomic_int nejected;     /* servers with MG_PEER_EJECTED */
+  atomic_uint_fast64_t panic_log_ms; /* last "panic" log line (one a second) */
+  /* a server was ejected or came back: `what` for a log line (NULL: not told) */
+  void (*event)(void *data, int i, const char *what);
+  void *event_data;
 } mg_balancer_t;
 
 /* Which servers a request has tried already. Upstreams of up to 64 servers use
@@ -112,14 +140,20 @@ int mg_balance_sticky_find(const mg_balancer_t *b, uint64_t tok);
 /* The policy named `name`, or -1. */
 int mg_balance_policy(const char *name);
 
-/* Picks a server not in `tried` (NULL: none tried). `rng` is the calling worker's
- * random state (any non-zero seed). -1 when every server has been tried. */
+/* Picks a usable server (mg_peer_usable) not in `tried` (NULL: none tried).
+ * `rng` is the calling worker's random state (any non-zero seed). -1 when every
+ * usable server has been tried (or none is usable). A slow-starting server takes
+ * its ramped share. */
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
 
-/* balance = "hash": the server for a key's hash (mg_maglev_hash) not in `tried`:
- * the key's own server unless it is past the load bound, else the next one along
- * the table's walk. -1 when every server has been tried. */
+/* balance = "hash": the server for a key's hash (mg_maglev_hash), usable and not
+ * in `tried`: the key's own server unless it is past the load bound, else the
+ * next one along the table's walk. -1 when no usable server is left untried. */
 int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash);
+
+/* Server i may take a new request now (mg_peer_usable, after ending an ejection
+ * whose time is over): the sticky cookie's server is checked with it. */
+int mg_balance_usable(mg_balancer_t *b, int i);
 
 /* An attempt on server i starts / ends (every start has exactly one end). */
 static inline void mg_peer_begin(mg_balancer_t *b, int i) {
@@ -135,5 +169,19 @@ static inline void mg_peer_end(mg_balancer_t *b, int i) {
  * before one. */
 void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us);
 void mg_peer_failed(mg_balancer_t *b, int i);
+
+/* ---- i12-health ---- */
+
+/* Milliseconds of the monotonic clock (uv_hrtime's, in ms). */
+uint64_t mg_balance_now_ms(void);
+/* Server i answered with `status`: a 5xx counts toward ejection (like a failed
+ * attempt), anything else ends the streak. */
+void mg_peer_status(mg_balancer_t *b, int i, int status);
+/* Panic: the untried server with the fewest consecutive failures, usable or not;
+ * -1 when every server was tried. O(n). */
+int mg_balance_pick_any(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
+/* The active checks' verdict on server i (1: up, 0: down); coming up starts its
+ * slow start. */
+void mg_peer_set_down(mg_balancer_t *b, int i, int down);
 
 #endif

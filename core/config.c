@@ -70,6 +70,8 @@ static void gen_free(mg_gen_t *g) {
     free(g->upstreams[i].hash_spec);
     free(g->upstreams[i].sticky_cookie);
     free(g->upstreams[i].sticky_attrs);
+    free(g->upstreams[i].health.path);
+    free(g->upstreams[i].health.host);
     if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
     free(g->upstreams[i].tls);
   }
@@ -352,6 +354,59 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
   return rc;
 }
 
+/* ---- i12-health: health, eject, slow_start, panic (the upstream's table on top) ---- */
+
+/* A server was ejected or came back (balance.c's event, from any thread). */
+static void peer_event(void *data, int i, const char *what) {
+  const mg_upstream_cfg_t *u = data;
+  MG_WARN(-1, "upstream %s: server %s %s", u->name, u->servers[i].text, what);
+}
+
+static int walk_health(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  mg_balancer_t *b = u->bal;
+  b->event = peer_event;
+  b->event_data = u;
+  b->slow_start_ms = ms(field_num(L, -1, "slow_start", 0));
+  lua_getfield(L, -1, "panic");
+  b->panic = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "eject");
+  if (lua_istable(L, -1)) {
+    b->eject_consecutive = (int)field_num(L, -1, "consecutive", 5);
+    b->eject_base_ms = ms(field_num(L, -1, "base", 30));
+    b->eject_max_percent = (int)field_num(L, -1, "max_percent", 50);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "health");
+  if (lua_istable(L, -1)) {
+    mg_health_cfg_t *h = &u->health;
+    char *type = field_str(L, -1, "type");
+    h->type = type && strcmp(type, "tcp") == 0 ? MG_HEALTH_TCP : MG_HEALTH_HTTP;
+    free(type);
+    h->path = field_str(L, -1, "path");
+    h->host = field_str(L, -1, "host");
+    h->interval_ms = ms(field_num(L, -1, "interval", 2));
+    h->timeout_ms = ms(field_num(L, -1, "timeout", 1));
+    h->rise = (int)field_num(L, -1, "rise", 2);
+    h->fall = (int)field_num(L, -1, "fall", 3);
+    lua_getfield(L, -1, "expect");
+    if (lua_istable(L, -1))
+      for (int k = 1; k <= 16; k++) {
+        lua_rawgeti(L, -1, k);
+        if (lua_isnumber(L, -1)) h->expect[h->nexpect++] = (int)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+      }
+    lua_pop(L, 1);
+    if (!h->path) {
+      lua_pop(L, 1);
+      return MG_ENOMEM;
+    }
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "upstreams");
@@ -426,6 +481,7 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     }
     lua_pop(L, 1);
     int rc = build_balancer(w, u);
+    if (rc == 0) rc = walk_health(w, u); /* i12-health */
     lua_pop(L, 1);
     if (rc < 0) return rc;
   }

@@ -35,6 +35,18 @@ typedef struct {
   int weight;
 } mg_server_t;
 
+/* i12-health: an upstream's active checks (health = {...}; core/health.c) */
+enum { MG_HEALTH_NONE, MG_HEALTH_HTTP, MG_HEALTH_TCP };
+typedef struct {
+  int type;               /* MG_HEALTH_* */
+  char *path;             /* http: the request target */
+  char *host;             /* http: the Host header; NULL: the server's "ip:port" */
+  int expect[16];         /* statuses that pass; none (nexpect 0): any 2xx or 3xx */
+  int nexpect;
+  uint64_t interval_ms, timeout_ms;
+  int rise, fall;         /* results in a row that bring a server up / take it down */
+} mg_health_cfg_t;
+
 typedef struct {
   char *name;
   mg_server_t *servers;
@@ -58,6 +70,7 @@ typedef struct {
    * attributes its Set-Cookie carries ("; Path=/; HttpOnly..."); NULL: off */
   char *sticky_cookie;
   char *sticky_attrs;
+  mg_health_cfg_t health;    /* i12-health: active checks (type MG_HEALTH_NONE: off) */
 } mg_upstream_cfg_t;
 
 /* i12-split: how a route spreads its requests over several upstreams (docs/config.md

@@ -1569,6 +1569,25 @@ static void append_sticky(mg_req_t *r, hw_t *q) {
   HW_LIT(q, "\r\n");
 }
 
+/* i12-health: no usable server is left to try. Panic: the least bad of all;
+ * else a first attempt answers 503 at once (-2) and a retry ends as before (-1:
+ * every usable server was tried). One log line a second per upstream. */
+static int no_server_usable(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  mg_balancer_t *b = u->bal;
+  int s = b->panic ? mg_balance_pick_any(b, &r->tried, &r->w->rng) : -1;
+  if (!b->panic && (r->tried.bits || r->tried.map)) return -1;
+  uint64_t now = mg_balance_now_ms(), last = atomic_load_explicit(&b->panic_log_ms, memory_order_relaxed);
+  if (now >= last + 1000 && atomic_compare_exchange_strong_explicit(&b->panic_log_ms, &last, now,
+                                                                    memory_order_relaxed, memory_order_relaxed)) {
+    if (!b->panic) MG_WARN(r->w->id, "upstream %s: no server available: 503", u->name);
+    else if (s >= 0) MG_WARN(r->w->id, "upstream %s: no server available, panic: trying %s anyway", u->name,
+                             u->servers[s].text);
+  }
+  if (b->panic) return s;
+  mg_proxy_error(r, 503, 0);
+  return -2;
+}
+
 /* `balanced`: the balance hook already ran for this attempt (it waited). */
 static int pick_server(mg_req_t *r, int balanced, int head) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
@@ -1591,12 +1610,13 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     }
     if (s < 0 && u->sticky_cookie) {
       int k = sticky_lookup(r, u) - 1;
-      if (k >= 0 && !mg_tried_has(&r->tried, k)) s = k;
+      if (k >= 0 && !mg_tried_has(&r->tried, k) && mg_balance_usable(u->bal, k)) s = k;
     }
     if (s < 0) {
       if (u->bal->policy == MG_BALANCE_HASH) s = mg_balance_pick_hash(u->bal, &r->tried, req_hash(r, u));
       else s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
     }
+    if (s < 0 && (s = no_server_usable(r, u)) == -2) return 0; /* i12-health */
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
@@ -1816,6 +1836,7 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   mg_req_t *r = owner;
   if (r->active_on)
     mg_peer_answered(req_bal(r), r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
+  if (r->active_on) mg_peer_status(req_bal(r), r->active_on - 1, up_status); /* i12-health */
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */

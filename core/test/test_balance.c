@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../balance.h"
 #include "test.h"
@@ -247,6 +248,130 @@ static void sticky_tokens(void) {
   free(buf);
 }
 
+/* ---- i12-health ---- */
+
+/* Every policy skips a server that is down or ejected, with and without weights,
+ * also on a retry; none usable: -1. */
+static void skips_unusable(void) {
+  int pol[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
+  int w[] = { 1, 3, 1, 2, 1 }, one[] = { 1, 1, 1, 1, 1 };
+  for (int k = 0; k < 4; k++)
+    for (int v = 0; v < 2; v++) {
+      mg_balancer_t *b = make(pol[k], v ? w : one, 5);
+      atomic_store(&b->peers[1].flags, MG_PEER_DOWN);
+      atomic_store(&b->peers[3].flags, MG_PEER_EJECTED);
+      atomic_store(&b->peers[3].until_ms, mg_balance_now_ms() + 60000);
+      uint64_t rng = 7;
+      int count[5] = { 0 };
+      for (int i = 0; i < 3000; i++) count[mg_balance_pick(b, NULL, &rng)]++;
+      CHECK(count[1] == 0 && count[3] == 0);
+      CHECK(count[0] > 0 && count[2] > 0 && count[4] > 0);
+      mg_tried_t t = { 0, NULL };
+      mg_tried_set(&t, 0);
+      mg_tried_set(&t, 2);
+      for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, &t, &rng) == 4);
+      mg_tried_set(&t, 4);
+      CHECK(mg_balance_pick(b, &t, &rng) == -1);
+      atomic_store(&b->peers[0].flags, MG_PEER_DOWN);
+      atomic_store(&b->peers[2].flags, MG_PEER_DOWN);
+      atomic_store(&b->peers[4].flags, MG_PEER_DOWN);
+      CHECK(mg_balance_pick(b, NULL, &rng) == -1);
+      /* panic: the fewest failures, usable or not */
+      for (int i = 0; i < 5; i++) atomic_store(&b->peers[i].fails, 5 - i);
+      CHECK(mg_balance_pick_any(b, NULL, &rng) == 4);
+      CHECK(mg_balance_pick_any(b, &t, &rng) == 3);
+      mg_balancer_free(b);
+    }
+}
+
+typedef struct {
+  int n;
+  char last[160];
+} events_t;
+
+static void on_event(void *data, int i, const char *what) {
+  events_t *e = data;
+  e->n++;
+  snprintf(e->last, sizeof(e->last), "%d %s", i, what);
+}
+
+/* 5 errors in a row eject (a non-5xx in between starts over); max_percent holds;
+ * the ejection ends at a pick once its time is over; the second lasts longer. */
+static void ejection(void) {
+  int w[] = { 1, 1, 1, 1 };
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, 4);
+  events_t ev = { 0 };
+  b->event = on_event;
+  b->event_data = &ev;
+  b->eject_consecutive = 5;
+  b->eject_base_ms = 1000;
+  b->eject_max_percent = 50;
+  for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 503);
+  mg_peer_status(b, 0, 200);
+  for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 500);
+  CHECK(mg_peer_usable(&b->peers[0]));
+  mg_peer_failed(b, 0); /* a failed attempt counts too */
+  CHECK(!mg_peer_usable(&b->peers[0]) && ev.n == 1);
+  CHECK(strstr(ev.last, "0 ejected for 1s") == ev.last);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 1, 502);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 2, 502); /* 3 of 4 would pass 50 % */
+  CHECK(!mg_peer_usable(&b->peers[1]) && mg_peer_usable(&b->peers[2]));
+  CHECK(atomic_load(&b->nejected) == 2 && ev.n == 2);
+  uint64_t rng = 3;
+  for (int i = 0; i < 100; i++) {
+    int s = mg_balance_pick(b, NULL, &rng);
+    CHECK(s == 2 || s == 3);
+  }
+  /* time passes: the ejection is over for the first pick that looks */
+  atomic_store(&b->peers[0].until_ms, mg_balance_now_ms() - 1);
+  int seen0 = 0;
+  for (int i = 0; i < 8; i++) seen0 += mg_balance_pick(b, NULL, &rng) == 0;
+  CHECK(seen0 == 2 && mg_peer_usable(&b->peers[0]) && atomic_load(&b->nejected) == 1);
+  CHECK(strcmp(ev.last, "0 back from ejection") == 0);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
+  CHECK(strstr(ev.last, "0 ejected for 2s") == ev.last); /* base x 2 */
+  uint64_t len = atomic_load(&b->peers[0].until_ms) - mg_balance_now_ms();
+  CHECK(len > 1900 && len <= 2000);
+  /* the cap: 10 x base */
+  for (int k = 0; k < 12; k++) {
+    atomic_store(&b->peers[0].until_ms, mg_balance_now_ms() - 1);
+    mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng);
+    mg_balance_pick(b, NULL, &rng);
+    for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
+  }
+  len = atomic_load(&b->peers[0].until_ms) - mg_balance_now_ms();
+  CHECK(len > 9900 && len <= 10000);
+  mg_balancer_free(b);
+}
+
+/* Slow start: a server that came back gets about 10 % of its share at first,
+ * then its full share once slow_start is over. */
+static void slow_start(void) {
+  int pol[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_RANDOM, MG_BALANCE_P2C };
+  int w[] = { 1, 1 };
+  for (int k = 0; k < 3; k++) {
+    mg_balancer_t *b = make(pol[k], w, 2);
+    b->slow_start_ms = 60000;
+    mg_peer_set_down(b, 0, 1);
+    CHECK(!mg_peer_usable(&b->peers[0]));
+    mg_peer_set_down(b, 0, 0);
+    CHECK(mg_peer_usable(&b->peers[0]) && atomic_load(&b->peers[0].slow_ms) != 0);
+    uint64_t rng = 99;
+    int c0 = 0;
+    for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
+    /* round robin: it takes 10 % of its slots (5 % of picks); random: weight
+     * 0.1 against 1 (1/11 of picks); p2c: its score is 10 x worse, so idle it
+     * loses every comparison */
+    CHECK(pol[k] == MG_BALANCE_P2C ? c0 < 100 : c0 > 300 && c0 < 1100);
+    atomic_store(&b->peers[0].slow_ms, mg_balance_now_ms() - 60001);
+    c0 = 0;
+    for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
+    CHECK(c0 > 4500 && c0 < 5500);
+    CHECK(atomic_load(&b->peers[0].slow_ms) == 0);
+    mg_balancer_free(b);
+  }
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     { "round robin interleaves weights 1:3 as B A B B", rr_weights_interleave },
@@ -261,6 +386,9 @@ int main(void) {
     { "policy names", policy_names },
     { "hash keeps a key on its server, within the bound", hash_pick },
     { "sticky tokens of 10,000 servers are found again", sticky_tokens },
+    { "every policy skips down and ejected servers", skips_unusable },
+    { "ejection: streak, max_percent, end, growth, cap", ejection },
+    { "slow start ramps a recovered server's share", slow_start },
   };
   return t_run("balance", cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -113,6 +113,8 @@ int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
 
 /* ---- i12-split ---- */
 int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
+/* i12-health */
+int mg_req_server_flags(mg_req_t *r, int i);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

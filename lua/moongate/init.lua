@@ -326,7 +326,8 @@ end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
                         proxy_protocol = true, splice = true, balance = true, hash_key = true,
-                        hash_bound = true, sticky = true }
+                        hash_bound = true, sticky = true,
+                        health = true, eject = true, slow_start = true, panic = true }
 -- balance: the policies core/balance.c knows
 local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true, hash = true }
 local sticky_keys = { cookie = true, path = true, domain = true, max_age = true, secure = true,
@@ -393,6 +394,65 @@ local pp_versions = { v1 = 1, v2 = 2 }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
 
+-- i12-health: an upstream's `health`, `eject`, `slow_start` and `panic`, normalised
+-- for core/config.c (defaults filled in; docs/config.md "Health checks")
+local health_keys = { type = true, path = true, host = true, expect = true, interval = true,
+                      timeout = true, rise = true, fall = true }
+local eject_keys = { consecutive = true, base = true, max_percent = true }
+local floor = math.floor
+local function upstream_health(u, t, what)
+  if t.health ~= nil then
+    local w = what .. " health"
+    check.type(t.health, "table", what, "health")
+    check.keys(t.health, health_keys, w)
+    local h = t.health
+    local n = { type = h.type or "http", path = h.path or "/", interval = 2, timeout = 1, rise = 2, fall = 3 }
+    if n.type ~= "http" and n.type ~= "tcp" then
+      fail("%s: 'type' must be \"http\" or \"tcp\", got %s", w, tostring(h.type))
+    end
+    check.type(n.path, "string", w, "path")
+    if not match(n.path, "^/[\33-\126]*$") then
+      fail("%s: 'path' must start with '/' and hold no space or control character: %q", w, n.path)
+    end
+    if h.host ~= nil then
+      n.host = check.type(h.host, "string", w, "host")
+      if not match(n.host, "^[\33-\126]+$") then fail("%s: 'host' must be a host name: %q", w, n.host) end
+    end
+    if h.expect ~= nil then
+      check.type(h.expect, "table", w, "expect")
+      if #h.expect == 0 or #h.expect > 16 then fail("%s: 'expect' must list 1 to 16 status codes", w) end
+      n.expect = {}
+      for i, c in ipairs(h.expect) do
+        if type(c) ~= "number" or c ~= floor(c) or c < 100 or c > 599 then
+          fail("%s: expect[%d] must be a status code (100..599), got %s", w, i, tostring(c))
+        end
+        n.expect[i] = c
+      end
+    end
+    if h.interval ~= nil then n.interval = check.number(h.interval, w, "interval", 0.01, 3600) end
+    if h.timeout ~= nil then n.timeout = check.number(h.timeout, w, "timeout", 0.01, 3600) end
+    if h.rise ~= nil then n.rise = check.number(h.rise, w, "rise", 1, 100) end
+    if h.fall ~= nil then n.fall = check.number(h.fall, w, "fall", 1, 100) end
+    if n.rise ~= floor(n.rise) or n.fall ~= floor(n.fall) then
+      fail("%s: 'rise' and 'fall' must be whole numbers", w)
+    end
+    u.health = n
+  end
+  if t.eject ~= nil and t.eject ~= false then
+    local w = what .. " eject"
+    local e = t.eject == true and {} or check.type(t.eject, "table", what, "eject")
+    check.keys(e, eject_keys, w)
+    local n = { consecutive = 5, base = 30, max_percent = 50 }
+    if e.consecutive ~= nil then n.consecutive = check.number(e.consecutive, w, "consecutive", 1, 1000) end
+    if e.base ~= nil then n.base = check.number(e.base, w, "base", 0.01, 3600) end
+    if e.max_percent ~= nil then n.max_percent = check.number(e.max_percent, w, "max_percent", 0, 100) end
+    if n.consecutive ~= floor(n.consecutive) then fail("%s: 'consecutive' must be a whole number", w) end
+    u.eject = n
+  end
+  if t.slow_start ~= nil then u.slow_start = check.number(t.slow_start, what, "slow_start", 0, 3600) end
+  if t.panic ~= nil then u.panic = check.type(t.panic, "boolean", what, "panic") end
+end
+
 -- An upstream's tls.sni: a DNS host name (RFC 6066 3: no IP literal, no trailing
 -- dot), since it is both the name sent and the name the certificate must carry.
 local function sni_name(v, what)
@@ -414,7 +474,8 @@ end
 ---                     proxy_protocol = false (default) | "v1" | "v2", splice = false,
 ---                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" | "hash",
 ---                     hash_key = "ip" | "header:NAME" | "cookie:NAME" | "arg:NAME" | function(req),
----                     hash_bound = 1.25 | false, sticky = true | { cookie = "mg_sticky", ... } }
+---                     hash_bound = 1.25 | false, sticky = true | { cookie = "mg_sticky", ... },
+---                     health = {...}, eject = {...}, slow_start = 0, panic = false }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -498,6 +559,7 @@ function _M.upstream(name)
     if t.keepalive_timeout ~= nil then
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
     end
+    upstream_health(u, t, what) -- i12-health
     state.upstreams[#state.upstreams + 1] = u
     state.upstream_by_name[name] = u
     return u

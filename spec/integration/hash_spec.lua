@@ -245,6 +245,75 @@ mg.route { upstream = mg.upstream "h" { balance = "hash", hash_key = "header:X-U
   end)
 end)
 
+describe("balance = \"hash\" with health checks", function()
+  local o, proxy
+
+  lazy_setup(function()
+    o = {}
+    for _, n in ipairs({ "A", "B", "C" }) do o[n] = helpers.origin({ name = n, status_file = true }) end
+    proxy = helpers.proxy(conf([[
+mg.route { upstream = mg.upstream "h" { balance = "hash", hash_key = "header:X-User",
+  health = { path = "/hc", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 },
+  sticky = true, servers = { "${A}", "${B}", "${C}" } } }
+]]), { vars = { A = o.A.addr, B = o.B.addr, C = o.C.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function map(c)
+    local t = {}
+    for k = 1, 60 do
+      local res = assert(c:request({ path = "/", headers = { ["X-User"] = "u" .. k } }))
+      t[k] = res.status == 200 and helpers.echo(res).name or res.status
+    end
+    return t
+  end
+
+  it("moves only a down server's keys, and gives them back when it is up", function()
+    local c = helpers.connect(proxy.port, 5)
+    local before = map(c)
+    local onB = 0
+    for k = 1, 60 do if before[k] == "B" then onB = onB + 1 end end
+    assert.truthy(onB > 0)
+    o.B:force_status(500)
+    assert(helpers.wait_until(function() return proxy:stderr():find("up -> down", 1, true) end, 5, 0.05))
+    local during = map(c)
+    for k = 1, 60 do
+      if before[k] == "B" then assert.truthy(during[k] == "A" or during[k] == "C", tostring(during[k]))
+      else assert.equal(before[k], during[k]) end
+    end
+    o.B:force_status(nil)
+    assert(helpers.wait_until(function() return proxy:stderr():find("down -> up", 1, true) end, 5, 0.05))
+    assert.same(before, map(c))
+    c:close()
+  end)
+
+  it("gives a client whose sticky server is down another one, and a new cookie", function()
+    local c = helpers.connect(proxy.port, 5)
+    local tokB
+    for k = 1, 30 do
+      local res = assert(c:request({ path = "/", headers = { ["X-User"] = "s" .. k } }))
+      if helpers.echo(res).name == "B" then tokB = res.h["set-cookie"]:match("^mg_sticky=(%x+)") break end
+    end
+    assert.truthy(tokB)
+    local res = assert(c:request({ path = "/", headers = { Cookie = "mg_sticky=" .. tokB } }))
+    assert.equal("B", helpers.echo(res).name)
+    o.B:force_status(500)
+    assert(helpers.wait_until(function()
+      local _, n = proxy:stderr():gsub("up %-> down", "")
+      return n >= 2
+    end, 5, 0.05))
+    res = assert(c:request({ path = "/", headers = { Cookie = "mg_sticky=" .. tokB } }))
+    local name = helpers.echo(res).name
+    assert.truthy(name == "A" or name == "C")
+    assert.truthy(res.h["set-cookie"]:match("^mg_sticky=(%x+)") ~= tokB)
+    o.B:force_status(nil)
+    c:close()
+  end)
+end)
+
 describe("sticky sessions", function()
   local o, vars, proxy
 
