@@ -185,4 +185,17 @@ int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
  * knows (not CONNECT): MG_API_EINVAL for anything else. */
 int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
+/* ---- i12-retry: an upstream's retry and circuit breaker state ---- */
+typedef struct {
+  double requests;                /* requests sent to it (first attempts) */
+  double retries;                 /* retries started */
+  double retries_budget_exceeded; /* retries refused by retry.budget */
+  double overflow_connections, overflow_pending, overflow_requests; /* 503s of each breaker */
+  double active_requests, active_connections, pending, active_retries; /* now, all workers */
+} mg_upstream_stats_t;
+/* The upstream called `name` in the configuration the calling hook or timer runs
+ * on (counted since that configuration was loaded); MG_API_ENOTFOUND when none
+ * is, MG_API_EPHASE outside a worker. */
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
+
 #endif

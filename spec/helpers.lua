@@ -357,7 +357,9 @@ Origin.__index = Origin
 -- client certificates; the echo's tls.client is the CN), client = "required" |
 -- "optional" (default) }: the main port speaks TLS; the control port stays plain),
 -- proxy_protocol (true: every connection must begin with a PROXY protocol v1/v2
--- header, before TLS; /echo reports it as "proxy" and "proxy_headers").
+-- header, before TLS; /echo reports it as "proxy" and "proxy_headers"),
+-- as_path (every request is answered as one for this path: "/status/503",
+-- "/reset-rst", "/slow-head/2": a fault in one origin of several).
 -- Returns an object with port, ctrl (control port), addr
 -- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
@@ -375,6 +377,7 @@ function helpers.origin(opts)
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
   if opts.delay then argv[#argv + 1] = "--delay" argv[#argv + 1] = tostring(opts.delay) end
   if opts.proxy_protocol then argv[#argv + 1] = "--proxy-protocol" end
+  if opts.as_path then argv[#argv + 1] = "--as-path" argv[#argv + 1] = opts.as_path end
   if opts.tls then
     assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")
     for _, a in ipairs({ "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key }) do argv[#argv + 1] = a end

@@ -10,7 +10,7 @@ Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
             [--tls-cert PEM --tls-key PEM [--tls-max 1.2]
              [--tls-client-ca PEM [--tls-client required|optional]]]
-            [--proxy-protocol]
+            [--proxy-protocol] [--as-path PATH]
   origin.py --blackhole --port-file F
 
 With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
@@ -32,6 +32,10 @@ The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
 port answers every request with the counters as JSON and is not counted, so
 specs can read them without disturbing what they measure.
+
+With --as-path PATH every request on the main port is answered as a request for
+PATH would be (after its body is read), whatever it asked for: a fault a spec
+injects into one origin of several ("/status/503", "/reset-rst", "/slow-head/2").
 
 Behaviour by path on the main port (the query string is ignored for routing):
   /bytes/N        N bytes of the pattern, Content-Length
@@ -81,6 +85,7 @@ NAME = "origin"
 LOG = None
 PROXY_PROTOCOL = False  # --proxy-protocol
 DELAY = 0.0  # --delay: seconds every request on the main port waits before its answer
+AS_PATH = None  # --as-path: every request is answered as one for this path
 TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
 
@@ -587,6 +592,8 @@ async def handle(reader, writer, proxy=None):
                    "proxy": proxy, "proxy_headers": nproxy}
             if DELAY:
                 await asyncio.sleep(DELAY)
+            if AS_PATH:
+                req["target"] = AS_PATH
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -623,9 +630,10 @@ def write_port_file(path, text):
 
 
 async def main(args):
-    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY
+    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY, AS_PATH
     NAME = args.name
     DELAY = args.delay
+    AS_PATH = args.as_path
     if args.log:
         LOG = open(args.log, "a")
     if args.blackhole:
@@ -706,6 +714,7 @@ if __name__ == "__main__":
                     help="with --tls-client-ca: whether a client certificate is required")
     ap.add_argument("--proxy-protocol", action="store_true",
                     help="every connection begins with a PROXY protocol v1/v2 header")
+    ap.add_argument("--as-path", help="answer every request as one for this path (a fault)")
     parsed = ap.parse_args()
     if bool(parsed.tls_cert) != bool(parsed.tls_key):
         ap.error("--tls-cert and --tls-key go together")
