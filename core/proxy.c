@@ -89,8 +89,6 @@ static int is_idempotent(int m) {
 
 static const char hexdig[] = "0123456789abcdef";
 
-/* Queues a piece of body, as one chunk when re-framing chunked (both directions
- * decode the peer's framing and write their own). */
 /* A chunk's size line for a piece of len bytes; its length. */
 static size_t chunk_line(char line[20], size_t len) {
   size_t n = 0;
@@ -103,6 +101,8 @@ static size_t chunk_line(char line[20], size_t len) {
   return n;
 }
 
+/* Queues a piece of body, as one chunk when re-framing chunked (both directions
+ * decode the peer's framing and write their own). */
 static void append_body(mg_outq_t *q, const char *p, size_t len, int chunked) {
   if (chunked) {
     char line[20];
@@ -1533,6 +1533,7 @@ static int breaker_open(mg_req_t *r, const char *which, int limit) {
 
 /* Keeps n more bytes of the body as sent; past retry.buffer nothing is kept. */
 static void rb_add(mg_req_t *r, const char *p, size_t n) {
+  if (!r->rb_keep) return; /* (it may have outgrown the buffer a moment ago) */
   uint64_t max = req_up(r)->retry_buffer;
   if (n > max - r->rb_len) goto over;
   if (n > r->rb_cap - r->rb_len) {
@@ -1620,6 +1621,12 @@ static int retry_next(mg_req_t *r, int cond, int status) {
   }
   int cap = u->retry_tries ? u->retry_tries : u->nservers;
   if (r->tries >= cap) return 0;
+  if (cond == MG_RETRY_CONNECT) { /* a connect that failed cost no server any work: no
+                                     budget (one server down must not turn a third of the
+                                     requests into retries past it, and so into errors) */
+    atomic_fetch_add_explicit(&u->bal->retries, 1, memory_order_relaxed);
+    return 1;
+  }
   return budget_take(r);
 }
 

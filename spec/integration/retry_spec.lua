@@ -93,6 +93,22 @@ mg.route { host = "waits.test", upstream = waits }
     assert.equal(r, stats(proxy, "reset_get").retries)
   end)
 
+  it("sends a chunked PUT again after a reset with its body intact (within retry.buffer)", function()
+    local pieces = { "first piece ", ("middle "):rep(100), "last" }
+    local body = table.concat(pieces)
+    for i = 1, 4 do
+      local raw = { "PUT /echo?" .. i .. " HTTP/1.1\r\nHost: reset.test\r\nTransfer-Encoding: chunked\r\n\r\n" }
+      for _, p in ipairs(pieces) do raw[#raw + 1] = ("%x\r\n%s\r\n"):format(#p, p) end
+      raw[#raw + 1] = "0\r\n\r\n"
+      local doc = helpers.echo(assert(proxy:request(table.concat(raw))))
+      assert.equal("A", doc.name)
+      assert.equal(#body, doc.body_len)
+      assert.equal(helpers.sha256(body), doc.body_sha256)
+    end
+    assert.equal(4, reqs(a))
+    assert.is_true(reqs(rst) >= 2)
+  end)
+
   it("passes a 503 on when \"503\" is not in retry.on (the default: connect only)", function()
     local n503 = 0
     for i = 1, 6 do
@@ -232,6 +248,68 @@ mg.route { host = "flood.test", upstream = mg.upstream "flood" { servers = { "${
     assert.equal(0, s.active_requests)
     assert.equal(0, s.active_retries)
     assert.matches("retry budget exhausted", proxy:stderr(), 1, true)
+  end)
+end)
+
+describe("one server down under a flood", function()
+  local a, proxy
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A", delay = 0.3 })
+    proxy = helpers.proxy(PRELUDE .. [[
+mg.route { host = "half.test", upstream = mg.upstream "half" { servers = { "127.0.0.1:${dead}", "${a}" } } }
+]], { vars = { a = a.addr, dead = helpers.free_port() } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("fails every request over: retries after a failed connect are not held to the budget", function()
+    local n = 30
+    local cs = {}
+    for i = 1, n do
+      cs[i] = proxy:connect()
+      assert(cs[i]:send("GET /echo?" .. i .. " HTTP/1.1\r\nHost: half.test\r\n\r\n"))
+    end
+    for i = 1, n do
+      assert.equal("A", helpers.echo(assert(cs[i]:response())).name)
+      cs[i]:close()
+    end
+    local s = stats(proxy, "half")
+    assert.is_true(s.retries >= 5, "retries: " .. s.retries)
+    assert.equal(0, s.retries_budget_exceeded)
+  end)
+end)
+
+describe("retry.budget = 1 (the control: no budget to speak of)", function()
+  local f, proxy
+
+  lazy_setup(function()
+    f = helpers.origin({ name = "F", as_path = "/status/503", delay = 0.3 })
+    proxy = helpers.proxy(PRELUDE .. [[
+mg.route { host = "flood.test", upstream = mg.upstream "flood" { servers = { "${f}" },
+  retry = { tries = 3, on = { "503" }, budget = 1, backoff = { base = 0.001, max = 0.001 } } } }
+]], { vars = { f = f.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("lets every request make its 3 tries under the same flood", function()
+    local n = 30
+    local cs = {}
+    for i = 1, n do
+      cs[i] = proxy:connect()
+      assert(cs[i]:send("GET /echo?" .. i .. " HTTP/1.1\r\nHost: flood.test\r\n\r\n"))
+    end
+    for i = 1, n do
+      assert.equal(503, assert(cs[i]:response()).status)
+      cs[i]:close()
+    end
+    assert.equal(3 * n, reqs(f))
+    assert.equal(0, stats(proxy, "flood").retries_budget_exceeded)
   end)
 end)
 
