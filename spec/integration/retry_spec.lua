@@ -63,6 +63,9 @@ mg.route { host = "idem.test", upstream = on503, idempotent = true }
 local pertry = mg.upstream "pertry" { servers = { "${slow}", "${a}" },
   retry = { on = { "timeout" }, per_try_timeout = 0.3 } }
 mg.route { host = "pertry.test", upstream = pertry }
+local readto = mg.upstream "readto" { servers = { "${slow}", "${a}" }, timeouts = { read = 0.3 },
+  retry = { on = { "timeout" } } }
+mg.route { host = "readto.test", upstream = readto }
 local three = mg.upstream "three" { servers = { "${f503}" },
   retry = { tries = 3, on = { "503" }, backoff = { base = 0.01, max = 0.02 } } }
 mg.route { host = "three.test", upstream = three }
@@ -178,6 +181,22 @@ mg.route { host = "waits.test", upstream = waits }
     assert.equal(4, reqs(a))
     assert.is_true(reqs(slow) >= 2)
     assert.matches("no response head within retry.per_try_timeout", proxy:stderr(), 1, true)
+  end)
+
+  it("moves on when the upstream's read timeout runs out before a head (\"timeout\")", function()
+    for i = 1, 4 do
+      local t0 = helpers.now()
+      assert.equal("A", helpers.echo(get(proxy, "readto.test", "/echo?" .. i)).name)
+      assert.is_true(helpers.now() - t0 < 0.8, "took " .. (helpers.now() - t0) .. " s")
+    end
+    assert.equal(4, reqs(a))
+    assert.is_true(reqs(slow) >= 2)
+  end)
+
+  it("mg.upstream_stats answers nil, err for an unknown upstream", function()
+    local res = get(proxy, "stats.test", "/?u=nope")
+    assert.equal(404, res.status)
+    assert.equal("no upstream 'nope'", res.body)
   end)
 
   it("makes at most `tries` attempts, then passes the last answer on", function()
