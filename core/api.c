@@ -405,3 +405,26 @@ int mg_req_upstream_name(mg_req_t *r, mg_str_t *out) {
   *out = (mg_str_t){ n, strlen(n) };
   return 0;
 }
+
+/* ---- i12-retry: an upstream's retry and circuit breaker state ---- */
+
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out) {
+  mg_worker_t *w = mg_current_worker;
+  if (!w || !w->lua_wg) return MG_API_EPHASE;
+  const mg_gen_t *g = w->lua_wg->gen;
+  for (int i = 0; i < g->nupstreams; i++) {
+    const mg_upstream_cfg_t *u = &g->upstreams[i];
+    if (!u->bal || strlen(u->name) != len || memcmp(u->name, name, len) != 0) continue;
+    mg_balancer_t *b = u->bal;
+#define LD(f) ((double)atomic_load_explicit(&b->f, memory_order_relaxed))
+    *out = (mg_upstream_stats_t){
+      .requests = LD(requests), .retries = LD(retries), .retries_budget_exceeded = LD(retries_budget_exceeded),
+      .overflow_connections = LD(overflow_connections), .overflow_pending = LD(overflow_pending),
+      .overflow_requests = LD(overflow_requests), .active_requests = LD(rq_active),
+      .active_connections = LD(conns), .pending = LD(pending), .active_retries = LD(retries_active),
+    };
+#undef LD
+    return 0;
+  }
+  return MG_API_ENOTFOUND;
+}

@@ -205,5 +205,17 @@ int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
  * active checks; MG_PEER_EJECTED 2: ejected, and the ejection is not over), or
  * MG_API_EPHASE / MG_API_ENOTFOUND. */
 int mg_req_server_flags(mg_req_t *r, int i);
+/* ---- i12-retry: an upstream's retry and circuit breaker state ---- */
+typedef struct {
+  double requests;                /* requests sent to it (first attempts) */
+  double retries;                 /* retries started */
+  double retries_budget_exceeded; /* retries refused by retry.budget */
+  double overflow_connections, overflow_pending, overflow_requests; /* 503s of each breaker */
+  double active_requests, active_connections, pending, active_retries; /* now, all workers */
+} mg_upstream_stats_t;
+/* The upstream called `name` in the configuration the calling hook or timer runs
+ * on (counted since that configuration was loaded); MG_API_ENOTFOUND when none
+ * is, MG_API_EPHASE outside a worker. */
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
 
 #endif

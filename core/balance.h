@@ -97,6 +97,19 @@ typedef struct mg_balancer_s {
   /* a server was ejected or came back: `what` for a log line (NULL: not told) */
   void (*event)(void *data, int i, const char *what);
   void *event_data;
+  /* i12-retry: the upstream's retry and circuit breaker state, shared by every
+   * worker (relaxed atomics, on a cache line of their own; proxy.c keeps them).
+   * Gauges: */
+  _Alignas(64) atomic_int rq_active; /* requests in flight on the upstream (first
+                                        attempt to the response's end) */
+  atomic_int conns;                  /* connections in use for them: connecting or
+                                        carrying a request (idle pooled ones are the
+                                        worker's, not the upstream's) */
+  atomic_int pending;                /* of those, still connecting */
+  atomic_int retries_active;         /* retries in flight */
+  /* counters, from the generation's load */
+  atomic_uint_fast64_t requests, retries, retries_budget_exceeded, overflow_connections,
+      overflow_pending, overflow_requests;
 } mg_balancer_t;
 
 /* Which servers a request has tried already. Upstreams of up to 64 servers use

@@ -407,6 +407,39 @@ static int walk_health(walk_t *w, mg_upstream_cfg_t *u) {
   return 0;
 }
 
+/* i12-retry: the upstream's retry, breaker and timeout fields (the upstream's
+ * table on top; init.lua filled in every default). */
+static int walk_retry(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  u->retry_tries = (int)field_num(L, -1, "retry_tries", 0);
+  u->retry_on = (unsigned)field_num(L, -1, "retry_on", MG_RETRY_CONNECT);
+  u->per_try_ms = ms(field_num(L, -1, "retry_per_try", 0));
+  u->backoff_base_ms = ms(field_num(L, -1, "retry_backoff_base", 0));
+  u->backoff_max_ms = ms(field_num(L, -1, "retry_backoff_max", 0));
+  u->retry_budget = field_num(L, -1, "retry_budget", 0.2);
+  u->retry_buffer = (uint64_t)field_num(L, -1, "retry_buffer", 65536);
+  u->max_connections = (int)field_num(L, -1, "max_connections", 0);
+  u->max_pending = (int)field_num(L, -1, "max_pending", 0);
+  u->max_requests = (int)field_num(L, -1, "max_requests", 0);
+  u->connect_ms = ms(field_num(L, -1, "timeout_connect", 0));
+  u->read_ms = ms(field_num(L, -1, "timeout_read", 0));
+  u->write_ms = ms(field_num(L, -1, "timeout_write", 0));
+  lua_getfield(L, -1, "retry_status");
+  int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  if (n > (int)(sizeof(u->retry_status) / sizeof(u->retry_status[0]))) {
+    lua_pop(L, 1);
+    return walk_fail(w, "upstream '%s': retry.on lists too many statuses%s", u->name, NULL);
+  }
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    u->retry_status[i] = (int)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  u->nretry_status = n;
+  lua_pop(L, 1);
+  return 0;
+}
+
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "upstreams");
@@ -482,6 +515,7 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     lua_pop(L, 1);
     int rc = build_balancer(w, u);
     if (rc == 0) rc = walk_health(w, u); /* i12-health */
+    if (rc == 0) rc = walk_retry(w, u);
     lua_pop(L, 1);
     if (rc < 0) return rc;
   }
@@ -656,6 +690,13 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     r->buffer_body = (uint64_t)field_num(L, -1, "buffer_body", MG_BUFFER_BODY);
     double hook_s = field_num(L, -1, "hook_timeout", 0);
     r->hook_ms = hook_s > 0 ? ms(hook_s) : 0;
+    /* i12-retry */
+    lua_getfield(L, -1, "idempotent");
+    r->idempotent = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    r->connect_ms = ms(field_num(L, -1, "connect_timeout", 0));
+    r->read_ms = ms(field_num(L, -1, "read_timeout", 0));
+    r->write_ms = ms(field_num(L, -1, "write_timeout", 0));
     lua_getfield(L, -1, "methods");
     if (lua_istable(L, -1)) {
       int nm = (int)lua_objlen(L, -1);

@@ -71,7 +71,21 @@ typedef struct {
   char *sticky_cookie;
   char *sticky_attrs;
   mg_health_cfg_t health;    /* i12-health: active checks (type MG_HEALTH_NONE: off) */
+  /* i12-retry: retries, circuit breakers and timeouts (docs/config.md "Retries,
+   * circuit breakers and timeouts"); lua/moongate/init.lua fills in the defaults */
+  int retry_tries;           /* attempts in all, the first included; 0: each server once */
+  unsigned retry_on;         /* MG_RETRY_* */
+  int retry_status[16];      /* statuses whose response is discarded and the request sent again */
+  int nretry_status;
+  uint64_t per_try_ms;       /* an attempt's head must come within it; 0: no bound */
+  uint64_t backoff_base_ms, backoff_max_ms;
+  double retry_budget;       /* retries in flight <= budget x requests in flight (at least
+                                MG_RETRY_MIN_CONCURRENCY) */
+  uint64_t retry_buffer;     /* request body bytes kept to be sent again */
+  int max_connections, max_pending, max_requests; /* circuit breakers; 0: none */
+  uint64_t connect_ms, read_ms, write_ms;         /* the upstream's timeouts; 0: the global ones */
 } mg_upstream_cfg_t;
+
 
 /* i12-split: how a route spreads its requests over several upstreams (docs/config.md
  * "Traffic split"). Built with the generation on the main thread, read by every
@@ -91,6 +105,12 @@ typedef struct {
                                 -1: such requests follow the weights */
 } mg_split_t;
 
+/* retry.on conditions (statuses apart) */
+enum { MG_RETRY_CONNECT = 1, MG_RETRY_TIMEOUT = 2, MG_RETRY_RESET = 4 };
+/* the budget's floor: this many retries may always be in flight (Envoy's
+ * min_retry_concurrency) */
+#define MG_RETRY_MIN_CONCURRENCY 3
+
 typedef struct {
   char *listener;            /* NULL: every listener */
   char *host;                /* NULL: any host; "*.x" stored as ".x" with wildcard=1 */
@@ -109,6 +129,9 @@ typedef struct {
   size_t resp_body_len;
   uint64_t hook_ms;          /* the route's timeouts.hook (ms), 0: the global one */
   mg_split_t *split;         /* i12-split: NULL: every request goes to `upstream` */
+  /* i12-retry */
+  int idempotent;            /* requests may be sent again whatever their method */
+  uint64_t connect_ms, read_ms, write_ms; /* the route's timeouts; 0: the upstream's */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

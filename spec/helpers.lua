@@ -359,6 +359,8 @@ Origin.__index = Origin
 -- proxy_protocol (true: every connection must begin with a PROXY protocol v1/v2
 -- header, before TLS; /echo reports it as "proxy" and "proxy_headers"),
 -- status_file (true: Origin:force_status(n) makes it answer every request with n).
+-- as_path (every request is answered as one for this path: "/status/503",
+-- "/reset-rst", "/slow-head/2": a fault in one origin of several).
 -- Returns an object with port, ctrl (control port), addr
 -- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
@@ -382,6 +384,7 @@ function helpers.origin(opts)
     argv[#argv + 1] = "--status-file"
     argv[#argv + 1] = o.status_file
   end
+  if opts.as_path then argv[#argv + 1] = "--as-path" argv[#argv + 1] = opts.as_path end
   if opts.tls then
     assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")
     for _, a in ipairs({ "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key }) do argv[#argv + 1] = a end

@@ -115,6 +115,15 @@ int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
 int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
 /* i12-health */
 int mg_req_server_flags(mg_req_t *r, int i);
+/* i12-retry */
+typedef struct {
+  double requests;
+  double retries;
+  double retries_budget_exceeded;
+  double overflow_connections, overflow_pending, overflow_requests;
+  double active_requests, active_connections, pending, active_retries;
+} mg_upstream_stats_t;
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

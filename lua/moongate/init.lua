@@ -327,7 +327,10 @@ end
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
                         proxy_protocol = true, splice = true, balance = true, hash_key = true,
                         hash_bound = true, sticky = true,
-                        health = true, eject = true, slow_start = true, panic = true }
+                        health = true, eject = true, slow_start = true, panic = true,
+                        -- i12-retry
+                        retry = true, max_connections = true, max_pending = true, max_requests = true,
+                        timeouts = true }
 -- balance: the policies core/balance.c knows
 local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true, hash = true }
 local sticky_keys = { cookie = true, path = true, domain = true, max_age = true, secure = true,
@@ -470,6 +473,73 @@ local function sni_name(v, what)
   return v
 end
 
+-- i12-retry: an upstream's retry, circuit breakers and timeouts (docs/config.md
+-- "Retries, circuit breakers and timeouts"), flattened for core/config.c
+local retry_keys = { tries = true, on = true, per_try_timeout = true, backoff = true, budget = true,
+                     buffer = true }
+local backoff_keys = { base = true, max = true }
+local retry_conditions = { connect = 1, timeout = 2, reset = 4 } -- core/config.h MG_RETRY_*
+local io_timeout_keys = { connect = true, read = true, write = true }
+local function whole(v, what, key, min, max)
+  local n = check.number(v, what, key, min, max)
+  if n % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, key, tostring(v)) end
+  return n
+end
+local function upstream_retry(u, t, what)
+  u.retry_tries, u.retry_on, u.retry_status, u.retry_per_try = 0, retry_conditions.connect, {}, 0
+  u.retry_backoff_base, u.retry_backoff_max, u.retry_budget, u.retry_buffer = 0.025, 0.25, 0.2, 65536
+  u.max_connections, u.max_pending, u.max_requests = 0, 0, 0
+  u.timeout_connect, u.timeout_read, u.timeout_write = 0, 0, 0
+  for _, k in ipairs { "max_connections", "max_pending", "max_requests" } do
+    if t[k] ~= nil then u[k] = whole(t[k], what, k, 1, 1e9) end
+  end
+  if t.timeouts ~= nil then
+    local w = what .. " timeouts"
+    check.type(t.timeouts, "table", what, "timeouts")
+    check.keys(t.timeouts, io_timeout_keys, w)
+    for k in pairs(io_timeout_keys) do
+      if t.timeouts[k] ~= nil then u["timeout_" .. k] = check.number(t.timeouts[k], w, k, 0.001, 86400) end
+    end
+  end
+  local r = t.retry
+  if r == nil then return end
+  local w = what .. " retry"
+  check.type(r, "table", what, "retry")
+  check.keys(r, retry_keys, w)
+  if r.tries ~= nil then u.retry_tries = whole(r.tries, w, "tries", 1, 100) end
+  if r.on ~= nil then
+    check.type(r.on, "table", w, "on")
+    local mask, statuses = 0, {}
+    for i, c in ipairs(r.on) do
+      local code = tonumber(c)
+      if retry_conditions[c] then
+        if mask % (2 * retry_conditions[c]) < retry_conditions[c] then mask = mask + retry_conditions[c] end
+      elseif code and code % 1 == 0 and code >= 400 and code <= 599 then
+        statuses[#statuses + 1] = code
+      else
+        fail("%s: on[%d] must be \"connect\", \"timeout\", \"reset\" or a status 400..599, got %s", w, i,
+             tostring(c))
+      end
+    end
+    if #statuses > 16 then fail("%s: 'on' lists more than 16 statuses", w) end
+    u.retry_on, u.retry_status = mask, statuses
+  end
+  if r.per_try_timeout ~= nil then u.retry_per_try = check.number(r.per_try_timeout, w, "per_try_timeout", 0.001, 86400) end
+  if r.backoff ~= nil then
+    local bw = w .. " backoff"
+    check.type(r.backoff, "table", w, "backoff")
+    check.keys(r.backoff, backoff_keys, bw)
+    if r.backoff.base ~= nil then
+      u.retry_backoff_base = check.number(r.backoff.base, bw, "base", 0, 3600)
+      u.retry_backoff_max = 10 * u.retry_backoff_base -- Envoy's default max
+    end
+    if r.backoff.max ~= nil then u.retry_backoff_max = check.number(r.backoff.max, bw, "max", 0, 3600) end
+    if u.retry_backoff_max < u.retry_backoff_base then fail("%s: 'max' is less than 'base'", bw) end
+  end
+  if r.budget ~= nil then u.retry_budget = check.number(r.budget, w, "budget", 0, 1) end
+  if r.buffer ~= nil then u.retry_buffer = r.buffer == 0 and 0 or size(r.buffer, w, "buffer") end
+end
+
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
 ---                     proxy_protocol = false (default) | "v1" | "v2", splice = false,
 ---                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" | "hash",
@@ -560,6 +630,7 @@ function _M.upstream(name)
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
     end
     upstream_health(u, t, what) -- i12-health
+    upstream_retry(u, t, what) -- i12-retry
     state.upstreams[#state.upstreams + 1] = u
     state.upstream_by_name[name] = u
     return u
@@ -567,8 +638,10 @@ function _M.upstream(name)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true, buffer_body = true, timeouts = true, split = true }
-local route_timeout_keys = { hook = true } -- a route's own timeouts.hook
+                     respond = true, on = true, buffer_body = true, timeouts = true, split = true,
+                     idempotent = true }
+-- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
+local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
@@ -710,7 +783,13 @@ function _M.route(t)
     check.type(t.timeouts, "table", what, "timeouts")
     check.keys(t.timeouts, route_timeout_keys, what .. " timeouts")
     if t.timeouts.hook ~= nil then r.hook_timeout = check.number(t.timeouts.hook, what .. " timeouts", "hook", 0.001, 86400) end
+    for _, k in ipairs { "connect", "read", "write" } do -- i12-retry
+      if t.timeouts[k] ~= nil then
+        r[k .. "_timeout"] = check.number(t.timeouts[k], what .. " timeouts", k, 0.001, 86400)
+      end
+    end
   end
+  if t.idempotent ~= nil then r.idempotent = check.type(t.idempotent, "boolean", what, "idempotent") end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do
@@ -837,6 +916,26 @@ _M.http = require "moongate.http"
 
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
+
+-- i12-retry
+local stats_out = ffi.new("mg_upstream_stats_t")
+local stats_fields = { "requests", "retries", "retries_budget_exceeded", "overflow_connections",
+                       "overflow_pending", "overflow_requests", "active_requests", "active_connections",
+                       "pending", "active_retries" }
+--- mg.upstream_stats(name): the upstream's retry and circuit breaker counters,
+--- all workers together, since the configuration was loaded (docs/config.md):
+--- { requests, retries, retries_budget_exceeded, overflow_connections,
+---   overflow_pending, overflow_requests, active_requests, active_connections,
+---   pending, active_retries }, or nil, err when no upstream has that name.
+function _M.upstream_stats(name)
+  if type(name) ~= "string" then error("mg.upstream_stats: name expected", 2) end
+  local rc = ffi.C.mg_upstream_stats(name, #name, stats_out)
+  if rc == -30002 then error("mg.upstream_stats: only in hooks and timers of a worker", 2) end
+  if rc ~= 0 then return nil, "no upstream '" .. name .. "'" end
+  local t = {}
+  for _, k in ipairs(stats_fields) do t[k] = tonumber(stats_out[k]) end
+  return t
+end
 
 _M.router = router
 

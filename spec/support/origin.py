@@ -10,7 +10,7 @@ Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
             [--tls-cert PEM --tls-key PEM [--tls-max 1.2]
              [--tls-client-ca PEM [--tls-client required|optional]]]
-            [--proxy-protocol] [--status-file F]
+            [--proxy-protocol] [--status-file F] [--as-path PATH]
   origin.py --blackhole --port-file F
 
 With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
@@ -37,6 +37,10 @@ The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
 port answers every request with the counters as JSON and is not counted, so
 specs can read them without disturbing what they measure.
+
+With --as-path PATH every request on the main port is answered as a request for
+PATH would be (after its body is read), whatever it asked for: a fault a spec
+injects into one origin of several ("/status/503", "/reset-rst", "/slow-head/2").
 
 Behaviour by path on the main port (the query string is ignored for routing):
   /bytes/N        N bytes of the pattern, Content-Length
@@ -86,6 +90,7 @@ NAME = "origin"
 LOG = None
 PROXY_PROTOCOL = False  # --proxy-protocol
 DELAY = 0.0  # --delay: seconds every request on the main port waits before its answer
+AS_PATH = None  # --as-path: every request is answered as one for this path
 TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
 
@@ -600,6 +605,8 @@ async def handle(reader, writer, proxy=None):
                 if not keep:
                     break
                 continue
+            if AS_PATH:
+                req["target"] = AS_PATH
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -651,10 +658,11 @@ def write_port_file(path, text):
 
 
 async def main(args):
-    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY, STATUS_FILE
+    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY, STATUS_FILE, AS_PATH
     NAME = args.name
     DELAY = args.delay
     STATUS_FILE = args.status_file
+    AS_PATH = args.as_path
     if args.log:
         LOG = open(args.log, "a")
     if args.blackhole:
@@ -737,6 +745,7 @@ if __name__ == "__main__":
                     help="every connection begins with a PROXY protocol v1/v2 header")
     ap.add_argument("--status-file",
                     help="while this file holds a status code, every request gets it")
+    ap.add_argument("--as-path", help="answer every request as one for this path (a fault)")
     parsed = ap.parse_args()
     if bool(parsed.tls_cert) != bool(parsed.tls_key):
         ap.error("--tls-cert and --tls-key go together")
