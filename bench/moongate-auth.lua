@@ -4,22 +4,14 @@
 -- Authorization) through mg.http.request, which keeps its connections in a
 -- keep-alive pool; 401 is answered, anything but 200 is a 502, 200 is proxied.
 local mg = require "moongate"
-local env = function(k, d) return os.getenv(k) or d end
+local bench = require "bench_env"
+local env = bench.env
 
 -- a build from before mg.http (issue 11) cannot run this: say so at load time
 -- (scripts/bench then skips moongate-base here) instead of answering 500s
 if mg.http == nil then error("bench/moongate-auth.lua needs mg.http (this moongate has none)", 0) end
 
-mg.config {
-  workers = tonumber(env("BENCH_WORKERS", "1")),
-  access_log = false,
-  error_log = env("BENCH_ERRLOG", "-"),
-  log_level = "warn",
-  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
-  limits = { body_size = 0 },
-}
-
-mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+bench.start()
 
 local origin = mg.upstream "origin" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },

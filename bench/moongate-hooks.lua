@@ -3,18 +3,10 @@
 -- A request hook reads a header, sets an upstream request header and picks the
 -- upstream by path prefix; a response hook sets a response header.
 local mg = require "moongate"
-local env = function(k, d) return os.getenv(k) or d end
+local bench = require "bench_env"
+local env = bench.env
 
-mg.config {
-  workers = tonumber(env("BENCH_WORKERS", "1")),
-  access_log = false,
-  error_log = env("BENCH_ERRLOG", "-"),
-  log_level = "warn",
-  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
-  limits = { body_size = 0 },
-}
-
-mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+bench.start()
 
 local default = mg.upstream "default" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },

@@ -5,7 +5,8 @@
 -- back in the worker's pool, answers 429 past the limit (never reached in the
 -- bench) and proxies the rest.
 local mg = require "moongate"
-local env = function(k, d) return os.getenv(k) or d end
+local bench = require "bench_env"
+local env = bench.env
 
 -- a build from before mg.tcp / moongate.redis (issue 11) cannot run this: say
 -- so at load time (scripts/bench then skips moongate-base here)
@@ -14,16 +15,7 @@ if not has_redis or mg.tcp == nil then
   error("bench/moongate-redis.lua needs mg.tcp and moongate.redis (this moongate has none)", 0)
 end
 
-mg.config {
-  workers = tonumber(env("BENCH_WORKERS", "1")),
-  access_log = false,
-  error_log = env("BENCH_ERRLOG", "-"),
-  log_level = "warn",
-  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
-  limits = { body_size = 0 },
-}
-
-mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+bench.start()
 
 local origin = mg.upstream "origin" {
   servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") },

@@ -2,25 +2,12 @@
 -- them 20 ms late; `balance = "p2c"` (two random choices, the one with fewer
 -- active requests x response time wins) keeps most requests off the late one.
 local mg = require "moongate"
-local env = function(k, d) return os.getenv(k) or d end
+local bench = require "bench_env"
 
-mg.config {
-  workers = tonumber(env("BENCH_WORKERS", "1")),
-  access_log = false,
-  error_log = env("BENCH_ERRLOG", "-"),
-  log_level = "warn",
-  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
-  limits = { body_size = 0 },
-}
-
-mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+bench.start()
 
 local pool = mg.upstream "pool" {
-  servers = {
-    "127.0.0.1:" .. env("BENCH_POOL_PORT1", "18201"),
-    "127.0.0.1:" .. env("BENCH_POOL_PORT2", "18202"),
-    "127.0.0.1:" .. env("BENCH_POOL_PORT3", "18203"),
-  },
+  servers = bench.pool(),
   keepalive = 64,
   balance = "p2c",
 }

@@ -2,18 +2,10 @@
 -- one route to the shared origin, upstream keep-alive. Values come from the
 -- environment set by scripts/bench (defaults let it run by hand).
 local mg = require "moongate"
-local env = function(k, d) return os.getenv(k) or d end
+local bench = require "bench_env"
+local env = bench.env
 
-mg.config {
-  workers = tonumber(env("BENCH_WORKERS", "1")),
-  access_log = false,
-  error_log = env("BENCH_ERRLOG", "-"),
-  log_level = "warn",
-  pid = env("BENCH_PIDFILE", "/tmp/moongate-bench.pid"),
-  limits = { body_size = 0 },
-}
-
-mg.listen { "127.0.0.1:" .. env("BENCH_PORT", "18081") }
+bench.start()
 
 local servers = { servers = { "127.0.0.1:" .. env("BENCH_ORIGIN_PORT", "18080") }, keepalive = 64 }
 -- BENCH_SPLICE=1: bodies spliced socket to socket (docs/config.md, `splice`); the

@@ -1039,4 +1039,67 @@ function helpers.curl(args, opts)
   return res
 end
 
+-- ---- balancing specs (issue 12): one config preamble, clients spread over the
+-- workers, origins by name, tallies ----
+
+--- A config for `workers` workers (default 2; `extra`: more mg.config fields,
+-- default "access_log = false") listening on ${port}, then `body`.
+function helpers.workers_conf(body, workers, extra)
+  return 'local mg = require "moongate"\n'
+    .. "mg.config { workers = " .. (workers or 2) .. ", " .. (extra or "access_log = false") .. " }\n"
+    .. 'mg.listen { "127.0.0.1:${port}" }\n' .. body
+end
+
+--- `n` connections to `port` from different loopback addresses (127.0.0.<first+i>,
+-- first defaulting to 1), so that SO_REUSEPORT spreads them over the workers.
+function helpers.clients(port, n, first)
+  local cs = {}
+  for i = 1, n do cs[i] = helpers.connect(port, 5, nil, "127.0.0." .. ((first or 1) + i)) end
+  return cs
+end
+
+function helpers.close_all(cs)
+  for _, c in pairs(cs) do c:close() end
+end
+
+--- The name of the origin that answered `req` (a path or a request table) on c.
+function helpers.name_of(c, req)
+  if type(req) ~= "table" then req = { path = req or "/echo" } end
+  return helpers.echo(assert(c:request(req))).name
+end
+
+--- { value = how many times it appears } over a list (or any table's values).
+function helpers.tally(list)
+  local t = {}
+  for _, v in pairs(list) do t[v] = (t[v] or 0) + 1 end
+  return t
+end
+
+--- Origins named `names` (each with `opts`): { name = origin }, { name = addr }.
+function helpers.origins(names, opts)
+  local os_, vars = {}, {}
+  for _, n in ipairs(names) do
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.name = n
+    os_[n] = helpers.origin(o)
+    vars[n] = os_[n].addr
+  end
+  return os_, vars
+end
+
+--- `moongate -t` on a config of `body` after a listener: its output and exit code.
+function helpers.check_config(body)
+  local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
+    .. 'mg.listen { "127.0.0.1:1" }\n' .. body)
+  return helpers.moongate({ "-t", "-c", path })
+end
+
+--- helpers.check_config of one route to an upstream of `servers` (default one)
+-- with `fields` (proxy.lua text) added to the upstream's table.
+function helpers.check_upstream(fields, servers)
+  return helpers.check_config('mg.route { upstream = mg.upstream "u" { servers = { '
+    .. (servers or '"127.0.0.1:2"') .. ' }, ' .. fields .. ' } }\n')
+end
+
 return helpers

@@ -4,36 +4,13 @@
 -- servers, and the balance hook still having the last word.
 local helpers = require "spec.helpers"
 
-local function conf(body, workers)
-  return [[
-local mg = require "moongate"
-mg.config { workers = ]] .. (workers or 2) .. [[, access_log = false }
-mg.listen { "127.0.0.1:${port}" }
-]] .. body
-end
+local conf = helpers.workers_conf
 
--- `n` connections from different loopback addresses, so that SO_REUSEPORT spreads
--- them over the workers.
-local function clients(proxy, n)
-  local cs = {}
-  for i = 1, n do cs[i] = helpers.connect(proxy.port, 5, nil, "127.0.0." .. (i + 1)) end
-  return cs
-end
+local function clients(proxy, n) return helpers.clients(proxy.port, n) end
 
-local function close_all(cs)
-  for _, c in ipairs(cs) do c:close() end
-end
+local close_all, name_of, tally = helpers.close_all, helpers.name_of, helpers.tally
 
--- The origin's name for a GET of `path` on client c.
-local function name_of(c, path)
-  return helpers.echo(assert(c:request({ path = path or "/echo" }))).name
-end
 
-local function tally(list)
-  local t = {}
-  for _, v in ipairs(list) do t[v] = (t[v] or 0) + 1 end
-  return t
-end
 
 describe("balance = round_robin (the default)", function()
   local a, b, proxy
@@ -338,15 +315,7 @@ mg.route { host = "two.test", upstream = mg.upstream "two" { servers = { "127.0.
 end)
 
 describe("balance config", function()
-  local function check(upstream)
-    local dir = helpers.tmpdir()
-    local path = helpers.write_config(dir, [[
-local mg = require "moongate"
-mg.listen { "127.0.0.1:1" }
-mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, ]] .. upstream .. [[ } }
-]])
-    return helpers.moongate({ "-t", "-c", path })
-  end
+  local check = helpers.check_upstream
 
   it("refuses an unknown policy, naming the known ones", function()
     local out, rc = check('balance = "fastest"')

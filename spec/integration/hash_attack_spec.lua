@@ -5,32 +5,12 @@
 local helpers = require "spec.helpers"
 local socket = require "socket"
 
-local function conf(body, workers)
-  return [[
-local mg = require "moongate"
-mg.config { workers = ]] .. (workers or 1) .. [[, access_log = false }
-mg.listen { "127.0.0.1:${port}" }
-]] .. body
-end
+local function conf(body, workers) return helpers.workers_conf(body, workers or 1) end
 
-local function origins(names)
-  local os_, vars = {}, {}
-  for _, n in ipairs(names) do
-    os_[n] = helpers.origin({ name = n })
-    vars[n] = os_[n].addr
-  end
-  return os_, vars
-end
+local origins, name_of = helpers.origins, helpers.name_of
 
-local function stop_all(o)
-  for _, x in pairs(o) do x:stop() end
-end
+local function stop_all(o) for _, x in pairs(o) do x:stop() end end
 
-local function name_of(c, req)
-  local res = assert(c:request(req))
-  assert.equal(200, res.status, res.raw_head)
-  return helpers.echo(res).name
-end
 
 -- every Set-Cookie line of a response
 local function set_cookies(res)

@@ -3,43 +3,14 @@
 -- against several local origins over loopback, with 2 workers.
 local helpers = require "spec.helpers"
 
-local function conf(body, workers)
-  return [[
-local mg = require "moongate"
-mg.config { workers = ]] .. (workers or 2) .. [[, access_log = false }
-mg.listen { "127.0.0.1:${port}" }
-]] .. body
-end
+local conf = helpers.workers_conf
 
--- `n` connections from different loopback addresses (spread over the workers).
-local function clients(proxy, n, first)
-  local cs = {}
-  for i = 1, n do cs[i] = helpers.connect(proxy.port, 5, nil, "127.0.0." .. ((first or 1) + i)) end
-  return cs
-end
+local function clients(proxy, n, first) return helpers.clients(proxy.port, n, first) end
 
-local function close_all(cs)
-  for _, c in ipairs(cs) do c:close() end
-end
+local close_all, name_of, tally, origins = helpers.close_all, helpers.name_of, helpers.tally, helpers.origins
 
-local function name_of(c, req)
-  return helpers.echo(assert(c:request(req))).name
-end
 
-local function tally(list)
-  local t = {}
-  for _, v in pairs(list) do t[v] = (t[v] or 0) + 1 end
-  return t
-end
 
-local function origins(names)
-  local os_, vars = {}, {}
-  for _, n in ipairs(names) do
-    os_[n] = helpers.origin({ name = n })
-    vars[n] = os_[n].addr
-  end
-  return os_, vars
-end
 
 describe("balance = \"hash\"", function()
   local o, vars, proxy
@@ -420,15 +391,7 @@ mg.route { path = "/dead", upstream = mg.upstream "s3" { sticky = true, servers 
 end)
 
 describe("hash and sticky config", function()
-  local function check(upstream)
-    local dir = helpers.tmpdir()
-    local path = helpers.write_config(dir, [[
-local mg = require "moongate"
-mg.listen { "127.0.0.1:1" }
-mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2", "127.0.0.1:3" }, ]] .. upstream .. [[ } }
-]])
-    return helpers.moongate({ "-t", "-c", path })
-  end
+  local function check(upstream) return helpers.check_upstream(upstream, '"127.0.0.1:2", "127.0.0.1:3"') end
 
   it("takes every hash_key form", function()
     for _, k in ipairs({ '"ip"', '"header:X-User"', '"cookie:sid"', '"arg:uid"', 'function(req) return "k" end' }) do

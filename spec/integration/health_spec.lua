@@ -5,13 +5,7 @@
 -- state seen by the balance hook.
 local helpers = require "spec.helpers"
 
-local function conf(body, workers)
-  return [[
-local mg = require "moongate"
-mg.config { workers = ]] .. (workers or 2) .. [[, access_log = false }
-mg.listen { "127.0.0.1:${port}" }
-]] .. body
-end
+local conf = helpers.workers_conf
 
 -- Lines of moongate's log holding `needle` (plain text).
 local function log_count(proxy, needle)
@@ -401,15 +395,7 @@ mg.route { upstream = mg.upstream "pp" { servers = { "${a}" }, proxy_protocol = 
 end)
 
 describe("health config", function()
-  local function check(upstream)
-    local dir = helpers.tmpdir()
-    local path = helpers.write_config(dir, [[
-local mg = require "moongate"
-mg.listen { "127.0.0.1:1" }
-mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, ]] .. upstream .. [[ } }
-]])
-    return helpers.moongate({ "-t", "-c", path })
-  end
+  local check = helpers.check_upstream
 
   local cases = {
     { 'health = { type = "udp" }', [[health: 'type' must be "http" or "tcp", got udp]] },

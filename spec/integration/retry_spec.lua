@@ -228,35 +228,35 @@ mg.route { host = "waits.test", upstream = waits }
   end)
 end)
 
-describe("retry.budget", function()
-  local f, proxy
-
-  lazy_setup(function()
-    f = helpers.origin({ name = "F", as_path = "/status/503", delay = 0.3 })
-    proxy = helpers.proxy(PRELUDE .. [[
+-- A flood against one origin that answers 503 after 0.3 s: n requests sent at
+-- once on their own connections, all answered 503 in the end; the number of
+-- attempts the origin saw.
+local function flood(budget)
+  local f = helpers.origin({ name = "F", as_path = "/status/503", delay = 0.3 })
+  local proxy = helpers.proxy(PRELUDE .. [[
 mg.route { host = "flood.test", upstream = mg.upstream "flood" { servers = { "${f}" },
-  retry = { tries = 3, on = { "503" }, budget = 0.2, backoff = { base = 0.001, max = 0.001 } } } }
+  retry = { tries = 3, on = { "503" }, budget = ]] .. budget .. [[, backoff = { base = 0.001, max = 0.001 } } } }
 ]], { vars = { f = f.addr } })
-  end)
+  local n = 30
+  local cs = {}
+  for i = 1, n do
+    cs[i] = proxy:connect()
+    assert(cs[i]:send("GET /echo?" .. i .. " HTTP/1.1\r\nHost: flood.test\r\n\r\n"))
+  end
+  for i = 1, n do
+    assert.equal(503, assert(cs[i]:response()).status)
+    cs[i]:close()
+  end
+  return n, reqs(f), stats(proxy, "flood"), proxy
+end
 
-  lazy_teardown(function()
-    helpers.teardown(proxy)
+describe("retry.budget", function()
+  after_each(function()
+    helpers.cleanup()
   end)
 
   it("holds retries in flight to 20 % of the requests under a flood of failures", function()
-    local n = 30
-    local cs = {}
-    for i = 1, n do
-      cs[i] = proxy:connect()
-      assert(cs[i]:send("GET /echo?" .. i .. " HTTP/1.1\r\nHost: flood.test\r\n\r\n"))
-    end
-    for i = 1, n do
-      local res = assert(cs[i]:response())
-      assert.equal(503, res.status)
-      cs[i]:close()
-    end
-    local attempts = reqs(f)
-    local s = stats(proxy, "flood")
+    local n, attempts, s, proxy = flood(0.2)
     -- without a budget: 3 attempts each (90); with it, ~6 retries (20 % of 30)
     -- while all are in flight, ~3 (the floor) for the third tries
     assert.is_true(attempts <= n + 12, attempts .. " attempts for " .. n .. " requests")
@@ -267,6 +267,14 @@ mg.route { host = "flood.test", upstream = mg.upstream "flood" { servers = { "${
     assert.equal(0, s.active_requests)
     assert.equal(0, s.active_retries)
     assert.matches("retry budget exhausted", proxy:stderr(), 1, true)
+    proxy:stop()
+  end)
+
+  it("lets every request make its 3 tries under the same flood with budget = 1 (the control)", function()
+    local n, attempts, s, proxy = flood(1)
+    assert.equal(3 * n, attempts)
+    assert.equal(0, s.retries_budget_exceeded)
+    proxy:stop()
   end)
 end)
 
@@ -298,37 +306,6 @@ mg.route { host = "half.test", upstream = mg.upstream "half" { servers = { "127.
     local s = stats(proxy, "half")
     assert.is_true(s.retries >= 5, "retries: " .. s.retries)
     assert.equal(0, s.retries_budget_exceeded)
-  end)
-end)
-
-describe("retry.budget = 1 (the control: no budget to speak of)", function()
-  local f, proxy
-
-  lazy_setup(function()
-    f = helpers.origin({ name = "F", as_path = "/status/503", delay = 0.3 })
-    proxy = helpers.proxy(PRELUDE .. [[
-mg.route { host = "flood.test", upstream = mg.upstream "flood" { servers = { "${f}" },
-  retry = { tries = 3, on = { "503" }, budget = 1, backoff = { base = 0.001, max = 0.001 } } } }
-]], { vars = { f = f.addr } })
-  end)
-
-  lazy_teardown(function()
-    helpers.teardown(proxy)
-  end)
-
-  it("lets every request make its 3 tries under the same flood", function()
-    local n = 30
-    local cs = {}
-    for i = 1, n do
-      cs[i] = proxy:connect()
-      assert(cs[i]:send("GET /echo?" .. i .. " HTTP/1.1\r\nHost: flood.test\r\n\r\n"))
-    end
-    for i = 1, n do
-      assert.equal(503, assert(cs[i]:response()).status)
-      cs[i]:close()
-    end
-    assert.equal(3 * n, reqs(f))
-    assert.equal(0, stats(proxy, "flood").retries_budget_exceeded)
   end)
 end)
 
@@ -444,14 +421,7 @@ mg.route { host = "hasty.test", upstream = patient, timeouts = { read = 0.3 } }
 end)
 
 describe("retry config", function()
-  local function refused(body)
-    local dir = helpers.tmpdir()
-    local path = helpers.write_config(dir, [[
-local mg = require "moongate"
-mg.listen { "127.0.0.1:1" }
-]] .. body)
-    return helpers.moongate({ "-t", "-c", path })
-  end
+  local refused = helpers.check_config
 
   it("refuses unknown conditions, keys and bad values with the key named", function()
     local cases = {

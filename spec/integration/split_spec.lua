@@ -5,31 +5,12 @@
 -- chosen upstream's server, and a reload that changes the weights.
 local helpers = require "spec.helpers"
 
-local function conf(body, extra)
-  return [[
-local mg = require "moongate"
-mg.config { workers = 2, ]] .. (extra or "access_log = false") .. [[ }
-mg.listen { "127.0.0.1:${port}" }
-]] .. body
-end
+local function conf(body, extra) return helpers.workers_conf(body, 2, extra) end
 
--- `n` connections from different loopback addresses, so that SO_REUSEPORT spreads
--- them over the two workers.
-local function clients(proxy, n)
-  local cs = {}
-  for i = 1, n do cs[i] = helpers.connect(proxy.port, 5, nil, "127.0.0." .. (i + 1)) end
-  return cs
-end
+local function clients(proxy, n) return helpers.clients(proxy.port, n) end
 
-local function close_all(cs)
-  for _, c in ipairs(cs) do c:close() end
-end
+local close_all, tally = helpers.close_all, helpers.tally
 
-local function tally(list)
-  local t = {}
-  for _, v in ipairs(list) do t[v] = (t[v] or 0) + 1 end
-  return t
-end
 
 -- `count` GETs of <prefix>/echo round the connections: the origins' names in
 -- order, and the set of workers (x-worker, set by a response hook) that answered.
