@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "conn.h"
+#include "dyn.h"
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
@@ -216,29 +217,30 @@ int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, co
 int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out) {
   if (!live(r)) return MG_API_EPHASE;
   if (r->upstream < 0 || r->server < 0) return MG_API_ENOTFOUND;
-  const char *t = r->gen->upstreams[r->upstream].servers[r->server].text;
+  const char *t = mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text;
   *out = (mg_str_t){ t, strlen(t) };
   return 0;
 }
 
 int mg_req_server_count(mg_req_t *r) {
   if (!live(r)) return 0;
-  return r->upstream < 0 ? 0 : r->gen->upstreams[r->upstream].nservers;
+  return r->upstream < 0 ? 0 : mg_upstream_nservers(&r->gen->upstreams[r->upstream]);
 }
 
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight) {
   if (!live(r)) return MG_API_EPHASE;
-  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
-  const mg_server_t *s = &r->gen->upstreams[r->upstream].servers[i];
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  const mg_server_t *s = mg_upstream_server(u, i);
   *addr = (mg_str_t){ s->text, strlen(s->text) };
-  *weight = s->weight;
+  *weight = atomic_load_explicit(&mg_balance_peer(u->bal, i)->weight, memory_order_relaxed);
   return 0;
 }
 
 int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int *fails) {
   if (!live(r)) return MG_API_EPHASE;
-  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
-  const mg_peer_t *p = &r->gen->upstreams[r->upstream].bal->peers[i];
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = mg_balance_peer(r->gen->upstreams[r->upstream].bal, i);
   *active = atomic_load_explicit(&p->active, memory_order_relaxed);
   *ewma_us = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
   *fails = atomic_load_explicit(&p->fails, memory_order_relaxed);

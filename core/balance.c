@@ -1,5 +1,7 @@
 #include "balance.h"
 
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,8 +68,10 @@ static void sift_down(slot_t *h, uint32_t n, uint32_t k) {
   }
 }
 
-static int build_schedule(mg_balancer_t *b, const int *weights) {
-  uint32_t n = (uint32_t)b->n;
+/* Fills s->schedule from the members' weights w[0..n-1] (s->ids[k] has w[k]). */
+static int build_schedule(mg_bsnap_t *s, const int *weights) {
+  uint32_t n = s->n;
+  if (n == 0) return 0;
   uint64_t *w = malloc(n * sizeof(*w));
   slot_t *heap = malloc(n * sizeof(*heap));
   if (!w || !heap) goto nomem;
@@ -83,15 +87,15 @@ static int build_schedule(mg_balancer_t *b, const int *weights) {
     }
     total = t2;
   }
-  b->schedule = malloc(total * sizeof(*b->schedule));
-  if (!b->schedule) goto nomem;
-  b->nschedule = (uint32_t)total;
+  s->schedule = malloc(total * sizeof(*s->schedule));
+  if (!s->schedule) goto nomem;
+  s->nschedule = (uint32_t)total;
   for (uint32_t i = 0; i < n; i++) heap[i] = (slot_t){ 1, 2 * w[i], i };
   for (uint32_t k = n / 2; k-- > 0;) sift_down(heap, n, k);
   uint32_t live = n;
-  for (uint32_t s = 0; s < total; s++) {
+  for (uint32_t k = 0; k < total; k++) {
     slot_t *top = &heap[0];
-    b->schedule[s] = top->i;
+    s->schedule[k] = s->ids[top->i];
     top->num += 2;
     if (top->num > 2 * w[top->i]) heap[0] = heap[--live]; /* all its slots are placed */
     sift_down(heap, live, 0);
@@ -105,89 +109,97 @@ nomem:
   return -1;
 }
 
-mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
-  mg_balancer_t *b = aligned_alloc(_Alignof(mg_balancer_t), sizeof(mg_balancer_t));
-  if (!b) return NULL;
-  memset(b, 0, sizeof(*b));
-  b->policy = policy;
-  b->n = n;
-  atomic_init(&b->rr, 0);
-  b->peers = calloc((size_t)n, sizeof(*b->peers));
-  if (!b->peers) goto nomem;
-  int uniform = 1;
-  for (int i = 0; i < n; i++) {
-    atomic_init(&b->peers[i].active, 0);
-    atomic_init(&b->peers[i].ewma_us, 0);
-    atomic_init(&b->peers[i].fails, 0);
-    atomic_init(&b->peers[i].weight, weights[i]);
-    b->total += (uint64_t)weights[i];
-    if (weights[i] != weights[0]) uniform = 0;
+/* ---- reclaiming snapshots (see MG_BALANCE_READERS in balance.h) ---- */
+
+typedef struct {
+  _Alignas(64) atomic_uint_fast64_t seq; /* odd while this thread picks; the last
+                                            entry counts the overflow's picks */
+} reader_t;
+
+static reader_t readers[MG_BALANCE_READERS + 1];
+static atomic_int nreaders;
+static _Thread_local int my_reader = -1;
+
+static reader_t *reader_enter(void) {
+  if (my_reader < 0) {
+    int k = atomic_fetch_add(&nreaders, 1);
+    my_reader = k < MG_BALANCE_READERS ? k : MG_BALANCE_READERS;
   }
-  if (policy == MG_BALANCE_ROUND_ROBIN && build_schedule(b, weights) < 0) goto nomem;
-  if (!uniform && (policy == MG_BALANCE_RANDOM || policy == MG_BALANCE_P2C)) {
-    b->cum = malloc((size_t)n * sizeof(*b->cum));
-    if (!b->cum) goto nomem;
-    uint64_t c = 0;
-    for (int i = 0; i < n; i++) b->cum[i] = c += (uint64_t)weights[i];
-  }
-  return b;
-nomem:
-  mg_balancer_free(b);
-  return NULL;
+  reader_t *r = &readers[my_reader];
+  atomic_fetch_add_explicit(&r->seq, 1, memory_order_seq_cst); /* before the load */
+  return r;
 }
 
-void mg_balancer_free(mg_balancer_t *b) {
-  if (!b) return;
-  free(b->peers);
-  free(b->schedule);
-  free(b->cum);
-  free(b);
+static void reader_leave(reader_t *r) {
+  if (r == &readers[MG_BALANCE_READERS]) atomic_fetch_sub_explicit(&r->seq, 1, memory_order_release);
+  else atomic_fetch_add_explicit(&r->seq, 1, memory_order_release);
 }
 
-static int is_tried(const mg_tried_t *t, int i) { return t && mg_tried_has(t, i); }
-
-/* Any server not tried yet, looking from a random start; -1: none. O(n): only
- * once the policy's own choices were all tried. */
-static int any_untried(const mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  int start = (int)(next_rand(rng) % (uint64_t)b->n);
-  for (int j = 0; j < b->n; j++) {
-    int i = (start + j) % b->n;
-    if (!is_tried(tried, i)) return i;
+/* Returns once no pick that may have loaded the previous snapshot runs (the new
+ * one was stored, sequentially consistent, before this). */
+static void wait_readers(void) {
+  int m = atomic_load(&nreaders);
+  if (m > MG_BALANCE_READERS) m = MG_BALANCE_READERS;
+  for (int k = 0; k < m; k++) {
+    uint_fast64_t c = atomic_load(&readers[k].seq);
+    if (!(c & 1)) continue;
+    while (atomic_load(&readers[k].seq) == c) sched_yield();
   }
-  return -1;
+  if (atomic_load(&nreaders) > MG_BALANCE_READERS)
+    while (atomic_load(&readers[MG_BALANCE_READERS].seq) != 0) sched_yield();
 }
 
-/* A server drawn in proportion to its configured weight: O(log n). */
-static int draw(const mg_balancer_t *b, uint64_t *rng) {
-  if (!b->cum) return (int)(next_rand(rng) % (uint64_t)b->n);
-  uint64_t r = next_rand(rng) % b->total;
-  int lo = 0, hi = b->n - 1;
-  while (lo < hi) { /* the first i with cum[i] > r */
-    int mid = lo + (hi - lo) / 2;
-    if (b->cum[mid] > r) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
+/* ---- the key index (writers only, under the mutex) ---- */
+
+typedef struct {
+  char key[64];
+  int id; /* -1: empty */
+} bentry_t;
+
+struct mg_bindex_s {
+  bentry_t *e;
+  uint32_t cap, used; /* cap a power of two, used <= cap / 2 */
+};
+
+static uint32_t key_hash(const char *k) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *k; k++) h = (h ^ (uint8_t)*k) * 16777619u;
+  return h;
 }
 
-static int pick_round_robin(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  uint64_t pos = atomic_fetch_add_explicit(&b->rr, 1, memory_order_relaxed);
-  int s = (int)b->schedule[pos % b->nschedule];
-  if (!is_tried(tried, s)) return s;
-  /* a retry: the servers that follow in the schedule (bounded), then any */
-  for (uint32_t k = 1; k < b->nschedule && k <= 64; k++) {
-    s = (int)b->schedule[(pos + k) % b->nschedule];
-    if (!is_tried(tried, s)) return s;
-  }
-  return any_untried(b, tried, rng);
+static bentry_t *index_slot(struct mg_bindex_s *x, const char *key) {
+  uint32_t i = key_hash(key) & (x->cap - 1);
+  while (x->e[i].id >= 0 && strcmp(x->e[i].key, key) != 0) i = (i + 1) & (x->cap - 1);
+  return &x->e[i];
 }
 
-static int pick_random(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  for (int k = 0; k < 8; k++) {
-    int s = draw(b, rng);
-    if (!is_tried(tried, s)) return s;
-  }
-  return any_untried(b, tried, rng);
+static int index_grow(struct mg_bindex_s *x) {
+  uint32_t cap = x->cap ? x->cap * 2 : 64;
+  bentry_t *e = malloc(cap * sizeof(*e)), *old = x->e;
+  if (!e) return -1;
+  for (uint32_t i = 0; i < cap; i++) e[i].id = -1;
+  uint32_t ocap = x->cap;
+  x->e = e;
+  x->cap = cap;
+  for (uint32_t i = 0; i < ocap; i++)
+    if (old[i].id >= 0) *index_slot(x, old[i].key) = old[i];
+  free(old);
+  return 0;
+}
+
+/* ---- building ---- */
+
+static int is_member(const mg_peer_t *p) {
+  return !(atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_DRAINING | MG_PEER_REMOVED));
+}
+
+static void snap_free(mg_balancer_t *b, mg_bsnap_t *s) {
+  if (!s) return;
+  if (s->ext && b->ext.free) b->ext.free(s->ext, b->ext.ud);
+  free(s->ids);
+  free(s->schedule);
+  free(s->cum);
+  free(s);
 }
 
 static int load_weight(const mg_peer_t *p) {
@@ -195,31 +207,293 @@ static int load_weight(const mg_peer_t *p) {
   return w > 0 ? w : 1;
 }
 
-/* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN servers
+/* A snapshot of the current members, their weights now, and the policy's tables. */
+static mg_bsnap_t *snap_build(mg_balancer_t *b) {
+  int nids = atomic_load_explicit(&b->nids, memory_order_relaxed);
+  mg_bsnap_t *s = calloc(1, sizeof(*s));
+  int *w = malloc(((size_t)nids + 1) * sizeof(*w));
+  if (!s || !w) goto nomem;
+  s->ids = malloc(((size_t)nids + 1) * sizeof(*s->ids));
+  if (!s->ids) goto nomem;
+  int uniform = 1;
+  for (int i = 0; i < nids; i++) {
+    const mg_peer_t *p = mg_balance_peer(b, i);
+    if (!is_member(p)) continue;
+    w[s->n] = load_weight(p);
+    if (w[s->n] != w[0]) uniform = 0;
+    s->total += (uint64_t)w[s->n];
+    s->ids[s->n++] = (uint32_t)i;
+  }
+  if (b->policy == MG_BALANCE_ROUND_ROBIN && build_schedule(s, w) < 0) goto nomem;
+  if (s->n && !uniform && (b->policy == MG_BALANCE_RANDOM || b->policy == MG_BALANCE_P2C)) {
+    s->cum = malloc(s->n * sizeof(*s->cum));
+    if (!s->cum) goto nomem;
+    uint64_t c = 0;
+    for (uint32_t i = 0; i < s->n; i++) s->cum[i] = c += (uint64_t)w[i];
+  }
+  if (b->ext.build && b->ext.build(b, s, b->ext.ud) < 0) goto nomem;
+  free(w);
+  return s;
+nomem:
+  free(w);
+  snap_free(b, s);
+  return NULL;
+}
+
+/* Publishes a new snapshot and frees the old one once no pick can hold it
+ * (writers, under the mutex). */
+static int snap_swap(mg_balancer_t *b) {
+  mg_bsnap_t *s = snap_build(b);
+  if (!s) return -1;
+  mg_bsnap_t *old = atomic_exchange(&b->snap, s); /* seq_cst: see wait_readers */
+  wait_readers();
+  snap_free(b, old);
+  return 0;
+}
+
+/* A new id for `key` with this weight and data (writers, under the mutex). */
+static int new_id(mg_balancer_t *b, const char *key, int weight, void *data) {
+  int id = atomic_load_explicit(&b->nids, memory_order_relaxed);
+  if (id >= MG_BALANCE_MAX) return MG_BALANCE_EFULL;
+  int k = id / MG_BALANCE_CHUNK;
+  if (!b->chunk[k]) {
+    mg_peer_t *c = calloc(MG_BALANCE_CHUNK, sizeof(*c));
+    void **d = calloc(MG_BALANCE_CHUNK, sizeof(*d));
+    if (!c || !d) {
+      free(c);
+      free(d);
+      return MG_BALANCE_ENOMEM;
+    }
+    b->chunk[k] = c;
+    b->data[k] = d;
+  }
+  if (key) {
+    if ((b->index->used + 1) * 2 > b->index->cap && index_grow(b->index) < 0) return MG_BALANCE_ENOMEM;
+    bentry_t *e = index_slot(b->index, key);
+    snprintf(e->key, sizeof(e->key), "%s", key);
+    e->id = id;
+    b->index->used++;
+  }
+  mg_peer_t *p = mg_balance_peer(b, id);
+  atomic_init(&p->active, 0);
+  atomic_init(&p->ewma_us, 0);
+  atomic_init(&p->fails, 0);
+  atomic_init(&p->weight, weight);
+  atomic_init(&p->flags, 0);
+  b->data[k][id % MG_BALANCE_CHUNK] = data;
+  atomic_store_explicit(&b->nids, id + 1, memory_order_release);
+  return id;
+}
+
+mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n) {
+  mg_balancer_t *b = aligned_alloc(_Alignof(mg_balancer_t), sizeof(mg_balancer_t));
+  if (!b) return NULL;
+  memset(b, 0, sizeof(*b));
+  b->policy = policy;
+  atomic_init(&b->rr, 0);
+  atomic_init(&b->nids, 0);
+  atomic_init(&b->refs, 1);
+  atomic_init(&b->snap, NULL);
+  pthread_mutex_init(&b->lock, NULL);
+  b->index = calloc(1, sizeof(*b->index));
+  if (!b->index || index_grow(b->index) < 0) goto nomem;
+  for (int i = 0; i < n; i++)
+    if (new_id(b, NULL, weights[i], NULL) < 0) goto nomem;
+  mg_bsnap_t *s = snap_build(b);
+  if (!s) goto nomem;
+  atomic_store(&b->snap, s);
+  return b;
+nomem:
+  mg_balancer_unref(b);
+  return NULL;
+}
+
+void mg_balancer_ref(mg_balancer_t *b) { atomic_fetch_add(&b->refs, 1); }
+
+void mg_balancer_unref(mg_balancer_t *b) {
+  if (!b || atomic_fetch_sub(&b->refs, 1) != 1) return;
+  snap_free(b, atomic_load(&b->snap));
+  int n = atomic_load(&b->nids);
+  for (int i = 0; i < n; i++)
+    if (b->data_free && mg_balance_data(b, i)) b->data_free(mg_balance_data(b, i));
+  for (int k = 0; k < MG_BALANCE_DIR; k++) {
+    free(b->chunk[k]);
+    free(b->data[k]);
+  }
+  if (b->index) free(b->index->e);
+  free(b->index);
+  pthread_mutex_destroy(&b->lock);
+  free(b);
+}
+
+void mg_balancer_set_data_free(mg_balancer_t *b, void (*data_free)(void *data)) { b->data_free = data_free; }
+
+int mg_balancer_set_ext(mg_balancer_t *b, const mg_balance_ext_t *ext) {
+  pthread_mutex_lock(&b->lock);
+  mg_balance_ext_t old = b->ext;
+  b->ext = *ext;
+  mg_bsnap_t *s = snap_build(b);
+  int rc = -1;
+  if (s) {
+    mg_bsnap_t *o = atomic_exchange(&b->snap, s);
+    wait_readers();
+    mg_balance_ext_t cur = b->ext;
+    b->ext = old; /* the old snapshot's table is the old hook's */
+    snap_free(b, o);
+    b->ext = cur;
+    rc = 0;
+  } else b->ext = old;
+  pthread_mutex_unlock(&b->lock);
+  return rc;
+}
+
+int mg_balance_rebuild(mg_balancer_t *b) {
+  pthread_mutex_lock(&b->lock);
+  int rc = snap_swap(b);
+  pthread_mutex_unlock(&b->lock);
+  return rc;
+}
+
+/* adds or revives one, under the mutex */
+static int add_locked(mg_balancer_t *b, const char *key, int weight, void *data) {
+  if (!key || strlen(key) >= 64) return MG_BALANCE_ENOTFOUND;
+  bentry_t *e = index_slot(b->index, key);
+  if (e->id >= 0) {
+    mg_peer_t *p = mg_balance_peer(b, e->id);
+    if (is_member(p)) return MG_BALANCE_EEXIST;
+    if (data && b->data_free) b->data_free(data);
+    atomic_store_explicit(&p->weight, weight, memory_order_relaxed);
+    atomic_fetch_and_explicit(&p->flags, ~(MG_PEER_DRAINING | MG_PEER_REMOVED), memory_order_relaxed);
+    return e->id;
+  }
+  return new_id(b, key, weight, data);
+}
+
+int mg_balance_add(mg_balancer_t *b, const char *key, int weight, void *data) {
+  pthread_mutex_lock(&b->lock);
+  int id = add_locked(b, key, weight, data);
+  if (id >= 0 && snap_swap(b) < 0) id = MG_BALANCE_ENOMEM;
+  pthread_mutex_unlock(&b->lock);
+  return id;
+}
+
+int mg_balance_add_quiet(mg_balancer_t *b, const char *key, int weight, void *data) {
+  pthread_mutex_lock(&b->lock);
+  int id = add_locked(b, key, weight, data);
+  pthread_mutex_unlock(&b->lock);
+  return id;
+}
+
+int mg_balance_find(mg_balancer_t *b, const char *key) {
+  if (strlen(key) >= 64) return MG_BALANCE_ENOTFOUND;
+  pthread_mutex_lock(&b->lock);
+  int id = index_slot(b->index, key)->id;
+  pthread_mutex_unlock(&b->lock);
+  return id >= 0 ? id : MG_BALANCE_ENOTFOUND;
+}
+
+/* Sets `set` and clears `clear` in key's flags, or its weight (weight > 0), and
+ * republishes. A removed server is not found. */
+static int change(mg_balancer_t *b, const char *key, unsigned set, int weight) {
+  if (strlen(key) >= 64) return MG_BALANCE_ENOTFOUND;
+  pthread_mutex_lock(&b->lock);
+  int id = index_slot(b->index, key)->id;
+  if (id < 0 || (atomic_load(&mg_balance_peer(b, id)->flags) & MG_PEER_REMOVED)) {
+    pthread_mutex_unlock(&b->lock);
+    return MG_BALANCE_ENOTFOUND;
+  }
+  mg_peer_t *p = mg_balance_peer(b, id);
+  if (set) atomic_fetch_or_explicit(&p->flags, set, memory_order_relaxed);
+  if (weight > 0) atomic_store_explicit(&p->weight, weight, memory_order_relaxed);
+  if (snap_swap(b) < 0) id = MG_BALANCE_ENOMEM;
+  pthread_mutex_unlock(&b->lock);
+  return id;
+}
+
+int mg_balance_drain(mg_balancer_t *b, const char *key) { return change(b, key, MG_PEER_DRAINING, 0); }
+int mg_balance_remove(mg_balancer_t *b, const char *key) { return change(b, key, MG_PEER_REMOVED, 0); }
+int mg_balance_set_weight(mg_balancer_t *b, const char *key, int weight) {
+  return change(b, key, 0, weight);
+}
+
+/* ---- picking (over one snapshot) ---- */
+
+static int is_tried(const mg_tried_t *t, int i) { return t && mg_tried_has(t, i); }
+static int can_take(const mg_balancer_t *b, const mg_tried_t *t, int id) {
+  return !is_tried(t, id) && mg_peer_usable(mg_balance_peer(b, id));
+}
+
+/* Any member not tried yet, looking from a random start; -1: none. O(n): only
+ * once the policy's own choices were all tried. */
+static int any_untried(const mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng) {
+  if (s->n == 0) return -1;
+  uint32_t start = (uint32_t)(next_rand(rng) % s->n);
+  for (uint32_t j = 0; j < s->n; j++) {
+    uint32_t k = start + j < s->n ? start + j : start + j - s->n;
+    if (can_take(b, tried, (int)s->ids[k])) return (int)s->ids[k];
+  }
+  return -1;
+}
+
+/* A member's position drawn in proportion to its weight: O(log n). */
+static uint32_t draw(const mg_bsnap_t *s, uint64_t *rng) {
+  if (!s->cum) return (uint32_t)(next_rand(rng) % s->n);
+  uint64_t r = next_rand(rng) % s->total;
+  uint32_t lo = 0, hi = s->n - 1;
+  while (lo < hi) { /* the first i with cum[i] > r */
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (s->cum[mid] > r) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+static int pick_round_robin(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng) {
+  uint64_t pos = atomic_fetch_add_explicit(&b->rr, 1, memory_order_relaxed);
+  int id = (int)s->schedule[pos % s->nschedule];
+  if (can_take(b, tried, id)) return id;
+  /* a retry: the servers that follow in the schedule (bounded), then any */
+  for (uint32_t k = 1; k < s->nschedule && k <= 64; k++) {
+    id = (int)s->schedule[(pos + k) % s->nschedule];
+    if (can_take(b, tried, id)) return id;
+  }
+  return any_untried(b, s, tried, rng);
+}
+
+static int pick_random(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng) {
+  for (int k = 0; k < 8; k++) {
+    int id = (int)s->ids[draw(s, rng)];
+    if (can_take(b, tried, id)) return id;
+  }
+  return any_untried(b, s, tried, rng);
+}
+
+/* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN members
  * from a random start (so that ties go round, not always to the first). */
-static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  int n = b->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
-  int start = (int)(next_rand(rng) % (uint64_t)n);
+static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng) {
+  uint32_t n = s->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
+  uint32_t start = (uint32_t)(next_rand(rng) % n);
   int best = -1;
   int64_t ba = 0, bw = 1;
-  for (int j = 0; j < m; j++) {
-    int i = start + j < n ? start + j : start + j - n;
-    if (is_tried(tried, i)) continue;
-    int64_t a = atomic_load_explicit(&b->peers[i].active, memory_order_relaxed);
-    int64_t w = load_weight(&b->peers[i]);
+  for (uint32_t j = 0; j < m; j++) {
+    int i = (int)s->ids[start + j < n ? start + j : start + j - n];
+    if (!can_take(b, tried, i)) continue;
+    const mg_peer_t *p = mg_balance_peer(b, i);
+    int64_t a = atomic_load_explicit(&p->active, memory_order_relaxed);
+    int64_t w = load_weight(p);
     if (best < 0 || a * bw < ba * w) {
       best = i;
       ba = a;
       bw = w;
     }
   }
-  return best >= 0 ? best : any_untried(b, tried, rng);
+  return best >= 0 ? best : any_untried(b, s, tried, rng);
 }
 
 /* (active + 1) x EWMA / weight; a server with no sample yet borrows the other's
  * EWMA, so that it is judged by its active attempts alone. */
 static int p2c_better(mg_balancer_t *b, int x, int y) {
-  const mg_peer_t *px = &b->peers[x], *py = &b->peers[y];
+  const mg_peer_t *px = mg_balance_peer(b, x), *py = mg_balance_peer(b, y);
   double ex = atomic_load_explicit(&px->ewma_us, memory_order_relaxed);
   double ey = atomic_load_explicit(&py->ewma_us, memory_order_relaxed);
   if (ex == 0) ex = ey;
@@ -230,36 +504,47 @@ static int p2c_better(mg_balancer_t *b, int x, int y) {
   return sy < sx ? y : x;
 }
 
-static int pick_p2c(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  int n = b->n;
-  if (n == 1) return is_tried(tried, 0) ? -1 : 0;
-  int x = draw(b, rng), y = x;
-  if (!b->cum) y = (x + 1 + (int)(next_rand(rng) % (uint64_t)(n - 1))) % n;
+static int pick_p2c(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng) {
+  uint32_t n = s->n;
+  if (n == 1) return can_take(b, tried, (int)s->ids[0]) ? (int)s->ids[0] : -1;
+  uint32_t x = draw(s, rng), y = x;
+  if (!s->cum) y = (x + 1 + (uint32_t)(next_rand(rng) % (n - 1))) % n;
   else
-    for (int k = 0; k < 4 && y == x; k++) y = draw(b, rng);
+    for (int k = 0; k < 4 && y == x; k++) y = draw(s, rng);
   if (y == x) y = (x + 1) % n;
-  int tx = is_tried(tried, x), ty = is_tried(tried, y);
-  if (tx && ty) return any_untried(b, tried, rng);
-  if (tx) return y;
-  if (ty) return x;
-  return p2c_better(b, x, y);
+  int ix = (int)s->ids[x], iy = (int)s->ids[y];
+  int tx = !can_take(b, tried, ix), ty = !can_take(b, tried, iy);
+  if (tx && ty) return any_untried(b, s, tried, rng);
+  if (tx) return iy;
+  if (ty) return ix;
+  return p2c_better(b, ix, iy);
 }
 
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
-  switch (b->policy) {
-  case MG_BALANCE_LEAST_CONN:
-    return pick_least_conn(b, tried, rng);
-  case MG_BALANCE_P2C:
-    return pick_p2c(b, tried, rng);
-  case MG_BALANCE_RANDOM:
-    return pick_random(b, tried, rng);
-  default:
-    return pick_round_robin(b, tried, rng);
+  reader_t *me = reader_enter();
+  const mg_bsnap_t *s = atomic_load_explicit(&b->snap, memory_order_seq_cst);
+  int id = -1;
+  if (s->n > 0) {
+    switch (b->policy) {
+    case MG_BALANCE_LEAST_CONN:
+      id = pick_least_conn(b, s, tried, rng);
+      break;
+    case MG_BALANCE_P2C:
+      id = pick_p2c(b, s, tried, rng);
+      break;
+    case MG_BALANCE_RANDOM:
+      id = pick_random(b, s, tried, rng);
+      break;
+    default:
+      id = pick_round_robin(b, s, tried, rng);
+    }
   }
+  reader_leave(me);
+  return id;
 }
 
 void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
-  mg_peer_t *p = &b->peers[i];
+  mg_peer_t *p = mg_balance_peer(b, i);
   atomic_store_explicit(&p->fails, 0, memory_order_relaxed);
   if (us > 0xffffffffu) us = 0xffffffffu;
   if (us == 0) us = 1; /* 0 means "no sample" */
@@ -271,5 +556,5 @@ void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
 }
 
 void mg_peer_failed(mg_balancer_t *b, int i) {
-  atomic_fetch_add_explicit(&b->peers[i].fails, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&mg_balance_peer(b, i)->fails, 1, memory_order_relaxed);
 }

@@ -1,15 +1,19 @@
 /* Choosing a server of an upstream, over state every worker shares.
  *
- * A balancer belongs to one upstream of one config generation: the main thread
- * builds it while it loads the config (config.c), every worker reads it, and it
- * is freed with the generation. Its peers hold per-server state as C11 atomics,
- * updated by whichever worker runs an attempt: nothing here takes a lock.
+ * A balancer belongs to one upstream: the main thread builds it while it loads
+ * the config (config.c), every worker reads it, and it is freed with the last
+ * generation that holds it (a reload adopts the old balancer when the upstream's
+ * config did not change, runtime changes and server state included). Its peers
+ * hold per-server state as C11 atomics, updated by whichever worker runs an
+ * attempt; membership (servers added, drained, removed, re-weighted at run time)
+ * is an immutable snapshot swapped atomically: no pick takes a lock.
  *
  * This file knows no config, no request and no Lua: plain weights in, server
  * indices out, so that core/test/test_balance.c can drive it alone. */
 #ifndef MG_BALANCE_H
 #define MG_BALANCE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -27,8 +31,19 @@ typedef struct {
   atomic_uint ewma_us;  /* moving average of the time to a response head, in µs
                            (weight 1/8 per sample); 0: no sample yet */
   atomic_int fails;     /* consecutive failed attempts (reset by a response head) */
-  atomic_int weight;    /* the weight least_conn and p2c use; starts as configured */
+  atomic_int weight;    /* the weight every policy uses; starts as configured,
+                           mg_balance_set_weight changes it */
+  atomic_uint flags;    /* MG_PEER_*: 0 means the server may take new requests */
 } mg_peer_t;
+
+/* mg_peer_t.flags bits (the health checks own the low bits). */
+#define MG_PEER_DRAINING (1u << 2) /* drained: finishes what it has, takes nothing new */
+#define MG_PEER_REMOVED (1u << 3)  /* removed: likewise, and gone from servers() */
+
+/* May server p take a new request? Every pick skips servers that may not. */
+static inline int mg_peer_usable(const mg_peer_t *p) {
+  return atomic_load_explicit(&p->flags, memory_order_relaxed) == 0;
+}
 
 /* Most entries a round robin schedule holds: weights adding up to more are scaled
  * down in proportion (each server keeps at least one slot). */
@@ -37,59 +52,175 @@ typedef struct {
  * for upstreams up to this size, a bounded sample above it. */
 #define MG_BALANCE_SCAN 128
 
-typedef struct mg_balancer_s {
-  int policy;         /* MG_BALANCE_* */
-  int n;              /* servers */
-  mg_peer_t *peers;   /* n of them */
-  uint32_t *schedule; /* round robin: server indices, each weight times, interleaved */
+/* Server ids. A balancer's servers live in chunks of MG_BALANCE_CHUNK under a
+ * directory of MG_BALANCE_DIR chunk pointers, both fixed: a chunk is allocated
+ * once, when its first id is handed out, and freed with the balancer, so a
+ * server's state never moves and a reader never races with a reallocation. Ids
+ * are handed out in order and never reused for another address (adding a removed
+ * address again revives its id). */
+#define MG_BALANCE_CHUNK 1024
+#define MG_BALANCE_DIR 128
+#define MG_BALANCE_MAX (MG_BALANCE_CHUNK * MG_BALANCE_DIR)
+
+typedef struct mg_balancer_s mg_balancer_t;
+
+/* The current members and what the policy precomputed over them, immutable once
+ * published. A change (add, remove, drain, weight) builds a new snapshot under the
+ * balancer's mutex and swaps the pointer; picks read whichever snapshot they
+ * loaded. */
+typedef struct mg_bsnap_s {
+  uint32_t n;         /* members: servers neither drained nor removed */
+  uint32_t *ids;      /* their ids, ascending */
+  uint32_t *schedule; /* round robin: ids, each weight times, interleaved */
   uint32_t nschedule;
-  uint64_t *cum;      /* random and p2c: cumulative configured weights; NULL when
+  uint64_t *cum;      /* random and p2c: cumulative weights over ids[]; NULL when
                          every weight is the same (uniform choice) */
-  uint64_t total;     /* sum of the configured weights */
+  uint64_t total;     /* sum of the members' weights */
+  void *ext;          /* a policy's own table (mg_balance_ext_t), or NULL */
+} mg_bsnap_t;
+
+/* A policy's extra table in each snapshot (the hash policy's Maglev table):
+ * `build` runs under the writers' mutex with the new snapshot's members and
+ * weights filled in, sets s->ext (0) or fails (-1: the change is refused);
+ * `free` releases one once no pick can see it. */
+typedef struct {
+  int (*build)(mg_balancer_t *b, mg_bsnap_t *s, void *ud);
+  void (*free)(void *ext, void *ud);
+  void *ud;
+} mg_balance_ext_t;
+
+/* Reclaiming an old snapshot. A pick is synchronous (no await inside), so each
+ * thread that picks owns a sequence counter on its own cache line (a process-wide
+ * registry, a slot claimed at the thread's first pick): odd while it picks. The
+ * writer swaps the pointer, then waits, for each thread found odd, until its
+ * counter moves on; after that no pick can still hold the old snapshot and it is
+ * freed. Readers pay two uncontended increments of their own line (the first
+ * sequentially consistent, to order it before the pointer load), never a lock or
+ * a shared write; writers (never on the request path) wait at most one pick per
+ * thread. Chosen over a grace period through the workers' loops because it needs
+ * no cooperation from the loops (a C test drives it with plain threads) and frees
+ * at once. Past MG_BALANCE_READERS threads, the extra ones share one counter of
+ * picks in progress (still correct; a writer may wait longer). */
+#define MG_BALANCE_READERS 256
+
+struct mg_balancer_s {
+  int policy;           /* MG_BALANCE_* */
+  atomic_int nids;      /* ids handed out so far (released after the id's slot is set) */
+  mg_peer_t *chunk[MG_BALANCE_DIR];  /* the servers' shared state, by id */
+  void **data[MG_BALANCE_DIR];       /* the owner's object per id (mg_server_t) */
+  _Atomic(mg_bsnap_t *) snap;        /* never NULL once built */
+  atomic_int refs;      /* generations sharing the balancer (a reload adopts it) */
+  void (*data_free)(void *data);     /* frees data[] entries with the balancer */
+  mg_balance_ext_t ext;
+  pthread_mutex_t lock; /* the writers' mutex */
+  struct mg_bindex_s *index;         /* key -> id, writers only (under the mutex) */
   /* round robin's position in the schedule, on a cache line of its own: every
    * worker increments it once per pick */
   _Alignas(64) atomic_uint_fast64_t rr;
-} mg_balancer_t;
+};
 
-/* Which servers a request has tried already. Upstreams of up to 64 servers use
- * `bits`; bigger ones a bitmap (`map`, n bits) the caller allocates (in the
- * request's arena) before the first mark. */
+/* Server i's shared state (0 <= i < mg_balance_count(b)). */
+static inline mg_peer_t *mg_balance_peer(const mg_balancer_t *b, int i) {
+  return &b->chunk[i / MG_BALANCE_CHUNK][i % MG_BALANCE_CHUNK];
+}
+/* The owner's object given for server i (NULL for servers made by mg_balancer_new). */
+static inline void *mg_balance_data(const mg_balancer_t *b, int i) {
+  return b->data[i / MG_BALANCE_CHUNK][i % MG_BALANCE_CHUNK];
+}
+/* Ids handed out so far: every id below it is valid (members or not). */
+static inline int mg_balance_count(const mg_balancer_t *b) {
+  return atomic_load_explicit(&b->nids, memory_order_acquire);
+}
+
+/* Which servers a request has tried, by id. Ids below 64 fit `bits` until the
+ * caller makes `map` (words x 64 bits, in the request's arena) for a bigger id;
+ * ids added at run time may outgrow the map: the caller grows it (copying) before
+ * marking (proxy.c tried_mark). An id the map does not reach is not tried. */
 typedef struct {
   uint64_t bits;
   uint64_t *map;
+  uint32_t words;
 } mg_tried_t;
 
 static inline int mg_tried_has(const mg_tried_t *t, int i) {
-  if (t->map) return (int)((t->map[i >> 6] >> (i & 63)) & 1);
+  if (t->map) return (uint32_t)(i >> 6) < t->words && (int)((t->map[i >> 6] >> (i & 63)) & 1);
   return i < 64 && ((t->bits >> i) & 1);
 }
+/* Marks id i (the map must reach it: mg_tried_fits). */
 static inline void mg_tried_set(mg_tried_t *t, int i) {
   if (t->map) t->map[i >> 6] |= (uint64_t)1 << (i & 63);
   else if (i < 64) t->bits |= (uint64_t)1 << i;
 }
+static inline int mg_tried_fits(const mg_tried_t *t, int i) {
+  return t->map ? (uint32_t)(i >> 6) < t->words : i < 64;
+}
 static inline void mg_tried_clear(mg_tried_t *t, int i) {
+  if (!mg_tried_fits(t, i)) return;
   if (t->map) t->map[i >> 6] &= ~((uint64_t)1 << (i & 63));
-  else if (i < 64) t->bits &= ~((uint64_t)1 << i);
+  else t->bits &= ~((uint64_t)1 << i);
 }
 
-/* Builds the balancer of `n` servers (n >= 1) with these weights (1..1000).
- * Returns NULL when out of memory; the caller owns the result (mg_balancer_free). */
+/* Builds the balancer of `n` servers (n >= 0) with these weights (1..1000), ids
+ * 0..n-1 with no data and no key (config.c adds its servers with
+ * mg_balance_add instead). Returns NULL when out of memory; the caller owns the
+ * one reference (mg_balancer_unref). */
 mg_balancer_t *mg_balancer_new(int policy, const int *weights, int n);
-void mg_balancer_free(mg_balancer_t *b);
+void mg_balancer_ref(mg_balancer_t *b);
+/* Drops a reference; the last frees the balancer, its snapshots and data. */
+void mg_balancer_unref(mg_balancer_t *b);
+#define mg_balancer_free mg_balancer_unref
+/* Frees each server's data with the balancer. */
+void mg_balancer_set_data_free(mg_balancer_t *b, void (*data_free)(void *data));
+/* Plugs a policy's extra table into every snapshot from now on (rebuilds the
+ * current one). 0, or -1 when building it failed (nothing changed). */
+int mg_balancer_set_ext(mg_balancer_t *b, const mg_balance_ext_t *ext);
 
 /* The policy named `name`, or -1. */
 int mg_balance_policy(const char *name);
 
-/* Picks a server not in `tried` (NULL: none tried). `rng` is the calling worker's
- * random state (any non-zero seed). -1 when every server has been tried. */
+/* Picks a server not in `tried` (NULL: none tried) among the current members
+ * that are usable. `rng` is the calling worker's random state (any non-zero
+ * seed). -1 when there is none. */
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
+
+/* ---- membership (writers: serialised by the balancer's mutex; never call these
+ * from inside a pick) ---- */
+
+enum {
+  MG_BALANCE_EEXIST = -2,   /* add: the key is a member already */
+  MG_BALANCE_ENOTFOUND = -3,/* no server with that key (or it was removed) */
+  MG_BALANCE_EFULL = -4,    /* MG_BALANCE_MAX ids handed out */
+  MG_BALANCE_ENOMEM = -5,
+};
+
+/* Adds server `key` (at most 63 bytes; the address as text) with `weight`, or
+ * revives it when it was drained or removed (its id again, with this weight; its
+ * old data stays and `data` is freed with data_free). Returns the id, or
+ * MG_BALANCE_*. `data` belongs to the balancer from then on (on success). */
+int mg_balance_add(mg_balancer_t *b, const char *key, int weight, void *data);
+/* mg_balance_add without publishing (mg_balance_rebuild publishes): for many at once. */
+int mg_balance_add_quiet(mg_balancer_t *b, const char *key, int weight, void *data);
+/* The id of `key` (removed ones too), or MG_BALANCE_ENOTFOUND. */
+int mg_balance_find(mg_balancer_t *b, const char *key);
+/* Drains / removes / re-weights server `key`: the id or MG_BALANCE_*. */
+int mg_balance_drain(mg_balancer_t *b, const char *key);
+int mg_balance_remove(mg_balancer_t *b, const char *key);
+int mg_balance_set_weight(mg_balancer_t *b, const char *key, int weight);
+/* Rebuilds the snapshot after flags changed outside (0, or -1: out of memory,
+ * the old one stays). */
+int mg_balance_rebuild(mg_balancer_t *b);
+/* The snapshot picks read now (tests and stats; valid while the caller holds the
+ * writers' side, i.e. no change runs concurrently). */
+static inline const mg_bsnap_t *mg_balance_snap(const mg_balancer_t *b) {
+  return atomic_load_explicit(&((mg_balancer_t *)b)->snap, memory_order_acquire);
+}
 
 /* An attempt on server i starts / ends (every start has exactly one end). */
 static inline void mg_peer_begin(mg_balancer_t *b, int i) {
-  atomic_fetch_add_explicit(&b->peers[i].active, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&mg_balance_peer(b, i)->active, 1, memory_order_relaxed);
 }
 static inline void mg_peer_end(mg_balancer_t *b, int i) {
-  atomic_fetch_sub_explicit(&b->peers[i].active, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&mg_balance_peer(b, i)->active, 1, memory_order_relaxed);
 }
 
 /* Server i answered with a head `us` µs after the attempt started, or failed

@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include "dyn.h"
 #include "http.h"
 #include "log.h"
 #include "mg_hooks.h"
@@ -51,8 +52,10 @@ static void gen_free(mg_gen_t *g) {
   free(g->listeners);
   for (int i = 0; i < g->nupstreams; i++) {
     free(g->upstreams[i].name);
-    free(g->upstreams[i].servers);
-    mg_balancer_free(g->upstreams[i].bal);
+    mg_balancer_unref(g->upstreams[i].bal);
+    free(g->upstreams[i].key);
+    for (int j = 0; j < g->upstreams[i].nnames; j++) free(g->upstreams[i].names[j].host);
+    free(g->upstreams[i].names);
     if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
     free(g->upstreams[i].tls);
   }
@@ -264,9 +267,8 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
   return 0;
 }
 
-/* The upstream's balancer, from its `balance` (the upstream's table on top). */
+/* The upstream's (empty) balancer, from its `balance` (the upstream's table on top). */
 static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
-  if (u->nservers < 1) return walk_fail(w, "upstream '%s': no servers", u->name, NULL);
   lua_getfield(w->L, -1, "balance");
   const char *name = lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "round_robin";
   int policy = mg_balance_policy(name);
@@ -276,12 +278,54 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
     return rc;
   }
   lua_pop(w->L, 1);
-  int *weights = malloc((size_t)u->nservers * sizeof(int));
-  if (!weights) return MG_ENOMEM;
-  for (int j = 0; j < u->nservers; j++) weights[j] = u->servers[j].weight;
-  u->bal = mg_balancer_new(policy, weights, u->nservers);
-  free(weights);
-  return u->bal ? 0 : MG_ENOMEM;
+  u->bal = mg_balancer_new(policy, NULL, 0);
+  if (!u->bal) return MG_ENOMEM;
+  mg_balancer_set_data_free(u->bal, free);
+  return 0;
+}
+
+/* i12-dyn: the upstream's `servers` (its table on top) into its balancer: each
+ * entry's addresses (a name may give several: dyn.h), names kept for `resolve`. */
+static int walk_servers(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  u->key = field_str(L, -1, "config_key");
+  u->resolve_ms = ms(field_num(L, -1, "resolve", 0));
+  lua_getfield(L, -1, "servers");
+  int ns = (int)lua_objlen(L, -1);
+  u->names = calloc((size_t)ns + 1, sizeof(*u->names));
+  if (!u->names) {
+    lua_pop(L, 1);
+    return MG_ENOMEM;
+  }
+  int rc = 0;
+  for (int j = 0; j < ns && rc == 0; j++) {
+    lua_rawgeti(L, -1, j + 1);
+    lua_getfield(L, -1, "host");
+    const char *host = lua_tostring(L, -1);
+    int port = (int)field_num(L, -2, "port", 0);
+    double weight;
+    if (need_num_at(w, -2, "upstream server", "weight", &weight) < 0) {
+      lua_pop(L, 3);
+      return MG_ECONFIG;
+    }
+    struct sockaddr_storage addrs[MG_DYN_ADDRS];
+    int n = mg_dyn_lookup(host, port, addrs, MG_DYN_ADDRS);
+    if (n <= 0) rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
+    int from = MG_DYN_LISTED;
+    struct sockaddr_in6 lit;
+    if (rc == 0 && uv_ip4_addr(host, port, (struct sockaddr_in *)&lit) != 0 &&
+        uv_ip6_addr(host, port, &lit) != 0) { /* a name, not an IP literal: re-resolved */
+      from = u->nnames++;
+      u->names[from] = (mg_upname_t){ xstrdup(host), port, (int)weight };
+      if (!u->names[from].host) rc = MG_ENOMEM;
+    }
+    for (int k = 0; k < n && rc == 0; k++)
+      if (mg_dyn_add(u, (struct sockaddr *)&addrs[k], (int)weight, from, 0) < 0) rc = MG_ENOMEM;
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  if (rc == 0 && mg_balance_rebuild(u->bal) < 0) rc = MG_ENOMEM;
+  return rc;
 }
 
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {
@@ -332,32 +376,8 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
       }
     }
     lua_pop(L, 1);
-    lua_getfield(L, -1, "servers");
-    int ns = (int)lua_objlen(L, -1);
-    u->servers = calloc((size_t)ns, sizeof(*u->servers));
-    if (!u->servers) return MG_ENOMEM;
-    u->nservers = ns;
-    for (int j = 0; j < ns; j++) {
-      mg_server_t *s = &u->servers[j];
-      lua_rawgeti(L, -1, j + 1);
-      lua_getfield(L, -1, "host");
-      const char *host = lua_tostring(L, -1);
-      int port = (int)field_num(L, -2, "port", 0);
-      double weight;
-      if (need_num_at(w, -2, "upstream server", "weight", &weight) < 0) {
-        lua_pop(L, 5);
-        return MG_ECONFIG;
-      }
-      s->weight = (int)weight;
-      if (resolve(host, port, &s->addr, &s->addrlen, s->text, sizeof(s->text)) < 0) {
-        int rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
-        lua_pop(L, 5);
-        return rc;
-      }
-      lua_pop(L, 2);
-    }
-    lua_pop(L, 1);
     int rc = build_balancer(w, u);
+    if (rc == 0) rc = walk_servers(w, u);
     lua_pop(L, 1);
     if (rc < 0) return rc;
   }

@@ -31,17 +31,25 @@ typedef struct {
 typedef struct {
   struct sockaddr_storage addr;
   socklen_t addrlen;
-  char text[64]; /* "ip:port": logs only, never sent to clients */
-  int weight;
+  char text[64]; /* "ip:port": logs only, never sent to clients; the server's key
+                    in its balancer */
+  int weight;    /* as configured or added (the current one: the peer's weight) */
+  int from;      /* index in the upstream's names it was resolved from; < 0: none */
+  int dups;      /* the same address listed again in `servers` (dyn.c) */
 } mg_server_t;
+
+/* A host name in an upstream's `servers`, re-resolved every `resolve` seconds. */
+typedef struct {
+  char *host;
+  int port, weight;
+} mg_upname_t;
 
 typedef struct {
   char *name;
-  mg_server_t *servers;
-  int nservers;
-  mg_balancer_t *bal;        /* the servers' shared state and the policy picking them;
-                                built with the generation, which owns it (NULL for
-                                mg.http's ad hoc upstreams, which never balance) */
+  mg_balancer_t *bal;        /* the servers (mg_upstream_server, dyn.h), their shared
+                                state and the policy picking them; built with the
+                                generation, which holds a reference (a reload may
+                                adopt it); NULL for mg.http's ad hoc upstreams */
   int keepalive;             /* max idle pooled connections per server per worker */
   uint64_t keepalive_ms;
   mg_tls_client_t *tls;      /* NULL: plain HTTP to the servers */
@@ -49,6 +57,12 @@ typedef struct {
   int proxy_protocol;        /* 0: none; 1 or 2: every new connection starts with a
                                 PROXY protocol header of that version naming the
                                 client (such connections are never pooled) */
+  /* i12-dyn */
+  char *key;                 /* the normalised config (init.lua): equal keys across a
+                                reload keep the balancer (dyn.c mg_dyn_adopt) */
+  uint64_t resolve_ms;       /* re-resolve `names` this often; 0: never */
+  mg_upname_t *names;        /* host names in `servers` (IP literals are not) */
+  int nnames;
 } mg_upstream_cfg_t;
 
 typedef struct {
@@ -122,6 +136,7 @@ struct mg_gen_s {
   int watch;           /* reload when one of `files` changes */
   char **files;        /* proxy.lua and the files it required from its folder */
   int nfiles;
+  struct mg_dyn_res_s *resolving; /* i12-dyn: the re-resolution timers (main thread) */
 };
 
 /* Runs the config file in a fresh Lua state and builds a generation with one

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "dyn.h"
 #include "log.h"
 #include "luavm.h"
 #include "shdict.h"
@@ -112,6 +113,7 @@ static void reload(const char *why) {
     MG_ERR(-1, "reload (%s) failed, the old config keeps serving: %s", why, err);
     return;
   }
+  mg_dyn_adopt(ng, M.gen); /* unchanged upstreams keep their servers and state */
   if (ng->workers != M.nworkers || strcmp(ng->pid ? ng->pid : "", M.gen->pid ? M.gen->pid : "") != 0)
     MG_WARN(-1, "reload: workers and pid take effect at the next start");
   int n = M.nworkers, ok = open_shared(ng) == 0;
@@ -162,7 +164,9 @@ static void reload(const char *why) {
   for (int w = 0; w < n; w++) mg_worker_reload(&M.workers[w], rls[w]);
   free(rls);
   mg_gen_t *old = M.gen;
+  mg_dyn_resolve_stop(old);
   M.gen = ng;
+  mg_dyn_resolve_start(M.loop, ng);
   mg_gen_unref(old);
   MG_INFO(-1, "reloaded (%s): %s", why, ng->path);
   watch_files();
@@ -309,6 +313,7 @@ static int run(mg_gen_t *g) {
   }
   MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
   watch_files();
+  mg_dyn_resolve_start(M.loop, g);
   uv_timer_t watchdog;
   uv_timer_init(M.loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, 5000, 5000);
@@ -326,6 +331,7 @@ static int run(mg_gen_t *g) {
   uv_close((uv_handle_t *)&M.sig_hup, NULL);
   M.gen->watch = 0;
   watch_files();
+  mg_dyn_resolve_stop(M.gen);
   uv_run(M.loop, UV_RUN_DEFAULT);
   watch_files(); /* frees the last retired handles */
   uv_loop_close(M.loop);

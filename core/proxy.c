@@ -13,6 +13,7 @@
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
+#include "dyn.h"
 #include "log.h"
 #include "upstream.h"
 #include "wctx.h"
@@ -296,7 +297,7 @@ static void access_log(mg_req_t *r) {
   cJSON_AddNumberToObject(o, "bytes_in", (double)r->bytes_in);
   cJSON_AddNumberToObject(o, "bytes_out", (double)r->bytes_out);
   if (r->server >= 0 && r->upstream >= 0) {
-    cJSON_AddStringToObject(o, "upstream", r->gen->upstreams[r->upstream].servers[r->server].text);
+    cJSON_AddStringToObject(o, "upstream", mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text);
     uint64_t end = r->t_up_end ? r->t_up_end : uv_hrtime();
     cJSON_AddNumberToObject(o, "upstream_time", (double)(end - r->t_up_start) / 1e9);
   } else {
@@ -839,7 +840,7 @@ static int build_upstream_head(mg_req_t *r) {
     HW_LIT(q, "Host: ");
     if (r->host.len) hw_put(q, r->host.p, r->host.len);
     else {
-      const char *t = u->servers[r->server >= 0 ? r->server : 0].text;
+      const char *t = mg_upstream_server(u, r->server >= 0 ? r->server : 0)->text;
       hw_put(q, t, strlen(t));
     }
     HW_LIT(q, "\r\n");
@@ -1454,14 +1455,19 @@ static void attempt_failed(mg_req_t *r) {
   attempt_end(r);
 }
 
-/* Marks server s tried. Upstreams of more than 64 servers keep a bitmap in the
- * request's arena, made at the first mark. -1: out of memory. */
+/* Marks server s tried. Up to id 63 a word does; past it a bitmap in the
+ * request's arena, made at the first such mark and grown (copied) when servers
+ * added at run time bring bigger ids. -1: out of memory. */
 static int tried_mark(mg_req_t *r, int s, int nservers) {
-  if (nservers > 64 && !r->tried.map) {
-    size_t words = ((size_t)nservers + 63) / 64;
-    r->tried.map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
-    if (!r->tried.map) return -1;
-    memset(r->tried.map, 0, words * sizeof(uint64_t));
+  if (!mg_tried_fits(&r->tried, s)) {
+    uint32_t words = (uint32_t)(((nservers > s ? nservers : s + 1) + 63) / 64);
+    uint64_t *map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
+    if (!map) return -1;
+    memset(map, 0, words * sizeof(uint64_t));
+    if (r->tried.map) memcpy(map, r->tried.map, r->tried.words * sizeof(uint64_t));
+    else map[0] = r->tried.bits;
+    r->tried.map = map;
+    r->tried.words = words;
   }
   mg_tried_set(&r->tried, s);
   return 0;
@@ -1483,14 +1489,15 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
         }
       }
       balanced = 0;
-      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick)) s = r->pick;
+      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick) && mg_peer_usable(mg_balance_peer(u->bal, r->pick)))
+        s = r->pick;
     }
     if (s < 0) s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
     }
-    if (tried_mark(r, s, u->nservers) < 0) {
+    if (tried_mark(r, s, mg_upstream_nservers(u)) < 0) {
       mg_proxy_error(r, 500, 0);
       return 0;
     }
@@ -1518,14 +1525,14 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     }
     attempt_end(r); /* (an attempt before this one ended already: a no-op) */
     attempt_begin(r, s);
-    int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
+    int rc = mg_upstream_get(r->w, &link, u, mg_upstream_server(u, s));
     if (rc == 1) {
       up_ready(r);
       return 0;
     }
     if (rc == 0) return 0;
     attempt_failed(r);
-    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, u->servers[s].text, uv_strerror(rc));
+    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, mg_upstream_server(u, s)->text, uv_strerror(rc));
     if (!is_idempotent(r->method)) {
       mg_proxy_error(r, 502, 0);
       return 0;
@@ -1548,7 +1555,7 @@ static void up_ready(void *owner) {
 static void up_failed(void *owner, int connect, int timeout, int stale) {
   mg_req_t *r = owner;
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
-  const char *peer = u->servers[r->server].text;
+  const char *peer = mg_upstream_server(u, r->server)->text;
   if (r->upc) mg_upstream_release(r->upc, 0);
   if (stale && !connect) attempt_end(r); /* a pooled connection the server had closed:
                                             not the server's failure */
@@ -1656,7 +1663,7 @@ static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *p
 
 static const char *peer_text(const mg_req_t *r) {
   if (r->upstream < 0 || r->server < 0) return "-";
-  return r->gen->upstreams[r->upstream].servers[r->server].text;
+  return mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text;
 }
 
 /* Header lines of a response head as they go to the client (resp_header_skipped

@@ -21,7 +21,7 @@ static void rr_weights_interleave(void) {
   for (int i = 0; i < 8; i++) seq[i] = mg_balance_pick(b, NULL, &rng);
   int want[8] = { 1, 0, 1, 1, 1, 0, 1, 1 };
   for (int i = 0; i < 8; i++) CHECK(seq[i] == want[i]);
-  CHECK(b->nschedule == 4);
+  CHECK(mg_balance_snap(b)->nschedule == 4);
   mg_balancer_free(b);
 }
 
@@ -31,18 +31,18 @@ static void rr_weights_interleave(void) {
 static void rr_cycle_exact(void) {
   int w[] = { 5, 2, 3, 1 };
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, 4);
-  CHECK(b->nschedule == 11);
+  CHECK(mg_balance_snap(b)->nschedule == 11);
   int count[4] = { 0 };
-  for (uint32_t i = 0; i < b->nschedule; i++) count[b->schedule[i]]++;
+  for (uint32_t i = 0; i < mg_balance_snap(b)->nschedule; i++) count[mg_balance_snap(b)->schedule[i]]++;
   for (int i = 0; i < 4; i++) CHECK(count[i] == w[i]);
   /* server 0 (5 of 11) never twice in a row more than once per cycle */
   int runs = 0;
-  for (uint32_t i = 0; i + 1 < b->nschedule; i++) runs += b->schedule[i] == 0 && b->schedule[i + 1] == 0;
+  for (uint32_t i = 0; i + 1 < mg_balance_snap(b)->nschedule; i++) runs += mg_balance_snap(b)->schedule[i] == 0 && mg_balance_snap(b)->schedule[i + 1] == 0;
   CHECK(runs <= 1);
   mg_balancer_free(b);
   int w2[] = { 100, 300 };
   b = make(MG_BALANCE_ROUND_ROBIN, w2, 2);
-  CHECK(b->nschedule == 4);
+  CHECK(mg_balance_snap(b)->nschedule == 4);
   mg_balancer_free(b);
 }
 
@@ -52,7 +52,7 @@ static void rr_ten_thousand(void) {
   int *w = malloc(N * sizeof(int));
   for (int i = 0; i < N; i++) w[i] = 1;
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
-  CHECK(b->nschedule == N);
+  CHECK(mg_balance_snap(b)->nschedule == N);
   char *seen = calloc(N, 1);
   uint64_t rng = 1;
   for (int i = 0; i < N; i++) {
@@ -71,9 +71,9 @@ static void rr_schedule_bounded(void) {
   int *w = malloc(N * sizeof(int));
   for (int i = 0; i < N; i++) w[i] = i % 2 ? 1000 : 999;
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
-  CHECK(b->nschedule <= MG_BALANCE_SCHEDULE_MAX + N);
+  CHECK(mg_balance_snap(b)->nschedule <= MG_BALANCE_SCHEDULE_MAX + N);
   int *count = calloc(N, sizeof(int));
-  for (uint32_t i = 0; i < b->nschedule; i++) count[b->schedule[i]]++;
+  for (uint32_t i = 0; i < mg_balance_snap(b)->nschedule; i++) count[mg_balance_snap(b)->schedule[i]]++;
   for (int i = 0; i < N; i++) CHECK(count[i] >= 1);
   free(count);
   mg_balancer_free(b);
@@ -86,7 +86,7 @@ static void tried_past_64(void) {
   int w[N];
   for (int i = 0; i < N; i++) w[i] = 1;
   uint64_t map[(N + 63) / 64] = { 0 };
-  mg_tried_t t = { 0, map };
+  mg_tried_t t = { 0, map, (N + 63) / 64 };
   int policies[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
   for (int p = 0; p < 4; p++) {
     mg_balancer_t *b = make(policies[p], w, N);
