@@ -1,6 +1,9 @@
 /* core/balance.c: the round robin schedule, the policies over shared peer state,
  * and the tried-servers set past 64 servers. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "../balance.h"
@@ -155,6 +158,198 @@ static void policy_names(void) {
   CHECK(mg_balance_policy("hash") == -1);
 }
 
+
+/* ---- dynamic membership (ids, snapshots) ---- */
+
+static void key_of(char *k, size_t n, int i) { snprintf(k, n, "10.%d.%d.%d:80", i >> 16, (i >> 8) & 255, i & 255); }
+
+/* 10,000 servers added at run time (one rebuild) give the same schedule, slot
+ * for slot, as the same servers built at once; so does adding them one by one. */
+static void runtime_adds_match_load(void) {
+  enum { N = 10000, M = 300 };
+  int *w = malloc(N * sizeof(int));
+  for (int i = 0; i < N; i++) w[i] = i % 7 == 0 ? 5 : 1 + i % 3;
+  mg_balancer_t *ref = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  CHECK(mg_balance_snap(b)->n == 0);
+  uint64_t rng = 1;
+  CHECK(mg_balance_pick(b, NULL, &rng) == -1); /* no members */
+  char k[64];
+  for (int i = 0; i < N; i++) {
+    key_of(k, sizeof(k), i);
+    CHECK(mg_balance_add_quiet(b, k, w[i], NULL) == i);
+  }
+  CHECK(mg_balance_rebuild(b) == 0);
+  const mg_bsnap_t *x = mg_balance_snap(ref), *y = mg_balance_snap(b);
+  CHECK(x->nschedule == y->nschedule && y->n == N && mg_balance_count(b) == N);
+  CHECK(memcmp(x->schedule, y->schedule, x->nschedule * sizeof(uint32_t)) == 0);
+  mg_balancer_t *one = make(MG_BALANCE_ROUND_ROBIN, NULL, 0), *ref2 = make(MG_BALANCE_ROUND_ROBIN, w, M);
+  for (int i = 0; i < M; i++) {
+    key_of(k, sizeof(k), i);
+    CHECK(mg_balance_add(one, k, w[i], NULL) == i);
+  }
+  CHECK(mg_balance_snap(one)->nschedule == mg_balance_snap(ref2)->nschedule);
+  CHECK(memcmp(mg_balance_snap(one)->schedule, mg_balance_snap(ref2)->schedule,
+               mg_balance_snap(one)->nschedule * sizeof(uint32_t)) == 0);
+  mg_balancer_unref(one);
+  mg_balancer_unref(ref2);
+  mg_balancer_unref(ref);
+  mg_balancer_unref(b);
+  free(w);
+}
+
+/* Ids are permanent: a removed server's id is never another address's; adding
+ * it again revives it; drained and removed servers are not picked. */
+static void ids_are_permanent(void) {
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  CHECK(mg_balance_add(b, "a:1", 1, NULL) == 0);
+  CHECK(mg_balance_add(b, "b:1", 1, NULL) == 1);
+  CHECK(mg_balance_add(b, "c:1", 1, NULL) == 2);
+  CHECK(mg_balance_add(b, "b:1", 1, NULL) == MG_BALANCE_EEXIST);
+  CHECK(mg_balance_remove(b, "b:1") == 1);
+  CHECK(mg_balance_remove(b, "b:1") == MG_BALANCE_ENOTFOUND);
+  CHECK(mg_balance_drain(b, "zz:1") == MG_BALANCE_ENOTFOUND);
+  CHECK(mg_balance_add(b, "d:1", 1, NULL) == 3);
+  CHECK(mg_balance_drain(b, "c:1") == 2);
+  uint64_t rng = 5;
+  for (int i = 0; i < 40; i++) {
+    int s = mg_balance_pick(b, NULL, &rng);
+    CHECK(s == 0 || s == 3);
+  }
+  CHECK(mg_balance_snap(b)->n == 2);
+  CHECK(mg_balance_add(b, "b:1", 4, NULL) == 1); /* revived, its id again */
+  CHECK(atomic_load(&mg_balance_peer(b, 1)->weight) == 4 && mg_peer_usable(mg_balance_peer(b, 1)));
+  CHECK(mg_balance_snap(b)->n == 3 && mg_balance_snap(b)->nschedule == 6);
+  CHECK(mg_balance_count(b) == 4);
+  CHECK(mg_balance_find(b, "c:1") == 2 && mg_balance_find(b, "q:1") == MG_BALANCE_ENOTFOUND);
+  mg_balancer_unref(b);
+}
+
+/* A weight set at run time reaches round robin (a new schedule) and the others
+ * (drained servers skipped by each policy). */
+static void set_weight_and_drain_every_policy(void) {
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  mg_balance_add(b, "a:1", 1, NULL);
+  mg_balance_add(b, "b:1", 1, NULL);
+  CHECK(mg_balance_set_weight(b, "b:1", 3) == 1);
+  uint64_t rng = 1;
+  int count[2] = { 0 };
+  for (int i = 0; i < 400; i++) count[mg_balance_pick(b, NULL, &rng)]++;
+  CHECK(count[0] == 100 && count[1] == 300);
+  mg_balancer_unref(b);
+  int policies[] = { MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
+  for (int p = 0; p < 3; p++) {
+    b = make(policies[p], NULL, 0);
+    char k[64];
+    for (int i = 0; i < 10; i++) {
+      key_of(k, sizeof(k), i);
+      mg_balance_add(b, k, 1 + i, NULL);
+    }
+    for (int i = 0; i < 10; i += 2) {
+      key_of(k, sizeof(k), i);
+      CHECK(mg_balance_drain(b, k) == i);
+    }
+    for (int i = 0; i < 500; i++) CHECK(mg_balance_pick(b, NULL, &rng) % 2 == 1);
+    mg_balancer_unref(b);
+  }
+}
+
+/* The tried set copes with ids past its map (added after the first mark). */
+static void tried_ids_past_map(void) {
+  uint64_t map[2] = { 0, 0 };
+  mg_tried_t t = { 0, map, 2 };
+  CHECK(mg_tried_fits(&t, 127) && !mg_tried_fits(&t, 128));
+  mg_tried_set(&t, 100);
+  CHECK(mg_tried_has(&t, 100) && !mg_tried_has(&t, 5000));
+  mg_tried_clear(&t, 5000); /* out of the map: nothing happens */
+  mg_tried_t w = { 0, NULL, 0 };
+  CHECK(mg_tried_fits(&w, 63) && !mg_tried_fits(&w, 64) && !mg_tried_has(&w, 64));
+}
+
+/* The policy hook: an extra table per snapshot, built at each change and freed
+ * once unreachable (ASan reports any leak or early free). */
+static atomic_int ext_live, ext_built;
+static int ext_build(mg_balancer_t *b, mg_bsnap_t *s, void *ud) {
+  (void)b;
+  CHECK(ud == (void *)&ext_live);
+  uint32_t *t = malloc(sizeof(uint32_t));
+  if (!t) return -1;
+  *t = s->n;
+  s->ext = t;
+  atomic_fetch_add(&ext_live, 1);
+  atomic_fetch_add(&ext_built, 1);
+  return 0;
+}
+static void ext_free(void *ext, void *ud) {
+  (void)ud;
+  free(ext);
+  atomic_fetch_sub(&ext_live, 1);
+}
+static void ext_hook(void) {
+  mg_balancer_t *b = make(MG_BALANCE_RANDOM, NULL, 0);
+  mg_balance_ext_t e = { ext_build, ext_free, &ext_live };
+  CHECK(mg_balancer_set_ext(b, &e) == 0);
+  CHECK(atomic_load(&ext_live) == 1 && *(uint32_t *)mg_balance_snap(b)->ext == 0);
+  mg_balance_add(b, "a:1", 1, NULL);
+  mg_balance_add(b, "b:1", 1, NULL);
+  CHECK(atomic_load(&ext_live) == 1 && atomic_load(&ext_built) == 3);
+  CHECK(*(uint32_t *)mg_balance_snap(b)->ext == 2);
+  mg_balancer_unref(b);
+  CHECK(atomic_load(&ext_live) == 0);
+}
+
+/* Readers pick while a writer adds, drains, removes and re-weights: every pick
+ * is a valid id, and every old snapshot is freed only after the picks that
+ * loaded it (ASan: no use after free; bounded counts, no timing). */
+typedef struct {
+  mg_balancer_t *b;
+  atomic_int *stop;
+  long picks, bad;
+} reader_arg_t;
+
+static void *reader(void *p) {
+  reader_arg_t *a = p;
+  uint64_t rng = (uint64_t)(uintptr_t)p | 1;
+  while (!atomic_load(a->stop) || a->picks < 1000) {
+    int s = mg_balance_pick(a->b, NULL, &rng);
+    if (s < -1 || s >= mg_balance_count(a->b)) a->bad++;
+    a->picks++;
+  }
+  return NULL;
+}
+
+static void swap_under_readers(void) {
+  int policies[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_RANDOM, MG_BALANCE_P2C, MG_BALANCE_LEAST_CONN };
+  for (int p = 0; p < 4; p++) {
+    mg_balancer_t *b = make(policies[p], NULL, 0);
+    mg_balance_add(b, "seed:1", 1, NULL);
+    atomic_int stop;
+    atomic_init(&stop, 0);
+    reader_arg_t ra[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+      ra[i] = (reader_arg_t){ b, &stop, 0, 0 };
+      CHECK(pthread_create(&th[i], NULL, reader, &ra[i]) == 0);
+    }
+    char k[64];
+    for (int i = 0; i < 600; i++) {
+      key_of(k, sizeof(k), i % 200);
+      switch (i % 4) {
+      case 0: mg_balance_add(b, k, 1 + i % 9, NULL); break;
+      case 1: mg_balance_set_weight(b, k, 1 + i % 5); break;
+      case 2: mg_balance_drain(b, k); break;
+      default: mg_balance_remove(b, k);
+      }
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 3; i++) {
+      pthread_join(th[i], NULL);
+      CHECK(ra[i].bad == 0 && ra[i].picks >= 1000);
+    }
+    mg_balancer_unref(b);
+  }
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     { "round robin interleaves weights 1:3 as B A B B", rr_weights_interleave },
@@ -166,6 +361,12 @@ int main(void) {
     { "p2c avoids the slow server", p2c_avoids_slow },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
+    { "10,000 servers added at run time: the same schedule as at load", runtime_adds_match_load },
+    { "ids are permanent; drained and removed are not picked", ids_are_permanent },
+    { "set_weight and drain reach every policy", set_weight_and_drain_every_policy },
+    { "tried ids past the map", tried_ids_past_map },
+    { "a policy's extra table per snapshot", ext_hook },
+    { "snapshot swaps while other threads pick", swap_under_readers },
   };
   return t_run("balance", cases, sizeof(cases) / sizeof(cases[0]));
 }
