@@ -323,6 +323,12 @@ static void swap_under_readers(void) {
   for (int p = 0; p < 4; p++) {
     mg_balancer_t *b = make(policies[p], NULL, 0);
     mg_balance_add(b, "seed:1", 1, NULL);
+    char k[64];
+    for (int i = 0; i < 300; i++) { /* long least_conn scans: picks that take a while */
+      key_of(k, sizeof(k), 1000 + i);
+      mg_balance_add_quiet(b, k, 1, NULL);
+    }
+    mg_balance_rebuild(b);
     atomic_int stop;
     atomic_init(&stop, 0);
     reader_arg_t ra[3];
@@ -331,8 +337,7 @@ static void swap_under_readers(void) {
       ra[i] = (reader_arg_t){ b, &stop, 0, 0 };
       CHECK(pthread_create(&th[i], NULL, reader, &ra[i]) == 0);
     }
-    char k[64];
-    for (int i = 0; i < 600; i++) {
+    for (int i = 0; i < 2000; i++) {
       key_of(k, sizeof(k), i % 200);
       switch (i % 4) {
       case 0: mg_balance_add(b, k, 1 + i % 9, NULL); break;
