@@ -12,7 +12,6 @@
 #include <sys/resource.h>
 #include <uv.h>
 
-#include "dyn.h"
 #include "http.h"
 #include "log.h"
 #include "mg_hooks.h"
@@ -126,6 +125,110 @@ static char *field_str(lua_State *L, int idx, const char *k) {
 }
 
 static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+/* ---- i12-dyn: upstream servers by address (config.h) ---- */
+
+/* "ip:port" or "[ip6]:port" of sa. */
+void mg_upstream_text(const struct sockaddr *sa, char *text, size_t len) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    uv_ip6_name(a, ip, sizeof(ip));
+    snprintf(text, len, "[%s]:%d", ip, ntohs(a->sin6_port));
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    uv_ip4_name(a, ip, sizeof(ip));
+    snprintf(text, len, "%s:%d", ip, ntohs(a->sin_port));
+  }
+}
+
+socklen_t mg_upstream_addrlen(const struct sockaddr *sa) {
+  return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* An IP literal with this port into *out: 1, else 0. */
+static int literal(const char *host, int port, struct sockaddr_storage *out) {
+  memset(out, 0, sizeof(*out));
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0) return 1;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0) return 1;
+  return 0;
+}
+
+/* Appends sa unless it is there already (same family as the first, at most max). */
+int mg_upstream_push_addr(struct sockaddr_storage *out, int n, int max, const struct sockaddr *sa, int port) {
+  if (n >= max || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)) return n;
+  if (n > 0 && out[0].ss_family != sa->sa_family) return n;
+  struct sockaddr_storage a;
+  memset(&a, 0, sizeof(a));
+  memcpy(&a, sa, mg_upstream_addrlen(sa));
+  if (a.ss_family == AF_INET6) ((struct sockaddr_in6 *)&a)->sin6_port = htons((uint16_t)port);
+  else ((struct sockaddr_in *)&a)->sin_port = htons((uint16_t)port);
+  for (int i = 0; i < n; i++)
+    if (memcmp(&out[i], &a, sizeof(a)) == 0) return n;
+  out[n] = a;
+  return n + 1;
+}
+
+/* The addresses $MOONGATE_HOSTS_FILE lists for host: their count, or -1 when the
+ * file (or the variable) is not there or does not name host. */
+int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *out, int max) {
+  const char *path = getenv("MOONGATE_HOSTS_FILE");
+  if (!path || !*path) return -1;
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  char line[512];
+  int n = 0, named = 0;
+  while (fgets(line, sizeof(line), f)) {
+    char *hash = strchr(line, '#');
+    if (hash) *hash = 0;
+    char *save = NULL, *ip = strtok_r(line, " \t\r\n", &save);
+    if (!ip) continue;
+    for (char *name = strtok_r(NULL, " \t\r\n", &save); name; name = strtok_r(NULL, " \t\r\n", &save)) {
+      if (strcasecmp(name, host) != 0) continue;
+      named = 1;
+      struct sockaddr_storage a;
+      if (literal(ip, port, &a)) n = mg_upstream_push_addr(out, n, max, (struct sockaddr *)&a, port);
+    }
+  }
+  fclose(f);
+  return named ? n : -1;
+}
+
+int mg_upstream_lookup(const char *host, int port, struct sockaddr_storage *out, int max) {
+  if (literal(host, port, &out[0])) return 1;
+  int n = mg_upstream_hosts_file(host, port, out, max);
+  if (n >= 0) return n;
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) return -1;
+  n = 0;
+  for (struct addrinfo *a = res; a; a = a->ai_next) n = mg_upstream_push_addr(out, n, max, a->ai_addr, port);
+  freeaddrinfo(res);
+  return n;
+}
+
+int mg_upstream_add(mg_upstream_cfg_t *u, const struct sockaddr *sa, int weight, int from, int publish) {
+  mg_server_t *s = calloc(1, sizeof(*s));
+  if (!s) return MG_BALANCE_ENOMEM;
+  memcpy(&s->addr, sa, mg_upstream_addrlen(sa));
+  s->addrlen = mg_upstream_addrlen(sa);
+  mg_upstream_text(sa, s->text, sizeof(s->text));
+  s->weight = weight;
+  s->from = from;
+  int id = publish ? mg_balance_add(u->bal, s->text, weight, s) : mg_balance_add_quiet(u->bal, s->text, weight, s);
+  if (id == MG_BALANCE_EEXIST && !publish) {
+    /* listed again in `servers`: another server with the same address (its
+     * weight counts again), keyed "ip:port#k" for the k-th listing */
+    mg_server_t *first = mg_balance_data(u->bal, mg_balance_find(u->bal, s->text));
+    char key[80];
+    snprintf(key, sizeof(key), "%.56s#%d", s->text, (++first->dups + 1) % 1000000);
+    id = mg_balance_add_quiet(u->bal, key, weight, s);
+  }
+  if (id < 0) free(s);
+  return id;
+}
 
 /* Resolves host:port (numeric or a name, looked up once at load). */
 static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
@@ -308,10 +411,10 @@ static int walk_servers(walk_t *w, mg_upstream_cfg_t *u) {
       lua_pop(L, 3);
       return MG_ECONFIG;
     }
-    struct sockaddr_storage addrs[MG_DYN_ADDRS];
-    int n = mg_dyn_lookup(host, port, addrs, MG_DYN_ADDRS);
+    struct sockaddr_storage addrs[MG_UPSTREAM_ADDRS];
+    int n = mg_upstream_lookup(host, port, addrs, MG_UPSTREAM_ADDRS);
     if (n <= 0) rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
-    int from = MG_DYN_LISTED;
+    int from = MG_UPSTREAM_LISTED;
     struct sockaddr_in6 lit;
     if (rc == 0 && uv_ip4_addr(host, port, (struct sockaddr_in *)&lit) != 0 &&
         uv_ip6_addr(host, port, &lit) != 0) { /* a name, not an IP literal: re-resolved */
@@ -320,7 +423,7 @@ static int walk_servers(walk_t *w, mg_upstream_cfg_t *u) {
       if (!u->names[from].host) rc = MG_ENOMEM;
     }
     for (int k = 0; k < n && rc == 0; k++)
-      if (mg_dyn_add(u, (struct sockaddr *)&addrs[k], (int)weight, from, 0) < 0) rc = MG_ENOMEM;
+      if (mg_upstream_add(u, (struct sockaddr *)&addrs[k], (int)weight, from, 0) < 0) rc = MG_ENOMEM;
     lua_pop(L, 2);
   }
   lua_pop(L, 1);

@@ -46,7 +46,7 @@ typedef struct {
 
 typedef struct {
   char *name;
-  mg_balancer_t *bal;        /* the servers (mg_upstream_server, dyn.h), their shared
+  mg_balancer_t *bal;        /* the servers (mg_upstream_server below), their shared
                                 state and the policy picking them; built with the
                                 generation, which holds a reference (a reload may
                                 adopt it); NULL for mg.http's ad hoc upstreams */
@@ -64,6 +64,44 @@ typedef struct {
   mg_upname_t *names;        /* host names in `servers` (IP literals are not) */
   int nnames;
 } mg_upstream_cfg_t;
+
+/* ---- i12-dyn: an upstream's servers, by id, held by its balancer ----
+ * Names are resolved by mg_upstream_lookup: an IP literal as it is; a name listed
+ * in the file $MOONGATE_HOSTS_FILE (hosts(5) format; a test and operations
+ * override, read at each resolution) gets the addresses listed there; any other
+ * name goes to getaddrinfo (blocking, at load on the main thread, as listeners'
+ * names always were; dyn.c re-resolves with uv_getaddrinfo). A name gives every
+ * address of the first answer's family. */
+#define MG_UPSTREAM_ADDRS 64 /* addresses kept per name */
+
+/* An upstream's server `i` (an id: 0 <= i < mg_upstream_nservers(u)). */
+static inline const mg_server_t *mg_upstream_server(const mg_upstream_cfg_t *u, int i) {
+  return (const mg_server_t *)mg_balance_data(u->bal, i);
+}
+/* Ids handed out so far (drained and removed servers keep theirs). */
+static inline int mg_upstream_nservers(const mg_upstream_cfg_t *u) { return mg_balance_count(u->bal); }
+
+/* The addresses of host:port, at most `max`: their count, 0 when the name has
+ * none, -1 when the lookup failed. Blocking (main thread at load only). */
+int mg_upstream_lookup(const char *host, int port, struct sockaddr_storage *out, int max);
+
+/* Adds server `sa` with `weight` to u's balancer (`from`: index in u->names of
+ * the name it came from, -1 none, MG_UPSTREAM_LISTED an IP literal of `servers`)
+ * without publishing (`publish` 0; the caller calls mg_balance_rebuild) or
+ * publishing. The id, or MG_BALANCE_*. Unpublished, an address there already
+ * is another server (key "ip:port#k"): `servers` may list one several times. */
+#define MG_UPSTREAM_LISTED (-2)
+int mg_upstream_add(mg_upstream_cfg_t *u, const struct sockaddr *sa, int weight, int from, int publish);
+
+/* "ip:port" / "[ip6]:port" of sa (a server's key). */
+void mg_upstream_text(const struct sockaddr *sa, char *text, size_t len);
+socklen_t mg_upstream_addrlen(const struct sockaddr *sa);
+/* The addresses $MOONGATE_HOSTS_FILE lists for host (the port set): their count,
+ * or -1 when the file does not name host (or is not set). */
+int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *out, int max);
+/* Appends sa with this port to out[0..n) unless there, or of another family than
+ * out[0], or full: the new count. */
+int mg_upstream_push_addr(struct sockaddr_storage *out, int n, int max, const struct sockaddr *sa, int port);
 
 typedef struct {
   char *listener;            /* NULL: every listener */

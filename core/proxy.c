@@ -13,7 +13,6 @@
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
-#include "dyn.h"
 #include "log.h"
 #include "upstream.h"
 #include "wctx.h"

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include "../config.h"
-#include "../dyn.h"
 #include "test.h"
 
 static mg_gen_t *load(const char *text, char *err, size_t errlen) {
