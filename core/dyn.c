@@ -59,10 +59,10 @@ static void apply(mg_balancer_t *bal, const char *upstream, const char *host, in
     int id = mg_balance_find(bal, text);
     if (id >= 0 && !(atomic_load(&mg_balance_peer(bal, id)->flags) & (MG_PEER_DRAINING | MG_PEER_REMOVED)))
       continue; /* a member already */
-    if (mg_upstream_add(&u, (const struct sockaddr *)&addrs[k], weight, from, 0) >= 0) {
+    /* published at once (a few addresses): an address the Lua API added meanwhile
+     * is refused as a duplicate, not listed twice */
+    if (mg_upstream_add(&u, (const struct sockaddr *)&addrs[k], weight, from, 1) >= 0)
       MG_INFO(-1, "upstream %s: %s resolves to %s: it joins", upstream, host, text);
-      changed = 1;
-    }
   }
   int count = mg_balance_count(bal);
   for (int id = 0; id < count; id++) {
