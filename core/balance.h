@@ -36,7 +36,8 @@ typedef struct {
   atomic_uint flags;    /* MG_PEER_*: 0 means the server may take new requests */
 } mg_peer_t;
 
-/* mg_peer_t.flags bits (the health checks own the low bits). */
+/* mg_peer_t.flags bits (the health checks own bits 0 and 1: MG_PEER_DOWN 1,
+ * MG_PEER_EJECTED 2; lua/moongate/upstreams.lua names all four). */
 #define MG_PEER_DRAINING (1u << 2) /* drained: finishes what it has, takes nothing new */
 #define MG_PEER_REMOVED (1u << 3)  /* removed: likewise, and gone from servers() */
 

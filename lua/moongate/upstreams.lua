@@ -12,7 +12,9 @@ local str_out = ffi.new("mg_str_t[1]")
 local err_out = ffi.new("mg_str_t[1]")
 local srv_out = ffi.new("mg_ups_server_t[1]")
 
-local DRAINING, REMOVED = 4, 8
+-- mg_peer_t.flags bits (core/balance.h): the health checks' and ejection's, then ours
+local DOWN, EJECTED, DRAINING, REMOVED = 1, 2, 4, 8
+local band = require("bit").band
 
 local _M = {}
 
@@ -100,13 +102,15 @@ end
 
 local function state_of(flags)
   if flags == 0 then return "up" end
-  if flags >= REMOVED then return "removed" end
-  if flags >= DRAINING then return "draining" end
-  return "down" -- the health checks' and ejection's bits
+  if band(flags, REMOVED) ~= 0 then return "removed" end
+  if band(flags, DRAINING) ~= 0 then return "draining" end
+  if band(flags, DOWN) ~= 0 then return "down" end
+  if band(flags, EJECTED) ~= 0 then return "ejected" end
+  return "down"
 end
 
 --- mg.upstreams.servers(name): { { id, addr, weight, active, response_time (s,
---- nil before a sample), fails, state = "up" | "draining" | "down" }, ... } in id
+--- nil before a sample), fails, state = "up" | "draining" | "down" | "ejected" }, ... } in id
 --- order (removed servers are left out), or nil and a message.
 function _M.servers(name)
   local u, err = find("mg.upstreams.servers", name)
@@ -116,7 +120,7 @@ function _M.servers(name)
     if C.mg_ups_server(u, id, srv_out) == 0 then
       local s = srv_out[0]
       local flags = tonumber(s.flags)
-      if flags < REMOVED then
+      if band(flags, REMOVED) == 0 then
         out[#out + 1] = {
           id = id, addr = ffi_str(s.addr.p, s.addr.len), weight = s.weight, active = s.active,
           fails = s.fails, response_time = s.ewma_us > 0 and tonumber(s.ewma_us) / 1e6 or nil,

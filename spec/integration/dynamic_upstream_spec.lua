@@ -101,6 +101,11 @@ describe("mg.upstreams", function()
     c = helpers.origin({ name = "C" })
     proxy = helpers.proxy(conf([[
 mg.route { path = "/other/", upstream = mg.upstream "other" { servers = { "${a}" } } }
+-- the balance hook sees every id and picks the newest server (or the one ?pick= names)
+mg.route { path = "/newest/", upstream = "other", on = { balance = function(req)
+  local list = req:servers()
+  req:set_server(tonumber(req:arg("pick")) or #list)
+end } }
 mg.route { upstream = mg.upstream "dyn" { servers = { "${a}" } } }
 ]]), { vars = { a = a.addr } })
   end)
@@ -172,6 +177,15 @@ mg.route { upstream = mg.upstream "dyn" { servers = { "${a}" } } }
     assert.same({ A = 40, B = 30 }, tally(names))
     assert.equal("ok\n", admin(proxy, "op=weight&addr=" .. a.addr .. "&w=1"))
     assert.equal("ok\n", admin(proxy, "op=remove&addr=" .. b.addr))
+  end)
+
+  it("the balance hook sees servers added at run time; a removed one is not picked", function()
+    assert.equal("A", name_of(proxy:connect(), "/newest/echo"))
+    assert.equal("ok\n", admin(proxy, "op=add&up=other&addr=" .. c.addr))
+    for i = 1, 4 do assert.equal("C", name_of(proxy:connect(), "/newest/echo?" .. i)) end
+    assert.equal("ok\n", admin(proxy, "op=remove&up=other&addr=" .. c.addr))
+    -- id 1 (C) is still in req:servers() but takes no new request: the policy picks
+    for i = 1, 4 do assert.equal("A", name_of(proxy:connect(), "/newest/echo?pick=2&" .. i)) end
   end)
 
   it("errors come back as nil, message", function()
