@@ -292,6 +292,7 @@ describe("resolve", function()
     proxy = helpers.proxy(conf([[
 mg.route { upstream = mg.upstream "dyn" { servers = { "dyn.test:${p}" }, resolve = 0.2 } }
 mg.route { path = "/fixed/", upstream = mg.upstream "fixed" { servers = { "dyn.test:${p}" }, resolve = false } }
+mg.route { path = "/local/", upstream = mg.upstream "local" { servers = { "localhost:${p}" }, resolve = 0.1 } }
 ]]), { vars = { p = a.port } })
     helpers.env.MOONGATE_HOSTS_FILE = nil
   end)
@@ -319,6 +320,17 @@ mg.route { path = "/fixed/", upstream = mg.upstream "fixed" { servers = { "dyn.t
     assert.same({ a.addr, "up" }, { fixed[1].addr, fixed[1].state })
     assert.equal(1, #fixed)
     assert.equal("A", name_of(proxy:connect(), "/fixed/echo"))
+  end)
+
+  it("a name not in the override goes to DNS off the workers; an unchanged answer changes nothing", function()
+    local before = servers(proxy, "local")
+    assert.equal(1, #before)
+    helpers.sleep(0.6) -- about 6 lookups through uv_getaddrinfo
+    assert.same(before, servers(proxy, "local"))
+    local log = proxy:stderr()
+    assert.falsy(log:find("re-resolving localhost failed", 1, true))
+    assert.falsy(log:find("localhost no longer resolves", 1, true))
+    assert.truthy(log:find("dyn.test no longer resolves to " .. a.addr .. ": it drains", 1, true))
   end)
 end)
 
