@@ -246,6 +246,34 @@ int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int 
   return 0;
 }
 
+int mg_req_hash_want(mg_req_t *r) {
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE)) || r->upstream < 0 || r->hkey_ran) return 0;
+  if (!r->gen->upstreams[r->upstream].hash_fn) return 0;
+  r->hkey_ran = 1; /* the caller runs it now: not again for a retry, whatever it returns */
+  return r->upstream + 1;
+}
+
+int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len) {
+  if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
+  if (len > 4096) return MG_API_EINVAL;
+  char *k = mg_arena_alloc(&r->arena, len + 1);
+  if (!k) return MG_API_ENOMEM;
+  memcpy(k, p, len);
+  r->hkey = (mg_str_t){ k, len };
+  r->hkey_set = 1;
+  return 0;
+}
+
+int mg_req_server_flags(mg_req_t *r, int i) { /* i12-health */
+  if (!live(r)) return MG_API_EPHASE;
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = mg_balance_peer(r->gen->upstreams[r->upstream].bal, i);
+  unsigned f = atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_DOWN | MG_PEER_EJECTED);
+  if ((f & MG_PEER_EJECTED) && mg_balance_now_ms() >= atomic_load_explicit(&p->until_ms, memory_order_relaxed))
+    f &= ~MG_PEER_EJECTED; /* over: the next pick that looks ends it */
+  return (int)f;
+}
+
 int mg_req_set_server(mg_req_t *r, int i) {
   if (!PHASE(r, BIT(MG_HOOK_BALANCE))) return MG_API_EPHASE;
   if (i < 0 || i >= mg_req_server_count(r)) return MG_API_EINVAL;
@@ -521,4 +549,36 @@ int mg_ups_server(int u, int id, mg_ups_server_t *out) {
 int mg_ups_nservers(int u) {
   mg_upstream_cfg_t *up = ups_at(u);
   return up ? mg_upstream_nservers(up) : 0;
+}
+
+/* ---- i12-split ---- */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (r->upstream < 0) return MG_API_ENOTFOUND;
+  const char *n = r->gen->upstreams[r->upstream].name;
+  *out = (mg_str_t){ n, strlen(n) };
+  return 0;
+}
+
+/* ---- i12-retry: an upstream's retry and circuit breaker state ---- */
+
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out) {
+  mg_worker_t *w = mg_current_worker;
+  if (!w || !w->lua_wg) return MG_API_EPHASE;
+  const mg_gen_t *g = w->lua_wg->gen;
+  for (int i = 0; i < g->nupstreams; i++) {
+    const mg_upstream_cfg_t *u = &g->upstreams[i];
+    if (!u->bal || strlen(u->name) != len || memcmp(u->name, name, len) != 0) continue;
+    mg_balancer_t *b = u->bal;
+#define LD(f) ((double)atomic_load_explicit(&b->f, memory_order_relaxed))
+    *out = (mg_upstream_stats_t){
+      .requests = LD(requests), .retries = LD(retries), .retries_budget_exceeded = LD(retries_budget_exceeded),
+      .overflow_connections = LD(overflow_connections), .overflow_pending = LD(overflow_pending),
+      .overflow_requests = LD(overflow_requests), .active_requests = LD(rq_active),
+      .active_connections = LD(conns), .pending = LD(pending), .active_retries = LD(retries_active),
+    };
+#undef LD
+    return 0;
+  }
+  return MG_API_ENOTFOUND;
 }

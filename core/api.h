@@ -185,6 +185,38 @@ int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
  * knows (not CONNECT): MG_API_EINVAL for anything else. */
 int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
+/* ---- balance = "hash" with hash_key = function(req) (i12-hash) ---- */
+/* In the balance phase: the request's upstream's index + 1 when it hashes by a
+ * Lua function not called yet for this request, else 0; the caller then calls it
+ * (once per request: a retry does not call it again, whatever it returned). */
+int mg_req_hash_want(mg_req_t *r);
+/* The key that function returned (copied; at most 4096 bytes, else MG_API_EINVAL):
+ * the request is hashed by it for this and any retry (an empty key: the client's
+ * address, as for an empty header). */
+int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
+
+/* ---- i12-split ---- */
+/* The name of the upstream the request goes to (a split route's choice, or
+ * req:set_upstream's): valid as long as the generation; MG_API_ENOTFOUND before
+ * one is chosen (the request hook of a split route) or without one. */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
+/* ---- i12-health ---- */
+/* Balance hook: server i's health, as MG_PEER_* bits (MG_PEER_DOWN 1: failed its
+ * active checks; MG_PEER_EJECTED 2: ejected, and the ejection is not over), or
+ * MG_API_EPHASE / MG_API_ENOTFOUND. */
+int mg_req_server_flags(mg_req_t *r, int i);
+/* ---- i12-retry: an upstream's retry and circuit breaker state ---- */
+typedef struct {
+  double requests;                /* requests sent to it (first attempts) */
+  double retries;                 /* retries started */
+  double retries_budget_exceeded; /* retries refused by retry.budget */
+  double overflow_connections, overflow_pending, overflow_requests; /* 503s of each breaker */
+  double active_requests, active_connections, pending, active_retries; /* now, all workers */
+} mg_upstream_stats_t;
+/* The upstream called `name` in the configuration the calling hook or timer runs
+ * on (counted since that configuration was loaded); MG_API_ENOTFOUND when none
+ * is, MG_API_EPHASE outside a worker. */
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
 /* ---- i12-dyn: mg.upstreams, servers of the running generation's upstreams
  * changed at run time (core/dyn.c; lua/moongate/upstreams.lua). Every worker sees
  * a change at once (the balancer is shared); usable from any hook and timer.

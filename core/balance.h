@@ -17,11 +17,14 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "maglev.h"
+
 enum {
   MG_BALANCE_ROUND_ROBIN, /* smooth weighted, one sequence for the process */
   MG_BALANCE_LEAST_CONN,  /* fewest active attempts per unit of weight */
   MG_BALANCE_P2C,         /* the better of two random choices: (active + 1) x EWMA */
   MG_BALANCE_RANDOM,      /* weighted random */
+  MG_BALANCE_HASH,        /* consistent hashing (Maglev) with bounded loads */
 };
 
 /* One server's state, shared by every worker. Relaxed atomics: each value is a
@@ -33,15 +36,31 @@ typedef struct {
   atomic_int fails;     /* consecutive failed attempts (reset by a response head) */
   atomic_int weight;    /* the weight every policy uses; starts as configured,
                            mg_balance_set_weight changes it */
-  atomic_uint flags;    /* MG_PEER_*: 0 means the server may take new requests */
+  atomic_uint ewma_at;  /* when ewma_us last had a sample (p2c, ms, wraps) */
+  atomic_uint flags;    /* MG_PEER_* bits; any bit set: takes no new request */
+  /* i12-health: ejection and slow start */
+  atomic_int errs;      /* consecutive 5xx answers or failed attempts (ejection) */
+  atomic_int ejections; /* times ejected so far (back to 0 after 10 x base without one) */
+  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms); 0: none */
+  atomic_uint_fast64_t slow_ms;  /* slow start: when it came back; 0: at full weight */
+  uint64_t tok;         /* sticky: the server's token (set before its id is handed out
+                           or by mg_balancer_sticky_init; never changes after) */
 } mg_peer_t;
 
-/* mg_peer_t.flags bits (the health checks own bits 0 and 1: MG_PEER_DOWN 1,
- * MG_PEER_EJECTED 2; lua/moongate/upstreams.lua names all four). */
+/* p2c: a server's average counts half as much for every this many ms without a
+ * sample, so that a server once slow (which p2c then avoids, and so never
+ * measures again) is tried again after a while. */
+#define MG_BALANCE_EWMA_HALF_MS 5000u
+
+/* mg_peer_t.flags bits (lua/moongate/upstreams.lua names all four) */
+#define MG_PEER_DOWN 1u            /* failed its active health checks (core/health.c) */
+#define MG_PEER_EJECTED 2u         /* ejected after consecutive errors (mg_peer_status) */
 #define MG_PEER_DRAINING (1u << 2) /* drained: finishes what it has, takes nothing new */
 #define MG_PEER_REMOVED (1u << 3)  /* removed: likewise, and gone from servers() */
 
-/* May server p take a new request? Every pick skips servers that may not. */
+/* May server p take a new request (no flag set)? Every pick skips servers that
+ * may not. An ejection whose time is over still counts until a pick looks at the
+ * server (balance.c ends it then). */
 static inline int mg_peer_usable(const mg_peer_t *p) {
   return atomic_load_explicit(&p->flags, memory_order_relaxed) == 0;
 }
@@ -78,6 +97,11 @@ typedef struct mg_bsnap_s {
                          every weight is the same (uniform choice) */
   uint64_t total;     /* sum of the members' weights */
   void *ext;          /* a policy's own table (mg_balance_ext_t), or NULL */
+  /* balance = "hash": the Maglev table over the members' names (their keys) and
+   * weights, backend k being ids[k]; NULL without members */
+  mg_maglev_t *maglev;
+  /* sticky: the members' tokens sorted, n pairs (token, id); NULL: no stickiness */
+  uint64_t *tok_sorted;
 } mg_bsnap_t;
 
 /* A policy's extra table in each snapshot (the hash policy's Maglev table):
@@ -106,6 +130,7 @@ typedef struct {
 
 struct mg_balancer_s {
   int policy;           /* MG_BALANCE_* */
+  char name[64];        /* for log lines (the upstream's name; "" in tests) */
   atomic_int nids;      /* ids handed out so far (released after the id's slot is set) */
   mg_peer_t *chunk[MG_BALANCE_DIR];  /* the servers' shared state, by id */
   void **data[MG_BALANCE_DIR];       /* the owner's object per id (mg_server_t) */
@@ -115,9 +140,44 @@ struct mg_balancer_s {
   mg_balance_ext_t ext;
   pthread_mutex_t lock; /* the writers' mutex */
   struct mg_bindex_s *index;         /* key -> id, writers only (under the mutex) */
+  char (*keys[MG_BALANCE_DIR])[64];  /* each id's key (its Maglev name and sticky
+                                        token's input); "" for mg_balancer_new's */
+  /* hash: the load bound (a server takes a request while its load stays within
+   * (1 + eps) x the mean; INFINITY: no bound) */
+  double hash_eps;
+  /* sticky: on, and the SipHash key of the tokens (mg_balancer_sticky_init) */
+  int sticky;
+  uint64_t sticky_key[2];
   /* round robin's position in the schedule, on a cache line of its own: every
    * worker increments it once per pick */
   _Alignas(64) atomic_uint_fast64_t rr;
+  /* hash: attempts in flight on all the servers (the bound's total) */
+  _Alignas(64) atomic_llong active_total;
+  /* i12-health: set by config.c after mg_balancer_new (0: off) */
+  int eject_consecutive;   /* errors in a row that eject a server */
+  uint64_t eject_base_ms;  /* first ejection's length; the k-th lasts k x base, at most 10 x */
+  int eject_max_percent;   /* at most this share of the members ejected at once */
+  uint64_t slow_start_ms;  /* a recovered server's weight ramps from 10 % to 100 % */
+  int panic;               /* none usable: pick among all (mg_balance_pick_any) */
+  atomic_int nejected;     /* servers with MG_PEER_EJECTED */
+  atomic_uint_fast64_t panic_log_ms; /* last "panic" log line (one a second) */
+  /* a server was ejected or came back: `what` for a log line (NULL: not told);
+   * `data` is event_data, `i` the server's id */
+  void (*event)(void *data, int i, const char *what);
+  void *event_data;
+  /* i12-retry: the upstream's retry and circuit breaker state, shared by every
+   * worker (relaxed atomics, on a cache line of their own; proxy.c keeps them).
+   * Gauges: */
+  _Alignas(64) atomic_int rq_active; /* requests in flight on the upstream (first
+                                        attempt to the response's end) */
+  atomic_int conns;                  /* connections in use for them: connecting or
+                                        carrying a request (idle pooled ones are the
+                                        worker's, not the upstream's) */
+  atomic_int pending;                /* of those, still connecting */
+  atomic_int retries_active;         /* retries in flight */
+  /* counters, since the balancer was built (a reload that adopts it keeps them) */
+  atomic_uint_fast64_t requests, retries, retries_budget_exceeded, overflow_connections,
+      overflow_pending, overflow_requests;
 };
 
 /* Server i's shared state (0 <= i < mg_balance_count(b)). */
@@ -176,13 +236,41 @@ void mg_balancer_set_data_free(mg_balancer_t *b, void (*data_free)(void *data));
  * current one). 0, or -1 when building it failed (nothing changed). */
 int mg_balancer_set_ext(mg_balancer_t *b, const mg_balance_ext_t *ext);
 
+/* balance = "hash": the Maglev table of every snapshot from now on, over the
+ * members' names and weights; eps is the load bound (INFINITY: none). `names`
+ * (NULL: the ids' keys) names ids 0..mg_balance_count(b)-1 (for balancers made by
+ * mg_balancer_new; at most 63 bytes each). A membership change rebuilds the table
+ * (O(M log M), M about 100 x the members: about 0.3 s at 10,000), on the thread
+ * that made it. 0, or MG_ENOMEM / MG_EINVAL (from mg_maglev_new). */
+int mg_balancer_hash_init(mg_balancer_t *b, const mg_str_t *names, double eps);
+
+/* Sticky sessions: each server's token is a keyed hash (SipHash under a key
+ * derived from `secret` and the upstream's name) of its name (its key, or
+ * names[i] as above), computed when its id is handed out (runtime adds too), so a
+ * cookie names a server without showing its address. 0, or MG_ENOMEM. */
+int mg_balancer_sticky_init(mg_balancer_t *b, const mg_str_t *names, mg_str_t upstream, mg_str_t secret);
+/* The member whose token is `tok`, or -1. O(log n), over the current snapshot. */
+int mg_balance_sticky_find(mg_balancer_t *b, uint64_t tok);
+
 /* The policy named `name`, or -1. */
 int mg_balance_policy(const char *name);
 
 /* Picks a server not in `tried` (NULL: none tried) among the current members
  * that are usable. `rng` is the calling worker's random state (any non-zero
- * seed). -1 when there is none. */
+ * seed). -1 when there is none. A slow-starting server takes its ramped share. */
 int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
+
+/* balance = "hash": the member for a key's hash (mg_maglev_hash), usable and not
+ * in `tried`: the key's own server unless it is past the load bound, else the
+ * next one along the table's walk. -1 when no usable server is left untried. */
+int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash);
+
+/* Server i may take a new request now (mg_peer_usable, after ending an ejection
+ * whose time is over): the sticky cookie's server is checked with it. */
+int mg_balance_usable(mg_balancer_t *b, int i);
+
+/* The current members (servers neither drained nor removed). */
+int mg_balance_members(mg_balancer_t *b);
 
 /* ---- membership (writers: serialised by the balancer's mutex; never call these
  * from inside a pick) ---- */
@@ -219,14 +307,30 @@ static inline const mg_bsnap_t *mg_balance_snap(const mg_balancer_t *b) {
 /* An attempt on server i starts / ends (every start has exactly one end). */
 static inline void mg_peer_begin(mg_balancer_t *b, int i) {
   atomic_fetch_add_explicit(&mg_balance_peer(b, i)->active, 1, memory_order_relaxed);
+  if (b->policy == MG_BALANCE_HASH) atomic_fetch_add_explicit(&b->active_total, 1, memory_order_relaxed);
 }
 static inline void mg_peer_end(mg_balancer_t *b, int i) {
   atomic_fetch_sub_explicit(&mg_balance_peer(b, i)->active, 1, memory_order_relaxed);
+  if (b->policy == MG_BALANCE_HASH) atomic_fetch_sub_explicit(&b->active_total, 1, memory_order_relaxed);
 }
 
 /* Server i answered with a head `us` µs after the attempt started, or failed
  * before one. */
 void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us);
 void mg_peer_failed(mg_balancer_t *b, int i);
+
+/* ---- i12-health ---- */
+
+/* Milliseconds of the monotonic clock (uv_hrtime's, in ms). */
+uint64_t mg_balance_now_ms(void);
+/* Server i answered with `status`: a 5xx counts toward ejection (like a failed
+ * attempt), anything else ends the streak. */
+void mg_peer_status(mg_balancer_t *b, int i, int status);
+/* Panic: the untried member with the fewest consecutive failures, usable or not;
+ * -1 when every member was tried. O(n). */
+int mg_balance_pick_any(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng);
+/* The active checks' verdict on server i (1: up, 0: down); coming up starts its
+ * slow start. */
+void mg_peer_set_down(mg_balancer_t *b, int i, int down);
 
 #endif

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <math.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -35,6 +37,18 @@ static char *xstrdup(const char *s) {
 
 void mg_gen_ref(mg_gen_t *g) { atomic_fetch_add(&g->refs, 1); }
 
+/* i12-split: frees a route's split (NULL: nothing). */
+static void split_free(mg_split_t *sp) {
+  if (!sp) return;
+  free(sp->ups);
+  mg_balancer_free(sp->bal);
+  free((void *)sp->header.p);
+  for (int i = 0; i < sp->nvalues; i++) free((void *)sp->values[i].p);
+  free(sp->values);
+  free(sp->value_ups);
+  free(sp);
+}
+
 static void gen_free(mg_gen_t *g) {
   free(g->path);
   free(g->source);
@@ -55,6 +69,11 @@ static void gen_free(mg_gen_t *g) {
     free(g->upstreams[i].key);
     for (int j = 0; j < g->upstreams[i].nnames; j++) free(g->upstreams[i].names[j].host);
     free(g->upstreams[i].names);
+    free(g->upstreams[i].hash_spec);
+    free(g->upstreams[i].sticky_cookie);
+    free(g->upstreams[i].sticky_attrs);
+    free(g->upstreams[i].health.path);
+    free(g->upstreams[i].health.host);
     if (g->upstreams[i].tls) mg_tls_client_free(g->upstreams[i].tls);
     free(g->upstreams[i].tls);
   }
@@ -66,6 +85,7 @@ static void gen_free(mg_gen_t *g) {
     free(r->path);
     free(r->resp_head);
     free(r->resp_body);
+    split_free(r->split);
   }
   free(g->routes);
   for (int i = 0; i < g->nshared; i++) free(g->shared[i]);
@@ -370,6 +390,50 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
   return 0;
 }
 
+/* balance = "hash" and sticky (the upstream's table on top), before any server is
+ * added. */
+static int walk_hash_sticky(walk_t *w, mg_upstream_cfg_t *u, int policy) {
+  lua_getfield(w->L, -1, "sticky");
+  int sticky = lua_istable(w->L, -1);
+  lua_pop(w->L, 1);
+  if (policy != MG_BALANCE_HASH && !sticky) return 0;
+  /* the Maglev table and the sticky tokens name each server by its key in the
+   * balancer ("ip:port", "ip:port#k" for the k-th listing of one address), so a
+   * server added at run time gets its place and token like one from the config */
+  const mg_str_t *names = NULL;
+  int rc = 0;
+  if (policy == MG_BALANCE_HASH) {
+    lua_getfield(w->L, -1, "hash_bound");
+    double bound = lua_isnumber(w->L, -1) ? lua_tonumber(w->L, -1) : INFINITY;
+    lua_pop(w->L, 1);
+    rc = mg_balancer_hash_init(u->bal, names, bound - 1.0);
+    if (rc == 0) {
+      lua_getfield(w->L, -1, "hash_key");
+      u->hash_spec = xstrdup(lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "ip");
+      lua_pop(w->L, 1);
+      lua_getfield(w->L, -1, "hash_key_fn");
+      u->hash_fn = lua_isfunction(w->L, -1);
+      lua_pop(w->L, 1);
+      const char *err = NULL;
+      if (!u->hash_spec) rc = MG_ENOMEM;
+      else if (mg_hash_key_parse(u->hash_spec, strlen(u->hash_spec), &u->hash_key, &err) < 0)
+        rc = walk_fail(w, "upstream '%s': hash_key: %s", u->name, err);
+    }
+  }
+  if (rc == 0 && sticky) {
+    lua_getfield(w->L, -1, "sticky");
+    u->sticky_cookie = field_str(w->L, -1, "cookie");
+    u->sticky_attrs = field_str(w->L, -1, "attrs");
+    lua_getfield(w->L, -1, "secret");
+    size_t slen = 0;
+    const char *secret = lua_tolstring(w->L, -1, &slen);
+    rc = !u->sticky_cookie || !u->sticky_attrs ? MG_ENOMEM
+         : mg_balancer_sticky_init(u->bal, names, (mg_str_t){ u->name, strlen(u->name) }, (mg_str_t){ secret, secret ? slen : 0 });
+    lua_pop(w->L, 2);
+  }
+  return rc;
+}
+
 /* The upstream's (empty) balancer, from its `balance` (the upstream's table on top). */
 static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
   lua_getfield(w->L, -1, "balance");
@@ -384,7 +448,8 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
   u->bal = mg_balancer_new(policy, NULL, 0);
   if (!u->bal) return MG_ENOMEM;
   mg_balancer_set_data_free(u->bal, free);
-  return 0;
+  snprintf(u->bal->name, sizeof(u->bal->name), "%s", u->name);
+  return walk_hash_sticky(w, u, policy);
 }
 
 /* i12-dyn: the upstream's `servers` (its table on top) into its balancer: each
@@ -429,6 +494,94 @@ static int walk_servers(walk_t *w, mg_upstream_cfg_t *u) {
   lua_pop(L, 1);
   if (rc == 0 && mg_balance_rebuild(u->bal) < 0) rc = MG_ENOMEM;
   return rc;
+}
+
+/* ---- i12-health: health, eject, slow_start, panic (the upstream's table on top) ---- */
+
+/* A server was ejected or came back (balance.c's event, from any thread). */
+static void peer_event(void *data, int i, const char *what) {
+  /* (data: the balancer, which a reload may adopt: not the generation's upstream) */
+  const mg_balancer_t *b = data;
+  const mg_server_t *s = mg_balance_data(b, i);
+  MG_WARN(-1, "upstream %s: server %s %s", b->name, s ? s->text : "?", what);
+}
+
+static int walk_health(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  mg_balancer_t *b = u->bal;
+  b->event = peer_event;
+  b->event_data = b;
+  b->slow_start_ms = ms(field_num(L, -1, "slow_start", 0));
+  lua_getfield(L, -1, "panic");
+  b->panic = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "eject");
+  if (lua_istable(L, -1)) {
+    b->eject_consecutive = (int)field_num(L, -1, "consecutive", 5);
+    b->eject_base_ms = ms(field_num(L, -1, "base", 30));
+    b->eject_max_percent = (int)field_num(L, -1, "max_percent", 50);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "health");
+  if (lua_istable(L, -1)) {
+    mg_health_cfg_t *h = &u->health;
+    char *type = field_str(L, -1, "type");
+    h->type = type && strcmp(type, "tcp") == 0 ? MG_HEALTH_TCP : MG_HEALTH_HTTP;
+    free(type);
+    h->path = field_str(L, -1, "path");
+    h->host = field_str(L, -1, "host");
+    h->interval_ms = ms(field_num(L, -1, "interval", 2));
+    h->timeout_ms = ms(field_num(L, -1, "timeout", 1));
+    h->rise = (int)field_num(L, -1, "rise", 2);
+    h->fall = (int)field_num(L, -1, "fall", 3);
+    lua_getfield(L, -1, "expect");
+    if (lua_istable(L, -1))
+      for (int k = 1; k <= 16; k++) {
+        lua_rawgeti(L, -1, k);
+        if (lua_isnumber(L, -1)) h->expect[h->nexpect++] = (int)lua_tonumber(L, -1);
+        lua_pop(L, 1);
+      }
+    lua_pop(L, 1);
+    if (!h->path) {
+      lua_pop(L, 1);
+      return MG_ENOMEM;
+    }
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* i12-retry: the upstream's retry, breaker and timeout fields (the upstream's
+ * table on top; init.lua filled in every default). */
+static int walk_retry(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  u->retry_tries = (int)field_num(L, -1, "retry_tries", 0);
+  u->retry_on = (unsigned)field_num(L, -1, "retry_on", MG_RETRY_CONNECT);
+  u->per_try_ms = ms(field_num(L, -1, "retry_per_try", 0));
+  u->backoff_base_ms = ms(field_num(L, -1, "retry_backoff_base", 0));
+  u->backoff_max_ms = ms(field_num(L, -1, "retry_backoff_max", 0));
+  u->retry_budget = field_num(L, -1, "retry_budget", 0.2);
+  u->retry_buffer = (uint64_t)field_num(L, -1, "retry_buffer", 65536);
+  u->max_connections = (int)field_num(L, -1, "max_connections", 0);
+  u->max_pending = (int)field_num(L, -1, "max_pending", 0);
+  u->max_requests = (int)field_num(L, -1, "max_requests", 0);
+  u->connect_ms = ms(field_num(L, -1, "timeout_connect", 0));
+  u->read_ms = ms(field_num(L, -1, "timeout_read", 0));
+  u->write_ms = ms(field_num(L, -1, "timeout_write", 0));
+  lua_getfield(L, -1, "retry_status");
+  int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+  if (n > (int)(sizeof(u->retry_status) / sizeof(u->retry_status[0]))) {
+    lua_pop(L, 1);
+    return walk_fail(w, "upstream '%s': retry.on lists too many statuses%s", u->name, NULL);
+  }
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    u->retry_status[i] = (int)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  u->nretry_status = n;
+  lua_pop(L, 1);
+  return 0;
 }
 
 static int walk_upstreams(walk_t *w, mg_gen_t *g) {
@@ -481,6 +634,8 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
     lua_pop(L, 1);
     int rc = build_balancer(w, u);
     if (rc == 0) rc = walk_servers(w, u);
+    if (rc == 0) rc = walk_health(w, u); /* i12-health */
+    if (rc == 0) rc = walk_retry(w, u);
     lua_pop(L, 1);
     if (rc < 0) return rc;
   }
@@ -540,6 +695,96 @@ static int build_respond(lua_State *L, mg_route_t *r) {
   return 0;
 }
 
+/* i12-split: an upstream index the loader wrote (1-based in Lua) at t[k], the
+ * table on top; -1 when absent or out of range (init.lua checked the names). */
+static int split_index(lua_State *L, const char *k, int nupstreams) {
+  int i = (int)field_num(L, -1, k, 0) - 1;
+  return i >= 0 && i < nupstreams ? i : -1;
+}
+
+/* i12-split: the route's `split_list` (weighted upstreams) and `split` (header rule)
+ * into r->split; the route's table on top. 0 when it has neither. */
+static int build_split(walk_t *w, const mg_gen_t *g, mg_route_t *r) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "split_list");
+  lua_getfield(L, -2, "split");
+  int has_list = lua_istable(L, -2), has_rule = lua_istable(L, -1);
+  if (!has_list && !has_rule) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  int rc = MG_ENOMEM;
+  mg_split_t *sp = r->split = calloc(1, sizeof(*sp));
+  if (!sp) goto out;
+  sp->present = -1;
+  if (has_list) {
+    int n = (int)lua_objlen(L, -2);
+    int *weights = calloc((size_t)n + 1, sizeof(int));
+    sp->ups = calloc((size_t)n + 1, sizeof(int));
+    if (!weights || !sp->ups) {
+      free(weights);
+      goto out;
+    }
+    sp->nups = n;
+    for (int i = 0; i < n; i++) {
+      lua_rawgeti(L, -2, i + 1);
+      sp->ups[i] = split_index(L, "index", g->nupstreams);
+      weights[i] = (int)field_num(L, -1, "weight", 0);
+      lua_pop(L, 1);
+      if (sp->ups[i] < 0 || weights[i] < 1) {
+        free(weights);
+        rc = walk_fail(w, "route '%s': bad upstream list", r->path, NULL);
+        goto out;
+      }
+    }
+    sp->bal = n > 0 ? mg_balancer_new(MG_BALANCE_ROUND_ROBIN, weights, n) : NULL;
+    free(weights);
+    if (!sp->bal) goto out;
+  }
+  if (has_rule) {
+    char *h = field_str(L, -1, "header");
+    if (!h) {
+      rc = walk_fail(w, "route '%s': split without a header", r->path, NULL);
+      goto out;
+    }
+    sp->header = (mg_str_t){ h, strlen(h) };
+    sp->present = split_index(L, "present_index", g->nupstreams);
+    lua_getfield(L, -1, "values");
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    sp->values = calloc((size_t)n + 1, sizeof(*sp->values));
+    sp->value_ups = calloc((size_t)n + 1, sizeof(int));
+    if (!sp->values || !sp->value_ups) {
+      lua_pop(L, 1);
+      goto out;
+    }
+    for (int i = 0; i < n; i++) {
+      lua_rawgeti(L, -1, i + 1);
+      size_t len = 0;
+      lua_getfield(L, -1, "value");
+      const char *v = lua_tolstring(L, -1, &len);
+      char *copy = v ? malloc(len + 1) : NULL;
+      if (copy) memcpy(copy, v, len + 1);
+      lua_pop(L, 1);
+      int up = split_index(L, "index", g->nupstreams);
+      lua_pop(L, 1);
+      if (!copy || up < 0) {
+        free(copy);
+        lua_pop(L, 1);
+        if (v) rc = walk_fail(w, "route '%s': bad split value", r->path, NULL);
+        goto out;
+      }
+      sp->values[i] = (mg_str_t){ copy, len };
+      sp->value_ups[i] = up;
+      sp->nvalues = i + 1;
+    }
+    lua_pop(L, 1);
+  }
+  rc = 0;
+out:
+  lua_pop(L, 2);
+  return rc; /* on an error r->split stays set: freed with the generation */
+}
+
 static int walk_routes(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "routes");
@@ -565,6 +810,13 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     r->buffer_body = (uint64_t)field_num(L, -1, "buffer_body", MG_BUFFER_BODY);
     double hook_s = field_num(L, -1, "hook_timeout", 0);
     r->hook_ms = hook_s > 0 ? ms(hook_s) : 0;
+    /* i12-retry */
+    lua_getfield(L, -1, "idempotent");
+    r->idempotent = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    r->connect_ms = ms(field_num(L, -1, "connect_timeout", 0));
+    r->read_ms = ms(field_num(L, -1, "read_timeout", 0));
+    r->write_ms = ms(field_num(L, -1, "write_timeout", 0));
     lua_getfield(L, -1, "methods");
     if (lua_istable(L, -1)) {
       int nm = (int)lua_objlen(L, -1);
@@ -580,6 +832,8 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
       int rc = build_respond(L, r);
       if (rc < 0) return rc;
     }
+    int src = build_split(w, g, r); /* i12-split */
+    if (src < 0) return src;
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

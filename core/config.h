@@ -43,6 +43,17 @@ typedef struct {
   char *host;
   int port, weight;
 } mg_upname_t;
+/* i12-health: an upstream's active checks (health = {...}; core/health.c) */
+enum { MG_HEALTH_NONE, MG_HEALTH_HTTP, MG_HEALTH_TCP };
+typedef struct {
+  int type;               /* MG_HEALTH_* */
+  char *path;             /* http: the request target */
+  char *host;             /* http: the Host header; NULL: the server's "ip:port" */
+  int expect[16];         /* statuses that pass; none (nexpect 0): any 2xx or 3xx */
+  int nexpect;
+  uint64_t interval_ms, timeout_ms;
+  int rise, fall;         /* results in a row that bring a server up / take it down */
+} mg_health_cfg_t;
 
 typedef struct {
   char *name;
@@ -57,6 +68,29 @@ typedef struct {
   int proxy_protocol;        /* 0: none; 1 or 2: every new connection starts with a
                                 PROXY protocol header of that version naming the
                                 client (such connections are never pooled) */
+  /* balance = "hash": what is hashed (hash_key; its name points into hash_spec) */
+  mg_hash_key_t hash_key;
+  char *hash_spec;
+  int hash_fn;               /* hash_key is a Lua function: the balance phase runs it
+                                (mg_req_set_hash_key) */
+  /* sticky = {...}: the cookie naming the server (its token: balance.h), and the
+   * attributes its Set-Cookie carries ("; Path=/; HttpOnly..."); NULL: off */
+  char *sticky_cookie;
+  char *sticky_attrs;
+  mg_health_cfg_t health;    /* i12-health: active checks (type MG_HEALTH_NONE: off) */
+  /* i12-retry: retries, circuit breakers and timeouts (docs/config.md "Retries,
+   * circuit breakers and timeouts"); lua/moongate/init.lua fills in the defaults */
+  int retry_tries;           /* attempts in all, the first included; 0: each server once */
+  unsigned retry_on;         /* MG_RETRY_* */
+  int retry_status[16];      /* statuses whose response is discarded and the request sent again */
+  int nretry_status;
+  uint64_t per_try_ms;       /* an attempt's head must come within it; 0: no bound */
+  uint64_t backoff_base_ms, backoff_max_ms;
+  double retry_budget;       /* retries in flight <= budget x requests in flight (at least
+                                MG_RETRY_MIN_CONCURRENCY) */
+  uint64_t retry_buffer;     /* request body bytes kept to be sent again */
+  int max_connections, max_pending, max_requests; /* circuit breakers; 0: none */
+  uint64_t connect_ms, read_ms, write_ms;         /* the upstream's timeouts; 0: the global ones */
   /* i12-dyn */
   char *key;                 /* the normalised config (init.lua): equal keys across a
                                 reload keep the balancer (dyn.c mg_dyn_adopt) */
@@ -103,6 +137,31 @@ int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *
  * out[0], or full: the new count. */
 int mg_upstream_push_addr(struct sockaddr_storage *out, int n, int max, const struct sockaddr *sa, int port);
 
+
+/* i12-split: how a route spreads its requests over several upstreams (docs/config.md
+ * "Traffic split"). Built with the generation on the main thread, read by every
+ * worker, freed with the generation. A header rule is looked at first; requests it
+ * does not take follow the weighted list (or the route's one upstream). */
+typedef struct {
+  int *ups;                  /* nups upstream indices (into gen->upstreams), weighted... */
+  int nups;
+  mg_balancer_t *bal;        /* ...by this round robin over their weights: one sequence per
+                                route for the whole process (its counter is the only write);
+                                NULL with ups: no weighted list */
+  mg_str_t header;           /* lower-case header name; len 0: no header rule */
+  mg_str_t *values;          /* nvalues exact header values, each sending to value_ups[i] */
+  int *value_ups;
+  int nvalues;
+  int present;               /* the header present with no listed value: this upstream;
+                                -1: such requests follow the weights */
+} mg_split_t;
+
+/* retry.on conditions (statuses apart) */
+enum { MG_RETRY_CONNECT = 1, MG_RETRY_TIMEOUT = 2, MG_RETRY_RESET = 4 };
+/* the budget's floor: this many retries may always be in flight (Envoy's
+ * min_retry_concurrency) */
+#define MG_RETRY_MIN_CONCURRENCY 3
+
 typedef struct {
   char *listener;            /* NULL: every listener */
   char *host;                /* NULL: any host; "*.x" stored as ".x" with wildcard=1 */
@@ -120,6 +179,10 @@ typedef struct {
   char *resp_body;
   size_t resp_body_len;
   uint64_t hook_ms;          /* the route's timeouts.hook (ms), 0: the global one */
+  mg_split_t *split;         /* i12-split: NULL: every request goes to `upstream` */
+  /* i12-retry */
+  int idempotent;            /* requests may be sent again whatever their method */
+  uint64_t connect_ms, read_ms, write_ms; /* the route's timeouts; 0: the upstream's */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

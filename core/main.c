@@ -12,8 +12,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "config.h"
 #include "dyn.h"
+#include "health.h"
 #include "log.h"
 #include "luavm.h"
 #include "shdict.h"
@@ -87,6 +89,7 @@ typedef struct {
   int stopping;
   uv_fs_poll_t *polls; /* watch = true: one per file of gen->files */
   int npolls;
+  mg_health_t *health; /* the active checks of gen's upstreams (NULL: none) */
 } mg_main_t;
 
 static mg_main_t M;
@@ -167,6 +170,9 @@ static void reload(const char *why) {
   mg_dyn_resolve_stop(old);
   M.gen = ng;
   mg_dyn_resolve_start(M.loop, ng);
+  /* the old generation's checks stop (they hold it until their handles closed) */
+  mg_health_stop(M.health);
+  M.health = mg_health_start(M.loop, ng);
   mg_gen_unref(old);
   MG_INFO(-1, "reloaded (%s): %s", why, ng->path);
   watch_files();
@@ -314,6 +320,7 @@ static int run(mg_gen_t *g) {
   MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
   watch_files();
   mg_dyn_resolve_start(M.loop, g);
+  M.health = mg_health_start(M.loop, g);
   uv_timer_t watchdog;
   uv_timer_init(M.loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, 5000, 5000);
@@ -321,6 +328,8 @@ static int run(mg_gen_t *g) {
 
   uv_run(M.loop, UV_RUN_DEFAULT);
   uv_close((uv_handle_t *)&watchdog, NULL);
+  mg_health_stop(M.health); /* its handles close in the uv_run below */
+  M.health = NULL;
 
   for (int w = 0; w < n; w++) mg_worker_join(&M.workers[w]);
   free(M.workers);
@@ -334,6 +343,7 @@ static int run(mg_gen_t *g) {
   mg_dyn_resolve_stop(M.gen);
   uv_run(M.loop, UV_RUN_DEFAULT);
   watch_files(); /* frees the last retired handles */
+  mg_outq_free_spares(); /* the health checks' output blocks */
   uv_loop_close(M.loop);
   if (M.gen->pid && read_pid(M.gen->pid) == (int)getpid()) unlink(M.gen->pid);
   MG_INFO(-1, "stopped");

@@ -24,6 +24,9 @@ static int hook_wait_in(mg_req_t *r, int hook, int head);
 static void up_ready(void *owner);
 static int tunnel_start(mg_req_t *r, const mg_header_t *connection);
 static const mg_up_events_t up_events;
+static void rb_add(mg_req_t *r, const char *p, size_t n);
+static void request_done(mg_req_t *r);
+static const char *peer_text(const mg_req_t *r);
 
 #define APPEND_LIT(q, lit) mg_outq_append((q), (lit), sizeof(lit) - 1)
 
@@ -86,19 +89,24 @@ static int is_idempotent(int m) {
 
 static const char hexdig[] = "0123456789abcdef";
 
+/* A chunk's size line for a piece of len bytes; its length. */
+static size_t chunk_line(char line[20], size_t len) {
+  size_t n = 0;
+  for (int shift = (int)(sizeof(size_t) * 8) - 4; shift >= 0; shift -= 4) {
+    unsigned d = (unsigned)(len >> shift) & 15u;
+    if (d || n || shift == 0) line[n++] = hexdig[d];
+  }
+  line[n++] = '\r';
+  line[n++] = '\n';
+  return n;
+}
+
 /* Queues a piece of body, as one chunk when re-framing chunked (both directions
  * decode the peer's framing and write their own). */
 static void append_body(mg_outq_t *q, const char *p, size_t len, int chunked) {
   if (chunked) {
     char line[20];
-    size_t n = 0;
-    for (int shift = (int)(sizeof(size_t) * 8) - 4; shift >= 0; shift -= 4) {
-      unsigned d = (unsigned)(len >> shift) & 15u;
-      if (d || n || shift == 0) line[n++] = hexdig[d];
-    }
-    line[n++] = '\r';
-    line[n++] = '\n';
-    mg_outq_append(q, line, n);
+    mg_outq_append(q, line, chunk_line(line, len));
   }
   mg_outq_append(q, p, len);
   if (chunked) APPEND_LIT(q, "\r\n");
@@ -116,12 +124,25 @@ static int req_sink(void *ctx, const char *p, size_t n) {
   mg_req_t *r = ctx;
   append_body(body_queue(r), p, n, r->up_body == MG_BODY_CHUNKED);
   r->body_sent += n;
+  if (r->rb_keep) { /* kept as sent, framing and all, for a resend (retry.buffer) */
+    if (r->up_body == MG_BODY_CHUNKED) {
+      char line[20];
+      rb_add(r, line, chunk_line(line, n));
+      rb_add(r, p, n);
+      rb_add(r, "\r\n", 2);
+    } else {
+      rb_add(r, p, n);
+    }
+  }
   return 0;
 }
 
 static int req_sink_end(void *ctx) {
   mg_req_t *r = ctx;
-  if (r->up_body == MG_BODY_CHUNKED) APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
+  if (r->up_body == MG_BODY_CHUNKED) {
+    APPEND_LIT(body_queue(r), "0\r\n\r\n"); /* flushed after the read */
+    if (r->rb_keep) rb_add(r, "0\r\n\r\n", 5);
+  }
   return 0;
 }
 
@@ -414,6 +435,9 @@ void mg_proxy_drop_logs(mg_worker_t *w) {
 /* The request's memory goes back (to the spares). */
 static void req_release(mg_req_t *r) {
   attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
+  request_done(r);
+  free(r->rb);
+  r->rb = NULL;
   mg_lua_req_done(&r->lua);
   free(r->bb); /* (the spare list keeps no body) */
   r->bb = NULL;
@@ -447,6 +471,7 @@ void mg_proxy_abort(mg_req_t *r) {
     mg_upstream_release(u, 0);
   }
   attempt_end(r);
+  request_done(r); /* a backoff waiting is cancelled */
 }
 
 /* ---------------- answers moongate writes itself ---------------- */
@@ -492,6 +517,7 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
   }
   if (r->upc) mg_upstream_release(r->upc, 0);
   attempt_end(r);
+  request_done(r);
   c->up_blocked = 0; /* no upstream takes the body any more */
   r->status = status;
   size_t before = mg_outq_size(c->out);
@@ -1022,6 +1048,23 @@ static int responded(mg_req_t *r, int rc) {
   return 0;
 }
 
+/* i12-split: the upstream of a route that splits its traffic (docs/config.md
+ * "Traffic split"): the header rule first, then the next of the route's weighted
+ * sequence (one for the process); -1: the route's own upstream. Once per request,
+ * before the upstream_request and balance hooks, which see the choice. */
+static int split_pick(mg_req_t *r, const mg_split_t *sp) {
+  if (sp->header.len) {
+    const mg_header_t *h = mg_head_get(&r->head, sp->header);
+    if (h) {
+      for (int i = 0; i < sp->nvalues; i++)
+        if (mg_str_eq(h->value, sp->values[i])) return sp->value_ups[i];
+      if (sp->present >= 0) return sp->present;
+    }
+  }
+  int k = sp->bal ? mg_balance_pick(sp->bal, NULL, &r->w->rng) : -1;
+  return k >= 0 ? sp->ups[k] : -1;
+}
+
 /* After the request hooks: an answer of the route's, or the upstream. */
 static int after_request(mg_req_t *r) {
   mg_down_t *c = r->down;
@@ -1030,6 +1073,7 @@ static int after_request(mg_req_t *r) {
     mg_proxy_error(r, r->bb_status, 1);
     return 0;
   }
+  if (r->upstream < 0 && rt && rt->split) r->upstream = split_pick(r, rt->split); /* i12-split */
   if (r->upstream < 0 && rt) r->upstream = rt->upstream; /* req:set_upstream wins */
   if (r->upstream < 0) {
     if (!rt) {
@@ -1167,8 +1211,11 @@ void mg_proxy_request_flush(mg_req_t *r) {
 
 static void bb_end(mg_req_t *r);
 
+static void per_try_arm(mg_req_t *r);
+
 void mg_proxy_request_end(mg_req_t *r) {
   if (r->upc) mg_upstream_request_complete(r->upc);
+  if (r->active_on) per_try_arm(r); /* the request is all in: its attempt is judged now */
   if (r->bb_on) { /* a hook's read is complete: the body goes upstream with the head */
     r->bb_done = 1;
     bb_end(r);
@@ -1436,16 +1483,26 @@ static int start_upstream(mg_req_t *r, int head) {
 /* The balancer of the request's upstream (set before any attempt, fixed after). */
 static mg_balancer_t *req_bal(const mg_req_t *r) { return r->gen->upstreams[r->upstream].bal; }
 
-/* An attempt on server s starts: counted active until attempt_end. */
+/* An attempt on server s starts: counted active until attempt_end (and as a
+ * connection in use of the upstream: max_connections). */
 static void attempt_begin(mg_req_t *r, int s) {
-  mg_peer_begin(req_bal(r), s);
+  mg_balancer_t *b = req_bal(r);
+  mg_peer_begin(b, s);
+  atomic_fetch_add_explicit(&b->conns, 1, memory_order_relaxed);
   r->active_on = s + 1;
 }
 
 /* The attempt ends, whichever way (idempotent: only the first call counts). */
 static void attempt_end(mg_req_t *r) {
   if (!r->active_on) return;
-  mg_peer_end(req_bal(r), r->active_on - 1);
+  mg_balancer_t *b = req_bal(r);
+  mg_peer_end(b, r->active_on - 1);
+  atomic_fetch_sub_explicit(&b->conns, 1, memory_order_relaxed);
+  if (r->connecting) {
+    atomic_fetch_sub_explicit(&b->pending, 1, memory_order_relaxed);
+    r->connecting = 0;
+  }
+  if (!r->in_backoff) mg_timer_stop(&r->w->timers, &r->rtimer); /* its per_try_timeout */
   r->active_on = 0;
 }
 
@@ -1468,16 +1525,357 @@ static int tried_mark(mg_req_t *r, int s, int nservers) {
     r->tried.map = map;
     r->tried.words = words;
   }
+  if (!mg_tried_has(&r->tried, s)) r->ntried++;
   mg_tried_set(&r->tried, s);
   return 0;
 }
 
+/* ---- balance = "hash" and sticky sessions ---- */
+
+/* mg_hash_input_t's header callback: the idx-th request header called `name`. */
+static int hash_header(void *ud, mg_str_t name, size_t idx, mg_str_t *val) {
+  const mg_head_t *h = ud;
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (hd->name.len == name.len && strncasecmp(hd->name.p, name.p, name.len) == 0 && idx-- == 0) {
+      *val = hd->value;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The request's hash for balance = "hash", computed at its first pick and kept for
+ * its retries (which then walk on from the same slot). */
+static uint64_t req_hash(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  if (r->hash_ok) return r->hash;
+  mg_str_t key;
+  if (r->hkey_set && r->hkey.len) key = r->hkey; /* an empty key: as an empty header */
+  else {
+    const char *q = r->target.p ? memchr(r->target.p, '?', r->target.len) : NULL;
+    mg_hash_input_t in = {
+      .ip = r->client_ip, .header = hash_header, .ud = &r->head,
+      .query = q ? (mg_str_t){ q + 1, r->target.len - (size_t)(q + 1 - r->target.p) } : (mg_str_t){ "", 0 },
+    };
+    mg_hash_key_extract(&u->hash_key, &in, &key);
+  }
+  r->hash = mg_maglev_hash(key.p, key.len);
+  r->hash_ok = 1;
+  return r->hash;
+}
+
+/* The value of cookie `name` in the request's Cookie headers (first occurrence). */
+static int req_cookie(const mg_req_t *r, const char *name, mg_str_t *val) {
+  static const mg_hash_key_t none = { MG_HASH_KEY_COOKIE, { NULL, 0 } };
+  mg_hash_key_t k = none;
+  k.name = (mg_str_t){ name, strlen(name) };
+  mg_hash_input_t in = { .ip = { "", 0 }, .header = hash_header, .ud = (void *)&r->head, .query = { "", 0 } };
+  return mg_hash_key_extract(&k, &in, val) == 1;
+}
+
+static int hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* The server the sticky cookie names (+1), 0 when none: a token is 16 hex digits. */
+static int sticky_lookup(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  if (r->sticky_seen) return r->sticky_srv;
+  r->sticky_seen = 1;
+  mg_str_t v;
+  if (!req_cookie(r, u->sticky_cookie, &v) || v.len != 16) return 0;
+  uint64_t tok = 0;
+  for (size_t i = 0; i < 16; i++) {
+    int d = hexval((unsigned char)v.p[i]);
+    if (d < 0) return 0;
+    tok = tok << 4 | (uint64_t)d;
+  }
+  int s = mg_balance_sticky_find(u->bal, tok);
+  r->sticky_srv = s + 1;
+  return r->sticky_srv;
+}
+
+/* The Set-Cookie line naming the server used, when the client's cookie named
+ * another one (or none). */
+static void append_sticky(mg_req_t *r, hw_t *q) {
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  if (r->sticky_srv == r->server + 1) return;
+  static const char hex[] = "0123456789abcdef";
+  char tok[16];
+  uint64_t t = mg_balance_peer(u->bal, r->server)->tok;
+  for (int i = 15; i >= 0; i--, t >>= 4) tok[i] = hex[t & 15];
+  HW_LIT(q, "Set-Cookie: ");
+  hw_put(q, u->sticky_cookie, strlen(u->sticky_cookie));
+  HW_LIT(q, "=");
+  hw_put(q, tok, sizeof(tok));
+  hw_put(q, u->sticky_attrs, strlen(u->sticky_attrs));
+  HW_LIT(q, "\r\n");
+}
+
+/* The upstream's policy picks a server not tried yet (-1: none usable is left). */
+static int policy_pick(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  if (u->bal->policy == MG_BALANCE_HASH) return mg_balance_pick_hash(u->bal, &r->tried, req_hash(r, u));
+  return mg_balance_pick(u->bal, &r->tried, &r->w->rng);
+}
+
+/* i12-health: no usable server is left to try. Panic: the least bad of all;
+ * else a first attempt answers 503 at once (-2) and a retry ends as before (-1:
+ * every usable server was tried). One log line a second per upstream. */
+static int no_server_usable(mg_req_t *r, const mg_upstream_cfg_t *u) {
+  mg_balancer_t *b = u->bal;
+  int s = b->panic ? mg_balance_pick_any(b, &r->tried, &r->w->rng) : -1;
+  if (!b->panic && (r->tried.bits || r->tried.map)) return -1;
+  uint64_t now = mg_balance_now_ms(), last = atomic_load_explicit(&b->panic_log_ms, memory_order_relaxed);
+  if (now >= last + 1000 && atomic_compare_exchange_strong_explicit(&b->panic_log_ms, &last, now,
+                                                                    memory_order_relaxed, memory_order_relaxed)) {
+    if (!b->panic) MG_WARN(r->w->id, "upstream %s: no server available: 503", u->name);
+    else if (s >= 0) MG_WARN(r->w->id, "upstream %s: no server available, panic: trying %s anyway", u->name,
+                             mg_upstream_server(u, s)->text);
+  }
+  if (b->panic) return s;
+  mg_proxy_error(r, 503, 0);
+  return -2;
+}
+
+/* ---- retries and circuit breakers (i12-retry; docs/config.md) ---- */
+
+static const mg_upstream_cfg_t *req_up(const mg_req_t *r) { return &r->gen->upstreams[r->upstream]; }
+
+/* The request leaves its upstream (answered, ended, aborted): a backoff is
+ * cancelled, its retry and its place among the requests in flight given back.
+ * Idempotent. */
+static void request_done(mg_req_t *r) {
+  mg_timer_stop(&r->w->timers, &r->rtimer);
+  r->in_backoff = 0;
+  if (!r->rq_counted && !r->retry_held) return;
+  mg_balancer_t *b = req_bal(r);
+  if (r->retry_held) atomic_fetch_sub_explicit(&b->retries_active, 1, memory_order_relaxed);
+  if (r->rq_counted) atomic_fetch_sub_explicit(&b->rq_active, 1, memory_order_relaxed);
+  r->retry_held = r->rq_counted = 0;
+}
+
+/* A circuit breaker of the upstream is open: 503 at once (the caller counted it). */
+static int breaker_open(mg_req_t *r, const char *which, int limit) {
+  MG_WARN(r->w->id, "req %s: upstream %s: circuit breaker %s (%d) open: 503", r->id, req_up(r)->name, which, limit);
+  mg_proxy_error(r, 503, 0);
+  return 0;
+}
+
+/* Keeps n more bytes of the body as sent; past retry.buffer nothing is kept. */
+static void rb_add(mg_req_t *r, const char *p, size_t n) {
+  if (!r->rb_keep) return; /* (it may have outgrown the buffer a moment ago) */
+  uint64_t max = req_up(r)->retry_buffer;
+  if (n > max - r->rb_len) goto over;
+  if (n > r->rb_cap - r->rb_len) {
+    size_t cap = r->rb_cap ? r->rb_cap : 4096;
+    while (cap < r->rb_len + n) cap *= 2;
+    if (cap > max) cap = (size_t)max;
+    char *nb = realloc(r->rb, cap);
+    if (!nb) goto over;
+    r->rb = nb;
+    r->rb_cap = cap;
+  }
+  memcpy(r->rb + r->rb_len, p, n);
+  r->rb_len += n;
+  return;
+over:
+  free(r->rb);
+  r->rb = NULL;
+  r->rb_len = r->rb_cap = 0;
+  r->rb_keep = 0;
+  r->rb_over = 1;
+}
+
+/* The request may go again after some of it went out: its method says so (or
+ * the route's idempotent), and the body sent so far can be sent again. */
+static int resendable(const mg_req_t *r) {
+  if (!is_idempotent(r->method) && !(r->route && r->route->idempotent)) return 0;
+  if (r->bb_set || r->bb_done) return r->bb_len <= req_up(r)->retry_buffer;
+  if (r->up_body == MG_BODY_NONE || (r->up_body == MG_BODY_LENGTH && r->up_length == 0)) return 1;
+  return r->rb_keep && !r->rb_over;
+}
+
+/* After the first upstream head is queued: whether the body that streams is
+ * kept for a resend (only when something but a failed connect may be retried). */
+static void rb_decide(mg_req_t *r) {
+  const mg_upstream_cfg_t *u = req_up(r);
+  if (r->bb_set || r->bb_done || r->up_body == MG_BODY_NONE) return;
+  if (!(u->retry_on & ~(unsigned)MG_RETRY_CONNECT) && !u->nretry_status) return;
+  if (!is_idempotent(r->method) && !(r->route && r->route->idempotent)) return;
+  if (r->up_body == MG_BODY_LENGTH && r->up_length > u->retry_buffer) r->rb_over = 1;
+  else r->rb_keep = u->retry_buffer > 0;
+}
+
+/* Takes a place among the upstream's retries in flight (the one this request
+ * held for its previous retry is given back first): at most retry.budget x the
+ * requests in flight, and never fewer than MG_RETRY_MIN_CONCURRENCY. */
+static int budget_take(mg_req_t *r) {
+  const mg_upstream_cfg_t *u = req_up(r);
+  mg_balancer_t *b = u->bal;
+  if (r->retry_held) {
+    atomic_fetch_sub_explicit(&b->retries_active, 1, memory_order_relaxed);
+    r->retry_held = 0;
+  }
+  int active = atomic_load_explicit(&b->rq_active, memory_order_relaxed);
+  int limit = (int)(u->retry_budget * active);
+  if (limit < MG_RETRY_MIN_CONCURRENCY) limit = MG_RETRY_MIN_CONCURRENCY;
+  int n = atomic_fetch_add_explicit(&b->retries_active, 1, memory_order_relaxed) + 1;
+  if (n > limit) {
+    atomic_fetch_sub_explicit(&b->retries_active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->retries_budget_exceeded, 1, memory_order_relaxed);
+    MG_WARN(r->w->id, "req %s: upstream %s: retry budget exhausted (%d retries in flight, %d requests): not retried",
+            r->id, u->name, n - 1, active);
+    return 0;
+  }
+  r->retry_held = 1;
+  atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
+  return 1;
+}
+
+/* May the request go again after this failure? `cond` is an MG_RETRY_* (a
+ * failed connect: nothing was sent), or 0 with the status of a response head. */
+static int retry_next(mg_req_t *r, int cond, int status) {
+  const mg_upstream_cfg_t *u = req_up(r);
+  if (r->rstate != MG_RS_NONE) return 0;
+  if (status) {
+    int i = 0;
+    while (i < u->nretry_status && u->retry_status[i] != status) i++;
+    if (i == u->nretry_status) return 0;
+  } else if (!(u->retry_on & (unsigned)cond)) {
+    return 0;
+  }
+  if (cond != MG_RETRY_CONNECT && !resendable(r)) {
+    MG_DEBUG(r->w->id, "req %s: not retried: %s", r->id,
+             r->rb_over ? "its body outgrew retry.buffer" : "not idempotent (route idempotent = true allows it)");
+    return 0;
+  }
+  int cap = u->retry_tries ? u->retry_tries : mg_balance_members(u->bal);
+  if (r->tries >= cap) return 0;
+  if (cond == MG_RETRY_CONNECT) { /* a connect that failed cost no server any work: no
+                                     budget (one server down must not turn a third of the
+                                     requests into retries past it, and so into errors) */
+    atomic_fetch_add_explicit(&u->bal->retries, 1, memory_order_relaxed);
+    return 1;
+  }
+  return budget_take(r);
+}
+
+/* The upstream request goes into r->upq again for a resend: its head, and the
+ * body as far as it was sent (what follows is queued behind it as it comes). */
+static int requeue(mg_req_t *r) {
+  mg_outq_dispose(&r->upq);
+  if (build_upstream_head(r) < 0) return -1;
+  int rc = 0;
+  if (r->bb_set || r->bb_done) {
+    if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
+  } else if (r->rb_len) {
+    rc = mg_outq_append(&r->upq, r->rb, r->rb_len);
+  }
+  return rc < 0 ? -1 : 0;
+}
+
+static void rtimer_fired(mg_timer_t *t);
+
+/* The retry goes on the next loop turn, to a server not tried yet when there is
+ * one; when every server was tried a new round starts after a jittered
+ * exponential backoff (retry.backoff: cap = min(max, base x 2^n) for the n-th
+ * wait, the wait random between cap/2 and cap, so it never shrinks to nothing
+ * and no two requests keep in step). Meanwhile the request holds no
+ * connection and no attempt, only the timer. */
+static void retry_start(mg_req_t *r) {
+  const mg_upstream_cfg_t *u = req_up(r);
+  uint64_t delay = 0;
+  if (r->ntried >= mg_balance_members(u->bal)) {
+    if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
+    r->tried.bits = 0;
+    r->ntried = 0;
+    if (u->backoff_base_ms) {
+      uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
+      if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
+      r->backoffs++;
+      uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
+      x ^= x >> 12;
+      x ^= x << 25;
+      x ^= x >> 27;
+      r->w->rng = x;
+      delay = cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
+    }
+  }
+  r->in_backoff = 1;
+  mg_timer_start(&r->w->timers, &r->rtimer, delay, rtimer_fired);
+}
+
+/* retry.per_try_timeout runs from the attempt's start (or the request's end,
+ * if later) to its response head. */
+static void per_try_arm(mg_req_t *r) {
+  if (r->upstream < 0 || r->in_backoff || r->status || r->rstate != MG_RS_NONE) return;
+  uint64_t ms = req_up(r)->per_try_ms;
+  if (ms && !mg_timer_active(&r->rtimer)) mg_timer_start(&r->w->timers, &r->rtimer, ms, rtimer_fired);
+}
+
+static void per_try_expired(mg_req_t *r) {
+  int connecting = r->connecting;
+  MG_WARN(r->w->id, "req %s: upstream %s: no response head within retry.per_try_timeout (%.3g s)", r->id,
+          peer_text(r), (double)req_up(r)->per_try_ms / 1000.0);
+  if (r->upc) mg_upstream_release(r->upc, 0);
+  attempt_failed(r);
+  r->timed_out = 1;
+  /* still connecting: nothing went out, the queued request is still in r->upq */
+  if (connecting ? retry_next(r, MG_RETRY_CONNECT, 0)
+                 : retry_next(r, MG_RETRY_TIMEOUT, 0) && requeue(r) == 0) {
+    retry_start(r);
+    return;
+  }
+  mg_proxy_error(r, 504, 0);
+}
+
+#define REQ_OF_RTIMER(t) ((mg_req_t *)((char *)(t) - offsetof(mg_req_t, rtimer)))
+
+static void rtimer_fired(mg_timer_t *t) {
+  mg_req_t *r = REQ_OF_RTIMER(t);
+  if (!r->in_backoff) {
+    per_try_expired(r);
+    return;
+  }
+  r->in_backoff = 0;
+  start_upstream(r, 0);
+}
+
+/* A response head with a status retry.on lists: discarded (nothing went to the
+ * client; the connection is closed) and the request sent again. 1 when so. */
+static int retry_on_status(mg_req_t *r, int status) {
+  if (!req_up(r)->nretry_status || !retry_next(r, 0, status) || requeue(r) < 0) return 0;
+  MG_INFO(r->w->id, "req %s: upstream %s answered %d: sent again (retry.on)", r->id, peer_text(r), status);
+  if (r->upc) mg_upstream_release(r->upc, 0);
+  attempt_end(r);
+  retry_start(r);
+  return 1;
+}
+
+/* route > upstream > global */
+static uint64_t pick_ms(uint64_t route, uint64_t up, uint64_t global) { return route ? route : up ? up : global; }
+
 /* `balanced`: the balance hook already ran for this attempt (it waited). */
 static int pick_server(mg_req_t *r, int balanced, int head) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  mg_balancer_t *b = u->bal;
+  if (!r->rq_counted) { /* the first attempt: the request is in flight on the upstream */
+    r->rq_counted = 1;
+    atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);
+    int n = atomic_fetch_add_explicit(&b->rq_active, 1, memory_order_relaxed) + 1;
+    if (u->max_requests && n > u->max_requests) {
+      atomic_fetch_add_explicit(&b->overflow_requests, 1, memory_order_relaxed);
+      return breaker_open(r, "max_requests", u->max_requests);
+    }
+  }
+  const mg_route_t *rt = r->route;
   for (;;) {
     int s = -1;
-    if (mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE)) {
+    /* (balanced: the balance phase waited, in a hook or in a hash_key function,
+     * and what it chose counts) */
+    if (balanced || mg_hook_on(r->gen, r->route, MG_HOOK_BALANCE) || (u->hash_fn && !r->hkey_ran)) {
       if (!balanced) {
         r->pick = -1;
         int rc = mg_lua_hook(&r->lua, MG_HOOK_BALANCE, NULL);
@@ -1488,10 +1886,26 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
         }
       }
       balanced = 0;
-      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick) && mg_peer_usable(mg_balance_peer(u->bal, r->pick)))
+      /* (a server down or ejected is used when the hook says so; one drained or
+       * removed is not: the policy picks instead) */
+      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick) &&
+          !(atomic_load_explicit(&mg_balance_peer(u->bal, r->pick)->flags, memory_order_relaxed) &
+            (MG_PEER_DRAINING | MG_PEER_REMOVED)))
         s = r->pick;
     }
-    if (s < 0) s = mg_balance_pick(u->bal, &r->tried, &r->w->rng);
+    if (s < 0 && u->sticky_cookie) {
+      int k = sticky_lookup(r, u) - 1;
+      if (k >= 0 && !mg_tried_has(&r->tried, k) && mg_balance_usable(u->bal, k)) s = k;
+    }
+    if (s < 0) s = policy_pick(r, u);
+    if (s < 0 && r->ntried && r->ntried < mg_balance_members(u->bal) && r->tries < u->retry_tries) {
+      /* those not tried may not be picked: a new round among the rest */
+      if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
+      r->tried.bits = 0;
+      r->ntried = 0;
+      s = policy_pick(r, u);
+    }
+    if (s < 0 && (s = no_server_usable(r, u)) == -2) return 0; /* i12-health */
     if (s < 0) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
@@ -1507,14 +1921,17 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       mg_proxy_error(r, 500, 1);
       return 0;
     }
+    if (r->tries++ == 0) rb_decide(r);
     mg_up_link_t link = {
       .owner = r, .ev = &up_events, .slot = &r->upc, .id = r->id, .rhead = &r->rhead,
       .is_head = r->method == HTTP_HEAD, .sent_all = r->complete, .upgrade = r->upgrade,
       .may_splice = u->splice && !u->tls && !r->down->ssl && r->down->tp && r->method != HTTP_HEAD && !r->upgrade &&
                     !mg_hook_on(r->gen, r->route, MG_HOOK_BODY),
       .tunnel_ms = r->gen->timeouts.tunnel,
-      .connect_ms = r->gen->timeouts.upstream_connect, .read_ms = r->gen->timeouts.upstream_read,
-      .write_ms = r->gen->timeouts.upstream_write, .paused_ms = r->gen->timeouts.upstream_paused,
+      .connect_ms = pick_ms(rt ? rt->connect_ms : 0, u->connect_ms, r->gen->timeouts.upstream_connect),
+      .read_ms = pick_ms(rt ? rt->read_ms : 0, u->read_ms, r->gen->timeouts.upstream_read),
+      .write_ms = pick_ms(rt ? rt->write_ms : 0, u->write_ms, r->gen->timeouts.upstream_write),
+      .paused_ms = r->gen->timeouts.upstream_paused,
     };
     if (u->proxy_protocol) { /* the header names the client as this exchange sees it */
       mg_down_t *d = r->down;
@@ -1523,25 +1940,48 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       link.pp_dst = &d->local.sa;
     }
     attempt_end(r); /* (an attempt before this one ended already: a no-op) */
+    if (u->max_connections &&
+        atomic_load_explicit(&b->conns, memory_order_relaxed) >= u->max_connections) {
+      atomic_fetch_add_explicit(&b->overflow_connections, 1, memory_order_relaxed);
+      return breaker_open(r, "max_connections", u->max_connections);
+    }
     attempt_begin(r, s);
     int rc = mg_upstream_get(r->w, &link, u, mg_upstream_server(u, s));
+    if (rc >= 0 && r->complete) per_try_arm(r);
     if (rc == 1) {
       up_ready(r);
       return 0;
     }
-    if (rc == 0) return 0;
-    attempt_failed(r);
-    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, mg_upstream_server(u, s)->text, uv_strerror(rc));
-    if (!is_idempotent(r->method)) {
-      mg_proxy_error(r, 502, 0);
+    if (rc == 0) { /* connecting: max_pending */
+      r->connecting = 1;
+      int n = atomic_fetch_add_explicit(&b->pending, 1, memory_order_relaxed) + 1;
+      if (u->max_pending && n > u->max_pending) {
+        atomic_fetch_add_explicit(&b->overflow_pending, 1, memory_order_relaxed);
+        if (r->upc) mg_upstream_release(r->upc, 0);
+        attempt_end(r);
+        return breaker_open(r, "max_pending", u->max_pending);
+      }
       return 0;
     }
+    attempt_failed(r);
+    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, mg_upstream_server(u, s)->text, uv_strerror(rc));
+    /* nothing went out: a failed connect (the queued request waits in r->upq) */
+    if (!retry_next(r, MG_RETRY_CONNECT, 0)) {
+      mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
+      return 0;
+    }
+    retry_start(r);
+    return 0;
   }
 }
 
 static void up_ready(void *owner) {
   mg_req_t *r = owner;
   mg_upconn_t *u = r->upc;
+  if (r->connecting) { /* no longer pending (max_pending) */
+    atomic_fetch_sub_explicit(&req_bal(r)->pending, 1, memory_order_relaxed);
+    r->connecting = 0;
+  }
   mg_outq_move(&u->tp.out, &r->upq);
   if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
   mg_down_t *c = r->down;
@@ -1567,11 +2007,12 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
   if (connect) {
     MG_WARN(r->w->id, "req %s: upstream %s: connect %s", r->id, peer, timeout ? "timed out" : "failed");
     if (timeout) r->timed_out = 1;
-    if (is_idempotent(r->method)) {
-      start_upstream(r, 0);
+    /* nothing went out (the queued request waits in r->upq): any method may go again */
+    if (retry_next(r, MG_RETRY_CONNECT, 0)) {
+      retry_start(r);
       return;
     }
-    mg_proxy_error(r, timeout ? 504 : 502, 0);
+    mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
     return;
   }
   /* A pooled connection the server had closed: the request never got an answer;
@@ -1579,13 +2020,20 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
   if (stale && !timeout && !r->stale_retry && r->body_sent == 0 && r->body != MG_BODY_CHUNKED &&
       is_idempotent(r->method)) {
     r->stale_retry = 1;
+    if (mg_tried_has(&r->tried, r->server)) r->ntried--;
     mg_tried_clear(&r->tried, r->server);
+    r->tries--; /* not the server's failure: no try spent */
     mg_outq_dispose(&r->upq);
     start_upstream(r, 0);
     return;
   }
   MG_WARN(r->w->id, "req %s: upstream %s: %s before a response", r->id, peer,
           timeout ? "timed out" : "closed or reset");
+  if (timeout) r->timed_out = 1;
+  if (retry_next(r, timeout ? MG_RETRY_TIMEOUT : MG_RETRY_RESET, 0) && requeue(r) == 0) {
+    retry_start(r);
+    return;
+  }
   mg_proxy_error(r, timeout ? 504 : 502, 0);
 }
 
@@ -1709,8 +2157,11 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
+  if (!r->in_backoff) mg_timer_stop(&r->w->timers, &r->rtimer); /* per_try_timeout: a head came */
   if (r->active_on)
     mg_peer_answered(req_bal(r), r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
+  if (r->active_on) mg_peer_status(req_bal(r), r->active_on - 1, up_status); /* i12-health */
+  if (retry_on_status(r, up_status)) return -1; /* discarded: the request goes again */
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
   /* codings other than chunked would be lost when the body is re-framed */
@@ -1794,6 +2245,7 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
   append_status_line(q, status);
   append_response_headers(q, &r->rhead, c->hsts != NULL, seen.connection);
   if (c->hsts) hw_put(q, c->hsts, strlen(c->hsts));
+  if (r->server >= 0 && r->gen->upstreams[r->upstream].sticky_cookie) append_sticky(r, q);
   if (!seen.date) append_date(r->w, q);
   if (empty) {
     HW_LIT(q, "Content-Length: 0\r\n");
@@ -1862,6 +2314,7 @@ static void up_end(void *owner) {
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
   attempt_end(r);
+  request_done(r);
   c->up_blocked = 0; /* the upstream is done with the body, whatever was left */
   c->ops->flush(c->conn);
   if (c->closed) return;
@@ -1925,6 +2378,9 @@ static int tunnel_start(mg_req_t *r, const mg_header_t *connection) {
   hw_begin(q, c->out);
   append_status_line(q, 101);
   append_response_headers(q, &r->rhead, 0, connection);
+  /* a client that only opens WebSockets is pinned too (RFC 6455 4.1: the client
+   * processes the 101's cookies) */
+  if (r->server >= 0 && r->gen->upstreams[r->upstream].sticky_cookie) append_sticky(r, q);
   HW_LIT(q, "Upgrade: ");
   hw_put(q, up->value.p, up->value.len);
   HW_LIT(q, "\r\nConnection: upgrade\r\n\r\n");
@@ -1953,6 +2409,7 @@ static void up_tunnel_end(void *owner, const char *why) {
   r->t_up_end = uv_hrtime();
   r->rstate = MG_RS_DONE;
   attempt_end(r);
+  request_done(r);
   c->up_blocked = 0;
   c->ops->close_after_flush(c->conn); /* what came before the close still goes out */
 }

@@ -20,6 +20,7 @@
 #include "http.h"
 #include "luavm.h"
 #include "mg.h"
+#include "timer.h"
 
 /* The connection an exchange answers on, as the exchange sees it. The connection
  * (conn.c) owns it, fills it in at accept and keeps it true; the exchange reads
@@ -174,6 +175,28 @@ struct mg_req_s {
   unsigned rnobody : 1;
   uint64_t bytes_out;
   mg_req_t *next_spare;   /* in the worker's spare list */
+
+  /* balance = "hash" and sticky sessions (appended: i12-hash) */
+  uint64_t hash;          /* the request's key hashed (valid once hash_ok) */
+  mg_str_t hkey;          /* the key a hash_key function gave (arena), when hkey_set */
+  int sticky_srv;         /* the server the sticky cookie names + 1; 0: none or unknown */
+  unsigned hash_ok : 1;
+  unsigned hkey_set : 1;
+  unsigned hkey_ran : 1;  /* the hash_key function was called (once per request) */
+  unsigned sticky_seen : 1; /* the cookie was looked for */
+  /* i12-retry: retries and the upstream's circuit breakers (proxy.c) */
+  mg_timer_t rtimer;      /* the backoff before a retry (in_backoff), else per_try_timeout */
+  int tries;              /* attempts started on servers */
+  int ntried;             /* servers in `tried` */
+  int backoffs;           /* backoffs waited so far: the exponent of the next */
+  unsigned rq_counted : 1;  /* counted in the balancer's rq_active (request_done uncounts) */
+  unsigned retry_held : 1;  /* holds one of the balancer's retries_active */
+  unsigned connecting : 1;  /* counted in the balancer's pending */
+  unsigned in_backoff : 1;  /* rtimer is the backoff: no connection, no attempt */
+  unsigned rb_keep : 1;     /* the body, as sent upstream, is kept in rb for a resend */
+  unsigned rb_over : 1;     /* it outgrew retry.buffer: rb is gone, no resend once sent */
+  char *rb;                 /* malloc'd, the request's own (freed when it ends) */
+  size_t rb_len, rb_cap;
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

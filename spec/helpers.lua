@@ -359,7 +359,10 @@ Origin.__index = Origin
 -- proxy_protocol (true: every connection must begin with a PROXY protocol v1/v2
 -- header, before TLS; /echo reports it as "proxy" and "proxy_headers"), host (the
 -- main port's loopback address, default 127.0.0.1: origins on 127.0.0.2 etc. may
--- share a port).
+-- share a port),
+-- status_file (true: Origin:force_status(n) makes it answer every request with n).
+-- as_path (every request is answered as one for this path: "/status/503",
+-- "/reset-rst", "/slow-head/2": a fault in one origin of several).
 -- Returns an object with port, ctrl (control port), addr
 -- ("127.0.0.1:port"), name, log (request lines), tls (true when it serves TLS).
 function helpers.origin(opts)
@@ -378,6 +381,13 @@ function helpers.origin(opts)
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
   if opts.delay then argv[#argv + 1] = "--delay" argv[#argv + 1] = tostring(opts.delay) end
   if opts.proxy_protocol then argv[#argv + 1] = "--proxy-protocol" end
+  if opts.status_file then
+    o.status_file = dir .. "/origin-" .. name .. ".status"
+    os.remove(o.status_file)
+    argv[#argv + 1] = "--status-file"
+    argv[#argv + 1] = o.status_file
+  end
+  if opts.as_path then argv[#argv + 1] = "--as-path" argv[#argv + 1] = opts.as_path end
   if opts.tls then
     assert(opts.tls.cert and opts.tls.key, "helpers.origin: tls needs cert and key")
     for _, a in ipairs({ "--tls-cert", opts.tls.cert, "--tls-key", opts.tls.key }) do argv[#argv + 1] = a end
@@ -420,6 +430,21 @@ function Origin:reset_stats()
   c:send("GET /reset HTTP/1.1\r\nHost: ctrl\r\n\r\n")
   assert(c:response())
   c:close()
+end
+
+--- With status_file: every request gets `status` from now on (nil: as usual again).
+function Origin:force_status(status)
+  assert(self.status_file, "Origin:force_status needs helpers.origin { status_file = true }")
+  helpers.write_file(self.status_file, status and tostring(status) or "")
+end
+
+--- How many request lines the origin has seen for `path` (exact target).
+function Origin:count_path(path)
+  local n = 0
+  for _, line in ipairs(self:requests()) do
+    if line:match("^%S+ (%S+)") == path then n = n + 1 end
+  end
+  return n
 end
 
 --- Request lines the origin has seen, as a list.

@@ -2,9 +2,11 @@
  * and the tried-servers set past 64 servers. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../balance.h"
 #include "test.h"
@@ -139,6 +141,27 @@ static void p2c_avoids_slow(void) {
   mg_balancer_free(b);
 }
 
+/* p2c: a slow server's average fades while it gets no sample: 60 s after its
+ * last one (12 halvings of 5 s: 100 ms -> 24 us) it beats a 1 ms server again. */
+static void p2c_slow_fades(void) {
+  int w[] = { 1, 1 };
+  mg_balancer_t *b = make(MG_BALANCE_P2C, w, 2);
+  mg_peer_answered(b, 0, 100000);
+  mg_peer_answered(b, 1, 1000);
+  uint64_t rng = 5;
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
+  /* its sample is 60 s old now (the clock as balance.c reads it) */
+  uint32_t at = atomic_load(&mg_balance_peer(b, 0)->ewma_at);
+  atomic_store(&mg_balance_peer(b, 0)->ewma_at, at - 60000u);
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 0);
+  /* one fresh slow answer and it is avoided again: the stale average counted
+   * as faded (24 us), the new sample (100 ms) weighs 1/8 of it: 12.5 ms */
+  mg_peer_answered(b, 0, 100000);
+  CHECK(atomic_load(&mg_balance_peer(b, 0)->ewma_us) > 12000 && atomic_load(&mg_balance_peer(b, 0)->ewma_us) < 13000);
+  for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
+  mg_balancer_free(b);
+}
+
 /* random: weights 1 and 3 give about 1/4 and 3/4 (fixed seed, wide bounds). */
 static void random_weighted(void) {
   int w[] = { 1, 3 };
@@ -155,7 +178,201 @@ static void policy_names(void) {
   CHECK(mg_balance_policy("least_conn") == MG_BALANCE_LEAST_CONN);
   CHECK(mg_balance_policy("p2c") == MG_BALANCE_P2C);
   CHECK(mg_balance_policy("random") == MG_BALANCE_RANDOM);
-  CHECK(mg_balance_policy("hash") == -1);
+  CHECK(mg_balance_policy("hash") == MG_BALANCE_HASH);
+  CHECK(mg_balance_policy("ring") == -1);
+}
+
+static void names_of(mg_str_t *names, char (*buf)[32], int n) {
+  for (int i = 0; i < n; i++) {
+    int len = snprintf(buf[i], sizeof(buf[i]), "10.0.%d.%d:80", i / 250, i % 250);
+    names[i] = (mg_str_t){ buf[i], (size_t)len };
+  }
+}
+
+/* hash: a key always lands on one server; a tried one sends it to the same
+ * second choice; past the bound the key moves on, and with no bound it stays. */
+static void hash_pick(void) {
+  int w[] = { 1, 1, 1, 1 };
+  mg_str_t names[4];
+  char buf[4][32];
+  names_of(names, buf, 4);
+  mg_balancer_t *b = make(MG_BALANCE_HASH, w, 4);
+  CHECK(mg_balancer_hash_init(b, names, 0.25) == 0);
+  uint64_t h = mg_maglev_hash("user-7", 6);
+  int s = mg_balance_pick_hash(b, NULL, h);
+  CHECK(s >= 0 && s < 4);
+  for (int i = 0; i < 10; i++) CHECK(mg_balance_pick_hash(b, NULL, h) == s);
+  mg_tried_t t = { 0, NULL, 0 };
+  mg_tried_set(&t, s);
+  int s2 = mg_balance_pick_hash(b, &t, h);
+  CHECK(s2 >= 0 && s2 != s);
+  CHECK(mg_balance_pick_hash(b, &t, h) == s2);
+  /* load the key's server: 6 in flight there, none elsewhere; the cap for the
+   * 7th of 4 servers is ceil(1.25 * 7 / 4) = 3, so the key moves */
+  for (int i = 0; i < 6; i++) mg_peer_begin(b, s);
+  CHECK(mg_balance_pick_hash(b, NULL, h) != s);
+  b->hash_eps = INFINITY;
+  CHECK(mg_balance_pick_hash(b, NULL, h) == s);
+  for (int i = 0; i < 6; i++) mg_peer_end(b, s);
+  CHECK(atomic_load(&b->active_total) == 0);
+  /* every server tried: none */
+  for (int i = 0; i < 4; i++) mg_tried_set(&t, i);
+  CHECK(mg_balance_pick_hash(b, &t, h) == -1);
+  mg_balancer_free(b);
+}
+
+/* sticky: 10,000 distinct tokens, each found again; an unknown one is not; the
+ * tokens depend on the secret and on the upstream's name. */
+static void sticky_tokens(void) {
+  enum { N = 10000 };
+  int *w = malloc(N * sizeof(int));
+  mg_str_t *names = malloc(N * sizeof(mg_str_t));
+  char(*buf)[32] = malloc(N * sizeof(*buf));
+  CHECK(w && names && buf);
+  for (int i = 0; i < N; i++) w[i] = 1;
+  names_of(names, buf, N);
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b2 = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b3 = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  CHECK(mg_balancer_sticky_init(b, names, (mg_str_t){ "api", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  CHECK(mg_balancer_sticky_init(b2, names, (mg_str_t){ "api", 3 }, (mg_str_t){ "t", 1 }) == 0);
+  CHECK(mg_balancer_sticky_init(b3, names, (mg_str_t){ "web", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  for (int i = 0; i < N; i++) {
+    CHECK(mg_balance_sticky_find(b, mg_balance_peer(b, i)->tok) == i);
+    CHECK(mg_balance_peer(b, i)->tok != mg_balance_peer(b2, i)->tok && mg_balance_peer(b, i)->tok != mg_balance_peer(b3, i)->tok);
+  }
+  CHECK(mg_balance_sticky_find(b, mg_balance_peer(b2, 0)->tok) == -1 ||
+        mg_balance_peer(b2, 0)->tok == mg_balance_peer(b, mg_balance_sticky_find(b, mg_balance_peer(b2, 0)->tok))->tok);
+  mg_balancer_free(b);
+  mg_balancer_free(b2);
+  mg_balancer_free(b3);
+  free(w);
+  free(names);
+  free(buf);
+}
+
+/* ---- i12-health ---- */
+
+/* Every policy skips a server that is down or ejected, with and without weights,
+ * also on a retry; none usable: -1. */
+static void skips_unusable(void) {
+  int pol[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
+  int w[] = { 1, 3, 1, 2, 1 }, one[] = { 1, 1, 1, 1, 1 };
+  for (int k = 0; k < 4; k++)
+    for (int v = 0; v < 2; v++) {
+      mg_balancer_t *b = make(pol[k], v ? w : one, 5);
+      atomic_store(&mg_balance_peer(b, 1)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 3)->flags, MG_PEER_EJECTED);
+      atomic_store(&mg_balance_peer(b, 3)->until_ms, mg_balance_now_ms() + 60000);
+      uint64_t rng = 7;
+      int count[5] = { 0 };
+      for (int i = 0; i < 3000; i++) count[mg_balance_pick(b, NULL, &rng)]++;
+      CHECK(count[1] == 0 && count[3] == 0);
+      CHECK(count[0] > 0 && count[2] > 0 && count[4] > 0);
+      mg_tried_t t = { 0, NULL, 0 };
+      mg_tried_set(&t, 0);
+      mg_tried_set(&t, 2);
+      for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, &t, &rng) == 4);
+      mg_tried_set(&t, 4);
+      CHECK(mg_balance_pick(b, &t, &rng) == -1);
+      atomic_store(&mg_balance_peer(b, 0)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 2)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 4)->flags, MG_PEER_DOWN);
+      CHECK(mg_balance_pick(b, NULL, &rng) == -1);
+      /* panic: the fewest failures, usable or not */
+      for (int i = 0; i < 5; i++) atomic_store(&mg_balance_peer(b, i)->fails, 5 - i);
+      CHECK(mg_balance_pick_any(b, NULL, &rng) == 4);
+      CHECK(mg_balance_pick_any(b, &t, &rng) == 3);
+      mg_balancer_free(b);
+    }
+}
+
+typedef struct {
+  int n;
+  char last[160];
+} events_t;
+
+static void on_event(void *data, int i, const char *what) {
+  events_t *e = data;
+  e->n++;
+  snprintf(e->last, sizeof(e->last), "%d %s", i, what);
+}
+
+/* 5 errors in a row eject (a non-5xx in between starts over); max_percent holds;
+ * the ejection ends at a pick once its time is over; the second lasts longer. */
+static void ejection(void) {
+  int w[] = { 1, 1, 1, 1 };
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, 4);
+  events_t ev = { 0 };
+  b->event = on_event;
+  b->event_data = &ev;
+  b->eject_consecutive = 5;
+  b->eject_base_ms = 1000;
+  b->eject_max_percent = 50;
+  for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 503);
+  mg_peer_status(b, 0, 200);
+  for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 500);
+  CHECK(mg_peer_usable(mg_balance_peer(b, 0)));
+  mg_peer_failed(b, 0); /* a failed attempt counts too */
+  CHECK(!mg_peer_usable(mg_balance_peer(b, 0)) && ev.n == 1);
+  CHECK(strstr(ev.last, "0 ejected for 1s") == ev.last);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 1, 502);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 2, 502); /* 3 of 4 would pass 50 % */
+  CHECK(!mg_peer_usable(mg_balance_peer(b, 1)) && mg_peer_usable(mg_balance_peer(b, 2)));
+  CHECK(atomic_load(&b->nejected) == 2 && ev.n == 2);
+  uint64_t rng = 3;
+  for (int i = 0; i < 100; i++) {
+    int s = mg_balance_pick(b, NULL, &rng);
+    CHECK(s == 2 || s == 3);
+  }
+  /* time passes: the ejection is over for the first pick that looks */
+  atomic_store(&mg_balance_peer(b, 0)->until_ms, mg_balance_now_ms() - 1);
+  int seen0 = 0;
+  for (int i = 0; i < 8; i++) seen0 += mg_balance_pick(b, NULL, &rng) == 0;
+  CHECK(seen0 == 2 && mg_peer_usable(mg_balance_peer(b, 0)) && atomic_load(&b->nejected) == 1);
+  CHECK(strcmp(ev.last, "0 back from ejection") == 0);
+  for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
+  CHECK(strstr(ev.last, "0 ejected for 2s") == ev.last); /* base x 2 */
+  uint64_t len = atomic_load(&mg_balance_peer(b, 0)->until_ms) - mg_balance_now_ms();
+  CHECK(len > 1900 && len <= 2000);
+  /* the cap: 10 x base */
+  for (int k = 0; k < 12; k++) {
+    atomic_store(&mg_balance_peer(b, 0)->until_ms, mg_balance_now_ms() - 1);
+    mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng);
+    mg_balance_pick(b, NULL, &rng);
+    for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
+  }
+  len = atomic_load(&mg_balance_peer(b, 0)->until_ms) - mg_balance_now_ms();
+  CHECK(len > 9900 && len <= 10000);
+  mg_balancer_free(b);
+}
+
+/* Slow start: a server that came back gets about 10 % of its share at first,
+ * then its full share once slow_start is over. */
+static void slow_start(void) {
+  int pol[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_RANDOM, MG_BALANCE_P2C };
+  int w[] = { 1, 1 };
+  for (int k = 0; k < 3; k++) {
+    mg_balancer_t *b = make(pol[k], w, 2);
+    b->slow_start_ms = 60000;
+    mg_peer_set_down(b, 0, 1);
+    CHECK(!mg_peer_usable(mg_balance_peer(b, 0)));
+    mg_peer_set_down(b, 0, 0);
+    CHECK(mg_peer_usable(mg_balance_peer(b, 0)) && atomic_load(&mg_balance_peer(b, 0)->slow_ms) != 0);
+    uint64_t rng = 99;
+    int c0 = 0;
+    for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
+    /* round robin: it takes 10 % of its slots (5 % of picks); random: weight
+     * 0.1 against 1 (1/11 of picks); p2c: its score is 10 x worse, so idle it
+     * loses every comparison */
+    CHECK(pol[k] == MG_BALANCE_P2C ? c0 < 100 : c0 > 300 && c0 < 1100);
+    atomic_store(&mg_balance_peer(b, 0)->slow_ms, mg_balance_now_ms() - 60001);
+    c0 = 0;
+    for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
+    CHECK(c0 > 4500 && c0 < 5500);
+    CHECK(atomic_load(&mg_balance_peer(b, 0)->slow_ms) == 0);
+    mg_balancer_free(b);
+  }
 }
 
 
@@ -222,6 +439,40 @@ static void ids_are_permanent(void) {
   CHECK(mg_balance_snap(b)->n == 3 && mg_balance_snap(b)->nschedule == 6);
   CHECK(mg_balance_count(b) == 4);
   CHECK(mg_balance_find(b, "c:1") == 2 && mg_balance_find(b, "q:1") == MG_BALANCE_ENOTFOUND);
+  mg_balancer_unref(b);
+}
+
+/* balance = "hash" and sticky over servers added and removed at run time: a new
+ * server takes about 1/n of the keys and no others move much; removing it brings
+ * every key back; its sticky token is found; a removed one's is not. */
+static void hash_sticky_runtime(void) {
+  mg_balancer_t *b = make(MG_BALANCE_HASH, NULL, 0);
+  CHECK(mg_balancer_hash_init(b, NULL, INFINITY) == 0);
+  CHECK(mg_balancer_sticky_init(b, NULL, (mg_str_t){ "api", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  CHECK(mg_balance_pick_hash(b, NULL, 1) == -1); /* no member yet */
+  char key[32];
+  for (int i = 0; i < 9; i++) {
+    snprintf(key, sizeof(key), "10.0.0.%d:80", i + 1);
+    CHECK(mg_balance_add(b, key, 1, NULL) == i);
+  }
+  enum { K = 20000 };
+  static int before[K];
+  for (int k = 0; k < K; k++) before[k] = mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull);
+  CHECK(mg_balance_add(b, "10.0.0.99:80", 1, NULL) == 9);
+  int to_new = 0, moved = 0;
+  for (int k = 0; k < K; k++) {
+    int s = mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull);
+    if (s == 9) to_new++;
+    else if (s != before[k]) moved++;
+  }
+  CHECK(to_new > K / 10 * 8 / 10 && to_new < K / 10 * 12 / 10); /* about 1/10 */
+  CHECK(moved < K / 50);                                         /* under 2 % besides */
+  for (int i = 0; i < 10; i++) CHECK(mg_balance_sticky_find(b, mg_balance_peer(b, i)->tok) == i);
+  uint64_t tok9 = mg_balance_peer(b, 9)->tok;
+  CHECK(mg_balance_remove(b, "10.0.0.99:80") == 9);
+  CHECK(mg_balance_sticky_find(b, tok9) == -1);
+  for (int k = 0; k < K; k++) CHECK(mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull) == before[k]);
+  CHECK(mg_balance_add(b, "10.0.0.99:80", 1, NULL) == 9 && mg_balance_sticky_find(b, tok9) == 9);
   mg_balancer_unref(b);
 }
 
@@ -364,6 +615,7 @@ int main(void) {
     { "every policy skips tried servers past index 64", tried_past_64 },
     { "least_conn picks fewest active per weight", least_conn_picks_idle },
     { "p2c avoids the slow server", p2c_avoids_slow },
+    { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
     { "10,000 servers added at run time: the same schedule as at load", runtime_adds_match_load },
@@ -371,7 +623,13 @@ int main(void) {
     { "set_weight and drain reach every policy", set_weight_and_drain_every_policy },
     { "tried ids past the map", tried_ids_past_map },
     { "a policy's extra table per snapshot", ext_hook },
+    { "hash and sticky follow servers added and removed at run time", hash_sticky_runtime },
     { "snapshot swaps while other threads pick", swap_under_readers },
+    { "hash keeps a key on its server, within the bound", hash_pick },
+    { "sticky tokens of 10,000 servers are found again", sticky_tokens },
+    { "every policy skips down and ejected servers", skips_unusable },
+    { "ejection: streak, max_percent, end, growth, cap", ejection },
+    { "slow start ramps a recovered server's share", slow_start },
   };
   return t_run("balance", cases, sizeof(cases) / sizeof(cases[0]));
 }

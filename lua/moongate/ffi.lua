@@ -108,6 +108,22 @@ int mg_req_body(mg_req_t *r, mg_str_t *out);
 int mg_req_set_body(mg_req_t *r, const char *p, size_t len);
 int mg_req_set_method(mg_req_t *r, const char *m, size_t len);
 
+int mg_req_hash_want(mg_req_t *r);
+int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len);
+
+/* ---- i12-split ---- */
+int mg_req_upstream_name(mg_req_t *r, mg_str_t *out);
+/* i12-health */
+int mg_req_server_flags(mg_req_t *r, int i);
+/* i12-retry */
+typedef struct {
+  double requests;
+  double retries;
+  double retries_budget_exceeded;
+  double overflow_connections, overflow_pending, overflow_requests;
+  double active_requests, active_connections, pending, active_retries;
+} mg_upstream_stats_t;
+int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
 /* i12-dyn: mg.upstreams */
 typedef struct {
   mg_str_t addr;

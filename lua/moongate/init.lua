@@ -325,10 +325,72 @@ function _M.listen(t)
 end
 
 local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = true, tls = true,
-                        proxy_protocol = true, splice = true, balance = true,
+                        proxy_protocol = true, splice = true, balance = true, hash_key = true,
+                        hash_bound = true, sticky = true,
+                        health = true, eject = true, slow_start = true, panic = true,
+                        -- i12-retry
+                        retry = true, max_connections = true, max_pending = true, max_requests = true,
+                        timeouts = true,
+                        -- i12-dyn
                         resolve = true }
 -- balance: the policies core/balance.c knows
-local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true }
+local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true, hash = true }
+local sticky_keys = { cookie = true, path = true, domain = true, max_age = true, secure = true,
+                      httponly = true, samesite = true, secret = true }
+local samesite_values = { Strict = true, Lax = true, None = true }
+
+-- hash_key = "ip" | "header:NAME" | "cookie:NAME" | "arg:NAME" (core/maglev.c
+-- checks the same at load; here for the user's file:line)
+local function hash_key_spec(v, what)
+  if v == "ip" then return v end
+  local kind, name = match(v, "^(%a+):(.*)$")
+  if kind ~= "header" and kind ~= "cookie" and kind ~= "arg" then
+    fail("%s: 'hash_key' must be \"ip\", \"header:NAME\", \"cookie:NAME\", \"arg:NAME\" or a function, got %q",
+         what, v)
+  end
+  if #name == 0 or #name > 256 then fail("%s: 'hash_key' %q: the name must be 1 to 256 characters", what, v) end
+  if kind == "arg" then
+    if name:find("[^\33-\126]") or name:find("[&=#]") then
+      fail("%s: 'hash_key' %q: an argument name is visible ASCII without '&', '=' or '#'", what, v)
+    end
+  elseif not match(name, "^[!#$%%&'*+%-.^_`|~%w]+$") then
+    fail("%s: 'hash_key' %q: a %s name must be a token", what, v, kind)
+  end
+  return v
+end
+
+-- sticky = true | { cookie = "mg_sticky", path = "/", domain, max_age, secure,
+-- httponly = true, samesite, secret }: the Set-Cookie attributes are prebuilt here
+local function sticky_conf(t, what)
+  if t == true then t = {} end
+  local w = what .. " sticky"
+  check.type(t, "table", what, "sticky")
+  check.keys(t, sticky_keys, w)
+  local cookie = t.cookie == nil and "mg_sticky" or check.type(t.cookie, "string", w, "cookie")
+  if not match(cookie, "^[!#$%%&'*+%-.^_`|~%w]+$") or #cookie > 256 then
+    fail("%s: 'cookie' must be a cookie name (a token of 1 to 256 characters), got %q", w, cookie)
+  end
+  local function attr_value(k)
+    local v = check.type(t[k], "string", w, k)
+    if v == "" or #v > 1024 or v:find("[%c;\128-\255]") then
+      fail("%s: '%s' must be printable ASCII without ';' (1 to 1024 characters)", w, k)
+    end
+    return v
+  end
+  local attrs = "; Path=" .. (t.path == nil and "/" or attr_value("path"))
+  if t.domain ~= nil then attrs = attrs .. "; Domain=" .. attr_value("domain") end
+  if t.max_age ~= nil then
+    attrs = attrs .. "; Max-Age=" .. string.format("%d", check.number(t.max_age, w, "max_age", 1, 2 ^ 31 - 1))
+  end
+  if t.secure ~= nil and check.type(t.secure, "boolean", w, "secure") then attrs = attrs .. "; Secure" end
+  if t.httponly == nil or check.type(t.httponly, "boolean", w, "httponly") then attrs = attrs .. "; HttpOnly" end
+  if t.samesite ~= nil then
+    if not samesite_values[t.samesite] then fail("%s: 'samesite' must be \"Strict\", \"Lax\" or \"None\"", w) end
+    attrs = attrs .. "; SameSite=" .. t.samesite
+  end
+  local secret = t.secret == nil and "" or check.type(t.secret, "string", w, "secret")
+  return { cookie = cookie, attrs = attrs, secret = secret }
+end
 -- most servers an upstream may list (core/balance.h: the round robin schedule and
 -- the tried-servers bitmap grow with it)
 local MAX_SERVERS = 100000
@@ -336,6 +398,65 @@ local MAX_SERVERS = 100000
 local pp_versions = { v1 = 1, v2 = 2 }
 local upstream_tls_keys = { verify = true, ca = true, sni = true, cert = true, key = true }
 local upstream_mt = { __tostring = function(u) return "upstream " .. u.name end }
+
+-- i12-health: an upstream's `health`, `eject`, `slow_start` and `panic`, normalised
+-- for core/config.c (defaults filled in; docs/config.md "Health checks")
+local health_keys = { type = true, path = true, host = true, expect = true, interval = true,
+                      timeout = true, rise = true, fall = true }
+local eject_keys = { consecutive = true, base = true, max_percent = true }
+local floor = math.floor
+local function upstream_health(u, t, what)
+  if t.health ~= nil then
+    local w = what .. " health"
+    check.type(t.health, "table", what, "health")
+    check.keys(t.health, health_keys, w)
+    local h = t.health
+    local n = { type = h.type or "http", path = h.path or "/", interval = 2, timeout = 1, rise = 2, fall = 3 }
+    if n.type ~= "http" and n.type ~= "tcp" then
+      fail("%s: 'type' must be \"http\" or \"tcp\", got %s", w, tostring(h.type))
+    end
+    check.type(n.path, "string", w, "path")
+    if not match(n.path, "^/[\33-\126]*$") then
+      fail("%s: 'path' must start with '/' and hold no space or control character: %q", w, n.path)
+    end
+    if h.host ~= nil then
+      n.host = check.type(h.host, "string", w, "host")
+      if not match(n.host, "^[\33-\126]+$") then fail("%s: 'host' must be a host name: %q", w, n.host) end
+    end
+    if h.expect ~= nil then
+      check.type(h.expect, "table", w, "expect")
+      if #h.expect == 0 or #h.expect > 16 then fail("%s: 'expect' must list 1 to 16 status codes", w) end
+      n.expect = {}
+      for i, c in ipairs(h.expect) do
+        if type(c) ~= "number" or c ~= floor(c) or c < 100 or c > 599 then
+          fail("%s: expect[%d] must be a status code (100..599), got %s", w, i, tostring(c))
+        end
+        n.expect[i] = c
+      end
+    end
+    if h.interval ~= nil then n.interval = check.number(h.interval, w, "interval", 0.01, 3600) end
+    if h.timeout ~= nil then n.timeout = check.number(h.timeout, w, "timeout", 0.01, 3600) end
+    if h.rise ~= nil then n.rise = check.number(h.rise, w, "rise", 1, 100) end
+    if h.fall ~= nil then n.fall = check.number(h.fall, w, "fall", 1, 100) end
+    if n.rise ~= floor(n.rise) or n.fall ~= floor(n.fall) then
+      fail("%s: 'rise' and 'fall' must be whole numbers", w)
+    end
+    u.health = n
+  end
+  if t.eject ~= nil and t.eject ~= false then
+    local w = what .. " eject"
+    local e = t.eject == true and {} or check.type(t.eject, "table", what, "eject")
+    check.keys(e, eject_keys, w)
+    local n = { consecutive = 5, base = 30, max_percent = 50 }
+    if e.consecutive ~= nil then n.consecutive = check.number(e.consecutive, w, "consecutive", 1, 1000) end
+    if e.base ~= nil then n.base = check.number(e.base, w, "base", 0.01, 3600) end
+    if e.max_percent ~= nil then n.max_percent = check.number(e.max_percent, w, "max_percent", 0, 100) end
+    if n.consecutive ~= floor(n.consecutive) then fail("%s: 'consecutive' must be a whole number", w) end
+    u.eject = n
+  end
+  if t.slow_start ~= nil then u.slow_start = check.number(t.slow_start, what, "slow_start", 0, 3600) end
+  if t.panic ~= nil then u.panic = check.type(t.panic, "boolean", what, "panic") end
+end
 
 -- An upstream's tls.sni: a DNS host name (RFC 6066 3: no IP literal, no trailing
 -- dot), since it is both the name sent and the name the certificate must carry.
@@ -379,9 +500,79 @@ local function upstream_key(u)
   return table.concat(out)
 end
 
+-- i12-retry: an upstream's retry, circuit breakers and timeouts (docs/config.md
+-- "Retries, circuit breakers and timeouts"), flattened for core/config.c
+local retry_keys = { tries = true, on = true, per_try_timeout = true, backoff = true, budget = true,
+                     buffer = true }
+local backoff_keys = { base = true, max = true }
+local retry_conditions = { connect = 1, timeout = 2, reset = 4 } -- core/config.h MG_RETRY_*
+local io_timeout_keys = { connect = true, read = true, write = true }
+local function whole(v, what, key, min, max)
+  local n = check.number(v, what, key, min, max)
+  if n % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, key, tostring(v)) end
+  return n
+end
+local function upstream_retry(u, t, what)
+  u.retry_tries, u.retry_on, u.retry_status, u.retry_per_try = 0, retry_conditions.connect, {}, 0
+  u.retry_backoff_base, u.retry_backoff_max, u.retry_budget, u.retry_buffer = 0.025, 0.25, 0.2, 65536
+  u.max_connections, u.max_pending, u.max_requests = 0, 0, 0
+  u.timeout_connect, u.timeout_read, u.timeout_write = 0, 0, 0
+  for _, k in ipairs { "max_connections", "max_pending", "max_requests" } do
+    if t[k] ~= nil then u[k] = whole(t[k], what, k, 1, 1e9) end
+  end
+  if t.timeouts ~= nil then
+    local w = what .. " timeouts"
+    check.type(t.timeouts, "table", what, "timeouts")
+    check.keys(t.timeouts, io_timeout_keys, w)
+    for k in pairs(io_timeout_keys) do
+      if t.timeouts[k] ~= nil then u["timeout_" .. k] = check.number(t.timeouts[k], w, k, 0.001, 86400) end
+    end
+  end
+  local r = t.retry
+  if r == nil then return end
+  local w = what .. " retry"
+  check.type(r, "table", what, "retry")
+  check.keys(r, retry_keys, w)
+  if r.tries ~= nil then u.retry_tries = whole(r.tries, w, "tries", 1, 100) end
+  if r.on ~= nil then
+    check.type(r.on, "table", w, "on")
+    local mask, statuses = 0, {}
+    for i, c in ipairs(r.on) do
+      local code = tonumber(c)
+      if retry_conditions[c] then
+        if mask % (2 * retry_conditions[c]) < retry_conditions[c] then mask = mask + retry_conditions[c] end
+      elseif code and code % 1 == 0 and code >= 400 and code <= 599 then
+        statuses[#statuses + 1] = code
+      else
+        fail("%s: on[%d] must be \"connect\", \"timeout\", \"reset\" or a status 400..599, got %s", w, i,
+             tostring(c))
+      end
+    end
+    if #statuses > 16 then fail("%s: 'on' lists more than 16 statuses", w) end
+    u.retry_on, u.retry_status = mask, statuses
+  end
+  if r.per_try_timeout ~= nil then u.retry_per_try = check.number(r.per_try_timeout, w, "per_try_timeout", 0.001, 86400) end
+  if r.backoff ~= nil then
+    local bw = w .. " backoff"
+    check.type(r.backoff, "table", w, "backoff")
+    check.keys(r.backoff, backoff_keys, bw)
+    if r.backoff.base ~= nil then
+      u.retry_backoff_base = check.number(r.backoff.base, bw, "base", 0, 3600)
+      u.retry_backoff_max = 10 * u.retry_backoff_base -- Envoy's default max
+    end
+    if r.backoff.max ~= nil then u.retry_backoff_max = check.number(r.backoff.max, bw, "max", 0, 3600) end
+    if u.retry_backoff_max < u.retry_backoff_base then fail("%s: 'max' is less than 'base'", bw) end
+  end
+  if r.budget ~= nil then u.retry_budget = check.number(r.budget, w, "budget", 0, 1) end
+  if r.buffer ~= nil then u.retry_buffer = r.buffer == 0 and 0 or size(r.buffer, w, "buffer") end
+end
+
 --- mg.upstream "NAME" { servers = {...}, keepalive = 32, keepalive_timeout = 60, tls = {...},
 ---                     proxy_protocol = false (default) | "v1" | "v2", splice = false,
----                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" }
+---                     balance = "round_robin" (default) | "least_conn" | "p2c" | "random" | "hash",
+---                     hash_key = "ip" | "header:NAME" | "cookie:NAME" | "arg:NAME" | function(req),
+---                     hash_bound = 1.25 | false, sticky = true | { cookie = "mg_sticky", ... },
+---                     health = {...}, eject = {...}, slow_start = 0, panic = false }
 function _M.upstream(name)
   if type(name) ~= "string" or not match(name, "^[%w_%.%-]+$") then
     fail("mg.upstream: name must be a word, got %s", tostring(name))
@@ -398,15 +589,13 @@ function _M.upstream(name)
                              proxy_protocol = 0, splice = 0, balance = "round_robin" }, upstream_mt)
     if t.balance ~= nil then
       local b = t.balance
-      if b == "hash" then
-        fail("%s: balance \"hash\" is not yet supported (round_robin, least_conn, p2c, random)", what)
-      end
       if type(b) ~= "string" or not balance_policies[b] then
-        fail("%s: 'balance' must be \"round_robin\", \"least_conn\", \"p2c\" or \"random\", got %s", what,
+        fail("%s: 'balance' must be \"round_robin\", \"least_conn\", \"p2c\", \"random\" or \"hash\", got %s", what,
              type(b) == "string" and ("%q"):format(b) or tostring(b))
       end
       u.balance = b
     end
+    local seen = {}
     for i, s in ipairs(t.servers) do
       if type(s) ~= "string" then fail("%s: servers[%d] must be a string", what, i) end
       local addr, opts = match(s, "^(%S+)%s*(.*)$")
@@ -418,8 +607,23 @@ function _M.upstream(name)
         weight = tonumber(v)
         if weight < 1 or weight > 1000 then fail("%s: servers[%d]: weight must be 1..1000", what, i) end
       end
-      u.servers[i] = { host = host, port = port, weight = weight }
+      -- the name the hash table and sticky tokens use: unique, so that a server
+      -- listed twice gets a permutation of its own (equal names would make the
+      -- Maglev build walk the same slots again and again)
+      local k = (seen[addr] or 0) + 1
+      seen[addr] = k
+      u.servers[i] = { host = host, port = port, weight = weight, name = k == 1 and addr or addr .. "#" .. k }
     end
+    if u.balance == "hash" then
+      u.hash_key, u.hash_bound = "ip", 1.25
+      if type(t.hash_key) == "function" then u.hash_key_fn = t.hash_key
+      elseif t.hash_key ~= nil then u.hash_key = hash_key_spec(check.type(t.hash_key, "string", what, "hash_key"), what) end
+      if t.hash_bound == false then u.hash_bound = nil
+      elseif t.hash_bound ~= nil then u.hash_bound = check.number(t.hash_bound, what, "hash_bound", 1, 100) end
+    elseif t.hash_key ~= nil or t.hash_bound ~= nil then
+      fail("%s: 'hash_key' and 'hash_bound' go with balance = \"hash\"", what)
+    end
+    if t.sticky ~= nil and t.sticky ~= false then u.sticky = sticky_conf(t.sticky, what) end
     if t.keepalive ~= nil then u.keepalive = check.number(t.keepalive, what, "keepalive", 0, 100000) end
     if t.tls ~= nil then
       local w = what .. " tls"
@@ -452,6 +656,8 @@ function _M.upstream(name)
     if t.keepalive_timeout ~= nil then
       u.keepalive_timeout = check.number(t.keepalive_timeout, what, "keepalive_timeout", 0.001, 86400)
     end
+    upstream_health(u, t, what) -- i12-health
+    upstream_retry(u, t, what) -- i12-retry
     -- i12-dyn: resolve = seconds between re-resolutions of the names in servers
     -- (default 30; false or 0: never); config_key: the normalised upstream, equal
     -- across a reload when nothing changed (the new config then keeps the balancer)
@@ -468,15 +674,110 @@ function _M.upstream(name)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true, buffer_body = true, timeouts = true }
-local route_timeout_keys = { hook = true } -- a route's own timeouts.hook
+                     respond = true, on = true, buffer_body = true, timeouts = true, split = true,
+                     idempotent = true }
+-- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
+local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
 local methods_ok = {
   GET = true, HEAD = true, POST = true, PUT = true, DELETE = true, OPTIONS = true,
   PATCH = true, TRACE = true,
 }
 
---- mg.route { host, path, methods, listener, upstream | respond }
+-- i12-split: traffic split on a route (docs/config.md "Traffic split") ----------
+local split_keys = { header = true, values = true, upstream = true }
+local next = next
+local SPLIT_MAX = 64          -- upstreams in one weighted list
+local SPLIT_WEIGHT_MAX = 1000 -- core/balance.c takes weights 1..1000
+
+local function show(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  if getmetatable(v) == upstream_mt then return tostring(v) end
+  return type(v) == "table" and "a table" or tostring(v)
+end
+
+-- An upstream object (mg.upstream "name" {...}) or the name of one -> its name.
+local function split_target(v, what)
+  if type(v) == "string" then
+    if not state.upstream_by_name[v] then fail("%s: unknown upstream '%s'", what, v) end
+    return v
+  end
+  if getmetatable(v) ~= upstream_mt then
+    fail("%s must be an upstream (made by mg.upstream) or its name, got %s", what, show(v))
+  end
+  return v.name
+end
+
+-- upstream = { { api_v1, weight = 90 }, { api_v2, weight = 10 } } -> { { upstream = name, weight = n }, ... }
+local function split_weights(list, what)
+  local n = #list
+  if next(list) == nil then
+    fail("%s: 'upstream' is an empty list (want { { up, weight = N }, ... })", what)
+  end
+  for k in pairs(list) do
+    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > n then
+      fail("%s: 'upstream' must be an upstream, its name or a list of { upstream, weight = N }, got key %s",
+           what, show(k))
+    end
+  end
+  if n > SPLIT_MAX then fail("%s: at most %d upstreams in a split", what, SPLIT_MAX) end
+  local out, seen = {}, {}
+  for i = 1, n do
+    local e, ew = list[i], ("%s: upstream[%d]"):format(what, i)
+    if type(e) ~= "table" or getmetatable(e) == upstream_mt then
+      fail("%s must be { upstream, weight = N }, got %s", ew, show(e))
+    end
+    for k in pairs(e) do
+      if k ~= 1 and k ~= "weight" then
+        fail("%s: unknown key %s (want { upstream, weight = N })", ew, show(k))
+      end
+    end
+    local name = split_target(e[1], ew .. "[1]")
+    local w = e.weight
+    if w == nil then fail("%s: 'weight' is missing (want { %s, weight = N })", ew, name) end
+    if type(w) ~= "number" or w ~= w or w % 1 ~= 0 or w < 1 or w > SPLIT_WEIGHT_MAX then
+      fail("%s: 'weight' must be an integer from 1 to %d, got %s", ew, SPLIT_WEIGHT_MAX, show(w))
+    end
+    if seen[name] then fail("%s: upstream '%s' is listed twice", ew, name) end
+    seen[name] = true
+    out[i] = { upstream = name, weight = w }
+  end
+  return out
+end
+
+-- split = { header = "x-canary", values = { ["1"] = api_v2 }, upstream = api_v3 }
+local function split_rule(s, what)
+  local w = what .. " split"
+  check.type(s, "table", what, "split")
+  check.keys(s, split_keys, w)
+  if s.header == nil then fail("%s: 'header' is missing (the request header to split on)", w) end
+  check.type(s.header, "string", w, "header")
+  if not check.token(s.header) then fail("%s: 'header' is not a header name: %s", w, show(s.header)) end
+  if s.values == nil and s.upstream == nil then
+    fail("%s: needs 'values' (header value -> upstream) or 'upstream' (for any value)", w)
+  end
+  local out = { header = lower(s.header), values = {} }
+  if s.values ~= nil then
+    check.type(s.values, "table", w, "values")
+    for k, v in pairs(s.values) do
+      if type(k) ~= "string" then
+        fail("%s: the keys of 'values' are header values (strings), got %s", w, show(k))
+      end
+      if k:find("[%z\r\n]") or k:find("^[ \t]") or k:find("[ \t]$") then
+        fail("%s: values[%q] cannot match a header value (CR, LF, NUL or blanks at an end)", w, k)
+      end
+      out.values[#out.values + 1] = { value = k, upstream = split_target(v, ("%s: values[%q]"):format(w, k)) }
+    end
+    if #out.values == 0 then fail("%s: 'values' is empty", w) end
+    table.sort(out.values, function(a, b) return a.value < b.value end)
+  end
+  if s.upstream ~= nil then out.present = split_target(s.upstream, w .. ": 'upstream'") end
+  return out
+end
+-- end i12-split -------------------------------------------------------------
+
+--- mg.route { host, path, methods, listener, upstream | respond, split }
+--- (upstream: an upstream, its name, or a weighted list { { up, weight = N }, ... })
 function _M.route(t)
   local what = "mg.route"
   if type(t) ~= "table" then fail("mg.route: expects a table") end
@@ -518,7 +819,13 @@ function _M.route(t)
     check.type(t.timeouts, "table", what, "timeouts")
     check.keys(t.timeouts, route_timeout_keys, what .. " timeouts")
     if t.timeouts.hook ~= nil then r.hook_timeout = check.number(t.timeouts.hook, what .. " timeouts", "hook", 0.001, 86400) end
+    for _, k in ipairs { "connect", "read", "write" } do -- i12-retry
+      if t.timeouts[k] ~= nil then
+        r[k .. "_timeout"] = check.number(t.timeouts[k], what .. " timeouts", k, 0.001, 86400)
+      end
+    end
   end
+  if t.idempotent ~= nil then r.idempotent = check.type(t.idempotent, "boolean", what, "idempotent") end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do
@@ -531,6 +838,9 @@ function _M.route(t)
   end
   if type(t.respond) == "function" then
     r.respond_fn = t.respond
+  elseif type(t.upstream) == "table" and getmetatable(t.upstream) ~= upstream_mt then
+    r.split_list = split_weights(t.upstream, what) -- i12-split: a weighted list
+    r.upstream = r.split_list[1].upstream
   elseif t.upstream ~= nil then
     local u = t.upstream
     if type(u) == "string" then
@@ -567,6 +877,10 @@ function _M.route(t)
       table.sort(headers, function(a, b) return a[1] < b[1] end)
     end
     r.respond = { status = status, body = body, headers = headers }
+  end
+  if t.split ~= nil then
+    if t.upstream == nil then fail("%s: 'split' needs 'upstream' (the requests no header rule takes)", what) end
+    r.split = split_rule(t.split, what)
   end
   state.routes[#state.routes + 1] = r
 end
@@ -638,6 +952,26 @@ _M.http = require "moongate.http"
 
 --- mg.worker_id(): 0-based worker number (-1 outside workers).
 function _M.worker_id() return ffi.C.mg_api_worker_id() end
+
+-- i12-retry
+local stats_out = ffi.new("mg_upstream_stats_t")
+local stats_fields = { "requests", "retries", "retries_budget_exceeded", "overflow_connections",
+                       "overflow_pending", "overflow_requests", "active_requests", "active_connections",
+                       "pending", "active_retries" }
+--- mg.upstream_stats(name): the upstream's retry and circuit breaker counters,
+--- all workers together, since the configuration was loaded (docs/config.md):
+--- { requests, retries, retries_budget_exceeded, overflow_connections,
+---   overflow_pending, overflow_requests, active_requests, active_connections,
+---   pending, active_retries }, or nil, err when no upstream has that name.
+function _M.upstream_stats(name)
+  if type(name) ~= "string" then error("mg.upstream_stats: name expected", 2) end
+  local rc = ffi.C.mg_upstream_stats(name, #name, stats_out)
+  if rc == -30002 then error("mg.upstream_stats: only in hooks and timers of a worker", 2) end
+  if rc ~= 0 then return nil, "no upstream '" .. name .. "'" end
+  local t = {}
+  for _, k in ipairs(stats_fields) do t[k] = tonumber(stats_out[k]) end
+  return t
+end
 
 _M.router = router
 

@@ -34,6 +34,10 @@ local mt = {
       if s.p == nil then return nil end -- not read: a request refused mid-head (docs/hooks.md)
       return ffi_str(s.p, s.len)
     end
+    if k == "upstream" then -- i12-split: the chosen upstream's name (nil before the choice)
+      if C.mg_req_upstream_name(self._r, out) ~= 0 then return nil end
+      return ffi_str(out[0].p, out[0].len)
+    end
     if k == "ctx" then
       local ctx = {}
       rawset(self, "ctx", ctx)
@@ -186,6 +190,9 @@ function methods.servers(self)
        C.mg_req_server_state(r, i, active_out, ewma_out, fails_out) == 0 then
       t[i + 1] = { addr = ffi_str(out[0].p, out[0].len), weight = weight_out[0], active = active_out[0],
                    response_time = tonumber(ewma_out[0]) / 1e6, fails = fails_out[0] }
+      local f = C.mg_req_server_flags(r, i) -- i12-health
+      t[i + 1].healthy = f >= 0 and f % 2 == 0
+      t[i + 1].ejected = f >= 0 and f % 4 >= 2
     end
   end
   return t

@@ -348,16 +348,10 @@ mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, ]] .. upstr
     return helpers.moongate({ "-t", "-c", path })
   end
 
-  it("refuses \"hash\" as not yet supported", function()
-    local out, rc = check('balance = "hash"')
-    assert.not_equal(0, rc)
-    assert.truthy(out:find('balance "hash" is not yet supported', 1, true), out)
-  end)
-
   it("refuses an unknown policy, naming the known ones", function()
     local out, rc = check('balance = "fastest"')
     assert.not_equal(0, rc)
-    assert.truthy(out:find("'balance' must be \"round_robin\", \"least_conn\", \"p2c\" or \"random\", got \"fastest\"",
+    assert.truthy(out:find("'balance' must be \"round_robin\", \"least_conn\", \"p2c\", \"random\" or \"hash\", got \"fastest\"",
                            1, true), out)
   end)
 

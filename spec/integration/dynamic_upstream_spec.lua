@@ -363,3 +363,97 @@ mg.route { upstream = mg.upstream "dyn" { servers = { "${a} weight=100" } } }
     assert.equal(string.rep("ABC", 50), table.concat(seq))
   end)
 end)
+
+describe("runtime changes with hash and health", function()
+  local a, b, c, d, e, proxy
+  local body = [[
+mg.route { path = "/h/", upstream = mg.upstream "h" { servers = { "${a}", "${b}", "${c}" },
+  balance = "hash", hash_key = "header:x-key", hash_bound = false } }
+mg.route { path = "/hc/", upstream = mg.upstream "hc" { servers = { "${a}" },
+  health = { path = "/health", interval = 0.2, timeout = 1, rise = 1, fall = 1 } } }
+]]
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A" })
+    b = helpers.origin({ name = "B" })
+    c = helpers.origin({ name = "C" })
+    d = helpers.origin({ name = "D" })
+    e = helpers.origin({ name = "E", status_file = true })
+    e:force_status(503)
+    proxy = helpers.proxy(conf(body), { vars = { a = a.addr, b = b.addr, c = c.addr } })
+  end)
+
+  lazy_teardown(function() helpers.teardown(proxy) end)
+
+  -- key -> origin name for keys 1..n, over both workers' connections
+  local function where(n)
+    local cs = clients(proxy, 4)
+    local t = {}
+    for k = 1, n do
+      local res = assert(cs[k % 4 + 1]:request({ path = "/h/echo", headers = { ["x-key"] = "key-" .. k } }))
+      t[k] = helpers.echo(res).name
+    end
+    close_all(cs)
+    return t
+  end
+
+  it("hash: a server added at run time takes about 1/n of the keys, the others stay; removing it gives them back", function()
+    local N = 400
+    local before = where(N)
+    assert.equal("ok\n", admin(proxy, "op=add&up=h&addr=" .. d.addr))
+    local after = where(N)
+    local to_d, elsewhere = 0, 0
+    for k = 1, N do
+      if after[k] == "D" then to_d = to_d + 1
+      elseif after[k] ~= before[k] then elsewhere = elsewhere + 1 end
+    end
+    -- 1/4 of the keys expected on the 4th server; keys moving between the old
+    -- servers are Maglev's small extra disruption
+    assert.is_true(to_d >= N * 0.12 and to_d <= N * 0.40, "keys on the new server: " .. to_d)
+    assert.is_true(elsewhere <= N * 0.05, "keys moved between old servers: " .. elsewhere)
+    assert.equal("ok\n", admin(proxy, "op=remove&up=h&addr=" .. d.addr))
+    assert.same(before, where(N)) -- the same members: the same table
+  end)
+
+  it("health: a server added at run time is checked (down, then up when it answers)", function()
+    assert.equal("ok\n", admin(proxy, "op=add&up=hc&addr=" .. e.addr))
+    local function state()
+      for _, s in ipairs(servers(proxy, "hc")) do
+        if s.addr == e.addr then return s.state end
+      end
+    end
+    assert.truthy(helpers.wait_until(function() return state() == "down" end, 5, 0.05), proxy:stderr())
+    assert.truthy(helpers.count(proxy:stderr(), "upstream hc: server " .. e.addr .. " up -> down (status 503)") >= 1)
+    assert.truthy(e:count_path("/health") >= 1)
+    -- down: every request goes to A
+    local cs = clients(proxy, 4)
+    for i = 1, 8 do assert.equal("A", name_of(cs[i % 4 + 1], "/hc/echo?" .. i)) end
+    close_all(cs)
+    e:force_status(nil)
+    assert.truthy(helpers.wait_until(function() return state() == "up" end, 5, 0.05), proxy:stderr())
+    -- removed: no longer probed
+    assert.equal("ok\n", admin(proxy, "op=remove&up=hc&addr=" .. e.addr))
+    helpers.wait_until(function() return false end, 0.5, 0.1) -- a probe in flight ends
+    local n = e:count_path("/health")
+    helpers.wait_until(function() return false end, 1, 0.1)
+    assert.equal(n, e:count_path("/health"))
+  end)
+
+  it("health: a reload that keeps the upstream keeps a down server down until it answers", function()
+    local function state()
+      for _, s in ipairs(servers(proxy, "hc")) do
+        if s.addr == e.addr then return s.state end
+      end
+    end
+    e:force_status(503)
+    assert.equal("ok\n", admin(proxy, "op=add&up=hc&addr=" .. e.addr)) -- (revived: removed above)
+    assert.truthy(helpers.wait_until(function() return state() == "down" end, 5, 0.05), proxy:stderr())
+    local text = helpers.expand(conf(body), { a = a.addr, b = b.addr, c = c.addr, port = proxy.port })
+    proxy:reload(text .. 'mg.route { path = "/gen2", respond = { status = 200, body = "gen2\\n" } }\n',
+                 function() local r = proxy:request({ path = "/gen2" }) return r and r.body == "gen2\n" end)
+    assert.equal("down", state()) -- the balancer and the verdict carried over
+    e:force_status(nil)
+    -- the new generation's checks see it answer and bring it back
+    assert.truthy(helpers.wait_until(function() return state() == "up" end, 5, 0.05), proxy:stderr())
+  end)
+end)

@@ -10,7 +10,7 @@ Usage:
   origin.py --name A --port-file F [--log FILE] [--port N]
             [--tls-cert PEM --tls-key PEM [--tls-max 1.2]
              [--tls-client-ca PEM [--tls-client required|optional]]]
-            [--proxy-protocol]
+            [--proxy-protocol] [--status-file F] [--as-path PATH]
   origin.py --blackhole --port-file F
 
 With --tls-cert and --tls-key the main port speaks TLS (1.2 or 1.3, ALPN
@@ -28,10 +28,19 @@ header as parsed, {"version": 1|2, "command": "PROXY"|"LOCAL", "family":
 "TCP4"|"TCP6"|"UNKNOWN", "src", "src_port", "dst", "dst_port"} (addresses null
 without one), and "proxy_headers": how many headers the connection has carried.
 
+With --status-file F, while F holds a status code (a number) every request on
+the main port is answered with it (body "status N\n", Content-Length), whatever
+its path: specs make a server fail its health checks, or answer 5xx, by writing
+F (and heal it by emptying or removing F).
+
 The port file receives "MAIN CONTROL\n" once both sockets listen (written to a
 temporary name and renamed, so a reader never sees half of it). The control
 port answers every request with the counters as JSON and is not counted, so
 specs can read them without disturbing what they measure.
+
+With --as-path PATH every request on the main port is answered as a request for
+PATH would be (after its body is read), whatever it asked for: a fault a spec
+injects into one origin of several ("/status/503", "/reset-rst", "/slow-head/2").
 
 Behaviour by path on the main port (the query string is ignored for routing):
   /bytes/N        N bytes of the pattern, Content-Length
@@ -81,6 +90,7 @@ NAME = "origin"
 LOG = None
 PROXY_PROTOCOL = False  # --proxy-protocol
 DELAY = 0.0  # --delay: seconds every request on the main port waits before its answer
+AS_PATH = None  # --as-path: every request is answered as one for this path
 TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
 
@@ -587,6 +597,16 @@ async def handle(reader, writer, proxy=None):
                    "proxy": proxy, "proxy_headers": nproxy}
             if DELAY:
                 await asyncio.sleep(DELAY)
+            forced = forced_status()
+            if forced:
+                await send(writer, head_bytes(forced, "Forced", [("Content-Length", len(b"status %d\n" % forced)),
+                                                                  ("X-Origin", NAME)] + ([] if keep else [("Connection", "close")]))
+                           + (b"" if method == "HEAD" else b"status %d\n" % forced))
+                if not keep:
+                    break
+                continue
+            if AS_PATH:
+                req["target"] = AS_PATH
             if not await respond(writer, req, keep):
                 break
     except ConnectionError:
@@ -595,6 +615,21 @@ async def handle(reader, writer, proxy=None):
         STATE["open"] -= 1
         if not writer.transport.is_closing():
             writer.close()
+
+
+STATUS_FILE = None  # --status-file
+
+
+def forced_status():
+    """The status --status-file forces now, or None."""
+    if not STATUS_FILE:
+        return None
+    try:
+        with open(STATUS_FILE) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 async def control(reader, writer):
@@ -623,9 +658,11 @@ def write_port_file(path, text):
 
 
 async def main(args):
-    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY
+    global NAME, LOG, PROXY_PROTOCOL, TLS, DELAY, STATUS_FILE, AS_PATH
     NAME = args.name
     DELAY = args.delay
+    STATUS_FILE = args.status_file
+    AS_PATH = args.as_path
     if args.log:
         LOG = open(args.log, "a")
     if args.blackhole:
@@ -708,6 +745,9 @@ if __name__ == "__main__":
                     help="with --tls-client-ca: whether a client certificate is required")
     ap.add_argument("--proxy-protocol", action="store_true",
                     help="every connection begins with a PROXY protocol v1/v2 header")
+    ap.add_argument("--status-file",
+                    help="while this file holds a status code, every request gets it")
+    ap.add_argument("--as-path", help="answer every request as one for this path (a fault)")
     parsed = ap.parse_args()
     if bool(parsed.tls_cert) != bool(parsed.tls_key):
         ap.error("--tls-cert and --tls-key go together")

@@ -132,7 +132,8 @@ describe("moongate.private.loader", function()
       assert.equal("app", u.name)
       assert.equal(32, u.keepalive)
       assert.equal(60, u.keepalive_timeout)
-      assert.same({ { host = "10.0.0.1", port = 80, weight = 1 }, { host = "10.0.0.2", port = 81, weight = 1 } },
+      assert.same({ { host = "10.0.0.1", port = 80, weight = 1, name = "10.0.0.1:80" },
+                    { host = "10.0.0.2", port = 81, weight = 1, name = "10.0.0.2:81" } },
                   u.servers)
     end)
 
@@ -497,14 +498,22 @@ describe("moongate.private.loader", function()
   end)
 
   describe("upstreams", function()
+    it("names a server listed again apart (the hash table's permutations need distinct names)", function()
+      local conf = ok { HEADER, LISTEN,
+        'mg.upstream "a" { balance = "hash", servers = { "10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80", "10.0.0.1:80" } }' }
+      local names = {}
+      for i, srv in ipairs(conf.upstreams[1].servers) do names[i] = srv.name end
+      assert.same({ "10.0.0.1:80", "10.0.0.2:80", "10.0.0.1:80#2", "10.0.0.1:80#3" }, names)
+    end)
+
     it("parses weight=N", function()
       local conf = ok { HEADER, LISTEN,
         'mg.upstream "a" { servers = { "10.0.0.1:80 weight=5", "10.0.0.2:80", "[::1]:81  weight=1000", "h:1 weight=1" } }' }
       assert.same({
-        { host = "10.0.0.1", port = 80, weight = 5 },
-        { host = "10.0.0.2", port = 80, weight = 1 },
-        { host = "::1", port = 81, weight = 1000 },
-        { host = "h", port = 1, weight = 1 },
+        { host = "10.0.0.1", port = 80, weight = 5, name = "10.0.0.1:80" },
+        { host = "10.0.0.2", port = 80, weight = 1, name = "10.0.0.2:80" },
+        { host = "::1", port = 81, weight = 1000, name = "[::1]:81" },
+        { host = "h", port = 1, weight = 1, name = "h:1" },
       }, conf.upstreams[1].servers)
     end)
 
@@ -898,6 +907,60 @@ describe("moongate.private.loader", function()
     end)
   end)
 
+  describe("retry, circuit breakers and timeouts (i12-retry)", function()
+    it("defaults to connect failures, each server once, no breakers, the global timeouts", function()
+      local u = ok { HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" } }' }.upstreams[1]
+      assert.equal(0, u.retry_tries)
+      assert.equal(1, u.retry_on) -- connect
+      assert.same({}, u.retry_status)
+      assert.equal(0, u.retry_per_try)
+      assert.equal(0.025, u.retry_backoff_base)
+      assert.equal(0.25, u.retry_backoff_max)
+      assert.equal(0.2, u.retry_budget)
+      assert.equal(65536, u.retry_buffer)
+      for _, k in ipairs { "max_connections", "max_pending", "max_requests", "timeout_connect", "timeout_read",
+                           "timeout_write" } do
+        assert.equal(0, u[k], k)
+      end
+    end)
+
+    it("flattens retry, the breakers and timeouts for the core", function()
+      local conf = ok { HEADER, LISTEN,
+        'local u = mg.upstream "a" { servers = { "h:1" }, max_connections = 10, max_pending = 2, max_requests = 7,',
+        '  timeouts = { connect = 0.5, read = 3 },',
+        '  retry = { tries = 4, on = { "reset", "timeout", 503, "502", "reset" }, per_try_timeout = 1.5,',
+        '            backoff = { base = 0.1 }, budget = 0.5, buffer = "8k" } }',
+        'mg.route { upstream = u, idempotent = true, timeouts = { write = 2, hook = 1 } }' }
+      local u, r = conf.upstreams[1], conf.routes[1]
+      assert.equal(4, u.retry_tries)
+      assert.equal(2 + 4, u.retry_on) -- timeout + reset, each once
+      assert.same({ 503, 502 }, u.retry_status)
+      assert.equal(1.5, u.retry_per_try)
+      assert.equal(0.1, u.retry_backoff_base)
+      assert.equal(1, u.retry_backoff_max) -- 10 x base
+      assert.equal(0.5, u.retry_budget)
+      assert.equal(8192, u.retry_buffer)
+      assert.same({ 10, 2, 7 }, { u.max_connections, u.max_pending, u.max_requests })
+      assert.same({ 0.5, 3, 0 }, { u.timeout_connect, u.timeout_read, u.timeout_write })
+      assert.is_true(r.idempotent)
+      assert.equal(2, r.write_timeout)
+      assert.equal(1, r.hook_timeout)
+      assert.is_nil(r.read_timeout)
+    end)
+
+    it("names the key of a bad value", function()
+      assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, retry = { on = { "5xx" } } }' }, 3,
+                   "retry: on[1]", "5xx")
+      assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, retry = { tries = 1.5 } }' }, 3,
+                   "'tries' must be a whole number")
+      assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, retry = { on = "503" } }' }, 3, "on")
+      assert_error({ HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" }, max_requests = -1 }' }, 3,
+                   "max_requests")
+      assert_error({ HEADER, LISTEN, 'mg.route { upstream = mg.upstream "a" { servers = { "h:1" } },',
+                     '  timeouts = { read = 0 } }' }, 3, "read")
+    end)
+  end)
+
   describe("repeated loads", function()
     it("start from a clean state each time", function()
       local conf1 = ok { HEADER, LISTEN, 'mg.upstream "a" { servers = { "h:1" } }', 'mg.route { upstream = "a" }',
@@ -936,7 +999,7 @@ describe("moongate DSL (direct calls)", function()
     assert.equal(u, st.upstreams[1])
     assert.equal(u, st.upstream_by_name.app)
     assert.equal("upstream app", tostring(u))
-    assert.same({ { host = "10.0.0.1", port = 80, weight = 3 } }, u.servers)
+    assert.same({ { host = "10.0.0.1", port = 80, weight = 3, name = "10.0.0.1:80" } }, u.servers)
     local r = st.routes[1]
     assert.equal("x.test", r.host)
     assert.equal("/a/", r.path)

@@ -100,6 +100,14 @@ function _M.load(path, source)
       return nil, fmt("%s: mg.route: unknown listener '%s'", r.site, r.listener)
     end
     r.upstream_index = r.upstream and index[r.upstream] or 0
+    -- i12-split: the split's upstreams as indices too (core/config.c reads these)
+    if r.split_list then
+      for _, e in ipairs(r.split_list) do e.index = index[e.upstream] end
+    end
+    if r.split then
+      for _, v in ipairs(r.split.values) do v.index = index[v.upstream] end
+      r.split.present_index = r.split.present and index[r.split.present] or 0
+    end
     local mask = 0
     if r.on then
       for name in pairs(r.on) do mask = mask + 2 ^ abi.hooks[name] end

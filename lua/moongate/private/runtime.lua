@@ -12,11 +12,13 @@ local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
 local REQUEST_BODY = HOOKS.request_body
+local BALANCE = HOOKS.balance
 
 local _M = {}
 
 local global = {} -- hook number -> list of functions
 local routes = {} -- route index (1-based, C's order) -> { [hook number] = fn, respond = fn }
+local hash_fns = {} -- upstream index (1-based, C's order) -> its hash_key function
 
 --- Runs proxy.lua's text as the main thread read and validated it (`source`:
 --- not the file again, which may have changed since) and indexes hooks.
@@ -28,6 +30,7 @@ function _M.start(path, worker_id, nroutes, source)
       .. " but " .. nroutes .. " in the main thread: the config must not depend on where it runs", 0)
   end
   for name, list in pairs(mg._state().hooks) do global[HOOKS[name]] = list end
+  for i, u in ipairs(conf.upstreams) do hash_fns[i] = u.hash_key_fn end
   for i, r in ipairs(conf.routes) do
     local t = {}
     if r.on then
@@ -222,6 +225,21 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   local res = req.res
   local list = global[hook]
   local fn = rt and rt[hook]
+  if hook == BALANCE then
+    -- balance = "hash" with hash_key = function(req): its key first (nil: the
+    -- client's address, as for a missing header)
+    local ui = abi.C.mg_req_hash_want(req._r)
+    if ui > 0 then
+      local key = hash_fns[ui](req)
+      if key ~= nil then
+        if type(key) == "number" then key = tostring(key) end
+        if type(key) ~= "string" then error("hash_key function must return a string or nil", 0) end
+        if abi.C.mg_req_set_hash_key(req._r, key, #key) ~= 0 then
+          error("hash_key function returned a key longer than 4096 bytes", 0)
+        end
+      end
+    end
+  end
   if hook == REQUEST_BODY then
     -- a filter over the request body: (req, chunk, eof); the end comes as an
     -- empty chunk (C never passes an empty piece otherwise)
