@@ -216,29 +216,30 @@ int mg_req_respond(mg_req_t *r, int status, const char *headers, size_t hlen, co
 int mg_req_upstream_addr(mg_req_t *r, mg_str_t *out) {
   if (!live(r)) return MG_API_EPHASE;
   if (r->upstream < 0 || r->server < 0) return MG_API_ENOTFOUND;
-  const char *t = r->gen->upstreams[r->upstream].servers[r->server].text;
+  const char *t = mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text;
   *out = (mg_str_t){ t, strlen(t) };
   return 0;
 }
 
 int mg_req_server_count(mg_req_t *r) {
   if (!live(r)) return 0;
-  return r->upstream < 0 ? 0 : r->gen->upstreams[r->upstream].nservers;
+  return r->upstream < 0 ? 0 : mg_upstream_nservers(&r->gen->upstreams[r->upstream]);
 }
 
 int mg_req_server_at(mg_req_t *r, int i, mg_str_t *addr, int *weight) {
   if (!live(r)) return MG_API_EPHASE;
-  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
-  const mg_server_t *s = &r->gen->upstreams[r->upstream].servers[i];
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
+  const mg_server_t *s = mg_upstream_server(u, i);
   *addr = (mg_str_t){ s->text, strlen(s->text) };
-  *weight = s->weight;
+  *weight = atomic_load_explicit(&mg_balance_peer(u->bal, i)->weight, memory_order_relaxed);
   return 0;
 }
 
 int mg_req_server_state(mg_req_t *r, int i, int *active, unsigned *ewma_us, int *fails) {
   if (!live(r)) return MG_API_EPHASE;
-  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
-  const mg_peer_t *p = &r->gen->upstreams[r->upstream].bal->peers[i];
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = mg_balance_peer(r->gen->upstreams[r->upstream].bal, i);
   *active = atomic_load_explicit(&p->active, memory_order_relaxed);
   *ewma_us = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
   *fails = atomic_load_explicit(&p->fails, memory_order_relaxed);
@@ -265,8 +266,8 @@ int mg_req_set_hash_key(mg_req_t *r, const char *p, size_t len) {
 
 int mg_req_server_flags(mg_req_t *r, int i) { /* i12-health */
   if (!live(r)) return MG_API_EPHASE;
-  if (r->upstream < 0 || i < 0 || i >= r->gen->upstreams[r->upstream].nservers) return MG_API_ENOTFOUND;
-  const mg_peer_t *p = &r->gen->upstreams[r->upstream].bal->peers[i];
+  if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
+  const mg_peer_t *p = mg_balance_peer(r->gen->upstreams[r->upstream].bal, i);
   unsigned f = atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_DOWN | MG_PEER_EJECTED);
   if ((f & MG_PEER_EJECTED) && mg_balance_now_ms() >= atomic_load_explicit(&p->until_ms, memory_order_relaxed))
     f &= ~MG_PEER_EJECTED; /* over: the next pick that looks ends it */
@@ -395,6 +396,159 @@ int mg_req_set_method(mg_req_t *r, const char *m, size_t len) {
     return 0;
   }
   return MG_API_EINVAL;
+}
+
+/* ---- mg.upstreams (api.h; lua/moongate/upstreams.lua) ---- */
+
+/* The generation the running Lua belongs to; NULL outside a worker. */
+static mg_gen_t *lua_gen(void) {
+  mg_worker_t *w = mg_current_worker;
+  if (!w) return NULL;
+  if (w->lua_wg) return w->lua_wg->gen;
+  return w->gen;
+}
+
+int mg_ups_count(void) {
+  mg_gen_t *g = lua_gen();
+  return g ? g->nupstreams : 0;
+}
+
+int mg_ups_name(int u, mg_str_t *out) {
+  mg_gen_t *g = lua_gen();
+  if (!g || u < 0 || u >= g->nupstreams) return MG_API_ENOTFOUND;
+  *out = (mg_str_t){ g->upstreams[u].name, strlen(g->upstreams[u].name) };
+  return 0;
+}
+
+int mg_ups_find(const char *name, size_t len) {
+  mg_gen_t *g = lua_gen();
+  if (!g) return MG_API_EPHASE;
+  for (int i = 0; i < g->nupstreams; i++)
+    if (g->upstreams[i].bal && strlen(g->upstreams[i].name) == len && memcmp(g->upstreams[i].name, name, len) == 0)
+      return i;
+  return MG_API_ENOTFOUND;
+}
+
+static mg_upstream_cfg_t *ups_at(int u) {
+  mg_gen_t *g = lua_gen();
+  if (!g || u < 0 || u >= g->nupstreams || !g->upstreams[u].bal) return NULL;
+  return &g->upstreams[u];
+}
+
+/* "ip:port" or "[ip6]:port" (a numeric address: names belong in `servers`, where
+ * they are resolved off the workers) into its canonical key. */
+static int parse_server(const char *a, size_t len, struct sockaddr_storage *ss, mg_str_t *err) {
+  char buf[80];
+  if (len == 0 || len >= sizeof(buf)) goto bad;
+  memcpy(buf, a, len);
+  buf[len] = 0;
+  char *colon = strrchr(buf, ':'), *host = buf;
+  if (!colon) goto bad;
+  *colon = 0;
+  char *end = NULL;
+  long port = strtol(colon + 1, &end, 10);
+  if (!colon[1] || *end || port < 1 || port > 65535) goto bad;
+  if (host[0] == '[') {
+    size_t hl = strlen(host);
+    if (hl < 3 || host[hl - 1] != ']') goto bad;
+    host[hl - 1] = 0;
+    host++;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) != 0) goto bad;
+    return 0;
+  }
+  memset(ss, 0, sizeof(*ss));
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0 && strchr(host, '.')) return 0;
+bad:
+  *err = (mg_str_t){ "bad address (want a numeric ip:port or [ip6]:port)", 51 };
+  return MG_API_EINVAL;
+}
+
+static int balance_err(int rc, mg_str_t *err) {
+  static const char exists[] = "already a server of this upstream";
+  static const char nf[] = "no such server in this upstream";
+  static const char full[] = "too many servers in this upstream";
+  static const char nomem[] = "out of memory";
+  switch (rc) {
+  case MG_BALANCE_EEXIST:
+    *err = (mg_str_t){ exists, sizeof(exists) - 1 };
+    return MG_API_EINVAL;
+  case MG_BALANCE_ENOTFOUND:
+    *err = (mg_str_t){ nf, sizeof(nf) - 1 };
+    return MG_API_ENOTFOUND;
+  case MG_BALANCE_EFULL:
+    *err = (mg_str_t){ full, sizeof(full) - 1 };
+    return MG_API_EINVAL;
+  default:
+    *err = (mg_str_t){ nomem, sizeof(nomem) - 1 };
+    return MG_API_ENOMEM;
+  }
+}
+
+int mg_ups_add(int u, const char *addr, size_t len, int weight, int publish, mg_str_t *err) {
+  mg_upstream_cfg_t *up = ups_at(u);
+  if (!up) return MG_API_ENOTFOUND;
+  struct sockaddr_storage ss;
+  int rc = parse_server(addr, len, &ss, err);
+  if (rc < 0) return rc;
+  int id = publish ? mg_upstream_add(up, (struct sockaddr *)&ss, weight, -1, 1) : -1;
+  if (!publish) { /* one of a list: published by mg_ups_publish */
+    mg_server_t *s = calloc(1, sizeof(*s));
+    if (!s) return balance_err(MG_BALANCE_ENOMEM, err);
+    memcpy(&s->addr, &ss, mg_upstream_addrlen((struct sockaddr *)&ss));
+    s->addrlen = mg_upstream_addrlen((struct sockaddr *)&ss);
+    mg_upstream_text((struct sockaddr *)&ss, s->text, sizeof(s->text));
+    s->weight = weight;
+    id = mg_balance_add_quiet(up->bal, s->text, weight, s);
+    if (id < 0) free(s);
+  }
+  if (id < 0) return balance_err(id, err);
+  MG_INFO(mg_current_worker ? mg_current_worker->id : -1, "upstream %s: server %s added (weight %d)",
+          up->name, mg_upstream_server(up, id)->text, weight);
+  return id;
+}
+
+int mg_ups_publish(int u) {
+  mg_upstream_cfg_t *up = ups_at(u);
+  if (!up) return MG_API_ENOTFOUND;
+  return mg_balance_rebuild(up->bal) < 0 ? MG_API_ENOMEM : 0;
+}
+
+int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_str_t *err) {
+  mg_upstream_cfg_t *up = ups_at(u);
+  if (!up) return MG_API_ENOTFOUND;
+  struct sockaddr_storage ss;
+  int rc = parse_server(addr, len, &ss, err);
+  if (rc < 0) return rc;
+  char key[64];
+  mg_upstream_text((struct sockaddr *)&ss, key, sizeof(key));
+  static const char *const what[] = { "removed", "drained", "re-weighted" };
+  int id = op == 0 ? mg_balance_remove(up->bal, key)
+         : op == 1 ? mg_balance_drain(up->bal, key)
+                   : mg_balance_set_weight(up->bal, key, weight);
+  if (id < 0) return balance_err(id, err);
+  MG_INFO(mg_current_worker ? mg_current_worker->id : -1, "upstream %s: server %s %s", up->name, key,
+          what[op < 0 || op > 2 ? 2 : op]);
+  return id;
+}
+
+int mg_ups_server(int u, int id, mg_ups_server_t *out) {
+  mg_upstream_cfg_t *up = ups_at(u);
+  if (!up) return MG_API_ENOTFOUND;
+  if (id < 0 || id >= mg_upstream_nservers(up)) return MG_API_ENOTFOUND;
+  const mg_server_t *s = mg_upstream_server(up, id);
+  const mg_peer_t *p = mg_balance_peer(up->bal, id);
+  out->addr = (mg_str_t){ s ? s->text : "?", s ? strlen(s->text) : 1 };
+  out->weight = atomic_load_explicit(&p->weight, memory_order_relaxed);
+  out->active = atomic_load_explicit(&p->active, memory_order_relaxed);
+  out->fails = atomic_load_explicit(&p->fails, memory_order_relaxed);
+  out->ewma_us = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+  out->flags = atomic_load_explicit(&p->flags, memory_order_relaxed);
+  return 0;
+}
+
+int mg_ups_nservers(int u) {
+  mg_upstream_cfg_t *up = ups_at(u);
+  return up ? mg_upstream_nservers(up) : 0;
 }
 
 /* ---- i12-split ---- */

@@ -217,5 +217,29 @@ typedef struct {
  * on (counted since that configuration was loaded); MG_API_ENOTFOUND when none
  * is, MG_API_EPHASE outside a worker. */
 int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
+/* ---- i12-dyn: mg.upstreams, servers of the running generation's upstreams
+ * changed at run time (core/dyn.c; lua/moongate/upstreams.lua). Every worker sees
+ * a change at once (the balancer is shared); usable from any hook and timer.
+ * `u` is an upstream's index (mg_ups_find), a server's `id` permanent within it. */
+typedef struct {
+  mg_str_t addr;     /* "ip:port" */
+  int weight, active, fails;
+  unsigned ewma_us;  /* 0: no sample yet */
+  unsigned flags;    /* mg_peer_t.flags: 0 up; MG_PEER_DRAINING 4, MG_PEER_REMOVED 8 */
+} mg_ups_server_t;
+int mg_ups_count(void);
+int mg_ups_name(int u, mg_str_t *out);
+/* The index of upstream `name`, MG_API_ENOTFOUND, MG_API_EPHASE outside a worker. */
+int mg_ups_find(const char *name, size_t len);
+/* Adds (or revives) a server "ip:port" / "[ip6]:port" with weight 1..1000 (the Lua
+ * side checks it): its id, or an MG_API_* code with *err. publish = 0: one of
+ * several, visible after mg_ups_publish. */
+int mg_ups_add(int u, const char *addr, size_t len, int weight, int publish, mg_str_t *err);
+int mg_ups_publish(int u);
+/* op 0 remove, 1 drain, 2 set the weight: the id, or an MG_API_* code with *err. */
+int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_str_t *err);
+/* Ids 0..mg_ups_nservers(u)-1 (removed ones included: flags say). */
+int mg_ups_nservers(int u);
+int mg_ups_server(int u, int id, mg_ups_server_t *out);
 
 #endif

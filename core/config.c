@@ -65,8 +65,10 @@ static void gen_free(mg_gen_t *g) {
   free(g->listeners);
   for (int i = 0; i < g->nupstreams; i++) {
     free(g->upstreams[i].name);
-    free(g->upstreams[i].servers);
-    mg_balancer_free(g->upstreams[i].bal);
+    mg_balancer_unref(g->upstreams[i].bal);
+    free(g->upstreams[i].key);
+    for (int j = 0; j < g->upstreams[i].nnames; j++) free(g->upstreams[i].names[j].host);
+    free(g->upstreams[i].names);
     free(g->upstreams[i].hash_spec);
     free(g->upstreams[i].sticky_cookie);
     free(g->upstreams[i].sticky_attrs);
@@ -143,6 +145,110 @@ static char *field_str(lua_State *L, int idx, const char *k) {
 }
 
 static uint64_t ms(double seconds) { return (uint64_t)(seconds * 1000.0 + 0.5); }
+
+/* ---- i12-dyn: upstream servers by address (config.h) ---- */
+
+/* "ip:port" or "[ip6]:port" of sa. */
+void mg_upstream_text(const struct sockaddr *sa, char *text, size_t len) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    uv_ip6_name(a, ip, sizeof(ip));
+    snprintf(text, len, "[%s]:%d", ip, ntohs(a->sin6_port));
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    uv_ip4_name(a, ip, sizeof(ip));
+    snprintf(text, len, "%s:%d", ip, ntohs(a->sin_port));
+  }
+}
+
+socklen_t mg_upstream_addrlen(const struct sockaddr *sa) {
+  return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* An IP literal with this port into *out: 1, else 0. */
+static int literal(const char *host, int port, struct sockaddr_storage *out) {
+  memset(out, 0, sizeof(*out));
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0) return 1;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)out) == 0) return 1;
+  return 0;
+}
+
+/* Appends sa unless it is there already (same family as the first, at most max). */
+int mg_upstream_push_addr(struct sockaddr_storage *out, int n, int max, const struct sockaddr *sa, int port) {
+  if (n >= max || (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)) return n;
+  if (n > 0 && out[0].ss_family != sa->sa_family) return n;
+  struct sockaddr_storage a;
+  memset(&a, 0, sizeof(a));
+  memcpy(&a, sa, mg_upstream_addrlen(sa));
+  if (a.ss_family == AF_INET6) ((struct sockaddr_in6 *)&a)->sin6_port = htons((uint16_t)port);
+  else ((struct sockaddr_in *)&a)->sin_port = htons((uint16_t)port);
+  for (int i = 0; i < n; i++)
+    if (memcmp(&out[i], &a, sizeof(a)) == 0) return n;
+  out[n] = a;
+  return n + 1;
+}
+
+/* The addresses $MOONGATE_HOSTS_FILE lists for host: their count, or -1 when the
+ * file (or the variable) is not there or does not name host. */
+int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *out, int max) {
+  const char *path = getenv("MOONGATE_HOSTS_FILE");
+  if (!path || !*path) return -1;
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  char line[512];
+  int n = 0, named = 0;
+  while (fgets(line, sizeof(line), f)) {
+    char *hash = strchr(line, '#');
+    if (hash) *hash = 0;
+    char *save = NULL, *ip = strtok_r(line, " \t\r\n", &save);
+    if (!ip) continue;
+    for (char *name = strtok_r(NULL, " \t\r\n", &save); name; name = strtok_r(NULL, " \t\r\n", &save)) {
+      if (strcasecmp(name, host) != 0) continue;
+      named = 1;
+      struct sockaddr_storage a;
+      if (literal(ip, port, &a)) n = mg_upstream_push_addr(out, n, max, (struct sockaddr *)&a, port);
+    }
+  }
+  fclose(f);
+  return named ? n : -1;
+}
+
+int mg_upstream_lookup(const char *host, int port, struct sockaddr_storage *out, int max) {
+  if (literal(host, port, &out[0])) return 1;
+  int n = mg_upstream_hosts_file(host, port, out, max);
+  if (n >= 0) return n;
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) return -1;
+  n = 0;
+  for (struct addrinfo *a = res; a; a = a->ai_next) n = mg_upstream_push_addr(out, n, max, a->ai_addr, port);
+  freeaddrinfo(res);
+  return n;
+}
+
+int mg_upstream_add(mg_upstream_cfg_t *u, const struct sockaddr *sa, int weight, int from, int publish) {
+  mg_server_t *s = calloc(1, sizeof(*s));
+  if (!s) return MG_BALANCE_ENOMEM;
+  memcpy(&s->addr, sa, mg_upstream_addrlen(sa));
+  s->addrlen = mg_upstream_addrlen(sa);
+  mg_upstream_text(sa, s->text, sizeof(s->text));
+  s->weight = weight;
+  s->from = from;
+  int id = publish ? mg_balance_add(u->bal, s->text, weight, s) : mg_balance_add_quiet(u->bal, s->text, weight, s);
+  if (id == MG_BALANCE_EEXIST && !publish) {
+    /* listed again in `servers`: another server with the same address (its
+     * weight counts again), keyed "ip:port#k" for the k-th listing */
+    mg_server_t *first = mg_balance_data(u->bal, mg_balance_find(u->bal, s->text));
+    char key[80];
+    snprintf(key, sizeof(key), "%.56s#%d", s->text, (++first->dups + 1) % 1000000);
+    id = mg_balance_add_quiet(u->bal, key, weight, s);
+  }
+  if (id < 0) free(s);
+  return id;
+}
 
 /* Resolves host:port (numeric or a name, looked up once at load). */
 static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
@@ -284,52 +390,28 @@ static int walk_listeners(walk_t *w, mg_gen_t *g) {
   return 0;
 }
 
-/* The upstream's balancer, from its `balance` (the upstream's table on top). */
-static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
-  if (u->nservers < 1) return walk_fail(w, "upstream '%s': no servers", u->name, NULL);
-  lua_getfield(w->L, -1, "balance");
-  const char *name = lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "round_robin";
-  int policy = mg_balance_policy(name);
-  if (policy < 0) {
-    int rc = walk_fail(w, "upstream '%s': unknown balance '%s'", u->name, name);
-    lua_pop(w->L, 1);
-    return rc;
-  }
-  lua_pop(w->L, 1);
-  int *weights = malloc((size_t)u->nservers * sizeof(int));
-  if (!weights) return MG_ENOMEM;
-  for (int j = 0; j < u->nservers; j++) weights[j] = u->servers[j].weight;
-  u->bal = mg_balancer_new(policy, weights, u->nservers);
-  free(weights);
-  if (!u->bal) return MG_ENOMEM;
+/* balance = "hash" and sticky (the upstream's table on top), before any server is
+ * added. */
+static int walk_hash_sticky(walk_t *w, mg_upstream_cfg_t *u, int policy) {
   lua_getfield(w->L, -1, "sticky");
   int sticky = lua_istable(w->L, -1);
   lua_pop(w->L, 1);
   if (policy != MG_BALANCE_HASH && !sticky) return 0;
-  /* the servers' names as written ("host:port"): the hash table and the sticky
-   * tokens depend on them, not on what they resolve to */
-  mg_str_t *names = calloc((size_t)u->nservers, sizeof(*names));
-  if (!names) return MG_ENOMEM;
-  lua_getfield(w->L, -1, "servers");
-  for (int j = 0; j < u->nservers; j++) {
-    lua_rawgeti(w->L, -1, j + 1);
-    lua_getfield(w->L, -1, "name");
-    size_t len = 0;
-    const char *p = lua_tolstring(w->L, -1, &len);
-    names[j] = (mg_str_t){ p ? p : "", p ? len : 0 }; /* kept alive by the servers table below */
-    lua_pop(w->L, 2);
-  }
+  /* the Maglev table and the sticky tokens name each server by its key in the
+   * balancer ("ip:port", "ip:port#k" for the k-th listing of one address), so a
+   * server added at run time gets its place and token like one from the config */
+  const mg_str_t *names = NULL;
   int rc = 0;
   if (policy == MG_BALANCE_HASH) {
-    lua_getfield(w->L, -2, "hash_bound");
+    lua_getfield(w->L, -1, "hash_bound");
     double bound = lua_isnumber(w->L, -1) ? lua_tonumber(w->L, -1) : INFINITY;
     lua_pop(w->L, 1);
     rc = mg_balancer_hash_init(u->bal, names, bound - 1.0);
     if (rc == 0) {
-      lua_getfield(w->L, -2, "hash_key");
+      lua_getfield(w->L, -1, "hash_key");
       u->hash_spec = xstrdup(lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "ip");
       lua_pop(w->L, 1);
-      lua_getfield(w->L, -2, "hash_key_fn");
+      lua_getfield(w->L, -1, "hash_key_fn");
       u->hash_fn = lua_isfunction(w->L, -1);
       lua_pop(w->L, 1);
       const char *err = NULL;
@@ -339,7 +421,7 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
     }
   }
   if (rc == 0 && sticky) {
-    lua_getfield(w->L, -2, "sticky");
+    lua_getfield(w->L, -1, "sticky");
     u->sticky_cookie = field_str(w->L, -1, "cookie");
     u->sticky_attrs = field_str(w->L, -1, "attrs");
     lua_getfield(w->L, -1, "secret");
@@ -349,8 +431,68 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
          : mg_balancer_sticky_init(u->bal, names, (mg_str_t){ u->name, strlen(u->name) }, (mg_str_t){ secret, secret ? slen : 0 });
     lua_pop(w->L, 2);
   }
+  return rc;
+}
+
+/* The upstream's (empty) balancer, from its `balance` (the upstream's table on top). */
+static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_getfield(w->L, -1, "balance");
+  const char *name = lua_isstring(w->L, -1) ? lua_tostring(w->L, -1) : "round_robin";
+  int policy = mg_balance_policy(name);
+  if (policy < 0) {
+    int rc = walk_fail(w, "upstream '%s': unknown balance '%s'", u->name, name);
+    lua_pop(w->L, 1);
+    return rc;
+  }
   lua_pop(w->L, 1);
-  free(names);
+  u->bal = mg_balancer_new(policy, NULL, 0);
+  if (!u->bal) return MG_ENOMEM;
+  mg_balancer_set_data_free(u->bal, free);
+  snprintf(u->bal->name, sizeof(u->bal->name), "%s", u->name);
+  return walk_hash_sticky(w, u, policy);
+}
+
+/* i12-dyn: the upstream's `servers` (its table on top) into its balancer: each
+ * entry's addresses (a name may give several: dyn.h), names kept for `resolve`. */
+static int walk_servers(walk_t *w, mg_upstream_cfg_t *u) {
+  lua_State *L = w->L;
+  u->key = field_str(L, -1, "config_key");
+  u->resolve_ms = ms(field_num(L, -1, "resolve", 0));
+  lua_getfield(L, -1, "servers");
+  int ns = (int)lua_objlen(L, -1);
+  u->names = calloc((size_t)ns + 1, sizeof(*u->names));
+  if (!u->names) {
+    lua_pop(L, 1);
+    return MG_ENOMEM;
+  }
+  int rc = 0;
+  for (int j = 0; j < ns && rc == 0; j++) {
+    lua_rawgeti(L, -1, j + 1);
+    lua_getfield(L, -1, "host");
+    const char *host = lua_tostring(L, -1);
+    int port = (int)field_num(L, -2, "port", 0);
+    double weight;
+    if (need_num_at(w, -2, "upstream server", "weight", &weight) < 0) {
+      lua_pop(L, 3);
+      return MG_ECONFIG;
+    }
+    struct sockaddr_storage addrs[MG_UPSTREAM_ADDRS];
+    int n = mg_upstream_lookup(host, port, addrs, MG_UPSTREAM_ADDRS);
+    if (n <= 0) rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
+    int from = MG_UPSTREAM_LISTED;
+    struct sockaddr_in6 lit;
+    if (rc == 0 && uv_ip4_addr(host, port, (struct sockaddr_in *)&lit) != 0 &&
+        uv_ip6_addr(host, port, &lit) != 0) { /* a name, not an IP literal: re-resolved */
+      from = u->nnames++;
+      u->names[from] = (mg_upname_t){ xstrdup(host), port, (int)weight };
+      if (!u->names[from].host) rc = MG_ENOMEM;
+    }
+    for (int k = 0; k < n && rc == 0; k++)
+      if (mg_upstream_add(u, (struct sockaddr *)&addrs[k], (int)weight, from, 0) < 0) rc = MG_ENOMEM;
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  if (rc == 0 && mg_balance_rebuild(u->bal) < 0) rc = MG_ENOMEM;
   return rc;
 }
 
@@ -358,15 +500,17 @@ static int build_balancer(walk_t *w, mg_upstream_cfg_t *u) {
 
 /* A server was ejected or came back (balance.c's event, from any thread). */
 static void peer_event(void *data, int i, const char *what) {
-  const mg_upstream_cfg_t *u = data;
-  MG_WARN(-1, "upstream %s: server %s %s", u->name, u->servers[i].text, what);
+  /* (data: the balancer, which a reload may adopt: not the generation's upstream) */
+  const mg_balancer_t *b = data;
+  const mg_server_t *s = mg_balance_data(b, i);
+  MG_WARN(-1, "upstream %s: server %s %s", b->name, s ? s->text : "?", what);
 }
 
 static int walk_health(walk_t *w, mg_upstream_cfg_t *u) {
   lua_State *L = w->L;
   mg_balancer_t *b = u->bal;
   b->event = peer_event;
-  b->event_data = u;
+  b->event_data = b;
   b->slow_start_ms = ms(field_num(L, -1, "slow_start", 0));
   lua_getfield(L, -1, "panic");
   b->panic = lua_toboolean(L, -1);
@@ -488,32 +632,8 @@ static int walk_upstreams(walk_t *w, mg_gen_t *g) {
       }
     }
     lua_pop(L, 1);
-    lua_getfield(L, -1, "servers");
-    int ns = (int)lua_objlen(L, -1);
-    u->servers = calloc((size_t)ns, sizeof(*u->servers));
-    if (!u->servers) return MG_ENOMEM;
-    u->nservers = ns;
-    for (int j = 0; j < ns; j++) {
-      mg_server_t *s = &u->servers[j];
-      lua_rawgeti(L, -1, j + 1);
-      lua_getfield(L, -1, "host");
-      const char *host = lua_tostring(L, -1);
-      int port = (int)field_num(L, -2, "port", 0);
-      double weight;
-      if (need_num_at(w, -2, "upstream server", "weight", &weight) < 0) {
-        lua_pop(L, 5);
-        return MG_ECONFIG;
-      }
-      s->weight = (int)weight;
-      if (resolve(host, port, &s->addr, &s->addrlen, s->text, sizeof(s->text)) < 0) {
-        int rc = walk_fail(w, "upstream '%s': cannot resolve '%s'", u->name, host);
-        lua_pop(L, 5);
-        return rc;
-      }
-      lua_pop(L, 2);
-    }
-    lua_pop(L, 1);
     int rc = build_balancer(w, u);
+    if (rc == 0) rc = walk_servers(w, u);
     if (rc == 0) rc = walk_health(w, u); /* i12-health */
     if (rc == 0) rc = walk_retry(w, u);
     lua_pop(L, 1);

@@ -31,10 +31,18 @@ typedef struct {
 typedef struct {
   struct sockaddr_storage addr;
   socklen_t addrlen;
-  char text[64]; /* "ip:port": logs only, never sent to clients */
-  int weight;
+  char text[64]; /* "ip:port": logs only, never sent to clients; the server's key
+                    in its balancer */
+  int weight;    /* as configured or added (the current one: the peer's weight) */
+  int from;      /* index in the upstream's names it was resolved from; < 0: none */
+  int dups;      /* the same address listed again in `servers` (dyn.c) */
 } mg_server_t;
 
+/* A host name in an upstream's `servers`, re-resolved every `resolve` seconds. */
+typedef struct {
+  char *host;
+  int port, weight;
+} mg_upname_t;
 /* i12-health: an upstream's active checks (health = {...}; core/health.c) */
 enum { MG_HEALTH_NONE, MG_HEALTH_HTTP, MG_HEALTH_TCP };
 typedef struct {
@@ -49,11 +57,10 @@ typedef struct {
 
 typedef struct {
   char *name;
-  mg_server_t *servers;
-  int nservers;
-  mg_balancer_t *bal;        /* the servers' shared state and the policy picking them;
-                                built with the generation, which owns it (NULL for
-                                mg.http's ad hoc upstreams, which never balance) */
+  mg_balancer_t *bal;        /* the servers (mg_upstream_server below), their shared
+                                state and the policy picking them; built with the
+                                generation, which holds a reference (a reload may
+                                adopt it); NULL for mg.http's ad hoc upstreams */
   int keepalive;             /* max idle pooled connections per server per worker */
   uint64_t keepalive_ms;
   mg_tls_client_t *tls;      /* NULL: plain HTTP to the servers */
@@ -84,7 +91,51 @@ typedef struct {
   uint64_t retry_buffer;     /* request body bytes kept to be sent again */
   int max_connections, max_pending, max_requests; /* circuit breakers; 0: none */
   uint64_t connect_ms, read_ms, write_ms;         /* the upstream's timeouts; 0: the global ones */
+  /* i12-dyn */
+  char *key;                 /* the normalised config (init.lua): equal keys across a
+                                reload keep the balancer (dyn.c mg_dyn_adopt) */
+  uint64_t resolve_ms;       /* re-resolve `names` this often; 0: never */
+  mg_upname_t *names;        /* host names in `servers` (IP literals are not) */
+  int nnames;
 } mg_upstream_cfg_t;
+
+/* ---- i12-dyn: an upstream's servers, by id, held by its balancer ----
+ * Names are resolved by mg_upstream_lookup: an IP literal as it is; a name listed
+ * in the file $MOONGATE_HOSTS_FILE (hosts(5) format; a test and operations
+ * override, read at each resolution) gets the addresses listed there; any other
+ * name goes to getaddrinfo (blocking, at load on the main thread, as listeners'
+ * names always were; dyn.c re-resolves with uv_getaddrinfo). A name gives every
+ * address of the first answer's family. */
+#define MG_UPSTREAM_ADDRS 64 /* addresses kept per name */
+
+/* An upstream's server `i` (an id: 0 <= i < mg_upstream_nservers(u)). */
+static inline const mg_server_t *mg_upstream_server(const mg_upstream_cfg_t *u, int i) {
+  return (const mg_server_t *)mg_balance_data(u->bal, i);
+}
+/* Ids handed out so far (drained and removed servers keep theirs). */
+static inline int mg_upstream_nservers(const mg_upstream_cfg_t *u) { return mg_balance_count(u->bal); }
+
+/* The addresses of host:port, at most `max`: their count, 0 when the name has
+ * none, -1 when the lookup failed. Blocking (main thread at load only). */
+int mg_upstream_lookup(const char *host, int port, struct sockaddr_storage *out, int max);
+
+/* Adds server `sa` with `weight` to u's balancer (`from`: index in u->names of
+ * the name it came from, -1 none, MG_UPSTREAM_LISTED an IP literal of `servers`)
+ * without publishing (`publish` 0; the caller calls mg_balance_rebuild) or
+ * publishing. The id, or MG_BALANCE_*. Unpublished, an address there already
+ * is another server (key "ip:port#k"): `servers` may list one several times. */
+#define MG_UPSTREAM_LISTED (-2)
+int mg_upstream_add(mg_upstream_cfg_t *u, const struct sockaddr *sa, int weight, int from, int publish);
+
+/* "ip:port" / "[ip6]:port" of sa (a server's key). */
+void mg_upstream_text(const struct sockaddr *sa, char *text, size_t len);
+socklen_t mg_upstream_addrlen(const struct sockaddr *sa);
+/* The addresses $MOONGATE_HOSTS_FILE lists for host (the port set): their count,
+ * or -1 when the file does not name host (or is not set). */
+int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *out, int max);
+/* Appends sa with this port to out[0..n) unless there, or of another family than
+ * out[0], or full: the new count. */
+int mg_upstream_push_addr(struct sockaddr_storage *out, int n, int max, const struct sockaddr *sa, int port);
 
 
 /* i12-split: how a route spreads its requests over several upstreams (docs/config.md
@@ -186,6 +237,7 @@ struct mg_gen_s {
   int watch;           /* reload when one of `files` changes */
   char **files;        /* proxy.lua and the files it required from its folder */
   int nfiles;
+  struct mg_dyn_res_s *resolving; /* i12-dyn: the re-resolution timers (main thread) */
 };
 
 /* Runs the config file in a fresh Lua state and builds a generation with one

@@ -19,8 +19,11 @@ struct mg_health_s {
   uv_loop_t *loop;
   mg_gen_t *gen;     /* referenced until every handle closed */
   mg_tp_ctx_t tp;
-  probe_t *probes;
-  int nprobes;
+  probe_t **probes;  /* one per server id of each checked upstream (each its own
+                        allocation: the list grows as servers are added) */
+  int nprobes, cap;
+  int *covered;      /* per upstream of gen: ids that have a probe */
+  uv_timer_t sync;   /* looks for servers added at run time, every second */
   int handles;       /* open handles (timers, transports) */
   int stopped;
 };
@@ -62,10 +65,14 @@ static uint64_t jittered(uint64_t ms) {
 
 static void handle_closed(mg_health_t *h) {
   if (--h->handles > 0 || !h->stopped) return;
+  for (int j = 0; j < h->nprobes; j++) free(h->probes[j]);
   free(h->probes);
+  free(h->covered);
   mg_gen_unref(h->gen);
   free(h);
 }
+
+static void on_sync_closed(uv_handle_t *t) { handle_closed(t->data); }
 
 static void on_timer_closed(uv_handle_t *t) { handle_closed(((probe_t *)t->data)->h); }
 
@@ -86,7 +93,7 @@ static void ev_ready(void *owner, int rc, int kind, const char *why) {
     result(p, 1, "connected");
     return;
   }
-  const char *host = c->host ? c->host : p->u->tls && p->u->tls->sni ? p->u->tls->sni : p->u->servers[p->i].text;
+  const char *host = c->host ? c->host : p->u->tls && p->u->tls->sni ? p->u->tls->sni : mg_upstream_server(p->u, p->i)->text;
   char req[2048];
   int n = snprintf(req, sizeof(req),
                    "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moongate-health\r\nConnection: close\r\n\r\n",
@@ -173,11 +180,16 @@ static void start_check(probe_t *p) {
     uv_timer_start(&p->timer, on_timer, 10, 0);
     return;
   }
+  if (atomic_load_explicit(&mg_balance_peer(u->bal, p->i)->flags, memory_order_relaxed) & MG_PEER_REMOVED) {
+    /* removed at run time: not probed while it stays removed */
+    uv_timer_start(&p->timer, on_timer, jittered(u->health.interval_ms), 0);
+    return;
+  }
   p->busy = 1;
   p->got = p->llen = 0;
   p->tp_open = 1;
   h->handles++;
-  int rc = mg_tp_connect(&p->tp, &h->tp, &p->creq, (const struct sockaddr *)&u->servers[p->i].addr,
+  int rc = mg_tp_connect(&p->tp, &h->tp, &p->creq, (const struct sockaddr *)&mg_upstream_server(u, p->i)->addr,
                          &probe_events, p);
   if (rc < 0) {
     char cause[160];
@@ -229,58 +241,90 @@ static void result(probe_t *p, int ok, const char *cause) {
   if (change) {
     p->up = ok;
     mg_peer_set_down(p->u->bal, p->i, !ok);
-    MG_WARN(-1, "upstream %s: server %s %s (%s)", p->u->name, p->u->servers[p->i].text,
+    MG_WARN(-1, "upstream %s: server %s %s (%s)", p->u->name, mg_upstream_server(p->u, p->i)->text,
             ok ? "down -> up" : "up -> down", cause);
   }
   if (!p->h->stopped) uv_timer_start(&p->timer, on_timer, jittered(c->interval_ms), 0);
 }
 
+/* Probes for u's ids from h->covered[k] on (servers added at run time too). A
+ * server starts as its peer state says (a reload that adopted the balancer
+ * carries the old checks' verdicts over). -1: out of memory. */
+static int cover(mg_health_t *h, int k) {
+  const mg_upstream_cfg_t *u = &h->gen->upstreams[k];
+  int n = mg_upstream_nservers(u);
+  for (int i = h->covered[k]; i < n; i++) {
+    if (h->nprobes == h->cap) {
+      int cap = h->cap ? h->cap * 2 : 16;
+      probe_t **np = realloc(h->probes, (size_t)cap * sizeof(*np));
+      if (!np) return -1;
+      h->probes = np;
+      h->cap = cap;
+    }
+    probe_t *p = calloc(1, sizeof(*p));
+    if (!p) return -1;
+    h->probes[h->nprobes++] = p;
+    h->covered[k] = i + 1;
+    p->h = h;
+    p->u = u;
+    p->i = i;
+    p->up = !(atomic_load_explicit(&mg_balance_peer(u->bal, i)->flags, memory_order_relaxed) & MG_PEER_DOWN);
+    uv_timer_init(h->loop, &p->timer);
+    p->timer.data = p;
+    h->handles++;
+    /* the first check at a random point of the first interval */
+    uint64_t iv = u->health.interval_ms;
+    uv_timer_start(&p->timer, on_timer, iv ? next_rand() % iv : 0, 0);
+  }
+  return 0;
+}
+
+static int checked(const mg_upstream_cfg_t *u) { return u->health.type != MG_HEALTH_NONE && u->bal; }
+
+static void on_sync(uv_timer_t *t) {
+  mg_health_t *h = t->data;
+  if (h->stopped) return;
+  for (int k = 0; k < h->gen->nupstreams; k++)
+    if (checked(&h->gen->upstreams[k]) && cover(h, k) < 0) {
+      MG_ERR(-1, "health checks: out of memory: upstream %s: servers added are not checked",
+             h->gen->upstreams[k].name);
+      return;
+    }
+}
+
 mg_health_t *mg_health_start(uv_loop_t *loop, mg_gen_t *g) {
-  int n = 0;
-  for (int k = 0; k < g->nupstreams; k++)
-    if (g->upstreams[k].health.type != MG_HEALTH_NONE && g->upstreams[k].bal) n += g->upstreams[k].nservers;
-  if (n == 0) return NULL;
+  int any = 0;
+  for (int k = 0; k < g->nupstreams; k++) any |= checked(&g->upstreams[k]);
+  if (!any) return NULL;
   mg_health_t *h = calloc(1, sizeof(*h));
-  probe_t *probes = calloc((size_t)n, sizeof(*probes));
-  if (!h || !probes) {
+  int *covered = calloc((size_t)g->nupstreams, sizeof(int));
+  if (!h || !covered) {
     free(h);
-    free(probes);
+    free(covered);
     MG_ERR(-1, "health checks: out of memory: not started");
     return NULL;
   }
   mg_gen_ref(g);
   h->loop = loop;
   h->gen = g;
-  h->probes = probes;
-  h->nprobes = n;
+  h->covered = covered;
   h->tp = (mg_tp_ctx_t){ .loop = loop, .rbuf = rbuf, .rcap = sizeof(rbuf), .tbuf = tbuf, .tcap = sizeof(tbuf),
                          .net = NULL, .pipe = { -1, -1 } };
-  int j = 0;
-  for (int k = 0; k < g->nupstreams; k++) {
-    const mg_upstream_cfg_t *u = &g->upstreams[k];
-    if (u->health.type == MG_HEALTH_NONE || !u->bal) continue;
-    for (int i = 0; i < u->nservers; i++, j++) {
-      probe_t *p = &probes[j];
-      p->h = h;
-      p->u = u;
-      p->i = i;
-      p->up = 1;
-      uv_timer_init(loop, &p->timer);
-      p->timer.data = p;
-      h->handles++;
-      /* the first check at a random point of the first interval */
-      uint64_t iv = u->health.interval_ms;
-      uv_timer_start(&p->timer, on_timer, iv ? next_rand() % iv : 0, 0);
-    }
-  }
+  uv_timer_init(loop, &h->sync);
+  h->sync.data = h;
+  h->handles++;
+  uv_timer_start(&h->sync, on_sync, 1000, 1000);
+  on_sync(&h->sync);
   return h;
 }
 
 void mg_health_stop(mg_health_t *h) {
   if (!h) return;
   h->stopped = 1;
+  uv_timer_stop(&h->sync);
+  uv_close((uv_handle_t *)&h->sync, on_sync_closed);
   for (int j = 0; j < h->nprobes; j++) {
-    probe_t *p = &h->probes[j];
+    probe_t *p = h->probes[j];
     p->busy = 0;
     uv_timer_stop(&p->timer);
     uv_close((uv_handle_t *)&p->timer, on_timer_closed);

@@ -6,7 +6,10 @@
  * settings). After `fall` failures in a row a server is marked down
  * (MG_PEER_DOWN in its balancer's shared peer state, which every worker's picks
  * skip), after `rise` successes in a row up again; one log line per change.
- * Servers start up. A check set belongs to one config generation and holds a
+ * Servers start up (or as their shared state says, when a reload adopted the
+ * balancer: the verdicts carry over). Servers added at run time (mg.upstreams,
+ * re-resolution) get probes within a second; removed ones are not probed while
+ * they stay removed. A check set belongs to one config generation and holds a
  * reference to it, so that no probe outlives the balancers it writes to. */
 #ifndef MG_HEALTH_H
 #define MG_HEALTH_H

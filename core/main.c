@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "dyn.h"
 #include "health.h"
 #include "log.h"
 #include "luavm.h"
@@ -115,6 +116,7 @@ static void reload(const char *why) {
     MG_ERR(-1, "reload (%s) failed, the old config keeps serving: %s", why, err);
     return;
   }
+  mg_dyn_adopt(ng, M.gen); /* unchanged upstreams keep their servers and state */
   if (ng->workers != M.nworkers || strcmp(ng->pid ? ng->pid : "", M.gen->pid ? M.gen->pid : "") != 0)
     MG_WARN(-1, "reload: workers and pid take effect at the next start");
   int n = M.nworkers, ok = open_shared(ng) == 0;
@@ -165,7 +167,9 @@ static void reload(const char *why) {
   for (int w = 0; w < n; w++) mg_worker_reload(&M.workers[w], rls[w]);
   free(rls);
   mg_gen_t *old = M.gen;
+  mg_dyn_resolve_stop(old);
   M.gen = ng;
+  mg_dyn_resolve_start(M.loop, ng);
   /* the old generation's checks stop (they hold it until their handles closed) */
   mg_health_stop(M.health);
   M.health = mg_health_start(M.loop, ng);
@@ -315,6 +319,7 @@ static int run(mg_gen_t *g) {
   }
   MG_INFO(-1, "moongate %s: %d worker(s), listening on %s", MG_VERSION, n, addrs);
   watch_files();
+  mg_dyn_resolve_start(M.loop, g);
   M.health = mg_health_start(M.loop, g);
   uv_timer_t watchdog;
   uv_timer_init(M.loop, &watchdog);
@@ -335,6 +340,7 @@ static int run(mg_gen_t *g) {
   uv_close((uv_handle_t *)&M.sig_hup, NULL);
   M.gen->watch = 0;
   watch_files();
+  mg_dyn_resolve_stop(M.gen);
   uv_run(M.loop, UV_RUN_DEFAULT);
   watch_files(); /* frees the last retired handles */
   mg_outq_free_spares(); /* the health checks' output blocks */

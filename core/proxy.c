@@ -317,7 +317,7 @@ static void access_log(mg_req_t *r) {
   cJSON_AddNumberToObject(o, "bytes_in", (double)r->bytes_in);
   cJSON_AddNumberToObject(o, "bytes_out", (double)r->bytes_out);
   if (r->server >= 0 && r->upstream >= 0) {
-    cJSON_AddStringToObject(o, "upstream", r->gen->upstreams[r->upstream].servers[r->server].text);
+    cJSON_AddStringToObject(o, "upstream", mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text);
     uint64_t end = r->t_up_end ? r->t_up_end : uv_hrtime();
     cJSON_AddNumberToObject(o, "upstream_time", (double)(end - r->t_up_start) / 1e9);
   } else {
@@ -865,7 +865,7 @@ static int build_upstream_head(mg_req_t *r) {
     HW_LIT(q, "Host: ");
     if (r->host.len) hw_put(q, r->host.p, r->host.len);
     else {
-      const char *t = u->servers[r->server >= 0 ? r->server : 0].text;
+      const char *t = mg_upstream_server(u, r->server >= 0 ? r->server : 0)->text;
       hw_put(q, t, strlen(t));
     }
     HW_LIT(q, "\r\n");
@@ -1511,14 +1511,19 @@ static void attempt_failed(mg_req_t *r) {
   attempt_end(r);
 }
 
-/* Marks server s tried. Upstreams of more than 64 servers keep a bitmap in the
- * request's arena, made at the first mark. -1: out of memory. */
+/* Marks server s tried. Up to id 63 a word does; past it a bitmap in the
+ * request's arena, made at the first such mark and grown (copied) when servers
+ * added at run time bring bigger ids. -1: out of memory. */
 static int tried_mark(mg_req_t *r, int s, int nservers) {
-  if (nservers > 64 && !r->tried.map) {
-    size_t words = ((size_t)nservers + 63) / 64;
-    r->tried.map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
-    if (!r->tried.map) return -1;
-    memset(r->tried.map, 0, words * sizeof(uint64_t));
+  if (!mg_tried_fits(&r->tried, s)) {
+    uint32_t words = (uint32_t)(((nservers > s ? nservers : s + 1) + 63) / 64);
+    uint64_t *map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
+    if (!map) return -1;
+    memset(map, 0, words * sizeof(uint64_t));
+    if (r->tried.map) memcpy(map, r->tried.map, r->tried.words * sizeof(uint64_t));
+    else map[0] = r->tried.bits;
+    r->tried.map = map;
+    r->tried.words = words;
   }
   if (!mg_tried_has(&r->tried, s)) r->ntried++;
   mg_tried_set(&r->tried, s);
@@ -1599,7 +1604,7 @@ static void append_sticky(mg_req_t *r, hw_t *q) {
   if (r->sticky_srv == r->server + 1) return;
   static const char hex[] = "0123456789abcdef";
   char tok[16];
-  uint64_t t = u->bal->tok[r->server];
+  uint64_t t = mg_balance_peer(u->bal, r->server)->tok;
   for (int i = 15; i >= 0; i--, t >>= 4) tok[i] = hex[t & 15];
   HW_LIT(q, "Set-Cookie: ");
   hw_put(q, u->sticky_cookie, strlen(u->sticky_cookie));
@@ -1627,7 +1632,7 @@ static int no_server_usable(mg_req_t *r, const mg_upstream_cfg_t *u) {
                                                                     memory_order_relaxed, memory_order_relaxed)) {
     if (!b->panic) MG_WARN(r->w->id, "upstream %s: no server available: 503", u->name);
     else if (s >= 0) MG_WARN(r->w->id, "upstream %s: no server available, panic: trying %s anyway", u->name,
-                             u->servers[s].text);
+                             mg_upstream_server(u, s)->text);
   }
   if (b->panic) return s;
   mg_proxy_error(r, 503, 0);
@@ -1746,7 +1751,7 @@ static int retry_next(mg_req_t *r, int cond, int status) {
              r->rb_over ? "its body outgrew retry.buffer" : "not idempotent (route idempotent = true allows it)");
     return 0;
   }
-  int cap = u->retry_tries ? u->retry_tries : u->nservers;
+  int cap = u->retry_tries ? u->retry_tries : mg_balance_members(u->bal);
   if (r->tries >= cap) return 0;
   if (cond == MG_RETRY_CONNECT) { /* a connect that failed cost no server any work: no
                                      budget (one server down must not turn a third of the
@@ -1782,8 +1787,8 @@ static void rtimer_fired(mg_timer_t *t);
 static void retry_start(mg_req_t *r) {
   const mg_upstream_cfg_t *u = req_up(r);
   uint64_t delay = 0;
-  if (r->ntried >= u->nservers) {
-    if (r->tried.map) memset(r->tried.map, 0, (((size_t)u->nservers + 63) / 64) * sizeof(uint64_t));
+  if (r->ntried >= mg_balance_members(u->bal)) {
+    if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
     r->tried.bits = 0;
     r->ntried = 0;
     if (u->backoff_base_ms) {
@@ -1881,16 +1886,21 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
         }
       }
       balanced = 0;
-      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick)) s = r->pick;
+      /* (a server down or ejected is used when the hook says so; one drained or
+       * removed is not: the policy picks instead) */
+      if (r->pick >= 0 && !mg_tried_has(&r->tried, r->pick) &&
+          !(atomic_load_explicit(&mg_balance_peer(u->bal, r->pick)->flags, memory_order_relaxed) &
+            (MG_PEER_DRAINING | MG_PEER_REMOVED)))
+        s = r->pick;
     }
     if (s < 0 && u->sticky_cookie) {
       int k = sticky_lookup(r, u) - 1;
       if (k >= 0 && !mg_tried_has(&r->tried, k) && mg_balance_usable(u->bal, k)) s = k;
     }
     if (s < 0) s = policy_pick(r, u);
-    if (s < 0 && r->ntried && r->ntried < u->nservers && r->tries < u->retry_tries) {
+    if (s < 0 && r->ntried && r->ntried < mg_balance_members(u->bal) && r->tries < u->retry_tries) {
       /* those not tried may not be picked: a new round among the rest */
-      if (r->tried.map) memset(r->tried.map, 0, (((size_t)u->nservers + 63) / 64) * sizeof(uint64_t));
+      if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
       r->tried.bits = 0;
       r->ntried = 0;
       s = policy_pick(r, u);
@@ -1900,7 +1910,7 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
       return 0;
     }
-    if (tried_mark(r, s, u->nservers) < 0) {
+    if (tried_mark(r, s, mg_upstream_nservers(u)) < 0) {
       mg_proxy_error(r, 500, 0);
       return 0;
     }
@@ -1936,7 +1946,7 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       return breaker_open(r, "max_connections", u->max_connections);
     }
     attempt_begin(r, s);
-    int rc = mg_upstream_get(r->w, &link, u, &u->servers[s]);
+    int rc = mg_upstream_get(r->w, &link, u, mg_upstream_server(u, s));
     if (rc >= 0 && r->complete) per_try_arm(r);
     if (rc == 1) {
       up_ready(r);
@@ -1954,7 +1964,7 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
       return 0;
     }
     attempt_failed(r);
-    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, u->servers[s].text, uv_strerror(rc));
+    MG_WARN(r->w->id, "req %s: upstream %s: %s", r->id, mg_upstream_server(u, s)->text, uv_strerror(rc));
     /* nothing went out: a failed connect (the queued request waits in r->upq) */
     if (!retry_next(r, MG_RETRY_CONNECT, 0)) {
       mg_proxy_error(r, r->timed_out ? 504 : 502, 0);
@@ -1984,7 +1994,7 @@ static void up_ready(void *owner) {
 static void up_failed(void *owner, int connect, int timeout, int stale) {
   mg_req_t *r = owner;
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
-  const char *peer = u->servers[r->server].text;
+  const char *peer = mg_upstream_server(u, r->server)->text;
   if (r->upc) mg_upstream_release(r->upc, 0);
   if (stale && !connect) attempt_end(r); /* a pooled connection the server had closed:
                                             not the server's failure */
@@ -2100,7 +2110,7 @@ static int check_response_headers(mg_req_t *r, const mg_head_t *h, const char *p
 
 static const char *peer_text(const mg_req_t *r) {
   if (r->upstream < 0 || r->server < 0) return "-";
-  return r->gen->upstreams[r->upstream].servers[r->server].text;
+  return mg_upstream_server(&r->gen->upstreams[r->upstream], r->server)->text;
 }
 
 /* Header lines of a response head as they go to the client (resp_header_skipped

@@ -421,20 +421,54 @@ int mg_upstream_tls_session(void *owner, SSL_SESSION *session) {
   return 1;
 }
 
+/* FNV-1a over the address and the TLS id: the pool's key. */
+static uint32_t pool_hash(const struct sockaddr_storage *addr, socklen_t len, const uint8_t *id) {
+  uint32_t h = 2166136261u;
+  const uint8_t *a = (const uint8_t *)addr;
+  for (socklen_t i = 0; i < len; i++) h = (h ^ a[i]) * 16777619u;
+  for (int i = 0; i < 32; i++) h = (h ^ id[i]) * 16777619u;
+  return h;
+}
+
+/* Doubles the worker's table of pools (chains rehashed); -1: out of memory (the
+ * old table stays, only longer chains). */
+static int pool_grow(mg_worker_t *w) {
+  uint32_t cap = w->pool_cap ? w->pool_cap * 2 : 64;
+  mg_pool_t **tab = calloc(cap, sizeof(*tab));
+  if (!tab) return -1;
+  for (mg_pool_t *p = w->pools; p; p = p->next) {
+    p->hnext = tab[p->hash & (cap - 1)];
+    tab[p->hash & (cap - 1)] = p;
+  }
+  free(w->pool_tab);
+  w->pool_tab = tab;
+  w->pool_cap = cap;
+  return 0;
+}
+
+/* The worker's pool for server s under these TLS settings, made at first use:
+ * O(1) expected however many addresses the upstreams have. */
 static mg_pool_t *pool_for(mg_worker_t *w, const mg_server_t *s, const mg_tls_client_t *tls) {
   static const uint8_t plain[32];
   const uint8_t *id = tls ? tls->id : plain;
-  for (mg_pool_t *p = w->pools; p; p = p->next)
-    if (memcmp(p->tls_id, id, 32) == 0 && p->addrlen == s->addrlen &&
-        memcmp(&p->addr, &s->addr, s->addrlen) == 0)
-      return p;
+  uint32_t h = pool_hash(&s->addr, s->addrlen, id);
+  if (w->pool_tab)
+    for (mg_pool_t *p = w->pool_tab[h & (w->pool_cap - 1)]; p; p = p->hnext)
+      if (p->hash == h && memcmp(p->tls_id, id, 32) == 0 && p->addrlen == s->addrlen &&
+          memcmp(&p->addr, &s->addr, s->addrlen) == 0)
+        return p;
+  if ((w->npools + 1 > w->pool_cap) && pool_grow(w) < 0 && !w->pool_tab) return NULL;
   mg_pool_t *p = calloc(1, sizeof(*p));
   if (!p) return NULL;
   memcpy(p->tls_id, id, 32);
   memcpy(&p->addr, &s->addr, s->addrlen);
   p->addrlen = s->addrlen;
+  p->hash = h;
   p->next = w->pools;
   w->pools = p;
+  p->hnext = w->pool_tab[h & (w->pool_cap - 1)];
+  w->pool_tab[h & (w->pool_cap - 1)] = p;
+  w->npools++;
   return p;
 }
 
@@ -607,4 +641,7 @@ void mg_upstream_free_pools(mg_worker_t *w) {
     p = next;
   }
   w->pools = NULL;
+  free(w->pool_tab);
+  w->pool_tab = NULL;
+  w->pool_cap = w->npools = 0;
 }

@@ -23,6 +23,8 @@ enum {
 
 struct mg_pool_s {
   mg_pool_t *next;
+  mg_pool_t *hnext;           /* the worker's hash chain (upstream.c pool_for) */
+  uint32_t hash;
   struct sockaddr_storage addr;
   socklen_t addrlen;
   uint8_t tls_id[32];         /* part of the key: mg_tls_client_t.id, all zero for plain

@@ -73,6 +73,8 @@ struct mg_worker_s {
   uint64_t refused_logged; /* loop time (ms) of the last "connection refused" line */
   uint64_t refused_quiet;  /* refusals since then, not logged one by one */
   mg_pool_t *pools;     /* upstream keep-alive pools, one per server address */
+  mg_pool_t **pool_tab; /* the same, hashed by (address, TLS id): pool_cap chains */
+  uint32_t pool_cap, npools;
   mg_req_t *spare_reqs; /* finished requests kept for reuse (proxy.c) */
   void *spare_parsers[16]; /* request codecs (mg_h1_t) of idle connections, kept for reuse (conn.c) */
   int nspare_parsers;

@@ -357,7 +357,9 @@ Origin.__index = Origin
 -- client certificates; the echo's tls.client is the CN), client = "required" |
 -- "optional" (default) }: the main port speaks TLS; the control port stays plain),
 -- proxy_protocol (true: every connection must begin with a PROXY protocol v1/v2
--- header, before TLS; /echo reports it as "proxy" and "proxy_headers"),
+-- header, before TLS; /echo reports it as "proxy" and "proxy_headers"), host (the
+-- main port's loopback address, default 127.0.0.1: origins on 127.0.0.2 etc. may
+-- share a port),
 -- status_file (true: Origin:force_status(n) makes it answer every request with n).
 -- as_path (every request is answered as one for this path: "/status/503",
 -- "/reset-rst", "/slow-head/2": a fault in one origin of several).
@@ -375,6 +377,7 @@ function helpers.origin(opts)
   local argv = { helpers.python, helpers.origin_script, "--name", name,
                  "--port-file", o.port_file, "--log", o.log }
   if opts.port then argv[#argv + 1] = "--port" argv[#argv + 1] = tostring(opts.port) end
+  if opts.host then argv[#argv + 1] = "--host" argv[#argv + 1] = opts.host end
   if opts.blackhole then argv[#argv + 1] = "--blackhole" end
   if opts.delay then argv[#argv + 1] = "--delay" argv[#argv + 1] = tostring(opts.delay) end
   if opts.proxy_protocol then argv[#argv + 1] = "--proxy-protocol" end
@@ -407,7 +410,7 @@ function helpers.origin(opts)
   end
   local p, c = content:match("^(%d+) (%d+)")
   o.port, o.ctrl = tonumber(p), tonumber(c)
-  o.addr = "127.0.0.1:" .. o.port
+  o.addr = (opts.host or "127.0.0.1") .. ":" .. o.port
   return o
 end
 

@@ -1,5 +1,7 @@
 /* core/balance.c: the round robin schedule, the policies over shared peer state,
  * and the tried-servers set past 64 servers. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,7 +26,7 @@ static void rr_weights_interleave(void) {
   for (int i = 0; i < 8; i++) seq[i] = mg_balance_pick(b, NULL, &rng);
   int want[8] = { 1, 0, 1, 1, 1, 0, 1, 1 };
   for (int i = 0; i < 8; i++) CHECK(seq[i] == want[i]);
-  CHECK(b->nschedule == 4);
+  CHECK(mg_balance_snap(b)->nschedule == 4);
   mg_balancer_free(b);
 }
 
@@ -34,18 +36,18 @@ static void rr_weights_interleave(void) {
 static void rr_cycle_exact(void) {
   int w[] = { 5, 2, 3, 1 };
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, 4);
-  CHECK(b->nschedule == 11);
+  CHECK(mg_balance_snap(b)->nschedule == 11);
   int count[4] = { 0 };
-  for (uint32_t i = 0; i < b->nschedule; i++) count[b->schedule[i]]++;
+  for (uint32_t i = 0; i < mg_balance_snap(b)->nschedule; i++) count[mg_balance_snap(b)->schedule[i]]++;
   for (int i = 0; i < 4; i++) CHECK(count[i] == w[i]);
   /* server 0 (5 of 11) never twice in a row more than once per cycle */
   int runs = 0;
-  for (uint32_t i = 0; i + 1 < b->nschedule; i++) runs += b->schedule[i] == 0 && b->schedule[i + 1] == 0;
+  for (uint32_t i = 0; i + 1 < mg_balance_snap(b)->nschedule; i++) runs += mg_balance_snap(b)->schedule[i] == 0 && mg_balance_snap(b)->schedule[i + 1] == 0;
   CHECK(runs <= 1);
   mg_balancer_free(b);
   int w2[] = { 100, 300 };
   b = make(MG_BALANCE_ROUND_ROBIN, w2, 2);
-  CHECK(b->nschedule == 4);
+  CHECK(mg_balance_snap(b)->nschedule == 4);
   mg_balancer_free(b);
 }
 
@@ -55,7 +57,7 @@ static void rr_ten_thousand(void) {
   int *w = malloc(N * sizeof(int));
   for (int i = 0; i < N; i++) w[i] = 1;
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
-  CHECK(b->nschedule == N);
+  CHECK(mg_balance_snap(b)->nschedule == N);
   char *seen = calloc(N, 1);
   uint64_t rng = 1;
   for (int i = 0; i < N; i++) {
@@ -74,9 +76,9 @@ static void rr_schedule_bounded(void) {
   int *w = malloc(N * sizeof(int));
   for (int i = 0; i < N; i++) w[i] = i % 2 ? 1000 : 999;
   mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, N);
-  CHECK(b->nschedule <= MG_BALANCE_SCHEDULE_MAX + N);
+  CHECK(mg_balance_snap(b)->nschedule <= MG_BALANCE_SCHEDULE_MAX + N);
   int *count = calloc(N, sizeof(int));
-  for (uint32_t i = 0; i < b->nschedule; i++) count[b->schedule[i]]++;
+  for (uint32_t i = 0; i < mg_balance_snap(b)->nschedule; i++) count[mg_balance_snap(b)->schedule[i]]++;
   for (int i = 0; i < N; i++) CHECK(count[i] >= 1);
   free(count);
   mg_balancer_free(b);
@@ -89,7 +91,7 @@ static void tried_past_64(void) {
   int w[N];
   for (int i = 0; i < N; i++) w[i] = 1;
   uint64_t map[(N + 63) / 64] = { 0 };
-  mg_tried_t t = { 0, map };
+  mg_tried_t t = { 0, map, (N + 63) / 64 };
   int policies[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
   for (int p = 0; p < 4; p++) {
     mg_balancer_t *b = make(policies[p], w, N);
@@ -149,13 +151,13 @@ static void p2c_slow_fades(void) {
   uint64_t rng = 5;
   for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
   /* its sample is 60 s old now (the clock as balance.c reads it) */
-  uint32_t at = atomic_load(&b->peers[0].ewma_at);
-  atomic_store(&b->peers[0].ewma_at, at - 60000u);
+  uint32_t at = atomic_load(&mg_balance_peer(b, 0)->ewma_at);
+  atomic_store(&mg_balance_peer(b, 0)->ewma_at, at - 60000u);
   for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 0);
   /* one fresh slow answer and it is avoided again: the stale average counted
    * as faded (24 us), the new sample (100 ms) weighs 1/8 of it: 12.5 ms */
   mg_peer_answered(b, 0, 100000);
-  CHECK(atomic_load(&b->peers[0].ewma_us) > 12000 && atomic_load(&b->peers[0].ewma_us) < 13000);
+  CHECK(atomic_load(&mg_balance_peer(b, 0)->ewma_us) > 12000 && atomic_load(&mg_balance_peer(b, 0)->ewma_us) < 13000);
   for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 1);
   mg_balancer_free(b);
 }
@@ -200,7 +202,7 @@ static void hash_pick(void) {
   int s = mg_balance_pick_hash(b, NULL, h);
   CHECK(s >= 0 && s < 4);
   for (int i = 0; i < 10; i++) CHECK(mg_balance_pick_hash(b, NULL, h) == s);
-  mg_tried_t t = { 0, NULL };
+  mg_tried_t t = { 0, NULL, 0 };
   mg_tried_set(&t, s);
   int s2 = mg_balance_pick_hash(b, &t, h);
   CHECK(s2 >= 0 && s2 != s);
@@ -236,10 +238,11 @@ static void sticky_tokens(void) {
   CHECK(mg_balancer_sticky_init(b2, names, (mg_str_t){ "api", 3 }, (mg_str_t){ "t", 1 }) == 0);
   CHECK(mg_balancer_sticky_init(b3, names, (mg_str_t){ "web", 3 }, (mg_str_t){ "s", 1 }) == 0);
   for (int i = 0; i < N; i++) {
-    CHECK(mg_balance_sticky_find(b, b->tok[i]) == i);
-    CHECK(b->tok[i] != b2->tok[i] && b->tok[i] != b3->tok[i]);
+    CHECK(mg_balance_sticky_find(b, mg_balance_peer(b, i)->tok) == i);
+    CHECK(mg_balance_peer(b, i)->tok != mg_balance_peer(b2, i)->tok && mg_balance_peer(b, i)->tok != mg_balance_peer(b3, i)->tok);
   }
-  CHECK(mg_balance_sticky_find(b, b2->tok[0]) == -1 || b2->tok[0] == b->tok[mg_balance_sticky_find(b, b2->tok[0])]);
+  CHECK(mg_balance_sticky_find(b, mg_balance_peer(b2, 0)->tok) == -1 ||
+        mg_balance_peer(b2, 0)->tok == mg_balance_peer(b, mg_balance_sticky_find(b, mg_balance_peer(b2, 0)->tok))->tok);
   mg_balancer_free(b);
   mg_balancer_free(b2);
   mg_balancer_free(b3);
@@ -258,26 +261,26 @@ static void skips_unusable(void) {
   for (int k = 0; k < 4; k++)
     for (int v = 0; v < 2; v++) {
       mg_balancer_t *b = make(pol[k], v ? w : one, 5);
-      atomic_store(&b->peers[1].flags, MG_PEER_DOWN);
-      atomic_store(&b->peers[3].flags, MG_PEER_EJECTED);
-      atomic_store(&b->peers[3].until_ms, mg_balance_now_ms() + 60000);
+      atomic_store(&mg_balance_peer(b, 1)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 3)->flags, MG_PEER_EJECTED);
+      atomic_store(&mg_balance_peer(b, 3)->until_ms, mg_balance_now_ms() + 60000);
       uint64_t rng = 7;
       int count[5] = { 0 };
       for (int i = 0; i < 3000; i++) count[mg_balance_pick(b, NULL, &rng)]++;
       CHECK(count[1] == 0 && count[3] == 0);
       CHECK(count[0] > 0 && count[2] > 0 && count[4] > 0);
-      mg_tried_t t = { 0, NULL };
+      mg_tried_t t = { 0, NULL, 0 };
       mg_tried_set(&t, 0);
       mg_tried_set(&t, 2);
       for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, &t, &rng) == 4);
       mg_tried_set(&t, 4);
       CHECK(mg_balance_pick(b, &t, &rng) == -1);
-      atomic_store(&b->peers[0].flags, MG_PEER_DOWN);
-      atomic_store(&b->peers[2].flags, MG_PEER_DOWN);
-      atomic_store(&b->peers[4].flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 0)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 2)->flags, MG_PEER_DOWN);
+      atomic_store(&mg_balance_peer(b, 4)->flags, MG_PEER_DOWN);
       CHECK(mg_balance_pick(b, NULL, &rng) == -1);
       /* panic: the fewest failures, usable or not */
-      for (int i = 0; i < 5; i++) atomic_store(&b->peers[i].fails, 5 - i);
+      for (int i = 0; i < 5; i++) atomic_store(&mg_balance_peer(b, i)->fails, 5 - i);
       CHECK(mg_balance_pick_any(b, NULL, &rng) == 4);
       CHECK(mg_balance_pick_any(b, &t, &rng) == 3);
       mg_balancer_free(b);
@@ -309,13 +312,13 @@ static void ejection(void) {
   for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 503);
   mg_peer_status(b, 0, 200);
   for (int i = 0; i < 4; i++) mg_peer_status(b, 0, 500);
-  CHECK(mg_peer_usable(&b->peers[0]));
+  CHECK(mg_peer_usable(mg_balance_peer(b, 0)));
   mg_peer_failed(b, 0); /* a failed attempt counts too */
-  CHECK(!mg_peer_usable(&b->peers[0]) && ev.n == 1);
+  CHECK(!mg_peer_usable(mg_balance_peer(b, 0)) && ev.n == 1);
   CHECK(strstr(ev.last, "0 ejected for 1s") == ev.last);
   for (int i = 0; i < 5; i++) mg_peer_status(b, 1, 502);
   for (int i = 0; i < 5; i++) mg_peer_status(b, 2, 502); /* 3 of 4 would pass 50 % */
-  CHECK(!mg_peer_usable(&b->peers[1]) && mg_peer_usable(&b->peers[2]));
+  CHECK(!mg_peer_usable(mg_balance_peer(b, 1)) && mg_peer_usable(mg_balance_peer(b, 2)));
   CHECK(atomic_load(&b->nejected) == 2 && ev.n == 2);
   uint64_t rng = 3;
   for (int i = 0; i < 100; i++) {
@@ -323,23 +326,23 @@ static void ejection(void) {
     CHECK(s == 2 || s == 3);
   }
   /* time passes: the ejection is over for the first pick that looks */
-  atomic_store(&b->peers[0].until_ms, mg_balance_now_ms() - 1);
+  atomic_store(&mg_balance_peer(b, 0)->until_ms, mg_balance_now_ms() - 1);
   int seen0 = 0;
   for (int i = 0; i < 8; i++) seen0 += mg_balance_pick(b, NULL, &rng) == 0;
-  CHECK(seen0 == 2 && mg_peer_usable(&b->peers[0]) && atomic_load(&b->nejected) == 1);
+  CHECK(seen0 == 2 && mg_peer_usable(mg_balance_peer(b, 0)) && atomic_load(&b->nejected) == 1);
   CHECK(strcmp(ev.last, "0 back from ejection") == 0);
   for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
   CHECK(strstr(ev.last, "0 ejected for 2s") == ev.last); /* base x 2 */
-  uint64_t len = atomic_load(&b->peers[0].until_ms) - mg_balance_now_ms();
+  uint64_t len = atomic_load(&mg_balance_peer(b, 0)->until_ms) - mg_balance_now_ms();
   CHECK(len > 1900 && len <= 2000);
   /* the cap: 10 x base */
   for (int k = 0; k < 12; k++) {
-    atomic_store(&b->peers[0].until_ms, mg_balance_now_ms() - 1);
+    atomic_store(&mg_balance_peer(b, 0)->until_ms, mg_balance_now_ms() - 1);
     mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng), mg_balance_pick(b, NULL, &rng);
     mg_balance_pick(b, NULL, &rng);
     for (int i = 0; i < 5; i++) mg_peer_status(b, 0, 500);
   }
-  len = atomic_load(&b->peers[0].until_ms) - mg_balance_now_ms();
+  len = atomic_load(&mg_balance_peer(b, 0)->until_ms) - mg_balance_now_ms();
   CHECK(len > 9900 && len <= 10000);
   mg_balancer_free(b);
 }
@@ -353,9 +356,9 @@ static void slow_start(void) {
     mg_balancer_t *b = make(pol[k], w, 2);
     b->slow_start_ms = 60000;
     mg_peer_set_down(b, 0, 1);
-    CHECK(!mg_peer_usable(&b->peers[0]));
+    CHECK(!mg_peer_usable(mg_balance_peer(b, 0)));
     mg_peer_set_down(b, 0, 0);
-    CHECK(mg_peer_usable(&b->peers[0]) && atomic_load(&b->peers[0].slow_ms) != 0);
+    CHECK(mg_peer_usable(mg_balance_peer(b, 0)) && atomic_load(&mg_balance_peer(b, 0)->slow_ms) != 0);
     uint64_t rng = 99;
     int c0 = 0;
     for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
@@ -363,12 +366,243 @@ static void slow_start(void) {
      * 0.1 against 1 (1/11 of picks); p2c: its score is 10 x worse, so idle it
      * loses every comparison */
     CHECK(pol[k] == MG_BALANCE_P2C ? c0 < 100 : c0 > 300 && c0 < 1100);
-    atomic_store(&b->peers[0].slow_ms, mg_balance_now_ms() - 60001);
+    atomic_store(&mg_balance_peer(b, 0)->slow_ms, mg_balance_now_ms() - 60001);
     c0 = 0;
     for (int i = 0; i < 10000; i++) c0 += mg_balance_pick(b, NULL, &rng) == 0;
     CHECK(c0 > 4500 && c0 < 5500);
-    CHECK(atomic_load(&b->peers[0].slow_ms) == 0);
+    CHECK(atomic_load(&mg_balance_peer(b, 0)->slow_ms) == 0);
     mg_balancer_free(b);
+  }
+}
+
+
+/* ---- dynamic membership (ids, snapshots) ---- */
+
+static void key_of(char *k, size_t n, int i) { snprintf(k, n, "10.%d.%d.%d:80", i >> 16, (i >> 8) & 255, i & 255); }
+
+/* 10,000 servers added at run time (one rebuild) give the same schedule, slot
+ * for slot, as the same servers built at once; so does adding them one by one. */
+static void runtime_adds_match_load(void) {
+  enum { N = 10000, M = 300 };
+  int *w = malloc(N * sizeof(int));
+  for (int i = 0; i < N; i++) w[i] = i % 7 == 0 ? 5 : 1 + i % 3;
+  mg_balancer_t *ref = make(MG_BALANCE_ROUND_ROBIN, w, N);
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  CHECK(mg_balance_snap(b)->n == 0);
+  uint64_t rng = 1;
+  CHECK(mg_balance_pick(b, NULL, &rng) == -1); /* no members */
+  char k[64];
+  for (int i = 0; i < N; i++) {
+    key_of(k, sizeof(k), i);
+    CHECK(mg_balance_add_quiet(b, k, w[i], NULL) == i);
+  }
+  CHECK(mg_balance_rebuild(b) == 0);
+  const mg_bsnap_t *x = mg_balance_snap(ref), *y = mg_balance_snap(b);
+  CHECK(x->nschedule == y->nschedule && y->n == N && mg_balance_count(b) == N);
+  CHECK(memcmp(x->schedule, y->schedule, x->nschedule * sizeof(uint32_t)) == 0);
+  mg_balancer_t *one = make(MG_BALANCE_ROUND_ROBIN, NULL, 0), *ref2 = make(MG_BALANCE_ROUND_ROBIN, w, M);
+  for (int i = 0; i < M; i++) {
+    key_of(k, sizeof(k), i);
+    CHECK(mg_balance_add(one, k, w[i], NULL) == i);
+  }
+  CHECK(mg_balance_snap(one)->nschedule == mg_balance_snap(ref2)->nschedule);
+  CHECK(memcmp(mg_balance_snap(one)->schedule, mg_balance_snap(ref2)->schedule,
+               mg_balance_snap(one)->nschedule * sizeof(uint32_t)) == 0);
+  mg_balancer_unref(one);
+  mg_balancer_unref(ref2);
+  mg_balancer_unref(ref);
+  mg_balancer_unref(b);
+  free(w);
+}
+
+/* Ids are permanent: a removed server's id is never another address's; adding
+ * it again revives it; drained and removed servers are not picked. */
+static void ids_are_permanent(void) {
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  CHECK(mg_balance_add(b, "a:1", 1, NULL) == 0);
+  CHECK(mg_balance_add(b, "b:1", 1, NULL) == 1);
+  CHECK(mg_balance_add(b, "c:1", 1, NULL) == 2);
+  CHECK(mg_balance_add(b, "b:1", 1, NULL) == MG_BALANCE_EEXIST);
+  CHECK(mg_balance_remove(b, "b:1") == 1);
+  CHECK(mg_balance_remove(b, "b:1") == MG_BALANCE_ENOTFOUND);
+  CHECK(mg_balance_drain(b, "zz:1") == MG_BALANCE_ENOTFOUND);
+  CHECK(mg_balance_add(b, "d:1", 1, NULL) == 3);
+  CHECK(mg_balance_drain(b, "c:1") == 2);
+  uint64_t rng = 5;
+  for (int i = 0; i < 40; i++) {
+    int s = mg_balance_pick(b, NULL, &rng);
+    CHECK(s == 0 || s == 3);
+  }
+  CHECK(mg_balance_snap(b)->n == 2);
+  CHECK(mg_balance_add(b, "b:1", 4, NULL) == 1); /* revived, its id again */
+  CHECK(atomic_load(&mg_balance_peer(b, 1)->weight) == 4 && mg_peer_usable(mg_balance_peer(b, 1)));
+  CHECK(mg_balance_snap(b)->n == 3 && mg_balance_snap(b)->nschedule == 6);
+  CHECK(mg_balance_count(b) == 4);
+  CHECK(mg_balance_find(b, "c:1") == 2 && mg_balance_find(b, "q:1") == MG_BALANCE_ENOTFOUND);
+  mg_balancer_unref(b);
+}
+
+/* balance = "hash" and sticky over servers added and removed at run time: a new
+ * server takes about 1/n of the keys and no others move much; removing it brings
+ * every key back; its sticky token is found; a removed one's is not. */
+static void hash_sticky_runtime(void) {
+  mg_balancer_t *b = make(MG_BALANCE_HASH, NULL, 0);
+  CHECK(mg_balancer_hash_init(b, NULL, INFINITY) == 0);
+  CHECK(mg_balancer_sticky_init(b, NULL, (mg_str_t){ "api", 3 }, (mg_str_t){ "s", 1 }) == 0);
+  CHECK(mg_balance_pick_hash(b, NULL, 1) == -1); /* no member yet */
+  char key[32];
+  for (int i = 0; i < 9; i++) {
+    snprintf(key, sizeof(key), "10.0.0.%d:80", i + 1);
+    CHECK(mg_balance_add(b, key, 1, NULL) == i);
+  }
+  enum { K = 20000 };
+  static int before[K];
+  for (int k = 0; k < K; k++) before[k] = mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull);
+  CHECK(mg_balance_add(b, "10.0.0.99:80", 1, NULL) == 9);
+  int to_new = 0, moved = 0;
+  for (int k = 0; k < K; k++) {
+    int s = mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull);
+    if (s == 9) to_new++;
+    else if (s != before[k]) moved++;
+  }
+  CHECK(to_new > K / 10 * 8 / 10 && to_new < K / 10 * 12 / 10); /* about 1/10 */
+  CHECK(moved < K / 50);                                         /* under 2 % besides */
+  for (int i = 0; i < 10; i++) CHECK(mg_balance_sticky_find(b, mg_balance_peer(b, i)->tok) == i);
+  uint64_t tok9 = mg_balance_peer(b, 9)->tok;
+  CHECK(mg_balance_remove(b, "10.0.0.99:80") == 9);
+  CHECK(mg_balance_sticky_find(b, tok9) == -1);
+  for (int k = 0; k < K; k++) CHECK(mg_balance_pick_hash(b, NULL, (uint64_t)k * 0x9e3779b97f4a7c15ull) == before[k]);
+  CHECK(mg_balance_add(b, "10.0.0.99:80", 1, NULL) == 9 && mg_balance_sticky_find(b, tok9) == 9);
+  mg_balancer_unref(b);
+}
+
+/* A weight set at run time reaches round robin (a new schedule) and the others
+ * (drained servers skipped by each policy). */
+static void set_weight_and_drain_every_policy(void) {
+  mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, NULL, 0);
+  mg_balance_add(b, "a:1", 1, NULL);
+  mg_balance_add(b, "b:1", 1, NULL);
+  CHECK(mg_balance_set_weight(b, "b:1", 3) == 1);
+  uint64_t rng = 1;
+  int count[2] = { 0 };
+  for (int i = 0; i < 400; i++) count[mg_balance_pick(b, NULL, &rng)]++;
+  CHECK(count[0] == 100 && count[1] == 300);
+  mg_balancer_unref(b);
+  int policies[] = { MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
+  for (int p = 0; p < 3; p++) {
+    b = make(policies[p], NULL, 0);
+    char k[64];
+    for (int i = 0; i < 10; i++) {
+      key_of(k, sizeof(k), i);
+      mg_balance_add(b, k, 1 + i, NULL);
+    }
+    for (int i = 0; i < 10; i += 2) {
+      key_of(k, sizeof(k), i);
+      CHECK(mg_balance_drain(b, k) == i);
+    }
+    for (int i = 0; i < 500; i++) CHECK(mg_balance_pick(b, NULL, &rng) % 2 == 1);
+    mg_balancer_unref(b);
+  }
+}
+
+/* The tried set copes with ids past its map (added after the first mark). */
+static void tried_ids_past_map(void) {
+  uint64_t map[2] = { 0, 0 };
+  mg_tried_t t = { 0, map, 2 };
+  CHECK(mg_tried_fits(&t, 127) && !mg_tried_fits(&t, 128));
+  mg_tried_set(&t, 100);
+  CHECK(mg_tried_has(&t, 100) && !mg_tried_has(&t, 5000));
+  mg_tried_clear(&t, 5000); /* out of the map: nothing happens */
+  mg_tried_t w = { 0, NULL, 0 };
+  CHECK(mg_tried_fits(&w, 63) && !mg_tried_fits(&w, 64) && !mg_tried_has(&w, 64));
+}
+
+/* The policy hook: an extra table per snapshot, built at each change and freed
+ * once unreachable (ASan reports any leak or early free). */
+static atomic_int ext_live, ext_built;
+static int ext_build(mg_balancer_t *b, mg_bsnap_t *s, void *ud) {
+  (void)b;
+  CHECK(ud == (void *)&ext_live);
+  uint32_t *t = malloc(sizeof(uint32_t));
+  if (!t) return -1;
+  *t = s->n;
+  s->ext = t;
+  atomic_fetch_add(&ext_live, 1);
+  atomic_fetch_add(&ext_built, 1);
+  return 0;
+}
+static void ext_free(void *ext, void *ud) {
+  (void)ud;
+  free(ext);
+  atomic_fetch_sub(&ext_live, 1);
+}
+static void ext_hook(void) {
+  mg_balancer_t *b = make(MG_BALANCE_RANDOM, NULL, 0);
+  mg_balance_ext_t e = { ext_build, ext_free, &ext_live };
+  CHECK(mg_balancer_set_ext(b, &e) == 0);
+  CHECK(atomic_load(&ext_live) == 1 && *(uint32_t *)mg_balance_snap(b)->ext == 0);
+  mg_balance_add(b, "a:1", 1, NULL);
+  mg_balance_add(b, "b:1", 1, NULL);
+  CHECK(atomic_load(&ext_live) == 1 && atomic_load(&ext_built) == 3);
+  CHECK(*(uint32_t *)mg_balance_snap(b)->ext == 2);
+  mg_balancer_unref(b);
+  CHECK(atomic_load(&ext_live) == 0);
+}
+
+/* Readers pick while a writer adds, drains, removes and re-weights: every pick
+ * is a valid id, and every old snapshot is freed only after the picks that
+ * loaded it (ASan: no use after free; bounded counts, no timing). */
+typedef struct {
+  mg_balancer_t *b;
+  atomic_int *stop;
+  long picks, bad;
+} reader_arg_t;
+
+static void *reader(void *p) {
+  reader_arg_t *a = p;
+  uint64_t rng = (uint64_t)(uintptr_t)p | 1;
+  while (!atomic_load(a->stop) || a->picks < 1000) {
+    int s = mg_balance_pick(a->b, NULL, &rng);
+    if (s < -1 || s >= mg_balance_count(a->b)) a->bad++;
+    a->picks++;
+  }
+  return NULL;
+}
+
+static void swap_under_readers(void) {
+  int policies[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_RANDOM, MG_BALANCE_P2C, MG_BALANCE_LEAST_CONN };
+  for (int p = 0; p < 4; p++) {
+    mg_balancer_t *b = make(policies[p], NULL, 0);
+    mg_balance_add(b, "seed:1", 1, NULL);
+    char k[64];
+    for (int i = 0; i < 300; i++) { /* long least_conn scans: picks that take a while */
+      key_of(k, sizeof(k), 1000 + i);
+      mg_balance_add_quiet(b, k, 1, NULL);
+    }
+    mg_balance_rebuild(b);
+    atomic_int stop;
+    atomic_init(&stop, 0);
+    reader_arg_t ra[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+      ra[i] = (reader_arg_t){ b, &stop, 0, 0 };
+      CHECK(pthread_create(&th[i], NULL, reader, &ra[i]) == 0);
+    }
+    for (int i = 0; i < 2000; i++) {
+      key_of(k, sizeof(k), i % 200);
+      switch (i % 4) {
+      case 0: mg_balance_add(b, k, 1 + i % 9, NULL); break;
+      case 1: mg_balance_set_weight(b, k, 1 + i % 5); break;
+      case 2: mg_balance_drain(b, k); break;
+      default: mg_balance_remove(b, k);
+      }
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 3; i++) {
+      pthread_join(th[i], NULL);
+      CHECK(ra[i].bad == 0 && ra[i].picks >= 1000);
+    }
+    mg_balancer_unref(b);
   }
 }
 
@@ -384,6 +618,13 @@ int main(void) {
     { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
+    { "10,000 servers added at run time: the same schedule as at load", runtime_adds_match_load },
+    { "ids are permanent; drained and removed are not picked", ids_are_permanent },
+    { "set_weight and drain reach every policy", set_weight_and_drain_every_policy },
+    { "tried ids past the map", tried_ids_past_map },
+    { "a policy's extra table per snapshot", ext_hook },
+    { "hash and sticky follow servers added and removed at run time", hash_sticky_runtime },
+    { "snapshot swaps while other threads pick", swap_under_readers },
     { "hash keeps a key on its server, within the bound", hash_pick },
     { "sticky tokens of 10,000 servers are found again", sticky_tokens },
     { "every policy skips down and ejected servers", skips_unusable },

@@ -54,8 +54,8 @@ static void loads_defaults_and_paths(void) {
   if (rl.rlim_cur == RLIM_INFINITY) CHECK(g->limits.connections == 0);
   else if (rl.rlim_cur > 128 + 6) CHECK(g->limits.connections == (rl.rlim_cur - 128) / 6);
   CHECK(g->nlisteners == 1 && strcmp(g->listeners[0].text, "127.0.0.1:18080") == 0);
-  CHECK(g->nupstreams == 1 && g->upstreams[0].nservers == 2);
-  CHECK(g->upstreams[0].servers[1].weight == 3);
+  CHECK(g->nupstreams == 1 && mg_upstream_nservers(&g->upstreams[0]) == 2);
+  CHECK(mg_upstream_server(&g->upstreams[0], 1)->weight == 3);
   CHECK(strstr(g->pid, "/logs/moongate.pid") != NULL && g->pid[0] == '/');
   mg_gen_unref(g);
 }

@@ -124,6 +124,21 @@ typedef struct {
   double active_requests, active_connections, pending, active_retries;
 } mg_upstream_stats_t;
 int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out);
+/* i12-dyn: mg.upstreams */
+typedef struct {
+  mg_str_t addr;
+  int weight, active, fails;
+  unsigned ewma_us;
+  unsigned flags;
+} mg_ups_server_t;
+int mg_ups_count(void);
+int mg_ups_name(int u, mg_str_t *out);
+int mg_ups_find(const char *name, size_t len);
+int mg_ups_add(int u, const char *addr, size_t len, int weight, int publish, mg_str_t *err);
+int mg_ups_publish(int u);
+int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_str_t *err);
+int mg_ups_nservers(int u);
+int mg_ups_server(int u, int id, mg_ups_server_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -330,7 +330,9 @@ local upstream_keys = { servers = true, keepalive = true, keepalive_timeout = tr
                         health = true, eject = true, slow_start = true, panic = true,
                         -- i12-retry
                         retry = true, max_connections = true, max_pending = true, max_requests = true,
-                        timeouts = true }
+                        timeouts = true,
+                        -- i12-dyn
+                        resolve = true }
 -- balance: the policies core/balance.c knows
 local balance_policies = { round_robin = true, least_conn = true, p2c = true, random = true, hash = true }
 local sticky_keys = { cookie = true, path = true, domain = true, max_age = true, secure = true,
@@ -471,6 +473,31 @@ local function sni_name(v, what)
   end
   if v:match("[^.]*$"):match("^%d+$") then bad("is an IP address; SNI carries host names only (RFC 6066)") end
   return v
+end
+
+-- i12-dyn: a canonical text of a normalised upstream (keys sorted); a function
+-- in it (a hook-like option) never compares equal across loads.
+local function upstream_key(u)
+  local out = {}
+  local function walk(v)
+    local tv = type(v)
+    if tv == "table" then
+      local keys = {}
+      for k in pairs(v) do if k ~= "config_key" then keys[#keys + 1] = k end end
+      table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+      out[#out + 1] = "{"
+      for _, k in ipairs(keys) do
+        out[#out + 1] = ("%q="):format(tostring(k))
+        walk(v[k])
+        out[#out + 1] = ","
+      end
+      out[#out + 1] = "}"
+    elseif tv == "string" then out[#out + 1] = ("%q"):format(v)
+    elseif tv == "function" then out[#out + 1] = tostring(v) .. tostring({})
+    else out[#out + 1] = tostring(v) end
+  end
+  walk(u)
+  return table.concat(out)
 end
 
 -- i12-retry: an upstream's retry, circuit breakers and timeouts (docs/config.md
@@ -631,6 +658,15 @@ function _M.upstream(name)
     end
     upstream_health(u, t, what) -- i12-health
     upstream_retry(u, t, what) -- i12-retry
+    -- i12-dyn: resolve = seconds between re-resolutions of the names in servers
+    -- (default 30; false or 0: never); config_key: the normalised upstream, equal
+    -- across a reload when nothing changed (the new config then keeps the balancer)
+    u.resolve = 30
+    if t.resolve ~= nil then
+      if t.resolve == false then u.resolve = 0
+      else u.resolve = check.number(t.resolve, what, "resolve", 0, 86400) end
+    end
+    u.config_key = upstream_key(u)
     state.upstreams[#state.upstreams + 1] = u
     state.upstream_by_name[name] = u
     return u
@@ -938,5 +974,9 @@ function _M.upstream_stats(name)
 end
 
 _M.router = router
+
+--- mg.upstreams.add / remove / drain / set_weight / servers / list: run-time
+--- membership of the upstreams (lua/moongate/upstreams.lua; docs/hooks.md).
+_M.upstreams = require "moongate.upstreams"
 
 return _M

@@ -717,7 +717,7 @@ async def main(args):
         write_port_file(args.port_file, "%d %d\n" % (lsock.getsockname()[1], cport))
         async with ctrl:
             await asyncio.gather(accept_proxied(lsock), ctrl.serve_forever())
-    server = await asyncio.start_server(handle, "127.0.0.1", args.port, limit=1 << 20,
+    server = await asyncio.start_server(handle, args.host, args.port, limit=1 << 20,
                                         reuse_address=True, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     write_port_file(args.port_file, "%d %d\n" % (port, cport))
@@ -729,6 +729,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="origin")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="the main port's loopback address (e.g. 127.0.0.2: several origins on one port)")
     ap.add_argument("--port-file", required=True)
     ap.add_argument("--log")
     ap.add_argument("--blackhole", action="store_true")

@@ -1,0 +1,170 @@
+#include "dyn.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+
+void mg_dyn_adopt(mg_gen_t *ng, const mg_gen_t *old) {
+  for (int i = 0; i < ng->nupstreams; i++) {
+    mg_upstream_cfg_t *u = &ng->upstreams[i];
+    for (int j = 0; j < old->nupstreams; j++) {
+      const mg_upstream_cfg_t *o = &old->upstreams[j];
+      if (strcmp(u->name, o->name) != 0) continue;
+      if (u->key && o->key && strcmp(u->key, o->key) == 0 && o->bal) {
+        mg_balancer_ref(o->bal);
+        mg_balancer_unref(u->bal);
+        u->bal = o->bal;
+      }
+      break;
+    }
+  }
+}
+
+/* ---- re-resolution (main thread) ---- */
+
+/* One lookup in flight: owns a reference to the balancer, so that it may finish
+ * after its generation was replaced (it then changes the balancer the new
+ * generation adopted, or one nobody reads any more). */
+typedef struct {
+  uv_getaddrinfo_t req;
+  mg_balancer_t *bal;
+  char upstream[64];
+  char host[256];
+  int port, weight, from;
+} lookup_t;
+
+typedef struct {
+  uv_timer_t timer;
+  mg_upstream_cfg_t *u;
+} res_timer_t;
+
+struct mg_dyn_res_s {
+  res_timer_t **timers;
+  int n;
+};
+
+/* Makes the members that came from name `from` exactly `addrs`: new ones join
+ * (drained ones come back), the others drain. */
+static void apply(mg_balancer_t *bal, const char *upstream, const char *host, int from, int weight,
+                  const struct sockaddr_storage *addrs, int n) {
+  mg_upstream_cfg_t u = { .bal = bal };
+  int changed = 0;
+  for (int k = 0; k < n; k++) {
+    char text[64];
+    mg_upstream_text((const struct sockaddr *)&addrs[k], text, sizeof(text));
+    int id = mg_balance_find(bal, text);
+    if (id >= 0 && !(atomic_load(&mg_balance_peer(bal, id)->flags) & (MG_PEER_DRAINING | MG_PEER_REMOVED)))
+      continue; /* a member already */
+    /* published at once (a few addresses): an address the Lua API added meanwhile
+     * is refused as a duplicate, not listed twice */
+    if (mg_upstream_add(&u, (const struct sockaddr *)&addrs[k], weight, from, 1) >= 0)
+      MG_INFO(-1, "upstream %s: %s resolves to %s: it joins", upstream, host, text);
+  }
+  int count = mg_balance_count(bal);
+  for (int id = 0; id < count; id++) {
+    const mg_server_t *s = mg_balance_data(bal, id);
+    if (!s || s->from != from) continue;
+    if (atomic_load(&mg_balance_peer(bal, id)->flags) & (MG_PEER_DRAINING | MG_PEER_REMOVED)) continue;
+    int kept = 0;
+    for (int k = 0; k < n && !kept; k++) {
+      char text[64];
+      mg_upstream_text((const struct sockaddr *)&addrs[k], text, sizeof(text));
+      kept = strcmp(text, s->text) == 0;
+    }
+    if (kept) continue;
+    atomic_fetch_or(&mg_balance_peer(bal, id)->flags, MG_PEER_DRAINING);
+    MG_INFO(-1, "upstream %s: %s no longer resolves to %s: it drains", upstream, host, s->text);
+    changed = 1;
+  }
+  if (changed && mg_balance_rebuild(bal) < 0) MG_ERR(-1, "upstream %s: out of memory re-resolving", upstream);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  lookup_t *q = req->data;
+  struct sockaddr_storage addrs[MG_UPSTREAM_ADDRS];
+  int n = 0;
+  if (status == 0) {
+    for (struct addrinfo *a = res; a; a = a->ai_next) n = mg_upstream_push_addr(addrs, n, MG_UPSTREAM_ADDRS, a->ai_addr, q->port);
+    apply(q->bal, q->upstream, q->host, q->from, q->weight, addrs, n);
+  } else if (status != UV_ECANCELED) {
+    MG_WARN(-1, "upstream %s: re-resolving %s failed (%s); its servers stay", q->upstream, q->host,
+            uv_strerror(status));
+  }
+  uv_freeaddrinfo(res);
+  mg_balancer_unref(q->bal);
+  free(q);
+}
+
+static void on_resolve_timer(uv_timer_t *t) {
+  res_timer_t *rt = t->data;
+  mg_upstream_cfg_t *u = rt->u;
+  for (int i = 0; i < u->nnames; i++) {
+    const mg_upname_t *nm = &u->names[i];
+    struct sockaddr_storage addrs[MG_UPSTREAM_ADDRS];
+    int n = mg_upstream_hosts_file(nm->host, nm->port, addrs, MG_UPSTREAM_ADDRS);
+    if (n >= 0) { /* the override file names it: no DNS */
+      apply(u->bal, u->name, nm->host, i, nm->weight, addrs, n);
+      continue;
+    }
+    lookup_t *q = calloc(1, sizeof(*q));
+    if (!q) continue;
+    q->bal = u->bal;
+    mg_balancer_ref(q->bal);
+    snprintf(q->upstream, sizeof(q->upstream), "%s", u->name);
+    snprintf(q->host, sizeof(q->host), "%s", nm->host);
+    q->port = nm->port;
+    q->weight = nm->weight;
+    q->from = i;
+    q->req.data = q;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (uv_getaddrinfo(t->loop, &q->req, on_resolved, q->host, NULL, &hints) < 0) {
+      mg_balancer_unref(q->bal);
+      free(q);
+    }
+  }
+}
+
+void mg_dyn_resolve_start(uv_loop_t *loop, mg_gen_t *g) {
+  int n = 0;
+  for (int i = 0; i < g->nupstreams; i++) n += g->upstreams[i].nnames > 0 && g->upstreams[i].resolve_ms > 0;
+  if (n == 0) return;
+  struct mg_dyn_res_s *r = calloc(1, sizeof(*r));
+  if (r) r->timers = calloc((size_t)n, sizeof(*r->timers));
+  if (!r || !r->timers) {
+    free(r);
+    MG_ERR(-1, "out of memory: upstream names are not re-resolved");
+    return;
+  }
+  for (int i = 0; i < g->nupstreams; i++) {
+    mg_upstream_cfg_t *u = &g->upstreams[i];
+    if (u->nnames == 0 || u->resolve_ms == 0) continue;
+    res_timer_t *t = calloc(1, sizeof(*t));
+    if (!t) continue;
+    t->u = u;
+    uv_timer_init(loop, &t->timer);
+    t->timer.data = t;
+    uv_timer_start(&t->timer, on_resolve_timer, u->resolve_ms, u->resolve_ms);
+    uv_unref((uv_handle_t *)&t->timer); /* the workers keep the process alive, not this */
+    r->timers[r->n++] = t;
+  }
+  g->resolving = r;
+}
+
+static void on_timer_closed(uv_handle_t *h) { free(h->data); }
+
+void mg_dyn_resolve_stop(mg_gen_t *g) {
+  struct mg_dyn_res_s *r = g->resolving;
+  if (!r) return;
+  for (int i = 0; i < r->n; i++) uv_close((uv_handle_t *)&r->timers[i]->timer, on_timer_closed);
+  free(r->timers);
+  free(r);
+  g->resolving = NULL;
+}
+
