@@ -579,6 +579,7 @@ static int usable(mg_balancer_t *b, int i, tick_t *c) {
 /* Slow start: server i's share in 1/1024 (102: 10 %, 1024: full weight). */
 #define RAMP_FULL 1024
 static int ramp(mg_balancer_t *b, int i, tick_t *c) {
+  if (!b->slow_start_ms) return RAMP_FULL;
   mg_peer_t *p = mg_balance_peer(b, i);
   uint64_t since = atomic_load_explicit(&p->slow_ms, memory_order_relaxed);
   if (!since) return RAMP_FULL;

@@ -1502,7 +1502,8 @@ static void attempt_end(mg_req_t *r) {
     atomic_fetch_sub_explicit(&b->pending, 1, memory_order_relaxed);
     r->connecting = 0;
   }
-  if (!r->in_backoff) mg_timer_stop(&r->w->timers, &r->rtimer); /* its per_try_timeout */
+  if (!r->in_backoff && mg_timer_active(&r->rtimer))
+    mg_timer_stop(&r->w->timers, &r->rtimer); /* its per_try_timeout */
   r->active_on = 0;
 }
 
@@ -1647,7 +1648,7 @@ static const mg_upstream_cfg_t *req_up(const mg_req_t *r) { return &r->gen->upst
  * cancelled, its retry and its place among the requests in flight given back.
  * Idempotent. */
 static void request_done(mg_req_t *r) {
-  mg_timer_stop(&r->w->timers, &r->rtimer);
+  if (mg_timer_active(&r->rtimer)) mg_timer_stop(&r->w->timers, &r->rtimer);
   r->in_backoff = 0;
   if (!r->rq_counted && !r->retry_held) return;
   mg_balancer_t *b = req_bal(r);
@@ -2160,7 +2161,8 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   if (!r->in_backoff) mg_timer_stop(&r->w->timers, &r->rtimer); /* per_try_timeout: a head came */
   if (r->active_on)
     mg_peer_answered(req_bal(r), r->active_on - 1, (uv_hrtime() - r->t_try) / 1000);
-  if (r->active_on) mg_peer_status(req_bal(r), r->active_on - 1, up_status); /* i12-health */
+  if (r->active_on && req_bal(r)->eject_consecutive) /* i12-health: ejection counts 5xx */
+    mg_peer_status(req_bal(r), r->active_on - 1, up_status);
   if (retry_on_status(r, up_status)) return -1; /* discarded: the request goes again */
   resp_seen_t seen;
   if (check_response_headers(r, &r->rhead, peer_text(r), &seen) < 0) return -1;
