@@ -39,6 +39,8 @@ struct probe_s {
   size_t got;           /* bytes of the answer read */
   char line[64];        /* the start of the status line */
   size_t llen;
+  int skip;             /* in a 1xx's header block: its lines are skipped */
+  size_t col;           /* skipping: bytes on the current line (0: empty so far) */
 };
 
 /* The main thread's read buffers (checks of an old and a new generation may
@@ -109,27 +111,51 @@ static int expected(const mg_health_cfg_t *c, int status) {
   return 0;
 }
 
-/* The status line is complete (or the read limit was reached). */
-static void status_line(probe_t *p) {
+/* The status line is complete (or the read limit was reached): 1 when that
+ * gave the check's result, 0 for an interim 1xx (other than 101), whose header
+ * block is skipped to the next status line (RFC 9110 15.2: a client must take
+ * them before the final answer, e.g. 103 Early Hints). */
+static int status_line(probe_t *p) {
   const char *l = p->line;
-  if (p->llen < 12 || memcmp(l, "HTTP/1.", 7) != 0 || l[8] != ' ' || l[9] < '1' || l[9] > '5' || l[10] < '0' ||
-      l[10] > '9' || l[11] < '0' || l[11] > '9' || (p->llen > 12 && l[12] != ' ' && l[12] != '\r')) {
+  if (p->got >= STATUS_READ_MAX || p->llen < 12 || memcmp(l, "HTTP/1.", 7) != 0 || l[8] != ' ' || l[9] < '1' ||
+      l[9] > '5' || l[10] < '0' || l[10] > '9' || l[11] < '0' || l[11] > '9' ||
+      (p->llen > 12 && l[12] != ' ' && l[12] != '\r')) {
     result(p, 0, "no HTTP status line");
-    return;
+    return 1;
   }
   int status = (l[9] - '0') * 100 + (l[10] - '0') * 10 + (l[11] - '0');
+  if (status < 200 && status != 101) {
+    p->skip = 1;
+    p->col = 0;
+    p->llen = 0;
+    return 0;
+  }
   char cause[32];
   snprintf(cause, sizeof(cause), "status %d", status);
   result(p, expected(&p->u->health, status), cause);
+  return 1;
 }
 
 static int ev_data(void *owner, const char *d, size_t n) {
   probe_t *p = owner;
   if (!p->busy) return 1;
   for (size_t k = 0; k < n; k++, p->got++) {
-    if (d[k] == '\n' || p->got >= STATUS_READ_MAX) {
+    if (p->got >= STATUS_READ_MAX) {
       status_line(p);
       return 1;
+    }
+    if (p->skip) { /* a 1xx's header block ends at its empty line */
+      if (d[k] == '\n') {
+        if (p->col == 0) p->skip = 0;
+        p->col = 0;
+      } else if (d[k] != '\r') {
+        p->col++;
+      }
+      continue;
+    }
+    if (d[k] == '\n') {
+      if (status_line(p)) return 1;
+      continue;
     }
     if (p->llen < sizeof(p->line)) p->line[p->llen++] = d[k];
   }
@@ -174,7 +200,8 @@ static void start_check(probe_t *p) {
     return;
   }
   p->busy = 1;
-  p->got = p->llen = 0;
+  p->got = p->llen = p->col = 0;
+  p->skip = 0;
   p->tp_open = 1;
   h->handles++;
   int rc = mg_tp_connect(&p->tp, &h->tp, &p->creq, (const struct sockaddr *)&u->servers[p->i].addr,
