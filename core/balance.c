@@ -239,12 +239,22 @@ static uint64_t now_of(tick_t *c) {
   return c->now;
 }
 
-/* Server i's ejection ends if its time is over (whoever sees it first). */
+/* until_ms's top bit: that ejection was ended (by the one who set the bit). */
+#define UNTIL_ENDED (1ull << 63)
+
+/* Server i's ejection ends if its time is over (whoever sees it first). The
+ * end time is the ticket: only the worker whose compare-exchange marks it ended
+ * clears the flag, so that a worker that read an old end time can neither end
+ * an ejection twice nor end the next one (which has a later end time). */
 static void eject_expire(mg_balancer_t *b, int i, tick_t *c) {
   mg_peer_t *p = &b->peers[i];
-  if (now_of(c) < atomic_load_explicit(&p->until_ms, memory_order_relaxed)) return;
-  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTED, memory_order_relaxed);
-  if (!(f & MG_PEER_EJECTED)) return; /* another worker ended it */
+  uint64_t until = atomic_load_explicit(&p->until_ms, memory_order_acquire);
+  if ((until & UNTIL_ENDED) || now_of(c) < until) return;
+  if (!atomic_compare_exchange_strong_explicit(&p->until_ms, &until, until | UNTIL_ENDED, memory_order_acq_rel,
+                                               memory_order_relaxed))
+    return; /* another worker ended it, or a new ejection began */
+  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTED, memory_order_release);
+  if (!(f & MG_PEER_EJECTED)) return;
   atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
   if (b->slow_start_ms) atomic_store_explicit(&p->slow_ms, now_of(c), memory_order_relaxed);
   tell(b, i, f & MG_PEER_DOWN ? "ejection ended (still down by its health checks)" : "back from ejection");
@@ -252,7 +262,7 @@ static void eject_expire(mg_balancer_t *b, int i, tick_t *c) {
 
 /* Usable now: no flag, or only an ejection whose time is over (ended here). */
 static int usable(mg_balancer_t *b, int i, tick_t *c) {
-  unsigned f = atomic_load_explicit(&b->peers[i].flags, memory_order_relaxed);
+  unsigned f = atomic_load_explicit(&b->peers[i].flags, memory_order_acquire);
   if (f == MG_PEER_EJECTED) {
     eject_expire(b, i, c);
     f = atomic_load_explicit(&b->peers[i].flags, memory_order_relaxed);
@@ -496,12 +506,13 @@ void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
 /* Ejects server i unless it is already out or max_percent would be passed. */
 static void eject(mg_balancer_t *b, int i) {
   mg_peer_t *p = &b->peers[i];
-  if (atomic_load_explicit(&p->flags, memory_order_relaxed) & MG_PEER_EJECTED) return;
+  if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_EJECTED | MG_PEER_EJECTING)) return;
   tick_t c = { 0 };
   /* ejections over by now end first, so that they do not count */
   if (atomic_load_explicit(&b->nejected, memory_order_relaxed) > 0)
     for (int j = 0; j < b->n; j++)
-      if (atomic_load_explicit(&b->peers[j].flags, memory_order_relaxed) & MG_PEER_EJECTED)
+      if ((atomic_load_explicit(&b->peers[j].flags, memory_order_acquire) & (MG_PEER_EJECTED | MG_PEER_EJECTING)) ==
+          MG_PEER_EJECTED)
         eject_expire(b, j, &c);
   /* the slot first, so that two workers ejecting at once cannot both pass */
   int was = atomic_fetch_add_explicit(&b->nejected, 1, memory_order_relaxed);
@@ -512,19 +523,24 @@ static void eject(mg_balancer_t *b, int i) {
     atomic_store_explicit(&p->errs, 0, memory_order_relaxed);
     return;
   }
-  unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_relaxed);
-  if (f & MG_PEER_EJECTED) { /* another worker was first */
+  /* the claim: MG_PEER_EJECTING until the end time is stored, so that no pick
+   * or sweep ends this ejection by the last one's end (or 0) in between */
+  unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTING, memory_order_relaxed);
+  if (f & (MG_PEER_EJECTED | MG_PEER_EJECTING)) { /* another worker was first */
+    if (!(f & MG_PEER_EJECTING)) atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTING, memory_order_relaxed);
     atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
     return;
   }
   uint64_t now = now_of(&c), cap = b->eject_base_ms * 10;
-  uint64_t last = atomic_load_explicit(&p->until_ms, memory_order_relaxed);
+  uint64_t last = atomic_load_explicit(&p->until_ms, memory_order_relaxed) & ~UNTIL_ENDED;
   if (last && now >= last + cap) atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
   uint64_t k = (uint64_t)atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed) + 1;
   uint64_t len = b->eject_base_ms * k;
   if (len > cap) len = cap;
-  atomic_store_explicit(&p->until_ms, now + len, memory_order_relaxed);
+  atomic_store_explicit(&p->until_ms, now + len, memory_order_release);
   atomic_store_explicit(&p->slow_ms, 0, memory_order_relaxed);
+  atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_release);
+  atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTING, memory_order_release);
   int errs = atomic_exchange_explicit(&p->errs, 0, memory_order_relaxed);
   char what[128];
   snprintf(what, sizeof(what), "ejected for %.3gs (%d errors in a row, ejection %llu)", (double)len / 1e3,

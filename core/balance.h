@@ -36,7 +36,7 @@ typedef struct {
   atomic_uint flags;    /* MG_PEER_* bits; any bit set: takes no new request */
   atomic_int errs;      /* consecutive 5xx answers or failed attempts (ejection) */
   atomic_int ejections; /* times ejected so far (back to 0 after 10 x base without one) */
-  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms); 0: none */
+  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms; top bit: ended); 0: none */
   atomic_uint_fast64_t slow_ms;  /* slow start: when it came back; 0: at full weight */
 } mg_peer_t;
 
@@ -49,6 +49,7 @@ typedef struct {
 /* i12-health: mg_peer_t.flags */
 #define MG_PEER_DOWN 1u    /* failed its active health checks (core/health.c) */
 #define MG_PEER_EJECTED 2u /* ejected after consecutive errors (mg_peer_status) */
+#define MG_PEER_EJECTING 4u /* an ejection being set up (its end time not stored yet) */
 
 /* May the server take new requests (no flag set)? An ejection whose time is
  * over still counts until a pick looks at the server (balance.c ends it then). */
