@@ -146,3 +146,292 @@ mg.route { upstream = mg.upstream "web" { servers = { "${o}" },
     up(ok, "status 200")
   end)
 end)
+
+describe("hostile TLS servers to checks", function()
+  local o, good, proxy
+
+  lazy_setup(function()
+    local dir = helpers.tmpdir()
+    local cert, key = helpers.self_signed(dir, "backend.test")
+    local other = helpers.self_signed(helpers.tmpdir(), "other.test")
+    good = helpers.origin({ name = "G", tls = { cert = cert, key = key } })
+    o = raw.origin()
+    -- "bad": the origin's certificate is not signed by the CA the upstream trusts
+    proxy = helpers.proxy(conf([[
+local h = { path = "/hz", interval = 0.2, timeout = 0.6, rise = 1, fall = 1 }
+mg.route { host = "bad.test", upstream = mg.upstream "bad" { servers = { "${g}" },
+  tls = { ca = "${other}", sni = "backend.test" }, health = h } }
+mg.route { host = "raw.test", upstream = mg.upstream "rawtls" { servers = { "${o}" },
+  tls = { ca = "${ca}", sni = "backend.test" }, health = h } }
+]]), { vars = { g = good.addr, o = o.addr, ca = cert, other = other } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+    o:close()
+  end)
+
+  it("a certificate the upstream does not trust: down (TLS ...)", function()
+    assert(raw.find_log(proxy, 0, "upstream bad: server " .. good.addr .. " up -> down (TLS", 3))
+    -- and it stays down: one line
+    helpers.sleep(0.5)
+    assert.equal(1, helpers.count(proxy:stderr(), "upstream bad: server"))
+  end)
+
+  it("a server that closes mid-handshake, or sends no TLS: down (TLS ...)", function()
+    local mark = raw.log_mark(proxy)
+    local c = assert(o:accept(3))
+    assert(c:take(5, helpers.now() + 2)) -- the start of the ClientHello
+    c:close()
+    assert(raw.find_log(proxy, mark, "upstream rawtls: server " .. o.addr .. " up -> down (TLS", 2))
+    -- plain text instead of a ServerHello: still down, nothing else happens
+    for _ = 1, 3 do
+      c = assert(o:accept(3))
+      c:send("HTTP/1.1 200 OK\r\n\r\n")
+      c:close()
+    end
+    proxy:assert_alive()
+    assert.equal(0, helpers.count(proxy:stderr(), "down -> up"))
+  end)
+end)
+
+describe("checks in flight", function()
+  local o, a, proxy
+
+  local function text(n, path)
+    local s = {}
+    for i = 1, n do s[i] = '"${o}"' end
+    return conf([[
+mg.route { host = "hole.test", upstream = mg.upstream "hole" { servers = { ]] .. table.concat(s, ", ") .. [[ },
+  health = { path = "/hz", interval = 0.05, timeout = 5, rise = 1, fall = 1 } } }
+mg.route { upstream = mg.upstream "web" { servers = { "${a}" },
+  health = { path = "]] .. path .. [[", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 } } }
+]], 2)
+  end
+
+  lazy_setup(function()
+    o = raw.origin() -- accepts nothing: every check to it stays in flight
+    a = helpers.origin({ name = "A" })
+    proxy = helpers.proxy(text(50, "/g"), { vars = { o = o.addr, a = a.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+    o:close()
+  end)
+
+  it("a storm of 20 reloads: old checks stop, nothing leaks, the last generation checks", function()
+    assert.truthy(helpers.wait_until(function() return a:count_path("/g") >= 3 end, 3, 0.02))
+    local HUP = require("posix.signal").SIGHUP
+    helpers.write_file(proxy.conf, helpers.expand(text(50, "/s"), { port = proxy.port, o = o.addr, a = a.addr }))
+    for _ = 1, 20 do
+      proxy:signal(HUP)
+      socket.sleep(0.01)
+    end
+    assert.truthy(helpers.wait_until(function() return a:count_path("/s") >= 1 end, 5, 0.05))
+    helpers.sleep(1)
+    proxy:assert_alive()
+    local n0 = a:count_path("/s")
+    helpers.sleep(1)
+    -- one generation's checks: about 10 a second (20 generations: about 200)
+    local n = a:count_path("/s") - n0
+    assert.is_true(n >= 5 and n <= 16, "checks of /s in 1 s: " .. n)
+    local g = a:count_path("/g")
+    helpers.sleep(0.3)
+    assert.equal(g, a:count_path("/g"))
+  end)
+
+  it("fds stay bounded over reloads with checks in flight", function()
+    local function fds()
+      local p = io.popen("ls /proc/" .. proxy.pid .. "/fd | wc -l")
+      local v = tonumber(p:read("*a"))
+      p:close()
+      return v
+    end
+    local HUP = require("posix.signal").SIGHUP
+    helpers.sleep(0.5)
+    local f0 = fds()
+    for _ = 1, 5 do
+      proxy:signal(HUP)
+      helpers.sleep(0.3)
+    end
+    helpers.sleep(0.5)
+    local f1 = fds()
+    assert.is_true(f1 <= f0 + 10, "fds: " .. f0 .. " -> " .. f1)
+  end)
+
+  it("stops at SIGTERM with checks in flight, cleanly", function()
+    helpers.sleep(0.2)
+    local t0 = helpers.now()
+    local code = proxy:stop(5)
+    assert.is_true(helpers.now() - t0 < 3, "stop took " .. (helpers.now() - t0))
+    assert.equal(0, code)
+    assert.is_nil(helpers.sanitizer_report(helpers.read_file(proxy.stderr_path) or ""))
+  end)
+end)
+
+describe("ejection edges", function()
+  local a, b, proxy
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A", status_file = true })
+    b = helpers.origin({ name = "B", status_file = true })
+    proxy = helpers.proxy(conf([[
+mg.route { host = "one.test", upstream = mg.upstream "one" { servers = { "${a}" },
+  eject = { consecutive = 3, base = 0.5, max_percent = 100 } } }
+mg.route { host = "half.test", upstream = mg.upstream "half" { servers = { "${b}" },
+  eject = { consecutive = 3, base = 30 } } }
+]], 2), { vars = { a = a.addr, b = b.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function get(host)
+    return assert(proxy:request({ path = "/echo", headers = { { "Host", host } } }))
+  end
+
+  it("a lone server with max_percent = 100 is ejected: 503 at once, back after base", function()
+    a:force_status(503)
+    for _ = 1, 3 do assert.equal("A", get("one.test").h["x-origin"]) end
+    assert(raw.find_log(proxy, 0, "upstream one: server " .. a.addr .. " ejected for 0.5s", 2))
+    local n = a:count_path("/echo")
+    local res = get("one.test")
+    assert.equal(503, res.status)
+    assert.is_nil(res.h["x-origin"])
+    assert.equal(n, a:count_path("/echo"))
+    a:force_status(nil)
+    helpers.sleep(0.6)
+    res = get("one.test")
+    assert.equal(200, res.status)
+    assert.equal("A", res.h["x-origin"])
+    assert(raw.find_log(proxy, 0, "upstream one: server " .. a.addr .. " back from ejection", 1))
+  end)
+
+  it("a lone server with max_percent = 50 is never ejected", function()
+    b:force_status(502)
+    for _ = 1, 10 do assert.equal("B", get("half.test").h["x-origin"]) end
+    assert.equal(0, helpers.count(proxy:stderr(), "upstream half: server"))
+    b:force_status(nil)
+  end)
+end)
+
+describe("ejection under concurrent errors (2 workers)", function()
+  local os_, proxy
+
+  lazy_setup(function()
+    os_ = {}
+    local vars = {}
+    for i = 1, 4 do
+      os_[i] = helpers.origin({ name = "E" .. i, status_file = true })
+      os_[i]:force_status(503)
+      vars["e" .. i] = os_[i].addr
+    end
+    proxy = helpers.proxy(conf([[
+local function peek(req)
+  local n = 0
+  for _, s in ipairs(req:servers()) do if s.ejected then n = n + 1 end end
+  req.ctx.n = n
+end
+mg.route { upstream = mg.upstream "four" { servers = { "${e1}", "${e2}", "${e3}", "${e4}" },
+  eject = { consecutive = 1, base = 30, max_percent = 50 } },
+  on = { balance = peek, response = function(req, res) res:set_header("X-Ejected", req.ctx.n) end } }
+]], 2), { vars = vars })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("never ejects past max_percent, and req:servers() agrees", function()
+    local out = helpers.sh("wrk -t2 -c16 -d1s http://127.0.0.1:" .. proxy.port .. "/ 2>&1")
+    assert.truthy(out:find("requests in", 1, true), out)
+    proxy:assert_alive()
+    local text = proxy:stderr()
+    assert.equal(2, helpers.count(text, "upstream four: server 127.0.0.1:"), text)
+    assert.equal(0, helpers.count(text, "back from ejection"), text)
+    for _ = 1, 10 do
+      local res = assert(proxy:request({ path = "/echo" }))
+      assert.equal(503, res.status)
+      assert.equal("2", res.h["x-ejected"])
+    end
+  end)
+end)
+
+describe("all servers refusing", function()
+  local proxy
+
+  lazy_setup(function()
+    local p1, p2 = helpers.free_port(), helpers.free_port()
+    proxy = helpers.proxy(conf([[
+local h = { type = "tcp", interval = 0.05, timeout = 0.5, rise = 1, fall = 1 }
+mg.route { host = "panic.test", upstream = mg.upstream "pan" {
+  servers = { "127.0.0.1:${p1}", "127.0.0.1:${p2}" }, health = h, panic = true } }
+mg.route { host = "plain.test", upstream = mg.upstream "plain" {
+  servers = { "127.0.0.1:${p1}", "127.0.0.1:${p2}" }, health = h } }
+]], 2), { vars = { p1 = p1, p2 = p2 } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("panic tries each server once, then 502; without panic 503 at once", function()
+    assert(raw.find_log(proxy, 0, { "upstream pan: server", "up -> down (connect connection refused)" }, 2))
+    helpers.wait_until(function()
+      return helpers.count(proxy:stderr(), "up -> down (connect connection refused)") >= 4
+    end, 2, 0.02)
+    local res = assert(proxy:request({ path = "/", headers = { { "Host", "panic.test" } } }))
+    assert.equal(502, res.status)
+    assert(raw.find_log(proxy, 0, "upstream pan: no server available, panic: trying", 1))
+    res = assert(proxy:request({ path = "/", headers = { { "Host", "plain.test" } } }))
+    assert.equal(503, res.status)
+    assert(raw.find_log(proxy, 0, "upstream plain: no server available: 503", 1))
+    proxy:assert_alive()
+  end)
+end)
+
+describe("2,000 servers checked every 0.05 s", function()
+  local proxy
+
+  lazy_setup(function()
+    local s = {}
+    for i = 1, 2000 do s[i] = '"127.0.0.1:${p}"' end
+    proxy = helpers.proxy(conf([[
+mg.route { path = "/ok", respond = { status = 200, body = "ok" } }
+mg.route { upstream = mg.upstream "many" { servers = { ]] .. table.concat(s, ", ") .. [[ },
+  health = { interval = 0.05, timeout = 1, rise = 1, fall = 1 } } }
+]]), { vars = { p = helpers.free_port() } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function fds()
+    local p = io.popen("ls /proc/" .. proxy.pid .. "/fd | wc -l")
+    local v = tonumber(p:read("*a"))
+    p:close()
+    return v
+  end
+
+  it("keeps fds and memory bounded, answers, and reloads without growing", function()
+    helpers.sleep(1)
+    local HUP = require("posix.signal").SIGHUP
+    for _ = 1, 3 do proxy:signal(HUP) helpers.sleep(0.4) end
+    local rss0, f0 = proxy:rss(), fds()
+    for _ = 1, 10 do
+      proxy:signal(HUP)
+      helpers.sleep(0.3)
+      local t0 = helpers.now()
+      local res = assert(proxy:request({ path = "/ok" }))
+      assert.equal(200, res.status)
+      assert.is_true(helpers.now() - t0 < 0.5)
+    end
+    helpers.sleep(0.5)
+    proxy:assert_alive()
+    assert.is_true(fds() <= f0 + 200, "fds " .. f0 .. " -> " .. fds())
+    proxy:assert_rss_flat(rss0, 4096)
+  end)
+end)
