@@ -426,13 +426,21 @@ typedef struct {
   mg_balancer_t *b;
   const mg_tried_t *tried;
   tick_t c;
+  int key_part;  /* slow start: the key's place in 0..RAMP_FULL-1 (-1: no ramp) */
+  int declined;  /* a slow-starting server passed the key on */
 } hash_ud_t;
 
 /* A server's load for the bound, -1 for one tried already or not usable (its
- * keys then go on along their walk, and come back when it does). */
+ * keys then go on along their walk, and come back when it does). A server in
+ * slow start takes back the keys whose place is below its ramp: a share that
+ * grows, each key moving back once. */
 static int64_t hash_load(void *ud, uint32_t server) {
   hash_ud_t *h = ud;
   if (!fits(h->b, h->tried, (int)server, &h->c)) return -1;
+  if (h->key_part >= 0 && h->b->slow_start_ms && h->key_part >= ramp(h->b, (int)server, &h->c)) {
+    h->declined = 1;
+    return -1;
+  }
   return atomic_load_explicit(&h->b->peers[server].active, memory_order_relaxed);
 }
 
@@ -442,12 +450,16 @@ int mg_balance_usable(mg_balancer_t *b, int i) {
 }
 
 int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash) {
-  hash_ud_t ud = { b, tried, { 0 } };
+  hash_ud_t ud = { b, tried, { 0 }, (int)((hash * 0x9e3779b97f4a7c15ull) >> 54), 0 };
   long long total = atomic_load_explicit(&b->active_total, memory_order_relaxed);
   mg_maglev_bound_t bound = {
     .eps = b->hash_eps, .total = total > 0 ? (uint64_t)total : 0, .wsum = b->total, .load = hash_load, .ud = &ud,
   };
   int64_t s = mg_maglev_pick_bounded(b->maglev, hash, &bound);
+  if (s < 0 && ud.declined) { /* only slow-starting servers were left: they take it */
+    ud.key_part = -1;
+    s = mg_maglev_pick_bounded(b->maglev, hash, &bound);
+  }
   return s >= 0 ? (int)s : -1;
 }
 

@@ -435,3 +435,48 @@ mg.route { upstream = mg.upstream "many" { servers = { ]] .. table.concat(s, ", 
     proxy:assert_rss_flat(rss0, 4096)
   end)
 end)
+
+describe("slow start under balance = \"hash\"", function()
+  local a, b, proxy
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A", status_file = true })
+    b = helpers.origin({ name = "B" })
+    proxy = helpers.proxy(conf([[
+mg.route { upstream = mg.upstream "web" { servers = { "${a}", "${b}" }, balance = "hash", hash_key = "arg:k",
+  slow_start = 4, health = { path = "/health", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 } } }
+]]), { vars = { a = a.addr, b = b.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  -- The keys 1..n that go to A.
+  local function keys_at_a(n)
+    local c = proxy:connect()
+    local t = {}
+    for k = 1, n do
+      local res = assert(c:request({ path = "/echo?k=" .. k }))
+      if res.h["x-origin"] == "A" then t[#t + 1] = k end
+    end
+    c:close()
+    return t
+  end
+
+  it("gives a server that came back a growing part of its keys, then all of them", function()
+    helpers.sleep(0.3)
+    local own = keys_at_a(300)
+    assert.is_true(#own > 60, "A's keys: " .. #own)
+    a:force_status(500)
+    assert(raw.find_log(proxy, 0, "server " .. a.addr .. " up -> down", 3))
+    assert.same({}, keys_at_a(300))
+    a:force_status(nil)
+    assert(raw.find_log(proxy, 0, "server " .. a.addr .. " down -> up", 3))
+    -- within its first second back: 10 % to about 35 % of its keys
+    local back = keys_at_a(300)
+    assert.is_true(#back > 0 and #back < #own * 0.5, "keys back at A at once: " .. #back .. " of " .. #own)
+    helpers.sleep(4.2)
+    assert.same(own, keys_at_a(300))
+  end)
+end)
