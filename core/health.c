@@ -245,12 +245,12 @@ static void result(probe_t *p, int ok, const char *cause) {
   const mg_health_cfg_t *c = &p->u->health;
   p->busy = 0;
   if (p->tp_open) mg_tp_close(&p->tp);
-  if (ok) {
+  if (ok) { /* (the streaks stop at rise / fall: all that is compared) */
     p->bads = 0;
-    p->oks++;
+    if (p->oks < c->rise) p->oks++;
   } else {
     p->oks = 0;
-    p->bads++;
+    if (p->bads < c->fall) p->bads++;
   }
   int change = (!p->up && ok && p->oks >= c->rise) || (p->up && !ok && p->bads >= c->fall);
   if (change) {

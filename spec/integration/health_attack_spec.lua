@@ -480,3 +480,24 @@ mg.route { upstream = mg.upstream "web" { servers = { "${a}", "${b}" }, balance 
     assert.same(own, keys_at_a(300))
   end)
 end)
+
+describe("health config against the 1xx rule", function()
+  local function check(expect)
+    local dir = helpers.tmpdir()
+    local path = helpers.write_config(dir, [[
+local mg = require "moongate"
+mg.listen { "127.0.0.1:1" }
+mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, health = { expect = ]] .. expect .. [[ } } }
+]])
+    return helpers.moongate({ "-t", "-c", path })
+  end
+
+  it("refuses an expected interim status (the checks skip 1xx answers), takes 101", function()
+    local out, rc = check("{ 200, 103 }")
+    assert.not_equal(0, rc)
+    assert.truthy(out:find("health: expect[2] is 103, an interim status: checks skip it to the final one", 1, true),
+                  out)
+    out, rc = check("{ 101, 200 }")
+    assert.equal(0, rc, out)
+  end)
+end)
