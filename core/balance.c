@@ -351,7 +351,9 @@ static int64_t eff_weight(mg_balancer_t *b, int i, tick_t *c) {
 }
 
 /* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN servers
- * from a random start (so that ties go round, not always to the first). */
+ * from a random start (so that ties go round, not always to the first). A
+ * slow-starting server is a candidate with its ramp's probability (dividing by
+ * the ramped weight alone does nothing while every server is idle: 0 / w). */
 static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng, tick_t *c) {
   int n = b->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
   int start = (int)(next_rand(rng) % (uint64_t)n);
@@ -359,9 +361,9 @@ static int pick_least_conn(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *
   int64_t ba = 0, bw = 1;
   for (int j = 0; j < m; j++) {
     int i = start + j < n ? start + j : start + j - n;
-    if (!fits(b, tried, i, c)) continue;
+    if (!fits(b, tried, i, c) || !takes(b, i, c, rng)) continue;
     int64_t a = atomic_load_explicit(&b->peers[i].active, memory_order_relaxed);
-    int64_t w = eff_weight(b, i, c);
+    int64_t w = load_weight(&b->peers[i]);
     if (best < 0 || a * bw < ba * w) {
       best = i;
       ba = a;

@@ -501,3 +501,45 @@ mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:2" }, health = { 
     assert.equal(0, rc, out)
   end)
 end)
+
+describe("slow start under balance = \"least_conn\"", function()
+  local a, b, proxy
+
+  lazy_setup(function()
+    a = helpers.origin({ name = "A", status_file = true })
+    b = helpers.origin({ name = "B", status_file = true })
+    proxy = helpers.proxy(conf([[
+mg.route { upstream = mg.upstream "web" { servers = { "${a}", "${b}" }, balance = "least_conn",
+  slow_start = 10, health = { path = "/health", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 } } }
+]]), { vars = { a = a.addr, b = b.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function at_a(n)
+    local c = proxy:connect()
+    local k = 0
+    for i = 1, n do
+      local res = assert(c:request({ path = "/echo?" .. i }))
+      if res.h["x-origin"] == "A" then k = k + 1 end
+    end
+    c:close()
+    return k
+  end
+
+  it("gives a server that came back a small share of one-at-a-time requests", function()
+    helpers.sleep(0.3)
+    local before = at_a(200)
+    assert.is_true(before > 70 and before < 130, "A's share at start: " .. before)
+    a:force_status(500)
+    assert(raw.find_log(proxy, 0, "server " .. a.addr .. " up -> down", 3))
+    a:force_status(nil)
+    assert(raw.find_log(proxy, 0, "server " .. a.addr .. " down -> up", 3))
+    -- 10 % of its share growing to about 15 % over the next second: 10 to 15 of
+    -- 200 (100 at full weight)
+    local after = at_a(200)
+    assert.is_true(after > 0 and after < 40, "A's share right after coming back: " .. after)
+  end)
+end)
