@@ -337,6 +337,9 @@ end
 mg.route { upstream = mg.upstream "four" { servers = { "${e1}", "${e2}", "${e3}", "${e4}" },
   eject = { consecutive = 1, base = 30, max_percent = 50 } },
   on = { balance = peek, response = function(req, res) res:set_header("X-Ejected", req.ctx.n) end } }
+mg.route { host = "short.test", upstream = mg.upstream "short" { servers = { "${e1}", "${e2}", "${e3}", "${e4}" },
+  eject = { consecutive = 1, base = 0.05, max_percent = 50 } },
+  on = { balance = peek, response = function(req, res) res:set_header("X-Ejected", req.ctx.n) end } }
 ]], 2), { vars = vars })
   end)
 
@@ -356,6 +359,40 @@ mg.route { upstream = mg.upstream "four" { servers = { "${e1}", "${e2}", "${e3}"
       assert.equal(503, res.status)
       assert.equal("2", res.h["x-ejected"])
     end
+  end)
+
+  it("ejections that end under load leave the count right: all come back, and eject again", function()
+    local out = helpers.sh("wrk -t2 -c16 -d1s -H 'Host: short.test' http://127.0.0.1:" .. proxy.port .. "/ 2>&1")
+    assert.truthy(out:find("requests in", 1, true), out)
+    proxy:assert_alive()
+    local text = proxy:stderr()
+    local ej, back = helpers.count(text, "upstream short: server"), helpers.count(text, "back from ejection")
+    assert.is_true(ej > 4 and back > 0, "ejection lines: " .. ej .. ", back: " .. back)
+    for i = 1, 4 do os_[i]:force_status(nil) end
+    helpers.sleep(0.6) -- past the longest ejection (10 x base)
+    local seen = {}
+    local c = proxy:connect()
+    for i = 1, 16 do
+      local res = assert(c:request({ path = "/echo?" .. i, headers = { { "Host", "short.test" } } }))
+      assert.equal(200, res.status)
+      assert.equal("0", res.h["x-ejected"])
+      seen[res.h["x-origin"]] = true
+    end
+    c:close()
+    assert.same({ E1 = true, E2 = true, E3 = true, E4 = true }, seen)
+    -- two may be ejected again (the count went back to 0, not up or below)
+    os_[1]:force_status(503)
+    os_[2]:force_status(503)
+    os_[3]:force_status(503)
+    c = proxy:connect()
+    local most = 0
+    for i = 1, 24 do
+      local res = assert(c:request({ path = "/echo?" .. i, headers = { { "Host", "short.test" } } }))
+      most = math.max(most, tonumber(res.h["x-ejected"]))
+    end
+    c:close()
+    assert.equal(2, most)
+    for i = 1, 4 do os_[i]:force_status(503) end
   end)
 end)
 
