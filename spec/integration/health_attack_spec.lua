@@ -204,13 +204,18 @@ describe("checks in flight", function()
     return conf([[
 mg.route { host = "hole.test", upstream = mg.upstream "hole" { servers = { ]] .. table.concat(s, ", ") .. [[ },
   health = { path = "/hz", interval = 0.05, timeout = 5, rise = 1, fall = 1 } } }
+mg.route { host = "tls.test", upstream = mg.upstream "holetls" { servers = { ]] .. table.concat(s, ", ") .. [[ },
+  tls = { sni = "hole.test", verify = false },
+  health = { path = "/hz", interval = 0.05, timeout = 5, rise = 1, fall = 1 } } }
 mg.route { upstream = mg.upstream "web" { servers = { "${a}" },
   health = { path = "]] .. path .. [[", interval = 0.1, timeout = 0.5, rise = 1, fall = 1 } } }
 ]], 2)
   end
 
   lazy_setup(function()
-    o = raw.origin() -- accepts nothing: every check to it stays in flight
+    -- accepts nothing: every check to it stays in flight (plain ones waiting for
+    -- an answer, TLS ones in their handshake)
+    o = raw.origin()
     a = helpers.origin({ name = "A" })
     proxy = helpers.proxy(text(50, "/g"), { vars = { o = o.addr, a = a.addr } })
   end)
@@ -578,5 +583,35 @@ mg.route { upstream = mg.upstream "web" { servers = { "${a}", "${b}" }, balance 
     -- 200 (100 at full weight)
     local after = at_a(200)
     assert.is_true(after > 0 and after < 40, "A's share right after coming back: " .. after)
+  end)
+end)
+
+describe("the retry path when every server is down", function()
+  local proxy, p1, p2
+
+  lazy_setup(function()
+    p1, p2 = helpers.free_port(), helpers.free_port()
+    proxy = helpers.proxy(conf([[
+mg.route { upstream = mg.upstream "gone" { servers = { "127.0.0.1:${p1}", "127.0.0.1:${p2}" },
+  eject = { consecutive = 1, base = 30, max_percent = 100 } } }
+]], 2), { vars = { p1 = p1, p2 = p2 } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("tries each server once (each ejected), 502; then 503 at once", function()
+    local res = assert(proxy:request({ path = "/" }))
+    assert.equal(502, res.status)
+    local text = proxy:stderr()
+    assert.equal(1, helpers.count(text, "server 127.0.0.1:" .. p1 .. " ejected for 30s"), text)
+    assert.equal(1, helpers.count(text, "server 127.0.0.1:" .. p2 .. " ejected for 30s"), text)
+    for _ = 1, 5 do
+      res = assert(proxy:request({ path = "/" }))
+      assert.equal(503, res.status)
+    end
+    assert(raw.find_log(proxy, 0, "upstream gone: no server available: 503", 1))
+    proxy:assert_alive()
   end)
 end)
