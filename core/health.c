@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "balance.h"
 #include "log.h"
@@ -23,6 +24,9 @@ struct mg_health_s {
   int nprobes;
   int handles;       /* open handles (timers, transports) */
   int stopped;
+  int open, max_open; /* checks holding a socket, and the most at once */
+  probe_t *wait_head, *wait_tail; /* checks due that wait for a socket (FIFO) */
+  int said_full;     /* the "waiting" line was logged (once per check set) */
 };
 
 struct probe_s {
@@ -39,6 +43,8 @@ struct probe_s {
   size_t got;           /* bytes of the answer read */
   char line[64];        /* the start of the status line */
   size_t llen;
+  probe_t *wait_next;   /* in h's waiting list */
+  unsigned waiting : 1;
   int skip;             /* in a 1xx's header block: its lines are skipped */
   size_t col;           /* skipping: bytes on the current line (0: empty so far) */
 };
@@ -177,10 +183,23 @@ static void ev_written(void *owner, int status) {
   probe_t *p = owner;
   if (status < 0 && p->busy) result(p, 0, "write failed");
 }
+static void start_check(probe_t *p);
+
 static void ev_closed(void *owner) {
   probe_t *p = owner;
+  mg_health_t *h = p->h;
   p->tp_open = 0;
-  handle_closed(p->h);
+  h->open--;
+  /* the socket is free: the check that waited longest starts */
+  if (!h->stopped && h->wait_head) {
+    probe_t *q = h->wait_head;
+    h->wait_head = q->wait_next;
+    if (!h->wait_head) h->wait_tail = NULL;
+    q->wait_next = NULL;
+    q->waiting = 0;
+    start_check(q);
+  }
+  handle_closed(h);
 }
 
 static const mg_tp_events_t probe_events = {
@@ -199,6 +218,19 @@ static void start_check(probe_t *p) {
     uv_timer_start(&p->timer, on_timer, 10, 0);
     return;
   }
+  if (h->open >= h->max_open) { /* its turn comes when a socket closes */
+    if (!h->said_full) {
+      h->said_full = 1;
+      MG_WARN(-1, "health checks: %d in flight, the most (a quarter of the open-file limit): the next ones wait "
+              "their turn", h->open);
+    }
+    p->waiting = 1;
+    if (h->wait_tail) h->wait_tail->wait_next = p;
+    else h->wait_head = p;
+    h->wait_tail = p;
+    return;
+  }
+  h->open++;
   p->busy = 1;
   p->got = p->llen = p->col = 0;
   p->skip = 0;
@@ -278,6 +310,11 @@ mg_health_t *mg_health_start(uv_loop_t *loop, mg_gen_t *g) {
   mg_gen_ref(g);
   h->loop = loop;
   h->gen = g;
+  /* sockets held by checks at once: a quarter of the open-file limit, so that
+   * servers that never answer cannot take the workers' descriptors */
+  struct rlimit rl;
+  rlim_t lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? rl.rlim_cur / 4 : 4096;
+  h->max_open = lim < 16 ? 16 : lim > 4096 ? 4096 : (int)lim;
   h->probes = probes;
   h->nprobes = n;
   h->tp = (mg_tp_ctx_t){ .loop = loop, .rbuf = rbuf, .rcap = sizeof(rbuf), .tbuf = tbuf, .tcap = sizeof(tbuf),

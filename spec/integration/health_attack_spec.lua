@@ -615,3 +615,49 @@ mg.route { upstream = mg.upstream "gone" { servers = { "127.0.0.1:${p1}", "127.0
     proxy:assert_alive()
   end)
 end)
+
+describe("checks of servers that never answer, under a low open-file limit", function()
+  local hole, proxy, bin
+
+  lazy_setup(function()
+    hole = raw.origin() -- never accepts: past its backlog, connects hang until the timeout
+    local dir = helpers.tmpdir()
+    bin = helpers.bin
+    helpers.bin = dir .. "/moongate-1024"
+    helpers.write_file(helpers.bin, "#!/bin/sh\nulimit -n 1024\nexec '" .. bin .. "' \"$@\"\n")
+    os.execute("chmod +x '" .. helpers.bin .. "'")
+    local s = {}
+    for i = 1, 2000 do s[i] = '"${h}"' end
+    proxy = helpers.proxy(conf([[
+mg.route { path = "/ok", respond = { status = 200, body = "ok" } }
+mg.route { upstream = mg.upstream "many" { servers = { ]] .. table.concat(s, ", ") .. [[ },
+  health = { type = "tcp", interval = 0.5, timeout = 10, rise = 1, fall = 1 } } }
+]]), { vars = { h = hole.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.bin = bin
+    helpers.teardown(proxy)
+    hole:close()
+  end)
+
+  local function fds()
+    local p = io.popen("ls /proc/" .. proxy.pid .. "/fd | wc -l")
+    local v = tonumber(p:read("*a"))
+    p:close()
+    return v
+  end
+
+  it("leaves the workers their descriptors: clients are still served", function()
+    helpers.sleep(1.5)
+    local n = fds()
+    assert.is_true(n < 400, "descriptors: " .. n)
+    for _ = 1, 3 do
+      local out = helpers.sh("curl -s -m 2 -o /dev/null -w '%{http_code}' http://127.0.0.1:" .. proxy.port .. "/ok")
+      assert.equal("200", out)
+    end
+    assert(raw.find_log(proxy, 0, "health checks: 256 in flight, the most (a quarter of the open-file limit)", 1))
+    assert.equal(0, helpers.count(proxy:stderr(), "too many open files"))
+    proxy:assert_alive()
+  end)
+end)
