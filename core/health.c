@@ -44,7 +44,6 @@ struct probe_s {
   char line[64];        /* the start of the status line */
   size_t llen;
   probe_t *wait_next;   /* in h's waiting list */
-  unsigned waiting : 1;
   int skip;             /* in a 1xx's header block: its lines are skipped */
   size_t col;           /* skipping: bytes on the current line (0: empty so far) */
 };
@@ -196,7 +195,6 @@ static void ev_closed(void *owner) {
     h->wait_head = q->wait_next;
     if (!h->wait_head) h->wait_tail = NULL;
     q->wait_next = NULL;
-    q->waiting = 0;
     start_check(q);
   }
   handle_closed(h);
@@ -224,7 +222,6 @@ static void start_check(probe_t *p) {
       MG_WARN(-1, "health checks: %d in flight, the most (a quarter of the open-file limit): the next ones wait "
               "their turn", h->open);
     }
-    p->waiting = 1;
     if (h->wait_tail) h->wait_tail->wait_next = p;
     else h->wait_head = p;
     h->wait_tail = p;
