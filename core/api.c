@@ -269,7 +269,8 @@ int mg_req_server_flags(mg_req_t *r, int i) { /* i12-health */
   if (r->upstream < 0 || i < 0 || i >= mg_upstream_nservers(&r->gen->upstreams[r->upstream])) return MG_API_ENOTFOUND;
   const mg_peer_t *p = mg_balance_peer(r->gen->upstreams[r->upstream].bal, i);
   unsigned f = atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_DOWN | MG_PEER_EJECTED);
-  if ((f & MG_PEER_EJECTED) && mg_balance_now_ms() >= atomic_load_explicit(&p->until_ms, memory_order_relaxed))
+  uint64_t until = atomic_load_explicit(&p->until_ms, memory_order_relaxed) & ~(1ull << 63); /* (top bit: ended) */
+  if ((f & MG_PEER_EJECTED) && mg_balance_now_ms() >= until)
     f &= ~MG_PEER_EJECTED; /* over: the next pick that looks ends it */
   return (int)f;
 }

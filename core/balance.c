@@ -554,12 +554,22 @@ static uint64_t now_of(tick_t *c) {
   return c->now;
 }
 
-/* Server i's ejection ends if its time is over (whoever sees it first). */
+/* until_ms's top bit: that ejection was ended (by the one who set the bit). */
+#define UNTIL_ENDED (1ull << 63)
+
+/* Server i's ejection ends if its time is over (whoever sees it first). The
+ * end time is the ticket: only the worker whose compare-exchange marks it ended
+ * clears the flag, so that a worker that read an old end time can neither end
+ * an ejection twice nor end the next one (which has a later end time). */
 static void eject_expire(mg_balancer_t *b, int i, tick_t *c) {
   mg_peer_t *p = mg_balance_peer(b, i);
-  if (now_of(c) < atomic_load_explicit(&p->until_ms, memory_order_relaxed)) return;
-  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTED, memory_order_relaxed);
-  if (!(f & MG_PEER_EJECTED)) return; /* another worker ended it */
+  uint64_t until = atomic_load_explicit(&p->until_ms, memory_order_acquire);
+  if ((until & UNTIL_ENDED) || now_of(c) < until) return;
+  if (!atomic_compare_exchange_strong_explicit(&p->until_ms, &until, until | UNTIL_ENDED, memory_order_acq_rel,
+                                               memory_order_relaxed))
+    return; /* another worker ended it, or a new ejection began */
+  unsigned f = atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTED, memory_order_release);
+  if (!(f & MG_PEER_EJECTED)) return;
   atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
   if (b->slow_start_ms) atomic_store_explicit(&p->slow_ms, now_of(c), memory_order_relaxed);
   tell(b, i, f & MG_PEER_DOWN ? "ejection ended (still down by its health checks)" : "back from ejection");
@@ -568,7 +578,7 @@ static void eject_expire(mg_balancer_t *b, int i, tick_t *c) {
 /* Usable now: no flag, or only an ejection whose time is over (ended here). */
 static int usable(mg_balancer_t *b, int i, tick_t *c) {
   mg_peer_t *p = mg_balance_peer(b, i);
-  unsigned f = atomic_load_explicit(&p->flags, memory_order_relaxed);
+  unsigned f = atomic_load_explicit(&p->flags, memory_order_acquire);
   if (f == MG_PEER_EJECTED) {
     eject_expire(b, i, c);
     f = atomic_load_explicit(&p->flags, memory_order_relaxed);
@@ -656,7 +666,9 @@ static int64_t eff_weight(mg_balancer_t *b, int i, tick_t *c) {
 }
 
 /* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN members
- * from a random start (so that ties go round, not always to the first). */
+ * from a random start (so that ties go round, not always to the first). A
+ * slow-starting server is a candidate with its ramp's probability (dividing by
+ * the ramped weight alone does nothing while every server is idle: 0 / w). */
 static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng,
                            tick_t *c) {
   uint32_t n = s->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
@@ -665,9 +677,9 @@ static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried
   int64_t ba = 0, bw = 1;
   for (uint32_t j = 0; j < m; j++) {
     int i = (int)s->ids[start + j < n ? start + j : start + j - n];
-    if (!fits(b, tried, i, c)) continue;
+    if (!fits(b, tried, i, c) || !takes(b, i, c, rng)) continue;
     int64_t a = atomic_load_explicit(&mg_balance_peer(b, i)->active, memory_order_relaxed);
-    int64_t w = eff_weight(b, i, c);
+    int64_t w = load_weight(mg_balance_peer(b, i));
     if (best < 0 || a * bw < ba * w) {
       best = i;
       ba = a;
@@ -734,15 +746,22 @@ typedef struct {
   const mg_bsnap_t *s;
   const mg_tried_t *tried;
   tick_t c;
+  int key_part;  /* slow start: the key's place in 0..RAMP_FULL-1 (-1: no ramp) */
+  int declined;  /* a slow-starting server passed the key on */
 } hash_ud_t;
 
 /* A member's load for the bound (k: its backend index in the snapshot's table),
  * -1 for one tried already or not usable (its keys then go on along their walk,
- * and come back when it does). */
+ * and come back when it does). A server in slow start takes back the keys whose
+ * place is below its ramp: a share that grows, each key moving back once. */
 static int64_t hash_load(void *ud, uint32_t k) {
   hash_ud_t *h = ud;
   int id = (int)h->s->ids[k];
   if (!fits(h->b, h->tried, id, &h->c)) return -1;
+  if (h->key_part >= 0 && h->b->slow_start_ms && h->key_part >= ramp(h->b, id, &h->c)) {
+    h->declined = 1;
+    return -1;
+  }
   return atomic_load_explicit(&mg_balance_peer(h->b, id)->active, memory_order_relaxed);
 }
 
@@ -753,15 +772,18 @@ int mg_balance_usable(mg_balancer_t *b, int i) {
 
 static int pick_hash(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t hash) {
   if (!s->maglev) return -1;
-  hash_ud_t ud = { b, s, tried, { 0 } };
+  hash_ud_t ud = { b, s, tried, { 0 }, (int)((hash * 0x9e3779b97f4a7c15ull) >> 54), 0 };
   long long total = atomic_load_explicit(&b->active_total, memory_order_relaxed);
   mg_maglev_bound_t bound = {
     .eps = b->hash_eps, .total = total > 0 ? (uint64_t)total : 0, .wsum = s->total, .load = hash_load, .ud = &ud,
   };
   int64_t k = mg_maglev_pick_bounded(s->maglev, hash, &bound);
+  if (k < 0 && ud.declined) { /* only slow-starting servers were left: they take it */
+    ud.key_part = -1;
+    k = mg_maglev_pick_bounded(s->maglev, hash, &bound);
+  }
   return k >= 0 ? (int)s->ids[k] : -1;
 }
-
 int mg_balance_pick_hash(mg_balancer_t *b, const mg_tried_t *tried, uint64_t hash) {
   reader_t *me = reader_enter();
   const mg_bsnap_t *s = atomic_load_explicit(&b->snap, memory_order_seq_cst);
@@ -871,14 +893,15 @@ int mg_balance_members(mg_balancer_t *b) {
  * would be passed. */
 static void eject(mg_balancer_t *b, int i) {
   mg_peer_t *p = mg_balance_peer(b, i);
-  if (atomic_load_explicit(&p->flags, memory_order_relaxed) & MG_PEER_EJECTED) return;
+  if (atomic_load_explicit(&p->flags, memory_order_relaxed) & (MG_PEER_EJECTED | MG_PEER_EJECTING)) return;
   tick_t c = { 0 };
   /* ejections over by now end first, so that they do not count (every id: a
    * server drained or removed while ejected still holds its slot until then) */
   if (atomic_load_explicit(&b->nejected, memory_order_relaxed) > 0) {
     int nids = mg_balance_count(b);
     for (int j = 0; j < nids; j++)
-      if (atomic_load_explicit(&mg_balance_peer(b, j)->flags, memory_order_relaxed) & MG_PEER_EJECTED)
+      if ((atomic_load_explicit(&mg_balance_peer(b, j)->flags, memory_order_acquire) &
+           (MG_PEER_EJECTED | MG_PEER_EJECTING)) == MG_PEER_EJECTED)
         eject_expire(b, j, &c);
   }
   /* the slot first, so that two workers ejecting at once cannot both pass */
@@ -890,19 +913,24 @@ static void eject(mg_balancer_t *b, int i) {
     atomic_store_explicit(&p->errs, 0, memory_order_relaxed);
     return;
   }
-  unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_relaxed);
-  if (f & MG_PEER_EJECTED) { /* another worker was first */
+  /* the claim: MG_PEER_EJECTING until the end time is stored, so that no pick
+   * or sweep ends this ejection by the last one's end (or 0) in between */
+  unsigned f = atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTING, memory_order_relaxed);
+  if (f & (MG_PEER_EJECTED | MG_PEER_EJECTING)) { /* another worker was first */
+    if (!(f & MG_PEER_EJECTING)) atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTING, memory_order_relaxed);
     atomic_fetch_sub_explicit(&b->nejected, 1, memory_order_relaxed);
     return;
   }
   uint64_t now = now_of(&c), cap = b->eject_base_ms * 10;
-  uint64_t last = atomic_load_explicit(&p->until_ms, memory_order_relaxed);
+  uint64_t last = atomic_load_explicit(&p->until_ms, memory_order_relaxed) & ~UNTIL_ENDED;
   if (last && now >= last + cap) atomic_store_explicit(&p->ejections, 0, memory_order_relaxed);
   uint64_t k = (uint64_t)atomic_fetch_add_explicit(&p->ejections, 1, memory_order_relaxed) + 1;
   uint64_t len = b->eject_base_ms * k;
   if (len > cap) len = cap;
-  atomic_store_explicit(&p->until_ms, now + len, memory_order_relaxed);
+  atomic_store_explicit(&p->until_ms, now + len, memory_order_release);
   atomic_store_explicit(&p->slow_ms, 0, memory_order_relaxed);
+  atomic_fetch_or_explicit(&p->flags, MG_PEER_EJECTED, memory_order_release);
+  atomic_fetch_and_explicit(&p->flags, ~MG_PEER_EJECTING, memory_order_release);
   int errs = atomic_exchange_explicit(&p->errs, 0, memory_order_relaxed);
   char what[128];
   snprintf(what, sizeof(what), "ejected for %.3gs (%d errors in a row, ejection %llu)", (double)len / 1e3,

@@ -41,7 +41,7 @@ typedef struct {
   /* i12-health: ejection and slow start */
   atomic_int errs;      /* consecutive 5xx answers or failed attempts (ejection) */
   atomic_int ejections; /* times ejected so far (back to 0 after 10 x base without one) */
-  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms); 0: none */
+  atomic_uint_fast64_t until_ms; /* the last ejection's end (mg_balance_now_ms; top bit: ended); 0: none */
   atomic_uint_fast64_t slow_ms;  /* slow start: when it came back; 0: at full weight */
   uint64_t tok;         /* sticky: the server's token (set before its id is handed out
                            or by mg_balancer_sticky_init; never changes after) */
@@ -52,11 +52,13 @@ typedef struct {
  * measures again) is tried again after a while. */
 #define MG_BALANCE_EWMA_HALF_MS 5000u
 
-/* mg_peer_t.flags bits (lua/moongate/upstreams.lua names all four) */
+/* mg_peer_t.flags bits (lua/moongate/upstreams.lua knows them all) */
 #define MG_PEER_DOWN 1u            /* failed its active health checks (core/health.c) */
 #define MG_PEER_EJECTED 2u         /* ejected after consecutive errors (mg_peer_status) */
 #define MG_PEER_DRAINING (1u << 2) /* drained: finishes what it has, takes nothing new */
 #define MG_PEER_REMOVED (1u << 3)  /* removed: likewise, and gone from servers() */
+
+#define MG_PEER_EJECTING (1u << 4) /* an ejection being set up (its end time not stored yet) */
 
 /* May server p take a new request (no flag set)? Every pick skips servers that
  * may not. An ejection whose time is over still counts until a pick looks at the

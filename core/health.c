@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "balance.h"
 #include "log.h"
@@ -26,6 +27,9 @@ struct mg_health_s {
   uv_timer_t sync;   /* looks for servers added at run time, every second */
   int handles;       /* open handles (timers, transports) */
   int stopped;
+  int open, max_open; /* checks holding a socket, and the most at once */
+  probe_t *wait_head, *wait_tail; /* checks due that wait for a socket (FIFO) */
+  int said_full;     /* the "waiting" line was logged (once per check set) */
 };
 
 struct probe_s {
@@ -42,6 +46,9 @@ struct probe_s {
   size_t got;           /* bytes of the answer read */
   char line[64];        /* the start of the status line */
   size_t llen;
+  probe_t *wait_next;   /* in h's waiting list */
+  int skip;             /* in a 1xx's header block: its lines are skipped */
+  size_t col;           /* skipping: bytes on the current line (0: empty so far) */
 };
 
 /* The main thread's read buffers (checks of an old and a new generation may
@@ -116,27 +123,51 @@ static int expected(const mg_health_cfg_t *c, int status) {
   return 0;
 }
 
-/* The status line is complete (or the read limit was reached). */
-static void status_line(probe_t *p) {
+/* The status line is complete (or the read limit was reached): 1 when that
+ * gave the check's result, 0 for an interim 1xx (other than 101), whose header
+ * block is skipped to the next status line (RFC 9110 15.2: a client must take
+ * them before the final answer, e.g. 103 Early Hints). */
+static int status_line(probe_t *p) {
   const char *l = p->line;
-  if (p->llen < 12 || memcmp(l, "HTTP/1.", 7) != 0 || l[8] != ' ' || l[9] < '1' || l[9] > '5' || l[10] < '0' ||
-      l[10] > '9' || l[11] < '0' || l[11] > '9' || (p->llen > 12 && l[12] != ' ' && l[12] != '\r')) {
+  if (p->got >= STATUS_READ_MAX || p->llen < 12 || memcmp(l, "HTTP/1.", 7) != 0 || l[8] != ' ' || l[9] < '1' ||
+      l[9] > '5' || l[10] < '0' || l[10] > '9' || l[11] < '0' || l[11] > '9' ||
+      (p->llen > 12 && l[12] != ' ' && l[12] != '\r')) {
     result(p, 0, "no HTTP status line");
-    return;
+    return 1;
   }
   int status = (l[9] - '0') * 100 + (l[10] - '0') * 10 + (l[11] - '0');
+  if (status < 200 && status != 101) {
+    p->skip = 1;
+    p->col = 0;
+    p->llen = 0;
+    return 0;
+  }
   char cause[32];
   snprintf(cause, sizeof(cause), "status %d", status);
   result(p, expected(&p->u->health, status), cause);
+  return 1;
 }
 
 static int ev_data(void *owner, const char *d, size_t n) {
   probe_t *p = owner;
   if (!p->busy) return 1;
   for (size_t k = 0; k < n; k++, p->got++) {
-    if (d[k] == '\n' || p->got >= STATUS_READ_MAX) {
+    if (p->got >= STATUS_READ_MAX) {
       status_line(p);
       return 1;
+    }
+    if (p->skip) { /* a 1xx's header block ends at its empty line */
+      if (d[k] == '\n') {
+        if (p->col == 0) p->skip = 0;
+        p->col = 0;
+      } else if (d[k] != '\r') {
+        p->col++;
+      }
+      continue;
+    }
+    if (d[k] == '\n') {
+      if (status_line(p)) return 1;
+      continue;
     }
     if (p->llen < sizeof(p->line)) p->line[p->llen++] = d[k];
   }
@@ -158,10 +189,22 @@ static void ev_written(void *owner, int status) {
   probe_t *p = owner;
   if (status < 0 && p->busy) result(p, 0, "write failed");
 }
+static void start_check(probe_t *p);
+
 static void ev_closed(void *owner) {
   probe_t *p = owner;
+  mg_health_t *h = p->h;
   p->tp_open = 0;
-  handle_closed(p->h);
+  h->open--;
+  /* the socket is free: the check that waited longest starts */
+  if (!h->stopped && h->wait_head) {
+    probe_t *q = h->wait_head;
+    h->wait_head = q->wait_next;
+    if (!h->wait_head) h->wait_tail = NULL;
+    q->wait_next = NULL;
+    start_check(q);
+  }
+  handle_closed(h);
 }
 
 static const mg_tp_events_t probe_events = {
@@ -185,8 +228,21 @@ static void start_check(probe_t *p) {
     uv_timer_start(&p->timer, on_timer, jittered(u->health.interval_ms), 0);
     return;
   }
+  if (h->open >= h->max_open) { /* its turn comes when a socket closes */
+    if (!h->said_full) {
+      h->said_full = 1;
+      MG_WARN(-1, "health checks: %d in flight, the most (a quarter of the open-file limit): the next ones wait "
+              "their turn", h->open);
+    }
+    if (h->wait_tail) h->wait_tail->wait_next = p;
+    else h->wait_head = p;
+    h->wait_tail = p;
+    return;
+  }
+  h->open++;
   p->busy = 1;
-  p->got = p->llen = 0;
+  p->got = p->llen = p->col = 0;
+  p->skip = 0;
   p->tp_open = 1;
   h->handles++;
   int rc = mg_tp_connect(&p->tp, &h->tp, &p->creq, (const struct sockaddr *)&mg_upstream_server(u, p->i)->addr,
@@ -230,12 +286,12 @@ static void result(probe_t *p, int ok, const char *cause) {
   const mg_health_cfg_t *c = &p->u->health;
   p->busy = 0;
   if (p->tp_open) mg_tp_close(&p->tp);
-  if (ok) {
+  if (ok) { /* (the streaks stop at rise / fall: all that is compared) */
     p->bads = 0;
-    p->oks++;
+    if (p->oks < c->rise) p->oks++;
   } else {
     p->oks = 0;
-    p->bads++;
+    if (p->bads < c->fall) p->bads++;
   }
   int change = (!p->up && ok && p->oks >= c->rise) || (p->up && !ok && p->bads >= c->fall);
   if (change) {
@@ -308,6 +364,11 @@ mg_health_t *mg_health_start(uv_loop_t *loop, mg_gen_t *g) {
   h->loop = loop;
   h->gen = g;
   h->covered = covered;
+  /* sockets held by checks at once: a quarter of the open-file limit, so that
+   * servers that never answer cannot take the workers' descriptors */
+  struct rlimit rl;
+  rlim_t lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? rl.rlim_cur / 4 : 4096;
+  h->max_open = lim < 16 ? 16 : lim > 4096 ? 4096 : (int)lim;
   h->tp = (mg_tp_ctx_t){ .loop = loop, .rbuf = rbuf, .rcap = sizeof(rbuf), .tbuf = tbuf, .tcap = sizeof(tbuf),
                          .net = NULL, .pipe = { -1, -1 } };
   uv_timer_init(loop, &h->sync);

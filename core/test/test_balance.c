@@ -3,10 +3,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <uv.h>
 
 #include "../balance.h"
 #include "test.h"
@@ -606,6 +609,66 @@ static void swap_under_readers(void) {
   }
 }
 
+/* An ejection racing with picks on other threads: a pick that sees the flag
+ * before the end time is stored must not end the ejection by the last one's end
+ * time (0 at the first). Two threads pick without pause while the main thread
+ * ejects a server of a fresh balancer, many times over: with an end time far
+ * away, no ejection may end. */
+typedef struct {
+  _Atomic(mg_balancer_t *) cur;
+  atomic_int round, seen, stop, backs;
+} race_t;
+
+static void race_event(void *data, int i, const char *what) {
+  race_t *r = data;
+  if (strstr(what, "back") || strstr(what, "ended")) atomic_fetch_add(&r->backs, 1);
+}
+
+static void race_picker(void *arg) {
+  race_t *r = arg;
+  uint64_t rng = (uint64_t)(uintptr_t)&rng | 1;
+  int round = 0;
+  while (!atomic_load(&r->stop)) {
+    while (atomic_load(&r->round) == round && !atomic_load(&r->stop)) sched_yield();
+    round = atomic_load(&r->round);
+    mg_balancer_t *b = atomic_load(&r->cur);
+    atomic_fetch_add(&r->seen, 1); /* started on b */
+    if (b) /* until the main thread is done with b */
+      while (atomic_load(&r->cur) == b)
+        for (int k = 0; k < 8; k++) mg_balance_pick(b, NULL, &rng);
+    atomic_fetch_add(&r->seen, 1); /* done with b */
+  }
+}
+
+static void ejection_races_picks(void) {
+  race_t r = { 0 };
+  uv_thread_t th[2];
+  for (int t = 0; t < 2; t++) CHECK(uv_thread_create(&th[t], race_picker, &r) == 0);
+  int w[] = { 1, 1 };
+  for (int it = 0; it < 300 && !atomic_load(&r.backs); it++) {
+    mg_balancer_t *b = make(MG_BALANCE_ROUND_ROBIN, w, 2);
+    b->event = race_event;
+    b->event_data = &r;
+    b->eject_consecutive = 1;
+    b->eject_base_ms = 3600 * 1000;
+    b->eject_max_percent = 100;
+    atomic_store(&r.seen, 0);
+    atomic_store(&r.cur, b);
+    atomic_fetch_add(&r.round, 1);
+    while (atomic_load(&r.seen) < 2) sched_yield(); /* both pick on b */
+    mg_peer_status(b, 0, 503);
+    mg_peer_status(b, 1, 503);
+    atomic_store(&r.cur, NULL);
+    while (atomic_load(&r.seen) < 4) sched_yield(); /* both done with b */
+    CHECK(!mg_peer_usable(mg_balance_peer(b, 0)) && !mg_peer_usable(mg_balance_peer(b, 1)));
+    CHECK(atomic_load(&b->nejected) == 2);
+    mg_balancer_free(b);
+  }
+  atomic_store(&r.stop, 1);
+  for (int t = 0; t < 2; t++) uv_thread_join(&th[t]);
+  CHECK(atomic_load(&r.backs) == 0);
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     { "round robin interleaves weights 1:3 as B A B B", rr_weights_interleave },
@@ -630,6 +693,7 @@ int main(void) {
     { "every policy skips down and ejected servers", skips_unusable },
     { "ejection: streak, max_percent, end, growth, cap", ejection },
     { "slow start ramps a recovered server's share", slow_start },
+    { "an ejection racing with picks on other threads is not ended early", ejection_races_picks },
   };
   return t_run("balance", cases, sizeof(cases) / sizeof(cases[0]));
 }

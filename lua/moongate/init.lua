@@ -431,6 +431,9 @@ local function upstream_health(u, t, what)
         if type(c) ~= "number" or c ~= floor(c) or c < 100 or c > 599 then
           fail("%s: expect[%d] must be a status code (100..599), got %s", w, i, tostring(c))
         end
+        if c < 200 and c ~= 101 then
+          fail("%s: expect[%d] is %d, an interim status: checks skip it to the final one", w, i, c)
+        end
         n.expect[i] = c
       end
     end

@@ -13,7 +13,7 @@ local err_out = ffi.new("mg_str_t[1]")
 local srv_out = ffi.new("mg_ups_server_t[1]")
 
 -- mg_peer_t.flags bits (core/balance.h): the health checks' and ejection's, then ours
-local DOWN, EJECTED, DRAINING, REMOVED = 1, 2, 4, 8
+local DOWN, EJECTED, DRAINING, REMOVED, EJECTING = 1, 2, 4, 8, 16
 local band = require("bit").band
 
 local _M = {}
@@ -105,7 +105,7 @@ local function state_of(flags)
   if band(flags, REMOVED) ~= 0 then return "removed" end
   if band(flags, DRAINING) ~= 0 then return "draining" end
   if band(flags, DOWN) ~= 0 then return "down" end
-  if band(flags, EJECTED) ~= 0 then return "ejected" end
+  if band(flags, EJECTED + EJECTING) ~= 0 then return "ejected" end
   return "down"
 end
 
