@@ -95,3 +95,32 @@ mg.route { upstream = mg.upstream "dyn" { servers = { "${a}" } } }
     assert.equal("ok\n", call("op=add&up=rt&addr=" .. d.addr))
   end)
 end)
+
+describe("re-resolution with resolve = 0.001 and a failing DNS", function()
+  it("keeps one lookup in flight per upstream, warns once, and stops at once", function()
+    local a = helpers.origin({ name = "A" })
+    local hosts = helpers.tmpdir() .. "/hosts"
+    helpers.write_file(hosts, "127.0.0.1 one.invalid two.invalid\n")
+    helpers.env.MOONGATE_HOSTS_FILE = hosts
+    local proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { path = "/two/", upstream = mg.upstream "two" { servers = { "two.invalid:${p}" }, resolve = 0.001 } }
+mg.route { upstream = mg.upstream "one" { servers = { "one.invalid:${p}" }, resolve = 0.001 } }
+]], { vars = { p = a.port } })
+    helpers.env.MOONGATE_HOSTS_FILE = nil
+    -- the names leave the override: every tick now asks DNS, which has no answer
+    helpers.write_file(hosts, "127.0.0.1 elsewhere.invalid\n")
+    helpers.sleep(4)
+    assert.equal("A", helpers.echo(assert(proxy:request({ path = "/echo" }))).name)
+    local log = proxy:stderr()
+    local t0 = helpers.now()
+    assert.equal(0, proxy:stop(20))
+    local took = helpers.now() - t0
+    assert(took < 1.5, "SIGTERM took " .. took .. " s: lookups piled up")
+    assert.equal(1, helpers.count(log, "upstream one: re-resolving one.invalid failed"))
+    assert.equal(1, helpers.count(log, "upstream two: re-resolving two.invalid failed"))
+    helpers.teardown(a)
+  end)
+end)
