@@ -74,8 +74,12 @@ static void apply(mg_balancer_t *bal, const char *upstream, const char *host, in
       continue; /* a member already */
     /* published at once (a few addresses): an address the Lua API added meanwhile
      * is refused as a duplicate, not listed twice */
-    if (mg_upstream_add(&u, (const struct sockaddr *)&addrs[k], weight, from, 1) >= 0)
-      MG_INFO(-1, "upstream %s: %s resolves to %s: it joins", upstream, host, text);
+    int rc = mg_upstream_add(&u, (const struct sockaddr *)&addrs[k], weight, from, 1);
+    if (rc >= 0) MG_INFO(-1, "upstream %s: %s resolves to %s: it joins", upstream, host, text);
+    else if (rc != MG_BALANCE_EEXIST) /* (EEXIST: added meanwhile, a member already) */
+      MG_WARN(-1, "upstream %s: %s resolves to %s, which cannot join: %s", upstream, host, text,
+              rc == MG_BALANCE_EFULL ? "too many servers in this upstream (ids are never reused)"
+                                     : "out of memory");
   }
   int count = mg_balance_count(bal);
   for (int id = 0; id < count; id++) {

@@ -124,3 +124,39 @@ mg.route { upstream = mg.upstream "one" { servers = { "one.invalid:${p}" }, reso
     helpers.teardown(a)
   end)
 end)
+
+describe("re-resolution into a full upstream", function()
+  it("an address that cannot join is logged with the cause", function()
+    local a = helpers.origin({ name = "A" })
+    local hosts = helpers.tmpdir() .. "/hosts"
+    helpers.write_file(hosts, "127.0.0.1 full.invalid\n")
+    helpers.env.MOONGATE_HOSTS_FILE = hosts
+    local proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+-- fills the upstream's ids: 131,072 in all (the name's one and these)
+mg.route { path = "/fill", respond = function()
+  local ok, err
+  for c = 0, 131 do
+    local list = {}
+    for i = 0, 999 do list[#list + 1] = ("127.%d.%d.%d:9"):format(c + 2, math.floor(i / 250), i % 250 + 1) end
+    ok, err = mg.upstreams.add("full", list)
+    if not ok then break end
+  end
+  return 200, tostring(err) .. "\n"
+end }
+mg.route { upstream = mg.upstream "full" { servers = { "full.invalid:${p}" }, resolve = 0.05 } }
+]], { vars = { p = a.port } })
+    helpers.env.MOONGATE_HOSTS_FILE = nil
+    assert.matches("too many servers in this upstream",
+                   assert(proxy:request({ path = "/fill" })).body, 1, true)
+    helpers.write_file(hosts, "127.0.0.1 full.invalid\n127.0.0.2 full.invalid\n")
+    assert.truthy(helpers.wait_until(function()
+      return proxy:stderr():find("upstream full: full.invalid resolves to 127.0.0.2:" .. a.port
+                                 .. ", which cannot join: too many servers in this upstream", 1, true)
+    end, 5))
+    assert.equal("A", helpers.echo(assert(proxy:request({ path = "/echo" }))).name)
+    helpers.teardown(proxy, a)
+  end)
+end)
