@@ -160,3 +160,26 @@ mg.route { upstream = mg.upstream "full" { servers = { "full.invalid:${p}" }, re
     helpers.teardown(proxy, a)
   end)
 end)
+
+describe("MOONGATE_HOSTS_FILE", function()
+  it("a line longer than 512 bytes (many aliases) is read whole", function()
+    local a = helpers.origin({ name = "A" })
+    local hosts = helpers.tmpdir() .. "/hosts"
+    local aliases = {}
+    for i = 1, 60 do aliases[i] = ("alias%02d.example.invalid"):format(i) end
+    -- the name after 1,400 bytes of aliases; the 512-byte cut falls inside an alias
+    helpers.write_file(hosts, "127.0.0.1 " .. table.concat(aliases, " ") .. " long.invalid\n")
+    helpers.env.MOONGATE_HOSTS_FILE = hosts
+    local proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "long" { servers = { "long.invalid:${p}" }, resolve = false } }
+]], { vars = { p = a.port }, wait = false })
+    helpers.env.MOONGATE_HOSTS_FILE = nil
+    local ok, err = proxy:wait_ready()
+    assert(ok, err)
+    assert.equal("A", helpers.echo(assert(proxy:request({ path = "/echo" }))).name)
+    helpers.teardown(proxy, a)
+  end)
+end)
