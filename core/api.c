@@ -440,15 +440,17 @@ static mg_upstream_cfg_t *ups_at(int u) {
  * they are resolved off the workers) into its canonical key. */
 static int parse_server(const char *a, size_t len, struct sockaddr_storage *ss, mg_str_t *err) {
   char buf[80];
-  if (len == 0 || len >= sizeof(buf)) goto bad;
+  /* (a NUL inside would cut the text short: "1.2.3.4:80\0junk" is refused) */
+  if (len == 0 || len >= sizeof(buf) || memchr(a, 0, len)) goto bad;
   memcpy(buf, a, len);
   buf[len] = 0;
   char *colon = strrchr(buf, ':'), *host = buf;
   if (!colon) goto bad;
   *colon = 0;
-  char *end = NULL;
-  long port = strtol(colon + 1, &end, 10);
-  if (!colon[1] || *end || port < 1 || port > 65535) goto bad;
+  long port = 0; /* digits only: no sign, no blanks (strtol would take " +80") */
+  const char *d = colon + 1;
+  for (; *d >= '0' && *d <= '9' && port <= 65535; d++) port = port * 10 + (*d - '0');
+  if (d == colon + 1 || *d || port < 1 || port > 65535) goto bad;
   if (host[0] == '[') {
     size_t hl = strlen(host);
     if (hl < 3 || host[hl - 1] != ']') goto bad;
@@ -460,7 +462,8 @@ static int parse_server(const char *a, size_t len, struct sockaddr_storage *ss, 
   memset(ss, 0, sizeof(*ss));
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0 && strchr(host, '.')) return 0;
 bad:
-  *err = (mg_str_t){ "bad address (want a numeric ip:port or [ip6]:port)", 51 };
+  static const char msg[] = "bad address (want a numeric ip:port or [ip6]:port)";
+  *err = (mg_str_t){ msg, sizeof(msg) - 1 };
   return MG_API_EINVAL;
 }
 

@@ -196,9 +196,10 @@ int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *
   if (!path || !*path) return -1;
   FILE *f = fopen(path, "r");
   if (!f) return -1;
-  char line[512];
+  char *line = NULL; /* a line of any length: a long list of aliases is one line */
+  size_t cap = 0;
   int n = 0, named = 0;
-  while (fgets(line, sizeof(line), f)) {
+  while (getline(&line, &cap, f) >= 0) {
     char *hash = strchr(line, '#');
     if (hash) *hash = 0;
     char *save = NULL, *ip = strtok_r(line, " \t\r\n", &save);
@@ -210,6 +211,7 @@ int mg_upstream_hosts_file(const char *host, int port, struct sockaddr_storage *
       if (literal(ip, port, &a)) n = mg_upstream_push_addr(out, n, max, (struct sockaddr *)&a, port);
     }
   }
+  free(line);
   fclose(f);
   return named ? n : -1;
 }

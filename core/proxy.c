@@ -1531,6 +1531,22 @@ static int tried_mark(mg_req_t *r, int s, int nservers) {
   return 0;
 }
 
+/* The servers this request tried that are members still (neither drained nor
+ * removed since): O(ids / 64), on the retry path only. */
+static int tried_members(const mg_req_t *r, mg_balancer_t *b) {
+  const uint64_t *w = r->tried.map ? r->tried.map : &r->tried.bits;
+  uint32_t nw = r->tried.map ? r->tried.words : 1;
+  int n = 0;
+  for (uint32_t k = 0; k < nw; k++)
+    for (uint64_t x = w[k]; x; x &= x - 1) {
+      int id = (int)(k * 64 + (uint32_t)__builtin_ctzll(x));
+      if (!(atomic_load_explicit(&mg_balance_peer(b, id)->flags, memory_order_relaxed) &
+            (MG_PEER_DRAINING | MG_PEER_REMOVED)))
+        n++;
+    }
+  return n;
+}
+
 /* ---- balance = "hash" and sticky sessions ---- */
 
 /* mg_hash_input_t's header callback: the idx-th request header called `name`. */
@@ -1752,8 +1768,10 @@ static int retry_next(mg_req_t *r, int cond, int status) {
              r->rb_over ? "its body outgrew retry.buffer" : "not idempotent (route idempotent = true allows it)");
     return 0;
   }
-  int cap = u->retry_tries ? u->retry_tries : mg_balance_members(u->bal);
-  if (r->tries >= cap) return 0;
+  /* without `tries`: each server once, counting only the tried servers still
+   * members (one removed or drained during its attempt leaves the others' turn) */
+  if (u->retry_tries ? r->tries >= u->retry_tries : tried_members(r, u->bal) >= mg_balance_members(u->bal))
+    return 0;
   if (cond == MG_RETRY_CONNECT) { /* a connect that failed cost no server any work: no
                                      budget (one server down must not turn a third of the
                                      requests into retries past it, and so into errors) */
@@ -1788,7 +1806,7 @@ static void rtimer_fired(mg_timer_t *t);
 static void retry_start(mg_req_t *r) {
   const mg_upstream_cfg_t *u = req_up(r);
   uint64_t delay = 0;
-  if (r->ntried >= mg_balance_members(u->bal)) {
+  if (tried_members(r, u->bal) >= mg_balance_members(u->bal)) {
     if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
     r->tried.bits = 0;
     r->ntried = 0;

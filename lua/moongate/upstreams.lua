@@ -27,6 +27,12 @@ local function find(fname, name)
   return u
 end
 
+-- An address as an error message shows it: at most 64 bytes of it.
+local function shown(addr)
+  if #addr > 64 then return addr:sub(1, 64) .. "..." end
+  return addr
+end
+
 local function fail(fname, rc)
   if rc == abi.ENOTFOUND and err_out[0].len == 0 then return nil, fname .. ": not found" end
   return nil, fname .. ": " .. ffi_str(err_out[0].p, err_out[0].len)
@@ -58,7 +64,7 @@ function _M.add(name, addr, opts)
   if type(addr) == "string" then
     err_out[0].len = 0
     local rc = C.mg_ups_add(u, addr, #addr, w, 1, err_out)
-    if rc < 0 then return fail("mg.upstreams.add " .. addr, rc) end
+    if rc < 0 then return fail("mg.upstreams.add " .. shown(addr), rc) end
     return true
   end
   if type(addr) ~= "table" then return nil, "mg.upstreams.add: address must be a string or a list" end
@@ -70,7 +76,7 @@ function _M.add(name, addr, opts)
     local rc = C.mg_ups_add(u, a, #a, w, 0, err_out)
     if rc < 0 then
       C.mg_ups_publish(u) -- the ones before it are in
-      return fail("mg.upstreams.add " .. a, rc)
+      return fail("mg.upstreams.add " .. shown(a), rc)
     end
   end
   if C.mg_ups_publish(u) < 0 then return nil, "mg.upstreams.add: out of memory" end
@@ -83,7 +89,7 @@ local function change(fname, op, name, addr, weight)
   if type(addr) ~= "string" then return nil, fname .. ": address must be a string" end
   err_out[0].len = 0
   local rc = C.mg_ups_change(u, addr, #addr, op, weight or 0, err_out)
-  if rc < 0 then return fail(fname .. " " .. addr, rc) end
+  if rc < 0 then return fail(fname .. " " .. shown(addr), rc) end
   return true
 end
 
@@ -95,6 +101,7 @@ function _M.remove(name, addr) return change("mg.upstreams.remove", 0, name, add
 function _M.drain(name, addr) return change("mg.upstreams.drain", 1, name, addr) end
 --- mg.upstreams.set_weight(name, addr, w): 1..1000, for every policy at once.
 function _M.set_weight(name, addr, w)
+  if w == nil then return nil, "mg.upstreams.set_weight: weight must be an integer 1..1000, got nil" end
   local ok, err = weight_of("mg.upstreams.set_weight", { weight = w })
   if not ok then return nil, err end
   return change("mg.upstreams.set_weight", 2, name, addr, w)
