@@ -1784,27 +1784,36 @@ static void rtimer_fired(mg_timer_t *t);
  * wait, the wait random between cap/2 and cap, so it never shrinks to nothing
  * and no two requests keep in step). Meanwhile the request holds no
  * connection and no attempt, only the timer. */
-static void retry_start(mg_req_t *r) {
+static void tried_reset(mg_req_t *r) {
+  if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
+  r->tried.bits = 0;
+  r->ntried = 0;
+}
+
+/* A new round starts: every server may be tried again (the n-th one waits
+ * backoff_delay ms first: 0 when waiting is off). */
+static uint64_t new_round(mg_req_t *r) {
   const mg_upstream_cfg_t *u = req_up(r);
-  uint64_t delay = 0;
-  if (r->ntried >= mg_balance_members(u->bal)) {
-    if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
-    r->tried.bits = 0;
-    r->ntried = 0;
-    if (u->backoff_base_ms) {
-      uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
-      if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
-      r->backoffs++;
-      uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
-      x ^= x >> 12;
-      x ^= x << 25;
-      x ^= x >> 27;
-      r->w->rng = x;
-      delay = cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
-    }
-  }
+  tried_reset(r);
+  if (!u->backoff_base_ms) return 0;
+  uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
+  if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
+  r->backoffs++;
+  uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  r->w->rng = x;
+  return cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
+}
+
+static void backoff_start(mg_req_t *r, uint64_t delay) {
   r->in_backoff = 1;
   mg_timer_start(&r->w->timers, &r->rtimer, delay, rtimer_fired);
+}
+
+static void retry_start(mg_req_t *r) {
+  backoff_start(r, r->ntried >= mg_balance_members(req_up(r)->bal) ? new_round(r) : 0);
 }
 
 /* retry.per_try_timeout runs from the attempt's start (or the request's end,
@@ -1899,10 +1908,13 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     }
     if (s < 0) s = policy_pick(r, u);
     if (s < 0 && r->ntried && r->ntried < mg_balance_members(u->bal) && r->tries < u->retry_tries) {
-      /* those not tried may not be picked: a new round among the rest */
-      if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
-      r->tried.bits = 0;
-      r->ntried = 0;
+      /* those not tried may not be picked (down, ejected): a new round among the
+       * rest, after its backoff as any new round (the balance hook runs again) */
+      uint64_t delay = new_round(r);
+      if (delay) {
+        backoff_start(r, delay);
+        return 0;
+      }
       s = policy_pick(r, u);
     }
     if (s < 0 && (s = no_server_usable(r, u)) == -2) return 0; /* i12-health */
