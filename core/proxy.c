@@ -1440,6 +1440,7 @@ static int body_prime(mg_req_t *r) {
 static int queue_request(mg_req_t *r) {
   if (!r->bb_primed && body_prime(r) < 0) return -1;
   if (build_upstream_head(r) < 0) return -1;
+  r->upq_head = mg_outq_size(&r->upq);
   if (r->bb_set || r->bb_done) {
     if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
     r->body_sent = r->bb_len;
@@ -1766,13 +1767,30 @@ static int retry_next(mg_req_t *r, int cond, int status) {
  * body as far as it was sent (what follows is queued behind it as it comes). */
 static int requeue(mg_req_t *r) {
   mg_outq_dispose(&r->upq);
+  r->upq_head = 0;
   if (build_upstream_head(r) < 0) return -1;
+  r->upq_head = mg_outq_size(&r->upq);
   int rc = 0;
   if (r->bb_set || r->bb_done) {
     if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
   } else if (r->rb_len) {
     rc = mg_outq_append(&r->upq, r->rb, r->rb_len);
   }
+  return rc < 0 ? -1 : 0;
+}
+
+/* The head waiting in r->upq is built again, in front of the body queued behind
+ * it: what a balance hook changed for this attempt, and a Host that names the
+ * server (a client without one), go with it. */
+static int rehead(mg_req_t *r) {
+  mg_outq_t body;
+  mg_outq_init(&body, NULL, NULL);
+  mg_outq_move(&body, &r->upq);
+  mg_outq_drop(&body, r->upq_head);
+  r->upq_head = 0;
+  int rc = build_upstream_head(r);
+  if (rc == 0) r->upq_head = mg_outq_size(&r->upq);
+  mg_outq_move(&r->upq, &body);
   return rc < 0 ? -1 : 0;
 }
 
@@ -1929,6 +1947,11 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     r->server = s;
     r->t_try = uv_hrtime(); /* the EWMA's sample starts; the first also upstream_time's */
     if (!r->t_up_start) r->t_up_start = r->t_try;
+    if (r->upq_head && rehead(r) < 0) { /* (a retry: the head was queued before its
+                                               balance hook ran and its server was known) */
+      mg_proxy_error(r, 500, 1);
+      return 0;
+    }
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
       return 0;
@@ -1995,6 +2018,7 @@ static void up_ready(void *owner) {
     r->connecting = 0;
   }
   mg_outq_move(&u->tp.out, &r->upq);
+  r->upq_head = 0;
   if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
   mg_down_t *c = r->down;
   if (c->up_blocked && !mg_outq_full(&u->tp.out)) {
@@ -2036,6 +2060,7 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
     mg_tried_clear(&r->tried, r->server);
     r->tries--; /* not the server's failure: no try spent */
     mg_outq_dispose(&r->upq);
+    r->upq_head = 0;
     start_upstream(r, 0);
     return;
   }

@@ -38,6 +38,13 @@ mg.route { host = "failhook.test", upstream = one, on = {
     if n > 1 then error("balance fails on the retry") end
   end,
 } }
+mg.route { host = "attempt.test", upstream = two, on = {
+  balance = function(req)
+    local n = (tonumber(req:header("x-attempt")) or 0) + 1
+    req:set_header("x-attempt", tostring(n))
+    if n == 2 then mg.sleep(0.01) end
+  end,
+} }
 mg.route { host = "hooked.test", upstream = one, on = {
   balance = function(req) mg.sleep(0.01) end,
   upstream_request = function(req) mg.sleep(0.01) end,
@@ -46,6 +53,11 @@ local ej = mg.upstream "ej" { servers = { "${a}", "127.0.0.1:${dead}" }, keepali
   eject = { consecutive = 1, base = 60, max_percent = 50 },
   retry = { tries = 3, on = all, backoff = { base = 0.4, max = 0.4 } } }
 mg.route { host = "ej.test", upstream = ej }
+mg.route { host = "readbody.test", upstream = two, idempotent = true, on = {
+  request = function(req) assert(req:read_body()) end,
+} }
+mg.route { host = "ct.test", timeouts = { connect = 0.2 },
+  upstream = mg.upstream "ct" { servers = { "${hole}" }, timeouts = { connect = 3 } } }
 local rt = mg.upstream "rt" { servers = { "${a}" }, keepalive = 0, timeouts = { read = 3 } }
 mg.route { host = "rt.test", upstream = rt, timeouts = { read = 0.3 } }
 local hundred = mg.upstream "hundred" { servers = { "127.0.0.1:${dead}" },
@@ -58,16 +70,17 @@ local function dl(t) return helpers.now() + (t or 3) end
 local GAUGES = { "active_requests", "active_connections", "pending", "active_retries" }
 
 describe("retries under attack", function()
-  local A, B, proxy
+  local A, B, hole, proxy
   local clients = {}
 
   local function start(workers)
     proxy = helpers.proxy(CONF, { vars = { a = A.addr, b = B.addr, workers = workers or 1,
-                                           dead = helpers.free_port() } })
+                                           dead = helpers.free_port(), hole = hole.addr } })
   end
 
   lazy_setup(function()
     A, B = raw.origin(), raw.origin()
+    hole = helpers.origin({ name = "hole", blackhole = true })
     start()
   end)
 
@@ -473,6 +486,61 @@ describe("retries under attack", function()
     -- backoff = { base = 0.4, max = 0.4 }: the wait is between 0.2 and 0.4 s
     assert.is_true(waited >= 0.15, "the retry came after " .. waited .. " s")
     gauges_zero("ej")
+  end)
+
+  it("resends a chunked body a request hook read whole (req:read_body), byte for byte", function()
+    local c = connect()
+    c:send("PUT /rb HTTP/1.1\r\nHost: readbody.test\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+           "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    local s = assert(accept_any())
+    assert.equal("hello world", assert(s:read_request()).body)
+    rst(s)
+    local s2 = assert(accept_any())
+    assert.equal("hello world", assert(s2:read_request()).body)
+    answer(s2, 200, "ok")
+    assert.equal("ok", assert(raw.read_response(c)).body)
+    gauges_zero("two")
+  end)
+
+  it("drops a request whose client half-closes mid-body during the backoff", function()
+    local c = connect()
+    c:send(post_head("idem.test", 20) .. "0123456789")
+    local s = assert(accept_any())
+    assert(s:take_until("\r\n\r\n", dl()))
+    assert.equal("0123456789", assert(s:take(10, dl())))
+    answer(s, 503, "early\n")
+    c.sock:shutdown("send")
+    assert.is_true(c:closed(2))
+    helpers.sleep(0.3)
+    gauges_zero("two")
+  end)
+
+  it("sends what the balance hook changed for this attempt, on a retry too", function()
+    for _, how in ipairs({ "503", "reset" }) do
+      local body = "0123456789"
+      local c = connect()
+      c:send("PUT /a HTTP/1.1\r\nHost: attempt.test\r\nContent-Length: 10\r\n\r\n" .. body)
+      local s = assert(accept_any())
+      local req = assert(s:read_request())
+      assert.equal("1", req.h["x-attempt"])
+      if how == "503" then answer(s, 503, "no") else rst(s) end
+      local s2 = assert(accept_any())
+      local req2 = assert(s2:read_request())
+      assert.equal("2", req2.h["x-attempt"], how)
+      assert.equal(body, req2.body)
+      answer(s2, 200, "ok")
+      assert.equal("ok", assert(raw.read_response(c)).body)
+    end
+    gauges_zero("two")
+  end)
+
+  it("lets a route's connect timeout override its upstream's", function()
+    local t0 = helpers.now()
+    local res = assert(proxy:request({ path = "/", headers = { { "Host", "ct.test" } } }))
+    local took = helpers.now() - t0
+    assert.equal(504, res.status)
+    assert.is_true(took >= 0.15 and took < 1.5, "took " .. took)
+    gauges_zero("ct")
   end)
 
   it("lets a route's read timeout override its upstream's", function()
