@@ -461,7 +461,7 @@ static int parse_server(const char *a, size_t len, struct sockaddr_storage *ss, 
   }
   memset(ss, 0, sizeof(*ss));
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0 && strchr(host, '.')) return 0;
-bad:
+bad:;
   static const char msg[] = "bad address (want a numeric ip:port or [ip6]:port)";
   *err = (mg_str_t){ msg, sizeof(msg) - 1 };
   return MG_API_EINVAL;

@@ -164,6 +164,8 @@ static size_t consume(mg_outq_t *q, size_t done) {
   return done;
 }
 
+void mg_outq_drop(mg_outq_t *q, size_t n) { consume(q, n < q->pending ? n : q->pending); }
+
 /* Writes as much as the kernel takes now. Only when nothing is in flight (order)
  * and the queue is not waiting to report MG_OUTQ_DRAINED (that needs a callback). */
 static int try_write(mg_outq_t *q) {

@@ -61,6 +61,9 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
 int mg_outq_append_uint(mg_outq_t *q, uint64_t v);
 /* Moves every pending block of `from` to the end of `to`. */
 void mg_outq_move(mg_outq_t *to, mg_outq_t *from);
+/* Drops the first n bytes of those appended and not yet submitted (at most
+ * `pending` of them). */
+void mg_outq_drop(mg_outq_t *q, size_t n);
 /* Writes what is pending: synchronously as far as the kernel takes it (no
  * callback for that part), the rest through uv_write. Returns 0 or a libuv error.
  * No-op without a stream. The callback is not called from inside this function. */

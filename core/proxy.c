@@ -1440,6 +1440,7 @@ static int body_prime(mg_req_t *r) {
 static int queue_request(mg_req_t *r) {
   if (!r->bb_primed && body_prime(r) < 0) return -1;
   if (build_upstream_head(r) < 0) return -1;
+  r->upq_head = mg_outq_size(&r->upq);
   if (r->bb_set || r->bb_done) {
     if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
     r->body_sent = r->bb_len;
@@ -1785,13 +1786,30 @@ static int retry_next(mg_req_t *r, int cond, int status) {
  * body as far as it was sent (what follows is queued behind it as it comes). */
 static int requeue(mg_req_t *r) {
   mg_outq_dispose(&r->upq);
+  r->upq_head = 0;
   if (build_upstream_head(r) < 0) return -1;
+  r->upq_head = mg_outq_size(&r->upq);
   int rc = 0;
   if (r->bb_set || r->bb_done) {
     if (r->bb_len) append_body(&r->upq, r->bb, r->bb_len, 0);
   } else if (r->rb_len) {
     rc = mg_outq_append(&r->upq, r->rb, r->rb_len);
   }
+  return rc < 0 ? -1 : 0;
+}
+
+/* The head waiting in r->upq is built again, in front of the body queued behind
+ * it: what a balance hook changed for this attempt, and a Host that names the
+ * server (a client without one), go with it. */
+static int rehead(mg_req_t *r) {
+  mg_outq_t body;
+  mg_outq_init(&body, NULL, NULL);
+  mg_outq_move(&body, &r->upq);
+  mg_outq_drop(&body, r->upq_head);
+  r->upq_head = 0;
+  int rc = build_upstream_head(r);
+  if (rc == 0) r->upq_head = mg_outq_size(&r->upq);
+  mg_outq_move(&r->upq, &body);
   return rc < 0 ? -1 : 0;
 }
 
@@ -1803,27 +1821,38 @@ static void rtimer_fired(mg_timer_t *t);
  * wait, the wait random between cap/2 and cap, so it never shrinks to nothing
  * and no two requests keep in step). Meanwhile the request holds no
  * connection and no attempt, only the timer. */
-static void retry_start(mg_req_t *r) {
+static void tried_reset(mg_req_t *r) {
+  if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
+  r->tried.bits = 0;
+  r->ntried = 0;
+}
+
+/* A new round starts: every server may be tried again (the n-th one waits
+ * backoff_delay ms first: 0 when waiting is off). */
+static uint64_t new_round(mg_req_t *r) {
   const mg_upstream_cfg_t *u = req_up(r);
-  uint64_t delay = 0;
-  if (tried_members(r, u->bal) >= mg_balance_members(u->bal)) {
-    if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
-    r->tried.bits = 0;
-    r->ntried = 0;
-    if (u->backoff_base_ms) {
-      uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
-      if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
-      r->backoffs++;
-      uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
-      x ^= x >> 12;
-      x ^= x << 25;
-      x ^= x >> 27;
-      r->w->rng = x;
-      delay = cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
-    }
-  }
+  tried_reset(r);
+  if (!u->backoff_base_ms) return 0;
+  uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
+  if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
+  r->backoffs++;
+  uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  r->w->rng = x;
+  return cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
+}
+
+static void backoff_start(mg_req_t *r, uint64_t delay) {
   r->in_backoff = 1;
   mg_timer_start(&r->w->timers, &r->rtimer, delay, rtimer_fired);
+}
+
+static void retry_start(mg_req_t *r) {
+  /* (servers removed since they were tried do not count: dyn_attack_spec) */
+  mg_balancer_t *b = req_up(r)->bal;
+  backoff_start(r, tried_members(r, b) >= mg_balance_members(b) ? new_round(r) : 0);
 }
 
 /* retry.per_try_timeout runs from the attempt's start (or the request's end,
@@ -1918,10 +1947,13 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     }
     if (s < 0) s = policy_pick(r, u);
     if (s < 0 && r->ntried && r->ntried < mg_balance_members(u->bal) && r->tries < u->retry_tries) {
-      /* those not tried may not be picked: a new round among the rest */
-      if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
-      r->tried.bits = 0;
-      r->ntried = 0;
+      /* those not tried may not be picked (down, ejected): a new round among the
+       * rest, after its backoff as any new round (the balance hook runs again) */
+      uint64_t delay = new_round(r);
+      if (delay) {
+        backoff_start(r, delay);
+        return 0;
+      }
       s = policy_pick(r, u);
     }
     if (s < 0 && (s = no_server_usable(r, u)) == -2) return 0; /* i12-health */
@@ -1936,6 +1968,11 @@ static int pick_server(mg_req_t *r, int balanced, int head) {
     r->server = s;
     r->t_try = uv_hrtime(); /* the EWMA's sample starts; the first also upstream_time's */
     if (!r->t_up_start) r->t_up_start = r->t_try;
+    if (r->upq_head && rehead(r) < 0) { /* (a retry: the head was queued before its
+                                               balance hook ran and its server was known) */
+      mg_proxy_error(r, 500, 1);
+      return 0;
+    }
     if (r->upq.pending == 0 && queue_request(r) < 0) {
       mg_proxy_error(r, 500, 1);
       return 0;
@@ -2002,6 +2039,7 @@ static void up_ready(void *owner) {
     r->connecting = 0;
   }
   mg_outq_move(&u->tp.out, &r->upq);
+  r->upq_head = 0;
   if (mg_upstream_flush(u) < 0) return; /* failed: the exchange moved on, r may be gone */
   mg_down_t *c = r->down;
   if (c->up_blocked && !mg_outq_full(&u->tp.out)) {
@@ -2043,6 +2081,7 @@ static void up_failed(void *owner, int connect, int timeout, int stale) {
     mg_tried_clear(&r->tried, r->server);
     r->tries--; /* not the server's failure: no try spent */
     mg_outq_dispose(&r->upq);
+    r->upq_head = 0;
     start_upstream(r, 0);
     return;
   }

@@ -197,6 +197,8 @@ struct mg_req_s {
   unsigned rb_over : 1;     /* it outgrew retry.buffer: rb is gone, no resend once sent */
   char *rb;                 /* malloc'd, the request's own (freed when it ends) */
   size_t rb_len, rb_cap;
+  size_t upq_head;          /* upq begins with an upstream head this long, built for an
+                               earlier attempt (0: none): rebuilt for the next one */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

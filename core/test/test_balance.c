@@ -641,7 +641,8 @@ static void race_picker(void *arg) {
 }
 
 static void ejection_races_picks(void) {
-  race_t r = { 0 };
+  race_t r;
+  memset(&r, 0, sizeof(r));
   uv_thread_t th[2];
   for (int t = 0; t < 2; t++) CHECK(uv_thread_create(&th[t], race_picker, &r) == 0);
   int w[] = { 1, 1 };

@@ -131,12 +131,41 @@ static void test_write_through_without_stream_appends(void) {
   mg_outq_free_spares();
 }
 
+/* mg_outq_drop takes bytes off the front, across blocks, never past what is
+ * pending; what is left keeps its order. */
+static void test_drop_front(void) {
+  mg_outq_t q;
+  mg_outq_init(&q, NULL, NULL);
+  static char big[20000];
+  for (size_t i = 0; i < sizeof(big); i++) big[i] = (char)('a' + i % 26);
+  CHECK(mg_outq_append(&q, "HEAD", 4) == 0);
+  CHECK(mg_outq_append(&q, big, sizeof(big)) == 0);
+  mg_outq_drop(&q, 4);
+  CHECK(q.pending == sizeof(big));
+  mg_outq_drop(&q, 9000);
+  CHECK(q.pending == sizeof(big) - 9000);
+  mg_block_t *b = mg_outq_take(&q);
+  size_t n = 0;
+  int same = 1;
+  for (mg_block_t *x = b; x; x = x->next)
+    for (size_t i = x->off; i < x->len; i++, n++) same &= x->data[i] == big[9000 + n];
+  CHECK(n == sizeof(big) - 9000 && same);
+  mg_outq_free_blocks(b);
+  CHECK(mg_outq_append(&q, "xy", 2) == 0);
+  mg_outq_drop(&q, 100);
+  CHECK(q.pending == 0 && q.head == NULL && q.tail == NULL);
+  CHECK(mg_outq_append(&q, "z", 1) == 0 && q.pending == 1);
+  mg_outq_dispose(&q);
+  mg_outq_free_spares();
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     { "a head then a piece written through leave together, in order", test_write_through_after_head },
     { "what the kernel does not take is queued, and order holds with writes in flight",
       test_write_through_partial_keeps_order },
     { "without a stream a piece is appended", test_write_through_without_stream_appends },
+    { "a drop takes bytes off the front, in order, never past the pending ones", test_drop_front },
   };
   return t_run("buf", cases, sizeof(cases) / sizeof(cases[0]));
 }

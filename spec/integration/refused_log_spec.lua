@@ -268,7 +268,8 @@ describe("the log hook of a refused request", function()
     local want = parsed(408, "POST", "/up/x", "a=1", { host = "x", ["content-length"] = "10" }, "1")
     want.upstream_addr = { true, origin.addr }
     -- (the body never came: nothing went upstream, so the server saw no attempt)
-    want.servers = { true, { { addr = origin.addr, weight = 1, active = 0, response_time = 0, fails = 0 } } }
+    want.servers = { true, { { addr = origin.addr, weight = 1, active = 0, response_time = 0, fails = 0,
+                               healthy = true, ejected = false } } }
     refused("POST /up/x?a=1 HTTP/1.1\r\n" .. H .. "Content-Length: 10\r\n\r\nabc", 408, want)
   end)
 
