@@ -1105,4 +1105,20 @@ function helpers.check_upstream(fields, servers)
     .. (servers or '"127.0.0.1:2"') .. ' }, ' .. fields .. ' } }\n')
 end
 
+--- proxy.lua text of a route for host "stats.test" answering mg.upstream_stats
+-- of the upstream named by ?u= as "key=value" pairs in a stable order (404 and
+-- the error for an unknown one).
+helpers.STATS_ROUTE = [[
+mg.route { host = "stats.test", respond = function(req)
+  local s, err = mg.upstream_stats(req:arg("u"))
+  if not s then return 404, err end
+  local keys = {}
+  for k in pairs(s) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do out[#out + 1] = k .. "=" .. s[k] end
+  return 200, table.concat(out, " ")
+end }
+]]
+
 return helpers

@@ -13,16 +13,7 @@ local CONF = [[
 local mg = require "moongate"
 mg.config { workers = ${workers}, access_log = false }
 mg.listen { "127.0.0.1:${port}" }
-mg.route { host = "stats.test", respond = function(req)
-  local s, err = mg.upstream_stats(req:arg("u"))
-  if not s then return 404, err end
-  local keys = {}
-  for k in pairs(s) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for _, k in ipairs(keys) do out[#out + 1] = k .. "=" .. s[k] end
-  return 200, table.concat(out, " ")
-end }
+]] .. helpers.STATS_ROUTE .. [[
 local all = { "connect", "timeout", "reset", "502", "503", "504" }
 local two = mg.upstream "two" { servers = { "${a}", "${b}" }, keepalive = 0,
   retry = { tries = 4, on = all, per_try_timeout = 0.4, backoff = { base = 0.05, max = 0.1 }, buffer = "1k" } }

@@ -10,17 +10,8 @@ local PRELUDE = [[
 local mg = require "moongate"
 mg.config { workers = 1, access_log = false }
 mg.listen { "127.0.0.1:${port}" }
--- the counters of any upstream, as "key=value " pairs in a stable order
-mg.route { host = "stats.test", respond = function(req)
-  local s, err = mg.upstream_stats(req:arg("u"))
-  if not s then return 404, err end
-  local keys = {}
-  for k in pairs(s) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for _, k in ipairs(keys) do out[#out + 1] = k .. "=" .. s[k] end
-  return 200, table.concat(out, " ")
-end }
+
+]] .. helpers.STATS_ROUTE .. [[
 ]]
 
 local function get(proxy, host, path, extra)
