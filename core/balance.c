@@ -711,7 +711,8 @@ static double ewma_now(const mg_peer_t *p, uint32_t now) {
 }
 
 /* (active + 1) x EWMA / weight; a server with no sample yet borrows the other's
- * EWMA, so that it is judged by its active attempts alone. */
+ * EWMA, so that it is judged by its active attempts alone. x is the first of the
+ * two random draws. */
 static int p2c_better(mg_balancer_t *b, int x, int y, tick_t *c) {
   const mg_peer_t *px = mg_balance_peer(b, x), *py = mg_balance_peer(b, y);
   uint32_t now = now_ms();
@@ -722,6 +723,10 @@ static int p2c_better(mg_balancer_t *b, int x, int y, tick_t *c) {
   if (ex == 0) ex = ey = 1;
   double sx = (atomic_load_explicit(&px->active, memory_order_relaxed) + 1) * ex / (double)eff_weight(b, x, c);
   double sy = (atomic_load_explicit(&py->active, memory_order_relaxed) + 1) * ey / (double)eff_weight(b, y, c);
+  /* scores within a quarter of each other count as equal, and the first draw
+   * (a random one) wins: small differences in the averages of equally fast
+   * servers would otherwise send every request of a light load to one of them */
+  if (sy * 1.25 >= sx && sx * 1.25 >= sy) return x;
   return sy < sx ? y : x;
 }
 

@@ -165,6 +165,24 @@ static void p2c_slow_fades(void) {
   mg_balancer_free(b);
 }
 
+/* p2c: servers whose scores are within 25 % share the picks (the random first
+ * draw wins); one twice as slow loses every draw against the others. */
+static void p2c_near_scores_share(void) {
+  int w[] = { 1, 1, 1 };
+  mg_balancer_t *b = make(MG_BALANCE_P2C, w, 3);
+  mg_peer_answered(b, 0, 1000);
+  mg_peer_answered(b, 1, 1150);
+  mg_peer_answered(b, 2, 2000);
+  uint64_t rng = 7;
+  int count[3] = { 0 };
+  for (int i = 0; i < 3000; i++) count[mg_balance_pick(b, NULL, &rng)]++;
+  /* 0 and 1 share their draws (1/3 of all) and each beats 2 (2/3): about 1500 each */
+  CHECK(count[0] > 1300 && count[0] < 1700);
+  CHECK(count[1] > 1300 && count[1] < 1700);
+  CHECK(count[2] == 0);
+  mg_balancer_unref(b);
+}
+
 /* random: weights 1 and 3 give about 1/4 and 3/4 (fixed seed, wide bounds). */
 static void random_weighted(void) {
   int w[] = { 1, 3 };
@@ -680,6 +698,7 @@ int main(void) {
     { "least_conn picks fewest active per weight", least_conn_picks_idle },
     { "p2c avoids the slow server", p2c_avoids_slow },
     { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
+    { "p2c lets servers of near scores share the picks", p2c_near_scores_share },
     { "random follows the weights", random_weighted },
     { "policy names", policy_names },
     { "10,000 servers added at run time: the same schedule as at load", runtime_adds_match_load },
