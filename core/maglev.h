@@ -60,10 +60,11 @@ size_t mg_maglev_backends(const mg_maglev_t *m); /* n */
 /* The backend that owns slot `slot` (< M); tests and stats use it. */
 uint32_t mg_maglev_slot_owner(const mg_maglev_t *m, size_t slot);
 
-/* The key's hash: SipHash-2-4 (BoringSSL's SIPHASH_24) under a fixed key, not the
- * per-process random key of core/shdict.c, on purpose: a consistent hash must send
- * the same client to the same server from every moongate of a fleet and after a
- * restart. Chosen keys cannot pile onto one server past the bounded-load cap. */
+/* The key's hash: a 64-bit multiply-and-shift mix over 8-byte words under fixed
+ * constants (about 40 instructions for a client address), the same in every
+ * process on purpose: a consistent hash must send the same client to the same
+ * server from every moongate of a fleet and after a restart. Clients may choose
+ * keys that collide; the bounded-load cap keeps them from piling onto one server. */
 uint64_t mg_maglev_hash(const void *key, size_t len);
 
 /* O(1): the backend owning the key's slot (hash mod M). Ignores load and health. */
