@@ -665,18 +665,22 @@ static int64_t eff_weight(mg_balancer_t *b, int i, tick_t *c) {
   return (int64_t)load_weight(mg_balance_peer(b, i)) * ramp(b, i, c);
 }
 
-/* Fewest active attempts per unit of weight among at most MG_BALANCE_SCAN members
- * from a random start (so that ties go round, not always to the first). A
+/* Fewest active attempts per unit of weight: among all the members from a random
+ * start (so that ties go round, not always to the first) up to MG_BALANCE_SCAN of
+ * them, among MG_BALANCE_SAMPLE drawn at random past that. A
  * slow-starting server is a candidate with its ramp's probability (dividing by
  * the ramped weight alone does nothing while every server is idle: 0 / w). */
 static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng,
                            tick_t *c) {
-  uint32_t n = s->n, m = n < MG_BALANCE_SCAN ? n : MG_BALANCE_SCAN;
+  uint32_t n = s->n, m = n <= MG_BALANCE_SCAN ? n : MG_BALANCE_SAMPLE;
   uint32_t start = (uint32_t)(next_rand(rng) % n);
   int best = -1;
   int64_t ba = 0, bw = 1;
   for (uint32_t j = 0; j < m; j++) {
-    int i = (int)s->ids[start + j < n ? start + j : start + j - n];
+    /* up to MG_BALANCE_SCAN members: all of them, from a random start; more:
+     * MG_BALANCE_SAMPLE drawn at random */
+    uint32_t k = n <= MG_BALANCE_SCAN ? (start + j < n ? start + j : start + j - n) : (uint32_t)(next_rand(rng) % n);
+    int i = (int)s->ids[k];
     if (!fits(b, tried, i, c) || !takes(b, i, c, rng)) continue;
     int64_t a = atomic_load_explicit(&mg_balance_peer(b, i)->active, memory_order_relaxed);
     int64_t w = load_weight(mg_balance_peer(b, i));

@@ -70,9 +70,11 @@ static inline int mg_peer_usable(const mg_peer_t *p) {
 /* Most entries a round robin schedule holds: weights adding up to more are scaled
  * down in proportion (each server keeps at least one slot). */
 #define MG_BALANCE_SCHEDULE_MAX (1u << 20)
-/* least_conn looks at most this many servers a pick, from a random start: exact
- * for upstreams up to this size, a bounded sample above it. */
+/* least_conn looks at every member of an upstream of up to MG_BALANCE_SCAN (exact),
+ * and at MG_BALANCE_SAMPLE members drawn at random in a bigger one (the best of d
+ * random choices, d = 8: a scan of 128 cost ~14,000 instructions a pick). */
 #define MG_BALANCE_SCAN 128
+#define MG_BALANCE_SAMPLE 8
 
 /* Server ids. A balancer's servers live in chunks of MG_BALANCE_CHUNK under a
  * directory of MG_BALANCE_DIR chunk pointers, both fixed: a chunk is allocated
@@ -195,32 +197,60 @@ static inline int mg_balance_count(const mg_balancer_t *b) {
   return atomic_load_explicit(&b->nids, memory_order_acquire);
 }
 
-/* Which servers a request has tried, by id. Ids below 64 fit `bits` until the
- * caller makes `map` (words x 64 bits, in the request's arena) for a bigger id;
- * ids added at run time may outgrow the map: the caller grows it (copying) before
- * marking (proxy.c tried_mark). An id the map does not reach is not tried. */
+/* Which servers a request has tried, by id. Ids below 64 go in `bits`, up to
+ * MG_TRIED_FEW bigger ones in `few` (a request of a big upstream tries one or two
+ * servers: no bitmap to allocate and clear); past that the caller makes `map`
+ * (words x 64 bits, in the request's arena, holding all of them) and ids added at
+ * run time may outgrow it: the caller grows it (copying) before marking (proxy.c
+ * tried_mark). An id the map does not reach is not tried. */
+#define MG_TRIED_FEW 4
 typedef struct {
   uint64_t bits;
+  int32_t few[MG_TRIED_FEW];
+  uint32_t nfew;
   uint64_t *map;
   uint32_t words;
 } mg_tried_t;
 
 static inline int mg_tried_has(const mg_tried_t *t, int i) {
   if (t->map) return (uint32_t)(i >> 6) < t->words && (int)((t->map[i >> 6] >> (i & 63)) & 1);
-  return i < 64 && ((t->bits >> i) & 1);
+  if (i < 64) return (int)((t->bits >> i) & 1);
+  for (uint32_t k = 0; k < t->nfew; k++)
+    if (t->few[k] == i) return 1;
+  return 0;
 }
-/* Marks id i (the map must reach it: mg_tried_fits). */
+/* Marks id i (there must be room: mg_tried_fits). */
 static inline void mg_tried_set(mg_tried_t *t, int i) {
   if (t->map) t->map[i >> 6] |= (uint64_t)1 << (i & 63);
   else if (i < 64) t->bits |= (uint64_t)1 << i;
+  else if (!mg_tried_has(t, i)) t->few[t->nfew++] = i;
 }
 static inline int mg_tried_fits(const mg_tried_t *t, int i) {
-  return t->map ? (uint32_t)(i >> 6) < t->words : i < 64;
+  return t->map ? (uint32_t)(i >> 6) < t->words : i < 64 || t->nfew < MG_TRIED_FEW || mg_tried_has(t, i);
 }
 static inline void mg_tried_clear(mg_tried_t *t, int i) {
-  if (!mg_tried_fits(t, i)) return;
-  if (t->map) t->map[i >> 6] &= ~((uint64_t)1 << (i & 63));
-  else t->bits &= ~((uint64_t)1 << i);
+  if (t->map) {
+    if ((uint32_t)(i >> 6) < t->words) t->map[i >> 6] &= ~((uint64_t)1 << (i & 63));
+  } else if (i < 64) {
+    t->bits &= ~((uint64_t)1 << i);
+  } else {
+    for (uint32_t k = 0; k < t->nfew; k++)
+      if (t->few[k] == i) t->few[k] = t->few[--t->nfew];
+  }
+}
+/* Nothing tried (the map, if any, kept for reuse). */
+static inline void mg_tried_reset(mg_tried_t *t) {
+  if (t->map)
+    for (uint32_t k = 0; k < t->words; k++) t->map[k] = 0;
+  t->bits = 0;
+  t->nfew = 0;
+}
+/* Anything tried? */
+static inline int mg_tried_any(const mg_tried_t *t) {
+  if (t->map)
+    for (uint32_t k = 0; k < t->words; k++)
+      if (t->map[k]) return 1;
+  return t->bits != 0 || t->nfew != 0;
 }
 
 /* Builds the balancer of `n` servers (n >= 0) with these weights (1..1000), ids

@@ -1522,8 +1522,16 @@ static int tried_mark(mg_req_t *r, int s, int nservers) {
     uint64_t *map = mg_arena_alloc(&r->arena, words * sizeof(uint64_t));
     if (!map) return -1;
     memset(map, 0, words * sizeof(uint64_t));
-    if (r->tried.map) memcpy(map, r->tried.map, r->tried.words * sizeof(uint64_t));
-    else map[0] = r->tried.bits;
+    if (r->tried.map) {
+      memcpy(map, r->tried.map, r->tried.words * sizeof(uint64_t));
+    } else { /* the bits and the few become the map */
+      map[0] = r->tried.bits;
+      for (uint32_t k = 0; k < r->tried.nfew; k++) {
+        int f = r->tried.few[k];
+        if ((uint32_t)(f >> 6) < words) map[f >> 6] |= (uint64_t)1 << (f & 63);
+      }
+      r->tried.nfew = 0;
+    }
     r->tried.map = map;
     r->tried.words = words;
   }
@@ -1538,6 +1546,10 @@ static int tried_members(const mg_req_t *r, mg_balancer_t *b) {
   const uint64_t *w = r->tried.map ? r->tried.map : &r->tried.bits;
   uint32_t nw = r->tried.map ? r->tried.words : 1;
   int n = 0;
+  if (!r->tried.map)
+    for (uint32_t k = 0; k < r->tried.nfew; k++)
+      n += !(atomic_load_explicit(&mg_balance_peer(b, r->tried.few[k])->flags, memory_order_relaxed) &
+             (MG_PEER_DRAINING | MG_PEER_REMOVED));
   for (uint32_t k = 0; k < nw; k++)
     for (uint64_t x = w[k]; x; x &= x - 1) {
       int id = (int)(k * 64 + (uint32_t)__builtin_ctzll(x));
@@ -1644,7 +1656,7 @@ static int policy_pick(mg_req_t *r, const mg_upstream_cfg_t *u) {
 static int no_server_usable(mg_req_t *r, const mg_upstream_cfg_t *u) {
   mg_balancer_t *b = u->bal;
   int s = b->panic ? mg_balance_pick_any(b, &r->tried, &r->w->rng) : -1;
-  if (!b->panic && (r->tried.bits || r->tried.map)) return -1;
+  if (!b->panic && mg_tried_any(&r->tried)) return -1;
   uint64_t now = mg_balance_now_ms(), last = atomic_load_explicit(&b->panic_log_ms, memory_order_relaxed);
   if (now >= last + 1000 && atomic_compare_exchange_strong_explicit(&b->panic_log_ms, &last, now,
                                                                     memory_order_relaxed, memory_order_relaxed)) {
@@ -1822,8 +1834,7 @@ static void rtimer_fired(mg_timer_t *t);
  * and no two requests keep in step). Meanwhile the request holds no
  * connection and no attempt, only the timer. */
 static void tried_reset(mg_req_t *r) {
-  if (r->tried.map) memset(r->tried.map, 0, r->tried.words * sizeof(uint64_t));
-  r->tried.bits = 0;
+  mg_tried_reset(&r->tried);
   r->ntried = 0;
 }
 

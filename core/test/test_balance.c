@@ -94,7 +94,7 @@ static void tried_past_64(void) {
   int w[N];
   for (int i = 0; i < N; i++) w[i] = 1;
   uint64_t map[(N + 63) / 64] = { 0 };
-  mg_tried_t t = { 0, map, (N + 63) / 64 };
+  mg_tried_t t = { .map = map, .words = (N + 63) / 64 };
   int policies[] = { MG_BALANCE_ROUND_ROBIN, MG_BALANCE_LEAST_CONN, MG_BALANCE_P2C, MG_BALANCE_RANDOM };
   for (int p = 0; p < 4; p++) {
     mg_balancer_t *b = make(policies[p], w, N);
@@ -126,6 +126,28 @@ static void least_conn_picks_idle(void) {
   mg_peer_end(b, 0);
   for (int i = 0; i < 20; i++) CHECK(mg_balance_pick(b, NULL, &rng) == 0);
   mg_balancer_free(b);
+}
+
+/* least_conn past 128 servers: the best of 8 drawn at random. Half of 1,000
+ * servers busy: a pick lands on a busy one only when all 8 draws do (1/256). */
+static void least_conn_samples_big(void) {
+  enum { N = 1000 };
+  int *w = malloc(N * sizeof(int));
+  for (int i = 0; i < N; i++) w[i] = 1;
+  mg_balancer_t *b = make(MG_BALANCE_LEAST_CONN, w, N);
+  for (int i = 0; i < N; i += 2)
+    for (int k = 0; k < 10; k++) mg_peer_begin(b, i);
+  uint64_t rng = 11;
+  int busy = 0, seen[N] = { 0 }, distinct = 0;
+  for (int i = 0; i < 2000; i++) {
+    int s = mg_balance_pick(b, NULL, &rng);
+    busy += s % 2 == 0;
+    distinct += !seen[s]++;
+  }
+  CHECK(busy <= 30);       /* expected ~8 */
+  CHECK(distinct >= 400);  /* the idle ones share the picks */
+  mg_balancer_free(b);
+  free(w);
 }
 
 /* p2c: with three servers, two choices always include a fast one, so the slow
@@ -223,7 +245,7 @@ static void hash_pick(void) {
   int s = mg_balance_pick_hash(b, NULL, h);
   CHECK(s >= 0 && s < 4);
   for (int i = 0; i < 10; i++) CHECK(mg_balance_pick_hash(b, NULL, h) == s);
-  mg_tried_t t = { 0, NULL, 0 };
+  mg_tried_t t = { .map = NULL, .words = 0 };
   mg_tried_set(&t, s);
   int s2 = mg_balance_pick_hash(b, &t, h);
   CHECK(s2 >= 0 && s2 != s);
@@ -290,7 +312,7 @@ static void skips_unusable(void) {
       for (int i = 0; i < 3000; i++) count[mg_balance_pick(b, NULL, &rng)]++;
       CHECK(count[1] == 0 && count[3] == 0);
       CHECK(count[0] > 0 && count[2] > 0 && count[4] > 0);
-      mg_tried_t t = { 0, NULL, 0 };
+      mg_tried_t t = { .map = NULL, .words = 0 };
       mg_tried_set(&t, 0);
       mg_tried_set(&t, 2);
       for (int i = 0; i < 100; i++) CHECK(mg_balance_pick(b, &t, &rng) == 4);
@@ -529,13 +551,25 @@ static void set_weight_and_drain_every_policy(void) {
 /* The tried set copes with ids past its map (added after the first mark). */
 static void tried_ids_past_map(void) {
   uint64_t map[2] = { 0, 0 };
-  mg_tried_t t = { 0, map, 2 };
+  mg_tried_t t = { .map = map, .words = 2 };
   CHECK(mg_tried_fits(&t, 127) && !mg_tried_fits(&t, 128));
   mg_tried_set(&t, 100);
   CHECK(mg_tried_has(&t, 100) && !mg_tried_has(&t, 5000));
   mg_tried_clear(&t, 5000); /* out of the map: nothing happens */
-  mg_tried_t w = { 0, NULL, 0 };
-  CHECK(mg_tried_fits(&w, 63) && !mg_tried_fits(&w, 64) && !mg_tried_has(&w, 64));
+  /* no map: ids below 64 in the bits, MG_TRIED_FEW bigger ones in the list */
+  mg_tried_t w = { .map = NULL, .words = 0 };
+  CHECK(mg_tried_fits(&w, 63) && mg_tried_fits(&w, 64) && !mg_tried_has(&w, 64) && !mg_tried_any(&w));
+  for (int i = 0; i < MG_TRIED_FEW; i++) {
+    CHECK(mg_tried_fits(&w, 5000 + i));
+    mg_tried_set(&w, 5000 + i);
+  }
+  mg_tried_set(&w, 5000); /* again: no second entry */
+  CHECK(w.nfew == MG_TRIED_FEW && mg_tried_has(&w, 5003) && !mg_tried_has(&w, 5004));
+  CHECK(!mg_tried_fits(&w, 9999) && mg_tried_fits(&w, 5001) && mg_tried_fits(&w, 7));
+  mg_tried_clear(&w, 5001);
+  CHECK(!mg_tried_has(&w, 5001) && mg_tried_has(&w, 5002) && mg_tried_fits(&w, 9999));
+  mg_tried_reset(&w);
+  CHECK(!mg_tried_any(&w) && !mg_tried_has(&w, 5000));
 }
 
 /* The policy hook: an extra table per snapshot, built at each change and freed
@@ -696,6 +730,7 @@ int main(void) {
     { "round robin schedule is bounded", rr_schedule_bounded },
     { "every policy skips tried servers past index 64", tried_past_64 },
     { "least_conn picks fewest active per weight", least_conn_picks_idle },
+    { "least_conn past 128 servers takes the best of 8 random ones", least_conn_samples_big },
     { "p2c avoids the slow server", p2c_avoids_slow },
     { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
     { "p2c lets servers of near scores share the picks", p2c_near_scores_share },
