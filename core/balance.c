@@ -24,15 +24,6 @@ int mg_balance_policy(const char *name) {
   return -1;
 }
 
-/* xorshift64*: a worker's own generator; quality enough to spread picks. */
-static uint64_t next_rand(uint64_t *s) {
-  uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *s = x;
-  return x * 0x2545f4914f6cdd1dull;
-}
 
 static uint64_t gcd(uint64_t a, uint64_t b) {
   while (b) {
@@ -167,11 +158,7 @@ struct mg_bindex_s {
   uint32_t cap, used; /* cap a power of two, used <= cap / 2 */
 };
 
-static uint32_t key_hash(const char *k) {
-  uint32_t h = 2166136261u; /* FNV-1a */
-  for (; *k; k++) h = (h ^ (uint8_t)*k) * 16777619u;
-  return h;
-}
+static uint32_t key_hash(const char *k) { return (uint32_t)mg_hash_bytes(k, strlen(k), 0); }
 
 static bentry_t *index_slot(struct mg_bindex_s *x, const char *key) {
   uint32_t i = key_hash(key) & (x->cap - 1);
@@ -611,7 +598,7 @@ static int fits(mg_balancer_t *b, const mg_tried_t *tried, int i, tick_t *c) {
 /* A slow-starting server takes a slot it was offered with its ramp's probability. */
 static int takes(mg_balancer_t *b, int i, tick_t *c, uint64_t *rng) {
   int r = ramp(b, i, c);
-  return r >= RAMP_FULL || (int)(next_rand(rng) % RAMP_FULL) < r;
+  return r >= RAMP_FULL || (int)(mg_rand(rng) % RAMP_FULL) < r;
 }
 
 /* Any usable member not tried yet, looking from a random start; -1: none. O(n):
@@ -619,7 +606,7 @@ static int takes(mg_balancer_t *b, int i, tick_t *c, uint64_t *rng) {
 static int any_untried(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng,
                        tick_t *c) {
   if (s->n == 0) return -1;
-  uint32_t start = (uint32_t)(next_rand(rng) % s->n);
+  uint32_t start = (uint32_t)(mg_rand(rng) % s->n);
   for (uint32_t j = 0; j < s->n; j++) {
     uint32_t k = start + j < s->n ? start + j : start + j - s->n;
     if (fits(b, tried, (int)s->ids[k], c)) return (int)s->ids[k];
@@ -629,8 +616,8 @@ static int any_untried(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *
 
 /* A member's position drawn in proportion to its weight: O(log n). */
 static uint32_t draw(const mg_bsnap_t *s, uint64_t *rng) {
-  if (!s->cum) return (uint32_t)(next_rand(rng) % s->n);
-  uint64_t r = next_rand(rng) % s->total;
+  if (!s->cum) return (uint32_t)(mg_rand(rng) % s->n);
+  uint64_t r = mg_rand(rng) % s->total;
   uint32_t lo = 0, hi = s->n - 1;
   while (lo < hi) { /* the first i with cum[i] > r */
     uint32_t mid = lo + (hi - lo) / 2;
@@ -673,13 +660,13 @@ static int64_t eff_weight(mg_balancer_t *b, int i, tick_t *c) {
 static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tried, uint64_t *rng,
                            tick_t *c) {
   uint32_t n = s->n, m = n <= MG_BALANCE_SCAN ? n : MG_BALANCE_SAMPLE;
-  uint32_t start = (uint32_t)(next_rand(rng) % n);
+  uint32_t start = (uint32_t)(mg_rand(rng) % n);
   int best = -1;
   int64_t ba = 0, bw = 1;
   for (uint32_t j = 0; j < m; j++) {
     /* up to MG_BALANCE_SCAN members: all of them, from a random start; more:
      * MG_BALANCE_SAMPLE drawn at random */
-    uint32_t k = n <= MG_BALANCE_SCAN ? (start + j < n ? start + j : start + j - n) : (uint32_t)(next_rand(rng) % n);
+    uint32_t k = n <= MG_BALANCE_SCAN ? (start + j < n ? start + j : start + j - n) : (uint32_t)(mg_rand(rng) % n);
     int i = (int)s->ids[k];
     if (!fits(b, tried, i, c) || !takes(b, i, c, rng)) continue;
     int64_t a = atomic_load_explicit(&mg_balance_peer(b, i)->active, memory_order_relaxed);
@@ -693,15 +680,9 @@ static int pick_least_conn(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried
   return best >= 0 ? best : any_untried(b, s, tried, rng, c);
 }
 
-/* A monotonic clock in ms (wrapping at 2^32): the coarse clock, a vDSO read. */
-static uint32_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
-}
-
 /* A server's average, halved for every MG_BALANCE_EWMA_HALF_MS since its last
- * sample (0: none yet). */
+ * sample (0: none yet). `now` and ewma_at: mg_balance_now_ms() cut to 32 bits
+ * (the difference wraps correctly). */
 static double ewma_now(const mg_peer_t *p, uint32_t now) {
   double e = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
   if (e == 0) return 0;
@@ -719,7 +700,7 @@ static double ewma_now(const mg_peer_t *p, uint32_t now) {
  * two random draws. */
 static int p2c_better(mg_balancer_t *b, int x, int y, tick_t *c) {
   const mg_peer_t *px = mg_balance_peer(b, x), *py = mg_balance_peer(b, y);
-  uint32_t now = now_ms();
+  uint32_t now = (uint32_t)now_of(c);
   double ex = ewma_now(px, now);
   double ey = ewma_now(py, now);
   if (ex == 0) ex = ey;
@@ -738,7 +719,7 @@ static int pick_p2c(mg_balancer_t *b, const mg_bsnap_t *s, const mg_tried_t *tri
   uint32_t n = s->n;
   if (n == 1) return fits(b, tried, (int)s->ids[0], c) ? (int)s->ids[0] : -1;
   uint32_t x = draw(s, rng), y = x;
-  if (!s->cum) y = (x + 1 + (uint32_t)(next_rand(rng) % (n - 1))) % n;
+  if (!s->cum) y = (x + 1 + (uint32_t)(mg_rand(rng) % (n - 1))) % n;
   else
     for (int k = 0; k < 4 && y == x; k++) y = draw(s, rng);
   if (y == x) y = (x + 1) % n;
@@ -839,7 +820,7 @@ int mg_balance_pick(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng) {
       id = pick_random(b, s, tried, rng, &c);
       break;
     case MG_BALANCE_HASH: /* (callers hash the request's key: this is a random key) */
-      id = pick_hash(b, s, tried, next_rand(rng));
+      id = pick_hash(b, s, tried, mg_rand(rng));
       break;
     default:
       id = pick_round_robin(b, s, tried, rng, &c);
@@ -854,7 +835,7 @@ int mg_balance_pick_any(mg_balancer_t *b, const mg_tried_t *tried, uint64_t *rng
   const mg_bsnap_t *s = atomic_load_explicit(&b->snap, memory_order_seq_cst);
   int best = -1, bf = 0;
   if (s->n > 0) {
-    uint32_t start = (uint32_t)(next_rand(rng) % s->n);
+    uint32_t start = (uint32_t)(mg_rand(rng) % s->n);
     for (uint32_t j = 0; j < s->n; j++) {
       int i = (int)s->ids[(start + j) % s->n];
       if (is_tried(tried, i)) continue;
@@ -879,7 +860,7 @@ void mg_peer_answered(mg_balancer_t *b, int i, uint64_t us) {
   uint64_t old;
   uint32_t now = 0;
   if (b->policy == MG_BALANCE_P2C) { /* (the only policy that reads the age) */
-    now = now_ms();
+    now = (uint32_t)mg_balance_now_ms();
     old = (uint64_t)ewma_now(p, now); /* a stale average counts as p2c sees it */
   } else {
     old = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);

@@ -36,7 +36,7 @@ typedef struct {
   atomic_int fails;     /* consecutive failed attempts (reset by a response head) */
   atomic_int weight;    /* the weight every policy uses; starts as configured,
                            mg_balance_set_weight changes it */
-  atomic_uint ewma_at;  /* when ewma_us last had a sample (p2c, ms, wraps) */
+  atomic_uint ewma_at;  /* when ewma_us last had a sample (p2c: mg_balance_now_ms, 32 bits) */
   atomic_uint flags;    /* MG_PEER_* bits; any bit set: takes no new request */
   /* i12-health: ejection and slow start */
   atomic_int errs;      /* consecutive 5xx answers or failed attempts (ejection) */

@@ -32,34 +32,12 @@ static uint64_t sip(const uint64_t key[2], const void *p, size_t len) {
   return SIPHASH_24(key, len ? (const uint8_t *)p : (const uint8_t *)"", len);
 }
 
-/* One 64-bit word mixed in: a multiply, a rotate and the finalizer's shifts. */
-static uint64_t mix(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
-
 uint64_t mg_maglev_hash(const void *key, size_t len) {
-  /* per request: 8 bytes at a time, then a final mix (SipHash-2-4 cost about 165
+  /* per request: mg_hash_bytes, 8 bytes at a time (SipHash-2-4 cost about 165
    * instructions for a 9-byte client address; this about 40). The keys it hashes
    * may be chosen by clients, and a fixed-key SipHash hid nothing from them
    * either: the bounded-load cap is what keeps chosen keys from piling up. */
-  const uint8_t *p = len ? (const uint8_t *)key : (const uint8_t *)"";
-  uint64_t h = key_hash_key[0] ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull), w;
-  size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    memcpy(&w, p + i, 8);
-    h = mix(h ^ w) + key_hash_key[1];
-  }
-  if (i < len) {
-    w = 0;
-    memcpy(&w, p + i, len - i);
-    h = mix(h ^ w ^ ((uint64_t)(len - i) << 56)) + key_hash_key[1];
-  }
-  return mix(h);
+  return mg_hash_bytes(key, len, key_hash_key[0]);
 }
 
 /* ---- building the table --------------------------------------------------------

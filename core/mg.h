@@ -47,6 +47,52 @@ typedef struct mg_pool_s mg_pool_t;
 #define MG_HIGH_WATER (256 * 1024)
 #define MG_LOW_WATER (64 * 1024)
 
+/* The value of hex digit c (either case), or -1. */
+static inline int mg_hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* xorshift64*: a thread's own generator (*s is its state; 0 is replaced by a
+ * fixed seed); quality enough to spread picks and jitter waits. */
+static inline uint64_t mg_rand(uint64_t *s) {
+  uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
+/* A 64-bit hash of len bytes, 8 at a time (a multiply-and-shift mix per word),
+ * chained from seed: for hash tables and consistent hashing, not against an
+ * adversary (unkeyed). The same in every process. */
+static inline uint64_t mg_hash_mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+static inline uint64_t mg_hash_bytes(const void *p, size_t len, uint64_t seed) {
+  const unsigned char *b = len ? (const unsigned char *)p : (const unsigned char *)"";
+  uint64_t h = seed ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull), w;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    memcpy(&w, b + i, 8);
+    h = mg_hash_mix(h ^ w) + 0x6d61676c65766b79ull;
+  }
+  if (i < len) {
+    w = 0;
+    memcpy(&w, b + i, len - i);
+    h = mg_hash_mix(h ^ w ^ ((uint64_t)(len - i) << 56)) + 0x6d61676c65766b79ull;
+  }
+  return mg_hash_mix(h);
+}
+
 /* v in decimal, written at the end of d (MG_U64_DEC bytes): where the digits
  * start (they end at d + MG_U64_DEC). No printf on the request path. */
 #define MG_U64_DEC 20

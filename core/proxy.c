@@ -1603,13 +1603,6 @@ static int req_cookie(const mg_req_t *r, const char *name, mg_str_t *val) {
   return mg_hash_key_extract(&k, &in, val) == 1;
 }
 
-static int hexval(unsigned char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 /* The server the sticky cookie names (+1), 0 when none: a token is 16 hex digits. */
 static int sticky_lookup(mg_req_t *r, const mg_upstream_cfg_t *u) {
   if (r->sticky_seen) return r->sticky_srv;
@@ -1618,7 +1611,7 @@ static int sticky_lookup(mg_req_t *r, const mg_upstream_cfg_t *u) {
   if (!req_cookie(r, u->sticky_cookie, &v) || v.len != 16) return 0;
   uint64_t tok = 0;
   for (size_t i = 0; i < 16; i++) {
-    int d = hexval((unsigned char)v.p[i]);
+    int d = mg_hexval((unsigned char)v.p[i]);
     if (d < 0) return 0;
     tok = tok << 4 | (uint64_t)d;
   }
@@ -1632,10 +1625,9 @@ static int sticky_lookup(mg_req_t *r, const mg_upstream_cfg_t *u) {
 static void append_sticky(mg_req_t *r, hw_t *q) {
   const mg_upstream_cfg_t *u = &r->gen->upstreams[r->upstream];
   if (r->sticky_srv == r->server + 1) return;
-  static const char hex[] = "0123456789abcdef";
   char tok[16];
   uint64_t t = mg_balance_peer(u->bal, r->server)->tok;
-  for (int i = 15; i >= 0; i--, t >>= 4) tok[i] = hex[t & 15];
+  for (int i = 15; i >= 0; i--, t >>= 4) tok[i] = hexdig[t & 15];
   HW_LIT(q, "Set-Cookie: ");
   hw_put(q, u->sticky_cookie, strlen(u->sticky_cookie));
   HW_LIT(q, "=");
@@ -1847,12 +1839,7 @@ static uint64_t new_round(mg_req_t *r) {
   uint64_t cap = u->backoff_base_ms << (r->backoffs < 20 ? r->backoffs : 20);
   if (cap > u->backoff_max_ms) cap = u->backoff_max_ms;
   r->backoffs++;
-  uint64_t x = r->w->rng ? r->w->rng : 0x9e3779b97f4a7c15ull; /* xorshift64 */
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  r->w->rng = x;
-  return cap - (x * 0x2545f4914f6cdd1dull >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
+  return cap - (mg_rand(&r->w->rng) >> 11) % (cap / 2 + 1); /* in [cap/2, cap] */
 }
 
 static void backoff_start(mg_req_t *r, uint64_t delay) {

@@ -422,29 +422,9 @@ int mg_upstream_tls_session(void *owner, SSL_SESSION *session) {
   return 1;
 }
 
-/* The pool's key hashed: the address and the TLS id, 8 bytes at a time, each
- * word mixed in with a multiply and a rotate (a lookup per request: a byte-wise
- * hash of these 48 bytes cost about 250 instructions). */
+/* The pool's key hashed: the address, then the TLS id (a lookup per request). */
 static uint32_t pool_hash(const struct sockaddr_storage *addr, socklen_t len, const uint8_t *id) {
-  uint64_t h = 0x9e3779b97f4a7c15u ^ (uint64_t)len, w;
-  const uint8_t *a = (const uint8_t *)addr;
-  socklen_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    memcpy(&w, a + i, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdu;
-    h ^= h >> 32;
-  }
-  if (i < len) {
-    w = 0;
-    memcpy(&w, a + i, (size_t)(len - i));
-    h = (h ^ w) * 0xff51afd7ed558ccdu;
-    h ^= h >> 32;
-  }
-  for (int k = 0; k < 32; k += 8) {
-    memcpy(&w, id + k, 8);
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-    h ^= h >> 29;
-  }
+  uint64_t h = mg_hash_bytes(id, 32, mg_hash_bytes(addr, len, 0));
   return (uint32_t)(h ^ (h >> 32));
 }
 

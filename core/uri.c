@@ -4,13 +4,6 @@
 #include <arpa/inet.h>
 #include <stdint.h>
 
-static int hexval(unsigned char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 static int is_alpha(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
@@ -51,8 +44,8 @@ static size_t decode_segment(const char *in, size_t len, size_t i, char *out, si
       i++;
       continue;
     }
-    int hi = len - i > 2 ? hexval((unsigned char)in[i + 1]) : -1;
-    int lo = hi >= 0 ? hexval((unsigned char)in[i + 2]) : -1;
+    int hi = len - i > 2 ? mg_hexval((unsigned char)in[i + 1]) : -1;
+    int lo = hi >= 0 ? mg_hexval((unsigned char)in[i + 2]) : -1;
     if (lo < 0) return SIZE_MAX; /* '%' without two hex digits */
     unsigned char v = (unsigned char)(hi * 16 + lo);
     if (v == '/' || v == '\\' || is_ctl(v)) return SIZE_MAX;
@@ -125,8 +118,8 @@ int mg_uri_normalize_target(const char *in, size_t len, char *out, size_t *outle
   for (size_t i = 0; i < query.len; i++) {
     unsigned char c = (unsigned char)query.p[i];
     if (c < 0x21 || c == 0x7f || c == '#') return MG_EINVAL;
-    if (c == '%' && (query.len - i < 3 || hexval((unsigned char)query.p[i + 1]) < 0 ||
-                     hexval((unsigned char)query.p[i + 2]) < 0))
+    if (c == '%' && (query.len - i < 3 || mg_hexval((unsigned char)query.p[i + 1]) < 0 ||
+                     mg_hexval((unsigned char)query.p[i + 2]) < 0))
       return MG_EINVAL;
   }
   size_t n = 0;
@@ -159,7 +152,7 @@ static int check_ipv6_literal(const char *p, size_t len) {
   if (len < 2 || p[0] != '[' || p[len - 1] != ']' || len - 2 >= sizeof(buf)) return MG_EINVAL;
   for (size_t i = 1; i + 1 < len; i++) {
     unsigned char c = (unsigned char)p[i];
-    if (!(hexval(c) >= 0 || c == ':' || c == '.')) return MG_EINVAL;
+    if (!(mg_hexval(c) >= 0 || c == ':' || c == '.')) return MG_EINVAL;
   }
   memcpy(buf, p + 1, len - 2);
   buf[len - 2] = '\0';

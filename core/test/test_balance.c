@@ -730,7 +730,7 @@ int main(void) {
     { "round robin schedule is bounded", rr_schedule_bounded },
     { "every policy skips tried servers past index 64", tried_past_64 },
     { "least_conn picks fewest active per weight", least_conn_picks_idle },
-    { "least_conn past 128 servers takes the best of 8 random ones", least_conn_samples_big },
+    { "least_conn past 128 servers keeps to idle servers and spreads over them", least_conn_samples_big },
     { "p2c avoids the slow server", p2c_avoids_slow },
     { "p2c tries a once-slow server again once its average fades", p2c_slow_fades },
     { "p2c lets servers of near scores share the picks", p2c_near_scores_share },
