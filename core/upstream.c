@@ -422,9 +422,12 @@ int mg_upstream_tls_session(void *owner, SSL_SESSION *session) {
   return 1;
 }
 
-/* The pool's key hashed: the address, then the TLS id (a lookup per request). */
+/* The pool's key hashed (a lookup per request): the address, seeded with the
+ * TLS id's first 8 bytes (the id is itself a digest of the TLS settings). */
 static uint32_t pool_hash(const struct sockaddr_storage *addr, socklen_t len, const uint8_t *id) {
-  uint64_t h = mg_hash_bytes(id, 32, mg_hash_bytes(addr, len, 0));
+  uint64_t seed;
+  memcpy(&seed, id, sizeof(seed));
+  uint64_t h = mg_hash_bytes(addr, len, seed);
   return (uint32_t)(h ^ (h >> 32));
 }
 
