@@ -161,8 +161,12 @@ describe("hostile TLS servers to checks", function()
 local h = { path = "/hz", interval = 0.2, timeout = 0.6, rise = 1, fall = 1 }
 mg.route { host = "bad.test", upstream = mg.upstream "bad" { servers = { "${g}" },
   tls = { ca = "${other}", sni = "backend.test" }, health = h } }
+-- (a long timeout: the probe's first ClientHello waits unanswered in the raw
+-- origin's backlog until the second case takes it; a 0.6 s one could time the
+-- server out first, racing the first case, and the TLS cause would never show)
 mg.route { host = "raw.test", upstream = mg.upstream "rawtls" { servers = { "${o}" },
-  tls = { ca = "${ca}", sni = "backend.test" }, health = h } }
+  tls = { ca = "${ca}", sni = "backend.test" },
+  health = { path = "/hz", interval = 0.2, timeout = 10, rise = 1, fall = 1 } } }
 ]]), { vars = { g = good.addr, o = o.addr, ca = cert, other = other } })
   end)
 
