@@ -255,7 +255,11 @@ static int compress_type_ok(const mg_compress_cfg_t *cfg, const mg_head_t *h) {
   for (int i = 0; i < cfg->ntypes; i++) {
     mg_str_t want = cfg->types[i];
     int prefix = want.p[want.len - 1] == '/'; /* a wildcard subtype: a prefix */
-    if (prefix ? t.len > want.len && mg_str_caseeq((mg_str_t){ t.p, want.len }, want) : mg_str_caseeq(t, want))
+    if (!prefix && mg_str_caseeq(t, want)) return 1;
+    /* a wildcard does not take server-sent events: an encoder holds what it is
+     * given (docs/compression.md), an event stream must flow */
+    if (prefix && t.len > want.len && mg_str_caseeq((mg_str_t){ t.p, want.len }, want) &&
+        !MG_NAME_IS(t, "text/event-stream"))
       return 1;
   }
   return 0;

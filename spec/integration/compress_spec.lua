@@ -157,6 +157,12 @@ describe("compression", function()
       assert.equal(helpers.pattern(5000), res.body)
     end)
 
+    it("text/event-stream, which text/* does not take", function()
+      skipped("/chunked/5000", { { "X-Res-Content-Type", "text/event-stream" } })
+      local res = get("/chunked/5000", { AE, { "X-Res-Content-Type", "Text/HTML ; charset=x" } })
+      assert.equal("br", res.h["content-encoding"])
+    end)
+
     it("a response with a Content-Encoding already", function()
       local res = get("/bytes/5000", { AE, { "X-Res-Content-Type", TEXT }, { "X-Res-Content-Encoding", "br" } })
       assert.equal("br", res.h["content-encoding"]) -- the origin's, once, and its bytes untouched
