@@ -5,10 +5,11 @@
  * filter (filter.h). docs/compression.md says how it is used.
  *
  * Memory per stream is bounded whatever the body's size: the compressor's state
- * (its window and tables) plus one output buffer of MG_ENC_PIECE bytes.
- *   gzip: zlib, 32 KiB window (windowBits 15), memLevel 8: ~268 KiB
- *   br:   window 2^MG_ENC_BR_LGWIN (256 KiB) and the quality's tables: up to ~1 MiB at 4
- *   zstd: window 2^MG_ENC_ZSTD_WLOG (256 KiB) and the level's tables: ~1.3 MiB at 3 */
+ * (its window and the level's tables) plus one output buffer of MG_ENC_PIECE bytes.
+ * Measured peaks (docs/compression.md has more levels):
+ *   gzip: zlib, 32 KiB window (windowBits 15), memLevel 8: 261 KiB at any level
+ *   br:   window 2^MG_ENC_BR_LGWIN (256 KiB): 3.5 MiB at quality 4
+ *   zstd: window 2^MG_ENC_ZSTD_WLOG (256 KiB): 1.8 MiB at level 3 */
 #ifndef MG_COMPRESS_H
 #define MG_COMPRESS_H
 
