@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <brotli/decode.h>
 #include <brotli/encode.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -160,6 +161,130 @@ int mg_encoder_feed(mg_encoder_t *e, const char *p, size_t n, mg_enc_out_cb out,
 
 int mg_encoder_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
   return run(e, "", 0, 1, out, ctx);
+}
+
+/* ---------------- decoders ---------------- */
+
+struct mg_decoder_s {
+  int coding;
+  int fed;  /* some input came (an empty body is a complete one) */
+  int done; /* gzip, br: the stream (gzip: its last member so far) ended */
+  int open; /* zstd: a frame is begun and not ended */
+  union {
+    z_stream z;
+    BrotliDecoderState *br;
+    ZSTD_DCtx *zstd;
+  } u;
+  char out[MG_ENC_PIECE];
+};
+
+mg_decoder_t *mg_decoder_new(int coding) {
+  mg_decoder_t *d = malloc(sizeof(*d));
+  if (!d) return NULL;
+  memset(&d->u, 0, sizeof(d->u));
+  d->coding = coding;
+  d->fed = d->done = d->open = 0;
+  switch (coding) {
+  case MG_CODING_GZIP:
+    if (inflateInit2(&d->u.z, 15 + 16) != Z_OK) break; /* gzip only, 32 KiB window */
+    return d;
+  case MG_CODING_BR:
+    if (!(d->u.br = BrotliDecoderCreateInstance(NULL, NULL, NULL))) break;
+    return d;
+  case MG_CODING_ZSTD:
+    if (!(d->u.zstd = ZSTD_createDCtx())) break;
+    if (ZSTD_isError(ZSTD_DCtx_setParameter(d->u.zstd, ZSTD_d_windowLogMax, MG_DEC_ZSTD_WLOG_MAX))) {
+      ZSTD_freeDCtx(d->u.zstd);
+      break;
+    }
+    return d;
+  }
+  free(d);
+  return NULL;
+}
+
+void mg_decoder_free(mg_decoder_t *d) {
+  if (!d) return;
+  switch (d->coding) {
+  case MG_CODING_GZIP: inflateEnd(&d->u.z); break;
+  case MG_CODING_BR: BrotliDecoderDestroyInstance(d->u.br); break;
+  case MG_CODING_ZSTD: ZSTD_freeDCtx(d->u.zstd); break;
+  }
+  free(d);
+}
+
+int mg_decoder_feed(mg_decoder_t *d, const char *p, size_t n, mg_enc_out_cb out, void *ctx) {
+  size_t total = 0;
+  if (n) d->fed = 1;
+  for (;;) {
+    size_t made = 0, used = 0;
+    int more = 0; /* the output buffer filled: more may be pending */
+    switch (d->coding) {
+    case MG_CODING_GZIP: {
+      z_stream *z = &d->u.z;
+      if (d->done) { /* RFC 1952: another member may follow */
+        if (n == 0) return 0;
+        if (inflateReset(z) != Z_OK) return MG_EPARSE;
+        d->done = 0;
+      }
+      uInt take = n > 0x40000000u ? 0x40000000u : (uInt)n;
+      z->next_in = (Bytef *)(uintptr_t)p;
+      z->avail_in = take;
+      z->next_out = (Bytef *)d->out;
+      z->avail_out = sizeof(d->out);
+      int rc = inflate(z, Z_NO_FLUSH);
+      if (rc == Z_MEM_ERROR) return MG_ENOMEM;
+      if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) return MG_EPARSE;
+      made = sizeof(d->out) - z->avail_out;
+      used = take - z->avail_in;
+      if (rc == Z_STREAM_END) d->done = 1;
+      more = z->avail_out == 0;
+      break;
+    }
+    case MG_CODING_BR: {
+      if (d->done) return n ? MG_EPARSE : 0; /* bytes after the end of the stream */
+      size_t in = n, avail = sizeof(d->out);
+      const uint8_t *next_in = (const uint8_t *)p;
+      uint8_t *next_out = (uint8_t *)d->out;
+      BrotliDecoderResult rc = BrotliDecoderDecompressStream(d->u.br, &in, &next_in, &avail, &next_out, NULL);
+      if (rc == BROTLI_DECODER_RESULT_ERROR) return MG_EPARSE;
+      made = sizeof(d->out) - avail;
+      used = n - in;
+      if (rc == BROTLI_DECODER_RESULT_SUCCESS) d->done = 1;
+      more = rc == BROTLI_DECODER_RESULT_NEEDS_MORE_OUTPUT;
+      break;
+    }
+    case MG_CODING_ZSTD: {
+      ZSTD_inBuffer ib = { p, n, 0 };
+      ZSTD_outBuffer ob = { d->out, sizeof(d->out), 0 };
+      size_t rc = ZSTD_decompressStream(d->u.zstd, &ob, &ib);
+      if (ZSTD_isError(rc)) return MG_EPARSE;
+      made = ob.pos;
+      used = ib.pos;
+      d->open = rc != 0; /* 0: a frame ended and is all handed out; several may follow */
+      more = ob.pos == ob.size;
+      break;
+    }
+    default:
+      return MG_EINVAL;
+    }
+    p += used;
+    n -= used;
+    total += made;
+    if (total > MG_DEC_MAX_OUT) return MG_ELIMIT;
+    if (made) {
+      int rc = out(ctx, d->out, made);
+      if (rc < 0) return rc;
+    }
+    if (n == 0 && !more) return 0;
+    if (!made && !used && !more) return MG_EPARSE; /* no progress: a stream that cannot go on */
+  }
+}
+
+int mg_decoder_finish(mg_decoder_t *d) {
+  if (!d->fed) return 0;
+  if (d->coding == MG_CODING_ZSTD) return d->open ? MG_EPARSE : 0;
+  return d->done ? 0 : MG_EPARSE;
 }
 
 /* ---------------- negotiation ---------------- */

@@ -47,6 +47,22 @@ int mg_encoder_feed(mg_encoder_t *e, const char *p, size_t n, mg_enc_out_cb out,
 /* The end of the body: everything held back, and the coding's trailer, goes out. */
 int mg_encoder_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx);
 
+/* Decoders (decode = true on a route): the same shape. Windows are bounded: gzip
+ * 32 KiB; br what the stream says, at most 16 MiB (no large-window streams); zstd
+ * at most 2^MG_DEC_ZSTD_WLOG_MAX (a frame asking more fails). One call hands on at
+ * most MG_DEC_MAX_OUT bytes: a piece that would decode to more fails (MG_ELIMIT)
+ * -- the output goes to a queue, and a few KiB of a "bomb" must not fill memory. */
+#define MG_DEC_ZSTD_WLOG_MAX 23
+#define MG_DEC_MAX_OUT (16 * 1024 * 1024)
+typedef struct mg_decoder_s mg_decoder_t;
+mg_decoder_t *mg_decoder_new(int coding);
+void mg_decoder_free(mg_decoder_t *d);
+/* 0, MG_EPARSE (not a valid stream, or data after its end), MG_ELIMIT, MG_ENOMEM,
+ * or what out returned. */
+int mg_decoder_feed(mg_decoder_t *d, const char *p, size_t n, mg_enc_out_cb out, void *ctx);
+/* The end of the body: 0 when the stream was complete, MG_EPARSE when cut short. */
+int mg_decoder_finish(mg_decoder_t *d);
+
 /* The negotiation. `ae` is the Accept-Encoding field value (several fields joined
  * with ", "), `has_ae` 0 when the request had none. `prefer` lists the codings
  * the server offers, best first (npref of them). Returns the coding to use

@@ -145,6 +145,105 @@ static void the_sink_stops_it(void) {
   free(in);
 }
 
+/* ---- decoders ---- */
+
+/* in[0..n) encoded with our encoder, into a malloc'd buffer. */
+static char *encode_all(int coding, const char *in, size_t n, size_t *len) {
+  mg_encoder_t *e = mg_encoder_new(coding, coding == MG_CODING_BR ? 4 : 3);
+  sink_t s = { 0 };
+  mg_encoder_feed(e, in, n, collect, &s);
+  mg_encoder_finish(e, collect, &s);
+  mg_encoder_free(e);
+  *len = s.len;
+  return s.p;
+}
+
+/* Decodes enc in pieces of `piece` bytes: 1 when it gives back in[0..n) exactly. */
+static int decode_pieces(int coding, const char *enc, size_t elen, const char *in, size_t n, size_t piece) {
+  mg_decoder_t *d = mg_decoder_new(coding);
+  sink_t s = { 0 };
+  int ok = d != NULL;
+  for (size_t off = 0; ok && off < elen; off += piece) {
+    size_t k = elen - off < piece ? elen - off : piece;
+    if (mg_decoder_feed(d, enc + off, k, collect, &s) != 0) ok = 0;
+  }
+  if (ok && mg_decoder_finish(d) != 0) ok = 0;
+  if (ok && (s.len != n || (n && memcmp(s.p, in, n) != 0) || s.biggest > MG_ENC_PIECE)) ok = 0;
+  mg_decoder_free(d);
+  free(s.p);
+  return ok;
+}
+
+static void decoders_round_trip(void) {
+  const size_t n = 1024 * 1024 + 5;
+  char *in = sample(n);
+  const int codings[] = { MG_CODING_GZIP, MG_CODING_BR, MG_CODING_ZSTD };
+  const size_t pieces[] = { 1, 13, 4096, 65536, 1 << 22 };
+  for (int c = 0; c < 3; c++) {
+    size_t elen;
+    char *enc = encode_all(codings[c], in, n, &elen);
+    for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+      if (!decode_pieces(codings[c], enc, elen, in, n, pieces[i])) {
+        fprintf(stderr, "  %s decoder, pieces of %zu: failed\n", mg_coding_name(codings[c]), pieces[i]);
+        CHECK(0);
+      }
+    }
+    /* two streams back to back (gzip members, zstd frames) are one body */
+    char *two = malloc(2 * elen);
+    memcpy(two, enc, elen);
+    memcpy(two + elen, enc, elen);
+    char *twice = malloc(2 * n);
+    memcpy(twice, in, n);
+    memcpy(twice + n, in, n);
+    if (codings[c] != MG_CODING_BR) CHECK(decode_pieces(codings[c], two, 2 * elen, twice, 2 * n, 65536));
+    else CHECK(!decode_pieces(codings[c], two, 2 * elen, twice, 2 * n, 65536)); /* br: one stream only */
+    free(two);
+    free(twice);
+    /* cut short: the end says so */
+    mg_decoder_t *d = mg_decoder_new(codings[c]);
+    sink_t s = { 0 };
+    CHECK(mg_decoder_feed(d, enc, elen / 2, collect, &s) == 0);
+    CHECK(mg_decoder_finish(d) == MG_EPARSE);
+    mg_decoder_free(d);
+    free(s.p);
+    free(enc);
+    /* not the coding at all */
+    d = mg_decoder_new(codings[c]);
+    s = (sink_t){ 0 };
+    CHECK(mg_decoder_feed(d, "this is not compressed, not at all", 34, collect, &s) == MG_EPARSE);
+    mg_decoder_free(d);
+    free(s.p);
+    /* an empty body is complete */
+    d = mg_decoder_new(codings[c]);
+    CHECK(mg_decoder_finish(d) == 0);
+    mg_decoder_free(d);
+  }
+  free(in);
+}
+
+static int count_only(void *ctx, const char *p, size_t n) {
+  (void)p;
+  *(size_t *)ctx += n;
+  return 0;
+}
+
+static void a_bomb_is_stopped(void) {
+  const size_t n = 64 * 1024 * 1024; /* zeros: a few KiB encoded */
+  char *zeros = calloc(1, n);
+  const int codings[] = { MG_CODING_GZIP, MG_CODING_BR, MG_CODING_ZSTD };
+  for (int c = 0; c < 3; c++) {
+    size_t elen, got = 0;
+    char *enc = encode_all(codings[c], zeros, n, &elen);
+    CHECK(elen < 1024 * 1024);
+    mg_decoder_t *d = mg_decoder_new(codings[c]);
+    CHECK(mg_decoder_feed(d, enc, elen, count_only, &got) == MG_ELIMIT);
+    CHECK(got <= MG_DEC_MAX_OUT);
+    mg_decoder_free(d);
+    free(enc);
+  }
+  free(zeros);
+}
+
 /* ---- negotiation ---- */
 
 static const int PREF[] = { MG_CODING_BR, MG_CODING_ZSTD, MG_CODING_GZIP };
@@ -201,6 +300,8 @@ int main(void) {
     T(levels_checked),
     T(the_sink_stops_it),
     T(negotiation),
+    T(decoders_round_trip),
+    T(a_bomb_is_stopped),
   };
   return t_run("compress", cases, sizeof(cases) / sizeof(cases[0]));
 }
