@@ -916,6 +916,9 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     int src = build_split(w, g, r); /* i12-split */
     if (src < 0) return src;
     if ((src = build_compress(w, r)) < 0) return src; /* i13-compress */
+    lua_getfield(L, -1, "decode");
+    r->decode = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

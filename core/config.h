@@ -196,6 +196,7 @@ typedef struct {
   int idempotent;            /* requests may be sent again whatever their method */
   uint64_t connect_ms, read_ms, write_ms; /* the route's timeouts; 0: the upstream's */
   mg_compress_cfg_t *compress; /* i13-compress: NULL: responses are not compressed */
+  int decode;                  /* decode = true: gzip/br/zstd upstream bodies are decoded */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

@@ -313,15 +313,93 @@ static int compress_vary(mg_req_t *r) {
   return mg_head_set(h, &r->arena, (mg_str_t){ "Vary", 4 }, (mg_str_t){ p, len }, 0);
 }
 
+static int compress_out(void *ctx, const char *p, size_t n);
+static const char *peer_text(const mg_req_t *r);
+
+/* A strong ETag made weak: the bytes sent differ from the ones it names. */
+static int weak_etag(mg_req_t *r) {
+  mg_head_t *h = &r->rhead;
+  const mg_header_t *etag = mg_head_get(h, (mg_str_t){ "etag", 4 });
+  if (!etag || (etag->value.len >= 2 && etag->value.p[0] == 'W' && etag->value.p[1] == '/')) return 0;
+  char *w = mg_arena_alloc(&r->arena, etag->value.len + 2);
+  if (!w) return MG_ENOMEM;
+  w[0] = 'W', w[1] = '/';
+  memcpy(w + 2, etag->value.p, etag->value.len);
+  return mg_head_set(h, &r->arena, (mg_str_t){ "ETag", 4 }, (mg_str_t){ w, etag->value.len + 2 }, 0);
+}
+
+/* A response that has no body to change (or a part of one). */
+static int no_body_to_change(const mg_req_t *r) {
+  int status = r->status;
+  return r->down_method == HTTP_HEAD || r->method == HTTP_HEAD || status == 204 || status == 304 ||
+         status == 206 || r->up_status == 204 || r->up_status == 304 || status < 200;
+}
+
+/* decode = true: the first filter of the chain, before the body hook. A body in
+ * one coding moongate knows (Content-Encoding: gzip, br or zstd) is decoded, and
+ * the head loses its Content-Encoding (the compress filter may encode it again);
+ * anything else (no coding, identity, several, one unknown) goes as it is. */
+static int decode_head(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  mg_head_t *h = &r->rhead;
+  if (no_body_to_change(r) || mg_head_get(h, (mg_str_t){ "content-range", 13 })) return 1;
+  const mg_header_t *ce = NULL;
+  for (size_t i = 0; i < h->n; i++) {
+    if (!MG_NAME_IS(h->headers[i].name, "content-encoding")) continue;
+    if (ce) return 1; /* several fields: several codings */
+    ce = &h->headers[i];
+  }
+  if (!ce) return 1;
+  size_t pos = 0;
+  mg_str_t tok, extra;
+  if (!mg_http_next_token(ce->value, &pos, &tok) || mg_http_next_token(ce->value, &pos, &extra)) return 1;
+  int coding = mg_coding_parse(tok);
+  if (coding <= MG_CODING_IDENTITY) return 1;
+  r->dec = mg_decoder_new(coding);
+  if (!r->dec) {
+    MG_WARN(r->w->id, "req %s: %s decoder: out of memory: the response goes as it came", r->id,
+            mg_coding_name(coding));
+    return 1;
+  }
+  if (mg_head_set(h, &r->arena, (mg_str_t){ "content-encoding", 16 }, (mg_str_t){ NULL, 0 }, 2) < 0) return MG_ENOMEM;
+  return weak_etag(r);
+}
+
+static int decode_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_decoder_feed(r->dec, p, n, compress_out, f);
+  if (rc == MG_ELIMIT)
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body: a piece decodes to more than %d MiB: cut short",
+            r->id, peer_text(r), MG_DEC_MAX_OUT >> 20);
+  else if (rc == MG_EPARSE)
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body does not decode (bad data for its "
+            "Content-Encoding): cut short", r->id, peer_text(r));
+  return rc < 0 ? -1 : 0;
+}
+
+static int decode_end(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_decoder_finish(r->dec);
+  mg_decoder_free(r->dec);
+  r->dec = NULL;
+  if (rc < 0) {
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body ends inside its stream: cut short", r->id,
+            peer_text(r));
+    return -1;
+  }
+  return mg_filter_pass_end(f);
+}
+
+static const mg_filter_ops_t decode_filter = {
+  .name = "decode", .head = decode_head, .body = decode_body, .end = decode_end, .changes_length = 1,
+};
+
 static int compress_head(mg_filter_t *f) {
   mg_req_t *r = f->ctx;
   const mg_compress_cfg_t *cfg = r->route ? r->route->compress : NULL;
   mg_head_t *h = &r->rhead;
-  int status = r->status;
   /* no body, a part of one, or one that may not be changed: as it is */
-  if (!cfg || r->compress_off || r->down_method == HTTP_HEAD || r->method == HTTP_HEAD || status == 204 ||
-      status == 304 || status == 206 || r->up_status == 204 || r->up_status == 304 || status < 200)
-    return 1;
+  if (!cfg || r->compress_off || no_body_to_change(r)) return 1;
   if (mg_head_get(h, (mg_str_t){ "content-encoding", 16 }) || mg_head_get(h, (mg_str_t){ "content-range", 13 }) ||
       head_lists(h, "cache-control", 13, "no-transform", 12))
     return 1;
@@ -341,17 +419,7 @@ static int compress_head(mg_filter_t *f) {
   if (mg_head_set(h, &r->arena, (mg_str_t){ "Content-Encoding", 16 }, (mg_str_t){ name, strlen(name) }, 0) < 0 ||
       compress_vary(r) < 0)
     return MG_ENOMEM;
-  const mg_header_t *etag = mg_head_get(h, (mg_str_t){ "etag", 4 });
-  if (etag && !(etag->value.len >= 2 && etag->value.p[0] == 'W' && etag->value.p[1] == '/')) {
-    /* the encoded bytes differ from the ones the strong validator names */
-    char *w = mg_arena_alloc(&r->arena, etag->value.len + 2);
-    if (!w) return MG_ENOMEM;
-    w[0] = 'W', w[1] = '/';
-    memcpy(w + 2, etag->value.p, etag->value.len);
-    if (mg_head_set(h, &r->arena, (mg_str_t){ "ETag", 4 }, (mg_str_t){ w, etag->value.len + 2 }, 0) < 0)
-      return MG_ENOMEM;
-  }
-  return 0;
+  return weak_etag(r);
 }
 
 static int compress_out(void *ctx, const char *p, size_t n) { return mg_filter_pass(ctx, p, n); }
@@ -380,6 +448,13 @@ static const mg_filter_ops_t compress_filter = {
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
 static int response_filters(mg_req_t *r, int *saw_head) {
+  if (r->route && r->route->decode) { /* i13-compress: before the body hook */
+    mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+    if (!f) return MG_ENOMEM;
+    f->ops = &decode_filter;
+    f->ctx = r;
+    mg_fchain_add(&r->resp_chain, f);
+  }
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return MG_ENOMEM;
@@ -609,6 +684,8 @@ static void req_release(mg_req_t *r) {
   r->rb = NULL;
   mg_encoder_free(r->enc); /* i13-compress: a body cut short */
   r->enc = NULL;
+  mg_decoder_free(r->dec);
+  r->dec = NULL;
   mg_lua_req_done(&r->lua);
   free(r->bb); /* (the spare list keeps no body) */
   r->bb = NULL;

@@ -203,6 +203,7 @@ struct mg_req_s {
   unsigned compress_off : 1; /* res:compress(false): sent as it comes */
   struct mg_encoder_s *enc;  /* malloc'd, the request's own while it encodes; freed at
                                 the body's end or when the request ends */
+  struct mg_decoder_s *dec;  /* decode = true: the same, while it decodes */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

@@ -746,7 +746,7 @@ end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
                      respond = true, on = true, buffer_body = true, timeouts = true, split = true,
-                     idempotent = true, compress = true }
+                     idempotent = true, compress = true, decode = true }
 -- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
 local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
@@ -903,6 +903,7 @@ function _M.route(t)
     end
     r.compress_raw = t.compress
   end
+  if t.decode ~= nil then r.decode = check.type(t.decode, "boolean", what, "decode") end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do

@@ -321,6 +321,88 @@ describe("compression", function()
   end)
 end)
 
+-- decode = true: a second moongate (the "front") in front of the first (which
+-- encodes the origin's bodies as the Accept-Encoding it is sent asks)
+describe("decode = true", function()
+  local origin, back, front
+  local FRONT = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, compress = true }
+mg.listen { "127.0.0.1:${port}" }
+local b = mg.upstream "back" { servers = { "${back}" } }
+mg.route { host = "dec.test", upstream = b, decode = true, on = { body = function(req, res, chunk)
+  return (chunk:gsub("0", "Z"))
+end } }
+mg.route { host = "plain.test", upstream = b, decode = true, compress = false }
+mg.route { upstream = b }
+]]
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "O" })
+    back = helpers.proxy(TEMPLATE, { vars = { origin = origin.addr, config = ", compress = true" } })
+    front = helpers.proxy(FRONT, { vars = { back = "127.0.0.1:" .. back.port } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(front, back)
+  end)
+
+  local function get(host, path, headers)
+    local c = front:connect()
+    local hs = { { "Host", host } }
+    for _, kv in ipairs(headers) do hs[#hs + 1] = kv end
+    local res = assert(c:request({ path = path, headers = hs }))
+    c:close()
+    return res
+  end
+
+  it("the body hook sees the decoded body, which is encoded again as negotiated", function()
+    local n = 300000
+    for _, coding in ipairs { "gzip", "br", "zstd" } do
+      -- without decode the front passes the back's encoding untouched
+      local raw = get("other.test", "/chunked/" .. n, { { "Accept-Encoding", coding }, { "X-Res-Content-Type", TEXT } })
+      assert.equal(coding, raw.h["content-encoding"])
+      assert.is_true(decode(coding, raw.body) == helpers.pattern(n))
+      local res = get("dec.test", "/chunked/" .. n, { { "Accept-Encoding", coding }, { "X-Res-Content-Type", TEXT } })
+      assert.equal(200, res.status)
+      assert.equal(coding, res.h["content-encoding"])
+      assert.is_true(decode(coding, res.body) == (helpers.pattern(n):gsub("0", "Z")))
+    end
+  end)
+
+  it("decoded and sent as identity when the route does not compress", function()
+    for _, coding in ipairs { "gzip", "br", "zstd" } do
+      local res = get("plain.test", "/bytes/100000", { { "Accept-Encoding", coding }, { "X-Res-Content-Type", TEXT },
+                                                       { "X-Res-ETag", '"v1"' } })
+      assert.is_nil(res.h["content-encoding"])
+      assert.equal("chunked", res.h["transfer-encoding"])
+      assert.equal('W/"v1"', res.h["etag"])
+      assert.is_true(res.body == helpers.pattern(100000))
+    end
+  end)
+
+  it("a coding it does not know goes as it came", function()
+    local res = get("plain.test", "/bytes/5000", { { "X-Res-Content-Type", TEXT }, { "X-Res-Content-Encoding", "deflate" } })
+    assert.equal("deflate", res.h["content-encoding"])
+    assert.equal("5000", res.h["content-length"])
+    assert.equal(helpers.pattern(5000), res.body)
+  end)
+
+  it("a body that does not decode is cut short, with a log line", function()
+    local c = front:connect()
+    assert(c:send(helpers.request_bytes({ path = "/bytes/5000", headers = { { "Host", "plain.test" },
+      { "X-Res-Content-Type", TEXT }, { "X-Res-Content-Encoding", "gzip" } } })))
+    local raw = c:read_until_close(5)
+    c:close()
+    assert.matches("^HTTP/1.1 200", raw)
+    assert.is_nil(raw:find("\r\n0\r\n\r\n$"))
+    assert.truthy(helpers.wait_until(function()
+      return front:stderr():find("encoded response body does not decode", 1, true)
+    end, 5))
+    front:assert_alive()
+  end)
+end)
+
 describe("compress config errors", function()
   local function load_error(cfg)
     local dir = helpers.scratch()
