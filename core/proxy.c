@@ -406,9 +406,15 @@ static int compress_head(mg_filter_t *f) {
   mg_str_t ae = { "", 0 };
   int has_ae = accept_encoding(r, &ae), refused;
   int coding = mg_coding_negotiate(ae, has_ae, cfg->prefer, cfg->nprefer, &refused);
-  if (coding == MG_CODING_IDENTITY) return 1; /* identity;q=0 with nothing else: identity anyway (RFC 9110 12.1) */
+  int eligible = compress_type_ok(cfg, h) && !(r->up_has_len && r->up_len < cfg->min_length);
+  if (coding == MG_CODING_IDENTITY) {
+    /* identity;q=0 with nothing else: identity anyway (RFC 9110 12.1). A response
+     * another Accept-Encoding would have had encoded says so (RFC 9110 12.5.5),
+     * or a cache could give this one to clients that take an encoding */
+    return eligible && compress_vary(r) < 0 ? MG_ENOMEM : 1;
+  }
   /* the client refused identity: min_length and types do not hold it back */
-  if (!refused && (!compress_type_ok(cfg, h) || (r->up_has_len && r->up_len < cfg->min_length))) return 1;
+  if (!refused && !eligible) return 1;
   r->enc = mg_encoder_new(coding, cfg->level[coding]);
   if (!r->enc) {
     MG_WARN(r->w->id, "req %s: %s encoder: out of memory: the response goes unencoded", r->id,

@@ -113,12 +113,22 @@ describe("compression", function()
     assert.equal("gzip", enc("br;q=2, gzip")) -- a malformed element is skipped
   end)
 
-  it("no Accept-Encoding: identity, with its Content-Length", function()
+  it("no Accept-Encoding: identity, with its Content-Length (and Vary: another client would get it encoded)", function()
     local res = get("/bytes/5000", { { "X-Res-Content-Type", TEXT }, { "Accept-Encoding", "gzip" } })
     assert.equal("gzip", res.h["content-encoding"]) -- the control
     res = get("/bytes/5000", { { "X-Res-Content-Type", TEXT } })
     assert.is_nil(res.h["content-encoding"])
     assert.equal("5000", res.h["content-length"])
+    assert.equal("Accept-Encoding", res.h["vary"])
+    res = get("/bytes/5000", { { "Accept-Encoding", "deflate" }, { "X-Res-Content-Type", TEXT }, { "X-Res-Vary", "Origin" } })
+    assert.is_nil(res.h["content-encoding"])
+    assert.equal("Origin, Accept-Encoding", res.h["vary"])
+    -- not a response that would be encoded at all: no Vary
+    res = get("/bytes/5000", { { "Accept-Encoding", "gzip" } })
+    assert.is_nil(res.h["content-encoding"])
+    assert.is_nil(res.h["vary"])
+    res = get("/bytes/100", { { "Accept-Encoding", "gzip" }, { "X-Res-Content-Type", TEXT } })
+    assert.is_nil(res.h["content-encoding"])
     assert.is_nil(res.h["vary"])
   end)
 
