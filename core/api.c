@@ -298,6 +298,12 @@ int mg_res_set_status(mg_req_t *r, int status) {
   return 0;
 }
 
+int mg_res_compress(mg_req_t *r, int on) { /* i13-compress */
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST) | BIT(MG_HOOK_RESPONSE))) return MG_API_EPHASE;
+  r->compress_off = !on;
+  return 0;
+}
+
 /* Without an upstream response head (moongate answered itself: a refusal, an
  * error, a respond route) the log hook reads no response headers; the head of a
  * previous request on this memory is not this one's. */

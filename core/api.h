@@ -241,5 +241,9 @@ int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_st
 /* Ids 0..mg_ups_nservers(u)-1 (removed ones included: flags say). */
 int mg_ups_nservers(int u);
 int mg_ups_server(int u, int id, mg_ups_server_t *out);
+/* ---- i13-compress: res:compress(on), in the request or response hook (before the
+ * head goes out): 0 sends this response as it comes; 1 lets the route's compress
+ * settings decide again (docs/compression.md). MG_API_EPHASE elsewhere. */
+int mg_res_compress(mg_req_t *r, int on);
 
 #endif

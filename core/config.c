@@ -49,6 +49,14 @@ static void split_free(mg_split_t *sp) {
   free(sp);
 }
 
+/* i13-compress: a route's settings (build_compress) */
+static void compress_free(mg_compress_cfg_t *c) {
+  if (!c) return;
+  for (int i = 0; i < c->ntypes; i++) free((char *)c->types[i].p);
+  free(c->types);
+  free(c);
+}
+
 static void gen_free(mg_gen_t *g) {
   free(g->path);
   free(g->source);
@@ -86,6 +94,7 @@ static void gen_free(mg_gen_t *g) {
     free(r->resp_head);
     free(r->resp_body);
     split_free(r->split);
+    compress_free(r->compress);
   }
   free(g->routes);
   for (int i = 0; i < g->nshared; i++) free(g->shared[i]);
@@ -787,6 +796,76 @@ out:
   return rc; /* on an error r->split stays set: freed with the generation */
 }
 
+/* ---- i13-compress ---- */
+
+/* The route's `compress` (at the top of the stack): a table the loader completed,
+ * or false. 0, MG_ENOMEM or MG_ECONFIG. */
+static int build_compress(walk_t *w, mg_route_t *r) {
+  lua_State *L = w->L;
+  lua_getfield(L, -1, "compress");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  mg_compress_cfg_t *c = calloc(1, sizeof(*c));
+  if (!c) {
+    lua_pop(L, 1);
+    goto nomem;
+  }
+  r->compress = c; /* freed with the generation, whatever happens below */
+  c->min_length = (uint64_t)field_num(L, -1, "min_length", 256);
+  lua_getfield(L, -1, "level");
+  for (int k = MG_CODING_IDENTITY + 1; k < MG_CODING_MAX; k++) {
+    c->level[k] = (int)field_num(L, -1, mg_coding_name(k), 0);
+    if (!mg_coding_level_ok(k, c->level[k])) {
+      lua_pop(L, 2);
+      return walk_fail(w, "compress: level.%s out of range%s", mg_coding_name(k), "");
+    }
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "prefer");
+  int n = (int)lua_objlen(L, -1);
+  for (int i = 1; i <= n && c->nprefer < MG_CODING_MAX; i++) {
+    lua_rawgeti(L, -1, i);
+    size_t len;
+    const char *name = lua_tolstring(L, -1, &len);
+    int k = name ? mg_coding_parse((mg_str_t){ name, len }) : -1;
+    lua_pop(L, 1);
+    if (k <= MG_CODING_IDENTITY) {
+      lua_pop(L, 2);
+      return walk_fail(w, "compress: prefer: unknown coding %s%s", name ? name : "?", "");
+    }
+    c->prefer[c->nprefer++] = k;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "types");
+  n = (int)lua_objlen(L, -1);
+  c->types = calloc((size_t)n + 1, sizeof(*c->types));
+  if (!c->types) {
+    lua_pop(L, 2);
+    goto nomem;
+  }
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    size_t len;
+    const char *ty = lua_tolstring(L, -1, &len);
+    if (ty && len >= 2 && ty[len - 1] == '*' && ty[len - 2] == '/') len--; /* "text/ *" (a wildcard): the prefix "text/" */
+    char *copy = ty ? malloc(len + 1) : NULL;
+    lua_pop(L, 1);
+    if (!copy) {
+      lua_pop(L, 2);
+      goto nomem;
+    }
+    memcpy(copy, ty, len);
+    copy[len] = '\0';
+    c->types[c->ntypes++] = (mg_str_t){ copy, len };
+  }
+  lua_pop(L, 2);
+  return 0;
+nomem:
+  return MG_ENOMEM;
+}
+
 static int walk_routes(walk_t *w, mg_gen_t *g) {
   lua_State *L = w->L;
   lua_getfield(L, -1, "routes");
@@ -836,6 +915,10 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     }
     int src = build_split(w, g, r); /* i12-split */
     if (src < 0) return src;
+    if ((src = build_compress(w, r)) < 0) return src; /* i13-compress */
+    lua_getfield(L, -1, "decode");
+    r->decode = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

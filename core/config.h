@@ -10,6 +10,7 @@
 
 #include "balance.h"
 #include "cidr.h"
+#include "compress.h"
 #include "mg.h"
 #include "tls.h"
 
@@ -156,6 +157,17 @@ typedef struct {
                                 -1: such requests follow the weights */
 } mg_split_t;
 
+/* i13-compress: a route's compress settings (docs/compression.md), completed by
+ * the Lua side (lua/moongate/private/loader.lua) over mg.config's and the defaults. */
+typedef struct {
+  uint64_t min_length;       /* bodies of a known length under it are sent as they are */
+  int level[MG_CODING_MAX];  /* by MG_CODING_* */
+  int prefer[MG_CODING_MAX]; /* the codings offered, best first */
+  int nprefer;
+  mg_str_t *types;           /* lower case; a wildcard subtype ("text/" then "*") is kept as the prefix "text/" */
+  int ntypes;
+} mg_compress_cfg_t;
+
 /* retry.on conditions (statuses apart) */
 enum { MG_RETRY_CONNECT = 1, MG_RETRY_TIMEOUT = 2, MG_RETRY_RESET = 4 };
 /* the budget's floor: this many retries may always be in flight (Envoy's
@@ -183,6 +195,8 @@ typedef struct {
   /* i12-retry */
   int idempotent;            /* requests may be sent again whatever their method */
   uint64_t connect_ms, read_ms, write_ms; /* the route's timeouts; 0: the upstream's */
+  mg_compress_cfg_t *compress; /* i13-compress: NULL: responses are not compressed */
+  int decode;                  /* decode = true: gzip/br/zstd upstream bodies are decoded */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

@@ -10,6 +10,7 @@
 
 #include <lauxlib.h>
 
+#include "compress.h"
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
@@ -215,13 +216,262 @@ static const mg_filter_ops_t lua_req_body_filter = {
   .name = "request_body hook", .body = lua_req_body, .end = lua_req_body_end, .changes_length = 1,
 };
 
+/* ---- i13-compress: the response's content coding (docs/compression.md) ----
+ * A filter after the body hook (which sees the body as the upstream sent it).
+ * At the head it decides, from the route's settings, the response head and the
+ * client's Accept-Encoding, whether the body is encoded: if not, it leaves the
+ * chain, and the body goes on as before (no copy, Content-Length kept, splice
+ * allowed). If so it sets Content-Encoding, Vary and a weak ETag; the body is
+ * re-framed (chunked, or by the close for HTTP/1.0) because the filter changes
+ * its length. */
+
+/* True when the comma-separated header values of `name` in h list `token` (any
+ * case; a "token=..." element counts: Cache-Control's no-transform has none). */
+static int head_lists(const mg_head_t *h, const char *name, size_t nlen, const char *token, size_t tlen) {
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (!mg_http_name_is(hd->name, name, nlen)) continue;
+    size_t pos = 0;
+    mg_str_t el;
+    while (mg_http_next_token(hd->value, &pos, &el)) {
+      const char *eq = memchr(el.p, '=', el.len);
+      if (eq) el.len = (size_t)(eq - el.p);
+      while (el.len && (el.p[el.len - 1] == ' ' || el.p[el.len - 1] == '\t')) el.len--;
+      if (mg_http_name_is(el, token, tlen)) return 1;
+    }
+  }
+  return 0;
+}
+
+/* True when the response's Content-Type is one of cfg's types. */
+static int compress_type_ok(const mg_compress_cfg_t *cfg, const mg_head_t *h) {
+  const mg_header_t *ct = mg_head_get(h, (mg_str_t){ "content-type", 12 });
+  if (!ct) return 0;
+  mg_str_t t = ct->value;
+  const char *semi = memchr(t.p, ';', t.len);
+  if (semi) t.len = (size_t)(semi - t.p);
+  while (t.len && (t.p[t.len - 1] == ' ' || t.p[t.len - 1] == '\t')) t.len--;
+  while (t.len && (t.p[0] == ' ' || t.p[0] == '\t')) t.p++, t.len--;
+  for (int i = 0; i < cfg->ntypes; i++) {
+    mg_str_t want = cfg->types[i];
+    int prefix = want.p[want.len - 1] == '/'; /* a wildcard subtype: a prefix */
+    if (!prefix && mg_str_caseeq(t, want)) return 1;
+    /* a wildcard does not take server-sent events: an encoder holds what it is
+     * given (docs/compression.md), an event stream must flow */
+    if (prefix && t.len > want.len && mg_str_caseeq((mg_str_t){ t.p, want.len }, want) &&
+        !MG_NAME_IS(t, "text/event-stream"))
+      return 1;
+  }
+  return 0;
+}
+
+/* The request's Accept-Encoding: its one field's value, or every field's joined
+ * with ", " (in the arena). 0 when the request has none. */
+static int accept_encoding(mg_req_t *r, mg_str_t *out) {
+  size_t count = 0, total = 0;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *hd = &r->head.headers[i];
+    if (!MG_NAME_IS(hd->name, "accept-encoding")) continue;
+    if (count++ == 0) *out = hd->value;
+    total += hd->value.len + 2;
+  }
+  if (count <= 1) return (int)count;
+  char *p = mg_arena_alloc(&r->arena, total);
+  if (!p) return 1; /* the first field alone */
+  size_t len = 0;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *hd = &r->head.headers[i];
+    if (!MG_NAME_IS(hd->name, "accept-encoding")) continue;
+    if (len) p[len++] = ',', p[len++] = ' ';
+    memcpy(p + len, hd->value.p, hd->value.len);
+    len += hd->value.len;
+  }
+  *out = (mg_str_t){ p, len };
+  return 1;
+}
+
+/* Vary gets Accept-Encoding: merged into what is there (one field), not twice,
+ * and not at all after a Vary: *. */
+static int compress_vary(mg_req_t *r) {
+  mg_head_t *h = &r->rhead;
+  if (head_lists(h, "vary", 4, "*", 1) || head_lists(h, "vary", 4, "accept-encoding", 15)) return 0;
+  size_t total = sizeof("Accept-Encoding") - 1;
+  for (size_t i = 0; i < h->n; i++)
+    if (MG_NAME_IS(h->headers[i].name, "vary") && h->headers[i].value.len) total += h->headers[i].value.len + 2;
+  char *p = mg_arena_alloc(&r->arena, total);
+  if (!p) return MG_ENOMEM;
+  size_t len = 0;
+  for (size_t i = 0; i < h->n; i++) {
+    const mg_header_t *hd = &h->headers[i];
+    if (!MG_NAME_IS(hd->name, "vary") || !hd->value.len) continue;
+    memcpy(p + len, hd->value.p, hd->value.len);
+    len += hd->value.len;
+    p[len++] = ',', p[len++] = ' ';
+  }
+  memcpy(p + len, "Accept-Encoding", 15);
+  len += 15;
+  return mg_head_set(h, &r->arena, (mg_str_t){ "Vary", 4 }, (mg_str_t){ p, len }, 0);
+}
+
+static int compress_out(void *ctx, const char *p, size_t n);
+static const char *peer_text(const mg_req_t *r);
+
+/* A strong ETag made weak: the bytes sent differ from the ones it names. */
+static int weak_etag(mg_req_t *r) {
+  mg_head_t *h = &r->rhead;
+  const mg_header_t *etag = mg_head_get(h, (mg_str_t){ "etag", 4 });
+  if (!etag || (etag->value.len >= 2 && etag->value.p[0] == 'W' && etag->value.p[1] == '/')) return 0;
+  char *w = mg_arena_alloc(&r->arena, etag->value.len + 2);
+  if (!w) return MG_ENOMEM;
+  w[0] = 'W', w[1] = '/';
+  memcpy(w + 2, etag->value.p, etag->value.len);
+  return mg_head_set(h, &r->arena, (mg_str_t){ "ETag", 4 }, (mg_str_t){ w, etag->value.len + 2 }, 0);
+}
+
+/* A response that has no body to change (or a part of one). */
+static int no_body_to_change(const mg_req_t *r) {
+  int status = r->status;
+  return r->down_method == HTTP_HEAD || r->method == HTTP_HEAD || status == 204 || status == 304 ||
+         status == 206 || r->up_status == 204 || r->up_status == 304 || status < 200;
+}
+
+/* decode = true: the first filter of the chain, before the body hook. A body in
+ * one coding moongate knows (Content-Encoding: gzip, br or zstd) is decoded, and
+ * the head loses its Content-Encoding (the compress filter may encode it again);
+ * anything else (no coding, identity, several, one unknown) goes as it is. */
+static int decode_head(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  mg_head_t *h = &r->rhead;
+  if (no_body_to_change(r) || mg_head_get(h, (mg_str_t){ "content-range", 13 })) return 1;
+  const mg_header_t *ce = NULL;
+  for (size_t i = 0; i < h->n; i++) {
+    if (!MG_NAME_IS(h->headers[i].name, "content-encoding")) continue;
+    if (ce) return 1; /* several fields: several codings */
+    ce = &h->headers[i];
+  }
+  if (!ce) return 1;
+  size_t pos = 0;
+  mg_str_t tok, extra;
+  if (!mg_http_next_token(ce->value, &pos, &tok) || mg_http_next_token(ce->value, &pos, &extra)) return 1;
+  int coding = mg_coding_parse(tok);
+  if (coding <= MG_CODING_IDENTITY) return 1;
+  r->dec = mg_decoder_new(coding);
+  if (!r->dec) {
+    MG_WARN(r->w->id, "req %s: %s decoder: out of memory: the response goes as it came", r->id,
+            mg_coding_name(coding));
+    return 1;
+  }
+  if (mg_head_set(h, &r->arena, (mg_str_t){ "content-encoding", 16 }, (mg_str_t){ NULL, 0 }, 2) < 0) return MG_ENOMEM;
+  return weak_etag(r);
+}
+
+static int decode_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_decoder_feed(r->dec, p, n, compress_out, f);
+  if (rc == MG_ELIMIT)
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body: a piece decodes to more than %d MiB: cut short",
+            r->id, peer_text(r), MG_DEC_MAX_OUT >> 20);
+  else if (rc == MG_EPARSE)
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body does not decode (bad data for its "
+            "Content-Encoding): cut short", r->id, peer_text(r));
+  return rc < 0 ? -1 : 0;
+}
+
+static int decode_end(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_decoder_finish(r->dec);
+  mg_decoder_free(r->dec);
+  r->dec = NULL;
+  if (rc < 0) {
+    MG_WARN(r->w->id, "req %s: upstream %s: encoded response body ends inside its stream: cut short", r->id,
+            peer_text(r));
+    return -1;
+  }
+  return mg_filter_pass_end(f);
+}
+
+static const mg_filter_ops_t decode_filter = {
+  .name = "decode", .head = decode_head, .body = decode_body, .end = decode_end, .changes_length = 1,
+};
+
+static int compress_head(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  const mg_compress_cfg_t *cfg = r->route ? r->route->compress : NULL;
+  mg_head_t *h = &r->rhead;
+  /* no body, a part of one, or one that may not be changed: as it is */
+  if (!cfg || r->compress_off || no_body_to_change(r)) return 1;
+  if (mg_head_get(h, (mg_str_t){ "content-encoding", 16 }) || mg_head_get(h, (mg_str_t){ "content-range", 13 }) ||
+      head_lists(h, "cache-control", 13, "no-transform", 12))
+    return 1;
+  mg_str_t ae = { "", 0 };
+  int has_ae = accept_encoding(r, &ae), refused;
+  int coding = mg_coding_negotiate(ae, has_ae, cfg->prefer, cfg->nprefer, &refused);
+  int eligible = compress_type_ok(cfg, h) && !(r->up_has_len && r->up_len < cfg->min_length);
+  if (coding == MG_CODING_IDENTITY) {
+    /* identity;q=0 with nothing else: identity anyway (RFC 9110 12.1). A response
+     * another Accept-Encoding would have had encoded says so (RFC 9110 12.5.5),
+     * or a cache could give this one to clients that take an encoding */
+    return eligible && compress_vary(r) < 0 ? MG_ENOMEM : 1;
+  }
+  /* the client refused identity: min_length and types do not hold it back */
+  if (!refused && !eligible) return 1;
+  r->enc = mg_encoder_new(coding, cfg->level[coding]);
+  if (!r->enc) {
+    MG_WARN(r->w->id, "req %s: %s encoder: out of memory: the response goes unencoded", r->id,
+            mg_coding_name(coding));
+    return 1;
+  }
+  const char *name = mg_coding_name(coding);
+  if (mg_head_set(h, &r->arena, (mg_str_t){ "Content-Encoding", 16 }, (mg_str_t){ name, strlen(name) }, 0) < 0 ||
+      compress_vary(r) < 0)
+    return MG_ENOMEM;
+  return weak_etag(r);
+}
+
+static int compress_out(void *ctx, const char *p, size_t n) { return mg_filter_pass(ctx, p, n); }
+
+static int compress_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_encoder_feed(r->enc, p, n, compress_out, f);
+  if (rc < 0 && rc != -1) /* the library's failure, not the chain's */
+    MG_WARN(r->w->id, "req %s: the response's encoder failed (%d): connection closed", r->id, rc);
+  return rc < 0 ? -1 : 0;
+}
+
+static int compress_end(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  int rc = mg_encoder_finish(r->enc, compress_out, f);
+  mg_encoder_free(r->enc);
+  r->enc = NULL;
+  if (rc < 0) return -1;
+  return mg_filter_pass_end(f);
+}
+
+static const mg_filter_ops_t compress_filter = {
+  .name = "compress", .head = compress_head, .body = compress_body, .end = compress_end, .changes_length = 1,
+};
+
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
 static int response_filters(mg_req_t *r, int *saw_head) {
+  if (r->route && r->route->decode) { /* i13-compress: before the body hook */
+    mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+    if (!f) return MG_ENOMEM;
+    f->ops = &decode_filter;
+    f->ctx = r;
+    mg_fchain_add(&r->resp_chain, f);
+  }
   if (mg_hook_on(r->gen, r->route, MG_HOOK_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return MG_ENOMEM;
     f->ops = &lua_body_filter;
+    f->ctx = r;
+    mg_fchain_add(&r->resp_chain, f);
+  }
+  if (r->route && r->route->compress && !r->compress_off) { /* i13-compress: after the body hook */
+    mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+    if (!f) return MG_ENOMEM;
+    f->ops = &compress_filter;
     f->ctx = r;
     mg_fchain_add(&r->resp_chain, f);
   }
@@ -438,6 +688,10 @@ static void req_release(mg_req_t *r) {
   request_done(r);
   free(r->rb);
   r->rb = NULL;
+  mg_encoder_free(r->enc); /* i13-compress: a body cut short */
+  r->enc = NULL;
+  mg_decoder_free(r->dec);
+  r->dec = NULL;
   mg_lua_req_done(&r->lua);
   free(r->bb); /* (the spare list keeps no body) */
   r->bb = NULL;

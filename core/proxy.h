@@ -199,6 +199,11 @@ struct mg_req_s {
   size_t rb_len, rb_cap;
   size_t upq_head;          /* upq begins with an upstream head this long, built for an
                                earlier attempt (0: none): rebuilt for the next one */
+  /* i13-compress: the response's content coding (proxy.c "compression") */
+  unsigned compress_off : 1; /* res:compress(false): sent as it comes */
+  struct mg_encoder_s *enc;  /* malloc'd, the request's own while it encodes; freed at
+                                the body's end or when the request ends */
+  struct mg_decoder_s *dec;  /* decode = true: the same, while it decodes */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

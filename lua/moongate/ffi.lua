@@ -139,6 +139,7 @@ int mg_ups_publish(int u);
 int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_str_t *err);
 int mg_ups_nservers(int u);
 int mg_ups_server(int u, int id, mg_ups_server_t *out);
+int mg_res_compress(mg_req_t *r, int on);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -47,8 +47,72 @@ _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 local config_keys = {
   workers = true, access_log = true, error_log = true, log_level = true, pid = true,
   timeouts = true, limits = true, shared = true, watch = true,
-  forward_path = true, trusted_proxies = true,
+  forward_path = true, trusted_proxies = true, compress = true,
 }
+
+-- i13-compress: compress = { types, min_length, level, prefer } (docs/compression.md)
+local compress_keys = { types = true, min_length = true, level = true, prefer = true }
+local coding_levels = { gzip = { 1, 9 }, br = { 0, 11 }, zstd = { 1, 19 } }
+local compress_defaults = {
+  types = { "text/*", "application/json", "application/javascript", "application/xml",
+            "application/xhtml+xml", "application/rss+xml", "application/atom+xml",
+            "application/ld+json", "application/manifest+json", "application/wasm",
+            "application/x-javascript", "image/svg+xml", "image/x-icon", "font/ttf", "font/otf" },
+  min_length = 256,
+  level = { gzip = 5, br = 4, zstd = 3 },
+  prefer = { "br", "zstd", "gzip" },
+}
+_M._compress_defaults = compress_defaults
+
+-- A `compress` value checked and completed over `base` (the defaults, or the
+-- mg.config settings for a route): a full table, or false (off).
+local function compress_settings(v, base, what)
+  if v == false then return false end
+  if v == true then return base end
+  if type(v) ~= "table" then fail("%s: 'compress' must be true, false or a table, got %s", what, type(v)) end
+  what = what .. " compress"
+  check.keys(v, compress_keys, what)
+  local out = { types = base.types, min_length = base.min_length, prefer = base.prefer, level = {} }
+  for k, l in pairs(base.level) do out.level[k] = l end
+  if v.types ~= nil then
+    check.type(v.types, "table", what, "types")
+    out.types = {}
+    for i, ty in ipairs(v.types) do
+      if type(ty) ~= "string" or not match(ty, "^[%w%.%+%-!#$&^_]+/[%w%.%+%-!#$&^_%*]+$") then
+        fail("%s: types[%d] is not a media type (like \"text/html\" or \"text/*\"): %s", what, i, tostring(ty))
+      end
+      out.types[i] = lower(ty)
+    end
+  end
+  if v.min_length ~= nil then
+    out.min_length = check.number(v.min_length, what, "min_length", 0, 2^40)
+    if out.min_length % 1 ~= 0 then fail("%s: 'min_length' must be a whole number", what) end
+  end
+  if v.level ~= nil then
+    check.type(v.level, "table", what, "level")
+    for k, l in pairs(v.level) do
+      local range = coding_levels[k]
+      if not range then fail("%s level: unknown coding '%s' (gzip, br, zstd)", what, tostring(k)) end
+      check.number(l, what .. " level", k, range[1], range[2])
+      if l % 1 ~= 0 then fail("%s level: '%s' must be a whole number", what, k) end
+      out.level[k] = l
+    end
+  end
+  if v.prefer ~= nil then
+    check.type(v.prefer, "table", what, "prefer")
+    local seen = {}
+    out.prefer = {}
+    for i, c in ipairs(v.prefer) do
+      if not coding_levels[c] then fail("%s: prefer[%d] is not gzip, br or zstd: %s", what, i, tostring(c)) end
+      if seen[c] then fail("%s: prefer lists '%s' twice", what, c) end
+      seen[c] = true
+      out.prefer[i] = c
+    end
+    if #out.prefer == 0 then fail("%s: 'prefer' is empty (use compress = false to turn it off)", what) end
+  end
+  return out
+end
+_M._compress_settings = compress_settings
 
 -- the names users may write, from the one list of hooks (moongate.hooks)
 local hook_names, route_hook_names, route_hook_list = {}, {}, {}
@@ -101,6 +165,10 @@ function _M.config(t)
       fail("mg.config: 'log_level' must be debug, info, warn or error, got %s", tostring(t.log_level))
     end
     c.log_level = t.log_level
+  end
+  if t.compress ~= nil then
+    compress_settings(t.compress, compress_defaults, "mg.config") -- checked here, for the user's line
+    c.compress = t.compress -- completed by the loader, with the routes'
   end
   if t.shared ~= nil then
     check.type(t.shared, "table", "mg.config", "shared")
@@ -678,7 +746,7 @@ end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
                      respond = true, on = true, buffer_body = true, timeouts = true, split = true,
-                     idempotent = true }
+                     idempotent = true, compress = true, decode = true }
 -- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
 local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
@@ -829,6 +897,13 @@ function _M.route(t)
     end
   end
   if t.idempotent ~= nil then r.idempotent = check.type(t.idempotent, "boolean", what, "idempotent") end
+  if t.compress ~= nil then -- i13-compress: completed over mg.config's by the loader
+    if t.compress ~= true and t.compress ~= false then
+      compress_settings(t.compress, compress_defaults, what) -- checked here, for the user's line
+    end
+    r.compress_raw = t.compress
+  end
+  if t.decode ~= nil then r.decode = check.type(t.decode, "boolean", what, "decode") end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do

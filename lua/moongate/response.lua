@@ -47,4 +47,13 @@ function methods.set_status(self, status)
   return true
 end
 
+--- res:compress(false): this response goes as it comes, whatever the route's
+--- compress settings; res:compress(true) lets them decide again. In the request
+--- and response hooks (the head is not sent yet). i13-compress.
+function methods.compress(self, on)
+  if type(on) ~= "boolean" then error("res:compress: boolean expected", 2) end
+  hdr.check(C.mg_res_compress(self._r, on and 1 or 0), "res:compress")
+  return true
+end
+
 return _M

@@ -95,11 +95,17 @@ function _M.load(path, source)
 
   local index = {}
   for i, u in ipairs(st.upstreams) do index[u.name] = i end
+  -- i13-compress: every route's settings in full (false: off). Off unless mg.config
+  -- or the route asks; a route's table completes mg.config's, which completes the defaults.
+  local cdefaults = mg._compress_defaults
+  local cglobal = c.compress ~= nil and mg._compress_settings(c.compress, cdefaults, "mg.config") or false
   for _, r in ipairs(st.routes) do
     if r.listener and not st.listener_names[r.listener] then
       return nil, fmt("%s: mg.route: unknown listener '%s'", r.site, r.listener)
     end
     r.upstream_index = r.upstream and index[r.upstream] or 0
+    if r.compress_raw == nil then r.compress = cglobal
+    else r.compress = mg._compress_settings(r.compress_raw, cglobal or cdefaults, "mg.route") end
     -- i12-split: the split's upstreams as indices too (core/config.c reads these)
     if r.split_list then
       for _, e in ipairs(r.split_list) do e.index = index[e.upstream] end
