@@ -104,6 +104,7 @@ static int64_t epoch(int y, int mo, int d, int h, int mi, int s) {
 int64_t mg_cp_date(mg_str_t v) {
   mg_str_t s = trim(v);
   const char *p = s.p;
+  if (s.len < 24) return -1; /* the shortest form, asctime, has 24 bytes */
   int d, y, h, mi, sec, mo;
   if (s.len == 29 && p[3] == ',') { /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
     if (!wkday(p, 3) || p[4] != ' ' || p[7] != ' ' || p[11] != ' ' || p[16] != ' ' || p[25] != ' ' ||
@@ -165,7 +166,7 @@ static size_t skip_junk(mg_str_t v, size_t i) {
     else if (v.p[i] == '"') inq = !inq;
     else if (!inq && v.p[i] == ',') break;
   }
-  return i;
+  return i > v.len ? v.len : i; /* a trailing backslash steps past the end */
 }
 
 static void keep_min(int64_t *slot, int64_t v) {
@@ -349,6 +350,18 @@ int64_t mg_cp_lifetime(const mg_cc_t *cc, int status, const mg_cp_hdrs_t *res, i
   return h;
 }
 
+/* A Content-Length number: up to 18 digits (delta-seconds' cap at 2^31 would make
+ * two different big lengths look alike), or -1. */
+static int64_t length(mg_str_t s) {
+  if (s.len == 0 || s.len > 18) return -1;
+  int64_t v = 0;
+  for (size_t i = 0; i < s.len; i++) {
+    if (s.p[i] < '0' || s.p[i] > '9') return -1;
+    v = v * 10 + (s.p[i] - '0');
+  }
+  return v;
+}
+
 /* Content-Length values (one header or a list, several headers) all the same
  * number, and no Transfer-Encoding beside them (RFC 9112 6.3). */
 static int framing_ok(const mg_cp_hdrs_t *res) {
@@ -361,8 +374,8 @@ static int framing_ok(const mg_cp_hdrs_t *res) {
     mg_str_t tok;
     int any = 0;
     while (mg_http_next_token(res->h[i].value, &pos, &tok)) {
-      int64_t v = mg_cp_delta(tok);
-      if (v < 0 || v >= MG_CP_DELTA_MAX * 4096) return 0;
+      int64_t v = length(tok);
+      if (v < 0) return 0;
       if (len >= 0 && v != len) return 0;
       len = v;
       any = 1;
@@ -511,6 +524,7 @@ void mg_cp_decide(const mg_cp_meta_t *m, const mg_cc_t *rq, int64_t now, mg_cp_d
 
 static size_t put(char *buf, size_t cap, size_t at, const char *s, size_t n) {
   if (at == (size_t)-1 || at + n > cap) return (size_t)-1;
+  if (n == 0) return at; /* s may be NULL then */
   memcpy(buf + at, s, n);
   return at + n;
 }
@@ -713,6 +727,7 @@ int mg_cp_304_keeps(mg_str_t n) {
 
 static size_t put_lower(char *buf, size_t cap, size_t at, mg_str_t s) {
   if (at == (size_t)-1 || at + s.len > cap) return (size_t)-1;
+  if (s.len == 0) return at;
   for (size_t i = 0; i < s.len; i++) buf[at + i] = (char)lc((unsigned char)s.p[i]);
   return at + s.len;
 }
@@ -853,6 +868,7 @@ static size_t origin_len(mg_str_t k) {
 static int ref_key(mg_str_t ref, mg_str_t scheme, mg_str_t host, mg_str_t path, char *buf, size_t cap, size_t at,
                    mg_str_t *out) {
   ref = trim(ref);
+  if (ref.len == 0) return -1;
   const char *hash = memchr(ref.p, '#', ref.len);
   if (hash) ref.len = (size_t)(hash - ref.p);
   if (ref.len == 0) return -1;

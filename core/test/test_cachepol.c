@@ -225,6 +225,12 @@ static void test_store_set_cookie_vary_framing(void) {
   CHECK(STORE("GET", rq, 200, cl4) == MG_CP_NS_FRAMING);
   mg_header_t cl5[] = { H("Content-Length", "") };
   CHECK(STORE("GET", rq, 200, cl5) == MG_CP_NS_FRAMING);
+  mg_header_t cl6[] = { H("Content-Length", "3000000000"), H("Content-Length", "3000000001") };
+  CHECK(STORE("GET", rq, 200, cl6) == MG_CP_NS_FRAMING); /* big lengths are compared exactly */
+  mg_header_t cl7[] = { H("Content-Length", "1234567890123456789") };
+  CHECK(STORE("GET", rq, 200, cl7) == MG_CP_NS_FRAMING);
+  mg_header_t cl8[] = { H("Content-Length", "3000000000") };
+  CHECK(STORE("GET", rq, 200, cl8) == MG_CP_OK);
   CHECK(strcmp(mg_cp_ns_reason(MG_CP_NS_FRAMING), "framing") == 0);
   CHECK(strcmp(mg_cp_ns_reason(99), "unknown") == 0);
 }
@@ -743,6 +749,28 @@ static void test_hostile_input(void) {
   CHECK(mg_cp_date(S("Funday, 06-Nov-94 08:49:37 GMT")) == -1);
   CHECK(mg_cp_date(S("Sun Nov 6 08:49:37 1994")) == -1);
   CHECK(mg_cp_date((mg_str_t){ big, sizeof(big) }) == -1);
+  /* empty slices with no memory behind them (a header with an empty value) */
+  mg_header_t nul[] = { { S("Cache-Control"), { NULL, 0 } }, { S("Date"), { NULL, 0 } }, { S("Vary"), { NULL, 0 } },
+                        { S("Location"), { NULL, 0 } }, { S("ETag"), { NULL, 0 } }, { S("Expires"), { NULL, 0 } } };
+  mg_cp_hdrs_t nh = HS(nul);
+  mg_cc_parse(&cc, &nh, 1);
+  CHECK(cc.flags == 0 && cc.invalid == 0);
+  CHECK(mg_cp_date((mg_str_t){ NULL, 0 }) == -1);
+  CHECK(mg_cp_meta_init(&m, S("GET"), &none, 200, &nh, 5, 5, &opts) == MG_CP_OK && m.lifetime == 0 && m.date_value == 5);
+  char kb[256];
+  size_t vl;
+  CHECK(mg_cp_vary_key(&nh, &nh, kb, sizeof(kb), &vl) == 0 && vl == 0);
+  mg_str_t keys[3];
+  CHECK(mg_cp_invalidate(S("POST"), 200, S("http"), (mg_str_t){ NULL, 0 }, (mg_str_t){ NULL, 0 },
+                         (mg_str_t){ NULL, 0 }, &nh, kb, sizeof(kb), keys) == 1 &&
+        mg_str_eq(keys[0], S("GET http:///")));
+  mg_header_t out[2];
+  CHECK(mg_cp_conditional(&nh, out) == 0);
+  /* a trailing backslash inside quotes at the very end */
+  c = cc1("x=\"a\\\", max-age=3", 0); /* the escaped quote runs to the end: one bad directive */
+  CHECK(c.max_age == -1 && c.invalid == 0);
+  c = cc1("\"a\\", 0); /* junk ending in a backslash */
+  CHECK(c.flags == 0 && c.invalid == 1);
 }
 
 int main(void) {
