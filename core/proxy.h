@@ -199,6 +199,17 @@ struct mg_req_s {
   size_t rb_len, rb_cap;
   size_t upq_head;          /* upq begins with an upstream head this long, built for an
                                earlier attempt (0: none): rebuilt for the next one */
+  /* issue 13: the cache (proxy.c "the cache"; core/cache.h) */
+  struct mg_cwriter_s *cwriter; /* storing this response: committed at its end, else
+                                   aborted when the request ends (req_release) */
+  mg_str_t ckey;            /* the primary key (arena) */
+  mg_str_t cvary, chead;    /* the object's secondary key and stored head (arena) */
+  struct mg_cfill_s *cfill; /* the meta it is stored with (arena) */
+  int64_t c_req_time;       /* seconds: when the lookup missed (RFC 9111 request_time) */
+  int c_why;                /* why the response is not stored (MG_CP_NS_*), 0: it is */
+  uint8_t c_fwd;            /* the Cache-Status fwd of the forwarded request (MG_CS_FWD_*) */
+  unsigned c_on : 1;        /* the route caches and this request looked the store up */
+  unsigned c_big : 1;       /* not stored: bigger than cache.max_object */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

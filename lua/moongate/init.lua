@@ -47,8 +47,14 @@ _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 local config_keys = {
   workers = true, access_log = true, error_log = true, log_level = true, pid = true,
   timeouts = true, limits = true, shared = true, watch = true,
-  forward_path = true, trusted_proxies = true,
+  forward_path = true, trusted_proxies = true, cache = true,
 }
+-- mg.config { cache = { ... } } (issue 13): the memory store shared by the workers.
+-- path and size (the disk store) are the issue's names, refused until it exists.
+local cache_keys = { memory = true, max_object = true, heuristic_max = true,
+                     allow_set_cookie = true, path = true, size = true }
+_M._cache_defaults = { memory = 256 * 1024 * 1024, max_object = 8 * 1024 * 1024,
+                       heuristic_max = 86400, allow_set_cookie = false }
 
 -- the names users may write, from the one list of hooks (moongate.hooks)
 local hook_names, route_hook_names, route_hook_list = {}, {}, {}
@@ -112,6 +118,28 @@ function _M.config(t)
       if bytes < 16384 then fail("mg.config shared: '%s' must be at least 16k", name) end
       state.shared[name] = bytes
     end
+  end
+  if t.cache ~= nil then
+    local w = "mg.config cache"
+    check.type(t.cache, "table", "mg.config", "cache")
+    check.keys(t.cache, cache_keys, w)
+    if t.cache.path ~= nil or t.cache.size ~= nil then
+      fail("%s: 'path' and 'size' (the disk store) are not implemented yet; use 'memory'", w)
+    end
+    local cc = {}
+    if t.cache.memory ~= nil then cc.memory = size(t.cache.memory, w, "memory") end
+    if t.cache.max_object ~= nil then cc.max_object = size(t.cache.max_object, w, "max_object") end
+    if t.cache.heuristic_max ~= nil then
+      cc.heuristic_max = check.number(t.cache.heuristic_max, w, "heuristic_max", 0, 2^31)
+    end
+    if t.cache.allow_set_cookie ~= nil then
+      cc.allow_set_cookie = check.type(t.cache.allow_set_cookie, "boolean", w, "allow_set_cookie")
+    end
+    local mem = cc.memory or _M._cache_defaults.memory
+    local maxo = cc.max_object or _M._cache_defaults.max_object
+    if mem < 65536 then fail("%s: 'memory' must be at least 64k", w) end
+    if maxo * 2 > mem then fail("%s: 'max_object' must be at most half of 'memory'", w) end
+    c.cache = cc
   end
   if t.forward_path ~= nil then
     if t.forward_path ~= "normalized" and t.forward_path ~= "as_received" then
@@ -678,7 +706,7 @@ end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
                      respond = true, on = true, buffer_body = true, timeouts = true, split = true,
-                     idempotent = true }
+                     idempotent = true, cache = true }
 -- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
 local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
@@ -829,6 +857,12 @@ function _M.route(t)
     end
   end
   if t.idempotent ~= nil then r.idempotent = check.type(t.idempotent, "boolean", what, "idempotent") end
+  if t.cache ~= nil then -- issue 13: per-route options (key, ttl, lock) are still to come
+    if type(t.cache) == "table" then
+      fail("%s: 'cache' options (key, ttl, lock) are not implemented yet; use cache = true", what)
+    end
+    r.cache = check.type(t.cache, "boolean", what, "cache")
+  end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do
