@@ -2731,8 +2731,9 @@ static int cache_fill_begin(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c || r->down_method != HTTP_GET) return 0;
   mg_cp_hdrs_t rq = req_hdrs(r), rs = { r->rhead.headers, r->rhead.n };
-  /* a partial answer or a 304 to the client's own conditional is not the object */
-  if (r->status == 206 || r->status == 304) {
+  /* a partial answer or a 304 to the client's own conditional is not the object;
+   * a 204's (bodiless) end does not pass through the filters: not stored yet */
+  if (r->status == 206 || r->status == 304 || r->status == 204) {
     r->c_why = MG_CP_NS_STATUS;
     return 0;
   }

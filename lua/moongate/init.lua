@@ -862,6 +862,7 @@ function _M.route(t)
       fail("%s: 'cache' options (key, ttl, lock) are not implemented yet; use cache = true", what)
     end
     r.cache = check.type(t.cache, "boolean", what, "cache")
+    if r.cache and t.respond ~= nil then fail("%s: 'cache' needs an upstream (a respond route is not cached)", what) end
   end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")

@@ -126,6 +126,14 @@ describe("cache", function()
     assert.equal("moongate; fwd=vary-miss; stored", d.h["cache-status"])
   end)
 
+  it("does not store a 204 (its end passes no filter) and says so", function()
+    local p = target("nocontent", { "Cache-Control:max-age=60", "status:204" })
+    local a = get(p)
+    assert.equal(204, a.status)
+    assert.equal("moongate; fwd=uri-miss; detail=status", a.h["cache-status"])
+    assert.equal("moongate; fwd=uri-miss; detail=status", get(p).h["cache-status"])
+  end)
+
   it("does not store Vary: *", function()
     local p = target("varystar", { "Cache-Control:max-age=60", "Vary:*" })
     assert.equal("moongate; fwd=uri-miss; detail=vary-star", get(p).h["cache-status"])
@@ -243,6 +251,7 @@ describe("cache", function()
       { 'mg.config { cache = { memory = "1m", max_object = "1m" } }', "at most half" },
       { 'mg.config { cache = { memory = "lots" } }', "not a size" },
       { 'mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:1" } }, cache = { ttl = 1 } }', "not implemented yet" },
+      { 'mg.route { respond = { status = 200 }, cache = true }', "needs an upstream" },
     } do
       local dir = helpers.tmpdir()
       helpers.write_file(dir .. "/proxy.lua", 'local mg = require "moongate"\nmg.listen { "127.0.0.1:1" }\n' .. bad[1] .. "\n")
