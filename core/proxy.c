@@ -218,6 +218,7 @@ static const mg_filter_ops_t lua_req_body_filter = {
 };
 
 static int cache_fill_begin(mg_req_t *r);
+static void cache_invalidate(mg_req_t *r);
 
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
@@ -230,6 +231,7 @@ static int response_filters(mg_req_t *r, int *saw_head) {
     mg_fchain_add(&r->resp_chain, f);
   }
   if (r->c_on && cache_fill_begin(r) < 0) return MG_ENOMEM;
+  if (r->route && r->route->cache && r->method != HTTP_GET && r->method != HTTP_HEAD) cache_invalidate(r);
   if (!r->resp_chain.first) return 0;
   *saw_head = 1;
   return mg_fchain_head(&r->resp_chain);
@@ -2788,4 +2790,24 @@ static void append_cache_status_fwd(mg_req_t *r, hw_t *q) {
   HW_LIT(q, "Cache-Status: ");
   hw_put(q, cs, n);
   HW_LIT(q, "\r\n");
+}
+
+/* RFC 9111 4.4: an unsafe method answered 2xx/3xx by the origin removes what is
+ * stored for its target, and for Location and Content-Location on the same
+ * origin (every variant of each). */
+static void cache_invalidate(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return;
+  const char *qm = memchr(r->target.p, '?', r->target.len);
+  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+  mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
+  mg_cp_hdrs_t rs = { r->rhead.headers, r->rhead.n };
+  const char *m = llhttp_method_name((llhttp_method_t)r->method);
+  size_t cap = 3 * (r->host.len + r->target.len + 32) + 2048;
+  char *buf = mg_arena_alloc(&r->arena, cap);
+  mg_str_t keys[3];
+  if (!buf) return;
+  int n = mg_cp_invalidate((mg_str_t){ m, strlen(m) }, r->up_status, scheme, r->host, r->path, query, &rs, buf, cap,
+                           keys);
+  for (int i = 0; i < n; i++) mg_cache_remove(c, keys[i]);
 }

@@ -134,6 +134,36 @@ describe("cache", function()
     assert.equal("moongate; fwd=uri-miss; detail=status", get(p).h["cache-status"])
   end)
 
+  it("an unsafe method answered 2xx/3xx removes the stored target, and Location's and Content-Location's", function()
+    local p = target("inv", { "Cache-Control:max-age=60" })
+    local p2 = target("inv2", { "Cache-Control:max-age=60" })
+    local p3 = target("inv3", { "Cache-Control:max-age=60" })
+    for _, q in ipairs { p, p2, p3 } do
+      get(q)
+      assert.truthy(get(q).h["cache-status"]:find("^moongate; hit"))
+    end
+    -- a 404 to a POST invalidates nothing
+    local failed = "/hdrs/inv?h=" .. url.escape("status:404")
+    assert.equal(404, assert(proxy:request({ method = "POST", path = failed, body = "x" })).status)
+    assert.truthy(get(p).h["cache-status"]:find("^moongate; hit"))
+    -- a POST to the target itself
+    assert.equal(200, assert(proxy:request({ method = "POST", path = p, body = "x" })).status)
+    local a = get(p)
+    assert.equal("inv count=3 al=-\n", a.body) -- GET, POST, GET
+    assert.equal("moongate; fwd=uri-miss; stored", a.h["cache-status"])
+    -- a DELETE elsewhere whose Location and Content-Location name the others
+    local del = target("other", { "Location:" .. p2, "Content-Location:http://test.local" .. p3 })
+    assert.equal(200, assert(proxy:request({ method = "DELETE", path = del })).status)
+    assert.equal("moongate; fwd=uri-miss; stored", get(p2).h["cache-status"])
+    assert.equal("moongate; fwd=uri-miss; stored", get(p3).h["cache-status"])
+    -- another origin's Location removes nothing
+    local p4 = target("inv4", { "Cache-Control:max-age=60" })
+    get(p4)
+    local del2 = target("other2", { "Location:http://elsewhere.test" .. p4 })
+    assert.equal(200, assert(proxy:request({ method = "DELETE", path = del2 })).status)
+    assert.truthy(get(p4).h["cache-status"]:find("^moongate; hit"))
+  end)
+
   it("does not store Vary: *", function()
     local p = target("varystar", { "Cache-Control:max-age=60", "Vary:*" })
     assert.equal("moongate; fwd=uri-miss; detail=vary-star", get(p).h["cache-status"])
