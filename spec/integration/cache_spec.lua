@@ -291,3 +291,49 @@ describe("cache", function()
     end
   end)
 end)
+
+describe("cache under load", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o" })
+    -- a store far smaller than what is asked for: every round evicts and replaces
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 2, access_log = false, cache = { memory = "256k", max_object = "16k" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = true }
+]], { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("30 connections x 20 rounds over 80 keys on 2 workers: every body whole, hits and misses both", function()
+    local conns, sizes, hits, misses = {}, {}, 0, 0
+    for i = 1, 30 do conns[i] = proxy:connect() end
+    for k = 1, 80 do sizes[k] = 1000 + (k * 977) % 15000 end
+    for round = 1, 20 do
+      local asked = {}
+      for i = 1, 30 do
+        local k = (i * 7 + round * 13) % 80 + 1
+        if round % 3 == 0 then k = (i % 8) + 1 end -- a few popular keys
+        asked[i] = k
+        local p = "/hdrs/s" .. k .. "?h=" .. url.escape("Cache-Control:max-age=60") .. "&n=" .. sizes[k]
+        assert(conns[i]:send(helpers.request_bytes({ path = p })))
+      end
+      for i = 1, 30 do
+        local res = assert(conns[i]:response())
+        assert.equal(200, res.status)
+        local n = sizes[asked[i]]
+        assert.equal(n, #res.body)
+        assert.equal(helpers.pattern(n), res.body)
+        if res.h["cache-status"]:find("^moongate; hit") then hits = hits + 1 else misses = misses + 1 end
+      end
+    end
+    for i = 1, 30 do conns[i]:close() end
+    assert.is_true(hits > 0 and misses > 0, hits .. " hits, " .. misses .. " misses")
+    proxy:assert_alive()
+  end)
+end)
