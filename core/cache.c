@@ -376,6 +376,20 @@ int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_m
     rc = MG_ELIMIT;
     goto unlock;
   }
+  /* variants the new object makes wrong: a response without Vary replaces every
+   * variant of its key, one with Vary replaces a variant stored without (the
+   * origin changed its Vary); these go first, whatever admission says after */
+  for (mg_cobj_t **pp = &s->buckets[o->hash & s->mask]; *pp;) {
+    mg_cobj_t *e = *pp;
+    if (e->hash == o->hash && mg_str_eq(e->key, o->key) && (o->vary.len == 0) != (e->vary.len == 0)) {
+      unlink_locked(s, e); /* *pp is now the next one */
+      e->hnext = garbage;
+      garbage = e;
+      s->replaced++;
+      continue;
+    }
+    pp = &e->hnext;
+  }
   mg_cobj_t *old = NULL;
   for (mg_cobj_t *e = s->buckets[o->hash & s->mask]; e; e = e->hnext) {
     if (e->hash == o->hash && mg_str_eq(e->key, o->key) && mg_str_eq(e->vary, o->vary)) {

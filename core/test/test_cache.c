@@ -216,6 +216,25 @@ static void variants_of_one_key(void) {
   mg_cache_free(c);
 }
 
+static void a_response_without_vary_replaces_every_variant_and_back(void) {
+  mg_cache_t *c = mg_cache_new(1 << 20, 64 << 10);
+  CHECK(put(c, "K", "accept-language:en\n", 100, 'e') == 0);
+  CHECK(put(c, "K", "accept-language:fr\n", 100, 'f') == 0);
+  CHECK(put(c, "K", "", 100, 'n') == 0); /* the origin dropped its Vary */
+  int nv = 0;
+  mg_cobj_t *o = mg_cache_lookup(c, S("K"), match_vary, "", &nv);
+  CHECK(o && nv == 1 && body_is(o, 100, 'n'));
+  mg_cobj_unref(o);
+  CHECK(put(c, "K", "accept-language:de\n", 100, 'd') == 0); /* and took it up again */
+  o = mg_cache_lookup(c, S("K"), match_vary, "accept-language:de\n", &nv);
+  CHECK(o && nv == 1 && body_is(o, 100, 'd'));
+  mg_cobj_unref(o);
+  mg_cache_stats_t st;
+  mg_cache_stats(c, &st);
+  CHECK(st.objects == 1 && st.replaced == 3);
+  mg_cache_free(c);
+}
+
 static void bodies_over_max_object_are_not_stored(void) {
   mg_cache_t *c = mg_cache_new(1 << 20, 10000);
   mg_cwriter_t *w = mg_cache_begin(c, S("big"));
@@ -313,6 +332,7 @@ int main(void) {
     T(admission_keeps_a_popular_object_from_a_one_hit_wonder),
     T(a_reader_keeps_a_replaced_or_evicted_object_alive),
     T(variants_of_one_key),
+    T(a_response_without_vary_replaces_every_variant_and_back),
     T(bodies_over_max_object_are_not_stored),
     T(the_process_store_is_made_once_and_kept_across_reloads),
     T(threads_read_write_replace_and_evict_at_once),
