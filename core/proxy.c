@@ -445,6 +445,8 @@ static void req_release(mg_req_t *r) {
     mg_cache_abort(r->cwriter);
     r->cwriter = NULL;
   }
+  mg_cobj_unref(r->c_obj);
+  r->c_obj = NULL;
   attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
   request_done(r);
   free(r->rb);
@@ -809,6 +811,8 @@ static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
  * From a trusted proxy, X-Forwarded-For and Forwarded get the peer appended,
  * X-Forwarded-Proto/-Host and X-Request-Id are kept when present, and X-Real-IP
  * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
+static void append_revalidation(mg_req_t *r, hw_t *q);
+
 static int build_upstream_head(mg_req_t *r) {
   hw_t hw, *q = &hw;
   hw_begin(q, &r->upq);
@@ -828,6 +832,9 @@ static int build_upstream_head(mg_req_t *r) {
     int trusted = r->trusted || !from_client(r, h);
     if (mg_http_is_hop_by_hop(n)) continue;
     if (from_client(r, h) && identity_alias(n)) continue;
+    /* revalidating: the stored response's validators go instead (the client's own
+     * are answered from the store when the 304 comes) */
+    if (r->c_obj && (MG_NAME_IS(n, "if-none-match") || MG_NAME_IS(n, "if-modified-since"))) continue;
     switch (n.len) {
     case 4:
       if (MG_NAME_IS(n, "host")) {
@@ -933,6 +940,7 @@ static int build_upstream_head(mg_req_t *r) {
   }
   if (r->http_minor == 0) HW_LIT(q, "1.0 moongate\r\n");
   else HW_LIT(q, "1.1 moongate\r\n");
+  if (r->c_obj) append_revalidation(r, q);
   if (!have_id) {
     HW_LIT(q, "X-Request-Id: ");
     hw_put(q, r->id, 16);
@@ -2249,6 +2257,7 @@ static void up_interim(void *owner, int status) {
 
 static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
 static void append_cache_status_fwd(mg_req_t *r, hw_t *q);
+static int cache_revalidated(mg_req_t *r);
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
@@ -2269,6 +2278,7 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   }
   r->status = up_status;
   if (up_status == 101) return tunnel_start(r, seen.connection);
+  if (r->c_obj && up_status == 304 && cache_revalidated(r)) return -1; /* answered from the store */
   r->up_status = up_status;
   r->up_has_len = up_has_length;
   r->up_len = up_length;
@@ -2590,20 +2600,21 @@ static void put_lit(char *b, size_t *at, const char *s, size_t n) {
 
 /* Answers r from o: the status line, the stored headers (those a 304 keeps, for
  * a 304), Age, Cache-Status, the length, then the body unless HEAD / 304. */
-static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d) {
+static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *meta, const mg_cobj_t *o,
+                              int64_t age, const mg_cp_status_t *cst) {
   mg_header_t hs[STORED_MAX];
-  mg_cp_hdrs_t st = { hs, stored_headers(o->head, hs, STORED_MAX) }, rq = req_hdrs(r);
+  mg_cp_hdrs_t st = { hs, stored_headers(head, hs, STORED_MAX) }, rq = req_hdrs(r);
   mg_str_t method = r->down_method == HTTP_HEAD ? MG_STR("HEAD") : MG_STR("GET");
-  int cond = mg_cp_client_cond(method, &rq, &st, &o->meta);
+  int cond = mg_cp_client_cond(method, &rq, &st, meta);
   if (cond == 412) {
     mg_proxy_error(r, 412, 0);
     return;
   }
-  int status = cond == 304 ? 304 : o->meta.status;
+  int status = cond == 304 ? 304 : meta->status;
   char cs[160];
-  size_t cslen = mg_cp_status_format(cs, sizeof(cs), MG_STR("moongate"), &d->cs);
+  size_t cslen = mg_cp_status_format(cs, sizeof(cs), MG_STR("moongate"), cst);
   const char *reason = mg_http_reason(status);
-  size_t cap = o->head.len + cslen + strlen(reason) + 160;
+  size_t cap = head.len + cslen + strlen(reason) + 160;
   char *h = mg_arena_alloc(&r->arena, cap);
   if (!h) {
     mg_proxy_error(r, 500, 0);
@@ -2618,9 +2629,9 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
       put_lit(h, &n, "\r\n", 2);
     }
   } else {
-    put_lit(h, &n, o->head.p, o->head.len);
+    put_lit(h, &n, head.p, head.len);
   }
-  n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\n", (long long)d->age);
+  n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\n", (long long)age);
   if (cslen) {
     put_lit(h, &n, "Cache-Status: ", 14);
     put_lit(h, &n, cs, cslen);
@@ -2629,6 +2640,10 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
   if (status != 304 && status != 204)
     n += (size_t)snprintf(h + n, cap - n, "Content-Length: %llu\r\n", (unsigned long long)o->body_len);
   answer(r, status, h, n, NULL, 0, o);
+}
+
+static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d) {
+  cache_answer_with(r, o->head, &o->meta, o, d->age, &d->cs);
 }
 
 /* The lookup of a caching route's GET/HEAD: 1 when answered from the store (or
@@ -2664,7 +2679,10 @@ static int cache_lookup(mg_req_t *r) {
     mg_cobj_unref(o);
     return 1;
   }
-  mg_cobj_unref(o);
+  if (o && o->meta.has_validator && (d.verdict == MG_CP_REVALIDATE || d.verdict == MG_CP_STALE_SERVE))
+    r->c_obj = o; /* a conditional request to the origin: a 304 answers from it */
+  else
+    mg_cobj_unref(o);
   if (d.reason == MG_CP_R_ONLY_IF_CACHED) {
     mg_proxy_error(r, 504, 0);
     return 1;
@@ -2810,4 +2828,81 @@ static void cache_invalidate(mg_req_t *r) {
   int n = mg_cp_invalidate((mg_str_t){ m, strlen(m) }, r->up_status, scheme, r->host, r->path, query, &rs, buf, cap,
                            keys);
   for (int i = 0; i < n; i++) mg_cache_remove(c, keys[i]);
+}
+
+/* The revalidation's conditionals (RFC 9111 4.3.1): If-None-Match from the stored
+ * ETag, If-Modified-Since from its Last-Modified. */
+static void append_revalidation(mg_req_t *r, hw_t *q) {
+  mg_header_t hs[STORED_MAX], out[2];
+  mg_cp_hdrs_t st = { hs, stored_headers(r->c_obj->head, hs, STORED_MAX) };
+  size_t n = mg_cp_conditional(&st, out);
+  for (size_t i = 0; i < n; i++) append_header(q, out[i].name, out[i].value);
+}
+
+/* A 304 to a revalidation (RFC 9111 4.3.3, 4.3.4): when it selects the stored
+ * response, the stored headers are updated with the 304's (3.2), the client is
+ * answered from the store, and the updated response is stored again (same body,
+ * a new object: objects are immutable). 1 when answered; 0 when the 304 does not
+ * select it (the stored one is removed and the 304 goes on as it came). */
+static int cache_revalidated(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  const mg_cobj_t *o = r->c_obj;
+  mg_header_t hs[STORED_MAX];
+  mg_cp_hdrs_t st = { hs, stored_headers(o->head, hs, STORED_MAX) }, rs = { r->rhead.headers, r->rhead.n };
+  if (!mg_cp_304_selects(&st, &rs)) {
+    mg_cache_remove(c, r->ckey);
+    return 0;
+  }
+  /* a 304 without Date gets moongate's (RFC 9110 6.6.1), which then replaces
+   * the stored Date as the 304's headers do (the response is that recent now) */
+  if (!mg_cp_get(&rs, MG_STR("date"))) {
+    mg_header_t *with = mg_arena_alloc(&r->arena, (rs.n + 1) * sizeof(*with));
+    const char *line;
+    size_t ll = mg_http_date_line(&r->w->date, &line); /* "Date: ...\r\n" */
+    if (with && ll > 8) {
+      if (rs.n) memcpy(with, rs.h, rs.n * sizeof(*with));
+      with[rs.n] = (mg_header_t){ { line, 4 }, { line + 6, ll - 8 } };
+      rs = (mg_cp_hdrs_t){ with, rs.n + 1 };
+    }
+  }
+  mg_cc_t cc304;
+  mg_cc_parse(&cc304, &rs, 0);
+  size_t cap = st.n + rs.n;
+  mg_header_t *merged = mg_arena_alloc(&r->arena, (cap ? cap : 1) * sizeof(*merged));
+  int nm = merged ? mg_cp_merge_304(&st, &rs, &cc304, merged, cap) : MG_ENOMEM;
+  if (nm < 0) {
+    mg_proxy_error(r, 500, 0);
+    return 1;
+  }
+  mg_cp_hdrs_t mh = { merged, (size_t)nm }, rq = req_hdrs(r);
+  mg_cc_t mcc;
+  mg_cc_parse(&mcc, &mh, 0);
+  mg_str_t head = stored_head(r, &mh, &mcc); /* slices into o and rhead: copy now */
+  if (!head.p) {
+    mg_proxy_error(r, 500, 0);
+    return 1;
+  }
+  int64_t now = (int64_t)time(NULL);
+  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_meta_t m;
+  int why = mg_cp_meta_init(&m, MG_STR("GET"), &rq, o->meta.status, &mh, r->c_req_time, now, &opts);
+  mg_cp_status_t cs = { 0 };
+  cs.fwd = r->c_fwd;
+  cs.fwd_status = 304;
+  if (why == MG_CP_OK) {
+    mg_cwriter_t *w = mg_cache_begin(c, r->ckey);
+    int rc = w ? 0 : MG_ENOMEM;
+    for (const mg_cchunk_t *ch = o->body; ch && rc == 0; ch = ch->next) rc = mg_cache_write(w, ch->data, ch->len);
+    if (rc == 0) rc = mg_cache_commit(w, o->vary, head, &m);
+    else if (w) mg_cache_abort(w);
+    cs.stored = rc == 0;
+  } else {
+    mg_cache_remove(c, r->ckey); /* the 304 made it unstorable (no-store, ...) */
+    cs.detail = mg_cp_ns_reason(why);
+  }
+  int64_t age = mg_cp_age(&m, now);
+  cs.has_ttl = 1;
+  cs.ttl = m.lifetime - age;
+  cache_answer_with(r, head, &m, o, age, &cs);
+  return 1;
 }

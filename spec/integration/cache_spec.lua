@@ -164,6 +164,47 @@ describe("cache", function()
     assert.truthy(get(p4).h["cache-status"]:find("^moongate; hit"))
   end)
 
+  it("revalidates a stale response with its ETag: a 304 updates the stored headers and answers from the store", function()
+    local p = target("reval", { "Cache-Control:max-age=1", 'ETag:"r1"' }, "cond=1")
+    local a = get(p)
+    assert.equal("reval count=1 al=-\n", a.body)
+    assert.equal("1", a.h["x-count"])
+    helpers.sleep(2.2)
+    local b = get(p)
+    assert.equal(200, b.status)
+    assert.equal("reval count=1 al=-\n", b.body) -- the stored body
+    assert.equal("2", b.h["x-count"]) -- the 304's header replaced the stored one
+    assert.equal(tostring(#a.body), b.h["content-length"])
+    assert.truthy(b.h["cache-status"]:find("^moongate; fwd=stale; fwd%-status=304; stored; ttl=[01]$"), b.h["cache-status"])
+    local c = get(p)
+    assert.equal("reval count=1 al=-\n", c.body)
+    assert.equal("2", c.h["x-count"])
+    assert.truthy(c.h["cache-status"]:find("^moongate; hit; ttl="))
+    -- the client's own If-None-Match does not go to the origin: ours does, and
+    -- the client's is answered from the store
+    helpers.sleep(2.2)
+    local d = get(p, { { "If-None-Match", '"zzz"' } })
+    assert.equal(200, d.status)
+    assert.equal("reval count=1 al=-\n", d.body)
+    assert.equal("3", d.h["x-count"])
+    helpers.sleep(2.2)
+    local e = get(p, { { "If-None-Match", '"r1"' } })
+    assert.equal(304, e.status)
+    assert.is_nil(e.h["x-count"]) -- a 304 carries only the validator and cache headers
+    assert.equal('"r1"', e.h["etag"])
+    assert.truthy(e.h["cache-status"]:find("^moongate; fwd=stale; fwd%-status=304; stored"))
+  end)
+
+  it("a stale response the origin changed is replaced by the new one", function()
+    local p = target("changed", { "Cache-Control:max-age=1", 'ETag:"c1"' }) -- no cond: always 200
+    assert.equal("changed count=1 al=-\n", get(p).body)
+    helpers.sleep(2.2)
+    local b = get(p)
+    assert.equal("changed count=2 al=-\n", b.body)
+    assert.equal("moongate; fwd=stale; stored", b.h["cache-status"])
+    assert.equal("changed count=2 al=-\n", get(p).body)
+  end)
+
   it("does not store Vary: *", function()
     local p = target("varystar", { "Cache-Control:max-age=60", "Vary:*" })
     assert.equal("moongate; fwd=uri-miss; detail=vary-star", get(p).h["cache-status"])

@@ -64,7 +64,9 @@ Behaviour by path on the main port (the query string is ignored for routing):
                   "TAG count=C al=A\n": C counts the requests for this exact
                   target (so a spec sees whether the origin was asked), A is
                   the request's Accept-Language ("-" without). chunked=1 sends
-                  the body chunked instead of with Content-Length. For the
+                  the body chunked instead of with Content-Length. Every
+                  answer has X-Count: C. cond=1: a request whose If-None-Match
+                  equals the ETag h gets a 304 with the same headers. For the
                   cache's specs.
   /stats          the counters (this request is counted)
   /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
@@ -240,7 +242,7 @@ async def respond(writer, req, keep):
         from urllib.parse import parse_qsl
         query = req["target"].split("?", 1)[1] if "?" in req["target"] else ""
         HDRS_COUNT[req["target"]] = HDRS_COUNT.get(req["target"], 0) + 1
-        status, hdrs, n, chunked = 200, [], None, False
+        status, hdrs, n, chunked, cond = 200, [], None, False, False
         for k, v in parse_qsl(query, keep_blank_values=True):
             if k == "h" and ":" in v:
                 name, value = v.split(":", 1)
@@ -252,11 +254,19 @@ async def respond(writer, req, keep):
                 n = int(v)
             elif k == "chunked":
                 chunked = v == "1"
+            elif k == "cond":
+                cond = v == "1"
         if n is not None:
             body = pattern(n)
         else:
             al = header(req["headers"], "accept-language") or "-"
             body = ("%s count=%d al=%s\n" % (arg, HDRS_COUNT[req["target"]], al)).encode()
+        hdrs.append(("X-Count", str(HDRS_COUNT[req["target"]])))
+        if cond:
+            etag = next((v for n_, v in hdrs if n_.lower() == "etag"), None)
+            inm = header(req["headers"], "if-none-match")
+            if etag is not None and inm == etag:
+                status = 304
         if status in (204, 304):
             body = b""
         reason = {200: "OK", 203: "Non-Authoritative Information", 204: "No Content",
@@ -269,7 +279,8 @@ async def respond(writer, req, keep):
                     await send(writer, b"%x\r\n" % len(piece) + piece + b"\r\n")
                 await send(writer, b"0\r\n\r\n")
             return keep
-        await send(writer, head_bytes(status, reason, hdrs + [("Content-Length", len(body))] + conn_hdr))
+        length = [] if status == 304 else [("Content-Length", len(body))]
+        await send(writer, head_bytes(status, reason, hdrs + length + conn_hdr))
         if not head_only and body:
             await send_body_plain(writer, body)
         return keep
