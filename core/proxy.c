@@ -519,6 +519,7 @@ static void append_head_hsts(hw_t *q, const char *head, size_t hlen, const char 
  * blank line) and body are given. Decides what happens to an unread body. */
 static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body, size_t blen,
                    const mg_cobj_t *obj);
+static int cache_stale_if_error(mg_req_t *r, int status);
 
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
                    size_t blen) {
@@ -571,6 +572,10 @@ void mg_proxy_error(mg_req_t *r, int status, int close) {
     c->ops->close(c->conn);
     return;
   }
+  /* no connection, a timeout, no server usable: a stale response that allows
+   * it answers instead (stale-if-error) */
+  if (r->c_sie && (status == 502 || status == 503 || status == 504) && !close && cache_stale_if_error(r, status))
+    return;
   if (close) c->close_after = 1;
   char body[128], head[256];
   int blen = snprintf(body, sizeof(body), "%d %s\nrequest id: %s\n", status, mg_http_reason(status), r->id);
@@ -834,7 +839,9 @@ static int build_upstream_head(mg_req_t *r) {
     if (from_client(r, h) && identity_alias(n)) continue;
     /* revalidating: the stored response's validators go instead (the client's own
      * are answered from the store when the 304 comes) */
-    if (r->c_obj && (MG_NAME_IS(n, "if-none-match") || MG_NAME_IS(n, "if-modified-since"))) continue;
+    if (r->c_obj && r->c_obj->meta.has_validator &&
+        (MG_NAME_IS(n, "if-none-match") || MG_NAME_IS(n, "if-modified-since")))
+      continue;
     switch (n.len) {
     case 4:
       if (MG_NAME_IS(n, "host")) {
@@ -940,7 +947,7 @@ static int build_upstream_head(mg_req_t *r) {
   }
   if (r->http_minor == 0) HW_LIT(q, "1.0 moongate\r\n");
   else HW_LIT(q, "1.1 moongate\r\n");
-  if (r->c_obj) append_revalidation(r, q);
+  if (r->c_obj && r->c_obj->meta.has_validator) append_revalidation(r, q);
   if (!have_id) {
     HW_LIT(q, "X-Request-Id: ");
     hw_put(q, r->id, 16);
@@ -2258,6 +2265,7 @@ static void up_interim(void *owner, int status) {
 static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
 static void append_cache_status_fwd(mg_req_t *r, hw_t *q);
 static int cache_revalidated(mg_req_t *r);
+static int cache_stale_if_error(mg_req_t *r, int status);
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
@@ -2278,7 +2286,9 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   }
   r->status = up_status;
   if (up_status == 101) return tunnel_start(r, seen.connection);
-  if (r->c_obj && up_status == 304 && cache_revalidated(r)) return -1; /* answered from the store */
+  if (r->c_obj && up_status == 304 && r->c_obj->meta.has_validator && cache_revalidated(r))
+    return -1; /* answered from the store */
+  if (r->c_sie && up_status >= 500 && cache_stale_if_error(r, up_status)) return -1;
   r->up_status = up_status;
   r->up_has_len = up_has_length;
   r->up_len = up_length;
@@ -2679,10 +2689,12 @@ static int cache_lookup(mg_req_t *r) {
     mg_cobj_unref(o);
     return 1;
   }
-  if (o && o->meta.has_validator && (d.verdict == MG_CP_REVALIDATE || d.verdict == MG_CP_STALE_SERVE))
-    r->c_obj = o; /* a conditional request to the origin: a 304 answers from it */
-  else
+  if (o && d.verdict != MG_CP_MISS && (o->meta.has_validator || d.stale_if_error_ok)) {
+    r->c_obj = o; /* a 304 (conditional request) or a failure (stale-if-error) answers from it */
+    r->c_sie = d.stale_if_error_ok;
+  } else {
     mg_cobj_unref(o);
+  }
   if (d.reason == MG_CP_R_ONLY_IF_CACHED) {
     mg_proxy_error(r, 504, 0);
     return 1;
@@ -2904,5 +2916,24 @@ static int cache_revalidated(mg_req_t *r) {
   cs.has_ttl = 1;
   cs.ttl = m.lifetime - age;
   cache_answer_with(r, head, &m, o, age, &cs);
+  return 1;
+}
+
+/* The origin failed (a 5xx of its own, or moongate's 502/503/504) and the stale
+ * object allows it (RFC 5861 stale-if-error, without must-revalidate and the
+ * like): the client gets the stale object. 1 when answered. */
+static int cache_stale_if_error(mg_req_t *r, int status) {
+  mg_cobj_t *o = r->c_obj;
+  r->c_sie = 0; /* once */
+  if (!o) return 0;
+  int64_t now = (int64_t)time(NULL);
+  int64_t age = mg_cp_age(&o->meta, now);
+  mg_cp_status_t cs = { 0 };
+  cs.hit = 1;
+  cs.fwd = r->c_fwd;
+  cs.fwd_status = status;
+  cs.has_ttl = 1;
+  cs.ttl = o->meta.lifetime - age;
+  cache_answer_with(r, o->head, &o->meta, o, age, &cs);
   return 1;
 }

@@ -210,8 +210,10 @@ struct mg_req_s {
   uint8_t c_fwd;            /* the Cache-Status fwd of the forwarded request (MG_CS_FWD_*) */
   unsigned c_on : 1;        /* the route caches and this request looked the store up */
   unsigned c_big : 1;       /* not stored: bigger than cache.max_object */
-  struct mg_cobj_s *c_obj;  /* revalidating this stale object with the origin (a
-                               reference, dropped in req_release) */
+  struct mg_cobj_s *c_obj;  /* revalidating this stale object with the origin, or
+                               keeping it for stale-if-error (a reference, dropped
+                               in req_release) */
+  unsigned c_sie : 1;       /* c_obj may answer when the origin fails (stale-if-error) */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

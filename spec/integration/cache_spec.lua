@@ -378,3 +378,48 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = tru
     proxy:assert_alive()
   end)
 end)
+
+describe("cache stale-if-error", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o", status_file = true })
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, cache = { memory = "1m", max_object = "64k" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = true }
+]], { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function get(path)
+    return assert(proxy:request({ path = path }))
+  end
+
+  it("answers a stale response when the origin fails, only when the response allows it", function()
+    local sie = target("sie", { "Cache-Control:max-age=1, stale-if-error=60" })
+    local strict = target("strict", { "Cache-Control:max-age=1, stale-if-error=60, must-revalidate" })
+    local plain = target("plain", { "Cache-Control:max-age=1" })
+    for _, p in ipairs { sie, strict, plain } do get(p) end
+    helpers.sleep(2.2)
+    origin:force_status(500)
+    local a = get(sie)
+    assert.equal(200, a.status)
+    assert.equal("sie count=1 al=-\n", a.body)
+    assert.truthy(a.h["cache-status"]:find("^moongate; hit; fwd=stale; fwd%-status=500; ttl=%-[12]$"), a.h["cache-status"])
+    assert.equal(500, get(strict).status) -- must-revalidate: the failure is passed on
+    assert.equal(500, get(plain).status)
+    origin:force_status(nil)
+    -- the origin gone: moongate's own 502 is replaced the same way
+    origin:stop()
+    local b = get(sie)
+    assert.equal(200, b.status)
+    assert.equal("sie count=1 al=-\n", b.body)
+    assert.truthy(b.h["cache-status"]:find("fwd%-status=502"), b.h["cache-status"])
+    assert.equal(502, get(plain).status)
+  end)
+end)
