@@ -515,12 +515,12 @@ static void append_head_hsts(hw_t *q, const char *head, size_t hlen, const char 
   hw_put(q, hsts, strlen(hsts));
 }
 
-/* Queues a complete response whose head (status line + header lines, without the
- * blank line) and body are given. Decides what happens to an unread body. */
 static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body, size_t blen,
                    const mg_cobj_t *obj);
 static int cache_stale_if_error(mg_req_t *r, int status);
 
+/* Queues a complete response whose head (status line + header lines, without the
+ * blank line) and body are given. Decides what happens to an unread body. */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
                    size_t blen) {
   answer(r, status, head, hlen, body, blen, NULL);
@@ -808,6 +808,8 @@ static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
   HW_LIT(q, "\r\n");
 }
 
+static void append_revalidation(mg_req_t *r, hw_t *q);
+
 /* Serialises the upstream request head into r->upq.
  *
  * Identity headers: from a peer that is not a trusted proxy, X-Forwarded-For,
@@ -815,9 +817,9 @@ static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
  * dropped and ours sent instead (a client cannot claim an address or an id).
  * From a trusted proxy, X-Forwarded-For and Forwarded get the peer appended,
  * X-Forwarded-Proto/-Host and X-Request-Id are kept when present, and X-Real-IP
- * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
-static void append_revalidation(mg_req_t *r, hw_t *q);
-
+ * is the client found in X-Forwarded-For. Headers a hook set are kept as set.
+ * Revalidating a stored response (r->c_obj), its validators replace the
+ * client's If-None-Match and If-Modified-Since. */
 static int build_upstream_head(mg_req_t *r) {
   hw_t hw, *q = &hw;
   hw_begin(q, &r->upq);
