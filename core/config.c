@@ -895,6 +895,9 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     lua_getfield(L, -1, "idempotent");
     r->idempotent = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, -1, "cache");
+    r->cache = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     r->connect_ms = ms(field_num(L, -1, "connect_timeout", 0));
     r->read_ms = ms(field_num(L, -1, "read_timeout", 0));
     r->write_ms = ms(field_num(L, -1, "write_timeout", 0));
@@ -992,6 +995,16 @@ static int walk(walk_t *w, mg_gen_t *g) {
 
   lua_getfield(L, -1, "watch");
   g->watch = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "cache");
+  if (lua_istable(L, -1)) {
+    g->cache_memory = (uint64_t)field_num(L, -1, "memory", 0);
+    g->cache_max_object = (uint64_t)field_num(L, -1, "max_object", 0);
+    g->cache_heuristic_max = (int64_t)field_num(L, -1, "heuristic_max", 86400);
+    lua_getfield(L, -1, "allow_set_cookie");
+    g->cache_allow_set_cookie = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
   char *fp = field_str(L, -1, "forward_path");
   g->forward_raw = fp && strcmp(fp, "as_received") == 0;

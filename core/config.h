@@ -197,6 +197,7 @@ typedef struct {
   uint64_t connect_ms, read_ms, write_ms; /* the route's timeouts; 0: the upstream's */
   mg_compress_cfg_t *compress; /* i13-compress: NULL: responses are not compressed */
   int decode;                  /* decode = true: gzip/br/zstd upstream bodies are decoded */
+  int cache;                 /* issue 13: GET/HEAD answered from and stored into the cache */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */
@@ -252,6 +253,11 @@ struct mg_gen_s {
   char **files;        /* proxy.lua and the files it required from its folder */
   int nfiles;
   struct mg_dyn_res_s *resolving; /* i12-dyn: the re-resolution timers (main thread) */
+  /* issue 13: mg.config { cache = {...} } (or a route with cache = true): the store's
+   * size (main.c makes it, core/cache.h) and the rules' options; cache_memory 0: none */
+  uint64_t cache_memory, cache_max_object;
+  int64_t cache_heuristic_max; /* seconds */
+  int cache_allow_set_cookie;
 };
 
 /* Runs the config file in a fresh Lua state and builds a generation with one

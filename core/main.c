@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "cache.h"
 #include "config.h"
 #include "dyn.h"
 #include "health.h"
@@ -100,6 +101,14 @@ static int open_shared(const mg_gen_t *g) {
       MG_ERR(-1, "cannot create shared dictionary %s", g->shared[i]);
       return -1;
     }
+  /* the cache's store: made once, kept across reloads (core/cache.h) */
+  int rc = mg_cache_configure(g->cache_memory, g->cache_max_object);
+  if (rc < 0) {
+    MG_ERR(-1, "cannot create the cache store of %llu bytes", (unsigned long long)g->cache_memory);
+    return -1;
+  }
+  if (rc == 1)
+    MG_WARN(-1, "cache: 'memory' or 'max_object' changed: the store keeps its old size until a restart");
   return 0;
 }
 
@@ -420,5 +429,6 @@ int main(int argc, char **argv) {
   mg_log_close();
   mg_gen_unref(M.gen ? M.gen : g);
   mg_shdict_close_all();
+  mg_cache_shutdown();
   return rc;
 }

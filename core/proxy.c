@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <time.h>
 
 #include <lauxlib.h>
 
@@ -14,6 +15,7 @@
 #include "luavm.h"
 #include "uri.h"
 #include "balance.h"
+#include "cache.h"
 #include "log.h"
 #include "upstream.h"
 #include "wctx.h"
@@ -450,6 +452,8 @@ static int compress_end(mg_filter_t *f) {
 static const mg_filter_ops_t compress_filter = {
   .name = "compress", .head = compress_head, .body = compress_body, .end = compress_end, .changes_length = 1,
 };
+static int cache_fill_begin(mg_req_t *r);
+static void cache_invalidate(mg_req_t *r);
 
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
@@ -468,6 +472,8 @@ static int response_filters(mg_req_t *r, int *saw_head) {
     f->ctx = r;
     mg_fchain_add(&r->resp_chain, f);
   }
+  if (r->c_on && cache_fill_begin(r) < 0) return MG_ENOMEM;
+  if (r->route && r->route->cache && r->method != HTTP_GET && r->method != HTTP_HEAD) cache_invalidate(r);
   if (r->route && r->route->compress && !r->compress_off) { /* i13-compress: after the body hook */
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return MG_ENOMEM;
@@ -684,6 +690,12 @@ void mg_proxy_drop_logs(mg_worker_t *w) {
 
 /* The request's memory goes back (to the spares). */
 static void req_release(mg_req_t *r) {
+  if (r->cwriter) { /* the response did not end well (or had no body to end): not stored */
+    mg_cache_abort(r->cwriter);
+    r->cwriter = NULL;
+  }
+  mg_cobj_unref(r->c_obj);
+  r->c_obj = NULL;
   attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
   request_done(r);
   free(r->rb);
@@ -756,10 +768,21 @@ static void append_head_hsts(hw_t *q, const char *head, size_t hlen, const char 
   hw_put(q, hsts, strlen(hsts));
 }
 
+static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body, size_t blen,
+                   const mg_cobj_t *obj);
+static int cache_stale_if_error(mg_req_t *r, int status);
+
 /* Queues a complete response whose head (status line + header lines, without the
  * blank line) and body are given. Decides what happens to an unread body. */
 void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body,
                    size_t blen) {
+  answer(r, status, head, hlen, body, blen, NULL);
+}
+
+/* mg_proxy_answer, with the body given as a stored object's chunks (obj) or as
+ * (body, blen). */
+static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body, size_t blen,
+                   const mg_cobj_t *obj) {
   mg_down_t *c = r->down;
   int body_pending = !r->complete &&
                      (r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > r->body_read));
@@ -787,6 +810,8 @@ void mg_proxy_answer(mg_req_t *r, int status, const char *head, size_t hlen, con
    * client's HEAD: a hook may have made it another method upstream) */
   if (r->down_method != HTTP_HEAD && status != 204 && status != 304 && blen) hw_put(q, body, blen);
   hw_end(q);
+  if (obj && r->down_method != HTTP_HEAD && status != 204 && status != 304)
+    for (const mg_cchunk_t *ch = obj->body; ch; ch = ch->next) mg_outq_append(c->out, ch->data, ch->len);
   r->bytes_out += mg_outq_size(c->out) - before;
   r->rstate = MG_RS_DONE;
   if (!c->in_parser) c->ops->flush(c->conn); /* else the read callback flushes once */
@@ -800,6 +825,10 @@ void mg_proxy_error(mg_req_t *r, int status, int close) {
     c->ops->close(c->conn);
     return;
   }
+  /* no connection, a timeout, no server usable: a stale response that allows
+   * it answers instead (stale-if-error) */
+  if (r->c_sie && (status == 502 || status == 503 || status == 504) && !close && cache_stale_if_error(r, status))
+    return;
   if (close) c->close_after = 1;
   char body[128], head[256];
   int blen = snprintf(body, sizeof(body), "%d %s\nrequest id: %s\n", status, mg_http_reason(status), r->id);
@@ -1032,6 +1061,8 @@ static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
   HW_LIT(q, "\r\n");
 }
 
+static void append_revalidation(mg_req_t *r, hw_t *q);
+
 /* Serialises the upstream request head into r->upq.
  *
  * Identity headers: from a peer that is not a trusted proxy, X-Forwarded-For,
@@ -1039,7 +1070,9 @@ static void append_header(hw_t *q, mg_str_t name, mg_str_t value) {
  * dropped and ours sent instead (a client cannot claim an address or an id).
  * From a trusted proxy, X-Forwarded-For and Forwarded get the peer appended,
  * X-Forwarded-Proto/-Host and X-Request-Id are kept when present, and X-Real-IP
- * is the client found in X-Forwarded-For. Headers a hook set are kept as set. */
+ * is the client found in X-Forwarded-For. Headers a hook set are kept as set.
+ * Revalidating a stored response (r->c_obj), its validators replace the
+ * client's If-None-Match and If-Modified-Since. */
 static int build_upstream_head(mg_req_t *r) {
   hw_t hw, *q = &hw;
   hw_begin(q, &r->upq);
@@ -1059,6 +1092,11 @@ static int build_upstream_head(mg_req_t *r) {
     int trusted = r->trusted || !from_client(r, h);
     if (mg_http_is_hop_by_hop(n)) continue;
     if (from_client(r, h) && identity_alias(n)) continue;
+    /* revalidating: the stored response's validators go instead (the client's own
+     * are answered from the store when the 304 comes) */
+    if (r->c_obj && r->c_obj->meta.has_validator &&
+        (MG_NAME_IS(n, "if-none-match") || MG_NAME_IS(n, "if-modified-since")))
+      continue;
     switch (n.len) {
     case 4:
       if (MG_NAME_IS(n, "host")) {
@@ -1164,6 +1202,7 @@ static int build_upstream_head(mg_req_t *r) {
   }
   if (r->http_minor == 0) HW_LIT(q, "1.0 moongate\r\n");
   else HW_LIT(q, "1.1 moongate\r\n");
+  if (r->c_obj && r->c_obj->meta.has_validator) append_revalidation(r, q);
   if (!have_id) {
     HW_LIT(q, "X-Request-Id: ");
     hw_put(q, r->id, 16);
@@ -1243,6 +1282,7 @@ static void redirect_https(mg_req_t *r, int port) {
 
 static int request_hooked(mg_req_t *r, int rc);
 static int after_request(mg_req_t *r);
+static int cache_lookup(mg_req_t *r);
 
 int mg_proxy_head(mg_req_t *r) {
   int status;
@@ -1345,6 +1385,7 @@ static int after_request(mg_req_t *r) {
   if (r->expect_continue && has_body && !r->bb_set) {
     APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
   }
+  if (rt && rt->cache && !has_body && !r->bb_set && !r->upgrade && cache_lookup(r)) return 0; /* answered */
   if ((has_body || r->bb_set) && mg_hook_on(r->gen, rt, MG_HOOK_REQUEST_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return 500;
@@ -2464,6 +2505,9 @@ static void up_interim(void *owner, int status) {
 }
 
 static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in);
+static void append_cache_status_fwd(mg_req_t *r, hw_t *q);
+static int cache_revalidated(mg_req_t *r);
+static int cache_stale_if_error(mg_req_t *r, int status);
 
 static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_length) {
   mg_req_t *r = owner;
@@ -2484,6 +2528,9 @@ static int up_head(void *owner, int up_status, int up_has_length, uint64_t up_le
   }
   r->status = up_status;
   if (up_status == 101) return tunnel_start(r, seen.connection);
+  if (r->c_obj && up_status == 304 && r->c_obj->meta.has_validator && cache_revalidated(r))
+    return -1; /* answered from the store */
+  if (r->c_sie && up_status >= 500 && cache_stale_if_error(r, up_status)) return -1;
   r->up_status = up_status;
   r->up_has_len = up_has_length;
   r->up_len = up_length;
@@ -2556,6 +2603,7 @@ static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
   append_status_line(q, status);
   append_response_headers(q, &r->rhead, c->hsts != NULL, seen.connection);
   if (c->hsts) hw_put(q, c->hsts, strlen(c->hsts));
+  if (r->c_on) append_cache_status_fwd(r, q);
   if (r->server >= 0 && r->gen->upstreams[r->upstream].sticky_cookie) append_sticky(r, q);
   if (!seen.date) append_date(r->w, q);
   if (empty) {
@@ -2741,3 +2789,393 @@ static const mg_up_events_t up_events = {
   .end = up_end, .flush = up_flush, .drained = up_drained, .slow_client = up_slow_client,
   .tunnel_end = up_tunnel_end, .spliced = up_spliced,
 };
+
+/* ---------------- the cache (issue 13, docs/cache.md) ----------------
+ *
+ * On a route with `cache`, a GET or HEAD without a body is looked up after the
+ * request hooks and before balancing (cache_lookup): a fresh object (or a stale
+ * one the request's max-stale accepts) answers at once, with Age and
+ * Cache-Status, a 304 or 412 when the client's conditionals say so, the head
+ * alone for a HEAD. Otherwise the request goes upstream; when the response
+ * head is known, cachepol decides whether it may be stored (cache_fill_begin)
+ * and a filter at the end of the response chain copies the body into a writer,
+ * committed when the body ends. What is not done yet (revalidation with the
+ * origin, stale-*, collapsing, invalidation): docs/notes-i13-cache.md. */
+
+/* Stored headers the decisions look at; a head with more still goes out whole. */
+#define STORED_MAX 128
+/* A secondary key longer than this is not stored (nor matched). */
+#define VARY_KEY_MAX 2048
+
+struct mg_cfill_s {
+  mg_cp_meta_t meta;
+};
+
+static mg_cp_hdrs_t req_hdrs(const mg_req_t *r) { return (mg_cp_hdrs_t){ r->head.headers, r->head.n }; }
+
+/* The stored head's "name: value\r\n" lines as headers (slices into it): how many. */
+static size_t stored_headers(mg_str_t head, mg_header_t *out, size_t cap) {
+  size_t n = 0;
+  const char *p = head.p, *end = head.p + head.len;
+  while (p < end && n < cap) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *le = nl ? nl : end;
+    const char *colon = memchr(p, ':', (size_t)(le - p));
+    if (colon) {
+      const char *v = colon + 1, *ve = le;
+      while (v < ve && *v == ' ') v++;
+      if (ve > v && ve[-1] == '\r') ve--;
+      out[n++] = (mg_header_t){ { p, (size_t)(colon - p) }, { v, (size_t)(ve - v) } };
+    }
+    p = nl ? nl + 1 : end;
+  }
+  return n;
+}
+
+/* Under the shard's lock (cache.h): the variant whose secondary key is the
+ * request's. No allocation, no call into the store. */
+static int vary_match(const mg_cobj_t *o, void *ctx) {
+  if (o->vary.len == 0) return 1; /* stored without Vary: for every request */
+  mg_req_t *r = ctx;
+  mg_header_t hs[STORED_MAX];
+  mg_cp_hdrs_t res = { hs, stored_headers(o->head, hs, STORED_MAX) }, rq = req_hdrs(r);
+  char buf[VARY_KEY_MAX];
+  size_t len;
+  if (mg_cp_vary_key(&res, &rq, buf, sizeof(buf), &len) != 0) return 0;
+  return len == o->vary.len && memcmp(buf, o->vary.p, len) == 0;
+}
+
+static void put_lit(char *b, size_t *at, const char *s, size_t n) {
+  memcpy(b + *at, s, n);
+  *at += n;
+}
+
+/* Answers r from o: the status line, the stored headers (those a 304 keeps, for
+ * a 304), Age, Cache-Status, the length, then the body unless HEAD / 304. */
+static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *meta, const mg_cobj_t *o,
+                              int64_t age, const mg_cp_status_t *cst) {
+  mg_header_t hs[STORED_MAX];
+  mg_cp_hdrs_t st = { hs, stored_headers(head, hs, STORED_MAX) }, rq = req_hdrs(r);
+  mg_str_t method = r->down_method == HTTP_HEAD ? MG_STR("HEAD") : MG_STR("GET");
+  int cond = mg_cp_client_cond(method, &rq, &st, meta);
+  if (cond == 412) {
+    mg_proxy_error(r, 412, 0);
+    return;
+  }
+  int status = cond == 304 ? 304 : meta->status;
+  char cs[160];
+  size_t cslen = mg_cp_status_format(cs, sizeof(cs), MG_STR("moongate"), cst);
+  const char *reason = mg_http_reason(status);
+  size_t cap = head.len + cslen + strlen(reason) + 160;
+  char *h = mg_arena_alloc(&r->arena, cap);
+  if (!h) {
+    mg_proxy_error(r, 500, 0);
+    return;
+  }
+  size_t n = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason);
+  if (status == 304) {
+    for (size_t i = 0; i < st.n; i++) {
+      if (!mg_cp_304_keeps(hs[i].name)) continue;
+      /* the line as stored: name through the end of its value, then CRLF */
+      put_lit(h, &n, hs[i].name.p, (size_t)(hs[i].value.p + hs[i].value.len - hs[i].name.p));
+      put_lit(h, &n, "\r\n", 2);
+    }
+  } else {
+    put_lit(h, &n, head.p, head.len);
+  }
+  n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\n", (long long)age);
+  if (cslen) {
+    put_lit(h, &n, "Cache-Status: ", 14);
+    put_lit(h, &n, cs, cslen);
+    put_lit(h, &n, "\r\n", 2);
+  }
+  if (status != 304 && status != 204)
+    n += (size_t)snprintf(h + n, cap - n, "Content-Length: %llu\r\n", (unsigned long long)o->body_len);
+  answer(r, status, h, n, NULL, 0, o);
+}
+
+static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d) {
+  cache_answer_with(r, o->head, &o->meta, o, d->age, &d->cs);
+}
+
+/* The lookup of a caching route's GET/HEAD: 1 when answered from the store (or
+ * refused: only-if-cached), 0 to go upstream (r->c_on says it looked). */
+static int cache_lookup(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return 0;
+  if (r->down_method != HTTP_GET && r->down_method != HTTP_HEAD) return 0;
+  if (r->method != r->down_method) return 0; /* a hook made it another method upstream */
+  const char *qm = memchr(r->target.p, '?', r->target.len);
+  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+  size_t cap = r->host.len + r->target.len + 32;
+  char *k = mg_arena_alloc(&r->arena, cap);
+  if (!k) return 0;
+  mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
+  size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, r->host, r->path, query);
+  if (!klen) return 0;
+  r->ckey = (mg_str_t){ k, klen };
+  r->c_on = 1;
+  int64_t now = (int64_t)time(NULL);
+  r->c_req_time = now;
+  mg_cp_hdrs_t rq = req_hdrs(r);
+  mg_cc_t rcc;
+  mg_cc_parse(&rcc, &rq, 1);
+  int nv = 0;
+  mg_cobj_t *o = mg_cache_lookup(c, r->ckey, vary_match, r, &nv);
+  mg_cp_decision_t d;
+  mg_cp_decide(o ? &o->meta : NULL, &rcc, now, &d);
+  /* stale-while-revalidate would answer stale and refresh in the background: not
+   * yet, so such a response goes to the origin like any stale one */
+  if (o && (d.verdict == MG_CP_HIT || (d.verdict == MG_CP_STALE_SERVE && d.reason == MG_CP_R_MAX_STALE))) {
+    cache_answer(r, o, &d);
+    mg_cobj_unref(o);
+    return 1;
+  }
+  if (o && d.verdict != MG_CP_MISS && (o->meta.has_validator || d.stale_if_error_ok)) {
+    r->c_obj = o; /* a 304 (conditional request) or a failure (stale-if-error) answers from it */
+    r->c_sie = d.stale_if_error_ok;
+  } else {
+    mg_cobj_unref(o);
+  }
+  if (d.reason == MG_CP_R_ONLY_IF_CACHED) {
+    mg_proxy_error(r, 504, 0);
+    return 1;
+  }
+  r->c_fwd = d.cs.fwd ? d.cs.fwd : MG_CS_FWD_STALE;
+  if (!o && nv > 0) r->c_fwd = MG_CS_FWD_VARY_MISS;
+  return 0;
+}
+
+/* The stored head: the response's headers as the client gets them, less what
+ * is never stored (cachepol), Age (ours is computed) and Content-Length (the
+ * stored body's is sent). "name: value\r\n" each, in the arena. */
+static mg_str_t stored_head(mg_req_t *r, const mg_cp_hdrs_t *rs, const mg_cc_t *rcc) {
+  const mg_header_t *conn = mg_cp_get(rs, MG_STR("connection"));
+  mg_str_t conn_value = conn ? conn->value : (mg_str_t){ NULL, 0 };
+  /* an origin without a clock sent no Date: the one moongate sends is stored
+   * (RFC 9110 6.6.1), so a hit carries the response's Date, not the hit's */
+  const char *date = NULL;
+  size_t dlen = mg_cp_get(rs, MG_STR("date")) ? 0 : mg_http_date_line(&r->w->date, &date);
+  size_t cap = 1 + dlen;
+  for (size_t i = 0; i < rs->n; i++) cap += rs->h[i].name.len + rs->h[i].value.len + 4;
+  char *b = mg_arena_alloc(&r->arena, cap);
+  if (!b) return (mg_str_t){ NULL, 0 };
+  size_t n = 0;
+  if (dlen) put_lit(b, &n, date, dlen);
+  for (size_t i = 0; i < rs->n; i++) {
+    const mg_header_t *hd = &rs->h[i];
+    if (resp_header_skipped(hd->name, conn_value, 0) || MG_NAME_IS(hd->name, "age") ||
+        !mg_cp_header_stored(hd->name, rcc, rs))
+      continue;
+    put_lit(b, &n, hd->name.p, hd->name.len);
+    put_lit(b, &n, ": ", 2);
+    put_lit(b, &n, hd->value.p, hd->value.len);
+    put_lit(b, &n, "\r\n", 2);
+  }
+  return (mg_str_t){ b, n };
+}
+
+static int cache_body(mg_filter_t *f, const char *p, size_t n) {
+  mg_req_t *r = f->ctx;
+  if (r->cwriter && mg_cache_write(r->cwriter, p, n) < 0) { /* over max_object: streamed only */
+    mg_cache_abort(r->cwriter);
+    r->cwriter = NULL;
+    r->c_big = 1;
+  }
+  return mg_filter_pass(f, p, n);
+}
+
+static int cache_end(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  if (r->cwriter) {
+    int rc = mg_cache_commit(r->cwriter, r->cvary, r->chead, &r->cfill->meta);
+    r->cwriter = NULL;
+    if (rc == MG_ENOMEM) MG_WARN(r->w->id, "req %s: cache: out of memory: response not stored", r->id);
+  }
+  return mg_filter_pass_end(f);
+}
+
+static const mg_filter_ops_t cache_filter = {
+  .name = "cache store", .body = cache_body, .end = cache_end,
+};
+
+/* The response head is known (after the response hook): may it be stored? If
+ * so, a writer and the filter that feeds it. 0, or MG_ENOMEM. */
+static int cache_fill_begin(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c || r->down_method != HTTP_GET) return 0;
+  mg_cp_hdrs_t rq = req_hdrs(r), rs = { r->rhead.headers, r->rhead.n };
+  /* a partial answer or a 304 to the client's own conditional is not the object;
+   * a 204's (bodiless) end does not pass through the filters: not stored yet */
+  if (r->status == 206 || r->status == 304 || r->status == 204) {
+    r->c_why = MG_CP_NS_STATUS;
+    return 0;
+  }
+  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  struct mg_cfill_s *cf = mg_arena_alloc(&r->arena, sizeof(*cf));
+  if (!cf) return MG_ENOMEM;
+  int why = mg_cp_meta_init(&cf->meta, MG_STR("GET"), &rq, r->status, &rs, r->c_req_time, (int64_t)time(NULL), &opts);
+  if (why) {
+    r->c_why = why;
+    return 0;
+  }
+  if (r->up_has_len && r->up_len > mg_cache_max_object(c)) {
+    r->c_big = 1;
+    return 0;
+  }
+  char *vb = mg_arena_alloc(&r->arena, VARY_KEY_MAX);
+  size_t vlen = 0;
+  if (!vb) return MG_ENOMEM;
+  int vrc = mg_cp_vary_key(&rs, &rq, vb, VARY_KEY_MAX, &vlen);
+  if (vrc != 0) {
+    r->c_why = MG_CP_NS_VARY_STAR; /* or a key too long to keep */
+    return 0;
+  }
+  mg_cc_t rcc;
+  mg_cc_parse(&rcc, &rs, 0);
+  mg_str_t head = stored_head(r, &rs, &rcc);
+  if (!head.p) return MG_ENOMEM;
+  mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+  if (!f) return MG_ENOMEM;
+  r->cwriter = mg_cache_begin(c, r->ckey);
+  if (!r->cwriter) return 0; /* out of memory: the response goes on, unstored */
+  r->cfill = cf;
+  r->cvary = (mg_str_t){ vb, vlen };
+  r->chead = head;
+  f->ops = &cache_filter;
+  f->ctx = r;
+  mg_fchain_add(&r->resp_chain, f);
+  return 0;
+}
+
+/* Cache-Status of a forwarded response: "moongate; fwd=uri-miss; stored", or
+ * with the reason it is not stored as detail. */
+static void append_cache_status_fwd(mg_req_t *r, hw_t *q) {
+  mg_cp_status_t s = { 0 };
+  s.fwd = r->c_fwd;
+  s.stored = r->cwriter != NULL;
+  if (r->c_big) s.detail = "too-big";
+  else if (r->c_why) s.detail = mg_cp_ns_reason(r->c_why);
+  char cs[160];
+  size_t n = mg_cp_status_format(cs, sizeof(cs), MG_STR("moongate"), &s);
+  if (!n) return;
+  HW_LIT(q, "Cache-Status: ");
+  hw_put(q, cs, n);
+  HW_LIT(q, "\r\n");
+}
+
+/* RFC 9111 4.4: an unsafe method answered 2xx/3xx by the origin removes what is
+ * stored for its target, and for Location and Content-Location on the same
+ * origin (every variant of each). */
+static void cache_invalidate(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return;
+  const char *qm = memchr(r->target.p, '?', r->target.len);
+  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+  mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
+  mg_cp_hdrs_t rs = { r->rhead.headers, r->rhead.n };
+  const char *m = llhttp_method_name((llhttp_method_t)r->method);
+  size_t cap = 3 * (r->host.len + r->target.len + 32) + 2048;
+  char *buf = mg_arena_alloc(&r->arena, cap);
+  mg_str_t keys[3];
+  if (!buf) return;
+  int n = mg_cp_invalidate((mg_str_t){ m, strlen(m) }, r->up_status, scheme, r->host, r->path, query, &rs, buf, cap,
+                           keys);
+  for (int i = 0; i < n; i++) mg_cache_remove(c, keys[i]);
+}
+
+/* The revalidation's conditionals (RFC 9111 4.3.1): If-None-Match from the stored
+ * ETag, If-Modified-Since from its Last-Modified. */
+static void append_revalidation(mg_req_t *r, hw_t *q) {
+  mg_header_t hs[STORED_MAX], out[2];
+  mg_cp_hdrs_t st = { hs, stored_headers(r->c_obj->head, hs, STORED_MAX) };
+  size_t n = mg_cp_conditional(&st, out);
+  for (size_t i = 0; i < n; i++) append_header(q, out[i].name, out[i].value);
+}
+
+/* A 304 to a revalidation (RFC 9111 4.3.3, 4.3.4): when it selects the stored
+ * response, the stored headers are updated with the 304's (3.2), the client is
+ * answered from the store, and the updated response is stored again (same body,
+ * a new object: objects are immutable). 1 when answered; 0 when the 304 does not
+ * select it (the stored one is removed and the 304 goes on as it came). */
+static int cache_revalidated(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  const mg_cobj_t *o = r->c_obj;
+  mg_header_t hs[STORED_MAX];
+  mg_cp_hdrs_t st = { hs, stored_headers(o->head, hs, STORED_MAX) }, rs = { r->rhead.headers, r->rhead.n };
+  if (!mg_cp_304_selects(&st, &rs)) {
+    mg_cache_remove(c, r->ckey);
+    return 0;
+  }
+  /* a 304 without Date gets moongate's (RFC 9110 6.6.1), which then replaces
+   * the stored Date as the 304's headers do (the response is that recent now) */
+  if (!mg_cp_get(&rs, MG_STR("date"))) {
+    mg_header_t *with = mg_arena_alloc(&r->arena, (rs.n + 1) * sizeof(*with));
+    const char *line;
+    size_t ll = mg_http_date_line(&r->w->date, &line); /* "Date: ...\r\n" */
+    if (with && ll > 8) {
+      if (rs.n) memcpy(with, rs.h, rs.n * sizeof(*with));
+      with[rs.n] = (mg_header_t){ { line, 4 }, { line + 6, ll - 8 } };
+      rs = (mg_cp_hdrs_t){ with, rs.n + 1 };
+    }
+  }
+  mg_cc_t cc304;
+  mg_cc_parse(&cc304, &rs, 0);
+  size_t cap = st.n + rs.n;
+  mg_header_t *merged = mg_arena_alloc(&r->arena, (cap ? cap : 1) * sizeof(*merged));
+  int nm = merged ? mg_cp_merge_304(&st, &rs, &cc304, merged, cap) : MG_ENOMEM;
+  if (nm < 0) {
+    mg_proxy_error(r, 500, 0);
+    return 1;
+  }
+  mg_cp_hdrs_t mh = { merged, (size_t)nm }, rq = req_hdrs(r);
+  mg_cc_t mcc;
+  mg_cc_parse(&mcc, &mh, 0);
+  mg_str_t head = stored_head(r, &mh, &mcc); /* slices into o and rhead: copy now */
+  if (!head.p) {
+    mg_proxy_error(r, 500, 0);
+    return 1;
+  }
+  int64_t now = (int64_t)time(NULL);
+  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_meta_t m;
+  int why = mg_cp_meta_init(&m, MG_STR("GET"), &rq, o->meta.status, &mh, r->c_req_time, now, &opts);
+  mg_cp_status_t cs = { 0 };
+  cs.fwd = r->c_fwd;
+  cs.fwd_status = 304;
+  if (why == MG_CP_OK) {
+    mg_cwriter_t *w = mg_cache_begin(c, r->ckey);
+    int rc = w ? 0 : MG_ENOMEM;
+    for (const mg_cchunk_t *ch = o->body; ch && rc == 0; ch = ch->next) rc = mg_cache_write(w, ch->data, ch->len);
+    if (rc == 0) rc = mg_cache_commit(w, o->vary, head, &m);
+    else if (w) mg_cache_abort(w);
+    cs.stored = rc == 0;
+  } else {
+    mg_cache_remove(c, r->ckey); /* the 304 made it unstorable (no-store, ...) */
+    cs.detail = mg_cp_ns_reason(why);
+  }
+  int64_t age = mg_cp_age(&m, now);
+  cs.has_ttl = 1;
+  cs.ttl = m.lifetime - age;
+  cache_answer_with(r, head, &m, o, age, &cs);
+  return 1;
+}
+
+/* The origin failed (a 5xx of its own, or moongate's 502/503/504) and the stale
+ * object allows it (RFC 5861 stale-if-error, without must-revalidate and the
+ * like): the client gets the stale object. 1 when answered. */
+static int cache_stale_if_error(mg_req_t *r, int status) {
+  mg_cobj_t *o = r->c_obj;
+  r->c_sie = 0; /* once */
+  if (!o) return 0;
+  int64_t now = (int64_t)time(NULL);
+  int64_t age = mg_cp_age(&o->meta, now);
+  mg_cp_status_t cs = { 0 };
+  cs.hit = 1;
+  cs.fwd = r->c_fwd;
+  cs.fwd_status = status;
+  cs.has_ttl = 1;
+  cs.ttl = o->meta.lifetime - age;
+  cache_answer_with(r, o->head, &o->meta, o, age, &cs);
+  return 1;
+}

@@ -204,6 +204,21 @@ struct mg_req_s {
   struct mg_encoder_s *enc;  /* malloc'd, the request's own while it encodes; freed at
                                 the body's end or when the request ends */
   struct mg_decoder_s *dec;  /* decode = true: the same, while it decodes */
+  /* issue 13: the cache (proxy.c "the cache"; core/cache.h) */
+  struct mg_cwriter_s *cwriter; /* storing this response: committed at its end, else
+                                   aborted when the request ends (req_release) */
+  mg_str_t ckey;            /* the primary key (arena) */
+  mg_str_t cvary, chead;    /* the object's secondary key and stored head (arena) */
+  struct mg_cfill_s *cfill; /* the meta it is stored with (arena) */
+  int64_t c_req_time;       /* seconds: when the lookup missed (RFC 9111 request_time) */
+  int c_why;                /* why the response is not stored (MG_CP_NS_*), 0: it is */
+  uint8_t c_fwd;            /* the Cache-Status fwd of the forwarded request (MG_CS_FWD_*) */
+  unsigned c_on : 1;        /* the route caches and this request looked the store up */
+  unsigned c_big : 1;       /* not stored: bigger than cache.max_object */
+  struct mg_cobj_s *c_obj;  /* revalidating this stale object with the origin, or
+                               keeping it for stale-if-error (a reference, dropped
+                               in req_release) */
+  unsigned c_sie : 1;       /* c_obj may answer when the origin fails (stale-if-error) */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

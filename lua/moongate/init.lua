@@ -47,8 +47,14 @@ _M._defaults = { timeouts = timeout_keys, limits = limit_keys }
 local config_keys = {
   workers = true, access_log = true, error_log = true, log_level = true, pid = true,
   timeouts = true, limits = true, shared = true, watch = true,
-  forward_path = true, trusted_proxies = true, compress = true,
+  forward_path = true, trusted_proxies = true, compress = true, cache = true,
 }
+-- mg.config { cache = { ... } } (issue 13): the memory store shared by the workers.
+-- path and size (the disk store) are the issue's names, refused until it exists.
+local cache_keys = { memory = true, max_object = true, heuristic_max = true,
+                     allow_set_cookie = true, path = true, size = true }
+_M._cache_defaults = { memory = 256 * 1024 * 1024, max_object = 8 * 1024 * 1024,
+                       heuristic_max = 86400, allow_set_cookie = false }
 
 -- i13-compress: compress = { types, min_length, level, prefer } (docs/compression.md)
 local compress_keys = { types = true, min_length = true, level = true, prefer = true }
@@ -180,6 +186,28 @@ function _M.config(t)
       if bytes < 16384 then fail("mg.config shared: '%s' must be at least 16k", name) end
       state.shared[name] = bytes
     end
+  end
+  if t.cache ~= nil then
+    local w = "mg.config cache"
+    check.type(t.cache, "table", "mg.config", "cache")
+    check.keys(t.cache, cache_keys, w)
+    if t.cache.path ~= nil or t.cache.size ~= nil then
+      fail("%s: 'path' and 'size' (the disk store) are not implemented yet; use 'memory'", w)
+    end
+    local cc = {}
+    if t.cache.memory ~= nil then cc.memory = size(t.cache.memory, w, "memory") end
+    if t.cache.max_object ~= nil then cc.max_object = size(t.cache.max_object, w, "max_object") end
+    if t.cache.heuristic_max ~= nil then
+      cc.heuristic_max = check.number(t.cache.heuristic_max, w, "heuristic_max", 0, 2^31)
+    end
+    if t.cache.allow_set_cookie ~= nil then
+      cc.allow_set_cookie = check.type(t.cache.allow_set_cookie, "boolean", w, "allow_set_cookie")
+    end
+    local mem = cc.memory or _M._cache_defaults.memory
+    local maxo = cc.max_object or _M._cache_defaults.max_object
+    if mem < 65536 then fail("%s: 'memory' must be at least 64k", w) end
+    if maxo * 2 > mem then fail("%s: 'max_object' must be at most half of 'memory'", w) end
+    c.cache = cc
   end
   if t.forward_path ~= nil then
     if t.forward_path ~= "normalized" and t.forward_path ~= "as_received" then
@@ -746,7 +774,7 @@ end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
                      respond = true, on = true, buffer_body = true, timeouts = true, split = true,
-                     idempotent = true, compress = true, decode = true }
+                     idempotent = true, compress = true, decode = true, cache = true }
 -- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
 local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
 local respond_keys = { status = true, body = true, headers = true }
@@ -904,6 +932,13 @@ function _M.route(t)
     r.compress_raw = t.compress
   end
   if t.decode ~= nil then r.decode = check.type(t.decode, "boolean", what, "decode") end
+  if t.cache ~= nil then -- issue 13: per-route options (key, ttl, lock) are still to come
+    if type(t.cache) == "table" then
+      fail("%s: 'cache' options (key, ttl, lock) are not implemented yet; use cache = true", what)
+    end
+    r.cache = check.type(t.cache, "boolean", what, "cache")
+    if r.cache and t.respond ~= nil then fail("%s: 'cache' needs an upstream (a respond route is not cached)", what) end
+  end
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do

@@ -57,6 +57,17 @@ Behaviour by path on the main port (the query string is ignored for routing):
   /reset          close without answering; /reset-rst: the same with an RST
   /hop            200 with hop-by-hop, Server and X-Powered-By headers, then close
   /hop-ka         the same with Connection: keep-alive, X-Foo (stays open)
+  /hdrs/TAG?h=Name:Value&h=...&n=N&chunked=1
+                  200 with each h (URL-decoded, split at the first ":") as a
+                  response header; a "status:N" h sets the status. The body is
+                  N bytes of the pattern when n is given, else
+                  "TAG count=C al=A\n": C counts the requests for this exact
+                  target (so a spec sees whether the origin was asked), A is
+                  the request's Accept-Language ("-" without). chunked=1 sends
+                  the body chunked instead of with Content-Length. Every
+                  answer has X-Count: C. cond=1: a request whose If-None-Match
+                  equals the ETag h gets a 304 with the same headers. For the
+                  cache's specs.
   /stats          the counters (this request is counted)
   /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
   /stream-echo    200 chunked, Connection: close: each piece of the request body
@@ -93,6 +104,9 @@ DELAY = 0.0  # --delay: seconds every request on the main port waits before its 
 AS_PATH = None  # --as-path: every request is answered as one for this path
 TLS = None  # with --proxy-protocol: the SSLContext that takes over after the header
 _PATTERN = bytearray()
+
+
+HDRS_COUNT = {}  # /hdrs: requests per exact target
 
 
 def pattern(n):
@@ -223,6 +237,53 @@ async def respond(writer, req, keep):
     kind = "/" + parts[1] if len(parts) > 1 else "/"
     head_only = req["method"] == "HEAD"
     conn_hdr = [] if keep else [("Connection", "close")]
+
+    if kind == "/hdrs":
+        from urllib.parse import parse_qsl
+        query = req["target"].split("?", 1)[1] if "?" in req["target"] else ""
+        HDRS_COUNT[req["target"]] = HDRS_COUNT.get(req["target"], 0) + 1
+        status, hdrs, n, chunked, cond = 200, [], None, False, False
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            if k == "h" and ":" in v:
+                name, value = v.split(":", 1)
+                if name.lower() == "status":
+                    status = int(value)
+                else:
+                    hdrs.append((name, value))
+            elif k == "n":
+                n = int(v)
+            elif k == "chunked":
+                chunked = v == "1"
+            elif k == "cond":
+                cond = v == "1"
+        if n is not None:
+            body = pattern(n)
+        else:
+            al = header(req["headers"], "accept-language") or "-"
+            body = ("%s count=%d al=%s\n" % (arg, HDRS_COUNT[req["target"]], al)).encode()
+        hdrs.append(("X-Count", str(HDRS_COUNT[req["target"]])))
+        if cond:
+            etag = next((v for n_, v in hdrs if n_.lower() == "etag"), None)
+            inm = header(req["headers"], "if-none-match")
+            if etag is not None and inm == etag:
+                status = 304
+        if status in (204, 304):
+            body = b""
+        reason = {200: "OK", 203: "Non-Authoritative Information", 204: "No Content",
+                  304: "Not Modified", 404: "Not Found"}.get(status, "Status")
+        if chunked and status not in (204, 304):
+            await send(writer, head_bytes(status, reason, hdrs + [("Transfer-Encoding", "chunked")] + conn_hdr))
+            if not head_only:
+                for i in range(0, len(body), 10000):
+                    piece = body[i:i + 10000]
+                    await send(writer, b"%x\r\n" % len(piece) + piece + b"\r\n")
+                await send(writer, b"0\r\n\r\n")
+            return keep
+        length = [] if status == 304 else [("Content-Length", len(body))]
+        await send(writer, head_bytes(status, reason, hdrs + length + conn_hdr))
+        if not head_only and body:
+            await send_body_plain(writer, body)
+        return keep
 
     if kind == "/bytes":
         body = pattern(int(arg))

@@ -73,6 +73,18 @@ function _M.load(path, source)
     hooks = 0, shared = {}, watch = c.watch or false, files = { path }, source = source,
     forward_path = c.forward_path or "normalized", trusted_proxies = c.trusted_proxies or {},
   }
+  -- the cache store exists when mg.config has `cache` or a route caches (defaults)
+  local any_cache = c.cache ~= nil
+  for _, r in ipairs(st.routes) do any_cache = any_cache or r.cache == true end
+  if any_cache then
+    local d = mg._cache_defaults
+    local cc = c.cache or {}
+    out.cache = {
+      memory = cc.memory or d.memory, max_object = cc.max_object or d.max_object,
+      heuristic_max = cc.heuristic_max or d.heuristic_max,
+      allow_set_cookie = cc.allow_set_cookie or d.allow_set_cookie,
+    }
+  end
   -- the files proxy.lua required from its own folder: watched for live reload
   for name in pairs(package.loaded) do
     local file = type(name) == "string" and package.searchpath(name, own)

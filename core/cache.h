@@ -1,0 +1,113 @@
+/* The response cache's memory store (docs/notes-i13-cache.md "The store"): one per
+ * process, shared by every worker thread. Knows nothing of HTTP beyond keeping what
+ * core/cachepol decided with (mg_cp_meta_t) beside each object; the proxy computes
+ * keys, decides and answers.
+ *
+ *   store -> shards[nshards]      the primary key's hash picks one
+ *   shard: mutex, hash chains, LRU list (head = most recent), bytes used <= cap,
+ *          admission filter (count-min sketch of 4-bit counters + doorkeeper bits)
+ *   object: one block (key, vary key, stored head) + the body in chunks of up to
+ *           MG_CACHE_CHUNK bytes; immutable once committed; refcounted
+ *
+ * Ownership: the index holds one reference to each linked object, every reader one
+ * more (mg_cache_lookup gives a reference, mg_cobj_unref drops it). An object that
+ * is evicted or replaced leaves the index at once and is freed when its last reader
+ * lets go, so a reader streaming a body never sees it freed under it. A writer's
+ * object is in no index until mg_cache_commit: nobody reads a partial object.
+ * malloc and free never run under a shard lock (as core/shdict.c). */
+#ifndef MG_CACHE_H
+#define MG_CACHE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cachepol.h"
+
+#define MG_CACHE_CHUNK 16384
+/* The most shards a store has; fewer when the cap is small (each shard must hold
+ * at least two objects of max_object bytes: a shard evicts only its own objects). */
+#define MG_CACHE_SHARDS 64
+/* What an object costs beyond its bytes (the object and chunk headers, malloc's). */
+#define MG_CACHE_OVERHEAD 256
+
+typedef struct mg_cache_s mg_cache_t;
+typedef struct mg_cobj_s mg_cobj_t;
+typedef struct mg_cwriter_s mg_cwriter_t;
+
+typedef struct mg_cchunk_s mg_cchunk_t;
+struct mg_cchunk_s {
+  mg_cchunk_t *next;
+  size_t len;
+  char data[];
+};
+
+/* Read-only for everyone once committed. */
+struct mg_cobj_s {
+  atomic_int refs;
+  mg_cobj_t *hnext, *prev, *next; /* the shard's chain and LRU (under its lock) */
+  uint64_t hash;                  /* of the primary key */
+  size_t cost;                    /* bytes charged to the shard */
+  mg_cp_meta_t meta;
+  mg_str_t key;   /* primary key (mg_cp_key) */
+  mg_str_t vary;  /* secondary key (mg_cp_vary_key); len 0: the response had no Vary */
+  mg_str_t head;  /* the stored header lines, "name: value\r\n" each, no status line */
+  uint64_t body_len;
+  mg_cchunk_t *body; /* NULL when the body is empty */
+};
+
+typedef struct {
+  uint64_t objects, bytes, cap;
+  uint64_t lookups, hits, stores, replaced, rejected, evictions, too_big;
+} mg_cache_stats_t;
+
+/* A store of cap bytes (everything counted: keys, heads, bodies, overhead) for
+ * objects of at most max_object body bytes. NULL when out of memory or cap is too
+ * small for one object. Free with mg_cache_free once no thread uses it (objects
+ * readers still hold stay valid until they unref them). */
+mg_cache_t *mg_cache_new(uint64_t cap, uint64_t max_object);
+void mg_cache_free(mg_cache_t *c);
+uint64_t mg_cache_max_object(const mg_cache_t *c);
+
+/* Whether a stored variant is the one a request wants; called under the shard
+ * lock for each variant of the key, so it must not block or call the store. */
+typedef int (*mg_cache_match_cb)(const mg_cobj_t *o, void *ctx);
+
+/* Looks key up (and counts it for admission): a referenced object (the caller
+ * unrefs it), or NULL. match NULL: the first variant. *variants (may be NULL) gets
+ * how many variants the key has, so a NULL with variants > 0 is a vary miss. */
+mg_cobj_t *mg_cache_lookup(mg_cache_t *c, mg_str_t key, mg_cache_match_cb match, void *ctx,
+                           int *variants);
+void mg_cobj_ref(mg_cobj_t *o);
+void mg_cobj_unref(mg_cobj_t *o);
+
+/* A writer for key: body pieces with mg_cache_write, then commit or abort (one of
+ * the two, always; both free the writer). NULL when out of memory. */
+mg_cwriter_t *mg_cache_begin(mg_cache_t *c, mg_str_t key);
+/* 0, MG_ELIMIT once the body passes max_object (the writer keeps nothing more and
+ * commit will refuse), MG_ENOMEM. */
+int mg_cache_write(mg_cwriter_t *w, const char *p, size_t n);
+/* Links the object: it replaces the variant of the same key and vary key, and
+ * (the origin changed its Vary) every variant when it has no vary key, or the
+ * variant without one when it has one. The
+ * admission filter may refuse it when room has to be made (the victims are more
+ * often asked for than this key). 0 when stored, MG_CACHE_NOT_ADMITTED, MG_ELIMIT
+ * (too big), MG_ENOMEM. vary and head are copied. */
+#define MG_CACHE_NOT_ADMITTED 1
+int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_meta_t *meta);
+void mg_cache_abort(mg_cwriter_t *w);
+
+/* Removes every variant of key: how many. */
+int mg_cache_remove(mg_cache_t *c, mg_str_t key);
+void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *s);
+
+/* The process-wide store the proxy uses. Made by the first config that has a
+ * cache (the main thread, before workers use it) and kept for the life of the
+ * process: a reload keeps its objects, and workers never see it freed. A reload
+ * that asks for another cap or max_object keeps the store as it is and returns 1
+ * (the caller logs that a restart applies it). 0, or MG_ENOMEM. */
+int mg_cache_configure(uint64_t cap, uint64_t max_object);
+mg_cache_t *mg_cache_global(void); /* NULL: no config asked for a cache */
+void mg_cache_shutdown(void);      /* at exit, after the workers stopped */
+
+#endif
