@@ -898,6 +898,22 @@ static int walk_routes(walk_t *w, mg_gen_t *g) {
     lua_getfield(L, -1, "cache");
     r->cache = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    r->cache_lock_ms = ms(field_num(L, -1, "cache_lock", 0));
+    lua_getfield(L, -1, "cache_range_fetch");
+    r->cache_range_fetch = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "cache_ttl");
+    if (lua_istable(L, -1)) {
+      int nt = (int)lua_objlen(L, -1);
+      for (int j = 1; j <= nt && r->cache_nttl < 32; j++) {
+        lua_rawgeti(L, -1, j);
+        r->cache_ttl[r->cache_nttl].status = (int)field_num(L, -1, "status", 0);
+        r->cache_ttl[r->cache_nttl].seconds = (int64_t)field_num(L, -1, "seconds", 0);
+        r->cache_nttl++;
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
     r->connect_ms = ms(field_num(L, -1, "connect_timeout", 0));
     r->read_ms = ms(field_num(L, -1, "read_timeout", 0));
     r->write_ms = ms(field_num(L, -1, "write_timeout", 0));

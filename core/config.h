@@ -198,6 +198,11 @@ typedef struct {
   mg_compress_cfg_t *compress; /* i13-compress: NULL: responses are not compressed */
   int decode;                  /* decode = true: gzip/br/zstd upstream bodies are decoded */
   int cache;                 /* issue 13: GET/HEAD answered from and stored into the cache */
+  /* issue 13: the route's cache options (docs/cache.md "Per-route options") */
+  uint64_t cache_lock_ms;    /* a miss waits this long for a fetch of its key under way; 0: no collapsing */
+  int cache_range_fetch;     /* a range request that misses fetches the whole object */
+  int cache_nttl;            /* cache_ttl[]: sorted by status */
+  struct { int status; int64_t seconds; } cache_ttl[32]; /* lifetime when the response has none */
 } mg_route_t;
 
 /* A route's buffer_body when proxy.lua gives none (and for requests no route matched). */

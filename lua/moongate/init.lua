@@ -772,6 +772,51 @@ function _M.upstream(name)
   end
 end
 
+-- issue 13: a route's cache = true | false | { key, ttl, lock, range_fetch }
+-- (docs/cache.md "Per-route options"). r.cache is a boolean for the core; the
+-- options go beside it: cache_key (a function(req) -> string, run where the key
+-- is computed), cache_ttl ({ [status] = seconds }: the lifetime of a response of
+-- that status that carries no freshness of its own), cache_lock (seconds a miss
+-- waits for a fetch of the same key already under way; 0: no collapsing),
+-- cache_range_fetch (a range request that misses fetches the whole object).
+local route_cache_keys = { key = true, ttl = true, lock = true, range_fetch = true }
+local route_cache_lock_keys = { timeout = true }
+_M._route_cache_defaults = { lock = 5, range_fetch = false }
+local function route_cache(r, c, what, respond)
+  if type(c) == "table" then
+    local w = what .. " cache"
+    check.keys(c, route_cache_keys, w)
+    if c.key ~= nil then r.cache_key = check.type(c.key, "function", w, "key") end
+    if c.ttl ~= nil then
+      check.type(c.ttl, "table", w, "ttl")
+      local ttl = {}
+      for status, secs in pairs(c.ttl) do
+        if type(status) ~= "number" or status % 1 ~= 0 or status < 200 or status > 599 then
+          fail("%s: ttl: keys must be status codes 200..599, got %s", w, tostring(status))
+        end
+        ttl[#ttl + 1] = { status = status, seconds = check.number(secs, w, ("ttl[%d]"):format(status), 0, 2^31) }
+        if #ttl > 32 then fail("%s: ttl: at most 32 statuses", w) end
+      end
+      table.sort(ttl, function(a, b) return a.status < b.status end)
+      r.cache_ttl = ttl
+    end
+    r.cache_lock = _M._route_cache_defaults.lock
+    if c.lock == false then
+      r.cache_lock = 0
+    elseif c.lock ~= nil and c.lock ~= true then
+      check.type(c.lock, "table", w, "lock")
+      check.keys(c.lock, route_cache_lock_keys, w .. " lock")
+      if c.lock.timeout ~= nil then r.cache_lock = check.number(c.lock.timeout, w .. " lock", "timeout", 0.001, 3600) end
+    end
+    if c.range_fetch ~= nil then r.cache_range_fetch = check.type(c.range_fetch, "boolean", w, "range_fetch") end
+    r.cache = true
+  else
+    r.cache = check.type(c, "boolean", what, "cache")
+    r.cache_lock = _M._route_cache_defaults.lock
+  end
+  if r.cache and respond then fail("%s: 'cache' needs an upstream (a respond route is not cached)", what) end
+end
+
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
                      respond = true, on = true, buffer_body = true, timeouts = true, split = true,
                      idempotent = true, compress = true, decode = true, cache = true }
@@ -932,13 +977,7 @@ function _M.route(t)
     r.compress_raw = t.compress
   end
   if t.decode ~= nil then r.decode = check.type(t.decode, "boolean", what, "decode") end
-  if t.cache ~= nil then -- issue 13: per-route options (key, ttl, lock) are still to come
-    if type(t.cache) == "table" then
-      fail("%s: 'cache' options (key, ttl, lock) are not implemented yet; use cache = true", what)
-    end
-    r.cache = check.type(t.cache, "boolean", what, "cache")
-    if r.cache and t.respond ~= nil then fail("%s: 'cache' needs an upstream (a respond route is not cached)", what) end
-  end
+  if t.cache ~= nil then route_cache(r, t.cache, what, t.respond ~= nil) end -- issue 13
   if t.on ~= nil then
     check.type(t.on, "table", what, "on")
     for k, fn in pairs(t.on) do
