@@ -14,6 +14,7 @@
 #define MG_COMPRESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "mg.h"
 
@@ -40,6 +41,11 @@ typedef struct mg_encoder_s mg_encoder_t;
  * or a coding or level it does not know). */
 mg_encoder_t *mg_encoder_new(int coding, int level);
 void mg_encoder_free(mg_encoder_t *e);
+/* The body's length when it is known, before the first piece. gzip of a body of
+ * at most 1 MiB is then kept and made in one pass at the end (libdeflate: half
+ * zlib's time, a smaller stream); a body that grows past len after all goes on as
+ * a stream. br takes it as its size hint. The others ignore it. */
+void mg_encoder_size_hint(mg_encoder_t *e, uint64_t len);
 /* Compresses p[0..n): what comes out goes to out (0 or more pieces; the encoder
  * may keep all of it for later). 0, MG_ENOMEM / MG_EINVAL (the library failed),
  * or what out returned. */

@@ -423,6 +423,7 @@ static int compress_head(mg_filter_t *f) {
             mg_coding_name(coding));
     return 1;
   }
+  if (r->up_has_len) mg_encoder_size_hint(r->enc, r->up_len); /* a body hook may still change it */
   const char *name = mg_coding_name(coding);
   if (mg_head_set(h, &r->arena, (mg_str_t){ "Content-Encoding", 16 }, (mg_str_t){ name, strlen(name) }, 0) < 0 ||
       compress_vary(r) < 0)

@@ -72,15 +72,20 @@ static char *sample(size_t n) {
   return p;
 }
 
-static int round_trip(int coding, int level, const char *in, size_t n, size_t piece) {
+/* hint >= 0: mg_encoder_size_hint(hint) first; *fed_out (may be NULL) gets how
+ * many pieces came out before the finish. */
+static int round_trip_hint(int coding, int level, const char *in, size_t n, size_t piece, long long hint,
+                           int *fed_out) {
   mg_encoder_t *e = mg_encoder_new(coding, level);
   if (!e) return 0;
+  if (hint >= 0) mg_encoder_size_hint(e, (uint64_t)hint);
   sink_t s = { 0 };
   int ok = 1;
   for (size_t off = 0; off < n; off += piece) {
     size_t k = n - off < piece ? n - off : piece;
     if (mg_encoder_feed(e, in + off, k, collect, &s) != 0) ok = 0;
   }
+  if (fed_out) *fed_out = s.pieces;
   if (mg_encoder_finish(e, collect, &s) != 0) ok = 0;
   mg_encoder_free(e);
   size_t dlen;
@@ -91,6 +96,50 @@ static int round_trip(int coding, int level, const char *in, size_t n, size_t pi
   free(d);
   free(s.p);
   return ok;
+}
+
+static int round_trip(int coding, int level, const char *in, size_t n, size_t piece) {
+  return round_trip_hint(coding, level, in, n, piece, -1, NULL);
+}
+
+/* gzip with the body's length known (<= 1 MiB) is made in one pass at the end:
+ * nothing comes out while it is fed, and it decodes to the body. A body longer
+ * than its hint (a body hook changed it) goes on as a stream, one shorter is
+ * encoded as it is, and a hint past 1 MiB streams from the start. */
+static void gzip_of_a_known_length_in_one_pass(void) {
+  const size_t n = 1024 * 1024;
+  char *in = sample(n);
+  const size_t lens[] = { 0, 1, 1000, 65536, 1024 * 1024 };
+  for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+    int fed = -1;
+    CHECK(round_trip_hint(MG_CODING_GZIP, 5, in, lens[i], 4096, (long long)lens[i], &fed));
+    CHECK(fed == 0);
+  }
+  int fed = -1;
+  CHECK(round_trip_hint(MG_CODING_GZIP, 5, in, 200000, 1000, 1000, &fed)); /* longer than said */
+  CHECK(fed > 0);
+  CHECK(round_trip_hint(MG_CODING_GZIP, 1, in, 5000, 7, 100000, &fed)); /* shorter */
+  CHECK(fed == 0);
+  CHECK(round_trip_hint(MG_CODING_GZIP, 9, in, n, 65536, (long long)n + 1, &fed)); /* past 1 MiB */
+  CHECK(fed > 0);
+  /* br takes it as a size hint; zstd ignores it */
+  CHECK(round_trip_hint(MG_CODING_BR, 4, in, 70000, 4096, 70000, NULL));
+  CHECK(round_trip_hint(MG_CODING_ZSTD, 3, in, 70000, 4096, 70000, NULL));
+  free(in);
+}
+
+/* Encoders one after another on one thread take its spare memory (blocks, the
+ * zstd context): each stream is still whole and right, whatever the level or
+ * coding before it. */
+static void encoders_in_a_row_reuse_the_threads_memory(void) {
+  const size_t n = 300000;
+  char *in = sample(n);
+  const int codings[] = { MG_CODING_ZSTD, MG_CODING_BR, MG_CODING_GZIP };
+  const int levels[3][3] = { { 19, 1, 3 }, { 11, 0, 4 }, { 9, 1, 5 } };
+  for (int round = 0; round < 3; round++)
+    for (int c = 0; c < 3; c++)
+      for (int l = 0; l < 3; l++) CHECK(round_trip(codings[c], levels[c][l], in, n, 65536));
+  free(in);
 }
 
 static void every_coding_round_trips_in_pieces_of_every_size(void) {
@@ -297,6 +346,8 @@ int main(void) {
   static const t_case_t cases[] = {
     T(every_coding_round_trips_in_pieces_of_every_size),
     T(empty_and_tiny_bodies),
+    T(gzip_of_a_known_length_in_one_pass),
+    T(encoders_in_a_row_reuse_the_threads_memory),
     T(levels_checked),
     T(the_sink_stops_it),
     T(negotiation),
