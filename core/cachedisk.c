@@ -40,7 +40,10 @@
 /* a file costs its length in whole blocks (what the file system charges) */
 #define BLOCK 4096
 /* writes waiting beyond this many body bytes are dropped: the loop never waits */
-#define QUEUE_MAX ((uint64_t)64 << 20)
+#define QUEUE_MAX_MIB 64
+#define QUEUE_MAX ((uint64_t)QUEUE_MAX_MIB << 20)
+#define MG_STRINGIFY_(x) #x
+#define MG_STRINGIFY(x) MG_STRINGIFY_(x)
 /* the variants of one key a lookup looks at */
 #define VARIANTS_MAX 16
 #define ERR_LOG_SECONDS 60
@@ -86,7 +89,7 @@ struct mg_cdisk_s {
   uint64_t qbytes, seq;
   int stop, walking;
   pthread_t writer, walker;
-  uint64_t hits, writes, write_errors, evictions, dropped, corrupt;
+  uint64_t hits, writes, write_errors, evictions, corrupt; /* write_errors: dropped writes too */
   time_t err_at;       /* the last write error logged */
   uint64_t err_hushed; /* errors since, not logged */
 };
@@ -214,9 +217,10 @@ static void write_failed(mg_cdisk_t *d, const mg_cobj_t *o, const char *what, co
   int due = err_due(d, &hushed);
   pthread_mutex_unlock(&d->lock);
   if (!due) return;
-  MG_ERR(-1, "cache: cannot store %.*s on disk: %s %s: %s (%llu more write errors in the last %d s not logged)",
-         (int)(o->key.len > 200 ? 200 : o->key.len), o->key.p, what, file, strerror(err),
-         (unsigned long long)hushed, ERR_LOG_SECONDS);
+  char more[96] = "";
+  if (hushed) snprintf(more, sizeof(more), " (and %llu more disk write errors not logged)", (unsigned long long)hushed);
+  MG_ERR(-1, "cache: cannot store %.*s on disk: %s %s: %s%s", (int)(o->key.len > 200 ? 200 : o->key.len), o->key.p,
+         what, file, strerror(err), more);
 }
 
 /* ---- writing ------------------------------------------------------------------------ */
@@ -355,7 +359,6 @@ void mg_cdisk_store(mg_cdisk_t *d, mg_cobj_t *o) {
   int due = 0;
   pthread_mutex_lock(&d->lock);
   if (!job || d->qbytes + o->body_len > QUEUE_MAX) {
-    d->dropped++;
     due = err_due(d, &hushed);
   } else {
     job->next = NULL;
@@ -371,10 +374,10 @@ void mg_cdisk_store(mg_cdisk_t *d, mg_cobj_t *o) {
   pthread_mutex_unlock(&d->lock);
   if (o) {
     if (due)
-      MG_ERR(-1, "cache: cannot store %.*s on disk: the disk is %llu MiB of writes behind (%llu more write errors "
-                 "in the last %d s not logged)",
-             (int)(o->key.len > 200 ? 200 : o->key.len), o->key.p, (unsigned long long)(QUEUE_MAX >> 20),
-             (unsigned long long)hushed, ERR_LOG_SECONDS);
+      MG_ERR(-1, "cache: cannot store %.*s on disk: %s (and %llu more disk write errors not logged)",
+             (int)(o->key.len > 200 ? 200 : o->key.len), o->key.p,
+             job ? "the disk is " MG_STRINGIFY(QUEUE_MAX_MIB) " MiB of writes behind" : "out of memory",
+             (unsigned long long)hushed);
     mg_cobj_unref(o);
   }
   free(job);
