@@ -577,7 +577,7 @@ int mg_cache_open_disk(mg_cache_t *c, const char *path, uint64_t cap, char *err,
     snprintf(err, errlen, "the store has a disk store already");
     return MG_ECONFIG;
   }
-  c->disk = mg_cdisk_open(path, cap, err, errlen);
+  c->disk = mg_cdisk_open(path, cap, mg_cobj_unref, err, errlen);
   return c->disk ? 0 : MG_ECONFIG;
 }
 

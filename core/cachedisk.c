@@ -75,6 +75,7 @@ struct job_s {
 };
 
 struct mg_cdisk_s {
+  void (*unref)(mg_cobj_t *o); /* cache.c's: this file only takes the object types from it */
   char *path;
   uint64_t cap;
   uint64_t sip[2];
@@ -345,7 +346,7 @@ static void *writer_main(void *arg) {
     d->qbytes -= job->o->body_len;
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
-    mg_cobj_unref(job->o);
+    d->unref(job->o);
     free(job);
     pthread_mutex_lock(&d->lock);
   }
@@ -378,7 +379,7 @@ void mg_cdisk_store(mg_cdisk_t *d, mg_cobj_t *o) {
              (int)(o->key.len > 200 ? 200 : o->key.len), o->key.p,
              job ? "the disk is " MG_STRINGIFY(QUEUE_MAX_MIB) " MiB of writes behind" : "out of memory",
              (unsigned long long)hushed);
-    mg_cobj_unref(o);
+    d->unref(o);
   }
   free(job);
 }
@@ -410,11 +411,15 @@ static int read_header(int fd, fhdr_t *h) {
   return (uint64_t)st.st_size == sizeof(*h) + h->klen + h->vlen + h->hlen + h->body_len ? 0 : -1;
 }
 
-/* An object (one reference, no body) from the file's header block. */
-static mg_cobj_t *load_head(int fd, const fhdr_t *h) {
+/* An object (one reference, no body) from the file's header block; NULL with
+ * *nomem set when out of memory (the file is not to blame then). */
+static mg_cobj_t *load_head(int fd, const fhdr_t *h, int *nomem) {
   size_t n = (size_t)(h->klen + h->vlen + h->hlen);
   mg_cobj_t *o = malloc(sizeof(*o) + n);
-  if (!o) return NULL;
+  if (!o) {
+    *nomem = 1;
+    return NULL;
+  }
   memset(o, 0, sizeof(*o));
   char *b = (char *)(o + 1);
   if (read_at(fd, b, n, sizeof(*h)) != 0) {
@@ -430,14 +435,18 @@ static mg_cobj_t *load_head(int fd, const fhdr_t *h) {
   return o;
 }
 
-/* The body into o's chunks (the last one cut to its length). 0 or -1. */
-static int load_body(int fd, const fhdr_t *h, mg_cobj_t *o) {
+/* The body into o's chunks (the last one cut to its length). 0 or -1 (*nomem
+ * set when out of memory). */
+static int load_body(int fd, const fhdr_t *h, mg_cobj_t *o, int *nomem) {
   uint64_t off = sizeof(*h) + h->klen + h->vlen + h->hlen, left = h->body_len;
   mg_cchunk_t **tail = &o->body;
   while (left > 0) {
     size_t n = left < MG_CACHE_CHUNK ? (size_t)left : MG_CACHE_CHUNK;
     mg_cchunk_t *ch = malloc(sizeof(*ch) + n);
-    if (!ch) return -1;
+    if (!ch) {
+      *nomem = 1;
+      return -1;
+    }
     ch->next = NULL;
     ch->len = n;
     *tail = ch;
@@ -490,22 +499,25 @@ mg_cobj_t *mg_cdisk_lookup(mg_cdisk_t *d, mg_str_t key, mg_cache_match_cb match,
       continue;
     }
     fhdr_t fh;
-    mg_cobj_t *o = read_header(fd, &fh) == 0 ? load_head(fd, &fh) : NULL;
+    int nomem = 0;
+    mg_cobj_t *o = read_header(fd, &fh) == 0 ? load_head(fd, &fh, &nomem) : NULL;
     if (!o || !mg_str_eq(o->key, key)) {
       close(fd);
-      mg_cobj_unref(o);
+      d->unref(o);
+      if (nomem) return NULL; /* a miss; the file stays */
       corrupt(d, h, names[i], file);
       continue;
     }
     if (match && !match(o, ctx)) {
       close(fd);
-      mg_cobj_unref(o);
+      d->unref(o);
       continue;
     }
-    int rc = load_body(fd, &fh, o);
+    int rc = load_body(fd, &fh, o, &nomem);
     close(fd);
     if (rc != 0) {
-      mg_cobj_unref(o);
+      d->unref(o);
+      if (nomem) return NULL;
       corrupt(d, h, names[i], file);
       continue;
     }
@@ -678,7 +690,7 @@ static int make_dirs(const char *path) {
   return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
 }
 
-mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, char *err, size_t errlen) {
+mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, void (*unref)(mg_cobj_t *), char *err, size_t errlen) {
   char tmp[4096];
   size_t plen = strlen(path);
   while (plen > 1 && path[plen - 1] == '/') plen--; /* "cache/" and "cache" are one folder */
@@ -692,6 +704,7 @@ mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, char *err, size_t errl
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
+  d->unref = unref;
   snprintf(tmp, sizeof(tmp), "%s/tmp", d->path);
   int e = make_dirs(tmp);
   if (e == 0 && access(tmp, W_OK | X_OK) != 0) e = errno;

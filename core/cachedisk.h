@@ -26,9 +26,11 @@
 typedef struct mg_cdisk_s mg_cdisk_t;
 
 /* Opens (mkdir -p) the folder, removes nothing yet, starts the writer and the
- * background walk (which first removes leftover temp files). NULL with a message
- * in err when the folder cannot be made or written to, or out of memory. */
-mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, char *err, size_t errlen);
+ * background walk (which first removes leftover temp files). unref drops an
+ * object's reference (cache.c's mg_cobj_unref: this part uses cache.h's types
+ * and calls nothing of cache.c). NULL with a message in err when the folder
+ * cannot be made or written to, or out of memory. */
+mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, void (*unref)(mg_cobj_t *), char *err, size_t errlen);
 /* Stops the walk, writes what is queued, joins the threads, frees everything. */
 void mg_cdisk_close(mg_cdisk_t *d);
 
