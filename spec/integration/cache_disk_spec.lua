@@ -125,9 +125,8 @@ describe("cache disk store", function()
       -- one at a time, so the files' order is the requests'
       assert(helpers.wait_until(function() return #object_files(dir) == math.min(i, 3) end, 5))
     end
-    helpers.sleep(0.2)
+    p:stop() -- after the queued writes
     assert.equal(3, #object_files(dir))
-    p:stop()
 
     p = start(dir, cache) -- memory is empty: hits come from the files
     indexed(p)
@@ -140,6 +139,25 @@ describe("cache disk store", function()
     local r = get(p, paths[1]) -- evicted first
     assert.equal("moongate; fwd=uri-miss; stored", r.h["cache-status"])
     assert.equal(2, origin:count_path(paths[1]))
+    p:stop()
+  end)
+
+  it("an invalidation removes the file too, so a restart does not bring the response back", function()
+    local dir = helpers.tmpdir()
+    local path = "/hdrs/inval?h=Cache-Control:max-age%3D600"
+    local p = start(dir)
+    assert.equal("inval count=1 al=-\n", get(p, path).body)
+    assert(helpers.wait_until(function() return #object_files(dir) == 1 end, 5))
+    local post = assert(p:request({ method = "POST", path = path, body = "x" }))
+    assert.equal(200, post.status)
+    assert.equal(0, #object_files(dir))
+    p:stop()
+
+    p = start(dir)
+    indexed(p)
+    local b = get(p, path)
+    assert.equal("inval count=3 al=-\n", b.body) -- GET, POST, GET: the origin was asked again
+    assert.equal("moongate; fwd=uri-miss; stored", b.h["cache-status"])
     p:stop()
   end)
 
