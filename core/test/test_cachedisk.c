@@ -9,6 +9,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -372,6 +374,73 @@ static void a_folder_that_cannot_be_made_is_an_error(void) {
   free(dir);
 }
 
+/* Threads storing, reading (most reads go to disk: memory is tiny), removing
+ * and purging at once, with a disk cap that keeps evicting; every body read
+ * must be whole and the one its key was stored with (ASan: build-asan). */
+#define THREADS 4
+#define ITERS 400
+#define KEYS 40
+
+static mg_cache_t *shared;
+
+static void *worker(void *arg) {
+  unsigned seed = (unsigned)(uintptr_t)arg;
+  long bad = 0;
+  char key[64];
+  for (int i = 0; i < ITERS; i++) {
+    int k = (int)(rand_r(&seed) % KEYS);
+    snprintf(key, sizeof key, "GET http://t/%c/%d", 'a' + k % 3, k);
+    char fill = (char)('A' + k % 26);
+    size_t n = 1000 + (size_t)k * 700;
+    int op = (int)(rand_r(&seed) % 10);
+    if (op < 4) {
+      int rc = put(shared, key, "", "", n, fill);
+      if (rc < 0 && rc != MG_ELIMIT) bad++;
+    } else if (op < 9) {
+      mg_cobj_t *o = mg_cache_lookup(shared, str(key), NULL, NULL, NULL);
+      if (o && !body_is(o, n, fill)) bad++;
+      mg_cobj_unref(o);
+    } else if (rand_r(&seed) % 4) {
+      mg_cache_remove(shared, str(key));
+    } else {
+      mg_cache_remove_prefix(shared, S("GET http://t/b/"));
+    }
+  }
+  return (void *)bad;
+}
+
+static void threads_store_read_remove_and_evict_on_disk_at_once(void) {
+  char *dir = tmpdir();
+  char err[256];
+  shared = mg_cache_new(256 * KIB, 64 * KIB); /* one shard of 256 KiB: a few objects */
+  CHECK(shared && mg_cache_open_disk(shared, dir, 400 * KIB, err, sizeof err) == 0);
+  if (!shared) return;
+  /* every key once first: more than the disk holds (about 570 KB), so it evicts */
+  char key[64];
+  for (int k = 0; k < KEYS; k++) {
+    snprintf(key, sizeof key, "GET http://t/%c/%d", 'a' + k % 3, k);
+    CHECK(put(shared, key, "", "", 1000 + (size_t)k * 700, (char)('A' + k % 26)) == 0);
+  }
+  mg_cache_sync(shared);
+  CHECK(stats(shared).disk_evictions > 0);
+  pthread_t t[THREADS];
+  for (int i = 0; i < THREADS; i++) CHECK(pthread_create(&t[i], NULL, worker, (void *)(uintptr_t)(i + 1)) == 0);
+  long bad = 0;
+  for (int i = 0; i < THREADS; i++) {
+    void *r;
+    CHECK(pthread_join(t[i], &r) == 0);
+    bad += (long)r;
+  }
+  CHECK(bad == 0);
+  mg_cache_sync(shared);
+  mg_cache_stats_t st = stats(shared);
+  CHECK(st.disk_bytes <= st.disk_cap && st.disk_write_errors == 0);
+  CHECK((int)st.disk_objects == object_files(dir, NULL, 0));
+  mg_cache_free(shared);
+  rm_rf(dir);
+  free(dir);
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     T(an_object_survives_a_new_store_on_the_same_folder),
@@ -384,6 +453,7 @@ int main(void) {
     T(a_write_error_costs_the_disk_copy_only),
     T(variants_come_back_from_disk),
     T(a_folder_that_cannot_be_made_is_an_error),
+    T(threads_store_read_remove_and_evict_on_disk_at_once),
   };
   return t_run("cachedisk", cases, sizeof(cases) / sizeof(cases[0]));
 }
