@@ -46,10 +46,13 @@ describe("cache disk store", function()
     return helpers.proxy(conf(cache or DEFAULT), { dir = dir, vars = { origin = origin.addr } })
   end
 
-  -- waits until the log says the start walk is over
+  -- waits until the log says this run's start walk is over (the log file is
+  -- appended to by every run in the folder: one index line per run)
   local function indexed(p)
-    assert(helpers.wait_until(function() return p:stderr():find("cache: disk index of", 1, true) end, 10),
-      "no index line:\n" .. p:stderr())
+    assert(helpers.wait_until(function()
+      local log = p:stderr()
+      return helpers.count(log, "cache: disk index of") > helpers.count(log, "SIGTERM: draining")
+    end, 10), "no index line:\n" .. p:stderr())
   end
 
   it("answers a stored response after a restart, from the file under proxy.lua's folder", function()
