@@ -191,6 +191,27 @@ describe("cache disk store", function()
     p:stop()
   end)
 
+  it("a reload that changes path or size keeps the store and says a restart applies it", function()
+    local dir = helpers.tmpdir()
+    local path = "/hdrs/reload?h=Cache-Control:max-age%3D600"
+    local p = start(dir)
+    indexed(p)
+    assert.equal("reload count=1 al=-\n", get(p, path).body)
+    local other = '{ memory = "8m", max_object = "256k", path = "cache2/", size = "10m" }'
+    p:reload(helpers.expand(conf(other) .. 'mg.route { path = "/gen", respond = { status = 200, body = "2\\n" } }\n',
+      { port = p.port, origin = origin.addr }), function()
+      local r = p:request({ path = "/gen" })
+      return r and r.body == "2\n"
+    end)
+    assert.truthy(p:stderr():find("cache: 'memory', 'max_object', 'path' or 'size' changed: the store keeps its old "
+      .. "settings until a restart", 1, true), p:stderr())
+    local b = get(p, path)
+    assert.equal("reload count=1 al=-\n", b.body)
+    assert.truthy(b.h["cache-status"]:find("^moongate; hit"))
+    assert.is_false(helpers.file_exists(dir .. "/cache2"))
+    p:stop()
+  end)
+
   it("refuses bad path and size settings with a clear error", function()
     for _, bad in ipairs {
       { '{ path = 5 }', "'path' must be a folder name" },
