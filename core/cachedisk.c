@@ -664,9 +664,11 @@ static void *walker_main(void *arg) {
   d->walking = 0;
   pthread_cond_broadcast(&d->cond);
   uint64_t objects = d->objects, used = d->used;
+  int stopped = d->stop;
   pthread_mutex_unlock(&d->lock);
-  MG_INFO(-1, "cache: disk index of %s rebuilt: %llu objects, %llu bytes", d->path, (unsigned long long)objects,
-          (unsigned long long)used);
+  if (!stopped)
+    MG_INFO(-1, "cache: disk index of %s rebuilt: %llu objects, %llu bytes", d->path, (unsigned long long)objects,
+            (unsigned long long)used);
   return NULL;
 }
 

@@ -428,10 +428,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   rc = run(g);
+  mg_cache_shutdown(); /* before the log closes: its disk threads may still log */
   mg_access_log_close();
   mg_log_close();
   mg_gen_unref(M.gen ? M.gen : g);
   mg_shdict_close_all();
-  mg_cache_shutdown();
   return rc;
 }
