@@ -16,11 +16,14 @@
 #include "cache.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/rand.h>
 #include <openssl/siphash.h>
+
+#include "cachedisk.h"
 
 #define SKETCH_ROWS 4
 #define COUNTER_MAX 15
@@ -45,6 +48,7 @@ struct mg_cache_s {
   uint64_t sip[2];
   unsigned nshards; /* power of two */
   shard_t *shards;
+  mg_cdisk_t *disk; /* NULL: memory only; set before other threads see c */
 };
 
 struct mg_cwriter_s {
@@ -207,6 +211,7 @@ fail_c:
 
 void mg_cache_free(mg_cache_t *c) {
   if (!c) return;
+  mg_cdisk_close(c->disk); /* writes what is queued first: those objects are still alive */
   for (unsigned i = 0; i < c->nshards; i++) {
     shard_t *s = &c->shards[i];
     mg_cobj_t *o = s->head;
@@ -225,6 +230,23 @@ void mg_cache_free(mg_cache_t *c) {
 }
 
 uint64_t mg_cache_max_object(const mg_cache_t *c) { return c->max_object; }
+
+static int link_obj(mg_cache_t *c, mg_cobj_t *o, int promote);
+
+/* A memory miss with a disk store: the variant from disk, promoted into memory
+ * (through admission; the caller gets its reference either way). *nv becomes the
+ * larger of the two tiers' variant counts. */
+static mg_cobj_t *disk_lookup(mg_cache_t *c, mg_str_t key, uint64_t h, mg_cache_match_cb match, void *ctx,
+                              int *nv) {
+  int dnv = 0;
+  mg_cobj_t *o = mg_cdisk_lookup(c->disk, key, match, ctx, &dnv);
+  if (dnv > *nv) *nv = dnv;
+  if (!o) return NULL;
+  o->hash = h;
+  mg_cobj_ref(o); /* one for the caller, one the index takes or drops */
+  link_obj(c, o, 1);
+  return o;
+}
 
 mg_cobj_t *mg_cache_lookup(mg_cache_t *c, mg_str_t key, mg_cache_match_cb match, void *ctx,
                            int *variants) {
@@ -247,6 +269,7 @@ mg_cobj_t *mg_cache_lookup(mg_cache_t *c, mg_str_t key, mg_cache_match_cb match,
     s->hits++;
   }
   pthread_mutex_unlock(&s->lock);
+  if (!found && c->disk) found = disk_lookup(c, key, h, match, ctx, &nv);
   if (variants) *variants = nv;
   return found;
 }
@@ -368,9 +391,35 @@ int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_m
   w->body = w->tail = NULL;
   writer_free(w);
 
+  /* the disk store gets every committed object, admitted to memory or not */
+  if (c->disk) mg_cobj_ref(o);
+  int rc = link_obj(c, o, 0);
+  if (c->disk) mg_cdisk_store(c->disk, o);
+  return rc;
+}
+
+/* Whether the memory store has a variant of o's key that o must not replace:
+ * a promotion from disk never overwrites what a commit linked since the miss. */
+static int newer_in_memory(shard_t *s, const mg_cobj_t *o) {
+  for (mg_cobj_t *e = s->buckets[o->hash & s->mask]; e; e = e->hnext)
+    if (e->hash == o->hash && mg_str_eq(e->key, o->key) &&
+        (mg_str_eq(e->vary, o->vary) || (o->vary.len == 0) != (e->vary.len == 0)))
+      return 1;
+  return 0;
+}
+
+/* Links o (its one reference becomes the index's, or is dropped when it is not
+ * linked): replacement of variants, admission, eviction. promote: o comes from
+ * the disk store and yields to any variant of its key in memory. */
+static int link_obj(mg_cache_t *c, mg_cobj_t *o, int promote) {
+  shard_t *s = shard_of(c, o->hash);
   mg_cobj_t *garbage = NULL; /* linked through hnext; unreferenced after the lock */
   int rc = 0;
   pthread_mutex_lock(&s->lock);
+  if (promote && newer_in_memory(s, o)) {
+    rc = MG_CACHE_NOT_ADMITTED;
+    goto unlock;
+  }
   if (o->cost > s->cap) {
     s->too_big++;
     rc = MG_ELIMIT;
@@ -432,7 +481,7 @@ int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_m
   lru_push(s, o);
   s->used += o->cost;
   s->objects++;
-  s->stores++;
+  if (!promote) s->stores++;
   o = NULL;
 unlock:
   pthread_mutex_unlock(&s->lock);
@@ -468,6 +517,38 @@ int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
     mg_cobj_unref(garbage);
     garbage = next;
   }
+  if (c->disk) {
+    int nd = mg_cdisk_remove(c->disk, key, 0);
+    if (nd > n) n = nd;
+  }
+  return n;
+}
+
+int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
+  int n = 0;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    shard_t *s = &c->shards[i];
+    mg_cobj_t *garbage = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (mg_cobj_t *o = s->head, *next; o; o = next) {
+      next = o->next;
+      if (o->key.len < prefix.len || memcmp(o->key.p, prefix.p, prefix.len) != 0) continue;
+      unlink_locked(s, o);
+      o->hnext = garbage;
+      garbage = o;
+      n++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (garbage) {
+      mg_cobj_t *next = garbage->hnext;
+      mg_cobj_unref(garbage);
+      garbage = next;
+    }
+  }
+  if (c->disk) {
+    int nd = mg_cdisk_remove(c->disk, prefix, 1);
+    if (nd > n) n = nd;
+  }
   return n;
 }
 
@@ -488,6 +569,20 @@ void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *st) {
     st->too_big += s->too_big;
     pthread_mutex_unlock(&s->lock);
   }
+  if (c->disk) mg_cdisk_stats(c->disk, st);
+}
+
+int mg_cache_open_disk(mg_cache_t *c, const char *path, uint64_t cap, char *err, size_t errlen) {
+  if (c->disk) {
+    snprintf(err, errlen, "the store has a disk store already");
+    return MG_ECONFIG;
+  }
+  c->disk = mg_cdisk_open(path, cap, mg_cobj_unref, err, errlen);
+  return c->disk ? 0 : MG_ECONFIG;
+}
+
+void mg_cache_sync(mg_cache_t *c) {
+  if (c->disk) mg_cdisk_sync(c->disk);
 }
 
 /* ---- the process's store ---------------------------------------------------------
@@ -495,12 +590,32 @@ void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *st) {
  * see the same objects. Published with a release store; never freed before exit. */
 static _Atomic(mg_cache_t *) global;
 
-int mg_cache_configure(uint64_t cap, uint64_t max_object) {
+/* Whether c was made with this disk path and size (the path as given). */
+static int same_disk(const mg_cache_t *c, const char *path, uint64_t disk_cap) {
+  if (!c->disk || !path) return !c->disk && !path;
+  const char *p = mg_cdisk_path(c->disk);
+  size_t n = strlen(p), m = strlen(path);
+  while (m > n && path[m - 1] == '/') m--;
+  return m == n && memcmp(p, path, n) == 0 && mg_cdisk_cap(c->disk) == disk_cap;
+}
+
+int mg_cache_configure(uint64_t cap, uint64_t max_object, const char *path, uint64_t disk_cap, char *err,
+                       size_t errlen) {
   mg_cache_t *c = atomic_load_explicit(&global, memory_order_acquire);
   if (cap == 0) return 0;
-  if (c) return (c->cap == cap && c->max_object == max_object) ? 0 : 1;
+  if (c) return (c->cap == cap && c->max_object == max_object && same_disk(c, path, disk_cap)) ? 0 : 1;
   c = mg_cache_new(cap, max_object);
-  if (!c) return MG_ENOMEM;
+  if (!c) {
+    snprintf(err, errlen, "out of memory");
+    return MG_ENOMEM;
+  }
+  if (path) {
+    int rc = mg_cache_open_disk(c, path, disk_cap, err, errlen);
+    if (rc < 0) {
+      mg_cache_free(c);
+      return rc;
+    }
+  }
   atomic_store_explicit(&global, c, memory_order_release);
   return 0;
 }

@@ -14,7 +14,13 @@
  * is evicted or replaced leaves the index at once and is freed when its last reader
  * lets go, so a reader streaming a body never sees it freed under it. A writer's
  * object is in no index until mg_cache_commit: nobody reads a partial object.
- * malloc and free never run under a shard lock (as core/shdict.c). */
+ * malloc and free never run under a shard lock (as core/shdict.c).
+ *
+ * With a disk store (mg_cache_open_disk, core/cachedisk.h) memory stays in front:
+ * every committed object is also written to a file, off the caller's thread; a
+ * memory miss looks on disk, and a disk hit is read (on the caller's thread) into
+ * a new object that is promoted into memory through the same admission. Without
+ * one, a lookup costs what it did: a NULL check more. */
 #ifndef MG_CACHE_H
 #define MG_CACHE_H
 
@@ -59,6 +65,11 @@ struct mg_cobj_s {
 typedef struct {
   uint64_t objects, bytes, cap;
   uint64_t lookups, hits, stores, replaced, rejected, evictions, too_big;
+  /* the disk store (0 without one): files, their bytes (whole 4 KiB blocks), the
+   * cap, lookups answered from disk, files written, writes failed or dropped,
+   * files evicted, files found corrupt and deleted */
+  uint64_t disk_objects, disk_bytes, disk_cap, disk_hits, disk_writes, disk_write_errors, disk_evictions,
+      disk_corrupt;
 } mg_cache_stats_t;
 
 /* A store of cap bytes (everything counted: keys, heads, bodies, overhead) for
@@ -67,6 +78,14 @@ typedef struct {
  * readers still hold stay valid until they unref them). */
 mg_cache_t *mg_cache_new(uint64_t cap, uint64_t max_object);
 void mg_cache_free(mg_cache_t *c);
+/* Gives c a disk store of cap bytes in the folder path (made when missing), before
+ * any other thread uses c: its index is rebuilt in the background from the files
+ * already there. 0, or MG_ECONFIG with the cause in err (the folder cannot be made
+ * or written), MG_ENOMEM. */
+int mg_cache_open_disk(mg_cache_t *c, const char *path, uint64_t cap, char *err, size_t errlen);
+/* Waits until the disk store's start walk is over and every queued write is done
+ * (tests; returns at once without a disk store). */
+void mg_cache_sync(mg_cache_t *c);
 uint64_t mg_cache_max_object(const mg_cache_t *c);
 
 /* Whether a stored variant is the one a request wants; called under the shard
@@ -97,16 +116,22 @@ int mg_cache_write(mg_cwriter_t *w, const char *p, size_t n);
 int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_meta_t *meta);
 void mg_cache_abort(mg_cwriter_t *w);
 
-/* Removes every variant of key: how many. */
+/* Removes every variant of key, from memory and disk (and cancels its queued disk
+ * writes): how many (the larger of the two tiers' counts). */
 int mg_cache_remove(mg_cache_t *c, mg_str_t key);
+/* The same for every key that starts with prefix (a walk of every shard and of
+ * the disk index, each under its lock: a purge, not a request's cost). */
+int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix);
 void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *s);
 
 /* The process-wide store the proxy uses. Made by the first config that has a
  * cache (the main thread, before workers use it) and kept for the life of the
  * process: a reload keeps its objects, and workers never see it freed. A reload
- * that asks for another cap or max_object keeps the store as it is and returns 1
- * (the caller logs that a restart applies it). 0, or MG_ENOMEM. */
-int mg_cache_configure(uint64_t cap, uint64_t max_object);
+ * that asks for another cap, max_object, disk path or disk size keeps the store
+ * as it is and returns 1 (the caller logs that a restart applies it). path NULL:
+ * memory only. 0, or MG_ENOMEM / MG_ECONFIG with the cause in err. */
+int mg_cache_configure(uint64_t cap, uint64_t max_object, const char *path, uint64_t disk_cap, char *err,
+                       size_t errlen);
 mg_cache_t *mg_cache_global(void); /* NULL: no config asked for a cache */
 void mg_cache_shutdown(void);      /* at exit, after the workers stopped */
 

@@ -63,6 +63,7 @@ static void gen_free(mg_gen_t *g) {
   free(g->access_log);
   free(g->error_log);
   free(g->pid);
+  free(g->cache_path);
   mg_cidr_free(g->trusted);
   for (int i = 0; i < g->nlisteners; i++) {
     free(g->listeners[i].name);
@@ -1020,6 +1021,8 @@ static int walk(walk_t *w, mg_gen_t *g) {
     lua_getfield(L, -1, "allow_set_cookie");
     g->cache_allow_set_cookie = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    g->cache_path = field_str(L, -1, "path");
+    g->cache_disk_size = (uint64_t)field_num(L, -1, "size", 0);
   }
   lua_pop(L, 1);
   char *fp = field_str(L, -1, "forward_path");

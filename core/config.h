@@ -263,6 +263,8 @@ struct mg_gen_s {
   uint64_t cache_memory, cache_max_object;
   int64_t cache_heuristic_max; /* seconds */
   int cache_allow_set_cookie;
+  char *cache_path;          /* the disk store's folder (absolute); NULL: memory only */
+  uint64_t cache_disk_size;  /* its byte cap */
 };
 
 /* Runs the config file in a fresh Lua state and builds a generation with one

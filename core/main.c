@@ -102,13 +102,16 @@ static int open_shared(const mg_gen_t *g) {
       return -1;
     }
   /* the cache's store: made once, kept across reloads (core/cache.h) */
-  int rc = mg_cache_configure(g->cache_memory, g->cache_max_object);
+  char err[512];
+  int rc = mg_cache_configure(g->cache_memory, g->cache_max_object, g->cache_path, g->cache_disk_size, err,
+                              sizeof(err));
   if (rc < 0) {
-    MG_ERR(-1, "cannot create the cache store of %llu bytes", (unsigned long long)g->cache_memory);
+    MG_ERR(-1, "cannot create the cache store of %llu bytes: %s", (unsigned long long)g->cache_memory, err);
     return -1;
   }
   if (rc == 1)
-    MG_WARN(-1, "cache: 'memory' or 'max_object' changed: the store keeps its old size until a restart");
+    MG_WARN(-1, "cache: 'memory', 'max_object', 'path' or 'size' changed: the store keeps its old settings until "
+                "a restart");
   return 0;
 }
 
@@ -425,10 +428,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   rc = run(g);
+  mg_cache_shutdown(); /* before the log closes: its disk threads may still log */
   mg_access_log_close();
   mg_log_close();
   mg_gen_unref(M.gen ? M.gen : g);
   mg_shdict_close_all();
-  mg_cache_shutdown();
   return rc;
 }

@@ -257,14 +257,15 @@ static void bodies_over_max_object_are_not_stored(void) {
 }
 
 static void the_process_store_is_made_once_and_kept_across_reloads(void) {
+  char cerr[256];
   CHECK(mg_cache_global() == NULL);
-  CHECK(mg_cache_configure(0, 0) == 0 && mg_cache_global() == NULL);
-  CHECK(mg_cache_configure(1 << 20, 1 << 16) == 0);
+  CHECK(mg_cache_configure(0, 0, NULL, 0, cerr, sizeof cerr) == 0 && mg_cache_global() == NULL);
+  CHECK(mg_cache_configure(1 << 20, 1 << 16, NULL, 0, cerr, sizeof cerr) == 0);
   mg_cache_t *c = mg_cache_global();
   CHECK(c != NULL);
   CHECK(put(c, "kept", "", 10, 'k') == 0);
-  CHECK(mg_cache_configure(1 << 20, 1 << 16) == 0 && mg_cache_global() == c);
-  CHECK(mg_cache_configure(2 << 20, 1 << 16) == 1 && mg_cache_global() == c); /* restart applies it */
+  CHECK(mg_cache_configure(1 << 20, 1 << 16, NULL, 0, cerr, sizeof cerr) == 0 && mg_cache_global() == c);
+  CHECK(mg_cache_configure(2 << 20, 1 << 16, NULL, 0, cerr, sizeof cerr) == 1 && mg_cache_global() == c); /* restart applies it */
   CHECK(has(c, "kept"));
   mg_cache_shutdown();
   CHECK(mg_cache_global() == NULL);

@@ -49,12 +49,13 @@ local config_keys = {
   timeouts = true, limits = true, shared = true, watch = true,
   forward_path = true, trusted_proxies = true, compress = true, cache = true,
 }
--- mg.config { cache = { ... } } (issue 13): the memory store shared by the workers.
--- path and size (the disk store) are the issue's names, refused until it exists.
+-- mg.config { cache = { ... } } (issue 13): the memory store shared by the workers,
+-- and with path (a folder, relative to proxy.lua's) the disk store behind it, of
+-- size bytes (docs/cache.md "The disk store").
 local cache_keys = { memory = true, max_object = true, heuristic_max = true,
                      allow_set_cookie = true, path = true, size = true }
 _M._cache_defaults = { memory = 256 * 1024 * 1024, max_object = 8 * 1024 * 1024,
-                       heuristic_max = 86400, allow_set_cookie = false }
+                       heuristic_max = 86400, allow_set_cookie = false, size = 1024 * 1024 * 1024 }
 
 -- i13-compress: compress = { types, min_length, level, prefer } (docs/compression.md)
 local compress_keys = { types = true, min_length = true, level = true, prefer = true }
@@ -191,10 +192,17 @@ function _M.config(t)
     local w = "mg.config cache"
     check.type(t.cache, "table", "mg.config", "cache")
     check.keys(t.cache, cache_keys, w)
-    if t.cache.path ~= nil or t.cache.size ~= nil then
-      fail("%s: 'path' and 'size' (the disk store) are not implemented yet; use 'memory'", w)
-    end
     local cc = {}
+    if t.cache.path ~= nil then
+      if type(t.cache.path) ~= "string" or t.cache.path == "" then
+        fail("%s: 'path' must be a folder name (a non-empty string), got %s", w, tostring(t.cache.path))
+      end
+      cc.path = t.cache.path
+    end
+    if t.cache.size ~= nil then
+      if cc.path == nil then fail("%s: 'size' is the disk store's cap: it needs 'path'", w) end
+      cc.size = size(t.cache.size, w, "size")
+    end
     if t.cache.memory ~= nil then cc.memory = size(t.cache.memory, w, "memory") end
     if t.cache.max_object ~= nil then cc.max_object = size(t.cache.max_object, w, "max_object") end
     if t.cache.heuristic_max ~= nil then
@@ -207,6 +215,9 @@ function _M.config(t)
     local maxo = cc.max_object or _M._cache_defaults.max_object
     if mem < 65536 then fail("%s: 'memory' must be at least 64k", w) end
     if maxo * 2 > mem then fail("%s: 'max_object' must be at most half of 'memory'", w) end
+    if cc.path and (cc.size or _M._cache_defaults.size) < maxo * 2 then
+      fail("%s: 'size' must be at least twice 'max_object'", w)
+    end
     c.cache = cc
   end
   if t.forward_path ~= nil then

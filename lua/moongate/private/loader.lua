@@ -83,6 +83,9 @@ function _M.load(path, source)
       memory = cc.memory or d.memory, max_object = cc.max_object or d.max_object,
       heuristic_max = cc.heuristic_max or d.heuristic_max,
       allow_set_cookie = cc.allow_set_cookie or d.allow_set_cookie,
+      -- the disk store: a folder relative to proxy.lua's, as the other paths
+      path = cc.path and (cc.path:sub(1, 1) == "/" and cc.path or dir .. "/" .. cc.path) or nil,
+      size = cc.path and (cc.size or d.size) or nil,
     }
   end
   -- the files proxy.lua required from its own folder: watched for live reload
