@@ -2975,6 +2975,21 @@ static mg_str_t stored_head(mg_req_t *r, const mg_cp_hdrs_t *rs, const mg_cc_t *
   return (mg_str_t){ b, n };
 }
 
+/* The rules' options for a response of `status` on r's route: the config's, and
+ * the route's cache.ttl for that status when it has one (i13-api). */
+static mg_cp_opts_t cache_opts(const mg_req_t *r, int status) {
+  mg_cp_opts_t o = { .allow_set_cookie = r->gen->cache_allow_set_cookie,
+                     .heuristic_max = r->gen->cache_heuristic_max, .heuristic_pct = 10 };
+  const mg_route_t *rt = r->route;
+  for (int i = 0; rt && i < rt->cache_nttl; i++) {
+    if (rt->cache_ttl[i].status != status) continue;
+    o.status_ttl_set = 1;
+    o.status_ttl = rt->cache_ttl[i].seconds;
+    break;
+  }
+  return o;
+}
+
 static int cache_body(mg_filter_t *f, const char *p, size_t n) {
   mg_req_t *r = f->ctx;
   if (r->cwriter && mg_cache_write(r->cwriter, p, n) < 0) { /* over max_object: streamed only */
@@ -3011,7 +3026,7 @@ static int cache_fill_begin(mg_req_t *r) {
     r->c_why = MG_CP_NS_STATUS;
     return 0;
   }
-  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_opts_t opts = cache_opts(r, r->status);
   struct mg_cfill_s *cf = mg_arena_alloc(&r->arena, sizeof(*cf));
   if (!cf) return MG_ENOMEM;
   int why = mg_cp_meta_init(&cf->meta, MG_STR("GET"), &rq, r->status, &rs, r->c_req_time, (int64_t)time(NULL), &opts);
@@ -3137,7 +3152,7 @@ static int cache_revalidated(mg_req_t *r) {
     return 1;
   }
   int64_t now = (int64_t)time(NULL);
-  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_opts_t opts = cache_opts(r, o->meta.status);
   mg_cp_meta_t m;
   int why = mg_cp_meta_init(&m, MG_STR("GET"), &rq, o->meta.status, &mh, r->c_req_time, now, &opts);
   mg_cp_status_t cs = { 0 };
