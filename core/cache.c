@@ -471,6 +471,30 @@ int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
   return n;
 }
 
+int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
+  int n = 0;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    shard_t *s = &c->shards[i];
+    mg_cobj_t *garbage = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (mg_cobj_t *o = s->head, *next; o; o = next) {
+      next = o->next; /* (unlink_locked clears o's links) */
+      if (o->key.len < prefix.len || (prefix.len && memcmp(o->key.p, prefix.p, prefix.len) != 0)) continue;
+      unlink_locked(s, o);
+      o->hnext = garbage;
+      garbage = o;
+      n++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (garbage) {
+      mg_cobj_t *next = garbage->hnext;
+      mg_cobj_unref(garbage);
+      garbage = next;
+    }
+  }
+  return n;
+}
+
 void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *st) {
   memset(st, 0, sizeof *st);
   st->cap = c->cap;

@@ -99,6 +99,11 @@ void mg_cache_abort(mg_cwriter_t *w);
 
 /* Removes every variant of key: how many. */
 int mg_cache_remove(mg_cache_t *c, mg_str_t key);
+/* Removes every object whose primary key starts with prefix (every variant; an
+ * empty prefix empties the store): how many. Walks each shard's whole list under
+ * its lock, one shard at a time: O(objects), for purges, not for the request path.
+ * Objects being read stay alive for their readers (as with mg_cache_remove). */
+int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix);
 void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *s);
 
 /* The process-wide store the proxy uses. Made by the first config that has a
