@@ -321,7 +321,7 @@ describe("cache", function()
       { 'mg.config { cache = { path = "cache/" } }', "not implemented yet" },
       { 'mg.config { cache = { memory = "1m", max_object = "1m" } }', "at most half" },
       { 'mg.config { cache = { memory = "lots" } }', "not a size" },
-      { 'mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:1" } }, cache = { ttl = 1 } }', "not implemented yet" },
+      { 'mg.route { upstream = mg.upstream "u" { servers = { "127.0.0.1:1" } }, cache = { ttl = 1 } }', "'ttl' must be a table" },
       { 'mg.route { respond = { status = 200 }, cache = true }', "needs an upstream" },
     } do
       local dir = helpers.tmpdir()
