@@ -4,14 +4,19 @@
 
 #include <llhttp.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "cache.h"
 #include "conn.h"
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
 #include "tls.h"
+#include "uri.h"
 #include "worker.h"
 
 /* A request object kept by Lua past its request must not reach freed memory:
@@ -591,4 +596,123 @@ int mg_upstream_stats(const char *name, size_t len, mg_upstream_stats_t *out) {
     return 0;
   }
   return MG_API_ENOTFOUND;
+}
+
+/* ---- i13-api: mg.cache (any hook or timer; the store is the process's) ---- */
+
+#define CACHE_KEY_MAX 16384
+
+/* "http://" or "https://" (any case): the length of that prefix, else 0. */
+static size_t url_scheme(const char *s, size_t len, mg_str_t *scheme) {
+  if (len >= 7 && strncasecmp(s, "http://", 7) == 0) {
+    *scheme = MG_STR("http");
+    return 7;
+  }
+  if (len >= 8 && strncasecmp(s, "https://", 8) == 0) {
+    *scheme = MG_STR("https");
+    return 8;
+  }
+  return 0;
+}
+
+/* The primary key of a URL, as cache_lookup (proxy.c) makes it for a GET of it:
+ * the path normalized as routing normalizes it, unless `prefix` (a key prefix:
+ * the rest is taken as it is). A malloc'd key into *out (the caller frees it),
+ * 0, or MG_API_EINVAL / MG_API_ENOMEM. */
+static int url_key(const char *s, size_t len, int prefix, mg_str_t *out) {
+  mg_str_t scheme;
+  size_t skip = url_scheme(s, len, &scheme);
+  const char *a = s + skip, *end = s + len, *e = a;
+  while (e < end && *e != '/' && *e != '?') e++;
+  mg_str_t host = { a, (size_t)(e - a) };
+  if (!host.len || mg_uri_check_host(host, NULL, NULL) < 0) return MG_API_EINVAL;
+  size_t tlen = (size_t)(end - e) + 1; /* room for a "/" before a bare "?q" */
+  char *target = malloc(tlen), *norm = malloc(tlen);
+  size_t cap = 4 + skip + host.len + tlen + 8;
+  char *k = malloc(cap);
+  int rc = MG_API_ENOMEM;
+  if (!target || !norm || !k) goto done;
+  size_t n = 0;
+  if (e == end || *e == '?') target[n++] = '/';
+  memcpy(target + n, e, (size_t)(end - e));
+  n += (size_t)(end - e);
+  mg_str_t path, query = { NULL, 0 };
+  if (prefix) {
+    path = (mg_str_t){ target, n }; /* as given: a prefix may end inside a segment */
+  } else {
+    size_t nlen;
+    rc = MG_API_EINVAL;
+    if (mg_uri_normalize_target(target, n, norm, &nlen) < 0) goto done;
+    const char *qm = memchr(norm, '?', nlen);
+    path = (mg_str_t){ norm, qm ? (size_t)(qm - norm) : nlen };
+    if (qm) query = (mg_str_t){ qm + 1, (size_t)(norm + nlen - qm - 1) };
+  }
+  size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, host, path, query);
+  rc = MG_API_EINVAL;
+  if (!klen) goto done;
+  *out = (mg_str_t){ k, klen };
+  k = NULL;
+  rc = 0;
+done:
+  free(target);
+  free(norm);
+  free(k);
+  return rc;
+}
+
+int mg_api_cache_purge(const char *s, size_t len) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return MG_API_ENOTFOUND;
+  mg_str_t scheme;
+  int n = mg_cache_remove(c, (mg_str_t){ s, len }); /* the raw key (a hook's key may be a URL) */
+  if (url_scheme(s, len, &scheme)) {
+    mg_str_t key;
+    int rc = url_key(s, len, 0, &key);
+    if (rc < 0) return n ? n : rc;
+    if (!mg_str_eq(key, (mg_str_t){ s, len })) n += mg_cache_remove(c, key);
+    free((void *)key.p);
+  }
+  return n;
+}
+
+int mg_api_cache_purge_prefix(const char *s, size_t len) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return MG_API_ENOTFOUND;
+  mg_str_t scheme;
+  if (!url_scheme(s, len, &scheme)) return mg_cache_remove_prefix(c, (mg_str_t){ s, len });
+  mg_str_t key;
+  int rc = url_key(s, len, 1, &key);
+  if (rc < 0) return rc;
+  int n = mg_cache_remove_prefix(c, key);
+  free((void *)key.p);
+  return n;
+}
+
+int mg_api_cache_stats(mg_cache_api_stats_t *out) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c) return MG_API_ENOTFOUND;
+  mg_cache_stats_t st;
+  mg_cache_stats(c, &st);
+  *out = (mg_cache_api_stats_t){
+    .objects = (double)st.objects, .bytes = (double)st.bytes, .cap = (double)st.cap,
+    .lookups = (double)st.lookups, .hits = (double)st.hits, .misses = (double)(st.lookups - st.hits),
+    .stores = (double)st.stores, .replaced = (double)st.replaced, .rejected = (double)st.rejected,
+    .evictions = (double)st.evictions, .too_big = (double)st.too_big,
+    .disk_objects = (double)st.disk_objects, .disk_bytes = (double)st.disk_bytes, .disk_cap = (double)st.disk_cap,
+    .disk_hits = (double)st.disk_hits, .disk_writes = (double)st.disk_writes,
+    .disk_write_errors = (double)st.disk_write_errors, .disk_evictions = (double)st.disk_evictions,
+    .disk_corrupt = (double)st.disk_corrupt,
+  };
+  return 0;
+}
+
+int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len) {
+  if (!PHASE(r, BIT(MG_HOOK_CACHE_KEY))) return MG_API_EPHASE;
+  if (len == 0 || len > CACHE_KEY_MAX) return MG_API_EINVAL;
+  char *k = mg_arena_alloc(&r->arena, len);
+  if (!k) return MG_API_ENOMEM;
+  memcpy(k, p, len);
+  r->ckey_user = (mg_str_t){ k, len };
+  r->ckey_user_set = 1;
+  return 0;
 }

@@ -245,5 +245,30 @@ int mg_ups_server(int u, int id, mg_ups_server_t *out);
  * head goes out): 0 sends this response as it comes; 1 lets the route's compress
  * settings decide again (docs/compression.md). MG_API_EPHASE elsewhere. */
 int mg_res_compress(mg_req_t *r, int on);
+/* ---- i13-api: mg.cache, the response cache from Lua (docs/cache.md "Purge and
+ * statistics"). The store is the process's: any hook or timer of any worker may
+ * call these (no request needed). MG_API_ENOTFOUND when no cache is configured. */
+typedef struct {
+  double objects, bytes, cap;  /* now */
+  double lookups, hits, misses, stores, replaced, rejected, evictions, too_big; /* since start */
+  /* the disk store (0 without one): files and their bytes now, the cap, and since
+   * start: lookups answered from disk, files written, writes failed or dropped,
+   * files evicted, damaged files deleted */
+  double disk_objects, disk_bytes, disk_cap, disk_hits, disk_writes, disk_write_errors, disk_evictions,
+      disk_corrupt;
+} mg_cache_api_stats_t;
+/* Removes every variant of a key: `s` is a URL ("http[s]://host[:port]/path?q": the
+ * key a GET of it is stored under, and `s` itself as a raw key too) or a raw key
+ * (as a cache_key hook gave it). The count removed; MG_API_EINVAL: a URL that does
+ * not parse. */
+int mg_api_cache_purge(const char *s, size_t len);
+/* Removes every key that starts with `s` (a URL prefix is made a key prefix:
+ * "http://Host/a" -> "GET http://host/a"). The count removed, or MG_API_EINVAL. */
+int mg_api_cache_purge_prefix(const char *s, size_t len);
+int mg_api_cache_stats(mg_cache_api_stats_t *out);
+/* The cache_key hook's answer: the request's primary key (copied; 1 to 16384
+ * bytes, else MG_API_EINVAL), in place of the default one. MG_API_EPHASE outside
+ * the cache_key hook. */
+int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
 
 #endif

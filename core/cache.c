@@ -532,7 +532,7 @@ int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
     pthread_mutex_lock(&s->lock);
     for (mg_cobj_t *o = s->head, *next; o; o = next) {
       next = o->next;
-      if (o->key.len < prefix.len || memcmp(o->key.p, prefix.p, prefix.len) != 0) continue;
+      if (o->key.len < prefix.len || (prefix.len && memcmp(o->key.p, prefix.p, prefix.len) != 0)) continue;
       unlink_locked(s, o);
       o->hnext = garbage;
       garbage = o;

@@ -119,8 +119,11 @@ void mg_cache_abort(mg_cwriter_t *w);
 /* Removes every variant of key, from memory and disk (and cancels its queued disk
  * writes): how many (the larger of the two tiers' counts). */
 int mg_cache_remove(mg_cache_t *c, mg_str_t key);
-/* The same for every key that starts with prefix (a walk of every shard and of
- * the disk index, each under its lock: a purge, not a request's cost). */
+/* Removes every object whose primary key starts with prefix (every variant; an
+ * empty prefix empties the store), from memory and disk: how many (the larger of
+ * the two tiers' counts). Walks each shard's whole list under its lock, one shard
+ * at a time, then the disk index: O(objects), for purges, not the request path.
+ * Objects being read stay alive for their readers (as with mg_cache_remove). */
 int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix);
 void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *s);
 

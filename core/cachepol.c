@@ -339,6 +339,7 @@ int64_t mg_cp_lifetime(const mg_cc_t *cc, int status, const mg_cp_hdrs_t *res, i
     int64_t e = mg_cp_date(mg_cp_get(res, MG_STR("expires"))->value);
     return e < 0 || e <= date ? 0 : e - date;
   }
+  if (o && o->status_ttl_set) return o->status_ttl; /* the operator's lifetime for this status */
   if (!o || o->heuristic_max <= 0) return 0;
   if (!mg_cp_status_heuristic(status) && !(cc->flags & MG_CC_PUBLIC)) return 0;
   const mg_header_t *lm = mg_cp_get(res, MG_STR("last-modified"));
@@ -415,7 +416,8 @@ int mg_cp_meta_init(mg_cp_meta_t *m, mg_str_t method, const mg_cp_hdrs_t *req, i
   if (vary_star(res)) return MG_CP_NS_VARY_STAR;
   if (!framing_ok(res)) return MG_CP_NS_FRAMING;
   int explicit = rs.max_age >= 0 || rs.s_maxage >= 0 || mg_cp_get(res, MG_STR("expires"));
-  if (!explicit && !(rs.flags & MG_CC_PUBLIC) && !mg_cp_status_heuristic(status)) return MG_CP_NS_NOT_CACHEABLE;
+  if (!explicit && !(rs.flags & MG_CC_PUBLIC) && !mg_cp_status_heuristic(status) && !(o && o->status_ttl_set))
+    return MG_CP_NS_NOT_CACHEABLE;
 
   int heur;
   m->date_value = date_or(res, response_time);

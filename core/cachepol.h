@@ -77,6 +77,13 @@ typedef struct {
   int allow_set_cookie;   /* store responses with Set-Cookie (the header is stored) */
   int64_t heuristic_max;  /* cap on a heuristic lifetime, seconds (0: no heuristics) */
   int64_t heuristic_pct;  /* percent of (Date - Last-Modified); 10 per 4.2.2 */
+  /* i13-api: a lifetime set for this response's status (a route's cache.ttl): with
+   * status_ttl_set, a response without explicit freshness (no s-maxage, max-age or
+   * Expires) gets status_ttl seconds instead of a heuristic one, and is storable
+   * even where no heuristic applies (any understood status; no Last-Modified
+   * needed). What forbids storing (no-store, private, Authorization, ...) still does. */
+  int status_ttl_set;
+  int64_t status_ttl;
 } mg_cp_opts_t;
 
 /* Why a response is not stored (mg_cp_meta_init's answer), 0 when it may be. */
@@ -118,7 +125,8 @@ int mg_cp_meta_init(mg_cp_meta_t *m, mg_str_t method, const mg_cp_hdrs_t *req, i
                     const mg_cp_opts_t *o);
 
 /* Freshness lifetime (4.2.1, 4.2.2) of a response with these directives and headers;
- * *heuristic says which kind. */
+ * *heuristic says which kind. Without explicit freshness, o->status_ttl (when set)
+ * comes before the heuristic (not counted as one). */
 int64_t mg_cp_lifetime(const mg_cc_t *cc, int status, const mg_cp_hdrs_t *res,
                        int64_t response_time, const mg_cp_opts_t *o, int *heuristic);
 

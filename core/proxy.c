@@ -1283,7 +1283,9 @@ static void redirect_https(mg_req_t *r, int port) {
 
 static int request_hooked(mg_req_t *r, int rc);
 static int after_request(mg_req_t *r);
-static int cache_lookup(mg_req_t *r);
+static const mg_route_t *cache_purge_route(mg_req_t *r, const mg_route_t *rt);
+static int cache_begin(mg_req_t *r);
+static int cache_key_resumed(mg_req_t *r, int rc);
 
 int mg_proxy_head(mg_req_t *r) {
   int status;
@@ -1309,6 +1311,7 @@ int mg_proxy_head(mg_req_t *r) {
     return 0;
   }
   const mg_route_t *rt = mg_route_match(r->gen, c->listener, r->method, r->host_name, r->path);
+  if (r->method == HTTP_PURGE) rt = cache_purge_route(r, rt); /* i13-api */
   r->route = rt;
   r->lua.route = rt ? (int)(rt - r->gen->routes) + 1 : 0;
   r->lua.budget_ms = rt ? rt->hook_ms : 0; /* the route's timeouts.hook, else the global one */
@@ -1383,10 +1386,14 @@ static int after_request(mg_req_t *r) {
     return 0;
   }
   int has_body = r->body == MG_BODY_CHUNKED || (r->body == MG_BODY_LENGTH && r->content_length > 0);
+  /* (before 100-continue: a PURGE is answered without its body; a lookup has none) */
+  if (rt && rt->cache && ((!has_body && !r->bb_set && !r->upgrade) || r->method == HTTP_PURGE)) {
+    int rc = cache_begin(r); /* 1 answered, 0 upstream, MG_PROXY_WAIT: its cache_key hook waits */
+    if (rc) return rc == 1 ? 0 : rc;
+  }
   if (r->expect_continue && has_body && !r->bb_set) {
     APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
   }
-  if (rt && rt->cache && !has_body && !r->bb_set && !r->upgrade && cache_lookup(r)) return 0; /* answered */
   if ((has_body || r->bb_set) && mg_hook_on(r->gen, rt, MG_HOOK_REQUEST_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return 500;
@@ -1433,10 +1440,11 @@ static int upstream_hooked(mg_req_t *r, int hook, int rc, int head) {
 
 int mg_proxy_head_resume(mg_req_t *r) {
   int hook = r->hook_wait - 1;
-  int rc = hook_resume(r, hook, "504");
+  int rc = hook_resume(r, hook, hook == MG_HOOK_CACHE_KEY ? "the default key is used" : "504");
   if (rc == MG_LUA_WAIT) return hook_wait_in(r, hook, 1);
   if (hook == MG_HOOK_REQUEST) return request_hooked(r, rc);
   if (hook == MG_HOOK_RESPOND) return responded(r, rc);
+  if (hook == MG_HOOK_CACHE_KEY) return cache_key_resumed(r, rc);
   return upstream_hooked(r, hook, rc, 1);
 }
 
@@ -2899,6 +2907,26 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
   cache_answer_with(r, o->head, &o->meta, o, d->age, &d->cs);
 }
 
+/* r->ckey: the cache_key hook's key when it gave one (i13-api), else the
+ * default: "GET scheme://host/path?query" (mg_cp_key). 0, or -1 (no memory,
+ * or a key that does not fit). */
+static int cache_key_of(mg_req_t *r) {
+  if (r->ckey_user_set) {
+    r->ckey = r->ckey_user;
+    return 0;
+  }
+  const char *qm = memchr(r->target.p, '?', r->target.len);
+  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+  size_t cap = r->host.len + r->target.len + 32;
+  char *k = mg_arena_alloc(&r->arena, cap);
+  if (!k) return -1;
+  mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
+  size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, r->host, r->path, query);
+  if (!klen) return -1;
+  r->ckey = (mg_str_t){ k, klen };
+  return 0;
+}
+
 /* The lookup of a caching route's GET/HEAD: 1 when answered from the store (or
  * refused: only-if-cached), 0 to go upstream (r->c_on says it looked). */
 static int cache_lookup(mg_req_t *r) {
@@ -2906,15 +2934,7 @@ static int cache_lookup(mg_req_t *r) {
   if (!c) return 0;
   if (r->down_method != HTTP_GET && r->down_method != HTTP_HEAD) return 0;
   if (r->method != r->down_method) return 0; /* a hook made it another method upstream */
-  const char *qm = memchr(r->target.p, '?', r->target.len);
-  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
-  size_t cap = r->host.len + r->target.len + 32;
-  char *k = mg_arena_alloc(&r->arena, cap);
-  if (!k) return 0;
-  mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
-  size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, r->host, r->path, query);
-  if (!klen) return 0;
-  r->ckey = (mg_str_t){ k, klen };
+  if (cache_key_of(r) < 0) return 0;
   r->c_on = 1;
   int64_t now = (int64_t)time(NULL);
   r->c_req_time = now;
@@ -2976,6 +2996,21 @@ static mg_str_t stored_head(mg_req_t *r, const mg_cp_hdrs_t *rs, const mg_cc_t *
   return (mg_str_t){ b, n };
 }
 
+/* The rules' options for a response of `status` on r's route: the config's, and
+ * the route's cache.ttl for that status when it has one (i13-api). */
+static mg_cp_opts_t cache_opts(const mg_req_t *r, int status) {
+  mg_cp_opts_t o = { .allow_set_cookie = r->gen->cache_allow_set_cookie,
+                     .heuristic_max = r->gen->cache_heuristic_max, .heuristic_pct = 10 };
+  const mg_route_t *rt = r->route;
+  for (int i = 0; rt && i < rt->cache_nttl; i++) {
+    if (rt->cache_ttl[i].status != status) continue;
+    o.status_ttl_set = 1;
+    o.status_ttl = rt->cache_ttl[i].seconds;
+    break;
+  }
+  return o;
+}
+
 static int cache_body(mg_filter_t *f, const char *p, size_t n) {
   mg_req_t *r = f->ctx;
   if (r->cwriter && mg_cache_write(r->cwriter, p, n) < 0) { /* over max_object: streamed only */
@@ -3012,7 +3047,7 @@ static int cache_fill_begin(mg_req_t *r) {
     r->c_why = MG_CP_NS_STATUS;
     return 0;
   }
-  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_opts_t opts = cache_opts(r, r->status);
   struct mg_cfill_s *cf = mg_arena_alloc(&r->arena, sizeof(*cf));
   if (!cf) return MG_ENOMEM;
   int why = mg_cp_meta_init(&cf->meta, MG_STR("GET"), &rq, r->status, &rs, r->c_req_time, (int64_t)time(NULL), &opts);
@@ -3138,7 +3173,7 @@ static int cache_revalidated(mg_req_t *r) {
     return 1;
   }
   int64_t now = (int64_t)time(NULL);
-  mg_cp_opts_t opts = { r->gen->cache_allow_set_cookie, r->gen->cache_heuristic_max, 10 };
+  mg_cp_opts_t opts = cache_opts(r, o->meta.status);
   mg_cp_meta_t m;
   int why = mg_cp_meta_init(&m, MG_STR("GET"), &rq, o->meta.status, &mh, r->c_req_time, now, &opts);
   mg_cp_status_t cs = { 0 };
@@ -3179,4 +3214,91 @@ static int cache_stale_if_error(mg_req_t *r, int status) {
   cs.ttl = o->meta.lifetime - age;
   cache_answer_with(r, o->head, &o->meta, o, age, &cs);
   return 1;
+}
+
+/* ---- i13-api: PURGE and the cache_key hook ----
+ *
+ * A caching route's GET, HEAD (looked up) and PURGE (its key removed) run the
+ * cache_key hook first when the route or mg.on has one: its string is the primary
+ * key (mg_req_set_cache_key); nil, another type, an error or timeouts.hook leave
+ * the default key (the failure is logged). A route without the hook pays one bit
+ * test. The hook may wait: it then resumes in the head phase (mg_proxy_head_resume
+ * -> cache_key_resumed), and after the lookup the request goes upstream as
+ * after_request would (a looked-up request has no body: start_upstream alone). */
+
+/* PURGE targets what a GET of its URL is stored under: when the route PURGE
+ * matches does not cache (a route for GET and HEAD only, say), the route a GET
+ * would match, if that one caches. */
+static const mg_route_t *cache_purge_route(mg_req_t *r, const mg_route_t *rt) {
+  if (rt && rt->cache) return rt;
+  const mg_route_t *g = mg_route_match(r->gen, r->down->listener, HTTP_GET, r->host_name, r->path);
+  return g && g->cache ? g : rt;
+}
+
+static int is_purge(const mg_req_t *r) {
+  return r->method == HTTP_PURGE && r->down_method == HTTP_PURGE; /* (a hook may make it another) */
+}
+
+/* PURGE, once the key is known: every variant of it removed; 200 when something
+ * was, 404 when nothing was stored under it. Never forwarded. */
+static void cache_purge(mg_req_t *r) {
+  mg_cache_t *c = mg_cache_global();
+  if (!c || cache_key_of(r) < 0) {
+    mg_proxy_error(r, c ? 500 : 404, 0);
+    return;
+  }
+  int n = mg_cache_remove(c, r->ckey);
+  MG_INFO(r->w->id, "req %s: PURGE by %s: %d stored response(s) of key \"%.*s\" removed", r->id, r->down->client, n,
+          (int)(r->ckey.len > 200 ? 200 : r->ckey.len), r->ckey.p);
+  if (n == 0) {
+    mg_proxy_error(r, 404, 0);
+    return;
+  }
+  char body[160], head[256];
+  int blen = snprintf(body, sizeof(body), "200 OK\npurged: %d\nrequest id: %s\n", n, r->id);
+  int hlen = snprintf(head, sizeof(head),
+                      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n",
+                      blen, r->id);
+  mg_proxy_answer(r, 200, head, (size_t)hlen, body, (size_t)blen);
+}
+
+/* The key is settled (the hook ended with rc, or there is none): PURGE or the
+ * lookup. 1 answered, 0 upstream. */
+static int cache_keyed(mg_req_t *r, int rc) {
+  if (rc < 0) {
+    r->ckey_user_set = 0;
+    if (rc != MG_LUA_TIMEOUT) /* (a timeout was logged where it was noticed, with this outcome) */
+      MG_WARN(r->w->id, "req %s: cache_key hook of route %d failed: the default key is used", r->id, r->lua.route);
+  }
+  if (r->rstate != MG_RS_NONE) return 1;
+  if (is_purge(r)) {
+    cache_purge(r);
+    return 1;
+  }
+  return cache_lookup(r);
+}
+
+/* After the request hooks, on a caching route: 1 answered, 0 upstream,
+ * MG_PROXY_WAIT (the cache_key hook waits). */
+static int cache_begin(mg_req_t *r) {
+  if (r->method == HTTP_PURGE) {
+    if (!is_purge(r)) return 0;
+    if (!r->trusted) { /* only trusted_proxies may purge (docs/cache.md) */
+      MG_INFO(r->w->id, "req %s: PURGE from %s refused: the peer is not in trusted_proxies", r->id, r->down->client);
+      mg_proxy_error(r, 403, 0);
+      return 1;
+    }
+  } else if (r->down_method != HTTP_GET && r->down_method != HTTP_HEAD) {
+    return 0;
+  }
+  if (!mg_cache_global() || !mg_hook_on(r->gen, r->route, MG_HOOK_CACHE_KEY)) return cache_keyed(r, 0);
+  int rc = mg_lua_hook(&r->lua, MG_HOOK_CACHE_KEY, NULL);
+  if (rc == MG_LUA_WAIT) return hook_wait_in(r, MG_HOOK_CACHE_KEY, 1);
+  return cache_keyed(r, rc);
+}
+
+/* The cache_key hook that waited ended: what after_request does after the lookup. */
+static int cache_key_resumed(mg_req_t *r, int rc) {
+  if (cache_keyed(r, rc)) return 0;
+  return start_upstream(r, 1);
 }

@@ -219,6 +219,9 @@ struct mg_req_s {
                                keeping it for stale-if-error (a reference, dropped
                                in req_release) */
   unsigned c_sie : 1;       /* c_obj may answer when the origin fails (stale-if-error) */
+  /* i13-api: the cache_key hook (proxy.c cache_begin) */
+  mg_str_t ckey_user;       /* the key the hook gave (arena), when ckey_user_set */
+  unsigned ckey_user_set : 1;
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

@@ -81,6 +81,38 @@ static void stores_and_finds_head_body_and_meta(void) {
   mg_cache_free(c);
 }
 
+/* i13-api: mg.cache.purge_prefix's walk: every key with the prefix (all their
+ * variants), in every shard, none other; a reader keeps its object. */
+static void removes_by_prefix_in_every_shard(void) {
+  mg_cache_t *c = mg_cache_new(64 << 20, 64 << 10);
+  CHECK(c != NULL);
+  char key[64];
+  for (int i = 0; i < 200; i++) {
+    snprintf(key, sizeof key, "GET http://a/static/%d", i);
+    CHECK(put(c, key, "", 10, 's') == 0);
+    snprintf(key, sizeof key, "GET http://a/other/%d", i);
+    CHECK(put(c, key, "", 10, 'o') == 0);
+  }
+  CHECK(put(c, "GET http://a/static/v", "accept-language:en\n", 10, 'e') == 0);
+  CHECK(put(c, "GET http://a/static/v", "accept-language:fr\n", 10, 'f') == 0);
+  CHECK(put(c, "GET http://a/stati", "", 10, 'x') == 0); /* shorter than the prefix */
+  mg_cobj_t *held = mg_cache_lookup(c, S("GET http://a/static/7"), NULL, NULL, NULL);
+  CHECK(held != NULL);
+  CHECK(mg_cache_remove_prefix(c, S("GET http://a/static/")) == 202);
+  CHECK(!has(c, "GET http://a/static/0") && !has(c, "GET http://a/static/199") && !has(c, "GET http://a/static/v"));
+  CHECK(has(c, "GET http://a/other/0") && has(c, "GET http://a/other/199") && has(c, "GET http://a/stati"));
+  CHECK(body_is(held, 10, 's')); /* still readable by the one who holds it */
+  mg_cobj_unref(held);
+  mg_cache_stats_t st;
+  mg_cache_stats(c, &st);
+  CHECK(st.objects == 201);
+  CHECK(mg_cache_remove_prefix(c, S("GET http://a/static/")) == 0);
+  CHECK(mg_cache_remove_prefix(c, S("")) == 201); /* everything */
+  mg_cache_stats(c, &st);
+  CHECK(st.objects == 0 && st.bytes == 0);
+  mg_cache_free(c);
+}
+
 static void the_byte_cap_holds_while_objects_keep_coming(void) {
   uint64_t cap = 256 << 10;
   mg_cache_t *c = mg_cache_new(cap, 8 << 10);
@@ -328,6 +360,7 @@ static void threads_read_write_replace_and_evict_at_once(void) {
 int main(void) {
   static const t_case_t cases[] = {
     T(stores_and_finds_head_body_and_meta),
+    T(removes_by_prefix_in_every_shard),
     T(the_byte_cap_holds_while_objects_keep_coming),
     T(evicts_the_least_recently_used),
     T(admission_keeps_a_popular_object_from_a_one_hit_wonder),

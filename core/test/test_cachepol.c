@@ -7,7 +7,7 @@
 #define HS(arr) ((mg_cp_hdrs_t){ arr, sizeof(arr) / sizeof(arr[0]) })
 #define S(lit) MG_STR(lit)
 
-static const mg_cp_opts_t opts = { 0, 86400, 10 };
+static const mg_cp_opts_t opts = { .heuristic_max = 86400, .heuristic_pct = 10 };
 static const mg_cp_hdrs_t none = { NULL, 0 };
 
 /* 1994-11-06 08:49:37 GMT */
@@ -305,11 +305,65 @@ static void test_freshness_heuristic(void) {
   mg_header_t g[] = { H("Cache-Control", "max-age=0"), H("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
                       H("Last-Modified", "Sat, 06 Nov 1993 08:49:37 GMT") };
   CHECK(LIFE(g, 200, &h) == 0 && !h); /* explicit beats heuristic */
-  mg_cp_opts_t off = { 0, 0, 10 };
+  mg_cp_opts_t off = { .heuristic_pct = 10 };
   mg_cp_hdrs_t hs = HS(a);
   mg_cc_t cc;
   mg_cc_parse(&cc, &hs, 0);
   CHECK(mg_cp_lifetime(&cc, 200, &hs, T0, &off, &h) == 0); /* heuristics off */
+}
+
+/* i13-api: a route's cache.ttl for a status (mg_cp_opts_t.status_ttl) */
+static void test_status_ttl(void) {
+  mg_cp_opts_t t60 = opts;
+  t60.status_ttl_set = 1;
+  t60.status_ttl = 60;
+  int h;
+  mg_cp_meta_t m;
+  mg_header_t rq[] = { H("Host", "a") };
+  mg_cp_hdrs_t a = HS(rq);
+  /* no caching headers, no Last-Modified: 60 s instead of a heuristic 0 */
+  mg_header_t plain[] = { H("Date", "Sun, 06 Nov 1994 08:49:37 GMT"), H("Content-Type", "text/plain") };
+  mg_cp_hdrs_t b = HS(plain);
+  CHECK(mg_cp_meta_init(&m, S("GET"), &a, 200, &b, T0, T0, &t60) == MG_CP_OK);
+  CHECK(m.lifetime == 60 && m.heuristic == 0);
+  CHECK(mg_cp_meta_init(&m, S("GET"), &a, 200, &b, T0, T0, &opts) == MG_CP_OK && m.lifetime == 0);
+  /* a status not cacheable by default becomes storable; one not understood does not */
+  CHECK(store("GET", rq, 1, 302, plain, 2, &opts) == MG_CP_NS_NOT_CACHEABLE);
+  CHECK(store("GET", rq, 1, 302, plain, 2, &t60) == MG_CP_OK);
+  CHECK(store("GET", rq, 1, 500, plain, 2, &t60) == MG_CP_OK);
+  CHECK(store("GET", rq, 1, 206, plain, 2, &t60) == MG_CP_NS_STATUS);
+  /* beats the heuristic (Date - Last-Modified = 10000 s: 1000) */
+  mg_header_t lm[] = { H("Date", "Sun, 06 Nov 1994 08:49:37 GMT"), H("Last-Modified", "Sun, 06 Nov 1994 06:02:57 GMT") };
+  mg_cp_hdrs_t hs = HS(lm);
+  mg_cc_t cc;
+  mg_cc_parse(&cc, &hs, 0);
+  CHECK(mg_cp_lifetime(&cc, 200, &hs, T0, &t60, &h) == 60 && h == 0);
+  /* explicit freshness wins: max-age, s-maxage, Expires (even an invalid one) */
+  mg_header_t ma[] = { H("Cache-Control", "max-age=5") };
+  hs = HS(ma);
+  mg_cc_parse(&cc, &hs, 0);
+  CHECK(mg_cp_lifetime(&cc, 200, &hs, T0, &t60, &h) == 5);
+  mg_header_t sm[] = { H("Cache-Control", "s-maxage=7, max-age=5") };
+  hs = HS(sm);
+  mg_cc_parse(&cc, &hs, 0);
+  CHECK(mg_cp_lifetime(&cc, 200, &hs, T0, &t60, &h) == 7);
+  mg_header_t ex[] = { H("Expires", "0"), H("Date", "Sun, 06 Nov 1994 08:49:37 GMT") };
+  hs = HS(ex);
+  mg_cc_parse(&cc, &hs, 0);
+  CHECK(mg_cp_lifetime(&cc, 200, &hs, T0, &t60, &h) == 0);
+  /* what forbids storing still does */
+  mg_header_t ns[] = { H("Cache-Control", "no-store") };
+  CHECK(store("GET", rq, 1, 200, ns, 1, &t60) == MG_CP_NS_NO_STORE);
+  mg_header_t pv[] = { H("Cache-Control", "private") };
+  CHECK(store("GET", rq, 1, 200, pv, 1, &t60) == MG_CP_NS_PRIVATE);
+  mg_header_t au[] = { H("Authorization", "Basic eDp5") };
+  CHECK(store("GET", au, 1, 200, plain, 2, &t60) == MG_CP_NS_AUTH);
+  mg_header_t ck[] = { H("Set-Cookie", "a=b") };
+  CHECK(store("GET", rq, 1, 200, ck, 1, &t60) == MG_CP_NS_SET_COOKIE);
+  /* a ttl of 0: stored, stale at once */
+  mg_cp_opts_t t0 = t60;
+  t0.status_ttl = 0;
+  CHECK(mg_cp_meta_init(&m, S("GET"), &a, 404, &b, T0, T0, &t0) == MG_CP_OK && m.lifetime == 0);
 }
 
 /* -- age (4.2.3) -- */
@@ -779,7 +833,7 @@ int main(void) {
     T(test_cc_conflicts_most_restrictive), T(test_cc_invalid_values), T(test_pragma_no_cache),
     T(test_store_method_and_status), T(test_store_no_store_private_must_understand), T(test_store_authorization),
     T(test_store_set_cookie_vary_framing), T(test_header_stored), T(test_freshness_lifetime_order),
-    T(test_freshness_heuristic), T(test_age_calculation), T(test_decide_fresh_and_stale),
+    T(test_freshness_heuristic), T(test_status_ttl), T(test_age_calculation), T(test_decide_fresh_and_stale),
     T(test_decide_request_directives), T(test_decide_response_directives), T(test_decide_stale_windows),
     T(test_cache_status_format), T(test_conditional_request), T(test_304_selects), T(test_merge_304),
     T(test_client_conditionals), T(test_etag_compare), T(test_primary_key), T(test_vary_key),

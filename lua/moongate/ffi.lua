@@ -140,6 +140,17 @@ int mg_ups_change(int u, const char *addr, size_t len, int op, int weight, mg_st
 int mg_ups_nservers(int u);
 int mg_ups_server(int u, int id, mg_ups_server_t *out);
 int mg_res_compress(mg_req_t *r, int on);
+/* i13-api: mg.cache */
+typedef struct {
+  double objects, bytes, cap;
+  double lookups, hits, misses, stores, replaced, rejected, evictions, too_big;
+  double disk_objects, disk_bytes, disk_cap, disk_hits, disk_writes, disk_write_errors, disk_evictions,
+      disk_corrupt;
+} mg_cache_api_stats_t;
+int mg_api_cache_purge(const char *s, size_t len);
+int mg_api_cache_purge_prefix(const char *s, size_t len);
+int mg_api_cache_stats(mg_cache_api_stats_t *out);
+int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

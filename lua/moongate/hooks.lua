@@ -5,7 +5,9 @@
 --
 -- scope: "worker" hooks are set with mg.on only; "route" hooks with mg.on or a
 -- route's `on = { ... }`; "internal" ones are not a name users write (a route's
--- `respond = function` runs as "respond").
+-- `respond = function` runs as "respond"). cache_key (i13-api) runs on a caching
+-- route's GET, HEAD and PURGE after the request hooks, before the cache lookup; a
+-- route's `cache = { key = fn }` is its route hook.
 --
 -- Keep one entry per line, as { "name", "scope" }: CMake reads them line by line.
 return {
@@ -20,4 +22,5 @@ return {
   { "log", "route" },
   { "respond", "internal" },
   { "tls_hello", "worker" },
+  { "cache_key", "route" },
 }

@@ -998,6 +998,11 @@ function _M.route(t)
       if type(fn) ~= "function" then fail("%s: on.%s must be a function", what, k) end
     end
     r.on = t.on
+    -- i13-api: the route's cache_key hook, from one place only, on a caching route
+    if t.on.cache_key ~= nil then
+      if r.cache_key then fail("%s: the cache key function is given twice (cache.key and on.cache_key)", what) end
+      if not r.cache then fail("%s: on.cache_key needs cache = true (or a cache table)", what) end
+    end
   end
   if type(t.respond) == "function" then
     r.respond_fn = t.respond
@@ -1141,5 +1146,9 @@ _M.router = router
 --- mg.upstreams.add / remove / drain / set_weight / servers / list: run-time
 --- membership of the upstreams (lua/moongate/upstreams.lua; docs/hooks.md).
 _M.upstreams = require "moongate.upstreams"
+
+--- mg.cache.purge / purge_prefix / stats: the response cache from any hook or
+--- timer (lua/moongate/cache.lua; docs/cache.md "Purge and statistics").
+_M.cache = require "moongate.cache"
 
 return _M

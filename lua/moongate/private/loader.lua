@@ -134,6 +134,7 @@ function _M.load(path, source)
       for name in pairs(r.on) do mask = mask + 2 ^ abi.hooks[name] end
     end
     if r.respond_fn then mask = mask + 2 ^ abi.HOOK_RESPOND end
+    if r.cache_key then mask = mask + 2 ^ abi.hooks.cache_key end -- i13-api: cache = { key = fn }
     r.hooks = mask
     out.routes[#out.routes + 1] = r
   end

@@ -13,6 +13,7 @@ local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
 local REQUEST_BODY = HOOKS.request_body
 local BALANCE = HOOKS.balance
+local CACHE_KEY = HOOKS.cache_key
 
 local _M = {}
 
@@ -37,6 +38,7 @@ function _M.start(path, worker_id, nroutes, source)
       for name, fn in pairs(r.on) do t[HOOKS[name]] = fn end
     end
     t.respond = r.respond_fn
+    if r.cache_key then t[CACHE_KEY] = r.cache_key end -- i13-api: cache = { key = fn }
     routes[i] = t
   end
 end
@@ -239,6 +241,30 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
         end
       end
     end
+  end
+  if hook == CACHE_KEY then
+    -- i13-api: fn(req) -> the primary key (a string), or nil for the default one;
+    -- the global functions first, then the route's: the last string given wins.
+    -- Another type raises (C logs it and keeps the default key).
+    local key
+    if list then
+      for i = 1, #list do
+        local k = list[i](req)
+        if k ~= nil then key = k end
+      end
+    end
+    if fn then
+      local k = fn(req)
+      if k ~= nil then key = k end
+    end
+    if key ~= nil then
+      if type(key) ~= "string" then error("cache_key hook must return a string or nil, got a " .. type(key), 0) end
+      local rc = abi.C.mg_req_set_cache_key(req._r, key, #key)
+      if rc ~= 0 then
+        error("cache_key hook returned " .. (#key == 0 and "an empty key" or "a key longer than 16384 bytes"), 0)
+      end
+    end
+    return req
   end
   if hook == REQUEST_BODY then
     -- a filter over the request body: (req, chunk, eof); the end comes as an
