@@ -219,6 +219,11 @@ struct mg_req_s {
                                keeping it for stale-if-error (a reference, dropped
                                in req_release) */
   unsigned c_sie : 1;       /* c_obj may answer when the origin fails (stale-if-error) */
+  /* i13-range: ranges and compression of answers from the store (proxy.c "the cache") */
+  unsigned c_rfetch : 1;    /* route cache.range_fetch: Range and If-Range are not sent
+                               upstream; the full 200 is stored and sliced for the client */
+  unsigned c_chunked : 1;   /* a hit encoded for the client goes chunked */
+  uint64_t c_from, c_to;    /* the bytes [from, to) of the stored body a hit sends */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */
