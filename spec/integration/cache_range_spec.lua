@@ -419,3 +419,46 @@ describe("cache with compression", function()
     assert.equal(body, decode("gzip", r.body))
   end)
 end)
+
+-- decode = true: a second moongate (the "back") encodes the origin's bodies as
+-- the Accept-Encoding it gets asks; the front decodes and stores them
+describe("cache with decode", function()
+  local origin, back, front
+  local BACK = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, compress = true }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } } }
+]]
+  local FRONT = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, cache = { memory = "8m", max_object = "256k" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "b" { servers = { "${back}" } }, cache = true, decode = true, compress = false }
+]]
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o" })
+    back = helpers.proxy(BACK, { vars = { origin = origin.addr } })
+    front = helpers.proxy(FRONT, { vars = { back = "127.0.0.1:" .. back.port } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(front, back)
+  end)
+
+  it("stores the decoded body with the decoded head: a hit has no Content-Encoding", function()
+    local p = stored("dec", 5000)
+    local ae = { { "Accept-Encoding", "gzip" } }
+    local a = assert(front:request({ path = p, headers = ae }))
+    assert.equal("moongate; fwd=uri-miss; stored", a.h["cache-status"])
+    assert.is_nil(a.h["content-encoding"])
+    assert.equal(helpers.pattern(5000), a.body)
+    local b = assert(front:request({ path = p, headers = ae }))
+    assert.truthy(b.h["cache-status"]:find("^moongate; hit"))
+    assert.is_nil(b.h["content-encoding"])
+    assert.equal('W/"dec"', b.h["etag"])
+    assert.equal("5000", b.h["content-length"])
+    assert.equal(helpers.pattern(5000), b.body)
+  end)
+end)
