@@ -3027,19 +3027,38 @@ static int hit_encoded_out(void *ctx, const char *p, size_t n) {
   return r->c_chunked ? mg_outq_append(q, "\r\n", 2) : 0;
 }
 
+/* A piece of a stored body at least this long is queued by reference, not
+ * copied: below it, a copy into the block the head is in costs less than a
+ * block of its own and a reference. */
+#define CACHE_REF_MIN 2048
+
+static void cobj_release(void *o) { mg_cobj_unref(o); }
+
 /* answer()'s body from a stored object: its bytes [c_from, c_to), through the
- * encoder when the hit is encoded. A failing encoder cuts the body short and the
- * connection closes after what was queued. */
+ * encoder when the hit is encoded. Not encoded, the chunks are queued by
+ * reference (the object is immutable; each piece holds a reference to it,
+ * dropped when the piece is written or the queue goes), so a large hit costs
+ * the client's queue no copy however slow the client. A failing encoder cuts
+ * the body short and the connection closes after what was queued. */
 static void cache_send_body(mg_req_t *r, const mg_cobj_t *o) {
   mg_outq_t *q = r->down->out;
+  mg_cobj_t *owner = (mg_cobj_t *)o; /* only its reference count changes */
   uint64_t pos = 0;
   int rc = 0;
   for (const mg_cchunk_t *ch = o->body; ch && pos < r->c_to && rc == 0; pos += ch->len, ch = ch->next) {
     if (pos + ch->len <= r->c_from) continue;
     size_t a = r->c_from > pos ? (size_t)(r->c_from - pos) : 0;
     size_t b = r->c_to < pos + ch->len ? (size_t)(r->c_to - pos) : ch->len;
-    if (r->enc) rc = mg_encoder_feed(r->enc, ch->data + a, b - a, hit_encoded_out, r);
-    else mg_outq_append(q, ch->data + a, b - a);
+    if (r->enc) {
+      rc = mg_encoder_feed(r->enc, ch->data + a, b - a, hit_encoded_out, r);
+      continue;
+    }
+    if (b - a >= CACHE_REF_MIN) {
+      mg_cobj_ref(owner);
+      if (mg_outq_append_ref(q, ch->data + a, b - a, cobj_release, owner) == 0) continue;
+      mg_cobj_unref(owner); /* no room for the piece: copied */
+    }
+    mg_outq_append(q, ch->data + a, b - a);
   }
   if (!r->enc) return;
   if (rc == 0) rc = mg_encoder_finish(r->enc, hit_encoded_out, r);

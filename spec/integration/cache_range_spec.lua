@@ -70,6 +70,15 @@ describe("cache ranges", function()
     assert.truthy((res.h["cache-status"] or ""):find("^moongate; hit; ttl="), tostring(res.h["cache-status"]))
   end
 
+  -- a range cut from a full response (range_fetch) is complete before the rest of
+  -- the body is: the object is committed a moment later. only-if-cached asks the
+  -- store alone (504 until then), not the origin.
+  local function wait_stored(p, host)
+    assert(helpers.wait_until(function()
+      return get(p, { { "Cache-Control", "only-if-cached" } }, nil, host).status == 200
+    end, 5, 0.02), "not stored: " .. p)
+  end
+
   local function store(p, host)
     local a = get(p, nil, nil, host)
     assert.equal(200, a.status)
@@ -216,6 +225,7 @@ describe("cache ranges", function()
     assert.equal("10", a.h["content-length"])
     assert.equal(body:sub(11, 20), a.body)
     assert.equal("moongate; fwd=uri-miss; stored", a.h["cache-status"])
+    wait_stored(p, "fetch.test")
     local b = get(p, nil, nil, "fetch.test")
     assert.equal(200, b.status)
     assert.equal(body, b.body)
@@ -247,6 +257,7 @@ describe("cache ranges", function()
     assert.equal("", c.body)
     assert.is_nil(c.h["etag"])
     assert.equal("moongate; fwd=uri-miss; stored", c.h["cache-status"])
+    wait_stored(s, "fetch.test")
     local d = get(s, nil, nil, "fetch.test") -- the whole object was stored all the same
     assert.equal(body, d.body)
     is_hit(d)
@@ -460,5 +471,55 @@ mg.route { upstream = mg.upstream "b" { servers = { "${back}" } }, cache = true,
     assert.equal('W/"dec"', b.h["etag"])
     assert.equal("5000", b.h["content-length"])
     assert.equal(helpers.pattern(5000), b.body)
+  end)
+end)
+
+-- A hit's body is queued by reference to the stored object (docs/cache.md "The
+-- store"): the object must outlive its removal while a slow client still reads it.
+describe("cache hits by reference", function()
+  local origin, proxy
+  local BIG = 6 * 1024 * 1024
+  local CONF_BIG = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false, cache = { memory = "32m", max_object = "8m" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = true }
+]]
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o" })
+    proxy = helpers.proxy(CONF_BIG, { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("a large hit read slowly arrives whole after its object was removed and replaced", function()
+    local p = target("big", { "Cache-Control:max-age=60", "Content-Type:application/octet-stream" }, BIG)
+    local want = helpers.pattern(BIG)
+    local a = assert(proxy:request({ path = p }))
+    assert.equal("moongate; fwd=uri-miss; stored", a.h["cache-status"])
+    assert.is_true(a.body == want)
+    -- two slow readers of the hit (one whole, one a range), then the object goes
+    local c, d = proxy:connect(), proxy:connect()
+    assert(c:send(helpers.request_bytes({ path = p })))
+    assert(d:send(helpers.request_bytes({ path = p, headers = { { "Range", "bytes=100000-5999999" } } })))
+    helpers.sleep(0.3) -- the hits are queued; the kernel holds a part of them
+    assert.equal(200, assert(proxy:request({ method = "POST", path = p, body = "x" })).status) -- removes it
+    local e = assert(proxy:request({ path = p })) -- and stores a new one in its place
+    assert.equal("moongate; fwd=uri-miss; stored", e.h["cache-status"])
+    local r = assert(c:response())
+    assert.equal(200, r.status)
+    assert.truthy(r.h["cache-status"]:find("^moongate; hit"))
+    assert.equal("1", r.h["x-count"])
+    assert.is_true(r.body == want)
+    local s = assert(d:response())
+    assert.equal(206, s.status)
+    assert.equal("bytes 100000-5999999/" .. BIG, s.h["content-range"])
+    assert.is_true(s.body == want:sub(100001, 6000000))
+    c:close()
+    d:close()
+    proxy:assert_alive()
   end)
 end)
