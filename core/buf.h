@@ -1,5 +1,5 @@
 /* Output queues: bytes waiting to be written to one stream. Appends copy into
- * 16 KiB blocks; mg_outq_flush writes every pending block with one writev, so a
+ * 16 KiB blocks (mg_outq_append_ref queues bytes lent by their owner instead); mg_outq_flush writes every pending block with one writev, so a
  * burst of small appends costs one syscall. It first tries to write synchronously
  * (uv_try_write): what the kernel takes is done, with no write request and no
  * callback; only the rest goes to uv_write, whose blocks are freed in the write

@@ -483,12 +483,16 @@ describe("cache hits by reference", function()
 local mg = require "moongate"
 mg.config { workers = 1, access_log = false, cache = { memory = "32m", max_object = "8m" } }
 mg.listen { "127.0.0.1:${port}" }
+mg.listen { "127.0.0.1:${tls}", tls = { cert = "${cert}", key = "${key}" } }
 mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = true }
 ]]
+  local tls_port
 
   lazy_setup(function()
     origin = helpers.origin({ name = "o" })
-    proxy = helpers.proxy(CONF_BIG, { vars = { origin = origin.addr } })
+    local cert, key = helpers.self_signed(helpers.tmpdir(), "localhost")
+    tls_port = helpers.free_port()
+    proxy = helpers.proxy(CONF_BIG, { vars = { origin = origin.addr, tls = tls_port, cert = cert, key = key } })
   end)
 
   lazy_teardown(function()
@@ -521,5 +525,24 @@ mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = tru
     c:close()
     d:close()
     proxy:assert_alive()
+  end)
+
+  it("a large hit goes through TLS whole (its pieces referenced, then encrypted)", function()
+    local p = target("bigtls", { "Cache-Control:max-age=60", "Content-Type:application/octet-stream" }, BIG)
+    local want = helpers.pattern(BIG)
+    local function https(args)
+      local a = { "-k", "--resolve", "localhost:" .. tls_port .. ":127.0.0.1" }
+      for _, x in ipairs(args) do a[#a + 1] = x end
+      a[#a + 1] = "https://localhost:" .. tls_port .. p
+      return assert(helpers.curl(a, { max_time = 20 }))
+    end
+    local m = https({}) -- the scheme is part of the key: stored anew for https
+    assert.equal("moongate; fwd=uri-miss; stored", m.h["cache-status"])
+    local r = https({})
+    assert.truthy(r.h["cache-status"]:find("^moongate; hit"))
+    assert.is_true(r.body == want)
+    local s = https({ "-H", "Range: bytes=-70000" })
+    assert.equal(206, s.status)
+    assert.is_true(s.body == want:sub(-70000))
   end)
 end)
