@@ -197,6 +197,19 @@ describe("cache ranges", function()
     is_hit(r)
   end)
 
+  it("a range request of a stale response: the origin's 304 lets the store answer the range", function()
+    -- /hdrs answers 304 when If-None-Match is its ETag (cond=1), ignoring Range
+    local p = "/hdrs/stale?n=1000&cond=1&h=" .. url.escape("Cache-Control:max-age=1") .. "&h=" .. url.escape('ETag:"s1"')
+    assert.equal("moongate; fwd=uri-miss; stored", get(p).h["cache-status"])
+    helpers.sleep(2.2)
+    local r = get(p, { { "Range", "bytes=-16" } })
+    assert.equal(206, r.status)
+    assert.equal("bytes 984-999/1000", r.h["content-range"])
+    assert.equal(body:sub(985), r.body)
+    assert.equal("2", r.h["x-count"]) -- the 304's
+    assert.truthy(r.h["cache-status"]:find("^moongate; fwd=stale; fwd%-status=304; stored"), r.h["cache-status"])
+  end)
+
   it("a range request that misses goes to the origin as it is, and its 206 is not stored", function()
     local p = stored("miss")
     local a = get(p, { { "Range", "bytes=0-9" } })
