@@ -46,13 +46,18 @@ static mg_block_t *block_new(size_t len) {
   }
   b->next = NULL;
   b->off = b->len = 0;
+  b->ext = NULL;
+  b->release = NULL;
   return b;
 }
 
 static void free_blocks(mg_block_t *b) {
   while (b) {
     mg_block_t *next = b->next;
-    if (b->cap == BLOCK_SIZE && nspares < MAX_SPARES) {
+    if (b->ext) { /* no data of its own: never a spare */
+      if (b->release) b->release(b->owner);
+      free(b);
+    } else if (b->cap == BLOCK_SIZE && nspares < MAX_SPARES) {
       b->next = spares;
       spares = b;
       nspares++;
@@ -97,6 +102,19 @@ int mg_outq_append(mg_outq_t *q, const void *p, size_t len) {
     len -= n;
     q->pending += n;
   }
+  if (mg_outq_size(q) > MG_HIGH_WATER) q->above = 1;
+  return 0;
+}
+
+int mg_outq_append_ref(mg_outq_t *q, const char *p, size_t len, void (*release)(void *owner), void *owner) {
+  if (len == 0) return 0; /* nothing queued: the caller keeps its reference */
+  mg_block_t *b = malloc(sizeof(*b));
+  if (!b) return MG_ENOMEM;
+  *b = (mg_block_t){ .off = 0, .len = len, .cap = len, .ext = p, .release = release, .owner = owner };
+  if (q->tail) q->tail->next = b; /* full (len == cap): appends after it take a new block */
+  else q->head = b;
+  q->tail = b;
+  q->pending += len;
   if (mg_outq_size(q) > MG_HIGH_WATER) q->above = 1;
   return 0;
 }
@@ -174,7 +192,7 @@ static int try_write(mg_outq_t *q) {
     unsigned n = 0;
     size_t total = 0;
     for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next) {
-      iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+      iov[n++] = uv_buf_init((char *)mg_block_bytes(b) + b->off, (unsigned)(b->len - b->off));
       total += b->len - b->off;
     }
     int rc = uv_try_write(q->stream, iov, n);
@@ -191,7 +209,7 @@ int mg_outq_send_more(mg_outq_t *q, int fd) {
   struct iovec iov[MAX_IOV];
   int n = 0;
   for (mg_block_t *b = q->head; b && n < MAX_IOV; b = b->next) {
-    iov[n].iov_base = b->data + b->off;
+    iov[n].iov_base = (char *)mg_block_bytes(b) + b->off;
     iov[n++].iov_len = b->len - b->off;
   }
   struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
@@ -208,7 +226,7 @@ int mg_outq_write_through(mg_outq_t *q, const char *p, size_t len) {
   uv_buf_t iov[MAX_IOV];
   unsigned n = 0;
   for (mg_block_t *b = q->head; b && n < MAX_IOV - 1; b = b->next)
-    iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+    iov[n++] = uv_buf_init((char *)mg_block_bytes(b) + b->off, (unsigned)(b->len - b->off));
   if (n == MAX_IOV - 1) return mg_outq_append(q, p, len); /* a long queue: no shortcut */
   iov[n++] = uv_buf_init((char *)p, (unsigned)len);
   int rc = uv_try_write(q->stream, iov, n);
@@ -246,7 +264,7 @@ int mg_outq_flush(mg_outq_t *q) {
     size_t bytes = 0;
     mg_block_t *first = q->head, *last = NULL, *b = q->head;
     for (; b && n < MAX_IOV; b = b->next) {
-      iov[n++] = uv_buf_init(b->data + b->off, (unsigned)(b->len - b->off));
+      iov[n++] = uv_buf_init((char *)mg_block_bytes(b) + b->off, (unsigned)(b->len - b->off));
       bytes += b->len - b->off;
       last = b;
     }

@@ -1,5 +1,5 @@
 /* Output queues: bytes waiting to be written to one stream. Appends copy into
- * 16 KiB blocks; mg_outq_flush writes every pending block with one writev, so a
+ * 16 KiB blocks (mg_outq_append_ref queues bytes lent by their owner instead); mg_outq_flush writes every pending block with one writev, so a
  * burst of small appends costs one syscall. It first tries to write synchronously
  * (uv_try_write): what the kernel takes is done, with no write request and no
  * callback; only the rest goes to uv_write, whose blocks are freed in the write
@@ -16,9 +16,17 @@
 
 typedef struct mg_block_s {
   struct mg_block_s *next;
-  size_t off, len, cap; /* data[off..len) is still to be written */
+  size_t off, len, cap; /* bytes [off..len) are still to be written */
+  /* An external block (mg_outq_append_ref) has no data of its own: its bytes are
+   * ext's, lent by `owner` until release(owner) runs when the block is freed. */
+  const char *ext;
+  void (*release)(void *owner);
+  void *owner;
   char data[];
 } mg_block_t;
+
+/* The block's bytes (its own, or those it references). */
+static inline const char *mg_block_bytes(const mg_block_t *b) { return b->ext ? b->ext : b->data; }
 
 typedef struct mg_outq_s mg_outq_t;
 /* Called after every write: status < 0 when it failed, MG_OUTQ_DRAINED when the
@@ -57,6 +65,11 @@ void mg_outq_free_blocks(mg_block_t *b);
 /* Frees blocks not yet submitted (submitted ones are freed by their callbacks). */
 void mg_outq_dispose(mg_outq_t *q);
 int mg_outq_append(mg_outq_t *q, const void *p, size_t len);
+/* Queues len bytes at p without copying them (a stored response's body): they
+ * must stay valid until release(owner) is called, which happens once, when the
+ * queue is done with them (written, taken by an encoder and encoded, or dropped
+ * with the queue). 0; MG_ENOMEM (nothing queued, release not called). */
+int mg_outq_append_ref(mg_outq_t *q, const char *p, size_t len, void (*release)(void *owner), void *owner);
 /* Appends v in decimal (no printf on the request path). */
 int mg_outq_append_uint(mg_outq_t *q, uint64_t v);
 /* Moves every pending block of `from` to the end of `to`. */

@@ -455,6 +455,7 @@ static const mg_filter_ops_t compress_filter = {
 };
 static int cache_fill_begin(mg_req_t *r);
 static void cache_invalidate(mg_req_t *r);
+static int range_slice_begin(mg_req_t *r);
 
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
@@ -474,6 +475,7 @@ static int response_filters(mg_req_t *r, int *saw_head) {
     mg_fchain_add(&r->resp_chain, f);
   }
   if (r->c_on && cache_fill_begin(r) < 0) return MG_ENOMEM;
+  if (r->c_rfetch && range_slice_begin(r) < 0) return MG_ENOMEM; /* i13-range */
   if (r->route && r->route->cache && r->method != HTTP_GET && r->method != HTTP_HEAD) cache_invalidate(r);
   if (r->route && r->route->compress && !r->compress_off) { /* i13-compress: after the body hook */
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
@@ -772,6 +774,7 @@ static void append_head_hsts(hw_t *q, const char *head, size_t hlen, const char 
 static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const char *body, size_t blen,
                    const mg_cobj_t *obj);
 static int cache_stale_if_error(mg_req_t *r, int status);
+static void cache_send_body(mg_req_t *r, const mg_cobj_t *obj);
 
 /* Queues a complete response whose head (status line + header lines, without the
  * blank line) and body are given. Decides what happens to an unread body. */
@@ -811,8 +814,7 @@ static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const
    * client's HEAD: a hook may have made it another method upstream) */
   if (r->down_method != HTTP_HEAD && status != 204 && status != 304 && blen) hw_put(q, body, blen);
   hw_end(q);
-  if (obj && r->down_method != HTTP_HEAD && status != 204 && status != 304)
-    for (const mg_cchunk_t *ch = obj->body; ch; ch = ch->next) mg_outq_append(c->out, ch->data, ch->len);
+  if (obj && r->down_method != HTTP_HEAD && status != 204 && status != 304) cache_send_body(r, obj);
   r->bytes_out += mg_outq_size(c->out) - before;
   r->rstate = MG_RS_DONE;
   if (!c->in_parser) c->ops->flush(c->conn); /* else the read callback flushes once */
@@ -1098,6 +1100,8 @@ static int build_upstream_head(mg_req_t *r) {
     if (r->c_obj && r->c_obj->meta.has_validator &&
         (MG_NAME_IS(n, "if-none-match") || MG_NAME_IS(n, "if-modified-since")))
       continue;
+    /* range_fetch: the whole object is fetched (and stored), the range cut here */
+    if (r->c_rfetch && (MG_NAME_IS(n, "range") || MG_NAME_IS(n, "if-range"))) continue;
     switch (n.len) {
     case 4:
       if (MG_NAME_IS(n, "host")) {
@@ -2582,12 +2586,13 @@ static void response_hooked(mg_req_t *r) {
 static int head_out(mg_req_t *r, int rehead, resp_seen_t *seen_in) {
   mg_down_t *c = r->down;
   resp_seen_t seen = *seen_in;
-  int up_status = r->up_status, up_has_length = r->up_has_len;
-  uint64_t up_length = r->up_len;
   if (response_filters(r, &rehead) < 0) {
     mg_proxy_error(r, 500, 0);
     return -1;
   }
+  /* after the filters' heads: a range_fetch slice sends its part's length */
+  int up_status = r->up_status, up_has_length = r->up_has_len;
+  uint64_t up_length = r->up_len;
   if (rehead) resp_seen(&r->rhead, &seen);
   *seen_in = seen;
   int body_hook = mg_fchain_changes_length(&r->resp_chain);
@@ -2859,8 +2864,227 @@ static void put_lit(char *b, size_t *at, const char *s, size_t n) {
   *at += n;
 }
 
+/* ---- i13-range: ranges from the store (RFC 9110 14), compression of hits ---- */
+
+/* A Range header's bytes range set, as parsed: how many range-specs (2 means
+ * "several") and the first one. */
+typedef struct {
+  int n;
+  int suffix;         /* "-N": the last N bytes (N in last) */
+  int has_last;
+  uint64_t first, last;
+} range_set_t;
+
+enum { RANGE_NONE, RANGE_ONE, RANGE_UNSAT };
+
+/* Digits at *p (at least one), saturating far above any stored length. */
+static int range_digits(const char **p, const char *end, uint64_t *v) {
+  const char *s = *p;
+  uint64_t x = 0;
+  while (*p < end && **p >= '0' && **p <= '9') {
+    if (x < (UINT64_C(1) << 60)) x = x * 10 + (uint64_t)(**p - '0');
+    (*p)++;
+  }
+  *v = x;
+  return *p > s;
+}
+
+/* RFC 9110 14.1.2: "bytes=" 1#( first "-" [ last ] / "-" suffix ), empty list
+ * elements and OWS around commas allowed. 0, or -1 when it is not that (another
+ * unit, bad syntax, last < first): such a Range is ignored. */
+static int range_syntax(mg_str_t v, range_set_t *rs) {
+  const char *p = v.p, *end = v.p + v.len;
+  memset(rs, 0, sizeof(*rs));
+  if (v.len < 6 || strncasecmp(p, "bytes=", 6) != 0) return -1;
+  p += 6;
+  for (;;) {
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (p < end && *p == ',') {
+      p++;
+      continue;
+    }
+    if (p == end) break;
+    range_set_t one = { 0 };
+    if (*p == '-') {
+      p++;
+      one.suffix = 1;
+      if (!range_digits(&p, end, &one.last)) return -1;
+    } else {
+      if (!range_digits(&p, end, &one.first) || p == end || *p++ != '-') return -1;
+      one.has_last = range_digits(&p, end, &one.last);
+      if (one.has_last && one.last < one.first) return -1;
+    }
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    if (p < end && *p != ',') return -1;
+    if (rs->n == 0) *rs = one;
+    rs->n = rs->n < 2 ? rs->n + 1 : 2;
+  }
+  return rs->n ? 0 : -1;
+}
+
+/* The request's one Range field with a valid bytes range set: 1, else 0 (none,
+ * several fields, invalid: ignored). */
+static int range_of(const mg_cp_hdrs_t *rq, range_set_t *rs) {
+  const mg_header_t *h = NULL;
+  for (size_t i = 0; i < rq->n; i++) {
+    if (!MG_NAME_IS(rq->h[i].name, "range")) continue;
+    if (h) return 0;
+    h = &rq->h[i];
+  }
+  return h && range_syntax(h->value, rs) == 0;
+}
+
+/* The part of a representation of `len` bytes one range set selects: RANGE_ONE
+ * with [*from, *to); RANGE_UNSAT (RFC 9110 14.1.1: a first past the end, a
+ * suffix of 0); RANGE_NONE for several ranges (the whole 200: multipart/byteranges
+ * is not made) or a suffix of an empty representation (nothing to select). */
+static int range_resolve(const range_set_t *rs, uint64_t len, uint64_t *from, uint64_t *to) {
+  if (rs->n != 1) return RANGE_NONE;
+  if (rs->suffix) {
+    if (rs->last == 0) return RANGE_UNSAT;
+    if (len == 0) return RANGE_NONE;
+    *from = rs->last >= len ? 0 : len - rs->last;
+    *to = len;
+    return RANGE_ONE;
+  }
+  if (rs->first >= len) return RANGE_UNSAT;
+  *from = rs->first;
+  *to = rs->has_last && rs->last < len ? rs->last + 1 : len;
+  return RANGE_ONE;
+}
+
+/* RFC 9110 13.1.5: the request's If-Range (when it has one) against a response's
+ * headers: a strong entity tag equal to its strong ETag, or a date equal byte for
+ * byte to its Last-Modified. 1 when the range applies. */
+static int if_range_ok(const mg_cp_hdrs_t *rq, const mg_cp_hdrs_t *res) {
+  const mg_header_t *ir = mg_cp_get(rq, MG_STR("if-range"));
+  if (!ir) return 1;
+  mg_str_t v = ir->value;
+  if (v.len && (v.p[0] == '"' || v.p[0] == 'W')) {
+    const mg_header_t *et = mg_cp_get(res, MG_STR("etag"));
+    return v.p[0] == '"' && et && et->value.len && et->value.p[0] == '"' && mg_str_eq(v, et->value);
+  }
+  const mg_header_t *lm = mg_cp_get(res, MG_STR("last-modified"));
+  return lm && v.len && mg_str_eq(v, lm->value);
+}
+
+/* The range a GET asks of a full 200 (rq its headers, res the response's, len
+ * its body's length): RANGE_* and [*from, *to). A response whose origin said
+ * Accept-Ranges: none is not cut. */
+static int range_for(const mg_cp_hdrs_t *rq, const mg_cp_hdrs_t *res, uint64_t len, uint64_t *from, uint64_t *to) {
+  range_set_t rs;
+  if (!range_of(rq, &rs) || !if_range_ok(rq, res)) return RANGE_NONE;
+  const mg_header_t *ar = mg_cp_get(res, MG_STR("accept-ranges"));
+  if (ar && MG_NAME_IS(ar->value, "none")) return RANGE_NONE;
+  return range_resolve(&rs, len, from, to);
+}
+
+/* A 416 for a range past the stored body's end: Content-Range says its length.
+ * Nothing else of the stored head (its Cache-Control would let a cache downstream
+ * keep the 416 for the URL). */
+static void cache_answer_416(mg_req_t *r, uint64_t len, const char *cs, size_t cslen) {
+  char h[320];
+  int n = snprintf(h, sizeof(h),
+                   "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\nContent-Length: 0\r\n"
+                   "Cache-Status: %.*s\r\n",
+                   (unsigned long long)len, (int)cslen, cs);
+  answer(r, 416, h, (size_t)n, NULL, 0, NULL);
+}
+
+/* The route's compression applied to a hit as compress_head applies it to a
+ * miss: the stored headers st (status, body length len) become *out (malloc'd:
+ * the caller frees it), with Content-Encoding, Vary and a weak ETag when the
+ * client gets an encoding (r->enc is then set), or Vary alone when another
+ * Accept-Encoding would have had one. compress_head works on r->rhead, which may
+ * hold the upstream's head of a revalidation (read by the log hook later): it is
+ * set aside for the call. 0, or MG_ENOMEM. */
+static int cache_compress(mg_req_t *r, const mg_cp_hdrs_t *st, int status, uint64_t len, mg_head_t *out) {
+  mg_head_t saved = r->rhead;
+  int saved_status = r->status, saved_has_len = r->up_has_len;
+  uint64_t saved_len = r->up_len;
+  memset(out, 0, sizeof(*out));
+  out->hcap = st->n + 8;
+  out->headers = malloc(out->hcap * sizeof(*out->headers));
+  if (!out->headers) return MG_ENOMEM;
+  if (st->n) memcpy(out->headers, st->h, st->n * sizeof(*out->headers));
+  out->n = st->n;
+  out->finished = 1;
+  r->rhead = *out;
+  r->status = status;
+  r->up_has_len = 1;
+  r->up_len = len;
+  mg_filter_t f = { .ops = &compress_filter, .ctx = r };
+  int rc = compress_head(&f);
+  *out = r->rhead; /* mg_head_set may have moved its headers */
+  r->rhead = saved;
+  r->status = saved_status;
+  r->up_has_len = saved_has_len;
+  r->up_len = saved_len;
+  return rc < 0 ? rc : 0;
+}
+
+/* What an encoded hit's encoder makes: a chunk of the client's body. */
+static int hit_encoded_out(void *ctx, const char *p, size_t n) {
+  mg_req_t *r = ctx;
+  mg_outq_t *q = r->down->out;
+  if (r->c_chunked) {
+    char sz[24];
+    int k = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+    if (mg_outq_append(q, sz, (size_t)k) < 0) return MG_ENOMEM;
+  }
+  if (mg_outq_append(q, p, n) < 0) return MG_ENOMEM;
+  return r->c_chunked ? mg_outq_append(q, "\r\n", 2) : 0;
+}
+
+/* A piece of a stored body at least this long is queued by reference, not
+ * copied: below it, a copy into the block the head is in costs less than a
+ * block of its own and a reference. */
+#define CACHE_REF_MIN 2048
+
+static void cobj_release(void *o) { mg_cobj_unref(o); }
+
+/* answer()'s body from a stored object: its bytes [c_from, c_to), through the
+ * encoder when the hit is encoded. Not encoded, the chunks are queued by
+ * reference (the object is immutable; each piece holds a reference to it,
+ * dropped when the piece is written or the queue goes), so a large hit costs
+ * the client's queue no copy however slow the client. A failing encoder cuts
+ * the body short and the connection closes after what was queued. */
+static void cache_send_body(mg_req_t *r, const mg_cobj_t *o) {
+  mg_outq_t *q = r->down->out;
+  mg_cobj_t *owner = (mg_cobj_t *)o; /* only its reference count changes */
+  uint64_t pos = 0;
+  int rc = 0;
+  for (const mg_cchunk_t *ch = o->body; ch && pos < r->c_to && rc == 0; pos += ch->len, ch = ch->next) {
+    if (pos + ch->len <= r->c_from) continue;
+    size_t a = r->c_from > pos ? (size_t)(r->c_from - pos) : 0;
+    size_t b = r->c_to < pos + ch->len ? (size_t)(r->c_to - pos) : ch->len;
+    if (r->enc) {
+      rc = mg_encoder_feed(r->enc, ch->data + a, b - a, hit_encoded_out, r);
+      continue;
+    }
+    if (b - a >= CACHE_REF_MIN) {
+      mg_cobj_ref(owner);
+      if (mg_outq_append_ref(q, ch->data + a, b - a, cobj_release, owner) == 0) continue;
+      mg_cobj_unref(owner); /* no room for the piece: copied */
+    }
+    mg_outq_append(q, ch->data + a, b - a);
+  }
+  if (!r->enc) return;
+  if (rc == 0) rc = mg_encoder_finish(r->enc, hit_encoded_out, r);
+  mg_encoder_free(r->enc);
+  r->enc = NULL;
+  if (rc == 0 && r->c_chunked) rc = mg_outq_append(q, "0\r\n\r\n", 5);
+  if (rc < 0) {
+    MG_WARN(r->w->id, "req %s: the stored response's encoder failed (%d): connection closed", r->id, rc);
+    r->down->close_after = 1;
+  }
+}
+
 /* Answers r from o: the status line, the stored headers (those a 304 keeps, for
- * a 304), Age, Cache-Status, the length, then the body unless HEAD / 304. */
+ * a 304), Age, Cache-Status, the length, then the body unless HEAD / 304. The
+ * client's conditionals first (304, 412), then its Range (206, 416; a GET of a
+ * stored 200 only), then the route's compression (not for a 206: a part of the
+ * identity body, as a 206 of the origin's is not encoded either). */
 static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *meta, const mg_cobj_t *o,
                               int64_t age, const mg_cp_status_t *cst) {
   mg_header_t hs[STORED_MAX];
@@ -2874,32 +3098,69 @@ static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *me
   int status = cond == 304 ? 304 : meta->status;
   char cs[160];
   size_t cslen = mg_cp_status_format(cs, sizeof(cs), MG_STR("moongate"), cst);
+  r->c_from = 0;
+  r->c_to = o->body_len;
+  int rng = status == 200 && r->down_method == HTTP_GET ? range_for(&rq, &st, o->body_len, &r->c_from, &r->c_to)
+                                                         : RANGE_NONE;
+  if (rng == RANGE_UNSAT) {
+    cache_answer_416(r, o->body_len, cs, cslen);
+    return;
+  }
+  if (rng == RANGE_ONE) status = 206;
+  mg_head_t coded = { 0 };
+  if (status != 206 && r->route && r->route->compress && !r->compress_off &&
+      cache_compress(r, &st, meta->status, o->body_len, &coded) < 0) {
+    free(coded.headers);
+    mg_encoder_free(r->enc);
+    r->enc = NULL;
+    mg_proxy_error(r, 500, 0);
+    return;
+  }
+  if (r->enc && (status == 304 || r->down_method == HTTP_HEAD)) { /* the headers of the 200, no body */
+    mg_encoder_free(r->enc);
+    r->enc = NULL;
+  }
+  const mg_header_t *out = coded.headers ? coded.headers : hs;
+  size_t nout = coded.headers ? coded.n : st.n, hbytes = 0;
+  for (size_t i = 0; i < nout; i++) hbytes += out[i].name.len + out[i].value.len + 4;
   const char *reason = mg_http_reason(status);
-  size_t cap = head.len + cslen + strlen(reason) + 160;
+  size_t cap = hbytes + cslen + strlen(reason) + 240;
   char *h = mg_arena_alloc(&r->arena, cap);
   if (!h) {
+    free(coded.headers);
+    mg_encoder_free(r->enc);
+    r->enc = NULL;
     mg_proxy_error(r, 500, 0);
     return;
   }
   size_t n = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason);
-  if (status == 304) {
-    for (size_t i = 0; i < st.n; i++) {
-      if (!mg_cp_304_keeps(hs[i].name)) continue;
-      /* the line as stored: name through the end of its value, then CRLF */
-      put_lit(h, &n, hs[i].name.p, (size_t)(hs[i].value.p + hs[i].value.len - hs[i].name.p));
-      put_lit(h, &n, "\r\n", 2);
-    }
-  } else {
-    put_lit(h, &n, head.p, head.len);
+  for (size_t i = 0; i < nout; i++) {
+    if (status == 304 && !mg_cp_304_keeps(out[i].name)) continue;
+    put_lit(h, &n, out[i].name.p, out[i].name.len);
+    put_lit(h, &n, ": ", 2);
+    put_lit(h, &n, out[i].value.p, out[i].value.len);
+    put_lit(h, &n, "\r\n", 2);
   }
+  free(coded.headers);
   n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\n", (long long)age);
   if (cslen) {
     put_lit(h, &n, "Cache-Status: ", 14);
     put_lit(h, &n, cs, cslen);
     put_lit(h, &n, "\r\n", 2);
   }
-  if (status != 304 && status != 204)
-    n += (size_t)snprintf(h + n, cap - n, "Content-Length: %llu\r\n", (unsigned long long)o->body_len);
+  if (status == 206)
+    n += (size_t)snprintf(h + n, cap - n, "Content-Range: bytes %llu-%llu/%llu\r\n", (unsigned long long)r->c_from,
+                          (unsigned long long)(r->c_to - 1), (unsigned long long)o->body_len);
+  if (r->enc) { /* the encoded length is not known before it is made */
+    if (r->http_minor == 1) {
+      r->c_chunked = 1;
+      put_lit(h, &n, "Transfer-Encoding: chunked\r\n", 28);
+    } else {
+      r->down->close_after = 1; /* HTTP/1.0: framed by the close */
+    }
+  } else if (status != 304 && status != 204) {
+    n += (size_t)snprintf(h + n, cap - n, "Content-Length: %llu\r\n", (unsigned long long)(r->c_to - r->c_from));
+  }
   answer(r, status, h, n, NULL, 0, o);
 }
 
@@ -2924,6 +3185,80 @@ static int cache_key_of(mg_req_t *r) {
   size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, r->host, r->path, query);
   if (!klen) return -1;
   r->ckey = (mg_str_t){ k, klen };
+  return 0;
+}
+
+/* Route cache.range_fetch: a GET with a valid bytes Range that goes upstream
+ * asks for the whole object (Range and If-Range are not forwarded:
+ * build_upstream_head), so that it can be stored; the client's range is cut from
+ * the full 200 as it passes (range_slice_begin). */
+static void range_fetch_check(mg_req_t *r) {
+  range_set_t rs;
+  mg_cp_hdrs_t rq = req_hdrs(r);
+  if (r->route->cache_range_fetch && r->down_method == HTTP_GET && range_of(&rq, &rs)) r->c_rfetch = 1;
+}
+
+/* The slice filter (range_fetch): after the cache's store filter (which keeps the
+ * whole body), before compression (which leaves a 206 alone). */
+typedef struct {
+  mg_req_t *r;
+  uint64_t pos, from, to; /* body bytes seen; the part [from, to) goes on */
+} range_slice_t;
+
+/* The full response's head: a 200 of known length that nothing before has
+ * re-framed is cut to the client's range (206, or 416 when it is past the end);
+ * anything else goes whole (the client asked for a range, a 200 is an answer). */
+static int slice_head(mg_filter_t *f) {
+  range_slice_t *sl = f->ctx;
+  mg_req_t *r = sl->r;
+  if (r->status != 200 || !r->up_has_len) return 1;
+  for (const mg_filter_t *g = r->resp_chain.first; g && g != f; g = g->next)
+    if (g->ops->changes_length) return 1; /* a decoded or hooked body: its length is not known */
+  mg_cp_hdrs_t rq = req_hdrs(r), rs = { r->rhead.headers, r->rhead.n };
+  int rng = range_for(&rq, &rs, r->up_len, &sl->from, &sl->to);
+  if (rng == RANGE_NONE) return 1;
+  char cr[80];
+  int n;
+  if (rng == RANGE_UNSAT) {
+    /* as cache_answer_416: nothing of the 200's head but what the 416 needs */
+    n = snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)r->up_len);
+    r->rhead.n = 0;
+    r->status = 416;
+    sl->from = sl->to = 0;
+  } else {
+    n = snprintf(cr, sizeof(cr), "bytes %llu-%llu/%llu", (unsigned long long)sl->from,
+                 (unsigned long long)(sl->to - 1), (unsigned long long)r->up_len);
+    r->status = 206;
+  }
+  r->up_len = sl->to - sl->from; /* head_out sends it as Content-Length */
+  return mg_head_set(&r->rhead, &r->arena, MG_STR("Content-Range"), (mg_str_t){ cr, (size_t)n }, 0) < 0 ? MG_ENOMEM
+                                                                                                        : 0;
+}
+
+static int slice_body(mg_filter_t *f, const char *p, size_t n) {
+  range_slice_t *sl = f->ctx;
+  uint64_t pos = sl->pos;
+  sl->pos += n;
+  if (pos + n <= sl->from || pos >= sl->to) return 0;
+  size_t a = sl->from > pos ? (size_t)(sl->from - pos) : 0;
+  size_t b = sl->to < pos + n ? (size_t)(sl->to - pos) : n;
+  return mg_filter_pass(f, p + a, b - a);
+}
+
+static const mg_filter_ops_t range_slice_filter = {
+  .name = "range slice", .head = slice_head, .body = slice_body,
+};
+
+/* response_filters: the slice filter of a range_fetch request. 0 or MG_ENOMEM. */
+static int range_slice_begin(mg_req_t *r) {
+  if (!r->c_rfetch) return 0;
+  mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
+  range_slice_t *sl = mg_arena_alloc(&r->arena, sizeof(*sl));
+  if (!f || !sl) return MG_ENOMEM;
+  *sl = (range_slice_t){ .r = r };
+  f->ops = &range_slice_filter;
+  f->ctx = sl;
+  mg_fchain_add(&r->resp_chain, f);
   return 0;
 }
 
@@ -2964,6 +3299,7 @@ static int cache_lookup(mg_req_t *r) {
   }
   r->c_fwd = d.cs.fwd ? d.cs.fwd : MG_CS_FWD_STALE;
   if (!o && nv > 0) r->c_fwd = MG_CS_FWD_VARY_MISS;
+  range_fetch_check(r);
   return 0;
 }
 
@@ -3011,6 +3347,19 @@ static mg_cp_opts_t cache_opts(const mg_req_t *r, int status) {
   return o;
 }
 
+/* The stored head is taken when the filter's turn comes among the heads: after
+ * the decode filter's (a decoded body is stored without its Content-Encoding),
+ * before compression's (the identity body is stored, and each hit is encoded as
+ * its client asks: cache_compress) and a range_fetch slice's (the whole 200). */
+static int cache_head(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  mg_cp_hdrs_t rs = { r->rhead.headers, r->rhead.n };
+  mg_cc_t rcc;
+  mg_cc_parse(&rcc, &rs, 0);
+  r->chead = stored_head(r, &rs, &rcc);
+  return r->chead.p ? 0 : MG_ENOMEM;
+}
+
 static int cache_body(mg_filter_t *f, const char *p, size_t n) {
   mg_req_t *r = f->ctx;
   if (r->cwriter && mg_cache_write(r->cwriter, p, n) < 0) { /* over max_object: streamed only */
@@ -3032,7 +3381,7 @@ static int cache_end(mg_filter_t *f) {
 }
 
 static const mg_filter_ops_t cache_filter = {
-  .name = "cache store", .body = cache_body, .end = cache_end,
+  .name = "cache store", .head = cache_head, .body = cache_body, .end = cache_end,
 };
 
 /* The response head is known (after the response hook): may it be stored? If
@@ -3067,17 +3416,12 @@ static int cache_fill_begin(mg_req_t *r) {
     r->c_why = MG_CP_NS_VARY_STAR; /* or a key too long to keep */
     return 0;
   }
-  mg_cc_t rcc;
-  mg_cc_parse(&rcc, &rs, 0);
-  mg_str_t head = stored_head(r, &rs, &rcc);
-  if (!head.p) return MG_ENOMEM;
   mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
   if (!f) return MG_ENOMEM;
   r->cwriter = mg_cache_begin(c, r->ckey);
   if (!r->cwriter) return 0; /* out of memory: the response goes on, unstored */
   r->cfill = cf;
   r->cvary = (mg_str_t){ vb, vlen };
-  r->chead = head;
   f->ops = &cache_filter;
   f->ctx = r;
   mg_fchain_add(&r->resp_chain, f);

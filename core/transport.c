@@ -35,7 +35,7 @@ static int encode(mg_outq_t *q) {
   int rc = 0;
   while (b) {
     mg_block_t *next = b->next;
-    if (rc == 0 && b->len > b->off && SSL_write(t->ssl, b->data + b->off, (int)(b->len - b->off)) <= 0)
+    if (rc == 0 && b->len > b->off && SSL_write(t->ssl, mg_block_bytes(b) + b->off, (int)(b->len - b->off)) <= 0)
       rc = UV_EPROTO;
     /* the records of this block move out at once: the BIO stays one block big */
     if (rc == 0 && drain(t->ssl, q) < 0) rc = MG_ENOMEM;
@@ -139,7 +139,7 @@ int mg_tp_input_waiting(const mg_tp_t *tp) {
 static void mem_output(mg_tp_t *tp, mg_block_t *b) {
   mg_tp_net_t *net = tp->ctx->net;
   for (mg_block_t *x = b; x; x = x->next)
-    if (x->len > x->off) net->output(net, tp, x->data + x->off, x->len - x->off);
+    if (x->len > x->off) net->output(net, tp, mg_block_bytes(x) + x->off, x->len - x->off);
   mg_outq_free_blocks(b);
 }
 

@@ -159,6 +159,78 @@ static void test_drop_front(void) {
   mg_outq_free_spares();
 }
 
+/* mg_outq_append_ref: the owner's release runs once per piece, when its bytes
+ * are done with. */
+static int released;
+static void count_release(void *owner) { released += *(int *)owner; }
+
+/* Pieces referenced between copied ones go out in order, uncopied, through
+ * synchronous and uv_write writes; each is released once it is written, not
+ * before. */
+static void test_ref_pieces_written_in_order(void) {
+  rig_t r;
+  rig_open(&r, 16384);
+  size_t n = 300000;
+  char *a = pattern(n, 'A'), *b = pattern(n, 'k');
+  int one = 1;
+  released = 0;
+  CHECK(mg_outq_append(&r.q, "HEAD|", 5) == 0);
+  CHECK(mg_outq_append_ref(&r.q, a, n, count_release, &one) == 0);
+  CHECK(mg_outq_append(&r.q, "|", 1) == 0); /* after a referenced piece: a block of its own */
+  CHECK(mg_outq_append_ref(&r.q, b, n, count_release, &one) == 0);
+  CHECK(mg_outq_append_ref(&r.q, b, 0, count_release, &one) == 0); /* nothing: not queued */
+  CHECK(mg_outq_append(&r.q, "|END", 4) == 0);
+  CHECK(r.q.pending == 2 * n + 10);
+  CHECK(mg_outq_flush(&r.q) == 0);
+  CHECK(released == 0); /* the kernel took the head, not both pieces */
+  char *got = NULL;
+  size_t len = 0;
+  for (int i = 0; i < 100000 && len < 2 * n + 10; i++) {
+    drain_peer(&r, &got, &len);
+    if (r.q.pending && !r.q.writes) CHECK(mg_outq_flush(&r.q) == 0);
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+  }
+  CHECK(len == 2 * n + 10);
+  CHECK(len == 2 * n + 10 && memcmp(got, "HEAD|", 5) == 0 && memcmp(got + 5, a, n) == 0 &&
+        got[5 + n] == '|' && memcmp(got + 6 + n, b, n) == 0 && memcmp(got + 6 + 2 * n, "|END", 4) == 0);
+  uv_run(&r.loop, UV_RUN_NOWAIT);
+  CHECK(released == 2);
+  free(got);
+  free(a);
+  free(b);
+  rig_close(&r);
+}
+
+/* Referenced pieces never written are released with the queue (dispose), or by
+ * whoever took them (an encoder: mg_outq_take + mg_outq_free_blocks); a dropped
+ * front releases the pieces it passes. */
+static void test_ref_pieces_released_unwritten(void) {
+  mg_outq_t q;
+  mg_outq_init(&q, NULL, NULL);
+  int one = 1, ten = 10;
+  static char piece[16384]; /* the size of a standard block: never kept as a spare */
+  memset(piece, 'p', sizeof(piece));
+  released = 0;
+  CHECK(mg_outq_append_ref(&q, piece, sizeof(piece), count_release, &one) == 0);
+  CHECK(mg_outq_append_ref(&q, piece, 100, count_release, &ten) == 0);
+  mg_outq_drop(&q, sizeof(piece) + 50);
+  CHECK(released == 1 && q.pending == 50);
+  mg_block_t *b = mg_outq_take(&q);
+  CHECK(b && b->len - b->off == 50 && mg_block_bytes(b) + b->off == piece + 50);
+  mg_outq_free_blocks(b);
+  CHECK(released == 11);
+  CHECK(mg_outq_append(&q, "x", 1) == 0);
+  CHECK(mg_outq_append_ref(&q, piece, sizeof(piece), count_release, &ten) == 0);
+  mg_outq_dispose(&q);
+  CHECK(released == 21);
+  /* a spare block after them is a plain one again */
+  CHECK(mg_outq_append(&q, piece, sizeof(piece)) == 0);
+  CHECK(q.head && q.head->ext == NULL && q.head->release == NULL);
+  mg_outq_dispose(&q);
+  CHECK(released == 21);
+  mg_outq_free_spares();
+}
+
 int main(void) {
   static const t_case_t cases[] = {
     { "a head then a piece written through leave together, in order", test_write_through_after_head },
@@ -166,6 +238,9 @@ int main(void) {
       test_write_through_partial_keeps_order },
     { "without a stream a piece is appended", test_write_through_without_stream_appends },
     { "a drop takes bytes off the front, in order, never past the pending ones", test_drop_front },
+    { "referenced pieces go out in order, uncopied, and are released once written", test_ref_pieces_written_in_order },
+    { "referenced pieces not written are released by dispose, drop or their taker",
+      test_ref_pieces_released_unwritten },
   };
   return t_run("buf", cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -285,6 +285,43 @@ async def respond(writer, req, keep):
             await send_body_plain(writer, body)
         return keep
 
+    # i13-range: /rng/TAG?n=N&h=Name:Value...: N bytes of the pattern with those
+    # headers; the Range and If-Range it got in X-Got-Range / X-Got-If-Range ("-":
+    # none), the requests of this exact target in X-Count. A single "bytes=a-b" /
+    # "a-" / "-n" Range gets a 206 of that part (the origin's own), unless ?full=1.
+    if kind == "/rng":
+        import re
+        from urllib.parse import parse_qsl
+        query = req["target"].split("?", 1)[1] if "?" in req["target"] else ""
+        HDRS_COUNT[req["target"]] = HDRS_COUNT.get(req["target"], 0) + 1
+        hdrs, n, full = [], 0, False
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            if k == "h" and ":" in v:
+                hdrs.append(tuple(v.split(":", 1)))
+            elif k == "n":
+                n = int(v)
+            elif k == "full":
+                full = v == "1"
+        body = pattern(n)
+        rng = header(req["headers"], "range")
+        hdrs += [("X-Got-Range", rng or "-"), ("X-Got-If-Range", header(req["headers"], "if-range") or "-"),
+                 ("X-Count", str(HDRS_COUNT[req["target"]]))]
+        status, reason = 200, "OK"
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng or "")
+        if m and not full and (m.group(1) or m.group(2)):
+            if m.group(1):
+                a = int(m.group(1))
+                b = min(int(m.group(2)), n - 1) if m.group(2) else n - 1
+            else:
+                a, b = max(n - int(m.group(2)), 0), n - 1
+            hdrs.append(("Content-Range", "bytes %d-%d/%d" % (a, b, n)))
+            body = body[a:b + 1]
+            status, reason = 206, "Partial Content"
+        await send(writer, head_bytes(status, reason, hdrs + [("Content-Length", len(body))] + conn_hdr))
+        if not head_only:
+            await send_body_plain(writer, body)
+        return keep
+
     if kind == "/bytes":
         body = pattern(int(arg))
         await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
