@@ -806,7 +806,7 @@ static void answer(mg_req_t *r, int status, const char *head, size_t hlen, const
   hw_begin(q, c->out);
   if (c->hsts) append_head_hsts(q, head, hlen, c->hsts);
   else hw_put(q, head, hlen);
-  if (!mg_http_head_has(head, hlen, MG_STR("date"))) append_date(r->w, q);
+  if (!r->c_dated && !mg_http_head_has(head, hlen, MG_STR("date"))) append_date(r->w, q);
   if (will_close(r)) HW_LIT(q, "Connection: close\r\n\r\n");
   else if (r->http_minor == 0) HW_LIT(q, "Connection: keep-alive\r\n\r\n");
   else HW_LIT(q, "\r\n");
@@ -2864,6 +2864,13 @@ static void put_lit(char *b, size_t *at, const char *s, size_t n) {
   *at += n;
 }
 
+/* v in decimal (no printf on a hit's path) */
+static void put_u64(char *b, size_t *at, uint64_t v) {
+  char d[MG_U64_DEC];
+  const char *p = mg_u64_dec(d, v);
+  put_lit(b, at, p, (size_t)(d + sizeof(d) - p));
+}
+
 /* ---- i13-range: ranges from the store (RFC 9110 14), compression of hits ---- */
 
 /* A Range header's bytes range set, as parsed: how many range-specs (2 means
@@ -3133,16 +3140,24 @@ static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *me
     mg_proxy_error(r, 500, 0);
     return;
   }
-  size_t n = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason);
+  size_t n = 0;
+  put_lit(h, &n, "HTTP/1.1 ", 9);
+  put_u64(h, &n, (uint64_t)status);
+  put_lit(h, &n, " ", 1);
+  put_lit(h, &n, reason, strlen(reason));
+  put_lit(h, &n, "\r\n", 2);
   for (size_t i = 0; i < nout; i++) {
     if (status == 304 && !mg_cp_304_keeps(out[i].name)) continue;
+    if (out[i].name.len == 4 && MG_NAME_IS(out[i].name, "date")) r->c_dated = 1;
     put_lit(h, &n, out[i].name.p, out[i].name.len);
     put_lit(h, &n, ": ", 2);
     put_lit(h, &n, out[i].value.p, out[i].value.len);
     put_lit(h, &n, "\r\n", 2);
   }
   free(coded.headers);
-  n += (size_t)snprintf(h + n, cap - n, "Age: %lld\r\n", (long long)age);
+  put_lit(h, &n, "Age: ", 5);
+  put_u64(h, &n, age > 0 ? (uint64_t)age : 0);
+  put_lit(h, &n, "\r\n", 2);
   if (cslen) {
     put_lit(h, &n, "Cache-Status: ", 14);
     put_lit(h, &n, cs, cslen);
@@ -3159,7 +3174,9 @@ static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *me
       r->down->close_after = 1; /* HTTP/1.0: framed by the close */
     }
   } else if (status != 304 && status != 204) {
-    n += (size_t)snprintf(h + n, cap - n, "Content-Length: %llu\r\n", (unsigned long long)(r->c_to - r->c_from));
+    put_lit(h, &n, "Content-Length: ", 16);
+    put_u64(h, &n, r->c_to - r->c_from);
+    put_lit(h, &n, "\r\n", 2);
   }
   answer(r, status, h, n, NULL, 0, o);
 }

@@ -227,6 +227,7 @@ struct mg_req_s {
                                upstream; the full 200 is stored and sliced for the client */
   unsigned c_chunked : 1;   /* a hit encoded for the client goes chunked */
   uint64_t c_from, c_to;    /* the bytes [from, to) of the stored body a hit sends */
+  unsigned c_dated : 1;     /* the hit's head has its Date line (answer() adds none) */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

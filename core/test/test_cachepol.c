@@ -651,6 +651,13 @@ static void test_client_conditionals(void) {
   CHECK(COND("GET", m) == 200); /* If-Unmodified-Since only without If-Match */
   mg_header_t n[] = { H("If-Match", "\"v1\""), H("If-None-Match", "\"v1\"") };
   CHECK(COND("GET", n) == 304);
+  /* names in any case, behind other headers (the quick "no If-*" exit must see them) */
+  mg_header_t o[] = { H("Accept", "*/*"), H("If", "x"), H("IF-NONE-MATCH", "\"v1\"") };
+  CHECK(COND("GET", o) == 304);
+  mg_header_t p[] = { H("Accept", "*/*"), H("iF-mAtCh", "\"v9\"") };
+  CHECK(COND("GET", p) == 412);
+  mg_header_t q[] = { H("Accept", "*/*"), H("Iffy", "\"v1\"") };
+  CHECK(COND("GET", q) == 200);
   /* no Last-Modified: If-Modified-Since against Date (9111 4.3.2) */
   mg_header_t st[] = { H("Date", "Sun, 06 Nov 1994 09:49:37 GMT") };
   mg_header_t rq[] = { H("If-Modified-Since", "Sun, 06 Nov 1994 09:49:37 GMT") };
