@@ -16,6 +16,7 @@
 #include "uri.h"
 #include "balance.h"
 #include "cache.h"
+#include "cflight.h"
 #include "log.h"
 #include "upstream.h"
 #include "wctx.h"
@@ -454,6 +455,7 @@ static const mg_filter_ops_t compress_filter = {
 };
 static int cache_fill_begin(mg_req_t *r);
 static void cache_invalidate(mg_req_t *r);
+static void cache_flight_end(mg_req_t *r, int outcome);
 
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
@@ -597,6 +599,7 @@ static int log_detach(mg_req_t *r);
 
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
+  cache_flight_end(r, MG_CFLIGHT_FAILED); /* its waiters need not wait for a log hook */
   if (r->upc) mg_proxy_abort(r);
   if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG) &&
       mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL) == MG_LUA_WAIT && log_detach(r) == 0)
@@ -696,6 +699,7 @@ static void req_release(mg_req_t *r) {
   }
   mg_cobj_unref(r->c_obj);
   r->c_obj = NULL;
+  cache_flight_end(r, MG_CFLIGHT_FAILED);
   attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
   request_done(r);
   free(r->rb);
@@ -732,6 +736,7 @@ void mg_req_dispose(mg_req_t *r) {
 }
 
 void mg_proxy_abort(mg_req_t *r) {
+  cache_flight_end(r, MG_CFLIGHT_FAILED); /* a waiting request leaves the fetch's list */
   if (r->upc) {
     mg_upconn_t *u = r->upc;
     mg_upstream_release(u, 0);
@@ -1385,7 +1390,10 @@ static int after_request(mg_req_t *r) {
   if (r->expect_continue && has_body && !r->bb_set) {
     APPEND_LIT(c->out, "HTTP/1.1 100 Continue\r\n\r\n");
   }
-  if (rt && rt->cache && !has_body && !r->bb_set && !r->upgrade && cache_lookup(r)) return 0; /* answered */
+  if (rt && rt->cache && !has_body && !r->bb_set && !r->upgrade) {
+    int cl = cache_lookup(r);
+    if (cl) return cl == MG_PROXY_WAIT ? cl : 0; /* answered, or waits for a fetch of its key */
+  }
   if ((has_body || r->bb_set) && mg_hook_on(r->gen, rt, MG_HOOK_REQUEST_BODY)) {
     mg_filter_t *f = mg_arena_alloc(&r->arena, sizeof(*f));
     if (!f) return 500;
@@ -1430,8 +1438,12 @@ static int upstream_hooked(mg_req_t *r, int hook, int rc, int head) {
   return pick_server(r, hook == MG_HOOK_BALANCE, head);
 }
 
+static int cache_resumed(mg_req_t *r);
+#define HOOK_CACHE_WAIT (MG_HOOK_MAX + 1) /* not a hook: a miss waits for a fetch of its key */
+
 int mg_proxy_head_resume(mg_req_t *r) {
   int hook = r->hook_wait - 1;
+  if (hook == HOOK_CACHE_WAIT) return cache_resumed(r);
   int rc = hook_resume(r, hook, "504");
   if (rc == MG_LUA_WAIT) return hook_wait_in(r, hook, 1);
   if (hook == MG_HOOK_REQUEST) return request_hooked(r, rc);
@@ -2898,8 +2910,13 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
   cache_answer_with(r, o->head, &o->meta, o, d->age, &d->cs);
 }
 
+static void cache_collapsed_status(mg_req_t *r, mg_cp_decision_t *d);
+static int cache_collapsed_reuse(const mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d);
+static int cache_collapse(mg_req_t *r, const mg_cp_decision_t *d);
+
 /* The lookup of a caching route's GET/HEAD: 1 when answered from the store (or
- * refused: only-if-cached), 0 to go upstream (r->c_on says it looked). */
+ * refused: only-if-cached), 0 to go upstream (r->c_on says it looked),
+ * MG_PROXY_WAIT when it waits for a fetch of its key (cache_collapse). */
 static int cache_lookup(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c) return 0;
@@ -2926,7 +2943,9 @@ static int cache_lookup(mg_req_t *r) {
   mg_cp_decide(o ? &o->meta : NULL, &rcc, now, &d);
   /* stale-while-revalidate would answer stale and refresh in the background: not
    * yet, so such a response goes to the origin like any stale one */
-  if (o && (d.verdict == MG_CP_HIT || (d.verdict == MG_CP_STALE_SERVE && d.reason == MG_CP_R_MAX_STALE))) {
+  if (o && (d.verdict == MG_CP_HIT || (d.verdict == MG_CP_STALE_SERVE && d.reason == MG_CP_R_MAX_STALE) ||
+            cache_collapsed_reuse(r, o, &d))) {
+    cache_collapsed_status(r, &d);
     cache_answer(r, o, &d);
     mg_cobj_unref(o);
     return 1;
@@ -2943,7 +2962,7 @@ static int cache_lookup(mg_req_t *r) {
   }
   r->c_fwd = d.cs.fwd ? d.cs.fwd : MG_CS_FWD_STALE;
   if (!o && nv > 0) r->c_fwd = MG_CS_FWD_VARY_MISS;
-  return 0;
+  return cache_collapse(r, &d);
 }
 
 /* The stored head: the response's headers as the client gets them, less what
@@ -2981,6 +3000,7 @@ static int cache_body(mg_filter_t *f, const char *p, size_t n) {
     mg_cache_abort(r->cwriter);
     r->cwriter = NULL;
     r->c_big = 1;
+    cache_flight_end(r, MG_CFLIGHT_FAILED);
   }
   return mg_filter_pass(f, p, n);
 }
@@ -2991,6 +3011,7 @@ static int cache_end(mg_filter_t *f) {
     int rc = mg_cache_commit(r->cwriter, r->cvary, r->chead, &r->cfill->meta);
     r->cwriter = NULL;
     if (rc == MG_ENOMEM) MG_WARN(r->w->id, "req %s: cache: out of memory: response not stored", r->id);
+    cache_flight_end(r, rc == 0 ? MG_CFLIGHT_STORED : MG_CFLIGHT_FAILED);
   }
   return mg_filter_pass_end(f);
 }
@@ -2999,9 +3020,18 @@ static const mg_filter_ops_t cache_filter = {
   .name = "cache store", .body = cache_body, .end = cache_end,
 };
 
+static int cache_fill_try(mg_req_t *r);
+
 /* The response head is known (after the response hook): may it be stored? If
- * so, a writer and the filter that feeds it. 0, or MG_ENOMEM. */
+ * so, a writer and the filter that feeds it; if not, the requests waiting for
+ * this one's fetch go on their own now. 0, or MG_ENOMEM. */
 static int cache_fill_begin(mg_req_t *r) {
+  int rc = cache_fill_try(r);
+  if (!r->cwriter) cache_flight_end(r, MG_CFLIGHT_FAILED);
+  return rc;
+}
+
+static int cache_fill_try(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c || r->down_method != HTTP_GET) return 0;
   mg_cp_hdrs_t rq = req_hdrs(r), rs = { r->rhead.headers, r->rhead.n };
@@ -3154,6 +3184,7 @@ static int cache_revalidated(mg_req_t *r) {
     mg_cache_remove(c, r->ckey); /* the 304 made it unstorable (no-store, ...) */
     cs.detail = mg_cp_ns_reason(why);
   }
+  cache_flight_end(r, cs.stored ? MG_CFLIGHT_STORED : MG_CFLIGHT_FAILED);
   int64_t age = mg_cp_age(&m, now);
   cs.has_ttl = 1;
   cs.ttl = m.lifetime - age;
@@ -3178,4 +3209,133 @@ static int cache_stale_if_error(mg_req_t *r, int status) {
   cs.ttl = o->meta.lifetime - age;
   cache_answer_with(r, o->head, &o->meta, o, age, &cs);
   return 1;
+}
+
+/* ---- request collapsing (docs/cache.md "Request collapsing") ----
+ *
+ * A miss (or a stale object's revalidation) of a route with cache_lock_ms joins
+ * the fetch of its key in flight (core/cflight.h): the first leads and goes
+ * upstream; the others park in the head phase (as a waiting hook does) on their
+ * own worker, in its cache_waits, with a timer of cache_lock_ms. The leader
+ * says how its fetch ended: stored (cache_end, cache_revalidated), or not
+ * (not storable, too big, failed, its client gone: cache_fill_begin,
+ * cache_body, req_release). Its thread signals each waiter's worker (`wake`);
+ * each worker then resumes its own waiters (cache_woken): a waiter looks the
+ * store up again, and answers from it (Cache-Status "collapsed") or goes
+ * upstream on its own, never waiting twice. A waiter whose client leaves gives
+ * its place up (mg_proxy_abort). */
+
+static void wake_worker(void *arg) { uv_async_send(&((mg_worker_t *)arg)->wake); }
+
+/* The request stops leading (saying `outcome`) or waiting; nothing otherwise. */
+static void cache_flight_end(mg_req_t *r, int outcome) {
+  if (r->c_waiting) {
+    mg_worker_t *w = r->w;
+    r->c_waiting = 0;
+    mg_timer_stop(&w->timers, &r->c_timer);
+    if (r->c_wprev) r->c_wprev->c_wnext = r->c_wnext;
+    else w->cache_waits = r->c_wnext;
+    if (r->c_wnext) r->c_wnext->c_wprev = r->c_wprev;
+    r->c_wnext = r->c_wprev = NULL;
+    r->c_outcome = mg_cflight_state(r->c_flight);
+    mg_cflight_leave(r->c_flight, r->c_node);
+    r->c_flight = NULL;
+  } else if (r->c_lead) {
+    r->c_lead = 0;
+    mg_cflight_done(r->c_flight, outcome);
+    r->c_flight = NULL;
+  }
+}
+
+/* The wait is over (the fetch ended, or the bound passed): the head phase goes
+ * on through the connection (mg_proxy_head_resume -> cache_resumed). */
+static void cache_wait_over(mg_req_t *r) {
+  cache_flight_end(r, 0);
+  r->c_waited = 1;
+  r->down->ops->resume(r->down->conn);
+}
+
+static void cache_wait_expired(mg_timer_t *t) {
+  mg_req_t *r = (mg_req_t *)((char *)t - offsetof(mg_req_t, c_timer));
+  MG_DEBUG(r->w->id, "req %s: cache: waited cache_lock_ms for a fetch of its key: goes alone", r->id);
+  cache_wait_over(r);
+}
+
+/* The worker was woken (any fetch that one of its requests waits for ended):
+ * each such request goes on. One at a time, from the list's head: a request
+ * that goes on may end others' connections' turns, never unlink another. */
+static void cache_woken(mg_worker_t *w) {
+  for (;;) {
+    mg_req_t *r = w->cache_waits;
+    while (r && mg_cflight_state(r->c_flight) == MG_CFLIGHT_PENDING) r = r->c_wnext;
+    if (!r) return;
+    cache_wait_over(r);
+  }
+}
+
+/* Leads the fetch of r's key, waits for the one in flight (MG_PROXY_WAIT), or
+ * goes alone (0): the end of a lookup that goes upstream. What the client's own
+ * directives send to the origin (no-cache, max-age, min-fresh) is not
+ * collapsed, nor a request that waited once; a HEAD waits but does not lead
+ * (its response is not stored). */
+static int cache_collapse(mg_req_t *r, const mg_cp_decision_t *d) {
+  uint64_t ms = r->route->cache_lock_ms;
+  if (!ms || r->c_waited) return 0;
+  int stale = d->verdict == MG_CP_REVALIDATE && (d->reason == MG_CP_R_STALE || d->reason == MG_CP_R_RES_NO_CACHE);
+  if (d->verdict != MG_CP_MISS && !stale) return 0;
+  mg_cwaiter_t *node = mg_arena_alloc(&r->arena, sizeof(*node));
+  if (!node) return 0;
+  *node = (mg_cwaiter_t){ .wake = wake_worker, .arg = r->w };
+  int lead = 0;
+  mg_cflight_t *f = mg_cflight_join(r->ckey, node, r->down_method == HTTP_GET, &lead);
+  if (!f) return 0;
+  r->c_flight = f;
+  if (lead) {
+    r->c_lead = 1;
+    return 0;
+  }
+  mg_worker_t *w = r->w;
+  r->c_node = node;
+  r->c_waiting = 1;
+  r->c_wprev = NULL;
+  r->c_wnext = w->cache_waits;
+  if (w->cache_waits) w->cache_waits->c_wprev = r;
+  w->cache_waits = r;
+  w->woken = cache_woken;
+  r->c_wait_since = r->c_req_time;
+  mg_cobj_unref(r->c_obj); /* looked up again when the wait is over */
+  r->c_obj = NULL;
+  r->c_sie = 0;
+  mg_timer_start(&w->timers, &r->c_timer, ms, cache_wait_expired);
+  return hook_wait_in(r, HOOK_CACHE_WAIT, 1);
+}
+
+/* A waiter whose fetch stored a response that wants revalidation already
+ * (stale at once: max-age=0, a whole-second clock; or no-cache) takes it
+ * anyway when it came after the waiter asked: that fetch was made for it too
+ * (RFC 9111 4: collapsed requests share the response); the client's own
+ * directives still decide (no-cache, max-age, min-fresh). */
+static int cache_collapsed_reuse(const mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d) {
+  if (!r->c_waited || r->c_outcome != MG_CFLIGHT_STORED || d->verdict != MG_CP_REVALIDATE) return 0;
+  if (d->reason != MG_CP_R_STALE && d->reason != MG_CP_R_RES_NO_CACHE) return 0;
+  return o->meta.response_time >= r->c_wait_since;
+}
+
+/* A waiter answered from what its fetch stored: RFC 9211 "collapsed" (its
+ * request went forward with another), with the fwd that sent it there. */
+static void cache_collapsed_status(mg_req_t *r, mg_cp_decision_t *d) {
+  if (!r->c_waited || r->c_outcome != MG_CFLIGHT_STORED) return;
+  d->cs.hit = 0;
+  d->cs.fwd = r->c_fwd;
+  d->cs.collapsed = 1;
+}
+
+/* The head phase after a wait: the store again (a hit now, most often), else
+ * upstream alone. */
+static int cache_resumed(mg_req_t *r) {
+  r->hook_wait = 0;
+  r->wait_head = 0;
+  int cl = cache_lookup(r);
+  if (cl) return cl == MG_PROXY_WAIT ? cl : 0;
+  return start_upstream(r, 1);
 }
