@@ -1177,7 +1177,7 @@ static int build_upstream_head(mg_req_t *r) {
   hw_put(q, ip.p, ip.len);
   HW_LIT(q, "\r\n");
   if (!have_proto) {
-    if (c->ssl) HW_LIT(q, "X-Forwarded-Proto: https\r\n");
+    if (c->ssl || r->c_refresh_tls) HW_LIT(q, "X-Forwarded-Proto: https\r\n");
     else HW_LIT(q, "X-Forwarded-Proto: http\r\n");
   }
   if (r->host.len && !have_fhost) append_header(q, MG_STR("X-Forwarded-Host"), r->host);
@@ -1197,7 +1197,7 @@ static int build_upstream_head(mg_req_t *r) {
     HW_LIT(q, "for=");
     hw_put(q, ip.p, ip.len);
   }
-  if (c->ssl) HW_LIT(q, ";proto=https\r\n");
+  if (c->ssl || r->c_refresh_tls) HW_LIT(q, ";proto=https\r\n");
   else HW_LIT(q, ";proto=http\r\n");
   HW_LIT(q, "Via: ");
   mg_str_t via = seen_via ? joined(r, MG_STR("via"), 1) : (mg_str_t){ NULL, 0 };
@@ -2811,8 +2811,9 @@ static const mg_up_events_t up_events = {
  * alone for a HEAD. Otherwise the request goes upstream; when the response
  * head is known, cachepol decides whether it may be stored (cache_fill_begin)
  * and a filter at the end of the response chain copies the body into a writer,
- * committed when the body ends. What is not done yet (revalidation with the
- * origin, stale-*, collapsing, invalidation): docs/notes-i13-cache.md. */
+ * committed when the body ends. Concurrent misses of a key collapse into one
+ * fetch, and stale-while-revalidate refreshes in the background (both at the
+ * end of this section). What is not done yet: docs/notes-i13-cache.md. */
 
 /* Stored headers the decisions look at; a head with more still goes out whole. */
 #define STORED_MAX 128
@@ -2911,6 +2912,7 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
 }
 
 static void cache_collapsed_status(mg_req_t *r, mg_cp_decision_t *d);
+static void cache_swr(mg_req_t *r, mg_cobj_t *o, mg_cp_decision_t *d);
 static int cache_collapsed_reuse(const mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d);
 static int cache_collapse(mg_req_t *r, const mg_cp_decision_t *d);
 
@@ -2941,10 +2943,8 @@ static int cache_lookup(mg_req_t *r) {
   mg_cobj_t *o = mg_cache_lookup(c, r->ckey, vary_match, r, &nv);
   mg_cp_decision_t d;
   mg_cp_decide(o ? &o->meta : NULL, &rcc, now, &d);
-  /* stale-while-revalidate would answer stale and refresh in the background: not
-   * yet, so such a response goes to the origin like any stale one */
-  if (o && (d.verdict == MG_CP_HIT || (d.verdict == MG_CP_STALE_SERVE && d.reason == MG_CP_R_MAX_STALE) ||
-            cache_collapsed_reuse(r, o, &d))) {
+  if (o && (d.verdict == MG_CP_HIT || d.verdict == MG_CP_STALE_SERVE || cache_collapsed_reuse(r, o, &d))) {
+    if (d.reason == MG_CP_R_SWR) cache_swr(r, o, &d); /* answers stale, refreshes once */
     cache_collapsed_status(r, &d);
     cache_answer(r, o, &d);
     mg_cobj_unref(o);
@@ -3026,6 +3026,10 @@ static int cache_fill_try(mg_req_t *r);
  * so, a writer and the filter that feeds it; if not, the requests waiting for
  * this one's fetch go on their own now. 0, or MG_ENOMEM. */
 static int cache_fill_begin(mg_req_t *r) {
+  if (r->c_refresh && r->status >= 500) { /* a refresh that failed keeps the stale object */
+    cache_flight_end(r, MG_CFLIGHT_FAILED);
+    return 0;
+  }
   int rc = cache_fill_try(r);
   if (!r->cwriter) cache_flight_end(r, MG_CFLIGHT_FAILED);
   return rc;
@@ -3338,4 +3342,178 @@ static int cache_resumed(mg_req_t *r) {
   int cl = cache_lookup(r);
   if (cl) return cl == MG_PROXY_WAIT ? cl : 0;
   return start_upstream(r, 1);
+}
+
+/* ---- stale-while-revalidate (RFC 5861; docs/cache.md "stale-while-revalidate") ----
+ *
+ * A stale response within its stale-while-revalidate window answers at once
+ * (Cache-Status: hit, a negative ttl, detail=stale-while-revalidate), and one
+ * refresh of the key starts in the background unless a fetch of it is under
+ * way (the fetches-in-flight table is the "once": the refresh leads it, so
+ * misses past the window wait for it as for any fetch). The refresh is a
+ * request of its own with no client: a copy of the client's GET (its
+ * conditionals left out, the stored validators put in by
+ * build_upstream_head, as for any revalidation), run from the upstream phase on
+ * (upstream_request and balance hooks, retries, the log hook and line) over a
+ * connection stand-in whose output is dropped. Its 304 is merged and its full
+ * response stored by the same paths as a client's revalidation
+ * (cache_revalidated, cache_fill_begin); a failure leaves the stale object as
+ * it is. The worker counts it as a connection (w->nconns) while it runs, so a
+ * drain waits for it (bounded by the upstream's timeouts). */
+
+typedef struct {
+  mg_down_t down;    /* the exchange's "connection" */
+  mg_outq_t out;     /* what the exchange writes to its client: dropped at each flush */
+  mg_timer_t gone;   /* frees this on the next loop turn, once the request ended */
+  mg_worker_t *w;
+  mg_req_t *req;     /* NULL once it ended */
+} refresh_t;
+
+static void refresh_freed(mg_timer_t *t) {
+  refresh_t *rf = (refresh_t *)((char *)t - offsetof(refresh_t, gone));
+  mg_worker_t *w = rf->w;
+  mg_outq_dispose(&rf->out);
+  free(rf);
+  w->conn_closed(w); /* may finish a draining worker */
+}
+
+/* The request ends (its answer is complete, or it was cut short): the stand-in
+ * stays until the next loop turn, since the exchange may look at down.closed
+ * after the op that ended it. */
+static void refresh_end(refresh_t *rf, int abort) {
+  mg_req_t *r = rf->req;
+  if (!r) return;
+  rf->req = NULL;
+  if (abort) mg_proxy_abort(r);
+  mg_req_free(r);
+  mg_timer_start(&rf->w->timers, &rf->gone, 0, refresh_freed);
+}
+
+static void refresh_flush(void *conn) {
+  refresh_t *rf = conn;
+  mg_outq_drop(&rf->out, rf->out.pending);
+}
+static void refresh_done(void *conn) { refresh_end(conn, 0); }
+static void refresh_close(void *conn) {
+  refresh_t *rf = conn;
+  rf->down.closed = 1;
+  refresh_end(rf, 1);
+}
+static void refresh_nop(void *conn) { (void)conn; }
+
+static const mg_down_ops_t refresh_ops = {
+  .flush = refresh_flush, .done = refresh_done, .close = refresh_close, .close_after_flush = refresh_close,
+  .reading = refresh_nop, .tunnel = refresh_nop, .local_addr = refresh_nop, .resume = refresh_nop,
+  .pull_body = refresh_nop,
+};
+
+static int refresh_str(mg_req_t *n, mg_str_t *s) {
+  if (!s->len) return 0;
+  char *p = mg_arena_strdup(&n->arena, s->p, s->len);
+  if (!p) return MG_ENOMEM;
+  *s = (mg_str_t){ p, s->len };
+  return 0;
+}
+
+/* The client's request head, less its conditionals and ranges (the refresh is
+ * a plain GET of the whole object, or the store's own revalidation). */
+static int refresh_head(mg_req_t *n, const mg_req_t *r) {
+  static const char *const dropped[] = { "if-none-match", "if-modified-since", "if-match", "if-unmodified-since",
+                                         "if-range", "range" };
+  mg_head_t *h = &n->head;
+  mg_str_t url = mg_head_url(&r->head);
+  if (mg_head_append(h, MG_HEAD_URL, url.p, url.len, SIZE_MAX, SIZE_MAX) < 0) return MG_ENOMEM;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *hd = &r->head.headers[i];
+    int skip = 0;
+    for (size_t k = 0; k < sizeof(dropped) / sizeof(dropped[0]) && !skip; k++)
+      skip = hd->name.len == strlen(dropped[k]) && strncasecmp(hd->name.p, dropped[k], hd->name.len) == 0;
+    if (skip) continue;
+    if (mg_head_append(h, MG_HEAD_FIELD, hd->name.p, hd->name.len, SIZE_MAX, SIZE_MAX) < 0 ||
+        mg_head_append(h, MG_HEAD_VALUE, hd->value.p, hd->value.len, SIZE_MAX, SIZE_MAX) < 0)
+      return MG_ENOMEM;
+  }
+  return mg_head_finish(h);
+}
+
+/* A request like r's, with no client, that refreshes o (stored under r->ckey)
+ * and leads the flight f. 0, or MG_ENOMEM (nothing started). */
+static int refresh_start(mg_req_t *r, mg_cobj_t *o, mg_cflight_t *f) {
+  mg_worker_t *w = r->w;
+  refresh_t *rf = calloc(1, sizeof(*rf));
+  if (!rf) return MG_ENOMEM;
+  rf->w = w;
+  mg_outq_init(&rf->out, NULL, NULL);
+  mg_down_t *d = &rf->down;
+  *d = (mg_down_t){ .conn = rf, .ops = &refresh_ops, .out = &rf->out, .peer = r->down->peer,
+                    .local = r->down->local, .listener = r->down->listener };
+  mg_req_t *n = mg_req_new(w, d);
+  if (!n) {
+    free(rf);
+    return MG_ENOMEM;
+  }
+  rf->req = n;
+  w->nconns++; /* from here on, refresh_end and refresh_freed undo it */
+  if (n->wg != r->wg) { /* the client's generation: its route and upstream */
+    mg_wgen_unref(n->wg);
+    n->wg = r->wg;
+    mg_wgen_ref(n->wg);
+    n->gen = r->gen;
+    n->lua.wg = r->wg;
+  }
+  const char *client = r->down->client ? r->down->client : "-";
+  char *cl = mg_arena_strdup(&n->arena, client, strlen(client));
+  int ip_in = cl && r->down->ip.p >= client && r->down->ip.p + r->down->ip.len <= client + strlen(client);
+  d->client = cl;
+  d->ip = ip_in ? (mg_str_t){ cl + (r->down->ip.p - client), r->down->ip.len } : (mg_str_t){ "-", 1 };
+  n->method = n->down_method = HTTP_GET;
+  n->http_minor = 1;
+  n->target = r->target;
+  n->path = r->path;
+  n->host = r->host;
+  n->host_name = r->host_name;
+  n->client_ip = r->client_ip;
+  n->connection = r->connection;
+  n->ckey = r->ckey;
+  n->trusted = r->trusted;
+  n->keepalive = 1;
+  n->complete = 1;
+  n->route = r->route;
+  n->upstream = r->upstream;
+  n->lua.route = r->lua.route;
+  n->lua.budget_ms = r->lua.budget_ms;
+  n->c_on = 1;
+  n->c_fwd = MG_CS_FWD_STALE;
+  n->c_req_time = (int64_t)time(NULL);
+  n->c_refresh = 1;
+  n->c_refresh_tls = r->down->ssl != NULL;
+  if (!cl || refresh_head(n, r) < 0 || refresh_str(n, &n->target) < 0 || refresh_str(n, &n->path) < 0 ||
+      refresh_str(n, &n->host) < 0 || refresh_str(n, &n->host_name) < 0 || refresh_str(n, &n->client_ip) < 0 ||
+      refresh_str(n, &n->connection) < 0 || refresh_str(n, &n->ckey) < 0) {
+    refresh_end(rf, 0);
+    return MG_ENOMEM;
+  }
+  if (o->meta.has_validator) {
+    mg_cobj_ref(o);
+    n->c_obj = o;
+  }
+  n->c_flight = f; /* from here on the request says how the refresh ended */
+  n->c_lead = 1;
+  MG_DEBUG(w->id, "req %s: cache: stale-while-revalidate: refresh %s", r->id, n->id);
+  start_upstream(n, 0); /* answers (to nobody) on failure; a hook that waits goes on by itself */
+  return 0;
+}
+
+/* r answers from o, stale within stale-while-revalidate: one refresh of the
+ * key, unless a fetch of it is under way. */
+static void cache_swr(mg_req_t *r, mg_cobj_t *o, mg_cp_decision_t *d) {
+  d->cs.detail = "stale-while-revalidate";
+  if (!r->route || r->upstream < 0) return;
+  int lead = 0;
+  mg_cflight_t *f = mg_cflight_join(r->ckey, NULL, 1, &lead);
+  if (!f) return; /* someone fetches it already */
+  if (refresh_start(r, o, f) < 0) {
+    MG_WARN(r->w->id, "req %s: cache: out of memory: no stale-while-revalidate refresh", r->id);
+    mg_cflight_done(f, MG_CFLIGHT_FAILED);
+  }
 }

@@ -233,6 +233,7 @@ struct mg_req_s {
   unsigned c_waiting : 1;        /* parked until the fetch ends or the bound passes */
   unsigned c_waited : 1;         /* waited once: looks up again, never waits again */
   unsigned c_refresh : 1;        /* a stale-while-revalidate refresh: no client */
+  unsigned c_refresh_tls : 1;    /* and the client it copies came over TLS (down.ssl is NULL) */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

@@ -163,3 +163,82 @@ for _, workers in ipairs({ 1, 2 }) do
     end)
   end)
 end
+
+describe("cache stale-while-revalidate", function()
+  local origin, proxy
+  local clock = require("socket").gettime
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o", status_file = true })
+    proxy = helpers.proxy(conf(2), { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    origin:force_status(nil)
+    helpers.teardown(proxy)
+  end)
+
+  local function get(p) return assert(proxy:request({ path = p })) end
+
+  -- waits until the origin was asked n times for p, then for its answer (it
+  -- waits `delay` seconds) to reach the store
+  local function asked(p, n, delay)
+    assert(helpers.wait_until(function() return origin:count_path(p) >= n end, 5), "origin not asked " .. n .. " times")
+    helpers.sleep(delay + 0.3)
+  end
+
+  it("answers a stale response at once with the old body, refreshes it with one origin request, and the next request is a hit on the new body", function()
+    local p = target(0.5, "swr", { "Cache-Control:max-age=2, stale-while-revalidate=30" })
+    local a = get(p)
+    assert.equal("swr count=1 al=-\n", a.body)
+    assert.equal("moongate; fwd=uri-miss; stored", a.h["cache-status"])
+    helpers.sleep(3.2)
+    local t0 = clock()
+    local rs = burst(proxy, 10, p)
+    local took = clock() - t0
+    for i, r in ipairs(rs) do
+      assert.equal(200, r.status, "response " .. i)
+      assert.equal("swr count=1 al=-\n", r.body, "response " .. i)
+      assert.matches("^moongate; hit; ttl=%-%d+; detail=stale%-while%-revalidate$", r.h["cache-status"])
+    end
+    assert.is_true(took < 0.45, "the stale answers waited for the origin: " .. took .. " s")
+    asked(p, 2, 0.5)
+    local b = get(p)
+    assert.equal("swr count=2 al=-\n", b.body)
+    assert.matches("^moongate; hit; ttl=%d+$", b.h["cache-status"])
+    assert.equal(2, origin:count_path(p)) -- the first fetch and exactly one refresh
+  end)
+
+  it("refreshes with the stored validators: a 304 updates the stored headers and keeps the body", function()
+    local p = target(0.3, "swr304", { "Cache-Control:max-age=2, stale-while-revalidate=30", 'ETag:"s1"' }, "cond=1")
+    local a = get(p)
+    assert.equal("swr304 count=1 al=-\n", a.body)
+    assert.equal("1", a.h["x-count"])
+    helpers.sleep(3.2)
+    local s = get(p)
+    assert.equal("swr304 count=1 al=-\n", s.body)
+    assert.matches("detail=stale%-while%-revalidate$", s.h["cache-status"])
+    asked(p, 2, 0.3)
+    local b = get(p)
+    assert.equal("swr304 count=1 al=-\n", b.body) -- the body kept
+    assert.equal("2", b.h["x-count"])              -- the headers of the 304
+    assert.matches("^moongate; hit; ttl=%d+$", b.h["cache-status"])
+    assert.equal(2, origin:count_path(p))
+  end)
+
+  it("a refresh that fails leaves the stale response in the store", function()
+    local p = target(0.1, "swrfail", { "Cache-Control:max-age=2, stale-while-revalidate=30" })
+    assert.equal("swrfail count=1 al=-\n", get(p).body)
+    helpers.sleep(3.2)
+    origin:force_status(500)
+    local s = get(p)
+    assert.equal("swrfail count=1 al=-\n", s.body)
+    asked(p, 2, 0.1)
+    local t = get(p) -- still the stale one (and another refresh goes)
+    assert.equal("swrfail count=1 al=-\n", t.body)
+    assert.matches("^moongate; hit; ttl=%-%d+; detail=stale%-while%-revalidate$", t.h["cache-status"])
+    asked(p, 3, 0.1)
+    origin:force_status(nil)
+    proxy:assert_alive()
+  end)
+end)
