@@ -3358,13 +3358,17 @@ static int cache_resumed(mg_req_t *r) {
  * connection stand-in whose output is dropped. Its 304 is merged and its full
  * response stored by the same paths as a client's revalidation
  * (cache_revalidated, cache_fill_begin); a failure leaves the stale object as
- * it is. The worker counts it as a connection (w->nconns) while it runs, so a
- * drain waits for it (bounded by the upstream's timeouts). */
+ * it is. The worker counts it as a connection (w->nconns) while it runs; a
+ * drain drops it (it has no client to finish for, and the stale object stays):
+ * a watch timer looks every REFRESH_WATCH_MS. */
+
+#define REFRESH_WATCH_MS 250
 
 typedef struct {
   mg_down_t down;    /* the exchange's "connection" */
   mg_outq_t out;     /* what the exchange writes to its client: dropped at each flush */
   mg_timer_t gone;   /* frees this on the next loop turn, once the request ended */
+  mg_timer_t watch;  /* while the request runs: drops it when the worker drains */
   mg_worker_t *w;
   mg_req_t *req;     /* NULL once it ended */
 } refresh_t;
@@ -3384,6 +3388,7 @@ static void refresh_end(refresh_t *rf, int abort) {
   mg_req_t *r = rf->req;
   if (!r) return;
   rf->req = NULL;
+  mg_timer_stop(&rf->w->timers, &rf->watch);
   if (abort) mg_proxy_abort(r);
   mg_req_free(r);
   mg_timer_start(&rf->w->timers, &rf->gone, 0, refresh_freed);
@@ -3400,6 +3405,17 @@ static void refresh_close(void *conn) {
   refresh_end(rf, 1);
 }
 static void refresh_nop(void *conn) { (void)conn; }
+
+static void refresh_watch(mg_timer_t *t) {
+  refresh_t *rf = (refresh_t *)((char *)t - offsetof(refresh_t, watch));
+  if (!rf->req) return;
+  if (!rf->w->draining) {
+    mg_timer_start(&rf->w->timers, &rf->watch, REFRESH_WATCH_MS, refresh_watch);
+    return;
+  }
+  MG_INFO(rf->w->id, "req %s: cache: the worker drains: background refresh dropped", rf->req->id);
+  refresh_close(rf);
+}
 
 static const mg_down_ops_t refresh_ops = {
   .flush = refresh_flush, .done = refresh_done, .close = refresh_close, .close_after_flush = refresh_close,
@@ -3499,6 +3515,7 @@ static int refresh_start(mg_req_t *r, mg_cobj_t *o, mg_cflight_t *f) {
   }
   n->c_flight = f; /* from here on the request says how the refresh ended */
   n->c_lead = 1;
+  mg_timer_start(&w->timers, &rf->watch, REFRESH_WATCH_MS, refresh_watch);
   MG_DEBUG(w->id, "req %s: cache: stale-while-revalidate: refresh %s", r->id, n->id);
   start_upstream(n, 0); /* answers (to nobody) on failure; a hook that waits goes on by itself */
   return 0;
@@ -3508,7 +3525,7 @@ static int refresh_start(mg_req_t *r, mg_cobj_t *o, mg_cflight_t *f) {
  * key, unless a fetch of it is under way. */
 static void cache_swr(mg_req_t *r, mg_cobj_t *o, mg_cp_decision_t *d) {
   d->cs.detail = "stale-while-revalidate";
-  if (!r->route || r->upstream < 0) return;
+  if (!r->route || r->upstream < 0 || r->w->draining) return;
   int lead = 0;
   mg_cflight_t *f = mg_cflight_join(r->ckey, NULL, 1, &lead);
   if (!f) return; /* someone fetches it already */

@@ -290,3 +290,30 @@ describe("cache request collapsing and a graceful stop", function()
     assert.equal(1, origin:count_path(p))
   end)
 end)
+
+describe("cache stale-while-revalidate and a graceful stop", function()
+  local origin, proxy
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o" })
+    proxy = helpers.proxy(conf(1), { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("SIGTERM drops a background refresh (no client waits for it) and exits 0 at once", function()
+    local p = target(3, "swrstop", { "Cache-Control:max-age=1, stale-while-revalidate=30" })
+    assert.equal("swrstop count=1 al=-\n", assert(proxy:request({ path = p })).body)
+    helpers.sleep(2.2)
+    local s = assert(proxy:request({ path = p }))
+    assert.equal("swrstop count=1 al=-\n", s.body)
+    assert(helpers.wait_until(function() return origin:count_path(p) == 2 end, 2), "no refresh")
+    local t0 = helpers.now()
+    proxy:signal(helpers.SIGTERM)
+    assert.same({ "exited", 0 }, { proxy:wait(5) })
+    local dt = helpers.now() - t0
+    assert.is_true(dt < 1.5, "exit took " .. dt .. " s (the refresh's origin answers after 3 s)")
+  end)
+end)
