@@ -16,6 +16,7 @@
 #include "uri.h"
 #include "balance.h"
 #include "cache.h"
+#include "cflight.h"
 #include "log.h"
 #include "upstream.h"
 #include "wctx.h"
@@ -456,6 +457,7 @@ static const mg_filter_ops_t compress_filter = {
 static int cache_fill_begin(mg_req_t *r);
 static void cache_invalidate(mg_req_t *r);
 static int range_slice_begin(mg_req_t *r);
+static void cache_flight_end(mg_req_t *r, int outcome);
 
 /* The response chain of this exchange, from its route (once its head is known).
  * *saw_head is set when a filter saw the head (it may have changed it). */
@@ -600,6 +602,7 @@ static int log_detach(mg_req_t *r);
 
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
+  cache_flight_end(r, MG_CFLIGHT_FAILED); /* its waiters need not wait for a log hook */
   if (r->upc) mg_proxy_abort(r);
   if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG) &&
       mg_lua_hook(&r->lua, MG_HOOK_LOG, NULL) == MG_LUA_WAIT && log_detach(r) == 0)
@@ -699,6 +702,7 @@ static void req_release(mg_req_t *r) {
   }
   mg_cobj_unref(r->c_obj);
   r->c_obj = NULL;
+  cache_flight_end(r, MG_CFLIGHT_FAILED);
   attempt_end(r); /* (every path that ends an attempt did already; this one cannot miss) */
   request_done(r);
   free(r->rb);
@@ -735,6 +739,7 @@ void mg_req_dispose(mg_req_t *r) {
 }
 
 void mg_proxy_abort(mg_req_t *r) {
+  cache_flight_end(r, MG_CFLIGHT_FAILED); /* a waiting request leaves the fetch's list */
   if (r->upc) {
     mg_upconn_t *u = r->upc;
     mg_upstream_release(u, 0);
@@ -1177,7 +1182,7 @@ static int build_upstream_head(mg_req_t *r) {
   hw_put(q, ip.p, ip.len);
   HW_LIT(q, "\r\n");
   if (!have_proto) {
-    if (c->ssl) HW_LIT(q, "X-Forwarded-Proto: https\r\n");
+    if (c->ssl || r->c_refresh_tls) HW_LIT(q, "X-Forwarded-Proto: https\r\n");
     else HW_LIT(q, "X-Forwarded-Proto: http\r\n");
   }
   if (r->host.len && !have_fhost) append_header(q, MG_STR("X-Forwarded-Host"), r->host);
@@ -1197,7 +1202,7 @@ static int build_upstream_head(mg_req_t *r) {
     HW_LIT(q, "for=");
     hw_put(q, ip.p, ip.len);
   }
-  if (c->ssl) HW_LIT(q, ";proto=https\r\n");
+  if (c->ssl || r->c_refresh_tls) HW_LIT(q, ";proto=https\r\n");
   else HW_LIT(q, ";proto=http\r\n");
   HW_LIT(q, "Via: ");
   mg_str_t via = seen_via ? joined(r, MG_STR("via"), 1) : (mg_str_t){ NULL, 0 };
@@ -1442,8 +1447,12 @@ static int upstream_hooked(mg_req_t *r, int hook, int rc, int head) {
   return pick_server(r, hook == MG_HOOK_BALANCE, head);
 }
 
+static int cache_resumed(mg_req_t *r);
+#define HOOK_CACHE_WAIT (MG_HOOK_MAX + 1) /* not a hook: a miss waits for a fetch of its key */
+
 int mg_proxy_head_resume(mg_req_t *r) {
   int hook = r->hook_wait - 1;
+  if (hook == HOOK_CACHE_WAIT) return cache_resumed(r);
   int rc = hook_resume(r, hook, hook == MG_HOOK_CACHE_KEY ? "the default key is used" : "504");
   if (rc == MG_LUA_WAIT) return hook_wait_in(r, hook, 1);
   if (hook == MG_HOOK_REQUEST) return request_hooked(r, rc);
@@ -2813,8 +2822,9 @@ static const mg_up_events_t up_events = {
  * alone for a HEAD. Otherwise the request goes upstream; when the response
  * head is known, cachepol decides whether it may be stored (cache_fill_begin)
  * and a filter at the end of the response chain copies the body into a writer,
- * committed when the body ends. What is not done yet (revalidation with the
- * origin, stale-*, collapsing, invalidation): docs/notes-i13-cache.md. */
+ * committed when the body ends. Concurrent misses of a key collapse into one
+ * fetch, and stale-while-revalidate refreshes in the background (both at the
+ * end of this section). What is not done yet: docs/notes-i13-cache.md. */
 
 /* Stored headers the decisions look at; a head with more still goes out whole. */
 #define STORED_MAX 128
@@ -3279,8 +3289,14 @@ static int range_slice_begin(mg_req_t *r) {
   return 0;
 }
 
+static void cache_collapsed_status(mg_req_t *r, mg_cp_decision_t *d);
+static void cache_swr(mg_req_t *r, mg_cobj_t *o, mg_cp_decision_t *d);
+static int cache_collapsed_reuse(const mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d);
+static int cache_collapse(mg_req_t *r, const mg_cp_decision_t *d);
+
 /* The lookup of a caching route's GET/HEAD: 1 when answered from the store (or
- * refused: only-if-cached), 0 to go upstream (r->c_on says it looked). */
+ * refused: only-if-cached), 0 to go upstream (r->c_on says it looked),
+ * MG_PROXY_WAIT when it waits for a fetch of its key (cache_collapse). */
 static int cache_lookup(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c) return 0;
@@ -3297,9 +3313,9 @@ static int cache_lookup(mg_req_t *r) {
   mg_cobj_t *o = mg_cache_lookup(c, r->ckey, vary_match, r, &nv);
   mg_cp_decision_t d;
   mg_cp_decide(o ? &o->meta : NULL, &rcc, now, &d);
-  /* stale-while-revalidate would answer stale and refresh in the background: not
-   * yet, so such a response goes to the origin like any stale one */
-  if (o && (d.verdict == MG_CP_HIT || (d.verdict == MG_CP_STALE_SERVE && d.reason == MG_CP_R_MAX_STALE))) {
+  if (o && (d.verdict == MG_CP_HIT || d.verdict == MG_CP_STALE_SERVE || cache_collapsed_reuse(r, o, &d))) {
+    if (d.reason == MG_CP_R_SWR) cache_swr(r, o, &d); /* answers stale, refreshes once */
+    cache_collapsed_status(r, &d);
     cache_answer(r, o, &d);
     mg_cobj_unref(o);
     return 1;
@@ -3317,7 +3333,7 @@ static int cache_lookup(mg_req_t *r) {
   r->c_fwd = d.cs.fwd ? d.cs.fwd : MG_CS_FWD_STALE;
   if (!o && nv > 0) r->c_fwd = MG_CS_FWD_VARY_MISS;
   range_fetch_check(r);
-  return 0;
+  return cache_collapse(r, &d);
 }
 
 /* The stored head: the response's headers as the client gets them, less what
@@ -3383,6 +3399,7 @@ static int cache_body(mg_filter_t *f, const char *p, size_t n) {
     mg_cache_abort(r->cwriter);
     r->cwriter = NULL;
     r->c_big = 1;
+    cache_flight_end(r, MG_CFLIGHT_FAILED);
   }
   return mg_filter_pass(f, p, n);
 }
@@ -3393,6 +3410,7 @@ static int cache_end(mg_filter_t *f) {
     int rc = mg_cache_commit(r->cwriter, r->cvary, r->chead, &r->cfill->meta);
     r->cwriter = NULL;
     if (rc == MG_ENOMEM) MG_WARN(r->w->id, "req %s: cache: out of memory: response not stored", r->id);
+    cache_flight_end(r, rc == 0 ? MG_CFLIGHT_STORED : MG_CFLIGHT_FAILED);
   }
   return mg_filter_pass_end(f);
 }
@@ -3401,9 +3419,22 @@ static const mg_filter_ops_t cache_filter = {
   .name = "cache store", .head = cache_head, .body = cache_body, .end = cache_end,
 };
 
+static int cache_fill_try(mg_req_t *r);
+
 /* The response head is known (after the response hook): may it be stored? If
- * so, a writer and the filter that feeds it. 0, or MG_ENOMEM. */
+ * so, a writer and the filter that feeds it; if not, the requests waiting for
+ * this one's fetch go on their own now. 0, or MG_ENOMEM. */
 static int cache_fill_begin(mg_req_t *r) {
+  if (r->c_refresh && r->status >= 500) { /* a refresh that failed keeps the stale object */
+    cache_flight_end(r, MG_CFLIGHT_FAILED);
+    return 0;
+  }
+  int rc = cache_fill_try(r);
+  if (!r->cwriter) cache_flight_end(r, MG_CFLIGHT_FAILED);
+  return rc;
+}
+
+static int cache_fill_try(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c || r->down_method != HTTP_GET) return 0;
   mg_cp_hdrs_t rq = req_hdrs(r), rs = { r->rhead.headers, r->rhead.n };
@@ -3551,6 +3582,7 @@ static int cache_revalidated(mg_req_t *r) {
     mg_cache_remove(c, r->ckey); /* the 304 made it unstorable (no-store, ...) */
     cs.detail = mg_cp_ns_reason(why);
   }
+  cache_flight_end(r, cs.stored ? MG_CFLIGHT_STORED : MG_CFLIGHT_FAILED);
   int64_t age = mg_cp_age(&m, now);
   cs.has_ttl = 1;
   cs.ttl = m.lifetime - age;
@@ -3660,6 +3692,327 @@ static int cache_begin(mg_req_t *r) {
 
 /* The cache_key hook that waited ended: what after_request does after the lookup. */
 static int cache_key_resumed(mg_req_t *r, int rc) {
-  if (cache_keyed(r, rc)) return 0;
+  int cl = cache_keyed(r, rc); /* 1 answered, MG_PROXY_WAIT: waits for a fetch of its key */
+  if (cl) return cl == MG_PROXY_WAIT ? cl : 0;
   return start_upstream(r, 1);
+}
+
+/* ---- request collapsing (docs/cache.md "Request collapsing") ----
+ *
+ * A miss (or a stale object's revalidation) of a route with cache_lock_ms joins
+ * the fetch of its key in flight (core/cflight.h): the first leads and goes
+ * upstream; the others park in the head phase (as a waiting hook does) on their
+ * own worker, in its cache_waits, with a timer of cache_lock_ms. The leader
+ * says how its fetch ended: stored (cache_end, cache_revalidated), or not
+ * (not storable, too big, failed, its client gone: cache_fill_begin,
+ * cache_body, req_release). Its thread signals each waiter's worker (`wake`);
+ * each worker then resumes its own waiters (cache_woken): a waiter looks the
+ * store up again, and answers from it (Cache-Status "collapsed") or goes
+ * upstream on its own, never waiting twice. A waiter whose client leaves gives
+ * its place up (mg_proxy_abort). */
+
+static void wake_worker(void *arg) { uv_async_send(&((mg_worker_t *)arg)->wake); }
+
+/* The request stops leading (saying `outcome`) or waiting; nothing otherwise. */
+static void cache_flight_end(mg_req_t *r, int outcome) {
+  if (r->c_waiting) {
+    mg_worker_t *w = r->w;
+    r->c_waiting = 0;
+    mg_timer_stop(&w->timers, &r->c_timer);
+    if (r->c_wprev) r->c_wprev->c_wnext = r->c_wnext;
+    else w->cache_waits = r->c_wnext;
+    if (r->c_wnext) r->c_wnext->c_wprev = r->c_wprev;
+    r->c_wnext = r->c_wprev = NULL;
+    r->c_outcome = mg_cflight_state(r->c_flight);
+    mg_cflight_leave(r->c_flight, r->c_node);
+    r->c_flight = NULL;
+  } else if (r->c_lead) {
+    r->c_lead = 0;
+    mg_cflight_done(r->c_flight, outcome);
+    r->c_flight = NULL;
+  }
+}
+
+/* The wait is over (the fetch ended, or the bound passed): the head phase goes
+ * on through the connection (mg_proxy_head_resume -> cache_resumed). */
+static void cache_wait_over(mg_req_t *r) {
+  cache_flight_end(r, 0);
+  r->c_waited = 1;
+  r->down->ops->resume(r->down->conn);
+}
+
+static void cache_wait_expired(mg_timer_t *t) {
+  mg_req_t *r = (mg_req_t *)((char *)t - offsetof(mg_req_t, c_timer));
+  MG_DEBUG(r->w->id, "req %s: cache: waited cache_lock_ms for a fetch of its key: goes alone", r->id);
+  cache_wait_over(r);
+}
+
+/* The worker was woken (any fetch that one of its requests waits for ended):
+ * each such request goes on. One at a time, from the list's head: a request
+ * that goes on may end others' connections' turns, never unlink another. */
+static void cache_woken(mg_worker_t *w) {
+  for (;;) {
+    mg_req_t *r = w->cache_waits;
+    while (r && mg_cflight_state(r->c_flight) == MG_CFLIGHT_PENDING) r = r->c_wnext;
+    if (!r) return;
+    cache_wait_over(r);
+  }
+}
+
+/* Leads the fetch of r's key, waits for the one in flight (MG_PROXY_WAIT), or
+ * goes alone (0): the end of a lookup that goes upstream. What the client's own
+ * directives send to the origin (no-cache, max-age, min-fresh) is not
+ * collapsed, nor a request that waited once; a HEAD waits but does not lead
+ * (its response is not stored). */
+static int cache_collapse(mg_req_t *r, const mg_cp_decision_t *d) {
+  uint64_t ms = r->route->cache_lock_ms;
+  if (!ms || r->c_waited) return 0;
+  int stale = d->verdict == MG_CP_REVALIDATE && (d->reason == MG_CP_R_STALE || d->reason == MG_CP_R_RES_NO_CACHE);
+  if (d->verdict != MG_CP_MISS && !stale) return 0;
+  mg_cwaiter_t *node = mg_arena_alloc(&r->arena, sizeof(*node));
+  if (!node) return 0;
+  *node = (mg_cwaiter_t){ .wake = wake_worker, .arg = r->w };
+  int lead = 0;
+  mg_cflight_t *f = mg_cflight_join(r->ckey, node, r->down_method == HTTP_GET, &lead);
+  if (!f) return 0;
+  r->c_flight = f;
+  if (lead) {
+    r->c_lead = 1;
+    return 0;
+  }
+  mg_worker_t *w = r->w;
+  r->c_node = node;
+  r->c_waiting = 1;
+  r->c_wprev = NULL;
+  r->c_wnext = w->cache_waits;
+  if (w->cache_waits) w->cache_waits->c_wprev = r;
+  w->cache_waits = r;
+  w->woken = cache_woken;
+  r->c_wait_since = r->c_req_time;
+  mg_cobj_unref(r->c_obj); /* looked up again when the wait is over */
+  r->c_obj = NULL;
+  r->c_sie = 0;
+  mg_timer_start(&w->timers, &r->c_timer, ms, cache_wait_expired);
+  return hook_wait_in(r, HOOK_CACHE_WAIT, 1);
+}
+
+/* A waiter whose fetch stored a response that wants revalidation already
+ * (stale at once: max-age=0, a whole-second clock; or no-cache) takes it
+ * anyway when it came after the waiter asked: that fetch was made for it too
+ * (RFC 9111 4: collapsed requests share the response); the client's own
+ * directives still decide (no-cache, max-age, min-fresh). */
+static int cache_collapsed_reuse(const mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t *d) {
+  if (!r->c_waited || r->c_outcome != MG_CFLIGHT_STORED || d->verdict != MG_CP_REVALIDATE) return 0;
+  if (d->reason != MG_CP_R_STALE && d->reason != MG_CP_R_RES_NO_CACHE) return 0;
+  return o->meta.response_time >= r->c_wait_since;
+}
+
+/* A waiter answered from what its fetch stored: RFC 9211 "collapsed" (its
+ * request went forward with another), with the fwd that sent it there. */
+static void cache_collapsed_status(mg_req_t *r, mg_cp_decision_t *d) {
+  if (!r->c_waited || r->c_outcome != MG_CFLIGHT_STORED) return;
+  d->cs.hit = 0;
+  d->cs.fwd = r->c_fwd;
+  d->cs.collapsed = 1;
+}
+
+/* The head phase after a wait: the store again (a hit now, most often), else
+ * upstream alone. */
+static int cache_resumed(mg_req_t *r) {
+  r->hook_wait = 0;
+  r->wait_head = 0;
+  int cl = cache_lookup(r);
+  if (cl) return cl == MG_PROXY_WAIT ? cl : 0;
+  return start_upstream(r, 1);
+}
+
+/* ---- stale-while-revalidate (RFC 5861; docs/cache.md "stale-while-revalidate") ----
+ *
+ * A stale response within its stale-while-revalidate window answers at once
+ * (Cache-Status: hit, a negative ttl, detail=stale-while-revalidate), and one
+ * refresh of the key starts in the background unless a fetch of it is under
+ * way (the fetches-in-flight table is the "once": the refresh leads it, so
+ * misses past the window wait for it as for any fetch). The refresh is a
+ * request of its own with no client: a copy of the client's GET (its
+ * conditionals left out, the stored validators put in by
+ * build_upstream_head, as for any revalidation), run from the upstream phase on
+ * (upstream_request and balance hooks, retries, the log hook and line) over a
+ * connection stand-in whose output is dropped. Its 304 is merged and its full
+ * response stored by the same paths as a client's revalidation
+ * (cache_revalidated, cache_fill_begin); a failure leaves the stale object as
+ * it is. The worker counts it as a connection (w->nconns) while it runs; a
+ * drain drops it (it has no client to finish for, and the stale object stays):
+ * a watch timer looks every REFRESH_WATCH_MS. */
+
+#define REFRESH_WATCH_MS 250
+
+typedef struct {
+  mg_down_t down;    /* the exchange's "connection" */
+  mg_outq_t out;     /* what the exchange writes to its client: dropped at each flush */
+  mg_timer_t gone;   /* frees this on the next loop turn, once the request ended */
+  mg_timer_t watch;  /* while the request runs: drops it when the worker drains */
+  mg_worker_t *w;
+  mg_req_t *req;     /* NULL once it ended */
+} refresh_t;
+
+static void refresh_freed(mg_timer_t *t) {
+  refresh_t *rf = (refresh_t *)((char *)t - offsetof(refresh_t, gone));
+  mg_worker_t *w = rf->w;
+  mg_outq_dispose(&rf->out);
+  free(rf);
+  w->conn_closed(w); /* may finish a draining worker */
+}
+
+/* The request ends (its answer is complete, or it was cut short): the stand-in
+ * stays until the next loop turn, since the exchange may look at down.closed
+ * after the op that ended it. */
+static void refresh_end(refresh_t *rf, int abort) {
+  mg_req_t *r = rf->req;
+  if (!r) return;
+  rf->req = NULL;
+  mg_timer_stop(&rf->w->timers, &rf->watch);
+  if (abort) mg_proxy_abort(r);
+  mg_req_free(r);
+  mg_timer_start(&rf->w->timers, &rf->gone, 0, refresh_freed);
+}
+
+static void refresh_flush(void *conn) {
+  refresh_t *rf = conn;
+  mg_outq_drop(&rf->out, rf->out.pending);
+}
+static void refresh_done(void *conn) { refresh_end(conn, 0); }
+static void refresh_close(void *conn) {
+  refresh_t *rf = conn;
+  rf->down.closed = 1;
+  refresh_end(rf, 1);
+}
+static void refresh_nop(void *conn) { (void)conn; }
+
+static void refresh_watch(mg_timer_t *t) {
+  refresh_t *rf = (refresh_t *)((char *)t - offsetof(refresh_t, watch));
+  if (!rf->req) return;
+  if (!rf->w->draining) {
+    mg_timer_start(&rf->w->timers, &rf->watch, REFRESH_WATCH_MS, refresh_watch);
+    return;
+  }
+  MG_INFO(rf->w->id, "req %s: cache: the worker drains: background refresh dropped", rf->req->id);
+  refresh_close(rf);
+}
+
+static const mg_down_ops_t refresh_ops = {
+  .flush = refresh_flush, .done = refresh_done, .close = refresh_close, .close_after_flush = refresh_close,
+  .reading = refresh_nop, .tunnel = refresh_nop, .local_addr = refresh_nop, .resume = refresh_nop,
+  .pull_body = refresh_nop,
+};
+
+static int refresh_str(mg_req_t *n, mg_str_t *s) {
+  if (!s->len) return 0;
+  char *p = mg_arena_strdup(&n->arena, s->p, s->len);
+  if (!p) return MG_ENOMEM;
+  *s = (mg_str_t){ p, s->len };
+  return 0;
+}
+
+/* The client's request head, less its conditionals and ranges (the refresh is
+ * a plain GET of the whole object, or the store's own revalidation). */
+static int refresh_head(mg_req_t *n, const mg_req_t *r) {
+  static const char *const dropped[] = { "if-none-match", "if-modified-since", "if-match", "if-unmodified-since",
+                                         "if-range", "range" };
+  mg_head_t *h = &n->head;
+  mg_str_t url = mg_head_url(&r->head);
+  if (mg_head_append(h, MG_HEAD_URL, url.p, url.len, SIZE_MAX, SIZE_MAX) < 0) return MG_ENOMEM;
+  for (size_t i = 0; i < r->head.n; i++) {
+    const mg_header_t *hd = &r->head.headers[i];
+    int skip = 0;
+    for (size_t k = 0; k < sizeof(dropped) / sizeof(dropped[0]) && !skip; k++)
+      skip = hd->name.len == strlen(dropped[k]) && strncasecmp(hd->name.p, dropped[k], hd->name.len) == 0;
+    if (skip) continue;
+    if (mg_head_append(h, MG_HEAD_FIELD, hd->name.p, hd->name.len, SIZE_MAX, SIZE_MAX) < 0 ||
+        mg_head_append(h, MG_HEAD_VALUE, hd->value.p, hd->value.len, SIZE_MAX, SIZE_MAX) < 0)
+      return MG_ENOMEM;
+  }
+  return mg_head_finish(h);
+}
+
+/* A request like r's, with no client, that refreshes o (stored under r->ckey)
+ * and leads the flight f. 0, or MG_ENOMEM (nothing started). */
+static int refresh_start(mg_req_t *r, mg_cobj_t *o, mg_cflight_t *f) {
+  mg_worker_t *w = r->w;
+  refresh_t *rf = calloc(1, sizeof(*rf));
+  if (!rf) return MG_ENOMEM;
+  rf->w = w;
+  mg_outq_init(&rf->out, NULL, NULL);
+  mg_down_t *d = &rf->down;
+  *d = (mg_down_t){ .conn = rf, .ops = &refresh_ops, .out = &rf->out, .peer = r->down->peer,
+                    .local = r->down->local, .listener = r->down->listener };
+  mg_req_t *n = mg_req_new(w, d);
+  if (!n) {
+    free(rf);
+    return MG_ENOMEM;
+  }
+  rf->req = n;
+  w->nconns++; /* from here on, refresh_end and refresh_freed undo it */
+  if (n->wg != r->wg) { /* the client's generation: its route and upstream */
+    mg_wgen_unref(n->wg);
+    n->wg = r->wg;
+    mg_wgen_ref(n->wg);
+    n->gen = r->gen;
+    n->lua.wg = r->wg;
+  }
+  const char *client = r->down->client ? r->down->client : "-";
+  char *cl = mg_arena_strdup(&n->arena, client, strlen(client));
+  int ip_in = cl && r->down->ip.p >= client && r->down->ip.p + r->down->ip.len <= client + strlen(client);
+  d->client = cl;
+  d->ip = ip_in ? (mg_str_t){ cl + (r->down->ip.p - client), r->down->ip.len } : (mg_str_t){ "-", 1 };
+  n->method = n->down_method = HTTP_GET;
+  n->http_minor = 1;
+  n->target = r->target;
+  n->path = r->path;
+  n->host = r->host;
+  n->host_name = r->host_name;
+  n->client_ip = r->client_ip;
+  n->connection = r->connection;
+  n->ckey = r->ckey;
+  n->trusted = r->trusted;
+  n->keepalive = 1;
+  n->complete = 1;
+  n->route = r->route;
+  n->upstream = r->upstream;
+  n->lua.route = r->lua.route;
+  n->lua.budget_ms = r->lua.budget_ms;
+  n->c_on = 1;
+  n->c_fwd = MG_CS_FWD_STALE;
+  n->c_req_time = (int64_t)time(NULL);
+  n->c_refresh = 1;
+  n->c_refresh_tls = r->down->ssl != NULL;
+  if (!cl || refresh_head(n, r) < 0 || refresh_str(n, &n->target) < 0 || refresh_str(n, &n->path) < 0 ||
+      refresh_str(n, &n->host) < 0 || refresh_str(n, &n->host_name) < 0 || refresh_str(n, &n->client_ip) < 0 ||
+      refresh_str(n, &n->connection) < 0 || refresh_str(n, &n->ckey) < 0) {
+    refresh_end(rf, 0);
+    return MG_ENOMEM;
+  }
+  if (o->meta.has_validator) {
+    mg_cobj_ref(o);
+    n->c_obj = o;
+  }
+  n->c_flight = f; /* from here on the request says how the refresh ended */
+  n->c_lead = 1;
+  mg_timer_start(&w->timers, &rf->watch, REFRESH_WATCH_MS, refresh_watch);
+  MG_DEBUG(w->id, "req %s: cache: stale-while-revalidate: refresh %s", r->id, n->id);
+  start_upstream(n, 0); /* answers (to nobody) on failure; a hook that waits goes on by itself */
+  return 0;
+}
+
+/* r answers from o, stale within stale-while-revalidate: one refresh of the
+ * key, unless a fetch of it is under way. */
+static void cache_swr(mg_req_t *r, mg_cobj_t *o, mg_cp_decision_t *d) {
+  d->cs.detail = "stale-while-revalidate";
+  if (!r->route || r->upstream < 0 || r->w->draining) return;
+  int lead = 0;
+  mg_cflight_t *f = mg_cflight_join(r->ckey, NULL, 1, &lead);
+  if (!f) return; /* someone fetches it already */
+  if (refresh_start(r, o, f) < 0) {
+    MG_WARN(r->w->id, "req %s: cache: out of memory: no stale-while-revalidate refresh", r->id);
+    mg_cflight_done(f, MG_CFLIGHT_FAILED);
+  }
 }

@@ -228,6 +228,21 @@ struct mg_req_s {
   unsigned c_chunked : 1;   /* a hit encoded for the client goes chunked */
   uint64_t c_from, c_to;    /* the bytes [from, to) of the stored body a hit sends */
   unsigned c_dated : 1;     /* the hit's head has its Date line (answer() adds none) */
+  /* i13-collapse: request collapsing and stale-while-revalidate (proxy.c "the
+   * cache", core/cflight.h) */
+  struct mg_cflight_s *c_flight; /* the fetch of ckey this request leads (c_lead) or
+                                    waits for (c_waiting): a reference, given back
+                                    when it ends (cache_flight_end) */
+  struct mg_cwaiter_s *c_node;   /* while waiting: its node in the fetch's list (arena) */
+  mg_req_t *c_wnext, *c_wprev;   /* while waiting: in the worker's cache_waits */
+  mg_timer_t c_timer;            /* while waiting: the route's cache_lock_ms */
+  int c_outcome;                 /* how the fetch it waited for ended (MG_CFLIGHT_*) */
+  int64_t c_wait_since;          /* seconds: when it began to wait (its first lookup) */
+  unsigned c_lead : 1;           /* leads the fetch of its key: says how it ended */
+  unsigned c_waiting : 1;        /* parked until the fetch ends or the bound passes */
+  unsigned c_waited : 1;         /* waited once: looks up again, never waits again */
+  unsigned c_refresh : 1;        /* a stale-while-revalidate refresh: no client */
+  unsigned c_refresh_tls : 1;    /* and the client it copies came over TLS (down.ssl is NULL) */
 };
 
 /* Creates the request for a new message on conn (llhttp on_message_begin). */

@@ -3,7 +3,8 @@
  * log buffer). worker.c owns and sets it up; the parts below it (connections,
  * exchanges, upstreams, Lua) read it and call back up only through the function
  * pointers it holds. Nothing here is touched by another thread except `cmd`
- * (atomic) and the async handle that announces it, and the hook watchdog fields. */
+ * (atomic) and the async handle that announces it, the `wake` handle, and the
+ * hook watchdog fields. */
 #ifndef MG_WCTX_H
 #define MG_WCTX_H
 
@@ -35,6 +36,14 @@ struct mg_worker_s {
   uv_thread_t thread;
   uv_loop_t loop;
   uv_async_t async;     /* main thread -> worker: look at `cmd` */
+  /* any thread -> worker: a part posts its own shared state, then wakes the
+   * worker (uv_async_send(&wake), thread-safe); `woken` (set by that part, may
+   * be NULL) runs on the worker and looks. Closed when the worker finishes: a
+   * part must stop waking it before (proxy.c: the cache's collapsed requests,
+   * whose nodes leave the fetch's list when their connections close). */
+  uv_async_t wake;
+  void (*woken)(mg_worker_t *w);
+  struct mg_req_s *cache_waits; /* requests waiting for a fetch of their key (proxy.c) */
   uv_prepare_t prepare; /* flushes the access log before the loop blocks */
   uv_timer_t drain_timer;
   uv_timer_t pool_timer; /* closes surplus idle upstream connections (upstream.h) */

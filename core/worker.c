@@ -35,6 +35,7 @@ static void finish(mg_worker_t *w) {
   mg_upstream_close_pools(w);
   if (w->socks_end) w->socks_end(w, MG_SOCKS_CLOSE); /* a timer callback's too: the loop ends */
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->wake)) uv_close((uv_handle_t *)&w->wake, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->prepare)) uv_close((uv_handle_t *)&w->prepare, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->drain_timer)) uv_close((uv_handle_t *)&w->drain_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->pool_timer)) uv_close((uv_handle_t *)&w->pool_timer, NULL);
@@ -227,6 +228,11 @@ static void on_async(uv_async_t *a) {
   }
 }
 
+static void on_wake(uv_async_t *a) {
+  mg_worker_t *w = a->data;
+  if (w->woken) w->woken(w);
+}
+
 static void run(void *arg) {
   mg_worker_t *w = arg;
   mg_current_worker = w;
@@ -281,6 +287,8 @@ int mg_worker_make(mg_worker_t *w, int id, mg_gen_t *gen, int *fds, void (*exite
 
   uv_async_init(&w->loop, &w->async, on_async);
   w->async.data = w;
+  uv_async_init(&w->loop, &w->wake, on_wake);
+  w->wake.data = w;
   uv_prepare_init(&w->loop, &w->prepare);
   w->prepare.data = w;
   uv_prepare_start(&w->prepare, on_prepare);

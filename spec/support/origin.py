@@ -68,6 +68,7 @@ Behaviour by path on the main port (the query string is ignored for routing):
                   answer has X-Count: C. cond=1: a request whose If-None-Match
                   equals the ETag h gets a 304 with the same headers. For the
                   cache's specs.
+  /slow-hdrs/S/TAG?...  waits S seconds, then answers as /hdrs/TAG?... (i13-collapse)
   /stats          the counters (this request is counted)
   /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
   /stream-echo    200 chunked, Connection: close: each piece of the request body
@@ -237,6 +238,18 @@ async def respond(writer, req, keep):
     kind = "/" + parts[1] if len(parts) > 1 else "/"
     head_only = req["method"] == "HEAD"
     conn_hdr = [] if keep else [("Connection", "close")]
+
+    # i13-collapse: /slow-hdrs/S/TAG?...: waits S seconds, then answers as
+    # /hdrs/TAG?... does (counted under that target: the X-Count and the body's
+    # count say how often the origin was asked, whichever way)
+    if kind == "/slow-hdrs":
+        await asyncio.sleep(float(arg))
+        rest = req["target"].split("/", 3)[3]
+        req = dict(req, target="/hdrs/" + rest)
+        path = req["target"].split("?")[0]
+        parts = path.split("/")
+        arg = parts[2] if len(parts) > 2 else ""
+        kind = "/hdrs"
 
     if kind == "/hdrs":
         from urllib.parse import parse_qsl
