@@ -28,49 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cachepol.h"
+#include "cobj.h"
 
-#define MG_CACHE_CHUNK 16384
-/* The most shards a store has; fewer when the cap is small (each shard must hold
- * at least two objects of max_object bytes: a shard evicts only its own objects). */
-#define MG_CACHE_SHARDS 64
-/* What an object costs beyond its bytes (the object and chunk headers, malloc's). */
-#define MG_CACHE_OVERHEAD 256
-
-typedef struct mg_cache_s mg_cache_t;
-typedef struct mg_cobj_s mg_cobj_t;
-typedef struct mg_cwriter_s mg_cwriter_t;
-
-typedef struct mg_cchunk_s mg_cchunk_t;
-struct mg_cchunk_s {
-  mg_cchunk_t *next;
-  size_t len;
-  char data[];
-};
-
-/* Read-only for everyone once committed. */
-struct mg_cobj_s {
-  atomic_int refs;
-  mg_cobj_t *hnext, *prev, *next; /* the shard's chain and LRU (under its lock) */
-  uint64_t hash;                  /* of the primary key */
-  size_t cost;                    /* bytes charged to the shard */
-  mg_cp_meta_t meta;
-  mg_str_t key;   /* primary key (mg_cp_key) */
-  mg_str_t vary;  /* secondary key (mg_cp_vary_key); len 0: the response had no Vary */
-  mg_str_t head;  /* the stored header lines, "name: value\r\n" each, no status line */
-  uint64_t body_len;
-  mg_cchunk_t *body; /* NULL when the body is empty */
-};
-
-typedef struct {
-  uint64_t objects, bytes, cap;
-  uint64_t lookups, hits, stores, replaced, rejected, evictions, too_big;
-  /* the disk store (0 without one): files, their bytes (whole 4 KiB blocks), the
-   * cap, lookups answered from disk, files written, writes failed or dropped,
-   * files evicted, files found corrupt and deleted */
-  uint64_t disk_objects, disk_bytes, disk_cap, disk_hits, disk_writes, disk_write_errors, disk_evictions,
-      disk_corrupt;
-} mg_cache_stats_t;
 
 /* A store of cap bytes (everything counted: keys, heads, bodies, overhead) for
  * objects of at most max_object body bytes. NULL when out of memory or cap is too
@@ -88,9 +47,6 @@ int mg_cache_open_disk(mg_cache_t *c, const char *path, uint64_t cap, char *err,
 void mg_cache_sync(mg_cache_t *c);
 uint64_t mg_cache_max_object(const mg_cache_t *c);
 
-/* Whether a stored variant is the one a request wants; called under the shard
- * lock for each variant of the key, so it must not block or call the store. */
-typedef int (*mg_cache_match_cb)(const mg_cobj_t *o, void *ctx);
 
 /* Looks key up (and counts it for admission): a referenced object (the caller
  * unrefs it), or NULL. match NULL: the first variant. *variants (may be NULL) gets

@@ -21,13 +21,13 @@
 #ifndef MG_CACHEDISK_H
 #define MG_CACHEDISK_H
 
-#include "cache.h"
+#include "cobj.h"
 
 typedef struct mg_cdisk_s mg_cdisk_t;
 
 /* Opens (mkdir -p) the folder, removes nothing yet, starts the writer and the
  * background walk (which first removes leftover temp files). unref drops an
- * object's reference (cache.c's mg_cobj_unref: this part uses cache.h's types
+ * object's reference (cache.c's mg_cobj_unref: this part uses cobj.h's types
  * and calls nothing of cache.c). NULL with a message in err when the folder
  * cannot be made or written to, or out of memory. */
 mg_cdisk_t *mg_cdisk_open(const char *path, uint64_t cap, void (*unref)(mg_cobj_t *), char *err, size_t errlen);
