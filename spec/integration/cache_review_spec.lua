@@ -98,3 +98,52 @@ describe("cache review", function()
     assert.equal(412, get(q, { { "If-Match", '"other"' } }).status)
   end)
 end)
+
+describe("cache review, disk store", function()
+  local origin
+
+  local DISK_CONF = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = false,
+            cache = { memory = "8m", max_object = "64k", path = "cache/", size = "10m" } }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { host = "stats.test", respond = function()
+  local s = assert(mg.cache.stats())
+  return 200, ("lookups=%d hits=%d misses=%d disk_hits=%d disk_writes=%d"):format(
+    s.lookups, s.hits, s.misses, s.disk_hits, s.disk_writes)
+end }
+mg.route { upstream = mg.upstream "o" { servers = { "${origin}" } }, cache = true }
+]]
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o" })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown()
+  end)
+
+  local function stats(p)
+    return assert(p:request({ path = "/", headers = { { "Host", "stats.test" } } })).body
+  end
+
+  -- a lookup answered from disk is a hit for the client (Cache-Status: hit):
+  -- mg.cache.stats() counted it as a miss (misses = lookups - memory hits)
+  it("counts a lookup answered from disk as a hit in mg.cache.stats()", function()
+    local dir = helpers.tmpdir()
+    local path = "/hdrs/diskstat?h=Cache-Control:max-age%3D600"
+    local p = helpers.proxy(DISK_CONF, { dir = dir, vars = { origin = origin.addr } })
+    assert.equal("moongate; fwd=uri-miss; stored", assert(p:request({ path = path })).h["cache-status"])
+    assert(helpers.wait_until(function() return stats(p):find("disk_writes=1", 1, true) end, 5), stats(p))
+    p:stop()
+    p = helpers.proxy(DISK_CONF, { dir = dir, vars = { origin = origin.addr } })
+    assert(helpers.wait_until(function()
+      local log = p:stderr()
+      return helpers.count(log, "cache: disk index of") > helpers.count(log, "SIGTERM: draining")
+    end, 10), "no index line:\n" .. p:stderr())
+    local b = assert(p:request({ path = path }))
+    assert.truthy((b.h["cache-status"] or ""):find("^moongate; hit"), tostring(b.h["cache-status"]))
+    assert.equal("lookups=1 hits=1 misses=0 disk_hits=1 disk_writes=0", stats(p))
+    p:stop()
+  end)
+end)
