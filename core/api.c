@@ -693,9 +693,12 @@ int mg_api_cache_stats(mg_cache_api_stats_t *out) {
   if (!c) return MG_API_ENOTFOUND;
   mg_cache_stats_t st;
   mg_cache_stats(c, &st);
+  /* a hit is a stored response found: in memory (st.hits) or, on a memory miss,
+   * on disk (st.disk_hits), as the client's Cache-Status says */
+  uint64_t hits = st.hits + st.disk_hits;
   *out = (mg_cache_api_stats_t){
     .objects = (double)st.objects, .bytes = (double)st.bytes, .cap = (double)st.cap,
-    .lookups = (double)st.lookups, .hits = (double)st.hits, .misses = (double)(st.lookups - st.hits),
+    .lookups = (double)st.lookups, .hits = (double)hits, .misses = (double)(st.lookups - hits),
     .stores = (double)st.stores, .replaced = (double)st.replaced, .rejected = (double)st.rejected,
     .evictions = (double)st.evictions, .too_big = (double)st.too_big,
     .disk_objects = (double)st.disk_objects, .disk_bytes = (double)st.disk_bytes, .disk_cap = (double)st.disk_cap,

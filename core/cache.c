@@ -49,6 +49,14 @@ struct mg_cache_s {
   unsigned nshards; /* power of two */
   shard_t *shards;
   mg_cdisk_t *disk; /* NULL: memory only; set before other threads see c */
+  /* Removals against promotions from disk (shared by every worker thread, hence
+   * atomic): a lookup that reads a file while a remove of its key runs on another
+   * thread must not link what it read after the remove emptied memory. removing
+   * counts the removes under way, removals every remove begun; a promotion links
+   * only when none was under way before its disk read and none began since
+   * (link_obj checks under the shard lock, which the remove's memory part takes). */
+  atomic_int removing;
+  atomic_uint_fast64_t removals;
 };
 
 struct mg_cwriter_s {
@@ -231,20 +239,32 @@ void mg_cache_free(mg_cache_t *c) {
 
 uint64_t mg_cache_max_object(const mg_cache_t *c) { return c->max_object; }
 
-static int link_obj(mg_cache_t *c, mg_cobj_t *o, int promote);
+/* promote: o comes from the disk store (read after removals was gen) */
+#define NOT_PROMOTED UINT64_MAX
+static int link_obj(mg_cache_t *c, mg_cobj_t *o, uint64_t promote_gen);
+
+static void remove_begin(mg_cache_t *c) {
+  atomic_fetch_add(&c->removing, 1);
+  atomic_fetch_add(&c->removals, 1);
+}
+
+static void remove_end(mg_cache_t *c) { atomic_fetch_sub(&c->removing, 1); }
 
 /* A memory miss with a disk store: the variant from disk, promoted into memory
- * (through admission; the caller gets its reference either way). *nv becomes the
- * larger of the two tiers' variant counts. */
+ * (through admission, and only when no remove ran meanwhile; the caller gets its
+ * reference either way). *nv becomes the larger of the two tiers' variant counts. */
 static mg_cobj_t *disk_lookup(mg_cache_t *c, mg_str_t key, uint64_t h, mg_cache_match_cb match, void *ctx,
                               int *nv) {
   int dnv = 0;
+  uint64_t gen = atomic_load(&c->removals);
+  int busy = atomic_load(&c->removing) > 0; /* a remove under way may not have reached the disk yet */
   mg_cobj_t *o = mg_cdisk_lookup(c->disk, key, match, ctx, &dnv);
   if (dnv > *nv) *nv = dnv;
   if (!o) return NULL;
   o->hash = h;
+  if (busy || gen == NOT_PROMOTED) return o; /* answered, not kept */
   mg_cobj_ref(o); /* one for the caller, one the index takes or drops */
-  link_obj(c, o, 1);
+  link_obj(c, o, gen);
   return o;
 }
 
@@ -391,11 +411,14 @@ int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_m
   w->body = w->tail = NULL;
   writer_free(w);
 
-  /* the disk store gets every committed object, admitted to memory or not */
-  if (c->disk) mg_cobj_ref(o);
-  int rc = link_obj(c, o, 0);
-  if (c->disk) mg_cdisk_store(c->disk, o);
-  return rc;
+  /* the disk store gets every committed object, admitted to memory or not;
+   * queued before it is linked, so that a remove that finds it in memory finds
+   * (and cancels) its write too: queued after, a write could follow the remove */
+  if (c->disk) {
+    mg_cobj_ref(o);
+    mg_cdisk_store(c->disk, o);
+  }
+  return link_obj(c, o, NOT_PROMOTED);
 }
 
 /* Whether the memory store has a variant of o's key that o must not replace:
@@ -409,14 +432,16 @@ static int newer_in_memory(shard_t *s, const mg_cobj_t *o) {
 }
 
 /* Links o (its one reference becomes the index's, or is dropped when it is not
- * linked): replacement of variants, admission, eviction. promote: o comes from
- * the disk store and yields to any variant of its key in memory. */
-static int link_obj(mg_cache_t *c, mg_cobj_t *o, int promote) {
+ * linked): replacement of variants, admission, eviction. promote_gen other than
+ * NOT_PROMOTED: o comes from the disk store, read when removals was that; it
+ * yields to any variant of its key in memory, and to any remove begun since. */
+static int link_obj(mg_cache_t *c, mg_cobj_t *o, uint64_t promote_gen) {
   shard_t *s = shard_of(c, o->hash);
   mg_cobj_t *garbage = NULL; /* linked through hnext; unreferenced after the lock */
   int rc = 0;
+  int promote = promote_gen != NOT_PROMOTED;
   pthread_mutex_lock(&s->lock);
-  if (promote && newer_in_memory(s, o)) {
+  if (promote && (atomic_load(&c->removals) != promote_gen || newer_in_memory(s, o))) {
     rc = MG_CACHE_NOT_ADMITTED;
     goto unlock;
   }
@@ -499,6 +524,7 @@ int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
   shard_t *s = shard_of(c, h);
   mg_cobj_t *garbage = NULL;
   int n = 0;
+  remove_begin(c);
   pthread_mutex_lock(&s->lock);
   mg_cobj_t *o = s->buckets[h & s->mask];
   while (o) {
@@ -521,11 +547,13 @@ int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
     int nd = mg_cdisk_remove(c->disk, key, 0);
     if (nd > n) n = nd;
   }
+  remove_end(c);
   return n;
 }
 
 int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
   int n = 0;
+  remove_begin(c);
   for (unsigned i = 0; i < c->nshards; i++) {
     shard_t *s = &c->shards[i];
     mg_cobj_t *garbage = NULL;
@@ -549,6 +577,7 @@ int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
     int nd = mg_cdisk_remove(c->disk, prefix, 1);
     if (nd > n) n = nd;
   }
+  remove_end(c);
   return n;
 }
 

@@ -73,7 +73,8 @@ int mg_cache_commit(mg_cwriter_t *w, mg_str_t vary, mg_str_t head, const mg_cp_m
 void mg_cache_abort(mg_cwriter_t *w);
 
 /* Removes every variant of key, from memory and disk (and cancels its queued disk
- * writes): how many (the larger of the two tiers' counts). */
+ * writes): how many (the larger of the two tiers' counts). A lookup on another
+ * thread reading one of its files meanwhile does not promote what it read. */
 int mg_cache_remove(mg_cache_t *c, mg_str_t key);
 /* Removes every object whose primary key starts with prefix (every variant; an
  * empty prefix empties the store), from memory and disk: how many (the larger of

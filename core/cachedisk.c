@@ -2,9 +2,9 @@
  *
  * Ordering: one writer thread takes the queue in order, so two writes of one
  * name land in the order they were committed. A remove marks the queued and
- * the current writes of its keys cancelled; the writer, after its rename,
- * looks under the lock and unlinks what was cancelled, so a purge is never
- * undone by a write that was already under way.
+ * the current writes of its keys cancelled; the writer looks under the lock,
+ * where it renames the file into place, and drops what was cancelled instead,
+ * so a purge is never undone by a write that was already under way.
  *
  * The walk at start inserts each file it reads at the LRU tail (older than
  * anything the process wrote or read since), unless the index has the name
@@ -280,27 +280,28 @@ static void write_one(mg_cdisk_t *d, job_t *job) {
     write_failed(d, o, "write", tmp, -rc);
     return;
   }
-  if (rename(tmp, dst) != 0) {
-    int err = errno;
+  uint64_t h = hash_key(d, o->key.p, o->key.len);
+  dent_t *e = malloc(sizeof(*e) + o->key.len);
+  /* renamed into place under the lock: an eviction or a corrupt file's removal of
+   * the same name (an older version's entry) unlinks under it too, so it comes
+   * wholly before the rename or after the new entry replaced the old one; and a
+   * write removed meanwhile is never put in place */
+  pthread_mutex_lock(&d->lock);
+  int err = 0;
+  if (!job->cancelled && e && rename(tmp, dst) != 0) {
+    err = errno;
     if (err == ENOENT) { /* its xx folder is not there yet */
       char sub[4096];
       snprintf(sub, sizeof(sub), "%.*s", (int)(strrchr(dst, '/') - dst), dst);
       err = mkdir(sub, 0755) == 0 || errno == EEXIST ? 0 : errno;
       if (err == 0 && rename(tmp, dst) != 0) err = errno;
     }
-    if (err) {
-      unlink(tmp);
-      write_failed(d, o, "rename to", dst, err);
-      return;
-    }
   }
-  uint64_t h = hash_key(d, o->key.p, o->key.len);
-  dent_t *e = malloc(sizeof(*e) + o->key.len);
-  pthread_mutex_lock(&d->lock);
-  if (job->cancelled || !e) {
-    unlink(dst); /* removed while being written (or no memory to index it) */
+  if (job->cancelled || !e || err) { /* removed while being written, no memory to index it, or no rename */
     pthread_mutex_unlock(&d->lock);
+    unlink(tmp);
     free(e);
+    if (err) write_failed(d, o, "rename to", dst, err);
     return;
   }
   memset(e, 0, sizeof(*e));

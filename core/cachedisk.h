@@ -16,8 +16,8 @@
  * for a write; a lookup reads its file on the caller's thread (as nginx does),
  * which is only paid on a memory miss. One mutex guards the index, the queue and
  * the counters; it is never held while reading or writing a file, only around
- * unlink(2) of evicted or removed files (so a rename and an unlink of the same
- * name cannot cross). */
+ * unlink(2) of evicted or removed files and the rename(2) that puts a written
+ * file in place (so a rename and an unlink of the same name cannot cross). */
 #ifndef MG_CACHEDISK_H
 #define MG_CACHEDISK_H
 

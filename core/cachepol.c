@@ -640,6 +640,7 @@ int mg_cp_client_cond(mg_str_t method, const mg_cp_hdrs_t *req, const mg_cp_hdrs
                          (req->h[i].name.p[1] | 0x20) == 'f' && req->h[i].name.p[2] == '-'))
     i++;
   if (i == req->n) return 200;
+  if (m && (m->status < 200 || m->status > 299)) return 200; /* RFC 9110 13.2.1 */
   const mg_header_t *etag = mg_cp_get(stored, MG_STR("etag"));
   const mg_header_t *lmh = mg_cp_get(stored, MG_STR("last-modified"));
   int64_t lm = lmh ? mg_cp_date(lmh->value) : -1;

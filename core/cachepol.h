@@ -224,7 +224,9 @@ int mg_cp_304_keeps(mg_str_t name);
  * If-Match, If-Unmodified-Since, If-None-Match, If-Modified-Since). Returns 200
  * (send it), 304 or 412. If-Modified-Since counts only for GET/HEAD and without
  * If-None-Match; its reference is Last-Modified, else Date, else date_value
- * (9111 4.3.2). */
+ * (9111 4.3.2). A stored status other than 2xx (m->status) is sent as it is,
+ * whatever the conditionals say (RFC 9110 13.2.1: they are ignored when the
+ * response without them would not be a 2xx). */
 int mg_cp_client_cond(mg_str_t method, const mg_cp_hdrs_t *req, const mg_cp_hdrs_t *stored,
                       const mg_cp_meta_t *m);
 

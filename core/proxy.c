@@ -2826,7 +2826,8 @@ static const mg_up_events_t up_events = {
  * fetch, and stale-while-revalidate refreshes in the background (both at the
  * end of this section). What is not done yet: docs/notes-i13-cache.md. */
 
-/* Stored headers the decisions look at; a head with more still goes out whole. */
+/* Stored header lines parsed on the stack; a head with more (the origin may send
+ * up to 200, hooks add more) is parsed into the request's arena: stored_hdrs. */
 #define STORED_MAX 128
 /* A secondary key longer than this is not stored (nor matched). */
 #define VARY_KEY_MAX 2048
@@ -2837,15 +2838,18 @@ struct mg_cfill_s {
 
 static mg_cp_hdrs_t req_hdrs(const mg_req_t *r) { return (mg_cp_hdrs_t){ r->head.headers, r->head.n }; }
 
-/* The stored head's "name: value\r\n" lines as headers (slices into it): how many. */
-static size_t stored_headers(mg_str_t head, mg_header_t *out, size_t cap) {
+/* The stored head's "name: value\r\n" lines as headers (slices into it), only
+ * those named `only` when it is not empty: how many. *more (may be NULL) is set
+ * when out filled before the head ended. */
+static size_t stored_headers(mg_str_t head, mg_str_t only, mg_header_t *out, size_t cap, int *more) {
   size_t n = 0;
   const char *p = head.p, *end = head.p + head.len;
-  while (p < end && n < cap) {
+  while (p < end) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *le = nl ? nl : end;
     const char *colon = memchr(p, ':', (size_t)(le - p));
-    if (colon) {
+    if (colon && (!only.len || mg_http_name_is((mg_str_t){ p, (size_t)(colon - p) }, only.p, only.len))) {
+      if (n == cap) break;
       const char *v = colon + 1, *ve = le;
       while (v < ve && *v == ' ') v++;
       if (ve > v && ve[-1] == '\r') ve--;
@@ -2853,7 +2857,21 @@ static size_t stored_headers(mg_str_t head, mg_header_t *out, size_t cap) {
     }
     p = nl ? nl + 1 : end;
   }
+  if (more) *more = p < end;
   return n;
+}
+
+/* Every header of a stored head: into stack (STORED_MAX entries) when they fit,
+ * else into r's arena. h NULL when out of memory. */
+static mg_cp_hdrs_t stored_hdrs(mg_req_t *r, mg_str_t head, mg_header_t *stack) {
+  int more;
+  size_t n = stored_headers(head, (mg_str_t){ NULL, 0 }, stack, STORED_MAX, &more);
+  if (!more) return (mg_cp_hdrs_t){ stack, n };
+  size_t lines = 1;
+  for (const char *p = head.p, *end = head.p + head.len; (p = memchr(p, '\n', (size_t)(end - p))); p++) lines++;
+  mg_header_t *all = mg_arena_alloc(&r->arena, lines * sizeof(*all));
+  if (!all) return (mg_cp_hdrs_t){ NULL, 0 };
+  return (mg_cp_hdrs_t){ all, stored_headers(head, (mg_str_t){ NULL, 0 }, all, lines, NULL) };
 }
 
 /* Under the shard's lock (cache.h): the variant whose secondary key is the
@@ -2861,11 +2879,12 @@ static size_t stored_headers(mg_str_t head, mg_header_t *out, size_t cap) {
 static int vary_match(const mg_cobj_t *o, void *ctx) {
   if (o->vary.len == 0) return 1; /* stored without Vary: for every request */
   mg_req_t *r = ctx;
-  mg_header_t hs[STORED_MAX];
-  mg_cp_hdrs_t res = { hs, stored_headers(o->head, hs, STORED_MAX) }, rq = req_hdrs(r);
+  mg_header_t hs[STORED_MAX]; /* its Vary lines alone: wherever they are in the head */
+  int more;
+  mg_cp_hdrs_t res = { hs, stored_headers(o->head, MG_STR("vary"), hs, STORED_MAX, &more) }, rq = req_hdrs(r);
   char buf[VARY_KEY_MAX];
   size_t len;
-  if (mg_cp_vary_key(&res, &rq, buf, sizeof(buf), &len) != 0) return 0;
+  if (more || mg_cp_vary_key(&res, &rq, buf, sizeof(buf), &len) != 0) return 0;
   return len == o->vary.len && memcmp(buf, o->vary.p, len) == 0;
 }
 
@@ -3105,7 +3124,11 @@ static void cache_send_body(mg_req_t *r, const mg_cobj_t *o) {
 static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *meta, const mg_cobj_t *o,
                               int64_t age, const mg_cp_status_t *cst) {
   mg_header_t hs[STORED_MAX];
-  mg_cp_hdrs_t st = { hs, stored_headers(head, hs, STORED_MAX) }, rq = req_hdrs(r);
+  mg_cp_hdrs_t st = stored_hdrs(r, head, hs), rq = req_hdrs(r);
+  if (!st.h) {
+    mg_proxy_error(r, 500, 0);
+    return;
+  }
   mg_str_t method = r->down_method == HTTP_HEAD ? MG_STR("HEAD") : MG_STR("GET");
   int cond = mg_cp_client_cond(method, &rq, &st, meta);
   if (cond == 412) {
@@ -3137,7 +3160,7 @@ static void cache_answer_with(mg_req_t *r, mg_str_t head, const mg_cp_meta_t *me
     mg_encoder_free(r->enc);
     r->enc = NULL;
   }
-  const mg_header_t *out = coded.headers ? coded.headers : hs;
+  const mg_header_t *out = coded.headers ? coded.headers : st.h;
   size_t nout = coded.headers ? coded.n : st.n, hbytes = 0;
   for (size_t i = 0; i < nout; i++) hbytes += out[i].name.len + out[i].value.len + 4;
   const char *reason = mg_http_reason(status);
@@ -3516,8 +3539,8 @@ static void cache_invalidate(mg_req_t *r) {
  * ETag, If-Modified-Since from its Last-Modified. */
 static void append_revalidation(mg_req_t *r, hw_t *q) {
   mg_header_t hs[STORED_MAX], out[2];
-  mg_cp_hdrs_t st = { hs, stored_headers(r->c_obj->head, hs, STORED_MAX) };
-  size_t n = mg_cp_conditional(&st, out);
+  mg_cp_hdrs_t st = stored_hdrs(r, r->c_obj->head, hs);
+  size_t n = st.h ? mg_cp_conditional(&st, out) : 0; /* (no memory: a full response comes) */
   for (size_t i = 0; i < n; i++) append_header(q, out[i].name, out[i].value);
 }
 
@@ -3530,7 +3553,11 @@ static int cache_revalidated(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   const mg_cobj_t *o = r->c_obj;
   mg_header_t hs[STORED_MAX];
-  mg_cp_hdrs_t st = { hs, stored_headers(o->head, hs, STORED_MAX) }, rs = { r->rhead.headers, r->rhead.n };
+  mg_cp_hdrs_t st = stored_hdrs(r, o->head, hs), rs = { r->rhead.headers, r->rhead.n };
+  if (!st.h) {
+    mg_proxy_error(r, 500, 0);
+    return 1;
+  }
   if (!mg_cp_304_selects(&st, &rs)) {
     mg_cache_remove(c, r->ckey);
     return 0;

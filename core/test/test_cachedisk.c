@@ -179,6 +179,35 @@ static void a_disk_hit_is_promoted_into_memory(void) {
   free(dir);
 }
 
+/* A purge that lands while a lookup reads the object's file (another worker's
+ * PURGE, here run from the match callback, which is called between the disk read
+ * of the head and the promotion) must not be undone by the promotion. */
+static mg_cache_t *purging;
+static int purge_in_match(const mg_cobj_t *o, void *ctx) {
+  (void)ctx;
+  CHECK(mg_cache_remove(purging, o->key) == 1);
+  return 1;
+}
+
+static void a_purge_during_a_disk_read_is_not_undone_by_the_promotion(void) {
+  char *dir = tmpdir();
+  mg_cache_t *c = open_store(dir, 10 << 20);
+  CHECK(c && put(c, "GET http://a/pp", "", "", 1000, 'q') == 0);
+  mg_cache_free(c);
+  c = open_store(dir, 10 << 20); /* a restart: on disk, not in memory */
+  if (!c) return;
+  purging = c;
+  mg_cobj_t *o = mg_cache_lookup(c, S("GET http://a/pp"), purge_in_match, NULL, NULL);
+  CHECK(o && body_is(o, 1000, 'q')); /* the racing request may still be answered */
+  mg_cobj_unref(o);
+  CHECK(mg_cache_lookup(c, S("GET http://a/pp"), NULL, NULL, NULL) == NULL);
+  mg_cache_stats_t st = stats(c);
+  CHECK(st.objects == 0 && st.disk_objects == 0);
+  mg_cache_free(c);
+  rm_rf(dir);
+  free(dir);
+}
+
 static void a_truncated_file_is_deleted_at_start_and_not_served(void) {
   char *dir = tmpdir();
   char file[512];
@@ -445,6 +474,7 @@ int main(void) {
   static const t_case_t cases[] = {
     T(an_object_survives_a_new_store_on_the_same_folder),
     T(a_disk_hit_is_promoted_into_memory),
+    T(a_purge_during_a_disk_read_is_not_undone_by_the_promotion),
     T(a_truncated_file_is_deleted_at_start_and_not_served),
     T(a_file_damaged_while_indexed_is_deleted_on_lookup),
     T(temp_files_of_an_earlier_run_are_removed_at_start),

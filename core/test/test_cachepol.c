@@ -664,10 +664,25 @@ static void test_client_conditionals(void) {
   mg_cp_hdrs_t s = HS(st), r = HS(rq);
   CHECK(mg_cp_client_cond(S("GET"), &r, &s, NULL) == 304);
   mg_cp_meta_t mt = { 0 };
+  mt.status = 200;
   mt.date_value = T0 + 7200;
   CHECK(mg_cp_client_cond(S("GET"), &r, &none, &mt) == 200);
   mt.date_value = T0;
   CHECK(mg_cp_client_cond(S("GET"), &r, &none, &mt) == 304);
+  /* a stored non-2xx is sent as stored: RFC 9110 13.2.1 has the preconditions
+   * ignored then (a 304 or 412 in place of a 404 would be wrong) */
+  mg_header_t et[] = { H("ETag", "\"v1\""), H("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT") };
+  mg_cp_hdrs_t es = HS(et);
+  mg_header_t inm[] = { H("If-None-Match", "\"v1\"") }, im[] = { H("If-Match", "\"v9\"") };
+  mg_cp_hdrs_t rinm = HS(inm), rim = HS(im);
+  for (int st404 = 0; st404 < 2; st404++) {
+    mt.status = st404 ? 404 : 203;
+    CHECK(mg_cp_client_cond(S("GET"), &rinm, &es, &mt) == (st404 ? 200 : 304));
+    CHECK(mg_cp_client_cond(S("GET"), &rim, &es, &mt) == (st404 ? 200 : 412));
+    CHECK(mg_cp_client_cond(S("GET"), &r, &es, &mt) == (st404 ? 200 : 304));
+  }
+  mt.status = 301;
+  CHECK(mg_cp_client_cond(S("HEAD"), &rinm, &es, &mt) == 200);
 }
 
 static void test_etag_compare(void) {

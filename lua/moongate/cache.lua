@@ -47,7 +47,7 @@ end
 --- mg.cache.stats(): { objects, bytes, cap (now), lookups, hits, misses, stores,
 --- replaced, rejected, evictions, too_big (since the process started) }, or nil,
 --- err. misses = lookups - hits (a hit is any stored response found, fresh or
---- not); stores counts responses stored (a replacement too), replaced those a
+--- not, in memory or on disk: disk_hits counts the latter); stores counts responses stored (a replacement too), replaced those a
 --- newer one took the place of, rejected those admission refused, too_big those
 --- over max_object; with a disk store (else 0): disk_objects, disk_bytes, disk_cap,
 --- disk_hits, disk_writes, disk_write_errors, disk_evictions, disk_corrupt.
