@@ -163,6 +163,16 @@ void mg_cobj_unref(mg_cobj_t *o) {
   if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) obj_free(o);
 }
 
+/* Drops the index's references of a list of unlinked objects (hnext-linked),
+ * outside any lock. */
+static void unref_all(mg_cobj_t *garbage) {
+  while (garbage) {
+    mg_cobj_t *next = garbage->hnext;
+    mg_cobj_unref(garbage);
+    garbage = next;
+  }
+}
+
 /* ---- the store ----------------------------------------------------------------- */
 
 static size_t pow2_at_least(size_t n, size_t lo, size_t hi) {
@@ -511,12 +521,18 @@ static int link_obj(mg_cache_t *c, mg_cobj_t *o, uint64_t promote_gen) {
 unlock:
   pthread_mutex_unlock(&s->lock);
   if (o) mg_cobj_unref(o);
-  while (garbage) {
-    mg_cobj_t *n = garbage->hnext;
-    mg_cobj_unref(garbage);
-    garbage = n;
-  }
+  unref_all(garbage);
   return rc;
+}
+
+/* The disk's part of a removal, and its end: the larger count of the two tiers. */
+static int remove_disk_end(mg_cache_t *c, mg_str_t key, int prefix, int n) {
+  if (c->disk) {
+    int nd = mg_cdisk_remove(c->disk, key, prefix);
+    if (nd > n) n = nd;
+  }
+  remove_end(c);
+  return n;
 }
 
 int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
@@ -538,17 +554,8 @@ int mg_cache_remove(mg_cache_t *c, mg_str_t key) {
     o = next;
   }
   pthread_mutex_unlock(&s->lock);
-  while (garbage) {
-    mg_cobj_t *next = garbage->hnext;
-    mg_cobj_unref(garbage);
-    garbage = next;
-  }
-  if (c->disk) {
-    int nd = mg_cdisk_remove(c->disk, key, 0);
-    if (nd > n) n = nd;
-  }
-  remove_end(c);
-  return n;
+  unref_all(garbage);
+  return remove_disk_end(c, key, 0, n);
 }
 
 int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
@@ -567,18 +574,9 @@ int mg_cache_remove_prefix(mg_cache_t *c, mg_str_t prefix) {
       n++;
     }
     pthread_mutex_unlock(&s->lock);
-    while (garbage) {
-      mg_cobj_t *next = garbage->hnext;
-      mg_cobj_unref(garbage);
-      garbage = next;
-    }
+    unref_all(garbage);
   }
-  if (c->disk) {
-    int nd = mg_cdisk_remove(c->disk, prefix, 1);
-    if (nd > n) n = nd;
-  }
-  remove_end(c);
-  return n;
+  return remove_disk_end(c, prefix, 1, n);
 }
 
 void mg_cache_stats(mg_cache_t *c, mg_cache_stats_t *st) {
