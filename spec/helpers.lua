@@ -1121,4 +1121,16 @@ mg.route { host = "stats.test", respond = function(req)
 end }
 ]]
 
+-- data decoded with the coding's command-line tool (gzip, br, zstd: the
+-- reference decoders, not moongate's own): the bytes, or an error
+local DECODER = { gzip = "gzip -dc", br = "brotli -dc", zstd = "zstd -dcq" }
+function helpers.decode(coding, data)
+  assert(DECODER[coding], "no decoder for " .. tostring(coding))
+  local f = helpers.scratch() .. "/enc-" .. coding
+  helpers.write_file(f, data)
+  local out, rc = helpers.sh(DECODER[coding] .. " < " .. f .. " > " .. f .. ".out")
+  assert(rc == 0, coding .. " decoder failed: " .. tostring(out))
+  return helpers.read_file(f .. ".out")
+end
+
 return helpers

@@ -19,7 +19,6 @@ mg.route { upstream = o, cache = true }
 
 local N = 1000
 local LM = "Tue, 01 Dec 2026 10:00:00 GMT"
-local DECODER = { gzip = "gzip -dc", br = "brotli -dc" }
 
 -- /rng/TAG?n=..&h=..: with these response headers ({ "Name:Value", ... })
 local function target(tag, hdrs, n, extra)
@@ -36,14 +35,7 @@ local function stored(tag, n, more)
   return target(tag, hs, n)
 end
 
-local function decode(coding, data)
-  local dir = helpers.scratch()
-  local f = dir .. "/enc-" .. coding
-  helpers.write_file(f, data)
-  local out, rc = helpers.sh(DECODER[coding] .. " < " .. f .. " > " .. f .. ".out")
-  assert(rc == 0, coding .. " decoder failed: " .. tostring(out))
-  return helpers.read_file(f .. ".out")
-end
+local decode = helpers.decode
 
 describe("cache ranges", function()
   local origin, proxy

@@ -31,16 +31,8 @@ mg.route { path = "/", upstream = o, on = { response = res_headers } }
 ]]
 
 local TEXT = "text/plain; charset=utf-8"
-local DECODER = { gzip = "gzip -dc", br = "brotli -dc", zstd = "zstd -dcq" }
 
-local function decode(coding, data)
-  local dir = helpers.scratch()
-  local f = dir .. "/enc-" .. coding
-  helpers.write_file(f, data)
-  local out, rc = helpers.sh(DECODER[coding] .. " < " .. f .. " > " .. f .. ".out")
-  assert(rc == 0, coding .. " decoder failed: " .. tostring(out))
-  return helpers.read_file(f .. ".out")
-end
+local decode = helpers.decode
 
 describe("compression", function()
   local origin, proxy
