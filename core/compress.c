@@ -271,7 +271,10 @@ static int z_open(mg_encoder_t *e) {
 /* One loop for the three libraries: run the compressor over the input with the
  * output buffer, hand on the buffer each time it fills, until the input is
  * taken (feed) or the library says the stream is complete (finish). */
-static int run(mg_encoder_t *e, const char *p, size_t n, int finish, mg_enc_out_cb out, void *ctx) {
+enum { RUN_CONTINUE, RUN_FINISH, RUN_FLUSH };
+
+static int run(mg_encoder_t *e, const char *p, size_t n, int mode, mg_enc_out_cb out, void *ctx) {
+  int finish = mode == RUN_FINISH, flush = mode == RUN_FLUSH;
   for (;;) {
     size_t made = 0;
     int done; /* nothing more to do for this call */
@@ -284,20 +287,22 @@ static int run(mg_encoder_t *e, const char *p, size_t n, int finish, mg_enc_out_
       z->avail_in = take;
       z->next_out = (Bytef *)e->out;
       z->avail_out = sizeof(e->out);
-      int rc = deflate(z, finish && take == n ? Z_FINISH : Z_NO_FLUSH);
+      int rc = deflate(z, finish && take == n ? Z_FINISH : flush && take == n ? Z_SYNC_FLUSH : Z_NO_FLUSH);
       if (rc == Z_STREAM_ERROR) return MG_EINVAL;
       made = sizeof(e->out) - z->avail_out;
       size_t used = take - z->avail_in;
       p += used;
       n -= used;
-      done = finish ? rc == Z_STREAM_END : (n == 0 && z->avail_out != 0);
+      done = finish ? rc == Z_STREAM_END : (n == 0 && z->avail_out != 0); /* (a flush's output fitted) */
       break;
     }
     case MG_CODING_BR: {
       size_t in = n, avail = sizeof(e->out);
       const uint8_t *next_in = (const uint8_t *)p;
       uint8_t *next_out = (uint8_t *)e->out;
-      if (!BrotliEncoderCompressStream(e->u.br, finish ? BROTLI_OPERATION_FINISH : BROTLI_OPERATION_PROCESS,
+      if (!BrotliEncoderCompressStream(e->u.br, finish  ? BROTLI_OPERATION_FINISH
+                                                : flush ? BROTLI_OPERATION_FLUSH
+                                                        : BROTLI_OPERATION_PROCESS,
                                        &in, &next_in, &avail, &next_out, NULL))
         return MG_EINVAL;
       made = sizeof(e->out) - avail;
@@ -310,12 +315,12 @@ static int run(mg_encoder_t *e, const char *p, size_t n, int finish, mg_enc_out_
     case MG_CODING_ZSTD: {
       ZSTD_inBuffer ib = { p, n, 0 };
       ZSTD_outBuffer ob = { e->out, sizeof(e->out), 0 };
-      size_t left = ZSTD_compressStream2(e->u.zstd, &ob, &ib, finish ? ZSTD_e_end : ZSTD_e_continue);
+      size_t left = ZSTD_compressStream2(e->u.zstd, &ob, &ib, finish ? ZSTD_e_end : flush ? ZSTD_e_flush : ZSTD_e_continue);
       if (ZSTD_isError(left)) return MG_EINVAL;
       made = ob.pos;
       p += ib.pos;
       n -= ib.pos;
-      done = finish ? left == 0 : (n == 0 && ob.pos < ob.size);
+      done = finish || flush ? left == 0 : (n == 0 && ob.pos < ob.size);
       break;
     }
     default:
@@ -354,7 +359,7 @@ static int whole_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
 static int whole_to_stream(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
   e->whole = 0;
   int rc = z_open(e);
-  if (rc == 0 && e->wlen) rc = run(e, e->wbuf, e->wlen, 0, out, ctx);
+  if (rc == 0 && e->wlen) rc = run(e, e->wbuf, e->wlen, RUN_CONTINUE, out, ctx);
   blk_free(e->wbuf);
   e->wbuf = NULL;
   e->wlen = e->wcap = 0;
@@ -377,7 +382,7 @@ int mg_encoder_feed(mg_encoder_t *e, const char *p, size_t n, mg_enc_out_cb out,
     int rc = z_open(e);
     if (rc < 0) return rc;
   }
-  return run(e, p, n, 0, out, ctx);
+  return run(e, p, n, RUN_CONTINUE, out, ctx);
 }
 
 int mg_encoder_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
@@ -386,7 +391,13 @@ int mg_encoder_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
     int rc = z_open(e);
     if (rc < 0) return rc;
   }
-  return run(e, "", 0, 1, out, ctx);
+  return run(e, "", 0, RUN_FINISH, out, ctx);
+}
+
+int mg_encoder_flush(mg_encoder_t *e, mg_enc_out_cb out, void *ctx) {
+  if (e->whole) return 0;
+  if (e->coding == MG_CODING_GZIP && !e->z_open) return 0; /* nothing fed yet */
+  return run(e, "", 0, RUN_FLUSH, out, ctx);
 }
 
 /* ---------------- decoders ---------------- */

@@ -52,6 +52,11 @@ void mg_encoder_size_hint(mg_encoder_t *e, uint64_t len);
 int mg_encoder_feed(mg_encoder_t *e, const char *p, size_t n, mg_enc_out_cb out, void *ctx);
 /* The end of the body: everything held back, and the coding's trailer, goes out. */
 int mg_encoder_finish(mg_encoder_t *e, mg_enc_out_cb out, void *ctx);
+/* What the encoder holds goes out now, so a decoder can give back every byte fed
+ * so far (gzip: a sync flush, br and zstd: a flushed block); the stream goes on.
+ * A little ratio is lost each time. A body kept whole (size hint) is not flushed:
+ * its length is known, it is not a stream. 0, or as mg_encoder_feed. */
+int mg_encoder_flush(mg_encoder_t *e, mg_enc_out_cb out, void *ctx);
 
 /* Decoders (decode = true on a route): the same shape. Windows are bounded: gzip
  * 32 KiB; br what the stream says, at most 16 MiB (no large-window streams); zstd

@@ -51,3 +51,12 @@ int mg_fchain_end(mg_fchain_t *c) {
   if (f) return f->ops->end ? f->ops->end(f) : mg_filter_pass_end(f);
   return c->sink_end ? c->sink_end(c->sink_ctx) : 0;
 }
+
+int mg_fchain_flush(mg_fchain_t *c) {
+  for (mg_filter_t *f = c->first; f; f = f->next) {
+    if (!f->ops->flush) continue;
+    int rc = f->ops->flush(f);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}

@@ -28,6 +28,10 @@ typedef struct {
   /* The end of the body: pass on what is held back, then the end. May be NULL
    * (the end is passed on). */
   int (*end)(mg_filter_t *f);
+  /* The input paused (a read's worth came and no more is there yet): pass on
+   * what is held back that can go now, so a stream flows. 0, or < 0 to fail.
+   * May be NULL (nothing held back). */
+  int (*flush)(mg_filter_t *f);
   /* The filter may change the body's length: the message is re-framed (chunked,
    * or by the close for HTTP/1.0) instead of keeping its Content-Length. */
   int changes_length;
@@ -62,6 +66,9 @@ static inline int mg_fchain_body(mg_fchain_t *c, const char *p, size_t n) {
   return c->first ? c->first->ops->body(c->first, p, n) : c->sink(c->sink_ctx, p, n);
 }
 int mg_fchain_end(mg_fchain_t *c);
+/* Every filter's flush, first to last (what one passes on reaches the next
+ * before the next flushes). 0, or < 0. */
+int mg_fchain_flush(mg_fchain_t *c);
 
 /* What a filter makes goes on with these. */
 int mg_filter_pass(mg_filter_t *f, const char *p, size_t n);

@@ -451,8 +451,18 @@ static int compress_end(mg_filter_t *f) {
   return mg_filter_pass_end(f);
 }
 
+/* A streamed response (no Content-Length) whose upstream paused: what the
+ * encoder holds goes out, so each piece the upstream sent reaches the client
+ * (a long poll, a stream of JSON lines) instead of waiting for the encoder's
+ * buffers to fill. */
+static int compress_flush(mg_filter_t *f) {
+  mg_req_t *r = f->ctx;
+  return r->enc && mg_encoder_flush(r->enc, compress_out, f) < 0 ? -1 : 0;
+}
+
 static const mg_filter_ops_t compress_filter = {
-  .name = "compress", .head = compress_head, .body = compress_body, .end = compress_end, .changes_length = 1,
+  .name = "compress", .head = compress_head, .body = compress_body, .end = compress_end, .flush = compress_flush,
+  .changes_length = 1,
 };
 static int cache_fill_begin(mg_req_t *r);
 static void cache_invalidate(mg_req_t *r);
@@ -2678,6 +2688,13 @@ static void up_flush(void *owner) {
   mg_req_t *r = owner;
   mg_down_t *c = r->down;
   mg_upconn_t *u = r->upc;
+  /* a streamed body (no length): the filters pass on what they hold (an
+   * encoder's pending bytes), so the client sees what the upstream sent so far */
+  if (r->resp_chain.first && !r->up_has_len && !r->rnobody && r->rstate == MG_RS_HEAD &&
+      mg_fchain_flush(&r->resp_chain) < 0) {
+    c->ops->close_after_flush(c->conn); /* a filter failed: cut short */
+    return;
+  }
   c->ops->flush(c->conn); /* may close c and free r */
   if (c->closed || !u || u->owner != r) return;
   /* a tunnel's first client bytes (sent before the 101) wait in u's queue */

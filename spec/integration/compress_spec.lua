@@ -4,6 +4,7 @@
 -- the origin sent; every skip rule; Vary and ETag; HEAD; HTTP/1.0; the body hook
 -- before the encoder; res:compress(false); reload.
 local helpers = require "spec.helpers"
+local socket = require "socket"
 
 -- The response hook gives the response the headers the client asked for with
 -- X-Res-<Name>: <value> (the origin's /bytes and /chunked answers carry
@@ -64,6 +65,72 @@ describe("compression", function()
     local res = assert(c:request({ method = opts.method, path = path, headers = hs, version = opts.version }))
     c:close()
     return res
+  end
+
+  -- the complete chunks' data of a chunked body so far
+  local function dechunk(raw)
+    local out, pos = {}, 1
+    while true do
+      local line_end = raw:find("\r\n", pos, true)
+      if not line_end then break end
+      local size = tonumber(raw:sub(pos, line_end - 1):match("^%x+"), 16)
+      if not size or size == 0 or #raw < line_end + 1 + size + 2 then break end
+      out[#out + 1] = raw:sub(line_end + 2, line_end + 1 + size)
+      pos = line_end + 2 + size + 2
+    end
+    return table.concat(out)
+  end
+
+  -- what a reference decoder gives of a stream that is not over yet: gzip's and
+  -- zstd's tools write what they decoded before the cut; brotli's writes nothing
+  -- then, so libbrotlidec's streaming call is used directly (through the FFI)
+  local PARTIAL = { gzip = "gzip -dc", zstd = "zstd -dcq" }
+  local function br_partial(data)
+    local ffi = require "ffi"
+    pcall(ffi.cdef, [[
+      void *BrotliDecoderCreateInstance(void *, void *, void *);
+      void BrotliDecoderDestroyInstance(void *);
+      int BrotliDecoderDecompressStream(void *, size_t *, const uint8_t **, size_t *, uint8_t **, size_t *);
+    ]])
+    local lib = ffi.load("brotlidec")
+    local st = lib.BrotliDecoderCreateInstance(nil, nil, nil)
+    local out = ffi.new("uint8_t[?]", 65536)
+    local avail_in = ffi.new("size_t[1]", #data)
+    local next_in = ffi.new("const uint8_t *[1]", ffi.cast("const uint8_t *", data))
+    local avail_out = ffi.new("size_t[1]", 65536)
+    local next_out = ffi.new("uint8_t *[1]", out)
+    lib.BrotliDecoderDecompressStream(st, avail_in, next_in, avail_out, next_out, nil)
+    lib.BrotliDecoderDestroyInstance(st)
+    return ffi.string(out, 65536 - tonumber(avail_out[0]))
+  end
+  local function decode_partial(coding, data)
+    if coding == "br" then return br_partial(data) end
+    local f = helpers.scratch() .. "/partial-" .. coding
+    helpers.write_file(f, data)
+    helpers.sh(PARTIAL[coding] .. " < " .. f .. " > " .. f .. ".out 2>/dev/null")
+    return helpers.read_file(f .. ".out")
+  end
+
+  for _, coding in ipairs { "gzip", "br", "zstd" } do
+    it(coding .. ": a streamed body flows: each piece the upstream sent reaches the client before the next comes", function()
+      local c = proxy:connect()
+      assert(c:send(helpers.request_bytes({ path = "/drip/3/1.5", headers = {
+        { "Host", "test.local" }, { "Accept-Encoding", coding }, { "Connection", "close" } } })))
+      local head = assert(c:take_until("\r\n\r\n", socket.gettime() + 5))
+      assert.matches("content%-encoding: " .. coding, head:lower())
+      local function line(i)
+        return ('{"event": %d, "text": "the same words again and again and again"}\n'):format(i)
+      end
+      -- the origin sends the second line 1.5 s after the first: by 1 s the
+      -- first one is readable at the client
+      local deadline = socket.gettime() + 1.0
+      while c:fill(deadline) do end
+      assert.equal(line(0), decode_partial(coding, dechunk(c.buf)))
+      local raw, why = c:read_until_close(10)
+      assert.equal("closed", why)
+      assert.equal(line(0) .. line(1) .. line(2), decode(coding, dechunk(raw)))
+      c:close()
+    end)
   end
 
   for _, coding in ipairs { "gzip", "br", "zstd" } do

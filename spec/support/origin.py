@@ -393,6 +393,21 @@ async def respond(writer, req, keep):
         await send(writer, b"0\r\n\r\n")
         return keep
 
+    # --- compress flush: /drip/N/S: N JSON lines, chunked, S seconds apart ---
+    if kind == "/drip":
+        count, gap = int(parts[2]), float(parts[3])
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "application/json"),
+                                                  ("Transfer-Encoding", "chunked")] + conn_hdr))
+        if head_only:
+            return keep
+        for i in range(count):
+            if i:
+                await asyncio.sleep(gap)
+            line = b'{"event": %d, "text": "the same words again and again and again"}\n' % i
+            await send(writer, b"%x\r\n%s\r\n" % (len(line), line))
+        await send(writer, b"0\r\n\r\n")
+        return keep
+
     if kind == "/close":
         body = pattern(int(arg))
         await send(writer, head_bytes(200, "OK", [("Content-Type", "application/octet-stream"),
