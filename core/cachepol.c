@@ -933,9 +933,9 @@ int mg_cp_invalidate(mg_str_t method, int status, mg_str_t scheme, mg_str_t host
     const mg_header_t *h = mg_cp_get(res, hn[j]);
     mg_str_t key;
     if (!h) continue;
-    int r = ref_key(h->value, scheme, host, path, buf, cap, at, &key);
-    if (r == -2) return MG_ELIMIT;
-    if (r < 0) continue;
+    /* a reference that does not fit is left alone: the target (and the other
+     * reference) are invalidated all the same, whatever the origin put there */
+    if (ref_key(h->value, scheme, host, path, buf, cap, at, &key) < 0) continue;
     size_t ol = origin_len(key);
     if (ol != origin_len(keys[0]) || memcmp(key.p, keys[0].p, ol) != 0) continue; /* another origin */
     int dup = 0;

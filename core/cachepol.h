@@ -257,7 +257,8 @@ int mg_cp_vary_key(const mg_cp_hdrs_t *res, const mg_cp_hdrs_t *req, char *buf, 
  * primary keys to invalidate: the target's, and Location's and Content-Location's
  * when they resolve to the same origin. Each key is written into buf (NUL-free,
  * one after the other) and its slice into keys[]. Returns how many (0..3), or
- * MG_ELIMIT when buf is too small. */
+ * MG_ELIMIT when buf cannot hold the target's key (a reference whose key does not
+ * fit what is left of buf is skipped). */
 int mg_cp_invalidate(mg_str_t method, int status, mg_str_t scheme, mg_str_t host, mg_str_t path,
                      mg_str_t query, const mg_cp_hdrs_t *res, char *buf, size_t cap, mg_str_t keys[3]);
 

@@ -787,6 +787,14 @@ static void test_invalidation(void) {
   mg_header_t g[] = { H("Location", "mailto:x@y") };
   CHECK(inval("POST", 200, g, 1, k, b, sizeof(b)) == 1);
   CHECK(inval("POST", 200, a, 2, k, b, 20) == MG_ELIMIT);
+  /* a Location too long for what is left: the target is invalidated all the same */
+  static char longref[3000];
+  memset(longref, 'l', sizeof(longref));
+  memcpy(longref, "/v1/", 4);
+  mg_header_t l[] = { { S("Location"), { longref, sizeof(longref) } }, H("Content-Location", "/v1/items/8") };
+  CHECK(inval("POST", 201, l, 2, k, b, 100) == 2);
+  CHECK(mg_str_eq(k[0], S("GET https://api.example/v1/items/7")));
+  CHECK(mg_str_eq(k[1], S("GET https://api.example/v1/items/8")));
 }
 
 /* -- hostile input -- */
