@@ -39,6 +39,7 @@ typedef struct {
   uint64_t *door;         /* width bits */
   size_t width;           /* power of two */
   size_t adds, sample;    /* counts since the last halving; halve at sample */
+  uint64_t tick;          /* counts uses: an object's `used` orders a key's variants */
   /* statistics (under the lock) */
   uint64_t objects, lookups, hits, stores, replaced, rejected, evictions, too_big;
 } shard_t;
@@ -129,6 +130,7 @@ static void lru_unlink(shard_t *s, mg_cobj_t *o) {
 }
 
 static void lru_push(shard_t *s, mg_cobj_t *o) {
+  o->used = ++s->tick;
   o->prev = NULL;
   o->next = s->head;
   if (s->head) s->head->prev = o; else s->tail = o;
@@ -474,13 +476,20 @@ static int link_obj(mg_cache_t *c, mg_cobj_t *o, uint64_t promote_gen) {
     }
     pp = &e->hnext;
   }
-  mg_cobj_t *old = NULL;
+  /* the variant o replaces: its own, or when the key has as many as it keeps,
+   * the least recently used of them */
+  mg_cobj_t *old = NULL, *lru = NULL;
+  int nvar = 0;
   for (mg_cobj_t *e = s->buckets[o->hash & s->mask]; e; e = e->hnext) {
-    if (e->hash == o->hash && mg_str_eq(e->key, o->key) && mg_str_eq(e->vary, o->vary)) {
+    if (e->hash != o->hash || !mg_str_eq(e->key, o->key)) continue;
+    if (mg_str_eq(e->vary, o->vary)) {
       old = e;
       break;
     }
+    nvar++;
+    if (!lru || e->used < lru->used) lru = e;
   }
+  if (!old && nvar >= MG_CACHE_VARIANTS_MAX) old = lru;
   size_t freed = old ? old->cost : 0;
   if (s->used - freed + o->cost > s->cap) {
     /* room from the LRU tail, each victim checked before any is evicted */

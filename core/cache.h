@@ -64,7 +64,8 @@ mg_cwriter_t *mg_cache_begin(mg_cache_t *c, mg_str_t key);
 int mg_cache_write(mg_cwriter_t *w, const char *p, size_t n);
 /* Links the object: it replaces the variant of the same key and vary key, and
  * (the origin changed its Vary) every variant when it has no vary key, or the
- * variant without one when it has one. The
+ * variant without one when it has one; a new variant of a key that has
+ * MG_CACHE_VARIANTS_MAX replaces the least recently used of them. The
  * admission filter may refuse it when room has to be made (the victims are more
  * often asked for than this key). 0 when stored, MG_CACHE_NOT_ADMITTED, MG_ELIMIT
  * (too big), MG_ENOMEM. vary and head are copied. */

@@ -44,8 +44,8 @@
 #define QUEUE_MAX ((uint64_t)QUEUE_MAX_MIB << 20)
 #define MG_STRINGIFY_(x) #x
 #define MG_STRINGIFY(x) MG_STRINGIFY_(x)
-/* the variants of one key a lookup looks at */
-#define VARIANTS_MAX 16
+/* the variants of one key a lookup looks at, and that the index keeps */
+#define VARIANTS_MAX MG_CACHE_VARIANTS_MAX
 #define ERR_LOG_SECONDS 60
 
 typedef struct {
@@ -62,6 +62,7 @@ struct dent_s {
   uint64_t hash;               /* of the key */
   uint64_t cost;               /* the file's length in whole blocks */
   uint8_t name[32];            /* sha256(key, 0, vary): the file's name */
+  uint64_t used;               /* the index's tick at its last use; 0: found at start */
   int has_vary;
   size_t klen;
   char key[];
@@ -86,6 +87,7 @@ struct mg_cdisk_s {
   size_t mask;
   dent_t *head, *tail;
   uint64_t used, objects;
+  uint64_t tick; /* counts uses: orders a key's variants (dent_t.used) */
   job_t *qhead, *qtail, *current;
   uint64_t qbytes, seq;
   int stop, walking;
@@ -135,6 +137,7 @@ static void lru_unlink(mg_cdisk_t *d, dent_t *e) {
 }
 
 static void lru_push(mg_cdisk_t *d, dent_t *e) {
+  e->used = ++d->tick;
   e->prev = NULL;
   e->next = d->head;
   if (d->head) d->head->prev = e; else d->tail = e;
@@ -311,8 +314,11 @@ static void write_one(mg_cdisk_t *d, job_t *job) {
   e->klen = o->key.len;
   memcpy(e->key, o->key.p, o->key.len);
   e->cost = blocks(sizeof(fhdr_t) + o->key.len + o->vary.len + o->head.len + o->body_len);
-  /* as in memory: the same name is replaced (the rename did it on disk), and a
-   * response without Vary replaces every variant, one with Vary the one without */
+  /* as in memory: the same name is replaced (the rename did it on disk), a
+   * response without Vary replaces every variant, one with Vary the one without,
+   * and a key keeps at most VARIANTS_MAX variants (the least recent goes) */
+  dent_t *lru = NULL;
+  int nvar = 0;
   for (dent_t *x = d->buckets[h & d->mask], *nx; x; x = nx) {
     nx = x->hnext;
     if (!key_is(x, h, o->key.p, o->key.len)) continue;
@@ -321,8 +327,12 @@ static void write_one(mg_cdisk_t *d, job_t *job) {
       free(x);
     } else if (x->has_vary != e->has_vary) {
       drop_ent(d, x);
+    } else {
+      nvar++;
+      if (!lru || x->used < lru->used) lru = x;
     }
   }
+  if (nvar >= VARIANTS_MAX) drop_ent(d, lru);
   link_ent(d, e, 0);
   d->writes++;
   evict_locked(d, e);
@@ -480,8 +490,6 @@ mg_cobj_t *mg_cdisk_lookup(mg_cdisk_t *d, mg_str_t key, mg_cache_match_cb match,
   for (dent_t *e = d->buckets[h & d->mask]; e && n < VARIANTS_MAX; e = e->hnext) {
     if (!key_is(e, h, key.p, key.len)) continue;
     memcpy(names[n++], e->name, 32);
-    lru_unlink(d, e);
-    lru_push(d, e);
   }
   pthread_mutex_unlock(&d->lock);
   if (variants) *variants = n;
@@ -524,6 +532,11 @@ mg_cobj_t *mg_cdisk_lookup(mg_cdisk_t *d, mg_str_t key, mg_cache_match_cb match,
     }
     pthread_mutex_lock(&d->lock);
     d->hits++;
+    dent_t *e = find_name(d, h, names[i]); /* the variant read is the one used */
+    if (e) {
+      lru_unlink(d, e);
+      lru_push(d, e);
+    }
     pthread_mutex_unlock(&d->lock);
     return o;
   }

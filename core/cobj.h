@@ -16,6 +16,11 @@
 #define MG_CACHE_SHARDS 64
 /* What an object costs beyond its bytes (the object and chunk headers, malloc's). */
 #define MG_CACHE_OVERHEAD 256
+/* The variants one key keeps (in memory, and on disk): a new one beyond replaces
+ * the least recently used. Without a bound, clients sending a new value of a
+ * header the response varies on (User-Agent, Accept-Language) would pile up
+ * variants that every lookup of the key walks under the shard's lock. */
+#define MG_CACHE_VARIANTS_MAX 16
 
 typedef struct mg_cache_s mg_cache_t;
 typedef struct mg_cobj_s mg_cobj_t;
@@ -32,6 +37,7 @@ struct mg_cchunk_s {
 struct mg_cobj_s {
   atomic_int refs;
   mg_cobj_t *hnext, *prev, *next; /* the shard's chain and LRU (under its lock) */
+  uint64_t used;                  /* the shard's tick at its last use (under its lock) */
   uint64_t hash;                  /* of the primary key */
   size_t cost;                    /* bytes charged to the shard */
   mg_cp_meta_t meta;

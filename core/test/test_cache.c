@@ -248,6 +248,39 @@ static void variants_of_one_key(void) {
   mg_cache_free(c);
 }
 
+/* Clients sending ever new values of a varied-on header: the key keeps
+ * MG_CACHE_VARIANTS_MAX variants, a new one replacing the least recently used. */
+static void a_key_keeps_a_bounded_number_of_variants(void) {
+  mg_cache_t *c = mg_cache_new(8 << 20, 64 << 10);
+  char vk[64];
+  for (int i = 0; i < MG_CACHE_VARIANTS_MAX; i++) {
+    snprintf(vk, sizeof vk, "user-agent:ua%d\n", i);
+    CHECK(put(c, "GET http://a/ua", vk, 10, 'u') == 0);
+  }
+  int nv = 0;
+  mg_cobj_t *o = mg_cache_lookup(c, S("GET http://a/ua"), match_vary, "user-agent:ua0\n", &nv);
+  CHECK(o && nv == MG_CACHE_VARIANTS_MAX); /* ua0 is the most recent now; ua1 the least */
+  mg_cobj_unref(o);
+  for (int i = MG_CACHE_VARIANTS_MAX; i < 1000; i++) {
+    snprintf(vk, sizeof vk, "user-agent:ua%d\n", i);
+    CHECK(put(c, "GET http://a/ua", vk, 10, 'u') == 0);
+    if (i == MG_CACHE_VARIANTS_MAX) {
+      o = mg_cache_lookup(c, S("GET http://a/ua"), match_vary, "user-agent:ua1\n", &nv);
+      CHECK(o == NULL && nv == MG_CACHE_VARIANTS_MAX); /* ua1 went, not ua0 */
+      o = mg_cache_lookup(c, S("GET http://a/ua"), match_vary, "user-agent:ua0\n", &nv);
+      CHECK(o != NULL);
+      mg_cobj_unref(o);
+    }
+  }
+  o = mg_cache_lookup(c, S("GET http://a/ua"), match_vary, "user-agent:ua999\n", &nv);
+  CHECK(o && nv == MG_CACHE_VARIANTS_MAX);
+  mg_cobj_unref(o);
+  mg_cache_stats_t st;
+  mg_cache_stats(c, &st);
+  CHECK(st.objects == MG_CACHE_VARIANTS_MAX);
+  mg_cache_free(c);
+}
+
 static void a_response_without_vary_replaces_every_variant_and_back(void) {
   mg_cache_t *c = mg_cache_new(1 << 20, 64 << 10);
   CHECK(put(c, "K", "accept-language:en\n", 100, 'e') == 0);
@@ -367,6 +400,7 @@ int main(void) {
     T(a_reader_keeps_a_replaced_or_evicted_object_alive),
     T(variants_of_one_key),
     T(a_response_without_vary_replaces_every_variant_and_back),
+    T(a_key_keeps_a_bounded_number_of_variants),
     T(bodies_over_max_object_are_not_stored),
     T(the_process_store_is_made_once_and_kept_across_reloads),
     T(threads_read_write_replace_and_evict_at_once),

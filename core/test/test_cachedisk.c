@@ -389,6 +389,33 @@ static void variants_come_back_from_disk(void) {
   free(dir);
 }
 
+/* New values of a varied-on header keep coming: the disk keeps
+ * MG_CACHE_VARIANTS_MAX files of the key too (the least recent goes). */
+static void a_key_keeps_a_bounded_number_of_variant_files(void) {
+  char *dir = tmpdir();
+  mg_cache_t *c = open_store(dir, 10 << 20);
+  if (!c) return;
+  char vk[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(vk, sizeof vk, "ua%d", i);
+    CHECK(put(c, "GET http://a/ua", vk, "vary: user-agent\r\n", 10, 'u') == 0);
+    mg_cache_sync(c); /* written in this order */
+  }
+  CHECK(stats(c).disk_objects == MG_CACHE_VARIANTS_MAX);
+  CHECK(object_files(dir, NULL, 0) == MG_CACHE_VARIANTS_MAX);
+  mg_cache_free(c);
+  c = open_store(dir, 10 << 20); /* from disk: the newest are the ones kept */
+  if (!c) return;
+  mg_cobj_t *o = mg_cache_lookup(c, S("GET http://a/ua"), vary_is, "ua39", NULL);
+  CHECK(o != NULL);
+  mg_cobj_unref(o);
+  o = mg_cache_lookup(c, S("GET http://a/ua"), vary_is, "ua0", NULL);
+  CHECK(o == NULL);
+  mg_cache_free(c);
+  rm_rf(dir);
+  free(dir);
+}
+
 static void a_folder_that_cannot_be_made_is_an_error(void) {
   char *dir = tmpdir();
   char file[512], err[256] = "";
@@ -482,6 +509,7 @@ int main(void) {
     T(remove_and_remove_prefix_reach_both_tiers),
     T(a_write_error_costs_the_disk_copy_only),
     T(variants_come_back_from_disk),
+    T(a_key_keeps_a_bounded_number_of_variant_files),
     T(a_folder_that_cannot_be_made_is_an_error),
     T(threads_store_read_remove_and_evict_on_disk_at_once),
   };
