@@ -669,8 +669,16 @@ int mg_api_cache_purge(const char *s, size_t len) {
     mg_str_t key;
     int rc = url_key(s, len, 0, &key);
     if (rc < 0) return n ? n : rc;
-    if (!mg_str_eq(key, (mg_str_t){ s, len })) n += mg_cache_remove(c, key);
-    free((void *)key.p);
+    /* the default key is the URL's, a space and the upstream's name (proxy.c
+     * cache_key_of): every upstream's object of that URL goes */
+    char *kp = realloc((void *)key.p, key.len + 1);
+    if (!kp) {
+      free((void *)key.p);
+      return n ? n : MG_API_ENOMEM;
+    }
+    kp[key.len] = ' ';
+    n += mg_cache_remove_prefix(c, (mg_str_t){ kp, key.len + 1 });
+    free(kp);
   }
   return n;
 }

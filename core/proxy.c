@@ -3235,23 +3235,54 @@ static void cache_answer(mg_req_t *r, const mg_cobj_t *o, const mg_cp_decision_t
   cache_answer_with(r, o->head, &o->meta, o, d->age, &d->cs);
 }
 
-/* r->ckey: the cache_key hook's key when it gave one (i13-api), else the
- * default: "GET scheme://host/path?query" (mg_cp_key). 0, or -1 (no memory,
- * or a key that does not fit). */
+/* The target the upstream gets, as path and query: the key names what the
+ * origin is asked for (with forward_path = "as_received", "//a" and "/x/../a"
+ * are other targets than "/a" for the origin, though they route alike). */
+static void upstream_target(const mg_req_t *r, mg_str_t *path, mg_str_t *query) {
+  mg_str_t t = r->raw_target.p ? r->raw_target : r->target;
+  const char *qm = memchr(t.p, '?', t.len);
+  *path = (mg_str_t){ t.p, qm ? (size_t)(qm - t.p) : t.len };
+  *query = qm ? (mg_str_t){ qm + 1, (size_t)(t.p + t.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+}
+
+/* The host the upstream is sent: the Host header a request hook left (it may
+ * have set one: the key must name what the origin is asked for, or a hook that
+ * picks the Host from an unkeyed header would mix its answers), the target's
+ * for an absolute-form request (its Host goes), else the client's. 0, or -1
+ * for a hook's Host that is no host ("a/b" would make keys ambiguous). */
+static int upstream_host(const mg_req_t *r, mg_str_t *host) {
+  const mg_header_t *h = r->absolute_form ? NULL : mg_head_get(&r->head, MG_STR("host"));
+  *host = h ? h->value : r->host;
+  return h && h->value.len && mg_uri_check_host(h->value, NULL, NULL) < 0 ? -1 : 0;
+}
+
+/* r->ckey: the cache_key hook's key when it gave one (i13-api: taken as it is),
+ * else the default: the URL the upstream is asked for (mg_cp_key: "GET
+ * scheme://host/path?query"), a space and the name of the upstream the request
+ * goes to. The same URL sent to two upstreams (routes bound to other listeners,
+ * a split by header, req:set_upstream) is two objects: one origin's answer is
+ * never served for another's (nginx's default key has $proxy_host for the same
+ * reason). 0, or -1 (no memory, a key that does not fit, a hook's Host that is
+ * no host: not cached). */
 static int cache_key_of(mg_req_t *r) {
   if (r->ckey_user_set) {
     r->ckey = r->ckey_user;
     return 0;
   }
-  const char *qm = memchr(r->target.p, '?', r->target.len);
-  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
-  size_t cap = r->host.len + r->target.len + 32;
+  mg_str_t path, query, host;
+  if (upstream_host(r, &host) < 0 || r->upstream < 0) return -1;
+  upstream_target(r, &path, &query);
+  const char *name = r->gen->upstreams[r->upstream].name;
+  size_t nl = strlen(name);
+  size_t cap = host.len + path.len + query.len + 32 + 1 + nl;
   char *k = mg_arena_alloc(&r->arena, cap);
   if (!k) return -1;
   mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
-  size_t klen = mg_cp_key(k, cap, MG_STR("GET"), scheme, r->host, r->path, query);
+  size_t klen = mg_cp_key(k, cap - 1 - nl, MG_STR("GET"), scheme, host, path, query);
   if (!klen) return -1;
-  r->ckey = (mg_str_t){ k, klen };
+  k[klen] = ' ';
+  memcpy(k + klen + 1, name, nl);
+  r->ckey = (mg_str_t){ k, klen + 1 + nl };
   return 0;
 }
 
@@ -3538,18 +3569,37 @@ static void append_cache_status_fwd(mg_req_t *r, hw_t *q) {
 static void cache_invalidate(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   if (!c) return;
-  const char *qm = memchr(r->target.p, '?', r->target.len);
-  mg_str_t query = qm ? (mg_str_t){ qm + 1, (size_t)(r->target.p + r->target.len - qm - 1) } : (mg_str_t){ NULL, 0 };
+  mg_str_t path, query, host;
+  if (upstream_host(r, &host) < 0) return;
+  upstream_target(r, &path, &query);
   mg_str_t scheme = r->down->ssl ? MG_STR("https") : MG_STR("http");
   mg_cp_hdrs_t rs = { r->rhead.headers, r->rhead.n };
   const char *m = llhttp_method_name((llhttp_method_t)r->method);
-  size_t cap = 3 * (r->host.len + r->target.len + 32) + 2048;
+  size_t cap = 3 * (host.len + path.len + query.len + 32) + 2048;
   char *buf = mg_arena_alloc(&r->arena, cap);
   mg_str_t keys[3];
   if (!buf) return;
-  int n = mg_cp_invalidate((mg_str_t){ m, strlen(m) }, r->up_status, scheme, r->host, r->path, query, &rs, buf, cap,
+  int n = mg_cp_invalidate((mg_str_t){ m, strlen(m) }, r->up_status, scheme, host, path, query, &rs, buf, cap,
                            keys);
-  for (int i = 0; i < n; i++) mg_cache_remove(c, keys[i]);
+  /* the URL is invalid whichever upstream its GETs go to (a route of their own):
+   * each key with each upstream's name (cache_key_of), made in one buffer */
+  size_t longest = 0, name_max = 0;
+  for (int i = 0; i < n; i++)
+    if (keys[i].len > longest) longest = keys[i].len;
+  for (int u = 0; u < r->gen->nupstreams; u++)
+    if (strlen(r->gen->upstreams[u].name) > name_max) name_max = strlen(r->gen->upstreams[u].name);
+  char *k = n > 0 ? mg_arena_alloc(&r->arena, longest + 1 + name_max) : NULL;
+  if (!k) return;
+  for (int i = 0; i < n; i++) {
+    memcpy(k, keys[i].p, keys[i].len);
+    k[keys[i].len] = ' ';
+    for (int u = 0; u < r->gen->nupstreams; u++) {
+      const char *name = r->gen->upstreams[u].name;
+      size_t nl = strlen(name);
+      memcpy(k + keys[i].len + 1, name, nl);
+      mg_cache_remove(c, (mg_str_t){ k, keys[i].len + 1 + nl });
+    }
+  }
 }
 
 /* The revalidation's conditionals (RFC 9111 4.3.1): If-None-Match from the stored

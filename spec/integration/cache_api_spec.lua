@@ -105,8 +105,9 @@ describe("cache api", function()
     local again = get("cache.test", p)
     assert.equal("pu count=2 al=-\n", again.body)
     assert.equal("moongate; fwd=uri-miss; stored", again.h["cache-status"])
-    -- the raw key
-    assert.equal("1|nil", api("purge", "GET http://cache.test" .. p))
+    -- the raw key: the URL's, a space and the upstream's name
+    assert.equal("0|nil", api("purge", "GET http://cache.test" .. p))
+    assert.equal("1|nil", api("purge", "GET http://cache.test" .. p .. " o"))
     assert.equal("pu count=3 al=-\n", get("cache.test", p).body)
     -- a URL that does not parse
     assert.equal("nil|mg.cache.purge: not a URL moongate can make a key of", api("purge", "http://bad host/x"))

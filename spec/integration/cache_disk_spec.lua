@@ -177,7 +177,7 @@ describe("cache disk store", function()
     assert.equal(helpers.pattern(200000), a.body)
     assert(helpers.wait_until(function()
       return p:stderr():find("cache: cannot store GET http://test.local"
-        .. "/hdrs/werr?h=Cache-Control:max-age%3D600&n=200000 on disk: open " .. dir
+        .. "/hdrs/werr?h=Cache-Control:max-age%3D600&n=200000 o on disk: open " .. dir -- the key: the URL, then the upstream
         .. "/cache/tmp/", 1, true)
     end, 5), p:stderr())
     assert.truthy(p:stderr():find(": Not a directory\n", 1, true))
