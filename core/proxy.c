@@ -3614,8 +3614,9 @@ static void append_revalidation(mg_req_t *r, hw_t *q) {
 /* A 304 to a revalidation (RFC 9111 4.3.3, 4.3.4): when it selects the stored
  * response, the stored headers are updated with the 304's (3.2), the client is
  * answered from the store, and the updated response is stored again (same body,
- * a new object: objects are immutable). 1 when answered; 0 when the 304 does not
- * select it (the stored one is removed and the 304 goes on as it came). */
+ * a new object: objects are immutable). When it does not, the stored one is
+ * removed and the request goes again without our validators. 1 when handled;
+ * 0 when the 304 goes on as it came (out of memory). */
 static int cache_revalidated(mg_req_t *r) {
   mg_cache_t *c = mg_cache_global();
   const mg_cobj_t *o = r->c_obj;
@@ -3626,8 +3627,23 @@ static int cache_revalidated(mg_req_t *r) {
     return 1;
   }
   if (!mg_cp_304_selects(&st, &rs)) {
+    /* the 304 is about validators of ours that name nothing the origin has any
+     * more (RFC 9111 4.3.4): the stored response goes, and the request is sent
+     * again as the client sent it (its own conditionals, if any), once. Passed
+     * on, this 304 would reach a client that asked for no conditional. */
     mg_cache_remove(c, r->ckey);
-    return 0;
+    mg_cobj_unref(r->c_obj);
+    r->c_obj = NULL;
+    r->c_sie = 0;
+    if (requeue(r) < 0) return 0;
+    MG_INFO(r->w->id, "req %s: upstream %s: a 304 that does not match the stored response: sent again "
+            "without its validators", r->id, peer_text(r));
+    if (r->upc) mg_upstream_release(r->upc, 0);
+    attempt_end(r);
+    r->status = 0;
+    tried_reset(r);
+    backoff_start(r, 0); /* the next loop turn */
+    return 1;
   }
   /* a 304 without Date gets moongate's (RFC 9110 6.6.1), which then replaces
    * the stored Date as the 304's headers do (the response is that recent now) */
