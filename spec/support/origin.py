@@ -70,6 +70,8 @@ Behaviour by path on the main port (the query string is ignored for routing):
                   cache's specs.
   /slow-hdrs/S/TAG?...  waits S seconds, then answers as /hdrs/TAG?... (i13-collapse)
   /stats          the counters (this request is counted)
+  /who/TAG        200, Cache-Control: max-age=60, X-Origin: NAME, body
+                  "NAME TAG count=C\n" (C: requests for this exact target)
   /te-gzip        200 with Transfer-Encoding: gzip, chunked and a chunked body
   /stream-echo    200 chunked, Connection: close: each piece of the request body
                   is sent back as soon as it is read (full duplex), then close
@@ -474,6 +476,20 @@ async def respond(writer, req, keep):
             ("Content-Length", len(body)),
         ]) + (b"" if head_only else body))
         return not close
+
+    # ---- attack (spec/integration/cache_attack_spec.lua) ----
+    if kind == "/who":
+        # cacheable for a minute; the body names this origin and counts the
+        # requests for the exact target, so a spec sees which origin answered
+        HDRS_COUNT[req["target"]] = HDRS_COUNT.get(req["target"], 0) + 1
+        body = ("%s %s count=%d\n" % (NAME, arg, HDRS_COUNT[req["target"]])).encode()
+        await send(writer, head_bytes(200, "OK", [("Content-Type", "text/plain"),
+                                                  ("Cache-Control", "max-age=60"),
+                                                  ("X-Origin", NAME),
+                                                  ("Content-Length", len(body))] + conn_hdr)
+                   + (b"" if head_only else body))
+        return keep
+    # ---- end attack ----
 
     if kind == "/te-gzip":
         # a coding a proxy cannot re-frame: the body is not really gzip
