@@ -3253,7 +3253,8 @@ static void upstream_target(const mg_req_t *r, mg_str_t *path, mg_str_t *query) 
 static int upstream_host(const mg_req_t *r, mg_str_t *host) {
   const mg_header_t *h = r->absolute_form ? NULL : mg_head_get(&r->head, MG_STR("host"));
   *host = h ? h->value : r->host;
-  return h && h->value.len && mg_uri_check_host(h->value, NULL, NULL) < 0 ? -1 : 0;
+  if (!h || !h->value.len || mg_str_eq(h->value, r->host)) return 0; /* the client's: checked when parsed */
+  return mg_uri_check_host(h->value, NULL, NULL) < 0 ? -1 : 0;
 }
 
 /* r->ckey: the cache_key hook's key when it gave one (i13-api: taken as it is),
