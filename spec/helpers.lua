@@ -113,6 +113,18 @@ function helpers.sh(cmd)
   return body, tonumber(rc)
 end
 
+--- wrk with the given arguments: its output. wrk gives up a connection whose
+--- socket's descriptor number is past its event loop's size (10 + 3 per
+--- connection), and a child of this process inherits every descriptor busted
+--- has open (sockets of earlier specs not yet collected among them): so the
+--- garbage is collected first and wrk starts with descriptors 0-2 only.
+function helpers.wrk(args)
+  collectgarbage("collect")
+  collectgarbage("collect")
+  return helpers.sh("bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done; "
+    .. "exec wrk " .. args:gsub("'", "'\\''") .. "' 2>/dev/null")
+end
+
 --- How many times `needle` (plain text) occurs in `text`.
 function helpers.count(text, needle)
   local n, from = 0, 1
