@@ -717,6 +717,17 @@ int mg_api_cache_stats(mg_cache_api_stats_t *out) {
   return 0;
 }
 
+int mg_req_set_policy(mg_req_t *r, const char *p, size_t len) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (len == 0 || len > 64) return MG_API_EINVAL;
+  char *k = mg_arena_alloc(&r->arena, len + 1);
+  if (!k) return MG_API_ENOMEM;
+  memcpy(k, p, len);
+  k[len] = '\0';
+  r->policy = (mg_str_t){ k, len };
+  return 0;
+}
+
 int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len) {
   if (!PHASE(r, BIT(MG_HOOK_CACHE_KEY))) return MG_API_EPHASE;
   if (len == 0 || len > CACHE_KEY_MAX) return MG_API_EINVAL;

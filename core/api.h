@@ -270,5 +270,9 @@ int mg_api_cache_stats(mg_cache_api_stats_t *out);
  * bytes, else MG_API_EINVAL), in place of the default one. MG_API_EPHASE outside
  * the cache_key hook. */
 int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
+/* ---- issue 14: gateway policies (docs/policies.md). The name of the policy that
+ * answered the request (copied; 1 to 64 bytes, else MG_API_EINVAL): the access
+ * log line gets it as its `policy` field. */
+int mg_req_set_policy(mg_req_t *r, const char *p, size_t len);
 
 #endif

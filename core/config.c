@@ -1085,6 +1085,42 @@ static int walk(walk_t *w, mg_gen_t *g) {
   return walk_routes(w, g);
 }
 
+int mg_config_explain(const char *path, FILE *f, char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "%s: out of memory", path);
+    return MG_ENOMEM;
+  }
+  luaL_openlibs(L);
+  const char *dir = mg_lua_dir();
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+  int rc = MG_ECONFIG;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "moongate.private.explain");
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    snprintf(err, errlen, "cannot load the moongate Lua library from %s: %s", dir, lua_tostring(L, -1));
+    goto done;
+  }
+  lua_getfield(L, -1, "text");
+  lua_pushstring(L, path);
+  if (lua_pcall(L, 1, 2, 0) != 0 || !lua_isstring(L, -2)) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "config error");
+    goto done;
+  }
+  size_t len;
+  const char *s = lua_tolstring(L, -2, &len);
+  fwrite(s, 1, len, f);
+  rc = 0;
+done:
+  lua_close(L);
+  return rc;
+}
+
 int mg_config_load(const char *path, mg_gen_t **out, char *err, size_t errlen) {
   char abs[4096];
   *out = NULL;

@@ -271,6 +271,10 @@ struct mg_gen_s {
  * reference, owned by the caller. On error returns MG_ECONFIG and writes a message
  * naming the file (and line and key when known) into err. */
 int mg_config_load(const char *path, mg_gen_t **out, char *err, size_t errlen);
+/* issue 14: `moongate -T`: loads the config at `path` (absolute) again in a Lua
+ * state of its own and writes every route with its policy chain and hooks to `f`
+ * (lua/moongate/private/explain.lua). 0, or MG_ECONFIG with the error in err. */
+int mg_config_explain(const char *path, FILE *f, char *err, size_t errlen);
 void mg_gen_ref(mg_gen_t *g);
 void mg_gen_unref(mg_gen_t *g);
 

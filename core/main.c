@@ -29,6 +29,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: moongate [-c FILE]          run (default ./proxy.lua)\n"
           "       moongate -t [-c FILE]       check the config and exit\n"
+          "       moongate -T [-c FILE]       check the config, print every route with its policies and hooks\n"
+          "                                   (also --explain-config), and exit\n"
           "       moongate -s stop [-c FILE]  stop the running instance (pid file)\n"
           "       moongate -s reload [-c FILE] check the config, then reload the running instance\n"
           "       moongate -v                 print the version\n");
@@ -367,10 +369,16 @@ int main(int argc, char **argv) {
   const char *signame = NULL;
   int test = 0;
   int opt;
-  while ((opt = getopt(argc, argv, "c:ts:vh")) != -1) {
+  /* --explain-config is -T (issue 14); no other long options */
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--") == 0) break;
+    if (strcmp(argv[i], "--explain-config") == 0) argv[i] = "-T";
+  }
+  while ((opt = getopt(argc, argv, "c:tTs:vh")) != -1) {
     switch (opt) {
     case 'c': path = optarg; break;
     case 't': test = 1; break;
+    case 'T': test = 2; break;
     case 's': signame = optarg; break;
     case 'v': printf("moongate %s\n", MG_VERSION); return 0;
     case 'h': usage(stdout); return 0;
@@ -394,10 +402,20 @@ int main(int argc, char **argv) {
   mg_tls_set_session(mg_upstream_tls_session);
 
   char err[1024];
+  int rc0;
   mg_gen_t *g = NULL;
   if (mg_config_load(path, &g, err, sizeof(err)) < 0) {
     fprintf(stderr, "moongate: config error: %s\n", err);
     return 1;
+  }
+  if (test == 2) {
+    rc0 = mg_config_explain(g->path, stdout, err, sizeof(err));
+    mg_gen_unref(g);
+    if (rc0 < 0) {
+      fprintf(stderr, "moongate: config error: %s\n", err);
+      return 1;
+    }
+    return 0;
   }
   if (test) {
     printf("moongate: config ok: %s\n", g->path);

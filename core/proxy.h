@@ -222,6 +222,8 @@ struct mg_req_s {
   /* i13-api: the cache_key hook (proxy.c cache_begin) */
   mg_str_t ckey_user;       /* the key the hook gave (arena), when ckey_user_set */
   unsigned ckey_user_set : 1;
+  /* issue 14: the policy that answered the request (arena; the access log's `policy`) */
+  mg_str_t policy;
   /* i13-range: ranges and compression of answers from the store (proxy.c "the cache") */
   unsigned c_rfetch : 1;    /* route cache.range_fetch: Range and If-Range are not sent
                                upstream; the full 200 is stored and sliced for the client */

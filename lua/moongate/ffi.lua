@@ -151,6 +151,8 @@ int mg_api_cache_purge(const char *s, size_t len);
 int mg_api_cache_purge_prefix(const char *s, size_t len);
 int mg_api_cache_stats(mg_cache_api_stats_t *out);
 int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
+/* issue 14 */
+int mg_req_set_policy(mg_req_t *r, const char *p, size_t len);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

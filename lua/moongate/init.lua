@@ -22,6 +22,7 @@ function _M._reset(confdir)
     upstreams = {}, upstream_by_name = {},
     routes = {},
     hooks = {},   -- hook name -> list of functions (mg.on)
+    policies = {}, -- mg.use(...): the global policies, in the order written
     shared = {},  -- dict name -> size in bytes
   }
 end
@@ -829,7 +830,7 @@ local function route_cache(r, c, what, respond)
 end
 
 local route_keys = { host = true, path = true, methods = true, listener = true, upstream = true,
-                     respond = true, on = true, buffer_body = true, timeouts = true, split = true,
+                     respond = true, on = true, use = true, buffer_body = true, timeouts = true, split = true,
                      idempotent = true, compress = true, decode = true, cache = true }
 -- a route's own timeouts.hook, and (i12-retry) its upstream connect/read/write
 local route_timeout_keys = { hook = true, connect = true, read = true, write = true }
@@ -931,6 +932,48 @@ local function split_rule(s, what)
 end
 -- end i12-split -------------------------------------------------------------
 
+-- issue 14: policies (lua/moongate/policy/init.lua, docs/policies.md)
+local policy = require "moongate.policy"
+_M.policy = policy
+
+-- a route's use = { p1, p2, ... }: a list of policy objects, checked here
+local function policy_list(list, what)
+  if policy.is(list) then fail("%s: 'use' takes a list: use = { %s }", what, "mg.policy." .. list.name .. " { ... }") end
+  if type(list) ~= "table" or getmetatable(list) ~= nil then
+    fail("%s: 'use' must be a list of policies ({ mg.policy.NAME { ... }, ... })", what)
+  end
+  local n = #list
+  for k in pairs(list) do
+    if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > n then
+      fail("%s: 'use' must be a list of policies, not a table with key '%s'", what, tostring(k))
+    end
+  end
+  local out = {}
+  for i = 1, n do
+    if not policy.is(list[i]) then
+      fail("%s: use[%d] is not a policy (a %s; make one with mg.policy.NAME { ... } or mg.policy.new { ... })",
+        what, i, type(list[i]))
+    end
+    out[i] = list[i]
+  end
+  return out
+end
+
+--- mg.use(p1, p2, ...): global policies, for every route, before the route's own
+--- `use` (in the order written, across calls).
+function _M.use(...)
+  local n = select("#", ...)
+  if n == 0 then fail("mg.use: expects one or more policies") end
+  for i = 1, n do
+    local p = select(i, ...)
+    if not policy.is(p) then
+      fail("mg.use: argument %d is not a policy (a %s; make one with mg.policy.NAME { ... } or mg.policy.new { ... })",
+        i, type(p))
+    end
+    state.policies[#state.policies + 1] = p
+  end
+end
+
 --- mg.route { host, path, methods, listener, upstream | respond, split }
 --- (upstream: an upstream, its name, or a weighted list { { up, weight = N }, ... })
 function _M.route(t)
@@ -1004,6 +1047,7 @@ function _M.route(t)
       if not r.cache then fail("%s: on.cache_key needs cache = true (or a cache table)", what) end
     end
   end
+  if t.use ~= nil then r.use = policy_list(t.use, what) end -- issue 14
   if type(t.respond) == "function" then
     r.respond_fn = t.respond
   elseif type(t.upstream) == "table" and getmetatable(t.upstream) ~= upstream_mt then

@@ -10,6 +10,8 @@ local fmt = string.format
 
 local _M = {}
 
+local policy_phases = { "request", "response", "log" } -- issue 14: the phases a policy has
+
 local function abspath(dir, p)
   if p == false or p == "-" or p:sub(1, 1) == "/" then return p end
   return dir .. "/" .. p
@@ -135,6 +137,22 @@ function _M.load(path, source)
     end
     if r.respond_fn then mask = mask + 2 ^ abi.HOOK_RESPOND end
     if r.cache_key then mask = mask + 2 ^ abi.hooks.cache_key end -- i13-api: cache = { key = fn }
+    -- issue 14: the route's policy chain, global ones first (runtime.lua runs it
+    -- in the route's request / response / log hook, before the route's own)
+    if #st.policies > 0 or r.use then
+      local chain = {}
+      for _, p in ipairs(st.policies) do chain[#chain + 1] = p end
+      for _, p in ipairs(r.use or {}) do chain[#chain + 1] = p end
+      r.chain = chain
+      for _, phase in ipairs(policy_phases) do
+        local bit = 2 ^ abi.hooks[phase]
+        if not (r.on and r.on[phase]) then
+          for _, p in ipairs(chain) do
+            if p[phase] then mask = mask + bit; break end
+          end
+        end
+      end
+    end
     r.hooks = mask
     out.routes[#out.routes + 1] = r
   end

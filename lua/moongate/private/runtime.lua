@@ -21,6 +21,41 @@ local global = {} -- hook number -> list of functions
 local routes = {} -- route index (1-based, C's order) -> { [hook number] = fn, respond = fn }
 local hash_fns = {} -- upstream index (1-based, C's order) -> its hash_key function
 
+-- issue 14: a route's hook for `phase` that runs the chain's policies (global
+-- ones first) in order, then the route's own function `own`. In the request
+-- phase a policy that answers (req:respond) ends the chain: its name goes to the
+-- access log's `policy` field. nil when no policy has that phase.
+local function chained(chain, phase, own)
+  local list = {}
+  for _, p in ipairs(chain) do
+    if p[phase] then list[#list + 1] = p end
+  end
+  local n = #list
+  if n == 0 then return nil end
+  if phase == "request" then
+    return function(req, res)
+      for i = 1, n do
+        local p = list[i]
+        p:request(req)
+        if rawget(req, "_answered") then
+          abi.C.mg_req_set_policy(req._r, p.name, #p.name)
+          return
+        end
+      end
+      if own then return own(req, res) end
+    end
+  elseif phase == "response" then
+    return function(req, res)
+      for i = 1, n do list[i]:response(req, res) end
+      if own then return own(req, res) end
+    end
+  end
+  return function(req, res) -- log
+    for i = 1, n do list[i]:log(req) end
+    if own then return own(req, res) end
+  end
+end
+
 --- Runs proxy.lua's text as the main thread read and validated it (`source`:
 --- not the file again, which may have changed since) and indexes hooks.
 function _M.start(path, worker_id, nroutes, source)
@@ -39,6 +74,12 @@ function _M.start(path, worker_id, nroutes, source)
     end
     t.respond = r.respond_fn
     if r.cache_key then t[CACHE_KEY] = r.cache_key end -- i13-api: cache = { key = fn }
+    if r.chain then -- issue 14: the policies run as part of the route's hooks
+      for _, phase in ipairs { "request", "response", "log" } do
+        local fn = chained(r.chain, phase, t[HOOKS[phase]])
+        if fn then t[HOOKS[phase]] = fn end
+      end
+    end
     routes[i] = t
   end
 end
