@@ -19,7 +19,7 @@ function _M.text(path)
   local conf, err = loader.load(path)
   if not conf then return nil, err end
   local st = mg._state()
-  local out = { "config " .. path }
+  local out = { "config " .. path .. " (routes in the order they are tried)" }
   local global = {}
   for _, name in ipairs(order) do
     if st.hooks[name] then global[#global + 1] = fmt("%s x%d", name, #st.hooks[name]) end
