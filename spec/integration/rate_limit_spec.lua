@@ -7,7 +7,7 @@ local socket = require "socket"
 
 local CONF = [[
 local mg = require "moongate"
-mg.config { workers = 2, access_log = false }
+mg.config { workers = 2, access_log = false, shared = { tiny = "16k" } }
 mg.listen { "127.0.0.1:${port}" }
 local o = mg.upstream "o" { servers = { "${origin}" } }
 local rate_limit = require "moongate.policy.rate_limit"
@@ -51,6 +51,12 @@ mg.route { path = "/stacked", upstream = o, on = {
   request = function(req) a:request(req); if not req._answered then b:request(req) end end,
   response = function(req, res) a:response(req, res); b:response(req, res) end,
 } }
+
+-- a dictionary too small for the key: let through, logged
+mg.route { path = "/tiny", upstream = o,
+  on = on(rate_limit { limit = 1, window = 60, shared = "tiny", key = "header:X-Big", algorithm = "fixed" }) }
+mg.route { path = "/tinyb", upstream = o,
+  on = on(rate_limit { limit = 1, window = 60, shared = "tiny", key = "header:X-Big", algorithm = "token_bucket" }) }
 
 -- exactness under load: a counter per path (one per run of the spec)
 mg.route { path = "/exact/", upstream = o,
@@ -167,6 +173,20 @@ describe("rate_limit policy", function()
     assert.equal(200, res.status)
     assert.equal('"permin";q=100;w=60, "perhr";q=1000;w=3600', res.h["ratelimit-policy"])
     assert.matches('^"permin";r=99;t=%d+, "perhr";r=999;t=%d+$', res.h["ratelimit"])
+  end)
+
+  it("a shared dictionary failure lets the request through and logs why", function()
+    local big = string.rep("b", 6000) -- more than one shard of a 16k dictionary holds
+    for _, path in ipairs({ "/tiny", "/tinyb" }) do
+      for _ = 1, 3 do
+        local res = get(path, { ["X-Big"] = big })
+        assert.equal(200, res.status, path)
+        assert.is_nil(res.h["ratelimit"])
+      end
+    end
+    assert.truthy(helpers.wait_until(function()
+      return helpers.count(proxy:stderr(), "rate_limit: shared dictionary 'tiny': too big (request let through)") >= 6
+    end, 5), proxy:stderr():sub(-2000))
   end)
 
   -- wrk on 8 connections over both workers for 2 s: the origin sees exactly the limit

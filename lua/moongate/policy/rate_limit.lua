@@ -196,10 +196,13 @@ local function sliding(self, key, now)
   return false, 0, w - elapsed, max(wait, 0)
 end
 
+local gcra_errors = { [-20003] = "not a number", [-20004] = "no memory", [-20005] = "too big",
+                      [-20006] = "bad argument" }
+
 local function bucket(self, key)
   local rc = C.mg_shdict_gcra(self._dict:_handle(), self._prefix .. key, #self._prefix + #key,
                               self.window / self.limit, self.burst, wait_out, rem_out)
-  if rc < 0 then return failed(self, "error " .. tostring(rc)) end
+  if rc < 0 then return failed(self, gcra_errors[rc] or ("error " .. tostring(rc))) end
   local wait = tonumber(wait_out[0])
   if rc == 0 then return true, tonumber(rem_out[0]), wait end
   return false, 0, wait, wait
