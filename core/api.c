@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "cidr.h"
 #include "conn.h"
 #include "http.h"
 #include "log.h"
@@ -736,5 +737,30 @@ int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len) {
   memcpy(k, p, len);
   r->ckey_user = (mg_str_t){ k, len };
   r->ckey_user_set = 1;
+  return 0;
+}
+
+/* ---- i14-ratelimit ---- */
+mg_cidr_t *mg_api_cidr_new(void) { return mg_cidr_new(); }
+
+int mg_api_cidr_add(mg_cidr_t *set, const char *text, size_t len) {
+  if (!set || (!text && len)) return MG_API_EINVAL;
+  int rc = mg_cidr_add(set, text, len);
+  if (rc == MG_ENOMEM) return MG_API_ENOMEM;
+  return rc == 0 ? 0 : MG_API_EINVAL;
+}
+
+int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len) {
+  if (!set || (!ip && len)) return 0;
+  return mg_cidr_match_text(set, (mg_str_t){ ip, len });
+}
+
+size_t mg_api_cidr_count(const mg_cidr_t *set) { return set ? mg_cidr_count(set) : 0; }
+
+void mg_api_cidr_free(mg_cidr_t *set) { mg_cidr_free(set); }
+
+int mg_req_peer_ip(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  *out = r->down->ip;
   return 0;
 }

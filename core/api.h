@@ -275,4 +275,23 @@ int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
  * log line gets it as its `policy` field. */
 int mg_req_set_policy(mg_req_t *r, const char *p, size_t len);
 
+/* ---- i14-ratelimit: policies (lua/moongate/policy/) ---- */
+/* core/shdict.h has the contract: a token bucket in a shared dictionary entry;
+ * 0 allowed, 1 refused, or a negative MG_SHDICT_* code. */
+int mg_shdict_gcra(mg_shdict_t *d, const char *key, size_t klen, double interval, double capacity,
+                   double *wait, double *remaining);
+/* Prefix sets (core/cidr.h), built at config time and matched per request. Owned
+ * by Lua: mg_api_cidr_new's result is freed by mg_api_cidr_free (ffi.gc). add:
+ * 0, MG_API_EINVAL (bad text: the set is unchanged), MG_API_ENOMEM. match: 1 when
+ * the address text (IPv4, IPv6, IPv4-mapped IPv6) is in a prefix of the set, else 0. */
+typedef struct mg_cidr_s mg_cidr_t;
+mg_cidr_t *mg_api_cidr_new(void);
+int mg_api_cidr_add(mg_cidr_t *set, const char *text, size_t len);
+int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len);
+size_t mg_api_cidr_count(const mg_cidr_t *set);
+void mg_api_cidr_free(mg_cidr_t *set);
+/* The address of the connection's peer (req.client_ip is the client after
+ * trusted_proxies); any hook that has a request. */
+int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
+
 #endif

@@ -425,6 +425,75 @@ int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int 
   return rc;
 }
 
+#define GCRA_REFUSED 2 /* internal: the public code is 1 */
+/* GCRA (a token bucket kept as one number: the bucket's "theoretical arrival time",
+ * seconds on this file's monotonic clock). Everything under the shard lock, the clock
+ * read once per call, so every worker agrees. */
+static int gcra_locked(shard_t *s, op_t *op, double interval, double capacity, double *wait,
+                       double *remaining, entry_t **spare, entry_t **garbage) {
+  expire_tail(s, op->now, garbage);
+  entry_t *e = lookup(s, op->hash, op->key, op->klen);
+  int live = e && !is_expired(e, op->now);
+  if (live && e->type != MG_SHD_NUMBER) return MG_SHDICT_ETYPE;
+  double now = (double)op->now / 1e9;
+  double tat = live && e->num > now ? e->num : now;
+  double next = tat + interval;
+  double allow_at = next - capacity * interval;
+  if (now < allow_at) { /* refused: nothing changes */
+    *wait = allow_at - now;
+    *remaining = 0;
+    return GCRA_REFUSED;
+  }
+  *wait = next - now;
+  *remaining = (double)(long long)((now - allow_at) / interval + 1e-9);
+  op->num = next;
+  if (live) {
+    e->num = next;
+    e->expires = op->expires;
+    lru_touch(s, e);
+    return 0;
+  }
+  if (e && fits_in_place(e, 0)) {
+    write_value(e, op);
+    lru_touch(s, e);
+    return 0;
+  }
+  if (!*spare) return NEED_BLOCK;
+  if (e) remove_entry(s, e, garbage);
+  (*spare)->num = next;
+  make_room(s, entry_cost(op->klen, 0), op->now, garbage, NULL);
+  link_entry(s, *spare);
+  *spare = NULL;
+  return 0;
+}
+
+int mg_shdict_gcra(mg_shdict_t *d, const char *key, size_t klen, double interval, double capacity,
+                   double *wait, double *remaining) {
+  if (!(interval > 0) || !(capacity >= 1) || (!key && klen) || !wait || !remaining)
+    return MG_SHDICT_EINVAL;
+  op_t op = { .key = key, .klen = klen, .type = MG_SHD_NUMBER };
+  op.hash = hash_key(key, klen);
+  shard_t *s = shard_of(d, op.hash);
+  op.now = now_ns();
+  /* the entry outlives a full refill by a second: after that it says nothing */
+  op.expires = deadline(capacity * interval + 1, op.now);
+  entry_t *spare = NULL;
+  int rc;
+  for (;;) {
+    entry_t *garbage = NULL;
+    pthread_mutex_lock(&s->lock);
+    rc = gcra_locked(s, &op, interval, capacity, wait, remaining, &spare, &garbage);
+    pthread_mutex_unlock(&s->lock);
+    free_garbage(garbage);
+    if (rc != NEED_BLOCK) break;
+    if (too_big(s->cap, klen, 0)) return MG_SHDICT_ETOOBIG;
+    spare = entry_new(&op);
+    if (!spare) return MG_SHDICT_ENOMEM;
+  }
+  free(spare);
+  return rc == GCRA_REFUSED ? 1 : rc;
+}
+
 int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen) {
   if (!key && klen) return MG_SHDICT_EINVAL;
   uint64_t h = hash_key(key, klen);

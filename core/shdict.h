@@ -79,6 +79,15 @@ int mg_shdict_add(mg_shdict_t *d, const char *key, size_t klen, int type, double
  * ttl applies only when the entry is created; an existing entry keeps its expiry. */
 int mg_shdict_incr(mg_shdict_t *d, const char *key, size_t klen, double by, int has_init,
                    double init, double ttl, double *out);
+/* A token bucket (GCRA) in one number entry: `capacity` tokens (>= 1), one more
+ * every `interval` seconds (> 0); takes one token. Returns 0 (allowed: *remaining
+ * tokens are left, the bucket is full again in *wait seconds), 1 (refused: a token
+ * comes in *wait seconds; nothing stored), MG_SHDICT_ETYPE (a string there),
+ * MG_SHDICT_EINVAL, MG_SHDICT_ENOMEM, MG_SHDICT_ETOOBIG. The clock is read under the
+ * shard lock, so concurrent callers in any thread never take more than the bucket
+ * holds. The entry expires once the bucket would be full again (plus 1 s). */
+int mg_shdict_gcra(mg_shdict_t *d, const char *key, size_t klen, double interval, double capacity,
+                   double *wait, double *remaining);
 /* 0 if a live entry was removed, MG_SHDICT_ENOTFOUND if there was none. */
 int mg_shdict_delete(mg_shdict_t *d, const char *key, size_t klen);
 /* Live entries (tests, metrics). Walks every shard and reclaims the expired entries

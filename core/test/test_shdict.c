@@ -320,6 +320,58 @@ static void concurrent_incr_counts_exactly(void) {
   CHECK(get_num(d, "hits", 4, &num) == MG_SHD_NUMBER && num == THREADS * INCRS);
 }
 
+/* ---- token bucket (mg_shdict_gcra) ------------------------------------------------ */
+
+static void gcra_gives_the_burst_then_one_token_per_interval(void) {
+  mg_shdict_t *d = mg_shdict_open("gcra", BIG);
+  double wait = -1, rem = -1;
+  /* 3 tokens, one every 0.2 s */
+  for (int i = 0; i < 3; i++) {
+    CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 3, &wait, &rem) == 0);
+    CHECK(rem == 2 - i);
+    CHECK(wait > 0.2 * (i + 1) - 0.01 && wait <= 0.2 * (i + 1) + 0.01); /* full again in */
+  }
+  CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 3, &wait, &rem) == 1);
+  CHECK(rem == 0 && wait > 0.18 && wait <= 0.2 + 0.01); /* the next token */
+  CHECK(mg_shdict_gcra(d, "other", 5, 0.2, 3, &wait, &rem) == 0); /* keys apart */
+  sleep_s(0.25);
+  CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 3, &wait, &rem) == 0);
+  CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 3, &wait, &rem) == 1);
+  /* a string under the key, bad arguments */
+  CHECK(mg_shdict_set(d, "s", 1, MG_SHD_STRING, 0, "x", 1, 0, NULL) == 0);
+  CHECK(mg_shdict_gcra(d, "s", 1, 0.2, 3, &wait, &rem) == MG_SHDICT_ETYPE);
+  CHECK(mg_shdict_gcra(d, "k", 1, 0, 3, &wait, &rem) == MG_SHDICT_EINVAL);
+  CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 0.5, &wait, &rem) == MG_SHDICT_EINVAL);
+  CHECK(mg_shdict_gcra(d, "k", 1, 0.2, 3, NULL, &rem) == MG_SHDICT_EINVAL);
+}
+
+#define GCRA_BURST 1000
+static void *gcra_loop(void *arg) {
+  mg_shdict_t *d = arg;
+  double wait, rem;
+  intptr_t allowed = 0;
+  for (int i = 0; i < 20000; i++) {
+    int rc = mg_shdict_gcra(d, "bucket", 6, 3600, GCRA_BURST, &wait, &rem);
+    if (rc < 0) return (void *)-1;
+    if (rc == 0) allowed++;
+  }
+  return (void *)allowed;
+}
+
+static void concurrent_gcra_never_gives_more_than_the_bucket_holds(void) {
+  mg_shdict_t *d = mg_shdict_open("gcra_threads", BIG);
+  pthread_t t[THREADS];
+  for (int i = 0; i < THREADS; i++) CHECK(pthread_create(&t[i], NULL, gcra_loop, d) == 0);
+  intptr_t total = 0;
+  for (int i = 0; i < THREADS; i++) {
+    void *r = NULL;
+    CHECK(pthread_join(t[i], &r) == 0);
+    CHECK((intptr_t)r >= 0);
+    total += (intptr_t)r;
+  }
+  CHECK(total == GCRA_BURST); /* one token an hour: none comes back meanwhile */
+}
+
 typedef struct {
   mg_shdict_t *d;
   unsigned seed;
@@ -596,6 +648,8 @@ int main(void) {
     T(rejects_invalid_arguments),
     T(open_twice_returns_the_same_dict_and_find_looks_up_by_name),
     T(concurrent_incr_counts_exactly),
+    T(gcra_gives_the_burst_then_one_token_per_interval),
+    T(concurrent_gcra_never_gives_more_than_the_bucket_holds),
     T(concurrent_mixed_operations_stay_consistent),
     T(get_is_whole_while_another_thread_grows_the_value),
     T(keys_that_collide_under_the_old_hash_spread_over_shards_and_buckets),

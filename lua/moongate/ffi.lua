@@ -153,6 +153,15 @@ int mg_api_cache_stats(mg_cache_api_stats_t *out);
 int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len);
 /* issue 14 */
 int mg_req_set_policy(mg_req_t *r, const char *p, size_t len);
+/* ---- i14-ratelimit: policies ---- */
+int mg_shdict_gcra(mg_shdict_t *d, const char *key, size_t klen, double interval, double capacity, double *wait, double *remaining);
+typedef struct mg_cidr_s mg_cidr_t;
+mg_cidr_t *mg_api_cidr_new(void);
+int mg_api_cidr_add(mg_cidr_t *set, const char *text, size_t len);
+int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len);
+size_t mg_api_cidr_count(const mg_cidr_t *set);
+void mg_api_cidr_free(mg_cidr_t *set);
+int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

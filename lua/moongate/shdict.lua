@@ -44,6 +44,9 @@ local function handle(self)
   return h
 end
 
+-- the C handle, for the policies that call shdict functions of their own (rate_limit)
+function Dict._handle(self) return handle(self) end
+
 local function key_check(k)
   if type(k) ~= "string" then
     if type(k) == "number" then return tostring(k) end
