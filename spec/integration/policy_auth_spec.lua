@@ -78,6 +78,8 @@ mg.route { path = "/kq/", upstream = o, use = {
 mg.route { path = "/kshow/", upstream = o, use = {
   mg.policy.key_auth { header = "X-Key", query = "api_key", keys = { ["k-789"] = "carol" }, hide_credentials = false,
                        realm = "the api" }, show } }
+mg.route { path = "/kanon/", upstream = o, use = {
+  mg.policy.key_auth { keys = { ["k-123"] = "alice" }, anonymous = "guest" }, show } }
 mg.route { path = "/b/", upstream = o, use = { mg.policy.basic_auth { file = "htpasswd", realm = "files" }, show } }
 mg.route { path = "/bi/", upstream = o, use = {
   mg.policy.basic_auth { users = { dave = "${dave_hash}" }, hide_credentials = false }, show } }
@@ -212,6 +214,31 @@ describe("authentication policies", function()
       assert.equal(401, res.status)
       assert.equal('ApiKey realm="the api"', res.h["www-authenticate"])
     end)
+
+    it("anonymous: a request without a key gets the anonymous consumer; a wrong key is still refused", function()
+      assert.equal("guest/key_auth", got(echo(assert(proxy:request({ path = "/kanon/a" }))), "x-consumer"))
+      assert.equal("guest", log_with("/kanon/a").consumer)
+      local doc = echo(assert(proxy:request({ path = "/kanon/b", headers = { apikey = "k-123" } })))
+      assert.equal("alice/key_auth", got(doc, "x-consumer"))
+      local res = assert(proxy:request({ path = "/kanon/c", headers = { apikey = "nope" } }))
+      assert.equal(401, res.status)
+    end)
+  end)
+
+  it("moongate -T shows each policy's describe() line", function()
+    local out, rc = helpers.moongate({ "-T", "-c", proxy.conf })
+    assert.equal(0, rc, out)
+    for _, want in ipairs({
+      "policy 1: key_auth (route): header=apikey keys=1 hide_credentials=true\n",
+      "policy 1: key_auth (route): header=apikey query=api_key keys=2 hide_credentials=true\n",
+      "policy 1: key_auth (route): header=x-key query=api_key keys=1 hide_credentials=false\n",
+      "policy 1: basic_auth (route): users=3 cache_ttl=30s hide_credentials=true\n",
+      "policy 1: basic_auth (route): users=1 cache_ttl=0s hide_credentials=true\n",
+      "policy 1: mtls_consumer (route): by=san_dns consumers=1 required=true\n",
+      "policy 1: mtls_consumer (route): by=subject_cn consumers=1 required=false\n",
+    }) do
+      assert.truthy(out:find(want, 1, true), want .. "\n" .. out)
+    end
   end)
 
   describe("basic_auth", function()
