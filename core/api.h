@@ -305,6 +305,15 @@ int mg_api_ct_equal(const void *a, const void *b, size_t n);
  * MG_API_ENOMEM. Slow by design (bcrypt's cost): call at most once per request. */
 int mg_api_crypt_supported(const char *hash, size_t hlen);
 int mg_api_crypt_check(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+/* The same check on libuv's thread pool, the running hook waiting for it (the
+ * worker serves other requests meanwhile): begin returns MG_API_EAGAIN with *job
+ * set (the hook waits, runtime.wait "io", then calls result), MG_API_EPHASE (no
+ * hook that may wait runs: check in place) or MG_API_ENOMEM. result: what
+ * mg_api_crypt_check says (the job is gone then), or MG_API_EAGAIN (wait again).
+ * A job whose hook is dropped is freed when its request ends. */
+typedef struct mg_crypt_job_s mg_crypt_job_t;
+int mg_api_crypt_begin(const char *pw, size_t pwlen, const char *hash, size_t hlen, mg_crypt_job_t **job);
+int mg_api_crypt_result(mg_crypt_job_t *job);
 /* The consumer an authentication policy found (copied; 1 to 256 bytes, else
  * MG_API_EINVAL): the access log line gets it as its `consumer` field. */
 int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);

@@ -167,6 +167,9 @@ int mg_api_sha256(const char *p, size_t len, unsigned char out[32]);
 int mg_api_ct_equal(const void *a, const void *b, size_t n);
 int mg_api_crypt_supported(const char *hash, size_t hlen);
 int mg_api_crypt_check(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+typedef struct mg_crypt_job_s mg_crypt_job_t;
+int mg_api_crypt_begin(const char *pw, size_t pwlen, const char *hash, size_t hlen, mg_crypt_job_t **job);
+int mg_api_crypt_result(mg_crypt_job_t *job);
 int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);
 int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out);
 ]]

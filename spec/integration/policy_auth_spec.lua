@@ -86,6 +86,8 @@ mg.route { path = "/bi/", upstream = o, use = {
 mg.route { path = "/bslow/", upstream = o, use = { mg.policy.basic_auth { users = { slow = "${slow_hash}" } } } }
 mg.route { path = "/bnocache/", upstream = o, use = {
   mg.policy.basic_auth { users = { slow = "${slow_hash}" }, cache_ttl = 0 } } }
+mg.route { path = "/bdrop/", upstream = o, timeouts = { hook = 0.05 }, use = {
+  mg.policy.basic_auth { users = { slow = "${slow_hash}" }, cache_ttl = 0 } } }
 mg.route { path = "/m/cn/", upstream = o, use = {
   mg.policy.mtls_consumer { by = "subject_cn", consumers = { ["client-one"] = "svc-one" } }, show } }
 mg.route { path = "/m/san/", upstream = o, use = {
@@ -301,6 +303,48 @@ describe("authentication policies", function()
       assert.equal(401, sw)
       local _, tw2 = timed("/bslow/w2", "wrong")
       assert.truthy(math.min(tw, tw2) > first / 3, ("wrong password %.4f %.4f"):format(tw, tw2))
+    end)
+    it("a bcrypt check runs off the worker's thread: the one worker answers other requests meanwhile", function()
+      -- cost 12 and no cache: each check takes a good fraction of a second
+      local function slow_request(path)
+        local c = assert(socket.tcp())
+        c:settimeout(10)
+        assert(c:connect("127.0.0.1", proxy.port))
+        assert(c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nAuthorization: " .. basic("slow", "slow-pw")
+          .. "\r\nConnection: close\r\n\r\n"))
+        return c
+      end
+      local t0 = socket.gettime()
+      local c = slow_request("/bnocache/bg")
+      socket.sleep(0.02) -- the check has started
+      local t1 = socket.gettime()
+      local res = assert(proxy:request({ path = "/k/during", headers = { apikey = "k-123" } }))
+      local fast = socket.gettime() - t1
+      assert.equal(200, res.status)
+      local all = assert(c:receive("*a"))
+      c:close()
+      local slow = socket.gettime() - t0
+      assert.truthy(all:find("^HTTP/1.1 200 "), all)
+      assert.truthy(slow > 0.05, "the check took only " .. slow .. " s")
+      assert.truthy(fast < slow / 3, ("the other request took %.4f s during a %.4f s check"):format(fast, slow))
+    end)
+    it("a request dropped while its check is on the thread pool (timeouts.hook, client gone) leaves the worker serving", function()
+      local res = assert(proxy:request({ path = "/bdrop/a", headers = { Authorization = basic("slow", "slow-pw") } }))
+      assert.equal(504, res.status)
+      assert.equal(0, origin:count_path("/bdrop/a"))
+      -- a client that leaves during its check
+      local c = assert(socket.tcp())
+      c:settimeout(5)
+      assert(c:connect("127.0.0.1", proxy.port))
+      assert(c:send("GET /bnocache/gone HTTP/1.1\r\nHost: x\r\nAuthorization: " .. basic("slow", "slow-pw") .. "\r\n\r\n"))
+      socket.sleep(0.02)
+      c:close()
+      socket.sleep(0.5) -- the check ends after its request
+      local ok = assert(proxy:request({ path = "/k/after", headers = { apikey = "k-123" } }))
+      assert.equal(200, ok.status)
+      assert.truthy(helpers.wait_until(function()
+        return proxy:stderr():find("hook still waiting after timeouts.hook", 1, true)
+      end, 3), proxy:stderr())
     end)
   end)
 

@@ -7,11 +7,16 @@
 -- The consumer is the user name (req.ctx.consumer, access log `consumer`).
 -- Refusal: 401 with `WWW-Authenticate: Basic realm="...", charset="UTF-8"`.
 -- Phase: request. docs/policies.md "basic_auth".
+local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
 local auth = require "moongate.private.auth"
 
 local C = abi.C
+local EAGAIN, EPHASE = abi.EAGAIN, abi.EPHASE
+local job_out = ffi.new("mg_crypt_job_t *[1]")
+-- runtime requires moongate (init.lua): loaded on first use
+local runtime
 local fail = check.fail
 local type, pairs, tostring, open = type, pairs, tostring, io.open
 local find, sub, match = string.find, string.sub, string.match
@@ -109,28 +114,45 @@ local function credentials(req)
   return sub(s, 1, colon - 1), sub(s, colon + 1)
 end
 
+--- mg_api_crypt_check's answer for pw against h, computed on libuv's thread pool
+--- while the request waits (the worker goes on with other requests); in place
+--- when nothing that may wait runs.
+local function crypt_check(pw, h)
+  local rc = C.mg_api_crypt_begin(pw, #pw, h, #h, job_out)
+  if rc == EAGAIN then
+    runtime = runtime or require "moongate.private.runtime"
+    local job = job_out[0]
+    repeat
+      runtime.wait("io")
+      rc = C.mg_api_crypt_result(job)
+    until rc ~= EAGAIN
+  elseif rc == EPHASE then
+    rc = C.mg_api_crypt_check(pw, #pw, h, #h)
+  end
+  return rc
+end
+
 --- true when `pw` is user's password (from the cache when verified lately).
 function Policy:verify(user, pw)
   local h = self.users[user]
   if not h then
     -- unknown user: spend the time a known one costs, then refuse
-    C.mg_api_crypt_check(pw, #pw, self.any_hash, #self.any_hash)
+    crypt_check(pw, self.any_hash)
     return false
   end
-  local now = C.mg_api_now()
   local ck
   if self.ttl > 0 then
     ck = sha256(user .. "\0" .. pw .. "\0" .. h)
     local exp = self.cache[ck]
-    if exp and exp > now then return true end
+    if exp and exp > C.mg_api_now() then return true end
   end
-  local rc = C.mg_api_crypt_check(pw, #pw, h, #h)
+  local rc = crypt_check(pw, h)
   if rc < 0 then error("basic_auth: password check failed (" .. tostring(rc) .. ")", 0) end
   if rc ~= 1 then return false end
   if ck then
     if self.cached >= CACHE_MAX then self.cache, self.cached = {}, 0 end
     if not self.cache[ck] then self.cached = self.cached + 1 end
-    self.cache[ck] = now + self.ttl
+    self.cache[ck] = C.mg_api_now() + self.ttl
   end
   return true
 end
