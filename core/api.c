@@ -20,6 +20,8 @@
 #include "uri.h"
 #include "worker.h"
 
+#include <openssl/x509v3.h>
+
 /* A request object kept by Lua past its request must not reach freed memory:
  * the API serves only the request whose hook is running on this thread, and
  * compares the pointer before reading through it. */
@@ -763,4 +765,58 @@ int mg_req_peer_ip(mg_req_t *r, mg_str_t *out) {
   if (!live(r)) return MG_API_EPHASE;
   *out = r->down->ip;
   return 0;
+}
+
+/* ---- i14-auth: the consumer an authentication policy found (the access log's
+ * `consumer`), and the client certificate's names ---- */
+int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (len == 0 || len > 256) return MG_API_EINVAL;
+  char *k = mg_arena_strdup(&r->arena, p, len);
+  if (!k) return MG_API_ENOMEM;
+  r->consumer = (mg_str_t){ k, len };
+  return 0;
+}
+
+/* The connection's client certificate, verified or not (the caller checks). */
+int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  SSL *ssl = r->down ? r->down->ssl : NULL;
+  if (!ssl) return MG_API_ENOTFOUND;
+  X509 *x = SSL_get_peer_certificate(ssl);
+  if (!x) return MG_API_ENOTFOUND;
+  int count = 0;
+  if (kind == MG_TLS_NAME_CN) {
+    X509_NAME *name = X509_get_subject_name(x);
+    int i = -1;
+    while ((i = X509_NAME_get_index_by_NID(name, NID_commonName, i)) >= 0) {
+      if ((size_t)count++ != nth) continue;
+      ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+      unsigned char *u = NULL;
+      int n = ASN1_STRING_to_UTF8(&u, s);
+      if (n < 0) { count = MG_API_EINVAL; break; }
+      char *c = mg_arena_strdup(&r->arena, (const char *)u, (size_t)n);
+      OPENSSL_free(u);
+      if (!c) { count = MG_API_ENOMEM; break; }
+      *out = (mg_str_t){ c, (size_t)n };
+    }
+  } else if (kind == MG_TLS_NAME_DNS) {
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (size_t i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+      const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+      if (g->type != GEN_DNS) continue;
+      if ((size_t)count++ != nth) continue;
+      const ASN1_IA5STRING *s = g->d.dNSName;
+      char *c = mg_arena_strdup(&r->arena, (const char *)ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
+      if (!c) { count = MG_API_ENOMEM; break; }
+      *out = (mg_str_t){ c, (size_t)ASN1_STRING_length(s) };
+    }
+    GENERAL_NAMES_free(gens);
+  } else {
+    count = MG_API_EINVAL;
+  }
+  X509_free(x);
+  if (count == 0) return MG_API_ENOTFOUND;
+  if (count > 0 && (size_t)count <= nth) return MG_API_ENOTFOUND;
+  return count;
 }

@@ -294,4 +294,34 @@ void mg_api_cidr_free(mg_cidr_t *set);
  * trusted_proxies); any hook that has a request. */
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 
+/* ---- i14-auth: key_auth, basic_auth, mtls_consumer (core/auth.c, api.c) ---- */
+/* SHA-256 of `p` into out[32]; 0. */
+int mg_api_sha256(const char *p, size_t len, unsigned char out[32]);
+/* 1 when the n bytes at a and b are equal, in a time that does not depend on them. */
+int mg_api_ct_equal(const void *a, const void *b, size_t n);
+/* Password hashes through the system crypt (libxcrypt): bcrypt ($2b$, $2y$) and
+ * SHA-2 crypt ($5$, $6$). supported: 0, or MG_API_EINVAL (another scheme, or not a
+ * well-formed hash). check: 1 the password matches, 0 it does not, MG_API_EINVAL,
+ * MG_API_ENOMEM. Slow by design (bcrypt's cost): call at most once per request. */
+int mg_api_crypt_supported(const char *hash, size_t hlen);
+int mg_api_crypt_check(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+/* The same check on libuv's thread pool, the running hook waiting for it (the
+ * worker serves other requests meanwhile): begin returns MG_API_EAGAIN with *job
+ * set (the hook waits, runtime.wait "io", then calls result), MG_API_EPHASE (no
+ * hook that may wait runs: check in place) or MG_API_ENOMEM. result: what
+ * mg_api_crypt_check says (the job is gone then), or MG_API_EAGAIN (wait again).
+ * A job whose hook is dropped is freed when its request ends. */
+typedef struct mg_crypt_job_s mg_crypt_job_t;
+int mg_api_crypt_begin(const char *pw, size_t pwlen, const char *hash, size_t hlen, mg_crypt_job_t **job);
+int mg_api_crypt_result(mg_crypt_job_t *job);
+/* The consumer an authentication policy found (copied; 1 to 256 bytes, else
+ * MG_API_EINVAL): the access log line gets it as its `consumer` field. */
+int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);
+/* The nth (0-based) name of a kind in the connection's client certificate
+ * (verified or not: look at req.tls.client_verified): MG_TLS_NAME_CN the subject's
+ * common names, MG_TLS_NAME_DNS the subjectAltName DNS names. Returns how many
+ * there are (> nth), or MG_API_ENOTFOUND (plain HTTP, no certificate, no such name). */
+enum { MG_TLS_NAME_CN = 0, MG_TLS_NAME_DNS = 1 };
+int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out);
+
 #endif

@@ -598,6 +598,7 @@ static void access_log(mg_req_t *r) {
   cJSON_AddNumberToObject(o, "time_total", (double)(uv_hrtime() - r->t_start) / 1e9);
   cJSON_AddStringToObject(o, "request_id", r->id);
   if (r->policy.len) cJSON_AddStringToObject(o, "policy", r->policy.p); /* issue 14 (NUL-ended) */
+  if (r->consumer.len) cJSON_AddStringToObject(o, "consumer", r->consumer.p); /* i14-auth */
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   if (!s) return;

@@ -224,6 +224,8 @@ struct mg_req_s {
   unsigned ckey_user_set : 1;
   /* issue 14: the policy that answered the request (arena; the access log's `policy`) */
   mg_str_t policy;
+  /* i14-auth: the consumer an authentication policy found (arena; the access log's `consumer`) */
+  mg_str_t consumer;
   /* i13-range: ranges and compression of answers from the store (proxy.c "the cache") */
   unsigned c_rfetch : 1;    /* route cache.range_fetch: Range and If-Range are not sent
                                upstream; the full 200 is stored and sliced for the client */

@@ -162,6 +162,16 @@ int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len);
 size_t mg_api_cidr_count(const mg_cidr_t *set);
 void mg_api_cidr_free(mg_cidr_t *set);
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
+/* ---- i14-auth ---- */
+int mg_api_sha256(const char *p, size_t len, unsigned char out[32]);
+int mg_api_ct_equal(const void *a, const void *b, size_t n);
+int mg_api_crypt_supported(const char *hash, size_t hlen);
+int mg_api_crypt_check(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+typedef struct mg_crypt_job_s mg_crypt_job_t;
+int mg_api_crypt_begin(const char *pw, size_t pwlen, const char *hash, size_t hlen, mg_crypt_job_t **job);
+int mg_api_crypt_result(mg_crypt_job_t *job);
+int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);
+int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
