@@ -294,4 +294,9 @@ void mg_api_cidr_free(mg_cidr_t *set);
  * trusted_proxies); any hook that has a request. */
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 
+/* ---- i14-cors: policies cors, headers, limit_conn ---- */
+/* Regular expressions (core/rx.h has the contract): compiled at config load by the
+ * headers policy, owned by Lua (mg_rx_free through ffi.gc). */
+#include "rx.h"
+
 #endif

@@ -162,6 +162,13 @@ int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len);
 size_t mg_api_cidr_count(const mg_cidr_t *set);
 void mg_api_cidr_free(mg_cidr_t *set);
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
+/* ---- i14-cors: policies cors, headers, limit_conn ---- */
+typedef struct mg_rx_s mg_rx_t;
+mg_rx_t *mg_rx_new(const char *pat, size_t len, unsigned flags, char *err, size_t errlen, size_t *erroff);
+void mg_rx_free(mg_rx_t *rx);
+int mg_rx_groups(const mg_rx_t *rx);
+int mg_rx_jit(const mg_rx_t *rx);
+int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
