@@ -16,6 +16,7 @@
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
+#include "shdict.h"
 #include "tls.h"
 #include "uri.h"
 #include "worker.h"
@@ -763,4 +764,27 @@ int mg_req_peer_ip(mg_req_t *r, mg_str_t *out) {
   if (!live(r)) return MG_API_EPHASE;
   *out = r->down->ip;
   return 0;
+}
+
+/* ---- i14-cors: limit_conn ---- */
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count) {
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST))) return MG_API_EPHASE;
+  if (!d || !key || klen == 0) return MG_API_EINVAL;
+  /* the record first: once counted, the request must be able to give it back */
+  struct mg_hold_s *h = mg_arena_alloc(&r->arena, sizeof(*h) + klen);
+  if (!h) return MG_API_ENOMEM;
+  double n = 0;
+  int rc = mg_shdict_incr(d, key, klen, 1, 1, 0, 0, &n);
+  if (rc < 0) return rc;
+  *count = n;
+  if (n > limit) { /* over: not held */
+    mg_shdict_incr(d, key, klen, -1, 0, 0, 0, &n);
+    return 0;
+  }
+  h->d = d;
+  h->klen = klen;
+  memcpy(h->key, key, klen);
+  h->next = r->holds;
+  r->holds = h;
+  return 1;
 }

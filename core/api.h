@@ -298,5 +298,12 @@ int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 /* Regular expressions (core/rx.h has the contract): compiled at config load by the
  * headers policy, owned by Lua (mg_rx_free through ffi.gc). */
 #include "rx.h"
+/* limit_conn: counts the request in `key` of the dictionary (+1, atomically, any
+ * number of workers) and keeps it counted until the request ends, however it ends
+ * (answered, client gone mid-response, upstream failed): then -1, once. Returns 1
+ * (held; *count = the count with it), 0 when that count would pass `limit` (not
+ * counted; *count = the count it saw), MG_API_EPHASE outside the request hook,
+ * MG_API_ENOMEM, or a negative MG_SHDICT_* code (dictionary full, not a number). */
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
 
 #endif

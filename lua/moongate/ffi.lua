@@ -169,6 +169,7 @@ void mg_rx_free(mg_rx_t *rx);
 int mg_rx_groups(const mg_rx_t *rx);
 int mg_rx_jit(const mg_rx_t *rx);
 int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
