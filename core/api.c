@@ -11,6 +11,7 @@
 
 #include "cache.h"
 #include "cidr.h"
+#include "rx.h"
 #include "conn.h"
 #include "http.h"
 #include "log.h"

@@ -297,7 +297,12 @@ int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 /* ---- i14-cors: policies cors, headers, limit_conn ---- */
 /* Regular expressions (core/rx.h has the contract): compiled at config load by the
  * headers policy, owned by Lua (mg_rx_free through ffi.gc). */
-#include "rx.h"
+typedef struct mg_rx_s mg_rx_t;
+mg_rx_t *mg_rx_new(const char *pat, size_t len, unsigned flags, char *err, size_t errlen, size_t *erroff);
+void mg_rx_free(mg_rx_t *rx);
+int mg_rx_groups(const mg_rx_t *rx);
+int mg_rx_jit(const mg_rx_t *rx);
+int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
 /* limit_conn: counts the request in `key` of the dictionary (+1, atomically, any
  * number of workers) and keeps it counted until the request ends, however it ends
  * (answered, client gone mid-response, upstream failed): then -1, once. Returns 1
