@@ -1,6 +1,7 @@
 -- Issue 14: mg.policy.limit_conn on the real binary with 2 workers: exactly `limit`
--- slow requests of one key in progress at once (connections spread over both
--- workers), the others 503 with policy=limit_conn in the access log; the slots come
+-- slow requests of one key in progress at once (connections from 8 loopback
+-- addresses, which SO_REUSEPORT spreads over both workers), the others 503 with
+-- policy=limit_conn in the access log; the slots come
 -- back when the requests end, also when their clients abort while the upstream has
 -- not answered (no answer, so no log phase); keys apart; max_body 413 for
 -- Content-Length and chunked bodies; config errors with file:line.
