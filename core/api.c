@@ -11,11 +11,13 @@
 
 #include "cache.h"
 #include "cidr.h"
+#include "rx.h"
 #include "conn.h"
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
 #include "proxy.h"
+#include "shdict.h"
 #include "tls.h"
 #include "uri.h"
 #include "worker.h"
@@ -819,4 +821,25 @@ int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out) {
   if (count == 0) return MG_API_ENOTFOUND;
   if (count > 0 && (size_t)count <= nth) return MG_API_ENOTFOUND;
   return count;
+/* ---- i14-cors: limit_conn ---- */
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count) {
+  if (!PHASE(r, BIT(MG_HOOK_REQUEST))) return MG_API_EPHASE;
+  if (!d || !key || klen == 0) return MG_API_EINVAL;
+  /* the record first: once counted, the request must be able to give it back */
+  struct mg_hold_s *h = mg_arena_alloc(&r->arena, sizeof(*h) + klen);
+  if (!h) return MG_API_ENOMEM;
+  double n = 0;
+  int rc = mg_shdict_incr(d, key, klen, 1, 1, 0, 0, &n);
+  if (rc < 0) return rc;
+  *count = n;
+  if (n > limit) { /* over: not held */
+    mg_shdict_incr(d, key, klen, -1, 0, 0, 0, &n);
+    return 0;
+  }
+  h->d = d;
+  h->klen = klen;
+  memcpy(h->key, key, klen);
+  h->next = r->holds;
+  r->holds = h;
+  return 1;
 }

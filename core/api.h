@@ -323,5 +323,21 @@ int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);
  * there are (> nth), or MG_API_ENOTFOUND (plain HTTP, no certificate, no such name). */
 enum { MG_TLS_NAME_CN = 0, MG_TLS_NAME_DNS = 1 };
 int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out);
+/* ---- i14-cors: policies cors, headers, limit_conn ---- */
+/* Regular expressions (core/rx.h has the contract): compiled at config load by the
+ * headers policy, owned by Lua (mg_rx_free through ffi.gc). */
+typedef struct mg_rx_s mg_rx_t;
+mg_rx_t *mg_rx_new(const char *pat, size_t len, unsigned flags, char *err, size_t errlen, size_t *erroff);
+void mg_rx_free(mg_rx_t *rx);
+int mg_rx_groups(const mg_rx_t *rx);
+int mg_rx_jit(const mg_rx_t *rx);
+int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
+/* limit_conn: counts the request in `key` of the dictionary (+1, atomically, any
+ * number of workers) and keeps it counted until the request ends, however it ends
+ * (answered, client gone mid-response, upstream failed): then -1, once. Returns 1
+ * (held; *count = the count with it), 0 when that count would pass `limit` (not
+ * counted; *count = the count it saw), MG_API_EPHASE outside the request hook,
+ * MG_API_ENOMEM, or a negative MG_SHDICT_* code (dictionary full, not a number). */
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
 
 #endif

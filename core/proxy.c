@@ -18,6 +18,7 @@
 #include "cache.h"
 #include "cflight.h"
 #include "log.h"
+#include "shdict.h"
 #include "upstream.h"
 #include "wctx.h"
 
@@ -610,10 +611,21 @@ static void access_log(mg_req_t *r) {
 
 static void req_release(mg_req_t *r);
 static void attempt_end(mg_req_t *r);
+
+void mg_req_holds_release(mg_req_t *r) {
+  struct mg_hold_s *h = r->holds;
+  r->holds = NULL;
+  for (; h; h = h->next) {
+    double n;
+    /* an entry evicted meanwhile (a dictionary too small) is not created again */
+    mg_shdict_incr(h->d, h->key, h->klen, -1, 0, 0, 0, &n);
+  }
+}
 static int log_detach(mg_req_t *r);
 
 void mg_req_free(mg_req_t *r) {
   if (!r) return;
+  mg_req_holds_release(r); /* i14-cors: limit_conn's slots, before any log hook waits */
   cache_flight_end(r, MG_CFLIGHT_FAILED); /* its waiters need not wait for a log hook */
   if (r->upc) mg_proxy_abort(r);
   if (r->status && mg_hook_on(r->gen, r->route, MG_HOOK_LOG) &&
@@ -708,6 +720,7 @@ void mg_proxy_drop_logs(mg_worker_t *w) {
 
 /* The request's memory goes back (to the spares). */
 static void req_release(mg_req_t *r) {
+  mg_req_holds_release(r); /* (mg_req_free did; a request ended another way too) */
   if (r->cwriter) { /* the response did not end well (or had no body to end): not stored */
     mg_cache_abort(r->cwriter);
     r->cwriter = NULL;

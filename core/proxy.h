@@ -226,6 +226,10 @@ struct mg_req_s {
   mg_str_t policy;
   /* i14-auth: the consumer an authentication policy found (arena; the access log's `consumer`) */
   mg_str_t consumer;
+  /* i14-cors: counters in shared dictionaries this request holds (limit_conn), in
+   * the arena; each is decremented once when the request ends, whatever the way
+   * (answered, client gone, upstream failed): mg_req_holds_release */
+  struct mg_hold_s *holds;
   /* i13-range: ranges and compression of answers from the store (proxy.c "the cache") */
   unsigned c_rfetch : 1;    /* route cache.range_fetch: Range and If-Range are not sent
                                upstream; the full 200 is stored and sliced for the client */
@@ -253,6 +257,16 @@ struct mg_req_s {
 mg_req_t *mg_req_new(mg_worker_t *w, mg_down_t *down);
 /* Ends the request (log hook, access log) and keeps its memory for the next one. */
 void mg_req_free(mg_req_t *r);
+/* i14-cors: one counter a request holds in a shared dictionary (mg_req_hold in
+ * api.c counts it; mg_req_holds_release gives back every one, once: the end of
+ * the request, however it ends). */
+struct mg_hold_s {
+  struct mg_hold_s *next;
+  struct mg_shdict_s *d;
+  size_t klen;
+  char key[];
+};
+void mg_req_holds_release(mg_req_t *r);
 /* Drops the log hooks still waiting (worker exit). */
 void mg_proxy_drop_logs(mg_worker_t *w);
 /* Frees a spare request's memory (worker exit). */

@@ -172,6 +172,14 @@ int mg_api_crypt_begin(const char *pw, size_t pwlen, const char *hash, size_t hl
 int mg_api_crypt_result(mg_crypt_job_t *job);
 int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len);
 int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out);
+/* ---- i14-cors: policies cors, headers, limit_conn ---- */
+typedef struct mg_rx_s mg_rx_t;
+mg_rx_t *mg_rx_new(const char *pat, size_t len, unsigned flags, char *err, size_t errlen, size_t *erroff);
+void mg_rx_free(mg_rx_t *rx);
+int mg_rx_groups(const mg_rx_t *rx);
+int mg_rx_jit(const mg_rx_t *rx);
+int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
+int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -1,0 +1,193 @@
+-- mg.policy.limit_conn (issue 14): at most `limit` requests in progress at once per
+-- key, counted in a shared dictionary (mg.shared) every worker of the process sees:
+-- the count goes up in the request phase (atomically, in C: mg_req_hold) and down
+-- when the request ends, however it ends (answered, client gone mid-response,
+-- upstream failed, hook error), in C at the request's end: the log phase does not
+-- run for a request that got no answer, so it could not be the release point.
+-- Also `max_body`: a request body over that many bytes gets 413 (Content-Length
+-- checked at once; a chunked body is read, up to max_body + 1 bytes, and counted).
+-- Phase: request. docs/policies.md "limit_conn".
+local ffi = require "ffi"
+local abi = require "moongate.ffi"
+local check = require "moongate.private.check"
+local shdict = require "moongate.shdict"
+
+local C = abi.C
+local fail = check.fail
+local type, tostring, tonumber, setmetatable, pairs = type, tostring, tonumber, setmetatable, pairs
+local fmt, lower = string.format, string.lower
+
+local keys = { limit = true, key = true, status = true, shared = true, body = true,
+               max_body = true, headers = true }
+
+local DEFAULT_DICT, DEFAULT_DICT_SIZE = "limit_conn", 4 * 1024 * 1024
+
+local count_out = ffi.new("double[1]")
+local info = ffi.new("mg_req_info_t")
+local per_site = {}
+
+local Policy = {}
+Policy.__index = Policy
+
+local function client_key(req) return req.client_ip or "-" end
+
+local function key_fn(k, what)
+  if k == nil or k == "ip" then return client_key, "ip" end
+  if type(k) == "function" then
+    return function(req)
+      local v = k(req)
+      if v == nil or v == false then return nil end
+      if type(v) ~= "string" and type(v) ~= "number" then
+        error("limit_conn: the key function returned a " .. type(v) .. " (want a string or nil)", 0)
+      end
+      return "f:" .. tostring(v)
+    end, "function"
+  end
+  if type(k) ~= "string" then fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function", what) end
+  if k == "consumer" then
+    return function(req)
+      local c = req.ctx.consumer
+      if c and c.name then return "c:" .. tostring(c.name) end
+      return client_key(req)
+    end, "consumer"
+  end
+  if k == "route" then
+    return function(req)
+      if C.mg_req_info(req._r, info) ~= 0 then return "-" end
+      return "r" .. tostring(info.route)
+    end, "route"
+  end
+  local h = k:match("^header:(.+)$")
+  if h then
+    if not check.token(h) then fail("%s: key '%s': '%s' is not a header name", what, k, h) end
+    return function(req)
+      local v = req:header(h)
+      if type(v) == "table" then v = v[1] end
+      if v == nil or v == "" then return client_key(req) end
+      return "h:" .. v
+    end, k
+  end
+  fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function, got \"%s\"", what, k)
+end
+
+local function size(v, what, k)
+  if type(v) == "number" then
+    if v < 0 or v % 1 ~= 0 then fail("%s: '%s' must be a whole number of bytes, got %s", what, k, tostring(v)) end
+    return v
+  end
+  if type(v) == "string" then
+    local n, unit = v:match("^(%d+)([kmgKMG]?)$")
+    if n then
+      local mult = ({ [""] = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 })[lower(unit)]
+      return tonumber(n) * mult
+    end
+  end
+  fail("%s: '%s' must be bytes (a number, or like \"64k\", \"10m\"), got %s", what, k, tostring(v))
+end
+
+local function whole(v, what, k, lo, hi)
+  check.number(v, what, k, lo, hi)
+  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
+  return v
+end
+
+--- mg.policy.limit_conn { limit, key, status, shared, body, headers, max_body }
+local function new(conf)
+  local what = "mg.policy.limit_conn"
+  check.keys(conf, keys, what)
+  if conf.limit == nil and conf.max_body == nil then
+    fail("%s: 'limit' is required (requests in progress at once per key), or 'max_body' alone", what)
+  end
+  local limit = conf.limit ~= nil and whole(conf.limit, what, "limit", 1, 1e9) or nil
+  local status = conf.status == nil and 503 or whole(conf.status, what, "status", 400, 599)
+  local max_body = conf.max_body ~= nil and size(conf.max_body, what, "max_body") or nil
+  local body = conf.body == nil and "Service Unavailable: too many requests in progress\n"
+               or check.type(conf.body, "string", what, "body")
+  local extra = {}
+  if conf.headers ~= nil then
+    check.type(conf.headers, "table", what, "headers")
+    for k, v in pairs(conf.headers) do
+      if not check.token(k) then fail("%s: headers: '%s' is not a header name", what, tostring(k)) end
+      if type(v) ~= "string" or v:find("[%z\r\n]") then fail("%s: headers: '%s' must be a string without CR/LF", what, k) end
+      extra[k] = v
+    end
+  end
+  if limit == nil and (conf.key ~= nil or conf.status ~= nil or conf.shared ~= nil) then
+    fail("%s: 'key', 'status' and 'shared' need 'limit'", what)
+  end
+  local self = setmetatable({ name = "limit_conn", limit = limit, status = status, max_body = max_body,
+                              body = body, extra = extra }, Policy)
+  if limit then
+    local dict_name = DEFAULT_DICT
+    local declared = require("moongate")._state().shared
+    if conf.shared ~= nil then
+      dict_name = check.type(conf.shared, "string", what, "shared")
+      if not declared[dict_name] then
+        fail("%s: no shared dictionary '%s' (declare it in mg.config { shared = { %s = \"1m\" } } before this line)",
+             what, dict_name, dict_name)
+      end
+    elseif not declared[DEFAULT_DICT] then
+      declared[DEFAULT_DICT] = DEFAULT_DICT_SIZE
+    end
+    local fn, key_desc = key_fn(conf.key, what)
+    local site = check.user_site()
+    local n = (per_site[site] or 0) + 1
+    per_site[site] = n
+    self.dict_name, self.key_desc, self._key = dict_name, key_desc, fn
+    self._dict = shdict.get(dict_name)
+    self._prefix = "lc|" .. site .. "#" .. n .. "|"
+  end
+  return self
+end
+
+function Policy:describe()
+  local s = {}
+  if self.limit then
+    s[#s + 1] = fmt("limit=%d key=%s status=%d", self.limit, self.key_desc, self.status)
+    if self.dict_name ~= DEFAULT_DICT then s[#s + 1] = "shared=" .. self.dict_name end
+  end
+  if self.max_body then s[#s + 1] = "max_body=" .. fmt("%d", self.max_body) end
+  return table.concat(s, " ")
+end
+
+local function too_large(req)
+  return req:respond(413, "Payload Too Large\n")
+end
+
+--- Request phase: the body size first (a refused body holds no slot), then the slot.
+function Policy:request(req)
+  local mb = self.max_body
+  if mb then
+    local cl = req:header("content-length")
+    if type(cl) == "table" then cl = cl[1] end
+    if cl and tonumber(cl) and tonumber(cl) > mb then return too_large(req) end
+    local te = req:header("transfer-encoding")
+    if te and not cl then
+      -- chunked: read it (bounded by the route's buffer_body) and count
+      local ok, err = req:read_body()
+      if not ok then
+        if err == "body too large" then return too_large(req) end
+        return req:respond(400, "Bad Request\n")
+      end
+      local b = req:body()
+      if b and #b > mb then return too_large(req) end
+    end
+  end
+  if not self.limit then return end
+  local key = self._key(req)
+  if key == nil then return end
+  local k = self._prefix .. key
+  local rc = C.mg_req_hold(req._r, self._dict:_handle(), k, #k, self.limit, count_out)
+  if rc == 1 then return end
+  if rc == 0 then
+    local h = {}
+    for n, v in pairs(self.extra) do h[n] = v end
+    return req:respond(self.status, self.body, h)
+  end
+  if rc == abi.EPHASE then error("limit_conn: not allowed in this hook", 0) end
+  -- the dictionary failed (full, out of memory): let the request through, say so
+  require("moongate").log.err("limit_conn: shared dictionary '" .. self.dict_name .. "': error " .. tostring(rc)
+                              .. " (request let through)")
+end
+
+return new
