@@ -294,4 +294,9 @@ void mg_api_cidr_free(mg_cidr_t *set);
  * trusted_proxies); any hook that has a request. */
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
 
+/* ---- i14-jwt: the jwt policy's signature checks (core/jws.h has the contract:
+ * keys parsed once, owned by Lua through ffi.gc + mg_api_jws_key_free; verify:
+ * 1 valid, 0 not, -1 an algorithm that does not go with the key's type). */
+#include "jws.h"
+
 #endif

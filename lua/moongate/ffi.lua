@@ -162,6 +162,16 @@ int mg_api_cidr_match(const mg_cidr_t *set, const char *ip, size_t len);
 size_t mg_api_cidr_count(const mg_cidr_t *set);
 void mg_api_cidr_free(mg_cidr_t *set);
 int mg_req_peer_ip(mg_req_t *r, mg_str_t *out);
+/* ---- i14-jwt: core/jws.h ---- */
+typedef struct mg_jws_key_s mg_jws_key_t;
+mg_jws_key_t *mg_api_jws_key_hmac(const char *secret, size_t len);
+mg_jws_key_t *mg_api_jws_key_pem(const char *pem, size_t len);
+mg_jws_key_t *mg_api_jws_key_rsa(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen);
+mg_jws_key_t *mg_api_jws_key_ec(int crv, const unsigned char *x, size_t xlen, const unsigned char *y, size_t ylen);
+mg_jws_key_t *mg_api_jws_key_ed25519(const unsigned char *x, size_t xlen);
+int mg_api_jws_key_type(const mg_jws_key_t *k);
+void mg_api_jws_key_free(mg_jws_key_t *k);
+int mg_api_jws_verify(const mg_jws_key_t *k, int alg, const char *input, size_t ilen, const unsigned char *sig, size_t slen);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one
