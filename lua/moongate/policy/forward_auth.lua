@@ -10,7 +10,7 @@ local check = require "moongate.private.check"
 
 local C = abi.C
 local fail = check.fail
-local type, tostring, ipairs, pairs, pcall, require = type, tostring, ipairs, pairs, pcall, require
+local type, tostring, ipairs, pcall, require = type, tostring, ipairs, pcall, require
 local bit = require "bit"
 local concat, lower = table.concat, string.lower
 
@@ -24,6 +24,7 @@ local function names(v, what, k)
   for i, n in ipairs(v) do
     if not check.token(n) then fail("%s: %s[%d] must be a header name, got %s", what, k, i, tostring(n)) end
     out[i] = lower(n)
+    out[lower(n)] = n -- the spelling sent upstream
   end
   return out
 end
@@ -73,9 +74,14 @@ local function cache_key(vals)
   return bit.tohex(h1) .. bit.tohex(h2) .. ":" .. #s
 end
 
-local function apply(req, pass, hdrs)
-  for name, v in pairs(pass) do req:set_header(name, v) end
-  return hdrs
+-- The chosen answer headers replace the client's; one the service did not send
+-- is removed (a client cannot bring its own X-User through).
+local function apply(req, names, pass)
+  for i = 1, #names do
+    local n = names[i]
+    local v = pass[n]
+    if v then req:set_header(names[n], v) else req:del_header(names[n]) end
+  end
 end
 
 --- Request phase.
@@ -91,7 +97,7 @@ function Policy:request(req)
     key = cache_key(vals)
     local hit = self.cache[key]
     if hit then
-      if hit.expires > C.mg_api_now() then return apply(req, hit.pass) end
+      if hit.expires > C.mg_api_now() then return apply(req, self.pass, hit.pass) end
       self.cache[key] = nil
       self.cached = self.cached - 1
     end
@@ -113,7 +119,7 @@ function Policy:request(req)
       self.cache[key] = { pass = pass, expires = C.mg_api_now() + self.ttl }
       self.cached = self.cached + 1
     end
-    return apply(req, pass)
+    return apply(req, self.pass, pass)
   end
   local body = res.body or ""
   if #body > self.max_body then body = body:sub(1, self.max_body) end
