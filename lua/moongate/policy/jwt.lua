@@ -21,7 +21,7 @@ local keys = {
   algorithms = true, secret = true, public_key = true, keys = true,
   jwks_url = true, jwks_refresh = true, jwks_min_refresh = true, jwks_timeout = true,
   issuer = true, audience = true, leeway = true, require_exp = true,
-  header = true, query = true, consumer_claim = true,
+  header = true, query = true, consumer_claim = true, cache_size = true,
 }
 
 -- base64url (RFC 4648 §5) without padding, strict: other bytes, '=' or a
@@ -194,6 +194,8 @@ local function new(conf)
   if conf.require_exp ~= nil then check.type(conf.require_exp, "boolean", what, "require_exp") end
   self.header = conf.header == nil and "authorization" or check.type(conf.header, "string", what, "header")
   self.query = conf.query ~= nil and check.type(conf.query, "string", what, "query") or nil
+  self.cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 0, 1e7)
+  self.verified, self.n_verified = {}, 0
   self.consumer_claim = conf.consumer_claim == nil and "sub"
     or check.type(conf.consumer_claim, "string", what, "consumer_claim")
   return self
@@ -210,12 +212,14 @@ end
 function Policy:fetch()
   local mg = require "moongate"
   local now = C.mg_api_now()
-  if self.fetching then
-    local deadline = now + self.jwks_timeout
+  -- a fetch in flight (its start; one whose hook was dropped by timeouts.hook
+  -- never clears it, hence the age check)
+  if self.fetching and now - self.fetching < self.jwks_timeout + 1 then
+    local deadline = self.fetching + self.jwks_timeout + 1
     while self.fetching and C.mg_api_now() < deadline do mg.sleep(0.005) end
     return
   end
-  self.fetching = true
+  self.fetching = now
   self.attempt = now
   local ok, res, err = pcall(require("moongate.http").request,
     { url = self.jwks_url, timeout = self.jwks_timeout, max_body = 1024 * 1024 })
@@ -246,6 +250,7 @@ function Policy:fetch()
         end
       end
       self.jwks, self.fetched = set, C.mg_api_now()
+      self.verified, self.n_verified = {}, 0 -- tokens checked with the old set go
       return
     end
   end
@@ -284,6 +289,10 @@ local function deny(req, desc)
   })
 end
 
+-- a verified token is kept (per worker, key = the whole token) at most this long
+local CACHE_LIFE = 60
+local VALID = {} -- the claims' field holding until when (mg_api_now) it is kept
+
 local function bad_claim(v) return v ~= nil and type(v) ~= "number" end
 
 --- Request phase: 401 unless the token verifies and its claims hold.
@@ -302,6 +311,11 @@ function Policy:request(req)
   if not tok then
     return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' })
   end
+  local claims = self.cache_size > 0 and self.verified[tok]
+  if claims then
+    if C.mg_api_now() < claims[VALID] then return self:accept(req, claims) end
+    self.verified[tok] = nil
+  end
   local p1 = find(tok, ".", 1, true)
   local p2 = p1 and find(tok, ".", p1 + 1, true)
   if not p2 or find(tok, ".", p2 + 1, true) or #tok > 16384 then return deny(req, "malformed token") end
@@ -316,7 +330,7 @@ function Policy:request(req)
   if hdr.crit ~= nil then return deny(req, "unsupported crit header") end
   local kid = hdr.kid
   if kid ~= nil and type(kid) ~= "string" then return deny(req, "malformed header") end
-  local cands, why = self:candidates(kid, alg)
+  local cands = self:candidates(kid, alg)
   if not cands then
     return req:respond(503, "Service Unavailable\n") -- no JWKS yet (logged by fetch)
   end
@@ -327,8 +341,20 @@ function Policy:request(req)
     if rc == 1 then ok = true break end
   end
   if not ok then return deny(req, #cands == 0 and "unknown key" or "bad signature") end
-  local claims = json.decode(pj)
+  claims = json.decode(pj)
   if type(claims) ~= "table" or claims[1] ~= nil then return deny(req, "malformed claims") end
+  if self.cache_size > 0 then
+    if self.n_verified >= self.cache_size then self.verified, self.n_verified = {}, 0 end
+    claims[VALID] = C.mg_api_now() + CACHE_LIFE
+    self.verified[tok] = claims
+    self.n_verified = self.n_verified + 1
+  end
+  return self:accept(req, claims)
+end
+
+-- The claims of a token whose signature holds (time-dependent checks run on
+-- every request, cached or not).
+function Policy:accept(req, claims)
   local now = os_time()
   if bad_claim(claims.exp) or bad_claim(claims.nbf) then return deny(req, "malformed claims") end
   if claims.exp ~= nil and now >= claims.exp + self.leeway then return deny(req, "token expired") end
