@@ -126,6 +126,7 @@ function Policy:request(req)
   local h = {}
   if res.headers["content-type"] then h["Content-Type"] = res.headers["content-type"] end
   if res.headers["www-authenticate"] then h["WWW-Authenticate"] = res.headers["www-authenticate"] end
+  if res.headers["location"] then h["Location"] = res.headers["location"] end
   local status = res.status
   if status < 200 or status > 599 then status = 502 end
   req:respond(status, body, h)
