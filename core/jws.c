@@ -1,5 +1,6 @@
 /* JWS signature checks through BoringSSL: see jws.h. */
 #include "jws.h"
+#include "api.h" /* the same prototypes, declared for the FFI: the compiler checks they agree */
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/bytestring.h>
