@@ -192,7 +192,7 @@ local function new(conf)
   self.leeway = conf.leeway == nil and 0 or check.number(conf.leeway, what, "leeway", 0, 86400)
   self.require_exp = conf.require_exp == true
   if conf.require_exp ~= nil then check.type(conf.require_exp, "boolean", what, "require_exp") end
-  self.header = conf.header == nil and "authorization" or check.type(conf.header, "string", what, "header")
+  self.header = conf.header == nil and "authorization" or check.type(conf.header, "string", what, "header"):lower()
   self.query = conf.query ~= nil and check.type(conf.query, "string", what, "query") or nil
   self.cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 0, 1e7)
   self.verified, self.n_verified = {}, 0
