@@ -339,5 +339,19 @@ int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_p
  * counted; *count = the count it saw), MG_API_EPHASE outside the request hook,
  * MG_API_ENOMEM, or a negative MG_SHDICT_* code (dictionary full, not a number). */
 int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
+/* ---- i14-jwt: the jwt policy's signature checks (core/jws.h has the contract:
+ * keys parsed once, owned by Lua through ffi.gc + mg_api_jws_key_free; verify:
+ * 1 valid, 0 not, -1 an algorithm that does not go with the key's type). */
+typedef struct mg_jws_key_s mg_jws_key_t;
+mg_jws_key_t *mg_api_jws_key_hmac(const char *secret, size_t len);
+mg_jws_key_t *mg_api_jws_key_pem(const char *pem, size_t len);
+mg_jws_key_t *mg_api_jws_key_rsa(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen);
+mg_jws_key_t *mg_api_jws_key_ec(int crv, const unsigned char *x, size_t xlen, const unsigned char *y,
+                                size_t ylen);
+mg_jws_key_t *mg_api_jws_key_ed25519(const unsigned char *x, size_t xlen);
+int mg_api_jws_key_type(const mg_jws_key_t *k);
+void mg_api_jws_key_free(mg_jws_key_t *k);
+int mg_api_jws_verify(const mg_jws_key_t *k, int alg, const char *input, size_t ilen,
+                      const unsigned char *sig, size_t slen);
 
 #endif

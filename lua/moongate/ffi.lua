@@ -180,6 +180,16 @@ int mg_rx_groups(const mg_rx_t *rx);
 int mg_rx_jit(const mg_rx_t *rx);
 int mg_rx_match(mg_rx_t *rx, const char *s, size_t len, size_t *ovec, size_t n_pairs);
 int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count);
+/* ---- i14-jwt: core/jws.h ---- */
+typedef struct mg_jws_key_s mg_jws_key_t;
+mg_jws_key_t *mg_api_jws_key_hmac(const char *secret, size_t len);
+mg_jws_key_t *mg_api_jws_key_pem(const char *pem, size_t len);
+mg_jws_key_t *mg_api_jws_key_rsa(const unsigned char *n, size_t nlen, const unsigned char *e, size_t elen);
+mg_jws_key_t *mg_api_jws_key_ec(int crv, const unsigned char *x, size_t xlen, const unsigned char *y, size_t ylen);
+mg_jws_key_t *mg_api_jws_key_ed25519(const unsigned char *x, size_t xlen);
+int mg_api_jws_key_type(const mg_jws_key_t *k);
+void mg_api_jws_key_free(mg_jws_key_t *k);
+int mg_api_jws_verify(const mg_jws_key_t *k, int alg, const char *input, size_t ilen, const unsigned char *sig, size_t slen);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

@@ -1,0 +1,135 @@
+-- mg.policy.forward_auth (issue 14): asks an external service whether a request
+-- may pass (what nginx's auth_request does). The service gets a GET of `url` with
+-- the request's selected headers; a 2xx lets the request through with the chosen
+-- answer headers set on it, anything else is answered to the client (status,
+-- and the body, at most max_body bytes). Positive answers are cached per worker
+-- for `ttl` seconds, keyed by a hash of the forwarded headers' values.
+-- Phase: request. docs/policies.md "forward_auth".
+local abi = require "moongate.ffi"
+local check = require "moongate.private.check"
+
+local C = abi.C
+local fail = check.fail
+local type, tostring, ipairs, pcall, require = type, tostring, ipairs, pcall, require
+local bit = require "bit"
+local concat, lower = table.concat, string.lower
+
+local keys = { url = true, headers = true, pass_headers = true, timeout = true, ttl = true,
+               max_body = true, cache_size = true }
+
+local function names(v, what, k)
+  if v == nil then return {} end
+  check.type(v, "table", what, k)
+  local out = {}
+  for i, n in ipairs(v) do
+    if not check.token(n) then fail("%s: %s[%d] must be a header name, got %s", what, k, i, tostring(n)) end
+    out[i] = lower(n)
+    out[lower(n)] = n -- the spelling sent upstream
+  end
+  return out
+end
+
+local Policy = {}
+Policy.__index = Policy
+
+--- mg.policy.forward_auth { url = "http://auth/check", headers = { "authorization" },
+---   pass_headers = { "x-user" }, timeout = 5, ttl = 0, max_body = 4096 }
+local function new(conf)
+  local what = "mg.policy.forward_auth"
+  check.keys(conf, keys, what)
+  local url = check.type(conf.url, "string", what, "url")
+  if not url:find("^https?://") then fail("%s: 'url' must be an http:// or https:// URL", what) end
+  local self = setmetatable({
+    name = "forward_auth", url = url,
+    headers = names(conf.headers, what, "headers"),
+    pass = names(conf.pass_headers, what, "pass_headers"),
+    timeout = conf.timeout == nil and 5 or check.number(conf.timeout, what, "timeout", 0.001, 300),
+    ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0),
+    max_body = conf.max_body == nil and 4096 or check.number(conf.max_body, what, "max_body", 0, 1048576),
+    cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 1),
+    cache = {}, cached = 0,
+  }, Policy)
+  return self
+end
+
+function Policy:describe()
+  return ("url=%s headers=%s ttl=%s"):format(self.url, concat(self.headers, ","), tostring(self.ttl))
+end
+
+-- the cache key: the forwarded headers' values, hashed (sha256 through BoringSSL
+-- would do; a 64-bit FNV-1a of the values and their lengths keeps it in Lua).
+local function cache_key(vals)
+  local parts = {}
+  for i = 1, #vals do
+    local v = vals[i] or ""
+    parts[i] = #v .. ":" .. v
+  end
+  local s = concat(parts, "\0")
+  local h1, h2 = 2166136261, 5381
+  for i = 1, #s do
+    local b = s:byte(i)
+    h1 = bit.bxor(h1, b); h1 = bit.tobit(h1 * 16777619 % 4294967296)
+    h2 = bit.tobit((h2 * 33 + b) % 4294967296)
+  end
+  return bit.tohex(h1) .. bit.tohex(h2) .. ":" .. #s
+end
+
+-- The chosen answer headers replace the client's; one the service did not send
+-- is removed (a client cannot bring its own X-User through).
+local function apply(req, names, pass)
+  for i = 1, #names do
+    local n = names[i]
+    local v = pass[n]
+    if v then req:set_header(names[n], v) else req:del_header(names[n]) end
+  end
+end
+
+--- Request phase.
+function Policy:request(req)
+  local send, vals = {}, {}
+  for i, n in ipairs(self.headers) do
+    local v = req:header(n)
+    vals[i] = v
+    if v then send[n] = v end
+  end
+  local key
+  if self.ttl > 0 then
+    key = cache_key(vals)
+    local hit = self.cache[key]
+    if hit then
+      if hit.expires > C.mg_api_now() then return apply(req, self.pass, hit.pass) end
+      self.cache[key] = nil
+      self.cached = self.cached - 1
+    end
+  end
+  local ok, res, err = pcall(require("moongate.http").request,
+    { url = self.url, headers = send, timeout = self.timeout, max_body = 1048576 })
+  if not ok then res, err = nil, res end
+  if not res then
+    require("moongate").log.err(("forward_auth: %s: %s"):format(self.url, tostring(err)))
+    return req:respond(503, "Service Unavailable\n")
+  end
+  if res.status >= 200 and res.status < 300 then
+    local pass = {}
+    for _, n in ipairs(self.pass) do
+      if res.headers[n] then pass[n] = res.headers[n] end
+    end
+    if key then
+      if self.cached >= self.cache_size then self.cache, self.cached = {}, 0 end
+      self.cache[key] = { pass = pass, expires = C.mg_api_now() + self.ttl }
+      self.cached = self.cached + 1
+    end
+    return apply(req, self.pass, pass)
+  end
+  local body = res.body or ""
+  if #body > self.max_body then body = body:sub(1, self.max_body) end
+  local h = {}
+  if res.headers["content-type"] then h["Content-Type"] = res.headers["content-type"] end
+  if res.headers["www-authenticate"] then h["WWW-Authenticate"] = res.headers["www-authenticate"] end
+  if res.headers["location"] then h["Location"] = res.headers["location"] end
+  local status = res.status
+  if status < 200 or status > 599 then status = 502 end
+  req:respond(status, body, h)
+end
+
+return new
