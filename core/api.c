@@ -821,6 +821,8 @@ int mg_req_tls_client_name(mg_req_t *r, int kind, size_t nth, mg_str_t *out) {
   if (count == 0) return MG_API_ENOTFOUND;
   if (count > 0 && (size_t)count <= nth) return MG_API_ENOTFOUND;
   return count;
+}
+
 /* ---- i14-cors: limit_conn ---- */
 int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, double limit, double *count) {
   if (!PHASE(r, BIT(MG_HOOK_REQUEST))) return MG_API_EPHASE;
