@@ -3079,9 +3079,8 @@ static int hit_encoded_out(void *ctx, const char *p, size_t n) {
   mg_req_t *r = ctx;
   mg_outq_t *q = r->down->out;
   if (r->c_chunked) {
-    char sz[24];
-    int k = snprintf(sz, sizeof(sz), "%zx\r\n", n);
-    if (mg_outq_append(q, sz, (size_t)k) < 0) return MG_ENOMEM;
+    char line[20];
+    if (mg_outq_append(q, line, chunk_line(line, n)) < 0) return MG_ENOMEM;
   }
   if (mg_outq_append(q, p, n) < 0) return MG_ENOMEM;
   return r->c_chunked ? mg_outq_append(q, "\r\n", 2) : 0;
