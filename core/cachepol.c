@@ -6,39 +6,17 @@
 
 static int lc(int c) { return (unsigned)(c - 'A') < 26u ? c + ('a' - 'A') : c; }
 
-static int ieq(mg_str_t a, mg_str_t b) {
-  if (a.len != b.len) return 0;
-  for (size_t i = 0; i < a.len; i++)
-    if (lc((unsigned char)a.p[i]) != lc((unsigned char)b.p[i])) return 0;
-  return 1;
-}
-
 static int is_ows(char c) { return c == ' ' || c == '\t'; }
-
-static int is_tchar(unsigned char c) {
-  if ((c >= '0' && c <= '9') || (unsigned)(lc(c) - 'a') < 26u) return 1;
-  switch (c) {
-  case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-  case '-': case '.': case '^': case '_': case '`': case '|': case '~': return 1;
-  default: return 0;
-  }
-}
-
-static mg_str_t trim(mg_str_t s) {
-  while (s.len && is_ows(s.p[0])) s.p++, s.len--;
-  while (s.len && is_ows(s.p[s.len - 1])) s.len--;
-  return s;
-}
 
 const mg_header_t *mg_cp_get(const mg_cp_hdrs_t *hs, mg_str_t name) {
   for (size_t i = 0; hs && i < hs->n; i++)
-    if (ieq(hs->h[i].name, name)) return &hs->h[i];
+    if (mg_str_caseeq(hs->h[i].name, name)) return &hs->h[i];
   return NULL;
 }
 
 static size_t count(const mg_cp_hdrs_t *hs, mg_str_t name) {
   size_t k = 0;
-  for (size_t i = 0; hs && i < hs->n; i++) k += ieq(hs->h[i].name, name);
+  for (size_t i = 0; hs && i < hs->n; i++) k += mg_str_caseeq(hs->h[i].name, name);
   return k;
 }
 
@@ -102,7 +80,7 @@ static int64_t epoch(int y, int mo, int d, int h, int mi, int s) {
 }
 
 int64_t mg_cp_date(mg_str_t v) {
-  mg_str_t s = trim(v);
+  mg_str_t s = mg_http_trim(v);
   const char *p = s.p;
   if (s.len < 24) return -1; /* the shortest form, asctime, has 24 bytes */
   int d, y, h, mi, sec, mo;
@@ -181,7 +159,7 @@ static int fields(mg_str_t arg, mg_str_t *f, uint8_t *n) {
   while (mg_http_next_token(arg, &pos, &tok)) {
     if (!mg_http_is_token(tok)) return 0;
     int dup = 0;
-    for (uint8_t k = 0; k < *n; k++) dup |= ieq(f[k], tok);
+    for (uint8_t k = 0; k < *n; k++) dup |= mg_str_caseeq(f[k], tok);
     if (dup) continue;
     if (*n >= MG_CC_FIELDS_MAX) return 0;
     f[(*n)++] = tok;
@@ -237,7 +215,7 @@ static void parse_value(mg_cc_t *cc, mg_str_t v) {
     while (i < v.len && (is_ows(v.p[i]) || v.p[i] == ',')) i++;
     if (i >= v.len) break;
     size_t s = i;
-    while (i < v.len && is_tchar((unsigned char)v.p[i])) i++;
+    while (i < v.len && mg_http_is_tchar((unsigned char)v.p[i])) i++;
     mg_str_t name = { v.p + s, i - s };
     if (name.len == 0) { /* not a directive: skip it */
       cc->invalid++;
@@ -256,7 +234,7 @@ static void parse_value(mg_cc_t *cc, mg_str_t v) {
         }
       } else {
         size_t a = i;
-        while (i < v.len && is_tchar((unsigned char)v.p[i])) i++;
+        while (i < v.len && mg_http_is_tchar((unsigned char)v.p[i])) i++;
         arg = (mg_str_t){ v.p + a, i - a };
         if (arg.len == 0) ok = 0;
       }
@@ -422,7 +400,7 @@ int mg_cp_meta_init(mg_cp_meta_t *m, mg_str_t method, const mg_cp_hdrs_t *req, i
   int heur;
   m->date_value = date_or(res, response_time);
   const mg_header_t *age = mg_cp_get(res, MG_STR("age"));
-  int64_t av = age ? mg_cp_delta(trim(age->value)) : -1;
+  int64_t av = age ? mg_cp_delta(mg_http_trim(age->value)) : -1;
   m->age_value = av < 0 ? 0 : av;
   m->lifetime = mg_cp_lifetime(&rs, status, res, response_time, o, &heur);
   m->heuristic = (uint8_t)heur;
@@ -455,9 +433,9 @@ int mg_cp_header_stored(mg_str_t name, const mg_cc_t *res_cc, const mg_cp_hdrs_t
     if (MG_NAME_IS(res->h[i].name, "connection") && mg_http_token_in_list(res->h[i].value, name)) return 0;
   if (res_cc) {
     for (uint8_t k = 0; k < res_cc->n_private; k++)
-      if (ieq(res_cc->private_f[k], name)) return 0;
+      if (mg_str_caseeq(res_cc->private_f[k], name)) return 0;
     for (uint8_t k = 0; k < res_cc->n_no_cache; k++)
-      if (ieq(res_cc->no_cache_f[k], name)) return 0;
+      if (mg_str_caseeq(res_cc->no_cache_f[k], name)) return 0;
   }
   return 1;
 }
@@ -572,8 +550,8 @@ size_t mg_cp_conditional(const mg_cp_hdrs_t *stored, mg_header_t out[2]) {
   size_t n = 0;
   const mg_header_t *e = mg_cp_get(stored, MG_STR("etag"));
   const mg_header_t *l = mg_cp_get(stored, MG_STR("last-modified"));
-  if (e && e->value.len) out[n++] = (mg_header_t){ MG_STR("If-None-Match"), trim(e->value) };
-  if (l && mg_cp_date(l->value) >= 0) out[n++] = (mg_header_t){ MG_STR("If-Modified-Since"), trim(l->value) };
+  if (e && e->value.len) out[n++] = (mg_header_t){ MG_STR("If-None-Match"), mg_http_trim(e->value) };
+  if (l && mg_cp_date(l->value) >= 0) out[n++] = (mg_header_t){ MG_STR("If-Modified-Since"), mg_http_trim(l->value) };
   return n;
 }
 
@@ -591,8 +569,8 @@ static int etag_ok(mg_str_t t) {
 }
 
 int mg_cp_etag_eq(mg_str_t a, mg_str_t b, int weak) {
-  a = trim(a);
-  b = trim(b);
+  a = mg_http_trim(a);
+  b = mg_http_trim(b);
   if (!etag_ok(a) || !etag_ok(b)) return 0;
   if (!weak && (etag_weak(a) || etag_weak(b))) return 0;
   if (etag_weak(a)) a.p += 2, a.len -= 2;
@@ -622,8 +600,8 @@ static int next_etag(mg_str_t l, size_t *pos, mg_str_t *t) {
 /* If-Match / If-None-Match against the stored ETag: 1 when it matches. */
 static int etag_list_match(const mg_cp_hdrs_t *req, mg_str_t hname, const mg_header_t *etag, int weak) {
   for (size_t i = 0; i < req->n; i++) {
-    if (!ieq(req->h[i].name, hname)) continue;
-    mg_str_t v = trim(req->h[i].value);
+    if (!mg_str_caseeq(req->h[i].name, hname)) continue;
+    mg_str_t v = mg_http_trim(req->h[i].value);
     if (v.len == 1 && v.p[0] == '*') return 1; /* a stored response exists */
     size_t pos = 0;
     mg_str_t t;
@@ -673,7 +651,7 @@ int mg_cp_304_selects(const mg_cp_hdrs_t *stored, const mg_cp_hdrs_t *res) {
   const mg_header_t *nl = mg_cp_get(res, MG_STR("last-modified")), *sl = mg_cp_get(stored, MG_STR("last-modified"));
   if (ne) { /* strong: strong comparison; weak: weak comparison (4.3.4) */
     if (!se) return 0;
-    return mg_cp_etag_eq(ne->value, se->value, etag_weak(trim(ne->value)));
+    return mg_cp_etag_eq(ne->value, se->value, etag_weak(mg_http_trim(ne->value)));
   }
   if (nl) {
     if (!sl) return 0;
@@ -697,7 +675,7 @@ int mg_cp_merge_304(const mg_cp_hdrs_t *stored, const mg_cp_hdrs_t *res, const m
   for (size_t i = 0; i < stored->n; i++) {
     mg_str_t name = stored->h[i].name;
     int in304 = 0;
-    for (size_t j = 0; j < res->n && !in304; j++) in304 = ieq(res->h[j].name, name) && UPD(name);
+    for (size_t j = 0; j < res->n && !in304; j++) in304 = mg_str_caseeq(res->h[j].name, name) && UPD(name);
     if (!in304) {
       /* Age describes the message it came in: the old one goes, a new one comes
        * only with the 304 */
@@ -707,10 +685,10 @@ int mg_cp_merge_304(const mg_cp_hdrs_t *stored, const mg_cp_hdrs_t *res, const m
       continue;
     }
     int first = 1;
-    for (size_t k = 0; k < i && first; k++) first = !ieq(stored->h[k].name, name);
+    for (size_t k = 0; k < i && first; k++) first = !mg_str_caseeq(stored->h[k].name, name);
     if (!first) continue;
     for (size_t j = 0; j < res->n; j++) {
-      if (!ieq(res->h[j].name, name)) continue;
+      if (!mg_str_caseeq(res->h[j].name, name)) continue;
       if (n >= cap) return MG_ELIMIT;
       out[n++] = res->h[j];
     }
@@ -754,8 +732,8 @@ size_t mg_cp_key(char *buf, size_t cap, mg_str_t method, mg_str_t scheme, mg_str
   }
   if (colon) {
     mg_str_t port = { colon + 1, (size_t)(host.p + host.len - colon - 1) };
-    if (port.len == 0 || (mg_str_eq(port, MG_STR("80")) && ieq(scheme, MG_STR("http"))) ||
-        (mg_str_eq(port, MG_STR("443")) && ieq(scheme, MG_STR("https"))))
+    if (port.len == 0 || (mg_str_eq(port, MG_STR("80")) && mg_str_caseeq(scheme, MG_STR("http"))) ||
+        (mg_str_eq(port, MG_STR("443")) && mg_str_caseeq(scheme, MG_STR("https"))))
       host.len = (size_t)(colon - host.p);
   }
   size_t at = put(buf, cap, 0, method.p, method.len);
@@ -843,7 +821,7 @@ int mg_cp_vary_key(const mg_cp_hdrs_t *res, const mg_cp_hdrs_t *req, char *buf, 
     at = put_lower(buf, cap, at, names[k]);
     int first = 1, any = 0;
     for (size_t i = 0; req && i < req->n; i++) {
-      if (!ieq(req->h[i].name, names[k])) continue;
+      if (!mg_str_caseeq(req->h[i].name, names[k])) continue;
       if (!any) PUTS(":");
       any = 1;
       at = put_norm(buf, cap, at, req->h[i].value, &first);
@@ -875,7 +853,7 @@ static size_t origin_len(mg_str_t k) {
  * -1 when it cannot be resolved. */
 static int ref_key(mg_str_t ref, mg_str_t scheme, mg_str_t host, mg_str_t path, char *buf, size_t cap, size_t at,
                    mg_str_t *out) {
-  ref = trim(ref);
+  ref = mg_http_trim(ref);
   if (ref.len == 0) return -1;
   const char *hash = memchr(ref.p, '#', ref.len);
   if (hash) ref.len = (size_t)(hash - ref.p);
@@ -884,7 +862,7 @@ static int ref_key(mg_str_t ref, mg_str_t scheme, mg_str_t host, mg_str_t path, 
   char dir[2048];
   int auth = 0;
   size_t i = 0;
-  while (i < ref.len && (is_tchar((unsigned char)ref.p[i]) && ref.p[i] != '%' && ref.p[i] != '*')) i++;
+  while (i < ref.len && (mg_http_is_tchar((unsigned char)ref.p[i]) && ref.p[i] != '%' && ref.p[i] != '*')) i++;
   if (i > 0 && i < ref.len && ref.p[i] == ':' && ((ref.p[0] | 0x20) >= 'a' && (ref.p[0] | 0x20) <= 'z')) {
     rs = (mg_str_t){ ref.p, i }; /* scheme:... */
     ref.p += i + 1;

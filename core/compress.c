@@ -526,8 +526,6 @@ int mg_decoder_finish(mg_decoder_t *d) {
 
 /* ---------------- negotiation ---------------- */
 
-static int is_ows(char c) { return c == ' ' || c == '\t'; }
-
 /* A qvalue (RFC 9110 12.4.2: "0" ["." 0*3DIGIT] / "1" ["." 0*3("0")]) in
  * thousandths, or -1. */
 static int parse_q(mg_str_t v) {
@@ -543,27 +541,21 @@ static int parse_q(mg_str_t v) {
   return q > 1000 ? -1 : q;
 }
 
-static mg_str_t trim(mg_str_t s) {
-  while (s.len && is_ows(s.p[0])) s.p++, s.len--;
-  while (s.len && is_ows(s.p[s.len - 1])) s.len--;
-  return s;
-}
-
 /* One element "coding *( OWS ; OWS param )": its coding and q (1000 when none),
  * 0 when it parses, -1 when not. */
 static int parse_element(mg_str_t el, mg_str_t *coding, int *q) {
   const char *semi = memchr(el.p, ';', el.len);
-  *coding = trim((mg_str_t){ el.p, semi ? (size_t)(semi - el.p) : el.len });
+  *coding = mg_http_trim((mg_str_t){ el.p, semi ? (size_t)(semi - el.p) : el.len });
   if (!mg_http_is_token(*coding)) return -1;
   *q = 1000;
   while (semi) {
     const char *start = semi + 1, *end = el.p + el.len;
     semi = memchr(start, ';', (size_t)(end - start));
-    mg_str_t param = trim((mg_str_t){ start, (size_t)((semi ? semi : end) - start) });
+    mg_str_t param = mg_http_trim((mg_str_t){ start, (size_t)((semi ? semi : end) - start) });
     const char *eq = memchr(param.p, '=', param.len);
     if (!eq) return -1;
-    mg_str_t name = trim((mg_str_t){ param.p, (size_t)(eq - param.p) });
-    mg_str_t value = trim((mg_str_t){ eq + 1, (size_t)(param.p + param.len - eq - 1) });
+    mg_str_t name = mg_http_trim((mg_str_t){ param.p, (size_t)(eq - param.p) });
+    mg_str_t value = mg_http_trim((mg_str_t){ eq + 1, (size_t)(param.p + param.len - eq - 1) });
     if (MG_NAME_IS(name, "q")) {
       *q = parse_q(value);
       if (*q < 0) return -1;

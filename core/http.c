@@ -198,6 +198,8 @@ static const uint8_t tchar[256] = {
   ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
+int mg_http_is_tchar(unsigned char c) { return tchar[c]; }
+
 int mg_http_is_token(mg_str_t s) {
   if (s.len == 0) return 0;
   for (size_t i = 0; i < s.len; i++)

@@ -140,6 +140,14 @@ int mg_http_token_in_list(mg_str_t list, mg_str_t name);
 int mg_http_bad_value(mg_str_t v);
 /* True when every byte is a tchar (RFC 9110 5.6.2) and there is at least one. */
 int mg_http_is_token(mg_str_t s);
+/* True when c is a tchar (RFC 9110 5.6.2). */
+int mg_http_is_tchar(unsigned char c);
+/* s without optional whitespace (spaces and tabs, RFC 9110 5.6.3) at either end. */
+static inline mg_str_t mg_http_trim(mg_str_t s) {
+  while (s.len && (s.p[0] == ' ' || s.p[0] == '\t')) s.p++, s.len--;
+  while (s.len && (s.p[s.len - 1] == ' ' || s.p[s.len - 1] == '\t')) s.len--;
+  return s;
+}
 const char *mg_http_reason(int status);
 
 /* A Date header line ("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n", IMF-fixdate, RFC

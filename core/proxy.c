@@ -239,8 +239,7 @@ static int head_lists(const mg_head_t *h, const char *name, size_t nlen, const c
     mg_str_t el;
     while (mg_http_next_token(hd->value, &pos, &el)) {
       const char *eq = memchr(el.p, '=', el.len);
-      if (eq) el.len = (size_t)(eq - el.p);
-      while (el.len && (el.p[el.len - 1] == ' ' || el.p[el.len - 1] == '\t')) el.len--;
+      if (eq) el = mg_http_trim((mg_str_t){ el.p, (size_t)(eq - el.p) });
       if (mg_http_name_is(el, token, tlen)) return 1;
     }
   }
@@ -254,8 +253,7 @@ static int compress_type_ok(const mg_compress_cfg_t *cfg, const mg_head_t *h) {
   mg_str_t t = ct->value;
   const char *semi = memchr(t.p, ';', t.len);
   if (semi) t.len = (size_t)(semi - t.p);
-  while (t.len && (t.p[t.len - 1] == ' ' || t.p[t.len - 1] == '\t')) t.len--;
-  while (t.len && (t.p[0] == ' ' || t.p[0] == '\t')) t.p++, t.len--;
+  t = mg_http_trim(t);
   for (int i = 0; i < cfg->ntypes; i++) {
     mg_str_t want = cfg->types[i];
     int prefix = want.p[want.len - 1] == '/'; /* a wildcard subtype: a prefix */
@@ -3096,9 +3094,8 @@ static int hit_encoded_out(void *ctx, const char *p, size_t n) {
   mg_req_t *r = ctx;
   mg_outq_t *q = r->down->out;
   if (r->c_chunked) {
-    char sz[24];
-    int k = snprintf(sz, sizeof(sz), "%zx\r\n", n);
-    if (mg_outq_append(q, sz, (size_t)k) < 0) return MG_ENOMEM;
+    char line[20];
+    if (mg_outq_append(q, line, chunk_line(line, n)) < 0) return MG_ENOMEM;
   }
   if (mg_outq_append(q, p, n) < 0) return MG_ENOMEM;
   return r->c_chunked ? mg_outq_append(q, "\r\n", 2) : 0;

@@ -1073,6 +1073,25 @@ function helpers.clients(port, n, first)
   return cs
 end
 
+--- At least `n` connections to `port` among which every one of `workers`
+-- workers (default 2) is: SO_REUSEPORT hashes each connection's address and
+-- port, so a handful may all land on one worker. Each new connection asks
+-- `path` (a route whose body is mg.worker_id()) which worker holds it; at
+-- most 64 connections, then an error.
+function helpers.spread_clients(port, n, path, workers)
+  workers = workers or 2
+  local cs, seen, count = {}, {}, 0
+  for i = 1, 64 do
+    local c = helpers.connect(port, 5, nil, "127.0.0." .. (1 + i))
+    local res = assert(c:request({ path = path }))
+    if not seen[res.body] then seen[res.body], count = true, count + 1 end
+    cs[#cs + 1] = c
+    if #cs >= n and count >= workers then return cs end
+  end
+  helpers.close_all(cs)
+  error("64 connections reached only " .. count .. " of " .. workers .. " workers")
+end
+
 function helpers.close_all(cs)
   for _, c in pairs(cs) do c:close() end
 end

@@ -3,6 +3,7 @@
  * keep replaced and evicted objects alive, and threads reading and writing at
  * once (run under ASan: build-asan/test_cache). */
 #include "cache.h"
+#include "cache_util.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -13,25 +14,9 @@
 
 static const mg_cp_meta_t meta0 = { .status = 200, .lifetime = 60, .last_modified = -1 };
 
-static mg_str_t str(const char *s) { return (mg_str_t){ s, strlen(s) }; }
-
 /* Stores key with a body of n bytes of `fill`; the commit's answer. */
 static int put(mg_cache_t *c, const char *key, const char *vary, size_t n, char fill) {
-  mg_cwriter_t *w = mg_cache_begin(c, str(key));
-  if (!w) return MG_ENOMEM;
-  char buf[1000];
-  memset(buf, fill, sizeof buf);
-  while (n > 0) {
-    size_t k = n < sizeof buf ? n : sizeof buf;
-    int rc = mg_cache_write(w, buf, k);
-    if (rc == MG_ELIMIT) break;
-    if (rc < 0) {
-      mg_cache_abort(w);
-      return rc;
-    }
-    n -= k;
-  }
-  return mg_cache_commit(w, str(vary), S("content-type: text/plain\r\n"), &meta0);
+  return cache_put(c, key, vary, "content-type: text/plain\r\n", n, fill, &meta0);
 }
 
 /* Whether key is stored (a lookup: it counts for admission and the LRU order). */
@@ -41,17 +26,6 @@ static int has(mg_cache_t *c, const char *key) {
   return o != NULL;
 }
 
-/* The body is n bytes of fill. */
-static int body_is(const mg_cobj_t *o, size_t n, char fill) {
-  size_t seen = 0;
-  for (const mg_cchunk_t *ch = o->body; ch; ch = ch->next) {
-    if (ch->len > MG_CACHE_CHUNK) return 0;
-    for (size_t i = 0; i < ch->len; i++)
-      if (ch->data[i] != fill) return 0;
-    seen += ch->len;
-  }
-  return seen == n && o->body_len == n;
-}
 
 static void stores_and_finds_head_body_and_meta(void) {
   mg_cache_t *c = mg_cache_new(1 << 20, 64 << 10);

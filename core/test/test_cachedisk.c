@@ -5,6 +5,7 @@
  * tiers, a write error costs the object only, variants come back, and a disk hit
  * is promoted into memory. Each test works in its own folder under /tmp. */
 #include "cache.h"
+#include "cache_util.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -20,8 +21,6 @@
 #define KIB 1024
 
 static const mg_cp_meta_t meta0 = { .status = 200, .lifetime = 60, .last_modified = -1, .swr = -1, .sie = -1 };
-
-static mg_str_t str(const char *s) { return (mg_str_t){ s, strlen(s) }; }
 
 static char *tmpdir(void) {
   static char buf[64];
@@ -52,32 +51,9 @@ static mg_cache_t *open_store(const char *dir, uint64_t cap) {
 
 /* Stores key (vary key, head) with a body of n bytes of fill. */
 static int put(mg_cache_t *c, const char *key, const char *vary, const char *head, size_t n, char fill) {
-  mg_cwriter_t *w = mg_cache_begin(c, str(key));
-  if (!w) return MG_ENOMEM;
-  char buf[1000];
-  memset(buf, fill, sizeof buf);
-  while (n > 0) {
-    size_t k = n < sizeof buf ? n : sizeof buf;
-    int rc = mg_cache_write(w, buf, k);
-    if (rc < 0) {
-      mg_cache_abort(w);
-      return rc;
-    }
-    n -= k;
-  }
-  return mg_cache_commit(w, str(vary), str(head), &meta0);
+  return cache_put(c, key, vary, head, n, fill, &meta0);
 }
 
-static int body_is(const mg_cobj_t *o, size_t n, char fill) {
-  size_t seen = 0;
-  for (const mg_cchunk_t *ch = o->body; ch; ch = ch->next) {
-    if (ch->len > MG_CACHE_CHUNK) return 0;
-    for (size_t i = 0; i < ch->len; i++)
-      if (ch->data[i] != fill) return 0;
-    seen += ch->len;
-  }
-  return seen == n && o->body_len == n;
-}
 
 /* The object files under dir (not tmp/): how many; the first one's path in first. */
 static int object_files(const char *dir, char *first, size_t cap) {

@@ -113,14 +113,14 @@ mg.route { upstream = mg.upstream "dyn" { servers = { "${a}" } } }
   lazy_teardown(function() helpers.teardown(proxy) end)
 
   it("add from a hook: both workers send to the new server at once, no reload", function()
-    local cs = clients(proxy, 8)
-    for i = 1, 8 do assert.equal("A", name_of(cs[i], "/echo?before" .. i)) end
+    local cs = helpers.spread_clients(proxy.port, 8, "/who")
+    for i = 1, #cs do assert.equal("A", name_of(cs[i], "/echo?before" .. i)) end
     assert.equal("ok\n", admin(proxy, "op=add&addr=" .. b.addr))
     -- per worker: which servers its connections reached
     -- (two picks in a row on each connection: one sequence for the process, so
     -- one of them is B)
     local seen, workers = {}, {}
-    for i = 1, 8 do
+    for i = 1, #cs do
       local cl = cs[i]
       local w = assert(cl:request({ path = "/who" })).body
       workers[w] = true

@@ -9,6 +9,10 @@ local function conf(body, extra) return helpers.workers_conf(body, 2, extra) end
 
 local function clients(proxy, n) return helpers.clients(proxy.port, n) end
 
+-- At least n connections, both workers among them (/_w: a route of WORKER_HOOK
+-- outside the split)
+local function spread(proxy, n) return helpers.spread_clients(proxy.port, n, "/_w") end
+
 local close_all, tally = helpers.close_all, helpers.tally
 
 
@@ -26,6 +30,7 @@ end
 
 local WORKER_HOOK = [[
 mg.on("response", function(req, res) res:set_header("x-worker", tostring(mg.worker_id())) end)
+mg.route { path = "/_w", respond = function() return 200, tostring(mg.worker_id()) end }
 ]]
 
 describe("split: upstream = { { api_v1, weight = 90 }, { api_v2, weight = 10 } }", function()
@@ -46,7 +51,7 @@ mg.route { path = "/", upstream = { { api_v1, weight = 90 }, { api_v2, weight = 
   end)
 
   it("sends exactly 90 of 100 requests to api_v1 and 10 to api_v2, one sequence over 2 workers", function()
-    local cs = clients(proxy, 8)
+    local cs = spread(proxy, 8)
     local seq, workers = run(cs, 100)
     close_all(cs)
     assert.same({ A = 90, B = 10 }, tally(seq))
@@ -78,7 +83,7 @@ mg.route { path = "/", upstream = { { "one", weight = 50 }, { "two", weight = 30
   end)
 
   it("sends exactly 50, 30 and 20 of 100 requests", function()
-    local cs = clients(proxy, 6)
+    local cs = spread(proxy, 6)
     local seq, workers = run(cs, 100)
     close_all(cs)
     assert.same({ A = 50, B = 30, C = 20 }, tally(seq))
