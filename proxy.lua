@@ -28,3 +28,13 @@ local demo = mg.upstream "demo" {
 -- a fixed answer for health probes, everything else goes to the origins
 mg.route { listener = "front", path = "/healthz", respond = { status = 200, body = "ok\n" } }
 mg.route { listener = "front", path = "/", upstream = demo }
+
+-- an API behind gateway policies (docs/policies.md), run in the order written:
+-- CORS for one web app (preflights answered here), an API key naming the
+-- consumer, then 10 requests a second per consumer (429 past that).
+--   curl -i -H 'apikey: k-123' localhost:8080/api/orders
+mg.route { listener = "front", path = "/api/", upstream = demo, use = {
+  mg.policy.cors { origins = { "https://app.example" } },
+  mg.policy.key_auth { header = "apikey", keys = { ["k-123"] = "alice" } },
+  mg.policy.rate_limit { limit = 10, window = 1, key = "consumer" },
+} }

@@ -128,6 +128,46 @@ describe("the demo proxy.lua", function()
     assert.is_number(proxied[1].upstream_time)
   end)
 
+  it("puts /api/ behind an API key: 401 without it, the origin with it", function()
+    local res = assert(proxy:request "/api/orders")
+    assert.equal(401, res.status)
+    res = assert(proxy:request { path = "/api/orders", headers = { apikey = "k-999" } })
+    assert.equal(401, res.status)
+    res = assert(proxy:request { path = "/api/orders", headers = { apikey = "k-123" } })
+    assert.equal(200, res.status)
+    assert.is_truthy(res.body == ORIGIN1 or res.body == ORIGIN2, res.body)
+  end)
+
+  it("answers a CORS preflight for https://app.example on /api/ without a key", function()
+    local res = assert(proxy:request { method = "OPTIONS", path = "/api/orders", headers = {
+      Origin = "https://app.example", ["Access-Control-Request-Method"] = "POST" } })
+    assert.equal(204, res.status)
+    assert.equal("https://app.example", res.headers["access-control-allow-origin"])
+    assert.matches("POST", res.headers["access-control-allow-methods"], 1, true)
+    res = assert(proxy:request { path = "/api/orders", headers = {
+      Origin = "https://app.example", apikey = "k-123" } })
+    assert.equal(200, res.status)
+    assert.equal("https://app.example", res.headers["access-control-allow-origin"])
+    assert.matches("Origin", res.headers["vary"], 1, true)
+  end)
+
+  it("lets alice make 10 requests a second on /api/, then answers 429 with Retry-After", function()
+    -- a sliding window also counts part of the second before it: start 2 s
+    -- clear of the earlier tests' requests
+    t.sleep(2.1)
+    local statuses, limited = {}, nil
+    for i = 1, 25 do
+      local res = assert(proxy:request { path = "/api/n/" .. i, headers = { apikey = "k-123" } })
+      statuses[i] = res.status
+      if res.status == 429 and not limited then limited = res end
+    end
+    for i = 1, 10 do assert.equal(200, statuses[i], "request " .. i) end
+    assert.is_table(limited, "no 429 in 25 requests: " .. table.concat(statuses, " "))
+    assert.is_string(limited.headers["retry-after"])
+    assert.is_truthy(tonumber(limited.headers["retry-after"]) >= 1)
+    assert.is_string(limited.headers["ratelimit-policy"])
+  end)
+
   it("logs its start to the error log", function()
     local log = proxy:read_log()
     assert.matches("listening on", log, 1, true)
