@@ -157,6 +157,24 @@ local boom = mg.policy.new { name = "boom",
     res:add_header("X-Order", "boom")
   end }
 
+-- uses the res API on the answer of the policy after it
+local probe = mg.policy.new { name = "probe",
+  response = function(self, req, res)
+    local out = { tostring(res.status) }
+    local multi = res:header("x-multi")
+    out[#out + 1] = type(multi) == "table" and table.concat(multi, "+") or tostring(multi)
+    out[#out + 1] = tostring(#res:headers()["x-multi"])
+    res:set_header("X-Multi", { "c", "d" })
+    res:del_header("x-gone")
+    res:set_status(409)
+    out[#out + 1] = tostring((pcall(res.set_header, res, "Content-Length", "1")))
+    out[#out + 1] = tostring((pcall(res.add_header, res, "X-Bad", "a\r\nb")))
+    out[#out + 1] = tostring(res:compress(false))
+    res:set_header("X-Probe", table.concat(out, " "))
+  end }
+local answer = mg.policy.new { name = "answer",
+  request = function(self, req) req:respond(418, "tea\n", { ["X-Multi"] = { "a", "b" }, ["X-Gone"] = "1" }) end }
+
 mg.on("request", function(req)
   if req.path == "/early" then req:respond(503, "maintenance\n") end
 end)
@@ -170,6 +188,7 @@ mg.route { path = "/hook/", upstream = o, use = { tag("r1") }, on = {
 mg.route { path = "/order/", upstream = o, use = { tag("r1"), deny, tag("r2") } }
 mg.route { path = "/boom/", upstream = o, use = { boom, tag("after"), deny } }
 mg.route { path = "/early", upstream = o }
+mg.route { path = "/probe", upstream = o, use = { probe, answer } }
 ]]
 
 describe("policies on moongate's own answers: respond routes, hooks, order, errors", function()
@@ -232,6 +251,17 @@ describe("policies on moongate's own answers: respond routes, hooks, order, erro
     local up = assert(proxy:request({ path = "/order/b" }))
     assert.equal(200, up.status)
     assert.equal("g1,r1,deny:200,r2", values(up, "x-order"))
+  end)
+
+  it("gives the phase a res with the methods of an upstream answer's", function()
+    local res = assert(proxy:request({ path = "/probe" }))
+    assert.equal(409, res.status)
+    assert.equal("tea\n", res.body)
+    assert.equal("418 a+b 2 false false true", res.h["x-probe"])
+    assert.equal("c,d", values(res, "x-multi"))
+    assert.is_nil(res.h["x-gone"])
+    assert.equal("4", res.h["content-length"])
+    assert.equal("g1", values(res, "x-order"))
   end)
 
   it("a response phase raising on an own answer is logged; the answer goes out with its status, the rest run", function()
