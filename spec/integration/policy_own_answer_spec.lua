@@ -175,6 +175,10 @@ local probe = mg.policy.new { name = "probe",
 local answer = mg.policy.new { name = "answer",
   request = function(self, req) req:respond(418, "tea\n", { ["X-Multi"] = { "a", "b" }, ["X-Gone"] = "1" }) end }
 
+-- waits in its response phase
+local sleepy = mg.policy.new { name = "sleepy",
+  response = function(self, req, res) mg.sleep(0.05); res:add_header("X-Slept", "1") end }
+
 mg.on("request", function(req)
   if req.path == "/early" then req:respond(503, "maintenance\n") end
 end)
@@ -188,6 +192,7 @@ mg.route { path = "/hook/", upstream = o, use = { tag("r1") }, on = {
 mg.route { path = "/order/", upstream = o, use = { tag("r1"), deny, tag("r2") } }
 mg.route { path = "/boom/", upstream = o, use = { boom, tag("after"), deny } }
 mg.route { path = "/early", upstream = o }
+mg.route { path = "/sleepy/", upstream = o, use = { sleepy, deny } }
 mg.route { path = "/probe", upstream = o, use = { probe, answer } }
 ]]
 
@@ -262,6 +267,15 @@ describe("policies on moongate's own answers: respond routes, hooks, order, erro
     assert.is_nil(res.h["x-gone"])
     assert.equal("4", res.h["content-length"])
     assert.equal("g1", values(res, "x-order"))
+  end)
+
+  it("a response phase may wait on an own answer (the request's coroutine waits, others are served)", function()
+    local t0 = helpers.now()
+    local res = assert(proxy:request({ path = "/sleepy/a", headers = { ["X-Deny"] = "1" } }))
+    assert.equal(403, res.status)
+    assert.equal("1", res.h["x-slept"])
+    assert.equal("g1,deny:403", values(res, "x-order"))
+    assert.truthy(helpers.now() - t0 >= 0.05)
   end)
 
   it("a response phase raising on an own answer is logged; the answer goes out with its status, the rest run", function()
