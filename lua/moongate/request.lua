@@ -89,6 +89,7 @@ function _M.reset(req, ptr)
   req.ctx = nil
   req.tls = nil
   req._answered = nil
+  req._own = nil
 end
 
 -- req:header, req:headers, req:set_header, req:add_header, req:del_header
@@ -143,36 +144,47 @@ end
 
 local token = require("moongate.private.check").token
 
+local response = require "moongate.response"
+local runtime -- required on first use (it requires this module)
+
 --- req:respond(status, body?, headers?): answers directly; nothing goes upstream.
+--- While the request phase runs a route's policy chain (or its respond function,
+--- or its own request hook), the response phases of the policies the request went
+--- through run on this answer first (runtime.own_answer, docs/policies.md).
 function methods.respond(self, status, body, headers)
   if rawget(self, "_answered") then error("req:respond: the request was already answered", 2) end
   if type(status) ~= "number" or status % 1 ~= 0 then error("req:respond: status must be an integer", 2) end
   body = body == nil and "" or body
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
-  local lines, n = {}, 0
+  local fields = {}
   if headers ~= nil then
     if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
     local names = {}
     for k in pairs(headers) do names[#names + 1] = k end
     sort(names, function(a, b) return tostring(a) < tostring(b) end)
     for _, k in ipairs(names) do
-      if not token(k) then error("req:respond: bad header name " .. tostring(k), 2) end
-      local lk = k:lower()
-      if lk == "content-length" or lk == "transfer-encoding" or lk == "connection" then
-        error("req:respond: header " .. k .. " is set by moongate", 2)
-      end
       local v = headers[k]
       local list = type(v) == "table" and v or { v }
+      if not token(k) then error("req:respond: bad header name " .. tostring(k), 2) end
       for _, one in ipairs(list) do
-        one = tostring(one)
-        if find(one, "[%z\r\n]") then error("req:respond: header " .. k .. " has CR, LF or NUL", 2) end
-        n = n + 1
-        lines[n] = k .. ": " .. one .. "\r\n"
+        fields[#fields + 1] = { k, response.check_field(k, tostring(one), "req:respond", 2) }
       end
     end
   end
+  local own = rawget(self, "_own")
+  if own then
+    if status < 200 or status > 599 then error("req:respond: status must be 200..599", 2) end
+    runtime = runtime or require "moongate.private.runtime"
+    rawset(self, "_answered", true) -- a phase answering again raises (and is logged)
+    local res = response.own(status, fields)
+    runtime.own_answer(self, own, res)
+    status, fields = res.status, response.own_fields(res)
+  end
+  local lines = {}
+  for i = 1, #fields do lines[i] = fields[i][1] .. ": " .. fields[i][2] .. "\r\n" end
   local h = concat(lines)
   local rc = C.mg_req_respond(self._r, status, h, #h, body, #body)
+  if rc < 0 then rawset(self, "_answered", nil) end
   if rc == abi.EINVAL then error("req:respond: status must be 200..599", 2) end
   hdr.check(rc, "req:respond")
   rawset(self, "_answered", true)
@@ -206,8 +218,7 @@ function methods.set_server(self, i)
 end
 
 -- request bodies (core/proxy.c): read_body waits on I/O, so it goes through
--- the runtime (required on first use: the runtime requires this module)
-local runtime
+-- the runtime (declared above, required on first use: it requires this module)
 local err_out = ffi.new("mg_str_t[1]")
 local body_out = ffi.new("mg_str_t[1]")
 

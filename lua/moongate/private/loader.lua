@@ -144,6 +144,17 @@ function _M.load(path, source)
       for _, p in ipairs(st.policies) do chain[#chain + 1] = p end
       for _, p in ipairs(r.use or {}) do chain[#chain + 1] = p end
       r.chain = chain
+      -- a respond = { ... } route: answered from Lua when a policy has a response
+      -- phase, which then runs on its answer (runtime.lua)
+      if r.respond and not r.respond_fn then
+        for _, p in ipairs(chain) do
+          if p.response then
+            r.respond_own = true
+            mask = mask + 2 ^ abi.HOOK_RESPOND
+            break
+          end
+        end
+      end
       for _, phase in ipairs(policy_phases) do
         local bit = 2 ^ abi.hooks[phase]
         if not (r.on and r.on[phase]) then

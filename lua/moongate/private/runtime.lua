@@ -6,12 +6,13 @@ local abi = require "moongate.ffi"
 local request = require "moongate.request"
 local response = require "moongate.response"
 
-local error, ipairs, pairs, type, rawget = error, ipairs, pairs, type, rawget
+local error, ipairs, pairs, type, rawget, rawset = error, ipairs, pairs, type, rawget, rawset
 local pcall, select, setmetatable, tostring, unpack = pcall, select, setmetatable, tostring, unpack
 local HOOKS = abi.hooks
 local RESPOND = abi.HOOK_RESPOND
 local BODY = HOOKS.body
 local REQUEST_BODY = HOOKS.request_body
+local REQUEST = HOOKS.request
 local BALANCE = HOOKS.balance
 local CACHE_KEY = HOOKS.cache_key
 
@@ -21,27 +22,46 @@ local global = {} -- hook number -> list of functions
 local routes = {} -- route index (1-based, C's order) -> { [hook number] = fn, respond = fn }
 local hash_fns = {} -- upstream index (1-based, C's order) -> its hash_key function
 
+-- issue 14: the chain's policies that have a response phase, in order, up to
+-- chain position `upto` (all when nil); nil when none.
+local function responders(chain, upto)
+  local list = {}
+  for i = 1, upto or #chain do
+    if chain[i].response then list[#list + 1] = chain[i] end
+  end
+  return #list > 0 and list or nil
+end
+
 -- issue 14: a route's hook for `phase` that runs the chain's policies (global
 -- ones first) in order, then the route's own function `own`. In the request
 -- phase a policy that answers (req:respond) ends the chain: its name goes to the
--- access log's `policy` field. nil when no policy has that phase.
+-- access log's `policy` field; and while each policy runs, req._own holds the
+-- response-phase policies up to it (itself included), which run on an answer it
+-- gives (req:respond, own_answer below); all of them while `own` runs. nil when
+-- no policy has that phase.
 local function chained(chain, phase, own)
-  local list = {}
-  for _, p in ipairs(chain) do
-    if p[phase] then list[#list + 1] = p end
+  local list, upto = {}, {}
+  for i, p in ipairs(chain) do
+    if p[phase] then
+      list[#list + 1] = p
+      upto[#list] = responders(chain, i) or false
+    end
   end
   local n = #list
   if n == 0 then return nil end
   if phase == "request" then
+    local all = responders(chain)
     return function(req, res)
       for i = 1, n do
         local p = list[i]
+        rawset(req, "_own", upto[i])
         p:request(req)
         if rawget(req, "_answered") then
           abi.C.mg_req_set_policy(req._r, p.name, #p.name)
           return
         end
       end
+      rawset(req, "_own", all)
       if own then return own(req, res) end
     end
   elseif phase == "response" then
@@ -53,6 +73,21 @@ local function chained(chain, phase, own)
   return function(req, res) -- log
     for i = 1, n do list[i]:log(req) end
     if own then return own(req, res) end
+  end
+end
+
+--- issue 14: moongate's own answer `res` (response.own) to `req` is about to be
+--- written (req:respond): the response phases of `list` run on it, in order. One
+--- that raises is logged and the next runs; the answer goes out with its status
+--- and what the phases changed (the failed one's changes before it raised too).
+function _M.own_answer(req, list, res)
+  for i = 1, #list do
+    local p = list[i]
+    local ok, err = pcall(p.response, p, req, res)
+    if not ok then
+      mg.log.err("req " .. tostring(req.id) .. ": policy " .. p.name .. ": response phase failed on moongate's own "
+        .. tostring(res.status) .. " answer (sent all the same): " .. tostring(err))
+    end
   end
 end
 
@@ -73,6 +108,16 @@ function _M.start(path, worker_id, nroutes, source)
       for name, fn in pairs(r.on) do t[HOOKS[name]] = fn end
     end
     t.respond = r.respond_fn
+    if r.chain then
+      t.own = responders(r.chain) -- issue 14: what runs on the route's own answers
+      if r.respond_own then
+        -- a respond = { ... } route whose policies have a response phase: answered
+        -- from Lua (loader.lua set the hook), so that they run on its answer
+        local rs, hs = r.respond, {}
+        for _, kv in ipairs(rs.headers) do hs[kv[1]] = kv[2] end
+        t.respond = function() return rs.status, rs.body, hs end
+      end
+    end
     if r.cache_key then t[CACHE_KEY] = r.cache_key end -- i13-api: cache = { key = fn }
     if r.chain then -- issue 14: the policies run as part of the route's hooks
       for _, phase in ipairs { "request", "response", "log" } do
@@ -250,7 +295,9 @@ end
 function _M.dispatch(hook, ptr, seq, slot, route, chunk)
   local req = req_for(ptr, seq, slot)
   local rt = routes[route]
+  rawset(req, "_own", nil) -- issue 14: set below only where req:respond may answer
   if hook == RESPOND then
+    rawset(req, "_own", rt.own)
     -- Two styles: return status, body, headers; or call req:respond (and maybe
     -- return its result, true). The first answer wins: once req:respond ran,
     -- what the function returns is not a second answer.
@@ -357,7 +404,11 @@ function _M.dispatch(hook, ptr, seq, slot, route, chunk)
       if rawget(req, "_answered") then return req end -- answered: later request hooks are moot
     end
   end
-  if fn then fn(req, res) end
+  if fn then
+    -- issue 14: the route's request hook (its chain, then its own function)
+    if hook == REQUEST and rt then rawset(req, "_own", rt.own) end
+    fn(req, res)
+  end
   return req
 end
 
