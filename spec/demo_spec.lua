@@ -151,13 +151,14 @@ describe("the demo proxy.lua", function()
     assert.matches("Origin", res.headers["vary"], 1, true)
   end)
 
-  it("lets alice make 10 requests a second on /api/, then answers 429 with Retry-After", function()
+  it("lets alice make 10 requests a second on /api/, then answers 429 with Retry-After and CORS", function()
     -- a sliding window also counts part of the second before it: start 2 s
     -- clear of the earlier tests' requests
     t.sleep(2.1)
     local statuses, limited = {}, nil
     for i = 1, 25 do
-      local res = assert(proxy:request { path = "/api/n/" .. i, headers = { apikey = "k-123" } })
+      local res = assert(proxy:request { path = "/api/n/" .. i,
+                                         headers = { apikey = "k-123", Origin = "https://app.example" } })
       statuses[i] = res.status
       if res.status == 429 and not limited then limited = res end
     end
@@ -166,6 +167,8 @@ describe("the demo proxy.lua", function()
     assert.is_string(limited.headers["retry-after"])
     assert.is_truthy(tonumber(limited.headers["retry-after"]) >= 1)
     assert.is_string(limited.headers["ratelimit-policy"])
+    -- cors runs before rate_limit: the browser script can read the 429
+    assert.equal("https://app.example", limited.headers["access-control-allow-origin"])
   end)
 
   it("logs its start to the error log", function()
