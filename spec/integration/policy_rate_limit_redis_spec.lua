@@ -277,6 +277,9 @@ mg.route { path = "/open", upstream = o, use = { rl("down-open", ${redis}, "open
 mg.route { path = "/closed", upstream = o, use = { rl("down-closed", ${redis}, "closed") } }
 mg.route { path = "/slow-open", upstream = o, use = { rl("slow-open", ${silent}, "open", 0.05) } }
 mg.route { path = "/slow-closed", upstream = o, use = { rl("slow-closed", ${silent}, "closed", 0.05) } }
+-- the hook budget is shorter than the redis timeout: it wins (504), whatever the mode
+mg.route { path = "/slow-budget", upstream = o, timeouts = { hook = 0.2 },
+  use = { rl("slow-budget", ${silent}, "open", 5) } }
 mg.route { path = "/slow-503", upstream = o, use = { mg.policy.rate_limit { limit = 1, window = 60,
   name = "slow-503", redis = { port = ${silent}, fail = "closed", fail_status = 503, timeout = 0.05 } } } }
 ]]
@@ -383,6 +386,20 @@ describe("rate_limit through redis, failures", function()
     c:close()
     assert.truthy(helpers.wait_until(function()
       return lines_with('rate_limit "slow-open": redis 127.0.0.1:' .. silent_port .. ': timeout (request let through)') >= 1
+        and lines_with('rate_limit "slow-closed": redis 127.0.0.1:' .. silent_port .. ': timeout (request refused with 500)') >= 1
+    end, 3), proxy:stderr():sub(-2000))
+  end)
+
+  it("redis silent with a 5 s timeout on a route whose hook budget is 0.2 s: 504 at 0.2 s", function()
+    local c = proxy:connect()
+    local t0 = helpers.now()
+    local res = assert(c:request({ path = "/slow-budget", headers = { ["X-User"] = "z" } }))
+    local took = helpers.now() - t0
+    c:close()
+    assert.equal(504, res.status)
+    assert.is_true(took >= 0.15 and took < 2, "took " .. took)
+    assert.truthy(helpers.wait_until(function()
+      return lines_with("request hook still waiting after timeouts.hook") >= 1
     end, 3), proxy:stderr():sub(-2000))
   end)
 end)
