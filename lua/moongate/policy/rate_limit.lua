@@ -6,6 +6,9 @@
 --                weighted by how much of it still overlaps the last `window` seconds
 --   token_bucket `burst` tokens (default `limit`), `limit / window` tokens a second
 --                (GCRA in one entry, core/shdict.c mg_shdict_gcra)
+-- With `redis = { ... }` the counters live in Redis, shared by every instance: one
+-- atomic script per algorithm on Redis's clock (lua/moongate/private/rate_limit_redis.lua),
+-- fail open or closed when Redis fails.
 -- Phases: request (counts, refuses with `status`, default 429), response (adds the
 -- RateLimit / RateLimit-Policy headers of draft-ietf-httpapi-ratelimit-headers to
 -- the upstream's answer). docs/policies.md "rate_limit".
@@ -87,7 +90,7 @@ local function whole(v, what, k, lo, hi)
   return v
 end
 
---- mg.policy.rate_limit { limit, window, key, algorithm, burst, shared, status, name }
+--- mg.policy.rate_limit { limit, window, key, algorithm, burst, shared | redis, status, name }
 local function new(conf)
   local what = "mg.policy.rate_limit"
   if type(conf) ~= "table" then fail("%s: expects a table", what) end
