@@ -6,6 +6,9 @@
 --                weighted by how much of it still overlaps the last `window` seconds
 --   token_bucket `burst` tokens (default `limit`), `limit / window` tokens a second
 --                (GCRA in one entry, core/shdict.c mg_shdict_gcra)
+-- With `redis = { ... }` the counters live in Redis, shared by every instance: one
+-- atomic script per algorithm on Redis's clock (lua/moongate/private/rate_limit_redis.lua),
+-- fail open or closed when Redis fails.
 -- Phases: request (counts, refuses with `status`, default 429), response (adds the
 -- RateLimit / RateLimit-Policy headers of draft-ietf-httpapi-ratelimit-headers to
 -- the upstream's answer). docs/policies.md "rate_limit".
@@ -13,6 +16,7 @@ local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
 local shdict = require "moongate.shdict"
+local backend = require "moongate.private.rate_limit_redis"
 
 local C = abi.C
 local fail = check.fail
@@ -21,7 +25,7 @@ local type, tostring, tonumber, floor, ceil, max, min, pairs =
 local fmt, sub, lower = string.format, string.sub, string.lower
 
 local keys = { limit = true, window = true, key = true, algorithm = true, burst = true,
-               shared = true, status = true, name = true, body = true, headers = true }
+               shared = true, status = true, name = true, body = true, headers = true, redis = true }
 local algorithms = { fixed = true, sliding = true, token_bucket = true }
 
 -- The dictionary used when `shared` is not given: declared here (16m) unless the
@@ -86,7 +90,7 @@ local function whole(v, what, k, lo, hi)
   return v
 end
 
---- mg.policy.rate_limit { limit, window, key, algorithm, burst, shared, status, name }
+--- mg.policy.rate_limit { limit, window, key, algorithm, burst, shared | redis, status, name }
 local function new(conf)
   local what = "mg.policy.rate_limit"
   if type(conf) ~= "table" then fail("%s: expects a table", what) end
@@ -118,7 +122,12 @@ local function new(conf)
   end
   local dict_name = DEFAULT_DICT
   local declared = require("moongate")._state().shared
-  if conf.shared ~= nil then
+  local rc
+  if conf.redis ~= nil then
+    if conf.shared ~= nil then fail("%s: 'shared' and 'redis' exclude each other (the counters live in one of them)", what) end
+    rc = backend.config(conf.redis, what)
+    dict_name = nil
+  elseif conf.shared ~= nil then
     dict_name = check.type(conf.shared, "string", what, "shared")
     if not declared[dict_name] then
       fail("%s: no shared dictionary '%s' (declare it in mg.config { shared = { %s = \"10m\" } } before this line)",
@@ -135,7 +144,10 @@ local function new(conf)
     name = "rate_limit",
     limit = limit, window = window, algorithm = algorithm, burst = burst, status = status,
     key_desc = key_desc, dict_name = dict_name, body = body, extra = extra,
-    _key = fn, _dict = shdict.get(dict_name),
+    _key = fn, _dict = dict_name and shdict.get(dict_name),
+    _redis = rc, _name = name,
+    _redis_args = rc and backend.args(algorithm, window, limit, burst),
+    _redis_next_log = 0, _redis_skipped = 0,
     -- counters are named by the config line: they survive a reload that keeps it
     _prefix = "rl|" .. site .. "#" .. n .. "|",
     _policy_header = fmt('"%s";q=%d;w=%d', name, algorithm == "token_bucket" and burst or limit, max(1, ceil(window))),
@@ -147,7 +159,11 @@ end
 function Policy:describe()
   local s = fmt("limit=%d window=%gs key=%s algorithm=%s", self.limit, self.window, self.key_desc, self.algorithm)
   if self.algorithm == "token_bucket" then s = s .. " burst=" .. self.burst end
-  if self.dict_name ~= DEFAULT_DICT then s = s .. " shared=" .. self.dict_name end
+  if self._redis then
+    s = s .. " redis=" .. self._redis.addr .. " fail=" .. self._redis.fail
+  elseif self.dict_name ~= DEFAULT_DICT then
+    s = s .. " shared=" .. self.dict_name
+  end
   return s
 end
 
@@ -215,8 +231,20 @@ local run = { fixed = fixed, sliding = sliding, token_bucket = bucket }
 function Policy:request(req)
   local key = self._key(req)
   if key == nil then return end
-  local allowed, remaining, reset, retry = run[self.algorithm](self, key, C.mg_api_now())
-  if allowed == nil then return end -- the dictionary failed: logged, let through
+  local allowed, remaining, reset, retry
+  local rc = self._redis
+  if rc then
+    allowed, remaining, reset, retry = backend.run(rc, self.algorithm,
+      backend.key(rc, self._name, self.algorithm, key), self._redis_args)
+    if allowed == nil then
+      backend.log_failure(self, rc, remaining)
+      if rc.fail == "open" then return end
+      return req:respond(rc.fail_status, "Rate limit unavailable\n")
+    end
+  else
+    allowed, remaining, reset, retry = run[self.algorithm](self, key, C.mg_api_now())
+    if allowed == nil then return end -- the dictionary failed: logged, let through
+  end
   if allowed then
     local ctx = req.ctx
     local mine = ctx._rate_limit
