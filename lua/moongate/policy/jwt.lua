@@ -6,6 +6,7 @@ local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
 local json = require "moongate.private.json"
+local auth = require "moongate.private.auth"
 
 local C = abi.C
 local fail = check.fail
@@ -299,6 +300,7 @@ local function bad_claim(v) return v ~= nil and type(v) ~= "number" end
 function Policy:request(req)
   local tok
   local h = req:header(self.header)
+  if type(h) == "table" then return deny(req, "more than one token") end -- which one counts is not ours to guess
   if h then
     if self.header == "authorization" then
       tok = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([%w%-_%.]+) *$")
@@ -307,6 +309,7 @@ function Policy:request(req)
     end
   elseif self.query then
     tok = req:arg(self.query)
+    if tok ~= nil and type(tok) ~= "string" then return deny(req, "more than one token") end
   end
   if not tok then
     return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' })
@@ -372,12 +375,15 @@ function Policy:accept(req, claims)
     end
     if not hit then return deny(req, "audience not accepted") end
   end
-  local ctx = req.ctx
-  ctx.jwt = claims
   local c = claims[self.consumer_claim]
-  if type(c) == "string" or type(c) == "number" then
-    ctx.consumer = { name = tostring(c), source = "jwt" }
+  if type(c) == "number" then c = tostring(c) end
+  -- the consumer goes into headers and the access log, as key_auth's: 1 to 256
+  -- bytes, no control characters (CR/LF, NUL)
+  if type(c) == "string" and (c == "" or #c > 256 or find(c, "%c")) then
+    return deny(req, "malformed claims")
   end
+  req.ctx.jwt = claims
+  if type(c) == "string" then auth.set_consumer(req, c, "jwt") end
 end
 
 return new

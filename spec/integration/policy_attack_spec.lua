@@ -1,0 +1,166 @@
+-- Hostile inputs against the shipped policies (issue 14, helper i14-attack), through
+-- the real binary over loopback. Each `it` names an input that once went wrong and
+-- what must happen instead; the comments say what it did before the fix.
+local helpers = require "spec.helpers"
+local t = require "moongate.testing"
+
+local dir = helpers.tmpdir()
+
+-- base64url without padding, and an HS256 token signed with `secret` (openssl CLI)
+local A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+local function b64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local v = a * 65536 + (b or 0) * 256 + (c or 0)
+    for j = 1, (c and 4 or b and 3 or 2) do
+      local k = math.floor(v / 64 ^ (4 - j)) % 64
+      out[#out + 1] = A:sub(k + 1, k + 1)
+    end
+  end
+  return table.concat(out)
+end
+
+local function hs256(secret, payload)
+  local input = b64('{"alg":"HS256","typ":"JWT"}') .. "." .. b64(payload)
+  helpers.write_file(dir .. "/in", input)
+  assert(os.execute(("openssl dgst -sha256 -hmac '%s' -binary -out %s/sig %s/in"):format(secret, dir, dir)))
+  return input .. "." .. b64(helpers.read_file(dir .. "/sig"))
+end
+
+local CONF = [[
+local mg = require "moongate"
+mg.config { workers = 1, access_log = "access.log" }
+mg.listen { "127.0.0.1:${port}" }
+local o = mg.upstream "o" { servers = { "${origin}" } }
+mg.route { path = "/jwt/", upstream = o, use = { mg.policy.jwt { secret = "k" } } }
+mg.route { path = "/jwth/", upstream = o, use = { mg.policy.jwt { secret = "k", header = "X-Token" } } }
+mg.route { path = "/fa/", upstream = o, use = { mg.policy.forward_auth {
+  url = "${auth}/check", headers = { "Authorization" }, pass_headers = { "X-User" }, ttl = 30 } } }
+mg.route { path = "/fa2/", upstream = o, use = { mg.policy.forward_auth {
+  url = "${auth}/tenant", headers = { "Authorization", "X-Org", "X-Tenant" }, pass_headers = { "X-User" }, ttl = 30 } } }
+mg.route { path = "/", upstream = o }
+]]
+
+describe("policy attacks", function()
+  local origin, proxy, auth
+
+  lazy_setup(function()
+    auth = assert(t.origin({ ["/check"] = function(req)
+      local a = req:header("authorization")
+      if a == "good" then return { status = 200, body = "", headers = { ["X-User"] = "alice" } } end
+      return { status = 403, body = "denied\n" }
+    end, ["/tenant"] = function(req)
+      -- tenant t1 is public (no Authorization needed); t2 is not
+      if req:header("x-tenant") == "t1" then return { status = 200, body = "", headers = { ["X-User"] = "t1-guest" } } end
+      return { status = 403, body = "denied\n" }
+    end }))
+    origin = helpers.origin({ name = "o" })
+    proxy = helpers.proxy(CONF, { dir = dir, vars = { origin = origin.addr, auth = auth:url(""):gsub("/$", "") } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+    t.stop_all()
+  end)
+
+  local function get(path, headers)
+    return assert(proxy:request({ path = path, headers = headers }))
+  end
+
+  local function log_with(path)
+    local found
+    helpers.wait_until(function()
+      for l in helpers.lines(helpers.read_file(dir .. "/access.log") or "") do
+        if l:find('"path":"' .. path, 1, true) then found = helpers.decode_json(l) end
+      end
+      return found
+    end, 3)
+    return found
+  end
+
+  local function no_hook_error()
+    local err = proxy:stderr()
+    assert.falsy(err:find("hook failed", 1, true), err)
+  end
+
+  describe("jwt", function()
+    -- before: the policy called :match on the list of two values, a hook error: 500
+    it("two Authorization headers (a valid token and another): 401 invalid_token, not a hook error", function()
+      local good = hs256("k", '{"sub":"alice"}')
+      assert.equal(200, get("/jwt/one", { Authorization = "Bearer " .. good }).status)
+      for i, hs in ipairs {
+        { { "Authorization", "Bearer " .. good }, { "Authorization", "Bearer x.y.z" } },
+        { { "Authorization", "Bearer x.y.z" }, { "Authorization", "Bearer " .. good } },
+        { { "Authorization", "Bearer " .. good }, { "Authorization", "Bearer " .. good } },
+      } do
+        local res = get("/jwt/two" .. i, hs)
+        assert.equal(401, res.status, res.body)
+        assert.truthy(res.h["www-authenticate"]:find('Bearer', 1, true))
+      end
+      assert.equal(0, origin:count_path("/jwt/two1") + origin:count_path("/jwt/two2") + origin:count_path("/jwt/two3"))
+      no_hook_error()
+    end)
+
+    -- before: find() on the list of two values, a hook error: 500
+    it("header = \"X-Token\" sent twice: 401, not a hook error", function()
+      local good = hs256("k", '{"sub":"alice"}')
+      assert.equal(200, get("/jwth/one", { ["X-Token"] = good }).status)
+      local res = get("/jwth/two", { { "X-Token", good }, { "X-Token", good } })
+      assert.equal(401, res.status, res.body)
+      no_hook_error()
+    end)
+
+    -- before: ctx.consumer was set but the access log had no consumer field for jwt
+    it("the consumer claim is the access log's consumer, as with key_auth and basic_auth", function()
+      local res = get("/jwt/logged", { Authorization = "Bearer " .. hs256("k", '{"sub":"carol"}') })
+      assert.equal(200, res.status)
+      local line = log_with("/jwt/logged")
+      assert.equal("carol", line and line.consumer)
+    end)
+
+    -- before: accepted, with "a\r\nX-Evil: 1" as the consumer name (CR/LF in what later
+    -- policies put in headers and logs; NUL cut the access log's copy short)
+    it("a consumer claim with control characters or over 256 bytes: 401 malformed claims", function()
+      for i, sub in ipairs { [["a\r\nX-Evil: 1"]], [["a\u0000b"]], '"' .. ("x"):rep(257) .. '"' } do
+        local res = get("/jwt/bad-sub" .. i, { Authorization = "Bearer " .. hs256("k", '{"sub":' .. sub .. '}') })
+        assert.equal(401, res.status, sub)
+        assert.truthy(res.h["www-authenticate"]:find("malformed claims", 1, true))
+      end
+      assert.equal(200, get("/jwt/sub-256", { Authorization = "Bearer " .. hs256("k", '{"sub":"' .. ("x"):rep(256) .. '"}') }).status)
+      assert.equal(200, get("/jwt/sub-num", { Authorization = "Bearer " .. hs256("k", '{"sub":42}') }).status)
+      no_hook_error()
+    end)
+  end)
+
+  describe("forward_auth", function()
+    -- before: the cache key concatenated the list of values, a hook error: 500
+    it("ttl > 0 and the forwarded header sent twice: the service is asked (both values), no hook error", function()
+      auth:reset()
+      local res = get("/fa/dup", { { "Authorization", "good" }, { "Authorization", "bad" } })
+      assert.equal(403, res.status, res.body)
+      assert.equal(1, auth:count())
+      -- the two values are not the single one: a positive answer for "good" is not theirs
+      assert.equal(200, get("/fa/single", { Authorization = "good" }).status)
+      assert.equal(2, auth:count())
+      res = get("/fa/dup2", { { "Authorization", "good" }, { "Authorization", "bad" } })
+      assert.equal(403, res.status, res.body)
+      assert.equal(3, auth:count())
+      no_hook_error()
+    end)
+
+    -- before: the key was built from #vals, and a list whose first two headers are absent
+    -- has length 0: every request without Authorization shared one cache entry, so
+    -- tenant t2 got tenant t1's positive answer and its X-User
+    it("ttl > 0, the first forwarded headers absent: the last one still tells cached answers apart", function()
+      auth:reset()
+      local res = get("/fa2/t1", { ["X-Tenant"] = "t1" })
+      assert.equal(200, res.status)
+      assert.equal(1, auth:count())
+      res = get("/fa2/t2", { ["X-Tenant"] = "t2" })
+      assert.equal(403, res.status, res.body)
+      assert.equal(2, auth:count())
+      assert.equal(0, origin:count_path("/fa2/t2"))
+    end)
+  end)
+end)
