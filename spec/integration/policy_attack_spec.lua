@@ -164,3 +164,41 @@ describe("policy attacks", function()
     end)
   end)
 end)
+
+-- Config values that used to load and then made a policy silently useless (every
+-- request refused, or a key ignored): each is now an error naming the file and line.
+describe("policy attacks: hostile config values", function()
+  local function check(line)
+    local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
+      .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
+    local out, rc = helpers.moongate({ "-t", "-c", path })
+    return out, rc, path
+  end
+
+  local cases = {
+    -- before: loaded; the header was never found, every request 401
+    { 'mg.policy.jwt { secret = "k", header = "bad header" }', "mg.policy.jwt: 'header' must be a header name" },
+    { 'mg.policy.jwt { secret = "k", header = "" }', "mg.policy.jwt: 'header' must be a header name" },
+    { 'mg.policy.jwt { secret = "k", query = "" }', "mg.policy.jwt: 'query' must be a query argument name" },
+    -- before: loaded with an empty set: every token "audience not accepted"
+    { 'mg.policy.jwt { secret = "k", audience = { api = true } }', "mg.policy.jwt: 'audience' must be a string or a list of strings" },
+    { 'mg.policy.jwt { secret = "k", issuer = { x = "https://idp" } }', "mg.policy.jwt: 'issuer' must be a string or a list of strings" },
+    -- before: loaded; no token ever had a consumer
+    { 'mg.policy.jwt { secret = "k", consumer_claim = "" }', "mg.policy.jwt: 'consumer_claim' must be a claim name" },
+    -- before: loaded; every token with an unknown kid fetched the JWKS (no bound at all)
+    { 'mg.policy.jwt { jwks_url = "http://127.0.0.1:1/", jwks_min_refresh = 0 }', "mg.policy.jwt: 'jwks_min_refresh' out of range (0)" },
+    -- before: loaded; the named entry was ignored (nothing forwarded, one cache entry for all)
+    { 'mg.policy.forward_auth { url = "http://127.0.0.1:1/", headers = { auth = "Authorization" } }',
+      "mg.policy.forward_auth: 'headers' must be a list of header names" },
+    -- before: loaded; every request 403
+    { 'mg.policy.ip_rules { allow = {} }', "mg.policy.ip_rules: 'allow' is empty" },
+  }
+  for _, c in ipairs(cases) do
+    it(c[1] .. " -> " .. c[2], function()
+      local out, rc, path = check(c[1])
+      assert.equal(1, rc)
+      assert.truthy(out:find("moongate: config error: " .. path .. ":3: ", 1, true), out)
+      assert.truthy(out:find(c[2], 1, true), out)
+    end)
+  end
+end)

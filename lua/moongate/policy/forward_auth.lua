@@ -11,7 +11,7 @@ local sha256 = require("moongate.private.auth").sha256
 
 local C = abi.C
 local fail = check.fail
-local type, tostring, ipairs, pcall, require = type, tostring, ipairs, pcall, require
+local type, tostring, ipairs, pairs, pcall, require = type, tostring, ipairs, pairs, pcall, require
 local concat, lower = table.concat, string.lower
 
 local keys = { url = true, headers = true, pass_headers = true, timeout = true, ttl = true,
@@ -20,6 +20,9 @@ local keys = { url = true, headers = true, pass_headers = true, timeout = true, 
 local function names(v, what, k)
   if v == nil then return {} end
   check.type(v, "table", what, k)
+  for key in pairs(v) do
+    if type(key) ~= "number" then fail("%s: '%s' must be a list of header names", what, k) end
+  end
   local out = {}
   for i, n in ipairs(v) do
     if not check.token(n) then fail("%s: %s[%d] must be a header name, got %s", what, k, i, tostring(n)) end
