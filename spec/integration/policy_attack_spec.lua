@@ -3,6 +3,7 @@
 -- what must happen instead; the comments say what it did before the fix.
 local helpers = require "spec.helpers"
 local t = require "moongate.testing"
+local socket = require "socket"
 
 local dir = helpers.tmpdir()
 
@@ -16,6 +17,23 @@ local function b64(s)
     for j = 1, (c and 4 or b and 3 or 2) do
       local k = math.floor(v / 64 ^ (4 - j)) % 64
       out[#out + 1] = A:sub(k + 1, k + 1)
+    end
+  end
+  return table.concat(out)
+end
+
+-- standard base64 with padding (Basic credentials)
+local B = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function base64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local v = a * 65536 + (b or 0) * 256 + (c or 0)
+    for j = 1, 4 do
+      if j == 3 and not b or j == 4 and not c then out[#out + 1] = "=" else
+        local k = math.floor(v / 64 ^ (4 - j)) % 64
+        out[#out + 1] = B:sub(k + 1, k + 1)
+      end
     end
   end
   return table.concat(out)
@@ -201,4 +219,97 @@ describe("policy attacks: hostile config values", function()
       assert.truthy(out:find(c[2], 1, true), out)
     end)
   end
+end)
+
+-- limit_conn = 1: whatever way a request ends, its slot comes back (the next
+-- request of the key gets through, none is refused 503)
+describe("policy attacks: limit_conn slots", function()
+  local proxy, origin
+  local CONF2 = [[
+local mg = require "moongate"
+mg.config { workers = 1 }
+mg.listen { "127.0.0.1:${port}" }
+local o = mg.upstream "o" { servers = { "${origin}" } }
+local dead = mg.upstream "dead" { servers = { "127.0.0.1:${closed}" } }
+local lc = mg.policy.limit_conn { limit = 1, key = "header:X-K" }
+local boom = mg.policy.new { name = "boom", request = function(self, req) error("boom") end }
+local no = mg.policy.new { name = "no", request = function(self, req) req:respond(403, "no\n") end }
+mg.route { path = "/err/", upstream = o, use = { lc, boom } }
+mg.route { path = "/refused/", upstream = o, use = { lc, no } }
+mg.route { path = "/dead/", upstream = dead, use = { lc } }
+mg.route { path = "/own/", respond = function() return 200, "own\n" end, use = { lc } }
+mg.route { path = "/ok/", upstream = o, use = { lc } }
+mg.route { path = "/", upstream = o }
+]]
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o2" })
+    proxy = helpers.proxy(CONF2, { vars = { origin = origin.addr, closed = helpers.free_port() } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  it("after a hook error (500), a later policy's refusal, an upstream that refuses connections (502), an own answer", function()
+    for _, c in ipairs { { "/err/x", 500 }, { "/refused/x", 403 }, { "/dead/x", 502 }, { "/own/x", 200 } } do
+      for i = 1, 3 do
+        local res = assert(proxy:request({ path = c[1], headers = { ["X-K"] = "k1" } }))
+        assert.equal(c[2], res.status, c[1] .. " #" .. i .. ": " .. res.body)
+      end
+      local res = assert(proxy:request({ path = "/ok/x", headers = { ["X-K"] = "k1" } }))
+      assert.equal(200, res.status, "after " .. c[1])
+    end
+  end)
+end)
+
+-- basic_auth, user enumeration by time: an unknown user is checked against a decoy
+-- hash so that it costs what a known one does. Before: the decoy was whichever hash
+-- pairs() gave first, here a cheap SHA-512 crypt one, while the one bcrypt user
+-- (cost 12) took ~100x longer to refuse: a slow 401 meant "this user exists".
+describe("policy attacks: basic_auth timing", function()
+  local proxy
+  local SLOW = "$2b$12$e7vcNGrCe/z1x8VpRP4k7OzbnVGxBNIZZ3AxlXuixA8Uakcknei3C" -- "pw", cost 12
+  local d = helpers.tmpdir()
+
+  lazy_setup(function()
+    local lines = {}
+    for i = 1, 20 do
+      local h = io.popen("openssl passwd -6 -salt salt" .. i .. " pw" .. i):read("*l")
+      lines[#lines + 1] = "user" .. i .. ":" .. h
+    end
+    lines[#lines + 1] = "slow:" .. SLOW
+    helpers.write_file(d .. "/htpasswd", table.concat(lines, "\n") .. "\n")
+    proxy = helpers.proxy([[
+local mg = require "moongate"
+mg.config { workers = 1 }
+mg.listen { "127.0.0.1:${port}" }
+mg.route { path = "/", respond = function() return 200, "in\n" end,
+           use = { mg.policy.basic_auth { file = "htpasswd", cache_ttl = 0 } } }
+]], { dir = d })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function took(user, pw)
+    local t0 = socket.gettime()
+    local res = assert(proxy:request({ path = "/", headers = { Authorization = "Basic " .. base64(user .. ":" .. pw) } }))
+    return socket.gettime() - t0, res.status
+  end
+
+  it("an unknown user's 401 takes as long as a wrong password of the slowest (bcrypt) user", function()
+    assert.equal(200, select(2, took("slow", "pw")))
+    assert.equal(200, select(2, took("user3", "pw3")))
+    local known, unknown = math.huge, math.huge
+    for _ = 1, 3 do -- the fastest of three: the machine's other load only adds time
+      local k, ks = took("slow", "wrong")
+      local u, us = took("nobody", "wrong")
+      assert.equal(401, ks)
+      assert.equal(401, us)
+      known, unknown = math.min(known, k), math.min(unknown, u)
+    end
+    assert.truthy(unknown > known / 3, ("unknown user %.4fs, known bcrypt user %.4fs"):format(unknown, known))
+  end)
 end)
