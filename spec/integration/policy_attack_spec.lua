@@ -57,6 +57,7 @@ mg.route { path = "/fa/", upstream = o, use = { mg.policy.forward_auth {
   url = "${auth}/check", headers = { "Authorization" }, pass_headers = { "X-User" }, ttl = 30 } } }
 mg.route { path = "/fa2/", upstream = o, use = { mg.policy.forward_auth {
   url = "${auth}/tenant", headers = { "Authorization", "X-Org", "X-Tenant" }, pass_headers = { "X-User" }, ttl = 30 } } }
+mg.route { path = "/cors/", upstream = o, use = { mg.policy.cors { origins = { "*" }, credentials = true } } }
 mg.route { path = "/", upstream = o }
 ]]
 
@@ -148,6 +149,26 @@ describe("policy attacks", function()
       assert.equal(200, get("/jwt/sub-256", { Authorization = "Bearer " .. hs256("k", '{"sub":"' .. ("x"):rep(256) .. '"}') }).status)
       assert.equal(200, get("/jwt/sub-num", { Authorization = "Bearer " .. hs256("k", '{"sub":42}') }).status)
       no_hook_error()
+    end)
+  end)
+
+  describe("cors", function()
+    -- before: "null" (the opaque origin of sandboxed iframes, data: and file: pages,
+    -- which any site can produce) got Access-Control-Allow-Origin: null with
+    -- Access-Control-Allow-Credentials: true: any page could read credentialed answers
+    it("origins = { \"*\" } with credentials: the origin \"null\" is not allowed (actual request and preflight)", function()
+      local res = get("/cors/x", { Origin = "null" })
+      assert.equal(200, res.status)
+      assert.is_nil(res.h["access-control-allow-origin"])
+      assert.is_nil(res.h["access-control-allow-credentials"])
+      res = assert(proxy:request({ method = "OPTIONS", path = "/cors/x",
+                                   headers = { Origin = "null", ["Access-Control-Request-Method"] = "GET" } }))
+      assert.equal(403, res.status)
+      assert.is_nil(res.h["access-control-allow-origin"])
+      -- a real origin is still echoed with credentials, as documented
+      res = get("/cors/y", { Origin = "https://app.example" })
+      assert.equal("https://app.example", res.h["access-control-allow-origin"])
+      assert.equal("true", res.h["access-control-allow-credentials"])
     end)
   end)
 
