@@ -229,6 +229,10 @@ describe("policy attacks: hostile config values", function()
     -- before: loaded; the named entry was ignored (nothing forwarded, one cache entry for all)
     { 'mg.policy.forward_auth { url = "http://127.0.0.1:1/", headers = { auth = "Authorization" } }',
       "mg.policy.forward_auth: 'headers' must be a list of header names" },
+    -- before: loaded; positive answers kept for good, and a cache never emptied
+    { 'mg.policy.forward_auth { url = "http://127.0.0.1:1/", ttl = 1/0 }', "mg.policy.forward_auth: 'ttl' out of range (inf)" },
+    { 'mg.policy.forward_auth { url = "http://127.0.0.1:1/", cache_size = 1/0 }', "mg.policy.forward_auth: 'cache_size' out of range (inf)" },
+    { 'mg.policy.forward_auth { url = "http://127.0.0.1:1/", max_body = 0.5 }', "mg.policy.forward_auth: 'max_body' must be a whole number" },
     -- before: loaded; every request 403
     { 'mg.policy.ip_rules { allow = {} }', "mg.policy.ip_rules: 'allow' is empty" },
   }

@@ -32,6 +32,12 @@ local function names(v, what, k)
   return out
 end
 
+local function whole(v, what, k, lo, hi)
+  check.number(v, what, k, lo, hi)
+  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
+  return v
+end
+
 local Policy = {}
 Policy.__index = Policy
 
@@ -47,9 +53,11 @@ local function new(conf)
     headers = names(conf.headers, what, "headers"),
     pass = names(conf.pass_headers, what, "pass_headers"),
     timeout = conf.timeout == nil and 5 or check.number(conf.timeout, what, "timeout", 0.001, 300),
-    ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0),
-    max_body = conf.max_body == nil and 4096 or check.number(conf.max_body, what, "max_body", 0, 1048576),
-    cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 1),
+    -- bounded: an infinite ttl or cache_size would keep every positive answer for
+    -- good (memory that grows with each distinct credential)
+    ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0, 86400),
+    max_body = conf.max_body == nil and 4096 or whole(conf.max_body, what, "max_body", 0, 1048576),
+    cache_size = conf.cache_size == nil and 10000 or whole(conf.cache_size, what, "cache_size", 1, 1e7),
     cache = {}, cached = 0,
   }, Policy)
   return self
