@@ -338,3 +338,54 @@ mg.route { path = "/", respond = function() return 200, "in\n" end,
     assert.truthy(unknown > known / 3, ("unknown user %.4fs, known bcrypt user %.4fs"):format(unknown, known))
   end)
 end)
+
+-- limit_conn across a reload: a request in flight in the old generation gives its
+-- slot back when it ends, once (the count neither leaks nor goes below zero)
+describe("policy attacks: limit_conn across a reload", function()
+  local proxy, origin
+  local function conf(gen)
+    return ([[
+local mg = require "moongate"
+mg.config { workers = 1 }
+mg.listen { "127.0.0.1:${port}" }
+local o = mg.upstream "o" { servers = { "${origin}" }, timeouts = { read = 30 } }
+mg.route { path = "/gen", respond = { status = 200, body = "GEN\n" } }
+mg.route { path = "/", upstream = o, use = { mg.policy.limit_conn { limit = 1, key = "header:X-K" } } }
+]]):gsub("GEN", gen)
+  end
+
+  lazy_setup(function()
+    origin = helpers.origin({ name = "o3" })
+    proxy = helpers.proxy(conf("one"), { vars = { origin = origin.addr } })
+  end)
+
+  lazy_teardown(function()
+    helpers.teardown(proxy)
+  end)
+
+  local function send(path)
+    local c = proxy:connect()
+    assert(c:send(helpers.request_bytes({ path = path, headers = { ["X-K"] = "r" } })))
+    return c
+  end
+
+  it("a slot held through a reload comes back once; the limit still holds after", function()
+    local held = send("/slow-head/1.5")
+    socket.sleep(0.3)
+    assert.equal(503, assert(proxy:request({ path = "/x", headers = { ["X-K"] = "r" } })).status)
+    proxy:reload(helpers.expand(conf("two"), { port = proxy.port, origin = origin.addr }), function()
+      local res = proxy:request({ path = "/gen" })
+      return res and res.body == "two\n"
+    end)
+    assert.equal(200, assert(held:final_response()).status)
+    held:close()
+    -- slot free again: one slow request holds it, a second is refused, exactly once each
+    local a = send("/slow-head/1")
+    socket.sleep(0.3)
+    local b = assert(proxy:request({ path = "/y", headers = { ["X-K"] = "r" } }))
+    assert.equal(503, b.status, "the limit holds after the reload")
+    assert.equal(200, assert(a:final_response()).status)
+    a:close()
+    assert.equal(200, assert(proxy:request({ path = "/z", headers = { ["X-K"] = "r" } })).status)
+  end)
+end)
