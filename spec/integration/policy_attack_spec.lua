@@ -57,6 +57,7 @@ mg.route { path = "/fa/", upstream = o, use = { mg.policy.forward_auth {
   url = "${auth}/check", headers = { "Authorization" }, pass_headers = { "X-User" }, ttl = 30 } } }
 mg.route { path = "/fa2/", upstream = o, use = { mg.policy.forward_auth {
   url = "${auth}/tenant", headers = { "Authorization", "X-Org", "X-Tenant" }, pass_headers = { "X-User" }, ttl = 30 } } }
+mg.route { path = "/amp/", upstream = o, use = { mg.policy.headers { rewrite = { "^/amp/(.*)$", "/big/" .. ("$1"):rep(200) } } } }
 mg.route { path = "/cors/", upstream = o, use = { mg.policy.cors { origins = { "*" }, credentials = true } } }
 mg.route { path = "/", upstream = o }
 ]]
@@ -149,6 +150,21 @@ describe("policy attacks", function()
       assert.equal(200, get("/jwt/sub-256", { Authorization = "Bearer " .. hs256("k", '{"sub":"' .. ("x"):rep(256) .. '"}') }).status)
       assert.equal(200, get("/jwt/sub-num", { Authorization = "Bearer " .. hs256("k", '{"sub":42}') }).status)
       no_hook_error()
+    end)
+  end)
+
+  describe("headers", function()
+    -- before: the rewrite's result went upstream whatever its size: 200 copies of a
+    -- 100-byte capture made a 20 KB request line (a client's 8 KB URI, 1.6 MB)
+    it("a rewrite whose result is over limits.uri_size (8192) is refused 414, not sent upstream", function()
+      local res = get("/amp/" .. ("x"):rep(100))
+      assert.equal(414, res.status, res.body:sub(1, 200))
+      assert.equal(0, origin:count_path("/big/" .. ("x"):rep(20000)))
+      res = get("/amp/ab")
+      assert.equal(200, res.status)
+      assert.equal("/big/" .. ("ab"):rep(200), helpers.decode_json(res.body).path)
+      local err = proxy:stderr()
+      assert.truthy(err:find("limits.uri_size", 1, true), err)
     end)
   end)
 
