@@ -130,8 +130,12 @@ local function allow_origin(self, origin)
     if ms[i](lo) then return origin end
   end
   if self.any then
-    -- with credentials a browser refuses "*": the origin itself
-    return self.credentials and origin or "*"
+    if not self.credentials then return "*" end
+    -- with credentials a browser refuses "*": the origin itself; but not "null",
+    -- the opaque origin any page can take (a sandboxed iframe, data:, file:): it
+    -- would let every site read credentialed answers ({ pattern = "^null$" } if meant)
+    if lo == "null" then return nil end
+    return origin
   end
   return nil
 end

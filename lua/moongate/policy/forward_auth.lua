@@ -3,15 +3,15 @@
 -- the request's selected headers; a 2xx lets the request through with the chosen
 -- answer headers set on it, anything else is answered to the client (status,
 -- and the body, at most max_body bytes). Positive answers are cached per worker
--- for `ttl` seconds, keyed by a hash of the forwarded headers' values.
+-- for `ttl` seconds, keyed by the SHA-256 of the forwarded headers' values.
 -- Phase: request. docs/policies.md "forward_auth".
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
+local sha256 = require("moongate.private.auth").sha256
 
 local C = abi.C
 local fail = check.fail
-local type, tostring, ipairs, pcall, require = type, tostring, ipairs, pcall, require
-local bit = require "bit"
+local type, tostring, ipairs, pairs, pcall, require = type, tostring, ipairs, pairs, pcall, require
 local concat, lower = table.concat, string.lower
 
 local keys = { url = true, headers = true, pass_headers = true, timeout = true, ttl = true,
@@ -20,6 +20,9 @@ local keys = { url = true, headers = true, pass_headers = true, timeout = true, 
 local function names(v, what, k)
   if v == nil then return {} end
   check.type(v, "table", what, k)
+  for key in pairs(v) do
+    if type(key) ~= "number" then fail("%s: '%s' must be a list of header names", what, k) end
+  end
   local out = {}
   for i, n in ipairs(v) do
     if not check.token(n) then fail("%s: %s[%d] must be a header name, got %s", what, k, i, tostring(n)) end
@@ -27,6 +30,12 @@ local function names(v, what, k)
     out[lower(n)] = n -- the spelling sent upstream
   end
   return out
+end
+
+local function whole(v, what, k, lo, hi)
+  check.number(v, what, k, lo, hi)
+  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
+  return v
 end
 
 local Policy = {}
@@ -44,9 +53,11 @@ local function new(conf)
     headers = names(conf.headers, what, "headers"),
     pass = names(conf.pass_headers, what, "pass_headers"),
     timeout = conf.timeout == nil and 5 or check.number(conf.timeout, what, "timeout", 0.001, 300),
-    ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0),
-    max_body = conf.max_body == nil and 4096 or check.number(conf.max_body, what, "max_body", 0, 1048576),
-    cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 1),
+    -- bounded: an infinite ttl or cache_size would keep every positive answer for
+    -- good (memory that grows with each distinct credential)
+    ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0, 86400),
+    max_body = conf.max_body == nil and 4096 or whole(conf.max_body, what, "max_body", 0, 1048576),
+    cache_size = conf.cache_size == nil and 10000 or whole(conf.cache_size, what, "cache_size", 1, 1e7),
     cache = {}, cached = 0,
   }, Policy)
   return self
@@ -56,22 +67,24 @@ function Policy:describe()
   return ("url=%s headers=%s ttl=%s"):format(self.url, concat(self.headers, ","), tostring(self.ttl))
 end
 
--- the cache key: the forwarded headers' values, hashed (sha256 through BoringSSL
--- would do; a 64-bit FNV-1a of the values and their lengths keeps it in Lua).
-local function cache_key(vals)
-  local parts = {}
-  for i = 1, #vals do
-    local v = vals[i] or ""
-    parts[i] = #v .. ":" .. v
+-- the cache key: the SHA-256 of the forwarded headers' values, each value
+-- length-prefixed (a header sent twice is its values in order, told apart from
+-- one value holding the same text, and from the header absent); a 64-bit
+-- non-cryptographic hash would let a client look for values that collide
+local function cache_key(vals, n)
+  local parts, k = {}, 0
+  for i = 1, n do
+    local v = vals[i]
+    if v == nil then
+      k = k + 1; parts[k] = "-"
+    elseif type(v) == "table" then
+      k = k + 1; parts[k] = "*" .. #v
+      for j = 1, #v do k = k + 1; parts[k] = #v[j] .. ":" .. v[j] end
+    else
+      k = k + 1; parts[k] = #v .. ":" .. v
+    end
   end
-  local s = concat(parts, "\0")
-  local h1, h2 = 2166136261, 5381
-  for i = 1, #s do
-    local b = s:byte(i)
-    h1 = bit.bxor(h1, b); h1 = bit.tobit(h1 * 16777619 % 4294967296)
-    h2 = bit.tobit((h2 * 33 + b) % 4294967296)
-  end
-  return bit.tohex(h1) .. bit.tohex(h2) .. ":" .. #s
+  return sha256(concat(parts, "\n"))
 end
 
 -- The chosen answer headers replace the client's; one the service did not send
@@ -94,7 +107,7 @@ function Policy:request(req)
   end
   local key
   if self.ttl > 0 then
-    key = cache_key(vals)
+    key = cache_key(vals, #self.headers)
     local hit = self.cache[key]
     if hit then
       if hit.expires > C.mg_api_now() then return apply(req, self.pass, hit.pass) end

@@ -257,11 +257,23 @@ local function rewrite_path(list, path)
   return nil
 end
 
+-- limits.uri_size of the loaded config (the client's own target is held to it)
+local function uri_max()
+  local limits = require("moongate")._state().config.limits
+  return limits and limits.uri_size or require("moongate")._defaults.limits.uri_size
+end
+
 local function request(self, req)
   if self.rewrite then
     local path = req.path
     if path then
       local new = rewrite_path(self.rewrite, path)
+      if new and new ~= path and #new + #(req.query or "") + 1 > uri_max() then
+        -- captures repeated in the replacement multiply the client's length
+        require("moongate").log.warn(("headers: rewrite of %s: a target of %d bytes is over limits.uri_size (%d)")
+          :format(sub(path, 1, 64), #new + #(req.query or "") + 1, uri_max()))
+        return req:respond(414, "URI Too Long\n")
+      end
       if new and new ~= path then
         -- "/posts/1?by=2": the rewrite's query first, then the client's (as nginx's rewrite)
         local q = find(new, "?", 1, true)

@@ -57,7 +57,10 @@ local function new(conf)
     body = conf.body == nil and "Forbidden\n" or check.type(conf.body, "string", what, "body"),
     n_allow = 0, n_deny = 0,
   }, Policy)
-  if conf.allow ~= nil then self._allow, self.n_allow = build(conf.allow, what, "allow") end
+  if conf.allow ~= nil then
+    self._allow, self.n_allow = build(conf.allow, what, "allow")
+    if self.n_allow == 0 then fail("%s: 'allow' is empty: nobody would get through (leave it out to allow all)", what) end
+  end
   if conf.deny ~= nil then self._deny, self.n_deny = build(conf.deny, what, "deny") end
   return self
 end

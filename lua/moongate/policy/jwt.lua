@@ -6,6 +6,7 @@ local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
 local json = require "moongate.private.json"
+local auth = require "moongate.private.auth"
 
 local C = abi.C
 local fail = check.fail
@@ -103,6 +104,9 @@ local function list_or_string(v, what, k)
   if v == nil then return nil end
   if type(v) == "string" then return { [v] = true } end
   check.type(v, "table", what, k)
+  for key in pairs(v) do
+    if type(key) ~= "number" then fail("%s: '%s' must be a string or a list of strings", what, k) end
+  end
   local set = {}
   for i, s in ipairs(v) do
     if type(s) ~= "string" then fail("%s: %s[%d] must be a string", what, k, i) end
@@ -159,8 +163,9 @@ local function new(conf)
     if not find(u, "^https?://") then fail("%s: 'jwks_url' must be an http:// or https:// URL", what) end
     self.jwks_url = u
     self.jwks_refresh = conf.jwks_refresh == nil and 300 or check.number(conf.jwks_refresh, what, "jwks_refresh", 1)
+    -- at least 1 s: each token with an unknown kid would fetch the set otherwise
     self.jwks_min_refresh = conf.jwks_min_refresh == nil and 10
-      or check.number(conf.jwks_min_refresh, what, "jwks_min_refresh", 0)
+      or check.number(conf.jwks_min_refresh, what, "jwks_min_refresh", 1)
     self.jwks_timeout = conf.jwks_timeout == nil and 5 or check.number(conf.jwks_timeout, what, "jwks_timeout", 0.001, 300)
     self.jwks = {}       -- kid -> entry; [i] = entry
     self.fetched = nil   -- when the set in use came (mg_api_now)
@@ -192,12 +197,17 @@ local function new(conf)
   self.leeway = conf.leeway == nil and 0 or check.number(conf.leeway, what, "leeway", 0, 86400)
   self.require_exp = conf.require_exp == true
   if conf.require_exp ~= nil then check.type(conf.require_exp, "boolean", what, "require_exp") end
-  self.header = conf.header == nil and "authorization" or check.type(conf.header, "string", what, "header"):lower()
+  if conf.header ~= nil and not check.token(conf.header) then
+    fail("%s: 'header' must be a header name, got %s", what, tostring(conf.header))
+  end
+  self.header = conf.header == nil and "authorization" or conf.header:lower()
   self.query = conf.query ~= nil and check.type(conf.query, "string", what, "query") or nil
+  if self.query == "" then fail("%s: 'query' must be a query argument name, got \"\"", what) end
   self.cache_size = conf.cache_size == nil and 10000 or check.number(conf.cache_size, what, "cache_size", 0, 1e7)
   self.verified, self.n_verified = {}, 0
   self.consumer_claim = conf.consumer_claim == nil and "sub"
     or check.type(conf.consumer_claim, "string", what, "consumer_claim")
+  if self.consumer_claim == "" then fail("%s: 'consumer_claim' must be a claim name, got \"\"", what) end
   return self
 end
 
@@ -299,6 +309,7 @@ local function bad_claim(v) return v ~= nil and type(v) ~= "number" end
 function Policy:request(req)
   local tok
   local h = req:header(self.header)
+  if type(h) == "table" then return deny(req, "more than one token") end -- which one counts is not ours to guess
   if h then
     if self.header == "authorization" then
       tok = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([%w%-_%.]+) *$")
@@ -307,6 +318,7 @@ function Policy:request(req)
     end
   elseif self.query then
     tok = req:arg(self.query)
+    if tok ~= nil and type(tok) ~= "string" then return deny(req, "more than one token") end
   end
   if not tok then
     return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' })
@@ -372,12 +384,15 @@ function Policy:accept(req, claims)
     end
     if not hit then return deny(req, "audience not accepted") end
   end
-  local ctx = req.ctx
-  ctx.jwt = claims
   local c = claims[self.consumer_claim]
-  if type(c) == "string" or type(c) == "number" then
-    ctx.consumer = { name = tostring(c), source = "jwt" }
+  if type(c) == "number" then c = tostring(c) end
+  -- the consumer goes into headers and the access log, as key_auth's: 1 to 256
+  -- bytes, no control characters (CR/LF, NUL)
+  if type(c) == "string" and (c == "" or #c > 256 or find(c, "%c")) then
+    return deny(req, "malformed claims")
   end
+  req.ctx.jwt = claims
+  if type(c) == "string" then auth.set_consumer(req, c, "jwt") end
 end
 
 return new
