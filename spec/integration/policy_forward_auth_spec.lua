@@ -62,6 +62,19 @@ describe("mg.policy.forward_auth", function()
     assert.is_nil(asked:header("cookie"))
   end)
 
+  it("tells the service the method, scheme, host and URI asked (X-Forwarded-*), replacing the client's own", function()
+    local res = assert(proxy:request({ method = "POST", path = "/fa/orders/7?x=1&y=%27", body = "b",
+      headers = { Authorization = "Bearer good", Host = "shop.example",
+                  ["X-Forwarded-Uri"] = "/public", ["X-Forwarded-Method"] = "GET" } }))
+    assert.equal(200, res.status)
+    local asked = auth:last()
+    assert.equal("GET", asked.method)
+    assert.equal("POST", asked:header("x-forwarded-method"))
+    assert.equal("http", asked:header("x-forwarded-proto"))
+    assert.equal("shop.example", asked:header("x-forwarded-host"))
+    assert.equal("/fa/orders/7?x=1&y=%27", asked:header("x-forwarded-uri"))
+  end)
+
   it("a client's own X-User is replaced by the service's", function()
     local res = get("/fa/spoof", { Authorization = "Bearer other", ["X-User"] = "admin" })
     assert.equal(200, res.status)

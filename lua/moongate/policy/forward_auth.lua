@@ -1,6 +1,6 @@
 -- mg.policy.forward_auth (issue 14): asks an external service whether a request
 -- may pass (what nginx's auth_request does). The service gets a GET of `url` with
--- the request's selected headers; a 2xx lets the request through with the chosen
+-- the request's selected headers and X-Forwarded-Method/-Proto/-Host/-Uri; a 2xx lets the request through with the chosen
 -- answer headers set on it, anything else is answered to the client (status,
 -- and the body, at most max_body bytes). Positive answers are cached per worker
 -- for `ttl` seconds, keyed by the SHA-256 of the forwarded headers' values.
@@ -105,6 +105,13 @@ function Policy:request(req)
     vals[i] = v
     if v then send[n] = v end
   end
+  -- what the client asked, as Traefik's forwardAuth tells its service (a client's
+  -- own headers of these names are never passed on: these replace them)
+  local q = req.query
+  send["x-forwarded-method"] = req.method
+  send["x-forwarded-proto"] = req.scheme or "http"
+  send["x-forwarded-host"] = req.host or ""
+  send["x-forwarded-uri"] = (q and q ~= "") and (req.path .. "?" .. q) or req.path
   local key
   if self.ttl > 0 then
     key = cache_key(vals, #self.headers)
