@@ -360,9 +360,9 @@ mg.route { path = "/", upstream = mg.upstream "o" { servers = { "${origin}" } } 
 
   local attacks = {
     { "SQL injection in a query argument", { path = "/search?id=1%27%20OR%20%271%27%3D%271" } },
-    { "UNION SELECT in a query argument", { path = "/item?id=1%20UNION%20SELECT%20username,password%20FROM%20users--" } },
+    { "UNION SELECT in a query argument", { path = "/item?id=1%27%20UNION%20SELECT%20username,password%20FROM%20users--" } },
     { "XSS in a form field", form("name=sam&comment=%3Cscript%3Ealert(1)%3C%2Fscript%3E") },
-    { "path traversal in the path", { path = "/static/..%2f..%2f..%2fetc%2fpasswd" } },
+    { "path traversal in the path (seen as received, before normalization)", { path = "/static/../../../etc/passwd" } },
     { "traversal in an argument", { path = "/view?file=../../../../etc/passwd" } },
     { "command injection in a form field", form("host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd") },
     { "NoSQL operator in JSON", json('{"user":"admin","password":{"$ne":null}}') },
