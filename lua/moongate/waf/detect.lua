@@ -57,7 +57,7 @@ rule(920110, "protocol", 5, 1, "HTTP version not allowed")
 rule(920120, "protocol", 5, 1, "Absolute-form request-target to another host")
 rule(920130, "protocol", 5, 1, "Range header with too many parts")
 rule(920140, "protocol", 3, 1, "Host header is a numeric IP address")
-rule(920150, "protocol", 3, 1, "Missing Host header")
+rule(920150, "protocol", 5, 1, "Missing Host header (HTTP/1.1)")
 rule(920160, "protocol", 5, 1, "Content-Type charset not allowed (UTF-7 and others)")
 rule(920170, "protocol", 5, 1, "Request body Content-Type not allowed")
 rule(920180, "protocol", 3, 1, "Request body does not parse as its declared type")
@@ -68,6 +68,7 @@ rule(920220, "protocol", 5, 1, "Both Content-Length and Transfer-Encoding, or se
 rule(920230, "protocol", 5, 1, "Transfer-Encoding other than chunked")
 rule(920240, "protocol", 5, 1, "NUL byte in an argument or the path")
 rule(920250, "protocol", 2, 2, "Missing or empty User-Agent")
+rule(920260, "protocol", 5, 1, "GET or HEAD request with a body")
 rule(921100, "protocol", 3, 1, "HTTP parameter pollution: one argument repeated many times")
 
 -- 930 traversal / LFI
@@ -84,8 +85,8 @@ rule(931110, "rfi", 5, 1, "Remote URL ending in '?' or a script name after '?' (
 rule(931120, "rfi", 5, 1, "UNC path (\\\\host\\share)")
 
 -- 932 command injection
-local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|bash|sh|zsh|ksh|dash|csh|tcsh|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
-local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-]=]
+local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
+local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
 rule(932100, "cmdi", 5, 1, "OS command after a shell separator",
   [=[(?:[;&|\n\r`]|\$\()\s*(?:\{\s*)?(?:[\w.-]*/)*(?:]=] .. CMD .. "|" .. CMD_ARGS .. ")")
 rule(932110, "cmdi", 5, 1, "Shell path or reverse shell (/bin/sh, /dev/tcp)",
@@ -123,7 +124,7 @@ rule(934150, "code", 5, 1, "Java deserialisation or expression language gadget",
 -- 935 NoSQL
 rule(935100, "nosqli", 5, 1, "NoSQL operator in an argument name or JSON key")
 rule(935110, "nosqli", 5, 1, "NoSQL operator object in a value",
-  [=[\{\s*["']?\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|all|size|type|mod|elemMatch|function|accumulator|text|jsonSchema)["']?\s*:|\$where\b]=])
+  [=[\[\s*\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|elemMatch)\s*\]|\{\s*["']?\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|all|size|type|mod|elemMatch|function|accumulator|text|jsonSchema)["']?\s*:|\$where\b]=])
 rule(935120, "nosqli", 5, 1, "JavaScript injection into a NoSQL query",
   [=[^\s*['"]\s*;\s*(?:while\s*\(\s*(?:true|1)\s*\)|var\s+\w+\s*=|return\s+(?:true|1)\b|sleep\s*\()|\bthis\.\w+\.match\s*\(|\bthis\.\w+\.length\s*[<>=]|\bthis\.\w+\s*==\s*['"]]=])
 
@@ -165,7 +166,7 @@ local triggers = {
   cmdi = "[;&|\n\r`%$(){}/?*]",
   php = "[<(%$:]",
   code = "[{}()%$#_<@.]",
-  nosqli = "[%$']",
+  nosqli = "[%$'\".]",
   ldap = "[()]",
   xxe = "<!",
   crlf = "[\r\n]",
@@ -293,7 +294,7 @@ local function classify4(n)
   local b = floor(n / 65536) % 256
   if a == 127 or a == 0 then return 936100 end
   if a == 169 and b == 254 then return 936110 end
-  if n == 1684300999 then return 936110 end -- 100.100.100.200 (Alibaba metadata)
+  if n == 1684301000 then return 936110 end -- 100.100.100.200 (Alibaba metadata)
   if a == 10 or (a == 172 and b >= 16 and b <= 31) or (a == 192 and b == 168)
       or (a == 100 and b >= 64 and b <= 127) then
     return 936140
@@ -503,8 +504,15 @@ function Engine:value(v, var, where, hits)
     local b = decode.base64(v)
     if b and string_find(b, "[^%w%s%.,_%-]") then check(self, b, var, where, hits) end
   end
-  -- plain words and numbers: nothing any rule needs
-  if not string_find(v, "[^%w _%.,%-]") then return end
+  -- plain words and numbers: nothing any rule needs, but for SQL made of
+  -- words alone ("1 union select name from users", "5 having 1")
+  if not string_find(v, "[^%w _%.,%-]") then
+    if n > 8 and string_find(v, " ", 1, true) and (string_find(v, "[sS][eE][lL][eE][cC][tT]")
+        or string_find(v, "[hH][aA][vV][iI][nN][gG]") or string_find(v, "[wW][aA][iI][tT][fF][oO][rR]")) then
+      if sqli.detect(v) then hit(self, hits, 942100, var, v) end
+    end
+    return
+  end
   if where ~= "header" and (string_find(v, "%z") or string_find(v, "%00", 1, true)) then
     hit(self, hits, 920240, var, v)
   end
@@ -514,6 +522,7 @@ end
 
 ---------------------------------------------------------------- per request
 
+local whole_classes = { cmdi = true, ldap = true }
 local allowed_methods = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true,
   DELETE = true, OPTIONS = true }
 local allowed_versions = { ["1.0"] = true, ["1.1"] = true, ["2"] = true, ["2.0"] = true, ["3"] = true }
@@ -578,7 +587,8 @@ function Engine:request(info, hits)
   if info.too_many then hit(self, hits, 920190, "ARGS", "") end
 
   local headers = info.headers or {}
-  local ua, cl, te = nil, 0, nil
+  local ua, cl, te, cookie, body_len = nil, 0, nil, nil, 0
+  local q = info.query
   for k = 1, #headers do
     local h = headers[k]
     local name, v = h[1], h[2] or ""
@@ -586,8 +596,10 @@ function Engine:request(info, hits)
       hit(self, hits, 920200, "REQUEST_HEADERS:" .. name, v)
     end
     if name == "user-agent" then ua = v
+    elseif name == "cookie" then cookie = v
     elseif name == "content-length" then
       cl = cl + 1
+      body_len = tonumber(v) or 0
       if not string_find(v, "^%s*%d+%s*$") then hit(self, hits, 920210, "REQUEST_HEADERS:Content-Length", v) end
     elseif name == "transfer-encoding" then
       te = v
@@ -605,6 +617,21 @@ function Engine:request(info, hits)
     end
   end
   if cl > 1 or (cl > 0 and te) then hit(self, hits, 920220, "REQUEST_HEADERS", "") end
+  if (method == "GET" or method == "HEAD") and (te or body_len > 0) then
+    hit(self, hits, 920260, "REQUEST_METHOD", method)
+  end
+  -- the query string and the Cookie header whole: an application that splits
+  -- them differently (or a shell that gets them) sees "&& id", "a)(&)",
+  -- "; wget ..." where the split values do not
+  if q and string_find(q, "[&;]") then
+    local d = decode.normalize(q, true)
+    run_classes(self, d, "QUERY_STRING", whole_classes, hits)
+    local k = xss.detect(d)
+    if k then hit(self, hits, xss_ids[k], "QUERY_STRING", d) end
+  end
+  if cookie and string_find(cookie, ";", 1, true) then
+    run_classes(self, decode.normalize(cookie, false), "REQUEST_HEADERS:Cookie", whole_classes, hits)
+  end
   if ua and ua ~= "" then
     local l = string_lower(ua)
     for i = 1, #scanner_ua do
@@ -623,7 +650,6 @@ function Engine:request(info, hits)
     end
   end
   -- one name repeated many times (HTTP parameter pollution)
-  local q = info.query
   if q and #q > 20 then
     local counts, worst = {}, 0
     for name in string.gmatch(q, "([^&=]+)=?[^&]*") do
