@@ -12,7 +12,8 @@ local helpers = require "spec.helpers"
 -- The stand-in: EVIL5 / EVIL3 / EVIL2 in a value are rules 900005 / 900003 /
 -- 900002 of that severity, PL2 a severity-5 rule at paranoia 2 (900020), "../"
 -- in the path rule 930100, a body that did not parse 920130 (severity 3),
--- too many values 920380 (3).
+-- too many values 920380 (3), SPLIT in the whole query string 900007 (5) and in
+-- the whole Cookie header 900008 (5).
 local STUB = [[
 package.preload["moongate.waf.detect"] = function()
   local M = { rules = { [900005] = { id = 900005, severity = 5, pl = 1 } } }
@@ -32,6 +33,11 @@ package.preload["moongate.waf.detect"] = function()
   function E:request(info, hits)
     if info.body_error then hit(hits, 920130, 3, 1, "REQUEST_BODY", info.body_error) end
     if info.too_many then hit(hits, 920380, 3, 1, "ARGS", "too many") end
+    -- what the detectors find in the whole query string or Cookie header
+    if info.query and info.query:find("SPLIT", 1, true) then hit(hits, 900007, 5, 1, "QUERY_STRING", info.query) end
+    for _, h in ipairs(info.headers) do
+      if h[1] == "cookie" and h[2]:find("SPLIT", 1, true) then hit(hits, 900008, 5, 1, "REQUEST_HEADERS:Cookie", h[2]) end
+    end
   end
   return M
 end
@@ -55,7 +61,7 @@ mg.route { path = "/ctx/", use = { mg.policy.waf { mode = "detect" } }, respond 
 end }
 mg.route { path = "/ex/", upstream = o, use = { mg.policy.waf { exclude = {
   { rule = 900005, var = "ARGS:comment" }, { rule = "9000*", var = "ARGS:code*" },
-  { var = "REQUEST_COOKIES:*" }, { rule = 930100 } } } } }
+  { var = "REQUEST_COOKIES:*" }, { rule = 930100 }, { var = "ARGS:note" } } } } }
 mg.route { path = "/user/", upstream = o, use = { mg.policy.waf { rules = {
   { id = 100001, vars = { "ARGS:q" }, match = function(v, var, req) return v == "forbidden-" .. req.method end },
   { id = 100002, severity = "warning", pattern = "^admin[0-9]+$" },
@@ -224,6 +230,17 @@ local function run(workers)
       res = assert(c:request({ path = "/ex/../ex/z" .. n }))
       c:close()
       passed(res, "/ex/z" .. n)
+    end)
+
+    it("exclusions cover what the detectors find in the whole query string or Cookie header", function()
+      local res, path = send("/ex/", { query = "note=SPLIT&b=1" })
+      passed(res, path)
+      res, path = send("/ex/", { query = "other=SPLIT&b=1" })
+      refused(res, path, "900007")
+      res, path = send("/ex/", { headers = { Cookie = "a=SPLIT; b=1" } })
+      passed(res, path)
+      res, path = send("/a/", { headers = { Cookie = "a=SPLIT; b=1" } })
+      refused(res, path, "900008")
     end)
 
     it("user rules: a function (given the value, its variable and req) limited to vars, a PCRE2 pattern with its severity", function()

@@ -206,15 +206,15 @@ local function new(conf)
   -- the target as the client sent it (before path normalization) for every request
   require("moongate")._state().config.keep_target = true
   -- exclusions of a whole variable (no rule): the value is not looked at at all
-  local skip_vars, rule_excl = {}, {}
+  local skip_vars = {}
   for _, e in ipairs(excl) do
-    if e.rule then rule_excl[#rule_excl + 1] = e else skip_vars[#skip_vars + 1] = e.var end
+    if not e.rule then skip_vars[#skip_vars + 1] = e.var end
   end
   return setmetatable({
     name = "waf",
     paranoia = paranoia, threshold = threshold, mode = mode, status = status, body_limit = body_limit,
     exclude = excl, rules = rules,
-    _engine = engine, _skip_vars = skip_vars, _rule_excl = rule_excl,
+    _engine = engine, _skip_vars = skip_vars,
     _block = mode == "block",
   }, Policy)
 end
@@ -233,11 +233,30 @@ local function skipped(self, var)
   return false
 end
 
-local function excluded(self, id, var)
-  local ex = self._rule_excl
+-- Hits the detectors find in a whole string rather than in one value: the
+-- query string (ARGS:* of the query) and the Cookie header (REQUEST_COOKIES:*).
+-- An exclusion that covers one of the variables the string holds covers them.
+local WHOLE = { QUERY_STRING = "ARGS:", ["REQUEST_HEADERS:Cookie"] = "REQUEST_COOKIES:" }
+
+local function covers(sel, var, values)
+  if var_matches(sel, var) then return true end
+  local prefix = WHOLE[var]
+  if not prefix then return false end
+  for i = 1, #values do
+    local x = values[i]
+    local w = x.where
+    if (w == "arg" or w == "cookie") and sub(x.var, 1, #prefix) == prefix and var_matches(sel, x.var) then
+      return true
+    end
+  end
+  return false
+end
+
+local function excluded(self, id, var, values)
+  local ex = self.exclude
   for i = 1, #ex do
     local e = ex[i]
-    if rule_matches(e.rule, id) and (not e.var or var_matches(e.var, var)) then return true end
+    if (not e.rule or rule_matches(e.rule, id)) and (not e.var or covers(e.var, var, values)) then return true end
   end
   return false
 end
@@ -342,12 +361,13 @@ function Policy:request(req)
   local engine, threshold, block, paranoia = self._engine, self.threshold, self._block, self.paranoia
   local hits = {}
   local seen, counted, score, done = {}, {}, 0, 0
+  local nex = #self.exclude
   -- folds the hits appended since the last call into the score
   local function tally()
     for i = done + 1, #hits do
       local h = hits[i]
       local id = h.id
-      if not seen[id] and (h.pl or 1) <= paranoia and not excluded(self, id, h.var or "") then
+      if not seen[id] and (h.pl or 1) <= paranoia and (nex == 0 or not excluded(self, id, h.var or "", values)) then
         seen[id] = true
         score = score + (h.severity or 0)
         counted[#counted + 1] = h
