@@ -19,6 +19,8 @@ local string_byte, string_find, string_sub, string_char, string_lower, string_gs
       string.byte, string.find, string.sub, string.char, string.lower, string.gsub
 local tonumber, type = tonumber, type
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local ffi = require "ffi"
+local ffi_string, ffi_cast = ffi.string, ffi.cast
 
 local _M = {}
 
@@ -31,11 +33,37 @@ _M.MAX_VALUES, _M.MAX_DEPTH, _M.MAX_PARTS = MAX_VALUES, MAX_DEPTH, MAX_PARTS
 
 -- Percent-decoding, once: %HH only (the detectors undo %uHHHH, double
 -- encodings and the rest themselves). `plus`: '+' is a space (query, form).
-local function hex_byte(h) return string_char(tonumber(h, 16)) end
+-- A byte loop into a reused buffer (LuaJIT compiles it; gsub with a function
+-- is not compiled).
+local buf, buf_size = nil, 0
+local HEX = ffi.new("int8_t[256]")
+for c = 0, 255 do HEX[c] = -1 end
+for c = 48, 57 do HEX[c] = c - 48 end
+for c = 65, 70 do HEX[c] = c - 55 end
+for c = 97, 102 do HEX[c] = c - 87 end
+
 local function unescape(s, plus)
-  if plus and string_find(s, "+", 1, true) then s = string_gsub(s, "%+", " ") end
-  if not string_find(s, "%", 1, true) then return s end
-  return (string_gsub(s, "%%(%x%x)", hex_byte))
+  if not string_find(s, "%", 1, true) and not (plus and string_find(s, "+", 1, true)) then return s end
+  local n = #s
+  if n > buf_size then
+    buf_size = n < 256 and 256 or n
+    buf = ffi.new("uint8_t[?]", buf_size)
+  end
+  local p = ffi_cast("const uint8_t *", s)
+  local o, i = 0, 0
+  while i < n do
+    local b = p[i]
+    if b == 37 and i + 2 < n and HEX[p[i + 1]] >= 0 and HEX[p[i + 2]] >= 0 then
+      b = HEX[p[i + 1]] * 16 + HEX[p[i + 2]]
+      i = i + 3
+    else
+      if b == 43 and plus then b = 32 end
+      i = i + 1
+    end
+    buf[o] = b
+    o = o + 1
+  end
+  return ffi_string(buf, o)
 end
 _M.unescape = unescape
 
