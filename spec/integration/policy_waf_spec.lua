@@ -69,6 +69,7 @@ mg.route { path = "/user/", upstream = o, use = { mg.policy.waf { rules = {
   { id = 100004, pl = 2, match = function(v) return v == "pl2-only" end },
 } } } }
 mg.route { path = "/small/", upstream = o, use = { mg.policy.waf { body_limit = "1k" } } }
+mg.route { path = "/buf/", upstream = o, buffer_body = "4k", use = { mg.policy.waf {} } }
 mg.route { path = "/st/", upstream = o, use = { mg.policy.waf { status = 406 } } }
 mg.route { path = "/", upstream = o, use = { mg.policy.waf {} } }
 ]]
@@ -277,6 +278,29 @@ local function run(workers)
       assert.truthy((proxy:file("error.log") or ""):find("a body of 2012 bytes, inspected the first 1024 (body_limit)", 1, true))
       -- the origin got all of it
       assert.equal(1, origin:count_path(path))
+    end)
+
+    it("a chunked body is read and inspected", function()
+      n = n + 1
+      local path = "/a/r" .. n
+      local c = helpers.connect(proxy.port)
+      local res = assert(c:request("POST " .. path .. " HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        .. "Transfer-Encoding: chunked\r\n\r\n4\r\na=EV\r\n3\r\nIL5\r\n0\r\n\r\n"))
+      c:close()
+      refused(res, path, "900005")
+    end)
+
+    it("a body announced over the route's buffer_body is not read: it streams to the origin, logged", function()
+      local body = "a=EVIL5&pad=" .. string.rep("x", 8000)
+      local res, path = send("/buf/", { method = "POST", ctype = "application/x-www-form-urlencoded", body = body })
+      passed(res, path)
+      assert.equal(1, origin:count_path(path))
+      local want = "a body of 8012 bytes is over the route's buffer_body (4096): not inspected"
+      helpers.wait_until(function() return (proxy:file("error.log") or ""):find(want, 1, true) end, 3)
+      assert.truthy((proxy:file("error.log") or ""):find(want, 1, true))
+      -- one under it is read and inspected
+      res, path = send("/buf/", { method = "POST", ctype = "application/x-www-form-urlencoded", body = "a=EVIL5" })
+      refused(res, path, "900005")
     end)
 
     it("a JSON body that does not parse: the detector is told (body_error), its text is still looked at", function()

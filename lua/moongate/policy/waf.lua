@@ -285,7 +285,7 @@ end
 local function read_body(self, req, headers)
   local cl = header_of(headers, "content-length")
   local te = header_of(headers, "transfer-encoding")
-  if not te and (not cl or cl == "0") then return nil, false end
+  if not te and (not cl or tonumber(cl) == 0) then return nil, false end
   if not collect.kind(header_of(headers, "content-type")) then return nil, false end
   local n = cl and tonumber(cl)
   if n then
