@@ -596,6 +596,14 @@ end
 ---------------------------------------------------------------- per request
 
 local whole_classes = { cmdi = true, ldap = true }
+-- header names every client sends (their bytes need no check)
+local good_names = {}
+for n in ([[host user-agent accept accept-language accept-encoding connection cookie referer
+  content-type content-length cache-control pragma origin authorization upgrade-insecure-requests
+  sec-fetch-dest sec-fetch-mode sec-fetch-site sec-fetch-user dnt te if-none-match
+  if-modified-since x-requested-with x-forwarded-for x-forwarded-proto x-real-ip
+  sec-ch-ua sec-ch-ua-mobile sec-ch-ua-platform priority]]):gmatch("%S+") do good_names[n] = true end
+local WHOLE_BYTES = SEMI + PIPE + BT + LP + RP + LT + GT + DOL + NL + SQ + DQ + BS + BRACE
 local allowed_methods = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true,
   DELETE = true, OPTIONS = true }
 local allowed_versions = { ["1.0"] = true, ["1.1"] = true, ["2"] = true, ["2.0"] = true, ["3"] = true }
@@ -665,7 +673,8 @@ function Engine:request(info, hits)
   for k = 1, #headers do
     local h = headers[k]
     local name, v = h[1], h[2] or ""
-    if string_find(v, "[%z\1-\8\11-\31\127]") or string_find(name, "[^%w!#%$%%&'*+%.%^_`|~%-]") then
+    if (band(scan(v), CTL) ~= 0 and string_find(v, "[%z\1-\8\11-\31\127]"))
+        or (not good_names[name] and string_find(name, "[^%w!#%$%%&'*+%.%^_`|~%-]")) then
       hit(self, hits, 920200, "REQUEST_HEADERS:" .. name, v)
     end
     if name == "user-agent" then ua = v
@@ -697,23 +706,36 @@ function Engine:request(info, hits)
   -- them differently (or a shell that gets them) sees "&& id", "a)(&)",
   -- "; wget ..." where the split values do not
   if q and string_find(q, "[&;]") then
-    local d = decode.normalize(q, true)
-    run_classes(self, d, "QUERY_STRING", whole_classes, hits)
-    local k = xss.detect(d)
-    if k then hit(self, hits, xss_ids[k], "QUERY_STRING", d) end
+    local d, m = q, scan(q)
+    if any(m, PCT) or has(q, "+") then d = decode.url_repeat(q, true); m = scan(d) end
+    if has(d, "&#") then d = decode.normalize(d); m = scan(d) end
+    if any(m, WHOLE_BYTES) or has(d, "&&") or string_find(d, "&[^=&]*%s[^=&]*&") or string_find(d, "&[^=&]*%s[^=&]*$") then
+      run_classes(self, d, "QUERY_STRING", whole_classes, hits, m)
+      if any(m, XSS_BYTES) then
+        local k = xss.detect(d)
+        if k then hit(self, hits, xss_ids[k], "QUERY_STRING", d) end
+      end
+    end
   end
   if cookie and string_find(cookie, ";", 1, true) then
     run_classes(self, decode.normalize(cookie, false), "REQUEST_HEADERS:Cookie", whole_classes, hits)
   end
-  if ua and ua ~= "" then
+  if ua and ua ~= "" and not self.ua_clean[ua] then
     local l = string_lower(ua)
+    local found = false
     for i = 1, #scanner_ua do
       if string_find(l, scanner_ua[i], 1, true) then
         hit(self, hits, 913100, "REQUEST_HEADERS:User-Agent", ua)
+        found = true
         break
       end
     end
-  else
+    if not found and #ua <= CACHE_LEN then
+      if self.nua >= CACHE_MAX then self.ua_clean, self.nua = {}, 0 end
+      self.ua_clean[ua] = true
+      self.nua = self.nua + 1
+    end
+  elseif not ua or ua == "" then
     hit(self, hits, 920250, "REQUEST_HEADERS:User-Agent", "")
   end
   local path = info.path and string_lower(info.path)
@@ -723,7 +745,14 @@ function Engine:request(info, hits)
     end
   end
   -- one name repeated many times (HTTP parameter pollution)
+  local amps, at = 0, 0
   if q and #q > 20 then
+    repeat
+      at = string_find(q, "&", at + 1, true)
+      amps = amps + (at and 1 or 0)
+    until not at or amps >= 7
+  end
+  if amps >= 7 then
     local counts, worst = {}, 0
     for name in string.gmatch(q, "([^&=]+)=?[^&]*") do
       local c = (counts[name] or 0) + 1
@@ -745,7 +774,7 @@ function _M.new(opts)
     return nil, "paranoia must be an integer from 1 to 4"
   end
   local C = opts.lib or mgffi.C
-  local self = setmetatable({ paranoia = paranoia, C = C, rx = {}, clean = {}, ncached = 0 }, Engine)
+  local self = setmetatable({ paranoia = paranoia, C = C, rx = {}, clean = {}, ncached = 0, ua_clean = {}, nua = 0 }, Engine)
   for _, class in ipairs(class_order) do
     local rx, ids, err = compile_class(C, classes[class], paranoia)
     if err then return nil, err end
