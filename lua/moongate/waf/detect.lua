@@ -160,17 +160,58 @@ local xss_ids = { tag = 941100, handler = 941110, ["break"] = 941120, scheme = 9
 -- 942 SQLi (moongate.waf.sqli)
 rule(942100, "sqli", 5, 1, "SQL injection (tokenizer)")
 
--- which bytes a class needs before its pattern is worth running (Lua patterns)
+-- One pass over a value's bytes (a compiled LuaJIT loop over a lookup
+-- table) says which of the bytes the rules care about it has, as a bit mask;
+-- every "is this class worth running" question is then a bit test.
+local band, bor = bit.band, bit.bor
+local SQ, DQ, BT, LT, GT, LP, RP, SEMI, AMP, PIPE, DOL, BRACE, SL, BS, NL, EQ, COL, HASH, AT, BRK,
+      PCT, STAR, HI, CTL, UND, DOT =
+  0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000, 0x4000,
+  0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000, 0x800000, 0x1000000,
+  0x2000000
+-- bytes that carry nothing by themselves: letters, digits, space, . , - _ ? ! + ~ ^
+-- and UTF-8 (but for overlong leads C0 C1 E0 and E2, which starts U+2216 "∖")
+local NOT_PLAIN = bit.bnot(bor(UND, DOT))
+local byte_bits = ffi.new("uint32_t[256]")
+do
+  local map = { ["'"] = SQ, ['"'] = DQ, ["`"] = BT, ["<"] = LT, [">"] = GT, ["("] = LP, [")"] = RP,
+    [";"] = SEMI, ["&"] = AMP, ["|"] = PIPE, ["$"] = DOL, ["{"] = BRACE, ["}"] = BRACE, ["/"] = SL,
+    ["\\"] = BS, ["\r"] = NL, ["\n"] = NL, ["="] = EQ, [":"] = COL, ["#"] = HASH, ["@"] = AT,
+    ["["] = BRK, ["]"] = BRK, ["%"] = PCT, ["*"] = STAR, ["_"] = UND, ["."] = DOT }
+  for c = 0, 31 do byte_bits[c] = CTL end
+  byte_bits[127] = CTL
+  for k, v in pairs(map) do byte_bits[string_byte(k)] = v end
+  for _, c in ipairs({ 0xC0, 0xC1, 0xE0, 0xE2 }) do byte_bits[c] = HI end
+end
+local function scan(s)
+  local p, m = ffi.cast("const uint8_t *", s), 0
+  for i = 0, #s - 1 do m = bor(m, byte_bits[p[i]]) end
+  return m
+end
+_M.scan = scan
+
+-- what a value must have before a class's pattern is worth running
+local function has(d, lit) return string_find(d, lit, 1, true) ~= nil end
+local function any(m, bits) return band(m, bits) ~= 0 end
 local triggers = {
-  lfi = "[%./\\:]",
-  cmdi = "[;&|\n\r`%$(){}/?*]",
-  php = "[<(%$:]",
-  code = "[{}()%$#_<@.]",
-  nosqli = "[%$'\".]",
-  ldap = "[()]",
-  xxe = "<!",
-  crlf = "[\r\n]",
+  lfi = function(d, m)
+    return any(m, SL + BS + HI) or (any(m, DOT) and (has(d, ".env") or has(d, ".ht") or has(d, "boot.ini")))
+  end,
+  cmdi = function(d, m)
+    return any(m, SEMI + AMP + PIPE + NL + BT + BRACE + SL + DOL) or band(m, LP + RP) == LP + RP
+  end,
+  php = function(d, m) return any(m, LT + DOL + LP + COL) end,
+  code = function(d, m)
+    return any(m, BRACE + HASH + UND + LT + AT + DOL + BRK + LP) or has(d, "java.") or has(d, "prototype")
+  end,
+  nosqli = function(d, m) return any(m, DOL + SEMI) or has(d, "this.") end,
+  ldap = function(d, m) return any(m, LP) and any(m, RP + PIPE + AMP) end,
+  xxe = function(d, m) return any(m, LT) and has(d, "<!") or has(d, "nclude") end,
+  crlf = function(d, m) return any(m, NL) end,
 }
+local SQL_BYTES = SQ + DQ + BT + SEMI + LP + RP + EQ + LT + GT + PIPE + AMP + HASH + AT + STAR + SL
+local XSS_BYTES = LT + GT + SQ + DQ + BT + COL + EQ
+
 -- classes looked at for each kind of value (collect's `where`)
 local ALL = { lfi = true, cmdi = true, php = true, code = true, nosqli = true, ldap = true, xxe = true, crlf = true }
 local where_classes = {
@@ -238,11 +279,12 @@ local function hit(self, hits, id, var, s, a, b)
     match = s and excerpt(s, a, b) or "" }
 end
 
-local function run_classes(self, d, var, which, hits)
+local function run_classes(self, d, var, which, hits, m)
   local len = #d
+  m = m or scan(d)
   for i = 1, #self.rx do
     local c = self.rx[i]
-    if which[c.class] and string_find(d, c.trigger) then
+    if which[c.class] and c.trigger(d, m) then
       local rc = self.C.mg_rx_match(c.rx, d, len, ovec, 32)
       if rc > 0 then
         -- the first group that is set is the rule that matched
@@ -445,25 +487,27 @@ local script_ext = {}
 for w in ([=[php php3 php4 php5 php7 phtml phar pht phps asp aspx ashx asmx jsp jspx cgi pl
   py rb sh shtml cfm htaccess]=]):gmatch("%S+") do script_ext[w] = true end
 
-local function check(self, d, var, where, hits)
+local function check(self, d, var, where, hits, m)
   local which = where_classes[where] or ALL
   local tok = tokenizers[where] or tokenizers.arg
-  if tok.sqli then
+  if tok.sqli and (any(m, SQL_BYTES) or has(d, "--")) then
     local r = sqli.detect(d)
     if r then hit(self, hits, 942100, var, d) end
   end
-  if tok.xss then
+  if tok.xss and any(m, XSS_BYTES) then
     local k = xss.detect(d)
     if k then hit(self, hits, xss_ids[k], var, d) end
   end
-  if tok.url and string_find(d, "[/\\][/\\]") then urls(self, d, var, where, hits) end
-  if tok.url and string_find(d, "^%s*\\\\[%w.%-]+\\") then hit(self, hits, 931120, var, d) end
-  if string_find(d, "${", 1, true) then
+  if tok.url and any(m, SL + BS) then
+    if string_find(d, "[/\\][/\\]") then urls(self, d, var, where, hits) end
+    if string_find(d, "^%s*\\\\[%w.%-]+\\") then hit(self, hits, 931120, var, d) end
+  end
+  if any(m, DOL) and has(d, "${") then
     local t = strip_lookups(d)
     if t ~= d then run_classes(self, t, var, { code = true }, hits) end
   end
-  run_classes(self, d, var, which, hits)
-  if which.cmdi and string_find(d, "['\"\\]") or string_find(d, "IFS", 1, true) then
+  run_classes(self, d, var, which, hits, m)
+  if which.cmdi and (any(m, SQ + DQ + BS) or has(d, "IFS")) then
     local t = unquote_shell(d)
     if t ~= d then run_classes(self, t, var, { cmdi = true, lfi = true }, hits) end
   end
@@ -478,10 +522,31 @@ local function names(self, v, var, where, hits)
   end
 end
 
+-- Header values repeat from request to request (a browser's User-Agent): the
+-- ones that hit nothing are remembered (at most CACHE_MAX of them, up to
+-- CACHE_LEN bytes each; the set starts over when full) and not looked at again.
+local CACHE_MAX, CACHE_LEN = 512, 512
+
 --- Looks at one collected value (moongate.waf.collect's `v`, `var`, `where`);
 --- appends what matched to `hits`.
 function Engine:value(v, var, where, hits)
   if type(v) ~= "string" or v == "" then return end
+  if where == "header" and #v <= CACHE_LEN then
+    local cache = self.clean
+    if cache[v] then return end
+    local before = #hits
+    self:look(v, var, where, hits)
+    if #hits == before then
+      if self.ncached >= CACHE_MAX then self.clean, self.ncached = {}, 0; cache = self.clean end
+      cache[v] = true
+      self.ncached = self.ncached + 1
+    end
+    return
+  end
+  return self:look(v, var, where, hits)
+end
+
+function Engine:look(v, var, where, hits)
   if where == "path_raw" or where == "cookie_name" then return end
   if where == "json_key" then
     if string_find(v, "[%$_]") then names(self, v, var, where, hits) end
@@ -500,29 +565,45 @@ function Engine:value(v, var, where, hits)
   end
   -- base64 of something else (the whole value)
   local n = #v
-  if n >= 16 and not string_find(v, "[^%w%+/=_%-]") then
+  local m = scan(v)
+  if n >= 16 and band(m, bit.bnot(UND)) == 0 and not string_find(v, "[^%w%+/=_%-]") then
     local b = decode.base64(v)
-    if b and string_find(b, "[^%w%s%.,_%-]") then check(self, b, var, where, hits) end
+    if b then
+      local mb = scan(b)
+      if band(mb, NOT_PLAIN) ~= 0 then check(self, b, var, where, hits, mb) end
+    end
   end
   -- plain words and numbers: nothing any rule needs, but for SQL made of
-  -- words alone ("1 union select name from users", "5 having 1")
-  if not string_find(v, "[^%w _%.,%-]") then
-    if n > 8 and string_find(v, " ", 1, true) and (string_find(v, "[sS][eE][lL][eE][cC][tT]")
-        or string_find(v, "[hH][aA][vV][iI][nN][gG]") or string_find(v, "[wW][aA][iI][tT][fF][oO][rR]")) then
+  -- words alone ("1 union select name from users", "5 having 1") and a Java
+  -- serialised object in base64
+  if band(m, NOT_PLAIN) == 0 then
+    local l = n > 8 and string_find(v, " ", 1, true) and string_lower(v)
+    if l and (string_find(l, "select", 1, true) or string_find(l, "having", 1, true)
+        or string_find(l, "waitfor", 1, true)) then
       if sqli.detect(v) then hit(self, hits, 942100, var, v) end
     end
+    if n >= 16 and has(v, "rO0AB") then run_classes(self, v, var, { code = true }, hits, m) end
     return
   end
-  if where ~= "header" and (string_find(v, "%z") or string_find(v, "%00", 1, true)) then
+  if where ~= "header" and (any(m, CTL) and has(v, "\0") or any(m, PCT) and has(v, "%00")) then
     hit(self, hits, 920240, var, v)
   end
   local d = decode.normalize(v, false)
-  check(self, d, var, where, hits)
+  if d ~= v then m = scan(d) end
+  check(self, d, var, where, hits, m)
 end
 
 ---------------------------------------------------------------- per request
 
 local whole_classes = { cmdi = true, ldap = true }
+-- header names every client sends (their bytes need no check)
+local good_names = {}
+for n in ([[host user-agent accept accept-language accept-encoding connection cookie referer
+  content-type content-length cache-control pragma origin authorization upgrade-insecure-requests
+  sec-fetch-dest sec-fetch-mode sec-fetch-site sec-fetch-user dnt te if-none-match
+  if-modified-since x-requested-with x-forwarded-for x-forwarded-proto x-real-ip
+  sec-ch-ua sec-ch-ua-mobile sec-ch-ua-platform priority]]):gmatch("%S+") do good_names[n] = true end
+local WHOLE_BYTES = SEMI + PIPE + BT + LP + RP + LT + GT + DOL + NL + SQ + DQ + BS + BRACE
 local allowed_methods = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true,
   DELETE = true, OPTIONS = true }
 local allowed_versions = { ["1.0"] = true, ["1.1"] = true, ["2"] = true, ["2.0"] = true, ["3"] = true }
@@ -592,7 +673,8 @@ function Engine:request(info, hits)
   for k = 1, #headers do
     local h = headers[k]
     local name, v = h[1], h[2] or ""
-    if string_find(v, "[%z\1-\8\11-\31\127]") or string_find(name, "[^%w!#%$%%&'*+%.%^_`|~%-]") then
+    if (band(scan(v), CTL) ~= 0 and string_find(v, "[%z\1-\8\11-\31\127]"))
+        or (not good_names[name] and string_find(name, "[^%w!#%$%%&'*+%.%^_`|~%-]")) then
       hit(self, hits, 920200, "REQUEST_HEADERS:" .. name, v)
     end
     if name == "user-agent" then ua = v
@@ -624,23 +706,36 @@ function Engine:request(info, hits)
   -- them differently (or a shell that gets them) sees "&& id", "a)(&)",
   -- "; wget ..." where the split values do not
   if q and string_find(q, "[&;]") then
-    local d = decode.normalize(q, true)
-    run_classes(self, d, "QUERY_STRING", whole_classes, hits)
-    local k = xss.detect(d)
-    if k then hit(self, hits, xss_ids[k], "QUERY_STRING", d) end
+    local d, m = q, scan(q)
+    if any(m, PCT) or has(q, "+") then d = decode.url_repeat(q, true); m = scan(d) end
+    if has(d, "&#") then d = decode.normalize(d); m = scan(d) end
+    if any(m, WHOLE_BYTES) or has(d, "&&") or string_find(d, "&[^=&]*%s[^=&]*&") or string_find(d, "&[^=&]*%s[^=&]*$") then
+      run_classes(self, d, "QUERY_STRING", whole_classes, hits, m)
+      if any(m, XSS_BYTES) then
+        local k = xss.detect(d)
+        if k then hit(self, hits, xss_ids[k], "QUERY_STRING", d) end
+      end
+    end
   end
   if cookie and string_find(cookie, ";", 1, true) then
     run_classes(self, decode.normalize(cookie, false), "REQUEST_HEADERS:Cookie", whole_classes, hits)
   end
-  if ua and ua ~= "" then
+  if ua and ua ~= "" and not self.ua_clean[ua] then
     local l = string_lower(ua)
+    local found = false
     for i = 1, #scanner_ua do
       if string_find(l, scanner_ua[i], 1, true) then
         hit(self, hits, 913100, "REQUEST_HEADERS:User-Agent", ua)
+        found = true
         break
       end
     end
-  else
+    if not found and #ua <= CACHE_LEN then
+      if self.nua >= CACHE_MAX then self.ua_clean, self.nua = {}, 0 end
+      self.ua_clean[ua] = true
+      self.nua = self.nua + 1
+    end
+  elseif not ua or ua == "" then
     hit(self, hits, 920250, "REQUEST_HEADERS:User-Agent", "")
   end
   local path = info.path and string_lower(info.path)
@@ -650,7 +745,14 @@ function Engine:request(info, hits)
     end
   end
   -- one name repeated many times (HTTP parameter pollution)
+  local amps, at = 0, 0
   if q and #q > 20 then
+    repeat
+      at = string_find(q, "&", at + 1, true)
+      amps = amps + (at and 1 or 0)
+    until not at or amps >= 7
+  end
+  if amps >= 7 then
     local counts, worst = {}, 0
     for name in string.gmatch(q, "([^&=]+)=?[^&]*") do
       local c = (counts[name] or 0) + 1
@@ -672,12 +774,12 @@ function _M.new(opts)
     return nil, "paranoia must be an integer from 1 to 4"
   end
   local C = opts.lib or mgffi.C
-  local self = setmetatable({ paranoia = paranoia, C = C, rx = {} }, Engine)
+  local self = setmetatable({ paranoia = paranoia, C = C, rx = {}, clean = {}, ncached = 0, ua_clean = {}, nua = 0 }, Engine)
   for _, class in ipairs(class_order) do
     local rx, ids, err = compile_class(C, classes[class], paranoia)
     if err then return nil, err end
     if rx then
-      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, trigger = triggers[class] or "." }
+      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, trigger = triggers[class] }
     end
   end
   return self
