@@ -42,6 +42,11 @@ for c = 48, 57 do HEX[c] = c - 48 end
 for c = 65, 70 do HEX[c] = c - 55 end
 for c = 97, 102 do HEX[c] = c - 87 end
 
+-- byte -> byte, with '+' -> ' ' (PLUS) or not (SAME)
+local SAME, PLUS = ffi.new("uint8_t[256]"), ffi.new("uint8_t[256]")
+for c = 0, 255 do SAME[c] = c; PLUS[c] = c end
+PLUS[43] = 32
+
 local function unescape(s, plus)
   if not string_find(s, "%", 1, true) and not (plus and string_find(s, "+", 1, true)) then return s end
   local n = #s
@@ -49,18 +54,21 @@ local function unescape(s, plus)
     buf_size = n < 256 and 256 or n
     buf = ffi.new("uint8_t[?]", buf_size)
   end
+  local map = plus and PLUS or SAME
   local p = ffi_cast("const uint8_t *", s)
   local o, i = 0, 0
   while i < n do
     local b = p[i]
-    if b == 37 and i + 2 < n and HEX[p[i + 1]] >= 0 and HEX[p[i + 2]] >= 0 then
-      b = HEX[p[i + 1]] * 16 + HEX[p[i + 2]]
+    if b ~= 37 then
+      buf[o] = map[b]
+      i = i + 1
+    elseif i + 2 < n and HEX[p[i + 1]] >= 0 and HEX[p[i + 2]] >= 0 then
+      buf[o] = HEX[p[i + 1]] * 16 + HEX[p[i + 2]]
       i = i + 3
     else
-      if b == 43 and plus then b = 32 end
+      buf[o] = 37
       i = i + 1
     end
-    buf[o] = b
     o = o + 1
   end
   return ffi_string(buf, o)
