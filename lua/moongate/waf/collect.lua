@@ -451,14 +451,27 @@ local function wanted_header(name, value)
   return string_find(value, "${", 1, true) or string_find(value, "() {", 1, true)
 end
 
+-- s[i..j] without the spaces and tabs around it
+local function trim(s, i, j)
+  local b = string_byte(s, i)
+  while i <= j and (b == 32 or b == 9) do i = i + 1; b = string_byte(s, i) end
+  b = string_byte(s, j)
+  while j >= i and (b == 32 or b == 9) do j = j - 1; b = string_byte(s, j) end
+  return string_sub(s, i, j)
+end
+
 local function collect_cookies(st, value)
   local pos, len = 1, #value
   while pos <= len and not st.info.too_many do
     local semi = string_find(value, ";", pos, true) or len + 1
-    local a, _, name, v = string_find(string_sub(value, pos, semi - 1), "^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if a and name ~= "" then
-      add(st, name, "REQUEST_COOKIES_NAMES:" .. name, "cookie_name")
-      if v ~= "" then add(st, unescape(v), "REQUEST_COOKIES:" .. name, "cookie") end
+    local eq = string_find(value, "=", pos, true)
+    if eq and eq < semi then
+      local name = trim(value, pos, eq - 1)
+      if name ~= "" then
+        add(st, name, "REQUEST_COOKIES_NAMES:" .. name, "cookie_name")
+        local v = trim(value, eq + 1, semi - 1)
+        if v ~= "" then add(st, unescape(v), "REQUEST_COOKIES:" .. name, "cookie") end
+      end
     end
     pos = semi + 1
   end
@@ -477,7 +490,7 @@ function _M.request(method, target, headers, body, opts)
   local path_raw, query = target, nil
   local q = string_find(target, "?", 1, true)
   if q then path_raw, query = string_sub(target, 1, q - 1), string_sub(target, q + 1) end
-  local authority = string.match(path_raw, "^%a[%w+.-]*://([^/]*)")
+  local authority = string_byte(path_raw, 1) ~= 47 and string.match(path_raw, "^%a[%w+.-]*://([^/]*)")
   if authority then
     path_raw = string_sub(path_raw, #string.match(path_raw, "^%a[%w+.-]*://") + #authority + 1)
     if path_raw == "" then path_raw = "/" end
