@@ -50,12 +50,11 @@ local function is_space(b) return b == 32 or (b >= 9 and b <= 13) or b == 160 en
 --- { kind, text } with at most `max` tokens (an injection shows early).
 local function tokenize(s, quote, max)
   local toks, n, i, len = {}, 0, 1, #s
-  local function add(kind, text) n = n + 1; toks[n] = { kind, text } end
   if quote then
     -- the value continues a literal: it is a string up to its first `quote`
     local j = string_find(s, quote, 1, true)
     if not j then return toks end -- never leaves the literal: plain data
-    add(STR, string_sub(s, 1, j - 1))
+    n = n + 1; toks[n] = { STR, string_sub(s, 1, j - 1) }
     i = j + 1
   end
   while i <= len and n < max do
@@ -64,18 +63,18 @@ local function tokenize(s, quote, max)
       i = i + 1
     elseif b == 39 or b == 34 or b == 96 then -- ' " `
       local j = string_find(s, string.char(b), i + 1, true)
-      add(STR, string_sub(s, i + 1, (j or len + 1) - 1))
+      n = n + 1; toks[n] = { STR, string_sub(s, i + 1, (j or len + 1) - 1) }
       i = (j or len) + 1
     elseif is_digit(b) or (b == 46 and i < len and is_digit(string_byte(s, i + 1))) then
       local j = i
       if b == 48 and (string_byte(s, i + 1) == 120 or string_byte(s, i + 1) == 88) then j = i + 2 end
       while j <= len and (is_word(string_byte(s, j)) or string_byte(s, j) == 46) do j = j + 1 end
-      add(NUM, string_sub(s, i, j - 1))
+      n = n + 1; toks[n] = { NUM, string_sub(s, i, j - 1) }
       i = j
     elseif b == 64 then -- @var, @@version
       local j = i + 1
       while j <= len and (is_word(string_byte(s, j)) or string_byte(s, j) == 64) do j = j + 1 end
-      add(VAR, string_lower(string_sub(s, i, j - 1)))
+      n = n + 1; toks[n] = { VAR, string_lower(string_sub(s, i, j - 1)) }
       i = j
     elseif is_word(b) then
       local j = i
@@ -84,35 +83,35 @@ local function tokenize(s, quote, max)
       local k = j
       while k <= len and is_space(string_byte(s, k)) do k = k + 1 end
       local base = w:match("([%w_$]+)$") or w
-      if logic[w] then add(LOGIC, w)
-      elseif word_ops[w] then add(OP, w)
-      elseif string_byte(s, k) == 40 and not keywords[w] then add(FUNC, base)
-      elseif keywords[w] then add(KEY, w)
-      else add(WORD, w) end
+      if logic[w] then n = n + 1; toks[n] = { LOGIC, w }
+      elseif word_ops[w] then n = n + 1; toks[n] = { OP, w }
+      elseif string_byte(s, k) == 40 and not keywords[w] then n = n + 1; toks[n] = { FUNC, base }
+      elseif keywords[w] then n = n + 1; toks[n] = { KEY, w }
+      else n = n + 1; toks[n] = { WORD, w } end
       i = j
     elseif b == 45 and string_byte(s, i + 1) == 45 then
-      add(COMMENT, "--"); break
+      n = n + 1; toks[n] = { COMMENT, "--" }; break
     elseif b == 35 then
-      add(COMMENT, "#"); break
+      n = n + 1; toks[n] = { COMMENT, "#" }; break
     elseif b == 47 and string_byte(s, i + 1) == 42 then
       local j = string_find(s, "*/", i + 2, true)
-      if not j then add(COMMENT, "/*"); break end
+      if not j then n = n + 1; toks[n] = { COMMENT, "/*" }; break end
       i = j + 2
-    elseif b == 40 then add(LPAR, "("); i = i + 1
-    elseif b == 41 then add(RPAR, ")"); i = i + 1
-    elseif b == 44 then add(COMMA, ","); i = i + 1
-    elseif b == 59 then add(SEMI, ";"); i = i + 1
-    elseif b == 42 then add(STAR, "*"); i = i + 1
+    elseif b == 40 then n = n + 1; toks[n] = { LPAR, "(" }; i = i + 1
+    elseif b == 41 then n = n + 1; toks[n] = { RPAR, ")" }; i = i + 1
+    elseif b == 44 then n = n + 1; toks[n] = { COMMA, "," }; i = i + 1
+    elseif b == 59 then n = n + 1; toks[n] = { SEMI, ";" }; i = i + 1
+    elseif b == 42 then n = n + 1; toks[n] = { STAR, "*" }; i = i + 1
     elseif (b == 124 and string_byte(s, i + 1) == 124) or (b == 38 and string_byte(s, i + 1) == 38) then
-      add(LOGIC, string_sub(s, i, i + 1)); i = i + 2
+      n = n + 1; toks[n] = { LOGIC, string_sub(s, i, i + 1) }; i = i + 2
     elseif b == 61 or b == 60 or b == 62 or b == 33 or b == 43 or b == 45 or b == 47
         or b == 37 or b == 94 or b == 124 or b == 38 or b == 126 then
       local j = i + 1
       while j <= len and string_find("=<>!|&", string_sub(s, j, j), 1, true) do j = j + 1 end
-      add(OP, string_sub(s, i, j - 1))
+      n = n + 1; toks[n] = { OP, string_sub(s, i, j - 1) }
       i = j
     else
-      add("x", string_sub(s, i, i)); i = i + 1
+      n = n + 1; toks[n] = { "x", string_sub(s, i, i) }; i = i + 1
     end
   end
   return toks

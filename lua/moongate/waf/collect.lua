@@ -1,0 +1,550 @@
+-- moongate.waf.collect: the WAF's variables (issue 14, "waf"; docs/waf.md).
+-- One call per request turns the method, the request-target, the headers and
+-- the (bounded) body into a flat list of values, each with the name a rule or
+-- an exclusion uses for it (`ARGS:q`, `JSON:$.a.b[0]`, `REQUEST_HEADERS:User-Agent`)
+-- and the place it came from (`where`, which tells the detectors how to look).
+--
+--   local values, info = collect.request(method, target, headers, body, opts)
+--
+-- headers: array of { lowercase name, value } in arrival order.
+-- body: nil or a string the caller already cut to its body limit
+-- (opts.truncated = true when it did). opts.version is the HTTP version
+-- ("1.1"), opts.max_values the value bound (default 1024).
+--
+-- Nothing here raises on hostile input: a body of a declared type that does not
+-- parse sets info.body_error (and the body is handed on whole as "body_raw"),
+-- more than max_values values sets info.too_many and stops collecting.
+-- Pure Lua byte loops; no table per byte or token.
+local string_byte, string_find, string_sub, string_char, string_lower, string_gsub =
+      string.byte, string.find, string.sub, string.char, string.lower, string.gsub
+local tonumber, type = tonumber, type
+local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local ffi = require "ffi"
+local ffi_string, ffi_cast = ffi.string, ffi.cast
+
+local _M = {}
+
+local MAX_VALUES = 1024
+local MAX_DEPTH = 64
+local MAX_PARTS = 128
+local MAX_VAR = 200          -- a variable name longer than this is cut (hostile keys)
+
+_M.MAX_VALUES, _M.MAX_DEPTH, _M.MAX_PARTS = MAX_VALUES, MAX_DEPTH, MAX_PARTS
+
+-- Percent-decoding, once: %HH only (the detectors undo %uHHHH, double
+-- encodings and the rest themselves). `plus`: '+' is a space (query, form).
+-- A byte loop into a reused buffer (LuaJIT compiles it; gsub with a function
+-- is not compiled).
+local buf, buf_size = nil, 0
+local HEX = ffi.new("int8_t[256]")
+for c = 0, 255 do HEX[c] = -1 end
+for c = 48, 57 do HEX[c] = c - 48 end
+for c = 65, 70 do HEX[c] = c - 55 end
+for c = 97, 102 do HEX[c] = c - 87 end
+
+-- byte -> byte, with '+' -> ' ' (PLUS) or not (SAME)
+local SAME, PLUS = ffi.new("uint8_t[256]"), ffi.new("uint8_t[256]")
+for c = 0, 255 do SAME[c] = c; PLUS[c] = c end
+PLUS[43] = 32
+
+local function unescape(s, plus)
+  if not string_find(s, "%", 1, true) and not (plus and string_find(s, "+", 1, true)) then return s end
+  local n = #s
+  if n > buf_size then
+    buf_size = n < 256 and 256 or n
+    buf = ffi.new("uint8_t[?]", buf_size)
+  end
+  local map = plus and PLUS or SAME
+  local p = ffi_cast("const uint8_t *", s)
+  local o, i = 0, 0
+  while i < n do
+    local b = p[i]
+    if b ~= 37 then
+      buf[o] = map[b]
+      i = i + 1
+    elseif i + 2 < n and HEX[p[i + 1]] >= 0 and HEX[p[i + 2]] >= 0 then
+      buf[o] = HEX[p[i + 1]] * 16 + HEX[p[i + 2]]
+      i = i + 3
+    else
+      buf[o] = 37
+      i = i + 1
+    end
+    o = o + 1
+  end
+  return ffi_string(buf, o)
+end
+_M.unescape = unescape
+
+-- "user-agent" -> "User-Agent", as ModSecurity users write them.
+local function canonical(name)
+  return (string_gsub(name, "%f[%w]%l", string.upper))
+end
+_M.canonical = canonical
+
+-- The collector's state for one request: the values array, its count, the
+-- bound, and info (for too_many).
+local function add(st, v, var, where)
+  local n = st.n
+  if n >= st.max then st.info.too_many = true; return false end
+  if #var > MAX_VAR then var = string_sub(var, 1, MAX_VAR) end
+  n = n + 1
+  st.n = n
+  st.values[n] = { v = v, var = var, where = where }
+  return true
+end
+
+-- name=value&name=value (query string or form body): every occurrence of a
+-- repeated name, names with brackets kept as written. Empty values are counted
+-- but not collected (nothing to look at).
+local function split_args(st, s, prefix)
+  local info = st.info
+  local pos, len = 1, #s
+  while pos <= len do
+    local amp = string_find(s, "&", pos, true) or len + 1
+    if amp > pos then
+      info.arg_count = info.arg_count + 1
+      if info.too_many then
+        -- only count what is left (cheap), collect nothing more
+      else
+        local eq = string_find(s, "=", pos, true)
+        local name, value
+        if eq and eq < amp then
+          name, value = string_sub(s, pos, eq - 1), string_sub(s, eq + 1, amp - 1)
+        else
+          name, value = string_sub(s, pos, amp - 1), ""
+        end
+        name = unescape(name, true)
+        if name ~= "" then add(st, name, "ARGS_NAMES:" .. name, "arg_name") end
+        if value ~= "" then add(st, unescape(value, true), prefix .. name, "arg") end
+      end
+    end
+    pos = amp + 1
+  end
+end
+
+---------------------------------------------------------------- JSON
+-- A walker over the bytes (no table built for the document): string and number
+-- values as "body" under their path `JSON:$.a.b[0]`, object keys as "json_key"
+-- under the path of their member. Errors return a message; the caller keeps
+-- what was collected before the error.
+
+local B_QUOTE, B_BSLASH, B_LBRACE, B_RBRACE, B_LBRACK, B_RBRACK, B_COMMA, B_COLON =
+      34, 92, 123, 125, 91, 93, 44, 58
+
+local ESC = { [34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f",
+              [110] = "\n", [114] = "\r", [116] = "\t" }
+
+local function utf8(cp)
+  if cp < 0x80 then return string_char(cp) end
+  if cp < 0x800 then return string_char(bor(0xC0, rshift(cp, 6)), bor(0x80, band(cp, 0x3F))) end
+  if cp < 0x10000 then
+    return string_char(bor(0xE0, rshift(cp, 12)), bor(0x80, band(rshift(cp, 6), 0x3F)),
+      bor(0x80, band(cp, 0x3F)))
+  end
+  return string_char(bor(0xF0, rshift(cp, 18)), bor(0x80, band(rshift(cp, 12), 0x3F)),
+    bor(0x80, band(rshift(cp, 6), 0x3F)), bor(0x80, band(cp, 0x3F)))
+end
+
+local function skip_ws(s, i)
+  local b = string_byte(s, i)
+  while b == 32 or b == 9 or b == 10 or b == 13 do i = i + 1; b = string_byte(s, i) end
+  return i, b
+end
+
+-- The string starting at s[i] == '"': returns the unescaped string and the
+-- index after the closing quote, or nil, message.
+local function json_string(s, i)
+  local start = i + 1
+  local q = string_find(s, '["\\]', start)
+  if not q then return nil, "unterminated string" end
+  if string_byte(s, q) == B_QUOTE then return string_sub(s, start, q - 1), q + 1 end
+  local parts, np = {}, 0
+  local from = start
+  while true do
+    q = string_find(s, '["\\]', from)
+    if not q then return nil, "unterminated string" end
+    if q > from then np = np + 1; parts[np] = string_sub(s, from, q - 1) end
+    if string_byte(s, q) == B_QUOTE then
+      return table.concat(parts, "", 1, np), q + 1
+    end
+    local e = string_byte(s, q + 1)
+    if e == 117 then -- \uXXXX, a surrogate pair as one code point
+      local h = string_sub(s, q + 2, q + 5)
+      if not string_find(h, "^%x%x%x%x$") then return nil, "bad \\u escape at byte " .. q end
+      local cp = tonumber(h, 16)
+      from = q + 6
+      if cp >= 0xD800 and cp <= 0xDBFF and string_sub(s, from, from + 1) == "\\u" then
+        local l = string_sub(s, from + 2, from + 5)
+        local lo = string_find(l, "^%x%x%x%x$") and tonumber(l, 16)
+        if lo and lo >= 0xDC00 and lo <= 0xDFFF then
+          cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
+          from = from + 6
+        end
+      end
+      np = np + 1; parts[np] = utf8(cp)
+    else
+      local c = e and ESC[e]
+      if not c then return nil, "bad escape at byte " .. q end
+      np = np + 1; parts[np] = c
+      from = q + 2
+    end
+  end
+end
+
+local function key_path(path, key)
+  if string_find(key, "^[%a_][%w_]*$") then return path .. "." .. key end
+  return path .. '["' .. key .. '"]'
+end
+
+local json_value
+
+local function json_object(st, s, i, path, depth)
+  -- s[i] == '{'
+  local b
+  i, b = skip_ws(s, i + 1)
+  if b == B_RBRACE then return i + 1 end
+  while true do
+    if b ~= B_QUOTE then return nil, "want a key at byte " .. i end
+    local key, j = json_string(s, i)
+    if not key then return nil, j end
+    local p = key_path(path, key)
+    add(st, key, "JSON:" .. p, "json_key")
+    i, b = skip_ws(s, j)
+    if b ~= B_COLON then return nil, "want ':' at byte " .. i end
+    local err
+    i, err = json_value(st, s, skip_ws(s, i + 1), p, depth)
+    if not i then return nil, err end
+    i, b = skip_ws(s, i)
+    if b == B_RBRACE then return i + 1 end
+    if b ~= B_COMMA then return nil, "want ',' or '}' at byte " .. i end
+    i, b = skip_ws(s, i + 1)
+    if st.info.too_many then return nil, "too many values" end
+  end
+end
+
+local function json_array(st, s, i, path, depth)
+  local b
+  i, b = skip_ws(s, i + 1)
+  if b == B_RBRACK then return i + 1 end
+  local k = 0
+  while true do
+    local err
+    i, err = json_value(st, s, i, path .. "[" .. k .. "]", depth)
+    if not i then return nil, err end
+    k = k + 1
+    i, b = skip_ws(s, i)
+    if b == B_RBRACK then return i + 1 end
+    if b ~= B_COMMA then return nil, "want ',' or ']' at byte " .. i end
+    i = skip_ws(s, i + 1)
+    if st.info.too_many then return nil, "too many values" end
+  end
+end
+
+function json_value(st, s, i, path, depth)
+  local b = string_byte(s, i)
+  if b == B_QUOTE then
+    local v, j = json_string(s, i)
+    if not v then return nil, j end
+    if v ~= "" then add(st, v, "JSON:" .. path, "body") end
+    return j
+  elseif b == B_LBRACE or b == B_LBRACK then
+    if depth >= MAX_DEPTH then return nil, "nesting deeper than " .. MAX_DEPTH end
+    if b == B_LBRACE then return json_object(st, s, i, path, depth + 1) end
+    return json_array(st, s, i, path, depth + 1)
+  elseif b == nil then
+    return nil, "unexpected end"
+  end
+  local w = string_find(s, "^[%-%+%.%deE]+", i)
+  if w then
+    local _, e = string_find(s, "^[%-%+%.%deE]+", i)
+    local num = string_sub(s, i, e)
+    if not tonumber(num) then return nil, "bad number at byte " .. i end
+    add(st, num, "JSON:" .. path, "body")
+    return e + 1
+  end
+  if string_sub(s, i, i + 3) == "true" or string_sub(s, i, i + 3) == "null" then return i + 4 end
+  if string_sub(s, i, i + 4) == "false" then return i + 5 end
+  return nil, "unexpected '" .. string_char(b) .. "' at byte " .. i
+end
+
+local function collect_json(st, body)
+  local i = skip_ws(body, 1)
+  local j, err = json_value(st, body, i, "$", 0)
+  if j then
+    j = skip_ws(body, j)
+    if j <= #body then err = "trailing bytes at byte " .. j end
+  end
+  return err
+end
+
+---------------------------------------------------------------- XML
+-- Not a validating parser: the whole document goes to the detectors as "xml"
+-- (DOCTYPE, ENTITY, XInclude are found there); text nodes, CDATA sections and
+-- attribute values are "body" under `XML:/a/b` and `XML:/a/b@attr`.
+
+local function xml_attrs(st, s, i, j, path)
+  -- the attributes inside s[i..j] (after the element name)
+  while i <= j do
+    local a, ae, name = string_find(s, "^%s*([^%s=/>]+)%s*=%s*", i)
+    if not a or ae > j then return end
+    local q = string_byte(s, ae + 1)
+    if q ~= 34 and q ~= 39 then return end
+    local close = string_find(s, string_char(q), ae + 2, true)
+    if not close or close > j then return end
+    local v = string_sub(s, ae + 2, close - 1)
+    if v ~= "" then add(st, v, "XML:" .. path .. "@" .. name, "body") end
+    i = close + 1
+  end
+end
+
+local function collect_xml(st, s)
+  add(st, s, "XML", "xml")
+  local stack, depth = {}, 0
+  local path = ""
+  local i, len = 1, #s
+  while i <= len do
+    local lt = string_find(s, "<", i, true)
+    local text = string_sub(s, i, (lt or len + 1) - 1)
+    if string_find(text, "%S") and depth > 0 then
+      add(st, (string_gsub(text, "^%s+", "")), "XML:" .. path, "body")
+    end
+    if not lt then break end
+    if st.info.too_many then return nil end
+    local c = string_sub(s, lt + 1, lt + 1)
+    if c == "?" then
+      local e = string_find(s, "?>", lt + 2, true)
+      if not e then return "xml: unterminated <?" end
+      i = e + 2
+    elseif string_sub(s, lt + 1, lt + 3) == "!--" then
+      local e = string_find(s, "-->", lt + 4, true)
+      if not e then return "xml: unterminated comment" end
+      i = e + 3
+    elseif string_sub(s, lt + 1, lt + 8) == "![CDATA[" then
+      local e = string_find(s, "]]>", lt + 9, true)
+      if not e then return "xml: unterminated CDATA" end
+      local v = string_sub(s, lt + 9, e - 1)
+      if v ~= "" then add(st, v, "XML:" .. path, "body") end
+      i = e + 3
+    elseif c == "!" then
+      -- <!DOCTYPE ... [ internal subset ]>: skip to the '>' after the subset
+      local e = string_find(s, "[%[>]", lt + 2)
+      if e and string_sub(s, e, e) == "[" then e = string_find(s, "]%s*>", e + 1) end
+      if not e then return "xml: unterminated <!" end
+      i = string_find(s, ">", e, true) + 1
+    elseif c == "/" then
+      local e = string_find(s, ">", lt + 2, true)
+      if not e then return "xml: unterminated end tag" end
+      local name = string.match(string_sub(s, lt + 2, e - 1), "^%s*([^%s]+)")
+      if depth == 0 or stack[depth] ~= name then return "xml: mismatched </" .. tostring(name) .. ">" end
+      stack[depth] = nil
+      depth = depth - 1
+      path = string_sub(path, 1, #path - #name - 1)
+      i = e + 1
+    else
+      local e = string_find(s, ">", lt + 1, true)
+      if not e then return "xml: unterminated tag" end
+      local _, ne, name = string_find(s, "^([^%s/>]+)", lt + 1)
+      if not name then return "xml: bad tag at byte " .. lt end
+      local self_closing = string_byte(s, e - 1) == 47
+      local elpath = path .. "/" .. name
+      xml_attrs(st, s, ne + 1, self_closing and e - 2 or e - 1, elpath)
+      if not self_closing then
+        if depth >= MAX_DEPTH then return "xml: nesting deeper than " .. MAX_DEPTH end
+        depth = depth + 1
+        stack[depth] = name
+        path = elpath
+      end
+      i = e + 1
+    end
+  end
+  if depth > 0 then return "xml: unclosed <" .. stack[depth] .. ">" end
+  return nil
+end
+
+---------------------------------------------------------------- multipart
+-- Parts split on the boundary; each part's name as "arg_name", its filename as
+-- "filename", its content as "body" under `ARGS:name` when it is a field or a
+-- text-like file (no type, text/*, *json, *xml); binary files are not looked at.
+
+local function param(h, key)
+  local v = string.match(h, ";%s*" .. key .. '%s*=%s*"([^"]*)"')
+  if v then return v end
+  return string.match(h, ";%s*" .. key .. "%s*=%s*([^%s;]+)")
+end
+
+local function text_like(ptype)
+  if not ptype then return true end
+  ptype = string_lower(ptype)
+  return string_find(ptype, "^text/") or string_find(ptype, "json") or string_find(ptype, "xml")
+end
+
+local function collect_multipart(st, body, ctype, truncated)
+  local boundary = param(ctype, "boundary")
+  if not boundary or boundary == "" then return "multipart: no boundary" end
+  local delim = "--" .. boundary
+  local s = string_find(body, delim, 1, true)
+  if not s then return "multipart: no boundary in the body" end
+  local parts = 0
+  local pos = s + #delim
+  while true do
+    if string_sub(body, pos, pos + 1) == "--" then return nil end -- the close delimiter
+    local nxt = string_find(body, delim, pos, true)
+    if not nxt and not truncated then return "multipart: no closing boundary" end
+    parts = parts + 1
+    if parts > MAX_PARTS then return "multipart: more than " .. MAX_PARTS .. " parts" end
+    local chunk = string_sub(body, pos, (nxt or #body + 1) - 1)
+    -- chunk = CRLF headers CRLF CRLF content CRLF
+    local hs, he = string_find(chunk, "\r?\n\r?\n")
+    if not hs then
+      if nxt then return "multipart: a part without a header end" end
+      return nil
+    end
+    local head = string_sub(chunk, 1, hs - 1)
+    local content = string_sub(chunk, he + 1)
+    if nxt then content = string_gsub(content, "\r?\n$", "") end
+    local disp = string.match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]%s*:([^\r\n]*)")
+    local ptype = string.match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Tt][Yy][Pp][Ee]%s*:%s*([^\r\n;]*)")
+    local name = disp and param(disp, "name") or ""
+    local filename = disp and param(disp, "filename")
+    if name ~= "" then add(st, name, "ARGS_NAMES:" .. name, "arg_name") end
+    if filename and filename ~= "" then add(st, filename, "FILES:" .. name, "filename") end
+    if content ~= "" and (not filename or text_like(ptype)) then
+      add(st, content, (filename and "FILES_CONTENT:" or "ARGS:") .. name, "body")
+    end
+    if not nxt then return nil end -- truncated: what there was
+    if st.info.too_many then return nil end
+    pos = nxt + #delim
+  end
+end
+
+---------------------------------------------------------------- the request
+
+--- What the WAF does with a body of this Content-Type: "form", "json", "xml",
+--- "multipart", "raw" (looked at whole, first body_limit bytes) or nil (binary:
+--- not read). `ct` is the header value or nil.
+function _M.kind(ct)
+  if not ct then return "raw" end
+  local t = string_lower(string.match(ct, "^%s*([^;%s]*)") or "")
+  if t == "application/x-www-form-urlencoded" then return "form" end
+  if t == "multipart/form-data" then return "multipart" end
+  if t == "application/json" or t == "text/json" or string_find(t, "%+json$") then return "json" end
+  if t == "application/xml" or t == "text/xml" or string_find(t, "%+xml$") then return "xml" end
+  if t == "" or string_find(t, "^text/") or string_find(t, "^application/") and
+     not (t == "application/octet-stream" or string_find(t, "^application/zip")
+          or string_find(t, "^application/pdf") or string_find(t, "^application/gzip")) then
+    return "raw"
+  end
+  return nil
+end
+
+-- Headers collected at every paranoia level (docs/waf.md): the ones attackers
+-- reach for; every other header only when its value has "${" or "() {".
+local HEADERS = {
+  ["user-agent"] = true, referer = true, ["x-forwarded-for"] = true, ["x-real-ip"] = true,
+  ["x-client-ip"] = true, ["x-forwarded-host"] = true, ["x-original-url"] = true,
+  ["x-rewrite-url"] = true, origin = true, ["x-http-method-override"] = true,
+}
+_M.HEADERS = HEADERS
+
+local function wanted_header(name, value)
+  if HEADERS[name] or string_sub(name, 1, 6) == "x-api-" then return true end
+  return string_find(value, "${", 1, true) or string_find(value, "() {", 1, true)
+end
+
+-- s[i..j] without the spaces and tabs around it
+local function trim(s, i, j)
+  local b = string_byte(s, i)
+  while i <= j and (b == 32 or b == 9) do i = i + 1; b = string_byte(s, i) end
+  b = string_byte(s, j)
+  while j >= i and (b == 32 or b == 9) do j = j - 1; b = string_byte(s, j) end
+  return string_sub(s, i, j)
+end
+
+local function collect_cookies(st, value)
+  local pos, len = 1, #value
+  while pos <= len and not st.info.too_many do
+    local semi = string_find(value, ";", pos, true) or len + 1
+    local eq = string_find(value, "=", pos, true)
+    if eq and eq < semi then
+      local name = trim(value, pos, eq - 1)
+      if name ~= "" then
+        add(st, name, "REQUEST_COOKIES_NAMES:" .. name, "cookie_name")
+        local v = trim(value, eq + 1, semi - 1)
+        if v ~= "" then add(st, unescape(v), "REQUEST_COOKIES:" .. name, "cookie") end
+      end
+    end
+    pos = semi + 1
+  end
+end
+
+function _M.request(method, target, headers, body, opts)
+  opts = opts or {}
+  headers = headers or {}
+  target = target or ""
+  local info = { method = method, target = target, version = opts.version,
+    headers = headers, truncated = opts.truncated and true or false, arg_count = 0 }
+  local values = {}
+  local st = { values = values, n = 0, max = opts.max_values or MAX_VALUES, info = info }
+
+  -- path and query; an absolute-form target's path starts after scheme://host
+  local path_raw, query = target, nil
+  local q = string_find(target, "?", 1, true)
+  if q then path_raw, query = string_sub(target, 1, q - 1), string_sub(target, q + 1) end
+  local authority = string_byte(path_raw, 1) ~= 47 and string.match(path_raw, "^%a[%w+.-]*://([^/]*)")
+  if authority then
+    path_raw = string_sub(path_raw, #string.match(path_raw, "^%a[%w+.-]*://") + #authority + 1)
+    if path_raw == "" then path_raw = "/" end
+  end
+  local path = unescape(path_raw)
+  info.path, info.path_raw, info.query = path, path_raw, query
+  add(st, path, "REQUEST_PATH", "path")
+  if path ~= path_raw then add(st, path_raw, "REQUEST_PATH", "path_raw") end
+  if query and query ~= "" then split_args(st, query, "ARGS:") end
+
+  for k = 1, #headers do
+    local h = headers[k]
+    local name, value = h[1], h[2] or ""
+    if name == "host" then info.host = info.host or value
+    elseif name == "content-type" then info.content_type = info.content_type or value
+    elseif name == "cookie" then collect_cookies(st, value)
+    elseif wanted_header(name, value) and value ~= "" then
+      add(st, value, "REQUEST_HEADERS:" .. canonical(name), "header")
+    end
+  end
+
+  if body and body ~= "" then
+    local kind = _M.kind(info.content_type)
+    local err
+    if kind == "form" then split_args(st, body, "ARGS:")
+    elseif kind == "json" then
+      err = collect_json(st, body)
+      if err then
+        -- a cut body ends early: that is not the client's error
+        local at = tonumber(string.match(err, "at byte (%d+)$"))
+        if info.truncated and (err == "unexpected end" or string_find(err, "^unterminated")
+                               or (at and at > #body)) then
+          err = nil
+        elseif err == "too many values" then err = nil
+        else err = "json: " .. err end
+      end
+    elseif kind == "xml" then
+      err = collect_xml(st, body)
+      if err and info.truncated and (string_find(err, "unterminated") or string_find(err, "unclosed")) then
+        err = nil
+      end
+    elseif kind == "multipart" then
+      err = collect_multipart(st, body, info.content_type, info.truncated)
+    elseif kind == "raw" then
+      add(st, body, "REQUEST_BODY", "body_raw")
+    end
+    if err then
+      info.body_error = err
+      -- what did not parse is still looked at, whole
+      if kind ~= "xml" then add(st, body, "REQUEST_BODY", "body_raw") end
+    end
+  end
+  info.count = st.n
+  return values, info
+end
+
+return _M

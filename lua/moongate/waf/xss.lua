@@ -1,0 +1,138 @@
+-- moongate.waf.xss: a small HTML/JS tokenizer that says whether a decoded value
+-- would run script if an application echoed it into a page (issue 14, "waf";
+-- docs/notes-i14-waf.md, "XSS tokenizer"). It looks for what a browser needs to
+-- run script, not for words: a tag that runs or loads script (script, iframe,
+-- svg, ...), an event handler attribute (on...=) in a tag or after a quote that
+-- would close an attribute, a javascript:/vbscript:/data:text/html URL where a
+-- browser takes a URL, and a quote that leaves a JS string to call a sink
+-- ('-alert(1)-'). Plain markup (<b>, <p>, <a href="https://...">), "<3" and
+-- "2 < 5" are none of these.
+local string_find, string_lower, string_sub, string_gsub, string_byte, string_match =
+      string.find, string.lower, string.sub, string.gsub, string.byte, string.match
+
+local _M = {}
+
+-- tags that run script or load a document or code by themselves, or that
+-- switch the parser into a mode where the next tag does (svg, math)
+local bad_tags = {}
+for t in ([[script iframe frame frameset object embed applet base meta style svg
+  math isindex xss vmlframe bgsound layer ilayer import xml portal
+  listing xmp noembed handler animate set]]):gmatch("%S+") do bad_tags[t] = true end
+
+-- event handler names (without "on"): exact names, and prefixes of families
+local events = {}
+for e in ([[load error click dblclick focus blur change submit reset select input
+  invalid toggle scroll resize abort show begin end repeat start finish message
+  hashchange popstate pageshow pagehide unload beforeunload wheel copy cut paste
+  search auxclick contextmenu readystatechange ended canplay canplaythrough
+  progress loadstart loadeddata loadedmetadata play playing pause seeked seeking
+  timeupdate volumechange waiting stalled suspend emptied ratechange durationchange
+  afterprint beforeprint storage online offline cuechange close cancel
+  securitypolicyviolation formdata slotchange visibilitychange activate
+  beforeactivate beforecopy beforecut beforepaste filterchange help]]):gmatch("%S+") do
+  events[e] = true
+end
+local event_prefixes = { "mouse", "key", "pointer", "touch", "drag", "drop", "animation",
+  "transition", "focus", "load", "before", "after", "webkit", "moz", "gesture",
+  "fullscreen", "bounce", "page", "popover" }
+
+local function is_event(name)
+  if events[name] then return true end
+  for i = 1, #event_prefixes do
+    local p = event_prefixes[i]
+    if string_sub(name, 1, #p) == p then return true end
+  end
+  return false
+end
+
+-- JS names an injection calls once it is out of a string
+local sinks = {}
+for s in ([[alert prompt confirm eval fetch document window location settimeout
+  setinterval atob function constructor top self parent frames open import
+  print xmlhttprequest navigator require]]):gmatch("%S+") do sinks[s] = true end
+
+-- the byte before a URL scheme: the start, or what ends an attribute name, a
+-- CSS url( or a quote
+local function scheme_at(l, pos)
+  if pos == 1 then return true end
+  local b = string_byte(l, pos - 1)
+  -- = ( " ' ` > , ; : (spaces were squeezed out before)
+  return b == 61 or b == 40 or b == 34 or b == 39 or b == 96 or b == 62 or b == 44 or b == 59
+    or b == 58
+end
+
+--- Whether the decoded value `s` reads as XSS: returns a rule key
+--- ("tag", "handler", "scheme", "break", "js") and a short reason, or nil.
+function _M.detect(s)
+  if not string_find(s, "[<\"'`:=]") then return nil end
+  local l = string_lower(s)
+
+  -- tags and their attributes
+  local pos = 1
+  while true do
+    local a, b, name = string_find(l, "<%s*/?([%a][%w:%-]*)", pos)
+    if not a then break end
+    if bad_tags[name] then return "tag", "<" .. name end
+    -- the tag's attributes run to its '>' (or to the end: an unclosed tag still works)
+    local gt = string_find(l, ">", b + 1, true) or #l + 1
+    local attrs = string_sub(l, b + 1, gt - 1)
+    local p = 1
+    while true do
+      local x, y, ev = string_find(attrs, "[%s/\"'`]on([a-z]+)%s*=", p)
+      if not x then break end
+      if is_event(ev) then return "handler", "<" .. name .. " on" .. ev .. "=" end
+      p = y + 1
+    end
+    if string_find(attrs, "style%s*=", 1) and (string_find(attrs, "expression%s*%(") or string_find(attrs, "behavior%s*:")) then
+      return "handler", "<" .. name .. " style=expression"
+    end
+    pos = b + 1
+  end
+
+  -- an event handler after a quote that would end the attribute it lands in:
+  -- "onmouseover="..., ' autofocus onfocus='...
+  if string_find(l, "[\"'`]") then
+    local p = 1
+    while true do
+      local x, y, ev = string_find(l, "[%s/\"'`]on([a-z]+)%s*=", p)
+      if not x then break end
+      if is_event(ev) and string_find(string_sub(l, 1, x), "[\"'`]") then
+        return "break", "quote, then on" .. ev .. "="
+      end
+      p = y + 1
+    end
+  end
+
+  -- script URLs: javascript:, vbscript:, data:text/html, with the tabs, newlines
+  -- and spaces browsers ignore inside the scheme taken out
+  if string_find(l, "script", 1, true) or string_find(l, "data", 1, true) then
+    local q = l
+    if string_find(q, "[%z\1-\32]") then q = string_gsub(q, "[%z\1-\32]+", "") end
+    for _, scheme in ipairs({ "javascript:", "vbscript:", "livescript:", "data:text/html",
+        "data:image/svg+xml", "data:application/x-javascript", "data:text/javascript" }) do
+      local x = string_find(q, scheme, 1, true)
+      while x do
+        if scheme_at(q, x) then return "scheme", scheme end
+        x = string_find(q, scheme, x + 1, true)
+      end
+    end
+  end
+
+  -- leaving a JS string to call something: '-alert(1)-'  ";alert(1);//
+  if string_find(l, "[\"'`]") and string_find(l, "[(`]") then
+    local x, y, id = string_find(l, "^%s*[\"'`][%s%)%]}]*[-+*/|&;,^%%?:]+%s*([%a_$][%w_$%.]*)%s*[(`]")
+    if x then return "js", "string break, then " .. id end
+    local p = 1
+    while true do
+      x, y, id = string_find(l, "[\"'`][%s%)%]}]*[-+*/|&;,^]+%s*([%a_$][%w_$]*)", p)
+      if not x then break end
+      if sinks[id] and string_find(l, "^[%s%.%w_$%[%]\"']*[(`=]", y + 1) then
+        return "js", "string break, then " .. id
+      end
+      p = y + 1
+    end
+  end
+  return nil
+end
+
+return _M
