@@ -13,6 +13,11 @@ mg.config {
 -- the front door
 mg.listen { "127.0.0.1:8080", name = "front" }
 
+-- a web application firewall on every route (docs/waf.md): paranoia level 1,
+-- 403 on an attack
+--   curl -i "localhost:8080/?id=1'%20union%20select%20password%20from%20users--"
+mg.use(mg.policy.waf {})
+
 -- two demo origins (stand-ins for your services)
 mg.listen { "127.0.0.1:9001", name = "origin1" }
 mg.listen { "127.0.0.1:9002", name = "origin2" }

@@ -128,6 +128,20 @@ describe("the demo proxy.lua", function()
     assert.is_number(proxied[1].upstream_time)
   end)
 
+  it("refuses attacks with 403 on every route (the global waf), lets look-alikes through", function()
+    for _, path in ipairs { "/?id=1'%20union%20select%20password%20from%20users--",
+                            "/page?file=../../../../etc/passwd",
+                            "/healthz?q=%3Cscript%3Ealert(1)%3C/script%3E" } do
+      local res = assert(proxy:request(path))
+      assert.equal(403, res.status, path)
+    end
+    for _, path in ipairs { "/?q=O'Brien%20and%20sons", "/?q=select%20your%20size",
+                            "/healthz?x=1%3C2" } do
+      local res = assert(proxy:request(path))
+      assert.equal(200, res.status, path)
+    end
+  end)
+
   it("puts /api/ behind an API key: 401 without it, the origin with it", function()
     local res = assert(proxy:request "/api/orders")
     assert.equal(401, res.status)
