@@ -212,6 +212,30 @@ describe("mg.policy.jwt", function()
     assert.equal(401, get("/claims/aud", token("HS256", "k", good)).status)
   end)
 
+  it("reads the scheme case-insensitively with spaces around the token; other shapes get a bare Bearer challenge", function()
+    local tok = token("HS256", "s3cret-s3cret-s3cret")
+    for _, hv in ipairs { "Bearer " .. tok, "bearer " .. tok, "BEARER   " .. tok .. "  " } do
+      local res = assert(proxy:request({ path = "/hs/scheme", headers = { Authorization = hv } }))
+      assert.equal(200, res.status, hv)
+    end
+    for _, hv in ipairs { "Bearer", "Bearer ", "Basic " .. tok, "Bearer" .. tok, "Bearer " .. tok .. " x",
+                          "Bearer " .. tok:sub(1, 10) .. "*" .. tok:sub(12) } do
+      local res = assert(proxy:request({ path = "/hs/scheme", headers = { Authorization = hv } }))
+      assert.equal(401, res.status, hv)
+      assert.equal("Bearer", res.h["www-authenticate"], hv)
+    end
+  end)
+
+  it("a token whose signature holds but whose issuer is refused stays refused, cached or not", function()
+    local bad = token("HS256", "k", { iss = "https://evil.example", aud = "api", exp = now + 60 })
+    for i = 1, 3 do
+      local res = get("/claims/iss-again", bad)
+      assert.equal(401, res.status, "request " .. i)
+      assert.truthy(res.h["www-authenticate"]:find("issuer not accepted", 1, true), res.h["www-authenticate"])
+    end
+    assert.equal(0, origin:count_path("/claims/iss-again"))
+  end)
+
   it("a verified token is kept, but its exp is checked again on every request", function()
     local tok = token("ES256", p256, { sub = "carol", exp = os.time() + 2 })
     assert.equal(200, get("/es256/keep1", tok).status)

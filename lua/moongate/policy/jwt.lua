@@ -11,7 +11,7 @@ local auth = require "moongate.private.auth"
 local C = abi.C
 local fail = check.fail
 local type, tostring, ipairs, pairs, pcall, next, os_time = type, tostring, ipairs, pairs, pcall, next, os.time
-local byte, sub, find, floor = string.byte, string.sub, string.find, math.floor
+local byte, sub, find, floor, lower = string.byte, string.sub, string.find, math.floor, string.lower
 local ffi_str = ffi.string
 
 local ALG = { HS256 = 1, HS384 = 2, HS512 = 3, RS256 = 4, PS256 = 5, ES256 = 6, ES384 = 7, EdDSA = 8 }
@@ -301,9 +301,60 @@ end
 
 -- a verified token is kept (per worker, key = the whole token) at most this long
 local CACHE_LIFE = 60
-local VALID = {} -- the claims' field holding until when (mg_api_now) it is kept
 
 local function bad_claim(v) return v ~= nil and type(v) ~= "number" end
+
+-- "Bearer <token>" (scheme case-insensitive, spaces around the token): the token,
+-- or nil. Its characters are checked where it is decoded: a cache hit is a token
+-- that was verified, so it is made of base64url and dots already.
+local function bearer(h)
+  local n = #h
+  if n < 8 or lower(sub(h, 1, 7)) ~= "bearer " then return nil end
+  local i, j = 8, n
+  while byte(h, i) == 32 do i = i + 1 end
+  while j >= i and byte(h, j) == 32 do j = j - 1 end
+  if j < i then return nil end
+  return sub(h, i, j)
+end
+
+-- What a verified token's claims say that does not depend on the time, checked
+-- once: nil and the reason, or a cache entry { claims, exp, nbf, consumer,
+-- valid } (time-dependent checks run on every request, cached or not).
+function Policy:judge(claims)
+  if bad_claim(claims.exp) or bad_claim(claims.nbf) then return nil, "malformed claims" end
+  if claims.exp == nil and self.require_exp then return nil, "token without exp" end
+  if self.issuer and not (type(claims.iss) == "string" and self.issuer[claims.iss]) then
+    return nil, "issuer not accepted"
+  end
+  if self.audience then
+    local aud, hit = claims.aud, false
+    if type(aud) == "string" then
+      hit = self.audience[aud] == true
+    elseif type(aud) == "table" then
+      for _, x in ipairs(aud) do if type(x) == "string" and self.audience[x] then hit = true end end
+    end
+    if not hit then return nil, "audience not accepted" end
+  end
+  local c = claims[self.consumer_claim]
+  if type(c) == "number" then c = tostring(c) end
+  -- the consumer goes into headers and the access log, as key_auth's: 1 to 256
+  -- bytes, no control characters (CR/LF, NUL)
+  if type(c) == "string" and (c == "" or #c > 256 or find(c, "%c")) then
+    return nil, "malformed claims"
+  end
+  return { claims = claims, exp = claims.exp, nbf = claims.nbf,
+           consumer = type(c) == "string" and c or false, valid = C.mg_api_now() + CACHE_LIFE }
+end
+
+-- A judged token at this second: the time checks, then the request carries it.
+function Policy:accept(req, e)
+  if e.bad then return deny(req, e.bad) end
+  local now = os_time()
+  if e.exp ~= nil and now >= e.exp + self.leeway then return deny(req, "token expired") end
+  if e.nbf ~= nil and now + self.leeway < e.nbf then return deny(req, "token not yet valid") end
+  req.ctx.jwt = e.claims
+  if e.consumer then auth.set_consumer(req, e.consumer, "jwt") end
+end
 
 --- Request phase: 401 unless the token verifies and its claims hold.
 function Policy:request(req)
@@ -311,22 +362,20 @@ function Policy:request(req)
   local h = req:header(self.header)
   if type(h) == "table" then return deny(req, "more than one token") end -- which one counts is not ours to guess
   if h then
-    if self.header == "authorization" then
-      tok = h:match("^[Bb][Ee][Aa][Rr][Ee][Rr] +([%w%-_%.]+) *$")
-    else
-      tok = h
-    end
+    if self.header == "authorization" then tok = bearer(h) else tok = h end
   elseif self.query then
     tok = req:arg(self.query)
     if tok ~= nil and type(tok) ~= "string" then return deny(req, "more than one token") end
   end
-  if not tok then
-    return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' })
-  end
-  local claims = self.cache_size > 0 and self.verified[tok]
-  if claims then
-    if C.mg_api_now() < claims[VALID] then return self:accept(req, claims) end
+  if not tok then return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' }) end
+  local e = self.cache_size > 0 and self.verified[tok]
+  if e then
+    if C.mg_api_now() < e.valid then return self:accept(req, e) end
     self.verified[tok] = nil
+  end
+  -- not a bearer token (what a verified one never is)
+  if h and self.header == "authorization" and find(tok, "[^%w%-_%.]") then
+    return req:respond(401, "Unauthorized\n", { ["WWW-Authenticate"] = 'Bearer' })
   end
   local p1 = find(tok, ".", 1, true)
   local p2 = p1 and find(tok, ".", p1 + 1, true)
@@ -353,46 +402,19 @@ function Policy:request(req)
     if rc == 1 then ok = true break end
   end
   if not ok then return deny(req, #cands == 0 and "unknown key" or "bad signature") end
-  claims = json.decode(pj)
+  local claims = json.decode(pj)
   if type(claims) ~= "table" or claims[1] ~= nil then return deny(req, "malformed claims") end
+  local why
+  e, why = self:judge(claims)
+  -- a token whose signature holds but whose claims do not is kept too: its
+  -- refusal costs no second verification
+  if not e then e = { bad = why, valid = C.mg_api_now() + CACHE_LIFE } end
   if self.cache_size > 0 then
     if self.n_verified >= self.cache_size then self.verified, self.n_verified = {}, 0 end
-    claims[VALID] = C.mg_api_now() + CACHE_LIFE
-    self.verified[tok] = claims
+    self.verified[tok] = e
     self.n_verified = self.n_verified + 1
   end
-  return self:accept(req, claims)
-end
-
--- The claims of a token whose signature holds (time-dependent checks run on
--- every request, cached or not).
-function Policy:accept(req, claims)
-  local now = os_time()
-  if bad_claim(claims.exp) or bad_claim(claims.nbf) then return deny(req, "malformed claims") end
-  if claims.exp ~= nil and now >= claims.exp + self.leeway then return deny(req, "token expired") end
-  if claims.exp == nil and self.require_exp then return deny(req, "token without exp") end
-  if claims.nbf ~= nil and now + self.leeway < claims.nbf then return deny(req, "token not yet valid") end
-  if self.issuer and not (type(claims.iss) == "string" and self.issuer[claims.iss]) then
-    return deny(req, "issuer not accepted")
-  end
-  if self.audience then
-    local aud, hit = claims.aud, false
-    if type(aud) == "string" then
-      hit = self.audience[aud] == true
-    elseif type(aud) == "table" then
-      for _, a in ipairs(aud) do if type(a) == "string" and self.audience[a] then hit = true end end
-    end
-    if not hit then return deny(req, "audience not accepted") end
-  end
-  local c = claims[self.consumer_claim]
-  if type(c) == "number" then c = tostring(c) end
-  -- the consumer goes into headers and the access log, as key_auth's: 1 to 256
-  -- bytes, no control characters (CR/LF, NUL)
-  if type(c) == "string" and (c == "" or #c > 256 or find(c, "%c")) then
-    return deny(req, "malformed claims")
-  end
-  req.ctx.jwt = claims
-  if type(c) == "string" then auth.set_consumer(req, c, "jwt") end
+  return self:accept(req, e)
 end
 
 return new
