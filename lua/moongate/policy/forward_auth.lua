@@ -32,11 +32,6 @@ local function names(v, what, k)
   return out
 end
 
-local function whole(v, what, k, lo, hi)
-  check.number(v, what, k, lo, hi)
-  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
-  return v
-end
 
 local Policy = {}
 Policy.__index = Policy
@@ -56,8 +51,8 @@ local function new(conf)
     -- bounded: an infinite ttl or cache_size would keep every positive answer for
     -- good (memory that grows with each distinct credential)
     ttl = conf.ttl == nil and 0 or check.number(conf.ttl, what, "ttl", 0, 86400),
-    max_body = conf.max_body == nil and 4096 or whole(conf.max_body, what, "max_body", 0, 1048576),
-    cache_size = conf.cache_size == nil and 10000 or whole(conf.cache_size, what, "cache_size", 1, 1e7),
+    max_body = conf.max_body == nil and 4096 or check.whole(conf.max_body, what, "max_body", 0, 1048576),
+    cache_size = conf.cache_size == nil and 10000 or check.whole(conf.cache_size, what, "cache_size", 1, 1e7),
     cache = {}, cached = 0,
   }, Policy)
   return self

@@ -10,12 +10,13 @@
 local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
+local partition = require "moongate.private.partition"
 local shdict = require "moongate.shdict"
 
 local C = abi.C
 local fail = check.fail
 local type, tostring, tonumber, setmetatable, pairs = type, tostring, tonumber, setmetatable, pairs
-local fmt, lower = string.format, string.lower
+local fmt = string.format
 
 local keys = { limit = true, key = true, status = true, shared = true, body = true,
                max_body = true, headers = true }
@@ -23,73 +24,13 @@ local keys = { limit = true, key = true, status = true, shared = true, body = tr
 local DEFAULT_DICT, DEFAULT_DICT_SIZE = "limit_conn", 4 * 1024 * 1024
 
 local count_out = ffi.new("double[1]")
-local info = ffi.new("mg_req_info_t")
 local per_site = {}
 
 local Policy = {}
 Policy.__index = Policy
 
-local function client_key(req) return req.client_ip or "-" end
 
-local function key_fn(k, what)
-  if k == nil or k == "ip" then return client_key, "ip" end
-  if type(k) == "function" then
-    return function(req)
-      local v = k(req)
-      if v == nil or v == false then return nil end
-      if type(v) ~= "string" and type(v) ~= "number" then
-        error("limit_conn: the key function returned a " .. type(v) .. " (want a string or nil)", 0)
-      end
-      return "f:" .. tostring(v)
-    end, "function"
-  end
-  if type(k) ~= "string" then fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function", what) end
-  if k == "consumer" then
-    return function(req)
-      local c = req.ctx.consumer
-      if c and c.name then return "c:" .. tostring(c.name) end
-      return client_key(req)
-    end, "consumer"
-  end
-  if k == "route" then
-    return function(req)
-      if C.mg_req_info(req._r, info) ~= 0 then return "-" end
-      return "r" .. tostring(info.route)
-    end, "route"
-  end
-  local h = k:match("^header:(.+)$")
-  if h then
-    if not check.token(h) then fail("%s: key '%s': '%s' is not a header name", what, k, h) end
-    return function(req)
-      local v = req:header(h)
-      if type(v) == "table" then v = v[1] end
-      if v == nil or v == "" then return client_key(req) end
-      return "h:" .. v
-    end, k
-  end
-  fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function, got \"%s\"", what, k)
-end
 
-local function size(v, what, k)
-  if type(v) == "number" then
-    if v < 0 or v % 1 ~= 0 then fail("%s: '%s' must be a whole number of bytes, got %s", what, k, tostring(v)) end
-    return v
-  end
-  if type(v) == "string" then
-    local n, unit = v:match("^(%d+)([kmgKMG]?)$")
-    if n then
-      local mult = ({ [""] = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 })[lower(unit)]
-      return tonumber(n) * mult
-    end
-  end
-  fail("%s: '%s' must be bytes (a number, or like \"64k\", \"10m\"), got %s", what, k, tostring(v))
-end
-
-local function whole(v, what, k, lo, hi)
-  check.number(v, what, k, lo, hi)
-  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
-  return v
-end
 
 --- mg.policy.limit_conn { limit, key, status, shared, body, headers, max_body }
 local function new(conf)
@@ -98,9 +39,9 @@ local function new(conf)
   if conf.limit == nil and conf.max_body == nil then
     fail("%s: 'limit' is required (requests in progress at once per key), or 'max_body' alone", what)
   end
-  local limit = conf.limit ~= nil and whole(conf.limit, what, "limit", 1, 1e9) or nil
-  local status = conf.status == nil and 503 or whole(conf.status, what, "status", 400, 599)
-  local max_body = conf.max_body ~= nil and size(conf.max_body, what, "max_body") or nil
+  local limit = conf.limit ~= nil and check.whole(conf.limit, what, "limit", 1, 1e9) or nil
+  local status = conf.status == nil and 503 or check.whole(conf.status, what, "status", 400, 599)
+  local max_body = conf.max_body ~= nil and check.size(conf.max_body, what, "max_body") or nil
   local body = conf.body == nil and "Service Unavailable: too many requests in progress\n"
                or check.type(conf.body, "string", what, "body")
   local extra = {}
@@ -129,7 +70,7 @@ local function new(conf)
     elseif not declared[DEFAULT_DICT] then
       declared[DEFAULT_DICT] = DEFAULT_DICT_SIZE
     end
-    local fn, key_desc = key_fn(conf.key, what)
+    local fn, key_desc = partition.fn(conf.key, what, "limit_conn")
     local site = check.user_site()
     local n = (per_site[site] or 0) + 1
     per_site[site] = n

@@ -15,6 +15,7 @@
 local ffi = require "ffi"
 local abi = require "moongate.ffi"
 local check = require "moongate.private.check"
+local partition = require "moongate.private.partition"
 local shdict = require "moongate.shdict"
 local backend = require "moongate.private.rate_limit_redis"
 
@@ -22,7 +23,7 @@ local C = abi.C
 local fail = check.fail
 local type, tostring, tonumber, floor, ceil, max, min, pairs =
       type, tostring, tonumber, math.floor, math.ceil, math.max, math.min, pairs
-local fmt, sub, lower = string.format, string.sub, string.lower
+local fmt, sub = string.format, string.sub
 
 local keys = { limit = true, window = true, key = true, algorithm = true, burst = true,
                shared = true, status = true, name = true, body = true, headers = true, redis = true }
@@ -32,7 +33,6 @@ local algorithms = { fixed = true, sliding = true, token_bucket = true }
 -- user's mg.config declared it first (then the user's size stands).
 local DEFAULT_DICT, DEFAULT_DICT_SIZE = "rate_limit", 16 * 1024 * 1024
 
-local info = ffi.new("mg_req_info_t")
 local wait_out, rem_out = ffi.new("double[1]"), ffi.new("double[1]")
 
 -- instances per config site, so that two policies on one line get two counters
@@ -41,54 +41,7 @@ local per_site = {}
 local Policy = {}
 Policy.__index = Policy
 
-local function client_key(req) return req.client_ip or "-" end
 
--- key -> function(req) returning the partition (a string), or nil: not limited
-local function key_fn(k, what)
-  if k == nil or k == "ip" then return client_key, "ip" end
-  if type(k) == "function" then
-    return function(req)
-      local v = k(req)
-      if v == nil or v == false then return nil end
-      if type(v) ~= "string" and type(v) ~= "number" then
-        error("rate_limit: the key function returned a " .. type(v) .. " (want a string or nil)", 0)
-      end
-      return tostring(v)
-    end, "function"
-  end
-  if type(k) ~= "string" then fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function", what) end
-  if k == "consumer" then
-    -- no consumer (no auth policy ran or it let the request through anonymous): by address
-    return function(req)
-      local c = req.ctx.consumer
-      if c and c.name then return "c:" .. tostring(c.name) end
-      return client_key(req)
-    end, "consumer"
-  end
-  if k == "route" then
-    return function(req)
-      if C.mg_req_info(req._r, info) ~= 0 then return "-" end
-      return "r" .. tostring(info.route)
-    end, "route"
-  end
-  local h = k:match("^header:(.+)$")
-  if h then
-    if not check.token(h) then fail("%s: key '%s': '%s' is not a header name", what, k, h) end
-    return function(req)
-      local v = req:header(h)
-      if type(v) == "table" then v = v[1] end
-      if v == nil or v == "" then return client_key(req) end
-      return "h:" .. v
-    end, k
-  end
-  fail("%s: 'key' must be \"ip\", \"header:NAME\", \"consumer\", \"route\" or a function, got \"%s\"", what, k)
-end
-
-local function whole(v, what, k, lo, hi)
-  check.number(v, what, k, lo, hi)
-  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
-  return v
-end
 
 --- mg.policy.rate_limit { limit, window, key, algorithm, burst, shared | redis, status, name }
 local function new(conf)
@@ -96,7 +49,7 @@ local function new(conf)
   if type(conf) ~= "table" then fail("%s: expects a table", what) end
   check.keys(conf, keys, what)
   if conf.limit == nil then fail("%s: 'limit' is required (requests per window)", what) end
-  local limit = whole(conf.limit, what, "limit", 1, 1e9)
+  local limit = check.whole(conf.limit, what, "limit", 1, 1e9)
   local window = conf.window == nil and 1 or check.number(conf.window, what, "window", 0.001, 86400 * 366)
   local algorithm = conf.algorithm == nil and "sliding" or conf.algorithm
   if not algorithms[algorithm] then
@@ -105,9 +58,9 @@ local function new(conf)
   local burst = limit
   if conf.burst ~= nil then
     if algorithm ~= "token_bucket" then fail("%s: 'burst' is for algorithm = \"token_bucket\"", what) end
-    burst = whole(conf.burst, what, "burst", 1, 1e9)
+    burst = check.whole(conf.burst, what, "burst", 1, 1e9)
   end
-  local status = conf.status == nil and 429 or whole(conf.status, what, "status", 400, 599)
+  local status = conf.status == nil and 429 or check.whole(conf.status, what, "status", 400, 599)
   local name = conf.name == nil and "default" or check.type(conf.name, "string", what, "name")
   if not name:match("^[%w%-_.:]+$") then fail("%s: 'name' may hold letters, digits and -_.: only", what) end
   local body = conf.body == nil and "Too Many Requests\n" or check.type(conf.body, "string", what, "body")
@@ -136,7 +89,7 @@ local function new(conf)
   elseif not declared[DEFAULT_DICT] then
     declared[DEFAULT_DICT] = DEFAULT_DICT_SIZE
   end
-  local fn, key_desc = key_fn(conf.key, what)
+  local fn, key_desc = partition.fn(conf.key, what, "rate_limit")
   local site = check.user_site()
   local n = (per_site[site] or 0) + 1
   per_site[site] = n

@@ -57,6 +57,30 @@ function _M.number(v, what, key, min, max)
   return v
 end
 
+--- A whole number, bounded like check.number.
+function _M.whole(v, what, key, min, max)
+  _M.number(v, what, key, min, max)
+  if v % 1 ~= 0 then _M.fail("%s: '%s' must be a whole number, got %s", what, key, tostring(v)) end
+  return v
+end
+
+--- A size in bytes: a whole number, or a string like "64k", "10m", "1g"; at
+--- least `min` (default 0), at most 2^40.
+function _M.size(v, what, key, min)
+  local n = v
+  if type(v) == "string" then
+    local d, unit = v:match("^(%d+)([kmgKMG]?)$")
+    if not d then _M.fail("%s: '%s' must be bytes (a number, or like \"64k\", \"10m\"), got %s", what, key, v) end
+    n = tonumber(d) * (({ [""] = 1, k = 1024, m = 1048576, g = 1073741824 })[unit:lower()])
+  elseif type(v) ~= "number" then
+    _M.fail("%s: '%s' must be bytes (a number, or like \"64k\", \"10m\"), got a %s", what, key, type(v))
+  end
+  if n ~= n or n < (min or 0) or n > 2^40 or n % 1 ~= 0 then
+    _M.fail("%s: '%s' must be a whole number of bytes from %d to 2^40, got %s", what, key, min or 0, tostring(v))
+  end
+  return n
+end
+
 --- True when s is an HTTP token (RFC 9110 tchar+): a method or a header name.
 --- The one pattern for req:respond, req:set_method, mg.http and route `respond`.
 function _M.token(s)
