@@ -23,6 +23,17 @@ const char *mg_lua_dir(void) {
   return d && *d ? d : MG_LUA_DIR;
 }
 
+void mg_lua_open(lua_State *L) {
+  luaL_openlibs(L);
+  const char *dir = mg_lua_dir();
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+}
+
 int mg_str_caseeq(mg_str_t a, mg_str_t b) {
   return a.len == b.len && strncasecmp(a.p, b.p, a.len) == 0;
 }
@@ -1094,14 +1105,8 @@ int mg_config_explain(const char *path, FILE *f, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: out of memory", path);
     return MG_ENOMEM;
   }
-  luaL_openlibs(L);
+  mg_lua_open(L);
   const char *dir = mg_lua_dir();
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-  lua_getfield(L, -2, "path");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
   int rc = MG_ECONFIG;
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moongate.private.explain");
@@ -1136,14 +1141,8 @@ int mg_config_load(const char *path, mg_gen_t **out, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: out of memory", path);
     return MG_ENOMEM;
   }
-  luaL_openlibs(L);
+  mg_lua_open(L);
   const char *dir = mg_lua_dir();
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-  lua_getfield(L, -2, "path");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
 
   int rc = MG_ECONFIG;
   mg_gen_t *g = NULL;

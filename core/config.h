@@ -286,5 +286,8 @@ const mg_route_t *mg_route_match(const mg_gen_t *g, const char *listener, int me
 
 /* Where the Lua library lives: $MOONGATE_LUA_DIR, else the build-time source dir. */
 const char *mg_lua_dir(void);
+typedef struct lua_State lua_State;
+/* Opens the standard libraries in L and puts mg_lua_dir() first on package.path. */
+void mg_lua_open(lua_State *L);
 
 #endif

@@ -48,14 +48,7 @@ mg_wgen_t *mg_wgen_new(mg_worker_t *w, mg_gen_t *gen, char *err, size_t errlen) 
   g->gen_ref = 1;
 
   lua_State *L = g->L;
-  luaL_openlibs(L);
-  const char *dir = mg_lua_dir();
-  lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
-  lua_getfield(L, -2, "path");
-  lua_concat(L, 2);
-  lua_setfield(L, -2, "path");
-  lua_pop(L, 1);
+  mg_lua_open(L);
 
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moongate.private.runtime");
