@@ -469,10 +469,9 @@ local function strip_lookups(s)
   return s
 end
 
--- shell quoting tricks: c''at, c\at, "c"at -> cat; ${IFS} stays for 932120
+-- shell quoting tricks: c''at, w"h"oami, c\\at -> cat; ${IFS} -> a space
 local function unquote_shell(s)
-  if string_find(s, "''", 1, true) then s = string_gsub(s, "''", "") end
-  if string_find(s, '""', 1, true) then s = string_gsub(s, '""', "") end
+  if string_find(s, "['\"]") then s = string_gsub(s, "['\"]", "") end
   if string_find(s, "\\", 1, true) then s = string_gsub(s, "\\(%a)", "%1") end
   if string_find(s, "%${?IFS}?") then s = string_gsub(s, "%${?IFS}?", " ") end
   return s
@@ -566,7 +565,7 @@ function Engine:look(v, var, where, hits)
   -- base64 of something else (the whole value)
   local n = #v
   local m = scan(v)
-  if n >= 16 and band(m, bit.bnot(UND)) == 0 and not string_find(v, "[^%w%+/=_%-]") then
+  if n >= 16 and band(m, bit.bnot(UND + SL + EQ)) == 0 and not string_find(v, "[^%w%+/=_%-]") then
     local b = decode.base64(v)
     if b then
       local mb = scan(b)
