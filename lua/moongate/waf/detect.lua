@@ -73,7 +73,7 @@ rule(921100, "protocol", 3, 1, "HTTP parameter pollution: one argument repeated 
 
 -- 930 traversal / LFI
 rule(930100, "lfi", 5, 1, "Path traversal (../)",
-  [=[(?:^|[\\/]|\xe2\x88\x96)\.{2,}(?:[\\/]|\xe2\x88\x96)|[\\/]\.{2,}$]=])
+  [=[(?:^|[\\/]|\xe2\x88\x96)\.{2,};?(?:[\\/]|\xe2\x88\x96)|[\\/]\.{2,}$]=])
 rule(930110, "lfi", 5, 1, "PHP and other stream wrappers",
   [=[\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|compress\.bzip2|rar|ogg|ssh2(?:\.\w+)?|jar|netdoc)://|\bfile:/|\bdata://]=])
 rule(930120, "lfi", 5, 1, "OS file access",
@@ -85,8 +85,8 @@ rule(931110, "rfi", 5, 1, "Remote URL ending in '?' or a script name after '?' (
 rule(931120, "rfi", 5, 1, "UNC path (\\\\host\\share)")
 
 -- 932 command injection
-local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
-local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
+local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|env|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
+local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)(?:\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|\s*<\s*/)|ls(?:\s+-\w+)*\s*(?:$|[;&|`)])|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
 rule(932100, "cmdi", 5, 1, "OS command after a shell separator",
   [=[(?:[;&|\n\r`]|\$\()\s*(?:\{\s*)?(?:[\w.-]*/)*(?:]=] .. CMD .. "|" .. CMD_ARGS .. ")")
 rule(932110, "cmdi", 5, 1, "Shell path or reverse shell (/bin/sh, /dev/tcp)",
@@ -113,13 +113,13 @@ rule(934100, "code", 5, 1, "Node.js code injection",
 rule(934110, "code", 5, 1, "Python code injection",
   [=[\.__(?:class|mro|subclasses|globals|builtins|init|base|bases|dict)__\s*[.\[(]|__import__\s*\(|__(?:subclasses|globals|builtins|mro)__|\bos\.(?:system|popen|exec\w*|spawn\w*)\s*\(|\bsubprocess\.\w+\s*\(|\beval\s*\(\s*compile\s*\(]=])
 rule(934120, "code", 5, 1, "Server-side template injection",
-  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|\$\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
+  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
 rule(934130, "code", 5, 1, "JNDI lookup (Log4Shell)",
   [=[\$\{\s*jndi\s*:|\$\{\s*(?:ldaps?|rmi|dns|iiop|corba|nds|nis)\s*:]=])
 rule(934140, "code", 5, 1, "Prototype pollution",
   [=[__proto__|\bconstructor\s*(?:\.|\[\s*['"]?)\s*prototype\b]=])
 rule(934150, "code", 5, 1, "Java deserialisation or expression language gadget",
-  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(]=])
+  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(|\bc(?:os|posix|subprocess|builtins|__builtin__|nt)\n(?:system|popen|check_output|call|eval|exec)\n]=])
 
 -- 935 NoSQL
 rule(935100, "nosqli", 5, 1, "NoSQL operator in an argument name or JSON key")
@@ -181,7 +181,7 @@ do
   for c = 0, 31 do byte_bits[c] = CTL end
   byte_bits[127] = CTL
   for k, v in pairs(map) do byte_bits[string_byte(k)] = v end
-  for _, c in ipairs({ 0xC0, 0xC1, 0xE0, 0xE2 }) do byte_bits[c] = HI end
+  for _, c in ipairs({ 0xC0, 0xC1, 0xE0, 0xE2, 0xE5, 0xEF }) do byte_bits[c] = HI end
 end
 local function scan(s)
   local p, m = ffi.cast("const uint8_t *", s), 0
@@ -469,7 +469,7 @@ local function strip_lookups(s)
   return s
 end
 
--- shell quoting tricks: c''at, w"h"oami, c\\at -> cat; ${IFS} -> a space
+-- shell quoting tricks: c''at, w"h"oami, c\at -> cat; ${IFS} -> a space
 local function unquote_shell(s)
   if string_find(s, "['\"]") then s = string_gsub(s, "['\"]", "") end
   if string_find(s, "\\", 1, true) then s = string_gsub(s, "\\(%a)", "%1") end
@@ -578,10 +578,11 @@ function Engine:look(v, var, where, hits)
   if band(m, NOT_PLAIN) == 0 then
     local l = n > 8 and string_find(v, " ", 1, true) and string_lower(v)
     if l and (string_find(l, "select", 1, true) or string_find(l, "having", 1, true)
-        or string_find(l, "waitfor", 1, true)) then
+        or string_find(l, "waitfor", 1, true) or string_find(l, "union", 1, true)
+        or string_find(l, " by ", 1, true) or string_find(l, "procedure", 1, true)) then
       if sqli.detect(v) then hit(self, hits, 942100, var, v) end
     end
-    if n >= 16 and has(v, "rO0AB") then run_classes(self, v, var, { code = true }, hits, m) end
+    if n >= 16 and (has(v, "rO0AB") or has(v, "aced0005")) then run_classes(self, v, var, { code = true }, hits, m) end
     return
   end
   if where ~= "header" and (any(m, CTL) and has(v, "\0") or any(m, PCT) and has(v, "%00")) then
@@ -631,7 +632,7 @@ for w in ([=[sqlmap nikto nmap masscan nuclei dirbuster gobuster ffuf wfuzz acun
   w3af arachni openvas nessus zmeu morfeus havij commix zgrab netsparker wpscan
   jaeles sqlninja bsqlbf pangolin webinspect appscan brutus nessus whatweb
   skipfish grabber paros webshag dirb feroxbuster httpx fimap joomscan
-  xsstrike dotdotpwn]=]):gmatch("%S+") do scanner_ua[#scanner_ua + 1] = w end
+  xsstrike dotdotpwn zaproxy jorgee zmap l9explore l9tcpid qualys nimbostratus]=]):gmatch("%S+") do scanner_ua[#scanner_ua + 1] = w end
 scanner_ua[#scanner_ua + 1] = "fuzz faster u fool"
 scanner_ua[#scanner_ua + 1] = "nmap scripting engine"
 
