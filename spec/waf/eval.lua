@@ -182,6 +182,19 @@ local function measure()
     for i = 1, #values do local v = values[i]; engine:value(v.v, v.var, v.where, hits) end
     engine:request(info, hits)
   end)
+  do
+    local gv, gi = collect.request("GET", "/search?q=red+shoes&color=black&size=9&page=3&sort=price_asc",
+      browser, nil, { version = "1.1" })
+    local pv, pi = collect.request("POST", "/contact", post_headers, post, { version = "1.1" })
+    per("  GET: detect only (collect's values given)", 20000, function()
+      for i = 1, #gv do local v = gv[i]; engine:value(v.v, v.var, v.where, hits) end
+      engine:request(gi, hits)
+    end)
+    per("  POST: detect only (collect's values given)", 2000, function()
+      for i = 1, #pv do local v = pv[i]; engine:value(v.v, v.var, v.where, hits) end
+      engine:request(pi, hits)
+    end)
+  end
   assert(#hits == 0, "the cost inputs are benign, yet something hit: " .. tostring(hits[1] and hits[1].id))
 end
 

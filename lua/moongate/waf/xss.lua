@@ -66,10 +66,11 @@ end
 function _M.detect(s)
   if not string_find(s, "[<\"'`:=]") then return nil end
   local l = string_lower(s)
+  local lt, eq = string_find(l, "<", 1, true), string_find(l, "=", 1, true)
 
   -- tags and their attributes
   local pos = 1
-  while true do
+  while lt do
     local a, b, name = string_find(l, "<%s*/?([%a][%w:%-]*)", pos)
     if not a then break end
     if bad_tags[name] then return "tag", "<" .. name end
@@ -91,7 +92,7 @@ function _M.detect(s)
 
   -- an event handler after a quote that would end the attribute it lands in:
   -- "onmouseover="..., ' autofocus onfocus='...
-  if string_find(l, "[\"'`]") then
+  if eq and string_find(l, "[\"'`]") then
     local p = 1
     while true do
       local x, y, ev = string_find(l, "[%s/\"'`]on([a-z]+)%s*=", p)
