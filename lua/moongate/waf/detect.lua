@@ -86,13 +86,13 @@ rule(931120, "rfi", 5, 1, "UNC path (\\\\host\\share)")
 
 -- 932 command injection
 local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|env|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
-local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)(?:\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|\s*<\s*/)|ls(?:\s+-\w+)*\s*(?:$|[;&|`)])|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
+local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)(?:\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|\s*<\s*/)|ls(?:\s+-\w+)*\s*(?:$|[;&|`)])|sleep\s+\d|ping\s+(?:-\w|\d|[\w-]+\.[\w.-]+)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
 rule(932100, "cmdi", 5, 1, "OS command after a shell separator",
   [=[(?:[;&|\n\r`]|\$\()\s*(?:\{\s*)?(?:[\w.-]*/)*(?:]=] .. CMD .. "|" .. CMD_ARGS .. ")")
 rule(932110, "cmdi", 5, 1, "Shell path or reverse shell (/bin/sh, /dev/tcp)",
   [=[(?<!#!)(?:^|[\s;&|`'"(=])/(?:usr/)?bin/(?:ba|z|k|da|c|tc)?sh\b|/dev/(?:tcp|udp)/|\bpowershell(?:\.exe)?\s+-(?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec)\b|\bcmd(?:\.exe)?\s+/c\b]=])
 rule(932120, "cmdi", 5, 1, "Shell evasion (${IFS}, brace expansion, globbed paths)",
-  [=[\$\{?IFS\}?|\{\s*(?:cat|ls|id|wget|curl|nc|bash|sh|rm|echo)\s*,|/[\w?*]*[?*][\w?*]*/[\w?*]*[?*]]=])
+  [=[\$\{?IFS\}?|\$\{\w+:\d+:\d+\}|\{\s*(?:cat|ls|id|wget|curl|nc|bash|sh|rm|echo)\s*,|/[\w?*]*[?*][\w?*]*/[\w?*]*[?*]]=])
 rule(932130, "cmdi", 5, 1, "Shellshock function definition",
   [=[^\s*\(\s*\)\s*\{]=])
 
@@ -109,24 +109,24 @@ rule(933140, "php", 5, 1, "Upload of a server-side script (file name)")
 
 -- 934 code: node, python, templates, JNDI, deserialisation, prototype pollution
 rule(934100, "code", 5, 1, "Node.js code injection",
-  [=[\bchild_process\b|process\.mainModule|process\.binding\s*\(|require\s*\(\s*['"](?:child_process|fs|net|vm|os)['"]\s*\)|\bconstructor\s*\.\s*constructor\s*\(]=])
+  [=[\bchild_process\b|process\.mainModule|process\.binding\s*\(|require\s*\(\s*['"](?:child_process|fs|net|vm|os)['"]\s*\)|\bconstructor\s*\.\s*constructor\s*\(|\bFunction\s*\(\s*['"`]\s*return\b]=])
 rule(934110, "code", 5, 1, "Python code injection",
   [=[\.__(?:class|mro|subclasses|globals|builtins|init|base|bases|dict)__\s*[.\[(]|__import__\s*\(|__(?:subclasses|globals|builtins|mro)__|\bos\.(?:system|popen|exec\w*|spawn\w*)\s*\(|\bsubprocess\.\w+\s*\(|\beval\s*\(\s*compile\s*\(]=])
 rule(934120, "code", 5, 1, "Server-side template injection",
-  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
+  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|\b_self\.env\b|registerUndefinedFilterCallback|\{\$smarty\b|\{php\}|\{\{#with\b|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
 rule(934130, "code", 5, 1, "JNDI lookup (Log4Shell)",
   [=[\$\{\s*jndi\s*:|\$\{\s*(?:ldaps?|rmi|dns|iiop|corba|nds|nis)\s*:]=])
 rule(934140, "code", 5, 1, "Prototype pollution",
   [=[__proto__|\bconstructor\s*(?:\.|\[\s*['"]?)\s*prototype\b]=])
 rule(934150, "code", 5, 1, "Java deserialisation or expression language gadget",
-  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(|\bc(?:os|posix|subprocess|builtins|__builtin__|nt)\n(?:system|popen|check_output|call|eval|exec)\n]=])
+  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|#context\s*\[|@ognl\.|\bognl\.OgnlContext|\bProcessBuilder\s*\(|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(|\bc(?:os|posix|subprocess|builtins|__builtin__|nt)\n(?:system|popen|check_output|call|eval|exec)\n]=])
 
 -- 935 NoSQL
 rule(935100, "nosqli", 5, 1, "NoSQL operator in an argument name or JSON key")
 rule(935110, "nosqli", 5, 1, "NoSQL operator object in a value",
   [=[\[\s*\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|elemMatch)\s*\]|\{\s*["']?\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|all|size|type|mod|elemMatch|function|accumulator|text|jsonSchema)["']?\s*:|\$where\b]=])
 rule(935120, "nosqli", 5, 1, "JavaScript injection into a NoSQL query",
-  [=[^\s*['"]\s*;\s*(?:while\s*\(\s*(?:true|1)\s*\)|var\s+\w+\s*=|return\s+(?:true|1)\b|sleep\s*\()|\bthis\.\w+\.match\s*\(|\bthis\.\w+\.length\s*[<>=]|\bthis\.\w+\s*==\s*['"]]=])
+  [=[^\s*['"]\s*;\s*(?:while\s*\(|var\s+\w+\s*=|return\b|sleep\s*\(|if\s*\(|function\b)|['"]\s*(?:\|\||&&)\s*['"]?\w*['"]?\s*===?\s*['"]?\w*|\bthis\.\w+\.match\s*\(|\bthis\.\w+\.length\s*[<>=]|\bthis\.\w+\s*==\s*['"]]=])
 
 -- 936 SSRF (Lua: host analysis)
 rule(936100, "ssrf", 5, 1, "SSRF: URL to a loopback address (any spelling)")
@@ -146,7 +146,9 @@ rule(938100, "xxe", 5, 1, "XML external entity or DTD",
 -- 939 CRLF and mail headers
 rule(939100, "crlf", 5, 1, "CRLF injection: a header after a line break",
   [=[[\r\n]\s*(?:set-cookie|location|content-(?:length|type|disposition|security-policy|encoding|transfer-encoding)|transfer-encoding|refresh|x-[\w-]+|access-control-[\w-]+|bcc|cc|reply-to|x-mailer|mime-version)\s*:|[\r\n]\s*http/\d\.\d\s+\d{3}]=])
-rule(939110, "crlf", 5, 2, "Mail header after a line break (To, From, Subject)",
+rule(939110, "crlf", 5, 1, "Mail address header after a line break (To, From, Sender)",
+  [=[[\r\n]\s*(?:to|from|sender)\s*:[^\r\n]*@]=])
+rule(939120, "crlf", 5, 2, "Mail header after a line break (To, From, Subject)",
   [=[[\r\n]\s*(?:to|from|subject|sender)\s*:]=])
 
 -- 941 XSS (moongate.waf.xss)
@@ -375,8 +377,17 @@ local function classify_host(h, bracketed)
   local n = ipv4(h)
   if n then return classify4(n) end
   if h == "localhost" or string_find(h, "%.localhost$") or string_find(h, "^localhost%.")
-      or h == "ip6-localhost" or h == "ip6-loopback" then
+      or h == "ip6-localhost" or h == "ip6-loopback" or h == "localtest.me"
+      or string_find(h, "%.localtest%.me$") or h == "lvh.me" or string_find(h, "%.lvh%.me$") then
     return 936100
+  end
+  -- wildcard DNS that answers the address in the name: 127.0.0.1.nip.io, 10-0-0-1.sslip.io
+  local inner = string_match(h, "^(.-)%.nip%.io$") or string_match(h, "^(.-)%.xip%.io$")
+    or string_match(h, "^(.-)%.sslip%.io$")
+  if inner then
+    local a, b, c, d = string_match(inner, "(%d+)[.%-](%d+)[.%-](%d+)[.%-](%d+)$")
+    local n = a and ipv4(a .. "." .. b .. "." .. c .. "." .. d)
+    if n then return classify4(n) end
   end
   if h == "metadata.google.internal" or h == "metadata" or h == "instance-data"
       or string_find(h, "^instance%-data%.") or h == "metadata.azure.com" then
@@ -498,6 +509,10 @@ local function check(self, d, var, where, hits, m)
     if k then hit(self, hits, xss_ids[k], var, d) end
   end
   if tok.url and any(m, SL + BS) then
+    if string_find(d, "^%s*//[%w%-]+%.[%w.%-]") and var
+        and include_names[string_lower(string_match(var, "([%w_%-]+)[%]%[%d]*$") or "")] then
+      hit(self, hits, 931100, var, d)
+    end
     if string_find(d, "[/\\][/\\]") then urls(self, d, var, where, hits) end
     if string_find(d, "^%s*\\\\[%w.%-]+\\") then hit(self, hits, 931120, var, d) end
   end
@@ -518,6 +533,10 @@ local function names(self, v, var, where, hits)
   if op and nosql_ops[string_lower(op)] then hit(self, hits, 935100, var, v) end
   if string_find(v, "__proto__", 1, true) or string_find(v, "prototype", 1, true) then
     run_classes(self, v, var, { code = true }, hits)
+    -- a JSON key "prototype" under a key "constructor": {"constructor": {"prototype": ...}}
+    if where == "json_key" and v == "prototype" and var and string_find(var, "constructor", 1, true) then
+      hit(self, hits, 934140, var, var)
+    end
   end
 end
 
@@ -548,7 +567,7 @@ end
 function Engine:look(v, var, where, hits)
   if where == "path_raw" or where == "cookie_name" then return end
   if where == "json_key" then
-    if string_find(v, "[%$_]") then names(self, v, var, where, hits) end
+    if string_find(v, "[%$_]") or v == "prototype" then names(self, v, var, where, hits) end
     return
   end
   if where == "arg_name" and string_find(v, "[%$_]") then names(self, v, var, where, hits) end
