@@ -227,6 +227,15 @@ describe("waf.detect", function()
     end
   end)
 
+  it("looks at 64 KiB hostile bodies without pathological cost", function()
+    for _, unit in ipairs({ "{{", "#{", "<a ", "{{a", "'a'=", "(|(" }) do
+      local v = string.rep(unit, math.floor(65536 / #unit))
+      local t0 = os.clock()
+      ids(v, "REQUEST_BODY", "body_raw")
+      assert.is_true(os.clock() - t0 < 1, unit .. " took " .. (os.clock() - t0) .. " s")
+    end
+  end)
+
   it("inspects base64 values as the text they decode to", function()
     -- base64 of "<script>alert(5)</script>"
     assert.is_true(hits_class("xss", "PHNjcmlwdD5hbGVydCg1KTwvc2NyaXB0Pg=="))

@@ -42,6 +42,13 @@ describe("waf.xss", function()
     assert.equal("js", verdict("x\"-confirm`1`-\""))
   end)
 
+  it("looks at many unclosed tags in time linear in the value (64 KiB of '<a ' well under a second)", function()
+    local t0 = os.clock()
+    assert.is_nil(xss.detect(string.rep("<a ", 21000) .. ">"))
+    assert.equal("handler", xss.detect(string.rep("<a ", 21000) .. "<img src=x onerror=alert(1)>"))
+    assert.is_true(os.clock() - t0 < 1, "took " .. (os.clock() - t0) .. " s")
+  end)
+
   it("passes plain markup, comparisons and prose about script", function()
     for _, s in ipairs({
       "<b>bold</b> and <em>em</em>",

@@ -113,7 +113,7 @@ rule(934100, "code", 5, 1, "Node.js code injection",
 rule(934110, "code", 5, 1, "Python code injection",
   [=[\.__(?:class|mro|subclasses|globals|builtins|init|base|bases|dict)__\s*[.\[(]|__import__\s*\(|__(?:subclasses|globals|builtins|mro)__|\bos\.(?:system|popen|exec\w*|spawn\w*)\s*\(|\bsubprocess\.\w+\s*\(|\beval\s*\(\s*compile\s*\(]=])
 rule(934120, "code", 5, 1, "Server-side template injection",
-  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|\b_self\.env\b|registerUndefinedFilterCallback|\{\$smarty\b|\{php\}|\{\{#with\b|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
+  [=[\{\{[^{}]{0,160}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^{}%]{0,160}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^{}]{0,160}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|\b_self\.env\b|registerUndefinedFilterCallback|\{\$smarty\b|\{php\}|\{\{#with\b|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
 rule(934130, "code", 5, 1, "JNDI lookup (Log4Shell)",
   [=[\$\{\s*jndi\s*:|\$\{\s*(?:ldaps?|rmi|dns|iiop|corba|nds|nis)\s*:]=])
 rule(934140, "code", 5, 1, "Prototype pollution",

@@ -69,14 +69,19 @@ function _M.detect(s)
   local lt, eq = string_find(l, "<", 1, true), string_find(l, "=", 1, true)
 
   -- tags and their attributes
-  local pos = 1
+  local pos, len, gt = 1, #l, 0
   while lt do
     local a, b, name = string_find(l, "<%s*/?([%a][%w:%-]*)", pos)
     if not a then break end
     if bad_tags[name] then return "tag", "<" .. name end
-    -- the tag's attributes run to its '>' (or to the end: an unclosed tag still works)
-    local gt = string_find(l, ">", b + 1, true) or #l + 1
-    local attrs = string_sub(l, b + 1, gt - 1)
+    -- the tag's attributes run to its '>' (or, unclosed, to the next '<' or
+    -- the end: an unclosed tag still works); every byte is looked at once or
+    -- twice whatever the number of tags (no quadratic cost on "<a <a <a ...")
+    if gt and gt <= b then gt = string_find(l, ">", b + 1, true) end
+    local stop = gt or len + 1
+    local nxt = string_find(l, "<", b + 1, true)
+    if nxt and nxt < stop then stop = nxt end
+    local attrs = string_sub(l, b + 1, stop - 1)
     local p = 1
     while true do
       local x, y, ev = string_find(attrs, "[%s/\"'`]on([a-z]+)%s*=", p)
@@ -92,12 +97,13 @@ function _M.detect(s)
 
   -- an event handler after a quote that would end the attribute it lands in:
   -- "onmouseover="..., ' autofocus onfocus='...
-  if eq and string_find(l, "[\"'`]") then
+  local q1 = string_find(l, "[\"'`]")
+  if eq and q1 then
     local p = 1
     while true do
       local x, y, ev = string_find(l, "[%s/\"'`]on([a-z]+)%s*=", p)
       if not x then break end
-      if is_event(ev) and string_find(string_sub(l, 1, x), "[\"'`]") then
+      if is_event(ev) and q1 <= x then
         return "break", "quote, then on" .. ev .. "="
       end
       p = y + 1
@@ -127,7 +133,7 @@ function _M.detect(s)
     while true do
       x, y, id = string_find(l, "[\"'`][%s%)%]}]*[-+*/|&;,^]+%s*([%a_$][%w_$]*)", p)
       if not x then break end
-      if sinks[id] and string_find(l, "^[%s%.%w_$%[%]\"']*[(`=]", y + 1) then
+      if sinks[id] and string_find(string_sub(l, y + 1, y + 64), "^[%s%.%w_$%[%]\"']*[(`=]") then
         return "js", "string break, then " .. id
       end
       p = y + 1
