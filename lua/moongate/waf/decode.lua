@@ -62,7 +62,10 @@ end
 
 --- Overlong UTF-8 encodings of ASCII folded to ASCII.
 function _M.overlong(s)
-  if not string_find(s, "[\192\193\224]") then return s end
+  if not (string_find(s, "\192", 1, true) or string_find(s, "\193", 1, true)
+          or string_find(s, "\224", 1, true)) then
+    return s
+  end
   s = string_gsub(s, "([\192\193])([\128-\191])", overlong2)
   return (string_gsub(s, "\224([\128-\129])([\128-\191])", overlong3))
 end
@@ -155,7 +158,7 @@ end
 local fold = { ["\239\188\142"] = ".", ["\239\188\143"] = "/", ["\239\188\188"] = "\\",
   ["\229\152\138"] = "\n", ["\229\152\141"] = "\r" }
 function _M.fullwidth(s)
-  if not string_find(s, "[\239\229]") then return s end
+  if not (string_find(s, "\239", 1, true) or string_find(s, "\229", 1, true)) then return s end
   return (string_gsub(s, "[\239\229][\152\188][\138\141\142\143\188]", fold))
 end
 

@@ -35,6 +35,7 @@ local _M = {}
 local rules = {}
 _M.rules = rules
 local classes = {}   -- class -> list of { id, pattern } for the PCRE2 classes
+_M.patterns = classes
 local class_order = {}
 
 local function rule(id, class, severity, pl, msg, pattern)
@@ -77,7 +78,16 @@ rule(930100, "lfi", 5, 1, "Path traversal (../)",
 rule(930110, "lfi", 5, 1, "PHP and other stream wrappers",
   [=[\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|compress\.bzip2|rar|ogg|ssh2(?:\.\w+)?|jar|netdoc)://|\bfile:/|\bdata://]=])
 rule(930120, "lfi", 5, 1, "OS file access",
-  [=[(?:^|[\\/\s"'=:(])(?:etc[\\/](?:passwd|shadow|group|hosts|issue|hostname|crontab|sudoers|gshadow|master\.passwd|resolv\.conf|motd|fstab|mtab)\b|proc[\\/](?:self|\d+)[\\/]|windows[\\/](?:win\.ini|system\.ini|system32[\\/])|boot\.ini\b|winnt[\\/]|\.ssh[\\/]|var[\\/]log[\\/]|web-inf[\\/]|meta-inf[\\/]|\.aws[\\/]|\.git[\\/]|\.htpasswd\b|\.htaccess\b|wp-config\.php|\.env$|\.bash_history)]=])
+  -- each name its own alternative, so each starts with a literal (see compile_class)
+  (function()
+    local names = { [=[etc[\\/](?:passwd|shadow|group|hosts|issue|hostname|crontab|sudoers|gshadow|master\.passwd|resolv\.conf|motd|fstab|mtab)\b]=],
+      [=[proc[\\/](?:self|\d+)[\\/]]=], [=[windows[\\/](?:win\.ini|system\.ini|system32[\\/])]=], [=[boot\.ini\b]=],
+      [=[winnt[\\/]]=], [=[\.ssh[\\/]]=], [=[var[\\/]log[\\/]]=], [=[web-inf[\\/]]=], [=[meta-inf[\\/]]=], [=[\.aws[\\/]]=],
+      [=[\.git[\\/]]=], [=[\.htpasswd\b]=], [=[\.htaccess\b]=], [=[wp-config\.php]=], [=[\.env$]=], [=[\.bash_history]=] }
+    -- at the start or after a separator, a space, a quote, '=', ':' or '('
+    local after = [=[(?<![^\\/\s"'=:(])]=]
+    return after .. table.concat(names, "|" .. after)
+  end)())
 
 -- 931 RFI (Lua: needs the argument's name and the URL's parts)
 rule(931100, "rfi", 5, 1, "Remote URL in an include-like parameter")
@@ -90,7 +100,7 @@ local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir
 rule(932100, "cmdi", 5, 1, "OS command after a shell separator",
   [=[(?:[;&|\n\r`]|\$\()\s*(?:\{\s*)?(?:[\w.-]*/)*(?:]=] .. CMD .. "|" .. CMD_ARGS .. ")")
 rule(932110, "cmdi", 5, 1, "Shell path or reverse shell (/bin/sh, /dev/tcp)",
-  [=[(?<!#!)(?:^|[\s;&|`'"(=])/(?:usr/)?bin/(?:ba|z|k|da|c|tc)?sh\b|/dev/(?:tcp|udp)/|\bpowershell(?:\.exe)?\s+-(?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec)\b|\bcmd(?:\.exe)?\s+/c\b]=])
+  [=[(?<!#!)(?<![^\s;&|`'"(=])/(?:usr/)?bin/(?:ba|z|k|da|c|tc)?sh\b|/dev/(?:tcp|udp)/|\bpowershell(?:\.exe)?\s+-(?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec)\b|\bcmd(?:\.exe)?\s+/c\b]=])
 rule(932120, "cmdi", 5, 1, "Shell evasion (${IFS}, brace expansion, globbed paths)",
   [=[\$\{?IFS\}?|\$\{\w+:\d+:\d+\}|\{\s*(?:cat|ls|id|wget|curl|nc|bash|sh|rm|echo)\s*,|/[\w?*]*[?*][\w?*]*/[\w?*]*[?*]]=])
 rule(932130, "cmdi", 5, 1, "Shellshock function definition",
@@ -100,7 +110,14 @@ rule(932130, "cmdi", 5, 1, "Shellshock function definition",
 rule(933100, "php", 5, 1, "PHP open tag",
   [=[<\?(?:php\b|=)]=])
 rule(933110, "php", 5, 1, "PHP high-risk function call",
-  [=[\b(?:system|exec|shell_exec|passthru|popen|proc_open|pcntl_exec|eval|assert|phpinfo|base64_decode|gzinflate|str_rot13|call_user_func(?:_array)?|create_function|preg_replace|file_put_contents|file_get_contents|unserialize|highlight_file|show_source|fsockopen)\s*\(]=])
+  -- one alternative per function (each starts with a literal: see compile_class)
+  (function()
+    local names = { "system", "exec", "shell_exec", "passthru", "popen", "proc_open", "pcntl_exec",
+      "eval", "assert", "phpinfo", "base64_decode", "gzinflate", "str_rot13", "call_user_func(?:_array)?",
+      "create_function", "preg_replace", "file_put_contents", "file_get_contents", "unserialize",
+      "highlight_file", "show_source", "fsockopen" }
+    return [=[\b]=] .. table.concat(names, [=[\s*\(|\b]=]) .. [=[\s*\(]=]
+  end)())
 rule(933120, "php", 5, 1, "PHP superglobal",
   [=[\$_(?:GET|POST|REQUEST|COOKIE|SERVER|FILES|ENV|SESSION)\b|\$GLOBALS\b]=])
 rule(933130, "php", 5, 1, "PHP serialized object",
@@ -239,22 +256,70 @@ local errbuf = ffi.new("char[256]")
 local erroff = ffi.new("size_t[1]")
 
 -- one alternation per class: (?:(p1)|(p2)|...), group i = the class's rule i
+-- The top-level alternatives of a pattern (split at '|' outside groups,
+-- classes and escapes).
+local function alternatives(p)
+  local out, depth, i, start, n = {}, 0, 1, 1, #p
+  while i <= n do
+    local c = string_sub(p, i, i)
+    if c == "\\" then
+      i = i + 1
+    elseif c == "[" then
+      -- a class: ']' right after '[' or '[^' is a member
+      local j = i + 1
+      if string_sub(p, j, j) == "^" then j = j + 1 end
+      if string_sub(p, j, j) == "]" then j = j + 1 end
+      while j <= n and string_sub(p, j, j) ~= "]" do
+        if string_sub(p, j, j) == "\\" then j = j + 1 end
+        j = j + 1
+      end
+      i = j
+    elseif c == "(" then depth = depth + 1
+    elseif c == ")" then depth = depth - 1
+    elseif c == "|" and depth == 0 then
+      out[#out + 1] = string_sub(p, start, i - 1)
+      start = i + 1
+    end
+    i = i + 1
+  end
+  out[#out + 1] = string_sub(p, start)
+  return out
+end
+_M.alternatives = alternatives
+
+local function compile(C, pat, id)
+  local rx = C.mg_rx_new(pat, #pat, 1, errbuf, 256, erroff)
+  if rx == nil then
+    return nil, string.format("pattern for %s: %s at offset %d", id, ffi.string(errbuf), tonumber(erroff[0]))
+  end
+  return ffi.gc(rx, C.mg_rx_free)
+end
+
+-- A class compiled twice: one alternation of its rules (one capture group per
+-- rule: one scan of a short value says which rule matched), and each
+-- top-level alternative of each rule on its own: PCRE2 finds a literal first
+-- byte with memchr, so on a long value a dozen single patterns cost less than
+-- one alternation that must try every branch at every byte.
 local function compile_class(C, list, paranoia)
-  local parts, ids = {}, {}
+  local parts, ids, singles = {}, {}, {}
   for _, r in ipairs(list) do
     if rules[r.id].pl <= paranoia then
       parts[#parts + 1] = "(" .. r.pattern .. ")"
       ids[#ids + 1] = r.id
+      for _, alt in ipairs(alternatives(r.pattern)) do
+        local rx, err = compile(C, alt, r.id)
+        if not rx then return nil, nil, nil, err end
+        singles[#singles + 1] = { rx = rx, id = r.id }
+      end
     end
   end
   if #parts == 0 then return nil end
   local pat = table.concat(parts, "|")
-  local rx = C.mg_rx_new(pat, #pat, 1, errbuf, 256, erroff)
-  if rx == nil then
-    return nil, nil, string.format("pattern for %s: %s at offset %d", list[1].id, ffi.string(errbuf), tonumber(erroff[0]))
-  end
-  return ffi.gc(rx, C.mg_rx_free), ids
+  local rx, err = compile(C, pat, list[1].id)
+  if not rx then return nil, nil, nil, err end
+  return rx, ids, singles
 end
+local LONG = 256   -- bytes: from here on a value is matched with the single patterns
 
 ---------------------------------------------------------------- helpers
 
@@ -287,8 +352,16 @@ local function run_classes(self, d, var, which, hits, m)
   for i = 1, #self.rx do
     local c = self.rx[i]
     if which[c.class] and c.trigger(d, m) then
-      local rc = self.C.mg_rx_match(c.rx, d, len, ovec, 32)
-      if rc > 0 then
+      if len >= LONG then
+        local singles = c.singles
+        for k = 1, #singles do
+          local sg = singles[k]
+          if self.C.mg_rx_match(sg.rx, d, len, ovec, 1) > 0 then
+            hit(self, hits, sg.id, var, d, tonumber(ovec[0]) + 1, tonumber(ovec[1]))
+            break
+          end
+        end
+      elseif self.C.mg_rx_match(c.rx, d, len, ovec, 32) > 0 then
         -- the first group that is set is the rule that matched
         for g = 1, #c.ids do
           if ovec[2 * g] ~= UNSET then
@@ -482,9 +555,9 @@ end
 
 -- shell quoting tricks: c''at, w"h"oami, c\at -> cat; ${IFS} -> a space
 local function unquote_shell(s)
-  if string_find(s, "['\"]") then s = string_gsub(s, "['\"]", "") end
-  if string_find(s, "\\", 1, true) then s = string_gsub(s, "\\(%a)", "%1") end
-  if string_find(s, "%${?IFS}?") then s = string_gsub(s, "%${?IFS}?", " ") end
+  if has(s, "'") or has(s, '"') then s = string_gsub(s, "['\"]", "") end
+  if has(s, "\\") then s = string_gsub(s, "\\(%a)", "%1") end
+  if has(s, "IFS") then s = string_gsub(s, "%${?IFS}?", " ") end
   return s
 end
 
@@ -795,10 +868,10 @@ function _M.new(opts)
   local C = opts.lib or mgffi.C
   local self = setmetatable({ paranoia = paranoia, C = C, rx = {}, clean = {}, ncached = 0, ua_clean = {}, nua = 0 }, Engine)
   for _, class in ipairs(class_order) do
-    local rx, ids, err = compile_class(C, classes[class], paranoia)
+    local rx, ids, singles, err = compile_class(C, classes[class], paranoia)
     if err then return nil, err end
     if rx then
-      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, trigger = triggers[class] }
+      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, singles = singles, trigger = triggers[class] }
     end
   end
   return self
