@@ -554,9 +554,24 @@ local function strip_lookups(s)
 end
 
 -- shell quoting tricks: c''at, w"h"oami, c\at -> cat; ${IFS} -> a space
+-- s without any byte c (plain finds and one concat: a gsub walks a long
+-- value byte by byte in the interpreter)
+local function strip(s, c)
+  local at = string_find(s, c, 1, true)
+  if not at then return s end
+  local parts, n, p = {}, 0, 1
+  while at do
+    n = n + 1
+    parts[n] = string_sub(s, p, at - 1)
+    p = at + 1
+    at = string_find(s, c, p, true)
+  end
+  parts[n + 1] = string_sub(s, p)
+  return table.concat(parts)
+end
+
 local function unquote_shell(s)
-  if has(s, "'") or has(s, '"') then s = string_gsub(s, "['\"]", "") end
-  if has(s, "\\") then s = string_gsub(s, "\\(%a)", "%1") end
+  s = strip(strip(strip(s, "'"), '"'), "\\")
   if has(s, "IFS") then s = string_gsub(s, "%${?IFS}?", " ") end
   return s
 end

@@ -65,12 +65,13 @@ end
 --- ("tag", "handler", "scheme", "break", "js") and a short reason, or nil.
 -- the first of the bytes of `set` in s (plain finds: memchr speed; a Lua
 -- character class is matched byte by byte in the interpreter)
-local function first(s, a, b, c)
-  local x = string_find(s, a, 1, true)
-  local y = string_find(s, b, 1, true)
+local function first(s, a, b, c, init)
+  init = init or 1
+  local x = string_find(s, a, init, true)
+  local y = string_find(s, b, init, true)
   if y and (not x or y < x) then x = y end
   if c then
-    y = string_find(s, c, 1, true)
+    y = string_find(s, c, init, true)
     if y and (not x or y < x) then x = y end
   end
   return x
@@ -142,14 +143,14 @@ function _M.detect(s)
   if q1 and first(l, "(", "`") then
     local x, y, id = string_find(l, "^%s*[\"'`][%s%)%]}]*[-+*/|&;,^%%?:]+%s*([%a_$][%w_$%.]*)%s*[(`]")
     if x then return "js", "string break, then " .. id end
-    local p = 1
-    while true do
-      x, y, id = string_find(l, "[\"'`][%s%)%]}]*[-+*/|&;,^]+%s*([%a_$][%w_$]*)", p)
-      if not x then break end
-      if sinks[id] and string_find(string_sub(l, y + 1, y + 64), "^[%s%.%w_$%[%]\"']*[(`=]") then
+    -- every quote (found with plain finds), then the shape anchored there
+    local qp = q1
+    while qp do
+      x, y, id = string_find(l, "^[\"'`][%s%)%]}]*[-+*/|&;,^]+%s*([%a_$][%w_$]*)", qp)
+      if x and sinks[id] and string_find(string_sub(l, y + 1, y + 64), "^[%s%.%w_$%[%]\"']*[(`=]") then
         return "js", "string break, then " .. id
       end
-      p = y + 1
+      qp = first(l, "'", '"', "`", qp + 1)
     end
   end
   return nil
