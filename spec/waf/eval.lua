@@ -171,6 +171,9 @@ local function measure()
   per("value: 'price_asc'", 200000, function() engine:value("price_asc", "ARGS:sort", "arg", hits) end)
   per("value: 120-byte sentence", 20000, function() engine:value(sentence, "ARGS:m", "arg", hits) end)
   per("value: 2 KiB form text", 2000, function() engine:value(long, "ARGS:message", "arg", hits) end)
+  local punct = ("Hi, the parcel (order #1234) arrived today but the box was crushed; can't you send a new "
+    .. "one? Thanks - Sam O'Brien: sam@example.com. "):rep(16):sub(1, 2048)
+  per("value: 2 KiB prose with ' ( ) ; # @ :", 2000, function() engine:value(punct, "ARGS:message", "arg", hits) end)
   per("request: GET /search?q=red+shoes&... (collect+detect)", 20000, function()
     local values, info = collect.request("GET", "/search?q=red+shoes&color=black&size=9&page=3&sort=price_asc",
       browser, nil, { version = "1.1" })
