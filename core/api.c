@@ -845,3 +845,28 @@ int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, doubl
   r->holds = h;
   return 1;
 }
+
+/* ---- i14-waf-core: the waf policy's access log field and its body bound ---- */
+int mg_req_set_waf(mg_req_t *r, const char *p, size_t len) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (len == 0 || len > 512) return MG_API_EINVAL;
+  char *k = mg_arena_strdup(&r->arena, p, len);
+  if (!k) return MG_API_ENOMEM;
+  r->waf = (mg_str_t){ k, len };
+  return 0;
+}
+
+double mg_req_body_bound(mg_req_t *r) {
+  if (!live(r)) return MG_API_EPHASE;
+  uint64_t max = r->route ? r->route->buffer_body : MG_BUFFER_BODY;
+  uint64_t limit = r->gen->limits.body_size;
+  if (limit && limit < max) max = limit;
+  return (double)max;
+}
+
+int mg_req_orig_target(mg_req_t *r, mg_str_t *out) {
+  if (!live(r)) return MG_API_EPHASE;
+  if (!r->orig_target.p) return MG_API_ENOTFOUND;
+  *out = r->orig_target;
+  return 0;
+}

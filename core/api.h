@@ -353,5 +353,17 @@ int mg_api_jws_key_type(const mg_jws_key_t *k);
 void mg_api_jws_key_free(mg_jws_key_t *k);
 int mg_api_jws_verify(const mg_jws_key_t *k, int alg, const char *input, size_t ilen,
                       const unsigned char *sig, size_t slen);
+/* ---- i14-waf-core: the waf policy ---- */
+/* The rule ids the WAF matched (copied; 1 to 512 bytes, else MG_API_EINVAL): the
+ * access log line gets them as its `waf` field. */
+int mg_req_set_waf(mg_req_t *r, const char *p, size_t len);
+/* The most req:read_body may hold for this request (the route's buffer_body,
+ * limits.body_size, whichever is smaller), in bytes; MG_API_EPHASE when the
+ * request is gone. A body announced larger fails the read (413). */
+double mg_req_body_bound(mg_req_t *r);
+/* The request-target as the client sent it (before normalization; the path part of
+ * an absolute-form target), kept when a waf policy is configured (or forward_path =
+ * "as_received"); MG_API_ENOTFOUND when it was not kept. */
+int mg_req_orig_target(mg_req_t *r, mg_str_t *out);
 
 #endif

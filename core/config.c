@@ -1028,6 +1028,9 @@ static int walk(walk_t *w, mg_gen_t *g) {
   char *fp = field_str(L, -1, "forward_path");
   g->forward_raw = fp && strcmp(fp, "as_received") == 0;
   free(fp);
+  lua_getfield(L, -1, "keep_target"); /* i14-waf-core: set by mg.policy.waf */
+  g->keep_target = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, -1, "trusted_proxies");
   int ntrusted = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
   if (ntrusted > 0) {

@@ -252,6 +252,8 @@ struct mg_gen_s {
   int nshared;
   int forward_raw;     /* forward_path = "as_received": the target goes upstream as the
                           client sent it (routing always uses the normalized path) */
+  int keep_target;     /* i14-waf-core: keep the target as received for mg_req_orig_target
+                          (a waf policy is configured): one arena copy per request */
   mg_cidr_t *trusted;  /* trusted_proxies: peers whose X-Forwarded-For/Forwarded/
                           X-Real-IP/X-Request-Id are believed; NULL: none */
   int watch;           /* reload when one of `files` changes */

@@ -598,6 +598,7 @@ static void access_log(mg_req_t *r) {
   cJSON_AddStringToObject(o, "request_id", r->id);
   if (r->policy.len) cJSON_AddStringToObject(o, "policy", r->policy.p); /* issue 14 (NUL-ended) */
   if (r->consumer.len) cJSON_AddStringToObject(o, "consumer", r->consumer.p); /* i14-auth */
+  if (r->waf.len) cJSON_AddStringToObject(o, "waf", r->waf.p); /* i14-waf-core */
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);
   if (!s) return;
@@ -909,10 +910,11 @@ static int parse_target(mg_req_t *r) {
    * normalized in place unless the original must go upstream (forward_path). */
   int own = r->target.p >= r->head.buf && r->target.p < r->head.buf + r->head.len;
   char *norm = (char *)r->target.p;
-  if (r->gen->forward_raw || !own) { /* not ours to change ("/" of "http://h") */
+  if (r->gen->forward_raw || r->gen->keep_target || !own) { /* not ours to change ("/" of "http://h") */
     norm = mg_arena_alloc(&r->arena, r->target.len + 1);
     if (!norm) return 500;
     if (r->gen->forward_raw) r->raw_target = r->target;
+    r->orig_target = r->target; /* i14-waf-core: intact, normalized into a copy */
   }
   size_t nlen;
   if (mg_uri_normalize_target(r->target.p, r->target.len, norm, &nlen) < 0) {

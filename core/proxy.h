@@ -226,6 +226,11 @@ struct mg_req_s {
   mg_str_t policy;
   /* i14-auth: the consumer an authentication policy found (arena; the access log's `consumer`) */
   mg_str_t consumer;
+  /* i14-waf-core: the WAF's rule ids (arena; the access log's `waf`) */
+  mg_str_t waf;
+  /* i14-waf-core: the target as received when it was normalized into a copy
+   * (gen->keep_target, forward_raw, absolute form); NULL when normalized in place */
+  mg_str_t orig_target;
   /* i14-cors: counters in shared dictionaries this request holds (limit_conn), in
    * the arena; each is decremented once when the request ends, whatever the way
    * (answered, client gone, upstream failed): mg_req_holds_release */

@@ -190,6 +190,10 @@ mg_jws_key_t *mg_api_jws_key_ed25519(const unsigned char *x, size_t xlen);
 int mg_api_jws_key_type(const mg_jws_key_t *k);
 void mg_api_jws_key_free(mg_jws_key_t *k);
 int mg_api_jws_verify(const mg_jws_key_t *k, int alg, const char *input, size_t ilen, const unsigned char *sig, size_t slen);
+/* ---- i14-waf-core ---- */
+int mg_req_set_waf(mg_req_t *r, const char *p, size_t len);
+double mg_req_body_bound(mg_req_t *r);
+int mg_req_orig_target(mg_req_t *r, mg_str_t *out);
 ]]
 
 -- name -> number: a hook's number is its position in moongate.hooks minus one

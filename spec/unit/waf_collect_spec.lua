@@ -45,6 +45,18 @@ describe("waf.collect", function()
     assert.same({ "path REQUEST_PATH = /s", "arg_name ARGS_NAMES:q = q", "arg ARGS:q = %27" }, lines(v))
   end)
 
+  it("unescape: %HH in either case, '+' only when asked, a '%' that starts no escape kept", function()
+    local u = collect.unescape
+    assert.equal("AB/z", u("%41%42%2fz"))
+    assert.equal("100% %4 %zz %A", u("100% %4 %zz %%41"))
+    assert.equal("%", u("%"))
+    assert.equal("a b", u("a+b", true))
+    assert.equal("a+b", u("a+b"))
+    assert.equal("a+b c", u("a%2Bb+c", true))
+    assert.equal("plain", u("plain", true))
+    assert.equal(string.rep("\255", 3000), u(string.rep("%FF", 3000)))
+  end)
+
   it("absolute-form target: the path after the authority", function()
     local v, info = req("GET", "http://other.example/x?a=1")
     assert.equal("/x", info.path)

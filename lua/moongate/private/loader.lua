@@ -74,6 +74,7 @@ function _M.load(path, source)
     listeners = st.listeners, upstreams = st.upstreams, routes = {},
     hooks = 0, shared = {}, watch = c.watch or false, files = { path }, source = source,
     forward_path = c.forward_path or "normalized", trusted_proxies = c.trusted_proxies or {},
+    keep_target = c.keep_target or false, -- i14-waf-core: set by mg.policy.waf
   }
   -- the cache store exists when mg.config has `cache` or a route caches (defaults)
   local any_cache = c.cache ~= nil

@@ -19,6 +19,8 @@ local string_byte, string_find, string_sub, string_char, string_lower, string_gs
       string.byte, string.find, string.sub, string.char, string.lower, string.gsub
 local tonumber, type = tonumber, type
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local ffi = require "ffi"
+local ffi_string, ffi_cast = ffi.string, ffi.cast
 
 local _M = {}
 
@@ -31,11 +33,45 @@ _M.MAX_VALUES, _M.MAX_DEPTH, _M.MAX_PARTS = MAX_VALUES, MAX_DEPTH, MAX_PARTS
 
 -- Percent-decoding, once: %HH only (the detectors undo %uHHHH, double
 -- encodings and the rest themselves). `plus`: '+' is a space (query, form).
-local function hex_byte(h) return string_char(tonumber(h, 16)) end
+-- A byte loop into a reused buffer (LuaJIT compiles it; gsub with a function
+-- is not compiled).
+local buf, buf_size = nil, 0
+local HEX = ffi.new("int8_t[256]")
+for c = 0, 255 do HEX[c] = -1 end
+for c = 48, 57 do HEX[c] = c - 48 end
+for c = 65, 70 do HEX[c] = c - 55 end
+for c = 97, 102 do HEX[c] = c - 87 end
+
+-- byte -> byte, with '+' -> ' ' (PLUS) or not (SAME)
+local SAME, PLUS = ffi.new("uint8_t[256]"), ffi.new("uint8_t[256]")
+for c = 0, 255 do SAME[c] = c; PLUS[c] = c end
+PLUS[43] = 32
+
 local function unescape(s, plus)
-  if plus and string_find(s, "+", 1, true) then s = string_gsub(s, "%+", " ") end
-  if not string_find(s, "%", 1, true) then return s end
-  return (string_gsub(s, "%%(%x%x)", hex_byte))
+  if not string_find(s, "%", 1, true) and not (plus and string_find(s, "+", 1, true)) then return s end
+  local n = #s
+  if n > buf_size then
+    buf_size = n < 256 and 256 or n
+    buf = ffi.new("uint8_t[?]", buf_size)
+  end
+  local map = plus and PLUS or SAME
+  local p = ffi_cast("const uint8_t *", s)
+  local o, i = 0, 0
+  while i < n do
+    local b = p[i]
+    if b ~= 37 then
+      buf[o] = map[b]
+      i = i + 1
+    elseif i + 2 < n and HEX[p[i + 1]] >= 0 and HEX[p[i + 2]] >= 0 then
+      buf[o] = HEX[p[i + 1]] * 16 + HEX[p[i + 2]]
+      i = i + 3
+    else
+      buf[o] = 37
+      i = i + 1
+    end
+    o = o + 1
+  end
+  return ffi_string(buf, o)
 end
 _M.unescape = unescape
 
@@ -415,14 +451,27 @@ local function wanted_header(name, value)
   return string_find(value, "${", 1, true) or string_find(value, "() {", 1, true)
 end
 
+-- s[i..j] without the spaces and tabs around it
+local function trim(s, i, j)
+  local b = string_byte(s, i)
+  while i <= j and (b == 32 or b == 9) do i = i + 1; b = string_byte(s, i) end
+  b = string_byte(s, j)
+  while j >= i and (b == 32 or b == 9) do j = j - 1; b = string_byte(s, j) end
+  return string_sub(s, i, j)
+end
+
 local function collect_cookies(st, value)
   local pos, len = 1, #value
   while pos <= len and not st.info.too_many do
     local semi = string_find(value, ";", pos, true) or len + 1
-    local a, _, name, v = string_find(string_sub(value, pos, semi - 1), "^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if a and name ~= "" then
-      add(st, name, "REQUEST_COOKIES_NAMES:" .. name, "cookie_name")
-      if v ~= "" then add(st, unescape(v), "REQUEST_COOKIES:" .. name, "cookie") end
+    local eq = string_find(value, "=", pos, true)
+    if eq and eq < semi then
+      local name = trim(value, pos, eq - 1)
+      if name ~= "" then
+        add(st, name, "REQUEST_COOKIES_NAMES:" .. name, "cookie_name")
+        local v = trim(value, eq + 1, semi - 1)
+        if v ~= "" then add(st, unescape(v), "REQUEST_COOKIES:" .. name, "cookie") end
+      end
     end
     pos = semi + 1
   end
@@ -441,7 +490,7 @@ function _M.request(method, target, headers, body, opts)
   local path_raw, query = target, nil
   local q = string_find(target, "?", 1, true)
   if q then path_raw, query = string_sub(target, 1, q - 1), string_sub(target, q + 1) end
-  local authority = string.match(path_raw, "^%a[%w+.-]*://([^/]*)")
+  local authority = string_byte(path_raw, 1) ~= 47 and string.match(path_raw, "^%a[%w+.-]*://([^/]*)")
   if authority then
     path_raw = string_sub(path_raw, #string.match(path_raw, "^%a[%w+.-]*://") + #authority + 1)
     if path_raw == "" then path_raw = "/" end
