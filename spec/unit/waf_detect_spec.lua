@@ -152,6 +152,7 @@ describe("waf.detect", function()
     assert.is_true(hits_class("ssrf", "http://[fd00:ec2::254]/latest", "ARGS:u"))
     assert.is_true(hits_class("ssrf", "gopher://mail.test:25/_HELO", "ARGS:u"))
     assert.is_true(hits_class("ssrf", "http://user@localhost:9000/", "ARGS:u"))
+    assert.is_true(hits_class("ssrf", "http://127.0.0.1:6379 trailing words", "ARGS:u"))
     assert.is_false(hits_class("ssrf", "http://192.0.2.1/", "ARGS:u"))
     assert.is_false(hits_class("ssrf", "https://127example.com/x", "ARGS:u"))
     assert.is_false(hits_class("ssrf", "https://docs.example.com/localhost-setup", "ARGS:u"))
@@ -222,6 +223,11 @@ describe("waf.detect", function()
       "x = a || b && c", "function foo() { return 1; }", "let me know; I'll ping you tomorrow",
       "My path is C:\\Program Files\\App", "password must contain !@#$%^&*()", "1 or 2", "f(x)(y)",
       "Ünïcödé — “quotes” and ‘single’", "日本語のテキスト", "Use the onclick attribute sparingly",
+      "In bash: for i in $(seq 1 10); do echo $i; done", "npm install --save express && npm start",
+      "Use `git log --oneline | head` to see commits", "Hello {{ user.name }}, your order {{ order.id }} shipped",
+      "${HOME}/bin is on my PATH", "The file is ../assets/logo.png relative to the page",
+"Call exec() only with trusted input",
+      "DELETE FROM logs WHERE ts < now() - interval '7 days';", "To: Marketing team\nSubject: Q3 plan",
     }) do
       assert.same({}, ids(v), v)
     end

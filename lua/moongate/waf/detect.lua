@@ -113,10 +113,12 @@ rule(933110, "php", 5, 1, "PHP high-risk function call",
   -- one alternative per function (each starts with a literal: see compile_class)
   (function()
     local names = { "system", "exec", "shell_exec", "passthru", "popen", "proc_open", "pcntl_exec",
-      "eval", "assert", "phpinfo", "base64_decode", "gzinflate", "str_rot13", "call_user_func(?:_array)?",
+      "eval", "assert", "base64_decode", "gzinflate", "str_rot13", "call_user_func(?:_array)?",
       "create_function", "preg_replace", "file_put_contents", "file_get_contents", "unserialize",
       "highlight_file", "show_source", "fsockopen" }
-    return [=[\b]=] .. table.concat(names, [=[\s*\(|\b]=]) .. [=[\s*\(]=]
+    -- with an argument ("exec()" in prose about code is not a call that does
+    -- anything); phpinfo() needs none
+    return [=[\b]=] .. table.concat(names, [=[\s*\((?!\s*\))|\b]=]) .. [=[\s*\((?!\s*\))|\bphpinfo\s*\(]=]
   end)())
 rule(933120, "php", 5, 1, "PHP superglobal",
   [=[\$_(?:GET|POST|REQUEST|COOKIE|SERVER|FILES|ENV|SESSION)\b|\$GLOBALS\b]=])
@@ -502,8 +504,8 @@ local function urls(self, d, var, where, hits)
     end
     -- the authority as a browser reads it (ends at / ? # \) and as a naive
     -- parser does (ends at /, so "127.0.0.1#@evil" is "evil" to one of them)
-    local auth1 = string_match(rest, "^[^/?#\\]*")
-    local auth2 = string_match(rest, "^[^/\\]*")
+    local auth1 = string_match(rest, "^[^/?#\\%s]*")
+    local auth2 = string_match(rest, "^[^/\\%s]*")
     local h1, br1 = host_of(auth1)
     local id = classify_host(h1, br1)
     if not id and auth2 ~= auth1 then
