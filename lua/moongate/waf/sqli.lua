@@ -237,7 +237,9 @@ local function judge(toks, ctx)
       if c and (c[1] == OP or c[1] == LOGIC) and toks[5] and operand[toks[5][1]] then
         return "tautology after a value"
       end
-      if k1 == NUM and (k3 == FUNC or k3 == LPAR or (k3 == NUM and c and (c[1] == COMMENT or c[1] == LOGIC))) then
+      -- "1 or (1=1", "1 and (select ...": a parenthesis that opens a condition
+      local cond = k3 == LPAR and c and ((operand[c[1]] and toks[5] and toks[5][1] == OP) or c[2] == "select")
+      if k1 == NUM and (k3 == FUNC or cond or (k3 == NUM and c and (c[1] == COMMENT or c[1] == LOGIC))) then
         return "condition after a number"
       end
     end
