@@ -56,6 +56,14 @@ describe("waf.decode", function()
     assert.is_nil(decode.base64("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"))
   end)
 
+  it("fullwidth: ．／＼ to ASCII, U+560A / U+560D to LF / CR, other text unchanged", function()
+    assert.equal("../..\\etc", decode.fullwidth("\239\188\142\239\188\142\239\188\143..\239\188\188etc"))
+    assert.equal("a\n\rb", decode.fullwidth("a\229\152\138\229\152\141b"))
+    local s = "Zoë 日本 ＡＢＣ ok"
+    assert.equal(s, decode.fullwidth(s))
+    assert.equal("../etc/passwd", decode.normalize("%uff0e%uff0e%uff0fetc/passwd"))
+  end)
+
   it("normalize: the pipeline, and plain text unchanged (the same string)", function()
     assert.equal("<img src=x onerror=alert(1)>",
       decode.normalize("%3Cimg%20src%3Dx%20onerror%3D%26%2397%3Blert(1)%3E"))

@@ -171,6 +171,9 @@ local function measure()
   per("value: 'price_asc'", 200000, function() engine:value("price_asc", "ARGS:sort", "arg", hits) end)
   per("value: 120-byte sentence", 20000, function() engine:value(sentence, "ARGS:m", "arg", hits) end)
   per("value: 2 KiB form text", 2000, function() engine:value(long, "ARGS:message", "arg", hits) end)
+  local punct = ("Hi, the parcel (order #1234) arrived today but the box was crushed; can't you send a new "
+    .. "one? Thanks - Sam O'Brien: sam@example.com. "):rep(16):sub(1, 2048)
+  per("value: 2 KiB prose with ' ( ) ; # @ :", 2000, function() engine:value(punct, "ARGS:message", "arg", hits) end)
   per("request: GET /search?q=red+shoes&... (collect+detect)", 20000, function()
     local values, info = collect.request("GET", "/search?q=red+shoes&color=black&size=9&page=3&sort=price_asc",
       browser, nil, { version = "1.1" })
@@ -182,6 +185,19 @@ local function measure()
     for i = 1, #values do local v = values[i]; engine:value(v.v, v.var, v.where, hits) end
     engine:request(info, hits)
   end)
+  do
+    local gv, gi = collect.request("GET", "/search?q=red+shoes&color=black&size=9&page=3&sort=price_asc",
+      browser, nil, { version = "1.1" })
+    local pv, pi = collect.request("POST", "/contact", post_headers, post, { version = "1.1" })
+    per("  GET: detect only (collect's values given)", 20000, function()
+      for i = 1, #gv do local v = gv[i]; engine:value(v.v, v.var, v.where, hits) end
+      engine:request(gi, hits)
+    end)
+    per("  POST: detect only (collect's values given)", 2000, function()
+      for i = 1, #pv do local v = pv[i]; engine:value(v.v, v.var, v.where, hits) end
+      engine:request(pi, hits)
+    end)
+  end
   assert(#hits == 0, "the cost inputs are benign, yet something hit: " .. tostring(hits[1] and hits[1].id))
 end
 

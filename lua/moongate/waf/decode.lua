@@ -62,7 +62,10 @@ end
 
 --- Overlong UTF-8 encodings of ASCII folded to ASCII.
 function _M.overlong(s)
-  if not string_find(s, "[\192\193\224]") then return s end
+  if not (string_find(s, "\192", 1, true) or string_find(s, "\193", 1, true)
+          or string_find(s, "\224", 1, true)) then
+    return s
+  end
   s = string_gsub(s, "([\192\193])([\128-\191])", overlong2)
   return (string_gsub(s, "\224([\128-\129])([\128-\191])", overlong3))
 end
@@ -146,11 +149,23 @@ function _M.base64(s)
 end
 
 --- The text the detectors look at: URL decoding (repeated; '+' too when
---- `plus`), overlong UTF-8, HTML references, JS escapes, NUL bytes removed.
+--- `plus`), overlong UTF-8, fullwidth folding, HTML references, JS escapes,
+--- NUL bytes removed.
 --- SQL comments are the SQL detector's own step (they mean nothing elsewhere).
+--- Fullwidth forms IIS and some frameworks fold to ASCII: U+FF0E "．",
+--- U+FF0F "／", U+FF3C "＼"; and U+560A / U+560D, whose low bytes are LF and
+--- CR to servers that cut code points to a byte (a known header injection).
+local fold = { ["\239\188\142"] = ".", ["\239\188\143"] = "/", ["\239\188\188"] = "\\",
+  ["\229\152\138"] = "\n", ["\229\152\141"] = "\r" }
+function _M.fullwidth(s)
+  if not (string_find(s, "\239", 1, true) or string_find(s, "\229", 1, true)) then return s end
+  return (string_gsub(s, "[\239\229][\152\188][\138\141\142\143\188]", fold))
+end
+
 function _M.normalize(s, plus)
   s = _M.url_repeat(s, plus)
   s = _M.overlong(s)
+  s = _M.fullwidth(s)
   s = _M.html(s)
   s = _M.js(s)
   if string_find(s, "\0", 1, true) then s = string_gsub(s, "%z", "") end

@@ -35,6 +35,7 @@ local _M = {}
 local rules = {}
 _M.rules = rules
 local classes = {}   -- class -> list of { id, pattern } for the PCRE2 classes
+_M.patterns = classes
 local class_order = {}
 
 local function rule(id, class, severity, pl, msg, pattern)
@@ -73,11 +74,20 @@ rule(921100, "protocol", 3, 1, "HTTP parameter pollution: one argument repeated 
 
 -- 930 traversal / LFI
 rule(930100, "lfi", 5, 1, "Path traversal (../)",
-  [=[(?:^|[\\/]|\xe2\x88\x96)\.{2,}(?:[\\/]|\xe2\x88\x96)|[\\/]\.{2,}$]=])
+  [=[(?:^|[\\/]|\xe2\x88\x96)\.{2,};?(?:[\\/]|\xe2\x88\x96)|[\\/]\.{2,}$]=])
 rule(930110, "lfi", 5, 1, "PHP and other stream wrappers",
   [=[\b(?:php|phar|zip|expect|glob|zlib|compress\.zlib|compress\.bzip2|rar|ogg|ssh2(?:\.\w+)?|jar|netdoc)://|\bfile:/|\bdata://]=])
 rule(930120, "lfi", 5, 1, "OS file access",
-  [=[(?:^|[\\/\s"'=:(])(?:etc[\\/](?:passwd|shadow|group|hosts|issue|hostname|crontab|sudoers|gshadow|master\.passwd|resolv\.conf|motd|fstab|mtab)\b|proc[\\/](?:self|\d+)[\\/]|windows[\\/](?:win\.ini|system\.ini|system32[\\/])|boot\.ini\b|winnt[\\/]|\.ssh[\\/]|var[\\/]log[\\/]|web-inf[\\/]|meta-inf[\\/]|\.aws[\\/]|\.git[\\/]|\.htpasswd\b|\.htaccess\b|wp-config\.php|\.env$|\.bash_history)]=])
+  -- each name its own alternative, so each starts with a literal (see compile_class)
+  (function()
+    local names = { [=[etc[\\/](?:passwd|shadow|group|hosts|issue|hostname|crontab|sudoers|gshadow|master\.passwd|resolv\.conf|motd|fstab|mtab)\b]=],
+      [=[proc[\\/](?:self|\d+)[\\/]]=], [=[windows[\\/](?:win\.ini|system\.ini|system32[\\/])]=], [=[boot\.ini\b]=],
+      [=[winnt[\\/]]=], [=[\.ssh[\\/]]=], [=[var[\\/]log[\\/]]=], [=[web-inf[\\/]]=], [=[meta-inf[\\/]]=], [=[\.aws[\\/]]=],
+      [=[\.git[\\/]]=], [=[\.htpasswd\b]=], [=[\.htaccess\b]=], [=[wp-config\.php]=], [=[\.env$]=], [=[\.bash_history]=] }
+    -- at the start or after a separator, a space, a quote, '=', ':' or '('
+    local after = [=[(?<![^\\/\s"'=:(])]=]
+    return after .. table.concat(names, "|" .. after)
+  end)())
 
 -- 931 RFI (Lua: needs the argument's name and the URL's parts)
 rule(931100, "rfi", 5, 1, "Remote URL in an include-like parameter")
@@ -85,14 +95,14 @@ rule(931110, "rfi", 5, 1, "Remote URL ending in '?' or a script name after '?' (
 rule(931120, "rfi", 5, 1, "UNC path (\\\\host\\share)")
 
 -- 932 command injection
-local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
-local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|sleep\s+\d|ping\s+(?:-\w|\d)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
+local CMD = [=[(?:id|whoami|uname|w|wget|curl|nc|ncat|netcat|socat|telnet|tftp|powershell|pwsh|cmd(?:\.exe)?|nslookup|ifconfig|ipconfig|netstat|systeminfo|tasklist|taskkill|certutil|bitsadmin|wmic|mkfifo|xterm|hostname|printenv|env|passwd|useradd|chmod|chown|base64)(?=[\s;&|`)<>,$]|$)]=]
+local CMD_ARGS = [=[(?:cat|more|less|head|tail|nl|tac|ls|rm|cp|mv|touch|find|dir|type)(?:\s+(?:-\w+\s+)*['"]?(?:[/~\\]|[a-z]:\\|\.\.?/|\$)|\s*<\s*/)|ls(?:\s+-\w+)*\s*(?:$|[;&|`)])|sleep\s+\d|ping\s+(?:-\w|\d|[\w-]+\.[\w.-]+)|ps\s+-?aux|kill\s+-\d|echo\s+\S+\s*>|(?:perl|ruby|node|lua)\s+-e\b|python[23]?\s+-c\b|php\s+-r\b|awk\s+['"]?\w*\s*\{|net\s+(?:user|localgroup|group|share|view|use)\b|reg\s+(?:add|query|delete)\b|crontab\s+-|(?:ba|z|k|da|c|tc)?sh(?=\s*(?:$|[;&|)`<>]|-\w))]=]
 rule(932100, "cmdi", 5, 1, "OS command after a shell separator",
   [=[(?:[;&|\n\r`]|\$\()\s*(?:\{\s*)?(?:[\w.-]*/)*(?:]=] .. CMD .. "|" .. CMD_ARGS .. ")")
 rule(932110, "cmdi", 5, 1, "Shell path or reverse shell (/bin/sh, /dev/tcp)",
-  [=[(?<!#!)(?:^|[\s;&|`'"(=])/(?:usr/)?bin/(?:ba|z|k|da|c|tc)?sh\b|/dev/(?:tcp|udp)/|\bpowershell(?:\.exe)?\s+-(?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec)\b|\bcmd(?:\.exe)?\s+/c\b]=])
+  [=[(?<!#!)(?<![^\s;&|`'"(=])/(?:usr/)?bin/(?:ba|z|k|da|c|tc)?sh\b|/dev/(?:tcp|udp)/|\bpowershell(?:\.exe)?\s+-(?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec)\b|\bcmd(?:\.exe)?\s+/c\b]=])
 rule(932120, "cmdi", 5, 1, "Shell evasion (${IFS}, brace expansion, globbed paths)",
-  [=[\$\{?IFS\}?|\{\s*(?:cat|ls|id|wget|curl|nc|bash|sh|rm|echo)\s*,|/[\w?*]*[?*][\w?*]*/[\w?*]*[?*]]=])
+  [=[\$\{?IFS\}?|\$\{\w+:\d+:\d+\}|\{\s*(?:cat|ls|id|wget|curl|nc|bash|sh|rm|echo)\s*,|/[\w?*]*[?*][\w?*]*/[\w?*]*[?*]]=])
 rule(932130, "cmdi", 5, 1, "Shellshock function definition",
   [=[^\s*\(\s*\)\s*\{]=])
 
@@ -100,7 +110,16 @@ rule(932130, "cmdi", 5, 1, "Shellshock function definition",
 rule(933100, "php", 5, 1, "PHP open tag",
   [=[<\?(?:php\b|=)]=])
 rule(933110, "php", 5, 1, "PHP high-risk function call",
-  [=[\b(?:system|exec|shell_exec|passthru|popen|proc_open|pcntl_exec|eval|assert|phpinfo|base64_decode|gzinflate|str_rot13|call_user_func(?:_array)?|create_function|preg_replace|file_put_contents|file_get_contents|unserialize|highlight_file|show_source|fsockopen)\s*\(]=])
+  -- one alternative per function (each starts with a literal: see compile_class)
+  (function()
+    local names = { "system", "exec", "shell_exec", "passthru", "popen", "proc_open", "pcntl_exec",
+      "eval", "assert", "base64_decode", "gzinflate", "str_rot13", "call_user_func(?:_array)?",
+      "create_function", "preg_replace", "file_put_contents", "file_get_contents", "unserialize",
+      "highlight_file", "show_source", "fsockopen" }
+    -- with an argument ("exec()" in prose about code is not a call that does
+    -- anything); phpinfo() needs none
+    return [=[\b]=] .. table.concat(names, [=[\s*\((?!\s*\))|\b]=]) .. [=[\s*\((?!\s*\))|\bphpinfo\s*\(]=]
+  end)())
 rule(933120, "php", 5, 1, "PHP superglobal",
   [=[\$_(?:GET|POST|REQUEST|COOKIE|SERVER|FILES|ENV|SESSION)\b|\$GLOBALS\b]=])
 rule(933130, "php", 5, 1, "PHP serialized object",
@@ -109,24 +128,24 @@ rule(933140, "php", 5, 1, "Upload of a server-side script (file name)")
 
 -- 934 code: node, python, templates, JNDI, deserialisation, prototype pollution
 rule(934100, "code", 5, 1, "Node.js code injection",
-  [=[\bchild_process\b|process\.mainModule|process\.binding\s*\(|require\s*\(\s*['"](?:child_process|fs|net|vm|os)['"]\s*\)|\bconstructor\s*\.\s*constructor\s*\(]=])
+  [=[\bchild_process\b|process\.mainModule|process\.binding\s*\(|require\s*\(\s*['"](?:child_process|fs|net|vm|os)['"]\s*\)|\bconstructor\s*\.\s*constructor\s*\(|\bFunction\s*\(\s*['"`]\s*return\b]=])
 rule(934110, "code", 5, 1, "Python code injection",
   [=[\.__(?:class|mro|subclasses|globals|builtins|init|base|bases|dict)__\s*[.\[(]|__import__\s*\(|__(?:subclasses|globals|builtins|mro)__|\bos\.(?:system|popen|exec\w*|spawn\w*)\s*\(|\bsubprocess\.\w+\s*\(|\beval\s*\(\s*compile\s*\(]=])
 rule(934120, "code", 5, 1, "Server-side template injection",
-  [=[\{\{[^}]{0,300}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*\d|popen|\bimport\b|\[['"])|\{%[^%]{0,200}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|\$\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^}]{0,200}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
+  [=[\{\{[^{}]{0,160}?(?:__|\bconfig\b|\brequest\b|\bself\b|\bconstructor\b|\bcycler\b|\blipsum\b|\bjoiner\b|\d\s*[*+]\s*['"]?\d|popen|\bimport\b|\[['"])|\{%[^{}%]{0,160}?(?:\bimport\b|\bexec\b|\bsystem\b|popen|__)|[$#*@]\{\s*\d+\s*[*+/-]\s*\d+\s*\}|\$\{\s*T\s*\(|#\{[^{}]{0,160}?(?:getClass|Runtime|\bexec\b|\bT\s*\(|classLoader)|\b_self\.env\b|registerUndefinedFilterCallback|\{\$smarty\b|\{php\}|\{\{#with\b|<#(?:assign|import|include)\b|freemarker\.template|\?new\s*\(\s*\)|<%=?\s*(?:`|system\b|exec\b|eval\b|IO\.|File\.|%x|require\b|Runtime|\d+\s*[*+]\s*\d)|#set\s*\(\s*\$]=])
 rule(934130, "code", 5, 1, "JNDI lookup (Log4Shell)",
   [=[\$\{\s*jndi\s*:|\$\{\s*(?:ldaps?|rmi|dns|iiop|corba|nds|nis)\s*:]=])
 rule(934140, "code", 5, 1, "Prototype pollution",
   [=[__proto__|\bconstructor\s*(?:\.|\[\s*['"]?)\s*prototype\b]=])
 rule(934150, "code", 5, 1, "Java deserialisation or expression language gadget",
-  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(]=])
+  [=[\brO0AB|\baced0005|java\.lang\.(?:Runtime|ProcessBuilder|System\b)|getRuntime\s*\(|org\.apache\.commons\.collections|ysoserial|#_memberAccess|#context\s*\[|@ognl\.|\bognl\.OgnlContext|\bProcessBuilder\s*\(|@java\.lang|\bnew\s+java\.|\.getClass\s*\(\s*\)\s*\.|getClassLoader\s*\(|\bc(?:os|posix|subprocess|builtins|__builtin__|nt)\n(?:system|popen|check_output|call|eval|exec)\n]=])
 
 -- 935 NoSQL
 rule(935100, "nosqli", 5, 1, "NoSQL operator in an argument name or JSON key")
 rule(935110, "nosqli", 5, 1, "NoSQL operator object in a value",
   [=[\[\s*\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|elemMatch)\s*\]|\{\s*["']?\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|exists|where|expr|or|and|nor|not|all|size|type|mod|elemMatch|function|accumulator|text|jsonSchema)["']?\s*:|\$where\b]=])
 rule(935120, "nosqli", 5, 1, "JavaScript injection into a NoSQL query",
-  [=[^\s*['"]\s*;\s*(?:while\s*\(\s*(?:true|1)\s*\)|var\s+\w+\s*=|return\s+(?:true|1)\b|sleep\s*\()|\bthis\.\w+\.match\s*\(|\bthis\.\w+\.length\s*[<>=]|\bthis\.\w+\s*==\s*['"]]=])
+  [=[^\s*['"]\s*;\s*(?:while\s*\(|var\s+\w+\s*=|return\b|sleep\s*\(|if\s*\(|function\b)|['"]\s*(?:\|\||&&)\s*['"]?\w*['"]?\s*===?\s*['"]?\w*|\bthis\.\w+\.match\s*\(|\bthis\.\w+\.length\s*[<>=]|\bthis\.\w+\s*==\s*['"]]=])
 
 -- 936 SSRF (Lua: host analysis)
 rule(936100, "ssrf", 5, 1, "SSRF: URL to a loopback address (any spelling)")
@@ -146,7 +165,9 @@ rule(938100, "xxe", 5, 1, "XML external entity or DTD",
 -- 939 CRLF and mail headers
 rule(939100, "crlf", 5, 1, "CRLF injection: a header after a line break",
   [=[[\r\n]\s*(?:set-cookie|location|content-(?:length|type|disposition|security-policy|encoding|transfer-encoding)|transfer-encoding|refresh|x-[\w-]+|access-control-[\w-]+|bcc|cc|reply-to|x-mailer|mime-version)\s*:|[\r\n]\s*http/\d\.\d\s+\d{3}]=])
-rule(939110, "crlf", 5, 2, "Mail header after a line break (To, From, Subject)",
+rule(939110, "crlf", 5, 1, "Mail address header after a line break (To, From, Sender)",
+  [=[[\r\n]\s*(?:to|from|sender)\s*:[^\r\n]*@]=])
+rule(939120, "crlf", 5, 2, "Mail header after a line break (To, From, Subject)",
   [=[[\r\n]\s*(?:to|from|subject|sender)\s*:]=])
 
 -- 941 XSS (moongate.waf.xss)
@@ -181,7 +202,7 @@ do
   for c = 0, 31 do byte_bits[c] = CTL end
   byte_bits[127] = CTL
   for k, v in pairs(map) do byte_bits[string_byte(k)] = v end
-  for _, c in ipairs({ 0xC0, 0xC1, 0xE0, 0xE2 }) do byte_bits[c] = HI end
+  for _, c in ipairs({ 0xC0, 0xC1, 0xE0, 0xE2, 0xE5, 0xEF }) do byte_bits[c] = HI end
 end
 local function scan(s)
   local p, m = ffi.cast("const uint8_t *", s), 0
@@ -237,22 +258,70 @@ local errbuf = ffi.new("char[256]")
 local erroff = ffi.new("size_t[1]")
 
 -- one alternation per class: (?:(p1)|(p2)|...), group i = the class's rule i
+-- The top-level alternatives of a pattern (split at '|' outside groups,
+-- classes and escapes).
+local function alternatives(p)
+  local out, depth, i, start, n = {}, 0, 1, 1, #p
+  while i <= n do
+    local c = string_sub(p, i, i)
+    if c == "\\" then
+      i = i + 1
+    elseif c == "[" then
+      -- a class: ']' right after '[' or '[^' is a member
+      local j = i + 1
+      if string_sub(p, j, j) == "^" then j = j + 1 end
+      if string_sub(p, j, j) == "]" then j = j + 1 end
+      while j <= n and string_sub(p, j, j) ~= "]" do
+        if string_sub(p, j, j) == "\\" then j = j + 1 end
+        j = j + 1
+      end
+      i = j
+    elseif c == "(" then depth = depth + 1
+    elseif c == ")" then depth = depth - 1
+    elseif c == "|" and depth == 0 then
+      out[#out + 1] = string_sub(p, start, i - 1)
+      start = i + 1
+    end
+    i = i + 1
+  end
+  out[#out + 1] = string_sub(p, start)
+  return out
+end
+_M.alternatives = alternatives
+
+local function compile(C, pat, id)
+  local rx = C.mg_rx_new(pat, #pat, 1, errbuf, 256, erroff)
+  if rx == nil then
+    return nil, string.format("pattern for %s: %s at offset %d", id, ffi.string(errbuf), tonumber(erroff[0]))
+  end
+  return ffi.gc(rx, C.mg_rx_free)
+end
+
+-- A class compiled twice: one alternation of its rules (one capture group per
+-- rule: one scan of a short value says which rule matched), and each
+-- top-level alternative of each rule on its own: PCRE2 finds a literal first
+-- byte with memchr, so on a long value a dozen single patterns cost less than
+-- one alternation that must try every branch at every byte.
 local function compile_class(C, list, paranoia)
-  local parts, ids = {}, {}
+  local parts, ids, singles = {}, {}, {}
   for _, r in ipairs(list) do
     if rules[r.id].pl <= paranoia then
       parts[#parts + 1] = "(" .. r.pattern .. ")"
       ids[#ids + 1] = r.id
+      for _, alt in ipairs(alternatives(r.pattern)) do
+        local rx, err = compile(C, alt, r.id)
+        if not rx then return nil, nil, nil, err end
+        singles[#singles + 1] = { rx = rx, id = r.id }
+      end
     end
   end
   if #parts == 0 then return nil end
   local pat = table.concat(parts, "|")
-  local rx = C.mg_rx_new(pat, #pat, 1, errbuf, 256, erroff)
-  if rx == nil then
-    return nil, nil, string.format("pattern for %s: %s at offset %d", list[1].id, ffi.string(errbuf), tonumber(erroff[0]))
-  end
-  return ffi.gc(rx, C.mg_rx_free), ids
+  local rx, err = compile(C, pat, list[1].id)
+  if not rx then return nil, nil, nil, err end
+  return rx, ids, singles
 end
+local LONG = 256   -- bytes: from here on a value is matched with the single patterns
 
 ---------------------------------------------------------------- helpers
 
@@ -285,8 +354,16 @@ local function run_classes(self, d, var, which, hits, m)
   for i = 1, #self.rx do
     local c = self.rx[i]
     if which[c.class] and c.trigger(d, m) then
-      local rc = self.C.mg_rx_match(c.rx, d, len, ovec, 32)
-      if rc > 0 then
+      if len >= LONG then
+        local singles = c.singles
+        for k = 1, #singles do
+          local sg = singles[k]
+          if self.C.mg_rx_match(sg.rx, d, len, ovec, 1) > 0 then
+            hit(self, hits, sg.id, var, d, tonumber(ovec[0]) + 1, tonumber(ovec[1]))
+            break
+          end
+        end
+      elseif self.C.mg_rx_match(c.rx, d, len, ovec, 32) > 0 then
         -- the first group that is set is the rule that matched
         for g = 1, #c.ids do
           if ovec[2 * g] ~= UNSET then
@@ -375,8 +452,17 @@ local function classify_host(h, bracketed)
   local n = ipv4(h)
   if n then return classify4(n) end
   if h == "localhost" or string_find(h, "%.localhost$") or string_find(h, "^localhost%.")
-      or h == "ip6-localhost" or h == "ip6-loopback" then
+      or h == "ip6-localhost" or h == "ip6-loopback" or h == "localtest.me"
+      or string_find(h, "%.localtest%.me$") or h == "lvh.me" or string_find(h, "%.lvh%.me$") then
     return 936100
+  end
+  -- wildcard DNS that answers the address in the name: 127.0.0.1.nip.io, 10-0-0-1.sslip.io
+  local inner = string_match(h, "^(.-)%.nip%.io$") or string_match(h, "^(.-)%.xip%.io$")
+    or string_match(h, "^(.-)%.sslip%.io$")
+  if inner then
+    local a, b, c, d = string_match(inner, "(%d+)[.%-](%d+)[.%-](%d+)[.%-](%d+)$")
+    local n = a and ipv4(a .. "." .. b .. "." .. c .. "." .. d)
+    if n then return classify4(n) end
   end
   if h == "metadata.google.internal" or h == "metadata" or h == "instance-data"
       or string_find(h, "^instance%-data%.") or h == "metadata.azure.com" then
@@ -418,8 +504,8 @@ local function urls(self, d, var, where, hits)
     end
     -- the authority as a browser reads it (ends at / ? # \) and as a naive
     -- parser does (ends at /, so "127.0.0.1#@evil" is "evil" to one of them)
-    local auth1 = string_match(rest, "^[^/?#\\]*")
-    local auth2 = string_match(rest, "^[^/\\]*")
+    local auth1 = string_match(rest, "^[^/?#\\%s]*")
+    local auth2 = string_match(rest, "^[^/\\%s]*")
     local h1, br1 = host_of(auth1)
     local id = classify_host(h1, br1)
     if not id and auth2 ~= auth1 then
@@ -469,12 +555,26 @@ local function strip_lookups(s)
   return s
 end
 
--- shell quoting tricks: c''at, c\at, "c"at -> cat; ${IFS} stays for 932120
+-- shell quoting tricks: c''at, w"h"oami, c\at -> cat; ${IFS} -> a space
+-- s without any byte c (plain finds and one concat: a gsub walks a long
+-- value byte by byte in the interpreter)
+local function strip(s, c)
+  local at = string_find(s, c, 1, true)
+  if not at then return s end
+  local parts, n, p = {}, 0, 1
+  while at do
+    n = n + 1
+    parts[n] = string_sub(s, p, at - 1)
+    p = at + 1
+    at = string_find(s, c, p, true)
+  end
+  parts[n + 1] = string_sub(s, p)
+  return table.concat(parts)
+end
+
 local function unquote_shell(s)
-  if string_find(s, "''", 1, true) then s = string_gsub(s, "''", "") end
-  if string_find(s, '""', 1, true) then s = string_gsub(s, '""', "") end
-  if string_find(s, "\\", 1, true) then s = string_gsub(s, "\\(%a)", "%1") end
-  if string_find(s, "%${?IFS}?") then s = string_gsub(s, "%${?IFS}?", " ") end
+  s = strip(strip(strip(s, "'"), '"'), "\\")
+  if has(s, "IFS") then s = string_gsub(s, "%${?IFS}?", " ") end
   return s
 end
 
@@ -499,6 +599,10 @@ local function check(self, d, var, where, hits, m)
     if k then hit(self, hits, xss_ids[k], var, d) end
   end
   if tok.url and any(m, SL + BS) then
+    if string_find(d, "^%s*//[%w%-]+%.[%w.%-]") and var
+        and include_names[string_lower(string_match(var, "([%w_%-]+)[%]%[%d]*$") or "")] then
+      hit(self, hits, 931100, var, d)
+    end
     if string_find(d, "[/\\][/\\]") then urls(self, d, var, where, hits) end
     if string_find(d, "^%s*\\\\[%w.%-]+\\") then hit(self, hits, 931120, var, d) end
   end
@@ -519,6 +623,10 @@ local function names(self, v, var, where, hits)
   if op and nosql_ops[string_lower(op)] then hit(self, hits, 935100, var, v) end
   if string_find(v, "__proto__", 1, true) or string_find(v, "prototype", 1, true) then
     run_classes(self, v, var, { code = true }, hits)
+    -- a JSON key "prototype" under a key "constructor": {"constructor": {"prototype": ...}}
+    if where == "json_key" and v == "prototype" and var and string_find(var, "constructor", 1, true) then
+      hit(self, hits, 934140, var, var)
+    end
   end
 end
 
@@ -549,7 +657,7 @@ end
 function Engine:look(v, var, where, hits)
   if where == "path_raw" or where == "cookie_name" then return end
   if where == "json_key" then
-    if string_find(v, "[%$_]") then names(self, v, var, where, hits) end
+    if string_find(v, "[%$_]") or v == "prototype" then names(self, v, var, where, hits) end
     return
   end
   if where == "arg_name" and string_find(v, "[%$_]") then names(self, v, var, where, hits) end
@@ -566,7 +674,7 @@ function Engine:look(v, var, where, hits)
   -- base64 of something else (the whole value)
   local n = #v
   local m = scan(v)
-  if n >= 16 and band(m, bit.bnot(UND)) == 0 and not string_find(v, "[^%w%+/=_%-]") then
+  if n >= 16 and band(m, bit.bnot(UND + SL + EQ)) == 0 and not string_find(v, "[^%w%+/=_%-]") then
     local b = decode.base64(v)
     if b then
       local mb = scan(b)
@@ -579,10 +687,11 @@ function Engine:look(v, var, where, hits)
   if band(m, NOT_PLAIN) == 0 then
     local l = n > 8 and string_find(v, " ", 1, true) and string_lower(v)
     if l and (string_find(l, "select", 1, true) or string_find(l, "having", 1, true)
-        or string_find(l, "waitfor", 1, true)) then
+        or string_find(l, "waitfor", 1, true) or string_find(l, "union", 1, true)
+        or string_find(l, " by ", 1, true) or string_find(l, "procedure", 1, true)) then
       if sqli.detect(v) then hit(self, hits, 942100, var, v) end
     end
-    if n >= 16 and has(v, "rO0AB") then run_classes(self, v, var, { code = true }, hits, m) end
+    if n >= 16 and (has(v, "rO0AB") or has(v, "aced0005")) then run_classes(self, v, var, { code = true }, hits, m) end
     return
   end
   if where ~= "header" and (any(m, CTL) and has(v, "\0") or any(m, PCT) and has(v, "%00")) then
@@ -632,7 +741,7 @@ for w in ([=[sqlmap nikto nmap masscan nuclei dirbuster gobuster ffuf wfuzz acun
   w3af arachni openvas nessus zmeu morfeus havij commix zgrab netsparker wpscan
   jaeles sqlninja bsqlbf pangolin webinspect appscan brutus nessus whatweb
   skipfish grabber paros webshag dirb feroxbuster httpx fimap joomscan
-  xsstrike dotdotpwn]=]):gmatch("%S+") do scanner_ua[#scanner_ua + 1] = w end
+  xsstrike dotdotpwn zaproxy jorgee zmap l9explore l9tcpid qualys nimbostratus]=]):gmatch("%S+") do scanner_ua[#scanner_ua + 1] = w end
 scanner_ua[#scanner_ua + 1] = "fuzz faster u fool"
 scanner_ua[#scanner_ua + 1] = "nmap scripting engine"
 
@@ -776,10 +885,10 @@ function _M.new(opts)
   local C = opts.lib or mgffi.C
   local self = setmetatable({ paranoia = paranoia, C = C, rx = {}, clean = {}, ncached = 0, ua_clean = {}, nua = 0 }, Engine)
   for _, class in ipairs(class_order) do
-    local rx, ids, err = compile_class(C, classes[class], paranoia)
+    local rx, ids, singles, err = compile_class(C, classes[class], paranoia)
     if err then return nil, err end
     if rx then
-      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, trigger = triggers[class] }
+      self.rx[#self.rx + 1] = { class = class, rx = rx, ids = ids, singles = singles, trigger = triggers[class] }
     end
   end
   return self

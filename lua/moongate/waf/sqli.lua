@@ -7,6 +7,7 @@
 -- stacked statement, a time or error function call. Regexes see "select" and
 -- "drop" in "select your order from the menu; drop by"; the tokens there are
 -- words, not a broken literal followed by SQL.
+local unpack, select = unpack, select
 local string_byte, string_sub, string_lower, string_find, string_gsub =
       string.byte, string.sub, string.lower, string.find, string.gsub
 
@@ -185,6 +186,17 @@ local function judge(toks, ctx)
   end
   local k1, k2, k3 = toks[1][1], toks[2] and toks[2][1], toks[3] and toks[3][1]
   local t2 = toks[2] and toks[2][2]
+  -- CASE WHEN ... THEN ... ELSE|END: an expression only SQL writes
+  for i = 1, n - 3 do
+    if toks[i][1] == KEY and toks[i][2] == "case" and toks[i + 1][2] == "when" then
+      local then_at
+      for j = i + 2, n do
+        local t = toks[j][2]
+        if t == "then" then then_at = j
+        elseif then_at and (t == "else" or t == "end") then return "case when" end
+      end
+    end
+  end
   if ctx ~= "as is" then
     -- a literal closed, then SQL: ' OR ..., ' AND ..., '-- , '; , ') OR
     local j = 2
@@ -209,13 +221,25 @@ local function judge(toks, ctx)
       return "literal closed, then " .. a[2]  -- '='
     end
   else
-    -- a number or name, then a logical operator and a comparison: 7 OR 1=1
+    -- a number or name (closing parentheses after it skipped: "1) OR (1=1"),
+    -- then a logical operator and a comparison: 7 OR 1=1
+    if n > 2 and toks[2][1] == RPAR and k1 == NUM then
+      local j = 2
+      while toks[j] and toks[j][1] == RPAR do j = j + 1 end
+      if toks[j] and toks[j][1] == LOGIC then
+        toks = { toks[1], select(j, unpack(toks)) }
+        k2, k3 = toks[2] and toks[2][1], toks[3] and toks[3][1]
+        t2 = toks[2] and toks[2][2]
+      end
+    end
     if (k1 == NUM or k1 == WORD) and k2 == LOGIC and t2 ~= "not" and toks[3] and operand[k3] then
       local c = toks[4]
       if c and (c[1] == OP or c[1] == LOGIC) and toks[5] and operand[toks[5][1]] then
         return "tautology after a value"
       end
-      if k1 == NUM and (k3 == FUNC or k3 == LPAR or (k3 == NUM and c and (c[1] == COMMENT or c[1] == LOGIC))) then
+      -- "1 or (1=1", "1 and (select ...": a parenthesis that opens a condition
+      local cond = k3 == LPAR and c and ((operand[c[1]] and toks[5] and toks[5][1] == OP) or c[2] == "select")
+      if k1 == NUM and (k3 == FUNC or cond or (k3 == NUM and c and (c[1] == COMMENT or c[1] == LOGIC))) then
         return "condition after a number"
       end
     end
