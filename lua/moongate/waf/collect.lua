@@ -106,9 +106,10 @@ local function split_args(st, s, prefix)
       if info.too_many then
         -- only count what is left (cheap), collect nothing more
       else
-        local eq = string_find(s, "=", pos, true)
+        local eq = string_find(string_sub(s, pos, amp - 1), "=", 1, true)
+        if eq then eq = pos + eq - 1 end
         local name, value
-        if eq and eq < amp then
+        if eq then
           name, value = string_sub(s, pos, eq - 1), string_sub(s, eq + 1, amp - 1)
         else
           name, value = string_sub(s, pos, amp - 1), ""
@@ -268,7 +269,8 @@ function json_value(st, s, i, path, depth)
 end
 
 local function collect_json(st, body)
-  local i = skip_ws(body, 1)
+  -- a UTF-8 byte order mark: JSON parsers that read bytes skip it
+  local i = skip_ws(body, string_sub(body, 1, 3) == "\239\187\191" and 4 or 1)
   local j, err = json_value(st, body, i, "$", 0)
   if j then
     j = skip_ws(body, j)
@@ -302,54 +304,82 @@ local function collect_xml(st, s)
   local stack, depth = {}, 0
   local path = ""
   local i, len = 1, #s
+  -- each open element's text: its text nodes and CDATA sections joined, around
+  -- its children, comments and PIs (what a DOM's textContent or an XPath
+  -- string() hands the application), given as one value when it ends
+  local texts, nts = {}, {}
+  local function push(v)
+    if depth == 0 then return end
+    local n = (nts[depth] or 0) + 1
+    nts[depth] = n
+    local t = texts[depth]
+    if not t then t = {}; texts[depth] = t end
+    t[n] = v
+  end
+  local function flush()
+    local n = depth > 0 and nts[depth] or 0
+    if n == 0 then return end
+    nts[depth] = 0
+    local v = n == 1 and texts[depth][1] or table.concat(texts[depth], "", 1, n)
+    if string_find(v, "%S") then
+      add(st, (string_gsub(v, "^%s+", "")), "XML:" .. path, "body")
+    end
+  end
+  local function flush_all()
+    while depth > 0 do
+      flush()
+      depth = depth - 1
+      path = string_sub(path, 1, #path - #stack[depth + 1] - 1)
+    end
+  end
   while i <= len do
     local lt = string_find(s, "<", i, true)
-    local text = string_sub(s, i, (lt or len + 1) - 1)
-    if string_find(text, "%S") and depth > 0 then
-      add(st, (string_gsub(text, "^%s+", "")), "XML:" .. path, "body")
-    end
+    if (lt or len + 1) > i then push(string_sub(s, i, (lt or len + 1) - 1)) end
     if not lt then break end
     if st.info.too_many then return nil end
     local c = string_sub(s, lt + 1, lt + 1)
     if c == "?" then
       local e = string_find(s, "?>", lt + 2, true)
-      if not e then return "xml: unterminated <?" end
+      if not e then flush_all() return "xml: unterminated <?" end
       i = e + 2
     elseif string_sub(s, lt + 1, lt + 3) == "!--" then
       local e = string_find(s, "-->", lt + 4, true)
-      if not e then return "xml: unterminated comment" end
+      if not e then flush_all() return "xml: unterminated comment" end
       i = e + 3
     elseif string_sub(s, lt + 1, lt + 8) == "![CDATA[" then
       local e = string_find(s, "]]>", lt + 9, true)
-      if not e then return "xml: unterminated CDATA" end
-      local v = string_sub(s, lt + 9, e - 1)
-      if v ~= "" then add(st, v, "XML:" .. path, "body") end
+      if not e then flush_all() return "xml: unterminated CDATA" end
+      push(string_sub(s, lt + 9, e - 1))
       i = e + 3
     elseif c == "!" then
       -- <!DOCTYPE ... [ internal subset ]>: skip to the '>' after the subset
       local e = string_find(s, "[%[>]", lt + 2)
       if e and string_sub(s, e, e) == "[" then e = string_find(s, "]%s*>", e + 1) end
-      if not e then return "xml: unterminated <!" end
+      if not e then flush_all() return "xml: unterminated <!" end
       i = string_find(s, ">", e, true) + 1
     elseif c == "/" then
       local e = string_find(s, ">", lt + 2, true)
-      if not e then return "xml: unterminated end tag" end
+      if not e then flush_all() return "xml: unterminated end tag" end
       local name = string.match(string_sub(s, lt + 2, e - 1), "^%s*([^%s]+)")
-      if depth == 0 or stack[depth] ~= name then return "xml: mismatched </" .. tostring(name) .. ">" end
+      if depth == 0 or stack[depth] ~= name then
+        flush_all()
+        return "xml: mismatched </" .. tostring(name) .. ">"
+      end
+      flush()
       stack[depth] = nil
       depth = depth - 1
       path = string_sub(path, 1, #path - #name - 1)
       i = e + 1
     else
       local e = string_find(s, ">", lt + 1, true)
-      if not e then return "xml: unterminated tag" end
+      if not e then flush_all() return "xml: unterminated tag" end
       local _, ne, name = string_find(s, "^([^%s/>]+)", lt + 1)
-      if not name then return "xml: bad tag at byte " .. lt end
+      if not name then flush_all() return "xml: bad tag at byte " .. lt end
       local self_closing = string_byte(s, e - 1) == 47
       local elpath = path .. "/" .. name
       xml_attrs(st, s, ne + 1, self_closing and e - 2 or e - 1, elpath)
       if not self_closing then
-        if depth >= MAX_DEPTH then return "xml: nesting deeper than " .. MAX_DEPTH end
+        if depth >= MAX_DEPTH then flush_all() return "xml: nesting deeper than " .. MAX_DEPTH end
         depth = depth + 1
         stack[depth] = name
         path = elpath
@@ -357,7 +387,11 @@ local function collect_xml(st, s)
       i = e + 1
     end
   end
-  if depth > 0 then return "xml: unclosed <" .. stack[depth] .. ">" end
+  if depth > 0 then
+    local name = stack[depth]
+    flush_all()
+    return "xml: unclosed <" .. name .. ">"
+  end
   return nil
 end
 
