@@ -23,7 +23,7 @@ local fmt, sub, lower, find, match, concat, sort =
 local ffi_str = ffi.string
 
 local keys = { paranoia = true, threshold = true, mode = true, status = true, body_limit = true,
-               exclude = true, rules = true }
+               over_limit = true, exclude = true, rules = true }
 local rule_keys = { id = true, severity = true, pl = true, vars = true, match = true, pattern = true,
                     msg = true }
 local SEVERITY = { critical = 5, error = 4, warning = 3, notice = 2 }
@@ -199,6 +199,12 @@ local function new(conf)
   end
   local status = conf.status == nil and 403 or whole(conf.status, what, "status", 400, 599)
   local body_limit = conf.body_limit == nil and 128 * 1024 or size(conf.body_limit, what, "body_limit")
+  -- what block mode does with a request it cannot inspect whole (a body over
+  -- body_limit or buffer_body, more values than collected, an encoded body)
+  local over_limit = conf.over_limit == nil and "refuse" or conf.over_limit
+  if over_limit ~= "refuse" and over_limit ~= "pass" then
+    fail("%s: 'over_limit' must be \"refuse\" or \"pass\", got %s", what, tostring(conf.over_limit))
+  end
   local excl = excludes(conf.exclude, what)
   local rules = user_rules(conf.rules, paranoia, what)
   local engine, err = detect.new({ paranoia = paranoia })
@@ -213,15 +219,17 @@ local function new(conf)
   return setmetatable({
     name = "waf",
     paranoia = paranoia, threshold = threshold, mode = mode, status = status, body_limit = body_limit,
-    exclude = excl, rules = rules,
+    over_limit = over_limit, exclude = excl, rules = rules,
     _engine = engine, _skip_vars = skip_vars,
     _block = mode == "block",
+    _refuse = mode == "block" and over_limit == "refuse",
   }, Policy)
 end
 
 function Policy:describe()
   local s = fmt("paranoia=%d threshold=%d mode=%s status=%d body_limit=%d", self.paranoia,
                 self.threshold, self.mode, self.status, self.body_limit)
+  if self.over_limit ~= "refuse" then s = s .. " over_limit=" .. self.over_limit end
   if #self.exclude > 0 then s = s .. " exclude=" .. #self.exclude end
   if #self.rules > 0 then s = s .. " rules=" .. #self.rules end
   return s
@@ -279,34 +287,44 @@ local function header_of(headers, name)
   return nil
 end
 
--- The body when one is announced and of a type the WAF looks at, cut to
--- body_limit: body, truncated. Over the route's read bound (buffer_body,
--- limits.body_size) it is not read (it goes upstream as it streams): logged.
+-- Attacker bytes (a variable name, a rule's error) in a log line: control
+-- bytes, quotes and backslashes as \xHH, so one request is one line.
+local function esc(s)
+  return (tostring(s or ""):gsub("[%c\"\\\127]", function(c) return fmt("\\x%02x", c:byte()) end))
+end
+
+-- The body when one is announced and of a type the WAF looks at: body, or nil
+-- and the answer to give (status, log line) when it cannot be inspected, or
+-- nil, nil, err when the read failed. Over the route's read bound
+-- (buffer_body, limits.body_size) or with a Content-Encoding the WAF does not
+-- undo, it is not read: refused (over_limit = "refuse", block mode) or let
+-- through as it streams, logged.
 local function read_body(self, req, headers)
   local cl = header_of(headers, "content-length")
   local te = header_of(headers, "transfer-encoding")
-  if not te and (not cl or tonumber(cl) == 0) then return nil, false end
-  if not collect.kind(header_of(headers, "content-type")) then return nil, false end
+  if not te and (not cl or tonumber(cl) == 0) then return nil end
+  local kind = collect.kind(header_of(headers, "content-type"))
+  if not kind then return nil end
   local n = cl and tonumber(cl)
-  if n then
-    local bound = tonumber(C.mg_req_body_bound(req._r))
-    if bound and bound >= 0 and n > bound then
-      log_err(fmt("waf: request %s: a body of %d bytes is over the route's buffer_body (%d): not inspected",
-                  req.id, n, bound))
-      return nil, true
+  local bound = tonumber(C.mg_req_body_bound(req._r))
+  if kind == "sniff" then
+    -- declared binary: looked at (for JSON or XML) only when it fits
+    if not n or (bound and bound >= 0 and n > bound) then return nil end
+  else
+    local ce = header_of(headers, "content-encoding")
+    if ce and not match(lower(ce), "^%s*identity%s*$") then
+      return nil, 415, fmt("waf: request %s: a body with Content-Encoding: %s (the origin may decode it) is not inspected",
+                           req.id, esc(sub(ce, 1, 64)))
+    end
+    if n and bound and bound >= 0 and n > bound then
+      return nil, 413, fmt("waf: request %s: a body of %d bytes is over the route's buffer_body (%d): not inspected",
+                           req.id, n, bound)
     end
   end
   local ok, err = req:read_body()
-  if not ok then return nil, false, err end
-  local body = req:body() or ""
-  if #body > self.body_limit then
-    log_err(fmt("waf: request %s: a body of %d bytes, inspected the first %d (body_limit)",
-                req.id, #body, self.body_limit))
-    return sub(body, 1, self.body_limit), true
-  end
-  return body, false
+  if not ok then return nil, nil, err end
+  return req:body() or ""
 end
-
 local function user_rule_hits(self, v, var, req, hits)
   local rules = self.rules
   for i = 1, #rules do
@@ -321,14 +339,14 @@ local function user_rule_hits(self, v, var, req, hits)
       if r.fn then
         local ok, res = pcall(r.fn, v, var, req)
         if not ok then
-          log_err(fmt("waf: rule %d: %s", r.id, tostring(res)))
+          log_err(fmt("waf: rule %d: %s", r.id, esc(res)))
         else
           hit = res and true or false
         end
       else
         local rc = C.mg_rx_match(r.rx, v, #v, rx_ovec, 1)
         hit = rc > 0
-        if rc < 0 then log_err(fmt("waf: rule %d: pattern match failed (%d) on %s", r.id, rc, var)) end
+        if rc < 0 then log_err(fmt("waf: rule %d: pattern match failed (%d) on %s", r.id, rc, esc(var))) end
       end
       if hit then
         hits[#hits + 1] = { id = r.id, severity = r.severity, pl = r.pl, msg = r.msg, var = var,
@@ -338,9 +356,17 @@ local function user_rule_hits(self, v, var, req, hits)
   end
 end
 
-local function excerpt(s)
-  s = sub(tostring(s or ""), 1, 64)
-  return (s:gsub("[%c\"\\]", function(c) return fmt("\\x%02x", c:byte()) end))
+local function excerpt(s) return esc(sub(tostring(s or ""), 1, 64)) end
+
+-- a request that scored under the threshold but was not inspected whole
+local MESSAGES = { [413] = "Request Entity Too Large\n", [415] = "Unsupported Media Type\n" }
+function Policy:uninspected(req, status, why)
+  if not status then return end
+  if self._refuse then
+    log_err(why .. ", refused")
+    return req:respond(status, MESSAGES[status] or "Forbidden\n")
+  end
+  log_err(why)
 end
 
 function Policy:request(req)
@@ -353,11 +379,21 @@ function Policy:request(req)
     local q = req.query
     target = (req.path or "/") .. ((q and q ~= "") and ("?" .. q) or "")
   end
-  local body, truncated, berr = read_body(self, req, headers)
-  if berr then return end -- the read failed: moongate answers it (413, 408, 400)
+  local body, status, why = read_body(self, req, headers)
+  if not body and not status and why then return end -- the read failed: moongate answers it (413, 408, 400)
   local values, info = collect.request(req.method, target, headers, body,
-    { truncated = truncated, version = req.http_version == 1.0 and "1.0" or "1.1" })
-
+    { body_limit = self.body_limit, version = req.http_version == 1.0 and "1.0" or "1.1" })
+  -- what was not inspected: refused in block mode (over_limit = "refuse"), as
+  -- ModSecurity's SecRequestBodyLimitAction Reject; logged either way
+  if not status then
+    if info.over_limit then
+      status = 413
+      why = fmt("waf: request %s: a body of %d bytes, inspected the first %d (body_limit)", req.id, #body, self.body_limit)
+    elseif info.too_many then
+      status = self.status
+      why = fmt("waf: request %s: more than %d values, the rest not inspected", req.id, info.count)
+    end
+  end
   local engine, threshold, block, paranoia = self._engine, self.threshold, self._block, self.paranoia
   local hits = {}
   local seen, counted, score, done = {}, {}, 0, 0
@@ -392,19 +428,20 @@ function Policy:request(req)
     end
   end
 
-  if #counted == 0 then return end
+  if #counted == 0 then return self:uninspected(req, status, why) end
   local ids, vars = {}, {}
   for i = 1, #counted do
     ids[i] = tostring(counted[i].id)
-    vars[i] = counted[i].var or "-"
+    vars[i] = esc(counted[i].var or "-")
   end
   req.ctx.waf = { score = score, hits = counted }
   local idlist = concat(ids, ",")
   C.mg_req_set_waf(r, idlist, #idlist <= 512 and #idlist or 512)
-  if score < threshold then return end
+  if score < threshold then return self:uninspected(req, status, why) end
   if block then
     return req:respond(self.status, "Forbidden\n")
   end
+  if why then log_err(why) end
   local parts = {}
   for i = 1, #counted do
     parts[i] = fmt('%s %s "%s"', ids[i], vars[i], excerpt(counted[i].match))
