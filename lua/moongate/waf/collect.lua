@@ -647,13 +647,19 @@ local function collect_multipart(st, body, ctype, truncated)
     for k = 1, #files do
       if files[k] ~= "" then add(st, files[k], "FILES:" .. name, "filename") end
     end
-    if cte and content ~= "" then
-      if string_find(cte, "^%s*base64") then content = unbase64(content)
-      elseif string_find(cte, "^%s*quoted%-printable") then content = unqp(content) end
-    end
     local is_file = #files > 0
-    if content ~= "" and (not is_file or text_like(ptype)
-                          or not string_find(string_sub(content, 1, 1024), "%z")) then
+    local decoder = cte and (string_find(cte, "^%s*base64") and unbase64
+                             or string_find(cte, "^%s*quoted%-printable") and unqp)
+    -- a file declared binary is looked at when its first KiB has no NUL byte
+    -- (decoded from its first bytes only, so a big binary upload costs little)
+    local look = content ~= "" and (not is_file or text_like(ptype))
+    if content ~= "" and not look then
+      local head1k = string_sub(content, 1, 1500)
+      if decoder then head1k = decoder(head1k) end
+      look = not string_find(string_sub(head1k, 1, 1024), "%z")
+    end
+    if look and decoder then content = decoder(content) end
+    if look and content ~= "" then
       if limit then
         st.inspected = st.inspected + #content
         if st.inspected > limit then st.info.over_limit = true; return nil end
