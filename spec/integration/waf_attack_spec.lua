@@ -19,6 +19,8 @@ mg.route { path = "/small/", upstream = o, use = { mg.policy.waf { body_limit = 
 mg.route { path = "/pass/", upstream = o, buffer_body = "4k",
            use = { mg.policy.waf { body_limit = "1k", over_limit = "pass" } } }
 mg.route { path = "/det/", upstream = o, use = { mg.policy.waf { mode = "detect" } } }
+mg.route { path = "/ex/", upstream = o, use = { mg.policy.waf { exclude = { { var = "ARGS:note" },
+  { var = "REQUEST_COOKIES:pref" } } } } }
 mg.route { path = "/", upstream = o, use = { mg.policy.waf {} } }
 ]]
 
@@ -115,6 +117,45 @@ describe("mg.policy.waf under attack", function()
     res, path = send("/", { ctype = "application/json", headers = { ["Content-Encoding"] = "identity" },
                             body = '{"a":"b"}' })
     assert.equal(200, res.status, res.body)
+  end)
+
+  local function raw(s)
+    local c = helpers.connect(proxy.port)
+    c:send(s)
+    local res = assert(c:response())
+    c:close()
+    return res
+  end
+
+  it("two Content-Type fields that differ (the origin may read the second): refused 400, not skipped as image/png", function()
+    n = n + 1
+    local path = "/r" .. n
+    local b = '{"q":"' .. SQLI .. '"}'
+    local res = raw("POST " .. path .. " HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+      .. "Content-Type: application/json\r\nContent-Length: " .. #b .. "\r\n\r\n" .. b)
+    refused(res, path, 400)
+  end)
+
+  it("a second Content-Encoding field counts: identity then gzip is refused 415", function()
+    n = n + 1
+    local path = "/r" .. n
+    local res = raw("POST " .. path .. " HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+      .. "Content-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}")
+    refused(res, path, 415)
+  end)
+
+  ------------------------------------------------------------ exclusions
+
+  it("an exclusion of one argument does not silence what the whole query string holds elsewhere", function()
+    -- '&&id' is found in the whole query string (QUERY_STRING); ARGS:note is excluded
+    local res, path = send("/ex/", { method = "GET", query = "?q=x&&id&note=1" })
+    refused(res, path)
+    -- the excluded field's own text is still excluded
+    res, path = send("/ex/", { method = "GET", query = "?q=x&note=a%26%26id" })
+    assert.equal(200, res.status, res.body)
+    -- and the same for the Cookie header: '&&id' and '|id' in another cookie than pref
+    res, path = send("/ex/", { method = "GET", headers = { Cookie = "pref=1; s=x&&id; t=2" } })
+    refused(res, path)
   end)
 
   ------------------------------------------------------------ multipart differentials

@@ -243,28 +243,61 @@ end
 
 -- Hits the detectors find in a whole string rather than in one value: the
 -- query string (ARGS:* of the query) and the Cookie header (REQUEST_COOKIES:*).
--- An exclusion that covers one of the variables the string holds covers them.
+-- An exclusion covers such a hit when the string without the pieces the
+-- exclusion covers no longer has it (the excluded field's text was what
+-- matched); an exclusion for one field does not silence what the rest of the
+-- string holds.
 local WHOLE = { QUERY_STRING = "ARGS:", ["REQUEST_HEADERS:Cookie"] = "REQUEST_COOKIES:" }
 
-local function covers(sel, var, values)
-  if var_matches(sel, var) then return true end
-  local prefix = WHOLE[var]
-  if not prefix then return false end
-  for i = 1, #values do
-    local x = values[i]
-    local w = x.where
-    if (w == "arg" or w == "cookie") and sub(x.var, 1, #prefix) == prefix and var_matches(sel, x.var) then
-      return true
-    end
+-- s split at sep without the pieces whose variable sel covers; nil when no
+-- piece is covered
+local function without(sel, s, sep, prefix)
+  local kept, n, dropped = {}, 0, false
+  local pos, len = 1, #s
+  while pos <= len do
+    local e = find(s, sep, pos, true) or len + 1
+    local piece = sub(s, pos, e - 1)
+    local eq = find(piece, "=", 1, true)
+    local name
+    if prefix == "ARGS:" then name = collect.unescape(eq and sub(piece, 1, eq - 1) or piece, true)
+    else name = eq and match(sub(piece, 1, eq - 1), "^%s*(.-)%s*$") or "" end
+    if piece ~= "" and var_matches(sel, prefix .. name) then dropped = true
+    else n = n + 1; kept[n] = piece end
+    pos = e + 1
   end
-  return false
+  if not dropped then return nil end
+  return concat(kept, sep, 1, n)
 end
 
-local function excluded(self, id, var, values)
+local function covers(self, sel, id, var, info)
+  if var_matches(sel, var) then return true end
+  local prefix = WHOLE[var]
+  if not prefix or not info then return false end
+  local again = { method = info.method, version = info.version, host = info.host, path = info.path,
+                  target = "", headers = {} }
+  if prefix == "ARGS:" then
+    again.query = info.query and without(sel, info.query, "&", prefix)
+    if not again.query then return false end
+  else
+    local cookie
+    for _, h in ipairs(info.headers or {}) do if h[1] == "cookie" then cookie = h[2] break end end
+    local rest = cookie and without(sel, cookie, ";", prefix)
+    if not rest then return false end
+    again.headers = { { "cookie", rest } }
+  end
+  local hits = {}
+  self._engine:request(again, hits)
+  for i = 1, #hits do
+    if hits[i].id == id and hits[i].var == var then return false end
+  end
+  return true
+end
+
+local function excluded(self, id, var, info)
   local ex = self.exclude
   for i = 1, #ex do
     local e = ex[i]
-    if (not e.rule or rule_matches(e.rule, id)) and (not e.var or covers(e.var, var, values)) then return true end
+    if (not e.rule or rule_matches(e.rule, id)) and (not e.var or covers(self, e.var, id, var, info)) then return true end
   end
   return false
 end
@@ -303,7 +336,22 @@ local function read_body(self, req, headers)
   local cl = header_of(headers, "content-length")
   local te = header_of(headers, "transfer-encoding")
   if not te and (not cl or tonumber(cl) == 0) then return nil end
-  local kind = collect.kind(header_of(headers, "content-type"))
+  -- Content-Type and Content-Encoding as the origin may read them: another
+  -- Content-Type than the first (the last wins in some frameworks, others join
+  -- them), any coding in any Content-Encoding field
+  local ctype, ce
+  for i = 1, #headers do
+    local h = headers[i]
+    if h[1] == "content-type" then
+      if ctype and h[2] ~= ctype then
+        return nil, 400, fmt("waf: request %s: several Content-Type header fields (the origin may read another): the body is not inspected", req.id)
+      end
+      ctype = h[2]
+    elseif h[1] == "content-encoding" and not match(lower(h[2]), "^[%s,]*identity[%s,]*$") and find(h[2], "%S") then
+      ce = ce or h[2]
+    end
+  end
+  local kind = collect.kind(ctype)
   if not kind then return nil end
   local n = cl and tonumber(cl)
   local bound = tonumber(C.mg_req_body_bound(req._r))
@@ -311,8 +359,7 @@ local function read_body(self, req, headers)
     -- declared binary: looked at (for JSON or XML) only when it fits
     if not n or (bound and bound >= 0 and n > bound) then return nil end
   else
-    local ce = header_of(headers, "content-encoding")
-    if ce and not match(lower(ce), "^%s*identity%s*$") then
+    if ce then
       return nil, 415, fmt("waf: request %s: a body with Content-Encoding: %s (the origin may decode it) is not inspected",
                            req.id, esc(sub(ce, 1, 64)))
     end
@@ -359,7 +406,7 @@ end
 local function excerpt(s) return esc(sub(tostring(s or ""), 1, 64)) end
 
 -- a request that scored under the threshold but was not inspected whole
-local MESSAGES = { [413] = "Request Entity Too Large\n", [415] = "Unsupported Media Type\n" }
+local MESSAGES = { [400] = "Bad Request\n", [413] = "Request Entity Too Large\n", [415] = "Unsupported Media Type\n" }
 function Policy:uninspected(req, status, why)
   if not status then return end
   if self._refuse then
@@ -403,7 +450,7 @@ function Policy:request(req)
     for i = done + 1, #hits do
       local h = hits[i]
       local id = h.id
-      if not seen[id] and (h.pl or 1) <= paranoia and (nex == 0 or not excluded(self, id, h.var or "", values)) then
+      if not seen[id] and (h.pl or 1) <= paranoia and (nex == 0 or not excluded(self, id, h.var or "", info)) then
         seen[id] = true
         score = score + (h.severity or 0)
         counted[#counted + 1] = h
