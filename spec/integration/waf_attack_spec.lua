@@ -212,6 +212,21 @@ describe("mg.policy.waf under attack", function()
     refused(res, path)
   end)
 
+  it("XML in EBCDIC or UTF-16 (Xerces and libxml2 read the encoding from the first bytes): the XXE is seen", function()
+    local doc = '<?xml version="1.0" encoding="IBM037"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a>&x;</a>'
+    local dir = helpers.tmpdir()
+    helpers.write_file(dir .. "/x.xml", doc)
+    local f = assert(io.popen("iconv -f ASCII -t IBM037 " .. dir .. "/x.xml"))
+    local ebcdic = f:read("*a")
+    f:close()
+    assert.equal("\76\111\167\148", ebcdic:sub(1, 4)) -- '<?xm' in EBCDIC
+    local res, path = send("/", { ctype = "text/xml", body = ebcdic })
+    refused(res, path)
+    local u16 = "\254\255" .. doc:gsub('"IBM037"', '"UTF-16"'):gsub(".", "\0%0")
+    res, path = send("/", { ctype = "application/xml", body = u16 })
+    refused(res, path)
+  end)
+
   it("JSON: a UTF-8 BOM before the document is skipped (the values are seen as values)", function()
     local res, path = send("/", { ctype = "application/json", body = '\239\187\191{"user":{"$ne":1}}' })
     refused(res, path)

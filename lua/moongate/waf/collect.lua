@@ -672,6 +672,86 @@ local function collect_multipart(st, body, ctype, truncated)
   end
 end
 
+---------------------------------------------------------------- XML encodings
+-- XML in another encoding than an ASCII-compatible one: the origin's parser
+-- reads the encoding from the first bytes or the declaration (XML 1.0 appendix
+-- F) and parses UTF-16, UTF-32, EBCDIC (Java's Xerces), UTF-7 (libxml2 through
+-- iconv) as well. The document is turned into UTF-8 (for the bytes the rules
+-- look for: ASCII exactly, others as '?') before it is looked at.
+local EBCDIC = ffi.new("uint8_t[256]")
+do
+  for c = 0, 255 do EBCDIC[c] = 63 end -- '?'
+  local function run(from, chars)
+    for k = 1, #chars do EBCDIC[from + k - 1] = string_byte(chars, k) end
+  end
+  run(0x81, "abcdefghi"); run(0x91, "jklmnopqr"); run(0xA2, "stuvwxyz")
+  run(0xC1, "ABCDEFGHI"); run(0xD1, "JKLMNOPQR"); run(0xE2, "STUVWXYZ")
+  run(0xF0, "0123456789")
+  run(0x4A, "[.<(+|"); run(0x5A, "!$*);^"); run(0x60, "-/"); run(0x6A, "|,%_>?")
+  run(0x79, "`:#@'=\"")
+  EBCDIC[0x40], EBCDIC[0x50], EBCDIC[0xA1], EBCDIC[0xC0], EBCDIC[0xD0], EBCDIC[0xE0] =
+    32, 38, 126, 123, 125, 92
+  EBCDIC[0xBA], EBCDIC[0xBB], EBCDIC[0xAD], EBCDIC[0xBD], EBCDIC[0xB0] = 91, 93, 91, 93, 94
+  EBCDIC[0x05], EBCDIC[0x25], EBCDIC[0x0D], EBCDIC[0x15] = 9, 10, 13, 10
+end
+
+local function from_ebcdic(s)
+  local n = #s
+  if n > buf_size then buf_size = n; buf = ffi.new("uint8_t[?]", buf_size) end
+  local p = ffi_cast("const uint8_t *", s)
+  for i = 0, n - 1 do buf[i] = EBCDIC[p[i]] end
+  return ffi_string(buf, n)
+end
+
+-- UTF-16 (width 2) or UTF-32 (width 4), big or little endian: code points
+-- under 0x80 as they are, others as '?' (surrogates included)
+local function from_wide(s, width, big)
+  local n = #s - #s % width
+  local cap = n / width
+  if cap > buf_size then buf_size = cap; buf = ffi.new("uint8_t[?]", buf_size) end
+  local p = ffi_cast("const uint8_t *", s)
+  local o = 0
+  for i = 0, n - width, width do
+    local cp
+    if width == 2 then
+      cp = big and p[i] * 256 + p[i + 1] or p[i + 1] * 256 + p[i]
+    else
+      cp = big and ((p[i] * 256 + p[i + 1]) * 256 + p[i + 2]) * 256 + p[i + 3]
+               or ((p[i + 3] * 256 + p[i + 2]) * 256 + p[i + 1]) * 256 + p[i]
+    end
+    buf[o] = cp < 0x80 and cp or 63
+    o = o + 1
+  end
+  return ffi_string(buf, o)
+end
+
+-- UTF-7: +base64(UTF-16BE)- runs
+local function from_utf7(s)
+  return (string_gsub(s, "%+([%w+/]*)%-?", function(b)
+    if b == "" then return "+" end
+    return from_wide(unbase64(b), 2, true)
+  end))
+end
+
+-- the XML document as ASCII-compatible bytes, and the encoding it was in (nil:
+-- it already was)
+local function xml_text(s)
+  local b1, b2, b3, b4 = string_byte(s, 1, 4)
+  if b1 == 0xFE and b2 == 0xFF then return from_wide(string_sub(s, 3), 2, true), "UTF-16BE" end
+  if b1 == 0xFF and b2 == 0xFE and not (b3 == 0 and b4 == 0) then return from_wide(string_sub(s, 3), 2, false), "UTF-16LE" end
+  if b1 == 0 and b2 == 0 and b3 == 0xFE and b4 == 0xFF then return from_wide(string_sub(s, 5), 4, true), "UTF-32BE" end
+  if b1 == 0xFF and b2 == 0xFE and b3 == 0 and b4 == 0 then return from_wide(string_sub(s, 5), 4, false), "UTF-32LE" end
+  if b1 == 0 and b2 == 0 and b3 == 0 and b4 == 0x3C then return from_wide(s, 4, true), "UTF-32BE" end
+  if b1 == 0x3C and b2 == 0 and b3 == 0 and b4 == 0 then return from_wide(s, 4, false), "UTF-32LE" end
+  if b1 == 0 and b2 == 0x3C then return from_wide(s, 2, true), "UTF-16BE" end
+  if b1 == 0x3C and b2 == 0 then return from_wide(s, 2, false), "UTF-16LE" end
+  if b1 == 0x4C and b2 == 0x6F and b3 == 0xA7 and b4 == 0x94 then return from_ebcdic(s), "EBCDIC" end
+  local enc = string_match(string_sub(s, 1, 200), "^[%s\239\187\191]*<%?xml[^>]-encoding%s*=%s*[\"']([%w%-_.:]+)")
+  if enc and string_find(string_lower(enc), "^utf%-?7") then return from_utf7(s), "UTF-7" end
+  return s, nil
+end
+_M.xml_text = xml_text
+
 ---------------------------------------------------------------- the request
 
 --- What the WAF does with a body of this Content-Type: "form", "json", "xml",
@@ -798,7 +878,9 @@ function _M.request(method, target, headers, body, opts)
         else err = "json: " .. err end
       end
     elseif kind == "xml" then
-      err = collect_xml(st, body)
+      local text, enc = xml_text(body)
+      info.xml_encoding = enc
+      err = collect_xml(st, text)
       if err and info.truncated and (string_find(err, "unterminated") or string_find(err, "unclosed")) then
         err = nil
       end
