@@ -241,6 +241,11 @@ describe("mg.policy.waf under attack", function()
     -- a real binary body is not
     res, path = send("/", { ctype = "application/octet-stream", body = "\0\1\2{'q'}" })
     assert.equal(200, res.status, res.body)
+    -- nor is another binary type, unless it is small enough to read (body_limit) and is JSON
+    res, path = send("/", { ctype = "image/png", body = '{"q":"' .. SQLI .. '"}' })
+    refused(res, path)
+    res, path = send("/", { ctype = "image/png", body = "\137PNG\r\n\26\n\0\0\0\rIHDR" .. SQLI })
+    assert.equal(200, res.status, res.body)
   end)
 
   ------------------------------------------------------------ cookies

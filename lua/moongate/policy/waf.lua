@@ -352,9 +352,14 @@ local function read_body(self, req, headers)
     end
   end
   local kind = collect.kind(ctype)
-  if not kind then return nil end
   local n = cl and tonumber(cl)
   local bound = tonumber(C.mg_req_body_bound(req._r))
+  if not kind then
+    -- another binary type: a small one is read all the same, for the JSON or
+    -- XML an origin that ignores the type would parse
+    if not n or n > self.body_limit then return nil end
+    kind = "sniff"
+  end
   if kind == "sniff" then
     -- declared binary: looked at (for JSON or XML) only when it fits
     if not n or (bound and bound >= 0 and n > bound) then return nil end
@@ -429,7 +434,7 @@ function Policy:request(req)
   local body, status, why = read_body(self, req, headers)
   if not body and not status and why then return end -- the read failed: moongate answers it (413, 408, 400)
   local values, info = collect.request(req.method, target, headers, body,
-    { body_limit = self.body_limit, version = req.http_version == 1.0 and "1.0" or "1.1" })
+    { body_limit = self.body_limit, sniff = true, version = req.http_version == 1.0 and "1.0" or "1.1" })
   -- what was not inspected: refused in block mode (over_limit = "refuse"), as
   -- ModSecurity's SecRequestBodyLimitAction Reject; logged either way
   if not status then

@@ -849,6 +849,7 @@ function _M.request(method, target, headers, body, opts)
 
   if body and body ~= "" then
     local kind = _M.kind(info.content_type)
+    if kind == nil and opts.sniff then kind = "sniff" end -- the caller read a binary body
     local sniffed = false
     if kind == "sniff" then
       local i = string_sub(body, 1, 3) == "\239\187\191" and 4 or 1
