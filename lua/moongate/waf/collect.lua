@@ -588,16 +588,20 @@ end
 -- line end, and whether it is the close delimiter (`--boundary--`)
 local function find_delim(body, delim, from)
   local dl = #delim
+  local a
+  if from == 1 and string_sub(body, 1, dl) == delim then a = 1 end
+  local ldelim = "\n" .. delim -- only line starts are candidates
   while true do
-    local a = string_find(body, delim, from, true)
-    if not a then return nil end
-    if a == 1 or string_byte(body, a - 1) == 10 then
-      local e = a + dl
-      if string_byte(body, e) == 45 and string_byte(body, e + 1) == 45 then return a, e + 2, true end
-      local _, le = string_find(body, "^[ \t]*\r?\n", e)
-      if le then return a, le + 1, false end
+    if not a then
+      local nl = string_find(body, ldelim, from > 1 and from - 1 or 1, true)
+      if not nl then return nil end
+      a = nl + 1
     end
-    from = a + 1
+    local e = a + dl
+    if string_byte(body, e) == 45 and string_byte(body, e + 1) == 45 then return a, e + 2, true end
+    local _, le = string_find(body, "^[ \t]*\r?\n", e)
+    if le then return a, le + 1, false end
+    from, a = a + 1, nil
   end
 end
 
