@@ -20,7 +20,7 @@ mg.route { path = "/pass/", upstream = o, buffer_body = "4k",
            use = { mg.policy.waf { body_limit = "1k", over_limit = "pass" } } }
 mg.route { path = "/det/", upstream = o, use = { mg.policy.waf { mode = "detect" } } }
 mg.route { path = "/ex/", upstream = o, use = { mg.policy.waf { exclude = { { var = "ARGS:note" },
-  { var = "REQUEST_COOKIES:pref" } } } } }
+  { var = "REQUEST_COOKIES:pref" }, { var = "ARGS:comment" } } } } }
 mg.route { path = "/", upstream = o, use = { mg.policy.waf {} } }
 ]]
 
@@ -168,6 +168,13 @@ describe("mg.policy.waf under attack", function()
   it("multipart: a quoted name holding '; filename=' is a field (the origin sees it), not a file", function()
     local res, path = send("/", mp('Content-Disposition: form-data; name="x; filename=a.png"\r\nContent-Type: image/png', SQLI))
     refused(res, path)
+  end)
+
+  it("multipart: a second name parameter (PHP takes the last) is not hidden by an exclusion of the first", function()
+    local res, path = send("/ex/", mp('Content-Disposition: form-data; name="comment"; name="q"', SQLI))
+    refused(res, path)
+    res, path = send("/ex/", mp('Content-Disposition: form-data; name="comment"', SQLI))
+    assert.equal(200, res.status, res.body) -- the exclusion itself still works
   end)
 
   it("multipart: filename*= (RFC 5987) and FILENAME= name the file too", function()

@@ -645,9 +645,24 @@ local function collect_multipart(st, body, ctype, truncated)
     end
     local disp, ptype, cte = part_headers(head)
     local plist = disp and params(disp) or {}
-    local name = first_param(plist, "name") or ""
+    -- the field's name: `name` (or `name*`); a second, different one is
+    -- another name the origin may use (the last wins in PHP): the content is
+    -- collected under each, so an exclusion of one does not hide it
+    local names, nn = {}, 0
+    for k = 1, #plist do
+      local key, val = plist[k][1], plist[k][2]
+      if key == "name*" then key, val = "name", ext_value(val) end
+      if key == "name" then
+        local dup = false
+        for j = 1, nn do if names[j] == val then dup = true end end
+        if not dup then nn = nn + 1; names[nn] = val end
+      end
+    end
+    local name = names[1] or ""
     local files = filenames(plist)
-    if name ~= "" then add(st, name, "ARGS_NAMES:" .. name, "arg_name") end
+    for k = 1, nn do
+      if names[k] ~= "" then add(st, names[k], "ARGS_NAMES:" .. names[k], "arg_name") end
+    end
     for k = 1, #files do
       if files[k] ~= "" then add(st, files[k], "FILES:" .. name, "filename") end
     end
@@ -668,7 +683,9 @@ local function collect_multipart(st, body, ctype, truncated)
         st.inspected = st.inspected + #content
         if st.inspected > limit then st.info.over_limit = true; return nil end
       end
-      add(st, content, (is_file and "FILES_CONTENT:" or "ARGS:") .. name, "body")
+      for k = 1, nn > 0 and nn or 1 do
+        add(st, content, (is_file and "FILES_CONTENT:" or "ARGS:") .. (names[k] or ""), "body")
+      end
     end
     if not nxt then return nil end -- truncated: what there was
     if st.info.too_many then return nil end
