@@ -467,7 +467,9 @@ function Policy:request(req)
 
   engine:request(info, hits)
   local over = tally()
-  if not over then
+  -- a request refused as not inspectable is not scanned further: the values
+  -- of a body over body_limit would only cost time
+  if not over and not (status and self._refuse) then
     local nrules = #self.rules
     for i = 1, #values do
       local x = values[i]
