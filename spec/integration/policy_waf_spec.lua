@@ -68,8 +68,8 @@ mg.route { path = "/user/", upstream = o, use = { mg.policy.waf { rules = {
   { id = 100003, match = function(v) if v == "boom" then error("rule broke") end return false end },
   { id = 100004, pl = 2, match = function(v) return v == "pl2-only" end },
 } } } }
-mg.route { path = "/small/", upstream = o, use = { mg.policy.waf { body_limit = "1k" } } }
-mg.route { path = "/buf/", upstream = o, buffer_body = "4k", use = { mg.policy.waf {} } }
+mg.route { path = "/small/", upstream = o, use = { mg.policy.waf { body_limit = "1k", over_limit = "pass" } } }
+mg.route { path = "/buf/", upstream = o, buffer_body = "4k", use = { mg.policy.waf { over_limit = "pass" } } }
 mg.route { path = "/st/", upstream = o, use = { mg.policy.waf { status = 406 } } }
 mg.route { path = "/", upstream = o, use = { mg.policy.waf {} } }
 ]]
@@ -264,7 +264,8 @@ local function run(workers)
       assert.truthy((proxy:file("error.log") or ""):find("waf: rule 100003: ", 1, true))
     end)
 
-    it("body_limit: the first body_limit bytes are inspected (refused), past them not (passed, logged)", function()
+    -- (with over_limit = "refuse", the default, both are refused 413: waf_attack_spec)
+    it("body_limit, over_limit = \"pass\": the first body_limit bytes are inspected (refused), past them not (passed, logged)", function()
       local pad = string.rep("x", 2000)
       local res, path = send("/small/", { method = "POST", ctype = "application/x-www-form-urlencoded",
                                           body = "a=EVIL5&pad=" .. pad })
@@ -290,7 +291,7 @@ local function run(workers)
       refused(res, path, "900005")
     end)
 
-    it("a body announced over the route's buffer_body is not read: it streams to the origin, logged", function()
+    it("over_limit = \"pass\": a body announced over the route's buffer_body is not read: it streams to the origin, logged", function()
       local body = "a=EVIL5&pad=" .. string.rep("x", 8000)
       local res, path = send("/buf/", { method = "POST", ctype = "application/x-www-form-urlencoded", body = body })
       passed(res, path)
@@ -315,11 +316,11 @@ local function run(workers)
       passed(res, path)
     end)
 
-    it("10,000 arguments: bounded (too_many), answered", function()
+    it("10,000 arguments: bounded (too_many), answered: refused, since the values past the bound were not looked at", function()
       local t = {}
       for k = 1, 10000 do t[k] = "a" .. k .. "=v" end
       local res, path = send("/a/", { method = "POST", ctype = "application/x-www-form-urlencoded", body = table.concat(t, "&") })
-      passed(res, path, "920380")
+      refused(res, path, "920380")
     end)
   end)
 end
@@ -344,6 +345,7 @@ describe("mg.policy.waf config errors", function()
     { 'mg.policy.waf { mode = "log" }', "'mode' must be \"block\" or \"detect\"" },
     { 'mg.policy.waf { status = 200 }', "'status' out of range" },
     { 'mg.policy.waf { body_limit = "1x" }', "'body_limit' is not a size: 1x" },
+    { 'mg.policy.waf { over_limit = "partial" }', "'over_limit' must be \"refuse\" or \"pass\"" },
     { 'mg.policy.waf { paranioa = 2 }', "unknown key 'paranioa'" },
     { 'mg.policy.waf { exclude = { { rule = "94x" } } }', "exclude[1]: 'rule' must be a rule id" },
     { 'mg.policy.waf { exclude = { { var = "args:q" } } }', "exclude[1]: 'args:q' is not a variable" },

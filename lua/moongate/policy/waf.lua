@@ -23,7 +23,7 @@ local fmt, sub, lower, find, match, concat, sort =
 local ffi_str = ffi.string
 
 local keys = { paranoia = true, threshold = true, mode = true, status = true, body_limit = true,
-               exclude = true, rules = true }
+               over_limit = true, exclude = true, rules = true }
 local rule_keys = { id = true, severity = true, pl = true, vars = true, match = true, pattern = true,
                     msg = true }
 local SEVERITY = { critical = 5, error = 4, warning = 3, notice = 2 }
@@ -199,6 +199,12 @@ local function new(conf)
   end
   local status = conf.status == nil and 403 or whole(conf.status, what, "status", 400, 599)
   local body_limit = conf.body_limit == nil and 128 * 1024 or size(conf.body_limit, what, "body_limit")
+  -- what block mode does with a request it cannot inspect whole (a body over
+  -- body_limit or buffer_body, more values than collected, an encoded body)
+  local over_limit = conf.over_limit == nil and "refuse" or conf.over_limit
+  if over_limit ~= "refuse" and over_limit ~= "pass" then
+    fail("%s: 'over_limit' must be \"refuse\" or \"pass\", got %s", what, tostring(conf.over_limit))
+  end
   local excl = excludes(conf.exclude, what)
   local rules = user_rules(conf.rules, paranoia, what)
   local engine, err = detect.new({ paranoia = paranoia })
@@ -213,15 +219,17 @@ local function new(conf)
   return setmetatable({
     name = "waf",
     paranoia = paranoia, threshold = threshold, mode = mode, status = status, body_limit = body_limit,
-    exclude = excl, rules = rules,
+    over_limit = over_limit, exclude = excl, rules = rules,
     _engine = engine, _skip_vars = skip_vars,
     _block = mode == "block",
+    _refuse = mode == "block" and over_limit == "refuse",
   }, Policy)
 end
 
 function Policy:describe()
   local s = fmt("paranoia=%d threshold=%d mode=%s status=%d body_limit=%d", self.paranoia,
                 self.threshold, self.mode, self.status, self.body_limit)
+  if self.over_limit ~= "refuse" then s = s .. " over_limit=" .. self.over_limit end
   if #self.exclude > 0 then s = s .. " exclude=" .. #self.exclude end
   if #self.rules > 0 then s = s .. " rules=" .. #self.rules end
   return s
@@ -235,28 +243,61 @@ end
 
 -- Hits the detectors find in a whole string rather than in one value: the
 -- query string (ARGS:* of the query) and the Cookie header (REQUEST_COOKIES:*).
--- An exclusion that covers one of the variables the string holds covers them.
+-- An exclusion covers such a hit when the string without the pieces the
+-- exclusion covers no longer has it (the excluded field's text was what
+-- matched); an exclusion for one field does not silence what the rest of the
+-- string holds.
 local WHOLE = { QUERY_STRING = "ARGS:", ["REQUEST_HEADERS:Cookie"] = "REQUEST_COOKIES:" }
 
-local function covers(sel, var, values)
-  if var_matches(sel, var) then return true end
-  local prefix = WHOLE[var]
-  if not prefix then return false end
-  for i = 1, #values do
-    local x = values[i]
-    local w = x.where
-    if (w == "arg" or w == "cookie") and sub(x.var, 1, #prefix) == prefix and var_matches(sel, x.var) then
-      return true
-    end
+-- s split at sep without the pieces whose variable sel covers; nil when no
+-- piece is covered
+local function without(sel, s, sep, prefix)
+  local kept, n, dropped = {}, 0, false
+  local pos, len = 1, #s
+  while pos <= len do
+    local e = find(s, sep, pos, true) or len + 1
+    local piece = sub(s, pos, e - 1)
+    local eq = find(piece, "=", 1, true)
+    local name
+    if prefix == "ARGS:" then name = collect.unescape(eq and sub(piece, 1, eq - 1) or piece, true)
+    else name = eq and match(sub(piece, 1, eq - 1), "^%s*(.-)%s*$") or "" end
+    if piece ~= "" and var_matches(sel, prefix .. name) then dropped = true
+    else n = n + 1; kept[n] = piece end
+    pos = e + 1
   end
-  return false
+  if not dropped then return nil end
+  return concat(kept, sep, 1, n)
 end
 
-local function excluded(self, id, var, values)
+local function covers(self, sel, id, var, info)
+  if var_matches(sel, var) then return true end
+  local prefix = WHOLE[var]
+  if not prefix or not info then return false end
+  local again = { method = info.method, version = info.version, host = info.host, path = info.path,
+                  target = "", headers = {} }
+  if prefix == "ARGS:" then
+    again.query = info.query and without(sel, info.query, "&", prefix)
+    if not again.query then return false end
+  else
+    local cookie
+    for _, h in ipairs(info.headers or {}) do if h[1] == "cookie" then cookie = h[2] break end end
+    local rest = cookie and without(sel, cookie, ";", prefix)
+    if not rest then return false end
+    again.headers = { { "cookie", rest } }
+  end
+  local hits = {}
+  self._engine:request(again, hits)
+  for i = 1, #hits do
+    if hits[i].id == id and hits[i].var == var then return false end
+  end
+  return true
+end
+
+local function excluded(self, id, var, info)
   local ex = self.exclude
   for i = 1, #ex do
     local e = ex[i]
-    if (not e.rule or rule_matches(e.rule, id)) and (not e.var or covers(e.var, var, values)) then return true end
+    if (not e.rule or rule_matches(e.rule, id)) and (not e.var or covers(self, e.var, id, var, info)) then return true end
   end
   return false
 end
@@ -279,34 +320,63 @@ local function header_of(headers, name)
   return nil
 end
 
--- The body when one is announced and of a type the WAF looks at, cut to
--- body_limit: body, truncated. Over the route's read bound (buffer_body,
--- limits.body_size) it is not read (it goes upstream as it streams): logged.
+-- Attacker bytes (a variable name, a rule's error) in a log line: control
+-- bytes, quotes and backslashes as \xHH, so one request is one line.
+local function esc(s)
+  return (tostring(s or ""):gsub("[%c\"\\\127]", function(c) return fmt("\\x%02x", c:byte()) end))
+end
+
+-- The body when one is announced and of a type the WAF looks at: body, or nil
+-- and the answer to give (status, log line) when it cannot be inspected, or
+-- nil, nil, err when the read failed. Over the route's read bound
+-- (buffer_body, limits.body_size) or with a Content-Encoding the WAF does not
+-- undo, it is not read: refused (over_limit = "refuse", block mode) or let
+-- through as it streams, logged.
 local function read_body(self, req, headers)
   local cl = header_of(headers, "content-length")
   local te = header_of(headers, "transfer-encoding")
-  if not te and (not cl or tonumber(cl) == 0) then return nil, false end
-  if not collect.kind(header_of(headers, "content-type")) then return nil, false end
+  if not te and (not cl or tonumber(cl) == 0) then return nil end
+  -- Content-Type and Content-Encoding as the origin may read them: another
+  -- Content-Type than the first (the last wins in some frameworks, others join
+  -- them), any coding in any Content-Encoding field
+  local ctype, ce
+  for i = 1, #headers do
+    local h = headers[i]
+    if h[1] == "content-type" then
+      if ctype and h[2] ~= ctype then
+        return nil, 400, fmt("waf: request %s: several Content-Type header fields (the origin may read another): the body is not inspected", req.id)
+      end
+      ctype = h[2]
+    elseif h[1] == "content-encoding" and not match(lower(h[2]), "^[%s,]*identity[%s,]*$") and find(h[2], "%S") then
+      ce = ce or h[2]
+    end
+  end
+  local kind = collect.kind(ctype)
   local n = cl and tonumber(cl)
-  if n then
-    local bound = tonumber(C.mg_req_body_bound(req._r))
-    if bound and bound >= 0 and n > bound then
-      log_err(fmt("waf: request %s: a body of %d bytes is over the route's buffer_body (%d): not inspected",
-                  req.id, n, bound))
-      return nil, true
+  local bound = tonumber(C.mg_req_body_bound(req._r))
+  if not kind then
+    -- another binary type: a small one is read all the same, for the JSON or
+    -- XML an origin that ignores the type would parse
+    if not n or n > self.body_limit then return nil end
+    kind = "sniff"
+  end
+  if kind == "sniff" then
+    -- declared binary: looked at (for JSON or XML) only when it fits
+    if not n or (bound and bound >= 0 and n > bound) then return nil end
+  else
+    if ce then
+      return nil, 415, fmt("waf: request %s: a body with Content-Encoding: %s (the origin may decode it) is not inspected",
+                           req.id, esc(sub(ce, 1, 64)))
+    end
+    if n and bound and bound >= 0 and n > bound then
+      return nil, 413, fmt("waf: request %s: a body of %d bytes is over the route's buffer_body (%d): not inspected",
+                           req.id, n, bound)
     end
   end
   local ok, err = req:read_body()
-  if not ok then return nil, false, err end
-  local body = req:body() or ""
-  if #body > self.body_limit then
-    log_err(fmt("waf: request %s: a body of %d bytes, inspected the first %d (body_limit)",
-                req.id, #body, self.body_limit))
-    return sub(body, 1, self.body_limit), true
-  end
-  return body, false
+  if not ok then return nil, nil, err end
+  return req:body() or ""
 end
-
 local function user_rule_hits(self, v, var, req, hits)
   local rules = self.rules
   for i = 1, #rules do
@@ -321,14 +391,14 @@ local function user_rule_hits(self, v, var, req, hits)
       if r.fn then
         local ok, res = pcall(r.fn, v, var, req)
         if not ok then
-          log_err(fmt("waf: rule %d: %s", r.id, tostring(res)))
+          log_err(fmt("waf: rule %d: %s", r.id, esc(res)))
         else
           hit = res and true or false
         end
       else
         local rc = C.mg_rx_match(r.rx, v, #v, rx_ovec, 1)
         hit = rc > 0
-        if rc < 0 then log_err(fmt("waf: rule %d: pattern match failed (%d) on %s", r.id, rc, var)) end
+        if rc < 0 then log_err(fmt("waf: rule %d: pattern match failed (%d) on %s", r.id, rc, esc(var))) end
       end
       if hit then
         hits[#hits + 1] = { id = r.id, severity = r.severity, pl = r.pl, msg = r.msg, var = var,
@@ -338,9 +408,17 @@ local function user_rule_hits(self, v, var, req, hits)
   end
 end
 
-local function excerpt(s)
-  s = sub(tostring(s or ""), 1, 64)
-  return (s:gsub("[%c\"\\]", function(c) return fmt("\\x%02x", c:byte()) end))
+local function excerpt(s) return esc(sub(tostring(s or ""), 1, 64)) end
+
+-- a request that scored under the threshold but was not inspected whole
+local MESSAGES = { [400] = "Bad Request\n", [413] = "Request Entity Too Large\n", [415] = "Unsupported Media Type\n" }
+function Policy:uninspected(req, status, why)
+  if not status then return end
+  if self._refuse then
+    log_err(why .. ", refused")
+    return req:respond(status, MESSAGES[status] or "Forbidden\n")
+  end
+  log_err(why)
 end
 
 function Policy:request(req)
@@ -353,11 +431,21 @@ function Policy:request(req)
     local q = req.query
     target = (req.path or "/") .. ((q and q ~= "") and ("?" .. q) or "")
   end
-  local body, truncated, berr = read_body(self, req, headers)
-  if berr then return end -- the read failed: moongate answers it (413, 408, 400)
+  local body, status, why = read_body(self, req, headers)
+  if not body and not status and why then return end -- the read failed: moongate answers it (413, 408, 400)
   local values, info = collect.request(req.method, target, headers, body,
-    { truncated = truncated, version = req.http_version == 1.0 and "1.0" or "1.1" })
-
+    { body_limit = self.body_limit, sniff = true, version = req.http_version == 1.0 and "1.0" or "1.1" })
+  -- what was not inspected: refused in block mode (over_limit = "refuse"), as
+  -- ModSecurity's SecRequestBodyLimitAction Reject; logged either way
+  if not status then
+    if info.over_limit then
+      status = 413
+      why = fmt("waf: request %s: a body of %d bytes, inspected the first %d (body_limit)", req.id, #body, self.body_limit)
+    elseif info.too_many then
+      status = self.status
+      why = fmt("waf: request %s: more than %d values, the rest not inspected", req.id, info.count)
+    end
+  end
   local engine, threshold, block, paranoia = self._engine, self.threshold, self._block, self.paranoia
   local hits = {}
   local seen, counted, score, done = {}, {}, 0, 0
@@ -367,7 +455,7 @@ function Policy:request(req)
     for i = done + 1, #hits do
       local h = hits[i]
       local id = h.id
-      if not seen[id] and (h.pl or 1) <= paranoia and (nex == 0 or not excluded(self, id, h.var or "", values)) then
+      if not seen[id] and (h.pl or 1) <= paranoia and (nex == 0 or not excluded(self, id, h.var or "", info)) then
         seen[id] = true
         score = score + (h.severity or 0)
         counted[#counted + 1] = h
@@ -379,7 +467,9 @@ function Policy:request(req)
 
   engine:request(info, hits)
   local over = tally()
-  if not over then
+  -- a request refused as not inspectable is not scanned further: the values
+  -- of a body over body_limit would only cost time
+  if not over and not (status and self._refuse) then
     local nrules = #self.rules
     for i = 1, #values do
       local x = values[i]
@@ -392,19 +482,20 @@ function Policy:request(req)
     end
   end
 
-  if #counted == 0 then return end
+  if #counted == 0 then return self:uninspected(req, status, why) end
   local ids, vars = {}, {}
   for i = 1, #counted do
     ids[i] = tostring(counted[i].id)
-    vars[i] = counted[i].var or "-"
+    vars[i] = esc(counted[i].var or "-")
   end
   req.ctx.waf = { score = score, hits = counted }
   local idlist = concat(ids, ",")
   C.mg_req_set_waf(r, idlist, #idlist <= 512 and #idlist or 512)
-  if score < threshold then return end
+  if score < threshold then return self:uninspected(req, status, why) end
   if block then
     return req:respond(self.status, "Forbidden\n")
   end
+  if why then log_err(why) end
   local parts = {}
   for i = 1, #counted do
     parts[i] = fmt('%s %s "%s"', ids[i], vars[i], excerpt(counted[i].match))
