@@ -660,7 +660,9 @@ function Engine:look(v, var, where, hits)
     if string_find(v, "[%$_]") or v == "prototype" then names(self, v, var, where, hits) end
     return
   end
-  if where == "arg_name" and string_find(v, "[%$_]") then names(self, v, var, where, hits) end
+  if where == "arg_name" and (string_find(v, "[%$_]") or string_find(v, "prototype", 1, true)) then
+    names(self, v, var, where, hits)
+  end
   if where == "filename" then
     local ext = string_match(v, "%.([%w]+)[%s.]*$")
     if ext and script_ext[string_lower(ext)] then hit(self, hits, 933140, var, v) end

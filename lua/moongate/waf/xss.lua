@@ -143,14 +143,22 @@ function _M.detect(s)
   if q1 and first(l, "(", "`") then
     local x, y, id = string_find(l, "^%s*[\"'`][%s%)%]}]*[-+*/|&;,^%%?:]+%s*([%a_$][%w_$%.]*)%s*[(`]")
     if x then return "js", "string break, then " .. id end
-    -- every quote (found with plain finds), then the shape anchored there
-    local qp = q1
-    while qp do
+    -- every quote (found with plain finds, each kind's next one kept: a search
+    -- for a kind that is not there again would make a string of quotes
+    -- quadratic), then the shape anchored there
+    local n1, n2, n3 = string_find(l, "'", 1, true), string_find(l, '"', 1, true), string_find(l, "`", 1, true)
+    while true do
+      local qp = n1
+      if n2 and (not qp or n2 < qp) then qp = n2 end
+      if n3 and (not qp or n3 < qp) then qp = n3 end
+      if not qp then break end
       x, y, id = string_find(l, "^[\"'`][%s%)%]}]*[-+*/|&;,^]+%s*([%a_$][%w_$]*)", qp)
       if x and sinks[id] and string_find(string_sub(l, y + 1, y + 64), "^[%s%.%w_$%[%]\"']*[(`=]") then
         return "js", "string break, then " .. id
       end
-      qp = first(l, "'", '"', "`", qp + 1)
+      if n1 == qp then n1 = string_find(l, "'", qp + 1, true) end
+      if n2 == qp then n2 = string_find(l, '"', qp + 1, true) end
+      if n3 == qp then n3 = string_find(l, "`", qp + 1, true) end
     end
   end
   return nil
