@@ -344,7 +344,7 @@ describe("mg.policy.waf config errors", function()
     { 'mg.policy.waf { threshold = 0 }', "'threshold' out of range" },
     { 'mg.policy.waf { mode = "log" }', "'mode' must be \"block\" or \"detect\"" },
     { 'mg.policy.waf { status = 200 }', "'status' out of range" },
-    { 'mg.policy.waf { body_limit = "1x" }', "'body_limit' is not a size: 1x" },
+    { 'mg.policy.waf { body_limit = "1x" }', "'body_limit' must be bytes (a number, or like \"64k\", \"10m\"), got 1x" },
     { 'mg.policy.waf { over_limit = "partial" }', "'over_limit' must be \"refuse\" or \"pass\"" },
     { 'mg.policy.waf { paranioa = 2 }', "unknown key 'paranioa'" },
     { 'mg.policy.waf { exclude = { { rule = "94x" } } }', "exclude[1]: 'rule' must be a rule id" },

@@ -38,25 +38,6 @@ Policy.__index = Policy
 
 local function log_err(s) require("moongate").log.err(s) end
 
--- "128k", "1m" or a number of bytes
-local function size(v, what, key)
-  if type(v) == "number" then
-    check.number(v, what, key, 1, 2^40)
-    if v % 1 ~= 0 then fail("%s: '%s' must be a whole number of bytes", what, key) end
-    return v
-  end
-  if type(v) ~= "string" then fail("%s: '%s' must be a size (bytes, or like \"128k\")", what, key) end
-  local n, unit = match(lower(v), "^(%d+)([km]?)$")
-  if not n then fail("%s: '%s' is not a size: %s", what, key, v) end
-  return check.number(tonumber(n) * (unit == "k" and 1024 or unit == "m" and 1048576 or 1), what, key, 1, 2^40)
-end
-
-local function whole(v, what, k, lo, hi)
-  check.number(v, what, k, lo, hi)
-  if v % 1 ~= 0 then fail("%s: '%s' must be a whole number, got %s", what, k, tostring(v)) end
-  return v
-end
-
 -- A variable selector as users write it: "ARGS" (the collection: ARGS:*),
 -- "ARGS:q" (exact), "REQUEST_COOKIES:*" or "ARGS:user*" (a prefix). Header names
 -- are compared as they are written in the variable (REQUEST_HEADERS:User-Agent);
@@ -191,14 +172,14 @@ local function new(conf)
   if conf == nil then conf = {} end
   if type(conf) ~= "table" then fail("%s: expects a table", what) end
   check.keys(conf, keys, what)
-  local paranoia = conf.paranoia == nil and 1 or whole(conf.paranoia, what, "paranoia", 1, 4)
-  local threshold = conf.threshold == nil and 5 or whole(conf.threshold, what, "threshold", 1, 10000)
+  local paranoia = conf.paranoia == nil and 1 or check.whole(conf.paranoia, what, "paranoia", 1, 4)
+  local threshold = conf.threshold == nil and 5 or check.whole(conf.threshold, what, "threshold", 1, 10000)
   local mode = conf.mode == nil and "block" or conf.mode
   if mode ~= "block" and mode ~= "detect" then
     fail("%s: 'mode' must be \"block\" or \"detect\", got %s", what, tostring(conf.mode))
   end
-  local status = conf.status == nil and 403 or whole(conf.status, what, "status", 400, 599)
-  local body_limit = conf.body_limit == nil and 128 * 1024 or size(conf.body_limit, what, "body_limit")
+  local status = conf.status == nil and 403 or check.whole(conf.status, what, "status", 400, 599)
+  local body_limit = conf.body_limit == nil and 128 * 1024 or check.size(conf.body_limit, what, "body_limit", 1)
   -- what block mode does with a request it cannot inspect whole (a body over
   -- body_limit or buffer_body, more values than collected, an encoded body)
   local over_limit = conf.over_limit == nil and "refuse" or conf.over_limit
