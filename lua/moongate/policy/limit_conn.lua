@@ -24,7 +24,6 @@ local keys = { limit = true, key = true, status = true, shared = true, body = tr
 local DEFAULT_DICT, DEFAULT_DICT_SIZE = "limit_conn", 4 * 1024 * 1024
 
 local count_out = ffi.new("double[1]")
-local per_site = {}
 
 local Policy = {}
 Policy.__index = Policy
@@ -59,24 +58,11 @@ local function new(conf)
   local self = setmetatable({ name = "limit_conn", limit = limit, status = status, max_body = max_body,
                               body = body, extra = extra }, Policy)
   if limit then
-    local dict_name = DEFAULT_DICT
-    local declared = require("moongate")._state().shared
-    if conf.shared ~= nil then
-      dict_name = check.type(conf.shared, "string", what, "shared")
-      if not declared[dict_name] then
-        fail("%s: no shared dictionary '%s' (declare it in mg.config { shared = { %s = \"1m\" } } before this line)",
-             what, dict_name, dict_name)
-      end
-    elseif not declared[DEFAULT_DICT] then
-      declared[DEFAULT_DICT] = DEFAULT_DICT_SIZE
-    end
+    local dict_name = partition.dict(conf.shared, what, DEFAULT_DICT, DEFAULT_DICT_SIZE)
     local fn, key_desc = partition.fn(conf.key, what, "limit_conn")
-    local site = check.user_site()
-    local n = (per_site[site] or 0) + 1
-    per_site[site] = n
     self.dict_name, self.key_desc, self._key = dict_name, key_desc, fn
     self._dict = shdict.get(dict_name)
-    self._prefix = "lc|" .. site .. "#" .. n .. "|"
+    self._prefix = "lc|" .. partition.instance() .. "|"
   end
   return self
 end

@@ -35,8 +35,6 @@ local DEFAULT_DICT, DEFAULT_DICT_SIZE = "rate_limit", 16 * 1024 * 1024
 
 local wait_out, rem_out = ffi.new("double[1]"), ffi.new("double[1]")
 
--- instances per config site, so that two policies on one line get two counters
-local per_site = {}
 
 local Policy = {}
 Policy.__index = Policy
@@ -73,26 +71,15 @@ local function new(conf)
       extra[k] = v
     end
   end
-  local dict_name = DEFAULT_DICT
-  local declared = require("moongate")._state().shared
-  local rc
+  local dict_name, rc
   if conf.redis ~= nil then
     if conf.shared ~= nil then fail("%s: 'shared' and 'redis' exclude each other (the counters live in one of them)", what) end
     rc = backend.config(conf.redis, what)
     dict_name = nil
-  elseif conf.shared ~= nil then
-    dict_name = check.type(conf.shared, "string", what, "shared")
-    if not declared[dict_name] then
-      fail("%s: no shared dictionary '%s' (declare it in mg.config { shared = { %s = \"10m\" } } before this line)",
-           what, dict_name, dict_name)
-    end
-  elseif not declared[DEFAULT_DICT] then
-    declared[DEFAULT_DICT] = DEFAULT_DICT_SIZE
+  else
+    dict_name = partition.dict(conf.shared, what, DEFAULT_DICT, DEFAULT_DICT_SIZE)
   end
   local fn, key_desc = partition.fn(conf.key, what, "rate_limit")
-  local site = check.user_site()
-  local n = (per_site[site] or 0) + 1
-  per_site[site] = n
   local self = setmetatable({
     name = "rate_limit",
     limit = limit, window = window, algorithm = algorithm, burst = burst, status = status,
@@ -102,7 +89,7 @@ local function new(conf)
     _redis_args = rc and backend.args(algorithm, window, limit, burst),
     _redis_next_log = 0, _redis_skipped = 0,
     -- counters are named by the config line: they survive a reload that keeps it
-    _prefix = "rl|" .. site .. "#" .. n .. "|",
+    _prefix = "rl|" .. partition.instance() .. "|",
     _policy_header = fmt('"%s";q=%d;w=%d', name, algorithm == "token_bucket" and burst or limit, max(1, ceil(window))),
     _item = '"' .. name .. '"',
   }, Policy)

@@ -62,4 +62,34 @@ function _M.fn(k, what, name)
   fail("%s: " .. WANT .. ", got \"%s\"", what, k)
 end
 
+--- The shared dictionary a counting policy keeps its counters in: `shared` (it
+--- must be declared in mg.config before the policy's line), else `default`,
+--- declared here with `size` bytes unless the user declared it first (then the
+--- user's size stands).
+function _M.dict(shared, what, default, size)
+  local declared = require("moongate")._state().shared
+  if shared ~= nil then
+    check.type(shared, "string", what, "shared")
+    if not declared[shared] then
+      fail("%s: no shared dictionary '%s' (declare it in mg.config { shared = { %s = \"10m\" } } before this line)",
+           what, shared, shared)
+    end
+    return shared
+  end
+  if not declared[default] then declared[default] = size end
+  return default
+end
+
+-- policies made so far per config line, so that two on one line get two
+-- counters (a config loads in a Lua state of its own: this starts empty)
+local per_site = {}
+
+--- "FILE:LINE#N": which policy of its line this one is (a key prefix).
+function _M.instance()
+  local site = check.user_site()
+  local n = (per_site[site] or 0) + 1
+  per_site[site] = n
+  return site .. "#" .. n
+end
+
 return _M
