@@ -1,7 +1,9 @@
 #include "http.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 #include <time.h>
 
@@ -73,11 +75,15 @@ const mg_header_t *mg_head_get(const mg_head_t *h, mg_str_t name) {
 }
 
 int mg_head_set(mg_head_t *h, mg_arena_t *a, mg_str_t name, mg_str_t value, int op) {
-  if (op != 1) {
-    size_t j = 0;
-    for (size_t i = 0; i < h->n; i++)
-      if (!mg_str_caseeq(h->headers[i].name, name)) h->headers[j++] = h->headers[i];
-    h->n = j;
+  if (op != 1) { /* drop the fields of that name: find the first, then close up from it */
+    size_t i = 0;
+    while (i < h->n && !mg_str_caseeq(h->headers[i].name, name)) i++;
+    if (i < h->n) {
+      size_t j = i;
+      for (i++; i < h->n; i++)
+        if (!mg_str_caseeq(h->headers[i].name, name)) h->headers[j++] = h->headers[i];
+      h->n = j;
+    }
   }
   if (op == 2) return 0;
   if (h->n == h->hcap) {
@@ -176,8 +182,21 @@ int mg_http_token_in_list(mg_str_t list, mg_str_t name) {
   return 0;
 }
 
+/* 8 bytes at a time: a byte of x is zero when (x - 0x01..) & ~x & 0x80.. has its
+ * top bit (the classic test; it can flag a 0x01 byte after a zero one, never
+ * miss one), so x ^ (byte repeated) finds that byte; the rest one by one. */
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+static inline int has_zero(uint64_t x) { return ((x - ONES) & ~x & HIGHS) != 0; }
+
 int mg_http_bad_value(mg_str_t v) {
-  for (size_t i = 0; i < v.len; i++) {
+  size_t i = 0;
+  for (; i + 8 <= v.len; i += 8) {
+    uint64_t x;
+    memcpy(&x, v.p + i, 8);
+    if (has_zero(x) || has_zero(x ^ (ONES * '\r')) || has_zero(x ^ (ONES * '\n'))) break;
+  }
+  for (; i < v.len; i++) {
     unsigned char c = (unsigned char)v.p[i];
     if (c <= '\r' && (c == 0 || c == '\r' || c == '\n')) return 1; /* one compare for most bytes */
   }

@@ -1,6 +1,10 @@
 /* core/http.c: head storage across split reads, limits, header classification. */
+#include "../arena.h"
 #include "../http.h"
 #include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 static void appends_split_pieces_into_one_header(void) {
   mg_head_t h;
@@ -97,6 +101,53 @@ static void validates_tokens_and_values(void) {
   CHECK(strcmp(mg_http_reason(799), "Unknown") == 0);
 }
 
+/* A NUL, CR or LF at every place of values of 0 to 40 bytes (the check goes 8
+ * bytes at a time, then one by one) is found; the bytes next to them, 0x01,
+ * 0x0b, 0x0c, tab and 0x7f..0xff, are not refused. */
+static void finds_a_bad_byte_anywhere_in_a_value(void) {
+  char buf[41];
+  for (size_t len = 0; len <= 40; len++) {
+    memset(buf, 'a', sizeof buf);
+    CHECK(!mg_http_bad_value((mg_str_t){ buf, len }));
+    const unsigned char fine[] = { 0x01, 0x0b, 0x0c, '\t', 0x7f, 0x80, 0xff };
+    for (size_t k = 0; k < sizeof fine; k++) {
+      memset(buf, fine[k], len);
+      CHECK(!mg_http_bad_value((mg_str_t){ buf, len }));
+    }
+    for (size_t at = 0; at < len; at++) {
+      const char bad[] = { '\0', '\r', '\n' };
+      for (size_t k = 0; k < 3; k++) {
+        memset(buf, 0x01, sizeof buf); /* next to the borrow the 8-byte test can see */
+        buf[at] = bad[k];
+        CHECK(mg_http_bad_value((mg_str_t){ buf, len }));
+        buf[at] = 'a';
+      }
+    }
+  }
+}
+
+/* Setting a field replaces every field of that name (any case) and keeps the
+ * others in order; deleting one that is not there changes nothing. */
+static void sets_and_deletes_fields_in_order(void) {
+  mg_arena_t a;
+  mg_arena_init(&a);
+  mg_head_t h = { 0 };
+  CHECK(mg_head_set(&h, &a, MG_STR("A"), MG_STR("1"), 1) == 0);
+  CHECK(mg_head_set(&h, &a, MG_STR("b"), MG_STR("2"), 1) == 0);
+  CHECK(mg_head_set(&h, &a, MG_STR("B"), MG_STR("3"), 1) == 0);
+  CHECK(mg_head_set(&h, &a, MG_STR("c"), MG_STR("4"), 1) == 0);
+  CHECK(mg_head_set(&h, &a, MG_STR("x"), MG_STR(""), 2) == 0);
+  CHECK(h.n == 4);
+  CHECK(mg_head_set(&h, &a, MG_STR("b"), MG_STR("5"), 0) == 0);
+  CHECK(h.n == 3);
+  CHECK(mg_str_eq(h.headers[0].name, MG_STR("A")) && mg_str_eq(h.headers[1].name, MG_STR("c")));
+  CHECK(mg_str_eq(h.headers[2].name, MG_STR("b")) && mg_str_eq(h.headers[2].value, MG_STR("5")));
+  CHECK(mg_head_set(&h, &a, MG_STR("a"), MG_STR(""), 2) == 0);
+  CHECK(h.n == 2 && mg_str_eq(h.headers[0].name, MG_STR("c")));
+  free(h.headers);
+  mg_arena_dispose(&a);
+}
+
 /* Feeds `wire` to a fresh scanner one byte at a time (every split a read can
  * make), then in one piece; both must agree. Returns the result and, from the
  * byte-wise run, the head's length (bytes up to its last LF) when it ended. */
@@ -151,6 +202,7 @@ int main(void) {
     T(enforces_byte_and_count_limits),
     T(grows_past_the_first_allocation), T(classifies_hop_by_hop_headers),
     T(validates_tokens_and_values), T(scans_head_line_endings), T(splits_comma_lists),
+    T(finds_a_bad_byte_anywhere_in_a_value), T(sets_and_deletes_fields_in_order),
   };
   return t_run("http", cases, sizeof(cases) / sizeof(cases[0]));
 }
