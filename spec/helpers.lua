@@ -119,10 +119,18 @@ end
 --- has open (sockets of earlier specs not yet collected among them): so the
 --- garbage is collected first and wrk starts with descriptors 0-2 only.
 function helpers.wrk(args)
+  return helpers.sh_fds("exec wrk " .. args, true)
+end
+
+--- Runs the shell command `cmd` (bash) with descriptors 0-2 only (the busted
+--- process's other open descriptors closed first: wrk gives up connections
+--- whose descriptor is past its event-loop size); its stderr dropped when
+--- `quiet`. Returns what helpers.sh does. For several wrk runs at once.
+function helpers.sh_fds(cmd, quiet)
   collectgarbage("collect")
   collectgarbage("collect")
   return helpers.sh("bash -c 'for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done; "
-    .. "exec wrk " .. args:gsub("'", "'\\''") .. "' 2>/dev/null")
+    .. cmd:gsub("'", "'\\''") .. "'" .. (quiet and " 2>/dev/null" or ""))
 end
 
 --- How many times `needle` (plain text) occurs in `text`.
