@@ -1100,6 +1100,29 @@ function helpers.spread_clients(port, n, path, workers)
   error("64 connections reached only " .. count .. " of " .. workers .. " workers")
 end
 
+--- `moongate -t` of a config whose third line is `mg.use(<line>)`: its output,
+--- exit code and the config's path (for the "FILE:3:" of the error).
+function helpers.use_check(line)
+  local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
+    .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
+  local out, rc = helpers.moongate({ "-t", "-c", path })
+  return out, rc, path
+end
+
+--- One busted case per { line, message } of `cases` (`it`: busted's, passed in):
+--- `mg.use(line)` is a config error at FILE:3, its text starting with `prefix`
+--- (default none) and holding `message`.
+function helpers.use_error_cases(it, cases, prefix)
+  for _, c in ipairs(cases) do
+    it(c[1] .. " -> " .. c[2], function()
+      local out, rc, path = helpers.use_check(c[1])
+      assert(rc == 1, "exit code " .. tostring(rc) .. ", want 1: " .. out)
+      assert(out:find("moongate: config error: " .. path .. ":3: " .. (prefix or ""), 1, true), out)
+      assert(out:find(c[2], 1, true), "want '" .. c[2] .. "' in: " .. out)
+    end)
+  end
+end
+
 function helpers.close_all(cs)
   for _, c in pairs(cs) do c:close() end
 end

@@ -223,13 +223,6 @@ end)
 -- Config values that used to load and then made a policy silently useless (every
 -- request refused, or a key ignored): each is now an error naming the file and line.
 describe("policy attacks: hostile config values", function()
-  local function check(line)
-    local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
-      .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    return out, rc, path
-  end
-
   local cases = {
     -- before: loaded; the header was never found, every request 401
     { 'mg.policy.jwt { secret = "k", header = "bad header" }', "mg.policy.jwt: 'header' must be a header name" },
@@ -252,14 +245,7 @@ describe("policy attacks: hostile config values", function()
     -- before: loaded; every request 403
     { 'mg.policy.ip_rules { allow = {} }', "mg.policy.ip_rules: 'allow' is empty" },
   }
-  for _, c in ipairs(cases) do
-    it(c[1] .. " -> " .. c[2], function()
-      local out, rc, path = check(c[1])
-      assert.equal(1, rc)
-      assert.truthy(out:find("moongate: config error: " .. path .. ":3: ", 1, true), out)
-      assert.truthy(out:find(c[2], 1, true), out)
-    end)
-  end
+  helpers.use_error_cases(it, cases)
 end)
 
 -- limit_conn = 1: whatever way a request ends, its slot comes back (the next

@@ -145,13 +145,6 @@ describe("mg.policy.cors", function()
 end)
 
 describe("mg.policy.cors config errors", function()
-  local function check(line)
-    local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
-      .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    return out, rc, path
-  end
-
   local cases = {
     { 'mg.policy.cors { origin = { "https://a" } }', "mg.policy.cors: unknown key 'origin'" },
     { 'mg.policy.cors {}', "mg.policy.cors: 'origins' is required" },
@@ -163,12 +156,5 @@ describe("mg.policy.cors config errors", function()
     { 'mg.policy.cors { origins = { "*" }, max_age = 1.5 }', "'max_age' must be whole seconds" },
     { 'mg.policy.cors { origins = { "*" }, credentials = "yes" }', "'credentials' must be a boolean" },
   }
-  for _, c in ipairs(cases) do
-    it(c[1] .. " -> " .. c[2], function()
-      local out, rc, path = check(c[1])
-      assert.equal(1, rc)
-      assert.truthy(out:find("moongate: config error: " .. path .. ":3: ", 1, true), out)
-      assert.truthy(out:find(c[2], 1, true), out)
-    end)
-  end
+  helpers.use_error_cases(it, cases)
 end)

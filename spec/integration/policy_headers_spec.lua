@@ -115,13 +115,6 @@ describe("mg.policy.headers", function()
 end)
 
 describe("mg.policy.headers config errors", function()
-  local function check(line)
-    local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
-      .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    return out, rc, path
-  end
-
   local cases = {
     { [[mg.policy.headers { rewrite = { "^/v1/(.*$", "/api/$1" } }]],
       "mg.policy.headers: rewrite: bad regular expression '^/v1/(.*$': missing closing parenthesis at offset 9" },
@@ -137,12 +130,5 @@ describe("mg.policy.headers config errors", function()
     { [[mg.policy.headers { rewrites = {} }]], "unknown key 'rewrites'" },
     { [[mg.policy.headers {}]], "nothing to do" },
   }
-  for _, c in ipairs(cases) do
-    it(c[1] .. " -> " .. c[2], function()
-      local out, rc, path = check(c[1])
-      assert.equal(1, rc)
-      assert.truthy(out:find("moongate: config error: " .. path .. ":3: ", 1, true), out)
-      assert.truthy(out:find(c[2], 1, true), out)
-    end)
-  end
+  helpers.use_error_cases(it, cases)
 end)

@@ -158,13 +158,6 @@ describe("mg.policy.limit_conn", function()
 end)
 
 describe("mg.policy.limit_conn config errors", function()
-  local function check(line)
-    local path = helpers.write_config(helpers.tmpdir(), 'local mg = require "moongate"\n'
-      .. 'mg.listen { "127.0.0.1:1" }\n' .. 'mg.use(' .. line .. ')\n')
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    return out, rc, path
-  end
-
   local cases = {
     { 'mg.policy.limit_conn {}', "'limit' is required" },
     { 'mg.policy.limit_conn { limit = 0 }', "'limit' out of range" },
@@ -175,12 +168,5 @@ describe("mg.policy.limit_conn config errors", function()
     { 'mg.policy.limit_conn { max_body = "1x" }', "'max_body' must be bytes" },
     { 'mg.policy.limit_conn { max_body = 10, key = "ip" }', "'key', 'status' and 'shared' need 'limit'" },
   }
-  for _, c in ipairs(cases) do
-    it(c[1] .. " -> " .. c[2], function()
-      local out, rc, path = check(c[1])
-      assert.equal(1, rc)
-      assert.truthy(out:find("moongate: config error: " .. path .. ":3: mg.policy.limit_conn: ", 1, true), out)
-      assert.truthy(out:find(c[2], 1, true), out)
-    end)
-  end
+  helpers.use_error_cases(it, cases, "mg.policy.limit_conn: ")
 end)
