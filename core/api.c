@@ -722,16 +722,18 @@ int mg_api_cache_stats(mg_cache_api_stats_t *out) {
   return 0;
 }
 
-int mg_req_set_policy(mg_req_t *r, const char *p, size_t len) {
+/* The access log's policy, consumer and waf fields: a copy of 1 to `max` bytes
+ * in the request's arena (JSON-escaped when the line is written). */
+static int set_log_field(mg_req_t *r, mg_str_t *field, const char *p, size_t len, size_t max) {
   if (!live(r)) return MG_API_EPHASE;
-  if (len == 0 || len > 64) return MG_API_EINVAL;
-  char *k = mg_arena_alloc(&r->arena, len + 1);
+  if (len == 0 || len > max) return MG_API_EINVAL;
+  char *k = mg_arena_strdup(&r->arena, p, len);
   if (!k) return MG_API_ENOMEM;
-  memcpy(k, p, len);
-  k[len] = '\0';
-  r->policy = (mg_str_t){ k, len };
+  *field = (mg_str_t){ k, len };
   return 0;
 }
+
+int mg_req_set_policy(mg_req_t *r, const char *p, size_t len) { return set_log_field(r, &r->policy, p, len, 64); }
 
 int mg_req_set_cache_key(mg_req_t *r, const char *p, size_t len) {
   if (!PHASE(r, BIT(MG_HOOK_CACHE_KEY))) return MG_API_EPHASE;
@@ -772,12 +774,7 @@ int mg_req_peer_ip(mg_req_t *r, mg_str_t *out) {
 /* ---- i14-auth: the consumer an authentication policy found (the access log's
  * `consumer`), and the client certificate's names ---- */
 int mg_req_set_consumer(mg_req_t *r, const char *p, size_t len) {
-  if (!live(r)) return MG_API_EPHASE;
-  if (len == 0 || len > 256) return MG_API_EINVAL;
-  char *k = mg_arena_strdup(&r->arena, p, len);
-  if (!k) return MG_API_ENOMEM;
-  r->consumer = (mg_str_t){ k, len };
-  return 0;
+  return set_log_field(r, &r->consumer, p, len, 256);
 }
 
 /* The connection's client certificate, verified or not (the caller checks). */
@@ -847,14 +844,7 @@ int mg_req_hold(mg_req_t *r, mg_shdict_t *d, const char *key, size_t klen, doubl
 }
 
 /* ---- i14-waf-core: the waf policy's access log field and its body bound ---- */
-int mg_req_set_waf(mg_req_t *r, const char *p, size_t len) {
-  if (!live(r)) return MG_API_EPHASE;
-  if (len == 0 || len > 512) return MG_API_EINVAL;
-  char *k = mg_arena_strdup(&r->arena, p, len);
-  if (!k) return MG_API_ENOMEM;
-  r->waf = (mg_str_t){ k, len };
-  return 0;
-}
+int mg_req_set_waf(mg_req_t *r, const char *p, size_t len) { return set_log_field(r, &r->waf, p, len, 512); }
 
 double mg_req_body_bound(mg_req_t *r) {
   if (!live(r)) return MG_API_EPHASE;
