@@ -131,22 +131,10 @@ describe("mg.policy.forward_auth", function()
   end)
 end)
 
-describe("mg.policy.forward_auth config errors", function()
-  local function load_error(cfg)
-    local d = helpers.scratch()
-    local path = d .. "/bad.lua"
-    helpers.write_file(path, 'local mg = require "moongate"\nmg.listen { "127.0.0.1:1" }\n' .. cfg .. "\n")
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    assert.is_not.equal(0, rc)
-    return out
-  end
-
-  it("names the user's file and line", function()
-    assert.matches("bad.lua:3: mg.policy.forward_auth: unknown key 'ttll'",
-      load_error('mg.policy.forward_auth { url = "http://a/", ttll = 3 }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.forward_auth: 'url' must be a string",
-      load_error('mg.policy.forward_auth { }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.forward_auth: headers[2] must be a header name",
-      load_error('mg.policy.forward_auth { url = "http://a/", headers = { "a", "b c" } }'), 1, true)
-  end)
+describe("mg.policy.forward_auth config errors, naming the user's file and line", function()
+  helpers.use_error_cases(it, {
+    { 'mg.policy.forward_auth { url = "http://a/", ttll = 3 }', "mg.policy.forward_auth: unknown key 'ttll'" },
+    { 'mg.policy.forward_auth { }', "mg.policy.forward_auth: 'url' must be a string" },
+    { 'mg.policy.forward_auth { url = "http://a/", headers = { "a", "b c" } }', "mg.policy.forward_auth: headers[2] must be a header name" },
+  })
 end)

@@ -281,28 +281,13 @@ describe("mg.policy.jwt", function()
   end)
 end)
 
-describe("mg.policy.jwt config errors", function()
-  local function load_error(cfg)
-    local d = helpers.scratch()
-    local path = d .. "/bad.lua"
-    helpers.write_file(path, 'local mg = require "moongate"\nmg.listen { "127.0.0.1:1" }\n' .. cfg .. "\n")
-    local out, rc = helpers.moongate({ "-t", "-c", path })
-    assert.is_not.equal(0, rc)
-    return out
-  end
-
-  it("names the user's file and line", function()
-    assert.matches("bad.lua:3: mg.policy.jwt: unknown key 'secrte'",
-      load_error('mg.policy.jwt { secrte = "x" }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.jwt: needs a key",
-      load_error('mg.policy.jwt { algorithms = { "HS256" } }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.jwt: algorithms[1]: 'none' is not one of",
-      load_error('mg.policy.jwt { secret = "x", algorithms = { "none" } }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.jwt: 'public_key' is not a PEM public key",
-      load_error('mg.policy.jwt { public_key = "-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n" }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.jwt: 'jwks_min_refresh' needs 'jwks_url'",
-      load_error('mg.policy.jwt { secret = "x", jwks_min_refresh = 3 }'), 1, true)
-    assert.matches("bad.lua:3: mg.policy.jwt: 'jwks_url' must be an http",
-      load_error('mg.policy.jwt { jwks_url = "ftp://x/" }'), 1, true)
-  end)
+describe("mg.policy.jwt config errors, naming the user's file and line", function()
+  helpers.use_error_cases(it, {
+    { 'mg.policy.jwt { secrte = "x" }', "mg.policy.jwt: unknown key 'secrte'" },
+    { 'mg.policy.jwt { algorithms = { "HS256" } }', "mg.policy.jwt: needs a key" },
+    { 'mg.policy.jwt { secret = "x", algorithms = { "none" } }', "mg.policy.jwt: algorithms[1]: 'none' is not one of" },
+    { 'mg.policy.jwt { public_key = "-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n" }', "mg.policy.jwt: 'public_key' is not a PEM public key" },
+    { 'mg.policy.jwt { secret = "x", jwks_min_refresh = 3 }', "mg.policy.jwt: 'jwks_min_refresh' needs 'jwks_url'" },
+    { 'mg.policy.jwt { jwks_url = "ftp://x/" }', "mg.policy.jwt: 'jwks_url' must be an http" },
+  })
 end)
