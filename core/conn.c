@@ -269,6 +269,13 @@ static void tls_gen_release(mg_conn_t *c) {
   }
 }
 
+/* Gives back the limits.connections_per_ip count taken at accept, once. */
+static void release_ip(mg_conn_t *c) {
+  if (!c->ip_counted) return;
+  c->ip_counted = 0;
+  mg_connlimit_release(c->counted_ip ? (mg_str_t){ c->counted_ip, strlen(c->counted_ip) } : mg_conn_ip(c));
+}
+
 /* The transport is closed: the connection's memory goes. */
 static void tp_closed(void *arg) {
   mg_conn_t *c = arg;
@@ -286,9 +293,9 @@ static void tp_closed(void *arg) {
   else w->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   /* every way a connection ends comes here: timeouts, errors, the connect hook,
-   * drains, refusals; the counts taken at accept are given back */
-  if (c->ip_counted)
-    mg_connlimit_release(c->counted_ip ? (mg_str_t){ c->counted_ip, strlen(c->counted_ip) } : mg_conn_ip(c));
+   * drains, refusals; a count taken at accept and not given back by
+   * mg_conn_close is given back now */
+  release_ip(c);
   free(c->counted_ip);
   if (c->refused) w->nrefused--;
   free(c);
@@ -312,6 +319,9 @@ void mg_conn_close(mg_conn_t *c) {
   mg_timer_stop(&c->w->timers, &c->timer);
   mg_timer_stop(&c->w->timers, &c->send_timer);
   request_stop(c);
+  /* the count goes back before the socket closes: a client that sees the close
+   * and connects again (to this worker or another) must not find it still taken */
+  release_ip(c);
   mg_tp_close(&c->tp);
 }
 
